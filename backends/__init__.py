@@ -1,0 +1,42 @@
+"""Broker backends, picked by the scheme of the `--backend` URI.
+
+Only the chosen backend's module is imported, so `syncar run` on the local
+backend never loads redis, aio-pika or nats-py.
+"""
+
+from __future__ import annotations
+
+import importlib
+from urllib.parse import urlsplit
+
+from backends.base import Backend
+from sidecar.errors import ConfigError
+
+BACKENDS: dict[str, str] = {
+    "local": "backends.local:LocalBackend",
+    "redis": "backends.redis:RedisBackend",
+    "rediss": "backends.redis:RedisBackend",
+    "amqp": "backends.amqp:AmqpBackend",
+    "amqps": "backends.amqp:AmqpBackend",
+    "nats": "backends.nats:NatsBackend",
+    "tls": "backends.nats:NatsBackend",
+}
+
+
+def scheme_of(uri: str) -> str:
+    scheme = urlsplit(uri).scheme.lower()
+    if scheme not in BACKENDS:
+        known = ", ".join(f"{s}://" for s in BACKENDS)
+        raise ConfigError(f"backend: unknown URI scheme in {uri!r}; expected one of {known}")
+    return scheme
+
+
+def load_backend(uri: str) -> type[Backend]:
+    """Import and return the backend class for `uri`.
+
+    Raises:
+        ConfigError: the scheme is not one syncar knows.
+    """
+    module_name, _, class_name = BACKENDS[scheme_of(uri)].partition(":")
+    backend: type[Backend] = getattr(importlib.import_module(module_name), class_name)
+    return backend

@@ -1,0 +1,161 @@
+"""The interface every broker backend implements, and the errors they raise.
+
+The relay core only ever talks to this interface. A backend moves opaque
+message bodies on one topic (syncar's `--key`); what is inside is the codec's
+business. Reconnecting is the backend's job: it reports each state change
+through `on_state` and restores its subscriptions by itself.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from types import TracebackType
+from typing import ClassVar, Self
+
+from sidecar.errors import SidecarError
+
+
+class Feature(StrEnum):
+    """A capability a backend declares; the core checks, it never guesses."""
+
+    ORDERED = "ordered"  # messages from one publisher arrive in publish order
+    DURABLE = "durable"  # messages published while an instance is away wait for it
+    REDELIVERY = "redelivery"  # a handler that raises gets the message again
+    CONFIRMS = "confirms"  # publish() returns only once the broker has stored the message
+
+
+class BackendState(StrEnum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+class BackendError(SidecarError):
+    """Base of the errors a backend raises; no broker library exception escapes `backends/`."""
+
+
+class BackendUnavailable(BackendError):
+    """The broker cannot be reached now; the outbox keeps the message and retries."""
+
+    retriable = True
+
+
+class BackendBackpressure(BackendError):
+    """The broker or the backend's buffer is full; retry later."""
+
+    retriable = True
+
+
+class BackendClosed(BackendError):
+    """The backend was closed; nothing more can be published."""
+
+
+class FeatureNotSupported(BackendError):
+    """A feature was asked of a backend that does not declare it."""
+
+
+class MessageTooLarge(BackendError):
+    """A message is larger than the broker accepts."""
+
+
+class PublishTimeout(BackendError, TimeoutError):
+    """The broker did not accept a message in time."""
+
+    retriable = True
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message from the broker.
+
+    `position` is the broker's position of the message (a stream id, a
+    sequence number) where the backend has one, for logs and de-duplication.
+    """
+
+    body: bytes
+    position: str | None = None
+
+
+Handler = Callable[[Message], Awaitable[None]]
+StateCallback = Callable[[BackendState], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """What the core tells every backend; broker-specific options live in the URI."""
+
+    uri: str
+    instance_id: str
+    connect_timeout: float = 5.0
+
+
+class Subscription(ABC):
+    @abstractmethod
+    async def unsubscribe(self) -> None:
+        """Stop delivery; calling it again does nothing."""
+
+
+class Backend(ABC):
+    """One broker connection, shared by every publish and subscription of a daemon."""
+
+    name: ClassVar[str]
+    features: ClassVar[frozenset[Feature]]
+    #: The largest message body publish() accepts; the outbox sizes its batches by it.
+    max_message_bytes: int = 8 * 1024 * 1024
+
+    def __init__(self, config: BackendConfig, *, on_state: StateCallback | None = None) -> None:
+        self.config = config
+        self._on_state = on_state
+        self.state = BackendState.CONNECTING
+
+    def _set_state(self, state: BackendState) -> None:
+        if state is not self.state:
+            self.state = state
+            if self._on_state is not None:
+                self._on_state(state)
+
+    def supports(self, feature: Feature) -> bool:
+        return feature in self.features
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect for the first time.
+
+        Raises:
+            BackendUnavailable: the broker could not be reached.
+        """
+
+    @abstractmethod
+    async def publish(self, topic: str, bodies: Sequence[bytes]) -> None:
+        """Send messages in order; return once the broker accepted all of them.
+
+        Raises:
+            BackendUnavailable: not connected now; nothing of `bodies` may be assumed sent.
+            MessageTooLarge: one body is over `max_message_bytes`.
+            BackendClosed: after close().
+        """
+
+    @abstractmethod
+    async def subscribe(self, topic: str, handler: Handler) -> Subscription:
+        """Deliver every message on `topic` to `handler`, one at a time, in order.
+
+        Returns only once the broker has registered the interest, so a publish
+        made afterwards is delivered. Survives reconnects.
+        """
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Disconnect; calling it again does nothing."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

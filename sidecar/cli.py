@@ -1,0 +1,223 @@
+"""The `syncar` command: argv -> Settings -> logging -> the daemon or a tool. Maps failures to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from sidecar import __version__
+from sidecar.config import Settings, env_of, flag_of
+from sidecar.errors import SidecarError, StartupError
+from sidecar.logging import configure as configure_logging
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+EXIT_STARTUP = 3
+
+DESCRIPTION = """\
+syncar relays service events (Feathers created/updated/patched/removed and
+custom events) between the instances of an app. Each instance's apps talk to
+their syncar over a unix socket; syncars talk to each other through Redis,
+RabbitMQ or NATS, or, with the default local:// backend, just relay between
+the apps on one host.
+
+Every setting is a flag and a SYNCAR_* environment variable
+(--socket-mode is SYNCAR_SOCKET_MODE); flags win over the environment,
+which wins over the --config TOML file."""
+
+
+def _add_settings(parser: argparse.ArgumentParser, fields: Sequence[str] | None = None) -> None:
+    group = parser.add_argument_group("settings")
+    for name, field in Settings.model_fields.items():
+        if fields is not None and name not in fields:
+            continue
+        default = field.get_default(call_default_factory=False)
+        shown = f"; default {default}" if default is not None and field.default_factory is None else ""
+        if name == "socket_mode":
+            shown = f"; default {default:04o}"
+        group.add_argument(flag_of(name), dest=name, default=argparse.SUPPRESS, metavar=name.split("_")[-1].upper(),
+                           help=f"{field.description}{shown} [{env_of(name)}]")
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """Build Settings from the flags given (the rest come from env and file).
+
+    Raises:
+        SettingsError: a value is invalid; the message names the setting.
+    """
+    given = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "config"
+        message = first["msg"].removeprefix("Value error, ")
+        where = f"{flag_of(name)} / {env_of(name)}" if name in Settings.model_fields else name
+        raise SettingsError(f"invalid setting {where}: {message} (got {first.get('input')!r})") from None
+    except (OSError, ValueError) as exc:  # an unreadable or malformed --config file
+        raise SettingsError(f"invalid setting --config: {exc}") from None
+
+
+class SettingsError(SidecarError):
+    pass
+
+
+def _run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency everywhere it builds
+        return asyncio.run(main())
+    return uvloop.run(main())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from sidecar.daemon import Daemon
+
+    settings = load_settings(args)
+    configure_logging(settings.log_level, settings.log_format)
+
+    async def main() -> int:
+        daemon = Daemon(settings)
+        try:
+            await daemon.run()
+        except StartupError as exc:
+            log.error("cannot start: %s", exc)
+            return EXIT_STARTUP
+        return EXIT_OK
+
+    return _run_async(main)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from backends import load_backend
+    from backends.base import BackendConfig, BackendError
+
+    settings = load_settings(args)
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        print(f"{name:20} {value:04o}" if name == "socket_mode" else f"{name:20} {value}")
+
+    async def main() -> int:
+        backend = load_backend(settings.backend)(BackendConfig(settings.backend, settings.instance_id))
+        try:
+            await backend.start()
+        except BackendError as exc:
+            print(f"syncar: broker: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        finally:
+            await backend.close()
+        print(f"broker               reachable ({backend.name})")
+        return EXIT_OK
+
+    return _run_async(main)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from sidecar.client import Client, ClientError
+
+    settings = load_settings(args)
+    try:
+        data = orjson.loads(args.data)
+        context = orjson.loads(args.context) if args.context is not None else None
+    except orjson.JSONDecodeError as exc:
+        print(f"syncar: publish: DATA and --context must be JSON: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def main() -> int:
+        client = Client(settings.socket, name="syncar-publish", reconnect=False)
+        try:
+            await client.connect(timeout=args.timeout)
+            async with asyncio.timeout(args.timeout):
+                await client.publish(args.path, args.event, data, context, id=args.id, ack=True)
+        except (ClientError, TimeoutError) as exc:
+            print(f"syncar: publish failed: {exc or 'no ack within the timeout'}", file=sys.stderr)
+            return EXIT_FAILURE
+        finally:
+            await client.close()
+        return EXIT_OK
+
+    return _run_async(main)
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from sidecar.client import Client, ClientError
+
+    settings = load_settings(args)
+    subscribe = [{"path": args.path, "event": args.event}]
+
+    async def main() -> int:
+        async with Client(settings.socket, name="syncar-tail", subscribe=subscribe) as client:
+            async for event in client:
+                if args.json:
+                    line = orjson.dumps({"seq": event.seq, "id": event.id, "origin": event.origin,
+                                         "path": event.path, "event": event.event, "data": event.data,
+                                         "context": event.context}).decode()
+                else:
+                    line = f"{event.seq} {event.origin} {event.path} {event.event} {orjson.dumps(event.data).decode()}"
+                print(line, flush=True)
+        return EXIT_OK
+
+    try:
+        return _run_async(main)
+    except ClientError as exc:
+        print(f"syncar: tail: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="syncar", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"syncar {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the daemon", description="Run the daemon in the foreground.")
+    _add_settings(run)
+    run.set_defaults(handler=cmd_run)
+
+    check = commands.add_parser("check", help="validate the settings and connect to the broker",
+                                description="Print the effective settings, then connect to the broker once. "
+                                            "Exit 0 if it answered, 1 if not, 2 if a setting is invalid.")
+    _add_settings(check)
+    check.set_defaults(handler=cmd_check)
+
+    publish = commands.add_parser("publish", help="publish one event through a running daemon",
+                                  description="Publish one event and wait until the broker accepted it.")
+    publish.add_argument("path", help="service path, e.g. messages")
+    publish.add_argument("event", help="event name, e.g. created")
+    publish.add_argument("data", nargs="?", default="null", help="event data as JSON (default null)")
+    publish.add_argument("--context", help="hook context as JSON")
+    publish.add_argument("--id", help="event id (default: random)")
+    publish.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the ack (default 10)")
+    _add_settings(publish, ["socket", "config"])
+    publish.set_defaults(handler=cmd_publish)
+
+    tail = commands.add_parser("tail", help="print events as they flow through a running daemon",
+                               description="Print every event the daemon delivers, like redis-cli monitor.")
+    tail.add_argument("--path", default="*", help="only services matching this pattern (default *)")
+    tail.add_argument("--event", default="*", help="only events matching this pattern (default *)")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    _add_settings(tail, ["socket", "config"])
+    tail.set_defaults(handler=cmd_tail)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except SettingsError as exc:
+        print(f"syncar: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return code

@@ -1,0 +1,276 @@
+"""An asyncio client for syncar's socket: publish, receive, and survive daemon restarts.
+
+    async with Client("/run/syncar/syncar.sock", name="worker-1") as client:
+        await client.publish("messages", "created", {"text": "hi"}, ack=True)
+        async for event in client:
+            print(event.path, event.event, event.data)
+
+The client reconnects with jittered exponential back-off, resumes from the
+last `seq` it saw, and keeps publishes made while disconnected (up to
+`max_pending`) to send them after reconnecting. Publishes that asked for an
+ack are re-sent after a reconnect until the daemon acknowledges them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import orjson
+
+from sidecar.protocol import PROTOCOL_VERSION
+
+log = logging.getLogger(__name__)
+
+STREAM_LIMIT = 64 * 1024 * 1024
+
+
+class ClientError(Exception):
+    pass
+
+
+class PublishRefused(ClientError):
+    """The daemon answered a publish with `nack`: it did not reach the broker."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class PendingFull(ClientError):
+    """Disconnected, and `max_pending` publishes are already waiting."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    seq: int
+    id: str
+    origin: str | None
+    event: str
+    path: str
+    data: Any
+    context: Any
+    time: float | None
+
+
+_CLOSED = object()
+
+
+class Client:
+    def __init__(
+        self,
+        socket: str | Path,
+        *,
+        name: str = "python",
+        subscribe: Sequence[Mapping[str, str] | str] | None = None,
+        echo: bool = False,
+        reconnect: bool = True,
+        max_pending: int = 10_000,
+        max_events: int = 10_000,
+        backoff: tuple[float, float] = (0.05, 5.0),
+    ) -> None:
+        self.socket = Path(socket)
+        self.name = name
+        self.subscribe = None if subscribe is None else list(subscribe)
+        self.echo = echo
+        self.reconnect = reconnect
+        self.max_pending = max_pending
+        self.backoff = backoff
+        self.client_id = secrets.token_hex(8)
+        self.instance: str | None = None
+        self.broker_up = False
+        self.gaps = 0  # resumes that could not be served: events were missed
+        self._epoch: str | None = None
+        self._seq = 0
+        self._writer: asyncio.StreamWriter | None = None
+        # Publishes not yet written, and those written with ack=True not yet acknowledged, in publish order.
+        self._outgoing: OrderedDict[str, tuple[bytes, asyncio.Future[None] | None]] = OrderedDict()
+        self._events: asyncio.Queue[Event | object] = asyncio.Queue(max_events)
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._first_connect: asyncio.Future[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        """Connect and wait for the daemon's welcome.
+
+        Raises:
+            ClientError: the daemon did not answer within `timeout`.
+        """
+        loop = asyncio.get_running_loop()
+        self._first_connect = loop.create_future()
+        self._task = asyncio.create_task(self._run(), name="syncar-client")
+        try:
+            async with asyncio.timeout(timeout):
+                await self._first_connect
+        except TimeoutError:
+            await self.close()
+            raise ClientError(f"no syncar answered on {self.socket} within {timeout}s") from None
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for _, future in self._outgoing.values():
+            if future is not None and not future.done():
+                future.set_exception(ClientError("client closed before the publish was acknowledged"))
+        self._outgoing.clear()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._events.put_nowait(_CLOSED)
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    async def publish(self, path: str, event: str, data: Any = None, context: Any = None, *,
+                      id: str | None = None, ack: bool = False) -> None:
+        """Publish one event; with `ack=True`, return only once the broker accepted it.
+
+        Raises:
+            PublishRefused: the daemon could not get it to the broker (`ack=True` only).
+            PendingFull: disconnected and the pending buffer is full.
+        """
+        event_id = id or secrets.token_hex(12)
+        frame: dict[str, Any] = {"type": "publish", "id": event_id, "path": path, "event": event, "data": data}
+        if context is not None:
+            frame["context"] = context
+        if ack:
+            frame["ack"] = True
+        line = orjson.dumps(frame, option=orjson.OPT_APPEND_NEWLINE)
+        future = asyncio.get_running_loop().create_future() if ack else None
+        writer = self._writer
+        if writer is not None and self.connected:
+            if future is not None:
+                self._outgoing[event_id] = (line, future)
+            writer.write(line)
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+        else:
+            if len(self._outgoing) >= self.max_pending:
+                raise PendingFull(f"disconnected from syncar and {self.max_pending} publishes are waiting")
+            self._outgoing[event_id] = (line, future)
+        if future is not None:
+            await future
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        while True:
+            item = await self._events.get()
+            if item is _CLOSED:
+                return
+            assert isinstance(item, Event)
+            yield item
+
+    async def next_event(self, timeout: float | None = None) -> Event:
+        async with asyncio.timeout(timeout):
+            item = await self._events.get()
+        if not isinstance(item, Event):
+            raise ClientError("client closed")
+        return item
+
+    # -- the connection ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(self.socket, limit=STREAM_LIMIT)
+            except OSError as exc:
+                if not self.reconnect and self._first_connect and not self._first_connect.done():
+                    self._first_connect.set_exception(ClientError(f"cannot connect to {self.socket}: {exc}"))
+                    return
+            else:
+                attempt = 0
+                try:
+                    await self._session(reader, writer)
+                except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                    log.debug("connection to syncar lost: %s", exc)
+                finally:
+                    self._connected.clear()
+                    self._writer = None
+                    writer.close()
+                if not self.reconnect:
+                    return
+            attempt += 1
+            low, high = self.backoff
+            await asyncio.sleep(random.uniform(0.5, 1.0) * min(high, low * 2 ** min(attempt, 16)))
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hello: dict[str, Any] = {"type": "hello", "version": PROTOCOL_VERSION, "client": self.name,
+                                 "client_id": self.client_id, "echo": self.echo}
+        if self.subscribe is not None:
+            hello["subscribe"] = self.subscribe
+        if self._epoch is not None:
+            hello["resume"] = {"epoch": self._epoch, "seq": self._seq}
+        writer.write(orjson.dumps(hello, option=orjson.OPT_APPEND_NEWLINE))
+        while line := await reader.readline():
+            frame = orjson.loads(line)
+            kind = frame.get("type")
+            if kind == "event":
+                self._seq = frame["seq"]
+                await self._events.put(Event(frame["seq"], frame["id"], frame.get("origin"), frame["event"],
+                                             frame["path"], frame.get("data"), frame.get("context"),
+                                             frame.get("time")))
+            elif kind == "ack":
+                self._settle(frame["id"], None)
+            elif kind == "nack":
+                self._settle(frame["id"], PublishRefused(frame.get("code", ""), frame.get("message", "")))
+            elif kind == "welcome":
+                await self._welcomed(frame, writer)
+            elif kind == "status":
+                self.broker_up = frame.get("broker") == "up"
+            elif kind == "error":
+                if frame.get("code") == "resume_gap":
+                    self.gaps += 1
+                log.warning("syncar: %s: %s", frame.get("code"), frame.get("message"))
+
+    async def _welcomed(self, frame: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        if frame.get("epoch") != self._epoch:
+            self._epoch = frame.get("epoch")
+            self._seq = frame.get("seq", 0)
+        self.instance = frame.get("instance")
+        self.broker_up = frame.get("broker") == "up"
+        # Send in publish order what was never written, and what was written but not acknowledged.
+        for event_id, (line, future) in list(self._outgoing.items()):
+            writer.write(line)
+            if future is None:
+                del self._outgoing[event_id]
+        await writer.drain()
+        self._writer = writer
+        self._connected.set()
+        if self._first_connect is not None and not self._first_connect.done():
+            self._first_connect.set_result(None)
+
+    def _settle(self, event_id: str, error: Exception | None) -> None:
+        entry = self._outgoing.pop(event_id, None)
+        if entry is None or entry[1] is None or entry[1].done():
+            return
+        if error is None:
+            entry[1].set_result(None)
+        else:
+            entry[1].set_exception(error)

@@ -1,0 +1,110 @@
+"""Settings: flags over `SYNCAR_*` environment over an optional TOML file, validated once at startup."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from backends import scheme_of
+from sidecar.errors import ConfigError
+
+MiB = 1024 * 1024
+
+
+def default_socket_path() -> Path:
+    """Where the socket lives unless told: a directory the current user may create on a fresh machine."""
+    if os.geteuid() == 0:
+        return Path("/run/syncar/syncar.sock")
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime_dir and os.access(runtime_dir, os.W_OK):
+        return Path(runtime_dir) / "syncar" / "syncar.sock"
+    return Path(f"/tmp/syncar-{os.geteuid()}/syncar.sock")
+
+
+def default_instance_id() -> str:
+    return f"{socket.gethostname()}-{secrets.token_hex(3)}"
+
+
+class Settings(BaseSettings):
+    """Everything the daemon and the CLI tools can be told. Each field is a `--flag` and a `SYNCAR_*` variable."""
+
+    model_config = SettingsConfigDict(env_prefix="SYNCAR_", frozen=True, extra="forbid")
+
+    socket: Path = Field(default_factory=default_socket_path, description="unix socket the apps connect to")
+    socket_mode: int = Field(0o660, description="file mode of the socket, octal; never world-writable")
+    backend: str = Field("local://", description="broker URI: local://, redis://, rediss://, amqp://, amqps://, "
+                         "nats://, tls://")
+    key: str = Field("feathers-sync", min_length=1, description="channel, exchange or subject on the broker")
+    codec: Literal["syncar", "feathers-sync"] = Field("syncar", description="message format on the broker")
+    instance_id: str = Field(default_factory=default_instance_id, min_length=1, max_length=200,
+                             description="this daemon's name on the bus; default hostname plus a random suffix")
+    max_frame_bytes: int = Field(1 * MiB, ge=1024, le=256 * MiB, description="longest line a client may send")
+    max_clients: int = Field(4096, ge=1, description="connections accepted at once; more are refused")
+    client_queue_bytes: int = Field(8 * MiB, ge=64 * 1024,
+                                    description="unsent bytes per client before it is disconnected as too slow")
+    replay_events: int = Field(10_000, ge=0, description="events kept for clients that reconnect with `resume`")
+    replay_bytes: int = Field(64 * MiB, ge=0, description="bytes kept for clients that reconnect with `resume`")
+    outbox_bytes: int = Field(64 * MiB, ge=1024, description="bytes of publishes kept while the broker is away")
+    shutdown_timeout: float = Field(10.0, ge=0, description="seconds to flush the outbox and clients on SIGTERM")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    log_format: Literal["text", "json"] = Field("text", description="log line format")
+    config: Path | None = Field(None, description="TOML file with any of these settings")
+
+    @field_validator("socket_mode", mode="before")
+    @classmethod
+    def _octal(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return int(value, 8)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an octal file mode such as 0660") from None
+        return value
+
+    @field_validator("socket_mode")
+    @classmethod
+    def _not_world_writable(cls, value: int) -> int:
+        if not 0 <= value <= 0o777:
+            raise ValueError(f"{value:o} is not a file mode")
+        if value & 0o002:
+            raise ValueError(f"{value:04o} is world-writable; any local user could inject events")
+        if not value & 0o600 == 0o600:
+            raise ValueError(f"{value:04o} does not let the owner read and write the socket")
+        return value
+
+    @field_validator("backend")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        try:
+            scheme_of(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("backend: ")) from None
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        config_file = init_settings().get("config") or os.environ.get("SYNCAR_CONFIG")
+        if config_file:
+            sources += (TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)),)
+        return sources
+
+
+def flag_of(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def env_of(field: str) -> str:
+    return "SYNCAR_" + field.upper()

@@ -1,0 +1,156 @@
+"""One app connection: read frames, dispatch them, write to it without ever blocking the relay.
+
+Writes go straight to the transport; its buffer is the client's send queue.
+A client that lets more than `client_queue_bytes` pile up is told so with an
+`error` frame and disconnected (the slow-client policy): it can reconnect and
+resume from its last `seq` while the replay buffer still holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any, cast
+
+from sidecar import protocol
+from sidecar.errors import FrameError
+from sidecar.framing import OVERSIZED, FrameDecoder
+from sidecar.logging import RateLimitedLogger
+from sidecar.protocol import ErrorCode, Publish
+from sidecar.relay import Relay
+from sidecar.subscriptions import EventFilter
+
+log = logging.getLogger(__name__)
+frame_warnings = RateLimitedLogger(log, interval=10.0)
+
+#: Seconds a closing connection gets to take its last bytes before it is cut.
+CLOSE_GRACE = 2.0
+PONG = protocol.encode({"type": "pong"})
+
+
+def _every_event(path: str, event: str) -> bool:
+    return True
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, relay: Relay, *, max_frame_bytes: int, queue_bytes: int,
+                 on_close: Callable[[Connection], None], refusal: bytes | None = None) -> None:
+        self._relay = relay
+        self._refusal = refusal
+        self._decoder = FrameDecoder(max_frame_bytes)
+        self._queue_bytes = queue_bytes
+        self._on_close = on_close
+        self._transport: asyncio.Transport | None = None
+        self._closing = False
+        self.greeted = False
+        self.client_id = secrets.token_hex(8)
+        self.name = ""
+        self.echo = False
+        self.wants: Callable[[str, str], bool] = _every_event
+        self.closed = asyncio.get_running_loop().create_future()
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        if self._refusal is not None:
+            frame_warnings.warning("refused", "refused a connection: %s", self._refusal.decode().strip())
+            self.close(self._refusal)
+
+    def data_received(self, data: bytes) -> None:
+        for line in self._decoder.feed(data):
+            if self._closing:
+                return
+            if line is OVERSIZED:
+                self.reject(ErrorCode.FRAME_TOO_LARGE,
+                            f"frame is longer than {self._decoder.max_bytes} bytes; it was discarded")
+                continue
+            try:
+                self._dispatch(protocol.decode(line))
+            except FrameError as exc:
+                self.reject(exc.code, exc.message)
+
+    def eof_received(self) -> bool:
+        if self._decoder.partial:
+            self.reject(ErrorCode.TRUNCATED_FRAME, "connection ended in the middle of a frame; it was discarded")
+        return False  # close our side once the pending writes are out
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._relay.leave(self)
+        self._on_close(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # -- frames in -----------------------------------------------------------------------------
+
+    def _dispatch(self, frame: dict[str, Any]) -> None:
+        kind = frame["type"]
+        if kind == "publish":
+            publish = protocol.parse_publish(frame)
+            self._greet(None)
+            self._relay.publish(self, publish)
+        elif kind == "hello":
+            if self.greeted:
+                raise FrameError(ErrorCode.INVALID_FRAME, "hello: only allowed as the first frame")
+            hello = protocol.parse_hello(frame)
+            self.name = hello.client
+            self.echo = hello.echo
+            if hello.client_id:
+                self.client_id = hello.client_id
+            patterns = hello.patterns()
+            if patterns is not None:
+                self.wants = EventFilter(patterns)
+            self._greet(hello.resume)
+        elif kind == "ping":
+            self._greet(None)
+            self.send(PONG)
+        else:
+            raise FrameError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {kind[:64]!r}; expected hello, publish or ping")
+
+    def _greet(self, resume: protocol.Resume | None) -> None:
+        if not self.greeted:
+            self.greeted = True
+            self._relay.join(self, resume)
+            log.debug("client connected: %s (%s)", self.name or "unnamed", self.client_id)
+
+    # -- frames out ----------------------------------------------------------------------------
+
+    def send(self, frame: bytes) -> None:
+        transport = self._transport
+        if self._closing or transport is None:
+            return
+        transport.write(frame)
+        if transport.get_write_buffer_size() > self._queue_bytes:
+            frame_warnings.warning("slow", "disconnecting a client that does not read (%d bytes unsent)",
+                                   transport.get_write_buffer_size())
+            self.close(protocol.error(ErrorCode.SLOW_CLIENT,
+                                      f"you fell {self._queue_bytes} bytes behind; resume from your last seq"))
+
+    def acknowledge(self, event_id: str) -> None:
+        self.send(protocol.encode({"type": "ack", "id": event_id}))
+
+    def refuse(self, publish: Publish, code: ErrorCode, message: str) -> None:
+        """Tell the client a publish did not reach the broker: a `nack` if it asked for acks, else an `error`."""
+        if publish.ack:
+            self.send(protocol.encode({"type": "nack", "id": publish.id, "code": code, "message": message}))
+        else:
+            self.send(protocol.error(code, message, id=publish.id))
+
+    def reject(self, code: str, message: str) -> None:
+        frame_warnings.warning(code, "bad frame from client %s: %s", self.client_id, message)
+        self.send(protocol.error(ErrorCode(code), message))
+
+    def close(self, last_frame: bytes | None = None) -> None:
+        """Say `last_frame`, stop sending, and cut the connection if it has not drained within the grace."""
+        transport = self._transport
+        if self._closing or transport is None:
+            return
+        if last_frame is not None:
+            transport.write(last_frame)
+        self._closing = True
+        self._relay.leave(self)
+        transport.close()
+        asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)

@@ -1,0 +1,161 @@
+"""The daemon: start the backend, then the socket; serve until told to stop; shut down in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Awaitable
+
+from backends import load_backend
+from backends.base import Backend, BackendConfig, BackendError
+from sidecar import __version__, protocol
+from sidecar.codec import CODECS
+from sidecar.config import Settings
+from sidecar.connection import Connection
+from sidecar.errors import StartupError
+from sidecar.listener import Listener
+from sidecar.outbox import Outbox
+from sidecar.protocol import ErrorCode
+from sidecar.relay import Relay
+from sidecar.replay import ReplayBuffer
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    """One syncar: a backend, a relay and a socket listener.
+
+    Embeddable: `async with Daemon(settings, handle_signals=False)` in tests.
+    """
+
+    def __init__(self, settings: Settings, *, handle_signals: bool = True) -> None:
+        self.settings = settings
+        self._handle_signals = handle_signals
+        self._stop = asyncio.Event()
+        self._forced = asyncio.Event()
+        backend_cls = load_backend(settings.backend)
+        self.backend: Backend = backend_cls(
+            BackendConfig(uri=settings.backend, instance_id=settings.instance_id),
+            on_state=lambda state: self.relay.on_backend_state(state),
+        )
+        codec = CODECS[settings.codec](settings.instance_id)
+        self.outbox = Outbox(self.backend, codec, settings.key, settings.outbox_bytes)
+        self.relay = Relay(settings.instance_id, backend_cls.name, codec, self.outbox,
+                           ReplayBuffer(settings.replay_events, settings.replay_bytes))
+        self.connections: set[Connection] = set()
+        self.listener = Listener(settings.socket, settings.socket_mode, self._accept)
+        self._outbox_task: asyncio.Task[None] | None = None
+
+    def _accept(self) -> Connection:
+        refusal = None
+        if len(self.connections) >= self.settings.max_clients:
+            refusal = protocol.error(ErrorCode.TOO_MANY_CLIENTS,
+                                     f"this syncar already serves {self.settings.max_clients} clients")
+        connection = Connection(self.relay, max_frame_bytes=self.settings.max_frame_bytes,
+                                queue_bytes=self.settings.client_queue_bytes, on_close=self.connections.discard,
+                                refusal=refusal)
+        self.connections.add(connection)
+        return connection
+
+    @property
+    def ready(self) -> bool:
+        return self.listener.listening and self.relay.broker_up and not self.relay.stopping
+
+    async def start(self) -> None:
+        """Connect to the broker, subscribe, then open the socket.
+
+        Raises:
+            StartupError: the broker is unreachable or the socket cannot be bound.
+        """
+        settings = self.settings
+        log.info("syncar %s starting: instance %s, backend %s, codec %s, key %r", __version__,
+                 settings.instance_id, self.backend.name, settings.codec, settings.key)
+        try:
+            await self.backend.start()
+            await self.backend.subscribe(settings.key, self.relay.on_message)
+        except BackendError as exc:
+            await self.backend.close()
+            raise StartupError(str(exc)) from None
+        self._outbox_task = asyncio.create_task(self.outbox.run(), name="syncar-outbox")
+        try:
+            await self.listener.start()
+        except StartupError:
+            await self._close_backend()
+            raise
+        if self._handle_signals and threading.current_thread() is threading.main_thread():
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+        log.info("ready: apps may connect to %s", settings.socket)
+
+    def request_stop(self) -> None:
+        if self._stop.is_set():
+            # A second signal: the operator does not want to wait for the flush.
+            log.warning("second stop signal: exiting without waiting")
+            self._forced.set()
+        self._stop.set()
+
+    async def _within(self, deadline: float, awaitable: Awaitable[object]) -> bool:
+        """Await until done (True), the deadline passes or a second signal comes (False)."""
+        task = asyncio.ensure_future(awaitable)
+        forced = asyncio.ensure_future(self._forced.wait())
+        remaining = max(deadline - asyncio.get_running_loop().time(), 0.0)
+        done, _ = await asyncio.wait({task, forced}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if task in done:
+            return True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+
+    async def serve(self) -> None:
+        await self._stop.wait()
+
+    async def run(self) -> None:
+        await self.start()
+        try:
+            await self.serve()
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, flush the outbox and the clients within `shutdown_timeout`, close the broker."""
+        log.info("shutting down")
+        relay = self.relay
+        relay.stopping = True
+        self.listener.stop_accepting()
+        deadline = asyncio.get_running_loop().time() + self.settings.shutdown_timeout
+        if not await self._within(deadline, self.outbox.drain()) or self.outbox:
+            log.warning("shutdown: %d events not sent to the broker within %.1fs", len(self.outbox),
+                        self.settings.shutdown_timeout)
+        relay.broadcast(relay.status_frame(stopping=True))
+        connections = list(self.connections)
+        for connection in connections:
+            connection.close()
+        if connections:
+            await self._within(deadline, asyncio.gather(*(c.closed for c in connections)))
+        await self._close_backend()
+        self.listener.remove()
+        if self._handle_signals and threading.current_thread() is threading.main_thread():
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        log.info("stopped")
+
+    async def _close_backend(self) -> None:
+        if self._outbox_task is not None:
+            self._outbox_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._outbox_task
+        await self.backend.close()
+
+    async def __aenter__(self) -> Daemon:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()

@@ -1,0 +1,69 @@
+"""Log configuration (applied by the CLI only) and a rate-limited warning helper."""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import time
+from typing import Any
+
+import orjson
+
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the exception if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def configure(level: str, fmt: str) -> None:
+    formatter: dict[str, Any] = {"()": JsonFormatter} if fmt == "json" else {"format": TEXT_FORMAT}
+    logging.config.dictConfig({
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": formatter},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "default",
+                                "stream": "ext://sys.stderr"}},
+        "loggers": {
+            "sidecar": {"level": level.upper()},
+            "backends": {"level": level.upper()},
+        },
+        "root": {"handlers": ["stderr"], "level": "WARNING"},
+    })
+
+
+class RateLimitedLogger:
+    """Logs a warning per key at most once per `interval`, then says how many were held back.
+
+    For things a stranger can cause at any rate (bad frames, junk on the broker):
+    the log must not become the attack.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -self._interval) < self._interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        held = self._suppressed.pop(key, 0)
+        if held:
+            msg += " (and %d more like it not logged)"
+            args = (*args, held)
+        self._logger.warning(msg, *args)

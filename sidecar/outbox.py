@@ -1,0 +1,115 @@
+"""The outbox: publishes on their way to the broker, kept in order while it is away, sent in batches.
+
+One task drains it. Whatever queues up while a broker write is in flight goes
+out together in the next write, so batching costs no timer delay: an idle
+daemon sends each event at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+
+from backends.base import Backend, BackendClosed, BackendError, BackendUnavailable
+from sidecar.codec import Codec, Outgoing
+
+log = logging.getLogger(__name__)
+
+#: Events in one broker write at most; bounds the latency a big batch adds to the event behind it.
+MAX_BATCH_EVENTS = 1024
+#: Room left in a broker message for the batch's own framing.
+BATCH_OVERHEAD = 1024
+RETRY_DELAY = 0.05
+
+Done = Callable[[], None]
+
+
+class OutboxFull(Exception):
+    pass
+
+
+class Outbox:
+    def __init__(self, backend: Backend, codec: Codec, topic: str, max_bytes: int) -> None:
+        self._backend = backend
+        self._codec = codec
+        self._topic = topic
+        self.max_bytes = max_bytes
+        self._items: deque[tuple[Outgoing, Done | None]] = deque()
+        self.bytes = 0
+        self._wake = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def max_event_bytes(self) -> int:
+        return self._backend.max_message_bytes - BATCH_OVERHEAD
+
+    def put(self, item: Outgoing, on_sent: Done | None = None) -> None:
+        """Queue an event; `on_sent` runs once the broker has accepted it.
+
+        Raises:
+            OutboxFull: no room; the caller tells the client.
+        """
+        size = len(item.part)
+        if self.bytes + size > self.max_bytes:
+            raise OutboxFull(f"outbox holds {self.bytes} bytes, its limit is {self.max_bytes}")
+        self._items.append((item, on_sent))
+        self.bytes += size
+        self._idle.clear()
+        self._wake.set()
+
+    def set_connected(self, connected: bool) -> None:
+        if connected:
+            self._connected.set()
+        else:
+            self._connected.clear()
+
+    def _batch(self) -> list[tuple[Outgoing, Done | None]]:
+        limit = self.max_event_bytes
+        batch: list[tuple[Outgoing, Done | None]] = []
+        size = 0
+        for entry in self._items:
+            size += len(entry[0].part) + 1
+            if batch and (size > limit or len(batch) >= MAX_BATCH_EVENTS):
+                break
+            batch.append(entry)
+        return batch
+
+    async def run(self) -> None:
+        """Drain forever, in order; a batch leaves the outbox only once the broker accepted it."""
+        while True:
+            if not self._items:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._connected.wait()
+            batch = self._batch()
+            try:
+                await self._backend.publish(self._topic, self._codec.pack([item for item, _ in batch]))
+            except BackendClosed:
+                return
+            except BackendUnavailable:
+                # The backend noticed the loss before telling us; wait for it to say it is back.
+                await asyncio.sleep(RETRY_DELAY)
+                continue
+            except BackendError as exc:
+                log.warning("publish to broker failed, retrying in %.2fs: %s", RETRY_DELAY, exc)
+                await asyncio.sleep(RETRY_DELAY)
+                continue
+            for _ in batch:
+                item, on_sent = self._items.popleft()
+                self.bytes -= len(item.part)
+                if on_sent is not None:
+                    on_sent()
+
+    async def drain(self) -> bool:
+        """Wait until everything queued has been accepted by the broker; True if it was."""
+        await self._idle.wait()
+        return not self._items

@@ -1,0 +1,135 @@
+"""The relay core: local fan-out, echo suppression, the replay buffer and the path to the outbox.
+
+It knows no broker: it hands outgoing events to the outbox and takes incoming
+messages from whatever backend the daemon started. Every event is serialised
+once; the same frame bytes are written to every client that wants it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from backends.base import BackendState, Message
+from sidecar import protocol
+from sidecar.codec import Codec, Outgoing
+from sidecar.errors import CodecError
+from sidecar.logging import RateLimitedLogger
+from sidecar.outbox import Outbox, OutboxFull
+from sidecar.protocol import ErrorCode, Publish
+from sidecar.replay import Entry, ReplayBuffer
+
+if TYPE_CHECKING:
+    from sidecar.connection import Connection
+
+log = logging.getLogger(__name__)
+bus_warnings = RateLimitedLogger(log, interval=10.0)
+
+
+class Relay:
+    def __init__(self, instance_id: str, backend_name: str, codec: Codec, outbox: Outbox, replay: ReplayBuffer) -> None:
+        self.instance_id = instance_id
+        self.backend_name = backend_name
+        self.epoch = secrets.token_hex(8)  # seqs are only comparable within one run of the daemon
+        self.seq = 0
+        self.broker_up = False
+        self.stopping = False
+        self.clients: set[Connection] = set()
+        self._codec = codec
+        self._outbox = outbox
+        self._replay = replay
+        self._origin_json = orjson.dumps(instance_id)
+        self._ids = itertools.count(1)
+        self._id_prefix = f"{self.epoch[:8]}-"
+
+    # -- clients -------------------------------------------------------------------------------
+
+    def join(self, client: Connection, resume: protocol.Resume | None) -> None:
+        """Start delivering to `client`: welcome it, replay what it missed, then live events."""
+        replay = None
+        if resume is not None and resume.epoch == self.epoch:
+            replay = self._replay.after(resume.seq)
+        client.send(protocol.encode({
+            "type": "welcome", "version": protocol.PROTOCOL_VERSION, "instance": self.instance_id,
+            "backend": self.backend_name, "broker": "up" if self.broker_up else "down", "epoch": self.epoch,
+            "seq": self.seq, "client_id": client.client_id, "resumed": replay is not None,
+        }))
+        if resume is not None and replay is None:
+            client.send(protocol.error(
+                ErrorCode.RESUME_GAP,
+                "cannot resume: the events after your seq are no longer held (daemon restarted or you fell behind)",
+                epoch=self.epoch, seq=self.seq))
+        for entry in replay or ():
+            if entry.source != client.client_id and client.wants(entry.path, entry.event):
+                client.send(entry.frame)
+        self.clients.add(client)
+
+    def leave(self, client: Connection) -> None:
+        self.clients.discard(client)
+
+    def broadcast(self, frame: bytes) -> None:
+        for client in list(self.clients):
+            client.send(frame)
+
+    # -- events in -----------------------------------------------------------------------------
+
+    def publish(self, client: Connection, publish: Publish) -> None:
+        """A local client's event: deliver it here at once, and queue it for the broker."""
+        event_id = publish.id or f"{self._id_prefix}{next(self._ids)}"
+        part = orjson.dumps({"id": event_id, "time": time.time(), "event": publish.event, "path": publish.path,
+                             "data": publish.data, "context": publish.context})
+        self._fan_out(part, self._origin_json, publish.path, publish.event, client)
+        if len(part) > self._outbox.max_event_bytes:
+            client.refuse(publish, ErrorCode.TOO_LARGE_FOR_BROKER,
+                          f"event is {len(part)} bytes; the broker takes at most {self._outbox.max_event_bytes}")
+            return
+        outgoing = Outgoing(event_id, publish.event, publish.path, publish.data, publish.context, part)
+        try:
+            self._outbox.put(outgoing, (lambda: client.acknowledge(event_id)) if publish.ack else None)
+        except OutboxFull as exc:
+            client.refuse(publish, ErrorCode.OUTBOX_FULL, f"not sent to the broker: {exc}")
+
+    async def on_message(self, message: Message) -> None:
+        """A message from the broker: unpack it, drop our own echoes, deliver the rest."""
+        try:
+            batch = self._codec.unpack(message.body)
+        except CodecError as exc:
+            bus_warnings.warning(exc.reason, "dropped a %s message from the broker: %s", exc.reason, exc)
+            return
+        if batch.origin == self.instance_id:
+            return
+        origin_json = orjson.dumps(batch.origin)
+        for event in batch.events:
+            part = orjson.dumps({"id": event.id, "time": event.time, "event": event.event, "path": event.path,
+                                 "data": event.data, "context": event.context})
+            self._fan_out(part, origin_json, event.path, event.event, None)
+
+    def _fan_out(self, part: bytes, origin_json: bytes, path: str, event: str, source: Connection | None) -> None:
+        self.seq = seq = self.seq + 1
+        frame = b'{"type":"event","seq":%d,"origin":%s,%s\n' % (seq, origin_json, part[1:])
+        self._replay.append(Entry(seq, path, event, source.client_id if source else None, frame))
+        for client in self.clients:
+            if (client is not source or client.echo) and client.wants(path, event):
+                client.send(frame)
+
+    # -- broker state --------------------------------------------------------------------------
+
+    def on_backend_state(self, state: BackendState) -> None:
+        up = state is BackendState.CONNECTED
+        self._outbox.set_connected(up)
+        if up != self.broker_up:
+            self.broker_up = up
+            if self.stopping:
+                return
+            log.log(logging.INFO if up else logging.WARNING, "broker %s (%s)", "up" if up else "down",
+                    self.backend_name)
+            self.broadcast(self.status_frame())
+
+    def status_frame(self, **extra: Any) -> bytes:
+        return protocol.encode({"type": "status", "broker": "up" if self.broker_up else "down",
+                                "backend": self.backend_name, "outbox": len(self._outbox), **extra})

@@ -1,0 +1,46 @@
+"""The bounded replay buffer: recent event frames, so a client that reconnects can resume by `seq`."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    seq: int
+    path: str
+    event: str
+    source: str | None  # client_id of the local publisher, so it is not replayed its own events
+    frame: bytes
+
+
+class ReplayBuffer:
+    """Keeps the newest events within a count and a byte limit; seqs in it are contiguous."""
+
+    def __init__(self, max_events: int, max_bytes: int) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._entries: deque[Entry] = deque()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def append(self, entry: Entry) -> None:
+        entries = self._entries
+        entries.append(entry)
+        self.bytes += len(entry.frame)
+        while entries and (len(entries) > self.max_events or self.bytes > self.max_bytes):
+            self.bytes -= len(entries.popleft().frame)
+
+    def after(self, seq: int) -> list[Entry] | None:
+        """The entries newer than `seq`, or None if some of them are gone already."""
+        entries = self._entries
+        if not entries:
+            return []
+        first = entries[0].seq
+        if seq < first - 1:
+            return None
+        start = seq - first + 1
+        return [entries[i] for i in range(start, len(entries))]

@@ -1,0 +1,138 @@
+"""Helpers shared by the test suites: embedded and spawned daemons, raw socket clients, waiting on conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from sidecar.config import Settings
+from sidecar.daemon import Daemon
+
+REPO = Path(__file__).resolve().parent.parent
+TIMEOUT = 10.0
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition") -> None:
+    """Poll `condition` until it holds; fail the test if it does not within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def run_daemon(socket: Path, **settings: Any) -> AsyncIterator[Daemon]:
+    """An embedded daemon on `socket`, stopped (and its socket removed) on exit."""
+    settings.setdefault("shutdown_timeout", 2.0)
+    daemon = Daemon(Settings(socket=socket, **settings), handle_signals=False)
+    async with daemon:
+        yield daemon
+
+
+class RawClient:
+    """Talks to the socket in bytes, bypassing sidecar.client, to test exactly what is on the wire."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, socket: Path, hello: dict[str, Any] | None = None) -> RawClient:
+        reader, writer = await asyncio.open_unix_connection(socket, limit=64 * 1024 * 1024)
+        client = cls(reader, writer)
+        if hello is not None:
+            await client.send({"type": "hello", **hello})
+            welcome = await client.frame()
+            assert welcome["type"] == "welcome", welcome
+            client.welcome = welcome
+        return client
+
+    welcome: dict[str, Any]
+
+    async def send(self, frame: dict[str, Any] | bytes) -> None:
+        self.writer.write(frame if isinstance(frame, bytes) else orjson.dumps(frame) + b"\n")
+        await self.writer.drain()
+
+    async def frame(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            line = await self.reader.readline()
+        assert line, "connection closed by syncar"
+        frame: dict[str, Any] = orjson.loads(line)
+        return frame
+
+    async def frame_of(self, kind: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The next frame of type `kind`, skipping others (status frames, say)."""
+        async with asyncio.timeout(timeout):
+            while (frame := await self.frame()).get("type") != kind:
+                pass
+        return frame
+
+    async def events(self, count: int, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
+        return [await self.frame_of("event", timeout) for _ in range(count)]
+
+    async def closed(self, timeout: float = TIMEOUT) -> bytes:
+        """Read until syncar closes the connection; return what came."""
+        async with asyncio.timeout(timeout):
+            return await self.reader.read()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+def publish_frame(path: str = "messages", event: str = "created", data: Any = None, **extra: Any) -> dict[str, Any]:
+    return {"type": "publish", "path": path, "event": event, "data": data, **extra}
+
+
+class SpawnedDaemon:
+    """`python -m sidecar run` in a child process, for signals, exit codes and memory."""
+
+    def __init__(self, socket: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.socket = socket
+        self.log_path = socket.parent / f"{socket.stem}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "run", "--socket", str(socket), *args],
+            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=REPO,
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    async def ready(self, timeout: float = TIMEOUT) -> SpawnedDaemon:
+        await wait_for(lambda: "ready: apps may connect" in self.log or self.process.poll() is not None,
+                       timeout, "the daemon to start")
+        assert self.process.poll() is None, f"daemon exited with {self.process.returncode}:\n{self.log}"
+        return self
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = TIMEOUT) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        await wait_for(lambda: self.process.poll() is not None, timeout, "the daemon to exit")
+        self._log.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
