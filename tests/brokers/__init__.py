@@ -1,0 +1,113 @@
+"""Real broker servers for the tests: started on free loopback ports in temp dirs, killed and restarted on demand.
+
+Each broker module defines a `BrokerServer` subclass. The test session starts
+each broker once (see `tests/contract/conftest.py`). A missing server binary
+skips that broker's tests with a reason on a developer's machine and fails the
+run in CI (`CI=true`), so a broken install can never pass as green.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import pytest
+
+START_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def require_binary(name: str, *candidates: str) -> str:
+    """Path of a server binary; skip (developer) or fail (CI) if it is not installed."""
+    for candidate in (name, *candidates):
+        found = shutil.which(candidate)
+        if found:
+            return found
+    message = f"{name} is not installed (apt-get install {name})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI: {message}", pytrace=False)
+    pytest.skip(message)
+
+
+class BrokerServer(ABC):
+    """One broker process the tests own; `uri` stays the same across restarts."""
+
+    name: str
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=f"syncar-{self.name}-"))
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log = (self.dir / "server.log").open("ab")
+
+    @property
+    @abstractmethod
+    def uri(self) -> str:
+        """What syncar's `--backend` takes to reach this server."""
+
+    @abstractmethod
+    def command(self) -> list[str]:
+        """The server's command line."""
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def ready(self) -> bool:
+        """True once the server accepts clients; brokers with a slow boot override this."""
+        return port_open(self.port)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
+                                        env=self.env(), cwd=self.dir, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.ready():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.dir}/server.log")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not start within {START_TIMEOUT}s; see {self.dir}/server.log")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; wait until the port is closed."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def _signal(self, sig: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            # The session leader's group: rabbitmq-server is a shell script with an Erlang VM below it.
+            os.killpg(self.process.pid, sig)
+            self.process.wait(timeout=30)
+        self.process = None
+        deadline = time.monotonic() + 10
+        while port_open(self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        self._log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
