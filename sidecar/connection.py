@@ -150,7 +150,7 @@ class Connection(asyncio.Protocol):
             return
         if last_frame is not None:
             transport.write(last_frame)
+        # Leaving the relay waits for connection_lost: this may run inside the relay's fan-out loop.
         self._closing = True
-        self._relay.leave(self)
         transport.close()
         asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)

@@ -79,7 +79,7 @@ class Listener:
     async def start(self) -> None:
         sock = bind_unix(self.path, self.mode)
         self._inode = os.stat(self.path).st_ino
-        self._server = await asyncio.get_running_loop().create_unix_server(self._factory, sock=sock)
+        self._server = await asyncio.get_running_loop().create_unix_server(self._factory, sock=sock, backlog=BACKLOG)
         log.info("listening on %s (mode %04o)", self.path, self.mode)
 
     def stop_accepting(self) -> None:

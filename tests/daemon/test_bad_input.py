@@ -1,0 +1,182 @@
+"""Anything can arrive on the socket: each kind of bad input gets an error frame or a clean close,
+and the daemon and every other client keep working."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+
+from tests.conftest import Connect
+from tests.utils import RawClient, SpawnedDaemon, publish_frame, run_daemon, wait_for
+
+
+async def _still_relays(sock: Path, connect: Connect) -> None:
+    """A fresh pair of clients can still exchange an event."""
+    a = await connect(sock, {})
+    b = await connect(sock, {})
+    await a.send(publish_frame(data="still alive"))
+    assert (await b.frame_of("event"))["data"] == "still alive"
+
+
+async def test_malformed_json_gets_error_and_connection_stays(sock: Path, connect: Connect) -> None:
+    async with run_daemon(sock):
+        bad = await connect(sock, {})
+        listener = await connect(sock, {})
+        await bad.send(b'{"type": "publish", "path": \n')
+        error = await bad.frame()
+        assert error["type"] == "error"
+        assert error["code"] == "invalid_json"
+        await bad.send(publish_frame(data="after the bad one"))
+        assert (await listener.frame_of("event"))["data"] == "after the bad one"
+
+
+async def test_valid_json_that_is_not_an_object(sock: Path, connect: Connect) -> None:
+    async with run_daemon(sock):
+        client = await connect(sock, {})
+        for line in (b"[1,2,3]", b'"publish"', b"42", b"null", b"true"):
+            await client.send(line + b"\n")
+            error = await client.frame()
+            assert (error["type"], error["code"]) == ("error", "invalid_frame"), line
+        await _still_relays(sock, connect)
+
+
+async def test_unknown_type(sock: Path, connect: Connect) -> None:
+    async with run_daemon(sock):
+        client = await connect(sock, {})
+        await client.send({"type": "subscribe-all-the-things"})
+        error = await client.frame()
+        assert error["code"] == "unknown_type"
+        assert "subscribe-all-the-things" in error["message"]
+
+
+async def test_missing_and_mistyped_fields(sock: Path, connect: Connect) -> None:
+    cases: list[tuple[bytes, str]] = [
+        (b'{"path":"messages"}', "type"),
+        (b'{"type":7}', "type"),
+        (b'{"type":"publish","event":"created"}', "path"),
+        (b'{"type":"publish","path":"messages"}', "event"),
+        (b'{"type":"publish","path":["x"],"event":"created"}', "path"),
+        (b'{"type":"publish","path":"m","event":"created","id":12}', "id"),
+        (b'{"type":"publish","path":"m","event":"created","id":"1","ack":"yes"}', "ack"),
+        (b'{"type":"publish","path":"m","event":"created","ack":true}', "id"),
+        (b'{"type":"publish","path":"m","event":""}', "event"),
+    ]
+    async with run_daemon(sock):
+        client = await connect(sock, {})
+        listener = await connect(sock, {})
+        for line, field in cases:
+            await client.send(line + b"\n")
+            error = await client.frame()
+            assert error["code"] == "invalid_frame", line
+            assert field in error["message"], (line, error)
+        await client.send(publish_frame(data="valid"))
+        # Nothing from the bad frames was relayed: the first event the listener sees is the valid one.
+        assert (await listener.frame_of("event"))["data"] == "valid"
+
+
+async def test_bad_hello(sock: Path, connect: Connect) -> None:
+    async with run_daemon(sock):
+        wrong_version = await connect(sock)
+        await wrong_version.send({"type": "hello", "version": 99})
+        assert (await wrong_version.frame())["code"] == "unsupported_version"
+        bad_patterns = await connect(sock)
+        await bad_patterns.send({"type": "hello", "subscribe": [{"path": 5}]})
+        error = await bad_patterns.frame()
+        assert error["code"] == "invalid_frame"
+        assert "subscribe" in error["message"]
+        twice = await connect(sock, {})
+        await twice.send({"type": "hello"})
+        assert (await twice.frame())["code"] == "invalid_frame"
+
+
+async def test_line_over_max_frame_bytes_is_discarded_and_next_frames_count(sock: Path, connect: Connect) -> None:
+    async with run_daemon(sock, max_frame_bytes=4096):
+        client = await connect(sock, {})
+        listener = await connect(sock, {})
+        huge = b'{"type":"publish","path":"m","event":"e","data":"' + b"x" * 100_000 + b'"}\n'
+        await client.send(huge + b'{"type":"publish","path":"m","event":"e","data":"small"}\n')
+        error = await client.frame()
+        assert error["code"] == "frame_too_large"
+        assert (await listener.frame_of("event"))["data"] == "small"
+
+
+async def test_binary_garbage(sock: Path, connect: Connect) -> None:
+    async with run_daemon(sock):
+        client = await connect(sock, {})
+        await client.send(os.urandom(3000).replace(b"\n", b"\x00") + b"\n\xff\xfe\x00\x01\n")
+        codes = {(await client.frame())["code"] for _ in range(2)}
+        assert codes <= {"invalid_json", "invalid_frame"}
+        await client.send({"type": "ping"})
+        assert (await client.frame_of("pong"))["type"] == "pong"
+        await _still_relays(sock, connect)
+
+
+async def test_half_a_frame_then_silence_then_close(sock: Path, connect: Connect) -> None:
+    async with run_daemon(sock) as daemon:
+        client = await connect(sock, {})
+        await client.send(b'{"type":"publish","path":"messages","eve')
+        await _still_relays(sock, connect)  # the stalled client blocks nobody
+        client.writer.write_eof()
+        rest = await client.closed()
+        assert b'"truncated_frame"' in rest
+        await wait_for(lambda: len(daemon.connections) == 2, what="the half-frame connection to be dropped")
+
+
+async def test_client_that_never_reads_is_disconnected_and_others_keep_going(sock: Path, connect: Connect) -> None:
+    async with run_daemon(sock, client_queue_bytes=256 * 1024) as daemon:
+        stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # a plain socket nobody reads from
+        stuck.connect(str(sock))
+        stuck.sendall(b'{"type":"hello"}\n')
+        reader = await connect(sock, {})
+        publisher = await connect(sock, {})
+        payload = b"y" * 8000
+        # ~3 MB in all, far over the stuck client's bound; in rounds the live reader keeps up with.
+        for _ in range(40):
+            await publisher.send(b'{"type":"publish","path":"p","event":"e","data":"%s"}\n' % payload * 10)
+            assert len(await reader.events(10)) == 10
+        await wait_for(lambda: len(daemon.connections) == 2, what="the stuck client to be disconnected")
+        leftover = bytearray()
+        while chunk := stuck.recv(1 << 20):
+            leftover += chunk
+        stuck.close()
+        assert len(leftover) < 2 * 1024 * 1024, "more than the queue bound plus socket buffers was held for it"
+
+
+async def test_500_concurrent_connections_with_memory_bounded(sock: Path) -> None:
+    max_frame = 64 * 1024
+    daemon = SpawnedDaemon(sock, "--max-clients", "1000", "--max-frame-bytes", str(max_frame))
+    try:
+        await daemon.ready()
+        baseline = daemon.rss_bytes()
+        clients = await asyncio.gather(*(RawClient.connect(sock, {"client": f"c{i}"}) for i in range(500)))
+        try:
+            await clients[0].send(publish_frame(data="to everyone"))
+            for client in clients[1:]:
+                assert (await client.frame_of("event"))["data"] == "to everyone"
+            # Each of them now sends garbage and an oversized frame.
+            for client in clients:
+                client.writer.write(b"garbage\n" + b"z" * 1_100_000 + b"\n")
+            for client in clients:
+                await client.writer.drain()
+                assert (await client.frame())["code"] == "invalid_json"
+                assert (await client.frame())["code"] == "frame_too_large"
+            # What a connection may hold is bounded by the frame limit, whatever it is sent.
+            growth = daemon.rss_bytes() - baseline
+            assert growth < 500 * max_frame + 48 * 1024 * 1024, f"daemon RSS grew by {growth / 1e6:.1f} MB"
+        finally:
+            await asyncio.gather(*(client.close() for client in clients))
+        assert await daemon.stop() == 0
+    finally:
+        daemon.kill()
+
+
+async def test_too_many_clients_are_refused_cleanly(sock: Path, connect: Connect) -> None:
+    async with run_daemon(sock, max_clients=3):
+        keep = [await connect(sock, {}) for _ in range(3)]
+        extra = await connect(sock)
+        rest = await extra.closed()
+        assert b'"too_many_clients"' in rest
+        await keep[0].send(publish_frame(data="fine"))
+        assert (await keep[1].frame_of("event"))["data"] == "fine"
