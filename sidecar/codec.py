@@ -132,7 +132,8 @@ class FeathersSyncCodec(Codec):
         self._sent: OrderedDict[bytes, int] = OrderedDict()
 
     def pack(self, events: list[Outgoing]) -> list[bytes]:
-        bodies = [orjson.dumps({"event": e.event, "path": e.path, "data": e.data, "context": e.context}) for e in events]
+        bodies = [orjson.dumps({"event": e.event, "path": e.path, "data": e.data, "context": e.context})
+                  for e in events]
         for body in bodies:
             digest = hashlib.blake2b(body, digest_size=16).digest()
             self._sent[digest] = self._sent.pop(digest, 0) + 1

@@ -77,6 +77,13 @@ class Settings(BaseSettings):
             raise ValueError(f"{value:04o} does not let the owner read and write the socket")
         return value
 
+    @field_validator("config")
+    @classmethod
+    def _config_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
     @field_validator("backend")
     @classmethod
     def _known_scheme(cls, value: str) -> str:

@@ -108,7 +108,8 @@ class Connection(asyncio.Protocol):
             self._greet(None)
             self.send(PONG)
         else:
-            raise FrameError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {kind[:64]!r}; expected hello, publish or ping")
+            raise FrameError(ErrorCode.UNKNOWN_TYPE,
+                             f"unknown frame type {kind[:64]!r}; expected hello, publish or ping")
 
     def _greet(self, resume: protocol.Resume | None) -> None:
         if not self.greeted:

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Awaitable
 
 from backends import load_backend
-from backends.base import Backend, BackendConfig, BackendError
+from backends.base import Backend, BackendConfig, BackendError, BackendState
 from sidecar import __version__, protocol
 from sidecar.codec import CODECS
 from sidecar.config import Settings
@@ -39,7 +39,7 @@ class Daemon:
         backend_cls = load_backend(settings.backend)
         self.backend: Backend = backend_cls(
             BackendConfig(uri=settings.backend, instance_id=settings.instance_id),
-            on_state=lambda state: self.relay.on_backend_state(state),
+            on_state=self._on_backend_state,
         )
         codec = CODECS[settings.codec](settings.instance_id)
         self.outbox = Outbox(self.backend, codec, settings.key, settings.outbox_bytes)
@@ -48,6 +48,9 @@ class Daemon:
         self.connections: set[Connection] = set()
         self.listener = Listener(settings.socket, settings.socket_mode, self._accept)
         self._outbox_task: asyncio.Task[None] | None = None
+
+    def _on_backend_state(self, state: BackendState) -> None:
+        self.relay.on_backend_state(state)
 
     def _accept(self) -> Connection:
         refusal = None

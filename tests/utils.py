@@ -99,9 +99,9 @@ def publish_frame(path: str = "messages", event: str = "created", data: Any = No
 class SpawnedDaemon:
     """`python -m sidecar run` in a child process, for signals, exit codes and memory."""
 
-    def __init__(self, socket: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, socket: Path, *args: str, env: dict[str, str] | None = None, name: str = "daemon") -> None:
         self.socket = socket
-        self.log_path = socket.parent / f"{socket.stem}.log"
+        self.log_path = socket.parent / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sidecar", "run", "--socket", str(socket), *args],
@@ -124,12 +124,15 @@ class SpawnedDaemon:
                 return int(line.split()[1]) * 1024
         raise AssertionError("no VmRSS")
 
-    async def stop(self, sig: int = signal.SIGTERM, timeout: float = TIMEOUT) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
+    async def exited(self, timeout: float = TIMEOUT) -> int:
         await wait_for(lambda: self.process.poll() is not None, timeout, "the daemon to exit")
         self._log.close()
         return self.process.returncode
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = TIMEOUT) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return await self.exited(timeout)
 
     def kill(self) -> None:
         if self.process.poll() is None:

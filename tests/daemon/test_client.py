@@ -1,0 +1,82 @@
+"""The Python client against a real daemon: publish, ack, receive, reconnect, resume, pending publishes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidecar.client import Client, ClientError, PendingFull
+from tests.utils import run_daemon, wait_for
+
+
+async def test_publish_with_ack_and_receive(sock: Path) -> None:
+    async with run_daemon(sock, instance_id="one"), Client(sock, name="a") as a, Client(sock, name="b") as b:
+        await a.publish("messages", "created", {"text": "hi"}, {"params": {}}, id="m1", ack=True)
+        event = await b.next_event(timeout=5)
+        assert (event.id, event.path, event.event, event.data, event.context, event.origin) == (
+            "m1", "messages", "created", {"text": "hi"}, {"params": {}}, "one")
+        assert a.instance == "one"
+        assert a.broker_up
+
+
+async def test_subscription_patterns(sock: Path) -> None:
+    async with (run_daemon(sock), Client(sock) as pub,
+                Client(sock, subscribe=[{"path": "users", "event": "removed"}]) as sub):
+        await pub.publish("users", "created", 1)
+        await pub.publish("users", "removed", 2, ack=True)
+        assert (await sub.next_event(timeout=5)).data == 2
+
+
+async def test_connect_to_nothing_fails_with_a_clear_error(sock: Path) -> None:
+    client = Client(sock, reconnect=False)
+    with pytest.raises(ClientError, match="cannot connect"):
+        await client.connect(timeout=2)
+    await client.close()
+
+
+async def test_reconnect_resumes_without_loss_or_duplicates(sock: Path) -> None:
+    async with run_daemon(sock) as daemon, Client(sock) as pub, Client(sock, backoff=(0.01, 0.05)) as sub:
+        await pub.publish("p", "e", 0, ack=True)
+        assert (await sub.next_event(timeout=5)).data == 0
+        # Cut sub's connection from the daemon side, then keep publishing while it comes back.
+        victim = next(c for c in daemon.connections if c.client_id == sub.client_id)
+        victim.close()
+        for i in range(1, 50):
+            await pub.publish("p", "e", i)
+        await pub.publish("p", "e", 50, ack=True)
+        received = [(await sub.next_event(timeout=5)).data for _ in range(50)]
+        assert received == list(range(1, 51))
+        assert sub.gaps == 0
+
+
+async def test_publishes_made_while_daemon_is_down_are_sent_after_restart(sock: Path) -> None:
+    async with run_daemon(sock):
+        client = Client(sock, backoff=(0.01, 0.1))
+        await client.connect()
+    # The daemon is gone: publishes wait in the client.
+    await wait_for(lambda: not client.connected, what="the client to notice")
+    for i in range(3):
+        await client.publish("p", "e", i)
+    try:
+        async with run_daemon(sock), Client(sock) as listener:
+            await wait_for(lambda: client.connected, what="the client to reconnect")
+            await client.publish("p", "e", 3, ack=True)
+            assert [(await listener.next_event(timeout=5)).data for _ in range(4)] == [0, 1, 2, 3]
+            assert client.gaps == 1  # a new daemon cannot replay the old one's events, and says so
+    finally:
+        await client.close()
+
+
+async def test_pending_publishes_are_bounded(sock: Path) -> None:
+    async with run_daemon(sock):
+        client = Client(sock, max_pending=2, backoff=(0.01, 0.1))
+        await client.connect()
+    try:
+        await wait_for(lambda: not client.connected, what="the client to notice")
+        await client.publish("p", "e", 1)
+        await client.publish("p", "e", 2)
+        with pytest.raises(PendingFull):
+            await client.publish("p", "e", 3)
+    finally:
+        await client.close()

@@ -1,0 +1,118 @@
+"""The daemon as a process: socket hygiene, signals, exit codes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+from pathlib import Path
+
+from tests.utils import RawClient, SpawnedDaemon, publish_frame
+
+
+async def test_socket_mode_and_removal_on_sigterm(sock: Path) -> None:
+    daemon = SpawnedDaemon(sock)
+    try:
+        await daemon.ready()
+        mode = stat.S_IMODE(os.stat(sock).st_mode)
+        assert mode == 0o660
+        assert str(sock) in daemon.log  # the socket path is printed at startup
+        assert await daemon.stop(signal.SIGTERM) == 0
+        assert not sock.exists()
+    finally:
+        daemon.kill()
+
+
+async def test_custom_socket_mode_whatever_the_umask(sock: Path) -> None:
+    old = os.umask(0)
+    try:
+        daemon = SpawnedDaemon(sock, "--socket-mode", "0600")
+    finally:
+        os.umask(old)
+    try:
+        await daemon.ready()
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+    finally:
+        await daemon.stop()
+        daemon.kill()
+
+
+async def test_sigint_exits_zero(sock: Path) -> None:
+    daemon = SpawnedDaemon(sock)
+    try:
+        await daemon.ready()
+        assert await daemon.stop(signal.SIGINT) == 0
+        assert not sock.exists()
+    finally:
+        daemon.kill()
+
+
+async def test_stale_socket_is_replaced(sock: Path) -> None:
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(sock))
+    stale.close()  # the file stays, nobody listens: what a crashed daemon leaves
+    assert sock.exists()
+    daemon = SpawnedDaemon(sock)
+    try:
+        await daemon.ready()
+        assert "stale socket" in daemon.log
+        client = await RawClient.connect(sock, {})
+        assert client.welcome["type"] == "welcome"
+        await client.close()
+    finally:
+        await daemon.stop()
+        daemon.kill()
+
+
+async def test_socket_of_a_live_daemon_is_refused(sock: Path) -> None:
+    first = SpawnedDaemon(sock, name="first")
+    await first.ready()
+    second = SpawnedDaemon(sock, name="second")
+    try:
+        assert await second.exited() == 3
+        assert "in use by another running syncar" in second.log
+        assert "Traceback" not in second.log
+        # The first daemon is unharmed and its socket still there.
+        client = await RawClient.connect(sock, {})
+        await client.close()
+    finally:
+        second.kill()
+        await first.stop()
+        first.kill()
+
+
+async def test_non_socket_file_is_never_replaced(sock: Path) -> None:
+    sock.write_text("precious")
+    daemon = SpawnedDaemon(sock)
+    try:
+        assert await daemon.exited() == 3
+        assert "is not a socket" in daemon.log
+        assert "Traceback" not in daemon.log
+        assert sock.read_text() == "precious"
+    finally:
+        daemon.kill()
+
+
+async def test_sigterm_delivers_what_is_queued_and_tells_clients(sock: Path) -> None:
+    daemon = SpawnedDaemon(sock)
+    try:
+        await daemon.ready()
+        publisher = await RawClient.connect(sock, {})
+        listener = await RawClient.connect(sock, {})
+        count = 2000
+        await publisher.send(b"".join(
+            b'{"type":"publish","path":"p","event":"e","data":%d}\n' % i for i in range(count)))
+        await publisher.send(publish_frame(id="last", ack=True))
+        await publisher.frame_of("ack")
+        daemon.process.send_signal(signal.SIGTERM)
+        events = await listener.events(count + 1)
+        assert [e["data"] for e in events[:count]] == list(range(count))
+        stopping = await listener.frame_of("status")
+        assert stopping["stopping"] is True
+        assert await listener.closed() == b""
+        assert await daemon.exited() == 0
+        await publisher.close()
+        await listener.close()
+    finally:
+        daemon.kill()

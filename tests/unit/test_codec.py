@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import contextlib
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.codec import FeathersSyncCodec, Outgoing, SyncarCodec
+from sidecar.errors import CodecError
+
+
+def outgoing(event_id: str, data: object) -> Outgoing:
+    part = orjson.dumps({"id": event_id, "time": 1.5, "event": "created", "path": "messages", "data": data,
+                         "context": {"params": {}}})
+    return Outgoing(event_id, "created", "messages", data, {"params": {}}, part)
+
+
+def test_syncar_batch_round_trip() -> None:
+    codec = SyncarCodec("node-a")
+    [body] = codec.pack([outgoing("1", {"t": "é"}), outgoing("2", [1, 2])])
+    batch = SyncarCodec("node-b").unpack(body)
+    assert batch.origin == "node-a"
+    assert [(e.id, e.data, e.time) for e in batch.events] == [("1", {"t": "é"}, 1.5), ("2", [1, 2], 1.5)]
+
+
+def test_feathers_sync_body_is_exactly_what_feathers_sync_sends() -> None:
+    [body] = FeathersSyncCodec("a").pack([outgoing("1", {"text": "hi"})])
+    assert body == b'{"event":"created","path":"messages","data":{"text":"hi"},"context":{"params":{}}}'
+
+
+def test_feathers_sync_echo_is_recognised_once() -> None:
+    codec = FeathersSyncCodec("me")
+    [body] = codec.pack([outgoing("1", 1)])
+    assert codec.unpack(body).origin == "me"
+    assert codec.unpack(body).origin is None  # the same bytes again came from someone else
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (b"not json", "malformed"),
+    (b'{"event":"created","path":"m"}', "foreign"),
+    (b'{"v":2,"origin":"x","events":[]}', "foreign"),
+    (b'{"v":1,"origin":5,"events":[]}', "malformed"),
+    (b'{"v":1,"origin":"x","events":[{"event":"e","path":"p"}]}', "malformed"),
+    (b'{"v":1,"origin":"x","events":[7]}', "malformed"),
+])
+def test_syncar_rejects(body: bytes, reason: str) -> None:
+    with pytest.raises(CodecError) as info:
+        SyncarCodec("me").unpack(body)
+    assert info.value.reason == reason
+
+
+@given(st.binary(max_size=300))
+def test_decoders_only_ever_raise_codec_error(body: bytes) -> None:
+    for codec in (SyncarCodec("me"), FeathersSyncCodec("me")):
+        with contextlib.suppress(CodecError):
+            codec.unpack(body)

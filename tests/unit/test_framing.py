@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.framing import OVERSIZED, FrameDecoder
+
+
+def test_many_frames_in_one_read_and_split_frames() -> None:
+    decoder = FrameDecoder(100)
+    assert decoder.feed(b'{"a":1}\n{"b":2}\n{"c"') == [b'{"a":1}', b'{"b":2}']
+    assert decoder.partial
+    assert decoder.feed(b":3}\n") == [b'{"c":3}']
+    assert not decoder.partial
+
+
+def test_blank_lines_are_skipped() -> None:
+    assert FrameDecoder(100).feed(b"\n  \r\n{}\n\n") == [b"{}"]
+
+
+def test_oversized_line_is_reported_once_and_the_next_one_survives() -> None:
+    decoder = FrameDecoder(10)
+    assert decoder.feed(b"x" * 25) == [OVERSIZED]
+    assert decoder.feed(b"y" * 25) == []
+    assert decoder.feed(b"zz\nok\n") == [b"ok"]
+    assert decoder.feed(b"a" * 11 + b"\nb\n") == [OVERSIZED, b"b"]
+
+
+@given(st.lists(st.binary(max_size=50).map(lambda b: b.replace(b"\n", b"")), max_size=20),
+       st.integers(min_value=1, max_value=64))
+def test_any_chunking_gives_the_same_frames(lines: list[bytes], chunk: int) -> None:
+    stream = b"".join(line + b"\n" for line in lines)
+    decoder = FrameDecoder(60)
+    out: list[bytes] = []
+    for i in range(0, len(stream), chunk):
+        out += decoder.feed(stream[i:i + chunk])
+    assert out == [line for line in lines if line.strip()]
+
+
+@given(st.binary(max_size=5000))
+def test_memory_never_exceeds_the_limit(data: bytes) -> None:
+    decoder = FrameDecoder(100)
+    decoder.feed(data)
+    assert len(decoder._buffer) <= 100

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from sidecar.replay import Entry, ReplayBuffer
+
+
+def entry(seq: int, size: int = 10) -> Entry:
+    return Entry(seq, "p", "e", None, b"x" * size)
+
+
+def test_after_returns_newer_entries_or_none_when_gone() -> None:
+    buffer = ReplayBuffer(max_events=3, max_bytes=1000)
+    for seq in range(1, 6):
+        buffer.append(entry(seq))
+    assert len(buffer) == 3
+    assert [e.seq for e in buffer.after(2) or []] == [3, 4, 5]
+    assert [e.seq for e in buffer.after(4) or []] == [5]
+    assert buffer.after(5) == []
+    assert buffer.after(1) is None
+
+
+def test_byte_bound() -> None:
+    buffer = ReplayBuffer(max_events=100, max_bytes=25)
+    for seq in range(1, 4):
+        buffer.append(entry(seq))
+    assert buffer.bytes <= 25
+    assert [e.seq for e in buffer.after(1) or []] == [2, 3]
+
+
+def test_empty_buffer_resumes_nothing() -> None:
+    assert ReplayBuffer(10, 100).after(7) == []
