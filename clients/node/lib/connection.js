@@ -1,0 +1,475 @@
+'use strict';
+
+/**
+ * One app's connection to its syncar: protocol v1 over a unix socket (docs/protocol.md).
+ *
+ * Modelled on the Python client (sidecar/client.py): reconnects with jittered exponential back-off,
+ * resumes from the last `seq` it handled, and holds publishes while it is disconnected, bounded in
+ * count and bytes. Every publish asks for an `ack`, and stays held until the daemon acknowledged it
+ * (the broker accepted it), so publishes written just before the daemon went away are sent again
+ * after the reconnect instead of being lost with the socket's buffers.
+ */
+
+const net = require('node:net');
+const crypto = require('node:crypto');
+const { EventEmitter } = require('node:events');
+const { debug } = require('./warnings');
+
+const PROTOCOL_VERSION = 1;
+const EVENT_PREFIX = '{"type":"event"';
+/** A daemon that accepted the connection but sends no welcome within this time is given up on. */
+const HANDSHAKE_TIMEOUT_MS = 10_000;
+
+/** What `publish` did with an event. */
+const Published = Object.freeze({
+  SENT: 'sent', // written to the socket
+  HELD: 'held', // kept, to be written once connected (or once the socket drains)
+  FULL: 'full', // not kept: the held publishes are at their limit
+  TOO_LARGE: 'too_large', // not kept: the frame is over maxFrameBytes
+  CLOSED: 'closed', // close() was called
+});
+
+class Connection extends EventEmitter {
+  /**
+   * @param {object} options
+   * @param {string} options.socket path of the daemon's socket
+   * @param {string} options.name client name, for the daemon's logs
+   * @param {Array|undefined} options.subscribe hello.subscribe (undefined: every event)
+   * @param {{minDelay:number,maxDelay:number}|false} options.reconnect back-off in ms, or no reconnect
+   * @param {number} options.maxPending publishes held at most (not yet written, or not yet acknowledged)
+   * @param {number} options.maxPendingBytes bytes of held publishes at most
+   * @param {number} options.maxFrameBytes longest publish line (the daemon's --max-frame-bytes)
+   * @param {number} options.maxReceiveBytes longest line accepted from the daemon
+   * @param {number} options.writeBufferBytes unsent socket bytes above which publishes are held instead
+   * @param {(line: string) => object} options.parseEvent turns an `event` line into an object
+   * @param {(code: string, message: string) => void} options.warn
+   */
+  constructor(options) {
+    super();
+    this.options = options;
+    this.clientId = crypto.randomBytes(8).toString('hex');
+    this.instance = null;
+    this.backend = null;
+    this.broker = null;
+    this.connected = false;
+    this.closed = false;
+    this.gaps = 0;
+    this._epoch = null;
+    this._seq = 0;
+    this._ids = 0;
+    this._socket = null;
+    this._attempt = 0;
+    this._timer = null;
+    this._handshakeTimer = null;
+    this._partial = [];
+    this._partialLength = 0;
+    this._discarding = false;
+    this._everConnected = false;
+    // Written but not yet acknowledged, in publish order: id -> { line, bytes }.
+    this._unacked = new Map();
+    // Not yet written, in publish order.
+    this._queue = [];
+    this._heldBytes = 0;
+  }
+
+  get held() {
+    return this._unacked.size + this._queue.length;
+  }
+
+  get heldBytes() {
+    return this._heldBytes;
+  }
+
+  start() {
+    this._connect();
+  }
+
+  // -- publishing -------------------------------------------------------------------------------
+
+  /**
+   * Send one event whose serialised form is `body`, the JSON text of an object with `event` and
+   * `path` (and `data`, `context`). Never throws.
+   *
+   * @returns {{ status: string, bytes: number }}
+   */
+  publish(body) {
+    if (this.closed) {
+      return { status: Published.CLOSED, bytes: 0 };
+    }
+    this._ids += 1;
+    const id = `${this.clientId}-${this._ids}`;
+    const open = body.indexOf('{');
+    const rest = body.slice(open + 1).trimStart();
+    const separator = rest.startsWith('}') ? '' : ',';
+    const line = `{"type":"publish","id":"${id}","ack":true${separator}${rest}\n`;
+    const bytes = Buffer.byteLength(line);
+    if (bytes - 1 > this.options.maxFrameBytes) {
+      return { status: Published.TOO_LARGE, bytes: bytes - 1 };
+    }
+    const entry = { id, line, bytes };
+    const writable = this.connected && this._queue.length === 0 && !this._congested();
+    if (!this._fits(bytes)) {
+      if (!writable) {
+        return { status: Published.FULL, bytes };
+      }
+      this._forgetOldest(bytes);
+    }
+    this._heldBytes += bytes;
+    if (writable) {
+      this._unacked.set(id, entry);
+      this._socket.write(line);
+      return { status: Published.SENT, bytes };
+    }
+    this._queue.push(entry);
+    return { status: Published.HELD, bytes };
+  }
+
+  _fits(bytes) {
+    return this.held < this.options.maxPending && this._heldBytes + bytes <= this.options.maxPendingBytes;
+  }
+
+  _congested() {
+    return this._socket !== null && this._socket.writableLength > this.options.writeBufferBytes;
+  }
+
+  /**
+   * Connected, but the daemon has not acknowledged `maxPending` publishes (its broker is away): stop
+   * keeping the oldest ones for re-sending. They are with the daemon, whose outbox holds them; only a
+   * daemon restart before the broker is back would lose them.
+   */
+  _forgetOldest(bytes) {
+    let forgotten = 0;
+    for (const [id, entry] of this._unacked) {
+      if (this._fits(bytes)) {
+        break;
+      }
+      this._unacked.delete(id);
+      this._heldBytes -= entry.bytes;
+      forgotten += 1;
+    }
+    if (forgotten > 0) {
+      this.options.warn('ack_backlog', `${this.held} publishes are waiting for the broker (syncar's broker is down?); ` +
+        'the oldest are no longer kept for re-sending if syncar restarts (maxPending/maxPendingBytes)');
+    }
+  }
+
+  _settle(id) {
+    const entry = this._unacked.get(id);
+    if (entry !== undefined) {
+      this._unacked.delete(id);
+      this._heldBytes -= entry.bytes;
+      if (this._unacked.size === 0 && this._queue.length === 0) {
+        this.emit('settled');
+      }
+    }
+  }
+
+  /** Write queued publishes, in order, until the socket's buffer is full again. */
+  _flush() {
+    if (!this.connected) {
+      return;
+    }
+    let written = 0;
+    while (written < this._queue.length && !this._congested()) {
+      const entry = this._queue[written];
+      this._unacked.set(entry.id, entry);
+      this._socket.write(entry.line);
+      written += 1;
+    }
+    if (written > 0) {
+      this._queue.splice(0, written);
+    }
+  }
+
+  // -- the connection ---------------------------------------------------------------------------
+
+  _connect() {
+    this._timer = null;
+    if (this.closed) {
+      return;
+    }
+    const socket = net.createConnection({ path: this.options.socket });
+    this._socket = socket;
+    socket.setEncoding('utf8');
+    socket.on('connect', () => this._hello(socket));
+    socket.on('data', (chunk) => this._data(chunk));
+    socket.on('drain', () => this._flush());
+    socket.on('error', (err) => this._failed(err));
+    socket.on('close', () => this._closed(socket));
+  }
+
+  _hello(socket) {
+    const hello = {
+      type: 'hello',
+      version: PROTOCOL_VERSION,
+      client: this.options.name,
+      client_id: this.clientId,
+      echo: false,
+    };
+    if (this.options.subscribe !== undefined) {
+      hello.subscribe = this.options.subscribe;
+    }
+    if (this._epoch !== null) {
+      hello.resume = { epoch: this._epoch, seq: this._seq };
+    }
+    socket.write(`${JSON.stringify(hello)}\n`);
+    this._handshakeTimer = setTimeout(() => {
+      this.options.warn('handshake', `syncar at ${this.options.socket} accepted the connection but sent no welcome ` +
+        `within ${HANDSHAKE_TIMEOUT_MS / 1000}s; reconnecting`);
+      socket.destroy();
+    }, HANDSHAKE_TIMEOUT_MS);
+    this._handshakeTimer.unref();
+  }
+
+  _failed(err) {
+    this._lastError = err;
+    debug('socket error: %s', err && err.message);
+  }
+
+  _closed(socket) {
+    if (socket !== this._socket) {
+      return;
+    }
+    clearTimeout(this._handshakeTimer);
+    this._socket = null;
+    this._partial = [];
+    this._partialLength = 0;
+    this._discarding = false;
+    const wasConnected = this.connected;
+    this.connected = false;
+    if (wasConnected) {
+      this.emit('disconnect');
+    }
+    if (this.closed) {
+      this.emit('closed');
+      return;
+    }
+    const reconnect = this.options.reconnect;
+    if (reconnect === false) {
+      this.closed = true;
+      const reason = this._lastError ? this._lastError.message : 'connection closed';
+      this.options.warn('disconnected', `lost syncar at ${this.options.socket} (${reason}); reconnect is off`);
+      this.emit('closed', new Error(`cannot reach syncar at ${this.options.socket}: ${reason}`));
+      return;
+    }
+    this._attempt += 1;
+    const ceiling = Math.min(reconnect.maxDelay, reconnect.minDelay * 2 ** Math.min(this._attempt, 16));
+    const delay = Math.round((0.5 + Math.random() / 2) * ceiling);
+    const reason = this._lastError ? this._lastError.code || this._lastError.message : 'connection closed';
+    if (wasConnected || this._attempt === 1) {
+      this.options.warn('disconnected', `${wasConnected ? 'lost' : 'cannot reach'} syncar at ${this.options.socket} ` +
+        `(${reason}); reconnecting with back-off, events are emitted locally and ${this.held} publishes are held meanwhile`);
+    } else {
+      debug('reconnect attempt %d failed (%s); next in %dms', this._attempt, reason, delay);
+    }
+    this._lastError = null;
+    this._timer = setTimeout(() => this._connect(), delay);
+  }
+
+  /**
+   * Close the connection. Waits up to `timeout` ms for held publishes to be acknowledged first.
+   * @returns {Promise<void>}
+   */
+  async close(timeout = 2000) {
+    if (this.closed && this._socket === null) {
+      return;
+    }
+    if (this.connected && this.held > 0 && timeout > 0) {
+      await waitFor(this, 'settled', timeout, () => this.held === 0);
+    }
+    this.closed = true;
+    clearTimeout(this._timer);
+    this._timer = null;
+    const socket = this._socket;
+    if (socket === null) {
+      this.emit('closed');
+      return;
+    }
+    const done = waitFor(this, 'closed', 1000, () => this._socket === null);
+    socket.end();
+    if (!(await done)) {
+      socket.destroy();
+    }
+    const dropped = this.held;
+    if (dropped > 0) {
+      this.options.warn('closed_with_pending', `closed with ${dropped} publishes not acknowledged by syncar`);
+    }
+  }
+
+  // -- frames in --------------------------------------------------------------------------------
+
+  _data(chunk) {
+    let start = 0;
+    let newline = chunk.indexOf('\n');
+    while (newline !== -1) {
+      let line;
+      if (this._partialLength > 0 || this._partial.length > 0) {
+        this._partial.push(chunk.slice(start, newline));
+        line = this._partial.join('');
+        this._partial = [];
+        this._partialLength = 0;
+      } else {
+        line = chunk.slice(start, newline);
+      }
+      if (this._discarding) {
+        this._discarding = false;
+      } else if (line.length > this.options.maxReceiveBytes) {
+        this._oversized();
+      } else if (line.length > 0) {
+        this._line(line);
+      }
+      if (this._socket === null) {
+        return; // a frame handler closed the connection
+      }
+      start = newline + 1;
+      newline = chunk.indexOf('\n', start);
+    }
+    if (start < chunk.length && !this._discarding) {
+      const rest = start === 0 ? chunk : chunk.slice(start);
+      this._partialLength += rest.length;
+      if (this._partialLength > this.options.maxReceiveBytes) {
+        this._partial = [];
+        this._partialLength = 0;
+        this._discarding = true;
+        this._oversized();
+      } else {
+        this._partial.push(rest);
+      }
+    }
+  }
+
+  _oversized() {
+    this.options.warn('frame_too_large', `dropped a frame from syncar longer than maxReceiveBytes ` +
+      `(${this.options.maxReceiveBytes}); an event was lost`);
+  }
+
+  _line(line) {
+    if (line.startsWith(EVENT_PREFIX)) {
+      this._event(line);
+      return;
+    }
+    let frame;
+    try {
+      frame = JSON.parse(line);
+    } catch (err) {
+      this.options.warn('bad_frame', `syncar sent a line that is not JSON (${err.message})`);
+      return;
+    }
+    switch (frame && frame.type) {
+      case 'ack':
+        this._settle(frame.id);
+        break;
+      case 'nack':
+        this._settle(frame.id);
+        this.emit('refused', frame);
+        break;
+      case 'welcome':
+        this._welcome(frame);
+        break;
+      case 'status':
+        this.broker = frame.broker === 'up' ? 'up' : 'down';
+        this.emit('status', frame);
+        break;
+      case 'error':
+        this._error(frame);
+        break;
+      case 'event':
+        this._event(line, frame);
+        break;
+      default:
+        break; // pong, and frame types added later in version 1
+    }
+  }
+
+  _event(line, parsed) {
+    let frame = parsed;
+    let failure = null;
+    try {
+      frame = this.options.parseEvent(line);
+    } catch (err) {
+      failure = err;
+      try {
+        frame = parsed || JSON.parse(line);
+      } catch {
+        frame = null;
+      }
+    }
+    if (frame && typeof frame.seq === 'number') {
+      this._seq = frame.seq;
+    }
+    if (failure !== null) {
+      this.options.warn('deserialize', `cannot deserialize an event from syncar (${failure.message}); it was dropped`);
+      return;
+    }
+    if (frame === null || typeof frame !== 'object') {
+      this.options.warn('deserialize', 'deserialize returned no object for an event from syncar; it was dropped');
+      return;
+    }
+    this.emit('event', frame);
+  }
+
+  _error(frame) {
+    if (frame.code === 'resume_gap') {
+      this.gaps += 1;
+      this.emit('gap', frame);
+      this.options.warn('resume_gap', `events from other instances were missed while disconnected: ${frame.message}`);
+      return;
+    }
+    if (typeof frame.id === 'string') {
+      this._settle(frame.id);
+      this.emit('refused', frame);
+      return;
+    }
+    this.options.warn(`error_${frame.code}`, `syncar answered ${frame.code}: ${frame.message}`);
+  }
+
+  _welcome(frame) {
+    clearTimeout(this._handshakeTimer);
+    if (frame.epoch !== this._epoch) {
+      this._epoch = typeof frame.epoch === 'string' ? frame.epoch : null;
+      this._seq = typeof frame.seq === 'number' ? frame.seq : 0;
+    }
+    this.instance = frame.instance ?? null;
+    this.backend = frame.backend ?? null;
+    this.broker = frame.broker === 'up' ? 'up' : 'down';
+    this._attempt = 0;
+    const socket = this._socket;
+    // What was written to a previous connection and never acknowledged goes first, in publish order;
+    // the daemon may not have read it before it went away.
+    for (const entry of this._unacked.values()) {
+      socket.write(entry.line);
+    }
+    this.connected = true;
+    this._flush();
+    const first = !this._everConnected;
+    this._everConnected = true;
+    this.emit('connect', { ...frame, first });
+  }
+}
+
+/**
+ * Resolve true once `emitter` emits `event` and `done()` holds, false after `timeout` ms.
+ * @returns {Promise<boolean>}
+ */
+function waitFor(emitter, event, timeout, done) {
+  return new Promise((resolve) => {
+    if (done()) {
+      resolve(true);
+      return;
+    }
+    const listener = () => {
+      if (done()) {
+        finish(true);
+      }
+    };
+    const timer = setTimeout(() => finish(false), timeout);
+    function finish(result) {
+      clearTimeout(timer);
+      emitter.off(event, listener);
+      resolve(result);
+    }
+    emitter.on(event, listener);
+  });
+}
+
+module.exports = { Connection, Published, PROTOCOL_VERSION };
