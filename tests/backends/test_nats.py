@@ -1,0 +1,345 @@
+"""The NATS backend against a real nats-server (broadcast mode, core subjects)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from backends.base import (
+    BackendClosed,
+    BackendConfig,
+    BackendError,
+    BackendState,
+    BackendUnavailable,
+    Message,
+    MessageTooLarge,
+)
+from backends.nats import NatsBackend
+from tests.brokers.nats import NatsServer
+from tests.utils import wait_for
+
+pytestmark = pytest.mark.nats
+
+#: The fault suite's promise: a daemon is connected again this soon after the broker is back.
+RECOVERY = 2.0
+
+
+class Inbox:
+    """A subscription handler that keeps what it got."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    async def __call__(self, message: Message) -> None:
+        self.bodies.append(message.body)
+
+    async def wait(self, count: int, timeout: float = 5.0) -> list[bytes]:
+        await wait_for(lambda: len(self.bodies) >= count, timeout, f"{count} messages (got {len(self.bodies)})")
+        return self.bodies
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[NatsServer]:
+    broker = NatsServer()
+    broker.start()
+    yield broker
+    broker.cleanup()
+
+
+@pytest.fixture
+def topic() -> str:
+    return f"t{uuid.uuid4().hex}"
+
+
+Factory = Callable[..., Awaitable[NatsBackend]]
+
+
+@pytest.fixture
+async def connect(server: NatsServer) -> AsyncIterator[Factory]:
+    """Start backends on `server` (or a given URI); all are closed after the test."""
+    backends: list[NatsBackend] = []
+
+    async def start(uri: str | None = None, states: list[BackendState] | None = None) -> NatsBackend:
+        on_state = states.append if states is not None else None
+        backend = NatsBackend(BackendConfig(uri or server.uri, f"test-{len(backends)}"), on_state=on_state)
+        backends.append(backend)
+        await backend.start()
+        return backend
+
+    yield start
+    for backend in backends:
+        await backend.close()
+
+
+async def test_round_trip(connect: Factory, topic: str) -> None:
+    backend = await connect()
+    inbox = Inbox()
+    await backend.subscribe(topic, inbox)
+    await backend.publish(topic, [b'{"event":"created"}'])
+    assert await inbox.wait(1) == [b'{"event":"created"}']
+    assert backend.state is BackendState.CONNECTED
+
+
+async def test_thousand_messages_keep_their_order(connect: Factory, topic: str) -> None:
+    receiver, sender = await connect(), await connect()
+    inbox = Inbox()
+    await receiver.subscribe(topic, inbox)
+    bodies = [str(i).encode() for i in range(1000)]
+    for start in range(0, 1000, 100):
+        await sender.publish(topic, bodies[start:start + 100])
+    assert await inbox.wait(1000) == bodies
+
+
+async def test_publish_right_after_subscribe_returned_is_delivered(connect: Factory, topic: str) -> None:
+    # Another connection publishes: only the server's registered interest can route the message.
+    receiver, sender = await connect(), await connect()
+    for round_ in range(20):
+        inbox = Inbox()
+        subscription = await receiver.subscribe(f"{topic}.{round_}", inbox)
+        await sender.publish(f"{topic}.{round_}", [b"first"])
+        assert await inbox.wait(1) == [b"first"]
+        await subscription.unsubscribe()
+
+
+async def test_topics_are_isolated(connect: Factory, topic: str) -> None:
+    backend = await connect()
+    first, second = Inbox(), Inbox()
+    await backend.subscribe(f"{topic}.a", first)
+    await backend.subscribe(f"{topic}.b", second)
+    await backend.publish(f"{topic}.a", [b"for a"])
+    await backend.publish(f"{topic}.b", [b"for b"])
+    assert await first.wait(1) == [b"for a"]
+    assert await second.wait(1) == [b"for b"]
+
+
+async def test_unsubscribe_is_idempotent_and_stops_delivery(connect: Factory, topic: str) -> None:
+    backend = await connect()
+    gone, marker = Inbox(), Inbox()
+    subscription = await backend.subscribe(topic, gone)
+    await backend.publish(topic, [b"before"])
+    await gone.wait(1)
+    await subscription.unsubscribe()
+    await subscription.unsubscribe()
+    await backend.subscribe(f"{topic}.marker", marker)
+    await backend.publish(topic, [b"after"])
+    await backend.publish(f"{topic}.marker", [b"done"])
+    # The server handles one connection's messages in order: once the marker is back, "after" would have been too.
+    await marker.wait(1)
+    assert gone.bodies == [b"before"]
+
+
+async def test_close_is_idempotent_and_publish_after_close_raises(connect: Factory, topic: str) -> None:
+    states: list[BackendState] = []
+    backend = await connect(states=states)
+    await backend.subscribe(topic, Inbox())
+    await backend.close()
+    await backend.close()
+    assert states == [BackendState.CONNECTED, BackendState.CLOSED]
+    with pytest.raises(BackendClosed):
+        await backend.publish(topic, [b"late"])
+    with pytest.raises(BackendClosed):
+        await backend.subscribe(topic, Inbox())
+
+
+@pytest.mark.parametrize("uri", ["nats://127.0.0.1:{port}", "nats://alice:hunter2secret@127.0.0.1:{port}",
+                                 "nats://tokensecret42@127.0.0.1:{port}"])
+async def test_start_against_a_closed_port_fails_fast_and_clean(uri: str) -> None:
+    from tests.brokers import free_port
+
+    backend = NatsBackend(BackendConfig(uri.format(port=free_port()), "test"))
+    began = time.monotonic()
+    with pytest.raises(BackendUnavailable) as caught:
+        await backend.start()
+    assert time.monotonic() - began < 1.0
+    message = str(caught.value)
+    assert message.startswith("nats: cannot connect to 127.0.0.1:") and message.endswith(": connection refused")
+    assert "\n" not in message and message == message.lower()
+    assert "hunter2secret" not in message and "tokensecret42" not in message
+    await backend.close()
+    assert backend.state is BackendState.CLOSED
+
+
+async def test_bad_uri_options_are_named() -> None:
+    backend = NatsBackend(BackendConfig("nats://127.0.0.1:4222?tls_cafile=x", "test"))
+    with pytest.raises(BackendError, match="unknown URI option 'tls_cafile'"):
+        await backend.start()
+    backend = NatsBackend(BackendConfig("tls://127.0.0.1:4222?tls_ca=/nonexistent/ca.pem", "test"))
+    with pytest.raises(BackendError, match=re.escape("tls_ca: cannot load '/nonexistent/ca.pem'")):
+        await backend.start()
+
+
+# -- the broker going away ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_server() -> Iterator[NatsServer]:
+    """A server this test alone may kill."""
+    broker = NatsServer()
+    broker.start()
+    yield broker
+    broker.cleanup()
+
+
+async def test_broker_killed_and_restarted(own_server: NatsServer, connect: Factory, topic: str) -> None:
+    states: list[BackendState] = []
+    receiver = await connect(own_server.uri, states)
+    sender = await connect(own_server.uri)
+    inbox = Inbox()
+    await receiver.subscribe(topic, inbox)
+    await sender.publish(topic, [b"before"])
+    await inbox.wait(1)
+
+    await asyncio.to_thread(own_server.kill)
+    await wait_for(lambda: receiver.state is BackendState.RECONNECTING, what="RECONNECTING")
+    await asyncio.to_thread(own_server.start)
+    back = time.monotonic()
+    await wait_for(lambda: receiver.state is BackendState.CONNECTED and sender.state is BackendState.CONNECTED,
+                   timeout=RECOVERY + 3, what="CONNECTED again")
+    assert time.monotonic() - back < RECOVERY
+    assert states == [BackendState.CONNECTED, BackendState.RECONNECTING, BackendState.CONNECTED]
+
+    # The subscription was restored before CONNECTED was reported: nothing published from now on is missed.
+    await sender.publish(topic, [b"after 1", b"after 2"])
+    assert await inbox.wait(3) == [b"before", b"after 1", b"after 2"]
+
+
+async def test_publish_while_the_broker_is_down_fails_promptly(own_server: NatsServer, connect: Factory,
+                                                               topic: str) -> None:
+    backend = await connect(own_server.uri)
+    await asyncio.to_thread(own_server.kill)
+    await wait_for(lambda: backend.state is BackendState.RECONNECTING, what="RECONNECTING")
+    for _ in range(3):
+        began = time.monotonic()
+        with pytest.raises(BackendUnavailable, match=r"^nats: not connected to 127\.0\.0\.1:"):
+            await backend.publish(topic, [b"lost?"])
+        assert time.monotonic() - began < 0.1
+    with pytest.raises(BackendUnavailable):
+        await backend.subscribe(topic, Inbox())
+    # Nothing was buffered behind the core's back: after the restart the message does not turn up.
+    inbox = Inbox()
+    await asyncio.to_thread(own_server.start)
+    await wait_for(lambda: backend.state is BackendState.CONNECTED, timeout=RECOVERY + 3, what="CONNECTED")
+    await backend.subscribe(topic, inbox)
+    await backend.publish(topic, [b"new"])
+    assert await inbox.wait(1) == [b"new"]
+
+
+async def test_close_while_reconnecting(own_server: NatsServer, connect: Factory) -> None:
+    states: list[BackendState] = []
+    backend = await connect(own_server.uri, states)
+    await asyncio.to_thread(own_server.kill)
+    await wait_for(lambda: backend.state is BackendState.RECONNECTING, what="RECONNECTING")
+    async with asyncio.timeout(3):
+        await backend.close()
+    assert states == [BackendState.CONNECTED, BackendState.RECONNECTING, BackendState.CLOSED]
+
+
+# -- payload limits ------------------------------------------------------------------------------------------
+
+
+class SmallPayloadServer(NatsServer):
+    MAX_PAYLOAD = 64 * 1024
+
+    def command(self) -> list[str]:
+        config = self.dir / "nats.conf"
+        config.write_text(f"max_payload: {self.MAX_PAYLOAD}\n")
+        return [*super().command(), "-c", str(config)]
+
+
+@pytest.mark.parametrize("broker_cls", [NatsServer, SmallPayloadServer], ids=["default", "64KiB"])
+async def test_max_message_bytes_is_the_servers_max_payload(connect: Factory, topic: str,
+                                                            broker_cls: type[NatsServer]) -> None:
+    broker = broker_cls()
+    broker.start()
+    try:
+        backend = await connect(broker.uri)
+        limit = getattr(broker_cls, "MAX_PAYLOAD", 1024 * 1024)
+        assert backend.max_message_bytes == limit
+        inbox = Inbox()
+        await backend.subscribe(topic, inbox)
+        with pytest.raises(MessageTooLarge, match=f"max_payload of {limit} bytes"):
+            await backend.publish(topic, [b"small", b"x" * (limit + 1)])
+        await backend.publish(topic, [b"y" * limit])
+        # The oversized batch was refused whole: its small first message never went out.
+        assert await inbox.wait(1) == [b"y" * limit]
+        assert backend.state is BackendState.CONNECTED
+    finally:
+        await asyncio.to_thread(broker.cleanup)
+
+
+# -- credentials and TLS -------------------------------------------------------------------------------------
+
+
+class AuthServer(NatsServer):
+    def command(self) -> list[str]:
+        return [*super().command(), "--user", "alice", "--pass", "s3cr:t@x"]
+
+
+async def test_user_and_password_from_the_uri(connect: Factory, topic: str) -> None:
+    broker = AuthServer()
+    broker.start()
+    try:
+        backend = await connect(f"nats://alice:s3cr%3At%40x@127.0.0.1:{broker.port}")
+        inbox = Inbox()
+        await backend.subscribe(topic, inbox)
+        await backend.publish(topic, [b"authenticated"])
+        assert await inbox.wait(1) == [b"authenticated"]
+        with pytest.raises(BackendUnavailable, match="authorization violation") as caught:
+            await connect(f"nats://alice:wrongpass@127.0.0.1:{broker.port}")
+        assert "wrongpass" not in str(caught.value)
+    finally:
+        await asyncio.to_thread(broker.cleanup)
+
+
+def make_certificates(directory: Path) -> None:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, with the openssl command."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed; it makes the certificates of the TLS test")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+        "-subj", "/CN=syncar test CA")
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name, extra in (("server", ["-extfile", "san.cnf"]), ("client", [])):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "1", *extra)
+
+
+class TlsServer(NatsServer):
+    def command(self) -> list[str]:
+        d = self.dir
+        return [*super().command(), "--tlscert", str(d / "server.pem"), "--tlskey", str(d / "server.key"),
+                "--tlscacert", str(d / "ca.pem"), "--tlsverify"]
+
+
+async def test_tls_with_ca_and_client_certificate(connect: Factory, server: NatsServer, topic: str) -> None:
+    broker = TlsServer()
+    make_certificates(broker.dir)
+    broker.start()
+    d = broker.dir
+    try:
+        backend = await connect(f"tls://127.0.0.1:{broker.port}?tls_ca={d}/ca.pem&tls_cert={d}/client.pem"
+                                f"&tls_key={d}/client.key")
+        inbox = Inbox()
+        await backend.subscribe(topic, inbox)
+        await backend.publish(topic, [b"encrypted"])
+        assert await inbox.wait(1) == [b"encrypted"]
+        with pytest.raises(BackendUnavailable, match=r"^nats: cannot connect to .*: tls: "):
+            await connect(f"tls://127.0.0.1:{broker.port}?tls_ca={d}/ca.pem")  # no client certificate
+        with pytest.raises(BackendUnavailable, match="did not offer TLS, which the URI requires"):
+            await connect(server.uri.replace("nats://", "tls://") + f"?tls_ca={d}/ca.pem")
+    finally:
+        await asyncio.to_thread(broker.cleanup)
