@@ -1,0 +1,347 @@
+"""The Redis backend against a real redis-server: delivery, order, subscriptions, lifecycle, faults, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+import redis.asyncio
+
+from backends.base import (
+    BackendClosed,
+    BackendConfig,
+    BackendError,
+    BackendState,
+    BackendUnavailable,
+    Feature,
+    Message,
+    MessageTooLarge,
+)
+from backends.redis import RedisBackend
+from tests.brokers import free_port
+from tests.brokers.redis import RedisServer, RedisTlsServer
+from tests.utils import wait_for
+
+pytestmark = pytest.mark.redis
+
+Factory = Callable[..., Awaitable[RedisBackend]]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    broker = RedisServer()
+    broker.start()
+    yield broker
+    broker.cleanup()
+
+
+@pytest.fixture
+def topic() -> str:
+    # A fresh channel per test, so nothing another test left behind can arrive.
+    return f"test-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+async def backend(server: RedisServer) -> AsyncIterator[Factory]:
+    """`await backend(uri=..., on_state=...)`: a started RedisBackend, closed when the test ends."""
+    made: list[RedisBackend] = []
+
+    async def factory(uri: str | None = None, on_state: Callable[[BackendState], None] | None = None,
+                      connect_timeout: float = 2.0) -> RedisBackend:
+        instance = RedisBackend(BackendConfig(uri or server.uri, f"test-{len(made)}", connect_timeout),
+                                on_state=on_state)
+        made.append(instance)
+        await instance.start()
+        return instance
+
+    yield factory
+    for instance in made:
+        await instance.close()
+
+
+class Inbox:
+    """A subscriber that keeps what it got."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    async def __call__(self, message: Message) -> None:
+        self.bodies.append(message.body)
+
+    async def wait(self, count: int, timeout: float = 5.0) -> list[bytes]:
+        await wait_for(lambda: len(self.bodies) >= count, timeout, f"{count} messages (have {len(self.bodies)})")
+        return self.bodies
+
+
+async def test_round_trip_between_two_backends(backend: Factory, topic: str) -> None:
+    a, b = await backend(), await backend()
+    assert a.state is BackendState.CONNECTED
+    assert a.supports(Feature.ORDERED) and a.supports(Feature.CONFIRMS) and not a.supports(Feature.DURABLE)
+    inbox = Inbox()
+    await b.subscribe(topic, inbox)
+    await a.publish(topic, [b'{"event":"created"}', b"\x00\xffbinary"])
+    assert await inbox.wait(2) == [b'{"event":"created"}', b"\x00\xffbinary"]
+
+
+async def test_a_publisher_hears_itself_like_any_subscriber(backend: Factory, topic: str) -> None:
+    a = await backend()
+    inbox = Inbox()
+    await a.subscribe(topic, inbox)
+    await a.publish(topic, [b"mine"])
+    assert await inbox.wait(1) == [b"mine"]
+
+
+async def test_order_of_1000_messages(backend: Factory, topic: str) -> None:
+    a, b = await backend(), await backend()
+    inbox = Inbox()
+    await b.subscribe(topic, inbox)
+    expected = [str(i).encode() for i in range(1000)]
+    # Single publishes and pipelined batches of several sizes, mixed.
+    for i in range(0, 100):
+        await a.publish(topic, [expected[i]])
+    for start in range(100, 1000, 150):
+        await a.publish(topic, expected[start:start + 150])
+    assert await inbox.wait(1000) == expected
+
+
+async def test_only_publishes_after_subscribe_returned_are_delivered(backend: Factory, topic: str) -> None:
+    a, b = await backend(), await backend()
+    await a.publish(topic, [b"before"])
+    inbox = Inbox()
+    await b.subscribe(topic, inbox)
+    await a.publish(topic, [b"after"])
+    # Redis runs commands one at a time, so "before" could only ever have come ahead of "after".
+    assert await inbox.wait(1) == [b"after"]
+
+
+async def test_topics_are_isolated(backend: Factory, topic: str) -> None:
+    a, b = await backend(), await backend()
+    one, two = Inbox(), Inbox()
+    await b.subscribe(f"{topic}-1", one)
+    await b.subscribe(f"{topic}-2", two)
+    await a.publish(f"{topic}-1", [b"x1", b"end"])
+    await a.publish(f"{topic}-2", [b"x2", b"end"])
+    assert await one.wait(2) == [b"x1", b"end"]
+    assert await two.wait(2) == [b"x2", b"end"]
+
+
+async def test_unsubscribe_is_idempotent_and_stops_delivery(backend: Factory, topic: str) -> None:
+    a, b = await backend(), await backend()
+    gone, stays = Inbox(), Inbox()
+    subscription = await b.subscribe(topic, gone)
+    await b.subscribe(topic, stays)
+    await a.publish(topic, [b"1"])
+    await stays.wait(1)
+    await subscription.unsubscribe()
+    await subscription.unsubscribe()
+    await a.publish(topic, [b"2"])
+    assert await stays.wait(2) == [b"1", b"2"]
+    assert gone.bodies == [b"1"]
+
+
+async def test_last_unsubscribe_leaves_the_channel_and_it_can_be_joined_again(backend: Factory, topic: str) -> None:
+    a, b = await backend(), await backend()
+    probe = redis.asyncio.Redis.from_url(b.config.uri)
+    try:
+        first = Inbox()
+        subscription = await b.subscribe(topic, first)
+        assert (await probe.pubsub_numsub(topic)) == [(topic.encode(), 1)]
+        await subscription.unsubscribe()
+        await _until_numsub(probe, topic, 0)
+        again = Inbox()
+        await b.subscribe(topic, again)
+        await a.publish(topic, [b"back"])
+        assert await again.wait(1) == [b"back"]
+        assert first.bodies == []
+    finally:
+        await probe.aclose()
+
+
+async def _until_numsub(probe: redis.asyncio.Redis, topic: str, count: int) -> None:
+    """Poll Redis until `topic` has `count` subscribers."""
+    for _ in range(500):
+        if (await probe.pubsub_numsub(topic)) == [(topic.encode(), count)]:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{topic} never had {count} subscribers")
+
+
+async def test_a_failing_handler_loses_only_its_message(backend: Factory, topic: str) -> None:
+    a, b = await backend(), await backend()
+    inbox = Inbox()
+
+    async def handler(message: Message) -> None:
+        if message.body == b"bad":
+            raise ValueError("handler bug")
+        await inbox(message)
+
+    await b.subscribe(topic, handler)
+    await a.publish(topic, [b"1", b"bad", b"2"])
+    assert await inbox.wait(2) == [b"1", b"2"]
+    assert b.state is BackendState.CONNECTED
+
+
+async def test_close_is_idempotent_and_final(backend: Factory, topic: str) -> None:
+    states: list[BackendState] = []
+    a = await backend(on_state=states.append)
+    await a.subscribe(topic, Inbox())
+    await a.close()
+    await a.close()
+    assert states == [BackendState.CONNECTED, BackendState.CLOSED]
+    with pytest.raises(BackendClosed):
+        await a.publish(topic, [b"late"])
+    with pytest.raises(BackendClosed):
+        await a.subscribe(topic, Inbox())
+
+
+async def test_close_without_start() -> None:
+    never = RedisBackend(BackendConfig(f"redis://127.0.0.1:{free_port()}", "never"))
+    await never.close()
+    assert never.state is BackendState.CLOSED
+
+
+async def test_message_size_limit(backend: Factory, topic: str) -> None:
+    a = await backend()
+    assert a.max_message_bytes == 8 * 1024 * 1024
+    with pytest.raises(MessageTooLarge, match=r"^redis: a message of 8388609 bytes is over max_message_bytes"):
+        await a.publish(topic, [b"x" * (8 * 1024 * 1024 + 1)])
+    raised = await backend(f"{a.config.uri}?max_message_bytes=16777216")
+    assert raised.max_message_bytes == 16 * 1024 * 1024
+
+
+async def test_start_against_a_closed_port_fails_fast_and_cleanly() -> None:
+    port = free_port()
+    closed = RedisBackend(BackendConfig(f"redis://user:hunter2-secret@127.0.0.1:{port}/0", "x"))
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable) as caught:
+        await closed.start()
+    assert time.monotonic() - started < 1.0
+    assert str(caught.value) == f"redis: cannot connect to 127.0.0.1:{port}: connection refused"
+    await closed.close()
+
+
+async def test_wrong_password_is_a_clean_error_without_the_password(server: RedisServer, topic: str) -> None:
+    admin = redis.asyncio.Redis.from_url(server.uri)
+    user = f"u{uuid.uuid4().hex[:8]}"
+    await admin.acl_setuser(user, enabled=True, passwords=["+right-pass-123"], commands=["+@all"],
+                            keys=["*"], channels=["*"])
+    try:
+        wrong = RedisBackend(BackendConfig(f"redis://{user}:wrong-pass-456@127.0.0.1:{server.port}/0", "x"))
+        with pytest.raises(BackendUnavailable) as caught:
+            await wrong.start()
+        message = str(caught.value)
+        assert message.startswith(f"redis: cannot connect to 127.0.0.1:{server.port}: ")
+        assert "wrong-pass-456" not in message and "\n" not in message
+        assert "password" in message, message
+        await wrong.close()
+        right = RedisBackend(BackendConfig(f"redis://{user}:right-pass-123@127.0.0.1:{server.port}/0", "x"))
+        async with right:
+            inbox = Inbox()
+            await right.subscribe(topic, inbox)
+            await right.publish(topic, [b"authenticated"])
+            assert await inbox.wait(1) == [b"authenticated"]
+    finally:
+        await admin.acl_deluser(user)
+        await admin.aclose()
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("?tls=1", r"^redis: unknown URI option 'tls'; known: "),
+    ("?ssl_ca_certs=/ca.pem", r"^redis: unknown URI option 'ssl_ca_certs' \(TLS options need rediss://\)"),
+    ("?socket_timeout=soon", r"^redis: invalid URI: invalid value for 'socket_timeout'"),
+    ("?health_check_interval=0", r"^redis: invalid URI: timeouts and health_check_interval must be above 0"),
+    ("?max_message_bytes=10", r"^redis: invalid URI: max_message_bytes must be at least 1024$"),
+])
+async def test_bad_uri_options_are_refused_at_start(query: str, expected: str) -> None:
+    bad = RedisBackend(BackendConfig(f"redis://:pw-secret@127.0.0.1:{free_port()}/0{query}", "x"))
+    with pytest.raises(BackendError, match=expected) as caught:
+        await bad.start()
+    assert not isinstance(caught.value, BackendUnavailable)
+    assert "pw-secret" not in str(caught.value)
+    await bad.close()
+
+
+async def test_broker_killed_and_restarted(server: RedisServer, backend: Factory, topic: str,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    states: list[BackendState] = []
+    a = await backend()
+    b = await backend(on_state=states.append)
+    inbox = Inbox()
+    await b.subscribe(topic, inbox)
+    await a.publish(topic, [b"before"])
+    await inbox.wait(1)
+
+    server.kill()
+    # Publishing while the broker is down fails at once: no hang, nothing from redis-py escapes.
+    async with asyncio.timeout(1.0):
+        with pytest.raises(BackendUnavailable, match=r"^redis: "):
+            await a.publish(topic, [b"lost"])
+    await wait_for(lambda: BackendState.RECONNECTING in states, 3.0, "RECONNECTING")
+    async with asyncio.timeout(1.0):
+        with pytest.raises(BackendUnavailable, match=r"^redis: not connected to 127.0.0.1:\d+ \(reconnecting\)$"):
+            await b.publish(topic, [b"lost"])
+    # Stay down long enough for the back-off to grow: the return is still noticed within 2 s.
+    await wait_for(lambda: _failed_reconnects(caplog) >= 8, 10.0, "8 failed reconnect attempts")
+
+    server.start()
+    back = time.monotonic()
+    await wait_for(lambda: states[-1:] == [BackendState.CONNECTED], 5.0, "CONNECTED again")
+    assert time.monotonic() - back < 2.0, "must recover within 2 s of the broker's return"
+    assert states == [BackendState.CONNECTED, BackendState.RECONNECTING, BackendState.CONNECTED]
+    # The publisher's pooled connection died with the broker; its first publish must still work.
+    await wait_for(lambda: a.state is BackendState.CONNECTED, 5.0, "the publisher to reconnect")
+    await a.publish(topic, [b"after-1", b"after-2"])
+    assert await inbox.wait(3) == [b"before", b"after-1", b"after-2"]
+
+
+def _failed_reconnects(caplog: pytest.LogCaptureFixture) -> int:
+    return sum(1 for record in caplog.records if record.getMessage().startswith("redis: reconnect to "))
+
+
+async def test_a_hung_broker_is_noticed_while_idle(server: RedisServer, backend: Factory, topic: str) -> None:
+    states: list[BackendState] = []
+    b = await backend(on_state=states.append)
+    inbox = Inbox()
+    await b.subscribe(topic, inbox)
+    assert server.process is not None
+    pid = server.process.pid
+    os.kill(pid, signal.SIGSTOP)  # the sockets stay open: only the health check can tell
+    try:
+        stopped = time.monotonic()
+        await wait_for(lambda: BackendState.RECONNECTING in states, 5.0, "RECONNECTING")
+        assert time.monotonic() - stopped < 3.0, "a silent broker must be noticed within ~2 s"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await wait_for(lambda: states[-1:] == [BackendState.CONNECTED], 10.0, "CONNECTED again")
+    a = await backend()
+    await a.publish(topic, [b"resumed"])
+    assert await inbox.wait(1) == [b"resumed"]
+
+
+@pytest.fixture(scope="module")
+def tls_server() -> Iterator[RedisTlsServer]:
+    broker = RedisTlsServer()
+    broker.start()
+    yield broker
+    broker.cleanup()
+
+
+async def test_tls_with_ca_and_client_certificate(tls_server: RedisTlsServer, backend: Factory, topic: str) -> None:
+    a, b = await backend(tls_server.uri), await backend(tls_server.uri)
+    inbox = Inbox()
+    await b.subscribe(topic, inbox)
+    await a.publish(topic, [b"over tls"])
+    assert await inbox.wait(1) == [b"over tls"]
+
+
+async def test_tls_refuses_an_unknown_ca(tls_server: RedisTlsServer) -> None:
+    untrusted = RedisBackend(BackendConfig(f"rediss://127.0.0.1:{tls_server.port}/0", "x", 2.0))
+    with pytest.raises(BackendUnavailable, match=r"^redis: cannot connect to 127\.0\.0\.1:\d+: tls: certificate "
+                                                 r"verify failed: self.signed certificate in certificate chain$"):
+        await untrusted.start()
+    await untrusted.close()
