@@ -174,6 +174,30 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    settings = load_settings(args)
+    address = settings.http_address()
+    if address is None:
+        print("syncar: health: --http is off, nothing to ask", file=sys.stderr)
+        return EXIT_FAILURE
+    host, port = address
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    host = f"[{host}]" if ":" in host else host
+    url = f"http://{host}:{port}/{'readyz' if args.ready else 'healthz'}"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            print(response.read().decode().strip())
+            return EXIT_OK
+    except urllib.error.HTTPError as exc:
+        print(f"syncar: {url}: {exc.code} {exc.read().decode().strip()}", file=sys.stderr)
+    except OSError as exc:
+        print(f"syncar: {url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="syncar", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -208,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     _add_settings(tail, ["socket", "config"])
     tail.set_defaults(handler=cmd_tail)
+
+    health = commands.add_parser("health", help="ask a running daemon whether it is alive (or ready)",
+                                 description="GET /healthz (or /readyz with --ready) from the daemon's --http "
+                                             "address; exit 0 if it answers 200, else 1. For container "
+                                             "HEALTHCHECKs.")
+    health.add_argument("--ready", action="store_true", help="ask /readyz: socket listening and broker connected")
+    health.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
+    _add_settings(health, ["http", "config"])
+    health.set_defaults(handler=cmd_health)
     return parser
 
 

@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     replay_bytes: int = Field(64 * MiB, ge=0, description="bytes kept for clients that reconnect with `resume`")
     outbox_bytes: int = Field(64 * MiB, ge=1024, description="bytes of publishes kept while the broker is away")
     shutdown_timeout: float = Field(10.0, ge=0, description="seconds to flush the outbox and clients on SIGTERM")
+    http: str = Field("127.0.0.1:9464", description="ADDR:PORT for /healthz, /readyz and /metrics, or 'off'")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["text", "json"] = Field("text", description="log line format")
     config: Path | None = Field(None, description="TOML file with any of these settings")
@@ -76,6 +77,21 @@ class Settings(BaseSettings):
         if not value & 0o600 == 0o600:
             raise ValueError(f"{value:04o} does not let the owner read and write the socket")
         return value
+
+    @field_validator("http")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value != "off":
+            host, _, port = value.rpartition(":")
+            if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError(f"{value!r} is not ADDR:PORT (e.g. 127.0.0.1:9464) or 'off'")
+        return value
+
+    def http_address(self) -> tuple[str, int] | None:
+        if self.http == "off":
+            return None
+        host, _, port = self.http.rpartition(":")
+        return host.strip("[]"), int(port)
 
     @field_validator("config")
     @classmethod

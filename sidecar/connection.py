@@ -56,6 +56,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         if self._refusal is not None:
+            self._relay.metrics.disconnects.labels("too_many_clients").inc()
             frame_warnings.warning("refused", "refused a connection: %s", self._refusal.decode().strip())
             self.close(self._refusal)
 
@@ -81,6 +82,8 @@ class Connection(asyncio.Protocol):
         self._closing = True
         self._relay.leave(self)
         self._on_close(self)
+        if self.greeted:
+            log.info("client gone: %s (%s)", self.name or "unnamed", self.client_id)
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -115,7 +118,7 @@ class Connection(asyncio.Protocol):
         if not self.greeted:
             self.greeted = True
             self._relay.join(self, resume)
-            log.debug("client connected: %s (%s)", self.name or "unnamed", self.client_id)
+            log.info("client connected: %s (%s)", self.name or "unnamed", self.client_id)
 
     # -- frames out ----------------------------------------------------------------------------
 
@@ -125,6 +128,7 @@ class Connection(asyncio.Protocol):
             return
         transport.write(frame)
         if transport.get_write_buffer_size() > self._queue_bytes:
+            self._relay.metrics.disconnects.labels("slow_client").inc()
             frame_warnings.warning("slow", "disconnecting a client that does not read (%d bytes unsent)",
                                    transport.get_write_buffer_size())
             self.close(protocol.error(ErrorCode.SLOW_CLIENT,
@@ -141,6 +145,7 @@ class Connection(asyncio.Protocol):
             self.send(protocol.error(code, message, id=publish.id))
 
     def reject(self, code: str, message: str) -> None:
+        self._relay.metrics.frame_errors.labels(code).inc()
         frame_warnings.warning(code, "bad frame from client %s: %s", self.client_id, message)
         self.send(protocol.error(ErrorCode(code), message))
 

@@ -16,7 +16,9 @@ from sidecar.codec import CODECS
 from sidecar.config import Settings
 from sidecar.connection import Connection
 from sidecar.errors import StartupError
+from sidecar.health import HttpServer
 from sidecar.listener import Listener
+from sidecar.metrics import Metrics
 from sidecar.outbox import Outbox
 from sidecar.protocol import ErrorCode
 from sidecar.relay import Relay
@@ -42,11 +44,20 @@ class Daemon:
             on_state=self._on_backend_state,
         )
         codec = CODECS[settings.codec](settings.instance_id)
-        self.outbox = Outbox(self.backend, codec, settings.key, settings.outbox_bytes)
-        self.relay = Relay(settings.instance_id, backend_cls.name, codec, self.outbox,
-                           ReplayBuffer(settings.replay_events, settings.replay_bytes))
+        self.metrics = metrics = Metrics(backend_cls.name, settings.codec)
+        self.outbox = outbox = Outbox(self.backend, codec, settings.key, settings.outbox_bytes, metrics)
+        replay = ReplayBuffer(settings.replay_events, settings.replay_bytes)
+        self.relay = Relay(settings.instance_id, backend_name=backend_cls.name, codec=codec, outbox=outbox,
+                           replay=replay, metrics=metrics)
         self.connections: set[Connection] = set()
         self.listener = Listener(settings.socket, settings.socket_mode, self._accept)
+        metrics.clients.set_function(lambda: len(self.connections))
+        metrics.outbox_events.set_function(lambda: len(outbox))
+        metrics.outbox_bytes.set_function(lambda: outbox.bytes)
+        metrics.replay_events.set_function(lambda: len(replay))
+        metrics.replay_bytes.set_function(lambda: replay.bytes)
+        address = settings.http_address()
+        self.http = None if address is None else HttpServer(*address, self.unready_reason, metrics.registry)
         self._outbox_task: asyncio.Task[None] | None = None
 
     def _on_backend_state(self, state: BackendState) -> None:
@@ -63,9 +74,15 @@ class Daemon:
         self.connections.add(connection)
         return connection
 
-    @property
-    def ready(self) -> bool:
-        return self.listener.listening and self.relay.broker_up and not self.relay.stopping
+    def unready_reason(self) -> str | None:
+        """Why the daemon should get no traffic now, or None when it is ready."""
+        if self.relay.stopping:
+            return "shutting down"
+        if not self.listener.listening:
+            return "socket not listening"
+        if not self.relay.broker_up:
+            return f"broker {self.backend.name} not connected"
+        return None
 
     async def start(self) -> None:
         """Connect to the broker, subscribe, then open the socket.
@@ -85,9 +102,16 @@ class Daemon:
         self._outbox_task = asyncio.create_task(self.outbox.run(), name="syncar-outbox")
         try:
             await self.listener.start()
+            if self.http is not None:
+                await self.http.start()
         except StartupError:
+            self.listener.remove()
             await self._close_backend()
             raise
+        except OSError as exc:
+            self.listener.remove()
+            await self._close_backend()
+            raise StartupError(f"http: cannot listen on {settings.http}: {exc.strerror}") from None
         if self._handle_signals and threading.current_thread() is threading.main_thread():
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -143,6 +167,8 @@ class Daemon:
             await self._within(deadline, asyncio.gather(*(c.closed for c in connections)))
         await self._close_backend()
         self.listener.remove()
+        if self.http is not None:
+            await self.http.stop()
         if self._handle_signals and threading.current_thread() is threading.main_thread():
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

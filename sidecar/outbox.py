@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 
 from backends.base import Backend, BackendClosed, BackendError, BackendUnavailable
 from sidecar.codec import Codec, Outgoing
+from sidecar.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +33,13 @@ class OutboxFull(Exception):
 
 
 class Outbox:
-    def __init__(self, backend: Backend, codec: Codec, topic: str, max_bytes: int) -> None:
+    def __init__(self, backend: Backend, codec: Codec, topic: str, max_bytes: int, metrics: Metrics) -> None:
         self._backend = backend
+        self._metrics = metrics
         self._codec = codec
         self._topic = topic
         self.max_bytes = max_bytes
-        self._items: deque[tuple[Outgoing, Done | None]] = deque()
+        self._items: deque[tuple[Outgoing, Done | None, float]] = deque()
         self.bytes = 0
         self._wake = asyncio.Event()
         self._connected = asyncio.Event()
@@ -59,7 +62,7 @@ class Outbox:
         size = len(item.part)
         if self.bytes + size > self.max_bytes:
             raise OutboxFull(f"outbox holds {self.bytes} bytes, its limit is {self.max_bytes}")
-        self._items.append((item, on_sent))
+        self._items.append((item, on_sent, time.monotonic()))
         self.bytes += size
         self._idle.clear()
         self._wake.set()
@@ -70,15 +73,15 @@ class Outbox:
         else:
             self._connected.clear()
 
-    def _batch(self) -> list[tuple[Outgoing, Done | None]]:
+    def _batch(self) -> list[Outgoing]:
         limit = self.max_event_bytes
-        batch: list[tuple[Outgoing, Done | None]] = []
+        batch: list[Outgoing] = []
         size = 0
-        for entry in self._items:
-            size += len(entry[0].part) + 1
+        for item, _, _ in self._items:
+            size += len(item.part) + 1
             if batch and (size > limit or len(batch) >= MAX_BATCH_EVENTS):
                 break
-            batch.append(entry)
+            batch.append(item)
         return batch
 
     async def run(self) -> None:
@@ -91,8 +94,9 @@ class Outbox:
                 continue
             await self._connected.wait()
             batch = self._batch()
+            bodies = self._codec.pack(batch)
             try:
-                await self._backend.publish(self._topic, self._codec.pack([item for item, _ in batch]))
+                await self._backend.publish(self._topic, bodies)
             except BackendClosed:
                 return
             except BackendUnavailable:
@@ -103,9 +107,14 @@ class Outbox:
                 log.warning("publish to broker failed, retrying in %.2fs: %s", RETRY_DELAY, exc)
                 await asyncio.sleep(RETRY_DELAY)
                 continue
+            metrics = self._metrics
+            metrics.sent.inc(len(batch))
+            metrics.messages_sent.inc(len(bodies))
+            now = time.monotonic()
             for _ in batch:
-                item, on_sent = self._items.popleft()
+                item, on_sent, queued_at = self._items.popleft()
                 self.bytes -= len(item.part)
+                metrics.publish_seconds.observe(now - queued_at)
                 if on_sent is not None:
                     on_sent()
 

@@ -20,6 +20,7 @@ from sidecar import protocol
 from sidecar.codec import Codec, Outgoing
 from sidecar.errors import CodecError
 from sidecar.logging import RateLimitedLogger
+from sidecar.metrics import DropReason, Metrics
 from sidecar.outbox import Outbox, OutboxFull
 from sidecar.protocol import ErrorCode, Publish
 from sidecar.replay import Entry, ReplayBuffer
@@ -32,12 +33,15 @@ bus_warnings = RateLimitedLogger(log, interval=10.0)
 
 
 class Relay:
-    def __init__(self, instance_id: str, backend_name: str, codec: Codec, outbox: Outbox, replay: ReplayBuffer) -> None:
+    def __init__(self, instance_id: str, *, backend_name: str, codec: Codec, outbox: Outbox, replay: ReplayBuffer,
+                 metrics: Metrics) -> None:
         self.instance_id = instance_id
+        self.metrics = metrics
         self.backend_name = backend_name
         self.epoch = secrets.token_hex(8)  # seqs are only comparable within one run of the daemon
         self.seq = 0
         self.broker_up = False
+        self._was_up = False
         self.stopping = False
         self.clients: set[Connection] = set()
         self._codec = codec
@@ -80,11 +84,13 @@ class Relay:
 
     def publish(self, client: Connection, publish: Publish) -> None:
         """A local client's event: deliver it here at once, and queue it for the broker."""
+        self.metrics.published.inc()
         event_id = publish.id or f"{self._id_prefix}{next(self._ids)}"
         part = orjson.dumps({"id": event_id, "time": time.time(), "event": publish.event, "path": publish.path,
                              "data": publish.data, "context": publish.context})
         self._fan_out(part, self._origin_json, publish.path, publish.event, client)
         if len(part) > self._outbox.max_event_bytes:
+            self.metrics.dropped.labels(DropReason.TOO_LARGE).inc()
             client.refuse(publish, ErrorCode.TOO_LARGE_FOR_BROKER,
                           f"event is {len(part)} bytes; the broker takes at most {self._outbox.max_event_bytes}")
             return
@@ -92,6 +98,7 @@ class Relay:
         try:
             self._outbox.put(outgoing, (lambda: client.acknowledge(event_id)) if publish.ack else None)
         except OutboxFull as exc:
+            self.metrics.dropped.labels(DropReason.OUTBOX_FULL).inc()
             client.refuse(publish, ErrorCode.OUTBOX_FULL, f"not sent to the broker: {exc}")
 
     async def on_message(self, message: Message) -> None:
@@ -99,12 +106,18 @@ class Relay:
         try:
             batch = self._codec.unpack(message.body)
         except CodecError as exc:
+            self.metrics.dropped.labels(exc.reason).inc()
             bus_warnings.warning(exc.reason, "dropped a %s message from the broker: %s", exc.reason, exc)
             return
         if batch.origin == self.instance_id:
+            self.metrics.dropped.labels(DropReason.ECHO).inc(len(batch.events))
             return
+        self.metrics.received.inc(len(batch.events))
         origin_json = orjson.dumps(batch.origin)
+        now = time.time()
         for event in batch.events:
+            if event.time is not None:
+                self.metrics.relay_seconds.observe(max(now - event.time, 0.0))
             part = orjson.dumps({"id": event.id, "time": event.time, "event": event.event, "path": event.path,
                                  "data": event.data, "context": event.context})
             self._fan_out(part, origin_json, event.path, event.event, None)
@@ -113,17 +126,24 @@ class Relay:
         self.seq = seq = self.seq + 1
         frame = b'{"type":"event","seq":%d,"origin":%s,%s\n' % (seq, origin_json, part[1:])
         self._replay.append(Entry(seq, path, event, source.client_id if source else None, frame))
+        delivered = 0
         for client in self.clients:
             if (client is not source or client.echo) and client.wants(path, event):
                 client.send(frame)
+                delivered += 1
+        self.metrics.delivered.inc(delivered)
 
     # -- broker state --------------------------------------------------------------------------
 
     def on_backend_state(self, state: BackendState) -> None:
         up = state is BackendState.CONNECTED
         self._outbox.set_connected(up)
+        self.metrics.broker_up.set(up)
         if up != self.broker_up:
             self.broker_up = up
+            if up and self._was_up:
+                self.metrics.reconnects.inc()
+            self._was_up |= up
             if self.stopping:
                 return
             log.log(logging.INFO if up else logging.WARNING, "broker %s (%s)", "up" if up else "down",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +36,7 @@ async def wait_for(condition: Callable[[], bool], timeout: float = TIMEOUT, what
 async def run_daemon(socket: Path, **settings: Any) -> AsyncIterator[Daemon]:
     """An embedded daemon on `socket`, stopped (and its socket removed) on exit."""
     settings.setdefault("shutdown_timeout", 2.0)
+    settings.setdefault("http", "127.0.0.1:0")
     daemon = Daemon(Settings(socket=socket, **settings), handle_signals=False)
     async with daemon:
         yield daemon
@@ -103,6 +105,8 @@ class SpawnedDaemon:
         self.socket = socket
         self.log_path = socket.parent / f"{name}.log"
         self._log = self.log_path.open("wb")
+        if "--http" not in args:
+            args = ("--http", "127.0.0.1:0", *args)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sidecar", "run", "--socket", str(socket), *args],
             stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=REPO,
@@ -117,6 +121,12 @@ class SpawnedDaemon:
                        timeout, "the daemon to start")
         assert self.process.poll() is None, f"daemon exited with {self.process.returncode}:\n{self.log}"
         return self
+
+    @property
+    def http_port(self) -> int:
+        found = re.search(r"http on [^ ]+:(\d+) ", self.log)
+        assert found, f"no http line in the log:\n{self.log}"
+        return int(found.group(1))
 
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():

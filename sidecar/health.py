@@ -1,0 +1,74 @@
+"""HTTP for operators: `/healthz` (the loop answers), `/readyz` (socket listening and broker up), `/metrics`.
+
+A deliberately small HTTP/1.1 responder for three GET routes, on the daemon's
+own event loop: answering at all is the liveness proof.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger(__name__)
+
+#: A request must arrive whole within this, headers within this size: probes are tiny.
+REQUEST_TIMEOUT = 5.0
+MAX_REQUEST_BYTES = 8192
+
+Readiness = Callable[[], str | None]  # None when ready, else the reason it is not
+
+
+class HttpServer:
+    def __init__(self, host: str, port: int, readiness: Readiness, registry: CollectorRegistry) -> None:
+        self.host = host
+        self.port = port
+        self._readiness = readiness
+        self._registry = registry
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=MAX_REQUEST_BYTES)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("http on %s:%d (/healthz /readyz /metrics)", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._server.wait_closed()
+
+    def _route(self, method: str, path: str) -> tuple[int, str, bytes]:
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"method not allowed\n"
+        path = path.split("?", 1)[0]
+        if path == "/healthz":
+            return 200, "text/plain", b"ok\n"
+        if path == "/readyz":
+            reason = self._readiness()
+            return (200, "text/plain", b"ready\n") if reason is None else (503, "text/plain", reason.encode() + b"\n")
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
+        return 404, "text/plain", b"not found; try /healthz, /readyz or /metrics\n"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
+            method, path, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+            status, content_type, body = self._route(method, path)
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            status, content_type, body, method = 400, "text/plain", b"bad request\n", "GET"
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+                  503: "Service Unavailable"}[status]
+        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+        if method != "HEAD":
+            writer.write(body)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()

@@ -1,0 +1,60 @@
+"""Every Prometheus metric syncar exports, defined once, in a registry per daemon.
+
+Label sets are small and fixed: no per-event, per-path or per-client labels.
+Gauges read their value at scrape time, so they cost nothing on the hot path.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from sidecar import __version__
+
+#: Latency buckets from 100 µs to 10 s: local relays are sub-millisecond, a broker outage is seconds.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0)
+
+
+class DropReason:
+    OUTBOX_FULL = "outbox_full"
+    TOO_LARGE = "too_large"  # over the broker's message size
+    MALFORMED = "malformed"  # from the broker, not decodable
+    FOREIGN = "foreign"  # from the broker, another format or version
+    ECHO = "echo"  # our own, come back from the broker
+
+
+class Metrics:
+    def __init__(self, backend: str, codec: str) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.published = Counter("syncar_events_published", "Events published by local clients", registry=registry)
+        self.sent = Counter("syncar_events_sent", "Events the broker accepted from this daemon", registry=registry)
+        self.messages_sent = Counter("syncar_broker_messages_sent",
+                                     "Broker messages sent; one carries a batch of events with the syncar codec",
+                                     registry=registry)
+        self.received = Counter("syncar_events_received", "Events received from other instances via the broker",
+                                registry=registry)
+        self.delivered = Counter("syncar_events_delivered", "Event frames written to local clients",
+                                 registry=registry)
+        self.dropped = Counter("syncar_events_dropped", "Events dropped, by reason", ["reason"], registry=registry)
+        self.frame_errors = Counter("syncar_frame_errors", "Bad frames from clients, by error code", ["code"],
+                                    registry=registry)
+        self.disconnects = Counter("syncar_client_disconnects",
+                                   "Clients syncar disconnected, by reason (slow_client, too_many_clients)",
+                                   ["reason"], registry=registry)
+        self.broker_up = Gauge("syncar_broker_up", "1 while the broker connection is up", registry=registry)
+        self.reconnects = Counter("syncar_backend_reconnects", "Broker connections restored after a loss",
+                                  registry=registry)
+        self.clients = Gauge("syncar_clients", "Connected clients", registry=registry)
+        self.outbox_events = Gauge("syncar_outbox_events", "Events waiting for the broker", registry=registry)
+        self.outbox_bytes = Gauge("syncar_outbox_bytes", "Bytes waiting for the broker", registry=registry)
+        self.replay_events = Gauge("syncar_replay_events", "Events held for clients that resume", registry=registry)
+        self.replay_bytes = Gauge("syncar_replay_bytes", "Bytes held for clients that resume", registry=registry)
+        self.publish_seconds = Histogram("syncar_publish_seconds",
+                                         "From a client's publish to the broker accepting it",
+                                         buckets=LATENCY_BUCKETS, registry=registry)
+        self.relay_seconds = Histogram("syncar_relay_seconds",
+                                       "From publish on the origin instance to delivery here "
+                                       "(includes the clock difference between the hosts)",
+                                       buckets=LATENCY_BUCKETS, registry=registry)
+        Info("syncar_build", "syncar version and configuration", registry=registry).info(
+            {"version": __version__, "backend": backend, "codec": codec})

@@ -1,0 +1,99 @@
+"""Health, readiness and metrics over HTTP, and `syncar health`."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Connect
+from tests.utils import REPO, SpawnedDaemon, publish_frame, run_daemon
+
+
+async def http_get(port: int, path: str, method: str = "GET") -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    async with asyncio.timeout(5):
+        response = await reader.read()
+    writer.close()
+    head, _, body = response.decode().partition("\r\n\r\n")
+    return int(head.split(" ")[1]), body
+
+
+def samples(text: str) -> dict[str, float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            found[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return found
+
+
+async def test_health_ready_and_metrics(sock: Path, connect: Connect) -> None:
+    async with run_daemon(sock) as daemon:
+        assert daemon.http is not None
+        port = daemon.http.port
+        assert await http_get(port, "/healthz") == (200, "ok\n")
+        assert await http_get(port, "/readyz") == (200, "ready\n")
+        a = await connect(sock, {})
+        b = await connect(sock, {})
+        await a.send(publish_frame(id="1", ack=True))
+        await a.send(b"not json\n")
+        assert {(await a.frame())["type"] for _ in range(2)} == {"ack", "error"}
+        await b.frame_of("event")
+        status, text = await http_get(port, "/metrics")
+        assert status == 200
+        found = samples(text)
+        assert found["syncar_events_published_total"] == 1
+        assert found["syncar_events_sent_total"] == 1
+        assert found["syncar_events_delivered_total"] == 1
+        assert found["syncar_frame_errors_total{code=invalid_json}"] == 1
+        assert found["syncar_clients"] == 2
+        assert found["syncar_broker_up"] == 1
+        assert found["syncar_replay_events"] == 1
+        assert found["syncar_outbox_events"] == 0
+        assert found["syncar_publish_seconds_count"] == 1
+        assert found["syncar_build_info{backend=local,codec=syncar,version=0.1.0}"] == 1
+
+
+async def test_http_errors(sock: Path) -> None:
+    async with run_daemon(sock) as daemon:
+        assert daemon.http is not None
+        port = daemon.http.port
+        assert (await http_get(port, "/nope"))[0] == 404
+        assert (await http_get(port, "/healthz", method="POST"))[0] == 405
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"garbage\r\n\r\n")
+        async with asyncio.timeout(5):
+            assert b" 400 " in await reader.read()
+        writer.close()
+
+
+async def test_http_off(sock: Path) -> None:
+    async with run_daemon(sock, http="off") as daemon:
+        assert daemon.http is None
+
+
+def health(port: int, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sidecar", "health", "--http", f"0.0.0.0:{port}", *extra],
+                          capture_output=True, text=True, timeout=30, cwd=REPO)
+
+
+async def test_syncar_health_command(sock: Path) -> None:
+    daemon = SpawnedDaemon(sock)
+    try:
+        await daemon.ready()
+        port = daemon.http_port
+        alive = await asyncio.to_thread(health, port)
+        assert alive.returncode == 0, alive.stderr
+        ready = await asyncio.to_thread(health, port, "--ready")
+        assert (ready.returncode, ready.stdout.strip()) == (0, "ready")
+        assert await daemon.stop() == 0
+        gone = await asyncio.to_thread(health, port)
+        assert gone.returncode == 1
+        assert "Traceback" not in gone.stderr
+    finally:
+        daemon.kill()
