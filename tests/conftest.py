@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.brokers import BrokerServer
 from tests.utils import RawClient
 
 Connect = Callable[[Path, dict[str, Any] | None], Awaitable[RawClient]]
@@ -39,3 +40,35 @@ async def connect() -> AsyncIterator[Connect]:
     yield factory
     for client in clients:
         await client.close()
+
+
+# Real brokers, one of each per test session, started on first use. The server classes skip (or, with
+# CI=true, fail) when the binary is missing.
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[BrokerServer]:
+    from tests.brokers.redis import RedisServer
+
+    yield from _serve(RedisServer())
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> Iterator[BrokerServer]:
+    from tests.brokers.rabbitmq import RabbitServer
+
+    yield from _serve(RabbitServer())
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[BrokerServer]:
+    from tests.brokers.nats import NatsServer
+
+    yield from _serve(NatsServer())
+
+
+def _serve(server: BrokerServer) -> Iterator[BrokerServer]:
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()

@@ -1,0 +1,103 @@
+"""What every backend and codec must do, between two real daemons on a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.conftest import Connect
+from tests.contract.conftest import Pair
+from tests.utils import publish_frame, wait_for
+
+FEATHERS_EVENTS = ("created", "updated", "patched", "removed", "status-changed")
+
+
+async def test_events_cross_in_both_directions(pair: Pair, connect: Connect) -> None:
+    a = await connect(pair.sock_a, {"client": "app-a"})
+    b = await connect(pair.sock_b, {"client": "app-b"})
+    for event in FEATHERS_EVENTS:
+        context = {"params": {"query": {"x": 1}, "provider": "rest"}, "method": event, "path": "messages"}
+        await a.send(publish_frame("messages", event, {"id": 1, "by": "a"}, context=context))
+        await b.send(publish_frame("users", event, {"id": 2, "by": "b"}, context=context))
+    for receiver, origin, path, by in ((b, pair.a, "messages", "a"), (a, pair.b, "users", "b")):
+        events = await receiver.events(len(FEATHERS_EVENTS))
+        assert [e["event"] for e in events] == list(FEATHERS_EVENTS)
+        for event in events:
+            assert event["path"] == path
+            assert event["data"] == {"id": event["data"]["id"], "by": by}
+            assert event["context"]["params"] == {"query": {"x": 1}, "provider": "rest"}
+            if pair.a.settings.codec == "syncar":
+                assert event["origin"] == origin.settings.instance_id
+            else:
+                assert event["origin"] is None  # feathers-sync's format carries no origin
+
+
+async def test_unicode_nested_and_large_payloads(pair: Pair, connect: Connect) -> None:
+    a = await connect(pair.sock_a, {})
+    b = await connect(pair.sock_b, {})
+    payloads = [
+        {"text": "héllo wörld ✓ 日本語 🚀", "rtl": "مرحبا", "escapes": "quote \" backslash \\ nul \u0000"},
+        {"deep": [[{"a": [1, 2, {"b": {"c": [None, True, False, 1.5, -7]}}]}]]},
+        {"blob": "x" * (512 * 1024)},
+    ]
+    for data in payloads:
+        await a.send(publish_frame("files", "created", data))
+    received = await b.events(len(payloads))
+    assert [e["data"] for e in received] == payloads
+
+
+async def test_per_origin_order_over_10000_events(pair: Pair, connect: Connect) -> None:
+    a = await connect(pair.sock_a, {})
+    b = await connect(pair.sock_b, {"subscribe": ["counter"]})
+    count = 10_000
+    batch = 500
+    receiving = asyncio.create_task(b.events(count, timeout=30))
+    for start in range(0, count, batch):
+        await a.send(b"".join(b'{"type":"publish","path":"counter","event":"tick","data":%d}\n' % i
+                              for i in range(start, start + batch)))
+    events = await receiving
+    assert [e["data"] for e in events] == list(range(count))
+
+
+async def test_no_echo_and_exactly_one_copy_locally(pair: Pair, connect: Connect) -> None:
+    publisher = await connect(pair.sock_a, {})
+    neighbour = await connect(pair.sock_a, {})
+    remote = await connect(pair.sock_b, {})
+    await publisher.send(publish_frame("messages", "created", "first"))
+    await publisher.send(publish_frame("messages", "created", "second"))
+    assert [e["data"] for e in await remote.events(2)] == ["first", "second"]
+    # B answers after it saw both: by then the broker has also brought A's own two back to A.
+    await remote.send(publish_frame("messages", "created", "reply"))
+    assert [e["data"] for e in await neighbour.events(3)] == ["first", "second", "reply"]
+    assert [e["data"] for e in await publisher.events(1)] == ["reply"]
+    echoes = pair.a.metrics.dropped.labels("echo")
+    await wait_for(lambda: echoes._value.get() == 2, what="both echoes to be recognised and dropped")
+
+
+async def test_ack_means_the_broker_accepted(pair: Pair, connect: Connect) -> None:
+    a = await connect(pair.sock_a, {})
+    b = await connect(pair.sock_b, {})
+    for i in range(20):
+        await a.send(publish_frame(id=f"evt-{i}", ack=True, data=i))
+    acks = [(await a.frame_of("ack"))["id"] for _ in range(20)]
+    assert acks == [f"evt-{i}" for i in range(20)]
+    assert pair.a.metrics.sent._value.get() == 20
+    assert [e["data"] for e in await b.events(20)] == list(range(20))
+
+
+async def test_filters_apply_to_remote_events(pair: Pair, connect: Connect) -> None:
+    a = await connect(pair.sock_a, {})
+    only_removed = await connect(pair.sock_b, {"subscribe": [{"path": "*", "event": "removed"}]})
+    await a.send(publish_frame("messages", "created", 1))
+    await a.send(publish_frame("messages", "removed", 2))
+    assert [e["data"] for e in await only_removed.events(1)] == [2]
+
+
+async def test_junk_on_the_channel_is_counted_and_dropped(pair: Pair, connect: Connect) -> None:
+    a = await connect(pair.sock_a, {})
+    b = await connect(pair.sock_b, {})
+    await pair.a.backend.publish(pair.key, [b"\x00\xffnot json", b'{"unrelated": true}', b"[]"])
+    await a.send(publish_frame(data="after the junk"))
+    assert (await b.frame_of("event"))["data"] == "after the junk"
+    dropped = pair.b.metrics.dropped
+    await wait_for(lambda: sum(dropped.labels(r)._value.get() for r in ("malformed", "foreign")) == 3,
+                   what="the junk to be counted")
