@@ -71,8 +71,11 @@ function sanitize(root) {
       return value.toString();
     }
     value = unbox(value);
+    if (typeof value === 'function' || typeof value === 'symbol') {
+      return undefined; // as JSON.stringify: left out of objects, null in arrays
+    }
     if (value === null || typeof value !== 'object') {
-      return value; // functions, symbols and undefined are dropped by JSON.stringify itself
+      return value;
     }
     if (ancestors.includes(value)) {
       problems.add(`circular reference sent as "${CIRCULAR}"`);

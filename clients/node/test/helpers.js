@@ -1,0 +1,316 @@
+'use strict';
+
+/**
+ * Test helpers: a real syncar daemon and a real redis-server, started here on temp sockets and free
+ * loopback ports, stopped by pid; a raw protocol peer; waiting on events with timeouts (never sleeps).
+ */
+
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const net = require('node:net');
+const os = require('node:os');
+const path = require('node:path');
+const { EventEmitter, once } = require('node:events');
+
+const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
+const PYTHON = process.env.SYNCAR_PYTHON || path.join(REPO_ROOT, '.venv', 'bin', 'python');
+const DAEMON_START_TIMEOUT = 30_000;
+
+/** Every child this test process started and has not seen exit: killed by pid if the test dies first. */
+const children = new Set();
+process.on('exit', () => {
+  for (const child of children) {
+    try {
+      process.kill(child.pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+});
+
+function tempDir(prefix = 'syncar-node-') {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+function removeDir(dir) {
+  fs.rmSync(dir, { recursive: true, force: true });
+}
+
+/**
+ * Resolve when `emitter` emits `event` with arguments for which `filter` holds; reject after `timeout`.
+ * @returns {Promise<any[]>} the event's arguments
+ */
+function waitForEvent(emitter, event, { filter = () => true, timeout = 10_000, what } = {}) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      emitter.off(event, listener);
+      reject(new Error(`timed out after ${timeout}ms waiting for ${what || `'${event}'`}`));
+    }, timeout);
+    function listener(...args) {
+      if (filter(...args)) {
+        clearTimeout(timer);
+        emitter.off(event, listener);
+        resolve(args);
+      }
+    }
+    emitter.on(event, listener);
+  });
+}
+
+/** Resolve when `condition()` holds, re-checked each time `emitter` emits `event`; reject after `timeout`. */
+async function waitUntil(emitter, event, condition, { timeout = 10_000, what = 'a condition' } = {}) {
+  if (condition()) {
+    return;
+  }
+  await waitForEvent(emitter, event, { filter: () => condition(), timeout, what });
+}
+
+/** A process started by the tests, whose output lines are events. Stopped by its pid only. */
+class Child extends EventEmitter {
+  constructor(name, command, args, options = {}) {
+    super();
+    this.name = name;
+    this.output = [];
+    this.exited = false;
+    this.proc = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options });
+    children.add(this.proc);
+    this.exit = once(this.proc, 'exit').then(([code, signal]) => {
+      this.exited = true;
+      children.delete(this.proc);
+      this.emit('exited', code, signal);
+      return { code, signal };
+    });
+    for (const stream of [this.proc.stdout, this.proc.stderr]) {
+      let buffered = '';
+      stream.setEncoding('utf8');
+      stream.on('data', (chunk) => {
+        buffered += chunk;
+        let newline = buffered.indexOf('\n');
+        while (newline !== -1) {
+          const line = buffered.slice(0, newline);
+          buffered = buffered.slice(newline + 1);
+          this.output.push(line);
+          if (this.output.length > 2000) {
+            this.output.splice(0, 1000);
+          }
+          this.emit('line', line);
+          newline = buffered.indexOf('\n');
+        }
+      });
+    }
+  }
+
+  get pid() {
+    return this.proc.pid;
+  }
+
+  /** Wait for an output line matching `pattern`; fail early if the process exits first. */
+  async waitForLine(pattern, timeout) {
+    const seen = this.output.find((line) => pattern.test(line));
+    if (seen !== undefined) {
+      return seen;
+    }
+    const line = waitForEvent(this, 'line', { filter: (l) => pattern.test(l), timeout, what: `${this.name}: ${pattern}` });
+    const died = this.exit.then(({ code, signal }) => {
+      throw new Error(`${this.name} exited (${code ?? signal}) before printing ${pattern}:\n${this.tail()}`);
+    });
+    try {
+      const [found] = await Promise.race([line, died]);
+      return found;
+    } catch (err) {
+      err.message += `\n--- last output of ${this.name} ---\n${this.tail()}`;
+      throw err;
+    }
+  }
+
+  tail(lines = 30) {
+    return this.output.slice(-lines).join('\n');
+  }
+
+  /** Send `signal` to our child by pid and wait for it to exit; SIGKILL if it outlives `timeout`. */
+  async stop(signal = 'SIGTERM', timeout = 15_000) {
+    if (this.exited) {
+      return this.exit;
+    }
+    this.proc.kill(signal);
+    const timer = setTimeout(() => {
+      if (!this.exited) {
+        this.proc.kill('SIGKILL');
+      }
+    }, timeout);
+    try {
+      return await this.exit;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+/**
+ * A syncar daemon from this repository: `python -m sidecar run --socket ... --backend ...`.
+ * Resolves once it logged that apps may connect.
+ */
+async function startDaemon({ socket, backend = 'local://', instanceId, args = [] }) {
+  // --http off: several daemons run at once here, and none of these tests reads /metrics.
+  const argv = ['-m', 'sidecar', 'run', '--socket', socket, '--backend', backend, '--http', 'off', ...args];
+  if (instanceId) {
+    argv.push('--instance-id', instanceId);
+  }
+  const env = { ...process.env, PYTHONUNBUFFERED: '1' };
+  for (const key of Object.keys(env)) {
+    if (key.startsWith('SYNCAR_')) {
+      delete env[key]; // the daemon reads SYNCAR_*; only our flags may configure it
+    }
+  }
+  const daemon = new Child(`syncar(${path.basename(socket)})`, PYTHON, argv, { cwd: REPO_ROOT, env });
+  daemon.socket = socket;
+  await daemon.waitForLine(/ready: apps may connect/, DAEMON_START_TIMEOUT);
+  return daemon;
+}
+
+/** A port that was free a moment ago on 127.0.0.1. */
+async function freePort() {
+  const server = net.createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address();
+  server.close();
+  await once(server, 'close');
+  return port;
+}
+
+/** redis-server on a free loopback port, no persistence, in `dir`. */
+async function startRedis(dir) {
+  const binary = process.env.REDIS_SERVER || 'redis-server';
+  for (let attempt = 1; ; attempt += 1) {
+    const port = await freePort();
+    const redis = new Child(`redis-server:${port}`, binary,
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir]);
+    try {
+      await redis.waitForLine(/Ready to accept connections/, 15_000);
+    } catch (err) {
+      await redis.stop('SIGKILL');
+      if (attempt >= 3) {
+        throw err; // not a port race: redis-server itself is missing or broken
+      }
+      continue;
+    }
+    redis.port = port;
+    redis.uri = `redis://127.0.0.1:${port}`;
+    return redis;
+  }
+}
+
+/**
+ * A client that speaks the socket protocol by hand: what an app in another language would send and
+ * see. Frames it receives are kept in `frames` and emitted as 'frame'.
+ */
+class RawPeer extends EventEmitter {
+  constructor(socketPath) {
+    super();
+    this.socketPath = socketPath;
+    this.frames = [];
+    this.welcome = null;
+  }
+
+  /**
+   * Connect and say hello. With `fromStart`, first learn the daemon's epoch, then reconnect resuming
+   * from seq 0, so that the peer sees every event this daemon relayed, even those before it connected.
+   */
+  async connect({ subscribe, fromStart = false, timeout = 10_000 } = {}) {
+    let resume;
+    if (fromStart) {
+      const probe = await this._open({ subscribe: [] }, timeout);
+      resume = { epoch: probe.welcome.epoch, seq: 0 };
+      probe.socket.destroy();
+    }
+    const opened = await this._open({ subscribe, resume }, timeout, (frame) => {
+      this.frames.push(frame);
+      this.emit('frame', frame);
+    });
+    this.socket = opened.socket;
+    this.welcome = opened.welcome;
+    return this.welcome;
+  }
+
+  _open({ subscribe, resume }, timeout, onFrame = () => {}) {
+    return new Promise((resolve, reject) => {
+      const socket = net.createConnection({ path: this.socketPath });
+      socket.setEncoding('utf8');
+      let buffered = '';
+      let welcome = null;
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new Error(`no welcome from ${this.socketPath} within ${timeout}ms`));
+      }, timeout);
+      socket.on('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+      socket.on('data', (chunk) => {
+        buffered += chunk;
+        let newline = buffered.indexOf('\n');
+        while (newline !== -1) {
+          const frame = JSON.parse(buffered.slice(0, newline));
+          buffered = buffered.slice(newline + 1);
+          if (frame.type === 'welcome' && welcome === null) {
+            welcome = frame;
+            clearTimeout(timer);
+            resolve({ socket, welcome });
+          } else {
+            onFrame(frame);
+          }
+          newline = buffered.indexOf('\n');
+        }
+      });
+      const hello = { type: 'hello', client: 'raw-peer' };
+      if (subscribe !== undefined) {
+        hello.subscribe = subscribe;
+      }
+      if (resume !== undefined) {
+        hello.resume = resume;
+      }
+      socket.write(`${JSON.stringify(hello)}\n`);
+    });
+  }
+
+  events() {
+    return this.frames.filter((frame) => frame.type === 'event');
+  }
+
+  /** The next event frame (among those not yet taken) for which `filter` holds. */
+  async nextEvent(filter = () => true, timeout = 10_000) {
+    this._taken = this._taken || new Set();
+    const match = (frame) => frame.type === 'event' && !this._taken.has(frame) && filter(frame);
+    let found = this.frames.find(match);
+    if (found === undefined) {
+      [found] = await waitForEvent(this, 'frame', { filter: match, timeout, what: 'an event frame' });
+    }
+    this._taken.add(found);
+    return found;
+  }
+
+  send(frame) {
+    this.socket.write(`${JSON.stringify(frame)}\n`);
+  }
+
+  close() {
+    if (this.socket) {
+      this.socket.destroy();
+    }
+  }
+}
+
+module.exports = {
+  REPO_ROOT,
+  PYTHON,
+  Child,
+  RawPeer,
+  freePort,
+  removeDir,
+  startDaemon,
+  startRedis,
+  tempDir,
+  waitForEvent,
+  waitUntil,
+};

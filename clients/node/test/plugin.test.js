@@ -1,0 +1,301 @@
+'use strict';
+
+// The plugin against a real syncar daemon on the local backend: what goes on the wire, what comes
+// back, and the cases where an event must not travel. Apps in this process, plus a raw protocol peer.
+
+const { describe, it, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const path = require('node:path');
+const { feathers } = require('@feathersjs/feathers');
+const { MemoryService } = require('@feathersjs/memory');
+const syncar = require('..');
+const { SYNC, isRemote } = syncar;
+const { RawPeer, removeDir, startDaemon, tempDir, waitForEvent, waitUntil } = require('./helpers');
+
+const TIMEOUT = 10_000;
+
+/** A service whose results JSON cannot carry: BigInt ids. */
+class Ledger {
+  async create(data) {
+    return { id: 9007199254740993n, ...data };
+  }
+}
+
+describe('the plugin on a local syncar', () => {
+  let dir;
+  let daemon;
+  const apps = [];
+  const peers = [];
+
+  before(async () => {
+    dir = tempDir();
+    daemon = await startDaemon({ socket: path.join(dir, 'syncar.sock') });
+  });
+
+  after(async () => {
+    for (const peer of peers) {
+      peer.close();
+    }
+    await Promise.all(apps.map((app) => app.sync.close()));
+    await daemon.stop();
+    removeDir(dir);
+  });
+
+  /** A Feathers app on this daemon, with `messages` (custom event `typing`) and `ledger` services. */
+  async function makeApp(options = {}) {
+    const app = feathers();
+    app.configure(syncar({ socket: daemon.socket, logger: null, ...options }));
+    app.use('messages', new MemoryService(), { events: ['typing'] });
+    app.use('ledger', new Ledger());
+    apps.push(app);
+    await app.sync.ready;
+    return app;
+  }
+
+  async function makePeer(options) {
+    const peer = new RawPeer(daemon.socket);
+    peers.push(peer);
+    await peer.connect(options);
+    return peer;
+  }
+
+  /** A marker event from `app`: once a peer has it, everything `app` published before is there too. */
+  async function marker(app, peer, label) {
+    app.service('messages').emit('typing', { marker: label });
+    return peer.nextEvent((f) => f.event === 'typing' && f.data && f.data.marker === label, TIMEOUT);
+  }
+
+  it('exposes the feathers-sync API: app.sync.type, app.sync.ready, SYNC', async () => {
+    const app = await makeApp();
+    assert.equal(app.sync.type, 'syncar');
+    assert.ok(app.sync.ready instanceof Promise);
+    assert.equal(typeof SYNC, 'symbol');
+    assert.equal(app.sync.connected, true);
+    assert.equal(app.sync.broker, 'up');
+    assert.equal(typeof app.sync.instance, 'string');
+    assert.equal(typeof app.sync.serialize, 'function');
+    assert.equal(typeof app.sync.deserialize, 'function');
+  });
+
+  it('sends service events with the context serialised as feathers-sync does', async () => {
+    const app = await makeApp();
+    const peer = await makePeer();
+    const local = new Promise((resolve) => app.service('messages').once('created', (data, ctx) => resolve(ctx)));
+    const params = { user: { id: 7, name: 'ann' }, query: {}, provider: 'rest' };
+    const record = await app.service('messages').create({ text: 'hello' }, params);
+    const ctx = await local;
+    const frame = await peer.nextEvent((f) => f.event === 'created' && f.path === 'messages', TIMEOUT);
+    assert.deepEqual(frame.data, record);
+    assert.equal(frame.origin, app.sync.instance);
+    // feathers-sync: context.toJSON() without app, service and self, as JSON.
+    const json = ctx.toJSON();
+    delete json.app;
+    delete json.service;
+    delete json.self;
+    assert.deepEqual(frame.context, JSON.parse(JSON.stringify(json)));
+    assert.deepEqual(frame.context.params, params);
+    assert.equal(frame.context.method, 'create');
+    assert.equal(isRemote(ctx), false);
+  });
+
+  it('propagates patched, removed and custom events from the service options, and nothing else', async () => {
+    const app = await makeApp();
+    const peer = await makePeer();
+    const messages = app.service('messages');
+    const record = await messages.create({ text: 'a' });
+    await messages.patch(record.id, { text: 'b' });
+    await messages.remove(record.id);
+    messages.emit('typing', { user: 'ann' });
+    messages.emit('not-an-event', { user: 'ann' }); // not declared in `events`: stays here
+    const label = 'after-custom';
+    await marker(app, peer, label);
+    const seen = peer.events().filter((f) => f.origin === app.sync.instance && f.path === 'messages')
+      .map((f) => [f.event, f.data]);
+    const ours = seen.slice(seen.findIndex(([, d]) => d && d.text === 'a'));
+    assert.deepEqual(ours, [
+      ['created', { text: 'a', id: record.id }],
+      ['patched', { text: 'b', id: record.id }],
+      ['removed', { text: 'b', id: record.id }],
+      ['typing', { user: 'ann' }],
+      ['typing', { marker: label }],
+    ]);
+  });
+
+  it('emits events from other apps on the local service, with app and service on the context, marked remote', async () => {
+    const sender = await makeApp();
+    const receiver = await makeApp();
+    const peer = await makePeer();
+    const received = waitForEvent(receiver.service('messages'), 'created', { timeout: TIMEOUT });
+    const localOnly = [];
+    sender.service('messages').on('created', (data, ctx) => localOnly.push(ctx));
+    await sender.service('messages').create({ text: 'from sender' }, { user: { id: 1 } });
+    const [data, ctx] = await received;
+    assert.deepEqual(data, { text: 'from sender', id: 0 });
+    assert.equal(ctx.app, receiver);
+    assert.equal(ctx.service, receiver.service('messages'));
+    assert.deepEqual(ctx.params, { user: { id: 1 } });
+    assert.equal(ctx.syncar.remote, true);
+    assert.equal(ctx.syncar.origin, sender.sync.instance);
+    assert.equal(typeof ctx.syncar.seq, 'number');
+    assert.equal(isRemote(ctx), true);
+    // The sender's own listener ran once, at once, on its local context (no echo came back).
+    assert.equal(localOnly.length, 1);
+    assert.equal(isRemote(localOnly[0]), false);
+
+    // An event published by another language's app (raw frames, no context) gets a context too.
+    const fromPeer = waitForEvent(receiver.service('messages'), 'typing', {
+      filter: (d) => d && d.from === 'peer', timeout: TIMEOUT,
+    });
+    peer.send({ type: 'publish', path: 'messages', event: 'typing', data: { from: 'peer' } });
+    const [peerData, peerCtx] = await fromPeer;
+    assert.deepEqual(peerData, { from: 'peer' });
+    assert.equal(peerCtx.app, receiver);
+    assert.equal(peerCtx.syncar.remote, true);
+  });
+
+  it('keeps a call with context[SYNC] = false on this instance', async () => {
+    const app = await makeApp();
+    const peer = await makePeer();
+    const messages = app.service('messages');
+    messages.hooks({
+      after: {
+        create: [(context) => {
+          if (context.data && context.data.local) {
+            context[SYNC] = false;
+          }
+          return context;
+        }],
+      },
+    });
+    const local = waitForEvent(messages, 'created', { filter: (d) => d.local === true, timeout: TIMEOUT });
+    await messages.create({ local: true });
+    await local;
+    await messages.create({ local: false });
+    const frame = await peer.nextEvent((f) => f.event === 'created' && f.origin === app.sync.instance, TIMEOUT);
+    assert.deepEqual(frame.data, { local: false, id: 1 }, 'the SYNC=false create must not have been sent');
+  });
+
+  it('never fails the service call for a context it cannot serialise: circular refs and BigInt', async () => {
+    const app = await makeApp();
+    const peer = await makePeer();
+    const warnings = [];
+    app.sync.on('warning', (w) => warnings.push(w));
+
+    const loop = { name: 'loop' };
+    loop.self = loop;
+    const record = await app.service('messages').create({ text: 'circular params' }, { loop });
+    assert.deepEqual(record, { text: 'circular params', id: 0 });
+    const circular = await peer.nextEvent((f) => f.path === 'messages' && f.origin === app.sync.instance, TIMEOUT);
+    assert.deepEqual(circular.data, record);
+    assert.deepEqual(circular.context.params.loop, { name: 'loop', self: '[Circular]' });
+
+    const entry = await app.service('ledger').create({ amount: 1 });
+    assert.equal(entry.id, 9007199254740993n);
+    const big = await peer.nextEvent((f) => f.path === 'ledger', TIMEOUT);
+    assert.deepEqual(big.data, { id: '9007199254740993', amount: 1 });
+
+    assert.equal(warnings.length, 2);
+    assert.ok(warnings.every((w) => w.code === 'unserialisable'));
+    assert.match(warnings[0].message, /messages created: .*circular/i);
+    assert.match(warnings[1].message, /ledger created: .*BigInt/);
+  });
+
+  it('skips, with a warning, an event that a custom serialize cannot handle at all', async () => {
+    const serialize = (payload) => {
+      if (payload.data && payload.data.poison) {
+        throw new Error('cannot');
+      }
+      return JSON.stringify(payload);
+    };
+    const app = await makeApp({ serialize });
+    const peer = await makePeer();
+    const warnings = [];
+    app.sync.on('warning', (w) => warnings.push(w));
+    const record = await app.service('messages').create({ poison: true });
+    assert.deepEqual(record, { poison: true, id: 0 });
+    const next = await marker(app, peer, 'after-poison');
+    assert.equal(peer.events().filter((f) => f.origin === app.sync.instance && f.event === 'created').length, 0);
+    assert.ok(next);
+    assert.equal(app.sync.stats.skipped, 1);
+    assert.match(warnings[0].message, /messages created not sent to other instances: it cannot be serialised/);
+  });
+
+  it('refuses events over maxFrameBytes with a clear warning, and still emits them here', async () => {
+    const app = await makeApp({ maxFrameBytes: 4096 });
+    const peer = await makePeer();
+    const warnings = [];
+    app.sync.on('warning', (w) => warnings.push(w));
+    const local = waitForEvent(app.service('messages'), 'created', { timeout: TIMEOUT });
+    const record = await app.service('messages').create({ text: 'x'.repeat(10_000) });
+    const [data] = await local;
+    assert.equal(data.text.length, 10_000);
+    assert.equal(record.text.length, 10_000);
+    await marker(app, peer, 'after-big');
+    assert.equal(peer.events().filter((f) => f.event === 'created' && f.origin === app.sync.instance).length, 0);
+    assert.equal(warnings.length, 1);
+    assert.equal(warnings[0].code, 'too_large');
+    assert.match(warnings[0].message, /messages created not sent to other instances: it is \d+ bytes, over maxFrameBytes \(4096 bytes\)/);
+  });
+
+  it('receives only what its subscribe patterns match', async () => {
+    const publisher = await makeApp();
+    const onlyPatched = await makeApp({ subscribe: [{ path: 'messages', event: 'patched' }, 'ledger'] });
+    const got = [];
+    for (const event of ['created', 'patched', 'removed', 'typing']) {
+      onlyPatched.service('messages').on(event, (data, ctx) => isRemote(ctx) && got.push(event));
+    }
+    const ledgerSeen = waitForEvent(onlyPatched.service('ledger'), 'created', { timeout: TIMEOUT });
+    const record = await publisher.service('messages').create({ text: 'p' });
+    await publisher.service('messages').patch(record.id, { text: 'q' });
+    publisher.service('messages').emit('typing', {});
+    await publisher.service('messages').remove(record.id);
+    await publisher.service('ledger').create({ amount: 2 });
+    // Events reach a client in the order syncar relays them: the ledger event came last.
+    await ledgerSeen;
+    assert.deepEqual(got, ['patched']);
+  });
+
+  it('in publish-only mode sends events but receives none', async () => {
+    const publishOnly = await makeApp({ subscribe: false });
+    const other = await makeApp();
+    const received = [];
+    publishOnly.service('messages').on('created', (data, ctx) => isRemote(ctx) && received.push(data));
+    const atOther = waitForEvent(other.service('messages'), 'created', {
+      filter: (d) => d.text === 'from publish-only', timeout: TIMEOUT,
+    });
+    await publishOnly.service('messages').create({ text: 'from publish-only' });
+    await atOther;
+    await other.service('messages').create({ text: 'from other' });
+    // syncar answers a client in order: once our next publish is acknowledged, the other app's event
+    // would have been written to us before the ack, had we subscribed.
+    await publishOnly.service('messages').create({ text: 'barrier' });
+    await waitUntil(publishOnly.sync.connection, 'settled', () => publishOnly.sync.pending === 0, { timeout: TIMEOUT });
+    assert.deepEqual(received, []);
+  });
+
+  it('uses custom serialize/deserialize like feathers-sync (here: Dates that survive the trip)', async () => {
+    const serialize = (payload) => JSON.stringify(payload, function replacer(key, value) {
+      return this[key] instanceof Date ? { $date: this[key].toISOString() } : value;
+    });
+    const deserialize = (text) => JSON.parse(text, (key, value) => (
+      value && typeof value === 'object' && typeof value.$date === 'string' ? new Date(value.$date) : value));
+    const sender = await makeApp({ serialize, deserialize });
+    const receiver = await makeApp({ serialize, deserialize });
+    const received = waitForEvent(receiver.service('messages'), 'created', { timeout: TIMEOUT });
+    const at = new Date(Date.UTC(2025, 4, 6, 7, 8, 9));
+    sender.service('messages').emit('created', { at }, undefined);
+    const [data] = await received;
+    assert.ok(data.at instanceof Date);
+    assert.equal(data.at.getTime(), at.getTime());
+  });
+
+  it('closes its socket on app.teardown()', async () => {
+    const app = await makeApp();
+    assert.equal(app.sync.connected, true);
+    const gone = waitForEvent(app.sync, 'disconnect', { timeout: TIMEOUT });
+    await app.teardown();
+    await gone;
+    assert.equal(app.sync.connected, false);
+    assert.equal(app.sync.connection.closed, true);
+  });
+});

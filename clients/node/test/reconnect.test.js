@@ -1,0 +1,196 @@
+'use strict';
+
+// Local first, held publishes, reconnects and resume, against real syncar daemons (local backend).
+
+const { describe, it, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const net = require('node:net');
+const path = require('node:path');
+const { once } = require('node:events');
+const { feathers } = require('@feathersjs/feathers');
+const { MemoryService } = require('@feathersjs/memory');
+const syncar = require('..');
+const { isRemote } = syncar;
+const { RawPeer, removeDir, startDaemon, tempDir, waitForEvent, waitUntil } = require('./helpers');
+
+const TIMEOUT = 15_000;
+
+function makeApp(socket, options = {}) {
+  const app = feathers();
+  app.configure(syncar({ socket, logger: null, reconnect: { minDelay: 20, maxDelay: 200 }, ...options }));
+  app.use('messages', new MemoryService());
+  return app;
+}
+
+describe('reconnects', () => {
+  let dir;
+  const cleanup = [];
+
+  before(() => {
+    dir = tempDir();
+  });
+
+  after(async () => {
+    for (const step of cleanup.reverse()) {
+      await step();
+    }
+    removeDir(dir);
+  });
+
+  it('emits locally at once while syncar is down, holds publishes up to maxPending, sends them once it is up', async () => {
+    const socket = path.join(dir, 'late.sock');
+    const app = makeApp(socket, { maxPending: 3 });
+    cleanup.push(() => app.sync.close());
+    const warnings = [];
+    app.sync.on('warning', (w) => warnings.push(w));
+    const local = [];
+    app.service('messages').on('created', (data, ctx) => local.push([data.n, isRemote(ctx)]));
+    for (let n = 1; n <= 5; n += 1) {
+      await app.service('messages').create({ n });
+      assert.equal(local.length, n, 'the event is emitted here before the call returns');
+    }
+    assert.deepEqual(local, [[1, false], [2, false], [3, false], [4, false], [5, false]]);
+    assert.equal(app.sync.connected, false);
+    assert.equal(app.sync.pending, 3);
+    assert.deepEqual(warnings.filter((w) => w.code === 'pending_full').length, 2);
+    assert.match(warnings.find((w) => w.code === 'pending_full').message,
+      /messages created not sent to other instances: syncar is unreachable and 3 events .* are held already \(maxPending 3/);
+
+    const daemon = await startDaemon({ socket });
+    cleanup.push(() => daemon.stop());
+    await app.sync.ready;
+    await waitUntil(app.sync.connection, 'settled', () => app.sync.pending === 0, { timeout: TIMEOUT, what: 'acks' });
+    const peer = new RawPeer(socket);
+    cleanup.push(() => peer.close());
+    await peer.connect({ fromStart: true });
+    app.service('messages').emit('created', { n: 'marker' });
+    await peer.nextEvent((f) => f.data.n === 'marker', TIMEOUT);
+    assert.deepEqual(peer.events().map((f) => f.data.n), [1, 2, 3, 'marker']);
+  });
+
+  it('resumes from its last seq after losing the socket: events published meanwhile are replayed', async () => {
+    const socket = path.join(dir, 'resume.sock');
+    const daemon = await startDaemon({ socket });
+    cleanup.push(() => daemon.stop());
+    const sender = makeApp(socket);
+    // A slow reconnect, so the sender's events certainly fall into the gap.
+    const receiver = makeApp(socket, { reconnect: { minDelay: 1000, maxDelay: 1000 } });
+    cleanup.push(() => sender.sync.close(), () => receiver.sync.close());
+    await Promise.all([sender.sync.ready, receiver.sync.ready]);
+    const received = [];
+    receiver.service('messages').on('created', (data, ctx) => received.push([data.n, ctx.syncar.seq]));
+
+    const lost = waitForEvent(receiver.sync, 'disconnect', { timeout: TIMEOUT });
+    receiver.sync.connection._socket.destroy(); // the app's side of the socket breaks
+    await lost;
+    for (let n = 1; n <= 3; n += 1) {
+      await sender.service('messages').create({ n });
+    }
+    await waitUntil(sender.sync.connection, 'settled', () => sender.sync.pending === 0, { timeout: TIMEOUT });
+    assert.equal(receiver.sync.connected, false, 'the receiver was still away while the events were relayed');
+    const gaps = [];
+    receiver.sync.on('gap', (gap) => gaps.push(gap));
+    const [welcome] = await waitForEvent(receiver.sync, 'connect', { timeout: TIMEOUT });
+    assert.equal(welcome.resumed, true);
+    await waitUntil(receiver.service('messages'), 'created', () => received.length === 3, { timeout: TIMEOUT });
+    assert.deepEqual(received.map(([n]) => n), [1, 2, 3]);
+    const seqs = received.map(([, seq]) => seq);
+    assert.deepEqual(seqs, [seqs[0], seqs[0] + 1, seqs[0] + 2]);
+    assert.deepEqual(gaps, []);
+  });
+
+  it('carries on across a daemon restart: publishes made while it is down are sent after the reconnect', async () => {
+    const socket = path.join(dir, 'restart.sock');
+    let daemon = await startDaemon({ socket });
+    const app = makeApp(socket);
+    cleanup.push(() => app.sync.close(), () => daemon.stop());
+    await app.sync.ready;
+    const firstInstance = app.sync.instance;
+    await app.service('messages').create({ n: 0 });
+
+    const lost = waitForEvent(app.sync, 'disconnect', { timeout: TIMEOUT });
+    await daemon.stop('SIGTERM');
+    await lost;
+    const local = [];
+    app.service('messages').on('created', (data) => local.push(data.n));
+    for (let n = 1; n <= 5; n += 1) {
+      await app.service('messages').create({ n });
+    }
+    assert.deepEqual(local, [1, 2, 3, 4, 5], 'emitted here at once while syncar was down');
+    assert.equal(app.sync.pending, 5);
+
+    const gap = waitForEvent(app.sync, 'gap', { timeout: TIMEOUT });
+    const back = waitForEvent(app.sync, 'connect', { timeout: TIMEOUT });
+    daemon = await startDaemon({ socket });
+    const [welcome] = await back;
+    assert.equal(welcome.resumed, false, 'a restarted daemon cannot replay: the app is told so');
+    await gap;
+    assert.notEqual(app.sync.instance, firstInstance);
+    await waitUntil(app.sync.connection, 'settled', () => app.sync.pending === 0, { timeout: TIMEOUT });
+    const peer = new RawPeer(socket);
+    cleanup.push(() => peer.close());
+    await peer.connect({ fromStart: true });
+    app.service('messages').emit('created', { n: 'marker' });
+    await peer.nextEvent((f) => f.data.n === 'marker', TIMEOUT);
+    assert.deepEqual(peer.events().map((f) => f.data.n), [1, 2, 3, 4, 5, 'marker']);
+  });
+
+  it('re-sends, in order, publishes written to a daemon that vanished before acknowledging them', async () => {
+    // A scripted daemon (protocol v1 by hand): the first connection reads publishes and dies without an
+    // ack, as a syncar killed with SIGKILL would; the second acknowledges everything.
+    const socket = path.join(dir, 'scripted.sock');
+    const connections = [];
+    const server = net.createServer((conn) => {
+      const seen = { lines: [], conn };
+      connections.push(seen);
+      server.emit('client', seen);
+      let buffered = '';
+      conn.setEncoding('utf8');
+      conn.on('data', (chunk) => {
+        buffered += chunk;
+        let newline = buffered.indexOf('\n');
+        while (newline !== -1) {
+          const frame = JSON.parse(buffered.slice(0, newline));
+          buffered = buffered.slice(newline + 1);
+          seen.lines.push(frame);
+          server.emit('frame', seen, frame);
+          if (frame.type === 'hello') {
+            conn.write(`${JSON.stringify({ type: 'welcome', version: 1, instance: `scripted-${connections.length}`,
+              backend: 'local', broker: 'up', epoch: `e${connections.length}`, seq: 0, client_id: frame.client_id,
+              resumed: false })}\n`);
+          } else if (frame.type === 'publish' && connections.length > 1) {
+            conn.write(`${JSON.stringify({ type: 'ack', id: frame.id })}\n`);
+          }
+          newline = buffered.indexOf('\n');
+        }
+      });
+    });
+    server.listen(socket);
+    await once(server, 'listening');
+    cleanup.push(() => new Promise((resolve) => server.close(resolve)));
+
+    const app = makeApp(socket);
+    cleanup.push(() => app.sync.close());
+    await app.sync.ready;
+    const firstThree = waitForEvent(server, 'frame', {
+      filter: (seen) => seen === connections[0] && seen.lines.filter((f) => f.type === 'publish').length === 3,
+      timeout: TIMEOUT,
+    });
+    for (let n = 1; n <= 3; n += 1) {
+      await app.service('messages').create({ n });
+    }
+    await firstThree;
+    assert.equal(app.sync.pending, 3);
+    const lost = waitForEvent(app.sync, 'disconnect', { timeout: TIMEOUT });
+    connections[0].conn.destroy();
+    await lost;
+    await app.service('messages').create({ n: 4 }); // held: not yet written anywhere
+    await waitForEvent(app.sync, 'connect', { timeout: TIMEOUT });
+    await waitUntil(app.sync.connection, 'settled', () => app.sync.pending === 0, { timeout: TIMEOUT });
+    const resent = connections[1].lines.filter((f) => f.type === 'publish');
+    assert.deepEqual(resent.map((f) => f.data.n), [1, 2, 3, 4]);
+    assert.deepEqual(resent.slice(0, 3).map((f) => f.id),
+      connections[0].lines.filter((f) => f.type === 'publish').map((f) => f.id), 'the same ids, so they can be de-duplicated');
+    assert.deepEqual(connections[1].lines[0].resume, { epoch: 'e1', seq: 0 });
+  });
+});
