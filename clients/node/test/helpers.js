@@ -5,7 +5,7 @@
  * loopback ports, stopped by pid; a raw protocol peer; waiting on events with timeouts (never sleeps).
  */
 
-const { spawn } = require('node:child_process');
+const { fork, spawn } = require('node:child_process');
 const fs = require('node:fs');
 const net = require('node:net');
 const os = require('node:os');
@@ -301,7 +301,72 @@ class RawPeer extends EventEmitter {
   }
 }
 
+/** A Feathers app in its own process (test/fixtures/app-process.js), driven over IPC. */
+class AppProcess extends EventEmitter {
+  constructor(name, socket) {
+    super();
+    this.name = name;
+    this.messages = [];
+    this._calls = 0;
+    this.proc = fork(path.join(__dirname, 'fixtures', 'app-process.js'), [], {
+      env: { ...process.env, SYNCAR_SOCKET: socket, APP_NAME: name },
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    });
+    children.add(this.proc);
+    this.exit = once(this.proc, 'exit').then(() => children.delete(this.proc));
+    this.proc.on('message', (message) => {
+      this.messages.push(message);
+      this.emit('message', message);
+      this.emit(message.type, message);
+    });
+  }
+
+  /** Events this app's `messages` service emitted, as the fixture reported them. */
+  events(filter = () => true) {
+    return this.messages.filter((m) => m.type === 'event' && filter(m));
+  }
+
+  async ready(timeout = 15_000) {
+    if (!this.messages.some((m) => m.type === 'ready')) {
+      await waitForEvent(this, 'ready', { timeout, what: `${this.name} ready` });
+    }
+  }
+
+  async call(cmd, args = {}, timeout = 15_000) {
+    this._calls += 1;
+    const id = this._calls;
+    const reply = waitForEvent(this, 'reply', { filter: (m) => m.id === id, timeout, what: `${this.name} ${cmd}` });
+    this.proc.send({ id, cmd, ...args });
+    const [message] = await reply;
+    if (message.error) {
+      throw new Error(`${this.name} ${cmd}: ${message.error}`);
+    }
+    return message.result;
+  }
+
+  /** Resolve once `count` events matching `filter` were reported. */
+  async waitForEvents(count, filter, timeout = 15_000) {
+    await waitUntil(this, 'event', () => this.events(filter).length >= count,
+      { timeout, what: `${count} events at ${this.name} (have ${this.events(filter).length})` });
+    return this.events(filter);
+  }
+
+  async stop() {
+    if (this.proc.exitCode === null && this.proc.signalCode === null) {
+      try {
+        await this.call('close', {}, 5000);
+      } catch {
+        this.proc.kill('SIGKILL');
+      }
+      const timer = setTimeout(() => this.proc.kill('SIGKILL'), 5000);
+      await this.exit;
+      clearTimeout(timer);
+    }
+  }
+}
+
 module.exports = {
+  AppProcess,
   REPO_ROOT,
   PYTHON,
   Child,
