@@ -132,7 +132,9 @@ class FeathersSyncCodec(Codec):
         self._sent: OrderedDict[bytes, int] = OrderedDict()
 
     def pack(self, events: list[Outgoing]) -> list[bytes]:
-        bodies = [orjson.dumps({"event": e.event, "path": e.path, "data": e.data, "context": e.context})
+        # feathers-sync's JSON.stringify leaves out an undefined context; we do the same for a null one.
+        bodies = [orjson.dumps({"event": e.event, "path": e.path, "data": e.data, "context": e.context}
+                               if e.context is not None else {"event": e.event, "path": e.path, "data": e.data})
                   for e in events]
         for body in bodies:
             digest = hashlib.blake2b(body, digest_size=16).digest()

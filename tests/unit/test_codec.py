@@ -30,6 +30,12 @@ def test_feathers_sync_body_is_exactly_what_feathers_sync_sends() -> None:
     assert body == b'{"event":"created","path":"messages","data":{"text":"hi"},"context":{"params":{}}}'
 
 
+def test_feathers_sync_leaves_out_a_missing_context_as_json_stringify_does() -> None:
+    part = orjson.dumps({"id": "1", "time": 1.0, "event": "typing", "path": "messages", "data": 1, "context": None})
+    [body] = FeathersSyncCodec("a").pack([Outgoing("1", "typing", "messages", 1, None, part)])
+    assert body == b'{"event":"typing","path":"messages","data":1}'
+
+
 def test_feathers_sync_echo_is_recognised_once() -> None:
     codec = FeathersSyncCodec("me")
     [body] = codec.pack([outgoing("1", 1)])
