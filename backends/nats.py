@@ -1,15 +1,8 @@
-"""The NATS backend, broadcast mode: core NATS subjects through nats-py.
+"""The NATS backend, broadcast mode: core NATS subjects through nats-py, on one connection per daemon.
 
-The subject is the topic (syncar's `--key`, default `feathers-sync`), as
-feathers-sync 3.x's nats adapter uses it, and the body is the codec's bytes.
-Unlike feathers-sync, which connects anew for every publish, a daemon keeps
-one connection for everything.
-
-URI: `nats://[user:password@|token@]host[:port][,host[:port]...][?option=value&...]`,
-or `tls://` to require TLS. Options: `tls_ca` (CA bundle file), `tls_cert`
-and `tls_key` (client certificate and key files), `tls_hostname` (name to
-verify in the server's certificate). User, password and token may be
-percent-encoded. See docs/backends/nats.md.
+The subject is the topic (`--key`, default `feathers-sync`), as in feathers-sync 3.x's nats adapter.
+URI: `nats://` or `tls://`, then `[user:password@|token@]host[:port][,host[:port]...]`, then optionally
+`?tls_ca=FILE&tls_cert=FILE&tls_key=FILE&tls_hostname=NAME`. See docs/backends/nats.md.
 """
 
 from __future__ import annotations
@@ -21,8 +14,8 @@ import math
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -50,7 +43,7 @@ from backends.base import (
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 4222
-#: First and largest wait between reconnect attempts; each wait is jittered by ±20% so a fleet spreads out.
+#: First and longest wait between reconnect attempts, each jittered by ±20% so that a fleet spreads out.
 RECONNECT_WAIT_MIN = 0.25
 RECONNECT_WAIT_MAX = 1.0
 #: Seconds for the server to confirm a publish or a subscription (nats-py's flush() takes whole seconds).
@@ -58,34 +51,17 @@ CONFIRM_TIMEOUT = 5
 #: A connection that answers no PING for PING_INTERVAL * MAX_OUTSTANDING_PINGS seconds is dead (half-open TCP).
 PING_INTERVAL = 10
 MAX_OUTSTANDING_PINGS = 3
-#: Seconds between repeated warnings about the same outage or the same slow subscriber.
+#: Seconds between two warnings about the same outage or the same slow subscriber.
 WARN_EVERY = 30.0
 TLS_OPTIONS = ("tls_ca", "tls_cert", "tls_key", "tls_hostname")
 CONNECTION_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
 
 
-@dataclass(frozen=True, slots=True)
-class NatsOptions:
-    """What the URI says, split into what nats-py takes; `where` is the URI without secrets, for messages."""
-
-    servers: list[str]
-    where: str
-    user: str | None = None
-    password: str | None = None
-    token: str | None = None
-    tls: ssl.SSLContext | None = None
-    tls_hostname: str | None = None
-
-    @property
-    def secrets(self) -> list[str]:
-        return [s for s in (self.password, self.token) if s]
-
-
-def parse_uri(uri: str) -> NatsOptions:
-    """Split a `nats://` or `tls://` URI into nats-py's connect options.
+def parse_uri(uri: str) -> tuple[str, dict[str, Any]]:
+    """Split a `nats://` or `tls://` URI into the servers without credentials (for messages) and nats-py's options.
 
     Raises:
-        BackendError: the URI is malformed or names an unknown option or an unreadable file.
+        BackendError: the URI is malformed, or names an unknown option or an unreadable file.
     """
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
@@ -100,22 +76,16 @@ def parse_uri(uri: str) -> NatsOptions:
         except ValueError:
             raise BackendError(f"nats: bad host:port {host!r} in the URI") from None
         servers.append(f"{scheme}://[{name}]:{port}" if ":" in name else f"{scheme}://{name}:{port}")
-    user = password = token = None
-    if userinfo:
-        name, colon, secret = userinfo.partition(":")
-        if colon:
-            user, password = unquote(name), unquote(secret)
-        else:
-            token = unquote(name)
+    name, colon, secret = (unquote(part) for part in userinfo.partition(":"))
+    user, password, token = (name, secret, None) if colon else (None, None, name or None)
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
     unknown = sorted(set(options) - set(TLS_OPTIONS))
     if unknown:
         raise BackendError(f"nats: unknown URI option {unknown[0]!r}; known: {', '.join(TLS_OPTIONS)}")
-    tls = None
-    if scheme == "tls" or any(options.get(o) for o in ("tls_ca", "tls_cert", "tls_key")):
-        tls = _tls_context(options)
-    where = ",".join(s.split("://", 1)[1] for s in servers)
-    return NatsOptions(servers, where, user, password, token, tls, options.get("tls_hostname") or None)
+    tls = _tls_context(options) if scheme == "tls" or any(options.get(o) for o in TLS_OPTIONS[:3]) else None
+    return ",".join(s.split("://", 1)[1] for s in servers), {
+        "servers": servers, "user": user, "password": password, "token": token, "tls": tls,
+        "tls_hostname": options.get("tls_hostname") or None}
 
 
 def _tls_context(options: dict[str, str]) -> ssl.SSLContext:
@@ -134,7 +104,7 @@ def _tls_context(options: dict[str, str]) -> ssl.SSLContext:
 
 
 def describe(exc: BaseException) -> str:
-    """A one-line, lowercase reason for a connection failure."""
+    """A one-line, lowercase reason for a failure."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"tls: {exc.verify_message or exc.reason}"
     if isinstance(exc, ssl.SSLError):
@@ -152,22 +122,17 @@ def describe(exc: BaseException) -> str:
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Done-callback for a flush nobody waits for any more, so its failure is not reported as unretrieved."""
-    if not task.cancelled():
-        task.exception()
+    """Mark a task's outcome as seen, so that asyncio does not report it as never retrieved."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.debug("nats: %s", describe(error))
 
 
-async def _quietly(closing: Awaitable[None]) -> None:
-    """Close a nats-py client, whatever it raises.
-
-    Closing while a reconnect is under way cancels the reconnect task as it awaits the old socket's close,
-    and nats-py then awaits that same cancelled future: the CancelledError is nats-py's, not ours. A task
-    keeps it apart from a real cancellation of the caller.
-    """
-    task = asyncio.ensure_future(closing)
+async def _settle(awaitable: Awaitable[Any]) -> None:
+    """Await a nats-py operation in a task of its own and ignore how it ends: closing a client while it
+    reconnects makes nats-py await a future it cancelled itself, and that CancelledError is not ours."""
+    task = asyncio.ensure_future(awaitable)
     await asyncio.wait({task})
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("nats: error while closing: %s", task.exception())
+    _retrieve(task)
 
 
 class NatsSubscription(Subscription):
@@ -176,10 +141,9 @@ class NatsSubscription(Subscription):
         self.topic = topic
         self._handler = handler
         self._sub: NatsSub | None = None
-        self.active = True
 
     async def attach(self, client: Client) -> None:
-        # nats-py runs one task per subscription that awaits the callback for each message in turn: order is kept.
+        # nats-py runs one task per subscription, which awaits the callback for each message in turn: in order.
         self._sub = await client.subscribe(self.topic, cb=self._deliver)
 
     async def _deliver(self, msg: Msg) -> None:
@@ -190,13 +154,11 @@ class NatsSubscription(Subscription):
             log.debug("nats: subscriber failure", exc_info=True)
 
     async def unsubscribe(self) -> None:
-        if not self.active:
-            return
-        self.active = False
-        self._backend.forget(self)
+        if self in self._backend._subscriptions:
+            self._backend._subscriptions.remove(self)
         sub, self._sub = self._sub, None
         if sub is not None:
-            # Closed or reconnecting: nats-py drops the subscription locally and will not restore it.
+            # Closed or reconnecting: nats-py drops the subscription locally and does not restore it.
             with contextlib.suppress(*CONNECTION_ERRORS):
                 await sub.unsubscribe()
 
@@ -209,72 +171,54 @@ class NatsBackend(Backend):
 
     def __init__(self, config: BackendConfig, *, on_state: StateCallback | None = None) -> None:
         super().__init__(config, on_state=on_state)
-        self.max_message_bytes = 1024 * 1024  # the NATS default until the server says otherwise
+        self.max_message_bytes = 1024 * 1024  # the NATS default, until the server says otherwise
         self._client: Client | None = None
-        self._options: NatsOptions | None = None
+        self._options: dict[str, Any] = {}
         self._subscriptions: list[NatsSubscription] = []
         self._closing = False
-        # Resolved when the current connection is lost, so a publish waiting for its confirmation fails at once.
+        # Resolved when the current connection is lost, so that a publish awaiting its confirmation fails at once.
         self._lost: asyncio.Future[None] | None = None
         self._revive_task: asyncio.Task[None] | None = None
         self._failures = 0
-        self._warned_at = -math.inf
-        self._slow_warned_at = -math.inf
-
-    @property
-    def where(self) -> str:
-        return self._options.where if self._options else "nats"
+        self._warned_at = self._slow_warned_at = -math.inf
+        self.where = "nats"  # the servers, without credentials, for messages
 
     async def start(self) -> None:
         if self._closing:
             raise BackendClosed("nats: backend is closed")
-        self._options = parse_uri(self.config.uri)
+        self.where, self._options = parse_uri(self.config.uri)
         self._client = await self._connect()
         log.info("nats: connected to %s (max payload %d bytes)", self.where, self.max_message_bytes)
         self._set_state(BackendState.CONNECTED)
 
     async def _connect(self) -> Client:
-        """One connection, or BackendUnavailable once every server has failed once."""
-        assert self._options is not None
-        options = self._options
+        """A new connection, or BackendUnavailable once each server has failed once."""
         client = Client()
         first_errors: list[BaseException] = []
         all_failed = asyncio.Event()
 
-        # Callbacks from a client that is not (or no longer) the current one are ignored, except the errors
-        # of the first connect, which decide when to give up.
+        # The errors of the first connect decide when to give up; later ones are the backend's.
         async def on_error(exc: Exception) -> None:
             if self._client is client:
                 await self._on_error(client, exc)
             elif not client.is_connected:
                 first_errors.append(exc)
-                if len(first_errors) >= len(options.servers):
+                if len(first_errors) >= len(self._options["servers"]):
                     all_failed.set()
 
-        async def on_disconnected() -> None:
-            if self._client is client:
-                await self._on_disconnected()
-
-        async def on_reconnected() -> None:
-            if self._client is client:
-                await self._on_reconnected(client)
-
-        async def on_closed() -> None:
-            if self._client is client:
-                await self._on_closed()
-
-        # Reconnects are allowed and unlimited from the start: nats-py reads these options only at connect().
-        # Its first connect would then retry forever, so we stop it ourselves once each server failed once.
+        # nats-py reads the reconnect options only in connect(), so they are unlimited from the start; its
+        # first connect would then retry forever, and we stop it ourselves once each server failed once.
         connect = asyncio.ensure_future(client.connect(
-            servers=options.servers, name=self.config.instance_id, user=options.user, password=options.password,
-            token=options.token, tls=options.tls, tls_hostname=options.tls_hostname,
-            connect_timeout=max(1, math.ceil(self.config.connect_timeout)), allow_reconnect=True,
-            # nats-py annotates the wait as int but only sleeps on it; a float gives the jitter.
+            **self._options, name=self.config.instance_id, allow_reconnect=True,
+            connect_timeout=max(1, math.ceil(self.config.connect_timeout)),
+            # nats-py annotates the wait as int but only sleeps on it; a float carries the jitter.
             max_reconnect_attempts=-1, reconnect_time_wait=self._next_wait(),  # type: ignore[arg-type]
             ping_interval=PING_INTERVAL, max_outstanding_pings=MAX_OUTSTANDING_PINGS,
-            # No buffering while disconnected: publish() raises at once and the core's outbox keeps the message.
+            # No buffering while disconnected: publish() raises at once, and the core's outbox keeps the message.
             pending_size=0,
-            error_cb=on_error, disconnected_cb=on_disconnected, reconnected_cb=on_reconnected, closed_cb=on_closed,
+            error_cb=on_error, disconnected_cb=partial(self._if_current, client, self._on_disconnected),
+            reconnected_cb=partial(self._if_current, client, self._on_reconnected),
+            closed_cb=partial(self._if_current, client, self._on_closed),
         ))
         failed = asyncio.ensure_future(all_failed.wait())
         try:
@@ -282,40 +226,38 @@ class NatsBackend(Backend):
                                return_when=asyncio.FIRST_COMPLETED)
         finally:
             failed.cancel()
-            if not connect.done():
-                connect.cancel()
-                with contextlib.suppress(asyncio.CancelledError, *CONNECTION_ERRORS):
-                    await connect
-        error: BaseException | None = None
+            connect.cancel()  # a no-op once it is done
+        await _settle(connect)
+        error = None
         if connect.cancelled() or connect.exception() is not None:
-            error = (None if connect.cancelled() else connect.exception()) or (
-                first_errors[-1] if first_errors else TimeoutError())
-            error = BackendUnavailable(f"nats: cannot connect to {self.where}: {self._clean(describe(error))}")
+            cause = (None if connect.cancelled() else connect.exception()) or (first_errors or [TimeoutError()])[-1]
+            error = BackendUnavailable(f"nats: cannot connect to {self.where}: {self._clean(describe(cause))}")
         elif not self._tls_ok(client):
             error = BackendUnavailable(f"nats: {self.where} did not offer TLS, which the URI requires")
         if error is not None:
-            await _quietly(client.close())
+            await _settle(client.close())
             raise error
         self.max_message_bytes = client.max_payload
         self._lost = asyncio.get_running_loop().create_future()
         return client
 
     def _clean(self, text: str) -> str:
-        for secret in self._options.secrets if self._options else []:
-            text = text.replace(secret, "***")
+        for secret in (self._options.get("password"), self._options.get("token")):
+            text = text.replace(secret, "***") if secret else text  # a server may echo what it was sent
         return text
 
     def _tls_ok(self, client: Client) -> bool:
         # nats-py upgrades to TLS only when the server's INFO asks for it, even for tls://: refuse plain text.
-        assert self._options is not None
         server_info: dict[str, Any] = getattr(client, "_server_info", {})
-        return self._options.tls is None or bool(server_info.get("tls_required"))
+        return self._options.get("tls") is None or bool(server_info.get("tls_required"))
+
+    async def _if_current(self, client: Client, callback: Callable[[Client], Awaitable[None]]) -> None:
+        """Pass on a nats-py callback unless it comes from a client that is not, or no longer, ours."""
+        if self._client is client and not self._closing:
+            await callback(client)
 
     def _next_wait(self) -> float:
-        base = min(RECONNECT_WAIT_MIN * (1 << min(self._failures, 8)), RECONNECT_WAIT_MAX)
-        return base * random.uniform(0.8, 1.2)
-
-    # -- nats-py callbacks -------------------------------------------------------------------------
+        return min(RECONNECT_WAIT_MIN * (1 << min(self._failures, 8)), RECONNECT_WAIT_MAX) * random.uniform(0.8, 1.2)
 
     async def _on_error(self, client: Client, exc: Exception) -> None:
         now = time.monotonic()
@@ -323,23 +265,17 @@ class NatsBackend(Backend):
             if now - self._slow_warned_at > WARN_EVERY:
                 self._slow_warned_at = now
                 log.warning("nats: subscriber too slow, nats-py dropped messages for it")
-            return
-        if client.is_reconnecting and not self._closing:
+        elif client.is_reconnecting:
             self._failures += 1
-            wait = self._next_wait()
-            # nats-py waits options["reconnect_time_wait"] before its next attempt: jitter it each time.
-            client.options["reconnect_time_wait"] = wait
-            level = logging.WARNING if now - self._warned_at > WARN_EVERY else logging.DEBUG
-            if level == logging.WARNING:
-                self._warned_at = now
-            log.log(level, "nats: reconnect attempt %d to %s failed: %s; next in %.2fs", self._failures,
-                    self.where, self._clean(describe(exc)), wait)
-            return
-        log.debug("nats: %s", self._clean(describe(exc)))
+            # nats-py sleeps options["reconnect_time_wait"] before its next attempt: jitter it every time.
+            client.options["reconnect_time_wait"] = wait = self._next_wait()
+            warn, self._warned_at = (True, now) if now - self._warned_at > WARN_EVERY else (False, self._warned_at)
+            log.log(logging.WARNING if warn else logging.DEBUG, "nats: reconnect attempt %d to %s failed: %s; "
+                    "next in %.2fs", self._failures, self.where, self._clean(describe(exc)), wait)
+        else:
+            log.debug("nats: %s", self._clean(describe(exc)))
 
-    async def _on_disconnected(self) -> None:
-        if self._closing:
-            return
+    async def _on_disconnected(self, _: Client | None = None) -> None:
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
         if self.state is BackendState.CONNECTED:
@@ -347,25 +283,19 @@ class NatsBackend(Backend):
         self._set_state(BackendState.RECONNECTING)
 
     async def _on_reconnected(self, client: Client) -> None:
-        if self._closing:
-            return
         if not self._tls_ok(client):
             log.error("nats: %s did not offer TLS, which the URI requires; reconnecting", self.where)
-            await client.force_reconnect()
-            return
-        self._failures = 0
-        self._warned_at = -math.inf
+            return await client.force_reconnect()
+        self._failures, self._warned_at = 0, -math.inf
         client.options["reconnect_time_wait"] = self._next_wait()
         self.max_message_bytes = client.max_payload
         self._lost = asyncio.get_running_loop().create_future()
         log.info("nats: reconnected to %s", self.where)
         self._set_state(BackendState.CONNECTED)
 
-    async def _on_closed(self) -> None:
-        if self._closing:
-            return
-        # nats-py gives up on a connection after some server errors (an -ERR it does not know): start afresh.
-        log.error("nats: connection to %s closed by the client library; connecting again", self.where)
+    async def _on_closed(self, _: Client) -> None:
+        # nats-py gives up a connection after some server errors (an -ERR it does not expect): start afresh.
+        log.error("nats: connection to %s closed by nats-py; connecting again", self.where)
         await self._on_disconnected()
         if self._revive_task is None or self._revive_task.done():
             self._revive_task = asyncio.create_task(self._revive(), name="syncar-nats-revive")
@@ -375,79 +305,60 @@ class NatsBackend(Backend):
             await asyncio.sleep(self._next_wait())
             try:
                 client = await self._connect()
+            except BackendError as exc:
+                self._failures += 1
+                log.debug("%s", exc)
+                continue
+            # From here on the new client's own callbacks report its losses and restore its subscriptions.
+            self._client, self._failures = client, 0
+            with contextlib.suppress(BackendError, *CONNECTION_ERRORS):
                 for subscription in self._subscriptions:
                     await subscription.attach(client)
                 await self._confirm(client, self._lost)
-            except (BackendError, *CONNECTION_ERRORS) as exc:
-                self._failures += 1
-                log.debug("nats: new connection failed: %s", exc)
-                continue
-            self._client = client
-            self._failures = 0
-            log.info("nats: connected to %s again", self.where)
-            self._set_state(BackendState.CONNECTED)
+            if client.is_connected and self.state is BackendState.RECONNECTING:
+                log.info("nats: connected to %s again", self.where)
+                self._set_state(BackendState.CONNECTED)
             return
 
-    # -- the Backend interface ------------------------------------------------------------------------
-
     def _usable(self) -> Client:
-        if self._closing or self.state is BackendState.CLOSED:
+        if self._closing:
             raise BackendClosed("nats: backend is closed")
-        client = self._client
-        if client is None or not client.is_connected or self.state is not BackendState.CONNECTED:
+        if self._client is None or not self._client.is_connected or self.state is not BackendState.CONNECTED:
             raise BackendUnavailable(f"nats: not connected to {self.where}")
-        return client
+        return self._client
 
     async def publish(self, topic: str, bodies: Sequence[bytes]) -> None:
         client = self._usable()
-        for body in bodies:
-            if len(body) > client.max_payload:
-                raise MessageTooLarge(f"nats: message of {len(body)} bytes is over the server's max_payload of "
-                                      f"{client.max_payload} bytes")
+        limit, size = client.max_payload, max(map(len, bodies), default=0)
+        if size > limit:
+            raise MessageTooLarge(f"nats: message of {size} bytes is over the server's max_payload of {limit} bytes")
         lost = self._lost
         try:
             for body in bodies:
                 await client.publish(topic, body)
-        except nats.errors.MaxPayloadError as exc:
-            raise MessageTooLarge(f"nats: message is over the server's max_payload of {client.max_payload} "
-                                  "bytes") from exc
-        except nats.errors.BadSubjectError as exc:
-            raise BackendError(f"nats: {topic!r} is not a valid subject") from exc
-        except CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:  # a bad subject never gets here: subscribe() refused it at startup
             raise BackendUnavailable(f"nats: publish to {self.where} failed: {describe(exc)}") from exc
         await self._confirm(client, lost)
 
     async def _confirm(self, client: Client, lost: asyncio.Future[None] | None) -> None:
-        """Return once the server has processed everything written so far on `client`.
-
-        Raises:
-            BackendUnavailable: the connection was lost first.
-            PublishTimeout: no answer within CONFIRM_TIMEOUT; the connection is replaced.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + CONFIRM_TIMEOUT
+        """Return once the server has processed everything written so far on `client`, or raise."""
         # nats-py's flush() writes its PING straight to the socket, ahead of commands still queued for its
-        # flusher task; the PONG would then prove nothing about them. Let the flusher write them first.
-        delay = 0.0
-        while client.pending_data_size and client.is_connected:
-            if loop.time() > deadline:
-                raise PublishTimeout(f"nats: could not write to {self.where} within {CONFIRM_TIMEOUT}s")
+        # flusher task, so its PONG would prove nothing about them: let the flusher write them first.
+        for delay in (0, 0, 0, *[0.001] * 10, *[0.01] * (CONFIRM_TIMEOUT * 100)):
+            if not client.pending_data_size or not client.is_connected:
+                break
             await asyncio.sleep(delay)
-            delay = min(max(delay * 2, 0.001), 0.02)
         flush = asyncio.ensure_future(client.flush(CONFIRM_TIMEOUT))
-        waiting: set[asyncio.Future[Any]] = {flush} if lost is None else {flush, lost}
         try:
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({flush} if lost is None else {flush, lost}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if not flush.done():
-                # Cancelling a flush leaves a stale PONG waiter in nats-py, which then breaks its read loop:
-                # let it finish on its own (a lost connection resets the waiters).
-                flush.add_done_callback(_retrieve)
+            # Never cancel a flush: its stale PONG waiter would break nats-py's read loop (a reconnect clears it).
+            flush.add_done_callback(_retrieve)
         if not flush.done():
             raise BackendUnavailable(f"nats: connection to {self.where} lost before the server confirmed")
         error = flush.exception()
         if isinstance(error, nats.errors.FlushTimeoutError):
-            # The connection is silent but not closed (half-open TCP, a stuck server): start a new one.
+            # Silent but not closed (half-open TCP, a stuck server): this connection is of no use any more.
             await client.force_reconnect()
             raise PublishTimeout(f"nats: {self.where} did not confirm within {CONFIRM_TIMEOUT}s; reconnecting")
         if error is not None:
@@ -471,23 +382,18 @@ class NatsBackend(Backend):
             raise
         return subscription
 
-    def forget(self, subscription: NatsSubscription) -> None:
-        with contextlib.suppress(ValueError):
-            self._subscriptions.remove(subscription)
-
     async def close(self) -> None:
         if self._closing:
             return
         self._closing = True
         if self._revive_task is not None:
             self._revive_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._revive_task
+            await _settle(self._revive_task)
         client, self._client = self._client, None
         # Every publish was confirmed before it returned, so there is nothing to drain on the way out;
         # messages nats-py still holds for a subscriber are dropped (broadcast mode is at-most-once).
         if client is not None and not client.is_closed:
-            await _quietly(client.close())
+            await _settle(client.close())
         self._subscriptions.clear()
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
