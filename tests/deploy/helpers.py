@@ -1,0 +1,107 @@
+"""Shared helpers for the deploy suite: the repository's deploy files and the linters that check them."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.utils import REPO
+
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+COMPOSE_DIR = REPO / "deploy" / "compose"
+KUBE_DIR = REPO / "deploy" / "kubernetes"
+
+
+def missing(what: str) -> None:
+    """Skip on a developer's machine, fail in CI: a lint that cannot run must never pass as green."""
+    message = f"{what} is not installed (pip install -e '.[test]')"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI: {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def tool(name: str) -> str:
+    """A console script of the test venv (hadolint, check-jsonschema): beside this interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.is_file() else shutil.which(name)
+    if found is None:
+        missing(name)
+    assert found is not None
+    return found
+
+
+def module(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(name)
+        raise
+
+
+def dockerfile_instructions(text: str | None = None) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined and comments dropped."""
+    text = DOCKERFILE.read_text() if text is None else text
+    logical: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1].strip() + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in logical]
+
+
+def stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's instructions grouped by stage; global ARGs (before the first FROM) are stage 0."""
+    groups: list[list[tuple[str, str]]] = [[]]
+    for instruction in dockerfile_instructions():
+        if instruction[0] == "FROM":
+            groups.append([])
+        groups[-1].append(instruction)
+    return groups
+
+
+def assignments(arguments: str) -> dict[str, str]:
+    """KEY=value pairs of an ENV, LABEL or ARG line."""
+    return dict(item.split("=", 1) for item in shlex.split(arguments) if "=" in item)
+
+
+def image_env() -> dict[str, str]:
+    """The environment the runtime stage sets, without PATH (which names the image's venv)."""
+    env: dict[str, str] = {}
+    for instruction, arguments in stages()[-1]:
+        if instruction == "ENV":
+            env.update(assignments(arguments))
+    env.pop("PATH", None)
+    return env
+
+
+def dockerfile_version() -> str:
+    for instruction, arguments in stages()[-1]:
+        if instruction == "ARG" and arguments.startswith("VERSION="):
+            return arguments.split("=", 1)[1]
+    raise AssertionError("the runtime stage has no ARG VERSION=...")
+
+
+_INTERPOLATION = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+
+
+def interpolate(value: Any) -> Any:
+    """A compose value as compose would see it with no variables set: `${X:-default}` is the default."""
+    if isinstance(value, str):
+        return _INTERPOLATION.sub(lambda found: found.group(2) or "", value).replace("$$", "$")
+    return value
