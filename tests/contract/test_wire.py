@@ -1,0 +1,66 @@
+"""Byte for byte: what each codec puts on each broker, and what syncar makes of what others put there."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from tests.brokers import BrokerServer
+from tests.conftest import Connect
+from tests.contract.conftest import BROKERS, Pair
+from tests.contract.raw import raw_publish, raw_subscriber
+from tests.utils import publish_frame
+
+CONTEXT = {"arguments": [{"text": "hi"}, {}], "event": "created", "result": {"text": "hi", "id": 0},
+           "data": {"text": "hi"}, "params": {"query": {}}, "path": "messages", "method": "create", "type": "around"}
+
+
+@pytest.fixture(params=[p for p in BROKERS if p.id != "local"])
+def broker(request: pytest.FixtureRequest) -> BrokerServer:
+    """Real brokers only: these tests read and write the broker directly."""
+    server: BrokerServer = request.getfixturevalue(f"{request.param}_server")
+    return server
+
+
+async def test_what_goes_on_the_wire(pair: Pair, connect: Connect) -> None:
+    assert pair.server is not None
+    app = await connect(pair.sock_a, {})
+    async with raw_subscriber(pair.server, pair.key) as wire:
+        await app.send(publish_frame("messages", "created", {"text": "hi", "id": 0}, context=CONTEXT, id="e1"))
+        async with asyncio.timeout(10):
+            body = await wire.get()
+    if pair.a.settings.codec == "feathers-sync":
+        # What feathers-sync's JSON.stringify({event, path, data, context}) produces, to the byte.
+        assert body == (b'{"event":"created","path":"messages","data":{"text":"hi","id":0},"context":'
+                        + orjson.dumps(CONTEXT) + b"}")
+    else:
+        batch = orjson.loads(body)
+        assert batch["v"] == 1
+        assert batch["origin"] == pair.a.settings.instance_id
+        [event] = batch["events"]
+        assert {k: event[k] for k in ("id", "event", "path", "data", "context")} == {
+            "id": "e1", "event": "created", "path": "messages", "data": {"text": "hi", "id": 0}, "context": CONTEXT}
+
+
+async def test_what_a_foreign_publisher_sends_is_delivered_or_dropped(pair: Pair, connect: Connect) -> None:
+    assert pair.server is not None
+    app = await connect(pair.sock_a, {})
+    feathers_sync_body = orjson.dumps({"event": "patched", "path": "messages", "data": {"id": 3}, "context": CONTEXT})
+    await raw_publish(pair.server, pair.key, b"\xde\xad garbage")
+    await raw_publish(pair.server, pair.key, feathers_sync_body)
+    # A marker from B, published after the raw messages were accepted, reaches A after them.
+    b = await connect(pair.sock_b, {})
+    await b.send(publish_frame("sync", "marker"))
+    seen = []
+    async with asyncio.timeout(10):
+        while (frame := await app.frame_of("event"))["path"] != "sync":
+            seen.append(frame)
+    if pair.a.settings.codec == "feathers-sync":
+        assert [(e["event"], e["data"], e["origin"]) for e in seen] == [("patched", {"id": 3}, None)]
+        assert pair.a.metrics.dropped.labels("malformed")._value.get() == 1
+    else:
+        assert seen == []  # a feathers-sync message is foreign to the syncar codec
+        dropped = pair.a.metrics.dropped
+        assert dropped.labels("malformed")._value.get() + dropped.labels("foreign")._value.get() == 2
