@@ -1,0 +1,169 @@
+// Types for @syncar/feathers (written by hand; the package is plain JavaScript).
+
+import { EventEmitter } from 'node:events';
+
+/** Which events to receive: shell-style patterns (`*`, `?`) on the service path and the event name. */
+interface SubscribePattern {
+  path?: string;
+  event?: string;
+}
+
+interface ReconnectOptions {
+  /** First delay before reconnecting, in ms (default 50). Each failure doubles it, with jitter. */
+  minDelay?: number;
+  /** Longest delay between two attempts, in ms (default 5000). */
+  maxDelay?: number;
+}
+
+/** What the plugin logs: warnings only, rate-limited per kind. */
+interface SyncarLogger {
+  warn(message: string): void;
+}
+
+interface SyncarOptions {
+  /** Path of syncar's unix socket. Default: $SYNCAR_SOCKET, else where `syncar run` puts it. */
+  socket?: string;
+  /** A name for this app in syncar's logs. Default `feathers-<pid>`. */
+  name?: string;
+  /**
+   * What to receive. Default: every event. A string is a path pattern; `false` or `[]` receives
+   * nothing (publish-only).
+   */
+  subscribe?: boolean | string | SubscribePattern | Array<string | SubscribePattern>;
+  /** Reconnect with back-off (default), or `false` to give up when the connection is lost. */
+  reconnect?: boolean | ReconnectOptions;
+  /** As in feathers-sync: `{ event, path, data, context }` to JSON text. Default JSON.stringify. */
+  serialize?: (payload: SyncPayload) => string | Uint8Array;
+  /** As in feathers-sync: the text of an event back to an object. Default JSON.parse. */
+  deserialize?: (text: string) => any;
+  /** Publishes held while syncar is unreachable or has not acknowledged them (default 10000). */
+  maxPending?: number;
+  /** Bytes of publishes held that way (default 32 MiB). */
+  maxPendingBytes?: number;
+  /** Largest event sent, in bytes of its frame; keep it at most the daemon's --max-frame-bytes (default 1 MiB). */
+  maxFrameBytes?: number;
+  /** Largest frame accepted from syncar (default 16 MiB). */
+  maxReceiveBytes?: number;
+  /** Unsent socket bytes above which publishes are held instead of written (default 8 MiB). */
+  writeBufferBytes?: number;
+  /** How long app.sync.close() waits for syncar to acknowledge held publishes, in ms (default 2000). */
+  closeTimeout?: number;
+  /** Where warnings go (default console); null to stay silent (the `warning` event still fires). */
+  logger?: SyncarLogger | null;
+  /** feathers-sync broker options: accepted and ignored (with a warning); the broker is syncar's setting. */
+  uri?: string;
+  key?: string;
+}
+
+/** What is serialised for each event, exactly as feathers-sync does. */
+interface SyncPayload {
+  event: string;
+  path: string;
+  data: any;
+  context?: any;
+}
+
+/** The mark on the context of an event that came from another app through syncar. */
+interface SyncarMark {
+  remote: true;
+  /** The instance id of the syncar of the app that published it (null from a feathers-sync app). */
+  origin: string | null;
+  id: string | null;
+  seq: number | null;
+  /** Publish time in seconds since the epoch, when known. */
+  time: number | null;
+}
+
+interface SyncarWelcome {
+  instance: string;
+  backend: string;
+  broker: 'up' | 'down';
+  epoch: string;
+  seq: number;
+  resumed: boolean;
+  /** True on the first connection, false on reconnects. */
+  first: boolean;
+}
+
+interface SyncarWarning {
+  code: string;
+  message: string;
+}
+
+interface SyncarStats {
+  /** Events handed to syncar (sent, or held to be sent). */
+  published: number;
+  /** Events received from other apps. */
+  received: number;
+  /** Events not sent: unserialisable, over maxFrameBytes. */
+  skipped: number;
+  /** Events not sent: held publishes full, or refused by syncar. */
+  dropped: number;
+}
+
+/** `app.sync` once configured. */
+interface SyncarSync extends EventEmitter {
+  readonly type: 'syncar';
+  /** Resolves once connected to syncar; rejects only if that can no longer happen. */
+  readonly ready: Promise<void>;
+  serialize: (payload: SyncPayload) => string | Uint8Array;
+  deserialize: (text: string) => any;
+  readonly connected: boolean;
+  readonly instance: string | null;
+  readonly broker: 'up' | 'down' | null;
+  readonly clientId: string;
+  readonly pending: number;
+  readonly stats: SyncarStats;
+  /** Waits (up to closeTimeout) for held publishes to be acknowledged, then closes the socket. */
+  close(): Promise<void>;
+
+  on(event: 'connect', listener: (welcome: SyncarWelcome) => void): this;
+  on(event: 'disconnect', listener: () => void): this;
+  on(event: 'status', listener: (status: { broker: 'up' | 'down'; backend: string; outbox: number; stopping?: boolean }) => void): this;
+  on(event: 'gap', listener: (error: { code: 'resume_gap'; message: string }) => void): this;
+  on(event: 'warning', listener: (warning: SyncarWarning) => void): this;
+  on(event: string | symbol, listener: (...args: any[]) => void): this;
+}
+
+/** Anything Feathers-like that `app.configure()` hands to a plugin. */
+interface SyncableApplication {
+  mixins: any[];
+  services: Record<string, any>;
+  emit(event: string | symbol, ...args: any[]): boolean;
+  [key: string]: any;
+}
+
+/** `app.configure(syncar({ socket }))`. */
+declare function syncar(options?: SyncarOptions): (app: SyncableApplication) => void;
+
+declare namespace syncar {
+  export { syncar, syncar as default };
+  export type { SubscribePattern, ReconnectOptions, SyncarLogger, SyncarOptions, SyncPayload, SyncarMark, SyncarWelcome, SyncarWarning, SyncarStats, SyncarSync, SyncableApplication };
+  /** `context[SYNC] = false` in a hook keeps that call's events on this instance. */
+  export const SYNC: unique symbol;
+  /** True if the context is that of an event that came from another app through syncar. */
+  export function isRemote(context: unknown): context is { syncar: SyncarMark };
+  /** The socket path used when none is given. */
+  export function defaultSocketPath(env?: Record<string, string | undefined>): string;
+  export const DEFAULTS: Readonly<{
+    reconnect: Readonly<Required<ReconnectOptions>>;
+    maxPending: number;
+    maxPendingBytes: number;
+    maxFrameBytes: number;
+    maxReceiveBytes: number;
+    writeBufferBytes: number;
+    closeTimeout: number;
+  }>;
+}
+
+declare module '@feathersjs/feathers' {
+  interface Application<Services, Settings> {
+    sync: SyncarSync;
+  }
+  interface HookContext<A, S> {
+    /** Set on events that came from another app through syncar. */
+    syncar?: SyncarMark;
+  }
+}
+
+export = syncar;

@@ -1,0 +1,34 @@
+// Compiled (never run) by `npm test`: the hand-written types must fit real use from CommonJS.
+import { feathers, HookContext } from '@feathersjs/feathers';
+import syncar = require('@syncar/feathers');
+
+const app = feathers();
+app.configure(syncar({ socket: '/run/syncar/syncar.sock' }));
+app.configure(syncar({
+  subscribe: ['messages', { path: 'users', event: 'patched' }],
+  reconnect: { minDelay: 100, maxDelay: 2000 },
+  maxPending: 100,
+  maxFrameBytes: 512 * 1024,
+  serialize: (payload) => JSON.stringify(payload),
+  deserialize: (text) => JSON.parse(text),
+  logger: null,
+}));
+app.configure(syncar.default({ subscribe: false }));
+
+const type: 'syncar' = app.sync.type;
+const ready: Promise<void> = app.sync.ready;
+app.sync.on('warning', (warning) => console.log(warning.code, warning.message));
+app.sync.on('connect', (welcome) => console.log(welcome.instance, welcome.resumed));
+
+function hook(context: HookContext) {
+  (context as any)[syncar.SYNC] = false;
+  if (syncar.isRemote(context)) {
+    const origin: string | null = context.syncar.origin;
+    console.log(origin);
+  }
+  const mark: syncar.SyncarMark | undefined = context.syncar;
+  return mark;
+}
+
+const options: syncar.SyncarOptions = { socket: syncar.defaultSocketPath() };
+void [type, ready, hook, options, app.sync.close()];
