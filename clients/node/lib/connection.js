@@ -14,6 +14,7 @@ const net = require('node:net');
 const crypto = require('node:crypto');
 const { EventEmitter } = require('node:events');
 const { debug } = require('./warnings');
+const { LineSplitter, waitFor } = require('./lines');
 
 const PROTOCOL_VERSION = 1;
 const EVENT_PREFIX = '{"type":"event"';
@@ -31,18 +32,8 @@ const Published = Object.freeze({
 
 class Connection extends EventEmitter {
   /**
-   * @param {object} options
-   * @param {string} options.socket path of the daemon's socket
-   * @param {string} options.name client name, for the daemon's logs
-   * @param {Array|undefined} options.subscribe hello.subscribe (undefined: every event)
-   * @param {{minDelay:number,maxDelay:number}|false} options.reconnect back-off in ms, or no reconnect
-   * @param {number} options.maxPending publishes held at most (not yet written, or not yet acknowledged)
-   * @param {number} options.maxPendingBytes bytes of held publishes at most
-   * @param {number} options.maxFrameBytes longest publish line (the daemon's --max-frame-bytes)
-   * @param {number} options.maxReceiveBytes longest line accepted from the daemon
-   * @param {number} options.writeBufferBytes unsent socket bytes above which publishes are held instead
-   * @param {(line: string) => object} options.parseEvent turns an `event` line into an object
-   * @param {(code: string, message: string) => void} options.warn
+   * @param {object} options socket, name, subscribe, reconnect and the size limits, as normalised by
+   *   options.js; plus parseEvent(line) -> object (the app's deserialize) and warn(code, message).
    */
   constructor(options) {
     super();
@@ -53,6 +44,7 @@ class Connection extends EventEmitter {
     this.broker = null;
     this.connected = false;
     this.closed = false;
+    this.lost = false;
     this.gaps = 0;
     this._epoch = null;
     this._seq = 0;
@@ -61,9 +53,7 @@ class Connection extends EventEmitter {
     this._attempt = 0;
     this._timer = null;
     this._handshakeTimer = null;
-    this._partial = [];
-    this._partialLength = 0;
-    this._discarding = false;
+    this._lines = new LineSplitter(options.maxReceiveBytes, (line) => this._line(line), () => this._oversized());
     this._everConnected = false;
     // Written but not yet acknowledged, in publish order: id -> { line, bytes }.
     this._unacked = new Map();
@@ -190,9 +180,10 @@ class Connection extends EventEmitter {
     }
     const socket = net.createConnection({ path: this.options.socket });
     this._socket = socket;
+    this._lines.reset();
     socket.setEncoding('utf8');
     socket.on('connect', () => this._hello(socket));
-    socket.on('data', (chunk) => this._data(chunk));
+    socket.on('data', (chunk) => this._lines.feed(chunk));
     socket.on('drain', () => this._flush());
     socket.on('error', (err) => this._failed(err));
     socket.on('close', () => this._closed(socket));
@@ -232,9 +223,7 @@ class Connection extends EventEmitter {
     }
     clearTimeout(this._handshakeTimer);
     this._socket = null;
-    this._partial = [];
-    this._partialLength = 0;
-    this._discarding = false;
+    this._lines.stopped = true; // what is left of this socket's bytes is not fed on
     const wasConnected = this.connected;
     this.connected = false;
     if (wasConnected) {
@@ -247,8 +236,9 @@ class Connection extends EventEmitter {
     const reconnect = this.options.reconnect;
     if (reconnect === false) {
       this.closed = true;
+      this.lost = true; // closed by the daemon or the network, not by close()
       const reason = this._lastError ? this._lastError.message : 'connection closed';
-      this.options.warn('disconnected', `lost syncar at ${this.options.socket} (${reason}); reconnect is off`);
+      this.options.warn('disconnected', `${wasConnected ? 'lost' : 'cannot reach'} syncar at ${this.options.socket} (${reason}); reconnect is off`);
       this.emit('closed', new Error(`cannot reach syncar at ${this.options.socket}: ${reason}`));
       return;
     }
@@ -297,46 +287,6 @@ class Connection extends EventEmitter {
   }
 
   // -- frames in --------------------------------------------------------------------------------
-
-  _data(chunk) {
-    let start = 0;
-    let newline = chunk.indexOf('\n');
-    while (newline !== -1) {
-      let line;
-      if (this._partialLength > 0 || this._partial.length > 0) {
-        this._partial.push(chunk.slice(start, newline));
-        line = this._partial.join('');
-        this._partial = [];
-        this._partialLength = 0;
-      } else {
-        line = chunk.slice(start, newline);
-      }
-      if (this._discarding) {
-        this._discarding = false;
-      } else if (line.length > this.options.maxReceiveBytes) {
-        this._oversized();
-      } else if (line.length > 0) {
-        this._line(line);
-      }
-      if (this._socket === null) {
-        return; // a frame handler closed the connection
-      }
-      start = newline + 1;
-      newline = chunk.indexOf('\n', start);
-    }
-    if (start < chunk.length && !this._discarding) {
-      const rest = start === 0 ? chunk : chunk.slice(start);
-      this._partialLength += rest.length;
-      if (this._partialLength > this.options.maxReceiveBytes) {
-        this._partial = [];
-        this._partialLength = 0;
-        this._discarding = true;
-        this._oversized();
-      } else {
-        this._partial.push(rest);
-      }
-    }
-  }
 
   _oversized() {
     this.options.warn('frame_too_large', `dropped a frame from syncar longer than maxReceiveBytes ` +
@@ -445,31 +395,6 @@ class Connection extends EventEmitter {
     this._everConnected = true;
     this.emit('connect', { ...frame, first });
   }
-}
-
-/**
- * Resolve true once `emitter` emits `event` and `done()` holds, false after `timeout` ms.
- * @returns {Promise<boolean>}
- */
-function waitFor(emitter, event, timeout, done) {
-  return new Promise((resolve) => {
-    if (done()) {
-      resolve(true);
-      return;
-    }
-    const listener = () => {
-      if (done()) {
-        finish(true);
-      }
-    };
-    const timer = setTimeout(() => finish(false), timeout);
-    function finish(result) {
-      clearTimeout(timer);
-      emitter.off(event, listener);
-      resolve(result);
-    }
-    emitter.on(event, listener);
-  });
 }
 
 module.exports = { Connection, Published, PROTOCOL_VERSION };

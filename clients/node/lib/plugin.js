@@ -159,7 +159,12 @@ class Sync extends EventEmitter {
           'it was emitted on this instance only');
         break;
       default:
-        break; // closed: the app is shutting down
+        if (this.connection.lost) {
+          this.stats.dropped += 1;
+          this.warnings.warn('closed', `${path} ${event} not sent to other instances: the connection to syncar was ` +
+            'lost and reconnect is off; it was emitted on this instance only');
+        }
+        break; // otherwise app.sync.close() was called: the app is shutting down
     }
   }
 
