@@ -32,7 +32,7 @@ COPY backends ./backends
 RUN pip wheel --wheel-dir /wheels . \
     && python -m venv /opt/syncar \
     && /opt/syncar/bin/pip install --no-index --find-links /wheels syncar \
-    && /opt/syncar/bin/pip uninstall -y pip \
+    && /opt/syncar/bin/pip uninstall -y pip setuptools \
     && /opt/syncar/bin/syncar --version
 
 # ---- runtime: the interpreter, the venv, a non-root user; no compilers, no pip ----

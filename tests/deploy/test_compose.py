@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from sidecar import __version__
 from tests.deploy.helpers import COMPOSE_DIR, interpolate, tool
 
 BASE = COMPOSE_DIR / "docker-compose.yml"
@@ -105,6 +106,15 @@ def test_each_app_has_its_own_ready_syncar(variant: str | None) -> None:
         assert seconds(syncar["stop_grace_period"]) > float(env["SYNCAR_SHUTDOWN_TIMEOUT"])
         assert syncar["read_only"] is True and syncar["cap_drop"] == ["ALL"]
     assert len(instance_ids) == len(PAIRS), "each syncar needs its own instance id"
+
+
+def test_every_container_runs_this_version_of_the_image() -> None:
+    services = project(None)["services"]
+    for name, service in services.items():
+        if name != "broker":
+            assert interpolate(service["image"]) == f"syncar:{__version__}", name
+            assert service["build"] == {"context": "../..", "dockerfile": "Dockerfile"}, name
+            assert (COMPOSE_DIR / service["build"]["context"] / "Dockerfile").is_file()
 
 
 def test_metrics_ports_stay_on_loopback() -> None:

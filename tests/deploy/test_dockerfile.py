@@ -92,7 +92,7 @@ def test_dockerignore_is_an_allowlist_of_what_the_build_copies() -> None:
                 if line.strip() and not line.startswith("#")]
     assert patterns[0] == "*", "exclude everything, then allow what the build needs"
     allowed = {pattern[1:].rstrip("/") for pattern in patterns if pattern.startswith("!")}
-    copied = set()
+    copied: set[str] = set()
     for instruction, arguments in stages()[1]:
         if instruction == "COPY" and not arguments.startswith("--from"):
             copied.update(source.rstrip("/") for source in arguments.split()[:-1])
