@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 4222
 #: First and longest wait between reconnect attempts, each jittered by ±20% so that a fleet spreads out.
 RECONNECT_WAIT_MIN = 0.25
-RECONNECT_WAIT_MAX = 1.0
+RECONNECT_WAIT_MAX = 0.8
 #: Seconds for the server to confirm a publish or a subscription (nats-py's flush() takes whole seconds).
 CONFIRM_TIMEOUT = 5
 #: A connection that answers no PING for PING_INTERVAL * MAX_OUTSTANDING_PINGS seconds is dead (half-open TCP).
@@ -63,8 +63,7 @@ def parse_uri(uri: str) -> tuple[str, dict[str, Any]]:
     Raises:
         BackendError: the URI is malformed, or names an unknown option or an unreadable file.
     """
-    parts = urlsplit(uri)
-    scheme = parts.scheme.lower()
+    parts = urlsplit(uri)  # the scheme comes lowercased
     userinfo, _, hosts = parts.netloc.rpartition("@")
     if parts.path not in ("", "/") or parts.fragment:
         raise BackendError("nats: the URI takes no path; put options after '?'")
@@ -75,14 +74,14 @@ def parse_uri(uri: str) -> tuple[str, dict[str, Any]]:
             name, port = split.hostname or "localhost", split.port or DEFAULT_PORT
         except ValueError:
             raise BackendError(f"nats: bad host:port {host!r} in the URI") from None
-        servers.append(f"{scheme}://[{name}]:{port}" if ":" in name else f"{scheme}://{name}:{port}")
+        servers.append(f"{parts.scheme}://[{name}]:{port}" if ":" in name else f"{parts.scheme}://{name}:{port}")
     name, colon, secret = (unquote(part) for part in userinfo.partition(":"))
     user, password, token = (name, secret, None) if colon else (None, None, name or None)
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
     unknown = sorted(set(options) - set(TLS_OPTIONS))
     if unknown:
         raise BackendError(f"nats: unknown URI option {unknown[0]!r}; known: {', '.join(TLS_OPTIONS)}")
-    tls = _tls_context(options) if scheme == "tls" or any(options.get(o) for o in TLS_OPTIONS[:3]) else None
+    tls = _tls_context(options) if parts.scheme == "tls" or any(options.get(o) for o in TLS_OPTIONS[:3]) else None
     return ",".join(s.split("://", 1)[1] for s in servers), {
         "servers": servers, "user": user, "password": password, "token": token, "tls": tls,
         "tls_hostname": options.get("tls_hostname") or None}
@@ -179,8 +178,7 @@ class NatsBackend(Backend):
         # Resolved when the current connection is lost, so that a publish awaiting its confirmation fails at once.
         self._lost: asyncio.Future[None] | None = None
         self._revive_task: asyncio.Task[None] | None = None
-        self._failures = 0
-        self._warned_at = self._slow_warned_at = -math.inf
+        self._failures, self._warned_at, self._slow_warned_at = 0, -math.inf, -math.inf
         self.where = "nats"  # the servers, without credentials, for messages
 
     async def start(self) -> None:
@@ -231,7 +229,10 @@ class NatsBackend(Backend):
         error = None
         if connect.cancelled() or connect.exception() is not None:
             cause = (None if connect.cancelled() else connect.exception()) or (first_errors or [TimeoutError()])[-1]
-            error = BackendUnavailable(f"nats: cannot connect to {self.where}: {self._clean(describe(cause))}")
+            reason = self._clean(describe(cause))
+            if isinstance(cause, ConnectionResetError) and (self._options["user"] or self._options["token"]):
+                reason += " (wrong user, password or token?)"  # the server's -ERR can be lost in the reset
+            error = BackendUnavailable(f"nats: cannot connect to {self.where}: {reason}")
         elif not self._tls_ok(client):
             error = BackendUnavailable(f"nats: {self.where} did not offer TLS, which the URI requires")
         if error is not None:
@@ -394,7 +395,6 @@ class NatsBackend(Backend):
         # messages nats-py still holds for a subscriber are dropped (broadcast mode is at-most-once).
         if client is not None and not client.is_closed:
             await _settle(client.close())
-        self._subscriptions.clear()
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
         self._set_state(BackendState.CLOSED)
