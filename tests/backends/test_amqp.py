@@ -1,0 +1,358 @@
+"""The RabbitMQ backend against a real rabbitmq-server: delivery, order, subscriptions, lifecycle, faults, topology."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import aio_pika
+import pytest
+
+from backends.amqp import BINDING_KEY, AmqpBackend
+from backends.base import (
+    BackendClosed,
+    BackendConfig,
+    BackendError,
+    BackendState,
+    BackendUnavailable,
+    Feature,
+    Message,
+    MessageTooLarge,
+)
+from tests.brokers import free_port
+from tests.brokers.rabbitmq import RabbitServer
+from tests.utils import wait_for
+
+pytestmark = pytest.mark.rabbitmq
+
+Factory = Callable[..., Awaitable[AmqpBackend]]
+RECOVERY_BOUND = 2.0  # the fault suite's promise: connected again within 2 s of the broker being back
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RabbitServer]:
+    broker = RabbitServer(tls=True)
+    broker.start()
+    yield broker
+    broker.cleanup()
+
+
+@pytest.fixture
+def topic() -> str:
+    # A fresh exchange per test, so nothing another test left behind can arrive.
+    return f"test-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+async def backend(server: RabbitServer) -> AsyncIterator[Factory]:
+    """`await backend(uri=..., on_state=...)`: a started AmqpBackend, closed when the test ends."""
+    made: list[AmqpBackend] = []
+
+    async def factory(uri: str | None = None, on_state: Callable[[BackendState], None] | None = None,
+                      connect_timeout: float = 5.0) -> AmqpBackend:
+        instance = AmqpBackend(BackendConfig(uri or server.uri, f"test-{len(made)}", connect_timeout),
+                               on_state=on_state)
+        made.append(instance)
+        await instance.start()
+        return instance
+
+    yield factory
+    for instance in made:
+        await instance.close()
+
+
+class Inbox:
+    """A subscriber that keeps what it got."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    async def __call__(self, message: Message) -> None:
+        self.bodies.append(message.body)
+
+    async def wait(self, count: int, timeout: float = 5.0) -> list[bytes]:
+        await wait_for(lambda: len(self.bodies) >= count, timeout, f"{count} messages (have {len(self.bodies)})")
+        return self.bodies
+
+
+async def test_round_trip_between_two_backends(backend: Factory, topic: str) -> None:
+    sender, receiver = await backend(), await backend()
+    inbox = Inbox()
+    await receiver.subscribe(topic, inbox)
+    await sender.publish(topic, [b'{"event":"created"}', b"\x00\xffbinary"])
+    assert await inbox.wait(2) == [b'{"event":"created"}', b"\x00\xffbinary"]
+    assert sender.supports(Feature.ORDERED) and sender.supports(Feature.CONFIRMS)
+    assert not sender.supports(Feature.DURABLE)
+
+
+async def test_a_publisher_hears_itself_like_any_subscriber(backend: Factory, topic: str) -> None:
+    # Echo suppression is the relay's job; the backend must not filter.
+    instance = await backend()
+    inbox = Inbox()
+    await instance.subscribe(topic, inbox)
+    await instance.publish(topic, [b"mine"])
+    assert await inbox.wait(1) == [b"mine"]
+
+
+async def test_order_of_1000_messages(backend: Factory, topic: str) -> None:
+    sender, receiver = await backend(), await backend()
+    inbox = Inbox()
+    await receiver.subscribe(topic, inbox)
+    sent = [f"message {i}".encode() for i in range(1000)]
+    # Half in one call (concurrent confirms), half one call each.
+    await sender.publish(topic, sent[:500])
+    for body in sent[500:]:
+        await sender.publish(topic, [body])
+    assert await inbox.wait(1000, timeout=20) == sent
+
+
+async def test_publishes_after_subscribe_returned_are_delivered(backend: Factory, topic: str) -> None:
+    sender, receiver = await backend(), await backend()
+    await sender.publish(topic, [b"before anyone listened"])  # no queue bound yet: dropped, like feathers-sync
+    inbox = Inbox()
+    await receiver.subscribe(topic, inbox)
+    await sender.publish(topic, [b"right after"])
+    assert await inbox.wait(1) == [b"right after"]
+
+
+async def test_topics_are_isolated(backend: Factory, topic: str) -> None:
+    sender, receiver = await backend(), await backend()
+    first, second = Inbox(), Inbox()
+    await receiver.subscribe(f"{topic}-a", first)
+    await receiver.subscribe(f"{topic}-b", second)
+    await sender.publish(f"{topic}-a", [b"for a"])
+    await sender.publish(f"{topic}-b", [b"for b"])
+    assert await first.wait(1) == [b"for a"]
+    assert await second.wait(1) == [b"for b"]
+    await sender.publish(f"{topic}-a", [b"a again"])
+    await first.wait(2)
+    assert second.bodies == [b"for b"]
+
+
+async def test_unsubscribe_is_idempotent_and_stops_delivery(backend: Factory, topic: str) -> None:
+    sender, receiver = await backend(), await backend()
+    gone, staying = Inbox(), Inbox()
+    subscription = await receiver.subscribe(topic, gone)
+    await receiver.subscribe(topic, staying)
+    await sender.publish(topic, [b"one"])
+    await gone.wait(1)
+    await subscription.unsubscribe()
+    await subscription.unsubscribe()
+    await sender.publish(topic, [b"two"])
+    # The subscription that stayed got "two", so the unsubscribed one had its chance to (wrongly) get it too.
+    assert await staying.wait(2) == [b"one", b"two"]
+    assert gone.bodies == [b"one"]
+
+
+async def test_a_failing_handler_loses_only_its_message(backend: Factory, topic: str) -> None:
+    instance = await backend()
+    got: list[bytes] = []
+
+    async def handler(message: Message) -> None:
+        if message.body == b"bad":
+            raise ValueError("handler bug")
+        got.append(message.body)
+
+    await instance.subscribe(topic, handler)
+    await instance.publish(topic, [b"good", b"bad", b"after"])
+    await wait_for(lambda: len(got) == 2, 5, "the messages around the failing one")
+    assert got == [b"good", b"after"]
+
+
+async def test_close_is_idempotent_and_final(backend: Factory, topic: str) -> None:
+    states: list[BackendState] = []
+    instance = await backend(on_state=states.append)
+    await instance.subscribe(topic, Inbox())
+    await instance.close()
+    await instance.close()
+    assert states == [BackendState.CONNECTED, BackendState.CLOSED]
+    with pytest.raises(BackendClosed):
+        await instance.publish(topic, [b"late"])
+    with pytest.raises(BackendClosed):
+        await instance.subscribe(topic, Inbox())
+
+
+async def test_close_without_start(server: RabbitServer) -> None:
+    instance = AmqpBackend(BackendConfig(server.uri, "never-started"))
+    await instance.close()
+    assert instance.state is BackendState.CLOSED
+
+
+async def test_message_size_limit(backend: Factory, topic: str) -> None:
+    instance = await backend()
+    inbox = Inbox()
+    await instance.subscribe(topic, inbox)
+    instance.max_message_bytes = 1024
+    with pytest.raises(MessageTooLarge, match=r"^amqp: "):
+        await instance.publish(topic, [b"fine", b"x" * 1025])
+    await instance.publish(topic, [b"x" * 1024])
+    # Nothing of the refused call went out: the first message seen is the one that fit.
+    assert await inbox.wait(1) == [b"x" * 1024]
+
+
+async def test_start_against_a_closed_port_fails_fast_and_cleanly() -> None:
+    instance = AmqpBackend(BackendConfig(f"amqp://guest:s3cret-pw@127.0.0.1:{free_port()}/", "t", 5.0))
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable) as raised:
+        await instance.start()
+    assert time.monotonic() - started < 2.0
+    message = str(raised.value)
+    assert message.startswith("amqp: cannot connect to 127.0.0.1:")
+    assert "\n" not in message and "s3cret-pw" not in message
+    await instance.close()
+
+
+async def test_wrong_password_is_a_clean_error_without_the_password(server: RabbitServer) -> None:
+    instance = AmqpBackend(BackendConfig(f"amqp://guest:not-the-pw-42@127.0.0.1:{server.port}/", "t", 5.0))
+    with pytest.raises(BackendUnavailable) as raised:
+        await instance.start()
+    message = str(raised.value)
+    assert message.startswith("amqp: cannot connect to ") and "ACCESS_REFUSED" in message
+    assert "not-the-pw-42" not in message and "\n" not in message
+    await instance.close()
+
+
+async def test_an_unknown_vhost_is_named_in_the_error(server: RabbitServer) -> None:
+    instance = AmqpBackend(BackendConfig(f"amqp://guest:guest@127.0.0.1:{server.port}/nowhere", "t", 5.0))
+    with pytest.raises(BackendUnavailable, match=r"^amqp: cannot connect to 127\.0\.0\.1:\d+ vhost 'nowhere': the "
+                                                 r"broker refused to open the vhost \(no such vhost, or no permission"):
+        await instance.start()
+    await instance.close()
+
+
+@pytest.mark.parametrize(("uri", "expected"), [
+    ("amqp://127.0.0.1:notaport/", r"^amqp: invalid URI: "),
+    ("amqp:///vhost", r"^amqp: the URI names no host"),
+    # aio-pika's docstring says ca_certs; aiormq would silently ignore it and verify against the system CAs.
+    ("amqps://u:pw-secret@127.0.0.1/?ca_certs=/ca.pem", r"^amqp: unknown URI option 'ca_certs'; known: cafile, "),
+    ("amqp://u:pw-secret@127.0.0.1/?cafile=/ca.pem", r"^amqp: URI option 'cafile' needs amqps://$"),
+    ("amqps://u:pw-secret@127.0.0.1/?certfile=/nonexistent.pem",
+     r"^amqp: URI option certfile must be an existing file, not '/nonexistent.pem'$"),
+    ("amqp://u:pw-secret@127.0.0.1/?heartbeat=soon", r"^amqp: URI option heartbeat must be whole seconds"),
+    ("amqp://u:pw-secret@127.0.0.1/?reconnect_interval=0", r"^amqp: URI option reconnect_interval must be seconds "),
+    ("amqp://u:pw-secret@127.0.0.1/?auth=kerberos", r"^amqp: URI option auth must be plain or external"),
+])
+async def test_an_unusable_uri_is_a_clean_error(uri: str, expected: str) -> None:
+    instance = AmqpBackend(BackendConfig(uri, "t"))
+    with pytest.raises(BackendError, match=expected) as raised:
+        await instance.start()
+    assert not isinstance(raised.value, BackendUnavailable)  # a config mistake, not worth retrying
+    assert "pw-secret" not in str(raised.value)
+    await instance.close()
+
+
+async def test_tls_with_ca_and_client_certificate(server: RabbitServer, backend: Factory, topic: str) -> None:
+    sender, receiver = await backend(server.tls_uri), await backend(server.tls_uri)
+    inbox = Inbox()
+    await receiver.subscribe(topic, inbox)
+    await sender.publish(topic, [b"over tls"])
+    assert await inbox.wait(1) == [b"over tls"]
+
+
+async def test_tls_refuses_an_unknown_ca(server: RabbitServer) -> None:
+    # No cafile: the system CAs, which never signed the test CA.
+    untrusted = AmqpBackend(BackendConfig(f"amqps://guest:guest@127.0.0.1:{server.tls_port}/", "t", 5.0))
+    with pytest.raises(BackendUnavailable, match=r"^amqp: cannot connect to 127\.0\.0\.1:\d+ vhost '/': .*"
+                                                 r"certificate verify failed"):
+        await untrusted.start()
+    await untrusted.close()
+
+
+async def test_tls_without_a_client_certificate_is_refused(server: RabbitServer) -> None:
+    uri = server.tls_uri.split("&certfile=")[0]  # the CA only
+    anonymous = AmqpBackend(BackendConfig(uri, "t", 5.0))
+    with pytest.raises(BackendUnavailable, match=r"^amqp: cannot connect to "):
+        await anonymous.start()
+    await anonymous.close()
+
+
+async def test_the_exchange_matches_feathers_sync_and_bodies_cross_byte_for_byte(
+        server: RabbitServer, backend: Factory, topic: str) -> None:
+    """A raw client doing exactly what feathers-sync 3.x's amqp adapter does shares the exchange with syncar."""
+    instance = await backend()
+    syncar_inbox = Inbox()
+    await instance.subscribe(topic, syncar_inbox)  # syncar declared the exchange first
+    connection = await aio_pika.connect(server.uri)
+    try:
+        channel = await connection.channel()
+        # amqplib assertExchange(key, 'fanout', {durable: false}); assertQueue('', {autoDelete: true}) (durable
+        # defaults to true in amqplib); bindQueue(queue, key, 'queue-binding'); consume(noAck).
+        exchange = await channel.declare_exchange(topic, aio_pika.ExchangeType.FANOUT, durable=False,
+                                                  auto_delete=False, internal=False)
+        queue = await channel.declare_queue("", durable=True, auto_delete=True)
+        assert queue.name.startswith("amq.gen-")
+        await queue.bind(exchange, BINDING_KEY)
+        feathers_inbox: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            feathers_inbox.put_nowait(message.body)
+
+        await queue.consume(on_message, no_ack=True)
+        bodies = [b'{"event":"created","path":"messages","data":{"text":"h\xc3\xa9llo"},"context":{}}', b"\x00\x01"]
+        await instance.publish(topic, bodies)
+        async with asyncio.timeout(5):
+            assert [await feathers_inbox.get() for _ in bodies] == bodies
+        # And back: feathers-sync publishes with its own queue's name as the routing key.
+        await exchange.publish(aio_pika.Message(b'{"event":"patched"}'), routing_key=queue.name)
+        assert await syncar_inbox.wait(3) == [*bodies, b'{"event":"patched"}']
+        async with asyncio.timeout(5):
+            assert await feathers_inbox.get() == b'{"event":"patched"}'  # feathers-sync hears itself too
+        # A second syncar joining after the feathers-sync side declared: still no PRECONDITION_FAILED.
+        other = await backend()
+        await other.subscribe(topic, Inbox())
+        await other.publish(topic, [b"from the second syncar"])
+        async with asyncio.timeout(5):
+            assert await feathers_inbox.get() == b"from the second syncar"
+    finally:
+        await connection.close()
+
+
+async def test_an_inequivalent_exchange_is_a_clean_error(server: RabbitServer, backend: Factory, topic: str) -> None:
+    connection = await aio_pika.connect(server.uri)
+    try:
+        channel = await connection.channel()
+        await channel.declare_exchange(topic, aio_pika.ExchangeType.FANOUT, durable=True)
+    finally:
+        await connection.close()
+    instance = await backend()
+    with pytest.raises(BackendError, match=r"^amqp: subscribe to .*PRECONDITION_FAILED"):
+        await instance.subscribe(topic, Inbox())
+    with pytest.raises(BackendError, match=r"^amqp: publish failed: .*PRECONDITION_FAILED"):
+        await instance.publish(topic, [b"x"])
+    # The channels recover from the broker closing them: another topic still works.
+    inbox = Inbox()
+    await wait_for(lambda: instance.state is BackendState.CONNECTED, 5, "the backend to stay connected")
+    await instance.subscribe(f"{topic}-ok", inbox)
+    await instance.publish(f"{topic}-ok", [b"fine"])
+    assert await inbox.wait(1) == [b"fine"]
+
+
+async def test_broker_killed_and_restarted(server: RabbitServer, backend: Factory, topic: str) -> None:
+    sender_states: list[BackendState] = []
+    receiver_states: list[BackendState] = []
+    sender = await backend(on_state=sender_states.append)
+    receiver = await backend(on_state=receiver_states.append)
+    inbox = Inbox()
+    await receiver.subscribe(topic, inbox)
+    await sender.publish(topic, [b"before"])
+    await inbox.wait(1)
+
+    await asyncio.to_thread(server.kill)
+    await wait_for(lambda: BackendState.RECONNECTING in sender_states + receiver_states and
+                   sender.state is receiver.state is BackendState.RECONNECTING, 5, "both to notice the loss")
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable, match=r"^amqp: "):
+        await sender.publish(topic, [b"while down"])
+    assert time.monotonic() - started < 0.5
+
+    await asyncio.to_thread(server.start)
+    back = time.monotonic()
+    await wait_for(lambda: sender.state is receiver.state is BackendState.CONNECTED, 10, "both to reconnect")
+    assert time.monotonic() - back < RECOVERY_BOUND
+    assert sender_states == receiver_states == [BackendState.CONNECTED, BackendState.RECONNECTING,
+                                                BackendState.CONNECTED]
+    after = [f"after {i}".encode() for i in range(100)]
+    await sender.publish(topic, after)
+    assert await inbox.wait(101) == [b"before", *after]

@@ -1,0 +1,209 @@
+"""A throwaway rabbitmq-server for the tests: its own node, ports, epmd and data dir, no plugins.
+
+With `tls=True` the node also listens for TLS (`tls_uri`), with a throwaway CA,
+a server certificate and a client certificate made by the `openssl` CLI; the
+node requires the client certificate. Both listeners start together, so TLS
+costs no second boot.
+
+The node runs from the versioned script under /usr/lib/rabbitmq (the /usr/sbin
+wrapper would `su` to the rabbitmq user and use /var/lib/rabbitmq). Everything
+the node writes stays in the temp dir, and it never touches a system broker:
+AMQP, Erlang distribution and epmd each get a free port of their own. The
+epmd is started here (not by the VM, which would daemonize it out of reach),
+so cleanup can stop it by pid; the VM and its helpers share one process group
+that kill() signals.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pamqp.commands
+import pamqp.exceptions
+import pamqp.frame
+import pamqp.header
+
+from tests.brokers import BrokerServer, free_port, port_open, require_binary
+
+SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+PROBE_TIMEOUT = 2.0
+
+
+class RabbitServer(BrokerServer):
+    name = "rabbitmq"
+
+    def __init__(self, *, tls: bool = False) -> None:
+        require_binary("rabbitmq-server")
+        self.epmd_bin = require_binary("epmd")
+        super().__init__()
+        self.tls_port = free_port() if tls else None
+        self.dist_port = free_port()
+        self.epmd_port = free_port()
+        self.node = f"syncar-{uuid.uuid4().hex[:8]}@localhost"
+        self.epmd: subprocess.Popen[bytes] | None = None
+        (self.dir / "home").mkdir()
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        (self.dir / "rabbitmq-env.conf").write_text("")
+        (self.dir / "rabbitmq.conf").write_text(
+            "\n".join([
+                f"listeners.tcp.default = 127.0.0.1:{self.port}",
+                "log.console = true",
+                "log.console.level = warning",
+                "log.file = false",
+                # A nearly full test disk must not block publishers.
+                "disk_free_limit.absolute = 1MB",
+                *self._tls_config(),
+                "",
+            ])
+        )
+
+    @property
+    def uri(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def tls_uri(self) -> str:
+        """amqps:// with the test CA and the client certificate, as aiormq reads them from the query."""
+        assert self.tls_port is not None, "started without tls=True"
+        query = urlencode({"cafile": self.dir / "ca.crt", "certfile": self.dir / "client.crt",
+                           "keyfile": self.dir / "client.key"})
+        return f"amqps://guest:guest@127.0.0.1:{self.tls_port}/?{query}"
+
+    def _tls_config(self) -> list[str]:
+        if self.tls_port is None:
+            return []
+        require_binary("openssl")
+        make_certificates(self.dir)
+        return [
+            f"listeners.ssl.default = 127.0.0.1:{self.tls_port}",
+            f"ssl_options.cacertfile = {self.dir / 'ca.crt'}",
+            f"ssl_options.certfile = {self.dir / 'server.crt'}",
+            f"ssl_options.keyfile = {self.dir / 'server.key'}",
+            "ssl_options.verify = verify_peer",
+            "ssl_options.fail_if_no_peer_cert = true",
+        ]
+
+    def command(self) -> list[str]:
+        return [SERVER]
+
+    def env(self) -> dict[str, str]:
+        base = self.dir
+        return {
+            **os.environ,
+            "HOME": str(base / "home"),  # the Erlang cookie goes here
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            # Do not read /etc/rabbitmq/rabbitmq-env.conf: it could point the node at system paths.
+            "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),
+            "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"),  # .conf is appended
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(base / "log"),
+            "RABBITMQ_LOGS": "-",
+            "RABBITMQ_PID_FILE": str(base / "rabbitmq.pid"),
+            # The epmd started below serves this node; the VM must not spawn a daemonized one.
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-start_epmd false",
+        }
+
+    def ready(self) -> bool:
+        """An AMQP login as guest to vhost / succeeds: the listener is up and the node has booted."""
+        return port_open(self.port) and amqp_login(self.port) and (self.tls_port is None or port_open(self.tls_port))
+
+    def start(self) -> None:
+        self._start_epmd()
+        super().start()
+
+    def _start_epmd(self) -> None:
+        if self.epmd is not None and self.epmd.poll() is None:
+            return
+        self.epmd = subprocess.Popen([self.epmd_bin, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=self.dir,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 10
+        while not port_open(self.epmd_port):
+            if self.epmd.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"epmd did not start on port {self.epmd_port}; see {self.dir}/server.log")
+            time.sleep(0.02)
+
+    def cleanup(self) -> None:
+        # The data is throwaway: SIGKILL is as good as a graceful stop and takes no time.
+        self.kill()
+        if self.epmd is not None and self.epmd.poll() is None:
+            os.killpg(self.epmd.pid, signal.SIGKILL)
+            self.epmd.wait(timeout=10)
+        self.epmd = None
+        super().cleanup()
+
+
+def make_certificates(directory: Path) -> None:
+    """ca.crt/.key, server.crt/.key (for 127.0.0.1 and localhost, so hostname checks stay on), client.crt/.key."""
+    ca, ca_key = directory / "ca.crt", directory / "ca.key"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=syncar test CA",
+             "-keyout", ca_key, "-out", ca)
+    extensions = directory / "server.ext"
+    extensions.write_text("subjectAltName = IP:127.0.0.1, DNS:localhost\n")
+    for name, subject in (("server", "/CN=127.0.0.1"), ("client", "/CN=syncar test client")):
+        cert, key, request = (directory / f"{name}.{ext}" for ext in ("crt", "key", "csr"))
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", key, "-out", request)
+        _openssl("x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "2",
+                 "-out", cert, *(("-extfile", extensions) if name == "server" else ()))
+
+
+def _openssl(*args: str | Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=30)
+
+
+def amqp_login(port: int, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Log in over AMQP 0-9-1 as guest, open vhost /, close; True if every step worked."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+            reader = _FrameReader(conn)
+            conn.sendall(pamqp.frame.marshal(pamqp.header.ProtocolHeader(), 0))
+            if not isinstance(reader.next(), pamqp.commands.Connection.Start):
+                return False
+            conn.sendall(pamqp.frame.marshal(
+                pamqp.commands.Connection.StartOk(response="\0guest\0guest"), 0))
+            tune = reader.next()
+            if not isinstance(tune, pamqp.commands.Connection.Tune):
+                return False
+            conn.sendall(pamqp.frame.marshal(
+                pamqp.commands.Connection.TuneOk(tune.channel_max, tune.frame_max, 0), 0))
+            conn.sendall(pamqp.frame.marshal(pamqp.commands.Connection.Open("/"), 0))
+            if not isinstance(reader.next(), pamqp.commands.Connection.OpenOk):
+                return False
+            conn.sendall(pamqp.frame.marshal(pamqp.commands.Connection.Close(200, "probe", 0, 0), 0))
+            return isinstance(reader.next(), pamqp.commands.Connection.CloseOk)
+    except (OSError, pamqp.exceptions.PAMQPException):
+        return False
+
+
+class _FrameReader:
+    def __init__(self, conn: socket.socket) -> None:
+        self._conn = conn
+        self._buffer = b""
+
+    def next(self) -> object:
+        for _ in range(1000):
+            try:
+                used, _channel, frame = pamqp.frame.unmarshal(self._buffer)
+            except pamqp.exceptions.UnmarshalingException:
+                chunk = self._conn.recv(65536)
+                if not chunk:
+                    raise ConnectionResetError("closed by the broker") from None
+                self._buffer += chunk
+                continue
+            self._buffer = self._buffer[used:]
+            return frame
+        raise ConnectionResetError("no complete frame")
