@@ -314,7 +314,7 @@ async def test_a_hung_broker_is_noticed_while_idle(server: RedisServer, backend:
     try:
         stopped = time.monotonic()
         await wait_for(lambda: BackendState.RECONNECTING in states, 5.0, "RECONNECTING")
-        assert time.monotonic() - stopped < 3.0, "a silent broker must be noticed within ~2 s"
+        assert time.monotonic() - stopped < 2.5, "a silent broker must be noticed within ~2 s"
     finally:
         os.kill(pid, signal.SIGCONT)
     await wait_for(lambda: states[-1:] == [BackendState.CONNECTED], 10.0, "CONNECTED again")
@@ -345,3 +345,34 @@ async def test_tls_refuses_an_unknown_ca(tls_server: RedisTlsServer) -> None:
                                                  r"verify failed: self.signed certificate in certificate chain$"):
         await untrusted.start()
     await untrusted.close()
+
+
+async def test_subscriptions_changed_during_an_outage(server: RedisServer, backend: Factory, topic: str) -> None:
+    states: list[BackendState] = []
+    b = await backend(on_state=states.append, connect_timeout=5.0)
+    left = await b.subscribe(f"{topic}-left", Inbox())
+    server.kill()
+    await wait_for(lambda: BackendState.RECONNECTING in states, 3.0, "RECONNECTING")
+    joined = Inbox()
+    joining = asyncio.create_task(b.subscribe(f"{topic}-joined", joined))
+    await left.unsubscribe()
+    server.start()
+    await asyncio.wait_for(joining, 5.0)  # returns once Redis confirmed it, after the reconnect
+    assert states[-1] is BackendState.CONNECTED
+    a = await backend()
+    await a.publish(f"{topic}-joined", [b"welcome"])
+    assert await joined.wait(1) == [b"welcome"]
+    probe = redis.asyncio.Redis.from_url(server.uri)
+    try:
+        await _until_numsub(probe, f"{topic}-left", 0)
+    finally:
+        await probe.aclose()
+
+
+async def test_large_message(backend: Factory, topic: str) -> None:
+    a, b = await backend(), await backend()
+    inbox = Inbox()
+    await b.subscribe(topic, inbox)
+    body = bytes(range(256)) * (4 * 1024 * 4)  # 4 MiB
+    await a.publish(topic, [body, b"next"])
+    assert await inbox.wait(2) == [body, b"next"]
