@@ -266,10 +266,10 @@ class NatsBackend(Backend):
             if now - self._slow_warned_at > WARN_EVERY:
                 self._slow_warned_at = now
                 log.warning("nats: subscriber too slow, nats-py dropped messages for it")
-        elif client.is_reconnecting:
-            self._failures += 1
+        elif self.state is BackendState.RECONNECTING:  # nats-py's own status says CONNECTING during the handshake
             # nats-py sleeps options["reconnect_time_wait"] before its next attempt: jitter it every time.
             client.options["reconnect_time_wait"] = wait = self._next_wait()
+            self._failures += 1
             warn, self._warned_at = (True, now) if now - self._warned_at > WARN_EVERY else (False, self._warned_at)
             log.log(logging.WARNING if warn else logging.DEBUG, "nats: reconnect attempt %d to %s failed: %s; "
                     "next in %.2fs", self._failures, self.where, self._clean(describe(exc)), wait)

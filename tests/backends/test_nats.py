@@ -244,6 +244,25 @@ async def test_close_while_reconnecting(own_server: NatsServer, connect: Factory
     assert states == [BackendState.CONNECTED, BackendState.RECONNECTING, BackendState.CLOSED]
 
 
+async def test_a_connection_nats_py_gave_up_is_replaced(connect: Factory, topic: str) -> None:
+    # nats-py closes a connection for good after some server errors (an -ERR it does not expect). Closing its
+    # client from outside takes the same path: the closed callback, with no close() of ours behind it.
+    states: list[BackendState] = []
+    receiver, sender = await connect(states=states), await connect()
+    inbox = Inbox()
+    await receiver.subscribe(topic, inbox)
+    client = receiver._client
+    assert client is not None
+    await client.close()
+    await wait_for(lambda: receiver.state is BackendState.CONNECTED and receiver._client is not client,
+                   timeout=RECOVERY, what="a new connection")
+    assert states == [BackendState.CONNECTED, BackendState.RECONNECTING, BackendState.CONNECTED]
+    await sender.publish(topic, [b"to the new connection"])
+    assert await inbox.wait(1) == [b"to the new connection"]
+    await receiver.publish(topic, [b"from it"])
+    assert await inbox.wait(2) == [b"to the new connection", b"from it"]
+
+
 @pytest.mark.slow
 async def test_a_stuck_server_times_the_publish_out_and_the_backend_reconnects(
         own_server: NatsServer, connect: Factory, topic: str) -> None:
