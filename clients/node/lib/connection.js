@@ -138,8 +138,8 @@ class Connection extends EventEmitter {
       forgotten += 1;
     }
     if (forgotten > 0) {
-      this.options.warn('ack_backlog', `${this.held} publishes are waiting for the broker (syncar's broker is down?); ` +
-        'the oldest are no longer kept for re-sending if syncar restarts (maxPending/maxPendingBytes)');
+      this.options.warn('ack_backlog', `${this.held} publishes are not yet acknowledged by syncar (a burst, or its ` +
+        'broker is down); the oldest are no longer kept for re-sending should syncar restart now (maxPending/maxPendingBytes)');
     }
   }
 

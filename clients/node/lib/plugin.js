@@ -153,7 +153,8 @@ class Sync extends EventEmitter {
         break;
       case Published.FULL:
         this.stats.dropped += 1;
-        this.warnings.warn('pending_full', `${path} ${event} not sent to other instances: syncar is unreachable and ` +
+        this.warnings.warn('pending_full', `${path} ${event} not sent to other instances: syncar is ` +
+          `${this.connection.connected ? 'not keeping up' : 'unreachable'} and ` +
           `${this.connection.held} events (${describeBytes(this.connection.heldBytes)}) are held already ` +
           `(maxPending ${this.options.maxPending}, maxPendingBytes ${describeBytes(this.options.maxPendingBytes)}); ` +
           'it was emitted on this instance only');
