@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -38,6 +39,28 @@ def tool(name: str) -> str:
         missing(name)
     assert found is not None
     return found
+
+
+#: OCI labels the syncar image must carry, with the format hadolint checks them against.
+REQUIRED_LABELS = {
+    "org.opencontainers.image.title": "text",
+    "org.opencontainers.image.description": "text",
+    "org.opencontainers.image.version": "text",
+    "org.opencontainers.image.licenses": "spdx",
+}
+
+
+def required_labels() -> list[str]:
+    return [arg for label, form in REQUIRED_LABELS.items() for arg in ("--require-label", f"{label}:{form}")]
+
+
+def hadolint(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """hadolint at its strictest: every finding down to `style` fails."""
+    # An empty config file shields the run from a stray ~/.config/hadolint.yaml or .hadolint.yaml;
+    # --disable-ignore-pragma keeps `# hadolint ignore=` comments from silencing rules.
+    args = [tool("hadolint"), "--config", "/dev/null", "--no-color", "--failure-threshold", "style",
+            "--disable-ignore-pragma", *extra]
+    return subprocess.run([*args, str(path)], capture_output=True, text=True, timeout=30)
 
 
 def module(name: str) -> ModuleType:
@@ -105,3 +128,16 @@ def interpolate(value: Any) -> Any:
     if isinstance(value, str):
         return _INTERPOLATION.sub(lambda found: found.group(2) or "", value).replace("$$", "$")
     return value
+
+
+def settings_from_env(env: dict[str, str]) -> Any:
+    """Validate `SYNCAR_*` variables as the daemon would: each must name a setting and hold a valid value."""
+    from sidecar.config import Settings
+
+    fields: dict[str, str] = {}
+    for key, value in env.items():
+        if key.startswith("SYNCAR_"):
+            name = key.removeprefix("SYNCAR_").lower()
+            assert name in Settings.model_fields, f"{key} is not a syncar setting"
+            fields[name] = value
+    return Settings.model_validate(fields)

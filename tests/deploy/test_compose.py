@@ -12,9 +12,11 @@ import pytest
 import yaml
 
 from sidecar import __version__
-from tests.deploy.helpers import COMPOSE_DIR, interpolate, tool
+from tests.deploy.helpers import COMPOSE_DIR, dockerfile_instructions, hadolint, interpolate, settings_from_env, tool
+from tests.utils import REPO
 
 BASE = COMPOSE_DIR / "docker-compose.yml"
+APP_DOCKERFILE = COMPOSE_DIR / "feathers-chat.Dockerfile"
 #: variant file (None: the main file alone) -> the broker scheme its syncars must use
 VARIANTS: dict[str | None, str] = {None: "redis", "rabbitmq.yml": "amqp", "nats.yml": "nats"}
 PAIRS = ("a", "b")
@@ -84,6 +86,7 @@ def test_each_app_has_its_own_ready_syncar(variant: str | None) -> None:
     for pair in PAIRS:
         syncar, app = services[f"syncar-{pair}"], services[f"app-{pair}"]
         env = {key: interpolate(value) for key, value in syncar["environment"].items()}
+        settings_from_env(env)
         scheme, _, rest = env["SYNCAR_BACKEND"].partition("://")
         assert scheme == VARIANTS[variant]
         assert re.search(r"(^|@)broker:\d+", rest), env["SYNCAR_BACKEND"]
@@ -108,13 +111,41 @@ def test_each_app_has_its_own_ready_syncar(variant: str | None) -> None:
     assert len(instance_ids) == len(PAIRS), "each syncar needs its own instance id"
 
 
-def test_every_container_runs_this_version_of_the_image() -> None:
+def test_every_container_runs_this_version_of_its_image() -> None:
     services = project(None)["services"]
-    for name, service in services.items():
-        if name != "broker":
-            assert interpolate(service["image"]) == f"syncar:{__version__}", name
-            assert service["build"] == {"context": "../..", "dockerfile": "Dockerfile"}, name
-            assert (COMPOSE_DIR / service["build"]["context"] / "Dockerfile").is_file()
+    for pair in PAIRS:
+        syncar, app = services[f"syncar-{pair}"], services[f"app-{pair}"]
+        assert interpolate(syncar["image"]) == f"syncar:{__version__}"
+        assert syncar["build"] == {"context": "../..", "dockerfile": "Dockerfile"}
+        assert interpolate(app["image"]) == f"syncar-feathers-chat:{__version__}"
+        assert app["build"] == {"context": "../..", "dockerfile": f"deploy/compose/{APP_DOCKERFILE.name}"}
+    assert (COMPOSE_DIR / "../../Dockerfile").is_file() and APP_DOCKERFILE.is_file()
+
+
+def test_app_dockerfile_passes_hadolint() -> None:
+    result = hadolint(APP_DOCKERFILE)
+    assert result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}"
+
+
+def test_app_build_context_is_the_plugin_and_the_example() -> None:
+    """The app image's context is the repository root, cut down by its own ignore file to what it copies,
+    which must be every file the plugin publishes and every module of the example."""
+    ignore = Path(f"{APP_DOCKERFILE}.dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in ignore if line.strip() and not line.startswith("#")]
+    assert patterns[0] == "*"
+    allowed = {pattern[1:] for pattern in patterns[1:]}
+    assert all(pattern.startswith("!") for pattern in patterns[1:])
+    copied: set[str] = set()
+    for instruction, arguments in dockerfile_instructions(APP_DOCKERFILE.read_text()):
+        if instruction == "COPY":
+            copied.update(arguments.split()[:-1])
+    assert copied == allowed
+
+    plugin = json.loads((REPO / "clients/node/package.json").read_text())
+    published = {f"clients/node/{name.rstrip('/')}" for name in ["package.json", *plugin["files"]]}
+    example = REPO / "examples/feathers-chat"
+    modules = {f"examples/feathers-chat/{path.name}" for path in [*example.glob("*.js"), example / "package.json"]}
+    assert published | modules == allowed
 
 
 def test_metrics_ports_stay_on_loopback() -> None:

@@ -3,33 +3,25 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 from sidecar import __version__
-from tests.deploy.helpers import DOCKERFILE, DOCKERIGNORE, assignments, dockerfile_version, image_env, stages, tool
-
-#: OCI labels every image must carry, with the format hadolint checks them against.
-REQUIRED_LABELS = {
-    "org.opencontainers.image.title": "text",
-    "org.opencontainers.image.description": "text",
-    "org.opencontainers.image.version": "text",
-    "org.opencontainers.image.licenses": "spdx",
-}
-
-
-def hadolint(path: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    # An empty config file shields the run from a stray ~/.config/hadolint.yaml or .hadolint.yaml;
-    # --disable-ignore-pragma keeps `# hadolint ignore=` comments from silencing rules.
-    args = [tool("hadolint"), "--config", "/dev/null", "--no-color", "--failure-threshold", "style",
-            "--disable-ignore-pragma", *extra]
-    for label, form in REQUIRED_LABELS.items():
-        args += ["--require-label", f"{label}:{form}"]
-    return subprocess.run([*args, path], capture_output=True, text=True, timeout=30)
+from tests.deploy.helpers import (
+    DOCKERFILE,
+    DOCKERIGNORE,
+    REQUIRED_LABELS,
+    assignments,
+    dockerfile_version,
+    hadolint,
+    image_env,
+    required_labels,
+    settings_from_env,
+    stages,
+)
 
 
 def test_hadolint_passes() -> None:
-    result = hadolint(str(DOCKERFILE))
+    result = hadolint(DOCKERFILE, *required_labels())
     assert result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}"
 
 
@@ -38,7 +30,7 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:3.11-slim-bookworm\nRUN apt-get update && apt-get install -y gcc\n"
                    "USER root\nCMD python -m sidecar run\n")
-    result = hadolint(str(bad))
+    result = hadolint(bad)
     assert result.returncode != 0
     for rule in ("DL3008", "DL3009", "DL3002", "DL3025"):
         assert rule in result.stdout, f"{rule} not reported:\n{result.stdout}"
@@ -74,6 +66,7 @@ def test_runtime_contract() -> None:
     env = image_env()
     assert env["SYNCAR_SOCKET"] == "/run/syncar/syncar.sock"
     assert env["SYNCAR_HTTP"] == "0.0.0.0:9464"
+    settings_from_env(env)
     assert "install -d -o 10001 -g 10001" in runtime["RUN"], "/run/syncar must belong to the syncar user"
 
 

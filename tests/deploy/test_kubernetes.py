@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from sidecar import __version__
-from tests.deploy.helpers import KUBE_DIR, module
+from tests.deploy.helpers import KUBE_DIR, module, settings_from_env
 
 #: 1.29 is the first release with native sidecars on by default; 1.33 made them GA.
 KUBERNETES_VERSIONS = ("1.29", "1.33")
@@ -120,6 +120,9 @@ def test_syncar_is_a_native_sidecar_sharing_the_socket() -> None:
     (secret,) = documents((KUBE_DIR / "secret.example.yaml").read_text())
     assert secret["metadata"]["name"] == "syncar-broker" and "SYNCAR_BACKEND" in secret["stringData"]
     assert "SYNCAR_BACKEND" not in settings, "credentials belong in the Secret"
+    # What the sidecar ends up with is a valid configuration.
+    effective = settings_from_env({**settings, **secret["stringData"], "SYNCAR_INSTANCE_ID": "app-7d9c-x2"})
+    assert effective.http_address() == ("0.0.0.0", 9464)
 
 
 def test_probes_scraping_and_shutdown_budget() -> None:
