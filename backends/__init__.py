@@ -27,7 +27,9 @@ def scheme_of(uri: str) -> str:
     scheme = urlsplit(uri).scheme.lower()
     if scheme not in BACKENDS:
         known = ", ".join(f"{s}://" for s in BACKENDS)
-        raise ConfigError(f"backend: unknown URI scheme in {uri!r}; expected one of {known}")
+        # Only the scheme: the rest of the URI may hold a password.
+        raise ConfigError(f"backend: unknown URI scheme {scheme + '://' if scheme else '(none)'}; "
+                          f"expected one of {known}")
     return scheme
 
 

@@ -13,8 +13,8 @@ import orjson
 from pydantic import ValidationError
 
 from sidecar import __version__
-from sidecar.config import Settings, env_of, flag_of
-from sidecar.errors import SidecarError, StartupError
+from sidecar.config import Settings, env_of, flag_of, redact_uri
+from sidecar.errors import ConfigError, SidecarError, StartupError
 from sidecar.logging import configure as configure_logging
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,17 @@ def load_settings(args: argparse.Namespace) -> Settings:
         return Settings(**given)
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = str(first["loc"][0]) if first["loc"] else "config"
         message = first["msg"].removeprefix("Value error, ")
+        if first["loc"]:
+            name = str(first["loc"][0])
+        else:  # a check across settings: its message starts with the setting it is about
+            name, _, message = message.partition(": ")
         where = f"{flag_of(name)} / {env_of(name)}" if name in Settings.model_fields else name
-        raise SettingsError(f"invalid setting {where}: {message} (got {first.get('input')!r})") from None
+        got = first.get("input")
+        if name in ("backend", "backend_file") and isinstance(got, str):
+            got = redact_uri(got)
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        raise SettingsError(f"invalid setting {where}: {message}{shown}") from None
     except (OSError, ValueError) as exc:  # an unreadable or malformed --config file
         raise SettingsError(f"invalid setting --config: {exc}") from None
 
@@ -103,9 +110,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     from backends.base import BackendConfig, BackendError
 
     settings = load_settings(args)
+    if settings.signing_key_file is not None:
+        from sidecar.signing import load_keys
+
+        print(f"signing keys         {len(load_keys(settings.signing_key_file))}")
     for name in Settings.model_fields:
         value = getattr(settings, name)
-        print(f"{name:20} {value:04o}" if name == "socket_mode" else f"{name:20} {value}")
+        if name == "socket_mode":
+            value = f"{value:04o}"
+        elif name == "backend":
+            value = redact_uri(value)
+        print(f"{name:20} {value}")
 
     async def main() -> int:
         backend = load_backend(settings.backend)(BackendConfig(settings.backend, settings.instance_id))
@@ -248,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.handler(args)
-    except SettingsError as exc:
+    except (SettingsError, ConfigError) as exc:
         print(f"syncar: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:

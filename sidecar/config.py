@@ -6,10 +6,17 @@ import os
 import secrets
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from backends import scheme_of
 from sidecar.errors import ConfigError
@@ -40,6 +47,8 @@ class Settings(BaseSettings):
     socket_mode: int = Field(0o660, description="file mode of the socket, octal; never world-writable")
     backend: str = Field("local://", description="broker URI: local://, redis://, rediss://, amqp://, amqps://, "
                          "nats://, tls://")
+    backend_file: Path | None = Field(None, description="file holding the broker URI, for credentials mounted as a "
+                                      "secret; wins over --backend")
     key: str = Field("feathers-sync", min_length=1, description="channel, exchange or subject on the broker")
     codec: Literal["syncar", "feathers-sync"] = Field("syncar", description="message format on the broker")
     instance_id: str = Field(default_factory=default_instance_id, min_length=1, max_length=200,
@@ -51,6 +60,17 @@ class Settings(BaseSettings):
     replay_events: int = Field(10_000, ge=0, description="events kept for clients that reconnect with `resume`")
     replay_bytes: int = Field(64 * MiB, ge=0, description="bytes kept for clients that reconnect with `resume`")
     outbox_bytes: int = Field(64 * MiB, ge=1024, description="bytes of publishes kept while the broker is away")
+    allow_uids: Annotated[tuple[int, ...], NoDecode] = Field(
+        (), description="comma-separated uids allowed to connect (checked with SO_PEERCRED); empty: anyone the "
+                        "socket's mode lets in")
+    allow_gids: Annotated[tuple[int, ...], NoDecode] = Field(
+        (), description="comma-separated gids allowed to connect; a peer passes if its uid or its gid is allowed")
+    client_rate: float = Field(0.0, ge=0, description="publishes per second per client (token bucket); 0: no limit")
+    client_burst: int = Field(1000, ge=1, description="publishes a client may send at once above --client-rate")
+    signing_key_file: Path | None = Field(None, description="file of HMAC-SHA256 keys, one per line: the first "
+                                          "signs, all verify; unsigned or forged broker messages are dropped")
+    signing_window: float = Field(60.0, gt=0, description="seconds a signed message stays acceptable; older or "
+                                  "replayed ones are dropped")
     shutdown_timeout: float = Field(10.0, ge=0, description="seconds to flush the outbox and clients on SIGTERM")
     http: str = Field("127.0.0.1:9464", description="ADDR:PORT for /healthz, /readyz and /metrics, or 'off'")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
@@ -77,6 +97,33 @@ class Settings(BaseSettings):
         if not value & 0o600 == 0o600:
             raise ValueError(f"{value:04o} does not let the owner read and write the socket")
         return value
+
+    @field_validator("allow_uids", "allow_gids", mode="before")
+    @classmethod
+    def _id_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return tuple(int(part) for part in value.replace(" ", "").split(",") if part)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a comma-separated list of numeric ids") from None
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_from_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("backend_file"):
+            try:
+                data["backend"] = Path(data["backend_file"]).read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"backend_file: cannot read {data['backend_file']}: {exc.strerror}") from None
+        return data
+
+    @model_validator(mode="after")
+    def _signing_needs_syncar_codec(self) -> Settings:
+        if self.signing_key_file is not None and self.codec != "syncar":
+            raise ValueError("signing_key_file: signed messages need --codec syncar (feathers-sync apps could not "
+                             "read them)")
+        return self
 
     @field_validator("http")
     @classmethod
@@ -123,6 +170,16 @@ class Settings(BaseSettings):
         if config_file:
             sources += (TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)),)
         return sources
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with its password (or NATS token) replaced by ***, for anything a person or a log may see."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    user = f"{parts.username}:***" if parts.password is not None else "***"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 
 def flag_of(field: str) -> str:

@@ -12,13 +12,17 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from sidecar import protocol
 from sidecar.errors import FrameError
 from sidecar.framing import OVERSIZED, FrameDecoder
 from sidecar.logging import RateLimitedLogger
+from sidecar.metrics import DropReason
+from sidecar.peers import PeerPolicy
 from sidecar.protocol import ErrorCode, Publish
+from sidecar.ratelimit import TokenBucket
 from sidecar.relay import Relay
 from sidecar.subscriptions import EventFilter
 
@@ -34,13 +38,26 @@ def _every_event(path: str, event: str) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one client may do before it hurts the others."""
+
+    max_frame_bytes: int
+    queue_bytes: int
+    rate: float  # publishes per second; 0 for no limit
+    burst: int
+    peers: PeerPolicy
+
+
 class Connection(asyncio.Protocol):
-    def __init__(self, relay: Relay, *, max_frame_bytes: int, queue_bytes: int,
-                 on_close: Callable[[Connection], None], refusal: bytes | None = None) -> None:
+    def __init__(self, relay: Relay, limits: Limits, *, on_close: Callable[[Connection], None],
+                 refusal: bytes | None = None) -> None:
         self._relay = relay
+        self._limits = limits
         self._refusal = refusal
-        self._decoder = FrameDecoder(max_frame_bytes)
-        self._queue_bytes = queue_bytes
+        self._decoder = FrameDecoder(limits.max_frame_bytes)
+        self._queue_bytes = limits.queue_bytes
+        self._bucket = TokenBucket(limits.rate, limits.burst) if limits.rate else None
         self._on_close = on_close
         self._transport: asyncio.Transport | None = None
         self._closing = False
@@ -55,7 +72,12 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
-        if self._refusal is not None:
+        reason = self._limits.peers.refusal(transport.get_extra_info("socket"))
+        if reason is not None:
+            self._relay.metrics.disconnects.labels("forbidden").inc()
+            frame_warnings.warning("forbidden", "refused a connection: %s", reason)
+            self.close(protocol.error(ErrorCode.FORBIDDEN, reason))
+        elif self._refusal is not None:
             self._relay.metrics.disconnects.labels("too_many_clients").inc()
             frame_warnings.warning("refused", "refused a connection: %s", self._refusal.decode().strip())
             self.close(self._refusal)
@@ -94,6 +116,11 @@ class Connection(asyncio.Protocol):
         if kind == "publish":
             publish = protocol.parse_publish(frame)
             self._greet(None)
+            if self._bucket is not None and not self._bucket.take():
+                self._relay.metrics.dropped.labels(DropReason.RATE_LIMITED).inc()
+                self.refuse(publish, ErrorCode.RATE_LIMITED,
+                            f"over {self._limits.rate:g} publishes/s (burst {self._limits.burst}); not relayed")
+                return
             self._relay.publish(self, publish)
         elif kind == "hello":
             if self.greeted:

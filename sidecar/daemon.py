@@ -14,15 +14,17 @@ from backends.base import Backend, BackendConfig, BackendError, BackendState
 from sidecar import __version__, protocol
 from sidecar.codec import CODECS
 from sidecar.config import Settings
-from sidecar.connection import Connection
+from sidecar.connection import Connection, Limits
 from sidecar.errors import StartupError
 from sidecar.health import HttpServer
 from sidecar.listener import Listener
 from sidecar.metrics import Metrics
 from sidecar.outbox import Outbox
+from sidecar.peers import PeerPolicy
 from sidecar.protocol import ErrorCode
 from sidecar.relay import Relay
 from sidecar.replay import ReplayBuffer
+from sidecar.signing import SignedCodec, Signer, load_keys
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +46,16 @@ class Daemon:
             on_state=self._on_backend_state,
         )
         codec = CODECS[settings.codec](settings.instance_id)
+        if settings.signing_key_file is not None:
+            codec = SignedCodec(codec, Signer(load_keys(settings.signing_key_file), settings.signing_window))
         self.metrics = metrics = Metrics(backend_cls.name, settings.codec)
         self.outbox = outbox = Outbox(self.backend, codec, settings.key, settings.outbox_bytes, metrics)
         replay = ReplayBuffer(settings.replay_events, settings.replay_bytes)
         self.relay = Relay(settings.instance_id, backend_name=backend_cls.name, codec=codec, outbox=outbox,
                            replay=replay, metrics=metrics)
         self.connections: set[Connection] = set()
+        self._limits = Limits(settings.max_frame_bytes, settings.client_queue_bytes, settings.client_rate,
+                              settings.client_burst, PeerPolicy(settings.allow_uids, settings.allow_gids))
         self.listener = Listener(settings.socket, settings.socket_mode, self._accept)
         metrics.clients.set_function(lambda: len(self.connections))
         metrics.outbox_events.set_function(lambda: len(outbox))
@@ -68,9 +74,7 @@ class Daemon:
         if len(self.connections) >= self.settings.max_clients:
             refusal = protocol.error(ErrorCode.TOO_MANY_CLIENTS,
                                      f"this syncar already serves {self.settings.max_clients} clients")
-        connection = Connection(self.relay, max_frame_bytes=self.settings.max_frame_bytes,
-                                queue_bytes=self.settings.client_queue_bytes, on_close=self.connections.discard,
-                                refusal=refusal)
+        connection = Connection(self.relay, self._limits, on_close=self.connections.discard, refusal=refusal)
         self.connections.add(connection)
         return connection
 

@@ -17,6 +17,7 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 
 class DropReason:
     OUTBOX_FULL = "outbox_full"
+    RATE_LIMITED = "rate_limited"  # a client over --client-rate
     TOO_LARGE = "too_large"  # over the broker's message size
     MALFORMED = "malformed"  # from the broker, not decodable
     FOREIGN = "foreign"  # from the broker, another format or version
@@ -39,7 +40,7 @@ class Metrics:
         self.frame_errors = Counter("syncar_frame_errors", "Bad frames from clients, by error code", ["code"],
                                     registry=registry)
         self.disconnects = Counter("syncar_client_disconnects",
-                                   "Clients syncar disconnected, by reason (slow_client, too_many_clients)",
+                                   "Clients syncar disconnected, by reason (slow_client, too_many_clients, forbidden)",
                                    ["reason"], registry=registry)
         self.broker_up = Gauge("syncar_broker_up", "1 while the broker connection is up", registry=registry)
         self.reconnects = Counter("syncar_backend_reconnects", "Broker connections restored after a loss",

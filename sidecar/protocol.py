@@ -32,6 +32,8 @@ class ErrorCode(StrEnum):
     OUTBOX_FULL = "outbox_full"
     TOO_LARGE_FOR_BROKER = "too_large_for_broker"
     SHUTTING_DOWN = "shutting_down"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
 
 
 def encode(frame: dict[str, Any]) -> bytes:

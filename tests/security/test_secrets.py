@@ -1,0 +1,68 @@
+"""Secrets given by env, by *_FILE or on the command line never show up in logs, errors, `syncar check` or /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.brokers import BrokerServer
+from tests.daemon.test_http import http_get
+from tests.utils import REPO, SpawnedDaemon
+
+PASSWORD = "pw-Zq8rT3kLx0"
+TOKEN = "tok-Vb5nM2wQy7"
+SIGNING_KEY = "sk-Hj4dF9sA2pL6mN8q"
+
+
+def syncar(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sidecar", *args], capture_output=True, text=True, timeout=60,
+                          cwd=REPO, env={**os.environ, **(env or {})})
+
+
+def assert_clean(text: str) -> None:
+    for secret in (PASSWORD, TOKEN, SIGNING_KEY):
+        assert secret not in text, f"a secret leaked:\n{text}"
+
+
+async def test_secrets_stay_out_of_logs_check_and_metrics(nats_server: BrokerServer, sock_dir: Path) -> None:
+    uri_file = sock_dir / "backend-uri"
+    uri_file.write_text(f"nats://{TOKEN}@127.0.0.1:{nats_server.port}\n")
+    keys = sock_dir / "keys"
+    keys.write_text(SIGNING_KEY + "\n")
+    env = {"SYNCAR_BACKEND_FILE": str(uri_file), "SYNCAR_SIGNING_KEY_FILE": str(keys)}
+
+    check = await asyncio.to_thread(syncar, "check", env=env)
+    assert check.returncode == 0, check.stderr
+    assert "nats://***@127.0.0.1" in check.stdout
+    assert_clean(check.stdout + check.stderr)
+
+    daemon = SpawnedDaemon(sock_dir / "s.sock", env=env)
+    try:
+        await daemon.ready()
+        status, metrics = await http_get(daemon.http_port, "/metrics")
+        assert status == 200
+        assert_clean(metrics)
+        assert await daemon.stop() == 0
+        assert "nats: connected" in daemon.log
+        assert_clean(daemon.log)
+    finally:
+        daemon.kill()
+
+
+def test_a_refused_password_is_one_clean_line(redis_server: BrokerServer, sock_dir: Path) -> None:
+    uri = f"redis://:{PASSWORD}@127.0.0.1:{redis_server.port}/0"  # this redis has no password: AUTH fails
+    result = syncar("run", "--socket", str(sock_dir / "s.sock"), "--http", "off", env={"SYNCAR_BACKEND": uri})
+    assert result.returncode == 3
+    assert "Traceback" not in result.stderr
+    assert "cannot start" in result.stderr
+    assert_clean(result.stdout + result.stderr)
+
+
+def test_a_bad_uri_is_reported_without_its_password() -> None:
+    result = syncar("check", "--backend", f"kafka://user:{PASSWORD}@host/")
+    assert result.returncode == 2
+    assert "kafka://user:***@host/" in result.stderr
+    assert_clean(result.stderr)

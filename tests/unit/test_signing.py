@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from sidecar.errors import CodecError, ConfigError
+from sidecar.signing import Signer, load_keys
+
+OLD = b"old-key-0123456789abcdef"
+NEW = b"new-key-0123456789abcdef"
+
+
+def reason(signer: Signer, message: bytes) -> str:
+    with pytest.raises(CodecError) as info:
+        signer.verify(message)
+    return info.value.reason
+
+
+def test_round_trip_and_replay() -> None:
+    signer = Signer([OLD], window=60)
+    message = Signer([OLD], window=60).sign(b'{"v":1}')
+    assert signer.verify(message) == b'{"v":1}'
+    assert reason(signer, message) == "replayed"
+
+
+def test_forged_tampered_and_unsigned() -> None:
+    signer = Signer([OLD], window=60)
+    assert reason(signer, b'{"v":1}') == "unsigned"
+    assert reason(signer, Signer([b"stranger-key-0123456789"], 60).sign(b"x")) == "unknown_key"
+    genuine = Signer([OLD], 60).sign(b'{"data":1}')
+    assert reason(signer, genuine.replace(b'{"data":1}', b'{"data":2}')) == "bad_signature"
+    head, _, body = genuine.partition(b"\n")
+    fields = head.split(b" ")
+    fields[2] = str(int(time.time()) + 1).encode()  # move the timestamp: the MAC covers it
+    assert reason(signer, b" ".join(fields) + b"\n" + body) == "bad_signature"
+
+
+def test_stale_messages_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = Signer([OLD], window=5).sign(b"x")
+    later = time.time() + 10
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert reason(Signer([OLD], window=5), message) == "stale"
+
+
+def test_rotation_first_key_signs_all_verify() -> None:
+    rotating = Signer([NEW, OLD], 60)
+    old_only = Signer([OLD], 60)
+    assert rotating.verify(old_only.sign(b"a")) == b"a"
+    assert reason(old_only, rotating.sign(b"b")) == "unknown_key"
+    assert Signer([OLD, NEW], 60).verify(rotating.sign(b"c")) == b"c"
+
+
+def test_key_file(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_text(f"# rotated 2026-11\n{NEW.decode()}\n\n{OLD.decode()}\n")
+    assert load_keys(path) == [NEW, OLD]
+    path.write_text("short\n")
+    with pytest.raises(ConfigError, match="at least 16"):
+        load_keys(path)
+    path.write_text("# nothing\n")
+    with pytest.raises(ConfigError, match="no key"):
+        load_keys(path)
