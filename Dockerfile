@@ -21,8 +21,8 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
 
 WORKDIR /src
-# Only what the wheel needs (see .dockerignore): the metadata first, so the dependency layer is
-# rebuilt only when pyproject.toml changes.
+# Only what the wheel needs (see .dockerignore). The version comes from sidecar/__init__.py, so the
+# package is needed before anything can be resolved: no separate dependency layer.
 COPY pyproject.toml README.md ./
 COPY sidecar ./sidecar
 COPY backends ./backends
