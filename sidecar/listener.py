@@ -44,7 +44,7 @@ def _claim_path(path: Path) -> None:
 def bind_unix(path: Path, mode: int) -> socket.socket:
     """Bind a listening socket at `path` with file mode `mode`, never more open than that, even for a moment."""
     try:
-        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)  # group may reach the socket, others not
     except OSError as exc:
         raise StartupError(f"socket: cannot create directory {path.parent}: {exc.strerror}") from None
     _claim_path(path)
