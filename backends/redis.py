@@ -1,10 +1,9 @@
 """Redis pub/sub backend (broadcast mode) on redis-py's asyncio client with hiredis.
 
 The topic is a channel, used as feathers-sync's redis adapter uses its key: `PUBLISH key body`, `SUBSCRIBE key`.
-A pool (in practice one long-lived connection) publishes; one connection of ours, driven by hand rather than by
-redis-py's `PubSub` so that we know when a SUBSCRIBE is confirmed, notice a dead broker while idle and own the
-reconnects, is subscribed. Both speak RESP2: every Redis knows it, and pub/sub messages are plain replies in it.
-"""
+A pool (in practice one connection) publishes. One connection is subscribed, driven by hand rather than by redis-py's
+`PubSub`, to know when a SUBSCRIBE is confirmed, notice a dead broker while idle and own the reconnects. Both speak
+RESP2: every Redis knows it, and pub/sub messages are plain replies in it."""
 
 from __future__ import annotations
 
@@ -52,8 +51,7 @@ DEFAULT_SOCKET_TIMEOUT = 5.0
 #: Half this long without a reply on the subscribed connection sends a PING; no answer within it is a loss.
 DEFAULT_HEALTH_CHECK_INTERVAL = 1.0
 #: Reconnect back-off: the first retry after at most this long, doubling up to the cap, with jitter.
-RECONNECT_INITIAL = 0.1
-RECONNECT_MAX = 1.0
+RECONNECT_INITIAL, RECONNECT_MAX = 0.1, 1.0
 #: What a lost connection looks like, from redis-py and from the socket below it.
 CONNECTION_ERRORS = (redis_errors.RedisError, OSError, TimeoutError)
 #: URI query options; anything else is refused, so that a typo is not silently ignored.
@@ -62,8 +60,6 @@ URI_OPTIONS = frozenset({"db", "client_name", "socket_connect_timeout", "socket_
 #: Only with rediss://; redis-py's SSLConnection takes them under the same names.
 TLS_OPTIONS = frozenset({"ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
                          "ssl_check_hostname"})
-#: Options of the backend itself rather than of the connection.
-BACKEND_OPTIONS = frozenset({"health_check_interval", "max_message_bytes"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +84,8 @@ def parse_uri(uri: str, connect_timeout: float) -> RedisOptions:
             hint = " (TLS options need rediss://)" if name in TLS_OPTIONS else ""
             known = ", ".join(sorted(URI_OPTIONS | TLS_OPTIONS if tls else URI_OPTIONS))
             raise BackendError(f"redis: unknown URI option {name!r}{hint}; known: {known}")
-    ours = {name: value for name, value in query if name in BACKEND_OPTIONS}
-    passed = urlencode([(name, value) for name, value in query if name not in BACKEND_OPTIONS])
+    ours = {name: value for name, value in query if name in ("health_check_interval", "max_message_bytes")}
+    passed = urlencode([(name, value) for name, value in query if name not in ours])  # the rest is redis-py's
     try:
         kwargs: dict[str, Any] = dict(parse_url(urlunsplit(parts._replace(query=passed))))
         interval = float(ours.get("health_check_interval", DEFAULT_HEALTH_CHECK_INTERVAL))
@@ -152,6 +148,7 @@ class Channel:
     """A channel we want to be subscribed to, and whether Redis has said we are (since the last connect)."""
     subscriptions: list[RedisSubscription] = field(default_factory=list)
     confirmed: asyncio.Event = field(default_factory=asyncio.Event)
+    refused: str | None = None  # why Redis refused to subscribe us (an ACL, say)
 
 
 class RedisBackend(Backend):
@@ -162,12 +159,11 @@ class RedisBackend(Backend):
     def __init__(self, config: BackendConfig, *, on_state: StateCallback | None = None) -> None:
         super().__init__(config, on_state=on_state)
         self._options: RedisOptions | None = None
-        self._pool: ConnectionPool | None = None
         self._redis: Redis | None = None
         self._conn: Connection | None = None  # the subscribed connection
         self._reader: asyncio.Task[None] | None = None
-        self._closed = False
-        self._live = False  # the subscribed connection is up and read; else the reconnect (re)subscribes
+        # _live: the subscribed connection is up and read; if not, the reconnect (re)subscribes for us.
+        self._closed = self._live = False
         self._write_lock = asyncio.Lock()
         self._channels: dict[bytes, Channel] = {}
         self._waiting_since: float | None = None  # when the reader began to wait for the broker
@@ -179,8 +175,8 @@ class RedisBackend(Backend):
             raise BackendClosed("redis: backend is closed")
         self._options = options = parse_uri(self.config.uri, self.config.connect_timeout)
         self.max_message_bytes, self.where = options.max_message_bytes, options.where
-        self._pool = ConnectionPool(connection_class=options.connection_class, **options.connection_kwargs)
-        self._redis = Redis(connection_pool=self._pool)
+        self._redis = Redis(connection_pool=ConnectionPool(connection_class=options.connection_class,
+                                                           **options.connection_kwargs))
         self._conn = options.connection_class(**options.connection_kwargs)
         try:
             # One bound for the whole handshake (TCP, TLS, AUTH, SELECT) on both connections.
@@ -189,9 +185,8 @@ class RedisBackend(Backend):
                 await self._conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
         except CONNECTION_ERRORS as exc:
             await self._drop_connections(everything=True)
-            message = f"redis: cannot connect to {options.where}: {describe_error(exc, options)}"
-            log.debug("%s", message, exc_info=True)
-            raise BackendUnavailable(message) from exc
+            reason = describe_error(exc, options)
+            raise BackendUnavailable(f"redis: cannot connect to {options.where}: {reason}") from exc
         self._live = True
         self._reader = asyncio.create_task(self._run(), name="syncar-redis-reader")
         log.info("redis: connected to %s", options.where)
@@ -216,9 +211,8 @@ class RedisBackend(Backend):
     async def publish(self, topic: str, bodies: Sequence[bytes]) -> None:
         if self._closed:
             raise BackendClosed("redis: backend is closed")
-        if (largest := max(map(len, bodies), default=0)) > self.max_message_bytes:
-            raise MessageTooLarge(f"redis: a message of {largest} bytes is over max_message_bytes "
-                                  f"({self.max_message_bytes})")
+        if (largest := max(map(len, bodies), default=0)) > (limit := self.max_message_bytes):
+            raise MessageTooLarge(f"redis: message of {largest} bytes is over max_message_bytes ({limit})")
         if self._redis is None or self._options is None:
             raise BackendUnavailable("redis: not started")
         if self.state is BackendState.RECONNECTING:
@@ -262,6 +256,9 @@ class RedisBackend(Backend):
                                      f"{self._options.connect_timeout}s") from None
         if self._closed:
             raise BackendClosed("redis: backend is closed")
+        if channel.refused:
+            await subscription.unsubscribe()
+            raise BackendError(f"redis: subscription to {topic!r} refused: {channel.refused}")
         return subscription
 
     async def _unsubscribe(self, subscription: RedisSubscription) -> None:
@@ -297,7 +294,7 @@ class RedisBackend(Backend):
                 channel.confirmed.clear()
             log.warning("redis: connection to %s lost (%s); reconnecting", self.where, reason)
             self._set_state(BackendState.RECONNECTING)
-            await self._drop_connections()
+            await self._drop_connections()  # best effort; idle publish connections too, they died with it
             await self._reconnect()
 
     async def _read(self) -> None:
@@ -309,7 +306,14 @@ class RedisBackend(Backend):
             while True:  # until the connection fails
                 self._waiting_since = loop.time()
                 # No timeout per read (it would cost a quarter of the throughput): the watchdog has one.
-                response = await conn.read_response(timeout=math.inf, disconnect_on_error=False)
+                try:
+                    response = await conn.read_response(timeout=math.inf, disconnect_on_error=False)
+                except redis_errors.ResponseError as exc:  # a SUBSCRIBE refused; the connection is fine
+                    for channel in self._channels.values():  # which one: those awaiting confirmation
+                        if not channel.confirmed.is_set():
+                            channel.refused = describe_error(exc, self._options)
+                            channel.confirmed.set()
+                    continue
                 self._waiting_since = None
                 await self._handle(response)
         finally:
@@ -332,7 +336,6 @@ class RedisBackend(Backend):
                 return
 
     async def _handle(self, response: Any) -> None:
-        """Act on one reply on the subscribed connection: a message, a subscribe confirmation, or else nothing."""
         if not isinstance(response, list) or len(response) < 3:
             return  # a pong: it has proved the connection alive
         kind, channel = response[0], self._channels.get(response[1])
@@ -341,23 +344,21 @@ class RedisBackend(Backend):
         if kind == b"subscribe":
             channel.confirmed.set()
         elif kind == b"message":
-            message = Message(response[2])
             for subscription in tuple(channel.subscriptions):
                 if subscription.active:  # an earlier handler may have unsubscribed it
                     try:
-                        await subscription.handler(message)
+                        await subscription.handler(Message(response[2]))
                     except Exception as exc:  # no REDELIVERY in broadcast mode
                         log.error("redis: subscriber failed, message dropped for it: %s", exc)
                         log.debug("redis: subscriber failure", exc_info=True)
 
     async def _drop_connections(self, everything: bool = False) -> None:
-        # Best effort, the broker may be gone. After a loss idle publish connections go too, not left for a publish.
         with contextlib.suppress(*CONNECTION_ERRORS):
             if self._conn is not None:
                 await self._conn.disconnect(nowait=True)
         with contextlib.suppress(*CONNECTION_ERRORS):
-            if self._pool is not None:
-                await self._pool.disconnect(inuse_connections=everything)
+            if self._redis is not None:
+                await self._redis.connection_pool.disconnect(inuse_connections=everything)
 
     async def _reconnect(self) -> None:
         """Try until connected and resubscribed, with capped exponential back-off and jitter."""
@@ -391,8 +392,7 @@ class RedisBackend(Backend):
                 while not all(c.confirmed.is_set() for n, c in self._channels.items() if n in names):
                     await self._handle(await conn.read_response(disconnect_on_error=False))
         self._live = True
-        # Channels joined or left while we reconnected. No await since `_live` was set, so subscribe()
-        # and unsubscribe() write every later change themselves.
+        # Channels joined or left meanwhile; from `_live` on, subscribe() and unsubscribe() write changes themselves.
         added, dropped = set(self._channels) - names, names - set(self._channels)
         if added:
             await self._send_if_live("SUBSCRIBE", *added)

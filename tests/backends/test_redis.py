@@ -208,7 +208,7 @@ async def test_close_without_start() -> None:
 async def test_message_size_limit(backend: Factory, topic: str) -> None:
     a = await backend()
     assert a.max_message_bytes == 8 * 1024 * 1024
-    with pytest.raises(MessageTooLarge, match=r"^redis: a message of 8388609 bytes is over max_message_bytes"):
+    with pytest.raises(MessageTooLarge, match=r"^redis: message of 8388609 bytes is over max_message_bytes \(8388608"):
         await a.publish(topic, [b"x" * (8 * 1024 * 1024 + 1)])
     raised = await backend(f"{a.config.uri}?max_message_bytes=16777216")
     assert raised.max_message_bytes == 16 * 1024 * 1024
@@ -246,6 +246,36 @@ async def test_wrong_password_is_a_clean_error_without_the_password(server: Redi
             await right.publish(topic, [b"authenticated"])
             assert await inbox.wait(1) == [b"authenticated"]
     finally:
+        await admin.acl_deluser(user)
+        await admin.aclose()
+
+
+async def test_a_subscription_refused_by_an_acl(server: RedisServer, topic: str) -> None:
+    admin = redis.asyncio.Redis.from_url(server.uri)
+    user = f"u{uuid.uuid4().hex[:8]}"
+    await admin.acl_setuser(user, enabled=True, passwords=["+pw-1234"], channels=[f"{topic}-ok"],
+                            commands=["-@all", "+publish", "+subscribe", "+unsubscribe", "+ping"])
+    states: list[BackendState] = []
+    limited = RedisBackend(BackendConfig(f"redis://{user}:pw-1234@127.0.0.1:{server.port}/0", "x", 5.0),
+                           on_state=states.append)
+    try:
+        await limited.start()
+        inbox = Inbox()
+        await limited.subscribe(f"{topic}-ok", inbox)
+        started = time.monotonic()
+        with pytest.raises(BackendError, match=r"^redis: subscription to '.*-no' refused: this user has no "
+                                               r"permissions to access one of the channels"):
+            await limited.subscribe(f"{topic}-no", Inbox())
+        assert time.monotonic() - started < 1.0, "a refusal is an answer, not a timeout"
+        with pytest.raises(BackendError, match=r"^redis: publish refused: ") as caught:
+            await limited.publish(f"{topic}-no", [b"x"])
+        assert not isinstance(caught.value, BackendUnavailable)
+        # The connection survived the refusals; the allowed channel still works.
+        await limited.publish(f"{topic}-ok", [b"fine"])
+        assert await inbox.wait(1) == [b"fine"]
+        assert states == [BackendState.CONNECTED]
+    finally:
+        await limited.close()
         await admin.acl_deluser(user)
         await admin.aclose()
 
