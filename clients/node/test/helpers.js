@@ -74,11 +74,19 @@ class Child extends EventEmitter {
     this.exited = false;
     this.proc = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options });
     children.add(this.proc);
-    this.exit = once(this.proc, 'exit').then(([code, signal]) => {
+    this.exit = new Promise((resolve) => {
+      this.proc.once('exit', (code, signal) => resolve({ code, signal }));
+      // Not started at all (e.g. no such python): say so instead of crashing the test process.
+      this.proc.once('error', (err) => {
+        this.output.push(`${name}: cannot run ${command}: ${err.message}` +
+          (command === PYTHON ? ' (make the venv with scripts/install, or set SYNCAR_PYTHON)' : ''));
+        resolve({ code: null, signal: null, error: err });
+      });
+    }).then((result) => {
       this.exited = true;
       children.delete(this.proc);
-      this.emit('exited', code, signal);
-      return { code, signal };
+      this.emit('exited', result.code, result.signal);
+      return result;
     });
     for (const stream of [this.proc.stdout, this.proc.stderr]) {
       let buffered = '';
