@@ -73,8 +73,8 @@ class Sync extends EventEmitter {
     connection.on('gap', (frame) => this.emit('gap', frame));
     connection.on('refused', (frame) => {
       this.stats.dropped += 1;
-      this.warnings.warn(`refused_${frame.code}`, `syncar could not send an event to the broker (${frame.code}): ` +
-        `${frame.message}; it was emitted on this instance and the apps on this syncar only`);
+      this.warnings.warn(`refused_${frame.code}`, `syncar refused to relay an event (${frame.code}): ` +
+        `${frame.message}; it was emitted on this instance`);
     });
     this.ready = new Promise((resolve, reject) => {
       connection.once('connect', () => resolve());
