@@ -299,3 +299,32 @@ describe('the plugin on a local syncar', () => {
     assert.equal(app.sync.connection.closed, true);
   });
 });
+
+describe('a syncar that refuses publishes', () => {
+  it('counts and warns about refused events, and does not keep them', async () => {
+    const dir = tempDir();
+    const daemon = await startDaemon({ socket: path.join(dir, 'limited.sock'), args: ['--client-rate', '0.001', '--client-burst', '1'] });
+    const app = feathers();
+    app.configure(syncar({ socket: daemon.socket, logger: null }));
+    app.use('messages', new MemoryService());
+    try {
+      await app.sync.ready;
+      const warnings = [];
+      app.sync.on('warning', (w) => warnings.push(w));
+      const local = [];
+      app.service('messages').on('created', (data) => local.push(data.n));
+      for (let n = 1; n <= 3; n += 1) {
+        await app.service('messages').create({ n });
+      }
+      await waitUntil(app.sync.connection, 'settled', () => app.sync.pending === 0, { timeout: TIMEOUT });
+      assert.deepEqual(local, [1, 2, 3]);
+      assert.equal(app.sync.stats.dropped, 2);
+      assert.deepEqual(warnings.map((w) => w.code), ['refused_rate_limited', 'refused_rate_limited']);
+      assert.match(warnings[0].message, /syncar refused to relay an event \(rate_limited\)/);
+    } finally {
+      await app.sync.close();
+      await daemon.stop();
+      removeDir(dir);
+    }
+  });
+});
