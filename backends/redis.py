@@ -270,11 +270,11 @@ class RedisBackend(Backend):
                 await self._send_if_live("UNSUBSCRIBE", subscription.channel)
 
     async def _send_if_live(self, *command: str | bytes) -> None:
-        if not self._live or self._conn is None:
-            return  # the reconnect subscribes to what `_channels` holds by then
         try:
             async with self._write_lock:
-                await self._conn.send_command(*command, check_health=False)
+                # A dropped connection is left alone (redis-py would reconnect it); our reconnect subscribes.
+                if self._live and self._conn is not None and self._conn.is_connected:
+                    await self._conn.send_command(*command, check_health=False)
         except CONNECTION_ERRORS as exc:
             log.debug("redis: %s not sent, the reader will reconnect: %s", command[0], exc)
 
