@@ -37,7 +37,9 @@ describe('the plugin on a local syncar', () => {
       peer.close();
     }
     await Promise.all(apps.map((app) => app.sync.close()));
-    await daemon.stop();
+    if (daemon) {
+      await daemon.stop();
+    }
     removeDir(dir);
   });
 
