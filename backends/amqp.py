@@ -16,7 +16,6 @@ import contextlib
 import logging
 import random
 import re
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -74,6 +73,8 @@ URI_OPTIONS: dict[str, tuple[Callable[[str], bool], str]] = {
     "reconnect_interval": (lambda v: re.fullmatch(r"\d*\.?\d+", v) is not None and float(v) > 0, "seconds above 0"),
     "auth": (lambda v: v.lower() in {"plain", "external"}, "plain or external"),
     "name": (lambda v: True, "a connection name"),
+    # syncar's own, not aiormq's: set it to the broker's max_message_size when that is below our default.
+    "max_message_bytes": (lambda v: v.isdigit() and 1024 <= int(v) <= 512 * 1024 * 1024, "bytes, 1024 to 512 MiB"),
 }
 TLS_OPTIONS = frozenset({"cafile", "capath", "cadata", "certfile", "keyfile", "no_verify_ssl"})
 
@@ -90,6 +91,12 @@ def check_options(url: URL) -> None:
             raise BackendError(f"amqp: URI option {key} must be {what}, not {value!r}")
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _discard(connection: AbstractRobustConnection) -> None:
     with contextlib.suppress(*BROKER_ERRORS):
         async with asyncio.timeout(CLOSE_TIMEOUT):
@@ -99,15 +106,10 @@ class JitteredRobustConnection(aio_pika.RobustConnection):
     """Waits a random 1-2x `reconnect_interval` between attempts: a fleet must not come back in lockstep."""
 
     base_interval: float = DEFAULT_RECONNECT_INTERVAL
-    _drawn: tuple[float, float] = (0.0, 0.0)  # (when, delay)
 
     @property
-    def reconnect_interval(self) -> float:
-        # aio-pika reads this twice per failed attempt (to log it, then to sleep): draw once, so the log is true.
-        now = time.monotonic()
-        if now - self._drawn[0] > 0.1:
-            self._drawn = (now, self.base_interval * random.uniform(1.0, 2.0))
-        return self._drawn[1]
+    def reconnect_interval(self) -> float:  # read anew for each wait (and for aio-pika's log line, not the same)
+        return self.base_interval * random.uniform(1.0, 2.0)
 
     @reconnect_interval.setter
     def reconnect_interval(self, value: float) -> None:
@@ -187,9 +189,7 @@ class AmqpSubscription(Subscription):
             return  # unsubscribed from inside the handler: the worker ends when the handler returns
         done, _ = await asyncio.wait({self._worker}, timeout=DRAIN_TIMEOUT)
         if not done:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+            await _cancel(self._worker)
 
     async def unsubscribe(self) -> None:
         if self.active:
@@ -229,9 +229,11 @@ class AmqpBackend(Backend):
             raise BackendError("amqp: the URI names no host (amqp://user:password@host:port/vhost)")
         check_options(url)
         self._where = f"{url.host}:{port} vhost {url.path[1:] or '/'!r}"
+        self.max_message_bytes = int(url.query.get("max_message_bytes", self.max_message_bytes))
         defaults = {"heartbeat": str(DEFAULT_HEARTBEAT), "reconnect_interval": str(DEFAULT_RECONNECT_INTERVAL),
                     "name": f"syncar {self.config.instance_id}"}
-        return url.update_query({key: value for key, value in defaults.items() if key not in url.query})
+        url = url.update_query({key: value for key, value in defaults.items() if key not in url.query})
+        return url.without_query_params("max_message_bytes")
 
     async def start(self) -> None:
         if self._closing:
@@ -263,9 +265,7 @@ class AmqpBackend(Backend):
             return
         self._closing = True
         if self._keeper is not None:
-            self._keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keeper
+            await _cancel(self._keeper)
         subscriptions, self._subscriptions = self._subscriptions, []
         for subscription in subscriptions:
             # Closing the connection deletes the exclusive queues; no need to cancel each consumer first.
@@ -274,14 +274,17 @@ class AmqpBackend(Backend):
             await _discard(self._connection)
         self._set_state(BackendState.CLOSED)
 
-    async def publish(self, topic: str, bodies: Sequence[bytes]) -> None:
+    def _usable(self, channel: AbstractRobustChannel | None) -> AbstractRobustChannel:
         if self._closing:
             raise BackendClosed("amqp: backend is closed")
-        if (largest := max(map(len, bodies), default=0)) > self.max_message_bytes:
-            raise MessageTooLarge(f"amqp: message of {largest} bytes is over the limit of {self.max_message_bytes}")
-        channel = self._publish_channel
         if self.state is not BackendState.CONNECTED or channel is None:
             raise BackendUnavailable(f"amqp: not connected to {self._where}")
+        return channel
+
+    async def publish(self, topic: str, bodies: Sequence[bytes]) -> None:
+        channel = self._usable(self._publish_channel)
+        if (largest := max(map(len, bodies), default=0)) > self.max_message_bytes:
+            raise MessageTooLarge(f"amqp: message of {largest} bytes is over the limit of {self.max_message_bytes}")
         if not bodies:
             return
         try:
@@ -308,8 +311,7 @@ class AmqpBackend(Backend):
         """Translate an aio-pika/aiormq exception; no broker library type leaves this module."""
         if isinstance(exc, DeliveryError):
             return BackendError(f"amqp: {action}: the broker refused the message (nack)")
-        if isinstance(exc, AMQPChannelError):
-            # The broker closed the channel over this request (a missing or inequivalent exchange, say).
+        if isinstance(exc, AMQPChannelError):  # the broker closed the channel over this request
             return BackendError(f"amqp: {action} failed: {self._clean(exc)}")
         if isinstance(exc, asyncio.CancelledError):
             return BackendUnavailable(f"amqp: {action} interrupted: connection to {self._where} lost")
@@ -324,11 +326,7 @@ class AmqpBackend(Backend):
         return text
 
     async def subscribe(self, topic: str, handler: Handler) -> Subscription:
-        if self._closing:
-            raise BackendClosed("amqp: backend is closed")
-        channel = self._consume_channel
-        if self.state is not BackendState.CONNECTED or channel is None:
-            raise BackendUnavailable(f"amqp: not connected to {self._where}")
+        channel = self._usable(self._consume_channel)
         subscription = AmqpSubscription(self, topic, handler)
         self._subscriptions.append(subscription)
         try:

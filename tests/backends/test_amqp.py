@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import aio_pika
 import pytest
 
-from backends.amqp import BINDING_KEY, AmqpBackend
+from backends.amqp import BINDING_KEY, DEFAULT_PREFETCH, AmqpBackend, AmqpSubscription
 from backends.base import (
     BackendClosed,
     BackendConfig,
@@ -108,6 +108,58 @@ async def test_order_of_1000_messages(backend: Factory, topic: str) -> None:
     assert await inbox.wait(1000, timeout=20) == sent
 
 
+async def test_the_handler_runs_one_message_at_a_time(backend: Factory, topic: str) -> None:
+    instance = await backend()
+    running, most, got = 0, 0, []
+
+    async def handler(message: Message) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0)  # yield, so an overlapping call would show
+        got.append(message.body)
+        running -= 1
+
+    await instance.subscribe(topic, handler)
+    sent = [str(i).encode() for i in range(200)]
+    await instance.publish(topic, sent)
+    await wait_for(lambda: len(got) == 200, 10, "200 messages")
+    assert got == sent and most == 1
+
+
+async def test_a_slow_handler_holds_messages_on_the_broker(backend: Factory, topic: str) -> None:
+    """Memory stays bounded: past the prefetch window, messages wait in the broker's queue, not in syncar."""
+    sender, receiver = await backend(), await backend()
+    release = asyncio.Event()
+    got: list[bytes] = []
+
+    async def handler(message: Message) -> None:
+        await release.wait()
+        got.append(message.body)
+
+    subscription = await receiver.subscribe(topic, handler)
+    assert isinstance(subscription, AmqpSubscription) and subscription.queue is not None
+    sent = [str(i).encode() for i in range(1000)]
+    await sender.publish(topic, sent)
+    # An exclusive queue answers only its own connection, so ask on a channel of the receiver's connection.
+    assert receiver._connection is not None
+    channel = await receiver._connection.channel(publisher_confirms=False)
+    try:
+        waiting = -1
+        for _ in range(200):
+            declared = await channel.declare_queue(subscription.queue, passive=True, robust=False)
+            waiting = declared.declaration_result.message_count or 0
+            if waiting == 1000 - DEFAULT_PREFETCH:
+                break
+            await asyncio.sleep(0.02)
+        assert waiting == 1000 - DEFAULT_PREFETCH
+    finally:
+        await channel.close()
+    release.set()
+    await wait_for(lambda: len(got) == 1000, 10, "all 1000 after the handler caught up")
+    assert got == sent
+
+
 async def test_publishes_after_subscribe_returned_are_delivered(backend: Factory, topic: str) -> None:
     sender, receiver = await backend(), await backend()
     await sender.publish(topic, [b"before anyone listened"])  # no queue bound yet: dropped, like feathers-sync
@@ -180,12 +232,14 @@ async def test_close_without_start(server: RabbitServer) -> None:
     assert instance.state is BackendState.CLOSED
 
 
-async def test_message_size_limit(backend: Factory, topic: str) -> None:
-    instance = await backend()
+async def test_message_size_limit(server: RabbitServer, backend: Factory, topic: str) -> None:
+    assert (await backend()).max_message_bytes == 64 * 1024 * 1024
+    # For a broker whose max_message_size is below syncar's default.
+    instance = await backend(f"{server.uri}?max_message_bytes=1024")
+    assert instance.max_message_bytes == 1024
     inbox = Inbox()
     await instance.subscribe(topic, inbox)
-    instance.max_message_bytes = 1024
-    with pytest.raises(MessageTooLarge, match=r"^amqp: "):
+    with pytest.raises(MessageTooLarge, match=r"^amqp: message of 1025 bytes is over the limit of 1024$"):
         await instance.publish(topic, [b"fine", b"x" * 1025])
     await instance.publish(topic, [b"x" * 1024])
     # Nothing of the refused call went out: the first message seen is the one that fit.
@@ -233,6 +287,7 @@ async def test_an_unknown_vhost_is_named_in_the_error(server: RabbitServer) -> N
     ("amqp://u:pw-secret@127.0.0.1/?heartbeat=soon", r"^amqp: URI option heartbeat must be whole seconds"),
     ("amqp://u:pw-secret@127.0.0.1/?reconnect_interval=0", r"^amqp: URI option reconnect_interval must be seconds "),
     ("amqp://u:pw-secret@127.0.0.1/?auth=kerberos", r"^amqp: URI option auth must be plain or external"),
+    ("amqp://u:pw-secret@127.0.0.1/?max_message_bytes=1k", r"^amqp: URI option max_message_bytes must be bytes"),
 ])
 async def test_an_unusable_uri_is_a_clean_error(uri: str, expected: str) -> None:
     instance = AmqpBackend(BackendConfig(uri, "t"))
