@@ -52,8 +52,7 @@ DEFAULT_SOCKET_TIMEOUT = 5.0
 DEFAULT_HEALTH_CHECK_INTERVAL = 1.0
 #: Reconnect back-off: the first retry after at most this long, doubling up to the cap, with jitter.
 RECONNECT_INITIAL, RECONNECT_MAX = 0.1, 1.0
-#: What a lost connection looks like, from redis-py and from the socket below it.
-CONNECTION_ERRORS = (redis_errors.RedisError, OSError, TimeoutError)
+CONNECTION_ERRORS = (redis_errors.RedisError, OSError, TimeoutError)  # a lost connection, from redis-py or the socket
 #: URI query options; anything else is refused, so that a typo is not silently ignored.
 URI_OPTIONS = frozenset({"db", "client_name", "socket_connect_timeout", "socket_timeout", "health_check_interval",
                          "max_message_bytes"})
@@ -92,10 +91,11 @@ def parse_uri(uri: str, connect_timeout: float) -> RedisOptions:
         max_bytes = int(ours.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES))
         kwargs.setdefault("socket_connect_timeout", connect_timeout)
         kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
-        if not (interval > 0 and kwargs["socket_connect_timeout"] > 0 and kwargs["socket_timeout"] > 0):
-            raise ValueError("timeouts and health_check_interval must be above 0 seconds")
-        if max_bytes < 1024:
-            raise ValueError("max_message_bytes must be at least 1024")
+        if min(interval, kwargs["socket_connect_timeout"], kwargs["socket_timeout"]) <= 0 or max_bytes < 1024:
+            raise ValueError("timeouts and health_check_interval must be above 0, max_message_bytes at least 1024")
+        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):  # say which file, as ssl would not
+            if name in kwargs and not os.access(kwargs[name], os.R_OK):
+                raise ValueError(f"{name}: cannot read {kwargs[name]}")
     except ValueError as exc:
         raise BackendError(f"redis: invalid URI: {describe_error(exc, None)}") from None
     if kwargs.get("ssl_cert_reqs") == "none":
@@ -118,7 +118,7 @@ def describe_error(exc: BaseException, options: RedisOptions | None) -> str:
     if isinstance(os_error, ssl.SSLCertVerificationError):
         text = f"tls: certificate verify failed: {os_error.verify_message}"
     elif isinstance(os_error, ssl.SSLError):
-        text = f"tls: {(os_error.reason or str(os_error)).replace('_', ' ')}"
+        text = f"tls: {(os_error.reason or str(os_error)).replace('_', ' ').lower()}"
     elif isinstance(exc, (TimeoutError, redis_errors.TimeoutError)):
         text = "timed out"
     elif os_error is not None and os_error.errno:
