@@ -42,7 +42,6 @@ from backends.base import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 4222
 #: First and longest wait between reconnect attempts, each jittered by ±20% so that a fleet spreads out.
 RECONNECT_WAIT_MIN = 0.25
 RECONNECT_WAIT_MAX = 0.8
@@ -71,7 +70,7 @@ def parse_uri(uri: str) -> tuple[str, dict[str, Any]]:
     for host in hosts.split(","):
         try:
             split = urlsplit(f"//{host}")
-            name, port = split.hostname or "localhost", split.port or DEFAULT_PORT
+            name, port = split.hostname or "localhost", split.port or 4222
         except ValueError:
             raise BackendError(f"nats: bad host:port {host!r} in the URI") from None
         servers.append(f"{parts.scheme}://[{name}]:{port}" if ":" in name else f"{parts.scheme}://{name}:{port}")
@@ -218,25 +217,25 @@ class NatsBackend(Backend):
             reconnected_cb=partial(self._if_current, client, self._on_reconnected),
             closed_cb=partial(self._if_current, client, self._on_closed),
         ))
-        failed = asyncio.ensure_future(all_failed.wait())
+        failed, error = asyncio.ensure_future(all_failed.wait()), None
         try:
             await asyncio.wait({connect, failed}, timeout=self.config.connect_timeout,
                                return_when=asyncio.FIRST_COMPLETED)
-        finally:
+        finally:  # also when we are cancelled: the client must not live on
             failed.cancel()
             connect.cancel()  # a no-op once it is done
-        await _settle(connect)
-        error = None
-        if connect.cancelled() or connect.exception() is not None:
-            cause = (None if connect.cancelled() else connect.exception()) or (first_errors or [TimeoutError()])[-1]
-            reason = self._clean(describe(cause))
-            if isinstance(cause, ConnectionResetError) and (self._options["user"] or self._options["token"]):
-                reason += " (wrong user, password or token?)"  # the server's -ERR can be lost in the reset
-            error = BackendUnavailable(f"nats: cannot connect to {self.where}: {reason}")
-        elif not self._tls_ok(client):
-            error = BackendUnavailable(f"nats: {self.where} did not offer TLS, which the URI requires")
+            await _settle(connect)
+            if connect.cancelled() or connect.exception() is not None:
+                cause = (None if connect.cancelled() else connect.exception()) or (first_errors or [TimeoutError()])[-1]
+                reason = self._clean(describe(cause))
+                if isinstance(cause, ConnectionResetError) and (self._options["user"] or self._options["token"]):
+                    reason += " (wrong user, password or token?)"  # the server's -ERR can be lost in the reset
+                error = BackendUnavailable(f"nats: cannot connect to {self.where}: {reason}")
+            elif not self._tls_ok(client):
+                error = BackendUnavailable(f"nats: {self.where} did not offer TLS, which the URI requires")
+            if error is not None:
+                await _settle(client.close())
         if error is not None:
-            await _settle(client.close())
             raise error
         self.max_message_bytes = client.max_payload
         self._lost = asyncio.get_running_loop().create_future()
@@ -302,13 +301,14 @@ class NatsBackend(Backend):
             self._revive_task = asyncio.create_task(self._revive(), name="syncar-nats-revive")
 
     async def _revive(self) -> None:
+        old = self._client
+        assert old is not None
         while not self._closing:
-            await asyncio.sleep(self._next_wait())
+            await asyncio.sleep(old.options["reconnect_time_wait"])
             try:
                 client = await self._connect()
             except BackendError as exc:
-                self._failures += 1
-                log.debug("%s", exc)
+                await self._on_error(old, exc)  # counts, jitters the next wait, warns now and then
                 continue
             # From here on the new client's own callbacks report its losses and restore its subscriptions.
             self._client, self._failures = client, 0
@@ -345,10 +345,10 @@ class NatsBackend(Backend):
         """Return once the server has processed everything written so far on `client`, or raise."""
         # nats-py's flush() writes its PING straight to the socket, ahead of commands still queued for its
         # flusher task, so its PONG would prove nothing about them: let the flusher write them first.
-        for delay in (0, 0, 0, *[0.001] * 10, *[0.01] * (CONFIRM_TIMEOUT * 100)):
+        for attempt in range(CONFIRM_TIMEOUT * 1000):
             if not client.pending_data_size or not client.is_connected:
                 break
-            await asyncio.sleep(delay)
+            await asyncio.sleep(0 if attempt < 3 else 0.001)
         flush = asyncio.ensure_future(client.flush(CONFIRM_TIMEOUT))
         try:
             await asyncio.wait({flush} if lost is None else {flush, lost}, return_when=asyncio.FIRST_COMPLETED)

@@ -274,6 +274,9 @@ async def test_a_stuck_server_times_the_publish_out_and_the_backend_reconnects(
     assert own_server.process is not None
     own_server.process.send_signal(signal.SIGSTOP)
     try:
+        # The signal is delivered asynchronously: make sure the server stopped before publishing.
+        stat = Path(f"/proc/{own_server.process.pid}/stat")
+        await wait_for(lambda: stat.read_text().rpartition(")")[2].split()[0] == "T", what="the server stopped")
         began = time.monotonic()
         with pytest.raises(PublishTimeout, match="did not confirm within 5s; reconnecting"):
             await backend.publish(topic, [b"unconfirmed"])
