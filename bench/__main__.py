@@ -1,0 +1,146 @@
+"""`python -m bench`: run the benchmark, print the table, write the JSON and the plot. See docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.plan import BROKERS, CONTESTANTS, LABELS, make_plan
+from bench.report import derive, summarise, table
+from bench.runner import run_plan
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+DOCS = HERE.parent / "docs" / "benchmarks"
+
+
+def _list(choices: tuple[str, ...]) -> Any:
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(n.strip() for n in text.split(",") if n.strip())
+        unknown = [n for n in names if n not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(choices)}")
+        return names
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true",
+                        help="short windows, 1 repetition, local:// and Redis unless --brokers says otherwise")
+    parser.add_argument("--brokers", type=_list(BROKERS), help=f"comma-separated: {', '.join(BROKERS)}")
+    parser.add_argument("--contestants", type=_list(CONTESTANTS), help=f"comma-separated: {', '.join(CONTESTANTS)}")
+    parser.add_argument("--reps", type=int, help="repetitions of each case (default 3, quick 1)")
+    parser.add_argument("--seconds", type=float, help="publishing time of every run (default 4/5/3 s, quick 1 s)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.json and latest.png go")
+    parser.add_argument("--docs", action="store_true", help="also copy the figures and the plot to docs/benchmarks/")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG (it needs matplotlib)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: profile both daemons with py-spy under load (syncar codec over Redis)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def _version(*argv: str) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+    except OSError:
+        return "not installed"
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "node": _version("node", "-v"),
+            "kernel": platform.release(), "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+                                                             / 2**30, 1),
+            "redis": _version("redis-server", "--version"), "nats": _version("nats-server", "--version")}
+
+
+def _progress(run: dict[str, Any]) -> None:
+    figures = derive(run)
+    run["figures"] = figures
+    if run.get("error"):
+        text = f"error: {run['error'].splitlines()[0][:160]}"
+    elif run["rate"]:
+        text = (f"p50 {figures['p50_ms']:.2f} p99 {figures['p99_ms']:.2f} p999 {figures['p999_ms']:.2f} ms"
+                f"{'  SATURATED' if figures['saturated'] else ''}")
+    else:
+        value = figures.get("throughput")
+        text = f"{value:,.0f} events/s" if value else "no throughput figure"
+    if not run.get("error") and figures.get("lost"):
+        text += f"  lost {figures['lost']}"
+    print(f"  {run['broker']:6} {LABELS[run['contestant']]:30} {run['case']:10} rep {run['rep'] + 1}: {text}",
+          flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if args.profile:
+        from bench.profile import profile  # noqa: PLC0415  (py-spy is needed only here)
+
+        return profile(args.out, args.seconds or 10.0)
+    plan = make_plan(quick=args.quick, brokers=args.brokers, contestants=args.contestants, reps=args.reps,
+                     seconds=args.seconds)
+    command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
+    print(f"{command}: {plan.runs()} runs on {', '.join(plan.brokers)}", flush=True)
+    meta: dict[str, Any] = {"command": command.strip(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+                            "machine": machine(), "loadavg_start": os.getloadavg(), "plan": plan.as_dict()}
+    began = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="syncar-bench-"))
+    try:
+        outcome = asyncio.run(run_plan(plan, workdir, _progress))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    meta.update(seconds=round(time.monotonic() - began, 1), loadavg_end=os.getloadavg())
+    summary = summarise(outcome["runs"])
+    results = {"meta": meta, "sections": outcome["sections"], "summary": summary, "runs": outcome["runs"]}
+    print()
+    print(table(summary))
+    for broker, section in outcome["sections"].items():
+        if section.get("error"):
+            print(f"{broker}: not measured: {section['error'].splitlines()[0]}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / "latest.json"
+    json_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    written = [json_path]
+    if not args.no_plot:
+        from bench.plot import plot  # noqa: PLC0415  (matplotlib is optional)
+
+        png = plot(results, args.out / "latest.png")
+        if png is not None:
+            written.append(png)
+    if args.docs:
+        DOCS.mkdir(parents=True, exist_ok=True)
+        for run in results["runs"]:
+            run.get("sub", {}).pop("samples", None)  # the per-10 ms counts: large, and in latest.json anyway
+        (DOCS / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+        written.append(DOCS / "results.json")
+        if len(written) > 2:
+            shutil.copyfile(written[1], DOCS / "benchmarks.png")
+            written.append(DOCS / "benchmarks.png")
+    print(f"\n{meta['seconds']:.0f} s; wrote " + ", ".join(str(p) for p in written))
+    ok = sum(1 for r in outcome["runs"] if not r.get("error"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

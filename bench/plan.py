@@ -1,0 +1,72 @@
+"""What a benchmark run measures: brokers, contestants, the cases and how long each lasts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+BROKERS = ("local", "redis", "amqp", "nats")
+#: syncar with each codec, raw pub/sub from Python, feathers-sync in Node. `local` has only the first two.
+CONTESTANTS = ("syncar", "syncar-fs", "ceiling", "feathers-sync")
+LABELS = {
+    "syncar": "syncar, syncar codec",
+    "syncar-fs": "syncar, feathers-sync codec",
+    "ceiling": "raw pub/sub, Python",
+    "feathers-sync": "feathers-sync 3.1.1, Node",
+}
+BROKER_LABELS = {"local": "local://", "redis": "Redis", "amqp": "RabbitMQ", "nats": "NATS"}
+#: Bytes of broker messages a publisher may have in flight: far below Redis's 8 MB pub/sub output buffer
+#: limit and syncar's 8 MiB client queue, far above what a few milliseconds of traffic need.
+WINDOW_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    name: str  # "tp-256", "lat-1000"
+    size: int  # payload (record) bytes
+    rate: int  # events per second offered; 0: as fast as it goes (throughput)
+    seconds: float  # publishing lasts this long at most
+
+    @property
+    def window(self) -> int:
+        body = 4 * self.size + 250  # the record four times over, plus the context's other fields
+        return max(64, min(16_384, WINDOW_BYTES // body))
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    brokers: tuple[str, ...]
+    contestants: tuple[str, ...]
+    cases: tuple[Case, ...]
+    reps: int
+    max_events: int
+    quick: bool
+
+    def contestants_for(self, broker: str) -> tuple[str, ...]:
+        if broker == "local":  # no broker: no ceiling and no feathers-sync to compare with
+            return tuple(c for c in self.contestants if c.startswith("syncar"))
+        return self.contestants
+
+    def runs(self) -> int:
+        return sum(len(self.contestants_for(b)) for b in self.brokers) * len(self.cases) * self.reps
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"brokers": list(self.brokers), "contestants": list(self.contestants), "reps": self.reps,
+                "max_events": self.max_events, "quick": self.quick,
+                "cases": [{**asdict(c), "window": c.window} for c in self.cases]}
+
+
+def make_plan(*, quick: bool, brokers: tuple[str, ...] | None, contestants: tuple[str, ...] | None,
+              reps: int | None, seconds: float | None) -> Plan:
+    if quick:
+        tp = lat_slow = lat_fast = 1.0
+        default_brokers: tuple[str, ...] = ("local", "redis")
+    else:
+        tp, lat_slow, lat_fast = 4.0, 5.0, 3.0
+        default_brokers = ("redis", "amqp", "nats")
+    if seconds is not None:
+        tp = lat_slow = lat_fast = seconds
+    cases = (Case("tp-256", 256, 0, tp), Case("tp-4096", 4096, 0, tp),
+             Case("lat-1000", 256, 1000, lat_slow), Case("lat-10000", 256, 10_000, lat_fast))
+    return Plan(brokers=brokers or default_brokers, contestants=contestants or CONTESTANTS, cases=cases,
+                reps=reps or (1 if quick else 3), max_events=500_000, quick=quick)

@@ -1,0 +1,152 @@
+"""Figures from raw runs: per-run throughput and latency, medians over repetitions, ratios, the terminal table."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from bench.plan import BROKER_LABELS, LABELS
+
+#: Quantiles kept of each run's latencies (the CDF in the plot is drawn from them).
+QUANTILES = (*(i / 100 for i in range(100)), 0.995, 0.999, 0.9995, 0.9999, 1.0)
+#: A run at a fixed rate is saturated (its latency is not that of the offered rate) if it sent less than this
+#: share of what was offered, lagged this far behind its schedule, or lost events.
+SATURATED_SHARE = 0.95
+SATURATED_LAG = 0.1
+
+
+def quantile(ordered: list[int], q: float) -> float:
+    if not ordered:
+        return float("nan")
+    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+
+
+def throughput(samples: list[list[float]], received: int) -> float | None:
+    """Events/s between the moments 10% and 90% of the received events had arrived (no ramp-up, no tail)."""
+    if received < 20 or len(samples) < 3:
+        return None
+    low, high = 0.1 * received, 0.9 * received
+    t_low = next(t for t, n in samples if n >= low)
+    n_low = next(n for t, n in samples if n >= low)
+    t_high, n_high = next((t, n) for t, n in samples if n >= high)
+    if t_high <= t_low:
+        return None
+    return (n_high - n_low) / (t_high - t_low)
+
+
+def derive(run: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one run; the raw per-event latencies are replaced by quantiles."""
+    if run.get("error"):
+        return {}
+    sub, pub, processes = run["sub"], run["pub"], run["processes"]
+    received, sent = sub["received"], pub["sent"]
+    figures: dict[str, Any] = {"sent": sent, "received": received, "lost": max(sent - received, 0),
+                               "publish_errors": pub.get("errors", 0)}
+    daemon_cpu = sum(p["cpu_s"] for name, p in processes.items() if name.startswith("daemon"))
+    broker_cpu = sum(p["cpu_s"] for name, p in processes.items() if name.startswith("broker"))
+    app_cpu = run["pub_usage"]["cpu_s"] + run["sub_usage"]["cpu_s"]
+    per = 100_000 / received if received else float("nan")
+    figures["daemon_cpu_per_100k"] = daemon_cpu * per if run["contestant"].startswith("syncar") else None
+    figures["broker_cpu_per_100k"] = broker_cpu * per
+    figures["client_cpu_per_100k"] = app_cpu * per
+    hwm = [p["hwm_kib"] for name, p in processes.items() if name.startswith("daemon")]
+    figures["daemon_peak_rss_mib"] = max(hwm) / 1024 if hwm else None
+    figures["client_peak_rss_mib"] = max(run["pub_usage"]["maxrss_kib"], run["sub_usage"]["maxrss_kib"]) / 1024
+    if run["rate"] == 0:
+        figures["throughput"] = throughput(sub["samples"], received)
+    else:
+        ordered = sorted(sub.pop("latencies_us"))
+        figures["latency_quantiles_ms"] = [quantile(ordered, q) / 1000 for q in QUANTILES]
+        for label, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999)):
+            figures[f"{label}_ms"] = quantile(ordered, q) / 1000
+        achieved = sent / pub["elapsed"] if pub["elapsed"] else 0.0
+        figures["offered_rate_achieved"] = achieved
+        figures["saturated"] = (achieved < SATURATED_SHARE * run["rate"] or pub["max_lag"] > SATURATED_LAG
+                                or received < sent)
+    return figures
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(present) if present else None
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over repetitions per broker, contestant and case, and the ratios the issue asks for."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["broker"], run["contestant"], run["case"]), []).append(run)
+    summary: dict[str, Any] = {}
+    for (broker, contestant, case), members in groups.items():
+        figures = [m["figures"] for m in members if m.get("figures")]
+        entry: dict[str, Any] = {"runs": len(members), "ok": len(figures),
+                                 "errors": sorted({m["error"][:200] for m in members if m.get("error")})}
+        for name in ("throughput", "p50_ms", "p99_ms", "p999_ms", "daemon_cpu_per_100k", "broker_cpu_per_100k",
+                     "client_cpu_per_100k", "daemon_peak_rss_mib", "client_peak_rss_mib", "lost"):
+            entry[name] = _median([f.get(name) for f in figures])
+        if figures and "saturated" in figures[0]:
+            entry["saturated"] = sum(bool(f["saturated"]) for f in figures) > len(figures) / 2
+        values = [f["throughput"] for f in figures if f.get("throughput")]
+        if values:
+            entry["throughput_min"], entry["throughput_max"] = min(values), max(values)
+        summary.setdefault(broker, {}).setdefault(contestant, {})[case] = entry
+    for contestants in summary.values():
+        ratios: dict[str, Any] = {}
+        for mine in ("syncar", "syncar-fs"):
+            for other in ("ceiling", "feathers-sync"):
+                for case in ("tp-256", "tp-4096"):
+                    a = contestants.get(mine, {}).get(case, {}).get("throughput")
+                    b = contestants.get(other, {}).get(case, {}).get("throughput")
+                    if a and b:
+                        ratios[f"{mine}/{other} {case}"] = a / b
+                for case in ("lat-1000", "lat-10000"):
+                    a = contestants.get(mine, {}).get(case, {}).get("p99_ms")
+                    b = contestants.get(other, {}).get(case, {}).get("p99_ms")
+                    if a is not None and b is not None:
+                        ratios[f"{mine}-{other} p99 ms {case}"] = a - b
+        contestants["ratios"] = ratios
+    return summary
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def table(summary: dict[str, Any]) -> str:
+    """The terminal table: one row per broker and contestant, medians over repetitions."""
+    head = ("broker", "contestant", "ev/s 256B", "ev/s 4KiB", "p50/p99/p999 ms @1k/s", "p50/p99/p999 ms @10k/s",
+            "daemon CPU s/100k", "daemon RSS MiB")
+    rows: list[tuple[str, ...]] = [head]
+    notes: list[str] = []
+    for broker, contestants in summary.items():
+        for contestant, cases in contestants.items():
+            if contestant == "ratios":
+                continue
+
+            def lat(case: str, cases: dict[str, Any] = cases) -> str:
+                entry = cases.get(case, {})
+                if entry.get("p50_ms") is None:
+                    return "-"
+                text = "/".join(_num(entry[k], 2) for k in ("p50_ms", "p99_ms", "p999_ms"))
+                return text + (" (sat.)" if entry.get("saturated") else "")
+
+            tp = cases.get("tp-256", {})
+            rows.append((BROKER_LABELS.get(broker, broker), LABELS.get(contestant, contestant),
+                         _num(tp.get("throughput")), _num(cases.get("tp-4096", {}).get("throughput")),
+                         lat("lat-1000"), lat("lat-10000"), _num(tp.get("daemon_cpu_per_100k"), 2),
+                         _num(tp.get("daemon_peak_rss_mib"), 1)))
+            for entry in cases.values():
+                notes.extend(f"{broker} {contestant}: {e}" for e in entry.get("errors", []))
+        ratios = contestants.get("ratios", {})
+        if ratios:
+            notes.append(f"{BROKER_LABELS.get(broker, broker)} ratios: " + ", ".join(
+                f"{k} {v:+.2f}" if " ms " in k else f"{k} {v:.2f}x" for k, v in ratios.items()))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths,
+                                                                                                      strict=True)))
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join([*lines, "", *sorted(set(notes), key=notes.index)])

@@ -1,0 +1,203 @@
+"""The orchestrator: per broker, start the broker and the syncar daemons, then run every case of every contestant
+in alternation (A B C D A B C D ...), each run with a fresh subscriber and publisher process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.flow import Flow
+from bench.plan import Case, Plan
+from bench.processes import NODE_DIR, REPO, Daemon, Meter, Worker, node_worker, python_worker
+
+log = logging.getLogger(__name__)
+
+#: A worker gets this long beyond its publishing time to connect, drain and report.
+SLACK = 30.0
+CODECS = {"syncar": "syncar", "syncar-fs": "feathers-sync"}
+
+
+def _broker_server(broker: str) -> Any:
+    """A tests.brokers server for `broker`; RuntimeError if it cannot be had here."""
+    binary = {"redis": "redis-server", "amqp": "rabbitmq-server", "nats": "nats-server"}[broker]
+    if shutil.which(binary) is None and not Path(f"/usr/sbin/{binary}").exists():
+        raise RuntimeError(f"{binary} is not installed")
+    if broker == "redis":
+        from tests.brokers.redis import RedisServer  # noqa: PLC0415  (each broker's fixture only if used)
+
+        return RedisServer()
+    if broker == "amqp":
+        try:
+            from tests.brokers.rabbitmq import RabbitServer  # noqa: PLC0415
+        except ImportError as exc:
+            raise RuntimeError(f"tests/brokers/rabbitmq.py is not usable: {exc}") from exc
+        return RabbitServer()
+    from tests.brokers.nats import NatsServer  # noqa: PLC0415
+
+    return NatsServer()
+
+
+def node_problem() -> str | None:
+    """Why the feathers-sync contestant cannot run, or None."""
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not (NODE_DIR / "node_modules" / "feathers-sync").is_dir():
+        return "bench/node has no node_modules (cd bench/node && npm ci)"
+    return None
+
+
+def _group_pids(pgid: int) -> list[int]:
+    """Processes in process group `pgid`: a broker and its helpers (rabbitmq-server's Erlang VM)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[2]) == pgid:
+                found.append(int(entry.name))
+    return found
+
+
+class Section:
+    """One broker's part of the benchmark: its server, its daemons, its runs."""
+
+    def __init__(self, broker: str, plan: Plan, workdir: Path) -> None:
+        self.broker = broker
+        self.plan = plan
+        self.dir = workdir / broker
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.server: Any = None
+        self.uri = "local://"
+        self.daemons: dict[str, tuple[Daemon, Daemon]] = {}
+        self.skipped: dict[str, str] = {}
+        self._runs = 0
+
+    async def start(self) -> None:
+        if self.broker != "local":
+            self.server = _broker_server(self.broker)
+            await asyncio.to_thread(self.server.start)
+            self.uri = self.server.uri
+        contestants = self.plan.contestants_for(self.broker)
+        for contestant in contestants:
+            codec = CODECS.get(contestant)
+            if codec is None:
+                continue
+            key = f"bench-{uuid.uuid4().hex[:12]}"
+            a = Daemon(self.dir, f"{contestant}-a", self.uri, key, codec)
+            # On local:// there is no broker between two processes: one daemon, publisher and subscriber on it.
+            b = a if self.broker == "local" else Daemon(self.dir, f"{contestant}-b", self.uri, key, codec)
+            self.daemons[contestant] = (a, b)
+        for a, b in self.daemons.values():
+            await a.ready()
+            await b.ready()
+        if "feathers-sync" in contestants and (problem := node_problem()):
+            self.skipped["feathers-sync"] = problem
+
+    def stop(self) -> dict[str, int | None]:
+        codes: dict[str, int | None] = {}
+        for a, b in self.daemons.values():
+            for daemon in {a.name: a, b.name: b}.values():
+                codes[daemon.name] = daemon.stop()
+        if self.server is not None:
+            self.server.cleanup()
+        return codes
+
+    def broker_pids(self) -> list[int]:
+        if self.server is None or self.server.process is None:
+            return []
+        return _group_pids(self.server.process.pid)
+
+    async def run(self, contestant: str, case: Case, rep: int) -> dict[str, Any]:
+        self._runs += 1
+        record: dict[str, Any] = {"broker": self.broker, "contestant": contestant, "case": case.name,
+                                  "size": case.size, "rate": case.rate, "rep": rep, "started": time.time()}
+        if contestant in self.skipped:
+            return {**record, "error": f"skipped: {self.skipped[contestant]}"}
+        flow_path = self.dir / f"flow-{self._runs}"
+        flow = Flow(flow_path, create=True)
+        spec: dict[str, Any] = {"kind": "syncar", "target": "", "key": f"bench-{uuid.uuid4().hex[:12]}",
+                                "size": case.size, "rate": case.rate, "duration": case.seconds,
+                                "count": self.plan.max_events, "window": case.window, "flow": str(flow_path),
+                                "deadline": case.seconds + SLACK}
+        pids: dict[str, int] = {}
+        launcher: Callable[[dict[str, Any]], list[str]] = python_worker
+        if contestant in self.daemons:
+            a, b = self.daemons[contestant]
+            if not (a.alive() and b.alive()):
+                return {**record, "error": "a syncar daemon of this section has exited"}
+            pub = {**spec, "role": "pub", "target": str(a.socket)}
+            sub = {**spec, "role": "sub", "target": str(b.socket)}
+            pids = {"daemon_a": a.pid, "daemon_b": b.pid} if a is not b else {"daemon": a.pid}
+        else:
+            kind = {"ceiling": self.broker, "feathers-sync": "feathers-sync"}[contestant]
+            pub = {**spec, "role": "pub", "kind": kind, "target": self.uri}
+            sub = {**spec, "role": "sub", "kind": kind, "target": self.uri}
+            if contestant == "feathers-sync":
+                launcher = node_worker
+        for index, pid in enumerate(self.broker_pids()):
+            pids[f"broker_{index}"] = pid
+        meter = Meter(pids)
+        workers: list[Worker] = []
+        name = f"{self._runs:03d}-{contestant}-{case.name}"
+        try:
+            subscriber = await Worker.start(launcher(sub), f"{name}-sub", self.dir, cwd=_cwd(launcher))
+            workers.append(subscriber)
+            await subscriber.ready()
+            meter.begin()
+            publisher = await Worker.start(launcher(pub), f"{name}-pub", self.dir, cwd=_cwd(launcher))
+            workers.append(publisher)
+            await publisher.ready()
+            pub_line = await publisher.result(case.seconds + SLACK)
+            sub_line = await subscriber.result(SLACK)
+        except (RuntimeError, OSError) as exc:
+            log.warning("%s %s %s rep %d failed: %s", self.broker, contestant, case.name, rep, exc)
+            flow.finish(0)
+            return {**record, "error": str(exc)[:4000]}
+        finally:
+            for worker in workers:
+                worker.kill()
+            flow.close()
+            flow_path.unlink(missing_ok=True)
+        processes = meter.end()
+        return {**record, "pub": pub_line["result"], "pub_usage": pub_line["usage"], "sub": sub_line["result"],
+                "sub_usage": sub_line["usage"], "processes": processes}
+
+
+def _cwd(launcher: Callable[[dict[str, Any]], list[str]]) -> Path:
+    return NODE_DIR if launcher is node_worker else REPO
+
+
+async def run_plan(plan: Plan, workdir: Path, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Every run of the plan; a broker that cannot start is reported, and the others go on."""
+    runs: list[dict[str, Any]] = []
+    sections: dict[str, Any] = {}
+    for broker in plan.brokers:
+        section = Section(broker, plan, workdir)
+        began = time.monotonic()
+        try:
+            await section.start()
+        except (RuntimeError, OSError) as exc:
+            log.error("%s: cannot start: %s", broker, exc)
+            sections[broker] = {"error": str(exc)[:2000]}
+            section.stop()
+            continue
+        try:
+            for rep in range(plan.reps):
+                for case in plan.cases:
+                    for contestant in plan.contestants_for(broker):
+                        record = await section.run(contestant, case, rep)
+                        runs.append(record)
+                        progress(record)
+        finally:
+            exits = section.stop()
+        sections[broker] = {"uri": section.uri, "seconds": time.monotonic() - began, "daemon_exits": exits,
+                            "skipped": section.skipped}
+    return {"runs": runs, "sections": sections}

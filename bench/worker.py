@@ -1,0 +1,41 @@
+"""One load generator process: `python -m bench.worker '<spec as JSON>'`.
+
+It prints `{"ready": true}` once connected (and, for a subscriber, subscribed), then one line with its result
+and its own CPU time and peak RSS. The orchestrator starts the subscriber, waits for it to be ready, then starts
+the publisher. Only the module of the worker's own kind is imported (clients_syncar, or raw_<broker>).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import orjson
+import uvloop
+
+from bench.procstat import own_usage
+from bench.tally import Spec
+
+
+def _say(line: dict[str, Any]) -> None:
+    sys.stdout.buffer.write(orjson.dumps(line) + b"\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str]) -> int:
+    spec = Spec.parse(orjson.loads(argv[0]))
+
+    def ready() -> None:
+        _say({"ready": True})
+
+    module = importlib.import_module("bench.clients_syncar" if spec.kind == "syncar" else f"bench.raw_{spec.kind}")
+    run = module.publish if spec.role == "pub" else module.subscribe
+    # The syncar clients are plain blocking code; the raw ones run on uvloop, as the daemon does.
+    result = run(spec, ready) if spec.kind == "syncar" else uvloop.run(run(spec, ready))
+    _say({"result": result, "usage": own_usage()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
