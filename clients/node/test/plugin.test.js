@@ -305,11 +305,13 @@ describe('the plugin on a local syncar', () => {
 describe('a syncar that refuses publishes', () => {
   it('counts and warns about refused events, and does not keep them', async () => {
     const dir = tempDir();
-    const daemon = await startDaemon({ socket: path.join(dir, 'limited.sock'), args: ['--client-rate', '0.001', '--client-burst', '1'] });
-    const app = feathers();
-    app.configure(syncar({ socket: daemon.socket, logger: null }));
-    app.use('messages', new MemoryService());
+    let daemon;
+    let app;
     try {
+      daemon = await startDaemon({ socket: path.join(dir, 'limited.sock'), args: ['--client-rate', '0.001', '--client-burst', '1'] });
+      app = feathers();
+      app.configure(syncar({ socket: daemon.socket, logger: null }));
+      app.use('messages', new MemoryService());
       await app.sync.ready;
       const warnings = [];
       app.sync.on('warning', (w) => warnings.push(w));
@@ -324,8 +326,12 @@ describe('a syncar that refuses publishes', () => {
       assert.deepEqual(warnings.map((w) => w.code), ['refused_rate_limited', 'refused_rate_limited']);
       assert.match(warnings[0].message, /syncar refused to relay an event \(rate_limited\)/);
     } finally {
-      await app.sync.close();
-      await daemon.stop();
+      if (app) {
+        await app.sync.close();
+      }
+      if (daemon) {
+        await daemon.stop();
+      }
       removeDir(dir);
     }
   });
