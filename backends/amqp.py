@@ -31,6 +31,7 @@ from backends.base import (
     Backend,
     BackendClosed,
     BackendConfig,
+    BackendConfigError,
     BackendError,
     BackendState,
     BackendUnavailable,
@@ -83,12 +84,12 @@ def check_options(url: URL) -> None:
     """Raise BackendError, naming the option, for a query option aiormq would ignore or choke on."""
     for key, value in url.query.items():
         if key not in URI_OPTIONS:
-            raise BackendError(f"amqp: unknown URI option {key!r}; known: {', '.join(URI_OPTIONS)}")
+            raise BackendConfigError(f"amqp: unknown URI option {key!r}; known: {', '.join(URI_OPTIONS)}")
         if key in TLS_OPTIONS and url.scheme != "amqps":
-            raise BackendError(f"amqp: URI option {key!r} needs amqps://")
+            raise BackendConfigError(f"amqp: URI option {key!r} needs amqps://")
         valid, what = URI_OPTIONS[key]
         if not valid(value):
-            raise BackendError(f"amqp: URI option {key} must be {what}, not {value!r}")
+            raise BackendConfigError(f"amqp: URI option {key} must be {what}, not {value!r}")
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -223,10 +224,10 @@ class AmqpBackend(Backend):
             url = URL(self.config.uri)
             port = url.port or DEFAULT_PORTS.get(url.scheme, 5672)
         except ValueError as exc:
-            raise BackendError(f"amqp: invalid URI: {self._clean(exc)}") from exc
+            raise BackendConfigError(f"amqp: invalid URI: {self._clean(exc)}") from exc
         self._secrets = tuple(s for s in (url.password, url.raw_password) if s)
         if not url.host:
-            raise BackendError("amqp: the URI names no host (amqp://user:password@host:port/vhost)")
+            raise BackendConfigError("amqp: the URI names no host (amqp://user:password@host:port/vhost)")
         check_options(url)
         self._where = f"{url.host}:{port} vhost {url.path[1:] or '/'!r}"
         self.max_message_bytes = int(url.query.get("max_message_bytes", self.max_message_bytes))

@@ -15,7 +15,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import ClassVar, Self
 
-from sidecar.errors import SidecarError
+from sidecar.errors import ConfigError, SidecarError
 
 
 class Feature(StrEnum):
@@ -36,6 +36,10 @@ class BackendState(StrEnum):
 
 class BackendError(SidecarError):
     """Base of the errors a backend raises; no broker library exception escapes `backends/`."""
+
+
+class BackendConfigError(BackendError, ConfigError):
+    """The URI or one of its options is wrong: a configuration error (exit 2), not an outage."""
 
 
 class BackendUnavailable(BackendError):

@@ -28,6 +28,7 @@ from backends.base import (
     Backend,
     BackendClosed,
     BackendConfig,
+    BackendConfigError,
     BackendError,
     BackendState,
     BackendUnavailable,
@@ -65,21 +66,21 @@ def parse_uri(uri: str) -> tuple[str, dict[str, Any]]:
     parts = urlsplit(uri)  # the scheme comes lowercased
     userinfo, _, hosts = parts.netloc.rpartition("@")
     if parts.path not in ("", "/") or parts.fragment:
-        raise BackendError("nats: the URI takes no path; put options after '?'")
+        raise BackendConfigError("nats: the URI takes no path; put options after '?'")
     servers = []
     for host in hosts.split(","):
         try:
             split = urlsplit(f"//{host}")
             name, port = split.hostname or "localhost", split.port or 4222
         except ValueError:
-            raise BackendError(f"nats: bad host:port {host!r} in the URI") from None
+            raise BackendConfigError(f"nats: bad host:port {host!r} in the URI") from None
         servers.append(f"{parts.scheme}://[{name}]:{port}" if ":" in name else f"{parts.scheme}://{name}:{port}")
     name, colon, secret = (unquote(part) for part in userinfo.partition(":"))
     user, password, token = (name, secret, None) if colon else (None, None, name or None)
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
     unknown = sorted(set(options) - set(TLS_OPTIONS))
     if unknown:
-        raise BackendError(f"nats: unknown URI option {unknown[0]!r}; known: {', '.join(TLS_OPTIONS)}")
+        raise BackendConfigError(f"nats: unknown URI option {unknown[0]!r}; known: {', '.join(TLS_OPTIONS)}")
     tls = _tls_context(options) if parts.scheme == "tls" or any(options.get(o) for o in TLS_OPTIONS[:3]) else None
     return ",".join(s.split("://", 1)[1] for s in servers), {
         "servers": servers, "user": user, "password": password, "token": token, "tls": tls,
@@ -88,7 +89,7 @@ def parse_uri(uri: str) -> tuple[str, dict[str, Any]]:
 
 def _tls_context(options: dict[str, str]) -> ssl.SSLContext:
     if options.get("tls_key") and not options.get("tls_cert"):
-        raise BackendError("nats: tls_key needs tls_cert")
+        raise BackendConfigError("nats: tls_key needs tls_cert")
     setting = "tls_ca"
     try:
         context = ssl.create_default_context(cafile=options.get("tls_ca") or None)
@@ -97,7 +98,7 @@ def _tls_context(options: dict[str, str]) -> ssl.SSLContext:
             context.load_cert_chain(options["tls_cert"], options.get("tls_key") or None)
     except (OSError, ssl.SSLError) as exc:
         reason = describe(exc).removeprefix("tls: ")
-        raise BackendError(f"nats: {setting}: cannot load {options.get(setting)!r}: {reason}") from None
+        raise BackendConfigError(f"nats: {setting}: cannot load {options.get(setting)!r}: {reason}") from None
     return context
 
 

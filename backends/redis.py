@@ -29,6 +29,7 @@ from backends.base import (
     Backend,
     BackendClosed,
     BackendConfig,
+    BackendConfigError,
     BackendError,
     BackendState,
     BackendUnavailable,
@@ -82,7 +83,7 @@ def parse_uri(uri: str, connect_timeout: float) -> RedisOptions:
         if name not in URI_OPTIONS and not (tls and name in TLS_OPTIONS):
             hint = " (TLS options need rediss://)" if name in TLS_OPTIONS else ""
             known = ", ".join(sorted(URI_OPTIONS | TLS_OPTIONS if tls else URI_OPTIONS))
-            raise BackendError(f"redis: unknown URI option {name!r}{hint}; known: {known}")
+            raise BackendConfigError(f"redis: unknown URI option {name!r}{hint}; known: {known}")
     ours = {name: value for name, value in query if name in ("health_check_interval", "max_message_bytes")}
     passed = urlencode([(name, value) for name, value in query if name not in ours])  # the rest is redis-py's
     try:
@@ -97,7 +98,7 @@ def parse_uri(uri: str, connect_timeout: float) -> RedisOptions:
             if name in kwargs and not os.access(kwargs[name], os.R_OK):
                 raise ValueError(f"{name}: cannot read {kwargs[name]}")
     except ValueError as exc:
-        raise BackendError(f"redis: invalid URI: {describe_error(exc, None)}") from None
+        raise BackendConfigError(f"redis: invalid URI: {describe_error(exc, None)}") from None
     if kwargs.get("ssl_cert_reqs") == "none":
         kwargs.setdefault("ssl_check_hostname", False)  # ssl refuses to check the name of a peer it does not verify
     host, port = kwargs.setdefault("host", "localhost"), kwargs.setdefault("port", 6379)

@@ -15,7 +15,7 @@ from sidecar import __version__, protocol
 from sidecar.codec import CODECS
 from sidecar.config import Settings
 from sidecar.connection import Connection, Limits
-from sidecar.errors import StartupError
+from sidecar.errors import ConfigError, StartupError
 from sidecar.health import HttpServer
 from sidecar.listener import Listener
 from sidecar.metrics import Metrics
@@ -100,6 +100,9 @@ class Daemon:
         try:
             await self.backend.start()
             await self.backend.subscribe(settings.key, self.relay.on_message)
+        except ConfigError:
+            await self.backend.close()
+            raise
         except BackendError as exc:
             await self.backend.close()
             raise StartupError(str(exc)) from None

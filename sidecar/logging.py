@@ -38,6 +38,9 @@ def configure(level: str, fmt: str) -> None:
         "loggers": {
             "sidecar": {"level": level.upper()},
             "backends": {"level": level.upper()},
+            # aiormq logs every failed reconnect at ERROR with a traceback; backends.amqp says it in one line.
+            "aiormq": {"level": "CRITICAL"},
+            "aio_pika.tools": {"level": "CRITICAL"},
         },
         "root": {"handlers": ["stderr"], "level": "WARNING"},
     })

@@ -15,15 +15,19 @@ from collections.abc import Callable
 
 from backends.base import Backend, BackendClosed, BackendError, BackendUnavailable
 from sidecar.codec import Codec, Outgoing
+from sidecar.logging import RateLimitedLogger
 from sidecar.metrics import Metrics
 
 log = logging.getLogger(__name__)
+refusals = RateLimitedLogger(log, interval=10.0)
 
 #: Events in one broker write at most; bounds the latency a big batch adds to the event behind it.
 MAX_BATCH_EVENTS = 1024
 #: Room left in a broker message for the batch's own framing.
 BATCH_OVERHEAD = 1024
 RETRY_DELAY = 0.05
+#: A broker that refuses a publish (not merely unreachable) is asked again with back-off up to this.
+MAX_RETRY_DELAY = 2.0
 
 Done = Callable[[], None]
 
@@ -86,6 +90,10 @@ class Outbox:
 
     async def run(self) -> None:
         """Drain forever, in order; a batch leaves the outbox only once the broker accepted it."""
+        refused_delay = RETRY_DELAY
+        # The batch in flight and its bodies, packed once: a retry resends the very same messages.
+        batch: list[Outgoing] = []
+        bodies: list[bytes] = []
         while True:
             if not self._items:
                 self._idle.set()
@@ -93,8 +101,9 @@ class Outbox:
                 await self._wake.wait()
                 continue
             await self._connected.wait()
-            batch = self._batch()
-            bodies = self._codec.pack(batch)
+            if not batch:
+                batch = self._batch()
+                bodies = self._codec.pack(batch)
             try:
                 await self._backend.publish(self._topic, bodies)
             except BackendClosed:
@@ -104,9 +113,13 @@ class Outbox:
                 await asyncio.sleep(RETRY_DELAY)
                 continue
             except BackendError as exc:
-                log.warning("publish to broker failed, retrying in %.2fs: %s", RETRY_DELAY, exc)
-                await asyncio.sleep(RETRY_DELAY)
+                # Refused (permissions, a conflicting exchange...): nothing we can fix, so ask again slowly.
+                delay = refused_delay = min(refused_delay * 2, MAX_RETRY_DELAY)
+                refusals.warning("refused", "broker refused a publish of %d events, retrying in %.2fs: %s",
+                                 len(batch), delay, exc)
+                await asyncio.sleep(delay)
                 continue
+            refused_delay = RETRY_DELAY
             metrics = self._metrics
             metrics.sent.inc(len(batch))
             metrics.messages_sent.inc(len(bodies))
@@ -117,6 +130,7 @@ class Outbox:
                 metrics.publish_seconds.observe(now - queued_at)
                 if on_sent is not None:
                     on_sent()
+            batch = []
 
     async def drain(self) -> bool:
         """Wait until everything queued has been accepted by the broker; True if it was."""

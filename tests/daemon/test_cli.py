@@ -123,3 +123,10 @@ def test_publish_rejects_bad_json(sock: Path) -> None:
     result = syncar("publish", "--socket", str(sock), "messages", "created", "{not json")
     assert result.returncode == 2
     assert "JSON" in result.stderr
+
+
+def test_bad_backend_uri_option_is_a_config_error() -> None:
+    result = syncar("run", "--backend", "redis://127.0.0.1:1/0?no_such_option=1", "--http", "off")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "no_such_option" in result.stderr.strip().splitlines()[-1]
