@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from urllib.parse import urlsplit
 
-from backends.base import Backend
+from backends.base import Backend, Feature, Mode
 from sidecar.errors import ConfigError
 
 BACKENDS: dict[str, str] = {
@@ -33,12 +33,14 @@ def scheme_of(uri: str) -> str:
     return scheme
 
 
-def load_backend(uri: str) -> type[Backend]:
+def load_backend(uri: str, mode: Mode = Mode.BROADCAST) -> type[Backend]:
     """Import and return the backend class for `uri`.
 
     Raises:
-        ConfigError: the scheme is not one syncar knows.
+        ConfigError: the scheme is not one syncar knows, or the backend has no such mode.
     """
     module_name, _, class_name = BACKENDS[scheme_of(uri)].partition(":")
     backend: type[Backend] = getattr(importlib.import_module(module_name), class_name)
+    if mode is Mode.DURABLE and Feature.DURABLE not in backend.features:
+        raise ConfigError(f"mode: the {backend.name} backend has no durable mode")
     return backend

@@ -88,13 +88,29 @@ Handler = Callable[[Message], Awaitable[None]]
 StateCallback = Callable[[BackendState], None]
 
 
+class Mode(StrEnum):
+    BROADCAST = "broadcast"
+    DURABLE = "durable"
+
+
 @dataclass(frozen=True, slots=True)
 class BackendConfig:
-    """What the core tells every backend; broker-specific options live in the URI."""
+    """What the core tells every backend; broker-specific options live in the URI.
+
+    In `DURABLE` mode (only for backends with `Feature.DURABLE`): publish() returns once the broker has stored
+    the message persistently; subscribe() reads this instance's own durable queue or consumer, named after
+    `instance_id`, from where it left off, even across restarts of the daemon; each message is acknowledged to
+    the broker only after the handler returned, so a crash means redelivery, never loss (the relay
+    de-duplicates). The broker keeps at most `retention` messages per topic, and forgets an instance that has
+    been away for `instance_ttl` seconds.
+    """
 
     uri: str
     instance_id: str
     connect_timeout: float = 5.0
+    mode: Mode = Mode.BROADCAST
+    retention: int = 1_000_000
+    instance_ttl: float = 86_400.0
 
 
 class Subscription(ABC):

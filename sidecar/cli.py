@@ -123,7 +123,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{name:20} {value}")
 
     async def main() -> int:
-        backend = load_backend(settings.backend)(BackendConfig(settings.backend, settings.instance_id))
+        backend = load_backend(settings.backend, settings.mode)(BackendConfig(settings.backend, settings.instance_id,
+                                                              mode=settings.mode))
         try:
             await backend.start()
         except BackendError as exc:

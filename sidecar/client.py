@@ -27,11 +27,14 @@ from typing import Any, Self
 
 import orjson
 
+from sidecar.dedup import SeenIds
 from sidecar.protocol import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
 
 STREAM_LIMIT = 64 * 1024 * 1024
+#: Event ids remembered to drop duplicates (redelivered after a daemon restart).
+DEDUP_WINDOW = 10_000
 
 
 class ClientError(Exception):
@@ -98,6 +101,7 @@ class Client:
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._first_connect: asyncio.Future[None] | None = None
+        self._seen = SeenIds(DEDUP_WINDOW)
 
     @property
     def connected(self) -> bool:
@@ -233,6 +237,10 @@ class Client:
             kind = frame.get("type")
             if kind == "event":
                 self._seq = frame["seq"]
+                origin = frame.get("origin")
+                # After a daemon restart, durable mode may hand us again what the old daemon already did.
+                if origin is not None and not self._seen.add(origin, frame["id"]):
+                    continue
                 await self._events.put(Event(frame["seq"], frame["id"], frame.get("origin"), frame["event"],
                                              frame["path"], frame.get("data"), frame.get("context"),
                                              frame.get("time")))

@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from backends import scheme_of
+from backends.base import Mode
 from sidecar.errors import ConfigError
 
 MiB = 1024 * 1024
@@ -51,6 +52,13 @@ class Settings(BaseSettings):
                                       "secret; wins over --backend")
     key: str = Field("feathers-sync", min_length=1, description="channel, exchange or subject on the broker")
     codec: Literal["syncar", "feathers-sync"] = Field("syncar", description="message format on the broker")
+    mode: Mode = Field(
+        Mode.BROADCAST, description="broadcast: broker pub/sub, at most once across outages (like feathers-sync); "
+                                 "durable: a persistent per-instance queue, at least once plus de-duplication")
+    retention: int = Field(1_000_000, ge=1000, description="durable mode: events the broker keeps per key for "
+                           "instances that are away")
+    instance_ttl: float = Field(86_400.0, ge=60, description="durable mode: seconds after which the broker forgets "
+                                "an instance that has not come back (its queue or consumer is deleted)")
     instance_id: str = Field(default_factory=default_instance_id, min_length=1, max_length=200,
                              description="this daemon's name on the bus; default hostname plus a random suffix")
     max_frame_bytes: int = Field(1 * MiB, ge=1024, le=256 * MiB, description="longest line a client may send")
@@ -119,10 +127,12 @@ class Settings(BaseSettings):
         return data
 
     @model_validator(mode="after")
-    def _signing_needs_syncar_codec(self) -> Settings:
+    def _needs_syncar_codec(self) -> Settings:
         if self.signing_key_file is not None and self.codec != "syncar":
             raise ValueError("signing_key_file: signed messages need --codec syncar (feathers-sync apps could not "
                              "read them)")
+        if self.mode is Mode.DURABLE and self.codec != "syncar":
+            raise ValueError("mode: durable needs --codec syncar (feathers-sync apps only speak broadcast)")
         return self
 
     @field_validator("http")

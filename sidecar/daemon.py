@@ -40,9 +40,10 @@ class Daemon:
         self._handle_signals = handle_signals
         self._stop = asyncio.Event()
         self._forced = asyncio.Event()
-        backend_cls = load_backend(settings.backend)
+        backend_cls = load_backend(settings.backend, settings.mode)
         self.backend: Backend = backend_cls(
-            BackendConfig(uri=settings.backend, instance_id=settings.instance_id),
+            BackendConfig(uri=settings.backend, instance_id=settings.instance_id, mode=settings.mode,
+                          retention=settings.retention, instance_ttl=settings.instance_ttl),
             on_state=self._on_backend_state,
         )
         codec = CODECS[settings.codec](settings.instance_id)

@@ -22,6 +22,7 @@ class DropReason:
     MALFORMED = "malformed"  # from the broker, not decodable
     FOREIGN = "foreign"  # from the broker, another format or version
     ECHO = "echo"  # our own, come back from the broker
+    DUPLICATE = "duplicate"  # an event id seen already (redelivery, or a publish resent after a lost ack)
 
 
 class Metrics:

@@ -18,6 +18,7 @@ import orjson
 from backends.base import BackendState, Message
 from sidecar import protocol
 from sidecar.codec import Codec, Outgoing
+from sidecar.dedup import SeenIds
 from sidecar.errors import CodecError
 from sidecar.logging import RateLimitedLogger
 from sidecar.metrics import DropReason, Metrics
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from sidecar.connection import Connection
 
 log = logging.getLogger(__name__)
+#: Remote event ids remembered for de-duplication; at 10,000 events/s, ten seconds of them.
+DEDUP_WINDOW = 100_000
 bus_warnings = RateLimitedLogger(log, interval=10.0)
 
 
@@ -50,6 +53,7 @@ class Relay:
         self._origin_json = orjson.dumps(instance_id)
         self._ids = itertools.count(1)
         self._id_prefix = f"{self.epoch[:8]}-"
+        self._seen = SeenIds(DEDUP_WINDOW)
 
     # -- clients -------------------------------------------------------------------------------
 
@@ -116,6 +120,11 @@ class Relay:
         origin_json = orjson.dumps(batch.origin)
         now = time.time()
         for event in batch.events:
+            # A broker redelivers after a lost ack, a client resends after a lost ack: deliver once. Events from
+            # feathers-sync apps have no origin and no id of their own, so nothing to compare.
+            if batch.origin is not None and not self._seen.add(batch.origin, event.id):
+                self.metrics.dropped.labels(DropReason.DUPLICATE).inc()
+                continue
             if event.time is not None:
                 self.metrics.relay_seconds.observe(max(now - event.time, 0.0))
             part = orjson.dumps({"id": event.id, "time": event.time, "event": event.event, "path": event.path,
