@@ -23,6 +23,7 @@ from bench.report import derive, summarise, table
 from bench.runner import run_plan
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 RESULTS = HERE / "results"
 DOCS = HERE.parent / "docs" / "benchmarks"
 
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=float, help="publishing time of every run (default 4/5/3 s, quick 1 s)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.json and latest.png go")
     parser.add_argument("--docs", action="store_true", help="also copy the figures and the plot to docs/benchmarks/")
+    parser.add_argument("--syncar-root", type=Path, default=REPO,
+                        help="run the daemons from this checkout of syncar instead (to measure a change against main)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (it needs matplotlib)")
     parser.add_argument("--profile", action="store_true",
                         help="instead: profile both daemons with py-spy under load (syncar codec over Redis)")
@@ -60,6 +63,13 @@ def _version(*argv: str) -> str:
         return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False).stdout.strip()
     except OSError:
         return "not installed"
+
+
+def _commit(root: Path) -> str:
+    """The checkout's commit, marked `+dirty` when its sidecar/ or backends/ differ from it."""
+    commit = _version("git", "-C", str(root), "rev-parse", "--short", "HEAD") or "unknown"
+    dirty = _version("git", "-C", str(root), "status", "--porcelain", "--", "sidecar", "backends")
+    return commit + ("+dirty" if dirty else "")
 
 
 def machine() -> dict[str, Any]:
@@ -97,17 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         from bench.profile import profile  # noqa: PLC0415  (py-spy is needed only here)
 
-        return profile(args.out, args.seconds or 10.0)
+        return profile(args.out, args.seconds or 10.0, args.syncar_root.resolve())
     plan = make_plan(quick=args.quick, brokers=args.brokers, contestants=args.contestants, reps=args.reps,
                      seconds=args.seconds)
     command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     print(f"{command}: {plan.runs()} runs on {', '.join(plan.brokers)}", flush=True)
     meta: dict[str, Any] = {"command": command.strip(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-                            "machine": machine(), "loadavg_start": os.getloadavg(), "plan": plan.as_dict()}
+                            "machine": machine(), "loadavg_start": os.getloadavg(), "plan": plan.as_dict(),
+                            "syncar_root": str(args.syncar_root.resolve()), "syncar_commit": _commit(args.syncar_root)}
     began = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="syncar-bench-"))
     try:
-        outcome = asyncio.run(run_plan(plan, workdir, _progress))
+        outcome = asyncio.run(run_plan(plan, workdir, _progress, args.syncar_root.resolve()))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     meta.update(seconds=round(time.monotonic() - began, 1), loadavg_end=os.getloadavg())

@@ -29,9 +29,10 @@ STOP_TIMEOUT = 10.0
 
 
 class Daemon:
-    """`python -m sidecar run` in a child process of its own."""
+    """`python -m sidecar run` in a child process of its own, from `root` (this checkout, or another one to compare)."""
 
-    def __init__(self, workdir: Path, name: str, backend: str, key: str, codec: str) -> None:
+    def __init__(self, workdir: Path, name: str, backend: str, key: str, codec: str, *,
+                 root: Path = REPO) -> None:
         self.name = name
         self.socket = workdir / f"{name}.sock"
         self.log_path = workdir / f"{name}.log"
@@ -39,7 +40,7 @@ class Daemon:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sidecar", "run", "--socket", str(self.socket), "--backend", backend,
              "--key", key, "--codec", codec, "--http", "127.0.0.1:0", "--instance-id", f"bench-{name}"],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
 
     @property
     def pid(self) -> int:

@@ -69,8 +69,9 @@ def _group_pids(pgid: int) -> list[int]:
 class Section:
     """One broker's part of the benchmark: its server, its daemons, its runs."""
 
-    def __init__(self, broker: str, plan: Plan, workdir: Path) -> None:
+    def __init__(self, broker: str, plan: Plan, workdir: Path, syncar_root: Path = REPO) -> None:
         self.broker = broker
+        self.syncar_root = syncar_root
         self.plan = plan
         self.dir = workdir / broker
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -91,9 +92,10 @@ class Section:
             if codec is None:
                 continue
             key = f"bench-{uuid.uuid4().hex[:12]}"
-            a = Daemon(self.dir, f"{contestant}-a", self.uri, key, codec)
+            a = Daemon(self.dir, f"{contestant}-a", self.uri, key, codec, root=self.syncar_root)
             # On local:// there is no broker between two processes: one daemon, publisher and subscriber on it.
-            b = a if self.broker == "local" else Daemon(self.dir, f"{contestant}-b", self.uri, key, codec)
+            b = a if self.broker == "local" else Daemon(self.dir, f"{contestant}-b", self.uri, key, codec,
+                                                                 root=self.syncar_root)
             self.daemons[contestant] = (a, b)
         for a, b in self.daemons.values():
             await a.ready()
@@ -175,12 +177,13 @@ def _cwd(launcher: Callable[[dict[str, Any]], list[str]]) -> Path:
     return NODE_DIR if launcher is node_worker else REPO
 
 
-async def run_plan(plan: Plan, workdir: Path, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+async def run_plan(plan: Plan, workdir: Path, progress: Callable[[dict[str, Any]], None],
+                   syncar_root: Path = REPO) -> dict[str, Any]:
     """Every run of the plan; a broker that cannot start is reported, and the others go on."""
     runs: list[dict[str, Any]] = []
     sections: dict[str, Any] = {}
     for broker in plan.brokers:
-        section = Section(broker, plan, workdir)
+        section = Section(broker, plan, workdir, syncar_root)
         began = time.monotonic()
         try:
             await section.start()

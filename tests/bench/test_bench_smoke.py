@@ -1,0 +1,51 @@
+"""The benchmark still runs: `python -m bench --quick --brokers local` produces every figure.
+
+It checks that figures exist and are sane, never how fast anything is: speed is the benchmark's business, and
+this machine is shared.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+from tests.utils import REPO
+
+#: The quick local run takes ~15 s; this bound leaves room under the suite's 60 s per test.
+RUN_TIMEOUT = 50
+
+
+def test_quick_local_run_produces_every_figure(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--brokers", "local", "--no-plot", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "local://" in done.stdout and "syncar, syncar codec" in done.stdout, done.stdout
+
+    results = orjson.loads((tmp_path / "latest.json").read_bytes())
+    assert results["meta"]["machine"]["nproc"] >= 1
+    runs = results["runs"]
+    # Both codecs x (two throughput cases + two latency cases), one repetition each.
+    assert {(r["contestant"], r["case"]) for r in runs} == {
+        (contestant, case) for contestant in ("syncar", "syncar-fs")
+        for case in ("tp-256", "tp-4096", "lat-1000", "lat-10000")
+    }
+    for run in runs:
+        assert not run.get("error"), run["error"]
+        figures = run["figures"]
+        assert figures["received"] > 0 and figures["received"] <= figures["sent"], figures
+        assert figures["daemon_cpu_per_100k"] > 0, figures
+        assert figures["daemon_peak_rss_mib"] > 1, figures
+        if run["rate"]:
+            assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["p999_ms"], figures
+            assert len(figures["latency_quantiles_ms"]) > 100
+        else:
+            assert figures["throughput"] > 0, figures
+
+    summary = results["summary"]["local"]
+    assert summary["syncar"]["tp-256"]["throughput"] > 0
+    assert summary["syncar-fs"]["lat-1000"]["p99_ms"] > 0
