@@ -229,7 +229,8 @@ class NatsBackend(Backend):
             if connect.cancelled() or connect.exception() is not None:
                 cause = (None if connect.cancelled() else connect.exception()) or (first_errors or [TimeoutError()])[-1]
                 reason = self._clean(describe(cause))
-                if isinstance(cause, ConnectionResetError) and (self._options["user"] or self._options["token"]):
+                if isinstance(cause, ConnectionResetError | BrokenPipeError) and (self._options["user"]
+                                                                                  or self._options["token"]):
                     reason += " (wrong user, password or token?)"  # the server's -ERR can be lost in the reset
                 error = BackendUnavailable(f"nats: cannot connect to {self.where}: {reason}")
             elif not self._tls_ok(client):

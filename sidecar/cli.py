@@ -110,6 +110,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from backends.base import BackendConfig, BackendError
 
     settings = load_settings(args)
+    # Broker libraries log their own view of a failure; ours is the one line printed below.
+    configure_logging("error", settings.log_format)
     if settings.signing_key_file is not None:
         from sidecar.signing import load_keys
 

@@ -27,14 +27,22 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+class HarmlessAsyncioWarnings(logging.Filter):
+    """nats-py's protocol returns True from eof_received() over TLS; asyncio warns on every connection."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("returning true from eof_received()")
+
+
 def configure(level: str, fmt: str) -> None:
     formatter: dict[str, Any] = {"()": JsonFormatter} if fmt == "json" else {"format": TEXT_FORMAT}
     logging.config.dictConfig({
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": formatter},
+        "filters": {"harmless": {"()": HarmlessAsyncioWarnings}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "default",
-                                "stream": "ext://sys.stderr"}},
+                                "stream": "ext://sys.stderr", "filters": ["harmless"]}},
         "loggers": {
             "sidecar": {"level": level.upper()},
             "backends": {"level": level.upper()},

@@ -1,0 +1,142 @@
+"""TLS and credentials to every broker: brokers started with TLS and authentication on, a throwaway CA made
+here; the right settings connect, and a wrong CA, an expired certificate or a wrong password each fail with
+one clear line, no traceback and no secret."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from tests.brokers import port_open
+from tests.brokers.certs import Certificates, make_certificates
+from tests.brokers.nats import NatsServer
+from tests.brokers.rabbitmq import RabbitServer
+from tests.brokers.redis import RedisServer
+from tests.utils import REPO
+
+PASSWORD = "Tls-pw-8s7D6f5G"
+WRONG = "not-the-password"
+
+
+class TlsRedis(RedisServer):
+    name = "redis-tls"
+
+    def __init__(self, *, expired: bool) -> None:
+        super().__init__()
+        self.certs = make_certificates(self.dir, server_expired=expired)
+
+    def listen_args(self) -> list[str]:
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.certs.server_cert),
+                "--tls-key-file", str(self.certs.server_key), "--tls-ca-cert-file", str(self.certs.ca),
+                "--tls-auth-clients", "no", "--requirepass", PASSWORD]
+
+    def secure_uri(self, password: str, ca: Path) -> str:
+        return f"rediss://:{quote(password)}@127.0.0.1:{self.port}/0?ssl_ca_certs={ca}"
+
+
+class TlsRabbit(RabbitServer):
+    name = "rabbitmq-tls"
+
+    def __init__(self, *, expired: bool) -> None:
+        self._expired = expired  # read by _tls_config() during RabbitServer.__init__
+        super().__init__(tls=True)
+
+    def _tls_config(self) -> list[str]:
+        self.certs = make_certificates(self.dir, server_expired=self._expired)
+        return [f"listeners.ssl.default = 127.0.0.1:{self.tls_port}",
+                f"ssl_options.cacertfile = {self.certs.ca}",
+                f"ssl_options.certfile = {self.certs.server_cert}",
+                f"ssl_options.keyfile = {self.certs.server_key}",
+                "ssl_options.verify = verify_none",
+                "ssl_options.fail_if_no_peer_cert = false",
+                f"default_pass = {PASSWORD}"]
+
+    def ready(self) -> bool:
+        return port_open(self.port) and self.tls_port is not None and port_open(self.tls_port)
+
+    def secure_uri(self, password: str, ca: Path) -> str:
+        return f"amqps://guest:{quote(password)}@127.0.0.1:{self.tls_port}/?cafile={ca}"
+
+
+class TlsNats(NatsServer):
+    name = "nats-tls"
+
+    def __init__(self, *, expired: bool) -> None:
+        super().__init__()
+        self.certs = make_certificates(self.dir, server_expired=expired)
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--tls", "--tlscert", str(self.certs.server_cert), "--tlskey",
+                str(self.certs.server_key), "--user", "syncar", "--pass", PASSWORD]
+
+    def secure_uri(self, password: str, ca: Path) -> str:
+        return f"tls://syncar:{quote(password)}@127.0.0.1:{self.port}?tls_ca={ca}"
+
+
+SERVERS = {"redis": TlsRedis, "rabbitmq": TlsRabbit, "nats": TlsNats}
+Secure = TlsRedis | TlsRabbit | TlsNats
+
+
+@pytest.fixture(scope="module", params=list(SERVERS))
+def servers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[Secure, Secure, Certificates]]:
+    """A broker with a valid certificate, one with an expired certificate, and an unrelated CA."""
+    kind = SERVERS[request.param]
+    valid, expired = kind(expired=False), kind(expired=True)
+    try:
+        for server in (valid, expired):
+            server.start()
+        yield valid, expired, make_certificates(tmp_path_factory.mktemp("other-ca"), prefix="other-")
+    finally:
+        for server in (valid, expired):
+            server.cleanup()
+
+
+def check(uri: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sidecar", "check", "--backend", uri], capture_output=True,
+                          text=True, timeout=60, cwd=REPO, env=os.environ)
+
+
+def one_clean_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert PASSWORD not in result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0].lower()
+
+
+async def test_tls_and_auth(servers: tuple[Secure, Secure, Certificates]) -> None:
+    valid, expired, other = servers
+    good = await asyncio.to_thread(check, valid.secure_uri(PASSWORD, valid.certs.ca))
+    assert good.returncode == 0, good.stderr
+    assert "reachable" in good.stdout
+    assert PASSWORD not in good.stdout + good.stderr
+
+    wrong_ca = one_clean_line(await asyncio.to_thread(check, valid.secure_uri(PASSWORD, other.ca)))
+    assert "certificate" in wrong_ca
+    outdated = one_clean_line(await asyncio.to_thread(check, expired.secure_uri(PASSWORD, expired.certs.ca)))
+    assert "expired" in outdated
+    refused = one_clean_line(await asyncio.to_thread(check, valid.secure_uri(WRONG, valid.certs.ca)))
+    assert any(word in refused for word in ("password", "auth", "access_refused", "credentials")), refused
+    assert WRONG not in refused
+
+
+def test_run_with_a_wrong_password_exits_3_in_one_line(servers: tuple[Secure, Secure, Certificates],
+                                                       sock_dir: Path) -> None:
+    valid, _, _ = servers
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "run", "--socket", str(sock_dir / "s.sock"), "--http", "off",
+         "--backend", valid.secure_uri(WRONG, valid.certs.ca)],
+        capture_output=True, text=True, timeout=60, cwd=REPO, env=os.environ)
+    assert result.returncode == 3
+    assert "Traceback" not in result.stderr
+    assert WRONG not in result.stderr
+    assert "cannot start" in result.stderr.strip().splitlines()[-1]
