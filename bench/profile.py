@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.plan import Case, make_plan
+from bench.processes import Daemon
 from bench.report import derive
 from bench.runner import Section
 
@@ -63,22 +64,27 @@ def summarise(collapsed: str) -> str:
 async def _record(spy: str, out: Path, seconds: float, workdir: Path, root: Path) -> dict[str, Any]:
     plan = make_plan(quick=True, brokers=("redis",), contestants=("syncar",), reps=1, seconds=seconds)
     section = Section("redis", plan, workdir, root)
-    try:
-        await section.start()
-        daemon_a, daemon_b = section.daemons["syncar"]
-        spies = {}
+    spies: dict[str, asyncio.subprocess.Process] = {}
+
+    async def attach(daemon_a: Daemon, daemon_b: Daemon) -> None:
         for label, daemon in (("a", daemon_a), ("b", daemon_b)):
             spies[label] = await asyncio.create_subprocess_exec(
                 spy, "record", "--pid", str(daemon.pid), "--duration", str(int(seconds) + 2), "--rate",
                 str(SAMPLE_RATE), "--format", "raw", "--nonblocking", "--output", str(out / f"profile-{label}.txt"),
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-        run = await section.run("syncar", Case("tp-256", 256, 0, seconds), 0)
+
+    try:
+        await section.start()
+        run = await section.run("syncar", Case("tp-256", 256, 0, seconds), 0, on_daemons=attach)
         for label, process in spies.items():
             async with asyncio.timeout(seconds + 30):
                 _, err = await process.communicate()
             if process.returncode:
                 print(f"py-spy for daemon {label} failed: {err.decode(errors='replace')[-500:]}")
     finally:
+        for process in spies.values():
+            if process.returncode is None:
+                process.kill()
         section.stop()
     return run
 

@@ -115,10 +115,16 @@ def _num(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def rss(cases: dict[str, Any]) -> str:
+    """Peak RSS of the daemons in the two throughput runs: 256 B / 4 KiB."""
+    values = [cases.get(case, {}).get("daemon_peak_rss_mib") for case in ("tp-256", "tp-4096")]
+    return "-" if all(v is None for v in values) else "/".join(_num(v, 0) for v in values)
+
+
 def table(summary: dict[str, Any]) -> str:
     """The terminal table: one row per broker and contestant, medians over repetitions."""
     head = ("broker", "contestant", "ev/s 256B", "ev/s 4KiB", "p50/p99/p999 ms @1k/s", "p50/p99/p999 ms @10k/s",
-            "daemon CPU s/100k", "daemon RSS MiB")
+            "daemon CPU s/100k", "daemon peak RSS MiB")
     rows: list[tuple[str, ...]] = [head]
     notes: list[str] = []
     for broker, contestants in summary.items():
@@ -137,7 +143,7 @@ def table(summary: dict[str, Any]) -> str:
             rows.append((BROKER_LABELS.get(broker, broker), LABELS.get(contestant, contestant),
                          _num(tp.get("throughput")), _num(cases.get("tp-4096", {}).get("throughput")),
                          lat("lat-1000"), lat("lat-10000"), _num(tp.get("daemon_cpu_per_100k"), 2),
-                         _num(tp.get("daemon_peak_rss_mib"), 1)))
+                         rss(cases)))
             for entry in cases.values():
                 notes.extend(f"{broker} {contestant}: {e}" for e in entry.get("errors", []))
         ratios = contestants.get("ratios", {})

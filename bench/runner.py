@@ -8,7 +8,7 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,7 @@ def _group_pids(pgid: int) -> list[int]:
 
 
 class Section:
-    """One broker's part of the benchmark: its server, its daemons, its runs."""
+    """One broker's part of the benchmark: its server, and its runs."""
 
     def __init__(self, broker: str, plan: Plan, workdir: Path, syncar_root: Path = REPO) -> None:
         self.broker = broker
@@ -77,7 +77,6 @@ class Section:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.server: Any = None
         self.uri = "local://"
-        self.daemons: dict[str, tuple[Daemon, Daemon]] = {}
         self.skipped: dict[str, str] = {}
         self._runs = 0
 
@@ -86,43 +85,64 @@ class Section:
             self.server = _broker_server(self.broker)
             await asyncio.to_thread(self.server.start)
             self.uri = self.server.uri
-        contestants = self.plan.contestants_for(self.broker)
-        for contestant in contestants:
-            codec = CODECS.get(contestant)
-            if codec is None:
-                continue
-            key = f"bench-{uuid.uuid4().hex[:12]}"
-            a = Daemon(self.dir, f"{contestant}-a", self.uri, key, codec, root=self.syncar_root)
-            # On local:// there is no broker between two processes: one daemon, publisher and subscriber on it.
-            b = a if self.broker == "local" else Daemon(self.dir, f"{contestant}-b", self.uri, key, codec,
-                                                                 root=self.syncar_root)
-            self.daemons[contestant] = (a, b)
-        for a, b in self.daemons.values():
-            await a.ready()
-            await b.ready()
-        if "feathers-sync" in contestants and (problem := node_problem()):
+        if "feathers-sync" in self.plan.contestants_for(self.broker) and (problem := node_problem()):
             self.skipped["feathers-sync"] = problem
 
-    def stop(self) -> dict[str, int | None]:
-        codes: dict[str, int | None] = {}
-        for a, b in self.daemons.values():
-            for daemon in {a.name: a, b.name: b}.values():
-                codes[daemon.name] = daemon.stop()
+    def stop(self) -> None:
         if self.server is not None:
             self.server.cleanup()
-        return codes
 
     def broker_pids(self) -> list[int]:
         if self.server is None or self.server.process is None:
             return []
         return _group_pids(self.server.process.pid)
 
-    async def run(self, contestant: str, case: Case, rep: int) -> dict[str, Any]:
+    async def _daemons(self, contestant: str, name: str) -> tuple[Daemon, Daemon]:
+        """A fresh pair for one run, so its peak RSS and CPU are that run's alone (the replay buffer fills up)."""
+        key = f"bench-{uuid.uuid4().hex[:12]}"
+        codec = CODECS[contestant]
+        a = Daemon(self.dir, f"{name}-a", self.uri, key, codec, root=self.syncar_root)
+        # On local:// there is no broker between two processes: one daemon, publisher and subscriber on it.
+        b = a if self.broker == "local" else Daemon(self.dir, f"{name}-b", self.uri, key, codec,
+                                                             root=self.syncar_root)
+        try:
+            await a.ready()
+            await b.ready()
+        except RuntimeError:
+            a.stop()
+            b.stop()
+            raise
+        return a, b
+
+    async def run(self, contestant: str, case: Case, rep: int,
+                  on_daemons: Callable[[Daemon, Daemon], Awaitable[None]] | None = None) -> dict[str, Any]:
         self._runs += 1
         record: dict[str, Any] = {"broker": self.broker, "contestant": contestant, "case": case.name,
                                   "size": case.size, "rate": case.rate, "rep": rep, "started": time.time()}
         if contestant in self.skipped:
             return {**record, "error": f"skipped: {self.skipped[contestant]}"}
+        name = f"{self._runs:03d}-{contestant}-{case.name}"
+        daemons: tuple[Daemon, Daemon] | None = None
+        try:
+            if contestant in CODECS:
+                daemons = await self._daemons(contestant, name)
+                if on_daemons is not None:
+                    await on_daemons(*daemons)
+            result = {**record, **await self._measure(contestant, case, name, daemons)}
+        except (RuntimeError, OSError) as exc:
+            log.warning("%s %s %s rep %d failed: %s", self.broker, contestant, case.name, rep, exc)
+            result = {**record, "error": str(exc)[:4000]}
+        finally:
+            # Stopped after every run, even a failed one; SIGTERM should give a clean exit (0), which is recorded.
+            exits = {d.name: d.stop() for d in dict.fromkeys(daemons)} if daemons is not None else {}
+        if exits:
+            result["daemon_exits"] = exits
+            if any(code != 0 for code in exits.values()):
+                log.warning("%s: a daemon did not exit cleanly after SIGTERM: %s", name, exits)
+        return result
+
+    async def _measure(self, contestant: str, case: Case, name: str,
+                       daemons: tuple[Daemon, Daemon] | None) -> dict[str, Any]:
         flow_path = self.dir / f"flow-{self._runs}"
         flow = Flow(flow_path, create=True)
         spec: dict[str, Any] = {"kind": "syncar", "target": "", "key": f"bench-{uuid.uuid4().hex[:12]}",
@@ -131,10 +151,8 @@ class Section:
                                 "deadline": case.seconds + SLACK}
         pids: dict[str, int] = {}
         launcher: Callable[[dict[str, Any]], list[str]] = python_worker
-        if contestant in self.daemons:
-            a, b = self.daemons[contestant]
-            if not (a.alive() and b.alive()):
-                return {**record, "error": "a syncar daemon of this section has exited"}
+        if daemons is not None:
+            a, b = daemons
             pub = {**spec, "role": "pub", "target": str(a.socket)}
             sub = {**spec, "role": "sub", "target": str(b.socket)}
             pids = {"daemon_a": a.pid, "daemon_b": b.pid} if a is not b else {"daemon": a.pid}
@@ -148,33 +166,27 @@ class Section:
             pids[f"broker_{index}"] = pid
         meter = Meter(pids)
         workers: list[Worker] = []
-        name = f"{self._runs:03d}-{contestant}-{case.name}"
+        cwd = NODE_DIR if launcher is node_worker else REPO
         try:
-            subscriber = await Worker.start(launcher(sub), f"{name}-sub", self.dir, cwd=_cwd(launcher))
+            subscriber = await Worker.start(launcher(sub), f"{name}-sub", self.dir, cwd=cwd)
             workers.append(subscriber)
             await subscriber.ready()
             meter.begin()
-            publisher = await Worker.start(launcher(pub), f"{name}-pub", self.dir, cwd=_cwd(launcher))
+            publisher = await Worker.start(launcher(pub), f"{name}-pub", self.dir, cwd=cwd)
             workers.append(publisher)
             await publisher.ready()
             pub_line = await publisher.result(case.seconds + SLACK)
             sub_line = await subscriber.result(SLACK)
-        except (RuntimeError, OSError) as exc:
-            log.warning("%s %s %s rep %d failed: %s", self.broker, contestant, case.name, rep, exc)
-            flow.finish(0)
-            return {**record, "error": str(exc)[:4000]}
+        except BaseException:
+            flow.finish(0)  # a subscriber still running stops at once
+            raise
         finally:
             for worker in workers:
                 worker.kill()
             flow.close()
             flow_path.unlink(missing_ok=True)
-        processes = meter.end()
-        return {**record, "pub": pub_line["result"], "pub_usage": pub_line["usage"], "sub": sub_line["result"],
-                "sub_usage": sub_line["usage"], "processes": processes}
-
-
-def _cwd(launcher: Callable[[dict[str, Any]], list[str]]) -> Path:
-    return NODE_DIR if launcher is node_worker else REPO
+        return {"pub": pub_line["result"], "pub_usage": pub_line["usage"], "sub": sub_line["result"],
+                "sub_usage": sub_line["usage"], "processes": meter.end()}
 
 
 async def run_plan(plan: Plan, workdir: Path, progress: Callable[[dict[str, Any]], None],
@@ -200,7 +212,6 @@ async def run_plan(plan: Plan, workdir: Path, progress: Callable[[dict[str, Any]
                         runs.append(record)
                         progress(record)
         finally:
-            exits = section.stop()
-        sections[broker] = {"uri": section.uri, "seconds": time.monotonic() - began, "daemon_exits": exits,
-                            "skipped": section.skipped}
+            section.stop()
+        sections[broker] = {"uri": section.uri, "seconds": time.monotonic() - began, "skipped": section.skipped}
     return {"runs": runs, "sections": sections}
