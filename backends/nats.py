@@ -1,6 +1,7 @@
-"""The NATS backend, broadcast mode: core NATS subjects through nats-py, on one connection per daemon.
+"""The NATS backend: core NATS subjects (broadcast mode) or JetStream (durable mode), on one connection per daemon.
 
-The subject is the topic (`--key`, default `feathers-sync`), as in feathers-sync 3.x's nats adapter.
+Broadcast: the subject is the topic (`--key`, default `feathers-sync`), as in feathers-sync 3.x's nats adapter.
+Durable: a stream per topic and a durable consumer per instance; see backends/nats_jetstream.py.
 URI: `nats://` or `tls://`, then `[user:password@|token@]host[:port][,host[:port]...]`, then optionally
 `?tls_ca=FILE&tls_cert=FILE&tls_key=FILE&tls_hostname=NAME`. See docs/backends/nats.md.
 """
@@ -12,12 +13,10 @@ import contextlib
 import logging
 import math
 import random
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import nats.errors
 from nats.aio.client import Client
@@ -28,7 +27,6 @@ from backends.base import (
     Backend,
     BackendClosed,
     BackendConfig,
-    BackendConfigError,
     BackendError,
     BackendState,
     BackendUnavailable,
@@ -36,10 +34,15 @@ from backends.base import (
     Handler,
     Message,
     MessageTooLarge,
+    Mode,
     PublishTimeout,
     StateCallback,
     Subscription,
 )
+from backends.nats_common import CONNECTION_ERRORS, describe, parse_uri, retrieve, settle
+from backends.nats_jetstream import DurableSubscription, JetStreamPublisher
+
+__all__ = ["NatsBackend", "describe", "parse_uri"]
 
 log = logging.getLogger(__name__)
 
@@ -53,85 +56,6 @@ PING_INTERVAL = 10
 MAX_OUTSTANDING_PINGS = 3
 #: Seconds between two warnings about the same outage or the same slow subscriber.
 WARN_EVERY = 30.0
-TLS_OPTIONS = ("tls_ca", "tls_cert", "tls_key", "tls_hostname")
-CONNECTION_ERRORS = (nats.errors.Error, OSError, asyncio.TimeoutError)
-
-
-def parse_uri(uri: str) -> tuple[str, dict[str, Any]]:
-    """Split a `nats://` or `tls://` URI into the servers without credentials (for messages) and nats-py's options.
-
-    Raises:
-        BackendError: the URI is malformed, or names an unknown option or an unreadable file.
-    """
-    parts = urlsplit(uri)  # the scheme comes lowercased
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    if parts.path not in ("", "/") or parts.fragment:
-        raise BackendConfigError("nats: the URI takes no path; put options after '?'")
-    servers = []
-    for host in hosts.split(","):
-        try:
-            split = urlsplit(f"//{host}")
-            name, port = split.hostname or "localhost", split.port or 4222
-        except ValueError:
-            raise BackendConfigError(f"nats: bad host:port {host!r} in the URI") from None
-        servers.append(f"{parts.scheme}://[{name}]:{port}" if ":" in name else f"{parts.scheme}://{name}:{port}")
-    name, colon, secret = (unquote(part) for part in userinfo.partition(":"))
-    user, password, token = (name, secret, None) if colon else (None, None, name or None)
-    options = dict(parse_qsl(parts.query, keep_blank_values=True))
-    unknown = sorted(set(options) - set(TLS_OPTIONS))
-    if unknown:
-        raise BackendConfigError(f"nats: unknown URI option {unknown[0]!r}; known: {', '.join(TLS_OPTIONS)}")
-    tls = _tls_context(options) if parts.scheme == "tls" or any(options.get(o) for o in TLS_OPTIONS[:3]) else None
-    return ",".join(s.split("://", 1)[1] for s in servers), {
-        "servers": servers, "user": user, "password": password, "token": token, "tls": tls,
-        "tls_hostname": options.get("tls_hostname") or None}
-
-
-def _tls_context(options: dict[str, str]) -> ssl.SSLContext:
-    if options.get("tls_key") and not options.get("tls_cert"):
-        raise BackendConfigError("nats: tls_key needs tls_cert")
-    setting = "tls_ca"
-    try:
-        context = ssl.create_default_context(cafile=options.get("tls_ca") or None)
-        if options.get("tls_cert"):
-            setting = "tls_cert"
-            context.load_cert_chain(options["tls_cert"], options.get("tls_key") or None)
-    except (OSError, ssl.SSLError) as exc:
-        reason = describe(exc).removeprefix("tls: ")
-        raise BackendConfigError(f"nats: {setting}: cannot load {options.get(setting)!r}: {reason}") from None
-    return context
-
-
-def describe(exc: BaseException) -> str:
-    """A one-line, lowercase reason for a failure."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"tls: {exc.verify_message or exc.reason}"
-    if isinstance(exc, ssl.SSLError):
-        return f"tls: {(exc.reason or str(exc)).lower().replace('_', ' ')}"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, OSError):
-        return (exc.strerror or str(exc)).lower()
-    text = str(exc).removeprefix("nats: ").strip("'\" ").lower()
-    if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in text:
-        return "authorization violation (wrong user, password or token?)"
-    return text or type(exc).__name__.lower()
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Mark a task's outcome as seen, so that asyncio does not report it as never retrieved."""
-    if not task.cancelled() and (error := task.exception()) is not None:
-        log.debug("nats: %s", describe(error))
-
-
-async def _settle(awaitable: Awaitable[Any]) -> None:
-    """Await a nats-py operation in a task of its own and ignore how it ends: closing a client while it
-    reconnects makes nats-py await a future it cancelled itself, and that CancelledError is not ours."""
-    task = asyncio.ensure_future(awaitable)
-    await asyncio.wait({task})
-    _retrieve(task)
 
 
 class NatsSubscription(Subscription):
@@ -163,23 +87,29 @@ class NatsSubscription(Subscription):
 
 
 class NatsBackend(Backend):
-    """Core NATS pub/sub on one long-lived connection; reconnects forever once the first connect worked."""
+    """NATS on one long-lived connection; reconnects forever once the first connect worked."""
 
     name: ClassVar[str] = "nats"
-    features: ClassVar[frozenset[Feature]] = frozenset({Feature.ORDERED, Feature.CONFIRMS})
+    features: ClassVar[frozenset[Feature]] = frozenset(
+        {Feature.ORDERED, Feature.CONFIRMS, Feature.DURABLE, Feature.REDELIVERY})
 
     def __init__(self, config: BackendConfig, *, on_state: StateCallback | None = None) -> None:
         super().__init__(config, on_state=on_state)
         self.max_message_bytes = 1024 * 1024  # the NATS default, until the server says otherwise
         self._client: Client | None = None
         self._options: dict[str, Any] = {}
-        self._subscriptions: list[NatsSubscription] = []
+        self._subscriptions: list[NatsSubscription | DurableSubscription] = []
+        self._publisher = JetStreamPublisher(self) if config.mode is Mode.DURABLE else None
         self._closing = False
         # Resolved when the current connection is lost, so that a publish awaiting its confirmation fails at once.
         self._lost: asyncio.Future[None] | None = None
         self._revive_task: asyncio.Task[None] | None = None
         self._failures, self._warned_at, self._slow_warned_at = 0, -math.inf, -math.inf
         self.where = "nats"  # the servers, without credentials, for messages
+
+    def supports(self, feature: Feature) -> bool:
+        # Only the durable mode's consumer gives a failed message back; core NATS has nothing to give.
+        return super().supports(feature) and (feature is not Feature.REDELIVERY or self._publisher is not None)
 
     async def start(self) -> None:
         if self._closing:
@@ -225,7 +155,7 @@ class NatsBackend(Backend):
         finally:  # also when we are cancelled: the client must not live on
             failed.cancel()
             connect.cancel()  # a no-op once it is done
-            await _settle(connect)
+            await settle(connect)
             if connect.cancelled() or connect.exception() is not None:
                 cause = (None if connect.cancelled() else connect.exception()) or (first_errors or [TimeoutError()])[-1]
                 reason = self._clean(describe(cause))
@@ -236,7 +166,7 @@ class NatsBackend(Backend):
             elif not self._tls_ok(client):
                 error = BackendUnavailable(f"nats: {self.where} did not offer TLS, which the URI requires")
             if error is not None:
-                await _settle(client.close())
+                await settle(client.close())
         if error is not None:
             raise error
         self.max_message_bytes = client.max_payload
@@ -294,6 +224,7 @@ class NatsBackend(Backend):
         self._lost = asyncio.get_running_loop().create_future()
         log.info("nats: reconnected to %s", self.where)
         self._set_state(BackendState.CONNECTED)
+        self._resume_durable()
 
     async def _on_closed(self, _: Client) -> None:
         # nats-py gives up a connection after some server errors (an -ERR it does not expect): start afresh.
@@ -316,12 +247,27 @@ class NatsBackend(Backend):
             self._client, self._failures = client, 0
             with contextlib.suppress(BackendError, *CONNECTION_ERRORS):
                 for subscription in self._subscriptions:
-                    await subscription.attach(client)
+                    if isinstance(subscription, NatsSubscription):
+                        await subscription.attach(client)
                 await self._confirm(client, self._lost)
             if client.is_connected and self.state is BackendState.RECONNECTING:
                 log.info("nats: connected to %s again", self.where)
                 self._set_state(BackendState.CONNECTED)
+                self._resume_durable()
             return
+
+    def _resume_durable(self) -> None:
+        # In the background: nothing waits in the stream meanwhile, and JetStream may need a moment after a restart.
+        for subscription in self._subscriptions:
+            if isinstance(subscription, DurableSubscription):
+                subscription.restore_soon()
+
+    def current_client(self) -> Client | None:
+        """The connection, while it is up."""
+        try:
+            return self._usable()
+        except BackendError:
+            return None
 
     def _usable(self) -> Client:
         if self._closing:
@@ -336,6 +282,8 @@ class NatsBackend(Backend):
         if size > limit:
             raise MessageTooLarge(f"nats: message of {size} bytes is over the server's max_payload of {limit} bytes")
         lost = self._lost
+        if self._publisher is not None:
+            return await self._publisher.publish(client, topic, bodies, lost)
         try:
             for body in bodies:
                 await client.publish(topic, body)
@@ -356,7 +304,7 @@ class NatsBackend(Backend):
             await asyncio.wait({flush} if lost is None else {flush, lost}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             # Never cancel a flush: its stale PONG waiter would break nats-py's read loop (a reconnect clears it).
-            flush.add_done_callback(_retrieve)
+            flush.add_done_callback(retrieve)
         if not flush.done():
             raise BackendUnavailable(f"nats: connection to {self.where} lost before the server confirmed")
         error = flush.exception()
@@ -369,6 +317,15 @@ class NatsBackend(Backend):
 
     async def subscribe(self, topic: str, handler: Handler) -> Subscription:
         client = self._usable()
+        if self._publisher is not None:
+            durable = DurableSubscription(self, topic, handler)
+            try:
+                await durable.attach(client)
+            except BackendError:
+                await durable.unsubscribe()
+                raise
+            self._subscriptions.append(durable)
+            return durable
         subscription = NatsSubscription(self, topic, handler)
         try:
             await subscription.attach(client)
@@ -391,12 +348,19 @@ class NatsBackend(Backend):
         self._closing = True
         if self._revive_task is not None:
             self._revive_task.cancel()
-            await _settle(self._revive_task)
+            await settle(self._revive_task)
         client, self._client = self._client, None
+        for subscription in list(self._subscriptions):
+            if isinstance(subscription, DurableSubscription):
+                await subscription.unsubscribe()
+        if self._publisher is not None and client is not None and client.is_connected:
+            # The last acknowledgements must reach the server, or their messages come again next time.
+            with contextlib.suppress(BackendError):
+                await self._confirm(client, self._lost)
         # Every publish was confirmed before it returned, so there is nothing to drain on the way out;
-        # messages nats-py still holds for a subscriber are dropped (broadcast mode is at-most-once).
+        # in broadcast mode, messages nats-py still holds for a subscriber are dropped (at-most-once).
         if client is not None and not client.is_closed:
-            await _settle(client.close())
+            await settle(client.close())
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
         self._set_state(BackendState.CLOSED)
