@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run the daemons from this checkout of syncar instead (to measure a change against main)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (it needs matplotlib)")
     parser.add_argument("--profile", action="store_true",
-                        help="instead: profile both daemons with py-spy under load (syncar codec over Redis)")
+                        help="instead: profile both daemons with py-spy under load (syncar codec over Redis, or "
+                             "the first syncar contestant and broker given)")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -107,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         from bench.profile import profile  # noqa: PLC0415  (py-spy is needed only here)
 
-        return profile(args.out, args.seconds or 10.0, args.syncar_root.resolve())
+        broker = next((b for b in args.brokers or ("redis",) if b != "local"), "local")
+        contestant = next((c for c in args.contestants or ("syncar",) if c.startswith("syncar")), "syncar")
+        return profile(args.out, args.seconds or 10.0, args.syncar_root.resolve(), broker, contestant)
     plan = make_plan(quick=args.quick, brokers=args.brokers, contestants=args.contestants, reps=args.reps,
                      seconds=args.seconds)
     command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])

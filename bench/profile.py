@@ -1,4 +1,5 @@
-"""`python -m bench --profile`: where the daemons' CPU goes under a sustained load (syncar codec over Redis).
+"""`python -m bench --profile`: where the daemons' CPU goes under a sustained load (default: syncar codec, Redis;
+`--brokers amqp --contestants syncar-fs` profiles another pair).
 
 It runs the 256 B throughput case for a while with `py-spy record` (sampling, non-blocking, so the daemons run
 at full speed) attached to both daemons, then prints each one's top functions by own time and by total time.
@@ -61,9 +62,10 @@ def summarise(collapsed: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def _record(spy: str, out: Path, seconds: float, workdir: Path, root: Path) -> dict[str, Any]:
-    plan = make_plan(quick=True, brokers=("redis",), contestants=("syncar",), reps=1, seconds=seconds)
-    section = Section("redis", plan, workdir, root)
+async def _record(spy: str, out: Path, seconds: float, workdir: Path, *, root: Path, broker: str,
+                  contestant: str) -> dict[str, Any]:
+    plan = make_plan(quick=True, brokers=(broker,), contestants=(contestant,), reps=1, seconds=seconds)
+    section = Section(broker, plan, workdir, root)
     spies: dict[str, asyncio.subprocess.Process] = {}
 
     async def attach(daemon_a: Daemon, daemon_b: Daemon) -> None:
@@ -75,7 +77,7 @@ async def _record(spy: str, out: Path, seconds: float, workdir: Path, root: Path
 
     try:
         await section.start()
-        run = await section.run("syncar", Case("tp-256", 256, 0, seconds), 0, on_daemons=attach)
+        run = await section.run(contestant, Case("tp-256", 256, 0, seconds), 0, on_daemons=attach)
         for label, process in spies.items():
             async with asyncio.timeout(seconds + 30):
                 _, err = await process.communicate()
@@ -89,7 +91,7 @@ async def _record(spy: str, out: Path, seconds: float, workdir: Path, root: Path
     return run
 
 
-def profile(out: Path, seconds: float, root: Path) -> int:
+def profile(out: Path, seconds: float, root: Path, broker: str = "redis", contestant: str = "syncar") -> int:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         print("py-spy is not installed (pip install py-spy)")
@@ -97,13 +99,13 @@ def profile(out: Path, seconds: float, root: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="syncar-profile-"))
     try:
-        run = asyncio.run(_record(spy, out, seconds, workdir, root))
+        run = asyncio.run(_record(spy, out, seconds, workdir, root=root, broker=broker, contestant=contestant))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     figures = derive(run) if not run.get("error") else {}
     print(f"load: {run.get('error') or format(figures.get('throughput') or 0, ',.0f') + ' events/s'}; "
           f"daemon CPU {figures.get('daemon_cpu_per_100k') or 0:.2f} s per 100k events")
-    report = []
+    report = [f"profile of {contestant} over {broker}, 256 B payloads, {seconds:g} s\n"]
     for label, role in (("a", "publishing side (A: socket -> broker)"), ("b", "receiving side (B: broker -> socket)")):
         path = out / f"profile-{label}.txt"
         text = summarise(path.read_text()) if path.exists() else "no profile\n"
