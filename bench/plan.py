@@ -62,7 +62,7 @@ def make_plan(*, quick: bool, brokers: tuple[str, ...] | None, contestants: tupl
         tp = lat_slow = lat_fast = 1.0
         default_brokers: tuple[str, ...] = ("local", "redis")
     else:
-        tp, lat_slow, lat_fast = 4.0, 5.0, 3.0
+        tp, lat_slow, lat_fast = 3.0, 4.0, 3.0
         default_brokers = ("redis", "amqp", "nats")
     if seconds is not None:
         tp = lat_slow = lat_fast = seconds

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -118,7 +119,8 @@ class Section:
                   on_daemons: Callable[[Daemon, Daemon], Awaitable[None]] | None = None) -> dict[str, Any]:
         self._runs += 1
         record: dict[str, Any] = {"broker": self.broker, "contestant": contestant, "case": case.name,
-                                  "size": case.size, "rate": case.rate, "rep": rep, "started": time.time()}
+                                  "size": case.size, "rate": case.rate, "rep": rep, "started": time.time(),
+                                  "loadavg": os.getloadavg()[0]}
         if contestant in self.skipped:
             return {**record, "error": f"skipped: {self.skipped[contestant]}"}
         name = f"{self._runs:03d}-{contestant}-{case.name}"
