@@ -1,4 +1,8 @@
-"""The contract suite's fixtures: every test runs on each broker x codec, between two real daemons."""
+"""The contract suite's fixtures: every test runs between two real daemons on each broker x codec x mode.
+
+A test module narrows the set with module attributes: `REAL_BROKERS_ONLY = True` (it needs a broker to kill or
+to read directly) and `MODES = ("broadcast",)`.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,47 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from backends import load_backend
+from backends.base import Feature, Mode
 from sidecar.daemon import Daemon
 from tests.brokers import BrokerServer
 from tests.utils import run_daemon
 
-BROKERS = [
-    pytest.param("local", id="local"),
-    pytest.param("redis", marks=pytest.mark.redis, id="redis"),
-    pytest.param("rabbitmq", marks=pytest.mark.rabbitmq, id="rabbitmq"),
-    pytest.param("nats", marks=pytest.mark.nats, id="nats"),
-]
-CODECS = ["syncar", "feathers-sync"]
+SCHEMES = {"local": "local", "redis": "redis", "rabbitmq": "amqp", "nats": "nats"}
+CODECS = ("syncar", "feathers-sync")
+
+
+@dataclass(frozen=True)
+class Setup:
+    broker: str
+    codec: str
+    mode: Mode
+
+    def __str__(self) -> str:
+        return f"{self.broker}-{self.codec}" + ("-durable" if self.mode is Mode.DURABLE else "")
+
+
+def _durable(broker: str) -> bool:
+    return Feature.DURABLE in load_backend(f"{SCHEMES[broker]}://").features
+
+
+# Durable mode needs the syncar codec, and a backend that has it.
+SETUPS = [Setup(broker, codec, Mode.BROADCAST) for broker in SCHEMES for codec in CODECS] + [
+    Setup(broker, "syncar", Mode.DURABLE) for broker in SCHEMES if _durable(broker)]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "setup" not in metafunc.fixturenames:
+        return
+    real_only = getattr(metafunc.module, "REAL_BROKERS_ONLY", False)
+    modes = getattr(metafunc.module, "MODES", tuple(Mode))
+    params = [pytest.param(s, id=str(s), marks=[] if s.broker == "local" else [getattr(pytest.mark, s.broker)])
+              for s in SETUPS if s.mode in modes and not (real_only and s.broker == "local")]
+    metafunc.parametrize("setup", params)
 
 
 @dataclass
@@ -33,29 +64,25 @@ class Pair:
     sock_b: Path
     key: str
     server: BrokerServer | None  # None for the local backend
-
-
-@pytest.fixture(params=BROKERS)
-def broker(request: pytest.FixtureRequest) -> BrokerServer | None:
-    if request.param == "local":
-        return None
-    server: BrokerServer = request.getfixturevalue(f"{request.param}_server")
-    return server
-
-
-@pytest.fixture(params=CODECS)
-def codec(request: pytest.FixtureRequest) -> str:
-    codec: str = request.param
-    return codec
+    mode: Mode
 
 
 @pytest.fixture
-async def pair(broker: BrokerServer | None, codec: str, sock_dir: Path) -> AsyncIterator[Pair]:
+def broker(setup: Setup, request: pytest.FixtureRequest) -> BrokerServer | None:
+    if setup.broker == "local":
+        return None
+    server: BrokerServer = request.getfixturevalue(f"{setup.broker}_server")
+    return server
+
+
+@pytest.fixture
+async def pair(setup: Setup, broker: BrokerServer | None, sock_dir: Path) -> AsyncIterator[Pair]:
     # A fresh key per test (Dapr's runID): nothing another test left on the broker can arrive.
     key = f"contract-{uuid.uuid4().hex}"
     uri = broker.uri if broker is not None else f"local://{key}"
+    settings: dict[str, Any] = {"backend": uri, "codec": setup.codec, "key": key, "mode": setup.mode}
     async with contextlib.AsyncExitStack() as stack:
         daemons = [await stack.enter_async_context(
-            run_daemon(sock_dir / f"{name}.sock", backend=uri, codec=codec, key=key, instance_id=f"{name}-{key[9:17]}"))
+            run_daemon(sock_dir / f"{name}.sock", instance_id=f"{name}-{key[9:17]}", **settings))
             for name in ("a", "b")]
-        yield Pair(daemons[0], daemons[1], sock_dir / "a.sock", sock_dir / "b.sock", key, broker)
+        yield Pair(daemons[0], daemons[1], sock_dir / "a.sock", sock_dir / "b.sock", key, broker, setup.mode)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-import pytest
 
-from tests.brokers import BrokerServer
+from backends.base import Mode
 from tests.conftest import Connect
-from tests.contract.conftest import BROKERS, Pair
+from tests.contract.conftest import Pair
 from tests.contract.raw import raw_publish, raw_subscriber
 from tests.utils import publish_frame
 
@@ -17,11 +16,8 @@ CONTEXT = {"arguments": [{"text": "hi"}, {}], "event": "created", "result": {"te
            "data": {"text": "hi"}, "params": {"query": {}}, "path": "messages", "method": "create", "type": "around"}
 
 
-@pytest.fixture(params=[p for p in BROKERS if p.id != "local"])
-def broker(request: pytest.FixtureRequest) -> BrokerServer:
-    """Real brokers only: these tests read and write the broker directly."""
-    server: BrokerServer = request.getfixturevalue(f"{request.param}_server")
-    return server
+REAL_BROKERS_ONLY = True  # these tests kill or read the broker
+MODES = (Mode.BROADCAST,)  # durable mode writes elsewhere than the broadcast channel
 
 
 async def test_what_goes_on_the_wire(pair: Pair, connect: Connect) -> None:
