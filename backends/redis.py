@@ -1,9 +1,12 @@
-"""Redis pub/sub backend (broadcast mode) on redis-py's asyncio client with hiredis.
+"""Redis backend on redis-py's asyncio client with hiredis: pub/sub in broadcast mode, streams in durable mode.
 
-The topic is a channel, used as feathers-sync's redis adapter uses its key: `PUBLISH key body`, `SUBSCRIBE key`.
-A pool (in practice one connection) publishes. One connection is subscribed, driven by hand rather than by redis-py's
-`PubSub`, to know when a SUBSCRIBE is confirmed, notice a dead broker while idle and own the reconnects. Both speak
-RESP2: every Redis knows it, and pub/sub messages are plain replies in it."""
+Broadcast mode uses the topic as a channel, as feathers-sync's redis adapter uses its key: `PUBLISH key body`,
+`SUBSCRIBE key`. A pool (in practice one connection) publishes. One connection is subscribed, driven by hand rather
+than by redis-py's `PubSub`, to know when a SUBSCRIBE is confirmed, notice a dead broker while idle and own the
+reconnects. Both speak RESP2: every Redis knows it, and pub/sub messages are plain replies in it.
+
+Durable mode (`backends.redis_streams`) keeps the same two connections, the same reconnects and error handling: the
+pool sends XADD instead of PUBLISH, and the hand-driven connection reads the instance's consumer group."""
 
 from __future__ import annotations
 
@@ -11,25 +14,19 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import random
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis import exceptions as redis_errors
 from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.connection import Connection, parse_url
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.connection import Connection
 
 from backends.base import (
     Backend,
     BackendClosed,
     BackendConfig,
-    BackendConfigError,
     BackendError,
     BackendState,
     BackendUnavailable,
@@ -37,101 +34,26 @@ from backends.base import (
     Handler,
     Message,
     MessageTooLarge,
-    PublishTimeout,
+    Mode,
     StateCallback,
     Subscription,
+)
+from backends.redis_streams import Streams
+from backends.redis_uri import (
+    CONNECTION_ERRORS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    RedisOptions,
+    describe_error,
+    parse_uri,
+    publish_error,
 )
 
 log = logging.getLogger(__name__)
 
-#: Redis takes 512 MB, but drops a subscriber whose unsent output passes 32 MB (`client-output-buffer-limit
-#: pubsub 32mb 8mb 60`): one bigger message would cut off every daemon. Raise both together, or neither.
-DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-#: A publish not answered within this long fails; a healthy Redis answers in microseconds.
-DEFAULT_SOCKET_TIMEOUT = 5.0
-#: Half this long without a reply on the subscribed connection sends a PING; no answer within it is a loss.
-DEFAULT_HEALTH_CHECK_INTERVAL = 1.0
 #: Reconnect back-off: the first retry after at most this long, doubling up to the cap, with jitter.
 RECONNECT_INITIAL, RECONNECT_MAX = 0.1, 1.0
-CONNECTION_ERRORS = (redis_errors.RedisError, OSError, TimeoutError)  # a lost connection, from redis-py or the socket
-#: URI query options; anything else is refused, so that a typo is not silently ignored.
-URI_OPTIONS = frozenset({"db", "client_name", "socket_connect_timeout", "socket_timeout", "health_check_interval",
-                         "max_message_bytes"})
-#: Only with rediss://; redis-py's SSLConnection takes them under the same names.
-TLS_OPTIONS = frozenset({"ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
-                         "ssl_check_hostname"})
-
-
-@dataclass(frozen=True, slots=True)
-class RedisOptions:
-    """A redis:// or rediss:// URI, validated."""
-    where: str  # host:port for messages; never the credentials
-    connection_class: type[Connection]
-    connection_kwargs: dict[str, Any]
-    connect_timeout: float
-    health_check_interval: float
-    max_message_bytes: int
-    password: str | None  # to scrub from every message we make
-
-
-def parse_uri(uri: str, connect_timeout: float) -> RedisOptions:
-    """Read `redis[s]://[[user]:password@]host[:port][/db][?option=value&...]`; BackendError if it is bad."""
-    parts = urlsplit(uri)
-    tls = parts.scheme.lower() == "rediss"
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    for name, _ in query:
-        if name not in URI_OPTIONS and not (tls and name in TLS_OPTIONS):
-            hint = " (TLS options need rediss://)" if name in TLS_OPTIONS else ""
-            known = ", ".join(sorted(URI_OPTIONS | TLS_OPTIONS if tls else URI_OPTIONS))
-            raise BackendConfigError(f"redis: unknown URI option {name!r}{hint}; known: {known}")
-    ours = {name: value for name, value in query if name in ("health_check_interval", "max_message_bytes")}
-    passed = urlencode([(name, value) for name, value in query if name not in ours])  # the rest is redis-py's
-    try:
-        kwargs: dict[str, Any] = dict(parse_url(urlunsplit(parts._replace(query=passed))))
-        interval = float(ours.get("health_check_interval", DEFAULT_HEALTH_CHECK_INTERVAL))
-        max_bytes = int(ours.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES))
-        kwargs.setdefault("socket_connect_timeout", connect_timeout)
-        kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
-        if min(interval, kwargs["socket_connect_timeout"], kwargs["socket_timeout"]) <= 0 or max_bytes < 1024:
-            raise ValueError("timeouts and health_check_interval must be above 0, max_message_bytes at least 1024")
-        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):  # say which file, as ssl would not
-            if name in kwargs and not os.access(kwargs[name], os.R_OK):
-                raise ValueError(f"{name}: cannot read {kwargs[name]}")
-    except ValueError as exc:
-        raise BackendConfigError(f"redis: invalid URI: {describe_error(exc, None)}") from None
-    if kwargs.get("ssl_cert_reqs") == "none":
-        kwargs.setdefault("ssl_check_hostname", False)  # ssl refuses to check the name of a peer it does not verify
-    host, port = kwargs.setdefault("host", "localhost"), kwargs.setdefault("port", 6379)
-    # RESP2 for plain pub/sub replies; no retries inside redis-py: the outbox and our reconnect retry.
-    kwargs.update(socket_keepalive=True, protocol=2, retry=Retry(NoBackoff(), 0))
-    return RedisOptions(
-        where=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-        connection_class=kwargs.pop("connection_class", Connection), connection_kwargs=kwargs,
-        connect_timeout=kwargs["socket_connect_timeout"], health_check_interval=interval,
-        max_message_bytes=max_bytes, password=kwargs.get("password"),
-    )
-
-
-def describe_error(exc: BaseException, options: RedisOptions | None) -> str:
-    """One lowercase line about a failure, for logs and error messages; never the password."""
-    cause = exc.__cause__ or exc.__context__  # redis-py wraps the socket's error
-    os_error = exc if isinstance(exc, OSError) else cause if isinstance(cause, OSError) else None
-    if isinstance(os_error, ssl.SSLCertVerificationError):
-        text = f"tls: certificate verify failed: {os_error.verify_message}"
-    elif isinstance(os_error, ssl.SSLError):
-        text = f"tls: {(os_error.reason or str(os_error)).replace('_', ' ').lower()}"
-    elif isinstance(exc, (TimeoutError, redis_errors.TimeoutError)):
-        text = "timed out"
-    elif os_error is not None and os_error.errno:
-        text = os.strerror(os_error.errno)
-    else:
-        text = str(exc) or type(exc).__name__
-    text = " ".join(text.split()).rstrip(".")
-    if text[1:2].islower():  # "Connection refused", but not "AUTH failed" or "DB index"
-        text = text[:1].lower() + text[1:]
-    if options is not None and options.password:
-        text = text.replace(options.password, "***")
-    return text
+#: What only durable mode gives: broadcast-mode instances do not claim them.
+DURABLE_FEATURES = frozenset({Feature.DURABLE, Feature.REDELIVERY})
 
 
 class RedisSubscription(Subscription):
@@ -154,7 +76,8 @@ class Channel:
 
 class RedisBackend(Backend):
     name: ClassVar[str] = "redis"
-    features: ClassVar[frozenset[Feature]] = frozenset({Feature.ORDERED, Feature.CONFIRMS})
+    #: Everything the class can do; an instance in broadcast mode does not claim DURABLE_FEATURES (see supports()).
+    features: ClassVar[frozenset[Feature]] = frozenset({Feature.ORDERED, Feature.CONFIRMS, *DURABLE_FEATURES})
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     def __init__(self, config: BackendConfig, *, on_state: StateCallback | None = None) -> None:
@@ -170,6 +93,10 @@ class RedisBackend(Backend):
         self._waiting_since: float | None = None  # when the reader began to wait for the broker
         self._silent: str | None = None  # why the watchdog dropped the connection
         self.where = "redis"  # host:port once started, for logs
+        self._streams: Streams | None = None  # durable mode's consumer, made by start()
+
+    def supports(self, feature: Feature) -> bool:
+        return feature in self.features and (self.config.mode is Mode.DURABLE or feature not in DURABLE_FEATURES)
 
     async def start(self) -> None:
         if self._closed:
@@ -189,8 +116,11 @@ class RedisBackend(Backend):
             reason = describe_error(exc, options)
             raise BackendUnavailable(f"redis: cannot connect to {options.where}: {reason}") from exc
         self._live = True
+        if self.config.mode is Mode.DURABLE:
+            self._streams = Streams(self.config, options, self._redis)
+            await self._streams.check_persistence()
         self._reader = asyncio.create_task(self._run(), name="syncar-redis-reader")
-        log.info("redis: connected to %s", options.where)
+        log.info("redis: connected to %s (%s mode)", options.where, self.config.mode)
         self._set_state(BackendState.CONNECTED)
 
     async def close(self) -> None:
@@ -206,6 +136,8 @@ class RedisBackend(Backend):
                 subscription.active = False
             channel.confirmed.set()  # wakes subscribe() calls still waiting; they see `_closed`
         self._channels.clear()
+        if self._streams is not None:
+            await self._streams.close()  # acknowledges what was handled, while the pool is still there
         await self._drop_connections(everything=True)
         self._set_state(BackendState.CLOSED)
 
@@ -220,26 +152,25 @@ class RedisBackend(Backend):
             # At once, not after a connect timeout: the outbox keeps the messages until we are CONNECTED.
             raise BackendUnavailable(f"redis: not connected to {self._options.where} (reconnecting)")
         try:
-            if len(bodies) == 1:
+            if self._streams is not None:
+                await self._streams.publish(topic, bodies)
+            elif len(bodies) == 1:
                 await self._redis.publish(topic, bodies[0])
             elif bodies:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for body in bodies:
                         pipe.publish(topic, body)
                     await pipe.execute()
-        except redis_errors.TimeoutError as exc:
-            timeout = self._options.connection_kwargs["socket_timeout"]
-            raise PublishTimeout(f"redis: publish timed out after {timeout}s (socket_timeout)") from exc
-        except (redis_errors.ConnectionError, OSError) as exc:
-            raise BackendUnavailable(f"redis: publish failed: {describe_error(exc, self._options)}") from exc
-        except redis_errors.RedisError as exc:  # refused by Redis itself: an ACL without PUBLISH, say
-            raise BackendError(f"redis: publish refused: {describe_error(exc, self._options)}") from exc
+        except CONNECTION_ERRORS as exc:
+            raise publish_error(exc, self._options) from exc
 
     async def subscribe(self, topic: str, handler: Handler) -> Subscription:
         if self._closed:
             raise BackendClosed("redis: backend is closed")
         if self._options is None:
             raise BackendUnavailable("redis: not started")
+        if self._streams is not None:
+            return await self._streams.subscribe(topic, handler)
         name = topic.encode()
         subscription = RedisSubscription(self, name, handler)
         channel = self._channels.get(name)
@@ -281,18 +212,26 @@ class RedisBackend(Backend):
 
     async def _run(self) -> None:
         """Read the subscribed connection until close(); after any loss, reconnect and resubscribe."""
-        while True:  # until close() cancels us
+        while not self._closed:  # close() also cancels us
             try:
-                await self._read()
+                if self._streams is not None:
+                    assert self._conn is not None
+                    await self._streams.read(self._conn)
+                else:
+                    await self._read()
             except CONNECTION_ERRORS as exc:
                 reason = self._silent or describe_error(exc, self._options)
             except Exception as exc:  # a bug here must not end delivery for the rest of the daemon's life
                 log.error("redis: reader failed, reconnecting: %s", exc)
                 log.debug("redis: reader failure", exc_info=True)
                 reason = "reader failed"
+            if self._closed:  # close() cancelled us, and redis-py turned that into a connection error
+                return
             self._live = False
             for channel in self._channels.values():
                 channel.confirmed.clear()
+            if self._streams is not None:
+                self._streams.lost()
             log.warning("redis: connection to %s lost (%s); reconnecting", self.where, reason)
             self._set_state(BackendState.RECONNECTING)
             await self._drop_connections()  # best effort; idle publish connections too, they died with it
@@ -372,12 +311,15 @@ class RedisBackend(Backend):
                 await self._resubscribe()
                 break
             except CONNECTION_ERRORS as exc:
+                if self._closed:
+                    return
                 await self._drop_connections()
                 delay = min(delay * 2, RECONNECT_MAX)
                 log.warning("redis: reconnect to %s failed (%s); next attempt within %.1fs", self.where,
                             describe_error(exc, self._options), delay)
-        log.info("redis: reconnected to %s after %.1fs (%d attempts); %d channels resubscribed",
-                 self.where, loop.time() - lost_at, attempts, len(self._channels))
+        restored = f"{len(self._streams)} streams" if self._streams is not None else f"{len(self._channels)} channels"
+        log.info("redis: reconnected to %s after %.1fs (%d attempts); %s resubscribed", self.where,
+                 loop.time() - lost_at, attempts, restored)
         self._set_state(BackendState.CONNECTED)
 
     async def _resubscribe(self) -> None:
@@ -385,6 +327,8 @@ class RedisBackend(Backend):
         assert conn is not None and options is not None
         async with asyncio.timeout(options.connect_timeout):
             await conn.connect()  # type: ignore[no-untyped-call]
+            if self._streams is not None:
+                await self._streams.restore()
             names = set(self._channels)
             if names:
                 async with self._write_lock:

@@ -1,4 +1,7 @@
-"""A real redis-server for the tests: loopback only, no persistence, its files in a temp dir.
+"""A real redis-server for the tests: loopback only, its files in a temp dir, no persistence unless asked.
+
+`RedisServer(persistent=True)` keeps an append-only file with `appendfsync always` in its temp dir, which
+restart() keeps, as durable mode needs: every write Redis has answered survives a SIGKILL.
 
 `RedisTlsServer` is the same server speaking only TLS, with a throwaway CA, a
 server certificate and a client certificate made by the `openssl` CLI, so
@@ -17,8 +20,9 @@ from tests.brokers import BrokerServer, require_binary
 class RedisServer(BrokerServer):
     name = "redis"
 
-    def __init__(self) -> None:
+    def __init__(self, persistent: bool = False) -> None:
         self.binary = require_binary("redis-server")
+        self.persistent = persistent
         super().__init__()
 
     @property
@@ -26,7 +30,8 @@ class RedisServer(BrokerServer):
         return f"redis://127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
-        return [self.binary, *self.listen_args(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        return [self.binary, *self.listen_args(), "--bind", "127.0.0.1", "--save", "", *persistence,
                 "--dir", str(self.dir), "--logfile", "", "--daemonize", "no"]
 
     def listen_args(self) -> list[str]:

@@ -1,0 +1,359 @@
+"""Durable mode of the Redis backend: a stream per key, a consumer group per instance.
+
+`publish()` is a pipelined `XADD <stream> MAXLEN ~ <retention> * body <bytes>`, answered once Redis has appended the
+entries (and written them to its AOF, when Redis has one). Each instance reads the stream through its own consumer
+group, named after its instance id, created at `$` (the end of the stream) the first time, so a new instance starts
+from now and a known one from where it stopped. The reader asks for its own pending entries first (`ID 0`: delivered
+before a crash or a lost connection but never acknowledged), then for new ones (`>`), and acknowledges an entry with
+XACK only once the handler has returned, sent in the same write as the next XREADGROUP.
+
+RedisBackend owns the connections and the reconnects; this module only says what to send on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
+
+from backends.base import (
+    BackendClosed,
+    BackendConfig,
+    BackendError,
+    BackendUnavailable,
+    FeatureNotSupported,
+    Handler,
+    Message,
+    Subscription,
+)
+from backends.redis_uri import CONNECTION_ERRORS, RedisOptions, describe_error
+
+log = logging.getLogger(__name__)
+
+#: Streams live in the keyspace, apart from broadcast mode's pub/sub channels; the prefix keeps them apart from
+#: the application's own keys, and says whose they are in `redis-cli --scan`.
+STREAM_PREFIX = "syncar:stream:"
+BODY_FIELD = b"body"
+#: One XREADGROUP returns at most about this many bytes: COUNT is this over max_message_bytes (8 with the defaults,
+#: each entry a batch of up to 1,024 events), and at most MAX_READ_COUNT.
+READ_BUDGET_BYTES = 64 * 1024 * 1024
+MAX_READ_COUNT = 128
+#: A handler that keeps raising gets an entry this many times, then the entry is dropped (logged as an error),
+#: so that one poisonous entry cannot stop an instance for good. The waits between attempts double up to the cap.
+MAX_DELIVERIES = 10
+RETRY_INITIAL, RETRY_MAX = 0.1, 2.0
+#: Groups of departed instances are looked for at most this often (and every instance_ttl / 2 when that is shorter).
+GC_INTERVAL_MAX = 3600.0
+
+
+def stream_key(topic: str) -> str:
+    """The stream of a topic (syncar's `--key`)."""
+    return STREAM_PREFIX + topic
+
+
+def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
+    ms, _, seq = (entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def _reply(conn: Connection, timeout: float) -> Any:
+    """The next reply on `conn`; TimeoutError if there is none within `timeout` (the connection is then dropped)."""
+    # Not read_response(timeout=...): on a timeout it returns None, which is also XREADGROUP's "nothing new".
+    async with asyncio.timeout(timeout):
+        return await conn.read_response(timeout=math.inf, disconnect_on_error=False)
+
+
+class StreamSubscription(Subscription):
+    def __init__(self, streams: Streams, stream: Stream) -> None:
+        self.active, self._streams, self._stream = True, streams, stream
+
+    async def unsubscribe(self) -> None:
+        if self.active:
+            self.active = False
+            await self._streams.forget(self._stream)
+
+
+@dataclass(eq=False, slots=True)
+class Stream:
+    """One subscribed stream and where this instance is in it."""
+    key: bytes
+    topic: str
+    handler: Handler
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # our group exists (checked since the last connect)
+    cursor: bytes = b"0"  # b"0" or the last pending id seen: re-reading our pending entries; b">": new entries
+    acks: list[bytes] = field(default_factory=list)  # handled, not yet acknowledged
+    failures: dict[bytes, int] = field(default_factory=dict)  # entries whose handler raised, and how often
+    subscription: StreamSubscription | None = None
+
+
+class Streams:
+    """Durable mode's publish, subscribe and read loop, on the connections RedisBackend made."""
+
+    def __init__(self, config: BackendConfig, options: RedisOptions, redis: Redis) -> None:
+        self.config, self.where, self._options, self._redis = config, options.where, options, redis
+        # One group per instance, and one consumer in it: the group's position is the instance's.
+        self.group = self.consumer = config.instance_id.encode()
+        self._streams: dict[bytes, Stream] = {}
+        self._changed = asyncio.Event()  # a stream was added: the idle reader starts reading it at once
+        self._count = max(1, min(MAX_READ_COUNT, READ_BUDGET_BYTES // options.max_message_bytes))
+        # XREADGROUP blocks for half a health-check interval, so a live connection answers at least that often.
+        self._interval = options.health_check_interval
+        self._block_ms = max(1, int(self._interval * 500))
+        self._gc: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    async def check_persistence(self) -> None:
+        """Say in the log when Redis would lose confirmed entries in a crash; durability is Redis's to keep."""
+        try:
+            config = await self._redis.config_get("append*")
+        except redis_errors.RedisError as exc:  # CONFIG is often not allowed (managed Redis, ACL): say nothing
+            log.debug("redis: cannot read the persistence settings: %s", describe_error(exc, self._options))
+            return
+        if config.get("appendonly") != "yes":
+            log.warning("redis: durable mode, but %s has appendonly no: a restart of Redis loses the events written "
+                        "since its last snapshot, confirmed ones too", self.where)
+        elif config.get("appendfsync") != "always":
+            log.info("redis: %s has appendfsync %s: a crash of its host can lose about the last second of "
+                     "confirmed events", self.where, config.get("appendfsync"))
+
+    async def publish(self, topic: str, bodies: Sequence[bytes]) -> None:
+        key, retention = stream_key(topic), self.config.retention
+        if len(bodies) == 1:
+            await self._redis.xadd(key, {BODY_FIELD: bodies[0]}, maxlen=retention, approximate=True)
+        elif bodies:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for body in bodies:
+                    pipe.xadd(key, {BODY_FIELD: body}, maxlen=retention, approximate=True)
+                await pipe.execute()
+
+    async def subscribe(self, topic: str, handler: Handler) -> Subscription:
+        key = stream_key(topic).encode()
+        if key in self._streams:
+            # A second group would be a second instance; a second consumer in ours would split the stream.
+            raise FeatureNotSupported(f"redis: durable mode takes one subscription per topic, {topic!r} has one")
+        stream = self._streams[key] = Stream(key, topic, handler)
+        stream.subscription = subscription = StreamSubscription(self, stream)
+        try:
+            await self._prepare(stream)
+        except redis_errors.ResponseError as exc:  # an ACL, or the key holds something else than a stream
+            await subscription.unsubscribe()
+            raise BackendError(f"redis: subscription to {topic!r} refused: "
+                               f"{describe_error(exc, self._options)}") from exc
+        except CONNECTION_ERRORS as exc:  # the reconnect prepares it; wait for that below
+            log.debug("redis: group for %r not made yet: %s", topic, describe_error(exc, self._options))
+        try:
+            async with asyncio.timeout(self.config.connect_timeout):
+                await stream.ready.wait()
+        except TimeoutError:
+            await subscription.unsubscribe()
+            raise BackendUnavailable(f"redis: subscription to {topic!r} not confirmed within "
+                                     f"{self.config.connect_timeout}s") from None
+        if self._closed:
+            raise BackendClosed("redis: backend is closed")
+        self._changed.set()
+        if self._gc is None:
+            self._gc = asyncio.create_task(self._collect_garbage_forever(), name="syncar-redis-gc")
+        return subscription
+
+    async def forget(self, stream: Stream) -> None:
+        """Stop reading `stream`; the group stays, so a later subscription goes on where this one stopped."""
+        if self._streams.get(stream.key) is stream:
+            del self._streams[stream.key]
+            await self._acknowledge_now(stream)
+
+    async def _prepare(self, stream: Stream) -> None:
+        """Make sure our group exists on `stream`, then read our pending entries first."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            # One transaction: nobody ever sees our group without its consumer, whose idle time the GC measures.
+            pipe.xgroup_create(stream.key, self.group, "$", mkstream=True)
+            pipe.xgroup_createconsumer(stream.key, self.group, self.consumer)
+            created, consumer = await pipe.execute(raise_on_error=False)
+        if isinstance(created, redis_errors.ResponseError) and not str(created).startswith("BUSYGROUP"):
+            raise created
+        if isinstance(consumer, Exception):
+            raise consumer
+        if created is True:
+            log.info("redis: new consumer group %s on %s: this instance reads the events published from now on "
+                     "(a new instance, or one forgotten after instance_ttl)", self.group.decode(), stream.key.decode())
+        else:
+            await self._warn_if_trimmed(stream)
+        stream.cursor = b"0"
+        stream.ready.set()
+
+    async def _warn_if_trimmed(self, stream: Stream) -> None:
+        """Say so when retention trimmed entries after our position while we were away: they are lost to us."""
+        info = await self._redis.xinfo_stream(stream.key)
+        first = info.get("recorded-first-entry-id") or b"0-0"
+        for group in await self._redis.xinfo_groups(stream.key):
+            # Trimming only ever removes the oldest entries, so nothing is lost unless we are behind the first one.
+            # `lag` (Redis 7.0 and later) counts the entries added after our position, the trimmed ones too.
+            if group["name"] != self.group or _id_tuple(group["last-delivered-id"]) >= _id_tuple(first):
+                continue
+            lag = group.get("lag")
+            if isinstance(lag, int) and lag > info["length"]:
+                log.warning("redis: %s dropped about %d events that instance %s had not read yet (retention %d "
+                            "reached while it was away): they are lost to it", stream.key.decode(),
+                            lag - info["length"], self.group.decode(), self.config.retention)
+
+    def lost(self) -> None:
+        """The connection is gone: read nothing until restore(), then our pending entries first."""
+        for stream in self._streams.values():
+            stream.ready.clear()
+
+    async def restore(self) -> None:
+        """After a reconnect: check every group again (it may be gone with a Redis that lost its data)."""
+        for stream in tuple(self._streams.values()):
+            await self._prepare(stream)
+
+    async def read(self, conn: Connection) -> None:
+        """Read the subscribed streams on `conn` and hand each entry over in order, until the connection fails."""
+        timeout = self._block_ms / 1000 + self._interval
+        while True:  # until the connection fails, or close() cancels us
+            streams = [stream for stream in self._streams.values() if stream.ready.is_set()]
+            commands: list[tuple[Any, ...]] = [("XACK", s.key, self.group, *s.acks) for s in streams if s.acks]
+            if streams:
+                commands.append(("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", self._count, "BLOCK",
+                                 self._block_ms, "STREAMS", *(s.key for s in streams), *(s.cursor for s in streams)))
+            else:  # nothing to read: a PING proves the connection alive, as XREADGROUP's BLOCK does otherwise
+                commands.append(("PING",))
+            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+            for stream in streams:
+                if stream.acks:
+                    acked, stream.acks = stream.acks, []
+                    try:
+                        await _reply(conn, timeout)
+                    except redis_errors.ResponseError as exc:  # the group vanished: the XREADGROUP below says so
+                        log.debug("redis: XACK of %d entries failed: %s", len(acked), exc)
+            try:
+                reply = await _reply(conn, timeout)
+            except redis_errors.ResponseError as exc:
+                if not str(exc).startswith("NOGROUP"):
+                    raise
+                log.warning("redis: consumer group %s is gone from %s (deleted, forgotten after instance_ttl, or "
+                            "Redis lost its data); making it again", self.group.decode(), self.where)
+                await self.restore()
+                continue
+            if not streams:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._interval / 2):
+                        await self._changed.wait()
+                self._changed.clear()
+                continue
+            await self._deliver(streams, reply)
+
+    async def _deliver(self, streams: list[Stream], reply: list[Any] | None) -> None:
+        entries_of = {key: entries for key, entries in reply or ()}
+        for stream in streams:
+            entries = entries_of.get(stream.key) or []
+            if stream.cursor != b">" and not entries:
+                stream.cursor = b">"  # our pending entries are all handled: now the new ones
+                continue
+            for entry_id, fields in entries:
+                if self._streams.get(stream.key) is not stream:
+                    break  # unsubscribed meanwhile: the rest stays pending for a later subscription
+                if stream.cursor != b">":
+                    stream.cursor = entry_id  # the next page of pending entries starts after this one
+                if fields is None:  # pending, but retention trimmed it before we acknowledged it
+                    log.warning("redis: entry %s of %s was trimmed (retention %d) before it was handled: lost",
+                                entry_id.decode(), stream.key.decode(), self.config.retention)
+                    stream.acks.append(entry_id)
+                    continue
+                if not await self._handle(stream, entry_id, fields):
+                    break
+
+    async def _handle(self, stream: Stream, entry_id: bytes, fields: list[bytes]) -> bool:
+        """Hand one entry to the handler; False if it raised and the entry is to come again."""
+        # An entry without our field was put there by something else: an empty body, which the relay counts as
+        # malformed and drops.
+        values = dict(zip(fields[::2], fields[1::2], strict=False))
+        try:
+            await stream.handler(Message(values.get(BODY_FIELD, b""), position=entry_id.decode()))
+        except Exception as exc:
+            attempts = stream.failures[entry_id] = stream.failures.get(entry_id, 0) + 1
+            if attempts >= MAX_DELIVERIES:
+                log.error("redis: subscriber failed on entry %s of %s %d times, dropping it: %s", entry_id.decode(),
+                          stream.key.decode(), attempts, exc)
+                del stream.failures[entry_id]
+                stream.acks.append(entry_id)
+                return True
+            delay = min(RETRY_INITIAL * 2 ** (attempts - 1), RETRY_MAX)
+            log.error("redis: subscriber failed on entry %s of %s, delivering it again in %.1fs: %s",
+                      entry_id.decode(), stream.key.decode(), delay, exc)
+            log.debug("redis: subscriber failure", exc_info=True)
+            # Not acknowledged: it is still pending, so re-reading the pending entries brings it back, first.
+            stream.cursor = b"0"
+            await asyncio.sleep(delay)
+            return False
+        stream.failures.pop(entry_id, None)
+        stream.acks.append(entry_id)
+        return True
+
+    async def _acknowledge_now(self, stream: Stream) -> None:
+        """Best effort, through the pool: what is not acknowledged here is delivered again next time."""
+        if stream.acks:
+            acked, stream.acks = stream.acks, []
+            try:
+                async with asyncio.timeout(self.config.connect_timeout):
+                    await self._redis.xack(stream.key, self.group, *acked)
+            except CONNECTION_ERRORS as exc:
+                log.debug("redis: %d entries not acknowledged, they come again: %s", len(acked), exc)
+
+    async def _collect_garbage_forever(self) -> None:
+        interval = min(self.config.instance_ttl / 2, GC_INTERVAL_MAX)
+        # Until close(), which also cancels us: redis-py can turn that cancellation into a connection error.
+        while not self._closed:
+            for stream in tuple(self._streams.values()):
+                try:
+                    await self.collect_garbage(stream.key)
+                except CONNECTION_ERRORS as exc:  # next time, then
+                    log.debug("redis: garbage collection on %s failed: %s", stream.key.decode(),
+                              describe_error(exc, self._options))
+                if self._closed:
+                    return
+            # At random within the last fifth of the interval, so a fleet does not look all at once.
+            await asyncio.sleep(random.uniform(0.8 * interval, interval))
+
+    async def collect_garbage(self, key: bytes) -> list[str]:
+        """Destroy the groups on `key` whose consumers have all been idle for longer than instance_ttl.
+
+        A consumer's idle time is Redis's: milliseconds since it last read (XINFO CONSUMERS `idle`). A running
+        syncar reads at least every half health-check interval, so only a departed or cut-off instance ages.
+        Groups without consumers are not syncar's (it makes a group and its consumer in one transaction): they stay.
+        """
+        limit_ms, gone = self.config.instance_ttl * 1000, []
+        for group in await self._redis.xinfo_groups(key):
+            name = group["name"]
+            if name == self.group or not group["consumers"]:
+                continue
+            consumers = await self._redis.xinfo_consumers(key, name)
+            idle_ms = min((consumer["idle"] for consumer in consumers), default=0)
+            if consumers and idle_ms > limit_ms and await self._redis.xgroup_destroy(key, name):
+                gone.append(name.decode(errors="replace"))
+                log.info("redis: forgot instance %s on %s: idle for %.0fs, over instance_ttl (%.0fs)", gone[-1],
+                         key.decode(), idle_ms / 1000, self.config.instance_ttl)
+        return gone
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._gc is not None:
+            self._gc.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gc
+        for stream in tuple(self._streams.values()):
+            if stream.subscription is not None:
+                stream.subscription.active = False
+            stream.ready.set()  # wakes subscribe() calls still waiting
+            await self._acknowledge_now(stream)
+        self._streams.clear()

@@ -1,0 +1,116 @@
+"""The redis:// and rediss:// URI of the Redis backend, its options, and how its errors read in logs.
+
+Shared by broadcast mode (`backends.redis`) and durable mode (`backends.redis_streams`)."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from redis import exceptions as redis_errors
+from redis.asyncio.connection import Connection, parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from backends.base import BackendConfigError, BackendError, BackendUnavailable, PublishTimeout
+
+#: Redis takes 512 MB, but drops a subscriber whose unsent output passes 32 MB (`client-output-buffer-limit
+#: pubsub 32mb 8mb 60`): one bigger message would cut off every daemon. Raise both together, or neither.
+DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+#: A publish not answered within this long fails; a healthy Redis answers in microseconds.
+DEFAULT_SOCKET_TIMEOUT = 5.0
+#: Half this long without a reply on the subscribed connection sends a PING; no answer within it is a loss.
+DEFAULT_HEALTH_CHECK_INTERVAL = 1.0
+CONNECTION_ERRORS = (redis_errors.RedisError, OSError, TimeoutError)  # a lost connection, from redis-py or the socket
+#: URI query options; anything else is refused, so that a typo is not silently ignored.
+URI_OPTIONS = frozenset({"db", "client_name", "socket_connect_timeout", "socket_timeout", "health_check_interval",
+                         "max_message_bytes"})
+#: Only with rediss://; redis-py's SSLConnection takes them under the same names.
+TLS_OPTIONS = frozenset({"ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
+                         "ssl_check_hostname"})
+
+
+@dataclass(frozen=True, slots=True)
+class RedisOptions:
+    """A redis:// or rediss:// URI, validated."""
+    where: str  # host:port for messages; never the credentials
+    connection_class: type[Connection]
+    connection_kwargs: dict[str, Any]
+    connect_timeout: float
+    health_check_interval: float
+    max_message_bytes: int
+    password: str | None  # to scrub from every message we make
+
+
+def parse_uri(uri: str, connect_timeout: float) -> RedisOptions:
+    """Read `redis[s]://[[user]:password@]host[:port][/db][?option=value&...]`; BackendError if it is bad."""
+    parts = urlsplit(uri)
+    tls = parts.scheme.lower() == "rediss"
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    for name, _ in query:
+        if name not in URI_OPTIONS and not (tls and name in TLS_OPTIONS):
+            hint = " (TLS options need rediss://)" if name in TLS_OPTIONS else ""
+            known = ", ".join(sorted(URI_OPTIONS | TLS_OPTIONS if tls else URI_OPTIONS))
+            raise BackendConfigError(f"redis: unknown URI option {name!r}{hint}; known: {known}")
+    ours = {name: value for name, value in query if name in ("health_check_interval", "max_message_bytes")}
+    passed = urlencode([(name, value) for name, value in query if name not in ours])  # the rest is redis-py's
+    try:
+        kwargs: dict[str, Any] = dict(parse_url(urlunsplit(parts._replace(query=passed))))
+        interval = float(ours.get("health_check_interval", DEFAULT_HEALTH_CHECK_INTERVAL))
+        max_bytes = int(ours.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES))
+        kwargs.setdefault("socket_connect_timeout", connect_timeout)
+        kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
+        if min(interval, kwargs["socket_connect_timeout"], kwargs["socket_timeout"]) <= 0 or max_bytes < 1024:
+            raise ValueError("timeouts and health_check_interval must be above 0, max_message_bytes at least 1024")
+        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):  # say which file, as ssl would not
+            if name in kwargs and not os.access(kwargs[name], os.R_OK):
+                raise ValueError(f"{name}: cannot read {kwargs[name]}")
+    except ValueError as exc:
+        raise BackendConfigError(f"redis: invalid URI: {describe_error(exc, None)}") from None
+    if kwargs.get("ssl_cert_reqs") == "none":
+        kwargs.setdefault("ssl_check_hostname", False)  # ssl refuses to check the name of a peer it does not verify
+    host, port = kwargs.setdefault("host", "localhost"), kwargs.setdefault("port", 6379)
+    # RESP2 for plain pub/sub replies; no retries inside redis-py: the outbox and our reconnect retry.
+    kwargs.update(socket_keepalive=True, protocol=2, retry=Retry(NoBackoff(), 0))
+    return RedisOptions(
+        where=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        connection_class=kwargs.pop("connection_class", Connection), connection_kwargs=kwargs,
+        connect_timeout=kwargs["socket_connect_timeout"], health_check_interval=interval,
+        max_message_bytes=max_bytes, password=kwargs.get("password"),
+    )
+
+
+def describe_error(exc: BaseException, options: RedisOptions | None) -> str:
+    """One lowercase line about a failure, for logs and error messages; never the password."""
+    cause = exc.__cause__ or exc.__context__  # redis-py wraps the socket's error
+    os_error = exc if isinstance(exc, OSError) else cause if isinstance(cause, OSError) else None
+    if isinstance(os_error, ssl.SSLCertVerificationError):
+        text = f"tls: certificate verify failed: {os_error.verify_message}"
+    elif isinstance(os_error, ssl.SSLError):
+        text = f"tls: {(os_error.reason or str(os_error)).replace('_', ' ').lower()}"
+    elif isinstance(exc, (TimeoutError, redis_errors.TimeoutError)):
+        text = "timed out"
+    elif os_error is not None and os_error.errno:
+        text = os.strerror(os_error.errno)
+    else:
+        text = str(exc) or type(exc).__name__
+    text = " ".join(text.split()).rstrip(".")
+    if text[1:2].islower():  # "Connection refused", but not "AUTH failed" or "DB index"
+        text = text[:1].lower() + text[1:]
+    if options is not None and options.password:
+        text = text.replace(options.password, "***")
+    return text
+
+
+def publish_error(exc: Exception, options: RedisOptions) -> BackendError:
+    """What a failed PUBLISH or XADD means for the outbox: retry after a reconnect, or a refusal."""
+    if isinstance(exc, redis_errors.TimeoutError):
+        timeout = options.connection_kwargs["socket_timeout"]
+        return PublishTimeout(f"redis: publish timed out after {timeout}s (socket_timeout)")
+    if isinstance(exc, (redis_errors.ConnectionError, OSError)):
+        return BackendUnavailable(f"redis: publish failed: {describe_error(exc, options)}")
+    # Refused by Redis itself: an ACL without PUBLISH or XADD, a key of another type, out of memory.
+    return BackendError(f"redis: publish refused: {describe_error(exc, options)}")
