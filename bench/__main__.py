@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from bench.plan import BROKERS, CONTESTANTS, LABELS, make_plan
-from bench.report import derive, summarise, table
+from bench.report import derive, markdown, summarise, table
 from bench.runner import run_plan
 
 HERE = Path(__file__).resolve().parent
@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--syncar-root", type=Path, default=REPO,
                         help="run the daemons from this checkout of syncar instead (to measure a change against main)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (it needs matplotlib)")
+    parser.add_argument("--report", type=Path, metavar="JSON",
+                        help="instead: print the table and redraw the plot of an earlier run's JSON")
     parser.add_argument("--profile", action="store_true",
                         help="instead: profile both daemons with py-spy under load (syncar codec over Redis, or "
                              "the first syncar contestant and broker given)")
@@ -112,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         broker = next((b for b in args.brokers or ("redis",) if b != "local"), "local")
         contestant = next((c for c in args.contestants or ("syncar",) if c.startswith("syncar")), "syncar")
         return profile(args.out, args.seconds or 10.0, args.syncar_root.resolve(), broker, contestant)
+    if args.report is not None:
+        return report(args, orjson.loads(args.report.read_bytes()))
     plan = make_plan(quick=args.quick, brokers=args.brokers, contestants=args.contestants, reps=args.reps,
                      seconds=args.seconds)
     command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
@@ -126,17 +130,27 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     meta.update(seconds=round(time.monotonic() - began, 1), loadavg_end=os.getloadavg())
-    summary = summarise(outcome["runs"])
-    results = {"meta": meta, "sections": outcome["sections"], "summary": summary, "runs": outcome["runs"]}
+    results = {"meta": meta, "sections": outcome["sections"], "summary": summarise(outcome["runs"]),
+               "runs": outcome["runs"]}
+    code = report(args, results)
+    return code if any(not r.get("error") for r in outcome["runs"]) else 1
+
+
+def report(args: argparse.Namespace, results: dict[str, Any]) -> int:
+    """Print the table; write latest.json, latest.md and latest.png, and with --docs their copies in docs/."""
     print()
-    print(table(summary))
-    for broker, section in outcome["sections"].items():
+    print(table(results["summary"]))
+    for broker, section in results["sections"].items():
         if section.get("error"):
             print(f"{broker}: not measured: {section['error'].splitlines()[0]}")
     args.out.mkdir(parents=True, exist_ok=True)
-    json_path = args.out / "latest.json"
-    json_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-    written = [json_path]
+    written = []
+    if args.report is None:
+        written.append(args.out / "latest.json")
+        written[-1].write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    written.append(args.out / "latest.md")
+    written[-1].write_text(markdown(results["summary"]))
+    png = None
     if not args.no_plot:
         from bench.plot import plot  # noqa: PLC0415  (matplotlib is optional)
 
@@ -148,13 +162,14 @@ def main(argv: list[str] | None = None) -> int:
         for run in results["runs"]:
             run.get("sub", {}).pop("samples", None)  # the per-10 ms counts: large, and in latest.json anyway
         (DOCS / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-        written.append(DOCS / "results.json")
-        if len(written) > 2:
-            shutil.copyfile(written[1], DOCS / "benchmarks.png")
-            written.append(DOCS / "benchmarks.png")
-    print(f"\n{meta['seconds']:.0f} s; wrote " + ", ".join(str(p) for p in written))
-    ok = sum(1 for r in outcome["runs"] if not r.get("error"))
-    return 0 if ok else 1
+        (DOCS / "results.md").write_text(markdown(results["summary"]))
+        written += [DOCS / "results.json", DOCS / "results.md"]
+        if png is not None:
+            shutil.copyfile(png, DOCS / "results.png")
+            written.append(DOCS / "results.png")
+    seconds = results["meta"].get("seconds")
+    print(f"\n{f'{seconds:.0f} s; ' if seconds else ''}wrote " + ", ".join(str(p) for p in written))
+    return 0
 
 
 if __name__ == "__main__":

@@ -124,7 +124,10 @@ class Worker:
         if not raw:
             await self.process.wait()
             raise self._problem(f"exited with {self.process.returncode} before reporting")
-        line: dict[str, Any] = orjson.loads(raw)
+        try:
+            line: dict[str, Any] = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise self._problem(f"said something that is not JSON ({exc}): {raw[:200]!r}") from None
         return line
 
     async def ready(self, timeout: float = READY_TIMEOUT) -> None:

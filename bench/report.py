@@ -121,11 +121,13 @@ def rss(cases: dict[str, Any]) -> str:
     return "-" if all(v is None for v in values) else "/".join(_num(v, 0) for v in values)
 
 
-def table(summary: dict[str, Any]) -> str:
-    """The terminal table: one row per broker and contestant, medians over repetitions."""
-    head = ("broker", "contestant", "ev/s 256B", "ev/s 4KiB", "p50/p99/p999 ms @1k/s", "p50/p99/p999 ms @10k/s",
-            "daemon CPU s/100k", "daemon peak RSS MiB")
-    rows: list[tuple[str, ...]] = [head]
+HEAD = ("broker", "contestant", "events/s 256 B", "events/s 4 KiB", "p50/p99/p999 ms at 1k/s",
+        "p50/p99/p999 ms at 10k/s", "daemons' CPU s/100k events", "daemon peak RSS MiB 256 B/4 KiB")
+
+
+def rows(summary: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[str]]:
+    """One row per broker and contestant (medians over repetitions), and notes: errors, then ratios."""
+    found: list[tuple[str, ...]] = []
     notes: list[str] = []
     for broker, contestants in summary.items():
         for contestant, cases in contestants.items():
@@ -140,19 +142,56 @@ def table(summary: dict[str, Any]) -> str:
                 return text + (" (sat.)" if entry.get("saturated") else "")
 
             tp = cases.get("tp-256", {})
-            rows.append((BROKER_LABELS.get(broker, broker), LABELS.get(contestant, contestant),
-                         _num(tp.get("throughput")), _num(cases.get("tp-4096", {}).get("throughput")),
-                         lat("lat-1000"), lat("lat-10000"), _num(tp.get("daemon_cpu_per_100k"), 2),
-                         rss(cases)))
+            found.append((BROKER_LABELS.get(broker, broker), LABELS.get(contestant, contestant),
+                          _num(tp.get("throughput")), _num(cases.get("tp-4096", {}).get("throughput")),
+                          lat("lat-1000"), lat("lat-10000"), _num(tp.get("daemon_cpu_per_100k"), 2), rss(cases)))
             for entry in cases.values():
                 notes.extend(f"{broker} {contestant}: {e}" for e in entry.get("errors", []))
+    return found, sorted(set(notes), key=notes.index)
+
+
+def ratio_lines(summary: dict[str, Any]) -> list[str]:
+    lines = []
+    for broker, contestants in summary.items():
         ratios = contestants.get("ratios", {})
         if ratios:
-            notes.append(f"{BROKER_LABELS.get(broker, broker)} ratios: " + ", ".join(
+            lines.append(f"{BROKER_LABELS.get(broker, broker)} ratios: " + ", ".join(
                 f"{k} {v:+.2f}" if " ms " in k else f"{k} {v:.2f}x" for k, v in ratios.items()))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return lines
+
+
+def table(summary: dict[str, Any]) -> str:
+    """The terminal table."""
+    found, notes = rows(summary)
+    body = [HEAD, *found]
+    widths = [max(len(r[i]) for r in body) for i in range(len(HEAD))]
     lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths,
                                                                                                       strict=True)))
-             for r in rows]
+             for r in body]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join([*lines, "", *sorted(set(notes), key=notes.index)])
+    return "\n".join([*lines, "", *notes, *ratio_lines(summary)])
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The same figures as Markdown tables, for docs/benchmarks.md."""
+    found, notes = rows(summary)
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * 2 + "---:|" * (len(HEAD) - 2)]
+    lines += ["| " + " | ".join(r) + " |" for r in found]
+    ratio_head = ("broker", "codec", "throughput vs raw 256 B / 4 KiB", "throughput vs feathers-sync 256 B / 4 KiB",
+                  "p99 added over raw, ms, at 1k/s / 10k/s", "p99 vs feathers-sync, ms, at 1k/s / 10k/s")
+    lines += ["", "| " + " | ".join(ratio_head) + " |", "|---|---|---:|---:|---:|---:|"]
+    for broker, contestants in summary.items():
+        ratios = contestants.get("ratios", {})
+        for mine, codec in (("syncar", "syncar"), ("syncar-fs", "feathers-sync")):
+            def pair(kind: str, other: str, ratios: dict[str, Any] = ratios, mine: str = mine) -> str:
+                if kind == "tp":
+                    values = [ratios.get(f"{mine}/{other} {case}") for case in ("tp-256", "tp-4096")]
+                    return " / ".join("-" if v is None else f"{v:.2f}x" for v in values)
+                values = [ratios.get(f"{mine}-{other} p99 ms {case}") for case in ("lat-1000", "lat-10000")]
+                return " / ".join("-" if v is None else f"{v:+.2f}" for v in values)
+
+            lines.append(f"| {BROKER_LABELS.get(broker, broker)} | {codec} | {pair('tp', 'ceiling')} | "
+                         f"{pair('tp', 'feathers-sync')} | {pair('lat', 'ceiling')} | {pair('lat', 'feathers-sync')} |")
+    if notes:
+        lines += ["", *(f"- {note}" for note in notes)]
+    return "\n".join(lines) + "\n"

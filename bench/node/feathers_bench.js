@@ -24,7 +24,7 @@ const writeU64 = (offset, value) => { u64.writeBigUInt64LE(BigInt(value)); fs.wr
 const monotonic = () => Number(process.hrtime.bigint()) / 1e9
 const nowUs = () => Number(process.hrtime.bigint() / 1000n)
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-const say = (line) => process.stdout.write(JSON.stringify(line) + '\n') // synchronous on a pipe (Linux)
+const say = (line) => process.stdout.write(JSON.stringify(line) + '\n') // short lines: written at once
 
 let errors = 0
 // feathers-sync's NATS adapter publishes from an async listener nobody awaits: count its failures, do not die.
@@ -42,8 +42,9 @@ const deadline = started + spec.deadline
 
 function report (result) {
   const cpu = process.cpuUsage()
-  say({ result: { ...result, errors }, usage: { cpu_s: (cpu.user + cpu.system) / 1e6, maxrss_kib: process.resourceUsage().maxRSS } })
-  process.exit(0)
+  const line = JSON.stringify({ result: { ...result, errors }, usage: { cpu_s: (cpu.user + cpu.system) / 1e6, maxrss_kib: process.resourceUsage().maxRSS } })
+  // A long line outgrows the pipe: exit only once all of it is written.
+  process.stdout.write(line + '\n', () => process.exit(0))
 }
 
 function subscribe () {
