@@ -237,6 +237,7 @@ class DurableSubscription(Subscription):
         self._failures = 0
         self._warned_at = -math.inf
         self._restore_task: asyncio.Task[None] | None = None
+        self._attaching: asyncio.Future[None] | None = None
         self._again = False
         self._watchdog: asyncio.Task[None] | None = None
         self._closed = False
@@ -341,8 +342,11 @@ class DurableSubscription(Subscription):
             client = self._backend.current_client()
             if client is None:
                 return  # the reconnect will call us again
+            # In a task of its own, which unsubscribe() lets finish: it may be between deleting the consumer and
+            # creating it again, and a consumer left deleted would restart at "now".
+            self._attaching = attaching = asyncio.ensure_future(self.attach(client))
             try:
-                await self.attach(client)
+                await asyncio.shield(attaching)
             except BackendError as exc:
                 # The watchdog tries again shortly; JetStream may still be recovering its store after a restart.
                 now = time.monotonic()
@@ -374,6 +378,10 @@ class DurableSubscription(Subscription):
             if task is not None:
                 task.cancel()
                 await settle(task)
+        if self._attaching is not None:
+            await asyncio.wait({self._attaching}, timeout=2 * API_TIMEOUT)
+            self._attaching.cancel()  # a no-op once it is done
+            await settle(self._attaching)
         sub, self._sub = self._sub, None
         if sub is not None:
             with contextlib.suppress(*CONNECTION_ERRORS):
