@@ -219,7 +219,8 @@ async def test_stream_and_consumer_settings(connect: Factory, jsm: Any, topic: s
     assert config.max_ack_pending == MAX_ACK_PENDING and config.ack_wait == ACK_WAIT
     assert config.deliver_policy == api.DeliverPolicy.BY_START_SEQUENCE and config.opt_start_seq == 1
 
-    # A daemon started later with other limits brings them to its own, and updates its consumer's ttl.
+    # The same instance restarted with other limits brings the stream to them, and updates its consumer's ttl.
+    await backend.close()
     again = await connect("pod/0 x.y", retention=8000, ttl=900.0)
     await again.subscribe(topic, Inbox())
     stream = await jsm.stream_info(jetstream_name(topic))
