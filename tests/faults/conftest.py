@@ -1,0 +1,131 @@
+"""Fixtures of the fault suite: a (broker, mode) per test, generated only where the backend has that mode,
+and the table of what was lost, printed at the end of the session.
+
+Durable cases exist only for backends that declare `Feature.DURABLE`, checked
+at collection, so a backend's durable cases run as soon as its durable mode
+lands. The combinations left out are listed under the table, with the reason.
+Set SYNCAR_FAULTS_REPORT=<file> to also write the table there (markdown).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from backends.base import Feature
+from tests.brokers import BrokerServer
+from tests.brokers.redis import RedisServer
+from tests.faults.harness import BROKERS, MODES, Scenario
+from tests.faults.report import NOT_RUN, RESULTS, not_run_lines, table
+
+SCHEMES = {"redis": "redis://", "rabbitmq": "amqp://", "nats": "nats://"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "faults: the fault suite (tests/faults): kills brokers and daemons mid-stream")
+    config.addinivalue_line("markers", "fault_case(case, brokers, why_not): which fault case a test is, and where "
+                            "it runs (see tests/faults/harness.py fault_case)")
+
+
+def _durable_support(broker: str) -> str | None:
+    """None if the backend has a durable mode, else why not."""
+    from backends import load_backend
+
+    try:
+        backend = load_backend(SCHEMES[broker])
+    except Exception as exc:  # a backend being rewritten may not even import: say so, run the rest
+        return f"backends for {SCHEMES[broker]} do not import ({type(exc).__name__}: {exc})"
+    if Feature.DURABLE not in backend.features:
+        return f"the {backend.name} backend does not declare Feature.DURABLE yet (syncar run --mode durable exits 2)"
+    return None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("fault_case")
+    if marker is None or "broker_name" not in metafunc.fixturenames:
+        return
+    case, brokers, why_not = marker.args
+    params = []
+    for broker in BROKERS:
+        for mode in MODES:
+            if broker not in brokers:
+                NOT_RUN.append((case, broker, mode, why_not))
+                continue
+            reason = _durable_support(broker) if mode == "durable" else None
+            if reason is not None:
+                NOT_RUN.append((case, broker, mode, reason))
+                continue
+            params.append(pytest.param(broker, mode, marks=[getattr(pytest.mark, broker), pytest.mark.faults],
+                                       id=f"{broker}-{mode}"))
+    metafunc.parametrize(("broker_name", "mode"), params)
+
+
+class PersistentRedis(RedisServer):
+    """redis-server with an append-only file, so a SIGKILLed Redis comes back with its streams.
+
+    `everysec` is enough here: Redis writes the AOF before it replies, and a killed process loses nothing that
+    the kernel already has; only a crash of the whole machine could lose the last second.
+    """
+
+    name = "redis-aof"
+
+    def command(self) -> list[str]:
+        # Later options win over the base class's `--appendonly no`.
+        return [*super().command(), "--appendonly", "yes", "--appendfsync", "everysec"]
+
+
+@pytest.fixture(scope="session")
+def persistent_redis() -> Iterator[BrokerServer]:
+    server = PersistentRedis()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def fault_server(request: pytest.FixtureRequest, broker_name: str) -> BrokerServer:
+    fixture = "persistent_redis" if broker_name == "redis" else f"{broker_name}_server"
+    server: BrokerServer = request.getfixturevalue(fixture)
+    if server.process is None or server.process.poll() is not None:
+        server.start()  # an earlier test killed it and failed before restarting it
+    return server
+
+
+@pytest.fixture
+async def scenario(request: pytest.FixtureRequest, fault_server: BrokerServer, broker_name: str,
+                   mode: str) -> AsyncIterator[Scenario]:
+    marker = request.node.get_closest_marker("fault_case")
+    assert marker is not None
+    directory = Path(tempfile.mkdtemp(prefix="syncar-faults-", dir="/tmp"))
+    stage = Scenario(marker.args[0], broker_name, mode, fault_server, directory, f"faults-{uuid.uuid4().hex[:12]}")
+    try:
+        yield stage
+    finally:
+        await stage.close()
+        if os.environ.get("SYNCAR_FAULTS_KEEP"):
+            print(f"\nfault test files kept in {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not RESULTS and not NOT_RUN:
+        return
+    lines = ["Fault suite: per receiving app, events sent (acked to the publisher), received, lost, duplicated, "
+             "reordered, and seconds from the fault's end to the first event after it", "", *table(RESULTS)]
+    if NOT_RUN:
+        lines += ["", "Not run:", *not_run_lines()]
+    terminalreporter.write_sep("=", "syncar fault suite")
+    for line in lines:
+        terminalreporter.write_line(line)
+    target = os.environ.get("SYNCAR_FAULTS_REPORT")
+    if target:
+        Path(target).write_text("\n".join(lines) + "\n")

@@ -1,0 +1,151 @@
+"""A TCP proxy the fault tests control: put it between a daemon and its broker, then cut or slow the link.
+
+    proxy = await TcpProxy.start(broker_port)      # listens on 127.0.0.1:<proxy.port>
+    proxy.cut()                                     # drop every connection, refuse new ones
+    proxy.restore()                                 # accept and forward again
+    proxy.latency = 0.1                             # every chunk waits 100 ms, each way (pipelined)
+    await proxy.close()
+
+Latency delays each chunk by the same amount without serialising them, as a
+long link would: throughput stays, every byte arrives `latency` seconds late.
+A cut aborts both sides of every connection (the broker and the daemon see a
+reset at once, as when a route goes away and a middlebox resets the flows)
+and closes each new connection as soon as it is accepted, so reconnect
+attempts fail until `restore()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+log = logging.getLogger(__name__)
+
+CHUNK = 65536
+#: Chunks in flight per direction while slowed; a full queue stops reading, so memory stays bounded.
+MAX_QUEUED_CHUNKS = 1024
+
+
+class _Link:
+    """One proxied connection: two directions, each a reader task feeding a delayed writer task."""
+
+    def __init__(self, proxy: TcpProxy, client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+                 upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+        self.writers = (client[1], upstream[1])
+        self.tasks = [
+            asyncio.create_task(self._pipe(proxy, client[0], upstream[1]), name="proxy-up"),
+            asyncio.create_task(self._pipe(proxy, upstream[0], client[1]), name="proxy-down"),
+        ]
+
+    async def _pipe(self, proxy: TcpProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(MAX_QUEUED_CHUNKS)
+
+        async def deliver() -> None:
+            try:
+                while True:
+                    due, data = await queue.get()
+                    if not data:
+                        if writer.can_write_eof():
+                            writer.write_eof()
+                        return
+                    delay = due - loop.time()
+                    if delay > 0:
+                        # Holding the chunk is the point: this is the link's latency, not a wait for a condition.
+                        await asyncio.sleep(delay)
+                    writer.write(data)
+                    await writer.drain()
+            except OSError:
+                self.abort()
+
+        delivering = asyncio.create_task(deliver(), name="proxy-deliver")
+        try:
+            while True:
+                data = await reader.read(CHUNK)
+                await queue.put((loop.time() + proxy.latency, data))
+                if not data:
+                    break
+            await delivering
+        except OSError:
+            self.abort()
+        finally:
+            if not delivering.done():
+                delivering.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await delivering
+
+    def abort(self) -> None:
+        """Reset both sides and stop both directions."""
+        current = asyncio.current_task()
+        for writer in self.writers:
+            writer.transport.abort()
+        for task in self.tasks:
+            if task is not current:
+                task.cancel()
+
+
+class TcpProxy:
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.latency = 0.0
+        self.refusing = False
+        self.accepted = 0  # connections forwarded, for the tests' assertions
+        self.refused = 0
+        self._links: set[_Link] = set()
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    @classmethod
+    async def start(cls, upstream_port: int, upstream_host: str = "127.0.0.1") -> TcpProxy:
+        proxy = cls(upstream_port, upstream_host)
+        proxy._server = await asyncio.start_server(proxy._accept, "127.0.0.1", 0)
+        proxy.port = proxy._server.sockets[0].getsockname()[1]
+        return proxy
+
+    @property
+    def connections(self) -> int:
+        return len(self._links)
+
+    def cut(self) -> None:
+        """Reset every proxied connection and refuse new ones until restore()."""
+        self.refusing = True
+        for link in list(self._links):
+            link.abort()
+        log.info("proxy :%d cut (%d connections reset)", self.port, len(self._links))
+
+    def restore(self) -> None:
+        self.refusing = False
+        log.info("proxy :%d restored", self.port)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            self.refused += 1
+            writer.transport.abort()
+            return
+        try:
+            upstream = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.transport.abort()  # the broker itself is down: the daemon sees what it would see directly
+            return
+        self.accepted += 1
+        link = _Link(self, (reader, writer), upstream)
+        self._links.add(link)
+        try:
+            await asyncio.gather(*link.tasks, return_exceptions=True)
+        finally:
+            self._links.discard(link)
+            for side in link.writers:
+                side.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for link in list(self._links):
+            link.abort()
+            for task in link.tasks:
+                task.cancel()
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await self._server.wait_closed()

@@ -1,0 +1,88 @@
+"""Counting what each receiving app got, and the table the fault suite prints at the end of the session."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from tests.faults.apps import Publisher, ranges
+
+#: Events published this long after a fault ended must all arrive, in either mode.
+RECOVERY_BOUND = 2.0
+
+CASES = {
+    "1": "broker SIGKILL + restart",
+    "2": "receiving syncar SIGKILL + restart",
+    "3": "publishing syncar SIGKILL + restart",
+    "4": "network cut 2 s, then slowed",
+    "5": "app stops reading 10 s",
+}
+
+
+@dataclass
+class Row:
+    """One receiving instance's counts in one test."""
+
+    case: str
+    broker: str
+    mode: str
+    instance: str  # which receiving app, e.g. "B (killed)"
+    sent: int  # publishes the broker accepted (acked to the publisher)
+    received: int  # distinct events the app got
+    lost: int  # acked, never received
+    duplicated: int  # received more than once by the app
+    reordered: int  # received after a later event of the same origin
+    recovery: float | None  # seconds from the fault's end to the first event the app got after it
+    late_lost: int  # acked events published more than RECOVERY_BOUND after the fault's end, never received
+    notes: str = ""
+
+
+RESULTS: list[Row] = []
+#: (case, broker, mode, why): combinations the suite did not run.
+NOT_RUN: list[tuple[str, str, str, str]] = []
+
+
+def count_row(case: str, broker: str, mode: str, instance: str, *, publisher: Publisher,
+              records: list[tuple[int, float]], fault_end: float, notes: str = "") -> Row:
+    """Count one app's `records` ((n, loop time) per event it got) against what `publisher` got acked."""
+    acked = set(publisher.acked)
+    times = Counter(n for n, _ in records)
+    reordered = 0
+    highest = -1
+    seen: set[int] = set()
+    for n, _ in records:
+        if n in seen:
+            continue
+        seen.add(n)
+        if n < highest:
+            reordered += 1
+        else:
+            highest = n
+    after = [t for _, t in records if t >= fault_end]
+    late = {n for n in acked if publisher.published[n] > fault_end + RECOVERY_BOUND}
+    lost = acked - times.keys()
+    if lost:
+        notes = "; ".join(filter(None, [notes, f"lost n {ranges(lost)}"]))
+    row = Row(case, broker, mode, instance, sent=len(acked), received=len(times), lost=len(lost),
+              duplicated=sum(c - 1 for c in times.values()), reordered=reordered,
+              recovery=min(after) - fault_end if after else None, late_lost=len(late - times.keys()), notes=notes)
+    RESULTS.append(row)
+    return row
+
+
+def table(rows: list[Row]) -> list[str]:
+    """The results as a markdown table, one line per receiving instance."""
+    lines = ["| case | broker | mode | receiving app | sent (acked) | received | lost | duplicated | reordered "
+             "| recovery s | notes |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    order = {name: i for i, name in enumerate(("redis", "rabbitmq", "nats"))}
+    for r in sorted(rows, key=lambda r: (r.case, order.get(r.broker, 9), r.mode, r.instance)):
+        recovery = "-" if r.recovery is None else f"{r.recovery:.2f}"
+        lines.append(f"| {r.case}. {CASES.get(r.case, '')} | {r.broker} | {r.mode} | {r.instance} | {r.sent} "
+                     f"| {r.received} | {r.lost} | {r.duplicated} | {r.reordered} | {recovery} | {r.notes} |")
+    return lines
+
+
+def not_run_lines() -> list[str]:
+    return [f"- case {case} ({CASES.get(case, '')}) on {broker}, {mode} mode: {why}"
+            for case, broker, mode, why in sorted(set(NOT_RUN))]
