@@ -8,6 +8,7 @@ the publisher. Only the module of the worker's own kind is imported (clients_syn
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -19,6 +20,9 @@ from bench.tally import Spec
 
 
 def _say(line: dict[str, Any]) -> None:
+    # Something below the broker clients can leave stdout non-blocking, and a result line (tens of KiB of
+    # latencies) is longer than a pipe holds: write it whole, blocking.
+    os.set_blocking(sys.stdout.fileno(), True)
     sys.stdout.buffer.write(orjson.dumps(line) + b"\n")
     sys.stdout.flush()
 
