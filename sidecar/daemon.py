@@ -10,7 +10,7 @@ import threading
 from collections.abc import Awaitable
 
 from backends import load_backend
-from backends.base import Backend, BackendConfig, BackendError, BackendState
+from backends.base import Backend, BackendConfig, BackendError, BackendState, Mode
 from sidecar import __version__, protocol
 from sidecar.codec import CODECS
 from sidecar.config import Settings
@@ -53,7 +53,7 @@ class Daemon:
         self.outbox = outbox = Outbox(self.backend, codec, settings.key, settings.outbox_bytes, metrics)
         replay = ReplayBuffer(settings.replay_events, settings.replay_bytes)
         self.relay = Relay(settings.instance_id, backend_name=backend_cls.name, codec=codec, outbox=outbox,
-                           replay=replay, metrics=metrics)
+                           replay=replay, metrics=metrics, durable=settings.mode is Mode.DURABLE)
         self.connections: set[Connection] = set()
         self._limits = Limits(settings.max_frame_bytes, settings.client_queue_bytes, settings.client_rate,
                               settings.client_burst, PeerPolicy(settings.allow_uids, settings.allow_gids))

@@ -37,8 +37,9 @@ bus_warnings = RateLimitedLogger(log, interval=10.0)
 
 class Relay:
     def __init__(self, instance_id: str, *, backend_name: str, codec: Codec, outbox: Outbox, replay: ReplayBuffer,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, durable: bool = False) -> None:
         self.instance_id = instance_id
+        self.durable = durable
         self.metrics = metrics
         self.backend_name = backend_name
         self.epoch = secrets.token_hex(8)  # seqs are only comparable within one run of the daemon
@@ -59,19 +60,26 @@ class Relay:
 
     def join(self, client: Connection, resume: protocol.Resume | None) -> None:
         """Start delivering to `client`: welcome it, replay what it missed, then live events."""
-        replay = None
-        if resume is not None and resume.epoch == self.epoch:
-            replay = self._replay.after(resume.seq)
+        replay, gap = None, False
+        if resume is not None:
+            if resume.epoch == self.epoch:
+                replay = self._replay.after(resume.seq)
+            else:
+                # The daemon restarted since: the client missed all of this run, and in broadcast mode whatever
+                # went by while no daemon ran. In durable mode the broker kept that for this run to read.
+                replay = self._replay.after(0)
+                gap = not self.durable
+            gap = gap or replay is None
         client.send(protocol.encode({
             "type": "welcome", "version": protocol.PROTOCOL_VERSION, "instance": self.instance_id,
             "backend": self.backend_name, "broker": "up" if self.broker_up else "down", "epoch": self.epoch,
-            "seq": self.seq, "client_id": client.client_id, "resumed": replay is not None,
+            "seq": self.seq, "client_id": client.client_id, "resumed": resume is not None and not gap,
         }))
-        if resume is not None and replay is None:
+        if gap:
             client.send(protocol.error(
                 ErrorCode.RESUME_GAP,
-                "cannot resume: the events after your seq are no longer held (daemon restarted or you fell behind)",
-                epoch=self.epoch, seq=self.seq))
+                "cannot resume fully: events after your seq may be missing (the daemon restarted in broadcast "
+                "mode, or you fell further behind than the replay buffer holds)", epoch=self.epoch, seq=self.seq))
         for entry in replay or ():
             if entry.source != client.client_id and client.wants(entry.path, entry.event):
                 client.send(entry.frame)

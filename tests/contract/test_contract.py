@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
 
+from backends.base import Mode
+from sidecar.client import Client
+from tests.brokers import BrokerServer
 from tests.conftest import Connect
-from tests.contract.conftest import Pair
-from tests.utils import publish_frame, wait_for
+from tests.contract.conftest import Pair, Setup
+from tests.utils import publish_frame, run_daemon, wait_for
 
 FEATHERS_EVENTS = ("created", "updated", "patched", "removed", "status-changed")
 
@@ -116,3 +122,36 @@ async def test_a_publish_resent_with_the_same_id_arrives_once(pair: Pair, connec
         await wait_for(lambda: duplicates._value.get() == 1, what="the duplicate to be counted")
     else:  # feathers-sync's format carries no id to compare: both copies go through
         assert received == ["once", "once"]
+
+
+async def test_app_resumes_across_a_restart_of_its_daemon(setup: Setup, broker: BrokerServer | None,
+                                                          sock_dir: Path) -> None:
+    key = f"restart-{uuid.uuid4().hex}"
+    settings: dict[str, Any] = {"backend": broker.uri if broker else f"local://{key}", "codec": setup.codec,
+                                "key": key, "mode": setup.mode}
+    sock_a, sock_b = sock_dir / "a.sock", sock_dir / "b.sock"
+    received: list[int] = []
+    async with run_daemon(sock_a, instance_id=f"a-{key}", **settings), Client(sock_a) as publisher:
+        receiver = Client(sock_b, backoff=(0.01, 0.05))
+        try:
+            async with run_daemon(sock_b, instance_id=f"b-{key}", **settings):
+                await receiver.connect()
+                for i in range(50):
+                    await publisher.publish("p", "e", i, ack=True)
+                received += [(await receiver.next_event(timeout=10)).data for _ in range(50)]
+            await wait_for(lambda: not receiver.connected, what="the receiver to notice its daemon is gone")
+            for i in range(50, 100):  # while B is down
+                await publisher.publish("p", "e", i, ack=True)
+            async with run_daemon(sock_b, instance_id=f"b-{key}", **settings):
+                for i in range(100, 150):
+                    await publisher.publish("p", "e", i, ack=True)
+                while not received or received[-1] != 149:
+                    received.append((await receiver.next_event(timeout=10)).data)
+        finally:
+            await receiver.close()
+    if setup.mode is Mode.DURABLE:
+        assert received == list(range(150))  # the broker kept what B missed; nothing twice
+        assert receiver.gaps == 0
+    else:
+        assert received == [*range(50), *range(100, 150)]  # broadcast: missed while away, and told so
+        assert receiver.gaps == 1
