@@ -20,6 +20,7 @@ const PROTOCOL_VERSION = 1;
 const EVENT_PREFIX = '{"type":"event"';
 /** A daemon that accepted the connection but sends no welcome within this time is given up on. */
 const HANDSHAKE_TIMEOUT_MS = 10_000;
+const DEDUP_WINDOW = 10_000; // event ids remembered to drop redeliveries
 
 /** What `publish` did with an event. */
 const Published = Object.freeze({
@@ -46,6 +47,8 @@ class Connection extends EventEmitter {
     this.closed = false;
     this.lost = false;
     this.gaps = 0;
+    // Recent (origin, id) pairs: after a daemon restart in durable mode an event may come again.
+    this._seen = new Set();
     this._epoch = null;
     this._seq = 0;
     this._ids = 0;
@@ -355,7 +358,17 @@ class Connection extends EventEmitter {
       this.options.warn('deserialize', 'deserialize returned no object for an event from syncar; it was dropped');
       return;
     }
+    if (this._duplicate(frame)) return;
     this.emit('event', frame);
+  }
+
+  _duplicate(frame) {
+    if (frame.origin == null || frame.id == null) return false; // feathers-sync peers send neither
+    const key = `${frame.origin}\u0000${frame.id}`;
+    if (this._seen.has(key)) return true;
+    this._seen.add(key);
+    if (this._seen.size > DEDUP_WINDOW) this._seen.delete(this._seen.values().next().value);
+    return false;
   }
 
   _error(frame) {

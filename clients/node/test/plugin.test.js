@@ -155,6 +155,22 @@ describe('the plugin on a local syncar', () => {
     assert.equal(peerCtx.syncar.remote, true);
   });
 
+  it('emits an event delivered twice (a redelivery after a restart) only once', async () => {
+    const receiver = await makeApp();
+    const peer = await makePeer();
+    const seen = [];
+    receiver.service('messages').on('typing', (data) => seen.push(data.n));
+    const marker = waitForEvent(receiver.service('messages'), 'typing', {
+      filter: (d) => d && d.n === 'marker', timeout: TIMEOUT,
+    });
+    for (const n of [1, 1, 2]) {
+      peer.send({ type: 'publish', path: 'messages', event: 'typing', data: { n }, id: `dup-${n}` });
+    }
+    peer.send({ type: 'publish', path: 'messages', event: 'typing', data: { n: 'marker' } });
+    await marker;
+    assert.deepEqual(seen, [1, 2, 'marker']);
+  });
+
   it('keeps a call with context[SYNC] = false on this instance', async () => {
     const app = await makeApp();
     const peer = await makePeer();
