@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -110,10 +110,21 @@ async def scenario(request: pytest.FixtureRequest, fault_server: BrokerServer, b
         yield stage
     finally:
         await stage.close()
-        if os.environ.get("SYNCAR_FAULTS_KEEP"):
-            print(f"\nfault test files kept in {directory}")
+        report = getattr(request.node, "rep_call", None)
+        if os.environ.get("SYNCAR_FAULTS_KEEP") or report is None or report.failed:
+            # The daemons' logs are the first thing to read about a failure.
+            print(f"\nfault test files (daemon logs) kept in {directory}")
         else:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[
+        None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]
+    return report
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

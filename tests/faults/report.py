@@ -36,6 +36,9 @@ class Row:
     late_lost: int  # acked events published more than RECOVERY_BOUND after the fault's end, never received
     notes: str = ""
 
+    def note(self, text: str) -> None:
+        self.notes = "; ".join(filter(None, [self.notes, text]))
+
 
 RESULTS: list[Row] = []
 #: (case, broker, mode, why): combinations the suite did not run.
