@@ -134,6 +134,10 @@ class Scenario:
         await self.publisher.start()
 
     @property
+    def publisher_label(self) -> str:
+        return next(iter(self.instances))
+
+    @property
     def pub(self) -> Publisher:
         assert self.publisher is not None, "start() first"
         return self.publisher
@@ -186,8 +190,6 @@ class Scenario:
         publisher = []
         if self.unacked:
             publisher.append(f"{self.unacked} unacked ({self.pub.unacked_ids()})")
-        if self.pub.refused:
-            publisher.append(f"{len(self.pub.refused)} nacked")
         if publisher:
             parts.append("publisher: " + ", ".join(publisher))
         return "; ".join(parts)

@@ -27,6 +27,7 @@ from tests.utils import wait_for
 NOTICE_TIMEOUT = 15.0
 SLOW_LATENCY = 0.1  # seconds added each way while the network is slowed
 STALL = 10.0  # seconds the slow app reads nothing
+OUTBOX_BYTES = 64 * 1024  # case 1: about 600 events of the stream
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -51,8 +52,11 @@ def check(s: Scenario, rows: dict[str, Row], *, lost_broker: tuple[str, ...], un
         for name, row in rows.items():
             if s.receiver_labels[name] == label:
                 assert row.recovery is not None and row.recovery <= RECOVERY_BOUND, f"slow recovery: {row}"
+    # A publish the outbox could not hold is refused with a nack and counted, never dropped silently.
+    refused = s.metric(s.publisher_label, 'syncar_events_dropped_total{reason="outbox_full"}')
+    assert len(s.pub.refused) == refused and set(s.pub.refused.values()) <= {"outbox_full"}, s.pub.refused
     if s.mode == "durable":
-        assert s.unacked == 0 and not s.pub.refused, f"{s.unacked} publishes never acked, {s.pub.refused} nacked"
+        assert s.unacked == 0, f"{s.unacked} publishes never acked: {s.pub.unacked_ids()}"
         for row in rows.values():
             assert (row.lost, row.duplicated) == (0, 0), row
     else:
@@ -63,7 +67,8 @@ def check(s: Scenario, rows: dict[str, Row], *, lost_broker: tuple[str, ...], un
 @fault_case("1")
 async def test_broker_killed_and_restarted(scenario: Scenario) -> None:
     s = scenario
-    await s.start(("a", "b"), {"B": "b"})
+    # a's outbox holds about 600 events: the outage outlasts it, so some publishes must be refused (nack).
+    await s.start(("a", "b"), {"B": "b"}, daemon_args={"a": ["--outbox-bytes", str(OUTBOX_BYTES)]})
     await s.stream(1000)
     await asyncio.to_thread(s.server.kill)
     await wait_for(lambda: all("down" in w.broker_states() for w in s.watches.values()), NOTICE_TIMEOUT,
@@ -73,7 +78,10 @@ async def test_broker_killed_and_restarted(scenario: Scenario) -> None:
     fault_end = now()
     await s.stream(3000)
     await s.finish()
-    check(s, s.count(fault_end), lost_broker=("a", "b"))
+    rows = s.count(fault_end)
+    rows["B"].note(f"publisher: {len(s.pub.refused)} nacked outbox_full")
+    check(s, rows, lost_broker=("a", "b"))
+    assert s.pub.refused, "the outbox never filled: the test did not exercise nacks"
 
 
 @fault_case("2")
