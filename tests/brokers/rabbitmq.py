@@ -16,6 +16,7 @@ that kill() signals.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import pamqp.commands
@@ -33,7 +35,9 @@ import pamqp.header
 from tests.brokers import BrokerServer, free_port, port_open, require_binary
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 PROBE_TIMEOUT = 2.0
+CTL_TIMEOUT = 60.0
 
 
 class RabbitServer(BrokerServer):
@@ -116,6 +120,19 @@ class RabbitServer(BrokerServer):
             # The epmd started below serves this node; the VM must not spawn a daemonized one.
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-start_epmd false",
         }
+
+    def ctl(self, *args: str) -> str:
+        """Run rabbitmqctl against this node (Erlang distribution, no management plugin); its stdout."""
+        done = subprocess.run([CTL, "-n", self.node, *args], env=self.env(), cwd=self.dir, capture_output=True,
+                              text=True, timeout=CTL_TIMEOUT, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
+        return done.stdout
+
+    def list(self, what: str, *columns: str) -> list[dict[str, Any]]:
+        """`rabbitmqctl list_<what> <columns>` as dicts, e.g. list("queues", "name", "arguments")."""
+        rows: list[dict[str, Any]] = json.loads(self.ctl(f"list_{what}", *columns, "--formatter", "json"))
+        return rows
 
     def ready(self) -> bool:
         """An AMQP login as guest to vhost / succeeds: the listener is up and the node has booted."""

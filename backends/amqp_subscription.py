@@ -1,0 +1,177 @@
+"""One RabbitMQ subscription: its channel, queue and consumer, and the worker that hands messages to the handler.
+
+Each subscription consumes on a channel of its own, with a prefetch window: a slow handler holds messages back on
+the broker instead of growing memory, and acknowledgements (grouped with `multiple`) only ever cover this
+subscription's own deliveries. Every acknowledgement follows the handler's return.
+
+In durable mode a handler that raises gets its message again: the worker acknowledges what came before it, then
+closes the channel, so the broker puts everything unacknowledged back at the head of the queue in order; aio-pika
+reopens the channel and the backend consumes again. Deliveries of a closed channel still waiting in the worker are
+skipped, since the broker has put them back too: order holds through failures and reconnects alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+
+import aiormq.abc
+from aio_pika.abc import AbstractRobustChannel
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from pamqp.commands import Basic
+
+from backends.amqp_topology import Topology
+from backends.base import Handler, Message, Subscription
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFETCH = 256  # unacknowledged messages per consumer
+ACK_EVERY = 64  # acknowledge (multiple=True) at least this often, and whenever the handler catches up
+REDELIVERY_DELAY = 0.5  # seconds (a random 1-2x) before a failed message comes back: a poison message must not spin
+DRAIN_TIMEOUT = 5.0  # how long unsubscribe() lets a running handler finish
+CLOSE_TIMEOUT = 5.0
+
+# What a lost connection or channel raises through aio-pika/aiormq: AMQPError, OSError (TimeoutError too),
+# RuntimeError (ChannelInvalidStateError), ...
+BROKER_ERRORS: tuple[type[BaseException], ...] = CONNECTION_EXCEPTIONS
+
+
+async def cancel_task(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+class AmqpSubscription(Subscription):
+    """One topic's queue and consumer; a worker task hands its messages to the handler one at a time."""
+
+    def __init__(self, topic: str, handler: Handler, topology: Topology, channel: AbstractRobustChannel, *,
+                 forget: Callable[[AmqpSubscription], None], restore: Callable[[], None]) -> None:
+        self.topic, self.channel, self._handler, self._topology = topic, channel, handler, topology
+        self._forget, self._restore = forget, restore
+        self.active, self.cancelled = True, False  # cancelled: by the broker (its queue was deleted, say)
+        self.queue: str | None = None
+        self.consumer_tag: str | None = None
+        self._underlay: aiormq.abc.AbstractChannel | None = None
+        self._inbox: asyncio.Queue[aiormq.abc.DeliveredMessage | None] = asyncio.Queue()  # bounded by prefetch
+        self._worker = asyncio.create_task(self._work(), name=f"syncar-amqp-{topic}")
+
+    async def live(self) -> bool:
+        """True if the consumer is in place on the channel's current underlying channel."""
+        underlay = await self.channel.get_underlay_channel()
+        return self._underlay is underlay and not underlay.is_closed and not self.cancelled
+
+    async def attach(self) -> None:
+        """Declare the exchange, the queue and the binding, and consume the queue on the channel as it is now."""
+        underlay = await self.channel.get_underlay_channel()
+        if underlay.is_closed:
+            # Closed by a call that timed out: aio-pika reopens channels the broker closes, not those.
+            await self.channel.restore()
+            underlay = await self.channel.get_underlay_channel()
+        queue, backlog = await self._topology.declare(underlay, self.topic)
+        consumer = await underlay.basic_consume(queue, self._on_delivery, no_ack=False)
+        underlay.on_consumer_cancel_callbacks.add(self._on_consumer_cancelled)
+        self._underlay, self.queue, self.consumer_tag, self.cancelled = underlay, queue, consumer.consumer_tag, False
+        if self._topology.durable:
+            log.info("amqp: consuming durable queue %r (%d messages waiting)", queue, backlog)
+        else:
+            log.debug("amqp: consuming topic %r from queue %s", self.topic, queue)
+
+    def _on_consumer_cancelled(self, frame: Basic.Cancel) -> None:
+        if frame.consumer_tag == self.consumer_tag and self.active:
+            # The broker cancelled the consumer (its queue was deleted, say): declare the queue again.
+            log.warning("amqp: the broker cancelled the consumer of %r; subscribing again", self.topic)
+            self.cancelled = True
+            self._restore()
+
+    async def _on_delivery(self, message: aiormq.abc.DeliveredMessage) -> None:
+        # aiormq runs each delivery in a task of its own, in delivery order; queueing before any await keeps it.
+        if self.active:
+            self._inbox.put_nowait(message)
+
+    def _stale(self, message: aiormq.abc.DeliveredMessage) -> bool:
+        """In durable mode: delivered on a channel that is gone, so the broker has put it back in the queue."""
+        return self._topology.durable and (message.channel is not self._underlay or message.channel.is_closed)
+
+    async def _work(self) -> None:
+        handled: aiormq.abc.DeliveredMessage | None = None  # the newest message handled and not acknowledged
+        count = 0
+        while (message := await self._inbox.get()) is not None:
+            if not self.active or self._stale(message):
+                continue
+            try:
+                await self._handler(Message(message.body))
+            except Exception as exc:
+                if self._topology.durable:
+                    await self._redeliver(handled, message, exc)
+                    handled, count = None, 0
+                    continue
+                # No REDELIVERY in broadcast mode: the message is dropped for this subscriber.
+                log.error("amqp: subscriber of %r failed, message dropped: %s", self.topic, exc)
+                log.debug("amqp: subscriber failure", exc_info=True)
+            handled, count = message, count + 1
+            if count >= ACK_EVERY or self._inbox.empty():
+                await self._ack(handled)
+                handled, count = None, 0
+        if handled is not None:
+            await self._ack(handled)  # stopping: what was handled must not come back
+
+    async def _redeliver(self, handled: aiormq.abc.DeliveredMessage | None, failed: aiormq.abc.DeliveredMessage,
+                         exc: Exception) -> None:
+        delay = REDELIVERY_DELAY * random.uniform(1.0, 2.0)
+        log.error("amqp: subscriber of %r failed, the message comes back in %.1fs: %s", self.topic, delay, exc)
+        log.debug("amqp: subscriber failure", exc_info=True)
+        if handled is not None:
+            await self._ack(handled)
+        await asyncio.sleep(delay)
+        channel = failed.channel
+        if not channel.is_closed:
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await channel.close()
+            except BROKER_ERRORS as error:  # the connection went first: the broker puts them back all the same
+                log.debug("amqp: closing the channel of %r for redelivery failed: %s", self.topic, error)
+
+    async def _ack(self, message: aiormq.abc.DeliveredMessage) -> None:
+        channel, tag = message.channel, getattr(message.delivery, "delivery_tag", None)
+        if tag is None or channel.is_closed:
+            return  # delivered on a channel that is gone: the broker forgot those deliveries with it
+        try:
+            await channel.basic_ack(tag, multiple=True)
+        except BROKER_ERRORS as exc:
+            log.debug("amqp: ack on %r not sent: %s", self.topic, exc)
+
+    async def stop(self, *, cancel_consumer: bool) -> None:
+        """Stop delivering; optionally tell the broker (a broadcast queue goes with its consumer)."""
+        if not self.active:
+            return
+        self.active = False
+        underlay, tag = self._underlay, self.consumer_tag
+        if cancel_consumer and underlay is not None and tag is not None and not underlay.is_closed:
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await underlay.basic_cancel(tag)
+            except BROKER_ERRORS as exc:  # TimeoutError is an OSError
+                log.debug("amqp: cancelling the consumer of %r failed: %s", self.topic, exc)
+        self._inbox.put_nowait(None)
+        if asyncio.current_task() is self._worker:
+            return  # unsubscribed from inside the handler: the worker ends when the handler returns
+        done, _ = await asyncio.wait({self._worker}, timeout=DRAIN_TIMEOUT)
+        if not done:
+            await cancel_task(self._worker)
+
+    async def unsubscribe(self) -> None:
+        """Stop delivery and close the channel; a durable queue stays (it expires after `instance_ttl`)."""
+        if not self.active:
+            return
+        self._forget(self)
+        await self.stop(cancel_consumer=True)
+        if not self.channel.is_closed:
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self.channel.close()
+            except BROKER_ERRORS as exc:
+                log.debug("amqp: closing the channel of %r failed: %s", self.topic, exc)

@@ -1,0 +1,136 @@
+"""Where syncar's messages live on a RabbitMQ broker, per mode: exchanges, queues, their names and arguments.
+
+Broadcast is feathers-sync 3.x's lib/adapters/amqp.js, so both can share a broker: a fanout exchange named by the
+topic, non-durable, not auto-delete, not internal, no arguments (amqplib's `assertExchange(key, 'fanout', {durable:
+false})`; other flags make one side fail with PRECONDITION_FAILED); per instance a server-named exclusive auto-delete
+queue bound with the key `queue-binding` (fanout ignores it). Messages are transient.
+
+Durable cannot reuse that exchange: feathers-sync declares it non-durable, and RabbitMQ refuses to declare an
+existing exchange with other flags. It uses a durable fanout exchange `<topic>.durable` and, per instance, a durable
+queue `<topic>.durable.<instance id>` (classic, or quorum with the URI option `queue_type=quorum`) that outlives the
+daemon: `x-max-length` with `drop-head` bounds what it keeps for an instance that is away, `x-expires` deletes it
+once nobody has consumed or declared it for `instance_ttl`. Messages are persistent (delivery_mode 2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+import string
+from dataclasses import dataclass
+from typing import Any
+
+import aiormq.abc
+from aio_pika import DeliveryMode
+from aiormq.exceptions import ChannelPreconditionFailed
+
+from backends.base import BackendConfigError, Mode
+
+log = logging.getLogger(__name__)
+
+BINDING_KEY = "queue-binding"  # feathers-sync's; a fanout exchange ignores it
+DURABLE_SUFFIX = ".durable"
+QUEUE_TYPES = ("quorum", "classic")
+# Classic by default: on RabbitMQ 3.10 a quorum queue that the broker loses in a crash within a second or two of
+# its declaration never gets a leader again, and every publish routed to it then waits for a confirm that never
+# comes, stalling every daemon's outbox (see docs/backends/rabbitmq.md). Quorum is an option for clusters.
+DEFAULT_QUEUE_TYPE = "classic"
+MAX_NAME_BYTES = 255  # AMQP 0-9-1 short strings
+DIGEST_CHARS = 16  # 64 bits of sha256 keep shortened names apart
+NAME_PATTERN = re.compile(r"[a-zA-Z0-9\-_.:@#,/+ ]+")  # what pamqp lets through (AMQP 0-9-1 names, widened)
+SAFE_CHARS = frozenset(string.ascii_letters + string.digits + "-_.:@")  # kept as they are in an instance id
+
+
+def durable_queue_name(topic: str, instance_id: str) -> str:
+    """`<topic>.durable.<instance id>`: stable, one per instance id, readable in `rabbitmqctl list_queues`.
+
+    The AMQP client takes only `A-Z a-z 0-9 - _ . : @ # , / +` and space in a name, up to 255 bytes for RabbitMQ.
+    In the instance id, any other byte (and `+`, `#`, `,`, `/`, space) is written `+HH` (its UTF-8 bytes in hex),
+    so the mapping is one-to-one: `pod é` is `pod+20+C3+A9`. A name that is still too long keeps its first bytes
+    and ends in `#` and a digest of the full name, so two long instance ids never share a queue.
+    """
+    escaped = "".join(chr(byte) if chr(byte) in SAFE_CHARS else f"+{byte:02X}" for byte in instance_id.encode())
+    name = f"{topic}{DURABLE_SUFFIX}.{escaped}"
+    encoded = name.encode()
+    if len(encoded) <= MAX_NAME_BYTES:
+        return name
+    digest = hashlib.sha256(encoded).hexdigest()[:DIGEST_CHARS]
+    return f"{encoded[:MAX_NAME_BYTES - 1 - DIGEST_CHARS].decode(errors='ignore')}#{digest}"
+
+
+def check_exchange_name(name: str) -> str:
+    """The name, or BackendConfigError if it cannot name an exchange (the AMQP client would raise ValueError)."""
+    if not NAME_PATTERN.fullmatch(name) or len(name.encode()) > MAX_NAME_BYTES:
+        raise BackendConfigError(f"amqp: {name!r} cannot name an exchange: use up to {MAX_NAME_BYTES} of "
+                                 "A-Z a-z 0-9 - _ . : @ # , / + and space (durable mode adds '.durable' to the key)")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """What one backend declares and how it publishes, from its mode and settings."""
+
+    mode: Mode
+    instance_id: str
+    retention: int
+    instance_ttl: float
+    queue_type: str = DEFAULT_QUEUE_TYPE
+
+    @property
+    def durable(self) -> bool:
+        return self.mode is Mode.DURABLE
+
+    @property
+    def delivery_mode(self) -> DeliveryMode:
+        return DeliveryMode.PERSISTENT if self.durable else DeliveryMode.NOT_PERSISTENT
+
+    def exchange(self, topic: str) -> str:
+        """The exchange for the topic (syncar's `--key`); BackendConfigError if the key cannot name one."""
+        return check_exchange_name(f"{topic}{DURABLE_SUFFIX}" if self.durable else topic)
+
+    def queue(self, topic: str) -> str:
+        """The durable queue's name; broadcast queues are named by the broker."""
+        return durable_queue_name(topic, self.instance_id)
+
+    def queue_arguments(self) -> dict[str, Any]:
+        return {
+            "x-queue-type": self.queue_type,
+            "x-max-length": self.retention,
+            "x-overflow": "drop-head",
+            "x-expires": max(1, round(self.instance_ttl * 1000)),  # milliseconds
+        }
+
+    async def declare(self, underlay: aiormq.abc.AbstractChannel, topic: str) -> tuple[str, int]:
+        """Declare the exchange and this instance's queue, bind them; return the queue's name and its backlog."""
+        if not self.durable:
+            await underlay.exchange_declare(topic, exchange_type="fanout", durable=False, auto_delete=False,
+                                            internal=False)
+            declared = await underlay.queue_declare("", durable=False, exclusive=True, auto_delete=True)
+            queue = declared.queue or ""
+            await underlay.queue_bind(queue, topic, routing_key=BINDING_KEY)
+            return queue, 0
+        # On a channel of its own: a refused declaration closes the channel it was made on, and the consuming
+        # channel must not go down (and come back) over it.
+        connection = underlay.connection
+        channel = await connection.channel(publisher_confirms=False)
+        try:
+            await channel.exchange_declare(self.exchange(topic), exchange_type="fanout", durable=True,
+                                           auto_delete=False, internal=False)
+            queue = self.queue(topic)
+            try:
+                declared = await channel.queue_declare(queue, durable=True, arguments=self.queue_arguments())
+            except ChannelPreconditionFailed as exc:
+                # Declared before with other settings (retention, instance_ttl, queue_type changed since): queue
+                # arguments cannot change, and deleting the queue would lose what it holds. Use it as it is.
+                log.warning("amqp: queue %r exists with other settings, kept as they are (delete the queue to "
+                            "apply new ones, losing what it holds): %s", queue, " ".join(str(exc).split()))
+                channel = await connection.channel(publisher_confirms=False)
+                declared = await channel.queue_declare(queue, passive=True)
+            await channel.queue_bind(queue, self.exchange(topic), routing_key=BINDING_KEY)
+            return queue, declared.message_count or 0
+        finally:
+            if not channel.is_closed:
+                with contextlib.suppress(aiormq.exceptions.AMQPError, OSError, RuntimeError):
+                    await channel.close()
