@@ -19,7 +19,7 @@ import aio_pika
 import pytest
 
 from backends import load_backend
-from backends.amqp import AmqpBackend
+from backends.amqp import AmqpBackend, AmqpSubscription
 from backends.amqp_topology import MAX_NAME_BYTES, durable_queue_name
 from backends.base import BackendConfig, BackendConfigError, BackendError, BackendState, Feature, Message, Mode
 from tests.brokers.rabbitmq import RabbitServer
@@ -298,6 +298,31 @@ async def test_a_key_that_cannot_name_an_exchange_is_a_config_error(backend: Fac
         await instance.publish("x" * 250, [b"too long with .durable"])
 
 
+async def test_an_unknown_queue_type_is_a_config_error(server: RabbitServer) -> None:
+    instance = AmqpBackend(BackendConfig(f"{server.uri}?queue_type=stream", "t", mode=Mode.DURABLE))
+    with pytest.raises(BackendConfigError, match=r"^amqp: URI option queue_type must be quorum or classic, not "):
+        await instance.start()
+    await instance.close()
+
+
+async def test_a_deleted_queue_is_declared_again(server: RabbitServer, backend: Factory, topic: str) -> None:
+    receiver = await backend("deleted")
+    inbox = Inbox()
+    subscription = await receiver.subscribe(topic, inbox)
+    assert isinstance(subscription, AmqpSubscription)
+    sender = await backend()
+    await sender.publish(topic, [b"before"])
+    await inbox.wait(1)
+    old_tag = subscription.consumer_tag
+    await asyncio.to_thread(server.ctl, "delete_queue", f"{topic}.durable.deleted")
+    # The broker cancels the consumer; the backend declares the queue again and consumes it.
+    await wait_for(lambda: subscription.consumer_tag != old_tag and not subscription.cancelled, 10,
+                   "a new consumer")
+    await sender.publish(topic, [b"after"])
+    assert await inbox.wait(2) == [b"before", b"after"]
+    assert receiver.state is BackendState.CONNECTED
+
+
 @pytest.mark.parametrize("queue_type", QUEUE_TYPES)
 async def test_broker_killed_mid_stream_loses_nothing_confirmed(server: RabbitServer, backend: Factory,
                                                                 topic: str, queue_type: str) -> None:
@@ -351,8 +376,11 @@ async def test_two_daemons_an_instance_away_gets_everything_once_in_order(
     sock_a, sock_b = sock_dir / "a.sock", sock_dir / "b.sock"
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(run_daemon(sock_a, instance_id="a", **settings))
-        async with run_daemon(sock_b, instance_id="b", **settings):
-            pass  # b's first run declares its queue; then b is away
+        async with run_daemon(sock_b, instance_id="b", **settings):  # b's first run declares its queue
+            app_b = await RawClient.connect(sock_b, {})
+            last = {"epoch": app_b.welcome["epoch"], "seq": app_b.welcome["seq"]}
+            await app_b.close()
+        # b is away.
         app_a = await RawClient.connect(sock_a, {})
         stack.push_async_callback(app_a.close)
         for i in range(500):
@@ -361,13 +389,11 @@ async def test_two_daemons_an_instance_away_gets_everything_once_in_order(
             assert (await app_a.frame_of("ack"))["type"] == "ack"  # each confirmed by the broker
 
         await stack.enter_async_context(run_daemon(sock_b, instance_id="b", **settings))
-        # b consumed its queue as soon as it was up, before any app connected; the app asks for all b has
-        # received since it started (seq 0 of this run), as an app does that knows its daemon restarted.
-        first = await RawClient.connect(sock_b, {})
-        await first.close()
-        app_b = await RawClient.connect(sock_b, {"resume": {"epoch": first.welcome["epoch"], "seq": 0}})
+        # b read its queue as soon as it was up; its app, connecting after that, resumes from where it was in
+        # b's previous run, and gets what this run has received.
+        app_b = await RawClient.connect(sock_b, {"resume": last})
         stack.push_async_callback(app_b.close)
-        assert app_b.welcome["resumed"] is True
+        assert app_b.welcome["resumed"] is True and app_b.welcome["epoch"] != last["epoch"]
         events = await app_b.events(500)
         assert [event["data"]["n"] for event in events] == list(range(500))
         assert {event["origin"] for event in events} == {"a"}
