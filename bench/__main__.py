@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from bench.plan import BROKERS, CONTESTANTS, LABELS, make_plan
+from bench.processes import NODE_DIR
 from bench.report import derive, markdown, summarise, table
 from bench.runner import run_plan
 
@@ -85,7 +86,10 @@ def machine() -> dict[str, Any]:
     return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "node": _version("node", "-v"),
             "kernel": platform.release(), "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
                                                              / 2**30, 1),
-            "redis": _version("redis-server", "--version"), "nats": _version("nats-server", "--version")}
+            "redis": _version("redis-server", "--version"), "nats": _version("nats-server", "--version"),
+            "rabbitmq": _version("dpkg-query", "-W", "-f", "${Version}", "rabbitmq-server"),
+            "feathers_sync": _version("node", "-p", f"require('{NODE_DIR}/node_modules/feathers-sync/package.json')"
+                                                    ".version")}
 
 
 def _progress(run: dict[str, Any]) -> None:

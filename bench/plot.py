@@ -10,6 +10,7 @@ from bench.plan import BROKER_LABELS, LABELS
 from bench.report import QUANTILES
 
 log = logging.getLogger(__name__)
+PERCENTILE_TICKS = (0.01, 0.1, 0.5, 0.9, 0.99, 0.999)
 COLOURS = {"syncar": "#1f77b4", "syncar-fs": "#17becf", "ceiling": "#7f7f7f", "feathers-sync": "#d62728"}
 
 
@@ -24,6 +25,42 @@ def _cdf_run(runs: list[dict[str, Any]], broker: str, contestant: str, case: str
     return quantiles
 
 
+def _bars(axes: Any, summary: dict[str, Any], brokers: list[str], contestants: list[str], case: str) -> None:
+    width = 0.8 / max(len(contestants), 1)
+    for offset, contestant in enumerate(contestants):
+        xs, heights, low, high = [], [], [], []
+        for position, broker in enumerate(brokers):
+            entry = summary[broker].get(contestant, {}).get(case, {})
+            if entry.get("throughput"):
+                xs.append(position + (offset - (len(contestants) - 1) / 2) * width)
+                heights.append(entry["throughput"])
+                low.append(entry["throughput"] - entry.get("throughput_min", entry["throughput"]))
+                high.append(entry.get("throughput_max", entry["throughput"]) - entry["throughput"])
+        axes.bar(xs, heights, width, yerr=[low, high], capsize=2, label=LABELS[contestant],
+                 color=COLOURS[contestant])
+    axes.set_xticks(range(len(brokers)), [BROKER_LABELS.get(b, b) for b in brokers])
+    axes.set_ylabel("events/s (median; bars: range)")
+    axes.set_title(f"throughput, {case.split('-')[1]} B payload")
+    axes.grid(axis="y", alpha=0.3)
+
+
+def _cdf(axes: Any, runs: list[dict[str, Any]], broker: str, contestants: list[str], rate: int) -> None:
+    for contestant in contestants:
+        quantiles = _cdf_run(runs, broker, contestant, f"lat-{rate}")
+        if quantiles:
+            points = [(x, q) for x, q in zip(quantiles, QUANTILES, strict=True) if 0 < q < 1 and x > 0]
+            axes.plot([p[0] for p in points], [p[1] for p in points], label=LABELS[contestant],
+                      color=COLOURS[contestant])
+    axes.set_xscale("log")
+    axes.set_yscale("logit")
+    axes.set_ylim(0.01, 0.9995)
+    axes.set_yticks(PERCENTILE_TICKS, [f"p{100 * q:g}" for q in PERCENTILE_TICKS])
+    axes.minorticks_off()
+    axes.set_xlabel("latency, ms (log)")
+    axes.set_title(f"{BROKER_LABELS.get(broker, broker)}: latency CDF at {rate:,} events/s")
+    axes.grid(alpha=0.3)
+
+
 def plot(results: dict[str, Any], path: Path) -> Path | None:
     try:
         import matplotlib  # noqa: PLC0415  (optional: the bench extra)
@@ -34,7 +71,7 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
         log.warning("matplotlib is not installed: no plot (pip install matplotlib)")
         print("no plot: matplotlib is not installed")
         return None
-    summary, runs = results["summary"], results["runs"]
+    summary, runs, meta = results["summary"], results["runs"], results["meta"]
     brokers = list(summary)
     contestants = [c for c in LABELS if any(c in summary[b] for b in brokers)]
     rates = sorted({r["rate"] for r in runs if r["rate"]})
@@ -43,41 +80,18 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
     grid = figure.add_gridspec(1 + len(rates), columns * 2)
     for index, case in enumerate(("tp-256", "tp-4096")):
         axes = figure.add_subplot(grid[0, index * columns:(index + 1) * columns])
-        width = 0.8 / max(len(contestants), 1)
-        for offset, contestant in enumerate(contestants):
-            xs, heights, low, high = [], [], [], []
-            for position, broker in enumerate(brokers):
-                entry = summary[broker].get(contestant, {}).get(case, {})
-                if entry.get("throughput"):
-                    xs.append(position + (offset - (len(contestants) - 1) / 2) * width)
-                    heights.append(entry["throughput"])
-                    low.append(entry["throughput"] - entry.get("throughput_min", entry["throughput"]))
-                    high.append(entry.get("throughput_max", entry["throughput"]) - entry["throughput"])
-            axes.bar(xs, heights, width, yerr=[low, high], capsize=2, label=LABELS[contestant],
-                     color=COLOURS[contestant])
-        axes.set_xticks(range(len(brokers)), [BROKER_LABELS.get(b, b) for b in brokers])
-        axes.set_ylabel("events/s (median)")
-        axes.set_title(f"throughput, {case.split('-')[1]} B payload")
-        axes.grid(axis="y", alpha=0.3)
+        _bars(axes, summary, brokers, contestants, case)
         if index == 0:
             axes.legend(fontsize="small")
     for row, rate in enumerate(rates, start=1):
         for column, broker in enumerate(brokers):
             axes = figure.add_subplot(grid[row, column * 2:(column + 1) * 2])
-            for contestant in contestants:
-                quantiles = _cdf_run(runs, broker, contestant, f"lat-{rate}")
-                if quantiles:
-                    points = [(x, q) for x, q in zip(quantiles, QUANTILES, strict=True) if 0 < q < 1 and x > 0]
-                    axes.plot([p[0] for p in points], [p[1] for p in points], label=LABELS[contestant],
-                              color=COLOURS[contestant])
-            axes.set_xscale("log")
-            axes.set_yscale("logit")
-            axes.set_ylim(0.01, 0.9995)
-            axes.set_xlabel("latency, ms")
-            axes.set_title(f"{BROKER_LABELS.get(broker, broker)}: latency CDF at {rate:,} events/s")
-            axes.grid(alpha=0.3, which="both")
-    figure.suptitle(f"syncar benchmark: {results['meta']['command']} "
-                    f"({results['meta']['machine']['nproc']} cores, {results['meta']['machine']['cpu']})")
+            _cdf(axes, runs, broker, contestants, rate)
+            if row == 1 and column == 0:
+                axes.legend(fontsize="x-small", loc="upper left")
+    machine = meta["machine"]
+    figure.suptitle(f"syncar benchmark: {meta['command']}, {meta.get('started', '')} "
+                    f"({machine['nproc']} cores, {machine['cpu']}, shared)")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=90)
     plt.close(figure)
