@@ -66,23 +66,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize(("broker_name", "mode"), params)
 
 
-class PersistentRedis(RedisServer):
-    """redis-server with an append-only file, so a SIGKILLed Redis comes back with its streams.
-
-    `everysec` is enough here: Redis writes the AOF before it replies, and a killed process loses nothing that
-    the kernel already has; only a crash of the whole machine could lose the last second.
-    """
-
-    name = "redis-aof"
-
-    def command(self) -> list[str]:
-        # Later options win over the base class's `--appendonly no`.
-        return [*super().command(), "--appendonly", "yes", "--appendfsync", "everysec"]
-
-
 @pytest.fixture(scope="session")
 def persistent_redis() -> Iterator[BrokerServer]:
-    server = PersistentRedis()
+    """Redis with an append-only file (fsync always), so a SIGKILLed Redis comes back with its streams."""
+    server = RedisServer(persistent=True)
     try:
         server.start()
         yield server

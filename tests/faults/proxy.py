@@ -93,6 +93,7 @@ class TcpProxy:
         self.accepted = 0  # connections forwarded, for the tests' assertions
         self.refused = 0
         self._links: set[_Link] = set()
+        self._handlers: set[asyncio.Task[None]] = set()  # the server's per-connection tasks, awaited on close
         self._server: asyncio.Server | None = None
         self.port = 0
 
@@ -119,6 +120,10 @@ class TcpProxy:
         log.info("proxy :%d restored", self.port)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
+        handler.add_done_callback(self._handlers.discard)
         if self.refusing:
             self.refused += 1
             writer.transport.abort()
@@ -145,6 +150,9 @@ class TcpProxy:
             link.abort()
             for task in link.tasks:
                 task.cancel()
+        # Let each connection's handler see its link end, rather than leave it to be cancelled with the loop.
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=2.0)
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
