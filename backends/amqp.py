@@ -292,8 +292,7 @@ class AmqpBackend(Backend):
             await self._restore_wanted.wait()
             self._restore_wanted.clear()
             try:
-                async with asyncio.timeout(self.config.connect_timeout):
-                    await self._restore()
+                await self._restore()
             except BROKER_ERRORS as exc:  # channel errors (AMQPChannelError) are AMQPErrors; TimeoutError an OSError
                 delay = DEFAULT_RECONNECT_INTERVAL * random.uniform(1.0, 2.0)
                 log.warning("amqp: subscribing again failed, retrying in %.1fs: %s", delay, self._clean(exc))
@@ -312,7 +311,10 @@ class AmqpBackend(Backend):
         async with self._attach_lock:
             for subscription in list(self._subscriptions):
                 if subscription.active and not await subscription.live():
-                    await subscription.attach()
+                    # Bounded: a queue that does not answer (a quorum queue still electing a leader after a broker
+                    # restart) fails this round, and _keep() tries again.
+                    async with asyncio.timeout(self.config.connect_timeout):
+                        await subscription.attach()
                     restored += 1
         # The connection may have dropped again meanwhile; then the next reconnect restores.
         if self._closing or not connection.connected.is_set() or publish_channel.is_closed:

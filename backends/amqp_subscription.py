@@ -134,6 +134,7 @@ class AmqpSubscription(Subscription):
                     await channel.close()
             except BROKER_ERRORS as error:  # the connection went first: the broker puts them back all the same
                 log.debug("amqp: closing the channel of %r for redelivery failed: %s", self.topic, error)
+        self._restore()  # aio-pika reopens the channel (attach() does, if it has not) and we consume again
 
     async def _ack(self, message: aiormq.abc.DeliveredMessage) -> None:
         channel, tag = message.channel, getattr(message.delivery, "delivery_tag", None)
