@@ -46,6 +46,7 @@ from backends.redis_uri import (
     describe_error,
     parse_uri,
     publish_error,
+    stop_task,
 )
 
 log = logging.getLogger(__name__)
@@ -127,10 +128,10 @@ class RedisBackend(Backend):
         if self._closed:
             return
         self._closed, self._live = True, False
+        if self._streams is not None:
+            self._streams.stop()
         if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            await stop_task(self._reader, self._conn)
         for channel in self._channels.values():
             for subscription in channel.subscriptions:
                 subscription.active = False

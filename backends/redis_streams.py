@@ -35,7 +35,7 @@ from backends.base import (
     Message,
     Subscription,
 )
-from backends.redis_uri import CONNECTION_ERRORS, RedisOptions, describe_error
+from backends.redis_uri import CONNECTION_ERRORS, RedisOptions, describe_error, stop_task
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ MAX_DELIVERIES = 10
 RETRY_INITIAL, RETRY_MAX = 0.1, 2.0
 #: Groups of departed instances are looked for at most this often (and every instance_ttl / 2 when that is shorter).
 GC_INTERVAL_MAX = 3600.0
+#: A reader re-reads its pending entries (`ID 0`) at least this often (and every instance_ttl / 10 when that is
+#: shorter): Redis before 7.2 counts only such a read, or one that returns entries, as the consumer being seen.
+HEARTBEAT_MAX = 60.0
 
 
 def stream_key(topic: str) -> str:
@@ -93,6 +96,8 @@ class Stream:
     acks: list[bytes] = field(default_factory=list)  # handled, not yet acknowledged
     failures: dict[bytes, int] = field(default_factory=dict)  # entries whose handler raised, and how often
     subscription: StreamSubscription | None = None
+    known: bool = False  # our group was there (or made) at least once in this process
+    seen_at: float = 0.0  # when we last read our pending entries, which resets the consumer's idle time
 
 
 class Streams:
@@ -184,12 +189,16 @@ class Streams:
             raise created
         if isinstance(consumer, Exception):
             raise consumer
-        if created is True:
+        if created is True and stream.known:
+            log.warning("redis: consumer group %s was gone from %s (Redis lost its data, or the group was deleted): "
+                        "made again at the end of the stream; events published meanwhile are lost to this instance",
+                        self.group.decode(), stream.key.decode())
+        elif created is True:
             log.info("redis: new consumer group %s on %s: this instance reads the events published from now on "
                      "(a new instance, or one forgotten after instance_ttl)", self.group.decode(), stream.key.decode())
         else:
             await self._warn_if_trimmed(stream)
-        stream.cursor = b"0"
+        stream.cursor, stream.known = b"0", True  # the read of the pending entries also says we are alive
         stream.ready.set()
 
     async def _warn_if_trimmed(self, stream: Stream) -> None:
@@ -203,9 +212,9 @@ class Streams:
                 continue
             lag = group.get("lag")
             if isinstance(lag, int) and lag > info["length"]:
-                log.warning("redis: %s dropped about %d events that instance %s had not read yet (retention %d "
-                            "reached while it was away): they are lost to it", stream.key.decode(),
-                            lag - info["length"], self.group.decode(), self.config.retention)
+                log.warning("redis: %s dropped about %d events that instance %s had not read yet (the stream's "
+                            "retention was reached while it was away): they are lost to it", stream.key.decode(),
+                            lag - info["length"], self.group.decode())
 
     def lost(self) -> None:
         """The connection is gone: read nothing until restore(), then our pending entries first."""
@@ -220,8 +229,13 @@ class Streams:
     async def read(self, conn: Connection) -> None:
         """Read the subscribed streams on `conn` and hand each entry over in order, until the connection fails."""
         timeout = self._block_ms / 1000 + self._interval
-        while True:  # until the connection fails, or close() cancels us
+        heartbeat, loop = min(self.config.instance_ttl / 10, HEARTBEAT_MAX), asyncio.get_running_loop()
+        while not self._closed:  # until the connection fails, or close()
             streams = [stream for stream in self._streams.values() if stream.ready.is_set()]
+            for stream in streams:
+                # Safe at any time: everything handled is acknowledged (in this very write) before the read.
+                if stream.cursor == b">" and loop.time() - stream.seen_at >= heartbeat:
+                    stream.cursor = b"0"
             commands: list[tuple[Any, ...]] = [("XACK", s.key, self.group, *s.acks) for s in streams if s.acks]
             if streams:
                 commands.append(("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", self._count, "BLOCK",
@@ -241,9 +255,7 @@ class Streams:
             except redis_errors.ResponseError as exc:
                 if not str(exc).startswith("NOGROUP"):
                     raise
-                log.warning("redis: consumer group %s is gone from %s (deleted, forgotten after instance_ttl, or "
-                            "Redis lost its data); making it again", self.group.decode(), self.where)
-                await self.restore()
+                await self.restore()  # which says what was lost
                 continue
             if not streams:
                 with contextlib.suppress(TimeoutError):
@@ -254,9 +266,11 @@ class Streams:
             await self._deliver(streams, reply)
 
     async def _deliver(self, streams: list[Stream], reply: list[Any] | None) -> None:
-        entries_of = {key: entries for key, entries in reply or ()}
+        entries_of, now = {key: entries for key, entries in reply or ()}, asyncio.get_running_loop().time()
         for stream in streams:
             entries = entries_of.get(stream.key) or []
+            if stream.cursor != b">":
+                stream.seen_at = now
             if stream.cursor != b">" and not entries:
                 stream.cursor = b">"  # our pending entries are all handled: now the new ones
                 continue
@@ -328,8 +342,9 @@ class Streams:
     async def collect_garbage(self, key: bytes) -> list[str]:
         """Destroy the groups on `key` whose consumers have all been idle for longer than instance_ttl.
 
-        A consumer's idle time is Redis's: milliseconds since it last read (XINFO CONSUMERS `idle`). A running
-        syncar reads at least every half health-check interval, so only a departed or cut-off instance ages.
+        A consumer's idle time is Redis's (XINFO CONSUMERS `idle`): milliseconds since it last read its pending
+        entries or got new ones (since Redis 7.2: since any XREADGROUP). A running syncar re-reads its pending entries
+        at least every min(instance_ttl / 10, 60 s), so only a departed or cut-off instance ages past the ttl.
         Groups without consumers are not syncar's (it makes a group and its consumer in one transaction): they stay.
         """
         limit_ms, gone = self.config.instance_ttl * 1000, []
@@ -345,12 +360,14 @@ class Streams:
                          key.decode(), idle_ms / 1000, self.config.instance_ttl)
         return gone
 
+    def stop(self) -> None:
+        """Read nothing more: the reader and the collector end at their next step (close() then cancels them)."""
+        self._closed = True
+
     async def close(self) -> None:
         self._closed = True
         if self._gc is not None:
-            self._gc.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._gc
+            await stop_task(self._gc)
         for stream in tuple(self._streams.values()):
             if stream.subscription is not None:
                 stream.subscription.active = False

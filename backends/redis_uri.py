@@ -1,9 +1,12 @@
-"""The redis:// and rediss:// URI of the Redis backend, its options, and how its errors read in logs.
+"""The redis:// and rediss:// URI of the Redis backend, its options, how its errors read in logs, and stopping tasks.
 
 Shared by broadcast mode (`backends.redis`) and durable mode (`backends.redis_streams`)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 import ssl
 from dataclasses import dataclass
@@ -17,6 +20,8 @@ from redis.backoff import NoBackoff
 
 from backends.base import BackendConfigError, BackendError, BackendUnavailable, PublishTimeout
 
+log = logging.getLogger(__name__)
+
 #: Redis takes 512 MB, but drops a subscriber whose unsent output passes 32 MB (`client-output-buffer-limit
 #: pubsub 32mb 8mb 60`): one bigger message would cut off every daemon. Raise both together, or neither.
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -25,6 +30,8 @@ DEFAULT_SOCKET_TIMEOUT = 5.0
 #: Half this long without a reply on the subscribed connection sends a PING; no answer within it is a loss.
 DEFAULT_HEALTH_CHECK_INTERVAL = 1.0
 CONNECTION_ERRORS = (redis_errors.RedisError, OSError, TimeoutError)  # a lost connection, from redis-py or the socket
+#: close() cancels its tasks this many times, waiting this long each time (see stop_task()).
+STOP_ATTEMPTS, STOP_WAIT = 3, 1.0
 #: URI query options; anything else is refused, so that a typo is not silently ignored.
 URI_OPTIONS = frozenset({"db", "client_name", "socket_connect_timeout", "socket_timeout", "health_check_interval",
                          "max_message_bytes"})
@@ -114,3 +121,23 @@ def publish_error(exc: Exception, options: RedisOptions) -> BackendError:
         return BackendUnavailable(f"redis: publish failed: {describe_error(exc, options)}")
     # Refused by Redis itself: an ACL without PUBLISH or XADD, a key of another type, out of memory.
     return BackendError(f"redis: publish refused: {describe_error(exc, options)}")
+
+
+async def stop_task(task: asyncio.Task[None], conn: Connection | None = None) -> None:
+    """Cancel `task` and wait until it has ended.
+
+    redis-py writes through asyncio.wait_for, which on Python 3.11 can swallow a cancellation that comes as the write
+    completes; the task then goes on to its next read. Dropping `conn` fails that read, and the task, seeing that we
+    are closing, returns.
+    """
+    for _ in range(STOP_ATTEMPTS):
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=STOP_WAIT)
+        if done:
+            with contextlib.suppress(asyncio.CancelledError, *CONNECTION_ERRORS):
+                task.result()
+            return
+        if conn is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await conn.disconnect(nowait=True)
+    log.warning("redis: task %s did not stop; leaving it", task.get_name())

@@ -225,7 +225,7 @@ async def test_idle_instances_are_forgotten_live_ones_kept(backend: Factory, pro
                                                            topic: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "backends.redis_streams")
     key = stream_key(topic)
-    gone, alive = await backend("gone"), await backend("alive")
+    gone, alive = await backend("gone", instance_ttl=2.0), await backend("alive", instance_ttl=2.0)
     await gone.subscribe(topic, Inbox())
     await alive.subscribe(topic, Inbox())
     await gone.close()
@@ -236,7 +236,11 @@ async def test_idle_instances_are_forgotten_live_ones_kept(backend: Factory, pro
     await collector.subscribe(topic, Inbox())
     await eventually(lambda: _groups(probe, key, {"alive", "collector", "made-by-hand"}), 5.0, "'gone' collected")
     assert any(r.getMessage().startswith("redis: forgot instance gone on ") for r in caplog.records)
-    # Then every instance_ttl / 2: 'alive' was kept while it read, and is forgotten once it stopped.
+    # 'alive' publishes nothing and receives nothing, yet its heartbeat keeps it well below the ttl.
+    for _ in range(30):
+        assert not await _idle_ms(probe, key, "alive", 1000)
+        await asyncio.sleep(0.1)
+    # The collector looks again every instance_ttl / 2: 'alive' is forgotten once it stopped.
     await alive.close()
     await eventually(lambda: _groups(probe, key, {"collector", "made-by-hand"}), 10.0, "'alive' collected later")
 
