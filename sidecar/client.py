@@ -263,16 +263,17 @@ class Client:
             self._seq = frame.get("seq", 0)
         self.instance = frame.get("instance")
         self.broker_up = frame.get("broker") == "up"
-        # Send in publish order what was never written, and what was written but not acknowledged.
+        # Send in publish order what was never written, and what was written but not acknowledged. No await
+        # until we are marked connected: a publish() in between would be queued behind and never written.
         for event_id, (line, future) in list(self._outgoing.items()):
             writer.write(line)
             if future is None:
                 del self._outgoing[event_id]
-        await writer.drain()
         self._writer = writer
         self._connected.set()
         if self._first_connect is not None and not self._first_connect.done():
             self._first_connect.set_result(None)
+        await writer.drain()
 
     def _settle(self, event_id: str, error: Exception | None) -> None:
         entry = self._outgoing.pop(event_id, None)

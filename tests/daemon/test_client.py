@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from sidecar.client import Client, ClientError, PendingFull
-from tests.utils import run_daemon, wait_for
+from tests.utils import RawClient, run_daemon, wait_for
 
 
 async def test_publish_with_ack_and_receive(sock: Path) -> None:
@@ -78,5 +79,41 @@ async def test_pending_publishes_are_bounded(sock: Path) -> None:
         await client.publish("p", "e", 2)
         with pytest.raises(PendingFull):
             await client.publish("p", "e", 3)
+    finally:
+        await client.close()
+
+
+async def test_publishes_made_while_the_backlog_is_flushed_are_not_stranded(sock: Path) -> None:
+    async with run_daemon(sock):
+        client = Client(sock, backoff=(0.01, 0.05))
+        await client.connect()
+    await wait_for(lambda: not client.connected, what="the client to notice")
+    pad = "x" * 2000
+    backlog = 3000  # ~6 MB waiting: flushing it on reconnect takes a while
+    for n in range(backlog):
+        await client.publish("p", "e", {"n": n, "pad": pad})
+    count = backlog
+
+    async def keep_publishing(until: asyncio.Event) -> None:
+        nonlocal count
+        while not until.is_set():
+            await client.publish("p", "e", {"n": count, "pad": pad})
+            count += 1
+            await asyncio.sleep(0.0005)
+
+    try:
+        async with run_daemon(sock) as daemon:
+            reconnected = asyncio.Event()
+            publishing = asyncio.create_task(keep_publishing(reconnected))
+            await wait_for(lambda: client.connected, what="the client to reconnect")
+            await asyncio.sleep(0.05)  # and publish on the fresh connection too
+            reconnected.set()
+            await publishing
+            await client.publish("p", "e", {"n": "last"}, ack=True)
+            # Everything this run of the daemon relayed, from its replay buffer.
+            listener = await RawClient.connect(sock, {"resume": {"epoch": daemon.relay.epoch, "seq": 0}})
+            seen = [e["data"]["n"] for e in await listener.events(count + 1)]
+            await listener.close()
+            assert seen == [*range(count), "last"]
     finally:
         await client.close()
