@@ -62,7 +62,8 @@ class AmqpSubscription(Subscription):
     async def live(self) -> bool:
         """True if the consumer is in place on the channel's current underlying channel."""
         underlay = await self.channel.get_underlay_channel()
-        return self._underlay is underlay and not underlay.is_closed and not self.cancelled
+        return (self._underlay is underlay and self.consumer_tag is not None and not underlay.is_closed
+                and not self.cancelled)
 
     async def attach(self) -> None:
         """Declare the exchange, the queue and the binding, and consume the queue on the channel as it is now."""
@@ -72,9 +73,12 @@ class AmqpSubscription(Subscription):
             await self.channel.restore()
             underlay = await self.channel.get_underlay_channel()
         queue, backlog = await self._topology.declare(underlay, self.topic)
+        # Before the consume: its first deliveries may reach the worker before basic_consume() returns, and must
+        # not look stale then (skipped, they would be acknowledged with the next ones, unhandled).
+        self._underlay, self.queue, self.consumer_tag = underlay, queue, None
         consumer = await underlay.basic_consume(queue, self._on_delivery, no_ack=False)
         underlay.on_consumer_cancel_callbacks.add(self._on_consumer_cancelled)
-        self._underlay, self.queue, self.consumer_tag, self.cancelled = underlay, queue, consumer.consumer_tag, False
+        self.consumer_tag, self.cancelled = consumer.consumer_tag, False
         if self._topology.durable:
             log.info("amqp: consuming durable queue %r (%d messages waiting)", queue, backlog)
         else:
