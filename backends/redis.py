@@ -164,6 +164,10 @@ class RedisBackend(Backend):
                     await pipe.execute()
         except CONNECTION_ERRORS as exc:
             raise publish_error(exc, self._options) from exc
+        # redis-py writes through asyncio.wait_for, which on Python 3.11 can swallow a cancellation (the outbox's at
+        # shutdown): give it back, or the caller would carry on as if it had never been cancelled.
+        if (task := asyncio.current_task()) is not None and task.cancelling():
+            raise asyncio.CancelledError
 
     async def subscribe(self, topic: str, handler: Handler) -> Subscription:
         if self._closed:

@@ -301,3 +301,28 @@ async def test_a_hung_broker_is_noticed_while_reading(server: RedisServer, backe
     await wait_for(lambda: states[-1:] == [BackendState.CONNECTED], 10.0, "CONNECTED again")
     await (await backend("a")).publish(topic, [b"resumed"])
     assert await inbox.wait(1) == [b"resumed"]
+
+
+async def test_the_documented_acl_is_enough(server: RedisServer, probe: redis.asyncio.Redis, topic: str) -> None:
+    """docs/backends/redis.md lists what durable mode needs; CONFIG GET is optional and left out here."""
+    user, key = f"u{uuid.uuid4().hex[:8]}", stream_key(topic)
+    await probe.acl_setuser(user, enabled=True, passwords=["+pw-1234"], keys=["syncar:stream:*"], commands=[
+        "-@all", "+xadd", "+xreadgroup", "+xack", "+xgroup|create", "+xgroup|createconsumer", "+xgroup|destroy",
+        "+xinfo|stream", "+xinfo|groups", "+xinfo|consumers", "+multi", "+exec", "+ping"])
+    await probe.xgroup_create(key, "departed", "$", mkstream=True)
+    await probe.xgroup_createconsumer(key, "departed", "departed")
+    uri = f"redis://{user}:pw-1234@127.0.0.1:{server.port}/0"
+    made = [RedisBackend(BackendConfig(uri, name, 2.0, mode=Mode.DURABLE, instance_ttl=1.5)) for name in "ab"]
+    try:
+        for instance in made:
+            await instance.start()
+        inbox = Inbox()
+        await made[1].subscribe(topic, inbox)
+        await made[0].publish(topic, [b"allowed"])
+        assert await inbox.wait(1) == [b"allowed"]
+        # The collection (XINFO, XGROUP DESTROY) works for this user too.
+        await eventually(lambda: _groups(probe, key, {"b"}), 10.0, "the departed group to be collected")
+    finally:
+        for instance in made:
+            await instance.close()
+        await probe.acl_deluser(user)
