@@ -72,7 +72,7 @@ class PublishTimeout(BackendError, TimeoutError):
     retriable = True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
     """One message from the broker.
 

@@ -25,11 +25,13 @@ import orjson
 from sidecar.errors import CodecError
 
 SYNCAR_VERSION = 1
+#: Every event part starts `{"id":"<id>","time":`; an unescaped `","time":` cannot occur inside the id string.
+_ID_START, _ID_END = len(b'{"id":"'), b'","time":'
 #: Messages we sent, remembered to recognise them when the broker echoes them back (feathers-sync codec).
 ECHO_MEMORY = 65_536
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BusEvent:
     """One event received from the broker."""
 
@@ -41,7 +43,7 @@ class BusEvent:
     context: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outgoing:
     """One event published by a local client, on its way to the broker."""
 
@@ -53,7 +55,7 @@ class Outgoing:
     part: bytes  # the event as JSON: {id, time, event, path, data, context}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Batch:
     origin: str | None  # None: the format does not say (feathers-sync)
     events: list[BusEvent]
@@ -68,6 +70,10 @@ class Codec(ABC):
     @abstractmethod
     def pack(self, events: list[Outgoing]) -> list[bytes]:
         """Turn events, in order, into broker message bodies."""
+
+    def echoed(self, body: bytes) -> int:
+        """How many events `body` carries if this daemon sent it (told without decoding it), else 0."""
+        return 0
 
     @abstractmethod
     def unpack(self, body: bytes) -> Batch:
@@ -100,9 +106,22 @@ class SyncarCodec(Codec):
     def __init__(self, instance_id: str) -> None:
         super().__init__(instance_id)
         self._head = b'{"v":%d,"origin":%s,"events":[' % (SYNCAR_VERSION, orjson.dumps(instance_id))
+        # the JSON of a sent batch's first event id -> the number of events in that batch
+        self._sent: OrderedDict[bytes, int] = OrderedDict()
 
     def pack(self, events: list[Outgoing]) -> list[bytes]:
+        first = events[0].part
+        self._sent[first[_ID_START:first.find(_ID_END, _ID_START)]] = len(events)
+        if len(self._sent) > ECHO_MEMORY:
+            self._sent.popitem(last=False)
         return [self._head + b",".join([e.part for e in events]) + b"]}"]
+
+    def echoed(self, body: bytes) -> int:
+        # Our batches all start with the same bytes, origin included: no need to decode them to drop them.
+        if not body.startswith(self._head):
+            return 0
+        start = len(self._head) + _ID_START
+        return self._sent.pop(body[start:body.find(_ID_END, start)], 1)
 
     def unpack(self, body: bytes) -> Batch:
         obj = _loads(body)
@@ -143,19 +162,21 @@ class FeathersSyncCodec(Codec):
             self._sent.popitem(last=False)
         return bodies
 
+    def echoed(self, body: bytes) -> int:
+        digest = hashlib.blake2b(body, digest_size=16).digest()
+        pending = self._sent.get(digest)
+        if pending is None:
+            return 0
+        if pending > 1:
+            self._sent[digest] = pending - 1
+        else:
+            del self._sent[digest]
+        return 1
+
     def unpack(self, body: bytes) -> Batch:
         obj = _loads(body)
         event, path = _event_fields(obj)
-        origin = None
-        digest = hashlib.blake2b(body, digest_size=16).digest()
-        pending = self._sent.get(digest)
-        if pending is not None:
-            origin = self.instance_id
-            if pending > 1:
-                self._sent[digest] = pending - 1
-            else:
-                del self._sent[digest]
-        return Batch(origin, [BusEvent(secrets.token_hex(8), None, event, path, obj.get("data"), obj.get("context"))])
+        return Batch(None, [BusEvent(secrets.token_hex(8), None, event, path, obj.get("data"), obj.get("context"))])
 
 
 CODECS: dict[str, type[Codec]] = {c.name: c for c in (SyncarCodec, FeathersSyncCodec)}

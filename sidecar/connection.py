@@ -94,6 +94,7 @@ class Connection(asyncio.Protocol):
                 self._dispatch(protocol.decode(line))
             except FrameError as exc:
                 self.reject(exc.code, exc.message)
+        self._relay.count_published()
 
     def eof_received(self) -> bool:
         if self._decoder.partial:

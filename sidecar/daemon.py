@@ -10,7 +10,7 @@ import threading
 from collections.abc import Awaitable
 
 from backends import load_backend
-from backends.base import Backend, BackendConfig, BackendError, BackendState, Mode
+from backends.base import Backend, BackendConfig, BackendError, BackendState, Mode, Subscription
 from sidecar import __version__, protocol
 from sidecar.codec import CODECS
 from sidecar.config import Settings
@@ -66,6 +66,7 @@ class Daemon:
         address = settings.http_address()
         self.http = None if address is None else HttpServer(*address, self.unready_reason, metrics.registry)
         self._outbox_task: asyncio.Task[None] | None = None
+        self._subscription: Subscription | None = None
 
     def _on_backend_state(self, state: BackendState) -> None:
         self.relay.on_backend_state(state)
@@ -100,7 +101,7 @@ class Daemon:
                  settings.instance_id, self.backend.name, settings.codec, settings.key)
         try:
             await self.backend.start()
-            await self.backend.subscribe(settings.key, self.relay.on_message)
+            self._subscription = await self.backend.subscribe(settings.key, self.relay.on_message)
         except ConfigError:
             await self.backend.close()
             raise
@@ -167,6 +168,10 @@ class Daemon:
         if not await self._within(deadline, self.outbox.drain()) or self.outbox:
             log.warning("shutdown: %d events not sent to the broker within %.1fs", len(self.outbox),
                         self.settings.shutdown_timeout)
+        if self._subscription is not None:
+            # Stop consuming while the apps are still connected: in durable mode, what is not handled yet stays
+            # on the broker for the next run instead of being acknowledged into a buffer about to vanish.
+            await self._within(deadline, self._subscription.unsubscribe())
         relay.broadcast(relay.status_frame(stopping=True))
         connections = list(self.connections)
         for connection in connections:

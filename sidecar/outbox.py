@@ -123,13 +123,15 @@ class Outbox:
             metrics = self._metrics
             metrics.sent.inc(len(batch))
             metrics.messages_sent.inc(len(bodies))
-            now = time.monotonic()
+            # Once per batch: its first event waited longest.
+            metrics.publish_seconds.observe(time.monotonic() - self._items[0][2])
+            items, sent_bytes = self._items, 0
             for _ in batch:
-                item, on_sent, queued_at = self._items.popleft()
-                self.bytes -= len(item.part)
-                metrics.publish_seconds.observe(now - queued_at)
+                item, on_sent, _queued_at = items.popleft()
+                sent_bytes += len(item.part)
                 if on_sent is not None:
                     on_sent()
+            self.bytes -= sent_bytes
             batch = []
 
     async def drain(self) -> bool:

@@ -62,7 +62,7 @@ def decode(line: bytes) -> dict[str, Any]:
     return frame
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Publish:
     event: str
     path: str

@@ -55,6 +55,7 @@ class Relay:
         self._ids = itertools.count(1)
         self._id_prefix = f"{self.epoch[:8]}-"
         self._seen = SeenIds(DEDUP_WINDOW)
+        self._published = 0  # publishes not yet added to the metric: it is updated once per read, not per event
 
     # -- clients -------------------------------------------------------------------------------
 
@@ -96,11 +97,13 @@ class Relay:
 
     def publish(self, client: Connection, publish: Publish) -> None:
         """A local client's event: deliver it here at once, and queue it for the broker."""
-        self.metrics.published.inc()
+        self._published += 1
         event_id = publish.id or f"{self._id_prefix}{next(self._ids)}"
         part = orjson.dumps({"id": event_id, "time": time.time(), "event": publish.event, "path": publish.path,
                              "data": publish.data, "context": publish.context})
-        self._fan_out(part, self._origin_json, publish.path, publish.event, client)
+        delivered = self._fan_out(part, self._origin_json, publish.path, publish.event, client)
+        if delivered:
+            self.metrics.delivered.inc(delivered)
         if len(part) > self._outbox.max_event_bytes:
             self.metrics.dropped.labels(DropReason.TOO_LARGE).inc()
             client.refuse(publish, ErrorCode.TOO_LARGE_FOR_BROKER,
@@ -113,8 +116,17 @@ class Relay:
             self.metrics.dropped.labels(DropReason.OUTBOX_FULL).inc()
             client.refuse(publish, ErrorCode.OUTBOX_FULL, f"not sent to the broker: {exc}")
 
+    def count_published(self) -> None:
+        """Add the publishes since the last call to the metric (a connection calls this after each read)."""
+        if self._published:
+            self.metrics.published.inc(self._published)
+            self._published = 0
+
     async def on_message(self, message: Message) -> None:
         """A message from the broker: unpack it, drop our own echoes, deliver the rest."""
+        if echoed := self._codec.echoed(message.body):
+            self.metrics.dropped.labels(DropReason.ECHO).inc(echoed)
+            return
         try:
             batch = self._codec.unpack(message.body)
         except CodecError as exc:
@@ -126,29 +138,46 @@ class Relay:
             return
         self.metrics.received.inc(len(batch.events))
         origin_json = orjson.dumps(batch.origin)
-        now = time.time()
+        first = batch.events[0].time if batch.events else None
+        if first is not None:
+            # Once per message: its first event waited longest.
+            self.metrics.relay_seconds.observe(max(time.time() - first, 0.0))
+        # Frames for each client, written once per message rather than once per event.
+        out: dict[Connection, list[bytes]] = {}
+        delivered = 0
         for event in batch.events:
             # A broker redelivers after a lost ack, a client resends after a lost ack: deliver once. Events from
             # feathers-sync apps have no origin and no id of their own, so nothing to compare.
             if batch.origin is not None and not self._seen.add(batch.origin, event.id):
                 self.metrics.dropped.labels(DropReason.DUPLICATE).inc()
                 continue
-            if event.time is not None:
-                self.metrics.relay_seconds.observe(max(now - event.time, 0.0))
             part = orjson.dumps({"id": event.id, "time": event.time, "event": event.event, "path": event.path,
                                  "data": event.data, "context": event.context})
-            self._fan_out(part, origin_json, event.path, event.event, None)
+            delivered += self._fan_out(part, origin_json, event.path, event.event, None, out=out)
+        for client, frames in out.items():
+            client.send(frames[0] if len(frames) == 1 else b"".join(frames))
+        if delivered:
+            self.metrics.delivered.inc(delivered)
 
-    def _fan_out(self, part: bytes, origin_json: bytes, path: str, event: str, source: Connection | None) -> None:
+    def _fan_out(self, part: bytes, origin_json: bytes, path: str, event: str, source: Connection | None, *,
+                 out: dict[Connection, list[bytes]] | None = None) -> int:
+        """Number the event, keep it for replay, and send it (or queue it in `out`) to the clients that want it."""
         self.seq = seq = self.seq + 1
         frame = b'{"type":"event","seq":%d,"origin":%s,%s\n' % (seq, origin_json, part[1:])
         self._replay.append(Entry(seq, path, event, source.client_id if source else None, frame))
         delivered = 0
         for client in self.clients:
             if (client is not source or client.echo) and client.wants(path, event):
-                client.send(frame)
+                if out is None:
+                    client.send(frame)
+                else:
+                    frames = out.get(client)
+                    if frames is None:
+                        out[client] = [frame]
+                    else:
+                        frames.append(frame)
                 delivered += 1
-        self.metrics.delivered.inc(delivered)
+        return delivered
 
     # -- broker state --------------------------------------------------------------------------
 

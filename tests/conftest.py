@@ -49,7 +49,8 @@ async def connect() -> AsyncIterator[Connect]:
 def redis_server() -> Iterator[BrokerServer]:
     from tests.brokers.redis import RedisServer
 
-    yield from _serve(RedisServer())
+    # Persistent, as a Redis backing durable mode must be: a SIGKILL then loses nothing it acknowledged.
+    yield from _serve(RedisServer(persistent=True))
 
 
 @pytest.fixture(scope="session")

@@ -102,10 +102,10 @@ async def test_events_cross_between_feathers_sync_and_syncar(
         assert created["context"]["method"] == "create"
         await node.send({"patch": [1000, {"text": "patched in node"}]})
         await node.send({"remove": 1000})
-        patched = await app.frame_of("event", timeout=TIMEOUT)
-        removed = await app.frame_of("event", timeout=TIMEOUT)
-        assert (patched["event"], patched["data"]["text"]) == ("patched", "patched in node")
-        assert (removed["event"], removed["data"]["id"]) == ("removed", 1000)
+        # feathers-sync's NATS adapter opens a connection per publish, so its events may arrive in either order.
+        later = {frame["event"]: frame for frame in [await app.frame_of("event", timeout=TIMEOUT) for _ in range(2)]}
+        assert later["patched"]["data"]["text"] == "patched in node"
+        assert later["removed"]["data"]["id"] == 1000
 
         # syncar -> feathers-sync: the Node app's listeners fire with the same data and params.
         params = {"provider": "socketio", "user": {"id": 7, "name": "zoë"}}

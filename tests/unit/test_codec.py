@@ -39,8 +39,9 @@ def test_feathers_sync_leaves_out_a_missing_context_as_json_stringify_does() -> 
 def test_feathers_sync_echo_is_recognised_once() -> None:
     codec = FeathersSyncCodec("me")
     [body] = codec.pack([outgoing("1", 1)])
-    assert codec.unpack(body).origin == "me"
-    assert codec.unpack(body).origin is None  # the same bytes again came from someone else
+    assert codec.echoed(body) == 1
+    assert codec.echoed(body) == 0  # the same bytes again came from someone else
+    assert codec.unpack(body).origin is None
 
 
 @pytest.mark.parametrize(("body", "reason"), [
@@ -62,3 +63,11 @@ def test_decoders_only_ever_raise_codec_error(body: bytes) -> None:
     for codec in (SyncarCodec("me"), FeathersSyncCodec("me")):
         with contextlib.suppress(CodecError):
             codec.unpack(body)
+
+
+def test_syncar_echo_is_recognised_without_decoding_and_counts_its_events() -> None:
+    codec = SyncarCodec("me")
+    [body] = codec.pack([outgoing('we"ird', 1), outgoing("2", 2), outgoing("3", 3)])
+    assert codec.echoed(body) == 3
+    assert SyncarCodec("other").echoed(body) == 0
+    assert codec.unpack(body).origin == "me"  # decoding still tells, for what echoed() does not catch
