@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import signal
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -25,6 +23,7 @@ from backends.base import (
     PublishTimeout,
 )
 from backends.nats import NatsBackend
+from tests.brokers.certs import make_certificates
 from tests.brokers.nats import NatsServer
 from tests.utils import wait_for
 
@@ -348,25 +347,6 @@ async def test_user_and_password_from_the_uri(connect: Factory, topic: str) -> N
         assert "wrongpass" not in str(caught.value)
     finally:
         await asyncio.to_thread(broker.cleanup)
-
-
-def make_certificates(directory: Path) -> None:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, with the openssl command."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed; it makes the certificates of the TLS test")
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
-        "-subj", "/CN=syncar test CA")
-    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    for name, extra in (("server", ["-extfile", "san.cnf"]), ("client", [])):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-            "-subj", f"/CN={name}")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.pem", "-days", "1", *extra)
 
 
 class TlsServer(NatsServer):

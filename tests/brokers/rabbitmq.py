@@ -1,7 +1,7 @@
 """A throwaway rabbitmq-server for the tests: its own node, ports, epmd and data dir, no plugins.
 
 With `tls=True` the node also listens for TLS (`tls_uri`), with a throwaway CA,
-a server certificate and a client certificate made by the `openssl` CLI; the
+a server certificate and a client certificate (tests/brokers/certs.py); the
 node requires the client certificate. Both listeners start together, so TLS
 costs no second boot.
 
@@ -23,7 +23,6 @@ import socket
 import subprocess
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -33,6 +32,7 @@ import pamqp.frame
 import pamqp.header
 
 from tests.brokers import BrokerServer, free_port, port_open, require_binary
+from tests.brokers.certs import make_certificates
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
@@ -76,20 +76,19 @@ class RabbitServer(BrokerServer):
     def tls_uri(self) -> str:
         """amqps:// with the test CA and the client certificate, as aiormq reads them from the query."""
         assert self.tls_port is not None, "started without tls=True"
-        query = urlencode({"cafile": self.dir / "ca.crt", "certfile": self.dir / "client.crt",
-                           "keyfile": self.dir / "client.key"})
+        query = urlencode({"cafile": self.certs.ca, "certfile": self.certs.client_cert,
+                           "keyfile": self.certs.client_key})
         return f"amqps://guest:guest@127.0.0.1:{self.tls_port}/?{query}"
 
     def _tls_config(self) -> list[str]:
         if self.tls_port is None:
             return []
-        require_binary("openssl")
-        make_certificates(self.dir)
+        self.certs = make_certificates(self.dir)
         return [
             f"listeners.ssl.default = 127.0.0.1:{self.tls_port}",
-            f"ssl_options.cacertfile = {self.dir / 'ca.crt'}",
-            f"ssl_options.certfile = {self.dir / 'server.crt'}",
-            f"ssl_options.keyfile = {self.dir / 'server.key'}",
+            f"ssl_options.cacertfile = {self.certs.ca}",
+            f"ssl_options.certfile = {self.certs.server_cert}",
+            f"ssl_options.keyfile = {self.certs.server_key}",
             "ssl_options.verify = verify_peer",
             "ssl_options.fail_if_no_peer_cert = true",
         ]
@@ -162,24 +161,6 @@ class RabbitServer(BrokerServer):
             self.epmd.wait(timeout=10)
         self.epmd = None
         super().cleanup()
-
-
-def make_certificates(directory: Path) -> None:
-    """ca.crt/.key, server.crt/.key (for 127.0.0.1 and localhost, so hostname checks stay on), client.crt/.key."""
-    ca, ca_key = directory / "ca.crt", directory / "ca.key"
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=syncar test CA",
-             "-keyout", ca_key, "-out", ca)
-    extensions = directory / "server.ext"
-    extensions.write_text("subjectAltName = IP:127.0.0.1, DNS:localhost\n")
-    for name, subject in (("server", "/CN=127.0.0.1"), ("client", "/CN=syncar test client")):
-        cert, key, request = (directory / f"{name}.{ext}" for ext in ("crt", "key", "csr"))
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", key, "-out", request)
-        _openssl("x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "2",
-                 "-out", cert, *(("-extfile", extensions) if name == "server" else ()))
-
-
-def _openssl(*args: str | Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=30)
 
 
 def amqp_login(port: int, timeout: float = PROBE_TIMEOUT) -> bool:
