@@ -123,7 +123,7 @@ class Streams:
         """Say in the log when Redis would lose confirmed entries in a crash; durability is Redis's to keep."""
         try:
             config = await self._redis.config_get("append*")
-        except redis_errors.RedisError as exc:  # CONFIG is often not allowed (managed Redis, ACL): say nothing
+        except CONNECTION_ERRORS as exc:  # CONFIG is often not allowed (managed Redis, ACL): say nothing
             log.debug("redis: cannot read the persistence settings: %s", describe_error(exc, self._options))
             return
         if config.get("appendonly") != "yes":
@@ -197,7 +197,10 @@ class Streams:
             log.info("redis: new consumer group %s on %s: this instance reads the events published from now on "
                      "(a new instance, or one forgotten after instance_ttl)", self.group.decode(), stream.key.decode())
         else:
-            await self._warn_if_trimmed(stream)
+            try:
+                await self._warn_if_trimmed(stream)
+            except redis_errors.ResponseError as exc:  # only a diagnosis: an ACL without XINFO must not stop us
+                log.debug("redis: cannot tell what %s lost: %s", self.group.decode(), exc)
         stream.cursor, stream.known = b"0", True  # the read of the pending entries also says we are alive
         stream.ready.set()
 
@@ -250,6 +253,9 @@ class Streams:
                         await _reply(conn, timeout)
                     except redis_errors.ResponseError as exc:  # the group vanished: the XREADGROUP below says so
                         log.debug("redis: XACK of %d entries failed: %s", len(acked), exc)
+                    except BaseException:  # not known to be acknowledged: again after the reconnect, first thing
+                        stream.acks[:0] = acked
+                        raise
             try:
                 reply = await _reply(conn, timeout)
             except redis_errors.ResponseError as exc:
@@ -280,8 +286,8 @@ class Streams:
                 if stream.cursor != b">":
                     stream.cursor = entry_id  # the next page of pending entries starts after this one
                 if fields is None:  # pending, but retention trimmed it before we acknowledged it
-                    log.warning("redis: entry %s of %s was trimmed (retention %d) before it was handled: lost",
-                                entry_id.decode(), stream.key.decode(), self.config.retention)
+                    log.warning("redis: entry %s of %s was trimmed by the stream's retention before it was handled: "
+                                "lost", entry_id.decode(), stream.key.decode())
                     stream.acks.append(entry_id)
                     continue
                 if not await self._handle(stream, entry_id, fields):
