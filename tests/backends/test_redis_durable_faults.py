@@ -156,18 +156,23 @@ async def test_daemon_away_gets_all_500_events_in_order_once(server: RedisServer
     key = f"durable-{uuid.uuid4().hex}"
     common = {"backend": server.uri, "mode": "durable", "key": key}
     async with run_daemon(sock_dir / "a.sock", instance_id=f"a-{key}", **common):
+        app_a = await connect(sock_dir / "a.sock", {})
         # B's first run makes its consumer group; from then on the stream keeps what B has not read.
         async with run_daemon(sock_dir / "b.sock", instance_id=f"b-{key}", **common):
-            pass
-        app_a = await connect(sock_dir / "a.sock", {})
+            app_b = await connect(sock_dir / "b.sock", {})
+            await app_a.send(publish_frame(data="first", ack=True, id="first"))
+            assert (await app_a.frame_of("ack"))["id"] == "first"
+            last = await app_b.frame_of("event")
+            assert last["data"] == "first"
+            position = {"epoch": app_b.welcome["epoch"], "seq": last["seq"]}
         for i in range(500):
             await app_a.send(publish_frame(data=i, ack=True, id=f"e{i}"))
         acks = [await app_a.frame_of("ack") for _ in range(500)]
         assert [ack["id"] for ack in acks] == [f"e{i}" for i in range(500)]
         async with run_daemon(sock_dir / "b.sock", instance_id=f"b-{key}", **common) as b:
-            # An app that connects once B is up. B may have read the stream before the app's hello: the app asks
-            # for everything of this run of B (seq 0 of its epoch), which it would otherwise not know.
-            app_b = await connect(sock_dir / "b.sock", {"resume": {"epoch": b.relay.epoch, "seq": 0}})
+            # B's app comes back once B is up, with its last position, which is from B's previous run.
+            app_b = await connect(sock_dir / "b.sock", {"resume": position})
+            assert app_b.welcome["resumed"] is True and app_b.welcome["epoch"] != position["epoch"]
             events = await app_b.events(500)
             assert [event["data"] for event in events] == list(range(500))
             assert {event["origin"] for event in events} == {f"a-{key}"}
