@@ -191,8 +191,9 @@ class Daemon:
     async def _close_backend(self) -> None:
         if self._outbox_task is not None:
             self._outbox_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._outbox_task
+            # Bounded: a broker library may swallow the cancellation (asyncio.wait_for on 3.11); closing the
+            # backend below then ends the task with BackendClosed.
+            await asyncio.wait({self._outbox_task}, timeout=1.0)
         await self.backend.close()
 
     async def __aenter__(self) -> Daemon:
