@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import aio_pika
@@ -21,6 +20,7 @@ from backends.base import (
     Message,
     MessageTooLarge,
 )
+from tests.backends.support import Inbox
 from tests.brokers import free_port
 from tests.brokers.rabbitmq import RabbitServer
 from tests.utils import wait_for
@@ -39,10 +39,6 @@ def server() -> Iterator[RabbitServer]:
     broker.cleanup()
 
 
-@pytest.fixture
-def topic() -> str:
-    # A fresh exchange per test, so nothing another test left behind can arrive.
-    return f"test-{uuid.uuid4().hex}"
 
 
 @pytest.fixture
@@ -62,19 +58,6 @@ async def backend(server: RabbitServer) -> AsyncIterator[Factory]:
     for instance in made:
         await instance.close()
 
-
-class Inbox:
-    """A subscriber that keeps what it got."""
-
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-
-    async def __call__(self, message: Message) -> None:
-        self.bodies.append(message.body)
-
-    async def wait(self, count: int, timeout: float = 5.0) -> list[bytes]:
-        await wait_for(lambda: len(self.bodies) >= count, timeout, f"{count} messages (have {len(self.bodies)})")
-        return self.bodies
 
 
 async def test_round_trip_between_two_backends(backend: Factory, topic: str) -> None:

@@ -22,6 +22,7 @@ from backends import load_backend
 from backends.amqp import AmqpBackend, AmqpSubscription
 from backends.amqp_topology import MAX_NAME_BYTES, durable_queue_name
 from backends.base import BackendConfig, BackendConfigError, BackendError, BackendState, Feature, Message, Mode
+from tests.backends.support import Inbox
 from tests.brokers.rabbitmq import RabbitServer
 from tests.utils import RawClient, publish_frame, run_daemon, wait_for
 
@@ -41,9 +42,6 @@ def server() -> Iterator[RabbitServer]:
     broker.cleanup()
 
 
-@pytest.fixture
-def topic() -> str:
-    return f"durable-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture
@@ -66,17 +64,6 @@ async def backend(server: RabbitServer) -> AsyncIterator[Factory]:
     for instance in made:
         await instance.close()
 
-
-class Inbox:
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-
-    async def __call__(self, message: Message) -> None:
-        self.bodies.append(message.body)
-
-    async def wait(self, count: int, timeout: float = 10.0) -> list[bytes]:
-        await wait_for(lambda: len(self.bodies) >= count, timeout, f"{count} messages (have {len(self.bodies)})")
-        return self.bodies
 
 
 def numbered(start: int, stop: int) -> list[bytes]:

@@ -6,7 +6,6 @@ import asyncio
 import re
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -18,11 +17,11 @@ from backends.base import (
     BackendError,
     BackendState,
     BackendUnavailable,
-    Message,
     MessageTooLarge,
     PublishTimeout,
 )
 from backends.nats import NatsBackend
+from tests.backends.support import Inbox
 from tests.brokers.certs import make_certificates
 from tests.brokers.nats import NatsServer
 from tests.utils import wait_for
@@ -33,19 +32,6 @@ pytestmark = pytest.mark.nats
 RECOVERY = 2.0
 
 
-class Inbox:
-    """A subscription handler that keeps what it got."""
-
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-
-    async def __call__(self, message: Message) -> None:
-        self.bodies.append(message.body)
-
-    async def wait(self, count: int, timeout: float = 5.0) -> list[bytes]:
-        await wait_for(lambda: len(self.bodies) >= count, timeout, f"{count} messages (got {len(self.bodies)})")
-        return self.bodies
-
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[NatsServer]:
@@ -55,9 +41,6 @@ def server() -> Iterator[NatsServer]:
     broker.cleanup()
 
 
-@pytest.fixture
-def topic() -> str:
-    return f"t{uuid.uuid4().hex}"
 
 
 Factory = Callable[..., Awaitable[NatsBackend]]

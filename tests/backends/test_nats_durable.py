@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from nats.js import api
 from backends.base import BackendConfig, BackendError, BackendState, BackendUnavailable, Feature, Message, Mode
 from backends.nats import NatsBackend
 from backends.nats_jetstream import ACK_WAIT, MAX_ACK_PENDING, durable_subject, jetstream_name
+from tests.backends.support import Inbox
 from tests.brokers.nats import NatsServer
 from tests.utils import RawClient, publish_frame, run_daemon, wait_for
 
@@ -24,28 +24,6 @@ pytestmark = pytest.mark.nats
 RECOVERY = 2.0
 TTL = 3600.0
 
-
-class Inbox:
-    """A handler that keeps the bodies and positions it got; `fail` makes it raise on chosen first deliveries."""
-
-    def __init__(self, fail: set[bytes] | None = None) -> None:
-        self.bodies: list[bytes] = []
-        self.positions: list[int] = []
-        self.attempts: list[bytes] = []
-        self._fail = set(fail or ())
-
-    async def __call__(self, message: Message) -> None:
-        self.attempts.append(message.body)
-        if message.body in self._fail:
-            self._fail.discard(message.body)
-            raise RuntimeError(f"handler refused {message.body!r} once")
-        self.bodies.append(message.body)
-        assert message.position is not None
-        self.positions.append(int(message.position))
-
-    async def wait(self, count: int, timeout: float = 10.0) -> list[bytes]:
-        await wait_for(lambda: len(self.bodies) >= count, timeout, f"{count} messages (got {len(self.bodies)})")
-        return self.bodies
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +42,6 @@ def own_server() -> Iterator[NatsServer]:
     broker.cleanup()
 
 
-@pytest.fixture
-def topic() -> str:
-    return f"t{uuid.uuid4().hex[:12]}"
 
 
 Factory = Callable[..., Awaitable[NatsBackend]]
@@ -122,7 +97,7 @@ async def test_round_trip_in_order_with_positions(connect: Factory, topic: str) 
     for start in range(0, 1000, 100):
         await sender.publish(topic, bodies(start, start + 100))
     assert await inbox.wait(1000) == bodies(0, 1000)
-    assert inbox.positions == list(range(1, 1001))  # the stream sequence
+    assert inbox.positions == [str(n) for n in range(1, 1001)]  # the stream sequence
 
 
 async def test_a_new_instance_starts_with_new_messages(connect: Factory, topic: str) -> None:

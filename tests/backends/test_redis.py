@@ -23,6 +23,7 @@ from backends.base import (
     MessageTooLarge,
 )
 from backends.redis import RedisBackend
+from tests.backends.support import Inbox
 from tests.brokers import free_port
 from tests.brokers.redis import RedisServer, RedisTlsServer
 from tests.utils import wait_for
@@ -40,10 +41,6 @@ def server() -> Iterator[RedisServer]:
     broker.cleanup()
 
 
-@pytest.fixture
-def topic() -> str:
-    # A fresh channel per test, so nothing another test left behind can arrive.
-    return f"test-{uuid.uuid4().hex}"
 
 
 @pytest.fixture
@@ -63,19 +60,6 @@ async def backend(server: RedisServer) -> AsyncIterator[Factory]:
     for instance in made:
         await instance.close()
 
-
-class Inbox:
-    """A subscriber that keeps what it got."""
-
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-
-    async def __call__(self, message: Message) -> None:
-        self.bodies.append(message.body)
-
-    async def wait(self, count: int, timeout: float = 5.0) -> list[bytes]:
-        await wait_for(lambda: len(self.bodies) >= count, timeout, f"{count} messages (have {len(self.bodies)})")
-        return self.bodies
 
 
 async def test_round_trip_between_two_backends(backend: Factory, topic: str) -> None:

@@ -30,6 +30,7 @@ from backends.base import (
 )
 from backends.redis import RedisBackend
 from backends.redis_streams import stream_key
+from tests.backends.support import Inbox
 from tests.brokers.redis import RedisServer
 from tests.utils import wait_for
 
@@ -54,9 +55,6 @@ async def probe(server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
     await client.aclose()
 
 
-@pytest.fixture
-def topic() -> str:
-    return f"test-{uuid.uuid4().hex}"
 
 
 @pytest.fixture
@@ -77,21 +75,6 @@ async def backend(server: RedisServer) -> AsyncIterator[Factory]:
     for instance in made:
         await instance.close()
 
-
-class Inbox:
-    """A subscriber that keeps what it got, and the stream ids."""
-
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-        self.positions: list[str | None] = []
-
-    async def __call__(self, message: Message) -> None:
-        self.bodies.append(message.body)
-        self.positions.append(message.position)
-
-    async def wait(self, count: int, timeout: float = 5.0) -> list[bytes]:
-        await wait_for(lambda: len(self.bodies) >= count, timeout, f"{count} messages (have {len(self.bodies)})")
-        return self.bodies
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:

@@ -16,7 +16,8 @@ import redis.asyncio
 from backends.base import BackendConfig, BackendState, BackendUnavailable, Mode, PublishTimeout
 from backends.redis import RedisBackend
 from backends.redis_streams import stream_key
-from tests.backends.test_redis_durable import Factory, Inbox, bodies
+from tests.backends.support import Inbox
+from tests.backends.test_redis_durable import Factory, bodies
 from tests.brokers.redis import RedisServer
 from tests.conftest import Connect
 from tests.utils import publish_frame, run_daemon, wait_for
@@ -40,9 +41,6 @@ def volatile() -> Iterator[RedisServer]:
     broker.cleanup()
 
 
-@pytest.fixture
-def topic() -> str:
-    return f"test-{uuid.uuid4().hex}"
 
 
 @pytest.fixture

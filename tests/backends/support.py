@@ -1,0 +1,28 @@
+"""What the backend test modules share: a recording handler."""
+
+from __future__ import annotations
+
+from backends.base import Message
+from tests.utils import wait_for
+
+
+class Inbox:
+    """A handler that keeps the bodies and positions it got; `fail` makes it raise on chosen first deliveries."""
+
+    def __init__(self, fail: set[bytes] | None = None) -> None:
+        self.bodies: list[bytes] = []
+        self.positions: list[str | None] = []
+        self.attempts: list[bytes] = []
+        self._fail = set(fail or ())
+
+    async def __call__(self, message: Message) -> None:
+        self.attempts.append(message.body)
+        if message.body in self._fail:
+            self._fail.discard(message.body)
+            raise RuntimeError(f"handler refused {message.body!r} once")
+        self.bodies.append(message.body)
+        self.positions.append(message.position)
+
+    async def wait(self, count: int, timeout: float = 10.0) -> list[bytes]:
+        await wait_for(lambda: len(self.bodies) >= count, timeout, f"{count} messages (have {len(self.bodies)})")
+        return self.bodies
