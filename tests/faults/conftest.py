@@ -114,11 +114,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not RESULTS and not NOT_RUN:
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if config.option.collectonly or not (RESULTS or NOT_RUN):
         return
-    lines = ["Fault suite: per receiving app, events sent (acked to the publisher), received, lost, duplicated, "
-             "reordered, and seconds from the fault's end to the first event after it", "", *table(RESULTS)]
+    lines = []
+    if RESULTS:
+        lines += ["Per receiving app: events sent (acked to the publisher), received, lost, duplicated, reordered, "
+                  "and seconds from the fault's end to the first event after it", "", *table(RESULTS)]
     if NOT_RUN:
         lines += ["", "Not run:", *not_run_lines()]
     terminalreporter.write_sep("=", "syncar fault suite")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -22,8 +20,6 @@ from tests.faults.apps import ExternalReceiver, Publisher, Receiver, StatusWatch
 from tests.faults.proxy import TcpProxy
 from tests.faults.report import Row, count_row
 from tests.utils import SpawnedDaemon, wait_for
-
-log = logging.getLogger(__name__)
 
 BROKERS = ("redis", "rabbitmq", "nats")
 MODES = ("broadcast", "durable")
@@ -94,8 +90,7 @@ class Scenario:
     receiver_labels: dict[str, str] = field(default_factory=dict)  # app name -> its daemon's label
     watches: dict[str, StatusWatch] = field(default_factory=dict)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    unacked: int = 0
-    started: float = field(default_factory=time.monotonic)
+    unacked: int = 0  # publishes never acknowledged, once finish() has waited for them
 
     async def start(self, labels: tuple[str, ...], receivers: dict[str, str], *, proxied: tuple[str, ...] = (),
                     daemon_args: dict[str, list[str]] | None = None,
@@ -187,11 +182,8 @@ class Scenario:
             parts.append(f"resume_gap {gaps}")
         if self.instances[label].runs > 1:
             parts.append("metrics of the restarted run")
-        publisher = []
         if self.unacked:
-            publisher.append(f"{self.unacked} unacked ({self.pub.unacked_ids()})")
-        if publisher:
-            parts.append("publisher: " + ", ".join(publisher))
+            parts.append(f"publisher: {self.unacked} unacked ({self.pub.unacked_ids()})")
         return "; ".join(parts)
 
     def max_delay(self, name: str, since: float, until: float) -> float:
