@@ -299,14 +299,19 @@ class NatsBackend(Backend):
             if not client.pending_data_size or not client.is_connected:
                 break
             await asyncio.sleep(0 if attempt < 3 else 0.001)
+        unconfirmed = BackendUnavailable(f"nats: connection to {self.where} lost before the server confirmed")
+        # nats-py cancels its reader before it reports a disconnect; a flush in that window returns at once
+        # without a PONG, which would confirm a batch the server never got.
+        if not client.is_connected or (lost is not None and lost.done()):
+            raise unconfirmed
         flush = asyncio.ensure_future(client.flush(CONFIRM_TIMEOUT))
         try:
             await asyncio.wait({flush} if lost is None else {flush, lost}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             # Never cancel a flush: its stale PONG waiter would break nats-py's read loop (a reconnect clears it).
             flush.add_done_callback(retrieve)
-        if not flush.done():
-            raise BackendUnavailable(f"nats: connection to {self.where} lost before the server confirmed")
+        if not flush.done() or not client.is_connected or (lost is not None and lost.done()):
+            raise unconfirmed
         error = flush.exception()
         if isinstance(error, nats.errors.FlushTimeoutError):
             # Silent but not closed (half-open TCP, a stuck server): this connection is of no use any more.

@@ -29,7 +29,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 DEFAULT_SOCKET_TIMEOUT = 5.0
 #: Half this long without a reply on the subscribed connection sends a PING; no answer within it is a loss.
 DEFAULT_HEALTH_CHECK_INTERVAL = 1.0
-CONNECTION_ERRORS = (redis_errors.RedisError, OSError, TimeoutError)  # a lost connection, from redis-py or the socket
+# A lost connection, from redis-py or the socket. RuntimeError: under uvloop, a peer that resets the connection
+# during redis-py's handshake surfaces as "unable to perform operation on <TCPTransport closed=True>".
+CONNECTION_ERRORS = (redis_errors.RedisError, OSError, TimeoutError, RuntimeError)
 #: close() cancels its tasks this many times, waiting this long each time (see stop_task()).
 STOP_ATTEMPTS, STOP_WAIT = 3, 1.0
 #: URI query options; anything else is refused, so that a typo is not silently ignored.

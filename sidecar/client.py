@@ -32,7 +32,9 @@ from sidecar.protocol import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
 
-STREAM_LIMIT = 64 * 1024 * 1024
+#: The longest frame accepted; also what the reader buffers (twice this) before it stops reading when the app
+#: does not consume events, so that the daemon sees a slow client instead of this process growing.
+STREAM_LIMIT = 16 * 1024 * 1024
 #: Event ids remembered to drop duplicates (redelivered after a daemon restart).
 DEDUP_WINDOW = 10_000
 

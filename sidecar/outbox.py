@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from backends.base import Backend, BackendClosed, BackendError, BackendUnavailable
+from backends.base import Backend, BackendClosed, BackendUnavailable
 from sidecar.codec import Codec, Outgoing
 from sidecar.logging import RateLimitedLogger
 from sidecar.metrics import Metrics
@@ -112,8 +112,9 @@ class Outbox:
                 # The backend noticed the loss before telling us; wait for it to say it is back.
                 await asyncio.sleep(RETRY_DELAY)
                 continue
-            except BackendError as exc:
-                # Refused (permissions, a conflicting exchange...): nothing we can fix, so ask again slowly.
+            except Exception as exc:
+                # Refused (permissions, a conflicting exchange...) or a library failing in a way nobody foresaw:
+                # nothing we can fix, so ask again slowly; the task must not die with the events in it.
                 delay = refused_delay = min(refused_delay * 2, MAX_RETRY_DELAY)
                 refusals.warning("refused", "broker refused a publish of %d events, retrying in %.2fs: %s",
                                  len(batch), delay, exc)
