@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from backends.base import Message
+from typing import TypeVar
+
+from backends.base import Backend, Message
 from tests.utils import wait_for
+
+B = TypeVar("B", bound=Backend)
 
 
 class Inbox:
@@ -26,3 +30,23 @@ class Inbox:
     async def wait(self, count: int, timeout: float = 10.0) -> list[bytes]:
         await wait_for(lambda: len(self.bodies) >= count, timeout, f"{count} messages (have {len(self.bodies)})")
         return self.bodies
+
+
+class Started:
+    """The backends a test started, all closed when it ends (the `started` fixture)."""
+
+    def __init__(self) -> None:
+        self._backends: list[Backend] = []
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    async def __call__(self, backend: B) -> B:
+        """Start `backend` and keep it for closing; a backend that fails to start is closed too."""
+        self._backends.append(backend)
+        await backend.start()
+        return backend
+
+    async def close(self) -> None:
+        for backend in self._backends:
+            await backend.close()

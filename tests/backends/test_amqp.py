@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import aio_pika
 import pytest
@@ -20,7 +20,7 @@ from backends.base import (
     Message,
     MessageTooLarge,
 )
-from tests.backends.support import Inbox
+from tests.backends.support import Inbox, Started
 from tests.brokers import free_port
 from tests.brokers.rabbitmq import RabbitServer
 from tests.utils import wait_for
@@ -39,25 +39,16 @@ def server() -> Iterator[RabbitServer]:
     broker.cleanup()
 
 
-
-
 @pytest.fixture
-async def backend(server: RabbitServer) -> AsyncIterator[Factory]:
+def backend(server: RabbitServer, started: Started) -> Factory:
     """`await backend(uri=..., on_state=...)`: a started AmqpBackend, closed when the test ends."""
-    made: list[AmqpBackend] = []
 
     async def factory(uri: str | None = None, on_state: Callable[[BackendState], None] | None = None,
                       connect_timeout: float = 5.0) -> AmqpBackend:
-        instance = AmqpBackend(BackendConfig(uri or server.uri, f"test-{len(made)}", connect_timeout),
-                               on_state=on_state)
-        made.append(instance)
-        await instance.start()
-        return instance
+        config = BackendConfig(uri or server.uri, f"test-{len(started)}", connect_timeout)
+        return await started(AmqpBackend(config, on_state=on_state))
 
-    yield factory
-    for instance in made:
-        await instance.close()
-
+    return factory
 
 
 async def test_round_trip_between_two_backends(backend: Factory, topic: str) -> None:

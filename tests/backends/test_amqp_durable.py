@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from backends import load_backend
 from backends.amqp import AmqpBackend, AmqpSubscription
 from backends.amqp_topology import MAX_NAME_BYTES, durable_queue_name
 from backends.base import BackendConfig, BackendConfigError, BackendError, BackendState, Feature, Message, Mode
-from tests.backends.support import Inbox
+from tests.backends.support import Inbox, Started
 from tests.brokers.rabbitmq import RabbitServer
 from tests.utils import RawClient, publish_frame, run_daemon, wait_for
 
@@ -45,9 +45,8 @@ def server() -> Iterator[RabbitServer]:
 
 
 @pytest.fixture
-async def backend(server: RabbitServer) -> AsyncIterator[Factory]:
+def backend(server: RabbitServer, started: Started) -> Factory:
     """`await backend("instance-id", retention=..., ...)`: a started durable AmqpBackend, closed after the test."""
-    made: list[AmqpBackend] = []
 
     async def factory(instance_id: str | None = None, *, queue_type: str | None = None, retention: int = 100_000,
                       instance_ttl: float = 3600.0, mode: Mode = Mode.DURABLE,
@@ -55,14 +54,9 @@ async def backend(server: RabbitServer) -> AsyncIterator[Factory]:
         uri = server.uri if queue_type is None else f"{server.uri}?queue_type={queue_type}"
         config = BackendConfig(uri, instance_id or f"i-{uuid.uuid4().hex[:8]}", mode=mode, retention=retention,
                                instance_ttl=instance_ttl)
-        instance = AmqpBackend(config, on_state=on_state)
-        made.append(instance)
-        await instance.start()
-        return instance
+        return await started(AmqpBackend(config, on_state=on_state))
 
-    yield factory
-    for instance in made:
-        await instance.close()
+    return factory
 
 
 

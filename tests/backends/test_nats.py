@@ -6,7 +6,7 @@ import asyncio
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from backends.base import (
     PublishTimeout,
 )
 from backends.nats import NatsBackend
-from tests.backends.support import Inbox
+from tests.backends.support import Inbox, Started
 from tests.brokers.certs import make_certificates
 from tests.brokers.nats import NatsServer
 from tests.utils import wait_for
@@ -47,20 +47,14 @@ Factory = Callable[..., Awaitable[NatsBackend]]
 
 
 @pytest.fixture
-async def connect(server: NatsServer) -> AsyncIterator[Factory]:
+def connect(server: NatsServer, started: Started) -> Factory:
     """Start backends on `server` (or a given URI); all are closed after the test."""
-    backends: list[NatsBackend] = []
 
     async def start(uri: str | None = None, states: list[BackendState] | None = None) -> NatsBackend:
         on_state = states.append if states is not None else None
-        backend = NatsBackend(BackendConfig(uri or server.uri, f"test-{len(backends)}"), on_state=on_state)
-        backends.append(backend)
-        await backend.start()
-        return backend
+        return await started(NatsBackend(BackendConfig(uri or server.uri, f"test-{len(started)}"), on_state=on_state))
 
-    yield start
-    for backend in backends:
-        await backend.close()
+    return start
 
 
 async def test_round_trip(connect: Factory, topic: str) -> None:

@@ -15,7 +15,7 @@ from nats.js import api
 from backends.base import BackendConfig, BackendError, BackendState, BackendUnavailable, Feature, Message, Mode
 from backends.nats import NatsBackend
 from backends.nats_jetstream import ACK_WAIT, MAX_ACK_PENDING, durable_subject, jetstream_name
-from tests.backends.support import Inbox
+from tests.backends.support import Inbox, Started
 from tests.brokers.nats import NatsServer
 from tests.utils import RawClient, publish_frame, run_daemon, wait_for
 
@@ -48,21 +48,15 @@ Factory = Callable[..., Awaitable[NatsBackend]]
 
 
 @pytest.fixture
-async def connect(server: NatsServer) -> AsyncIterator[Factory]:
+def connect(server: NatsServer, started: Started) -> Factory:
     """Start durable backends (instance id, server, limits as given); all are closed after the test."""
-    backends: list[NatsBackend] = []
 
     async def start(instance: str, uri: str | None = None, *, retention: int = 100_000, ttl: float = TTL,
                     states: list[BackendState] | None = None) -> NatsBackend:
         config = BackendConfig(uri or server.uri, instance, mode=Mode.DURABLE, retention=retention, instance_ttl=ttl)
-        backend = NatsBackend(config, on_state=states.append if states is not None else None)
-        backends.append(backend)
-        await backend.start()
-        return backend
+        return await started(NatsBackend(config, on_state=states.append if states is not None else None))
 
-    yield start
-    for backend in backends:
-        await backend.close()
+    return start
 
 
 @pytest.fixture

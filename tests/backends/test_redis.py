@@ -7,7 +7,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 import redis.asyncio
@@ -23,7 +23,7 @@ from backends.base import (
     MessageTooLarge,
 )
 from backends.redis import RedisBackend
-from tests.backends.support import Inbox
+from tests.backends.support import Inbox, Started
 from tests.brokers import free_port
 from tests.brokers.redis import RedisServer, RedisTlsServer
 from tests.utils import wait_for
@@ -44,21 +44,15 @@ def server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-async def backend(server: RedisServer) -> AsyncIterator[Factory]:
+def backend(server: RedisServer, started: Started) -> Factory:
     """`await backend(uri=..., on_state=...)`: a started RedisBackend, closed when the test ends."""
-    made: list[RedisBackend] = []
 
     async def factory(uri: str | None = None, on_state: Callable[[BackendState], None] | None = None,
                       connect_timeout: float = 2.0) -> RedisBackend:
-        instance = RedisBackend(BackendConfig(uri or server.uri, f"test-{len(made)}", connect_timeout),
-                                on_state=on_state)
-        made.append(instance)
-        await instance.start()
-        return instance
+        config = BackendConfig(uri or server.uri, f"test-{len(started)}", connect_timeout)
+        return await started(RedisBackend(config, on_state=on_state))
 
-    yield factory
-    for instance in made:
-        await instance.close()
+    return factory
 
 
 

@@ -30,7 +30,7 @@ from backends.base import (
 )
 from backends.redis import RedisBackend
 from backends.redis_streams import stream_key
-from tests.backends.support import Inbox
+from tests.backends.support import Inbox, Started
 from tests.brokers.redis import RedisServer
 from tests.utils import wait_for
 
@@ -58,22 +58,16 @@ async def probe(server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
 
 
 @pytest.fixture
-async def backend(server: RedisServer) -> AsyncIterator[Factory]:
+def backend(server: RedisServer, started: Started) -> Factory:
     """`await backend("instance-id", ...)`: a started durable RedisBackend, closed when the test ends."""
-    made: list[RedisBackend] = []
 
     async def factory(instance_id: str, *, uri: str | None = None, on_state: Callable[[BackendState], None] | None
                       = None, retention: int = 1_000_000, instance_ttl: float = 86_400.0) -> RedisBackend:
         config = BackendConfig(uri or server.uri, instance_id, 2.0, mode=Mode.DURABLE, retention=retention,
                                instance_ttl=instance_ttl)
-        instance = RedisBackend(config, on_state=on_state)
-        made.append(instance)
-        await instance.start()
-        return instance
+        return await started(RedisBackend(config, on_state=on_state))
 
-    yield factory
-    for instance in made:
-        await instance.close()
+    return factory
 
 
 

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ import redis.asyncio
 from backends.base import BackendConfig, BackendState, BackendUnavailable, Mode, PublishTimeout
 from backends.redis import RedisBackend
 from backends.redis_streams import stream_key
-from tests.backends.support import Inbox
+from tests.backends.support import Inbox, Started
 from tests.backends.test_redis_durable import Factory, bodies
 from tests.brokers.redis import RedisServer
 from tests.conftest import Connect
@@ -41,23 +41,14 @@ def volatile() -> Iterator[RedisServer]:
     broker.cleanup()
 
 
-
-
 @pytest.fixture
-async def backend(server: RedisServer) -> AsyncIterator[Factory]:
-    made: list[RedisBackend] = []
-
+def backend(server: RedisServer, started: Started) -> Factory:
     async def factory(instance_id: str, *, uri: str | None = None, on_state: Callable[[BackendState], None] | None
                       = None, retention: int = 1_000_000) -> RedisBackend:
         config = BackendConfig(uri or server.uri, instance_id, 2.0, mode=Mode.DURABLE, retention=retention)
-        instance = RedisBackend(config, on_state=on_state)
-        made.append(instance)
-        await instance.start()
-        return instance
+        return await started(RedisBackend(config, on_state=on_state))
 
-    yield factory
-    for instance in made:
-        await instance.close()
+    return factory
 
 
 def first_occurrences(items: list[bytes]) -> list[bytes]:
