@@ -43,6 +43,7 @@ from backends.redis_uri import (
     CONNECTION_ERRORS,
     DEFAULT_MAX_MESSAGE_BYTES,
     RedisOptions,
+    await_confirmation,
     describe_error,
     parse_uri,
     publish_error,
@@ -184,13 +185,7 @@ class RedisBackend(Backend):
             await self._send_if_live("SUBSCRIBE", name)
         else:  # a SUBSCRIBE for it went out already, or the reconnect sends one
             channel.subscriptions.append(subscription)
-        try:
-            async with asyncio.timeout(self._options.connect_timeout):
-                await channel.confirmed.wait()
-        except TimeoutError:
-            await subscription.unsubscribe()
-            raise BackendUnavailable(f"redis: subscription to {topic!r} not confirmed within "
-                                     f"{self._options.connect_timeout}s") from None
+        await await_confirmation(channel.confirmed, subscription, topic, self._options.connect_timeout)
         if self._closed:
             raise BackendClosed("redis: backend is closed")
         if channel.refused:

@@ -29,13 +29,12 @@ from backends.base import (
     BackendClosed,
     BackendConfig,
     BackendError,
-    BackendUnavailable,
     FeatureNotSupported,
     Handler,
     Message,
     Subscription,
 )
-from backends.redis_uri import CONNECTION_ERRORS, RedisOptions, describe_error, stop_task
+from backends.redis_uri import CONNECTION_ERRORS, RedisOptions, await_confirmation, describe_error, stop_task
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +157,7 @@ class Streams:
                                f"{describe_error(exc, self._options)}") from exc
         except CONNECTION_ERRORS as exc:  # the reconnect prepares it; wait for that below
             log.debug("redis: group for %r not made yet: %s", topic, describe_error(exc, self._options))
-        try:
-            async with asyncio.timeout(self.config.connect_timeout):
-                await stream.ready.wait()
-        except TimeoutError:
-            await subscription.unsubscribe()
-            raise BackendUnavailable(f"redis: subscription to {topic!r} not confirmed within "
-                                     f"{self.config.connect_timeout}s") from None
+        await await_confirmation(stream.ready, subscription, topic, self.config.connect_timeout)
         if self._closed:
             raise BackendClosed("redis: backend is closed")
         self._changed.set()

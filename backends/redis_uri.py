@@ -1,4 +1,4 @@
-"""The redis:// and rediss:// URI of the Redis backend, its options, how its errors read in logs, and stopping tasks.
+"""The redis:// and rediss:// URI of the Redis backend, its options, how its errors read in logs, and task helpers.
 
 Shared by broadcast mode (`backends.redis`) and durable mode (`backends.redis_streams`)."""
 
@@ -18,7 +18,7 @@ from redis.asyncio.connection import Connection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from backends.base import BackendConfigError, BackendError, BackendUnavailable, PublishTimeout
+from backends.base import BackendConfigError, BackendError, BackendUnavailable, PublishTimeout, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,16 @@ def publish_error(exc: Exception, options: RedisOptions) -> BackendError:
         return BackendUnavailable(f"redis: publish failed: {describe_error(exc, options)}")
     # Refused by Redis itself: an ACL without PUBLISH or XADD, a key of another type, out of memory.
     return BackendError(f"redis: publish refused: {describe_error(exc, options)}")
+
+
+async def await_confirmation(ready: asyncio.Event, subscription: Subscription, topic: str, timeout: float) -> None:
+    """Wait until Redis confirmed a subscription (`ready`); if it does not within `timeout`, drop it and raise."""
+    try:
+        async with asyncio.timeout(timeout):
+            await ready.wait()
+    except TimeoutError:
+        await subscription.unsubscribe()
+        raise BackendUnavailable(f"redis: subscription to {topic!r} not confirmed within {timeout}s") from None
 
 
 async def stop_task(task: asyncio.Task[None], conn: Connection | None = None) -> None:
