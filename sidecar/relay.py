@@ -171,11 +171,7 @@ class Relay:
                 if out is None:
                     client.send(frame)
                 else:
-                    frames = out.get(client)
-                    if frames is None:
-                        out[client] = [frame]
-                    else:
-                        frames.append(frame)
+                    out.setdefault(client, []).append(frame)
                 delivered += 1
         return delivered
 
