@@ -9,6 +9,11 @@ clients.
 `feathers-sync`: one message per event, `{event, path, data, context}`,
 exactly what feathers-sync 3.x sends, so both can share a broker. It carries
 no origin, so our own messages are recognised by remembering what we sent.
+
+Decoding is msgspec's: it checks that the whole message is JSON but keeps
+`data` and `context` as the bytes they came in (`msgspec.Raw`), so an event
+is never turned into Python objects and back. A message it refuses is
+explained by a plain parse that tells foreign from malformed.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ import hashlib
 import secrets
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
+import msgspec
 import orjson
 
 from sidecar.errors import CodecError
@@ -29,36 +34,69 @@ SYNCAR_VERSION = 1
 _ID_START, _ID_END = len(b'{"id":"'), b'","time":'
 #: Messages we sent, remembered to recognise them when the broker echoes them back (feathers-sync codec).
 ECHO_MEMORY = 65_536
+NULL = msgspec.Raw(b"null")
+encode = msgspec.json.Encoder().encode
+T = TypeVar("T")
 
 
-@dataclass(slots=True)
-class BusEvent:
-    """One event received from the broker."""
+class Event(msgspec.Struct, gc=False):
+    """One event as it travels: `data` and `context` stay the JSON they arrived as."""
 
     id: str
-    time: float | None
+    time: float | None  # when its origin published it; feathers-sync does not say
     event: str
     path: str
-    data: Any
-    context: Any
+    data: msgspec.Raw = NULL
+    context: msgspec.Raw = NULL
 
 
-@dataclass(slots=True)
-class Outgoing:
+class Outgoing(msgspec.Struct, gc=False):
     """One event published by a local client, on its way to the broker."""
 
-    id: str
+    event: Event
+    part: bytes  # encode(event): the bytes that go into a batch and, spliced, into local frames
+
+
+class Batch(msgspec.Struct, gc=False):
+    origin: str | None  # None: the format does not say (feathers-sync)
+    events: list[Event]
+
+
+class _SyncarBatch(msgspec.Struct, gc=False):
+    v: int
+    origin: str
+    events: list[Event]
+
+
+class _FeathersSyncBody(msgspec.Struct, gc=False):
     event: str
     path: str
-    data: Any
-    context: Any
-    part: bytes  # the event as JSON: {id, time, event, path, data, context}
+    data: msgspec.Raw = NULL
+    context: msgspec.Raw = NULL
 
 
-@dataclass(slots=True)
-class Batch:
-    origin: str | None  # None: the format does not say (feathers-sync)
-    events: list[BusEvent]
+class _FeathersSyncOut(msgspec.Struct, gc=False, omit_defaults=True):
+    # feathers-sync's JSON.stringify leaves out an undefined context; we do the same for a null one. msgspec omits
+    # a field that *is* its default, so `pack` passes NULL itself for any null.
+    event: str
+    path: str
+    data: msgspec.Raw
+    context: msgspec.Raw = NULL
+
+
+def decode_json(decoder: msgspec.json.Decoder[T], body: bytes) -> T | None:
+    """`body` decoded, or None if it is not valid JSON of the decoder's shape.
+
+    The raw parts it keeps are safe to splice into frames: valid UTF-8 (msgspec does not check inside them), and
+    free of raw newlines, which in valid JSON can only be whitespace between tokens and are made spaces.
+    """
+    try:
+        if not body.isascii():
+            body.decode()
+        value = decoder.decode(body)
+        return decoder.decode(body.replace(b"\n", b" ")) if b"\n" in body else value
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+        return None
 
 
 class Codec(ABC):
@@ -84,6 +122,8 @@ class Codec(ABC):
         """
 
 
+# -- why a message was refused: the slow path, only for messages msgspec did not take ---------------------------
+
 def _loads(body: bytes) -> Any:
     try:
         return orjson.loads(body)
@@ -91,17 +131,37 @@ def _loads(body: bytes) -> Any:
         raise CodecError("malformed", "message is not JSON") from None
 
 
-def _event_fields(obj: Any) -> tuple[str, str]:
+def _check_event(obj: Any) -> None:
     if not isinstance(obj, dict):
         raise CodecError("malformed", "event is not a JSON object")
     event, path = obj.get("event"), obj.get("path")
     if not isinstance(event, str) or not isinstance(path, str) or not event or not path:
         raise CodecError("malformed", "event has no string 'event' and 'path'")
-    return event, path
 
+
+def _explain_syncar(body: bytes) -> CodecError:
+    obj = _loads(body)
+    if not isinstance(obj, dict) or "events" not in obj:
+        return CodecError("foreign", "message is not a syncar batch")
+    if obj.get("v") != SYNCAR_VERSION:
+        return CodecError("foreign", f"syncar batch version {obj.get('v')!r} is not {SYNCAR_VERSION}")
+    if not isinstance(obj.get("origin"), str) or not isinstance(obj["events"], list):
+        return CodecError("malformed", "syncar batch has no string 'origin' or list 'events'")
+    for raw in obj["events"]:
+        _check_event(raw)
+    return CodecError("malformed", "event has no string 'id' or numeric 'time'")
+
+
+def _explain_feathers_sync(body: bytes) -> CodecError:
+    _check_event(_loads(body))
+    return CodecError("malformed", "message has a field of the wrong type")
+
+
+# -- the codecs ------------------------------------------------------------------------------------------------
 
 class SyncarCodec(Codec):
     name = "syncar"
+    _decoder = msgspec.json.Decoder(_SyncarBatch)
 
     def __init__(self, instance_id: str) -> None:
         super().__init__(instance_id)
@@ -124,26 +184,18 @@ class SyncarCodec(Codec):
         return self._sent.pop(body[start:body.find(_ID_END, start)], 1)
 
     def unpack(self, body: bytes) -> Batch:
-        obj = _loads(body)
-        if not isinstance(obj, dict) or "events" not in obj:
-            raise CodecError("foreign", "message is not a syncar batch")
-        if obj.get("v") != SYNCAR_VERSION:
-            raise CodecError("foreign", f"syncar batch version {obj.get('v')!r} is not {SYNCAR_VERSION}")
-        origin, raw_events = obj.get("origin"), obj["events"]
-        if not isinstance(origin, str) or not isinstance(raw_events, list):
-            raise CodecError("malformed", "syncar batch has no string 'origin' or list 'events'")
-        events = []
-        for raw in raw_events:
-            event, path = _event_fields(raw)
-            event_id, time = raw.get("id"), raw.get("time")
-            if not isinstance(event_id, str) or not isinstance(time, int | float):
-                raise CodecError("malformed", "event has no string 'id' or numeric 'time'")
-            events.append(BusEvent(event_id, float(time), event, path, raw.get("data"), raw.get("context")))
-        return Batch(origin, events)
+        batch = decode_json(self._decoder, body)
+        if batch is None or batch.v != SYNCAR_VERSION:
+            raise _explain_syncar(body)
+        for event in batch.events:
+            if not event.event or not event.path or event.time is None:
+                raise _explain_syncar(body)
+        return Batch(batch.origin, batch.events)
 
 
 class FeathersSyncCodec(Codec):
     name = "feathers-sync"
+    _decoder = msgspec.json.Decoder(_FeathersSyncBody)
 
     def __init__(self, instance_id: str) -> None:
         super().__init__(instance_id)
@@ -151,10 +203,8 @@ class FeathersSyncCodec(Codec):
         self._sent: OrderedDict[bytes, int] = OrderedDict()
 
     def pack(self, events: list[Outgoing]) -> list[bytes]:
-        # feathers-sync's JSON.stringify leaves out an undefined context; we do the same for a null one.
-        bodies = [orjson.dumps({"event": e.event, "path": e.path, "data": e.data, "context": e.context}
-                               if e.context is not None else {"event": e.event, "path": e.path, "data": e.data})
-                  for e in events]
+        bodies = [encode(_FeathersSyncOut(e.event, e.path, e.data, NULL if e.context == NULL else e.context))
+                  for e in (o.event for o in events)]
         for body in bodies:
             digest = hashlib.blake2b(body, digest_size=16).digest()
             self._sent[digest] = self._sent.pop(digest, 0) + 1
@@ -174,9 +224,11 @@ class FeathersSyncCodec(Codec):
         return 1
 
     def unpack(self, body: bytes) -> Batch:
-        obj = _loads(body)
-        event, path = _event_fields(obj)
-        return Batch(None, [BusEvent(secrets.token_hex(8), None, event, path, obj.get("data"), obj.get("context"))])
+        message = decode_json(self._decoder, body)
+        if message is None or not message.event or not message.path:
+            raise _explain_feathers_sync(body)
+        return Batch(None, [Event(secrets.token_hex(8), None, message.event, message.path, message.data,
+                                  message.context)])
 
 
 CODECS: dict[str, type[Codec]] = {c.name: c for c in (SyncarCodec, FeathersSyncCodec)}

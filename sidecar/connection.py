@@ -91,7 +91,11 @@ class Connection(asyncio.Protocol):
                             f"frame is longer than {self._decoder.max_bytes} bytes; it was discarded")
                 continue
             try:
-                self._dispatch(protocol.decode(line))
+                publish = protocol.fast_publish(line)
+                if publish is not None:
+                    self._publish(publish)
+                else:
+                    self._dispatch(protocol.decode(line))
             except FrameError as exc:
                 self.reject(exc.code, exc.message)
         self._relay.count_published()
@@ -115,14 +119,7 @@ class Connection(asyncio.Protocol):
     def _dispatch(self, frame: dict[str, Any]) -> None:
         kind = frame["type"]
         if kind == "publish":
-            publish = protocol.parse_publish(frame)
-            self._greet(None)
-            if self._bucket is not None and not self._bucket.take():
-                self._relay.metrics.dropped.labels(DropReason.RATE_LIMITED).inc()
-                self.refuse(publish, ErrorCode.RATE_LIMITED,
-                            f"over {self._limits.rate:g} publishes/s (burst {self._limits.burst}); not relayed")
-                return
-            self._relay.publish(self, publish)
+            self._publish(protocol.parse_publish(frame))
         elif kind == "hello":
             if self.greeted:
                 raise FrameError(ErrorCode.INVALID_FRAME, "hello: only allowed as the first frame")
@@ -141,6 +138,16 @@ class Connection(asyncio.Protocol):
         else:
             raise FrameError(ErrorCode.UNKNOWN_TYPE,
                              f"unknown frame type {kind[:64]!r}; expected hello, publish or ping")
+
+    def _publish(self, publish: Publish) -> None:
+        if not self.greeted:
+            self._greet(None)
+        if self._bucket is not None and not self._bucket.take():
+            self._relay.metrics.dropped.labels(DropReason.RATE_LIMITED).inc()
+            self.refuse(publish, ErrorCode.RATE_LIMITED,
+                        f"over {self._limits.rate:g} publishes/s (burst {self._limits.burst}); not relayed")
+            return
+        self._relay.publish(self, publish)
 
     def _greet(self, resume: protocol.Resume | None) -> None:
         if not self.greeted:

@@ -17,7 +17,7 @@ import orjson
 
 from backends.base import BackendState, Message
 from sidecar import protocol
-from sidecar.codec import Codec, Outgoing
+from sidecar.codec import Codec, Event, Outgoing, encode
 from sidecar.dedup import SeenIds
 from sidecar.errors import CodecError
 from sidecar.logging import RateLimitedLogger
@@ -99,8 +99,8 @@ class Relay:
         """A local client's event: deliver it here at once, and queue it for the broker."""
         self._published += 1
         event_id = publish.id or f"{self._id_prefix}{next(self._ids)}"
-        part = orjson.dumps({"id": event_id, "time": time.time(), "event": publish.event, "path": publish.path,
-                             "data": publish.data, "context": publish.context})
+        event = Event(event_id, time.time(), publish.event, publish.path, publish.data, publish.context)
+        part = encode(event)
         delivered = self._fan_out(part, self._origin_json, publish.path, publish.event, client)
         if delivered:
             self.metrics.delivered.inc(delivered)
@@ -109,7 +109,7 @@ class Relay:
             client.refuse(publish, ErrorCode.TOO_LARGE_FOR_BROKER,
                           f"event is {len(part)} bytes; the broker takes at most {self._outbox.max_event_bytes}")
             return
-        outgoing = Outgoing(event_id, publish.event, publish.path, publish.data, publish.context, part)
+        outgoing = Outgoing(event, part)
         try:
             self._outbox.put(outgoing, (lambda: client.acknowledge(event_id)) if publish.ack else None)
         except OutboxFull as exc:
@@ -151,9 +151,7 @@ class Relay:
             if batch.origin is not None and not self._seen.add(batch.origin, event.id):
                 self.metrics.dropped.labels(DropReason.DUPLICATE).inc()
                 continue
-            part = orjson.dumps({"id": event.id, "time": event.time, "event": event.event, "path": event.path,
-                                 "data": event.data, "context": event.context})
-            delivered += self._fan_out(part, origin_json, event.path, event.event, None, out=out)
+            delivered += self._fan_out(encode(event), origin_json, event.path, event.event, None, out=out)
         for client, frames in out.items():
             client.send(frames[0] if len(frames) == 1 else b"".join(frames))
         if delivered:

@@ -2,19 +2,22 @@ from __future__ import annotations
 
 import contextlib
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.codec import FeathersSyncCodec, Outgoing, SyncarCodec
+from sidecar.codec import Event, FeathersSyncCodec, Outgoing, SyncarCodec, encode
 from sidecar.errors import CodecError
 
 
-def outgoing(event_id: str, data: object) -> Outgoing:
-    part = orjson.dumps({"id": event_id, "time": 1.5, "event": "created", "path": "messages", "data": data,
-                         "context": {"params": {}}})
-    return Outgoing(event_id, "created", "messages", data, {"params": {}}, part)
+def outgoing(event_id: str, data: object, context: object = None, event: str = "created") -> Outgoing:
+    if context is None and event == "created":
+        context = {"params": {}}
+    outgoing = Event(event_id, 1.5, event, "messages", msgspec.Raw(orjson.dumps(data)),
+                     msgspec.Raw(orjson.dumps(context)))
+    return Outgoing(outgoing, encode(outgoing))
 
 
 def test_syncar_batch_round_trip() -> None:
@@ -22,7 +25,8 @@ def test_syncar_batch_round_trip() -> None:
     [body] = codec.pack([outgoing("1", {"t": "é"}), outgoing("2", [1, 2])])
     batch = SyncarCodec("node-b").unpack(body)
     assert batch.origin == "node-a"
-    assert [(e.id, e.data, e.time) for e in batch.events] == [("1", {"t": "é"}, 1.5), ("2", [1, 2], 1.5)]
+    assert [(e.id, orjson.loads(bytes(e.data)), e.time) for e in batch.events] == [
+        ("1", {"t": "é"}, 1.5), ("2", [1, 2], 1.5)]
 
 
 def test_feathers_sync_body_is_exactly_what_feathers_sync_sends() -> None:
@@ -31,8 +35,7 @@ def test_feathers_sync_body_is_exactly_what_feathers_sync_sends() -> None:
 
 
 def test_feathers_sync_leaves_out_a_missing_context_as_json_stringify_does() -> None:
-    part = orjson.dumps({"id": "1", "time": 1.0, "event": "typing", "path": "messages", "data": 1, "context": None})
-    [body] = FeathersSyncCodec("a").pack([Outgoing("1", "typing", "messages", 1, None, part)])
+    [body] = FeathersSyncCodec("a").pack([outgoing("1", 1, event="typing")])
     assert body == b'{"event":"typing","path":"messages","data":1}'
 
 
@@ -51,6 +54,9 @@ def test_feathers_sync_echo_is_recognised_once() -> None:
     (b'{"v":1,"origin":5,"events":[]}', "malformed"),
     (b'{"v":1,"origin":"x","events":[{"event":"e","path":"p"}]}', "malformed"),
     (b'{"v":1,"origin":"x","events":[7]}', "malformed"),
+    (b'{"v":1,"origin":"x","events":[{"id":"1","time":1,"event":"e","path":"p","data":"\xff"}]}', "malformed"),
+    (b'{"v":1,"origin":"x","events":[{"id":"1","time":null,"event":"e","path":"p"}]}', "malformed"),
+    (b'{"v":1,"origin":"x","events":[{"id":"1","time":1,"event":"","path":"p"}]}', "malformed"),
 ])
 def test_syncar_rejects(body: bytes, reason: str) -> None:
     with pytest.raises(CodecError) as info:
@@ -71,3 +77,17 @@ def test_syncar_echo_is_recognised_without_decoding_and_counts_its_events() -> N
     assert codec.echoed(body) == 3
     assert SyncarCodec("other").echoed(body) == 0
     assert codec.unpack(body).origin == "me"  # decoding still tells, for what echoed() does not catch
+
+
+def test_raw_newlines_between_tokens_never_reach_a_frame() -> None:
+    body = b'{"v":1,"origin":"x","events":[{"id":"1","time":1,"event":"e","path":"p","data":{"a":\n1}}]}'
+    [event] = SyncarCodec("me").unpack(body).events
+    assert b"\n" not in encode(event)
+    assert orjson.loads(bytes(event.data)) == {"a": 1}
+
+
+def test_a_feathers_sync_body_keeps_its_data_bytes() -> None:
+    body = b'{"event":"created","path":"messages","data":{"text":"h\\u00e9"},"context":{"params":{}}}'
+    [event] = FeathersSyncCodec("me").unpack(body).events
+    assert (event.event, event.path, event.time) == ("created", "messages", None)
+    assert bytes(event.data) == b'{"text":"h\\u00e9"}'

@@ -2,13 +2,33 @@ from __future__ import annotations
 
 import pytest
 
+from sidecar.codec import NULL
 from sidecar.errors import FrameError
-from sidecar.protocol import decode, parse_hello, parse_publish
+from sidecar.protocol import decode, fast_publish, parse_hello, parse_publish
 
 
 def test_publish_defaults() -> None:
-    publish = parse_publish({"type": "publish", "path": "messages", "event": "created"})
-    assert (publish.data, publish.context, publish.id, publish.ack) == (None, None, None, False)
+    for publish in (parse_publish({"type": "publish", "path": "messages", "event": "created"}),
+                    fast_publish(b'{"type":"publish","path":"messages","event":"created"}')):
+        assert publish is not None
+        assert (publish.data, publish.context, publish.id, publish.ack) == (NULL, NULL, None, False)
+
+
+@pytest.mark.parametrize("line", [
+    b'{"path":"m","event":"e"}', b'{"type":"ping","path":"m","event":"e"}',
+    b'{"type":"publish","path":"","event":"e"}', b'{"type":"publish","path":"m","event":"e","ack":true}',
+    b'{"type":"publish","path":"m","event":"e","ack":1,"id":"1"}',
+    b'{"type":"publish","path":"m","event":"e","id":""}', b'{"type":"publish","path":"m","event":"e","data":"\xff"}',
+    b'{"type":"publish","path":"m","event":"e","data":[1,]}',
+])
+def test_fast_publish_leaves_everything_but_a_valid_publish_to_the_slow_path(line: bytes) -> None:
+    assert fast_publish(line) is None
+
+
+def test_fast_publish_keeps_data_and_context_as_sent() -> None:
+    publish = fast_publish(b'{"type":"publish","path":"m","event":"e","data":{"b": 1,"a":2},"context":[1],"id":"x"}')
+    assert publish is not None
+    assert (bytes(publish.data), bytes(publish.context), publish.id) == (b'{"b": 1,"a":2}', b"[1]", "x")
 
 
 @pytest.mark.parametrize("line", [b"{", b"\xff", b"[]", b"{}", b'{"type":1}'])
