@@ -18,10 +18,11 @@ from typing import Any
 
 import orjson
 
-from bench.plan import BROKERS, CONTESTANTS, LABELS, make_plan
+from bench.plan import BROKERS, CONTESTANTS, LABELS, MODES, make_plan
 from bench.processes import NODE_DIR
 from bench.report import derive, markdown, summarise, table
 from bench.runner import run_plan
+from bench.scale import REPS, SECONDS, scale
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -46,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="short windows, 1 repetition, local:// and Redis unless --brokers says otherwise")
     parser.add_argument("--brokers", type=_list(BROKERS), help=f"comma-separated: {', '.join(BROKERS)}")
     parser.add_argument("--contestants", type=_list(CONTESTANTS), help=f"comma-separated: {', '.join(CONTESTANTS)}")
+    parser.add_argument("--mode", choices=MODES, default="broadcast",
+                        help="the syncar daemons' --mode (default broadcast). Durable needs a broker and the syncar "
+                             "codec, so by default it leaves out local:// and the feathers-sync codec. The raw "
+                             "ceiling and feathers-sync have no durable mode: they run unchanged, as broker pub/sub")
     parser.add_argument("--reps", type=int, help="repetitions of each case (default 3, quick 1)")
     parser.add_argument("--seconds", type=float,
                         help="publishing time of every run (default 3 s, 4 s at 1,000 events/s; quick 1 s)")
@@ -54,11 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--syncar-root", type=Path, default=REPO,
                         help="run the daemons from this checkout of syncar instead (to measure a change against main)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (it needs matplotlib)")
-    parser.add_argument("--report", type=Path, metavar="JSON",
+    instead = parser.add_mutually_exclusive_group()
+    instead.add_argument("--report", type=Path, metavar="JSON",
                         help="instead: print the table and redraw the plot of an earlier run's JSON")
-    parser.add_argument("--profile", action="store_true",
+    instead.add_argument("--profile", action="store_true",
                         help="instead: profile both daemons with py-spy under load (syncar codec over Redis, or "
-                             "the first syncar contestant and broker given)")
+                             "the first syncar contestant and broker given); broadcast mode only")
+    instead.add_argument("--scale", action="store_true",
+                        help="instead: daemons' CPU per event with 2, 4, 6, 8 and 10 instances, one publishing at "
+                             "2,000 events/s and the others subscribed (syncar codec, --mode, the first broker of "
+                             "--brokers but local, default redis; 5 s per run, 3 repetitions: ~2 minutes); "
+                             "writes scale.json and scale.md")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -109,9 +120,31 @@ def _progress(run: dict[str, Any]) -> None:
           flush=True)
 
 
+def _meta(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """What every result file says about how, where and on what it was measured."""
+    return {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "mode": args.mode,
+            "machine": machine(), "loadavg_start": os.getloadavg(), "syncar_root": str(args.syncar_root.resolve()),
+            "syncar_commit": _commit(args.syncar_root)}
+
+
+def _scale(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
+    broker = next((b for b in args.brokers or ("redis",) if b != "local"), None)
+    if broker is None:
+        parser.error("--scale needs a broker: on local:// there is nothing between the daemons to scale")
+    outs = [args.out, DOCS] if args.docs else [args.out]
+    return scale(_meta(args, command), broker, seconds=args.seconds or SECONDS, reps=args.reps or REPS,
+                 root=args.syncar_root.resolve(), outs=outs)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    command = ("python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])).strip()
+    if args.profile and args.mode != "broadcast":
+        parser.error("--profile measures broadcast mode only")
+    if args.scale:
+        return _scale(args, parser, command)
     if args.profile:
         from bench.profile import profile  # noqa: PLC0415  (py-spy is needed only here)
 
@@ -121,12 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.report is not None:
         return report(args, orjson.loads(args.report.read_bytes()))
     plan = make_plan(quick=args.quick, brokers=args.brokers, contestants=args.contestants, reps=args.reps,
-                     seconds=args.seconds)
-    command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
-    print(f"{command}: {plan.runs()} runs on {', '.join(plan.brokers)}", flush=True)
-    meta: dict[str, Any] = {"command": command.strip(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-                            "machine": machine(), "loadavg_start": os.getloadavg(), "plan": plan.as_dict(),
-                            "syncar_root": str(args.syncar_root.resolve()), "syncar_commit": _commit(args.syncar_root)}
+                     seconds=args.seconds, mode=args.mode)
+    print(f"{command}: {plan.runs()} runs on {', '.join(plan.brokers)}, {plan.mode} mode", flush=True)
+    meta = {**_meta(args, command), "plan": plan.as_dict()}
     began = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="syncar-bench-"))
     try:
@@ -141,9 +171,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(args: argparse.Namespace, results: dict[str, Any]) -> int:
-    """Print the table; write latest.json, latest.md and latest.png, and with --docs their copies in docs/."""
+    """Print the table; write latest.json, latest.md and latest.png, and with --docs their copies in docs/
+    (results.*, or results-durable.* for a durable run: the page's broadcast figures stay what they are)."""
+    mode = results["meta"].get("mode", "broadcast")  # runs from before --mode were all broadcast
     print()
-    print(table(results["summary"]))
+    print(table(results["summary"], mode))
     for broker, section in results["sections"].items():
         if section.get("error"):
             print(f"{broker}: not measured: {section['error'].splitlines()[0]}")
@@ -153,7 +185,7 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> int:
         written.append(args.out / "latest.json")
         written[-1].write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     written.append(args.out / "latest.md")
-    written[-1].write_text(markdown(results["summary"]))
+    written[-1].write_text(markdown(results["summary"], mode))
     png = None
     if not args.no_plot:
         from bench.plot import plot  # noqa: PLC0415  (matplotlib is optional)
@@ -165,12 +197,13 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> int:
         DOCS.mkdir(parents=True, exist_ok=True)
         for run in results["runs"]:
             run.get("sub", {}).pop("samples", None)  # the per-10 ms counts: large, and in latest.json anyway
-        (DOCS / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-        (DOCS / "results.md").write_text(markdown(results["summary"]))
-        written += [DOCS / "results.json", DOCS / "results.md"]
+        stem = DOCS / ("results" if mode == "broadcast" else f"results-{mode}")
+        stem.with_suffix(".json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+        stem.with_suffix(".md").write_text(markdown(results["summary"], mode))
+        written += [stem.with_suffix(".json"), stem.with_suffix(".md")]
         if png is not None:
-            shutil.copyfile(png, DOCS / "results.png")
-            written.append(DOCS / "results.png")
+            shutil.copyfile(png, stem.with_suffix(".png"))
+            written.append(stem.with_suffix(".png"))
     seconds = results["meta"].get("seconds")
     print(f"\n{f'{seconds:.0f} s; ' if seconds else ''}wrote " + ", ".join(str(p) for p in written))
     return 0

@@ -15,6 +15,10 @@ LABELS = {
     "feathers-sync": "feathers-sync 3.1.1, Node",
 }
 BROKER_LABELS = {"local": "local://", "redis": "Redis", "amqp": "RabbitMQ", "nats": "NATS"}
+#: The syncar daemons' `--mode`; the ceiling and feathers-sync are broker pub/sub (broadcast) whatever it says.
+MODES = ("broadcast", "durable")
+#: What durable mode cannot run: local:// has no durable mode, and it needs the syncar codec.
+NOT_DURABLE = {"local": "local:// has no durable mode", "syncar-fs": "durable mode takes the syncar codec only"}
 #: Bytes of broker messages a publisher may have in flight: far below Redis's 8 MB pub/sub output buffer
 #: limit and syncar's 8 MiB client queue, far above what a few milliseconds of traffic need.
 WINDOW_BYTES = 4 * 1024 * 1024
@@ -41,6 +45,7 @@ class Plan:
     reps: int
     max_events: int
     quick: bool
+    mode: str = "broadcast"
 
     def contestants_for(self, broker: str) -> tuple[str, ...]:
         if broker == "local":  # no broker: no ceiling and no feathers-sync to compare with
@@ -52,12 +57,12 @@ class Plan:
 
     def as_dict(self) -> dict[str, Any]:
         return {"brokers": list(self.brokers), "contestants": list(self.contestants), "reps": self.reps,
-                "max_events": self.max_events, "quick": self.quick,
+                "max_events": self.max_events, "quick": self.quick, "mode": self.mode,
                 "cases": [{**asdict(c), "window": c.window} for c in self.cases]}
 
 
 def make_plan(*, quick: bool, brokers: tuple[str, ...] | None, contestants: tuple[str, ...] | None,
-              reps: int | None, seconds: float | None) -> Plan:
+              reps: int | None, seconds: float | None, mode: str = "broadcast") -> Plan:
     if quick:
         tp = lat_slow = lat_fast = 1.0
         default_brokers: tuple[str, ...] = ("local", "redis")
@@ -66,7 +71,11 @@ def make_plan(*, quick: bool, brokers: tuple[str, ...] | None, contestants: tupl
         default_brokers = ("redis", "amqp", "nats")
     if seconds is not None:
         tp = lat_slow = lat_fast = seconds
+    default_contestants: tuple[str, ...] = CONTESTANTS
+    if mode == "durable":  # by default, only what durable mode can run; asked for, the rest is reported skipped
+        default_brokers = tuple(b for b in default_brokers if b not in NOT_DURABLE)
+        default_contestants = tuple(c for c in CONTESTANTS if c not in NOT_DURABLE)
     cases = (Case("tp-256", 256, 0, tp), Case("tp-4096", 4096, 0, tp),
              Case("lat-1000", 256, 1000, lat_slow), Case("lat-10000", 256, 10_000, lat_fast))
-    return Plan(brokers=brokers or default_brokers, contestants=contestants or CONTESTANTS, cases=cases,
-                reps=reps or (1 if quick else 3), max_events=500_000, quick=quick)
+    return Plan(brokers=brokers or default_brokers, contestants=contestants or default_contestants, cases=cases,
+                reps=reps or (1 if quick else 3), max_events=500_000, quick=quick, mode=mode)

@@ -31,15 +31,17 @@ STOP_TIMEOUT = 10.0
 class Daemon:
     """`python -m sidecar run` in a child process of its own, from `root` (this checkout, or another one to compare)."""
 
-    def __init__(self, workdir: Path, name: str, backend: str, key: str, codec: str, *,
+    def __init__(self, workdir: Path, name: str, backend: str, key: str, codec: str, *, mode: str = "broadcast",
                  root: Path = REPO) -> None:
         self.name = name
         self.socket = workdir / f"{name}.sock"
         self.log_path = workdir / f"{name}.log"
         self._log = self.log_path.open("wb")
+        # The instance id is unique per run: in durable mode it names this daemon's queue or consumer on the broker.
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sidecar", "run", "--socket", str(self.socket), "--backend", backend,
-             "--key", key, "--codec", codec, "--http", "127.0.0.1:0", "--instance-id", f"bench-{name}"],
+             "--key", key, "--codec", codec, "--mode", mode, "--http", "127.0.0.1:0", "--instance-id",
+             f"bench-{name}"],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
 
     @property

@@ -72,6 +72,15 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
+def _medians(members: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, Any]:
+    """How many repetitions ran, how many gave figures, their errors, and the median of each figure named."""
+    figures = [m["figures"] for m in members if m.get("figures")]
+    entry: dict[str, Any] = {"runs": len(members), "ok": len(figures),
+                             "errors": sorted({m["error"][:200] for m in members if m.get("error")})}
+    entry.update({name: _median([f.get(name) for f in figures]) for name in names})
+    return entry
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over repetitions per broker, contestant and case, and the ratios the issue asks for."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -80,11 +89,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for (broker, contestant, case), members in groups.items():
         figures = [m["figures"] for m in members if m.get("figures")]
-        entry: dict[str, Any] = {"runs": len(members), "ok": len(figures),
-                                 "errors": sorted({m["error"][:200] for m in members if m.get("error")})}
-        for name in ("throughput", "p50_ms", "p99_ms", "p999_ms", "daemon_cpu_per_100k", "broker_cpu_per_100k",
-                     "client_cpu_per_100k", "daemon_peak_rss_mib", "client_peak_rss_mib", "lost"):
-            entry[name] = _median([f.get(name) for f in figures])
+        entry = _medians(members, ("throughput", "p50_ms", "p99_ms", "p999_ms", "daemon_cpu_per_100k",
+                                   "broker_cpu_per_100k", "client_cpu_per_100k", "daemon_peak_rss_mib",
+                                   "client_peak_rss_mib", "lost"))
         if figures and "saturated" in figures[0]:
             entry["saturated"] = sum(bool(f["saturated"]) for f in figures) > len(figures) / 2
         values = [f["throughput"] for f in figures if f.get("throughput")]
@@ -160,23 +167,36 @@ def ratio_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def table(summary: dict[str, Any]) -> str:
+def mode_heading(mode: str) -> str:
+    """Which mode the daemons ran in, above every table: a durable run must never pass for a broadcast one."""
+    return (f"syncar daemons in {mode} mode; raw pub/sub and feathers-sync are broker pub/sub in every run "
+            "(they have no durable mode)")
+
+
+def _aligned(head: tuple[str, ...], body: list[tuple[str, ...]], left: int) -> list[str]:
+    """A terminal table: the first `left` columns aligned left, the figures right."""
+    widths = [max(len(r[i]) for r in (head, *body)) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) if i < left else cell.rjust(w)
+                       for i, (cell, w) in enumerate(zip(r, widths, strict=True))) for r in (head, *body)]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def _markdown_table(head: tuple[str, ...], body: list[tuple[str, ...]], left: int) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * left + "---:|" * (len(head) - left)]
+    return lines + ["| " + " | ".join(r) + " |" for r in body]
+
+
+def table(summary: dict[str, Any], mode: str) -> str:
     """The terminal table."""
     found, notes = rows(summary)
-    body = [HEAD, *found]
-    widths = [max(len(r[i]) for r in body) for i in range(len(HEAD))]
-    lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths,
-                                                                                                      strict=True)))
-             for r in body]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join([*lines, "", *notes, *ratio_lines(summary)])
+    return "\n".join([mode_heading(mode), "", *_aligned(HEAD, found, 2), "", *notes, *ratio_lines(summary)])
 
 
-def markdown(summary: dict[str, Any]) -> str:
+def markdown(summary: dict[str, Any], mode: str) -> str:
     """The same figures as Markdown tables, for docs/benchmarks.md."""
     found, notes = rows(summary)
-    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * 2 + "---:|" * (len(HEAD) - 2)]
-    lines += ["| " + " | ".join(r) + " |" for r in found]
+    lines = [f"*{mode_heading(mode)}.*", "", *_markdown_table(HEAD, found, 2)]
     ratio_head = ("broker", "codec", "throughput vs raw 256 B / 4 KiB", "throughput vs feathers-sync 256 B / 4 KiB",
                   "p99 added over raw, ms, at 1k/s / 10k/s", "p99 vs feathers-sync, ms, at 1k/s / 10k/s")
     lines += ["", "| " + " | ".join(ratio_head) + " |", "|---|---|---:|---:|---:|---:|"]
@@ -192,6 +212,83 @@ def markdown(summary: dict[str, Any]) -> str:
 
             lines.append(f"| {BROKER_LABELS.get(broker, broker)} | {codec} | {pair('tp', 'ceiling')} | "
                          f"{pair('tp', 'feathers-sync')} | {pair('lat', 'ceiling')} | {pair('lat', 'feathers-sync')} |")
+    if notes:
+        lines += ["", *(f"- {note}" for note in notes)]
+    return "\n".join(lines) + "\n"
+
+
+# --scale: the cost per event from 2 to 10 instances (bench/scale.py measures it).
+
+SCALE_FIGURES = ("published_rate", "publisher_cpu_per_100k", "receiver_cpu_per_100k", "daemons_cpu_per_100k",
+                 "broker_cpu_per_100k", "lost", "daemon_peak_rss_mib")
+SCALE_HEAD = ("instances", "published/s", "publisher's CPU s/100k sent", "a receiver's CPU s/100k received",
+              "all daemons' CPU s/100k delivered", "broker CPU s/100k delivered", "lost", "peak RSS MiB")
+
+
+def _per_100k(cpu_s: float, events: int) -> float | None:
+    return cpu_s * 100_000 / events if events else None
+
+
+def scale_figures(run: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one --scale run: the publishing daemon's CPU per event it published, each receiving
+    daemon's per event it received (their median), and all daemons' together per event delivered to an app."""
+    if run.get("error"):
+        return {}
+    pub, processes = run["pub"], run["processes"]
+    sent = pub["sent"]
+    received = [sub["received"] for sub in run["subs"]]
+    publisher = processes["publisher"]
+    receivers = [processes[f"receiver_{index}"] for index in range(1, len(received) + 1)]
+    daemons = [publisher, *receivers]
+    delivered = sum(received)
+    broker_cpu = sum(p["cpu_s"] for name, p in processes.items() if name.startswith("broker"))
+    return {"sent": sent, "delivered": delivered, "published_rate": sent / pub["elapsed"] if pub["elapsed"] else None,
+            "lost": sum(max(sent - count, 0) for count in received),
+            "publisher_cpu_per_100k": _per_100k(publisher["cpu_s"], sent),
+            "receiver_cpu_per_100k": _median([_per_100k(p["cpu_s"], count)
+                                              for p, count in zip(receivers, received, strict=True)]),
+            "daemons_cpu_per_100k": _per_100k(sum(p["cpu_s"] for p in daemons), delivered),
+            "broker_cpu_per_100k": _per_100k(broker_cpu, delivered),
+            "daemon_peak_rss_mib": max(p["hwm_kib"] for p in daemons) / 1024}
+
+
+def summarise_scale(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Medians over repetitions, one entry per number of instances, fewest first."""
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(run["instances"], []).append(run)
+    return [{"instances": instances, **_medians(members, SCALE_FIGURES)}
+            for instances, members in sorted(groups.items())]
+
+
+def scale_heading(meta: dict[str, Any]) -> str:
+    reps = meta["reps"]
+    return (f"daemons' CPU per event by number of instances: {BROKER_LABELS.get(meta['broker'], meta['broker'])}, "
+            f"syncar codec, {meta['mode']} mode; an app on the first instance publishes {meta['rate']:,} events/s "
+            f"of {meta['size']} B for {meta['publish_seconds']:g} s, one on each other instance receives them "
+            f"(\"a receiver\": the median instance); peak RSS of the largest daemon; "
+            f"{f'medians of {reps} repetitions' if reps > 1 else '1 repetition'}")
+
+
+def _scale_rows(summary: list[dict[str, Any]]) -> tuple[list[tuple[str, ...]], list[str]]:
+    found: list[tuple[str, ...]] = [
+        (str(e["instances"]), _num(e["published_rate"]), _num(e["publisher_cpu_per_100k"], 2),
+         _num(e["receiver_cpu_per_100k"], 2), _num(e["daemons_cpu_per_100k"], 2), _num(e["broker_cpu_per_100k"], 2),
+         _num(e["lost"]), _num(e["daemon_peak_rss_mib"]))
+        for e in summary]
+    notes = [f"{e['instances']} instances: {error}" for e in summary for error in e["errors"]]
+    return found, notes
+
+
+def scale_table(results: dict[str, Any]) -> str:
+    found, notes = _scale_rows(results["summary"])
+    lines = [scale_heading(results["meta"]), "", *_aligned(SCALE_HEAD, found, 1)]
+    return "\n".join([*lines, "", *notes] if notes else lines)
+
+
+def scale_markdown(results: dict[str, Any]) -> str:
+    found, notes = _scale_rows(results["summary"])
+    lines = [f"*{scale_heading(results['meta'])}.*", "", *_markdown_table(SCALE_HEAD, found, 1)]
     if notes:
         lines += ["", *(f"- {note}" for note in notes)]
     return "\n".join(lines) + "\n"

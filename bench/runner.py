@@ -4,17 +4,19 @@ in alternation (A B C D A B C D ...), each run with a fresh subscriber and publi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
+import string
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from bench.flow import Flow
-from bench.plan import Case, Plan
+from bench.plan import NOT_DURABLE, Case, Plan
 from bench.processes import NODE_DIR, REPO, Daemon, Meter, Worker, node_worker, python_worker
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,38 @@ def node_problem() -> str | None:
     return None
 
 
+def worker_spec(case: Case, flow_path: Path, count: int) -> dict[str, Any]:
+    """What a syncar load generator is told (bench.tally.Spec), but its role and target."""
+    return {"kind": "syncar", "target": "", "key": f"bench-{uuid.uuid4().hex[:12]}", "size": case.size,
+            "rate": case.rate, "duration": case.seconds, "count": count, "window": case.window,
+            "flow": str(flow_path), "deadline": case.seconds + SLACK}
+
+
+@contextlib.contextmanager
+def load_generators(flow_path: Path) -> Iterator[list[Worker]]:
+    """A fresh flow file, and a list for the workers of one run: they are killed on the way out, whatever happens."""
+    flow = Flow(flow_path, create=True)
+    workers: list[Worker] = []
+    try:
+        yield workers
+    except BaseException:
+        flow.finish(0)  # a subscriber still running stops at once
+        raise
+    finally:
+        for worker in workers:
+            worker.kill()
+        flow.close()
+        flow_path.unlink(missing_ok=True)
+
+
+def stop_daemons(daemons: Iterable[Daemon], run: str) -> dict[str, int | None]:
+    """Stop each daemon once; SIGTERM should give a clean exit (0): the exit codes are recorded, and a bad one said."""
+    exits = {d.name: d.stop() for d in dict.fromkeys(daemons)}
+    if any(code != 0 for code in exits.values()):
+        log.warning("%s: a daemon did not exit cleanly after SIGTERM: %s", run, exits)
+    return exits
+
+
 def _group_pids(pgid: int) -> list[int]:
     """Processes in process group `pgid`: a broker and its helpers (rabbitmq-server's Erlang VM)."""
     found = []
@@ -82,38 +116,47 @@ class Section:
         self._runs = 0
 
     async def start(self) -> None:
+        if self.plan.mode == "durable" and self.broker in NOT_DURABLE:
+            raise RuntimeError(NOT_DURABLE[self.broker])
         if self.broker != "local":
             self.server = _broker_server(self.broker)
             await asyncio.to_thread(self.server.start)
             self.uri = self.server.uri
         if "feathers-sync" in self.plan.contestants_for(self.broker) and (problem := node_problem()):
             self.skipped["feathers-sync"] = problem
+        if self.plan.mode == "durable":
+            self.skipped.update({c: NOT_DURABLE[c] for c in self.plan.contestants if c in NOT_DURABLE})
 
     def stop(self) -> None:
         if self.server is not None:
             self.server.cleanup()
 
-    def broker_pids(self) -> list[int]:
+    def broker_meter_pids(self) -> dict[str, int]:
+        """The broker's processes, named for a Meter: broker_0, broker_1..."""
         if self.server is None or self.server.process is None:
-            return []
-        return _group_pids(self.server.process.pid)
+            return {}
+        return {f"broker_{index}": pid for index, pid in enumerate(_group_pids(self.server.process.pid))}
+
+    async def start_daemons(self, name: str, count: int, codec: str = "syncar") -> list[Daemon]:
+        """`count` fresh daemons on one fresh key, named `<name>-a`, `-b`...: ready, or all stopped again."""
+        key = f"bench-{uuid.uuid4().hex[:12]}"
+        # All start at once; then each is waited for in turn.
+        daemons = [Daemon(self.dir, f"{name}-{letter}", self.uri, key, codec, mode=self.plan.mode,
+                          root=self.syncar_root) for letter in string.ascii_lowercase[:count]]
+        try:
+            for daemon in daemons:
+                await daemon.ready()
+        except RuntimeError:
+            for daemon in daemons:
+                daemon.stop()
+            raise
+        return daemons
 
     async def _daemons(self, contestant: str, name: str) -> tuple[Daemon, Daemon]:
         """A fresh pair for one run, so its peak RSS and CPU are that run's alone (the replay buffer fills up)."""
-        key = f"bench-{uuid.uuid4().hex[:12]}"
-        codec = CODECS[contestant]
-        a = Daemon(self.dir, f"{name}-a", self.uri, key, codec, root=self.syncar_root)
         # On local:// there is no broker between two processes: one daemon, publisher and subscriber on it.
-        b = a if self.broker == "local" else Daemon(self.dir, f"{name}-b", self.uri, key, codec,
-                                                             root=self.syncar_root)
-        try:
-            await a.ready()
-            await b.ready()
-        except RuntimeError:
-            a.stop()
-            b.stop()
-            raise
-        return a, b
+        daemons = await self.start_daemons(name, 1 if self.broker == "local" else 2, CODECS[contestant])
+        return daemons[0], daemons[-1]
 
     async def run(self, contestant: str, case: Case, rep: int,
                   on_daemons: Callable[[Daemon, Daemon], Awaitable[None]] | None = None) -> dict[str, Any]:
@@ -135,22 +178,16 @@ class Section:
             log.warning("%s %s %s rep %d failed: %s", self.broker, contestant, case.name, rep, exc)
             result = {**record, "error": str(exc)[:4000]}
         finally:
-            # Stopped after every run, even a failed one; SIGTERM should give a clean exit (0), which is recorded.
-            exits = {d.name: d.stop() for d in dict.fromkeys(daemons)} if daemons is not None else {}
+            # Stopped after every run, even a failed one.
+            exits = stop_daemons(daemons, name) if daemons is not None else {}
         if exits:
             result["daemon_exits"] = exits
-            if any(code != 0 for code in exits.values()):
-                log.warning("%s: a daemon did not exit cleanly after SIGTERM: %s", name, exits)
         return result
 
     async def _measure(self, contestant: str, case: Case, name: str,
                        daemons: tuple[Daemon, Daemon] | None) -> dict[str, Any]:
         flow_path = self.dir / f"flow-{self._runs}"
-        flow = Flow(flow_path, create=True)
-        spec: dict[str, Any] = {"kind": "syncar", "target": "", "key": f"bench-{uuid.uuid4().hex[:12]}",
-                                "size": case.size, "rate": case.rate, "duration": case.seconds,
-                                "count": self.plan.max_events, "window": case.window, "flow": str(flow_path),
-                                "deadline": case.seconds + SLACK}
+        spec = worker_spec(case, flow_path, self.plan.max_events)
         pids: dict[str, int] = {}
         launcher: Callable[[dict[str, Any]], list[str]] = python_worker
         if daemons is not None:
@@ -164,12 +201,10 @@ class Section:
             sub = {**spec, "role": "sub", "kind": kind, "target": self.uri}
             if contestant == "feathers-sync":
                 launcher = node_worker
-        for index, pid in enumerate(self.broker_pids()):
-            pids[f"broker_{index}"] = pid
+        pids.update(self.broker_meter_pids())
         meter = Meter(pids)
-        workers: list[Worker] = []
         cwd = NODE_DIR if launcher is node_worker else REPO
-        try:
+        with load_generators(flow_path) as workers:
             subscriber = await Worker.start(launcher(sub), f"{name}-sub", self.dir, cwd=cwd)
             workers.append(subscriber)
             await subscriber.ready()
@@ -179,14 +214,6 @@ class Section:
             await publisher.ready()
             pub_line = await publisher.result(case.seconds + SLACK)
             sub_line = await subscriber.result(SLACK)
-        except BaseException:
-            flow.finish(0)  # a subscriber still running stops at once
-            raise
-        finally:
-            for worker in workers:
-                worker.kill()
-            flow.close()
-            flow_path.unlink(missing_ok=True)
         return {"pub": pub_line["result"], "pub_usage": pub_line["usage"], "sub": sub_line["result"],
                 "sub_usage": sub_line["usage"], "processes": meter.end()}
 
