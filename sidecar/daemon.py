@@ -151,13 +151,6 @@ class Daemon:
     async def serve(self) -> None:
         await self._stop.wait()
 
-    async def run(self) -> None:
-        await self.start()
-        try:
-            await self.serve()
-        finally:
-            await self.shutdown()
-
     async def shutdown(self) -> None:
         """Stop accepting, flush the outbox and the clients within `shutdown_timeout`, close the broker."""
         log.info("shutting down")

@@ -142,8 +142,6 @@ class Relay:
         if first is not None:
             # Once per message: its first event waited longest.
             self.metrics.relay_seconds.observe(max(time.time() - first, 0.0))
-        # Frames for each client, written once per message rather than once per event.
-        out: dict[Connection, list[bytes]] = {}
         delivered = 0
         for event in batch.events:
             # A broker redelivers after a lost ack, a client resends after a lost ack: deliver once. Events from
@@ -151,25 +149,19 @@ class Relay:
             if batch.origin is not None and not self._seen.add(batch.origin, event.id):
                 self.metrics.dropped.labels(DropReason.DUPLICATE).inc()
                 continue
-            delivered += self._fan_out(encode(event), origin_json, event.path, event.event, None, out=out)
-        for client, frames in out.items():
-            client.send(frames[0] if len(frames) == 1 else b"".join(frames))
+            delivered += self._fan_out(encode(event), origin_json, event.path, event.event, None)
         if delivered:
             self.metrics.delivered.inc(delivered)
 
-    def _fan_out(self, part: bytes, origin_json: bytes, path: str, event: str, source: Connection | None, *,
-                 out: dict[Connection, list[bytes]] | None = None) -> int:
-        """Number the event, keep it for replay, and send it (or queue it in `out`) to the clients that want it."""
+    def _fan_out(self, part: bytes, origin_json: bytes, path: str, event: str, source: Connection | None) -> int:
+        """Number the event, keep it for replay, and send it to the clients that want it."""
         self.seq = seq = self.seq + 1
         frame = b'{"type":"event","seq":%d,"origin":%s,%s\n' % (seq, origin_json, part[1:])
         self._replay.append(Entry(seq, path, event, source.client_id if source else None, frame))
         delivered = 0
         for client in self.clients:
             if (client is not source or client.echo) and client.wants(path, event):
-                if out is None:
-                    client.send(frame)
-                else:
-                    out.setdefault(client, []).append(frame)
+                client.send(frame)
                 delivered += 1
         return delivered
 

@@ -3,12 +3,18 @@ from __future__ import annotations
 from sidecar.dedup import SeenIds
 
 
-def test_new_then_seen_and_bounded() -> None:
-    seen = SeenIds(3)
+def test_new_then_seen() -> None:
+    seen = SeenIds(100)
     assert seen.add("a", "1")
     assert not seen.add("a", "1")
     assert seen.add("b", "1")  # the same id from another origin is another event
-    for i in range(2, 6):
+    assert not seen.add("b", "1")
+
+
+def test_remembers_at_least_half_the_size_and_at_most_the_size() -> None:
+    seen = SeenIds(10)
+    for i in range(1000):
         assert seen.add("a", str(i))
-    assert len(seen) == 3
-    assert seen.add("a", "1")  # forgotten: the window is bounded
+        assert len(seen) <= 10
+    assert all(not seen.add("a", str(i)) for i in range(995, 1000))  # the newest half is always there
+    assert seen.add("a", "0")  # long forgotten: the window is bounded
