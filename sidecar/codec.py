@@ -18,7 +18,7 @@ explained by a plain parse that tells foreign from malformed.
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import secrets
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -199,21 +199,26 @@ class FeathersSyncCodec(Codec):
 
     def __init__(self, instance_id: str) -> None:
         super().__init__(instance_id)
-        # digest -> how many copies of that body we sent and have not yet seen come back
-        self._sent: OrderedDict[bytes, int] = OrderedDict()
+        # hash of a body -> how many copies of it we sent and have not yet seen come back. A 64-bit hash with the
+        # process's random seed: a foreign body mistaken for ours is about one chance in 10^14 per message.
+        self._sent: OrderedDict[int, int] = OrderedDict()
+        # The format has no id: each event received gets one, unique within this run.
+        self._ids = itertools.count(1)
+        self._id_prefix = f"fs-{secrets.token_hex(4)}-"
 
     def pack(self, events: list[Outgoing]) -> list[bytes]:
         bodies = [encode(_FeathersSyncOut(e.event, e.path, e.data, NULL if e.context == NULL else e.context))
                   for e in (o.event for o in events)]
+        sent = self._sent
         for body in bodies:
-            digest = hashlib.blake2b(body, digest_size=16).digest()
-            self._sent[digest] = self._sent.pop(digest, 0) + 1
-        while len(self._sent) > ECHO_MEMORY:
-            self._sent.popitem(last=False)
+            digest = hash(body)
+            sent[digest] = sent.pop(digest, 0) + 1
+        while len(sent) > ECHO_MEMORY:
+            sent.popitem(last=False)
         return bodies
 
     def echoed(self, body: bytes) -> int:
-        digest = hashlib.blake2b(body, digest_size=16).digest()
+        digest = hash(body)
         pending = self._sent.get(digest)
         if pending is None:
             return 0
@@ -227,8 +232,8 @@ class FeathersSyncCodec(Codec):
         message = decode_json(self._decoder, body)
         if message is None or not message.event or not message.path:
             raise _explain_feathers_sync(body)
-        return Batch(None, [Event(secrets.token_hex(8), None, message.event, message.path, message.data,
-                                  message.context)])
+        return Batch(None, [Event(f"{self._id_prefix}{next(self._ids)}", None, message.event, message.path,
+                                  message.data, message.context)])
 
 
 CODECS: dict[str, type[Codec]] = {c.name: c for c in (SyncarCodec, FeathersSyncCodec)}
