@@ -55,6 +55,7 @@ class Outgoing(msgspec.Struct, gc=False):
 
     event: Event
     part: bytes  # encode(event): the bytes that go into a batch and, spliced, into local frames
+    queued_at: float  # time.monotonic() when it entered the outbox
 
 
 class Batch(msgspec.Struct, gc=False):

@@ -21,30 +21,32 @@ class FrameDecoder:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._buffer = bytearray()
+        self._buffer = b""  # the unfinished line, never longer than max_bytes
         self._discarding = False
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add bytes; return the complete lines (without the newline), blank lines skipped."""
-        buffer = self._buffer
-        buffer += data
-        lines: list[bytes] = []
-        start = 0
-        while (end := buffer.find(b"\n", start)) >= 0:
-            if self._discarding:
-                self._discarding = False
-            elif end - start > self.max_bytes:
-                lines.append(OVERSIZED)
-            elif not buffer[start:end].isspace() and end > start:
-                lines.append(bytes(buffer[start:end]))
-            start = end + 1
-        del buffer[:start]
-        if len(buffer) > self.max_bytes:
-            if not self._discarding:
-                lines.append(OVERSIZED)
-                self._discarding = True
-            buffer.clear()
-        return lines
+        if self._buffer:
+            data, self._buffer = self._buffer + data, b""
+        lines = data.split(b"\n")
+        tail = lines.pop()
+        if self._discarding:
+            if not lines:
+                return []
+            del lines[0]  # the end of the line that was too long
+            self._discarding = False
+        limit = self.max_bytes
+        if max(map(len, lines), default=0) <= limit:  # the usual case, in one pass
+            frames = [line for line in lines if line and not line.isspace()]
+        else:
+            frames = [OVERSIZED if len(line) > limit else line for line in lines
+                      if len(line) > limit or (line and not line.isspace())]
+        if len(tail) > limit:
+            frames.append(OVERSIZED)
+            self._discarding = True
+        else:
+            self._buffer = tail
+        return frames
 
     @property
     def partial(self) -> bool:

@@ -8,6 +8,7 @@ daemon sends each event at once.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -43,7 +44,10 @@ class Outbox:
         self._codec = codec
         self._topic = topic
         self.max_bytes = max_bytes
-        self._items: deque[tuple[Outgoing, Done | None, float]] = deque()
+        self._items: deque[Outgoing] = deque()
+        # (number of the event, what to call once the broker has it), for the few publishes that asked for an ack
+        self._on_sent: deque[tuple[int, Done]] = deque()
+        self._taken = 0  # events that have left the outbox so far: the number of the one at its head
         self.bytes = 0
         self._wake = asyncio.Event()
         self._connected = asyncio.Event()
@@ -66,10 +70,13 @@ class Outbox:
         size = len(item.part)
         if self.bytes + size > self.max_bytes:
             raise OutboxFull(f"outbox holds {self.bytes} bytes, its limit is {self.max_bytes}")
-        self._items.append((item, on_sent, time.monotonic()))
+        if on_sent is not None:
+            self._on_sent.append((self._taken + len(self._items), on_sent))
+        if not self._items:
+            self._idle.clear()
+            self._wake.set()
+        self._items.append(item)
         self.bytes += size
-        self._idle.clear()
-        self._wake.set()
 
     def set_connected(self, connected: bool) -> None:
         if connected:
@@ -77,16 +84,17 @@ class Outbox:
         else:
             self._connected.clear()
 
-    def _batch(self) -> list[Outgoing]:
+    def _batch(self) -> tuple[list[Outgoing], int]:
+        """The events of the next broker write, from the head, and their bytes."""
         limit = self.max_event_bytes
         batch: list[Outgoing] = []
         size = 0
-        for item, _, _ in self._items:
+        for item in itertools.islice(self._items, MAX_BATCH_EVENTS):
             size += len(item.part) + 1
-            if batch and (size > limit or len(batch) >= MAX_BATCH_EVENTS):
-                break
+            if size > limit and batch:
+                return batch, size - len(item.part) - 1
             batch.append(item)
-        return batch
+        return batch, size
 
     async def run(self) -> None:
         """Drain forever, in order; a batch leaves the outbox only once the broker accepted it."""
@@ -94,6 +102,7 @@ class Outbox:
         # The batch in flight and its bodies, packed once: a retry resends the very same messages.
         batch: list[Outgoing] = []
         bodies: list[bytes] = []
+        size = 0
         while True:
             if not self._items:
                 self._idle.set()
@@ -102,7 +111,7 @@ class Outbox:
                 continue
             await self._connected.wait()
             if not batch:
-                batch = self._batch()
+                batch, size = self._batch()
                 bodies = self._codec.pack(batch)
             try:
                 await self._backend.publish(self._topic, bodies)
@@ -121,19 +130,24 @@ class Outbox:
                 await asyncio.sleep(delay)
                 continue
             refused_delay = RETRY_DELAY
-            metrics = self._metrics
-            metrics.sent.inc(len(batch))
-            metrics.messages_sent.inc(len(bodies))
-            # Once per batch: its first event waited longest.
-            metrics.publish_seconds.observe(time.monotonic() - self._items[0][2])
-            items, sent_bytes = self._items, 0
-            for _ in batch:
-                item, on_sent, _queued_at = items.popleft()
-                sent_bytes += len(item.part)
-                if on_sent is not None:
-                    on_sent()
-            self.bytes -= sent_bytes
+            self._sent(batch, len(bodies), size - len(batch))
             batch = []
+
+    def _sent(self, batch: list[Outgoing], messages: int, size: int) -> None:
+        """The broker has `batch`: take it out, count it, and tell the publishers who asked."""
+        metrics = self._metrics
+        metrics.sent.inc(len(batch))
+        metrics.messages_sent.inc(messages)
+        # Once per batch: its first event waited longest.
+        metrics.publish_seconds.observe(time.monotonic() - batch[0].queued_at)
+        items = self._items
+        for _ in batch:
+            items.popleft()
+        self.bytes -= size
+        self._taken += len(batch)
+        on_sent = self._on_sent
+        while on_sent and on_sent[0][0] < self._taken:
+            on_sent.popleft()[1]()
 
     async def drain(self) -> bool:
         """Wait until everything queued has been accepted by the broker; True if it was."""

@@ -109,7 +109,7 @@ class Relay:
             client.refuse(publish, ErrorCode.TOO_LARGE_FOR_BROKER,
                           f"event is {len(part)} bytes; the broker takes at most {self._outbox.max_event_bytes}")
             return
-        outgoing = Outgoing(event, part)
+        outgoing = Outgoing(event, part, time.monotonic())
         try:
             self._outbox.put(outgoing, (lambda: client.acknowledge(event_id)) if publish.ack else None)
         except OutboxFull as exc:

@@ -17,7 +17,7 @@ def outgoing(event_id: str, data: object, context: object = None, event: str = "
         context = {"params": {}}
     outgoing = Event(event_id, 1.5, event, "messages", msgspec.Raw(orjson.dumps(data)),
                      msgspec.Raw(orjson.dumps(context)))
-    return Outgoing(outgoing, encode(outgoing))
+    return Outgoing(outgoing, encode(outgoing), 0.0)
 
 
 def test_syncar_batch_round_trip() -> None:
