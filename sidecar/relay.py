@@ -83,7 +83,7 @@ class Relay:
                 "mode, or you fell further behind than the replay buffer holds)", epoch=self.epoch, seq=self.seq))
         for entry in replay or ():
             if entry.source != client.client_id and client.wants(entry.path, entry.event):
-                client.send(entry.frame)
+                client.send(entry.frame())
         self.clients.add(client)
 
     def leave(self, client: Connection) -> None:
@@ -154,13 +154,16 @@ class Relay:
             self.metrics.delivered.inc(delivered)
 
     def _fan_out(self, part: bytes, origin_json: bytes, path: str, event: str, source: Connection | None) -> int:
-        """Number the event, keep it for replay, and send it to the clients that want it."""
+        """Number the event, keep it for replay, and send its frame (made once) to the clients that want it."""
         self.seq = seq = self.seq + 1
-        frame = b'{"type":"event","seq":%d,"origin":%s,%s\n' % (seq, origin_json, part[1:])
-        self._replay.append(Entry(seq, path, event, source.client_id if source else None, frame))
+        entry = Entry(seq, path, event, source.client_id if source else None, origin_json, part)
+        self._replay.append(entry)
+        frame = None
         delivered = 0
         for client in self.clients:
             if (client is not source or client.echo) and client.wants(path, event):
+                if frame is None:
+                    frame = entry.frame()
                 client.send(frame)
                 delivered += 1
         return delivered

@@ -1,4 +1,4 @@
-"""The bounded replay buffer: recent event frames, so a client that reconnects can resume by `seq`."""
+"""The bounded replay buffer: recent events, so a client that reconnects can resume by `seq`."""
 
 from __future__ import annotations
 
@@ -8,11 +8,18 @@ import msgspec
 
 
 class Entry(msgspec.Struct, gc=False):  # gc=False: nothing in it can form a cycle, and there are thousands
+    """One numbered event. It keeps the event's JSON, not its frame: a frame is made only for a client that wants
+    the event, and most events are never replayed."""
+
     seq: int
     path: str
     event: str
     source: str | None  # client_id of the local publisher, so it is not replayed its own events
-    frame: bytes
+    origin: bytes  # the origin instance as JSON
+    part: bytes  # the event as JSON: {id, time, event, path, data, context}
+
+    def frame(self) -> bytes:
+        return b'{"type":"event","seq":%d,"origin":%s,%s\n' % (self.seq, self.origin, self.part[1:])
 
 
 class ReplayBuffer:
@@ -30,9 +37,9 @@ class ReplayBuffer:
     def append(self, entry: Entry) -> None:
         entries = self._entries
         entries.append(entry)
-        self.bytes += len(entry.frame)
+        self.bytes += len(entry.part)
         while entries and (len(entries) > self.max_events or self.bytes > self.max_bytes):
-            self.bytes -= len(entries.popleft().frame)
+            self.bytes -= len(entries.popleft().part)
 
     def after(self, seq: int) -> list[Entry] | None:
         """The entries newer than `seq`, or None if some of them are gone already."""

@@ -4,7 +4,7 @@ from sidecar.replay import Entry, ReplayBuffer
 
 
 def entry(seq: int, size: int = 10) -> Entry:
-    return Entry(seq, "p", "e", None, b"x" * size)
+    return Entry(seq, "p", "e", None, b'"o"', b"x" * size)
 
 
 def test_after_returns_newer_entries_or_none_when_gone() -> None:
@@ -28,3 +28,8 @@ def test_byte_bound() -> None:
 
 def test_empty_buffer_resumes_nothing() -> None:
     assert ReplayBuffer(10, 100).after(7) == []
+
+
+def test_frame_is_the_event_with_its_seq_and_origin() -> None:
+    frame = Entry(7, "p", "e", None, b'"o"', b'{"id":"1"}').frame()
+    assert frame == b'{"type":"event","seq":7,"origin":"o","id":"1"}\n'
