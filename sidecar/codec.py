@@ -35,8 +35,16 @@ _ID_START, _ID_END = len(b'{"id":"'), b'","time":'
 #: Messages we sent, remembered to recognise them when the broker echoes them back (feathers-sync codec).
 ECHO_MEMORY = 65_536
 NULL = msgspec.Raw(b"null")
-encode = msgspec.json.Encoder().encode
 T = TypeVar("T")
+_encoder = msgspec.json.Encoder()
+_scratch = bytearray()
+
+
+def encode(value: Any) -> bytes:
+    """`value` as JSON, in bytes of exactly its size: what msgspec returns can hold up to twice that, which the
+    replay buffer, full of them, would pay for in memory."""
+    _encoder.encode_into(value, _scratch)
+    return bytes(_scratch)
 
 
 class Event(msgspec.Struct, gc=False):
