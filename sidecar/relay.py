@@ -55,7 +55,8 @@ class Relay:
         self._ids = itertools.count(1)
         self._id_prefix = f"{self.epoch[:8]}-"
         self._seen = SeenIds(DEDUP_WINDOW)
-        self._published = 0  # publishes not yet added to the metric: it is updated once per read, not per event
+        # Counts not yet added to the metrics: publishes update them once per read, not per event.
+        self._published = self._delivered_locally = 0
 
     # -- clients -------------------------------------------------------------------------------
 
@@ -101,9 +102,7 @@ class Relay:
         event_id = publish.id or f"{self._id_prefix}{next(self._ids)}"
         event = Event(event_id, time.time(), publish.event, publish.path, publish.data, publish.context)
         part = encode(event)
-        delivered = self._fan_out(part, self._origin_json, publish.path, publish.event, client)
-        if delivered:
-            self.metrics.delivered.inc(delivered)
+        self._delivered_locally += self._fan_out(part, self._origin_json, publish.path, publish.event, client)
         if len(part) > self._outbox.max_event_bytes:
             self.metrics.dropped.labels(DropReason.TOO_LARGE).inc()
             client.refuse(publish, ErrorCode.TOO_LARGE_FOR_BROKER,
@@ -117,10 +116,14 @@ class Relay:
             client.refuse(publish, ErrorCode.OUTBOX_FULL, f"not sent to the broker: {exc}")
 
     def count_published(self) -> None:
-        """Add the publishes since the last call to the metric (a connection calls this after each read)."""
+        """Add the publishes since the last call, and their local deliveries, to the metrics (a connection calls
+        this after each read)."""
         if self._published:
             self.metrics.published.inc(self._published)
             self._published = 0
+        if self._delivered_locally:
+            self.metrics.delivered.inc(self._delivered_locally)
+            self._delivered_locally = 0
 
     async def on_message(self, message: Message) -> None:
         """A message from the broker: unpack it, drop our own echoes, deliver the rest."""
