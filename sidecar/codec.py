@@ -183,7 +183,11 @@ class SyncarCodec(Codec):
         self._sent[first[_ID_START:first.find(_ID_END, _ID_START)]] = len(events)
         if len(self._sent) > ECHO_MEMORY:
             self._sent.popitem(last=False)
-        return [self._head + b",".join([e.part for e in events]) + b"]}"]
+        # One copy of the batch: the head and the tail are joined to the first and last events, not to the whole.
+        parts = [e.part for e in events]
+        parts[0] = self._head + parts[0]
+        parts[-1] += b"]}"
+        return [b",".join(parts)]
 
     def echoed(self, body: bytes) -> int:
         # Our batches all start with the same bytes, origin included: no need to decode them to drop them.

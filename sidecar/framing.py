@@ -26,9 +26,9 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add bytes; return the complete lines (without the newline), blank lines skipped."""
-        if self._buffer:
-            data, self._buffer = self._buffer + data, b""
         lines = data.split(b"\n")
+        if self._buffer:  # joined to the first line only, not to the whole read
+            lines[0], self._buffer = self._buffer + lines[0], b""
         tail = lines.pop()
         if self._discarding:
             if not lines:
