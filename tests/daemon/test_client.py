@@ -121,3 +121,14 @@ async def test_publishes_made_while_the_backlog_is_flushed_are_not_stranded(sock
             assert seen == [*range(count), "last"]
     finally:
         await client.close()
+
+
+async def test_an_event_the_client_cannot_read_is_skipped_not_fatal(sock: Path) -> None:
+    async with run_daemon(sock), Client(sock) as sub:
+        raw = await RawClient.connect(sock, {"client": "other-language"})
+        # Valid JSON, passed through as sent; orjson has no float this big.
+        await raw.send(b'{"type":"publish","path":"p","event":"e","data":1e999}\n')
+        await raw.send({"type": "publish", "path": "p", "event": "e", "data": 2})
+        assert (await sub.next_event(timeout=5)).data == 2
+        assert sub.connected
+        await raw.close()
