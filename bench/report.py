@@ -199,10 +199,12 @@ def markdown(summary: dict[str, Any], mode: str) -> str:
     lines = [f"*{mode_heading(mode)}.*", "", *_markdown_table(HEAD, found, 2)]
     ratio_head = ("broker", "codec", "throughput vs raw 256 B / 4 KiB", "throughput vs feathers-sync 256 B / 4 KiB",
                   "p99 added over raw, ms, at 1k/s / 10k/s", "p99 vs feathers-sync, ms, at 1k/s / 10k/s")
-    lines += ["", "| " + " | ".join(ratio_head) + " |", "|---|---|---:|---:|---:|---:|"]
+    ratio_lines = []
     for broker, contestants in summary.items():
         ratios = contestants.get("ratios", {})
         for mine, codec in (("syncar", "syncar"), ("syncar-fs", "feathers-sync")):
+            if not any(name.startswith((f"{mine}/", f"{mine}-")) for name in ratios):
+                continue  # nothing to compare it with in this run
             def pair(kind: str, other: str, ratios: dict[str, Any] = ratios, mine: str = mine) -> str:
                 if kind == "tp":
                     values = [ratios.get(f"{mine}/{other} {case}") for case in ("tp-256", "tp-4096")]
@@ -210,8 +212,11 @@ def markdown(summary: dict[str, Any], mode: str) -> str:
                 values = [ratios.get(f"{mine}-{other} p99 ms {case}") for case in ("lat-1000", "lat-10000")]
                 return " / ".join("-" if v is None else f"{v:+.2f}" for v in values)
 
-            lines.append(f"| {BROKER_LABELS.get(broker, broker)} | {codec} | {pair('tp', 'ceiling')} | "
-                         f"{pair('tp', 'feathers-sync')} | {pair('lat', 'ceiling')} | {pair('lat', 'feathers-sync')} |")
+            ratio_lines.append(f"| {BROKER_LABELS.get(broker, broker)} | {codec} | {pair('tp', 'ceiling')} | "
+                               f"{pair('tp', 'feathers-sync')} | {pair('lat', 'ceiling')} | "
+                               f"{pair('lat', 'feathers-sync')} |")
+    if ratio_lines:
+        lines += ["", "| " + " | ".join(ratio_head) + " |", "|---|---|---:|---:|---:|---:|", *ratio_lines]
     if notes:
         lines += ["", *(f"- {note}" for note in notes)]
     return "\n".join(lines) + "\n"
