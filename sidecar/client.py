@@ -239,7 +239,8 @@ class Client:
                 frame = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
                 # The daemon passes events' data through as JSON it has checked, and orjson reads less than all
-                # JSON (a number beyond a double's range, say): skip such an event rather than fail on it at every resume.
+                # JSON (a number beyond a double's range, say): skip such an event rather than fail on it at every
+                # resume.
                 log.warning("syncar: skipped a frame this client cannot read: %s", exc)
                 continue
             kind = frame.get("type")
