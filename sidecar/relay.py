@@ -178,7 +178,7 @@ class Relay:
         return delivered
 
     def _origin_of(self, origin: str | None) -> bytes:
-        """An origin as JSON, made once: replay entries share it. A few hundred instances at most are remembered."""
+        """An origin as JSON, made once and kept (up to MAX_ORIGINS of them): replay entries share it."""
         if len(self._origins) >= MAX_ORIGINS:
             self._origins.clear()
         self._origins[origin] = encoded = orjson.dumps(origin)
