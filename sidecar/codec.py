@@ -97,14 +97,15 @@ def decode_json(decoder: msgspec.json.Decoder[T], body: bytes) -> T | None:
     """`body` decoded, or None if it is not valid JSON of the decoder's shape.
 
     The raw parts it keeps are safe to splice into frames: valid UTF-8 (msgspec does not check inside them), and
-    free of raw newlines, which in valid JSON can only be whitespace between tokens and are made spaces.
+    free of raw newlines, which in valid JSON can only be whitespace between tokens and are made spaces. JSON
+    nested deeper than msgspec goes (about 1,000 levels) is refused too: it raises RecursionError for it.
     """
     try:
         if not body.isascii():
             body.decode()
         value = decoder.decode(body)
         return decoder.decode(body.replace(b"\n", b" ")) if b"\n" in body else value
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
         return None
 
 

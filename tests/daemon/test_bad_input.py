@@ -32,6 +32,16 @@ async def test_malformed_json_gets_error_and_connection_stays(sock: Path, connec
         assert (await listener.frame_of("event"))["data"] == "after the bad one"
 
 
+async def test_json_nested_too_deep_gets_error_and_connection_stays(sock: Path, connect: Connect) -> None:
+    async with run_daemon(sock):
+        client = await connect(sock, {})
+        depth = 200_000
+        await client.send(b'{"type":"publish","path":"p","event":"e","data":' + b"[" * depth + b"]" * depth + b"}\n")
+        error = await client.frame()
+        assert (error["type"], error["code"]) == ("error", "invalid_json")
+        await _still_relays(sock, connect)
+
+
 async def test_valid_json_that_is_not_an_object(sock: Path, connect: Connect) -> None:
     async with run_daemon(sock):
         client = await connect(sock, {})

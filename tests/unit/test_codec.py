@@ -91,3 +91,13 @@ def test_a_feathers_sync_body_keeps_its_data_bytes() -> None:
     [event] = FeathersSyncCodec("me").unpack(body).events
     assert (event.event, event.path, event.time) == ("created", "messages", None)
     assert bytes(event.data) == b'{"text":"h\\u00e9"}'
+
+
+def test_nesting_too_deep_for_the_decoder_is_malformed_not_a_crash() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for codec, body in ((SyncarCodec("me"), b'{"v":1,"origin":"x","events":[{"id":"1","time":1,"event":"e",'
+                                              b'"path":"p","data":' + deep + b"}]}"),
+                        (FeathersSyncCodec("me"), b'{"event":"e","path":"p","data":' + deep + b"}")):
+        with pytest.raises(CodecError) as info:
+            codec.unpack(body)
+        assert info.value.reason == "malformed"
