@@ -25,6 +25,7 @@ class Feature(StrEnum):
     DURABLE = "durable"  # messages published while an instance is away wait for it
     REDELIVERY = "redelivery"  # a handler that raises gets the message again
     CONFIRMS = "confirms"  # publish() returns only once the broker has stored the message
+    NO_ECHO = "no_echo"  # the broker does not deliver to us what we published ourselves (asked by echo=False)
 
 
 class BackendState(StrEnum):
@@ -103,6 +104,9 @@ class BackendConfig:
     the broker only after the handler returned, so a crash means redelivery, never loss (the relay
     de-duplicates). The broker keeps at most `retention` messages per topic, and forgets an instance that has
     been away for `instance_ttl` seconds.
+
+    With `echo` False the core says it has no use for its own messages coming back; a backend that can keep the
+    broker from sending them does, and then declares `Feature.NO_ECHO`.
     """
 
     uri: str
@@ -111,6 +115,7 @@ class BackendConfig:
     mode: Mode = Mode.BROADCAST
     retention: int = 1_000_000
     instance_ttl: float = 86_400.0
+    echo: bool = True
 
 
 class Subscription(ABC):

@@ -91,7 +91,7 @@ class NatsBackend(Backend):
 
     name: ClassVar[str] = "nats"
     features: ClassVar[frozenset[Feature]] = frozenset(
-        {Feature.ORDERED, Feature.CONFIRMS, Feature.DURABLE, Feature.REDELIVERY})
+        {Feature.ORDERED, Feature.CONFIRMS, Feature.DURABLE, Feature.REDELIVERY, Feature.NO_ECHO})
 
     def __init__(self, config: BackendConfig, *, on_state: StateCallback | None = None) -> None:
         super().__init__(config, on_state=on_state)
@@ -108,8 +108,13 @@ class NatsBackend(Backend):
         self.where = "nats"  # the servers, without credentials, for messages
 
     def supports(self, feature: Feature) -> bool:
-        # Only the durable mode's consumer gives a failed message back; core NATS has nothing to give.
-        return super().supports(feature) and (feature is not Feature.REDELIVERY or self._publisher is not None)
+        # Only the durable mode's consumer gives a failed message back; core NATS has nothing to give. Core NATS
+        # can leave out what our own connection published (no_echo); a JetStream consumer gets everything.
+        if feature is Feature.REDELIVERY:
+            return self._publisher is not None
+        if feature is Feature.NO_ECHO:
+            return self._publisher is None and not self.config.echo
+        return super().supports(feature)
 
     async def start(self) -> None:
         if self._closing:
@@ -144,6 +149,8 @@ class NatsBackend(Backend):
             ping_interval=PING_INTERVAL, max_outstanding_pings=MAX_OUTSTANDING_PINGS,
             # No buffering while disconnected: publish() raises at once, and the core's outbox keeps the message.
             pending_size=0,
+            # Broadcast mode: the server does not send us back our own batches, which we would only drop.
+            no_echo=self.supports(Feature.NO_ECHO),
             error_cb=on_error, disconnected_cb=partial(self._if_current, client, self._on_disconnected),
             reconnected_cb=partial(self._if_current, client, self._on_reconnected),
             closed_cb=partial(self._if_current, client, self._on_closed),

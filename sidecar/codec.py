@@ -112,8 +112,10 @@ def decode_json(decoder: msgspec.json.Decoder[T], body: bytes) -> T | None:
 class Codec(ABC):
     name: ClassVar[str]
 
-    def __init__(self, instance_id: str) -> None:
+    def __init__(self, instance_id: str, *, broker_echoes: bool = True) -> None:
         self.instance_id = instance_id
+        # Whether the broker brings our own messages back: if it does not, there is nothing to remember them for.
+        self.broker_echoes = broker_echoes
 
     @abstractmethod
     def pack(self, events: list[Outgoing]) -> list[bytes]:
@@ -173,17 +175,18 @@ class SyncarCodec(Codec):
     name = "syncar"
     _decoder = msgspec.json.Decoder(_SyncarBatch)
 
-    def __init__(self, instance_id: str) -> None:
-        super().__init__(instance_id)
+    def __init__(self, instance_id: str, *, broker_echoes: bool = True) -> None:
+        super().__init__(instance_id, broker_echoes=broker_echoes)
         self._head = b'{"v":%d,"origin":%s,"events":[' % (SYNCAR_VERSION, orjson.dumps(instance_id))
         # the JSON of a sent batch's first event id -> the number of events in that batch
         self._sent: OrderedDict[bytes, int] = OrderedDict()
 
     def pack(self, events: list[Outgoing]) -> list[bytes]:
-        first = events[0].part
-        self._sent[first[_ID_START:first.find(_ID_END, _ID_START)]] = len(events)
-        if len(self._sent) > ECHO_MEMORY:
-            self._sent.popitem(last=False)
+        if self.broker_echoes:
+            first = events[0].part
+            self._sent[first[_ID_START:first.find(_ID_END, _ID_START)]] = len(events)
+            if len(self._sent) > ECHO_MEMORY:
+                self._sent.popitem(last=False)
         # One copy of the batch: the head and the tail are joined to the first and last events, not to the whole.
         parts = [e.part for e in events]
         parts[0] = self._head + parts[0]
@@ -211,8 +214,8 @@ class FeathersSyncCodec(Codec):
     name = "feathers-sync"
     _decoder = msgspec.json.Decoder(_FeathersSyncBody)
 
-    def __init__(self, instance_id: str) -> None:
-        super().__init__(instance_id)
+    def __init__(self, instance_id: str, *, broker_echoes: bool = True) -> None:
+        super().__init__(instance_id, broker_echoes=broker_echoes)
         # hash of a body -> how many copies of it we sent and have not yet seen come back. A 64-bit hash with the
         # process's random seed: a foreign body mistaken for ours is about one chance in 10^14 per message.
         self._sent: OrderedDict[int, int] = OrderedDict()
@@ -223,6 +226,10 @@ class FeathersSyncCodec(Codec):
     def pack(self, events: list[Outgoing]) -> list[bytes]:
         bodies = [encode(_FeathersSyncOut(e.event, e.path, e.data, NULL if e.context == NULL else e.context))
                   for e in (o.event for o in events)]
+        if not self.broker_echoes:
+            # Remembered, a body would never come back to be forgotten, and an identical one from a feathers-sync
+            # app would be taken for ours.
+            return bodies
         sent = self._sent
         for body in bodies:
             digest = hash(body)

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Awaitable
 
 from backends import load_backend
-from backends.base import Backend, BackendConfig, BackendError, BackendState, Mode, Subscription
+from backends.base import Backend, BackendConfig, BackendError, BackendState, Feature, Mode, Subscription
 from sidecar import __version__, protocol
 from sidecar.codec import CODECS
 from sidecar.config import Settings
@@ -43,10 +43,11 @@ class Daemon:
         backend_cls = load_backend(settings.backend, settings.mode)
         self.backend: Backend = backend_cls(
             BackendConfig(uri=settings.backend, instance_id=settings.instance_id, mode=settings.mode,
-                          retention=settings.retention, instance_ttl=settings.instance_ttl),
+                          retention=settings.retention, instance_ttl=settings.instance_ttl, echo=False),
             on_state=self._on_backend_state,
         )
-        codec = CODECS[settings.codec](settings.instance_id)
+        codec = CODECS[settings.codec](settings.instance_id,
+                                       broker_echoes=not self.backend.supports(Feature.NO_ECHO))
         if settings.signing_key_file is not None:
             codec = SignedCodec(codec, Signer(load_keys(settings.signing_key_file), settings.signing_window))
         self.metrics = metrics = Metrics(backend_cls.name, settings.codec)

@@ -17,6 +17,7 @@ from backends.base import (
     BackendError,
     BackendState,
     BackendUnavailable,
+    Feature,
     MessageTooLarge,
     PublishTimeout,
 )
@@ -50,9 +51,11 @@ Factory = Callable[..., Awaitable[NatsBackend]]
 def connect(server: NatsServer, started: Started) -> Factory:
     """Start backends on `server` (or a given URI); all are closed after the test."""
 
-    async def start(uri: str | None = None, states: list[BackendState] | None = None) -> NatsBackend:
+    async def start(uri: str | None = None, states: list[BackendState] | None = None, *,
+                    echo: bool = True) -> NatsBackend:
         on_state = states.append if states is not None else None
-        return await started(NatsBackend(BackendConfig(uri or server.uri, f"test-{len(started)}"), on_state=on_state))
+        config = BackendConfig(uri or server.uri, f"test-{len(started)}", echo=echo)
+        return await started(NatsBackend(config, on_state=on_state))
 
     return start
 
@@ -64,6 +67,20 @@ async def test_round_trip(connect: Factory, topic: str) -> None:
     await backend.publish(topic, [b'{"event":"created"}'])
     assert await inbox.wait(1) == [b'{"event":"created"}']
     assert backend.state is BackendState.CONNECTED
+
+
+async def test_a_backend_asked_for_no_echo_does_not_get_its_own_messages(connect: Factory, topic: str) -> None:
+    a, b = await connect(echo=False), await connect()
+    a_inbox, b_inbox = Inbox(), Inbox()
+    await a.subscribe(topic, a_inbox)
+    await b.subscribe(topic, b_inbox)
+    await a.publish(topic, [b"from a"])
+    assert await b_inbox.wait(1) == [b"from a"]
+    # The server sends a what it delivers to it in order: its own message would have come before b's answer.
+    await b.publish(topic, [b"from b"])
+    assert await a_inbox.wait(1) == [b"from b"]
+    assert a.supports(Feature.NO_ECHO)
+    assert not b.supports(Feature.NO_ECHO)
 
 
 async def test_thousand_messages_keep_their_order(connect: Factory, topic: str) -> None:

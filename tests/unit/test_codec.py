@@ -101,3 +101,10 @@ def test_nesting_too_deep_for_the_decoder_is_malformed_not_a_crash() -> None:
         with pytest.raises(CodecError) as info:
             codec.unpack(body)
         assert info.value.reason == "malformed"
+
+
+def test_feathers_sync_remembers_nothing_for_a_broker_that_does_not_echo() -> None:
+    # An identical body from a feathers-sync app must not be taken for one of ours that never came back.
+    codec = FeathersSyncCodec("me", broker_echoes=False)
+    [body] = codec.pack([outgoing("1", 1)])
+    assert codec.echoed(body) == 0
