@@ -10,7 +10,7 @@ See docs/protocol.md for the prose version.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import orjson
@@ -79,12 +79,26 @@ class Publish(msgspec.Struct, gc=False):
 _publish_decoder = msgspec.json.Decoder(Publish)
 
 
+def _publish_problem(event: object, path: object, event_id: object, ack: object) -> str | None:
+    """What is wrong with a publish's fields, or None: the one statement of the rules, for both paths below."""
+    if not isinstance(event, str) or not event:
+        return "publish: 'event' must be a non-empty string"
+    if not isinstance(path, str) or not path:
+        return "publish: 'path' must be a non-empty string"
+    if event_id is not None and (not isinstance(event_id, str) or not 0 < len(event_id) <= MAX_ID_LENGTH):
+        return f"publish: 'id' must be a string of 1 to {MAX_ID_LENGTH} characters"
+    if not isinstance(ack, bool):
+        return "publish: 'ack' must be true or false"
+    if ack and event_id is None:
+        return "publish: 'ack' needs an 'id' to acknowledge"
+    return None
+
+
 def fast_publish(line: bytes) -> Publish | None:
     """`line` as a valid `publish`, or None if it is anything else (which `decode` and `parse_publish` explain)."""
     publish = decode_json(_publish_decoder, line)
-    if (publish is None or publish.type != "publish" or not publish.event or not publish.path
-            or (publish.id is not None and not 0 < len(publish.id) <= MAX_ID_LENGTH)
-            or (publish.ack and publish.id is None)):
+    if (publish is None or publish.type != "publish"
+            or _publish_problem(publish.event, publish.path, publish.id, publish.ack) is not None):
         return None
     return publish
 
@@ -95,22 +109,13 @@ def parse_publish(frame: dict[str, Any]) -> Publish:
     Raises:
         FrameError: a required field is missing or of the wrong type.
     """
-    event = frame.get("event")
-    path = frame.get("path")
-    event_id = frame.get("id")
-    ack = frame.get("ack", False)
-    if not isinstance(event, str) or not event:
-        raise FrameError(ErrorCode.INVALID_FRAME, "publish: 'event' must be a non-empty string")
-    if not isinstance(path, str) or not path:
-        raise FrameError(ErrorCode.INVALID_FRAME, "publish: 'path' must be a non-empty string")
-    if event_id is not None and (not isinstance(event_id, str) or not 0 < len(event_id) <= MAX_ID_LENGTH):
-        raise FrameError(ErrorCode.INVALID_FRAME, f"publish: 'id' must be a string of 1 to {MAX_ID_LENGTH} characters")
-    if not isinstance(ack, bool):
-        raise FrameError(ErrorCode.INVALID_FRAME, "publish: 'ack' must be true or false")
-    if ack and event_id is None:
-        raise FrameError(ErrorCode.INVALID_FRAME, "publish: 'ack' needs an 'id' to acknowledge")
-    return Publish("publish", event, path, msgspec.Raw(orjson.dumps(frame.get("data"))),
-                   msgspec.Raw(orjson.dumps(frame.get("context"))), event_id, ack)
+    event, path, event_id, ack = frame.get("event"), frame.get("path"), frame.get("id"), frame.get("ack", False)
+    problem = _publish_problem(event, path, event_id, ack)
+    if problem is not None:
+        raise FrameError(ErrorCode.INVALID_FRAME, problem)
+    # _publish_problem has checked the types.
+    return Publish("publish", cast(str, event), cast(str, path), msgspec.Raw(orjson.dumps(frame.get("data"))),
+                   msgspec.Raw(orjson.dumps(frame.get("context"))), cast(str | None, event_id), cast(bool, ack))
 
 
 class Pattern(BaseModel):
