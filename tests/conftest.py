@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.brokers import BrokerServer
+from tests.brokers import BrokerServer, serve
 from tests.utils import RawClient
 
 Connect = Callable[[Path, dict[str, Any] | None], Awaitable[RawClient]]
@@ -50,26 +50,18 @@ def redis_server() -> Iterator[BrokerServer]:
     from tests.brokers.redis import RedisServer
 
     # Persistent, as a Redis backing durable mode must be: a SIGKILL then loses nothing it acknowledged.
-    yield from _serve(RedisServer(persistent=True))
+    yield from serve(RedisServer(persistent=True))
 
 
 @pytest.fixture(scope="session")
 def rabbitmq_server() -> Iterator[BrokerServer]:
     from tests.brokers.rabbitmq import RabbitServer
 
-    yield from _serve(RabbitServer())
+    yield from serve(RabbitServer())
 
 
 @pytest.fixture(scope="session")
 def nats_server() -> Iterator[BrokerServer]:
     from tests.brokers.nats import NatsServer
 
-    yield from _serve(NatsServer())
-
-
-def _serve(server: BrokerServer) -> Iterator[BrokerServer]:
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
+    yield from serve(NatsServer())

@@ -21,7 +21,7 @@ from backends.base import (
     MessageTooLarge,
 )
 from tests.backends.support import Inbox, Started
-from tests.brokers import free_port
+from tests.brokers import free_port, serve
 from tests.brokers.rabbitmq import RabbitServer
 from tests.utils import wait_for
 
@@ -33,10 +33,7 @@ RECOVERY_BOUND = 2.0  # the fault suite's promise: connected again within 2 s of
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RabbitServer]:
-    broker = RabbitServer(tls=True)
-    broker.start()
-    yield broker
-    broker.cleanup()
+    yield from serve(RabbitServer(tls=True))
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from backends.amqp import AmqpBackend, AmqpSubscription
 from backends.amqp_topology import MAX_NAME_BYTES, durable_queue_name
 from backends.base import BackendConfig, BackendConfigError, BackendError, BackendState, Feature, Message, Mode
 from tests.backends.support import Inbox, Started
+from tests.brokers import serve
 from tests.brokers.rabbitmq import RabbitServer
 from tests.utils import RawClient, publish_frame, run_daemon, wait_for
 
@@ -36,10 +37,7 @@ QUORUM_SETTLE = 3.0  # seconds a new quorum queue needs before RabbitMQ 3.10 sur
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RabbitServer]:
-    broker = RabbitServer()
-    broker.start()
-    yield broker
-    broker.cleanup()
+    yield from serve(RabbitServer())
 
 
 

@@ -23,6 +23,7 @@ from backends.base import (
 )
 from backends.nats import NatsBackend
 from tests.backends.support import Inbox, Started
+from tests.brokers import serve
 from tests.brokers.certs import make_certificates
 from tests.brokers.nats import NatsServer
 from tests.utils import wait_for
@@ -36,10 +37,7 @@ RECOVERY = 2.0
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[NatsServer]:
-    broker = NatsServer()
-    broker.start()
-    yield broker
-    broker.cleanup()
+    yield from serve(NatsServer())
 
 
 
@@ -177,10 +175,7 @@ async def test_bad_uri_options_are_named() -> None:
 @pytest.fixture
 def own_server() -> Iterator[NatsServer]:
     """A server this test alone may kill."""
-    broker = NatsServer()
-    broker.start()
-    yield broker
-    broker.cleanup()
+    yield from serve(NatsServer())
 
 
 async def test_broker_killed_and_restarted(own_server: NatsServer, connect: Factory, topic: str) -> None:

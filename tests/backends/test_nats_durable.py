@@ -16,6 +16,7 @@ from backends.base import BackendConfig, BackendError, BackendState, BackendUnav
 from backends.nats import NatsBackend
 from backends.nats_jetstream import ACK_WAIT, MAX_ACK_PENDING, durable_subject, jetstream_name
 from tests.backends.support import Inbox, Started
+from tests.brokers import serve
 from tests.brokers.nats import NatsServer
 from tests.utils import RawClient, publish_frame, run_daemon, wait_for
 
@@ -28,18 +29,12 @@ TTL = 3600.0
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[NatsServer]:
-    broker = NatsServer()
-    broker.start()
-    yield broker
-    broker.cleanup()
+    yield from serve(NatsServer())
 
 
 @pytest.fixture
 def own_server() -> Iterator[NatsServer]:
-    broker = NatsServer()
-    broker.start()
-    yield broker
-    broker.cleanup()
+    yield from serve(NatsServer())
 
 
 

@@ -24,7 +24,7 @@ from backends.base import (
 )
 from backends.redis import RedisBackend
 from tests.backends.support import Inbox, Started
-from tests.brokers import free_port
+from tests.brokers import free_port, serve
 from tests.brokers.redis import RedisServer, RedisTlsServer
 from tests.utils import wait_for
 
@@ -35,10 +35,7 @@ Factory = Callable[..., Awaitable[RedisBackend]]
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RedisServer]:
-    broker = RedisServer()
-    broker.start()
-    yield broker
-    broker.cleanup()
+    yield from serve(RedisServer())
 
 
 
@@ -333,10 +330,7 @@ async def test_a_hung_broker_is_noticed_while_idle(server: RedisServer, backend:
 
 @pytest.fixture(scope="module")
 def tls_server() -> Iterator[RedisTlsServer]:
-    broker = RedisTlsServer()
-    broker.start()
-    yield broker
-    broker.cleanup()
+    yield from serve(RedisTlsServer())
 
 
 async def test_tls_with_ca_and_client_certificate(tls_server: RedisTlsServer, backend: Factory, topic: str) -> None:

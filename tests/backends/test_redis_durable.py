@@ -31,6 +31,7 @@ from backends.base import (
 from backends.redis import RedisBackend
 from backends.redis_streams import stream_key
 from tests.backends.support import Inbox, Started
+from tests.brokers import serve
 from tests.brokers.redis import RedisServer
 from tests.utils import wait_for
 
@@ -41,10 +42,7 @@ Factory = Callable[..., Awaitable[RedisBackend]]
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RedisServer]:
-    broker = RedisServer(persistent=True)
-    broker.start()
-    yield broker
-    broker.cleanup()
+    yield from serve(RedisServer(persistent=True))
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from backends.redis import RedisBackend
 from backends.redis_streams import stream_key
 from tests.backends.support import Inbox, Started
 from tests.backends.test_redis_durable import Factory, bodies
+from tests.brokers import serve
 from tests.brokers.redis import RedisServer
 from tests.conftest import Connect
 from tests.utils import publish_frame, run_daemon, wait_for
@@ -27,18 +28,12 @@ pytestmark = pytest.mark.redis
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RedisServer]:
-    broker = RedisServer(persistent=True)  # appendonly yes, appendfsync always
-    broker.start()
-    yield broker
-    broker.cleanup()
+    yield from serve(RedisServer(persistent=True))  # appendonly yes, appendfsync always
 
 
 @pytest.fixture(scope="module")
 def volatile() -> Iterator[RedisServer]:
-    broker = RedisServer()  # no persistence: a restart loses every stream and group
-    broker.start()
-    yield broker
-    broker.cleanup()
+    yield from serve(RedisServer())  # no persistence: a restart loses every stream and group
 
 
 @pytest.fixture

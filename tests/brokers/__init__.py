@@ -16,7 +16,9 @@ import subprocess
 import tempfile
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -111,3 +113,15 @@ class BrokerServer(ABC):
         self.stop()
         self._log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+Server = TypeVar("Server", bound=BrokerServer)
+
+
+def serve(server: Server) -> Iterator[Server]:
+    """A fixture's body: start `server`, hand it to the tests, clean it up after them (even if it never started)."""
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()

@@ -13,14 +13,13 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 
 import pytest
 
 from backends.base import Feature
 from tests.brokers import BrokerServer
-from tests.brokers.redis import RedisServer
 from tests.faults.harness import BROKERS, MODES, Scenario
 from tests.faults.report import NOT_RUN, RESULTS, not_run_lines, table
 
@@ -66,21 +65,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize(("broker_name", "mode"), params)
 
 
-@pytest.fixture(scope="session")
-def persistent_redis() -> Iterator[BrokerServer]:
-    """Redis with an append-only file (fsync always), so a SIGKILLed Redis comes back with its streams."""
-    server = RedisServer(persistent=True)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
-
-
 @pytest.fixture
 def fault_server(request: pytest.FixtureRequest, broker_name: str) -> BrokerServer:
-    fixture = "persistent_redis" if broker_name == "redis" else f"{broker_name}_server"
-    server: BrokerServer = request.getfixturevalue(fixture)
+    # The session's Redis has an append-only file (fsync always): a SIGKILLed Redis comes back with its streams.
+    server: BrokerServer = request.getfixturevalue(f"{broker_name}_server")
     if server.process is None or server.process.poll() is not None:
         server.start()  # an earlier test killed it and failed before restarting it
     return server
