@@ -21,18 +21,9 @@ from pydantic_settings import (
 from backends import scheme_of
 from backends.base import Mode
 from sidecar.errors import ConfigError
+from sidecar.paths import default_socket_path
 
 MiB = 1024 * 1024
-
-
-def default_socket_path() -> Path:
-    """Where the socket lives unless told: a directory the current user may create on a fresh machine."""
-    if os.geteuid() == 0:
-        return Path("/run/syncar/syncar.sock")
-    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime_dir and os.access(runtime_dir, os.W_OK):
-        return Path(runtime_dir) / "syncar" / "syncar.sock"
-    return Path(f"/tmp/syncar-{os.geteuid()}/syncar.sock")
 
 
 def default_instance_id() -> str:
