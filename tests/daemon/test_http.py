@@ -97,3 +97,12 @@ async def test_syncar_health_command(sock: Path) -> None:
         assert "Traceback" not in gone.stderr
     finally:
         daemon.kill()
+
+
+async def test_metrics_carry_no_created_series(sock: Path) -> None:
+    async with run_daemon(sock) as daemon:
+        assert daemon.http is not None
+        status, text = await http_get(daemon.http.port, "/metrics")
+    assert status == 200
+    assert "syncar_events_published_total" in samples(text)
+    assert [name for name in samples(text) if "_created" in name] == []
