@@ -6,13 +6,18 @@ Gauges read their value at scrape time, so they cost nothing on the hot path.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+from collections.abc import Callable
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from sidecar import __version__
 
 # Otherwise every counter and histogram gets a `*_created` series (when it was made), which no query here needs:
 # rate() finds counter resets without it. The switch is process-wide, and syncar is the whole process.
-disable_created_metrics()
+# prometheus_client leaves this function unannotated; its signature, stated here, is all mypy needs.
+_disable_created_metrics: Callable[[], None] = prometheus_client.disable_created_metrics
+_disable_created_metrics()
 
 #: Latency buckets from 100 µs to 10 s: local relays are sub-millisecond, a broker outage is seconds.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
