@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-import secrets
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,8 +26,14 @@ from sidecar.paths import default_socket_path
 MiB = 1024 * 1024
 
 
-def default_instance_id() -> str:
-    return f"{socket.gethostname()}-{secrets.token_hex(3)}"
+def default_instance_id(socket_path: Path) -> str:
+    """The host (or pod) name and a short hash of the socket path: the same at every start of this daemon.
+
+    Receivers drop repeats by `(origin, id)`, so the id must survive a restart; daemons on one host differ by
+    their socket, which two live daemons cannot share.
+    """
+    digest = hashlib.sha256(os.fsencode(socket_path.resolve())).hexdigest()[:6]
+    return f"{socket.gethostname()[:64]}-{digest}"
 
 
 class Settings(BaseSettings):
@@ -50,8 +56,10 @@ class Settings(BaseSettings):
                            "instances that are away")
     instance_ttl: float = Field(86_400.0, ge=60, description="durable mode: seconds after which the broker forgets "
                                 "an instance that has not come back (its queue or consumer is deleted)")
-    instance_id: str = Field(default_factory=default_instance_id, min_length=1, max_length=200,
-                             description="this daemon's name on the bus; default hostname plus a random suffix")
+    instance_id: str = Field(
+        default_factory=lambda data: default_instance_id(data.get("socket") or default_socket_path()),
+        min_length=1, max_length=200, description="this daemon's name on the bus, the same across restarts; "
+        "durable mode needs it given")
     max_frame_bytes: int = Field(1 * MiB, ge=1024, le=256 * MiB, description="longest line a client may send")
     max_clients: int = Field(4096, ge=1, description="connections accepted at once; more are refused")
     client_queue_bytes: int = Field(8 * MiB, ge=64 * 1024,
@@ -124,6 +132,17 @@ class Settings(BaseSettings):
                              "read them)")
         if self.mode is Mode.DURABLE and self.codec != "syncar":
             raise ValueError("mode: durable needs --codec syncar (feathers-sync apps only speak broadcast)")
+        return self
+
+    @model_validator(mode="after")
+    def _durable_needs_given_id(self) -> Settings:
+        # The broker keeps a durable instance's queue or consumer under its id. The derived default stays the same
+        # only while the host name does, and a Deployment's pod or a recreated container gets a new one: each start
+        # would then leave a queue behind, unread, for --instance-ttl. Only the operator knows what is stable.
+        if self.mode is Mode.DURABLE and "instance_id" not in self.model_fields_set:
+            raise ValueError("instance_id: durable mode needs --instance-id, a name that stays the same across "
+                             "restarts (e.g. a StatefulSet pod name): the broker keeps this instance's queue or "
+                             "consumer under it")
         return self
 
     @field_validator("http")

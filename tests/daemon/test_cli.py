@@ -130,3 +130,11 @@ def test_bad_backend_uri_option_is_a_config_error() -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "no_such_option" in result.stderr.strip().splitlines()[-1]
+
+
+def test_durable_mode_without_instance_id_is_refused_in_one_line() -> None:
+    result = syncar("run", "--backend", "redis://127.0.0.1:1", "--mode", "durable", "--http", "off")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "--instance-id" in lines[0]

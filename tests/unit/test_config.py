@@ -1,0 +1,38 @@
+"""Settings as data: defaults, and the checks across settings."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from sidecar.config import Settings
+
+
+def test_default_instance_id_is_the_same_at_every_start(tmp_path: Path) -> None:
+    first = Settings(socket=tmp_path / "a.sock").instance_id
+    assert Settings(socket=tmp_path / "a.sock").instance_id == first
+    assert first.startswith(socket.gethostname()[:64] + "-")
+
+
+def test_daemons_on_one_host_get_different_default_ids(tmp_path: Path) -> None:
+    ids = {Settings(socket=tmp_path / f"{name}.sock").instance_id for name in ("a", "b", "c")}
+    assert len(ids) == 3
+
+
+def test_durable_mode_refuses_the_derived_id() -> None:
+    with pytest.raises(ValidationError, match="durable mode needs --instance-id"):
+        Settings(backend="redis://127.0.0.1:6379", mode="durable")
+
+
+def test_durable_mode_takes_an_id_from_flag_environment_or_file(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    durable = {"backend": "redis://127.0.0.1:6379", "mode": "durable"}
+    assert Settings(**durable, instance_id="web-0").instance_id == "web-0"
+    config = tmp_path / "syncar.toml"
+    config.write_text('instance_id = "web-1"\n')
+    assert Settings(**durable, config=config).instance_id == "web-1"
+    monkeypatch.setenv("SYNCAR_INSTANCE_ID", "web-2")
+    assert Settings(**durable).instance_id == "web-2"
