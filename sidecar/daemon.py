@@ -20,6 +20,7 @@ from sidecar.health import HttpServer
 from sidecar.listener import Listener
 from sidecar.metrics import Metrics
 from sidecar.outbox import Outbox
+from sidecar.paths import default_socket_path
 from sidecar.peers import PeerPolicy
 from sidecar.protocol import ErrorCode
 from sidecar.relay import Relay
@@ -58,7 +59,9 @@ class Daemon:
         self.connections: set[Connection] = set()
         self._limits = Limits(settings.max_frame_bytes, settings.client_queue_bytes, settings.client_rate,
                               settings.client_burst, PeerPolicy(settings.allow_uids, settings.allow_gids))
-        self.listener = Listener(settings.socket, settings.socket_mode, self._accept)
+        # The default location is in a shared place (/tmp) when there is no XDG_RUNTIME_DIR: it must be private.
+        self.listener = Listener(settings.socket, settings.socket_mode, self._accept,
+                                 private_dir=settings.socket == default_socket_path())
         metrics.clients.set_function(lambda: len(self.connections))
         metrics.outbox_events.set_function(lambda: len(outbox))
         metrics.outbox_bytes.set_function(lambda: outbox.bytes)
@@ -118,10 +121,6 @@ class Daemon:
             self.listener.remove()
             await self._close_backend()
             raise
-        except OSError as exc:
-            self.listener.remove()
-            await self._close_backend()
-            raise StartupError(f"http: cannot listen on {settings.http}: {exc.strerror}") from None
         if self._handle_signals and threading.current_thread() is threading.main_thread():
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from sidecar.errors import StartupError
+
 log = logging.getLogger(__name__)
 
 #: A request must arrive whole within this, headers within this size: probes are tiny.
@@ -31,7 +33,15 @@ class HttpServer:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=MAX_REQUEST_BYTES)
+        """Listen on host:port.
+
+        Raises:
+            StartupError: the address cannot be bound (in use, not ours, not an address here).
+        """
+        try:
+            self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=MAX_REQUEST_BYTES)
+        except OSError as exc:
+            raise StartupError(f"http: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("http on %s:%d (/healthz /readyz /metrics)", self.host, self.port)
 

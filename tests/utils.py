@@ -98,17 +98,36 @@ def publish_frame(path: str = "messages", event: str = "created", data: Any = No
     return {"type": "publish", "path": path, "event": event, "data": data, **extra}
 
 
-class SpawnedDaemon:
-    """`python -m sidecar run` in a child process, for signals, exit codes and memory."""
+# `python -c RUN_AS uid args...`: the CLI as another user. Python and its standard library live under /root, which
+# other users cannot enter, so what the daemon needs is imported before root is given up.
+RUN_AS = """
+import os, sys
+import asyncio, backends.local, sidecar.cli, sidecar.daemon, uvloop
+uid = int(sys.argv[1])
+os.setgroups([])
+os.setgid(uid)
+os.setuid(uid)
+sys.exit(sidecar.cli.main(sys.argv[2:]))
+"""
 
-    def __init__(self, socket: Path, *args: str, env: dict[str, str] | None = None, name: str = "daemon") -> None:
+
+class SpawnedDaemon:
+    """`python -m sidecar run` in a child process, for signals, exit codes and memory.
+
+    `user`: run as this uid (the test runs as root). `log_dir`: where the log goes, if not next to the socket.
+    `wrapper`: a command that runs the daemon, such as `("prlimit", "--nofile=256:512")`.
+    """
+
+    def __init__(self, socket: Path, *args: str, env: dict[str, str] | None = None, name: str = "daemon",
+                 user: int | None = None, log_dir: Path | None = None, wrapper: tuple[str, ...] = ()) -> None:
         self.socket = socket
-        self.log_path = socket.parent / f"{name}.log"
+        self.log_path = (log_dir or socket.parent) / f"{name}.log"
         self._log = self.log_path.open("wb")
         if "--http" not in args:
             args = ("--http", "127.0.0.1:0", *args)
+        command = ["-m", "sidecar"] if user is None else ["-c", RUN_AS, str(user)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "run", "--socket", str(socket), *args],
+            [*wrapper, sys.executable, *command, "run", "--socket", str(socket), *args],
             stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=REPO,
         )
 
