@@ -14,28 +14,40 @@ class FrameDecoder:
     Many frames per read come out of one `feed`. A line longer than
     `max_bytes` is discarded up to its newline and reported once as
     `OVERSIZED`, so memory per connection never exceeds the limit and the
-    frames after it still count.
+    frames after it still count. The cost is linear in the bytes fed, however
+    they are cut: an unfinished line grows in place and is copied out once,
+    when its newline comes.
     """
 
     __slots__ = ("_buffer", "_discarding", "max_bytes")
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._buffer = b""  # the unfinished line, never longer than max_bytes
+        self._buffer = bytearray()  # the unfinished line, never longer than max_bytes
         self._discarding = False
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add bytes; return the complete lines (without the newline), blank lines skipped."""
         lines = data.split(b"\n")
-        if self._buffer:  # joined to the first line only, not to the whole read
-            lines[0], self._buffer = self._buffer + lines[0], b""
         tail = lines.pop()
+        limit = self.max_bytes
+        buffer = self._buffer
         if self._discarding:
             if not lines:
                 return []
             del lines[0]  # the end of the line that was too long
             self._discarding = False
-        limit = self.max_bytes
+        elif buffer:
+            if not lines:  # still no newline: the line grows (amortised), it is not copied again
+                if len(buffer) + len(tail) > limit:
+                    buffer.clear()
+                    self._discarding = True
+                    return [OVERSIZED]
+                buffer += tail
+                return []
+            buffer += lines[0]  # joined to the first line only, not to the whole read
+            lines[0] = bytes(buffer)
+            buffer.clear()
         if max(map(len, lines), default=0) <= limit:  # the usual case, in one pass
             frames = [line for line in lines if line and not line.isspace()]
         else:
@@ -45,7 +57,7 @@ class FrameDecoder:
             frames.append(OVERSIZED)
             self._discarding = True
         else:
-            self._buffer = tail
+            buffer += tail
         return frames
 
     @property
