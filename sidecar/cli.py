@@ -212,7 +212,8 @@ def cmd_health(args: argparse.Namespace) -> int:
     host, port = address
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     host = f"[{host}]" if ":" in host else host
-    url = f"http://{host}:{port}/{'readyz' if args.ready else 'healthz'}"
+    route = "readyz/broker" if args.broker else "readyz" if args.ready else "healthz"
+    url = f"http://{host}:{port}/{route}"
     try:
         with urllib.request.urlopen(url, timeout=args.timeout) as response:
             print(response.read().decode().strip())
@@ -260,10 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     tail.set_defaults(handler=cmd_tail)
 
     health = commands.add_parser("health", help="ask a running daemon whether it is alive (or ready)",
-                                 description="GET /healthz (or /readyz with --ready) from the daemon's --http "
-                                             "address; exit 0 if it answers 200, else 1. For container "
-                                             "HEALTHCHECKs.")
-    health.add_argument("--ready", action="store_true", help="ask /readyz: socket listening and broker connected")
+                                 description="GET /healthz (/readyz with --ready, /readyz/broker with --broker) "
+                                             "from the daemon's --http address; exit 0 if it answers 200, else 1. "
+                                             "For container HEALTHCHECKs.")
+    health.add_argument("--ready", action="store_true",
+                        help="ask /readyz: the socket is listening and the daemon is not shutting down (the broker "
+                             "may be away: local delivery goes on, publishes wait in the outbox)")
+    health.add_argument("--broker", action="store_true", help="ask /readyz/broker: ready, and the broker connected")
     health.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
     _add_settings(health, ["http", "config"])
     health.set_defaults(handler=cmd_health)

@@ -84,13 +84,17 @@ class Daemon:
         self.connections.add(connection)
         return connection
 
-    def unready_reason(self) -> str | None:
-        """Why the daemon should get no traffic now, or None when it is ready."""
+    def unready_reason(self, broker: bool = False) -> str | None:
+        """Why the daemon should get no traffic now, or None when it is ready.
+
+        Ready means the apps can use the socket: local delivery works and publishes wait in the outbox while the
+        broker is away. With `broker`, the broker must be connected too (`/readyz/broker`).
+        """
         if self.relay.stopping:
             return "shutting down"
         if not self.listener.listening:
             return "socket not listening"
-        if not self.relay.broker_up:
+        if broker and not self.relay.broker_up:
             return f"broker {self.backend.name} not connected"
         return None
 

@@ -1,6 +1,6 @@
-"""HTTP for operators: `/healthz` (the loop answers), `/readyz` (socket listening and broker up), `/metrics`.
+"""HTTP for operators: `/healthz` (the loop answers), `/readyz` (the socket is up), `/readyz/broker`, `/metrics`.
 
-A deliberately small HTTP/1.1 responder for three GET routes, on the daemon's
+A deliberately small HTTP/1.1 responder for four GET routes, on the daemon's
 own event loop: answering at all is the liveness proof.
 """
 
@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 REQUEST_TIMEOUT = 5.0
 MAX_REQUEST_BYTES = 8192
 
-Readiness = Callable[[], str | None]  # None when ready, else the reason it is not
+#: None when ready, else the reason it is not; the argument asks for the broker to be connected too.
+Readiness = Callable[[bool], str | None]
 
 
 class HttpServer:
@@ -43,7 +44,7 @@ class HttpServer:
         except OSError as exc:
             raise StartupError(f"http: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("http on %s:%d (/healthz /readyz /metrics)", self.host, self.port)
+        log.info("http on %s:%d (/healthz /readyz /readyz/broker /metrics)", self.host, self.port)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -58,12 +59,12 @@ class HttpServer:
         path = path.split("?", 1)[0]
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"
-        if path == "/readyz":
-            reason = self._readiness()
+        if path in ("/readyz", "/readyz/broker"):
+            reason = self._readiness(path == "/readyz/broker")
             return (200, "text/plain", b"ready\n") if reason is None else (503, "text/plain", reason.encode() + b"\n")
         if path == "/metrics":
             return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
-        return 404, "text/plain", b"not found; try /healthz, /readyz or /metrics\n"
+        return 404, "text/plain", b"not found; try /healthz, /readyz, /readyz/broker or /metrics\n"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.brokers import serve
+from tests.brokers.redis import RedisServer
 from tests.conftest import Connect
-from tests.utils import REPO, SpawnedDaemon, publish_frame, run_daemon
+from tests.utils import REPO, SpawnedDaemon, publish_frame, run_daemon, wait_for
 
 
 async def http_get(port: int, path: str, method: str = "GET") -> tuple[int, str]:
@@ -38,6 +41,7 @@ async def test_health_ready_and_metrics(sock: Path, connect: Connect) -> None:
         port = daemon.http.port
         assert await http_get(port, "/healthz") == (200, "ok\n")
         assert await http_get(port, "/readyz") == (200, "ready\n")
+        assert await http_get(port, "/readyz/broker") == (200, "ready\n")
         a = await connect(sock, {})
         b = await connect(sock, {})
         await a.send(publish_frame(id="1", ack=True))
@@ -106,3 +110,31 @@ async def test_metrics_carry_no_created_series(sock: Path) -> None:
     assert status == 200
     assert "syncar_events_published_total" in samples(text)
     assert [name for name in samples(text) if "_created" in name] == []
+
+
+@pytest.mark.redis
+async def test_readiness_is_the_socket_and_the_broker_has_a_route_of_its_own(sock: Path, connect: Connect) -> None:
+    """A broker outage must not take every pod out of its Service: the apps still use their daemon meanwhile."""
+    broker = next(serve_redis := serve(RedisServer()))
+    try:
+        async with run_daemon(sock, backend=broker.uri) as daemon:
+            assert daemon.http is not None
+            port = daemon.http.port
+            await asyncio.to_thread(broker.kill)
+            await wait_for(lambda: not daemon.relay.broker_up, what="the daemon to see the broker gone")
+            assert await http_get(port, "/readyz") == (200, "ready\n")
+            assert await http_get(port, "/readyz/broker") == (503, "broker redis not connected\n")
+            ready = await asyncio.to_thread(health, port, "--ready")
+            assert (ready.returncode, ready.stdout.strip()) == (0, "ready")
+            with_broker = await asyncio.to_thread(health, port, "--broker")
+            assert with_broker.returncode == 1
+            assert with_broker.stderr.strip().endswith("/readyz/broker: 503 broker redis not connected")
+            # What readiness promises: the socket serves, locally.
+            a, b = await connect(sock, {}), await connect(sock, {})
+            await a.send(publish_frame(data="during the outage"))
+            assert (await b.frame_of("event"))["data"] == "during the outage"
+            await asyncio.to_thread(broker.start)
+            await wait_for(lambda: daemon.relay.broker_up, what="the broker back")
+            assert await http_get(port, "/readyz/broker") == (200, "ready\n")
+    finally:
+        serve_redis.close()

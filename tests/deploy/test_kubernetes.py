@@ -78,7 +78,7 @@ def test_kustomize_renders_valid_resources() -> None:
     result = subprocess.run([kubectl, "kustomize", str(KUBE_DIR)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     rendered = documents(result.stdout)
-    assert sorted(doc["kind"] for doc in rendered) == ["ConfigMap", "Deployment"]
+    assert sorted(doc["kind"] for doc in rendered) == ["ConfigMap", "Deployment", "PodDisruptionBudget"]
     for resource in rendered:
         assert resource["metadata"]["labels"]["app.kubernetes.io/part-of"] == "syncar-example"
         for version in KUBERNETES_VERSIONS:
@@ -136,6 +136,8 @@ def test_probes_scraping_and_shutdown_budget() -> None:
     assert host == "0.0.0.0", "the kubelet probes the pod IP"
     (http,) = syncar["ports"]
     assert http["containerPort"] == int(port)
+    # /readyz is the socket, not the broker (tests/daemon/test_http.py): a broker outage neither keeps new pods from
+    # starting nor takes every running pod out of its Service at once.
     for probe, path in (("startupProbe", "/readyz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         assert syncar[probe]["httpGet"] == {"path": path, "port": http["name"]}, probe
     assert template["metadata"]["annotations"] == {
@@ -161,3 +163,18 @@ def test_restrictive_security_and_resources() -> None:
         assert context["seccompProfile"] == {"type": "RuntimeDefault"}
         for kind in ("requests", "limits"):
             assert set(container["resources"][kind]) == {"cpu", "memory"}, f"{container['name']} {kind}"
+
+
+def test_a_disruption_budget_lets_drains_through_one_pod_at_a_time() -> None:
+    (deployment,) = documents((KUBE_DIR / "deployment.yaml").read_text())
+    (budget,) = documents((KUBE_DIR / "pdb.yaml").read_text())
+    assert (budget["apiVersion"], budget["kind"]) == ("policy/v1", "PodDisruptionBudget")
+    spec = budget["spec"]
+    # It covers exactly the app's pods.
+    assert spec["selector"] == deployment["spec"]["selector"]
+    assert spec["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    # One pod at a time, whatever the replica count: a drain never waits forever, and never empties the Service.
+    assert spec["maxUnavailable"] == 1 and "minAvailable" not in spec
+    assert deployment["spec"]["replicas"] > spec["maxUnavailable"]
+    # A pod that is not ready anyway (crashing) must not block a node drain.
+    assert spec["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
