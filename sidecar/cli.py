@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import enum
 import gc
 import logging
 import sys
+import typing
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -14,7 +16,7 @@ import orjson
 from pydantic import ValidationError
 
 from sidecar import __version__
-from sidecar.config import Settings, env_of, flag_of, redact_uri
+from sidecar.config import MiB, Settings, env_of, flag_of, line_in_config, redact_uri
 from sidecar.errors import ConfigError, SidecarError, StartupError
 from sidecar.logging import configure as configure_logging
 
@@ -37,16 +39,43 @@ Every setting is a flag and a SYNCAR_* environment variable
 which wins over the --config TOML file."""
 
 
+def _choices(annotation: Any) -> list[str]:
+    """The values an enumerated setting takes (a Literal or an Enum, maybe `| None`); empty for the others."""
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return [str(member.value) for member in annotation]
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return [str(arg) for arg in args]
+    return _choices(args[0]) if len(args) == 1 else []
+
+
+def _shown(name: str, value: Any) -> str:
+    """A default as a person writes it on the command line: 0660, 86400, 1048576 (1 MiB); nothing for none."""
+    if value is None or value == ():
+        return ""
+    if name == "socket_mode":
+        return f"{value:04o}"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and name.endswith("_bytes") and value >= MiB and value % MiB == 0:
+        return f"{value} ({value // MiB} MiB)"
+    return str(value)
+
+
 def _add_settings(parser: argparse.ArgumentParser, fields: Sequence[str] | None = None) -> None:
     group = parser.add_argument_group("settings")
     for name, field in Settings.model_fields.items():
         if fields is not None and name not in fields:
             continue
-        default = field.get_default(call_default_factory=False)
-        shown = f"; default {default}" if default is not None and field.default_factory is None else ""
-        if name == "socket_mode":
-            shown = f"; default {default:04o}"
-        group.add_argument(flag_of(name), dest=name, default=argparse.SUPPRESS, metavar=name.split("_")[-1].upper(),
+        choices = _choices(field.annotation)
+        metavar = "{" + ",".join(choices) + "}" if choices else name.split("_")[-1].upper()
+        # A computed default (the socket, the instance id) is shown as it comes out on this machine, for this user.
+        default = _shown(name, field.get_default(call_default_factory=True, validated_data={}))
+        here = " here" if field.default_factory is not None else ""
+        shown = f"; default{here} {default}" if default else ""
+        group.add_argument(flag_of(name), dest=name, default=argparse.SUPPRESS, metavar=metavar,
                            help=f"{field.description}{shown} [{env_of(name)}]")
 
 
@@ -66,7 +95,13 @@ def load_settings(args: argparse.Namespace) -> Settings:
             name = str(first["loc"][0])
         else:  # a check across settings: its message starts with the setting it is about
             name, _, message = message.partition(": ")
-        where = f"{flag_of(name)} / {env_of(name)}" if name in Settings.model_fields else name
+        if first["type"] == "extra_forbidden":
+            message = "no such setting; the keys are the flags' names with underscores, e.g. max_frame_bytes"
+        located = line_in_config(name, given)
+        if located is not None:
+            where = f"{name} in {located[0]}, line {located[1]}"
+        else:
+            where = f"{flag_of(name)} / {env_of(name)}" if name in Settings.model_fields else name
         got = first.get("input")
         if name in ("backend", "backend_file") and isinstance(got, str):
             got = redact_uri(got)

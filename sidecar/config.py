@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -41,7 +44,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SYNCAR_", frozen=True, extra="forbid")
 
-    socket: Path = Field(default_factory=default_socket_path, description="unix socket the apps connect to")
+    socket: Path = Field(default_factory=default_socket_path, description="unix socket the apps connect to: "
+                         "/run/syncar/syncar.sock as root, else $XDG_RUNTIME_DIR/syncar/syncar.sock, else "
+                         "/tmp/syncar-$UID/syncar.sock")
     socket_mode: int = Field(0o660, description="file mode of the socket, octal; never world-writable")
     backend: str = Field("local://", description="broker URI: local://, redis://, rediss://, amqp://, amqps://, "
                          "nats://, tls://")
@@ -58,8 +63,8 @@ class Settings(BaseSettings):
                                 "an instance that has not come back (its queue or consumer is deleted)")
     instance_id: str = Field(
         default_factory=lambda data: default_instance_id(data.get("socket") or default_socket_path()),
-        min_length=1, max_length=200, description="this daemon's name on the bus, the same across restarts; "
-        "durable mode needs it given")
+        min_length=1, max_length=200, description="this daemon's name on the bus, the same across restarts: the "
+        "host name and a hash of the socket path unless given; durable mode needs it given")
     max_frame_bytes: int = Field(1 * MiB, ge=1024, le=256 * MiB, description="longest line a client may send")
     max_clients: int = Field(4096, ge=1, description="connections accepted at once; more are refused")
     client_queue_bytes: int = Field(8 * MiB, ge=64 * 1024,
@@ -186,10 +191,48 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
-        config_file = init_settings().get("config") or os.environ.get("SYNCAR_CONFIG")
-        if config_file:
-            sources += (TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)),)
+        path = config_file(init_settings())
+        if path is not None:
+            try:
+                sources += (TomlConfigSettingsSource(settings_cls, toml_file=path),)
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(_toml_syntax_error(path, exc)) from None
         return sources
+
+
+def config_file(given: Mapping[str, Any]) -> Path | None:
+    """The TOML file in force: `config` among the settings given, else SYNCAR_CONFIG."""
+    named = given.get("config") or os.environ.get(env_of("config"))
+    return Path(named) if named else None
+
+
+def line_in_config(name: str, given: Mapping[str, Any]) -> tuple[Path, int] | None:
+    """The file and line that set `name`, if the value in force came from the --config file.
+
+    Flags and the environment win over the file, so a setting given there is not the file's, even if it is in it.
+    """
+    path = config_file(given)
+    if path is None or name in given or env_of(name) in os.environ:
+        return None
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    # `key = ...`, `"key" = ...`, `key.sub = ...` or a table `[key]`: syncar's settings are all top-level.
+    pattern = re.compile(rf"""\s*\[?\s*(["']?){re.escape(name)}\1\s*[=.\]]""")
+    return next(((path, number) for number, line in enumerate(lines, 1) if pattern.match(line)), None)
+
+
+def _toml_syntax_error(path: Path, exc: tomllib.TOMLDecodeError) -> str:
+    reason, _, at = str(exc).partition(" (at ")
+    found = re.match(r"line (\d+), column \d+", at)
+    if found is None:  # "at end of document"
+        return f"invalid --config {path}: not TOML: {reason}"
+    lines = path.read_text(errors="replace").splitlines()
+    line = lines[int(found[1]) - 1] if int(found[1]) <= len(lines) else ""
+    key = re.match(r"""\s*\[?\s*["']?([\w-]+)""", line)
+    where = f"setting {key[1]} in {path}" if key else f"--config {path}"
+    return f"invalid {where}, {found[0]}: not TOML: {reason}"
 
 
 def redact_uri(uri: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import orjson
 import pytest
 
 from sidecar import __version__
+from sidecar.paths import default_socket_path
 from tests.utils import REPO, RawClient, SpawnedDaemon, publish_frame
 
 
@@ -75,6 +77,47 @@ def test_bad_config_file_names_it(tmp_path: Path) -> None:
     missing = syncar("check", "--config", str(tmp_path / "absent.toml"))
     assert missing.returncode == 2
     assert "--config" in missing.stderr
+
+
+@pytest.mark.parametrize(("text", "key", "line"), [
+    ('key = "x"\nmax_frame_bytes = "lots"\n', "max_frame_bytes", "line 2"),
+    ('key = "x"\n\nsocket_mode = "0666"\n', "socket_mode", "line 3"),
+    ('key = "x"\nno_such_setting = 1\n', "no_such_setting", "line 2"),
+    ('key = "x"\n[server]\nport = 1\n', "server", "line 2"),
+    ('key = "x"\nmode = durable\n', "mode", "line 2, column 8"),  # not TOML at all
+])
+def test_config_file_error_names_the_file_the_key_and_the_line(tmp_path: Path, text: str, key: str,
+                                                                line: str) -> None:
+    config = tmp_path / "syncar.toml"
+    config.write_text(text)
+    result = syncar("check", "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"setting {key} in {config}, {line}:" in lines[0]
+
+
+def test_a_setting_from_the_environment_is_not_blamed_on_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "syncar.toml"
+    config.write_text("max_frame_bytes = 65536\n")
+    result = syncar("check", "--config", str(config), env={"SYNCAR_MAX_FRAME_BYTES": "lots"})
+    assert result.returncode == 2
+    assert "--max-frame-bytes / SYNCAR_MAX_FRAME_BYTES" in result.stderr
+    assert str(config) not in result.stderr
+
+
+def test_help_shows_choices_and_defaults_as_a_person_writes_them() -> None:
+    result = syncar("run", "--help", env={"COLUMNS": "400"})
+    assert result.returncode == 0
+    text = result.stdout
+    for flag in ("--codec {syncar,feathers-sync}", "--mode {broadcast,durable}",
+                 "--log-level {debug,info,warning,error}", "--log-format {text,json}"):
+        assert f"{flag}\n" in text
+    assert f"default here {default_socket_path()} [SYNCAR_SOCKET]" in text
+    assert "default 86400 [SYNCAR_INSTANCE_TTL]" in text
+    assert "default 1048576 (1 MiB) [SYNCAR_MAX_FRAME_BYTES]" in text
+    assert "()" not in text
+    assert not re.search(r"default \d+\.0\s", text), re.findall(r".*default \d+\.0\s.*", text)
 
 
 async def test_publish_and_tail_through_a_daemon(sock: Path) -> None:
