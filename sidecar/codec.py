@@ -38,6 +38,7 @@ NULL = msgspec.Raw(b"null")
 T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
 _scratch = bytearray()
+_LINE_BREAKS_TO_SPACES = bytes.maketrans(b"\n\r", b"  ")
 
 
 def encode(value: Any) -> bytes:
@@ -97,14 +98,17 @@ def decode_json(decoder: msgspec.json.Decoder[T], body: bytes) -> T | None:
     """`body` decoded, or None if it is not valid JSON of the decoder's shape.
 
     The raw parts it keeps are safe to splice into frames: valid UTF-8 (msgspec does not check inside them), and
-    free of raw newlines, which in valid JSON can only be whitespace between tokens and are made spaces. JSON
-    nested deeper than msgspec goes (about 1,000 levels) is refused too: it raises RecursionError for it.
+    free of raw line feeds and carriage returns, which in valid JSON can only be whitespace between tokens and are
+    made spaces (a CR ends a line for Node's readline and Python's text-mode readers). JSON nested deeper than
+    msgspec goes (about 1,000 levels) is refused too: it raises RecursionError for it.
     """
     try:
         if not body.isascii():
             body.decode()
         value = decoder.decode(body)
-        return decoder.decode(body.replace(b"\n", b" ")) if b"\n" in body else value
+        if b"\n" in body or b"\r" in body:
+            return decoder.decode(body.translate(_LINE_BREAKS_TO_SPACES))
+        return value
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
         return None
 

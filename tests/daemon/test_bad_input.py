@@ -8,8 +8,10 @@ import os
 import socket
 from pathlib import Path
 
+import orjson
+
 from tests.conftest import Connect
-from tests.utils import RawClient, SpawnedDaemon, publish_frame, run_daemon, wait_for
+from tests.utils import TIMEOUT, RawClient, SpawnedDaemon, publish_frame, run_daemon, wait_for
 
 
 async def _still_relays(sock: Path, connect: Connect) -> None:
@@ -190,3 +192,25 @@ async def test_too_many_clients_are_refused_cleanly(sock: Path, connect: Connect
         assert b'"too_many_clients"' in rest
         await keep[0].send(publish_frame(data="fine"))
         assert (await keep[1].frame_of("event"))["data"] == "fine"
+
+
+async def test_no_frame_to_an_app_holds_a_raw_carriage_return(sock: Path, connect: Connect) -> None:
+    """A raw CR is JSON whitespace, but Node's readline and Python's text-mode readers end a line there: syncar
+    sends every frame as one line by those rules too, whatever whitespace the publisher used."""
+
+    async def line_of(client: RawClient) -> bytes:
+        async with asyncio.timeout(TIMEOUT):
+            return await client.reader.readline()
+
+    async with run_daemon(sock):
+        publisher = await connect(sock, {})
+        listener = await connect(sock, {})
+        await publisher.send(b'{"type":"publish","path":"p","event":"e","data":{"a":\r1,\r"b":[\r2]},'
+                             b'"context":\r{"c":"\\r\\n"}}\n')
+        line = await line_of(listener)
+        assert b"\r" not in line, line
+        event = orjson.loads(line)
+        assert (event["data"], event["context"]) == ({"a": 1, "b": [2]}, {"c": "\r\n"})
+        resumed = await connect(sock, {"resume": {"epoch": listener.welcome["epoch"], "seq": 0}})
+        line = await line_of(resumed)  # the replayed frame too
+        assert b"\r" not in line and orjson.loads(line)["data"] == {"a": 1, "b": [2]}

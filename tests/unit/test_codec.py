@@ -79,11 +79,11 @@ def test_syncar_echo_is_recognised_without_decoding_and_counts_its_events() -> N
     assert codec.unpack(body).origin == "me"  # decoding still tells, for what echoed() does not catch
 
 
-def test_raw_newlines_between_tokens_never_reach_a_frame() -> None:
-    body = b'{"v":1,"origin":"x","events":[{"id":"1","time":1,"event":"e","path":"p","data":{"a":\n1}}]}'
+def test_raw_line_breaks_between_tokens_never_reach_a_frame() -> None:
+    body = b'{"v":1,"origin":"x","events":[{"id":"1","time":1,"event":"e","path":"p","data":{"a":\n1,\r"b":\r\n2}}]}'
     [event] = SyncarCodec("me").unpack(body).events
-    assert b"\n" not in encode(event)
-    assert orjson.loads(bytes(event.data)) == {"a": 1}
+    assert b"\n" not in encode(event) and b"\r" not in encode(event)
+    assert orjson.loads(bytes(event.data)) == {"a": 1, "b": 2}
 
 
 def test_a_feathers_sync_body_keeps_its_data_bytes() -> None:
