@@ -8,7 +8,8 @@
 The client reconnects with jittered exponential back-off, resumes from the
 last `seq` it saw, and keeps publishes made while disconnected (up to
 `max_pending`) to send them after reconnecting. Publishes that asked for an
-ack are re-sent after a reconnect until the daemon acknowledges them.
+ack are re-sent after a reconnect until the daemon acknowledges them, for at
+most their `timeout`: `publish(ack=True)` always returns or raises within it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 STREAM_LIMIT = 16 * 1024 * 1024
 #: Event ids remembered to drop duplicates (redelivered after a daemon restart).
 DEDUP_WINDOW = 10_000
+#: Seconds `publish(ack=True)` waits for the broker to accept an event. Longer than a broker reconnect or a daemon
+#: restart usually takes, shorter than an HTTP request's patience.
+DEFAULT_ACK_TIMEOUT = 30.0
 
 
 class ClientError(Exception):
@@ -44,11 +48,22 @@ class ClientError(Exception):
 
 
 class PublishRefused(ClientError):
-    """The daemon answered a publish with `nack`: it did not reach the broker."""
+    """The event will not reach the broker: the daemon answered with `nack` or `error` (its `code`, e.g.
+    `invalid_frame`, `outbox_full`), or the client knows it would (`frame_too_large`, checked before sending)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
+
+
+class AckTimeout(ClientError, TimeoutError):
+    """No `ack` within the publish's timeout. If `queued`, the daemon has the event and did not refuse it: it waits
+    in the daemon's outbox (the broker is down or slow) and may still go out. Otherwise it was not sent, and the client
+    no longer holds it."""
+
+    def __init__(self, message: str, *, queued: bool) -> None:
+        super().__init__(message)
+        self.queued = queued
 
 
 class PendingFull(ClientError):
@@ -104,16 +119,17 @@ class Client:
         self._task: asyncio.Task[None] | None = None
         self._first_connect: asyncio.Future[None] | None = None
         self._seen = SeenIds(DEDUP_WINDOW)
+        self.max_frame_bytes: int | None = None  # told by the daemon's welcome
 
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
 
     async def connect(self, timeout: float = 10.0) -> None:
-        """Connect and wait for the daemon's welcome.
+        """Connect and wait for the daemon's welcome. Once connected, the client reconnects by itself (if `reconnect`).
 
         Raises:
-            ClientError: the daemon did not answer within `timeout`.
+            ClientError: nothing listens on the socket (at once), or the daemon did not answer within `timeout`.
         """
         loop = asyncio.get_running_loop()
         self._first_connect = loop.create_future()
@@ -131,9 +147,13 @@ class Client:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._end(ClientError("client closed before the publish was acknowledged"))
+
+    def _end(self, error: ClientError) -> None:
+        """No ack can come any more: fail what waits for one, drop what was never sent, end the event iteration."""
         for _, future in self._outgoing.values():
             if future is not None and not future.done():
-                future.set_exception(ClientError("client closed before the publish was acknowledged"))
+                future.set_exception(error)
         self._outgoing.clear()
         with contextlib.suppress(asyncio.QueueFull):
             self._events.put_nowait(_CLOSED)
@@ -150,12 +170,17 @@ class Client:
     # -- publishing ----------------------------------------------------------------------------
 
     async def publish(self, path: str, event: str, data: Any = None, context: Any = None, *,
-                      id: str | None = None, ack: bool = False) -> None:
+                      id: str | None = None, ack: bool = False, timeout: float | None = DEFAULT_ACK_TIMEOUT) -> None:
         """Publish one event; with `ack=True`, return only once the broker accepted it.
 
+        Args:
+            timeout: with `ack=True`, seconds to wait for the ack (None: as long as it takes).
+
         Raises:
-            PublishRefused: the daemon could not get it to the broker (`ack=True` only).
+            PublishRefused: too large for the daemon (always), or refused by the daemon (`ack=True` only).
+            AckTimeout: no ack within `timeout` (`ack=True` only).
             PendingFull: disconnected and the pending buffer is full.
+            ClientError: the connection is gone and `reconnect` is off, or the client was closed.
         """
         event_id = id or secrets.token_hex(12)
         frame: dict[str, Any] = {"type": "publish", "id": event_id, "path": path, "event": event, "data": data}
@@ -164,6 +189,11 @@ class Client:
         if ack:
             frame["ack"] = True
         line = orjson.dumps(frame, option=orjson.OPT_APPEND_NEWLINE)
+        if (problem := self._too_large(line)) is not None:
+            raise problem
+        if self._task is None or self._task.done():
+            raise ClientError("not connected to syncar: connect() first (or it was closed, or the connection was lost "
+                              "with reconnect off)")
         future = asyncio.get_running_loop().create_future() if ack else None
         writer = self._writer
         if writer is not None and self.connected:
@@ -177,7 +207,27 @@ class Client:
                 raise PendingFull(f"disconnected from syncar and {self.max_pending} publishes are waiting")
             self._outgoing[event_id] = (line, future)
         if future is not None:
-            await future
+            try:
+                async with asyncio.timeout(timeout):
+                    await future
+            except TimeoutError:
+                if future.done() and not future.cancelled():  # settled just as the timeout fired
+                    future.result()
+                    return
+                self._outgoing.pop(event_id, None)
+                queued = self.connected
+                if queued:
+                    where = f"syncar has it in its outbox; its broker {'is up' if self.broker_up else 'is down'}"
+                else:
+                    where = f"not connected to syncar at {self.socket}; the client no longer holds it"
+                raise AckTimeout(f"publish {event_id}: no ack within {timeout:g}s: {where}", queued=queued) from None
+
+    def _too_large(self, line: bytes) -> PublishRefused | None:
+        """The refusal the daemon would answer `line` with if it is over the size limit of the welcome."""
+        if self.max_frame_bytes is None or len(line) - 1 <= self.max_frame_bytes:
+            return None
+        return PublishRefused("frame_too_large", f"the publish is {len(line) - 1} bytes; syncar takes at most "
+                                                 f"{self.max_frame_bytes} (its --max-frame-bytes); not sent")
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -207,8 +257,9 @@ class Client:
             try:
                 reader, writer = await asyncio.open_unix_connection(self.socket, limit=STREAM_LIMIT)
             except OSError as exc:
-                if not self.reconnect and self._first_connect and not self._first_connect.done():
-                    self._first_connect.set_exception(ClientError(f"cannot connect to {self.socket}: {exc}"))
+                if self._first_connect and not self._first_connect.done():
+                    self._first_connect.set_exception(ClientError(f"cannot connect to {self.socket}: "
+                                                                  f"{exc.strerror or exc}"))
                     return
             else:
                 attempt = 0
@@ -221,6 +272,7 @@ class Client:
                     self._writer = None
                     writer.close()
                 if not self.reconnect:
+                    self._end(ClientError(f"connection to syncar at {self.socket} lost, and reconnect is off"))
                     return
             attempt += 1
             low, high = self.backoff
@@ -264,7 +316,10 @@ class Client:
             elif kind == "error":
                 if frame.get("code") == "resume_gap":
                     self.gaps += 1
-                log.warning("syncar: %s: %s", frame.get("code"), frame.get("message"))
+                if isinstance(frame.get("id"), str) and frame["id"] in self._outgoing:
+                    self._settle(frame["id"], PublishRefused(frame.get("code", ""), frame.get("message", "")))
+                else:
+                    log.warning("syncar: %s: %s", frame.get("code"), frame.get("message"))
 
     async def _welcomed(self, frame: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         if frame.get("epoch") != self._epoch:
@@ -272,9 +327,14 @@ class Client:
             self._seq = frame.get("seq", 0)
         self.instance = frame.get("instance")
         self.broker_up = frame.get("broker") == "up"
+        self.max_frame_bytes = frame.get("max_frame_bytes")
         # Send in publish order what was never written, and what was written but not acknowledged. No await
         # until we are marked connected: a publish() in between would be queued behind and never written.
         for event_id, (line, future) in list(self._outgoing.items()):
+            if (problem := self._too_large(line)) is not None:  # held before this daemon told its limit
+                log.warning("syncar: %s", problem)
+                self._settle(event_id, problem)
+                continue
             writer.write(line)
             if future is None:
                 del self._outgoing[event_id]

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from sidecar import protocol
 from sidecar.errors import FrameError
-from sidecar.framing import OVERSIZED, FrameDecoder
+from sidecar.framing import FrameDecoder, Oversized
 from sidecar.logging import RateLimitedLogger
 from sidecar.metrics import DropReason
 from sidecar.peers import PeerPolicy
@@ -73,6 +73,11 @@ class Connection(asyncio.Protocol):
         self.wants: Callable[[str, str], bool] = _every_event
         self.closed = self._loop.create_future()
 
+    @property
+    def max_frame_bytes(self) -> int:
+        """The longest line this client may send (told in `welcome`)."""
+        return self._limits.max_frame_bytes
+
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -91,9 +96,9 @@ class Connection(asyncio.Protocol):
         for line in self._decoder.feed(data):
             if self._closing:
                 return
-            if line is OVERSIZED:
+            if type(line) is Oversized:
                 self.reject(ErrorCode.FRAME_TOO_LARGE,
-                            f"frame is longer than {self._decoder.max_bytes} bytes; it was discarded")
+                            f"frame is longer than {self._decoder.max_bytes} bytes; it was discarded", line)
                 continue
             try:
                 publish = protocol.fast_publish(line)
@@ -102,7 +107,7 @@ class Connection(asyncio.Protocol):
                 else:
                     self._dispatch(protocol.decode(line))
             except FrameError as exc:
-                self.reject(exc.code, exc.message)
+                self.reject(exc.code, exc.message, line)
         self._relay.count_published()
 
     def eof_received(self) -> bool:
@@ -193,10 +198,14 @@ class Connection(asyncio.Protocol):
         else:
             self.send(protocol.error(code, message, id=publish.id))
 
-    def reject(self, code: str, message: str) -> None:
+    def reject(self, code: str, message: str, line: bytes = b"") -> None:
+        """Answer an unusable frame (`line`, or the head of one too long) with an `error`, carrying its `id` if it had
+        a readable one, so that a client waiting for that publish's ack hears of it."""
         self._relay.metrics.frame_errors.labels(code).inc()
         frame_warnings.warning(code, "bad frame from client %s: %s", self.client_id, message)
-        self.send(protocol.error(ErrorCode(code), message))
+        event_id = protocol.readable_id(line)
+        self.send(protocol.error(ErrorCode(code), message) if event_id is None
+                  else protocol.error(ErrorCode(code), message, id=event_id))
 
     def close(self, last_frame: bytes | None = None) -> None:
         """Say `last_frame`, stop sending, and cut the connection if it has not drained within the grace."""

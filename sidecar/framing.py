@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Final
+#: How much of a line over the limit is kept to say which frame it was (its `id`, see protocol.readable_id).
+HEAD_BYTES = 4096
 
-#: Stands in the output of `FrameDecoder.feed` for a line that was over the limit and was thrown away.
-OVERSIZED: Final = b""
+
+class Oversized(bytes):
+    """Stands in the output of `FrameDecoder.feed` for a line that was over the limit and was thrown away: its first
+    `HEAD_BYTES` bytes."""
+
+    __slots__ = ()
 
 
 class FrameDecoder:
@@ -13,7 +18,7 @@ class FrameDecoder:
 
     Many frames per read come out of one `feed`. A line longer than
     `max_bytes` is discarded up to its newline and reported once as
-    `OVERSIZED`, so memory per connection never exceeds the limit and the
+    `Oversized` (its head), so memory per connection never exceeds the limit and the
     frames after it still count. The cost is linear in the bytes fed, however
     they are cut: an unfinished line grows in place and is copied out once,
     when its newline comes.
@@ -40,9 +45,10 @@ class FrameDecoder:
         elif buffer:
             if not lines:  # still no newline: the line grows (amortised), it is not copied again
                 if len(buffer) + len(tail) > limit:
+                    head = Oversized((buffer[:HEAD_BYTES] + tail[:HEAD_BYTES])[:HEAD_BYTES])
                     buffer.clear()
                     self._discarding = True
-                    return [OVERSIZED]
+                    return [head]
                 buffer += tail
                 return []
             buffer += lines[0]  # joined to the first line only, not to the whole read
@@ -51,10 +57,10 @@ class FrameDecoder:
         if max(map(len, lines), default=0) <= limit:  # the usual case, in one pass
             frames = [line for line in lines if line and not line.isspace()]
         else:
-            frames = [OVERSIZED if len(line) > limit else line for line in lines
+            frames = [Oversized(line[:HEAD_BYTES]) if len(line) > limit else line for line in lines
                       if len(line) > limit or (line and not line.isspace())]
         if len(tail) > limit:
-            frames.append(OVERSIZED)
+            frames.append(Oversized(tail[:HEAD_BYTES]))
             self._discarding = True
         else:
             buffer += tail

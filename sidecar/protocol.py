@@ -9,6 +9,7 @@ See docs/protocol.md for the prose version.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Any, cast
 
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sidecar.codec import NULL, decode_json
 from sidecar.errors import FrameError
+from sidecar.framing import HEAD_BYTES
 
 PROTOCOL_VERSION = 1
 MAX_ID_LENGTH = 256
@@ -47,6 +49,35 @@ def encode(frame: dict[str, Any]) -> bytes:
 
 def error(code: ErrorCode, message: str, **extra: Any) -> bytes:
     return encode({"type": "error", "code": code, "message": message, **extra})
+
+
+# JSON strings and the punctuation around them; numbers, literals and white space are not needed to find a key.
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\]:,]')
+
+
+def readable_id(line: bytes) -> str | None:
+    """The top-level string `id` within the first `HEAD_BYTES` of a frame syncar refuses, for the `error` answering
+    it; None if there is none there. The line need not be JSON as a whole (it may be cut, or over the size limit)."""
+    depth, key, value_of_id = 0, b"", False
+    for match in _TOKENS.finditer(line, 0, HEAD_BYTES):
+        token = match[0]
+        if token[0] == 0x22 and depth == 1:  # a string in the top-level object: a key, or the value after one
+            if value_of_id:
+                try:
+                    found = orjson.loads(token)
+                except orjson.JSONDecodeError:
+                    return None
+                return found if isinstance(found, str) else None
+            key = token
+        elif token == b":":
+            value_of_id = depth == 1 and key == b'"id"'
+            continue
+        elif token in (b"{", b"["):
+            depth += 1
+        elif token in (b"}", b"]"):
+            depth -= 1
+        value_of_id = False
+    return None
 
 
 def decode(line: bytes) -> dict[str, Any]:

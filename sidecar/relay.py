@@ -80,6 +80,7 @@ class Relay:
             "type": "welcome", "version": protocol.PROTOCOL_VERSION, "instance": self.instance_id,
             "backend": self.backend_name, "broker": "up" if self.broker_up else "down", "epoch": self.epoch,
             "seq": self.seq, "client_id": client.client_id, "resumed": resume is not None and not gap,
+            "max_frame_bytes": client.max_frame_bytes,
         }))
         if gap:
             client.send(protocol.error(

@@ -214,3 +214,27 @@ async def test_no_frame_to_an_app_holds_a_raw_carriage_return(sock: Path, connec
         resumed = await connect(sock, {"resume": {"epoch": listener.welcome["epoch"], "seq": 0}})
         line = await line_of(resumed)  # the replayed frame too
         assert b"\r" not in line and orjson.loads(line)["data"] == {"a": 1, "b": [2]}
+
+
+async def test_an_error_answering_a_frame_carries_its_id(sock: Path, connect: Connect) -> None:
+    """So that a client waiting for the ack of that publish hears of it (issue 13)."""
+    head = b'{"type":"publish","id":"%s","ack":true,"path":"m","event":"e","data":'
+    cases: list[tuple[bytes, str, str | None]] = [
+        (head % b"empty-path" + b'1,"path":""}', "invalid_frame", "empty-path"),
+        (b'{"type":"publish","path":"m","event":"e","ack":true,"id":"' + b"i" * 300 + b'"}', "invalid_frame",
+         "i" * 300),
+        (head % b"too-large" + b'"' + b"x" * 2_000_000 + b'"}', "frame_too_large", "too-large"),
+        (head % b"cut-json" + b'{"a":}', "invalid_json", "cut-json"),
+        (b'{"type":"publsh","id":"typo"}', "unknown_type", "typo"),
+        # Not readable: an id in the data, or beyond the head kept of a line over the limit.
+        (b'{"type":"publish","path":"","event":"e","data":{"id":"inner"}}', "invalid_frame", None),
+        (b'{"type":"publish","path":"m","event":"e","data":"' + b"x" * 2_000_000 + b'","id":"late"}',
+         "frame_too_large", None),
+    ]
+    async with run_daemon(sock):
+        client = await connect(sock, {})
+        for line, code, event_id in cases:
+            await client.send(line + b"\n")
+            error = await client.frame()
+            assert (error["type"], error["code"], error.get("id")) == ("error", code, event_id), line[:80]
+        await _still_relays(sock, connect)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
-from sidecar.client import Client, ClientError, PendingFull
+from sidecar.client import AckTimeout, Client, ClientError, PendingFull, PublishRefused
 from tests.utils import RawClient, run_daemon, wait_for
 
 
@@ -132,3 +136,98 @@ async def test_an_event_the_client_cannot_read_is_skipped_not_fatal(sock: Path) 
         assert (await sub.next_event(timeout=5)).data == 2
         assert sub.connected
         await raw.close()
+
+
+@pytest.mark.parametrize(("publish", "code"), [
+    ({"path": ""}, "invalid_frame"),
+    ({"id": "i" * 300}, "invalid_frame"),
+], ids=["empty path", "id of 300 characters"])
+async def test_a_publish_the_daemon_refuses_raises_at_once(sock: Path, publish: dict[str, Any], code: str) -> None:
+    async with run_daemon(sock), Client(sock) as client:
+        async with asyncio.timeout(5):  # it used to wait for an ack forever
+            with pytest.raises(PublishRefused) as refused:
+                await client.publish(**{"path": "p", "event": "e", "ack": True, **publish})
+        assert refused.value.code == code
+        await client.publish("p", "e", ack=True)  # and the connection is fine
+
+
+async def test_a_publish_over_the_daemons_frame_limit_is_refused_before_sending(sock: Path) -> None:
+    async with run_daemon(sock, max_frame_bytes=64 * 1024) as daemon, Client(sock) as client:
+        assert client.max_frame_bytes == 64 * 1024  # from the welcome
+        for ack in (True, False):
+            with pytest.raises(PublishRefused, match="at most 65536") as refused:
+                await client.publish("p", "e", "x" * 2_000_000, ack=ack)
+            assert refused.value.code == "frame_too_large"
+        await client.publish("p", "e", "x" * 60_000, ack=True)
+        # Nothing too large was sent: the daemon never had to refuse a frame.
+        assert daemon.relay.metrics.frame_errors.labels("frame_too_large")._value.get() == 0
+
+
+async def test_publishes_held_before_the_welcome_are_checked_against_its_limit(sock: Path) -> None:
+    async with run_daemon(sock):
+        client = Client(sock, backoff=(0.01, 0.05))
+        await client.connect()
+    await wait_for(lambda: not client.connected, what="the client to notice")
+    client.max_frame_bytes = None  # as if it had never been told
+    big = asyncio.create_task(client.publish("p", "e", "x" * 100_000, ack=True))
+    await client.publish("p", "e", "small")
+    try:
+        async with run_daemon(sock, max_frame_bytes=64 * 1024):
+            async with asyncio.timeout(5):
+                with pytest.raises(PublishRefused, match="frame_too_large"):
+                    await big
+            listener = await RawClient.connect(sock, {"resume": {"epoch": "an-earlier-run", "seq": 0}})
+            assert [frame["data"] for frame in await listener.events(1)] == ["small"]
+            await listener.close()
+    finally:
+        await client.close()
+
+
+@contextlib.asynccontextmanager
+async def fake_daemon(sock: Path, on_publish: Callable[[asyncio.StreamWriter], Awaitable[None]]) -> AsyncIterator[None]:
+    """A socket that welcomes like syncar and then handles each publish with `on_publish`."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while line := await reader.readline():
+                frame = orjson.loads(line)
+                if frame["type"] == "hello":
+                    writer.write(orjson.dumps({"type": "welcome", "version": 1, "instance": "fake", "broker": "down",
+                                               "epoch": "e", "seq": 0, "max_frame_bytes": 1024}) + b"\n")
+                elif frame["type"] == "publish":
+                    await on_publish(writer)
+        writer.close()
+
+    server = await asyncio.start_unix_server(serve, sock)
+    async with server:
+        yield
+
+
+async def test_publish_with_ack_times_out_with_its_own_exception(sock: Path) -> None:
+    async def never_ack(writer: asyncio.StreamWriter) -> None:
+        pass
+
+    async with fake_daemon(sock, never_ack), Client(sock) as client:
+        async with asyncio.timeout(5):
+            with pytest.raises(AckTimeout, match=r"no ack within 0\.2s: syncar has it in its outbox; its broker is down"
+                               ) as timed_out:
+                await client.publish("p", "e", ack=True, timeout=0.2)
+        assert timed_out.value.queued
+        assert isinstance(timed_out.value, TimeoutError)
+
+
+async def test_pending_acks_fail_at_once_when_the_connection_is_lost_without_reconnect(sock: Path) -> None:
+    async def hang_up(writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async with fake_daemon(sock, hang_up):
+        client = Client(sock, reconnect=False)
+        await client.connect()
+        try:
+            async with asyncio.timeout(5):
+                with pytest.raises(ClientError, match="lost, and reconnect is off"):
+                    await client.publish("p", "e", ack=True, timeout=None)
+                assert [event async for event in client] == []  # the iteration ends too
+            with pytest.raises(ClientError, match="not connected"):
+                await client.publish("p", "e")
+        finally:
+            await client.close()

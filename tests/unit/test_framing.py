@@ -5,7 +5,7 @@ import time
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.framing import OVERSIZED, FrameDecoder
+from sidecar.framing import HEAD_BYTES, FrameDecoder, Oversized
 
 
 def test_many_frames_in_one_read_and_split_frames() -> None:
@@ -22,10 +22,18 @@ def test_blank_lines_are_skipped() -> None:
 
 def test_oversized_line_is_reported_once_and_the_next_one_survives() -> None:
     decoder = FrameDecoder(10)
-    assert decoder.feed(b"x" * 25) == [OVERSIZED]
+    assert decoder.feed(b"x" * 25) == [b"x" * 25]
     assert decoder.feed(b"y" * 25) == []
     assert decoder.feed(b"zz\nok\n") == [b"ok"]
-    assert decoder.feed(b"a" * 11 + b"\nb\n") == [OVERSIZED, b"b"]
+    frames = decoder.feed(b"a" * 11 + b"\nb\n")
+    assert frames == [b"a" * 11, b"b"]
+    assert [type(frame) for frame in frames] == [Oversized, bytes]
+
+
+def test_an_oversized_line_keeps_only_its_head() -> None:
+    decoder = FrameDecoder(HEAD_BYTES)
+    assert decoder.feed(b"<" + b"x" * 3 * HEAD_BYTES) == [b"<" + b"x" * (HEAD_BYTES - 1)]
+    assert decoder.feed(b"y" * HEAD_BYTES + b"\n") == []
 
 
 @given(st.lists(st.binary(max_size=50).map(lambda b: b.replace(b"\n", b"")), max_size=20),

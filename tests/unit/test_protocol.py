@@ -4,7 +4,7 @@ import pytest
 
 from sidecar.codec import NULL
 from sidecar.errors import FrameError
-from sidecar.protocol import decode, fast_publish, parse_hello, parse_publish
+from sidecar.protocol import decode, fast_publish, parse_hello, parse_publish, readable_id
 
 
 def test_publish_defaults() -> None:
@@ -50,3 +50,18 @@ def test_hello_ignores_unknown_fields_and_checks_version() -> None:
     with pytest.raises(FrameError) as info:
         parse_hello({"type": "hello", "version": 2})
     assert info.value.code == "unsupported_version"
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    (b'{"type":"publish","id":"a1","data":1}', "a1"),
+    (b'{"data":{"id":"inner"},"ack":true,"id":"outer"', "outer"),  # cut short: still readable
+    (b'{"id" : "\\u00e9\\"q"}', 'é"q'),
+    (b'{"id":5,"x":"y"}', None),
+    (b'{"a":["id",":","x"],"b":"id"}', None),
+    (b'["id","x"]', None),
+    (b'{"data":"a \\"id\\":\\"forged', None),  # inside a string cut short
+    (b'{"data":"' + b"x" * 5000 + b'","id":"late"}', None),  # beyond the head
+    (b"\xff\xfe garbage", None),
+])
+def test_readable_id(line: bytes, expected: str | None) -> None:
+    assert readable_id(line) == expected
