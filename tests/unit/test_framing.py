@@ -34,6 +34,8 @@ def test_an_oversized_line_keeps_only_its_head() -> None:
     decoder = FrameDecoder(HEAD_BYTES)
     assert decoder.feed(b"<" + b"x" * 3 * HEAD_BYTES) == [b"<" + b"x" * (HEAD_BYTES - 1)]
     assert decoder.feed(b"y" * HEAD_BYTES + b"\n") == []
+    assert decoder.feed(b"<" + b"a" * 10) == []  # a line that grows over several reads
+    assert decoder.feed(b"b" * 2 * HEAD_BYTES) == [(b"<" + b"a" * 10 + b"b" * HEAD_BYTES)[:HEAD_BYTES]]
 
 
 @given(st.lists(st.binary(max_size=50).map(lambda b: b.replace(b"\n", b"")), max_size=20),
