@@ -21,7 +21,7 @@ from typing import Any, cast
 from sidecar import protocol
 from sidecar.errors import FrameError
 from sidecar.framing import FrameDecoder, Oversized
-from sidecar.logging import RateLimitedLogger
+from sidecar.logging import RateLimitedLogger, printable
 from sidecar.metrics import DropReason
 from sidecar.peers import PeerPolicy
 from sidecar.protocol import ErrorCode, Publish
@@ -121,7 +121,7 @@ class Connection(asyncio.Protocol):
         self._relay.leave(self)
         self._on_close(self)
         if self.greeted:
-            log.info("client gone: %s (%s)", self.name or "unnamed", self.client_id)
+            log.info("client gone: %s (%s)", printable(self.name) or "unnamed", printable(self.client_id))
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -164,7 +164,7 @@ class Connection(asyncio.Protocol):
         if not self.greeted:
             self.greeted = True
             self._relay.join(self, resume)
-            log.info("client connected: %s (%s)", self.name or "unnamed", self.client_id)
+            log.info("client connected: %s (%s)", printable(self.name) or "unnamed", printable(self.client_id))
 
     # -- frames out ----------------------------------------------------------------------------
 
@@ -202,7 +202,7 @@ class Connection(asyncio.Protocol):
         """Answer an unusable frame (`line`, or the head of one too long) with an `error`, carrying its `id` if it had
         a readable one, so that a client waiting for that publish's ack hears of it."""
         self._relay.metrics.frame_errors.labels(code).inc()
-        frame_warnings.warning(code, "bad frame from client %s: %s", self.client_id, message)
+        frame_warnings.warning(code, "bad frame from client %s: %s", printable(self.client_id), printable(message))
         event_id = protocol.readable_id(line)
         self.send(protocol.error(ErrorCode(code), message) if event_id is None
                   else protocol.error(ErrorCode(code), message, id=event_id))

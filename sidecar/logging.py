@@ -1,4 +1,4 @@
-"""Log configuration (applied by the CLI only) and a rate-limited warning helper."""
+"""Log configuration (applied by the CLI only), a rate-limited warning helper, and `printable` for what apps send."""
 
 from __future__ import annotations
 
@@ -10,6 +10,27 @@ from typing import Any
 import orjson
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+#: Control characters (C0, DEL, C1), the Unicode line and paragraph separators, and the backslash that escapes them.
+_ESCAPES: dict[int, str] = {
+    **{code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))},
+    0x2028: "\\u2028", 0x2029: "\\u2029", ord("\\"): "\\\\",
+}
+#: Characters of an app's string kept in a log line; a name or an id is far shorter.
+PRINTABLE_LIMIT = 256
+
+
+def printable(text: str) -> str:
+    """`text`, which an app (or the broker) chose, made safe for one log line.
+
+    Its control characters are escaped (`\\x0a`), so a newline cannot forge a log line and an escape sequence cannot
+    drive the terminal that shows the log; it is cut after PRINTABLE_LIMIT characters. Use it for every such string
+    that is logged, in either log format.
+    """
+    if len(text) > PRINTABLE_LIMIT:
+        return f"{text[:PRINTABLE_LIMIT].translate(_ESCAPES)}... ({len(text) - PRINTABLE_LIMIT} more characters)"
+    return text.translate(_ESCAPES)
 
 
 class JsonFormatter(logging.Formatter):
