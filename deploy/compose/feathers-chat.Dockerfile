@@ -12,11 +12,12 @@ WORKDIR /src/examples/feathers-chat
 COPY clients/node/package.json clients/node/index.js clients/node/index.mjs clients/node/index.d.ts \
      clients/node/README.md /src/clients/node/
 COPY clients/node/lib /src/clients/node/lib
-COPY examples/feathers-chat/package.json examples/feathers-chat/app.js examples/feathers-chat/http.js \
-     examples/feathers-chat/server.js examples/feathers-chat/cluster.js ./
+COPY examples/feathers-chat/package.json examples/feathers-chat/package-lock.json examples/feathers-chat/app.js \
+     examples/feathers-chat/http.js examples/feathers-chat/server.js examples/feathers-chat/cluster.js ./
 
-# --install-links copies the plugin into node_modules rather than linking outside the app.
-RUN npm install --omit=dev --install-links --no-audit --no-fund \
+# The versions of the lock file, exactly; --install-links copies the plugin into node_modules rather
+# than linking outside the app.
+RUN npm ci --omit=dev --install-links --no-audit --no-fund \
     && npm cache clean --force
 
 # The image's `node` user (uid 1000), not syncar's 10001: the compose file adds group 10001,

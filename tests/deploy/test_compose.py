@@ -144,7 +144,8 @@ def test_app_build_context_is_the_plugin_and_the_example() -> None:
     plugin = json.loads((REPO / "clients/node/package.json").read_text())
     published = {f"clients/node/{name.rstrip('/')}" for name in ["package.json", *plugin["files"]]}
     example = REPO / "examples/feathers-chat"
-    modules = {f"examples/feathers-chat/{path.name}" for path in [*example.glob("*.js"), example / "package.json"]}
+    modules = {f"examples/feathers-chat/{path.name}"
+               for path in [*example.glob("*.js"), example / "package.json", example / "package-lock.json"]}
     assert published | modules == allowed
 
 
