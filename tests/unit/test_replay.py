@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sidecar.replay import Entry, ReplayBuffer
+from sidecar.replay import Entry, ReplayBuffer, SharedStrings
 
 
 def entry(seq: int, size: int = 10) -> Entry:
@@ -33,3 +33,14 @@ def test_empty_buffer_resumes_nothing() -> None:
 def test_frame_is_the_event_with_its_seq_and_origin() -> None:
     frame = Entry(7, "p", "e", None, b'"o"', b'{"id":"1"}').frame()
     assert frame == b'{"type":"event","seq":7,"origin":"o","id":"1"}\n'
+
+
+def test_shared_strings_stay_bounded_in_count_and_length() -> None:
+    shared = SharedStrings(max_strings=100, max_length=50)
+    first = shared["".join(["mess", "ages"])]
+    assert shared["".join(["messa", "ges"])] is first  # one copy of a repeated string
+    for i in range(1000):
+        assert shared[f"unique-{i}"] == f"unique-{i}"
+        assert len(shared) <= 100
+    long = "x" * 51
+    assert shared[long] is long and long not in shared
