@@ -92,7 +92,7 @@ def by_name(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {item["name"]: item for item in items}
 
 
-def test_syncar_is_a_native_sidecar_sharing_the_socket() -> None:
+def test_syncar_is_a_native_sidecar_sharing_the_socket(tmp_path: Path) -> None:
     (deployment,) = documents((KUBE_DIR / "deployment.yaml").read_text())
     (config,) = documents((KUBE_DIR / "configmap.yaml").read_text())
     settings = config["data"]
@@ -106,23 +106,58 @@ def test_syncar_is_a_native_sidecar_sharing_the_socket() -> None:
     socket_dir = str(Path(settings["SYNCAR_SOCKET"]).parent)
     volumes = by_name(pod["volumes"])
     for container in (syncar, app):
-        (mount,) = container["volumeMounts"]
-        assert mount["mountPath"] == socket_dir
+        (mount,) = (mount for mount in container["volumeMounts"] if mount["mountPath"] == socket_dir)
         assert "emptyDir" in volumes[mount["name"]]
     assert by_name(app["env"])["SYNCAR_SOCKET"]["valueFrom"]["configMapKeyRef"] == {
         "name": config["metadata"]["name"], "key": "SYNCAR_SOCKET"}
 
-    # Settings from the ConfigMap, the broker URI from the Secret, the instance id from the pod name.
+    # Settings from the ConfigMap, the instance id from the pod name.
     assert syncar["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
     env = by_name(syncar["env"])
-    assert env["SYNCAR_BACKEND"]["valueFrom"]["secretKeyRef"] == {"name": "syncar-broker", "key": "SYNCAR_BACKEND"}
     assert env["SYNCAR_INSTANCE_ID"]["valueFrom"]["fieldRef"] == {"fieldPath": "metadata.name"}
-    (secret,) = documents((KUBE_DIR / "secret.example.yaml").read_text())
-    assert secret["metadata"]["name"] == "syncar-broker" and "SYNCAR_BACKEND" in secret["stringData"]
     assert "SYNCAR_BACKEND" not in settings, "credentials belong in the Secret"
-    # What the sidecar ends up with is a valid configuration.
-    effective = settings_from_env({**settings, **secret["stringData"], "SYNCAR_INSTANCE_ID": "app-7d9c-x2"})
+    effective = settings_from_env({**settings, "SYNCAR_INSTANCE_ID": "app-7d9c-x2",
+                                   "SYNCAR_BACKEND_FILE": str(broker_uri_file(tmp_path))})
     assert effective.http_address() == ("0.0.0.0", 9464)
+
+
+def broker_uri_file(directory: Path) -> Path:
+    """The example Secret's URI written where the sidecar would find it, for Settings to read."""
+    (secret,) = documents((KUBE_DIR / "secret.example.yaml").read_text())
+    (value,) = secret["stringData"].values()
+    path = directory / "backend-uri"
+    path.write_text(value + "\n")
+    return path
+
+
+def test_the_broker_uri_comes_from_a_mounted_secret_file_not_the_environment(tmp_path: Path) -> None:
+    """As docs/security.md recommends: the password is in no container's environment, only in a file syncar reads."""
+    (deployment,) = documents((KUBE_DIR / "deployment.yaml").read_text())
+    (config,) = documents((KUBE_DIR / "configmap.yaml").read_text())
+    (secret,) = documents((KUBE_DIR / "secret.example.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    (syncar,) = pod["initContainers"]
+    (app,) = pod["containers"]
+    for container in (syncar, app):
+        for variable in container.get("env", []):
+            assert "secretKeyRef" not in variable.get("valueFrom", {}), (container["name"], variable["name"])
+            assert variable["name"] != "SYNCAR_BACKEND"
+        assert all("secretRef" not in source for source in container.get("envFrom", []))
+
+    path = Path(by_name(syncar["env"])["SYNCAR_BACKEND_FILE"]["value"])
+    (mount,) = (mount for mount in syncar["volumeMounts"] if mount["mountPath"] == str(path.parent))
+    assert mount["readOnly"] is True
+    volume = by_name(pod["volumes"])[mount["name"]]
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    assert path.name in secret["stringData"], "the file is the Secret's key"
+    # Readable by syncar through the pod's fsGroup (the files belong to root), by nobody else; the app never mounts it.
+    assert pod["securityContext"]["fsGroup"] == syncar["securityContext"]["runAsGroup"]
+    assert volume["secret"]["defaultMode"] & 0o077 == 0o040
+    assert all(m["name"] != mount["name"] for m in app["volumeMounts"])
+
+    effective = settings_from_env({**config["data"], "SYNCAR_INSTANCE_ID": "app-0",
+                                   "SYNCAR_BACKEND_FILE": str(broker_uri_file(tmp_path))})
+    assert effective.backend == secret["stringData"][path.name]
 
 
 def test_probes_scraping_and_shutdown_budget() -> None:
