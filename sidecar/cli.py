@@ -26,6 +26,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
+EXIT_QUEUED = 4  # publish: syncar holds the event, the broker has not acknowledged it (yet)
 
 DESCRIPTION = """\
 syncar relays service events (Feathers created/updated/patched/removed and
@@ -184,7 +185,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from sidecar.client import Client, ClientError
+    from sidecar.client import AckTimeout, Client, ClientError, PublishRefused
 
     settings = load_settings(args)
     try:
@@ -198,10 +199,19 @@ def cmd_publish(args: argparse.Namespace) -> int:
         client = Client(settings.socket, name="syncar-publish", reconnect=False)
         try:
             await client.connect(timeout=args.timeout)
-            async with asyncio.timeout(args.timeout):
-                await client.publish(args.path, args.event, data, context, id=args.id, ack=True)
-        except (ClientError, TimeoutError) as exc:
-            print(f"syncar: publish failed: {exc or 'no ack within the timeout'}", file=sys.stderr)
+            await client.publish(args.path, args.event, data, context, id=args.id, ack=True, timeout=args.timeout)
+        except AckTimeout as exc:
+            if not exc.queued:
+                print(f"syncar: publish: not sent: {exc}", file=sys.stderr)
+                return EXIT_FAILURE
+            print(f"syncar: publish: queued, not acknowledged: {exc}; it goes out when the broker takes it",
+                  file=sys.stderr)
+            return EXIT_QUEUED
+        except PublishRefused as exc:
+            print(f"syncar: publish: refused: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        except ClientError as exc:
+            print(f"syncar: publish: {exc}", file=sys.stderr)
             return EXIT_FAILURE
         finally:
             await client.close()
@@ -217,7 +227,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     subscribe = [{"path": args.path, "event": args.event}]
 
     async def main() -> int:
-        async with Client(settings.socket, name="syncar-tail", subscribe=subscribe) as client:
+        # No de-duplication: a debugging tool shows what arrives, repeats included.
+        async with Client(settings.socket, name="syncar-tail", subscribe=subscribe, dedup=False) as client:
             async for event in client:
                 if args.json:
                     line = orjson.dumps({"seq": event.seq, "id": event.id, "origin": event.origin,
@@ -277,18 +288,25 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_check)
 
     publish = commands.add_parser("publish", help="publish one event through a running daemon",
-                                  description="Publish one event and wait until the broker accepted it.")
+                                  description="Publish one event and wait until the broker accepted it. Exit 0: "
+                                              "the broker accepted it; 1: not published (refused by syncar, or no "
+                                              "syncar on the socket); 2: bad DATA or --context; 4: queued, not "
+                                              "acknowledged: syncar holds it in its outbox (its broker is down or "
+                                              "slow) and sends it when the broker takes it, so do not publish it "
+                                              "again (or again with the same --id).")
     publish.add_argument("path", help="service path, e.g. messages")
     publish.add_argument("event", help="event name, e.g. created")
     publish.add_argument("data", nargs="?", default="null", help="event data as JSON (default null)")
     publish.add_argument("--context", help="hook context as JSON")
     publish.add_argument("--id", help="event id (default: random)")
-    publish.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the ack (default 10)")
+    publish.add_argument("--timeout", type=float, default=10.0,
+                         help="seconds to wait for syncar, then for the ack (default 10)")
     _add_settings(publish, ["socket", "config"])
     publish.set_defaults(handler=cmd_publish)
 
     tail = commands.add_parser("tail", help="print events as they flow through a running daemon",
-                               description="Print every event the daemon delivers, like redis-cli monitor.")
+                               description="Print every event the daemon delivers, like redis-cli monitor, "
+                                           "repeats included (apps drop an event whose origin and id they saw).")
     tail.add_argument("--path", default="*", help="only services matching this pattern (default *)")
     tail.add_argument("--event", default="*", help="only events matching this pattern (default *)")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -93,6 +93,7 @@ class Client:
         name: str = "python",
         subscribe: Sequence[Mapping[str, str] | str] | None = None,
         echo: bool = False,
+        dedup: bool = True,
         reconnect: bool = True,
         max_pending: int = 10_000,
         max_events: int = 10_000,
@@ -118,7 +119,7 @@ class Client:
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._first_connect: asyncio.Future[None] | None = None
-        self._seen = SeenIds(DEDUP_WINDOW)
+        self._seen = SeenIds(DEDUP_WINDOW) if dedup else None
         self.max_frame_bytes: int | None = None  # told by the daemon's welcome
 
     @property
@@ -300,7 +301,7 @@ class Client:
                 self._seq = frame["seq"]
                 origin = frame.get("origin")
                 # After a daemon restart, durable mode may hand us again what the old daemon already did.
-                if origin is not None and not self._seen.add(origin, frame["id"]):
+                if origin is not None and self._seen is not None and not self._seen.add(origin, frame["id"]):
                     continue
                 await self._events.put(Event(frame["seq"], frame["id"], frame.get("origin"), frame["event"],
                                              frame["path"], frame.get("data"), frame.get("context"),

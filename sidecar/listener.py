@@ -18,6 +18,8 @@ from sidecar.paths import unsafe_dir_reason
 log = logging.getLogger(__name__)
 
 BACKLOG = 1024
+#: Linux's sun_path holds 108 bytes, the last one the terminating NUL.
+MAX_PATH_BYTES = 107
 
 
 def _claim_path(path: Path) -> None:
@@ -52,6 +54,9 @@ def bind_unix(path: Path, mode: int, *, private_dir: bool = False) -> socket.soc
     With `private_dir` (the default location, in a shared place such as /tmp), the directory must be one only this
     user can write to: whoever else can write there could swap the socket for theirs and read every event.
     """
+    if len(os.fsencode(path)) > MAX_PATH_BYTES:
+        raise StartupError(f"socket: {path} is too long ({len(os.fsencode(path))} bytes); a unix socket path takes at "
+                           f"most {MAX_PATH_BYTES} bytes: pick a shorter --socket")
     try:
         path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)  # group may reach the socket, others not
     except OSError as exc:
