@@ -106,7 +106,7 @@ class Client:
         self.reconnect = reconnect
         self.max_pending = max_pending
         self.backoff = backoff
-        self.client_id = secrets.token_hex(8)
+        self.client_id = secrets.token_hex(16)  # a secret: it scopes the ids of our events (docs/protocol.md)
         self.instance: str | None = None
         self.broker_up = False
         self.gaps = 0  # resumes that could not be served: events were missed

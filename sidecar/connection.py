@@ -67,7 +67,8 @@ class Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._closing = False
         self.greeted = False
-        self.client_id = secrets.token_hex(8)
+        self.client_id = secrets.token_hex(16)
+        self.id_scope = ""  # made from client_id by the relay at the first publish that names its event
         self.name = ""
         self.echo = False
         self.wants: Callable[[str, str], bool] = _every_event

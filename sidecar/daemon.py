@@ -49,13 +49,16 @@ class Daemon:
         )
         codec = CODECS[settings.codec](settings.instance_id,
                                        broker_echoes=not self.backend.supports(Feature.NO_ECHO))
+        # What keys the scopes of event ids: the same at every start, and secret when there is a secret.
+        id_key = settings.instance_id.encode()
         if settings.signing_key_file is not None:
-            codec = SignedCodec(codec, Signer(load_keys(settings.signing_key_file), settings.signing_window))
+            keys = load_keys(settings.signing_key_file)
+            codec, id_key = SignedCodec(codec, Signer(keys, settings.signing_window)), keys[0]
         self.metrics = metrics = Metrics(backend_cls.name, settings.codec)
         self.outbox = outbox = Outbox(self.backend, codec, settings.key, settings.outbox_bytes, metrics)
         replay = ReplayBuffer(settings.replay_events, settings.replay_bytes)
         self.relay = Relay(settings.instance_id, backend_name=backend_cls.name, codec=codec, outbox=outbox,
-                           replay=replay, metrics=metrics, durable=settings.mode is Mode.DURABLE)
+                           replay=replay, metrics=metrics, id_key=id_key, durable=settings.mode is Mode.DURABLE)
         self.connections: set[Connection] = set()
         self._limits = Limits(settings.max_frame_bytes, settings.client_queue_bytes, settings.client_rate,
                               settings.client_burst, PeerPolicy(settings.allow_uids, settings.allow_gids))

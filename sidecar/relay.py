@@ -7,7 +7,6 @@ once; the same frame bytes are written to every client that wants it.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import secrets
 import time
@@ -18,7 +17,7 @@ import orjson
 from backends.base import BackendState, Message
 from sidecar import protocol
 from sidecar.codec import Codec, Event, Outgoing, encode
-from sidecar.dedup import SeenIds
+from sidecar.dedup import EventIds, SeenIds
 from sidecar.errors import CodecError
 from sidecar.logging import RateLimitedLogger
 from sidecar.metrics import DropReason, Metrics
@@ -39,7 +38,7 @@ bus_warnings = RateLimitedLogger(log, interval=10.0)
 
 class Relay:
     def __init__(self, instance_id: str, *, backend_name: str, codec: Codec, outbox: Outbox, replay: ReplayBuffer,
-                 metrics: Metrics, durable: bool = False) -> None:
+                 metrics: Metrics, id_key: bytes, durable: bool = False) -> None:
         self.instance_id = instance_id
         self.durable = durable
         self.metrics = metrics
@@ -54,8 +53,7 @@ class Relay:
         self._outbox = outbox
         self._replay = replay
         self._origin_json = orjson.dumps(instance_id)
-        self._ids = itertools.count(1)
-        self._id_prefix = f"{self.epoch[:8]}-"
+        self._ids = EventIds(id_key)
         self._seen = SeenIds(DEDUP_WINDOW)
         self._origins: dict[str | None, bytes] = {}
         self._strings = SharedStrings()
@@ -104,7 +102,9 @@ class Relay:
     def publish(self, client: Connection, publish: Publish) -> None:
         """A local client's event: deliver it here at once, and queue it for the broker."""
         self._published += 1
-        event_id = publish.id or f"{self._id_prefix}{next(self._ids)}"
+        # The app's id goes on the bus in the app's own scope, so that no other app can take it (sidecar/dedup.py).
+        app_id = publish.id
+        event_id = self._ids.new() if app_id is None else (client.id_scope or self.scope_of(client)) + app_id
         event = Event(event_id, time.time(), publish.event, publish.path, publish.data, publish.context)
         part = encode(event)
         self._delivered_locally += self._fan_out(part, self._origin_json, publish.path, publish.event, client)
@@ -115,10 +115,15 @@ class Relay:
             return
         outgoing = Outgoing(event, part, time.monotonic())
         try:
-            self._outbox.put(outgoing, (lambda: client.acknowledge(event_id)) if publish.ack else None)
+            self._outbox.put(outgoing, (lambda: client.acknowledge(app_id)) if publish.ack and app_id else None)
         except OutboxFull as exc:
             self.metrics.dropped.labels(DropReason.OUTBOX_FULL).inc()
             client.refuse(publish, ErrorCode.OUTBOX_FULL, f"not sent to the broker: {exc}")
+
+    def scope_of(self, client: Connection) -> str:
+        """The prefix of the ids `client` names its events with on the bus; it also names the client in logs."""
+        client.id_scope = scope = self._ids.scope(client.client_id)
+        return scope
 
     def count_published(self) -> None:
         """Add the publishes since the last call, and their local deliveries, to the metrics (a connection calls

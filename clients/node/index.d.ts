@@ -111,6 +111,7 @@ interface SyncarSync extends EventEmitter {
   readonly connected: boolean;
   readonly instance: string | null;
   readonly broker: 'up' | 'down' | null;
+  /** This app's secret on its syncar: it scopes the ids of the events it publishes. Never share it. */
   readonly clientId: string;
   readonly pending: number;
   readonly stats: SyncarStats;

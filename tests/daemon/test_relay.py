@@ -96,12 +96,17 @@ async def test_ack_names_the_event_id(sock: Path, connect: Connect) -> None:
         assert ack == {"type": "ack", "id": "evt-1"}
 
 
-async def test_event_keeps_the_client_id(sock: Path, connect: Connect) -> None:
+async def test_event_keeps_the_client_id_in_the_publisher_scope(sock: Path, connect: Connect) -> None:
     async with run_daemon(sock):
-        pub = await connect(sock, {})
+        pub = await connect(sock, {"client_id": "publisher-secret"})
         sub = await connect(sock, {})
         await pub.send(publish_frame(id="my-id"))
-        assert (await sub.frame_of("event"))["id"] == "my-id"
+        await pub.send(publish_frame())
+        named, unnamed = [e["id"] for e in await sub.events(2)]
+        scope, dot, app_id = named.partition(".")
+        assert (len(scope), dot, app_id) == (16, ".", "my-id")
+        assert "publisher-secret" not in named
+        assert unnamed[16] == ":"  # syncar's own ids: a shape no app can publish
 
 
 async def test_outbox_full_is_refused_with_nack_but_local_delivery_happens(sock: Path, connect: Connect) -> None:
@@ -115,7 +120,7 @@ async def test_outbox_full_is_refused_with_nack_but_local_delivery_happens(sock:
         nack = await pub.frame_of("nack")
         assert nack["id"] == "2"
         assert nack["code"] == "outbox_full"
-        assert [e["id"] for e in await sub.events(2)] == ["1", "2"]
+        assert [e["id"].partition(".")[2] for e in await sub.events(2)] == ["1", "2"]
         daemon.outbox.set_connected(True)
         assert (await pub.frame_of("ack"))["id"] == "1"
 

@@ -39,7 +39,11 @@ class Connection extends EventEmitter {
   constructor(options) {
     super();
     this.options = options;
-    this.clientId = crypto.randomBytes(8).toString('hex');
+    // A secret shared with the daemon only: the daemon puts our event ids on the bus in a scope made from it, so
+    // no other app can publish an id of ours (docs/protocol.md). It stays the same across reconnects, so a publish
+    // sent again after a lost ack keeps its identity and is de-duplicated.
+    this.clientId = crypto.randomBytes(16).toString('hex');
+    this._idPrefix = crypto.randomBytes(6).toString('base64url'); // ids of this process, whatever its clientId
     this.instance = null;
     this.backend = null;
     this.broker = null;
@@ -90,7 +94,7 @@ class Connection extends EventEmitter {
       return { status: Published.CLOSED, bytes: 0 };
     }
     this._ids += 1;
-    const id = `${this.clientId}-${this._ids}`;
+    const id = `${this._idPrefix}-${this._ids}`;
     const open = body.indexOf('{');
     const rest = body.slice(open + 1).trimStart();
     const separator = rest.startsWith('}') ? '' : ',';

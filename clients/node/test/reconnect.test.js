@@ -191,6 +191,10 @@ describe('reconnects', () => {
     assert.deepEqual(resent.map((f) => f.data.n), [1, 2, 3, 4]);
     assert.deepEqual(resent.slice(0, 3).map((f) => f.id),
       connections[0].lines.filter((f) => f.type === 'publish').map((f) => f.id), 'the same ids, so they can be de-duplicated');
+    const [first, second] = connections.map((c) => c.lines[0].client_id);
+    assert.equal(second, first, 'the same client_id too: the daemon scopes the ids with it');
+    assert.match(first, /^[0-9a-f]{32}$/);
+    assert.ok(resent.every((f) => !f.id.includes(first)), 'the ids, which other apps see, do not reveal the client_id');
     assert.deepEqual(connections[1].lines[0].resume, { epoch: 'e1', seq: 0 });
   });
 });
