@@ -68,7 +68,9 @@ class Connection(asyncio.Protocol):
         self._closing = False
         self.greeted = False
         self.client_id = secrets.token_hex(16)
-        self.id_scope = ""  # made from client_id by the relay at the first publish that names its event
+        # What the client's event ids are scoped with, made from client_id once it is final (when greeted); it also
+        # names the client in logs, where the client_id, a secret, never goes.
+        self.id_scope = ""
         self.name = ""
         self.echo = False
         self.wants: Callable[[str, str], bool] = _every_event
@@ -122,7 +124,7 @@ class Connection(asyncio.Protocol):
         self._relay.leave(self)
         self._on_close(self)
         if self.greeted:
-            log.info("client gone: %s (%s)", printable(self.name) or "unnamed", printable(self.client_id))
+            log.info("client gone: %s (%s)", printable(self.name) or "unnamed", self.id_scope)
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -164,8 +166,9 @@ class Connection(asyncio.Protocol):
     def _greet(self, resume: protocol.Resume | None) -> None:
         if not self.greeted:
             self.greeted = True
+            self.id_scope = self._relay.scope_of(self.client_id)
             self._relay.join(self, resume)
-            log.info("client connected: %s (%s)", printable(self.name) or "unnamed", printable(self.client_id))
+            log.info("client connected: %s (%s)", printable(self.name) or "unnamed", self.id_scope)
 
     # -- frames out ----------------------------------------------------------------------------
 
@@ -203,7 +206,7 @@ class Connection(asyncio.Protocol):
         """Answer an unusable frame (`line`, or the head of one too long) with an `error`, carrying its `id` if it had
         a readable one, so that a client waiting for that publish's ack hears of it."""
         self._relay.metrics.frame_errors.labels(code).inc()
-        frame_warnings.warning(code, "bad frame from client %s: %s", printable(self.client_id), printable(message))
+        frame_warnings.warning(code, "bad frame from client %s: %s", self.id_scope or "-", printable(message))
         event_id = protocol.readable_id(line)
         self.send(protocol.error(ErrorCode(code), message) if event_id is None
                   else protocol.error(ErrorCode(code), message, id=event_id))

@@ -104,7 +104,7 @@ class Relay:
         self._published += 1
         # The app's id goes on the bus in the app's own scope, so that no other app can take it (sidecar/dedup.py).
         app_id = publish.id
-        event_id = self._ids.new() if app_id is None else (client.id_scope or self.scope_of(client)) + app_id
+        event_id = self._ids.new() if app_id is None else client.id_scope + app_id
         event = Event(event_id, time.time(), publish.event, publish.path, publish.data, publish.context)
         part = encode(event)
         self._delivered_locally += self._fan_out(part, self._origin_json, publish.path, publish.event, client)
@@ -120,10 +120,9 @@ class Relay:
             self.metrics.dropped.labels(DropReason.OUTBOX_FULL).inc()
             client.refuse(publish, ErrorCode.OUTBOX_FULL, f"not sent to the broker: {exc}")
 
-    def scope_of(self, client: Connection) -> str:
-        """The prefix of the ids `client` names its events with on the bus; it also names the client in logs."""
-        client.id_scope = scope = self._ids.scope(client.client_id)
-        return scope
+    def scope_of(self, client_id: str) -> str:
+        """What the ids a client with this `client_id` names its events with are prefixed with on the bus."""
+        return self._ids.scope(client_id)
 
     def count_published(self) -> None:
         """Add the publishes since the last call, and their local deliveries, to the metrics (a connection calls
