@@ -1,6 +1,6 @@
 """An asyncio client for syncar's socket: publish, receive, and survive daemon restarts.
 
-    async with Client("/run/syncar/syncar.sock", name="worker-1") as client:
+    async with Client(name="worker-1") as client:  # the socket `syncar run` uses by default
         await client.publish("messages", "created", {"text": "hi"}, ack=True)
         async for event in client:
             print(event.path, event.event, event.data)
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import secrets
 from collections import OrderedDict
@@ -29,6 +30,7 @@ from typing import Any, Self
 import orjson
 
 from sidecar.dedup import SeenIds
+from sidecar.paths import default_socket_path
 from sidecar.protocol import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,7 @@ _CLOSED = object()
 class Client:
     def __init__(
         self,
-        socket: str | Path,
+        socket: str | Path | None = None,
         *,
         name: str = "python",
         subscribe: Sequence[Mapping[str, str] | str] | None = None,
@@ -99,7 +101,8 @@ class Client:
         max_events: int = 10_000,
         backoff: tuple[float, float] = (0.05, 5.0),
     ) -> None:
-        self.socket = Path(socket)
+        # Where `syncar run` listens unless told otherwise: $SYNCAR_SOCKET, else its default path.
+        self.socket = Path(socket or os.environ.get("SYNCAR_SOCKET") or default_socket_path())
         self.name = name
         self.subscribe = None if subscribe is None else list(subscribe)
         self.echo = echo

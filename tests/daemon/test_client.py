@@ -231,3 +231,12 @@ async def test_pending_acks_fail_at_once_when_the_connection_is_lost_without_rec
                 await client.publish("p", "e")
         finally:
             await client.close()
+
+
+def test_client_without_a_path_connects_where_the_daemon_listens_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar.config import Settings
+
+    monkeypatch.delenv("SYNCAR_SOCKET", raising=False)
+    assert Client().socket == Settings().socket
+    monkeypatch.setenv("SYNCAR_SOCKET", "/elsewhere/syncar.sock")
+    assert Client().socket == Settings().socket == Path("/elsewhere/syncar.sock")
