@@ -81,6 +81,8 @@ interface SyncarWelcome {
   epoch: string;
   seq: number;
   resumed: boolean;
+  /** The longest line this syncar takes (its --max-frame-bytes); larger events are not sent to it. */
+  max_frame_bytes: number;
   /** True on the first connection, false on reconnects. */
   first: boolean;
 }

@@ -47,6 +47,7 @@ class Connection extends EventEmitter {
     this.instance = null;
     this.backend = null;
     this.broker = null;
+    this.daemonMaxFrameBytes = null; // told by the daemon's welcome (--max-frame-bytes)
     this.connected = false;
     this.closed = false;
     this.lost = false;
@@ -77,6 +78,12 @@ class Connection extends EventEmitter {
     return this._heldBytes;
   }
 
+  /** The largest publish frame sent: maxFrameBytes, or the daemon's limit once it told a smaller one. */
+  get maxFrameBytes() {
+    const daemon = this.daemonMaxFrameBytes;
+    return daemon !== null && daemon < this.options.maxFrameBytes ? daemon : this.options.maxFrameBytes;
+  }
+
   start() {
     this._connect();
   }
@@ -100,7 +107,7 @@ class Connection extends EventEmitter {
     const separator = rest.startsWith('}') ? '' : ',';
     const line = `{"type":"publish","id":"${id}","ack":true${separator}${rest}\n`;
     const bytes = Buffer.byteLength(line);
-    if (bytes - 1 > this.options.maxFrameBytes) {
+    if (bytes - 1 > this.maxFrameBytes) {
       return { status: Published.TOO_LARGE, bytes: bytes - 1 };
     }
     const entry = { id, line, bytes };
@@ -390,6 +397,23 @@ class Connection extends EventEmitter {
     this.options.warn(`error_${frame.code}`, `syncar answered ${frame.code}: ${frame.message}`);
   }
 
+  /** Held publishes this daemon would refuse as too large: refused here instead of sent. */
+  _dropTooLarge() {
+    const limit = this.maxFrameBytes;
+    const tooLarge = (entry) => entry.bytes - 1 > limit;
+    const refused = [...this._unacked.values(), ...this._queue].filter(tooLarge);
+    if (refused.length === 0) {
+      return;
+    }
+    this._queue = this._queue.filter((entry) => !tooLarge(entry));
+    for (const entry of refused) {
+      this._unacked.delete(entry.id);
+      this._heldBytes -= entry.bytes;
+      this.emit('refused', { id: entry.id, code: 'frame_too_large', message: `the event is ${entry.bytes - 1} bytes; ` +
+        `syncar takes at most ${limit} (its --max-frame-bytes); it was held while syncar was unreachable` });
+    }
+  }
+
   _welcome(frame) {
     clearTimeout(this._handshakeTimer);
     if (frame.epoch !== this._epoch) {
@@ -399,7 +423,9 @@ class Connection extends EventEmitter {
     this.instance = frame.instance ?? null;
     this.backend = frame.backend ?? null;
     this.broker = frame.broker === 'up' ? 'up' : 'down';
+    this.daemonMaxFrameBytes = Number.isSafeInteger(frame.max_frame_bytes) ? frame.max_frame_bytes : null;
     this._attempt = 0;
+    this._dropTooLarge();
     const socket = this._socket;
     // What was written to a previous connection and never acknowledged goes first, in publish order;
     // the daemon may not have read it before it went away.

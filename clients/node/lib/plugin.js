@@ -147,7 +147,7 @@ class Sync extends EventEmitter {
       case Published.TOO_LARGE:
         this.stats.skipped += 1;
         this.warnings.warn('too_large', `${path} ${event} not sent to other instances: it is ` +
-          `${describeBytes(bytes)}, over maxFrameBytes (${describeBytes(this.options.maxFrameBytes)}); ` +
+          `${describeBytes(bytes)}, over ${this._frameLimit()}; ` +
           'it was emitted on this instance only. Raise maxFrameBytes together with the daemon\'s --max-frame-bytes, ' +
           'or send less (e.g. set context[SYNC] = false for bulk calls)');
         break;
@@ -167,6 +167,13 @@ class Sync extends EventEmitter {
         }
         break; // otherwise app.sync.close() was called: the app is shutting down
     }
+  }
+
+  /** Which limit a too large event is over, as the warning says it. */
+  _frameLimit() {
+    const limit = this.connection.maxFrameBytes;
+    const which = limit < this.options.maxFrameBytes ? 'the daemon\'s --max-frame-bytes' : 'maxFrameBytes';
+    return `${which} (${describeBytes(limit)})`;
   }
 
   /** The serialised event as JSON text, or null (with a warning) if it cannot be sent. */

@@ -307,6 +307,17 @@ describe('the plugin on a local syncar', () => {
     assert.equal(data.at.getTime(), at.getTime());
   });
 
+  it('hears of a publish the daemon answers with an error, and keeps nothing for it', async () => {
+    // A serialize that loses the path: the daemon's error now carries the publish's id, so it is not held for ever.
+    const app = await makeApp({ serialize: ({ event, data }) => JSON.stringify({ event, path: '', data }) });
+    const warnings = [];
+    app.sync.on('warning', (w) => warnings.push(w));
+    app.service('messages').emit('created', { text: 'nowhere' });
+    await waitUntil(app.sync.connection, 'settled', () => app.sync.pending === 0, { timeout: TIMEOUT });
+    assert.deepEqual(warnings.map((w) => w.code), ['refused_invalid_frame']);
+    assert.match(warnings[0].message, /'path' must be a non-empty string/);
+  });
+
   it('closes its socket on app.teardown()', async () => {
     const app = await makeApp();
     assert.equal(app.sync.connected, true);
@@ -350,5 +361,72 @@ describe('a syncar that refuses publishes', () => {
       }
       removeDir(dir);
     }
+  });
+});
+
+describe('a syncar with a smaller --max-frame-bytes than the plugin', () => {
+  const LIMIT = 65536;
+  let dir;
+  const cleanup = [];
+
+  before(() => {
+    dir = tempDir();
+  });
+
+  after(async () => {
+    for (const step of cleanup.reverse()) {
+      await step();
+    }
+    removeDir(dir);
+  });
+
+  function makeApp(socket) {
+    const app = feathers();
+    app.configure(syncar({ socket, logger: null, reconnect: { minDelay: 20, maxDelay: 200 } }));
+    app.use('messages', new MemoryService());
+    cleanup.push(() => app.sync.close());
+    const warnings = [];
+    app.sync.on('warning', (w) => warnings.push(w));
+    return { app, warnings };
+  }
+
+  it('does not send an event over the daemon\'s limit told in its welcome, and keeps nothing for it', async () => {
+    const daemon = await startDaemon({ socket: path.join(dir, 'small.sock'), args: ['--max-frame-bytes', String(LIMIT)] });
+    cleanup.push(() => daemon.stop());
+    const { app, warnings } = makeApp(daemon.socket);
+    await app.sync.ready;
+    const peer = new RawPeer(daemon.socket);
+    cleanup.push(() => peer.close());
+    await peer.connect();
+    await app.service('messages').create({ text: 'x'.repeat(100_000) });
+    assert.equal(app.sync.pending, 0); // it used to stay held, unacknowledged, for ever
+    app.service('messages').emit('created', { text: 'small' });
+    await peer.nextEvent((f) => f.data.text === 'small', TIMEOUT);
+    assert.equal(peer.events().length, 1);
+    assert.deepEqual(warnings.map((w) => w.code), ['too_large']);
+    assert.match(warnings[0].message, /over the daemon's --max-frame-bytes \(65536 bytes\)/);
+    await waitUntil(app.sync.connection, 'settled', () => app.sync.pending === 0, { timeout: TIMEOUT });
+  });
+
+  it('drops, with a warning, an event held before the welcome that is over the daemon\'s limit', async () => {
+    const socket = path.join(dir, 'later.sock');
+    const { app, warnings } = makeApp(socket);
+    await app.service('messages').create({ text: 'x'.repeat(100_000) });
+    await app.service('messages').create({ text: 'small' });
+    assert.equal(app.sync.pending, 2);
+    const daemon = await startDaemon({ socket, args: ['--max-frame-bytes', String(LIMIT)] });
+    cleanup.push(() => daemon.stop());
+    await app.sync.ready;
+    await waitUntil(app.sync.connection, 'settled', () => app.sync.pending === 0, { timeout: TIMEOUT, what: 'acks' });
+    // 'disconnected': syncar was not there at first.
+    assert.deepEqual(warnings.map((w) => w.code), ['disconnected', 'refused_frame_too_large']);
+    assert.match(warnings[1].message, /syncar takes at most 65536/);
+    assert.equal(app.sync.stats.dropped, 1);
+    const peer = new RawPeer(socket);
+    cleanup.push(() => peer.close());
+    await peer.connect({ fromStart: true });
+    app.service('messages').emit('created', { text: 'marker' });
+    await peer.nextEvent((f) => f.data.text === 'marker', TIMEOUT);
+    assert.deepEqual(peer.events().map((f) => f.data.text), ['small', 'marker']);
   });
 });
