@@ -7,6 +7,7 @@ backend never loads redis, aio-pika or nats-py.
 from __future__ import annotations
 
 import importlib
+import re
 from urllib.parse import urlsplit
 
 from backends.base import Backend, Feature, Mode
@@ -22,14 +23,35 @@ BACKENDS: dict[str, str] = {
     "tls": "backends.nats:NatsBackend",
 }
 
+#: Schemes whose URI may list several host:port, comma-separated.
+MULTI_HOST = frozenset({"nats", "tls"})
+SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+ENCODE_HINT = "in the user name and password, write @ : / ? # [ ] % as %40 %3A %2F %3F %23 %5B %5D %25"
+
 
 def scheme_of(uri: str) -> str:
-    scheme = urlsplit(uri).scheme.lower()
+    """The scheme of a broker URI that reads one way only.
+
+    Raises:
+        ConfigError: the scheme is unknown, or the URI is malformed. The message quotes nothing of the URI but a
+            known scheme: the rest may hold a password.
+    """
+    scheme, sep, rest = uri.partition("://")
+    scheme = scheme.lower()
     if scheme not in BACKENDS:
         known = ", ".join(f"{s}://" for s in BACKENDS)
-        # Only the scheme: the rest of the URI may hold a password.
-        raise ConfigError(f"backend: unknown URI scheme {scheme + '://' if scheme else '(none)'}; "
-                          f"expected one of {known}")
+        shown = f"{scheme}://" if sep and SCHEME.fullmatch(scheme) else "(none)"
+        raise ConfigError(f"backend: unknown URI scheme {shown}; expected one of {known}")
+    try:
+        parts = urlsplit(uri)
+        if scheme not in MULTI_HOST:  # nats://a:4222,b:4222 is read by the NATS backend, host by host
+            _ = parts.port  # raises on a port that is not a number in range
+    except ValueError:  # its text may quote the password
+        raise ConfigError(f"backend: malformed {scheme}:// URI: check the port and the brackets around an IPv6 "
+                          f"address; {ENCODE_HINT}") from None
+    if "@" in rest[len(parts.netloc):]:
+        # The user name or password holds / ? or #: the URI would be read with part of the password as the host.
+        raise ConfigError(f"backend: malformed {scheme}:// URI: an @ after the host; {ENCODE_HINT}")
     return scheme
 
 

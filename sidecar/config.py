@@ -10,7 +10,6 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -236,13 +235,18 @@ def _toml_syntax_error(path: Path, exc: tomllib.TOMLDecodeError) -> str:
 
 
 def redact_uri(uri: str) -> str:
-    """The URI with its password (or NATS token) replaced by ***, for anything a person or a log may see."""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
+    """The URI with its password (or NATS token) replaced by ***, for anything a person or a log may see.
+
+    Never fails, even on a malformed URI; a value without `scheme://` is hidden whole (it may be a password alone).
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return "***"
+    userinfo, at, host = rest.rpartition("@")  # the last @: a raw @ in a password comes before it
+    if not at:
         return uri
-    user = f"{parts.username}:***" if parts.password is not None else "***"
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user + ':' if colon else ''}***@{host}"
 
 
 def flag_of(field: str) -> str:
