@@ -104,7 +104,7 @@ describe('reconnects', () => {
     let daemon = await startDaemon({ socket });
     const app = makeApp(socket);
     cleanup.push(() => app.sync.close(), () => daemon.stop());
-    await app.sync.ready;
+    const [firstWelcome] = await waitForEvent(app.sync, 'connect', { timeout: TIMEOUT });
     const firstInstance = app.sync.instance;
     await app.service('messages').create({ n: 0 });
 
@@ -125,7 +125,8 @@ describe('reconnects', () => {
     const [welcome] = await back;
     assert.equal(welcome.resumed, false, 'a restarted daemon cannot replay: the app is told so');
     await gap;
-    assert.notEqual(app.sync.instance, firstInstance);
+    assert.notEqual(welcome.epoch, firstWelcome.epoch, 'another run of the daemon');
+    assert.equal(app.sync.instance, firstInstance, 'with the same instance id: it is stable across restarts');
     await waitUntil(app.sync.connection, 'settled', () => app.sync.pending === 0, { timeout: TIMEOUT });
     const peer = new RawPeer(socket);
     cleanup.push(() => peer.close());
