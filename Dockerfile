@@ -23,13 +23,14 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 # Only what the wheel needs (see .dockerignore). The version comes from sidecar/__init__.py, so the
 # package is needed before anything can be resolved: no separate dependency layer.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY sidecar ./sidecar
 COPY backends ./backends
 
-# The dependency set is the one pyproject.toml declares; `pip wheel` resolves it once, and the
-# venv is then installed from those wheels alone, so the venv holds exactly what was built here.
-RUN pip wheel --wheel-dir /wheels . \
+# The dependency set is the one pyproject.toml declares, at the versions constraints.txt pins
+# (scripts/lock writes it; CI tests the same pins); the venv is then installed from those wheels
+# alone, so the venv holds exactly what was built here.
+RUN pip wheel --wheel-dir /wheels --constraint constraints.txt . \
     && python -m venv /opt/syncar \
     && /opt/syncar/bin/pip install --no-index --find-links /wheels syncar \
     && /opt/syncar/bin/pip uninstall -y pip setuptools \

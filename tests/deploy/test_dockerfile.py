@@ -89,4 +89,4 @@ def test_dockerignore_is_an_allowlist_of_what_the_build_copies() -> None:
     for instruction, arguments in stages()[1]:
         if instruction == "COPY" and not arguments.startswith("--from"):
             copied.update(source.rstrip("/") for source in arguments.split()[:-1])
-    assert copied == allowed == {"pyproject.toml", "README.md", "sidecar", "backends"}
+    assert copied == allowed == {"pyproject.toml", "README.md", "constraints.txt", "sidecar", "backends"}

@@ -87,7 +87,9 @@ def image_venv() -> Iterator[ImageVenv]:
         (wheel,) = wheels.glob("syncar-*.whl")
         python = SYSTEM_PYTHON if SYSTEM_PYTHON.is_file() else Path(sys.executable)
         run(python, "-m", "venv", venv)
-        run(venv / "bin" / "pip", "install", "--disable-pip-version-check", "-q", wheel)
+        # As the image's `pip wheel --constraint constraints.txt`: the dependencies at their pinned versions.
+        run(venv / "bin" / "pip", "install", "--disable-pip-version-check", "-q", "--constraint",
+            context / "constraints.txt", wheel)
         yield ImageVenv(venv / "bin", as_image_user=os.geteuid() == 0 and python == SYSTEM_PYTHON)
     finally:
         shutil.rmtree(root, ignore_errors=True)
