@@ -199,6 +199,27 @@ class Client:
             raise ClientError("not connected to syncar: connect() first (or it was closed, or the connection was lost "
                               "with reconnect off)")
         future = asyncio.get_running_loop().create_future() if ack else None
+        try:
+            # With an ack to wait for, the timeout covers a daemon that stopped reading, too.
+            async with asyncio.timeout(timeout if ack else None):
+                await self._send(event_id, line, future)
+                if future is not None:
+                    await future
+        except TimeoutError:
+            assert future is not None
+            if future.done() and not future.cancelled():  # settled just as the timeout fired
+                future.result()
+                return
+            self._outgoing.pop(event_id, None)
+            queued = self.connected
+            if queued:
+                where = f"syncar has it in its outbox; its broker {'is up' if self.broker_up else 'is down'}"
+            else:
+                where = f"not connected to syncar at {self.socket}; the client no longer holds it"
+            raise AckTimeout(f"publish {event_id}: no ack within {timeout:g}s: {where}", queued=queued) from None
+
+    async def _send(self, event_id: str, line: bytes, future: asyncio.Future[None] | None) -> None:
+        """Write `line` now if connected, else hold it; keep it until acknowledged if `future` waits for that."""
         writer = self._writer
         if writer is not None and self.connected:
             if future is not None:
@@ -210,21 +231,6 @@ class Client:
             if len(self._outgoing) >= self.max_pending:
                 raise PendingFull(f"disconnected from syncar and {self.max_pending} publishes are waiting")
             self._outgoing[event_id] = (line, future)
-        if future is not None:
-            try:
-                async with asyncio.timeout(timeout):
-                    await future
-            except TimeoutError:
-                if future.done() and not future.cancelled():  # settled just as the timeout fired
-                    future.result()
-                    return
-                self._outgoing.pop(event_id, None)
-                queued = self.connected
-                if queued:
-                    where = f"syncar has it in its outbox; its broker {'is up' if self.broker_up else 'is down'}"
-                else:
-                    where = f"not connected to syncar at {self.socket}; the client no longer holds it"
-                raise AckTimeout(f"publish {event_id}: no ack within {timeout:g}s: {where}", queued=queued) from None
 
     def _too_large(self, line: bytes) -> PublishRefused | None:
         """The refusal the daemon would answer `line` with if it is over the size limit of the welcome."""

@@ -240,3 +240,22 @@ def test_client_without_a_path_connects_where_the_daemon_listens_by_default(monk
     assert Client().socket == Settings().socket
     monkeypatch.setenv("SYNCAR_SOCKET", "/elsewhere/syncar.sock")
     assert Client().socket == Settings().socket == Path("/elsewhere/syncar.sock")
+
+
+async def test_an_ack_timeout_while_disconnected_says_so_and_the_event_is_not_sent_later(sock: Path) -> None:
+    async with run_daemon(sock):
+        client = Client(sock, backoff=(0.01, 0.05))
+        await client.connect()
+    try:
+        await wait_for(lambda: not client.connected, what="the client to notice")
+        with pytest.raises(AckTimeout, match=r"not connected to syncar .*; the client no longer holds it") as timed_out:
+            await client.publish("p", "e", "given up", ack=True, timeout=0.2)
+        assert not timed_out.value.queued
+        await client.publish("p", "e", "held")
+        async with run_daemon(sock) as daemon:
+            await client.publish("p", "e", "after", ack=True)
+            listener = await RawClient.connect(sock, {"resume": {"epoch": daemon.relay.epoch, "seq": 0}})
+            assert [frame["data"] for frame in await listener.events(2)] == ["held", "after"]
+            await listener.close()
+    finally:
+        await client.close()
