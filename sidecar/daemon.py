@@ -29,6 +29,10 @@ from sidecar.signing import SignedCodec, Signer, load_keys
 
 log = logging.getLogger(__name__)
 
+#: Each starts the graceful stop; a second one exits at once. SIGHUP comes when the terminal that started the
+#: daemon closes; a daemon has no configuration to reload (settings are read once), so it stops too, cleanly.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
 
 class Daemon:
     """One syncar: a backend, a relay and a socket listener.
@@ -130,7 +134,7 @@ class Daemon:
             raise
         if self._handle_signals and threading.current_thread() is threading.main_thread():
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in STOP_SIGNALS:
                 loop.add_signal_handler(sig, self.request_stop)
         log.info("ready: apps may connect to %s", settings.socket)
 
@@ -184,7 +188,7 @@ class Daemon:
             await self.http.stop()
         if self._handle_signals and threading.current_thread() is threading.main_thread():
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
         log.info("stopped")
 

@@ -8,6 +8,8 @@ import socket
 import stat
 from pathlib import Path
 
+import pytest
+
 from tests.utils import RawClient, SpawnedDaemon, publish_frame
 
 
@@ -94,7 +96,9 @@ async def test_non_socket_file_is_never_replaced(sock: Path) -> None:
         daemon.kill()
 
 
-async def test_sigterm_delivers_what_is_queued_and_tells_clients(sock: Path) -> None:
+# SIGHUP too: it comes when the terminal that started the daemon closes, and killed it without a flush.
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+async def test_a_stop_signal_delivers_what_is_queued_and_tells_clients(sock: Path, stop: signal.Signals) -> None:
     daemon = SpawnedDaemon(sock)
     try:
         await daemon.ready()
@@ -105,13 +109,14 @@ async def test_sigterm_delivers_what_is_queued_and_tells_clients(sock: Path) -> 
             b'{"type":"publish","path":"p","event":"e","data":%d}\n' % i for i in range(count)))
         await publisher.send(publish_frame(id="last", ack=True))
         await publisher.frame_of("ack")
-        daemon.process.send_signal(signal.SIGTERM)
+        daemon.process.send_signal(stop)
         events = await listener.events(count + 1)
         assert [e["data"] for e in events[:count]] == list(range(count))
         stopping = await listener.frame_of("status")
         assert stopping["stopping"] is True
         assert await listener.closed() == b""
         assert await daemon.exited() == 0
+        assert not sock.exists()
         await publisher.close()
         await listener.close()
     finally:
