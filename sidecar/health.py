@@ -74,6 +74,10 @@ class HttpServer:
             status, content_type, body = self._route(method, path)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             status, content_type, body, method = 400, "text/plain", b"bad request\n", "GET"
+        except ConnectionError as exc:  # the peer reset or left: nobody to answer, nothing worth a traceback
+            log.debug("http: connection lost before the request was read: %s", exc)
+            writer.close()
+            return
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
                   503: "Service Unavailable"}[status]
         writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +140,21 @@ async def test_readiness_is_the_socket_and_the_broker_has_a_route_of_its_own(soc
             assert await http_get(port, "/readyz/broker") == (200, "ready\n")
     finally:
         serve_redis.close()
+
+
+async def test_a_connection_reset_mid_request_is_quiet(sock: Path) -> None:
+    daemon = SpawnedDaemon(sock)
+    try:
+        await daemon.ready()
+        for _ in range(20):
+            _, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # the head is not finished
+            await writer.drain()
+            raw = writer.get_extra_info("socket")
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends a reset
+            writer.transport.abort()
+        assert (await http_get(daemon.http_port, "/healthz"))[0] == 200
+        assert await daemon.stop() == 0  # the log is complete once the daemon has exited
+        assert "Traceback" not in daemon.log and "ERROR" not in daemon.log, daemon.log
+    finally:
+        daemon.kill()
