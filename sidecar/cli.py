@@ -129,6 +129,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = load_settings(args)
     configure_logging(settings.log_level, settings.log_format)
+    if "backend" in vars(args) and redact_uri(args.backend) != args.backend:
+        log.warning("the broker password in --backend can be read by every local user (ps, /proc/PID/cmdline); "
+                    "put the URI in a file given with --backend-file, or in SYNCAR_BACKEND")
 
     async def main() -> int:
         daemon = Daemon(settings)

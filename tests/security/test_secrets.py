@@ -86,3 +86,21 @@ def test_a_malformed_uri_is_one_line_without_its_password(uri: str) -> None:
     assert result.stderr.startswith("syncar: invalid setting --backend / SYNCAR_BACKEND: ")
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert_clean(result.stdout + result.stderr)
+
+
+@pytest.mark.parametrize("given", ["flag", "env"])
+async def test_a_password_on_the_command_line_is_warned_about(sock_dir: Path, given: str) -> None:
+    uri = f"local://user:{PASSWORD}@here"
+    args, env = (("--backend", uri), {}) if given == "flag" else ((), {"SYNCAR_BACKEND": uri})
+    daemon = SpawnedDaemon(sock_dir / "s.sock", "--http", "off", *args, env=env)
+    try:
+        await daemon.ready()
+        assert await daemon.stop() == 0
+    finally:
+        daemon.kill()
+    warnings = [line for line in daemon.log.splitlines() if "--backend-file" in line]
+    if given == "flag":  # ps shows it to everyone; the environment only to the same user and root
+        assert len(warnings) == 1 and "WARNING" in warnings[0] and "SYNCAR_BACKEND" in warnings[0], daemon.log
+    else:
+        assert warnings == []
+    assert_clean(daemon.log)
