@@ -72,7 +72,8 @@ class Publisher:
 
     async def _one(self, n: int) -> None:
         try:
-            await self.client.publish(PATH, EVENT, n, id=f"p-{n}", ack=True)
+            # No timeout: the client re-sends across every fault until the ack comes, and the table counts when.
+            await self.client.publish(PATH, EVENT, n, id=f"p-{n}", ack=True, timeout=None)
         except PublishRefused as exc:
             self.refused[n] = exc.code
         except ClientError:
