@@ -50,6 +50,7 @@ class Limits:
     rate: float  # publishes per second; 0 for no limit
     burst: int
     peers: PeerPolicy
+    max_patterns: int  # in hello.subscribe
 
 
 class Connection(asyncio.Protocol):
@@ -137,14 +138,13 @@ class Connection(asyncio.Protocol):
         elif kind == "hello":
             if self.greeted:
                 raise FrameError(ErrorCode.INVALID_FRAME, "hello: only allowed as the first frame")
-            hello = protocol.parse_hello(frame)
+            hello = protocol.parse_hello(frame, self._limits.max_patterns)
             self.name = hello.client
             self.echo = hello.echo
             if hello.client_id:
                 self.client_id = hello.client_id
-            patterns = hello.patterns()
-            if patterns is not None:
-                self.wants = EventFilter(patterns)
+            if hello.subscribe is not None:
+                self.wants = EventFilter(hello.subscribe)
             self._greet(hello.resume)
         elif kind == "ping":
             self._greet(None)

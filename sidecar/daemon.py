@@ -65,7 +65,8 @@ class Daemon:
                            replay=replay, metrics=metrics, id_key=id_key, durable=settings.mode is Mode.DURABLE)
         self.connections: set[Connection] = set()
         self._limits = Limits(settings.max_frame_bytes, settings.client_queue_bytes, settings.client_rate,
-                              settings.client_burst, PeerPolicy(settings.allow_uids, settings.allow_gids))
+                              settings.client_burst, PeerPolicy(settings.allow_uids, settings.allow_gids),
+                              settings.max_patterns)
         # The default location is in a shared place (/tmp) when there is no XDG_RUNTIME_DIR: it must be private.
         self.listener = Listener(settings.socket, settings.socket_mode, self._accept,
                                  private_dir=settings.socket == default_socket_path())

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import msgspec
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sidecar.codec import NULL, decode_json
 from sidecar.errors import FrameError
@@ -23,6 +23,10 @@ from sidecar.framing import HEAD_BYTES
 
 PROTOCOL_VERSION = 1
 MAX_ID_LENGTH = 256
+#: Longest path or event pattern in `hello.subscribe`.
+MAX_PATTERN_LENGTH = 256
+#: Patterns with a wildcard inside a name a `hello` may list: each is a regex tried on every new path.
+MAX_WILDCARD_PATTERNS = 16
 
 
 class ErrorCode(StrEnum):
@@ -154,8 +158,17 @@ class Pattern(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    path: str = "*"
-    event: str = "*"
+    path: str = Field(default="*", max_length=MAX_PATTERN_LENGTH)
+    event: str = Field(default="*", max_length=MAX_PATTERN_LENGTH)
+
+    @property
+    def wildcard(self) -> bool:
+        """Whether matching it takes a regex: a wildcard inside a name (`api/*`), not an exact name or a whole `*`."""
+        return _has_wildcard(self.path) or _has_wildcard(self.event)
+
+
+def _has_wildcard(name: str) -> bool:
+    return name != "*" and ("*" in name or "?" in name or "[" in name)
 
 
 class Resume(BaseModel):
@@ -172,23 +185,30 @@ class Hello(BaseModel):
     version: int = PROTOCOL_VERSION
     client: str = Field("", max_length=200)
     client_id: str | None = Field(None, min_length=1, max_length=MAX_ID_LENGTH)
-    subscribe: list[Pattern | str] | None = None
+    subscribe: list[Pattern] | None = None  # None: every event
     resume: Resume | None = None
     echo: bool = False
 
-    def patterns(self) -> list[Pattern] | None:
-        """None means every event; a bare string is a path pattern."""
-        if self.subscribe is None:
-            return None
-        return [Pattern(path=p) if isinstance(p, str) else p for p in self.subscribe]
+    @field_validator("subscribe", mode="before")
+    @classmethod
+    def _bare_paths(cls, value: Any) -> Any:
+        """A bare string is a path pattern."""
+        if isinstance(value, list):
+            return [{"path": item} if isinstance(item, str) else item for item in value]
+        return value
 
 
-def parse_hello(frame: dict[str, Any]) -> Hello:
+def parse_hello(frame: dict[str, Any], max_patterns: int) -> Hello:
     """Validate a `hello` frame.
 
     Raises:
-        FrameError: a field has the wrong shape, or the version is not one syncar speaks.
+        FrameError: a field has the wrong shape, the version is not one syncar speaks, or `subscribe` lists more
+            patterns than `max_patterns` or more than MAX_WILDCARD_PATTERNS with wildcards.
     """
+    subscribe = frame.get("subscribe")
+    if isinstance(subscribe, list) and len(subscribe) > max_patterns:  # said before pydantic spends time on them
+        raise FrameError(ErrorCode.INVALID_FRAME, f"hello: subscribe: {len(subscribe)} patterns; this syncar takes "
+                         f"at most {max_patterns} (--max-patterns)")
     try:
         hello = Hello.model_validate(frame)
     except ValidationError as exc:
@@ -200,4 +220,8 @@ def parse_hello(frame: dict[str, Any]) -> Hello:
             ErrorCode.UNSUPPORTED_VERSION,
             f"hello: protocol version {hello.version} is not supported; this syncar speaks {PROTOCOL_VERSION}",
         )
+    wildcards = sum(pattern.wildcard for pattern in hello.subscribe or ())
+    if wildcards > MAX_WILDCARD_PATTERNS:
+        raise FrameError(ErrorCode.INVALID_FRAME, f"hello: subscribe: {wildcards} patterns with a wildcard inside a "
+                         f"name; at most {MAX_WILDCARD_PATTERNS} (exact names and a whole '*' are not limited so)")
     return hello

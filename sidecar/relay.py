@@ -169,7 +169,8 @@ class Relay:
         """Number the event, keep it for replay, and send its frame (made once) to the clients that want it."""
         self.seq = seq = self.seq + 1
         share = self._strings
-        entry = Entry(seq, share[path], share[event], source.client_id if source else None, origin_json, part)
+        path, event = share[path], share[event]  # so that clients' filter caches hold the same strings
+        entry = Entry(seq, path, event, source.client_id if source else None, origin_json, part)
         self._replay.append(entry)
         frame = None
         delivered = 0

@@ -153,6 +153,11 @@ class SpawnedDaemon:
                 return int(line.split()[1]) * 1024
         raise AssertionError("no VmRSS")
 
+    def cpu_seconds(self) -> float:
+        """CPU time the daemon has used so far, user and system (in clock ticks of 10 ms, usually)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     async def exited(self, timeout: float = TIMEOUT) -> int:
         await wait_for(lambda: self.process.poll() is not None, timeout, "the daemon to exit")
         self._log.close()

@@ -238,3 +238,21 @@ async def test_an_error_answering_a_frame_carries_its_id(sock: Path, connect: Co
             error = await client.frame()
             assert (error["type"], error["code"], error.get("id")) == ("error", code, event_id), line[:80]
         await _still_relays(sock, connect)
+
+
+async def test_hello_over_the_pattern_limits_is_refused_naming_the_limit(sock: Path, connect: Connect) -> None:
+    async with run_daemon(sock, max_patterns=100):
+        client = await connect(sock)
+        for subscribe, words in [
+            (["messages"] * 101, "at most 100 (--max-patterns)"),
+            (["m" * 257], "at most 256 characters"),
+            ([{"path": "messages", "event": "e" * 257}], "at most 256 characters"),
+            ([f"api{i}/*" for i in range(17)], "at most 16"),
+        ]:
+            await client.send({"type": "hello", "subscribe": subscribe})
+            error = await client.frame()
+            assert (error["type"], error["code"]) == ("error", "invalid_frame"), error
+            assert "subscribe" in error["message"] and words in error["message"], error
+        # Refused, not cut off: a hello within the limits is taken.
+        await client.send({"type": "hello", "subscribe": ["messages"] * 84 + [f"api{i}/*" for i in range(16)]})
+        assert (await client.frame())["type"] == "welcome"
