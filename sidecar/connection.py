@@ -116,7 +116,8 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         if self._decoder.partial:
-            self.reject(ErrorCode.TRUNCATED_FRAME, "connection ended in the middle of a frame; it was discarded")
+            self.reject(ErrorCode.TRUNCATED_FRAME, "connection ended in the middle of a frame; it was discarded",
+                        self._decoder.pending_head)
         self._write_unsent()
         return False  # close our side once the pending writes are out
 

@@ -70,3 +70,8 @@ class FrameDecoder:
     def partial(self) -> bool:
         """True while an unfinished line is pending (the stream ended mid-frame if this holds at EOF)."""
         return bool(self._buffer.strip()) or self._discarding
+
+    @property
+    def pending_head(self) -> bytes:
+        """The first `HEAD_BYTES` of the unfinished line (to name the frame a stream ended in)."""
+        return bytes(self._buffer[:HEAD_BYTES])
