@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,15 @@ async def wait_for(condition: Callable[[], bool], timeout: float = TIMEOUT, what
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = TIMEOUT, what: str = "condition") -> None:
+    """`wait_for` for a condition that must be asked for (a broker's state): poll `check` until it holds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager

@@ -25,7 +25,7 @@ from backends.base import BackendConfig, BackendConfigError, BackendError, Backe
 from tests.backends.support import Inbox, Started
 from tests.brokers import serve
 from tests.brokers.rabbitmq import RabbitServer
-from tests.utils import RawClient, publish_frame, run_daemon, wait_for
+from tests.utils import RawClient, eventually, publish_frame, run_daemon, wait_for
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -106,6 +106,11 @@ async def test_topology_and_settings_on_the_broker(server: RabbitServer, backend
     assert await inbox.wait(2) == [b"one", b"two"]
 
     queue = f"{topic}.durable.receiver"
+
+    async def acknowledged() -> bool:  # the handler returned before its ack reached the broker and its count
+        return (await asyncio.to_thread(queue_row, server, queue))["messages"] == 0
+
+    await eventually(acknowledged, 10, "the broker to count both messages acknowledged")
     assert queue_row(server, queue) == {
         "name": queue, "durable": True, "type": queue_type, "messages": 0,
         "arguments": {"x-queue-type": queue_type, "x-max-length": 5000, "x-overflow": "drop-head",

@@ -33,7 +33,7 @@ from backends.redis_streams import stream_key
 from tests.backends.support import Inbox, Started
 from tests.brokers import serve
 from tests.brokers.redis import RedisServer
-from tests.utils import wait_for
+from tests.utils import eventually, wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -67,15 +67,6 @@ def backend(server: RedisServer, started: Started) -> Factory:
 
     return factory
 
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Poll the broker until `check` holds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def bodies(count: int, prefix: str = "") -> list[bytes]:
