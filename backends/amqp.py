@@ -41,6 +41,7 @@ from backends.base import (
     BackendConfig,
     BackendConfigError,
     BackendError,
+    BackendRefused,
     BackendState,
     BackendUnavailable,
     Feature,
@@ -49,6 +50,7 @@ from backends.base import (
     PublishTimeout,
     StateCallback,
     Subscription,
+    tls_refused,
 )
 
 __all__ = ["BINDING_KEY", "DEFAULT_PREFETCH", "AmqpBackend", "AmqpSubscription"]
@@ -56,6 +58,9 @@ __all__ = ["BINDING_KEY", "DEFAULT_PREFETCH", "AmqpBackend", "AmqpSubscription"]
 log = logging.getLogger(__name__)
 
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
+#: The broker's answers to a connect that mean "not you", as opposed to "not now".
+REFUSALS = (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.AuthenticationError,
+            aiormq.exceptions.ConnectionNotAllowed)
 DEFAULT_RECONNECT_INTERVAL = 0.5  # seconds; each wait is a random 1-2x of it
 DEFAULT_HEARTBEAT = 10  # seconds: a silently dead broker is noticed in ~33 s, not aiormq's default ~3 min
 DEFAULT_PUBLISH_TIMEOUT = 10.0
@@ -169,9 +174,18 @@ class AmqpBackend(Backend):
         except BROKER_ERRORS as exc:  # TimeoutError is an OSError
             await _discard(connection)
             reason = f"no answer within {self.config.connect_timeout:g}s" if isinstance(exc, TimeoutError) else None
-            if "Connection.OpenOk" in str(exc):  # aiormq only says it got a Connection.Close instead
+            if isinstance(exc, OSError) and exc.strerror:  # "connection refused", not "[Errno 111] Connection ..."
+                reason = exc.strerror.lower()
+            vhost_refused = "Connection.OpenOk" in str(exc)  # aiormq only says it got a Connection.Close instead
+            if vhost_refused:
                 reason = "the broker refused to open the vhost (no such vhost, or no permission on it)"
-            raise BackendUnavailable(f"amqp: cannot connect to {self._where}: {reason or self._clean(exc)}") from exc
+            # ProbableAuthenticationError is the broker's 403 ACCESS_REFUSED; AuthenticationError, no common mechanism.
+            refused = vhost_refused or tls_refused(exc) or isinstance(exc, REFUSALS)
+            raise (BackendRefused if refused else BackendUnavailable)(
+                f"amqp: cannot connect to {self._where}: {reason or self._clean(exc)}") from exc
+        except asyncio.CancelledError:  # the connection must not live on, reconnecting by itself
+            await _discard(connection)
+            raise
         self._connection, self._publish_channel = connection, publish_channel
         connection.close_callbacks.add(self._on_connection_lost)
         connection.reconnect_callbacks.add(self._on_reopened)

@@ -8,6 +8,7 @@ through `on_state` and restores its subscriptions by itself.
 
 from __future__ import annotations
 
+import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import ClassVar, Self
 
+from sidecar.backoff import DEFAULT_CAP
 from sidecar.errors import ConfigError, SidecarError
 
 
@@ -47,6 +49,29 @@ class BackendUnavailable(BackendError):
     """The broker cannot be reached now; the outbox keeps the message and retries."""
 
     retriable = True
+
+
+class BackendRefused(BackendError):
+    """The broker answered and refused us: credentials, a TLS certificate, permissions on a vhost.
+
+    Not retriable: trying again cannot help until someone changes the settings, so a daemon stops its start on it
+    (exit 3) instead of starting without the broker as it does on a `BackendUnavailable`.
+    """
+
+
+def tls_refused(exc: BaseException) -> bool:
+    """True if `exc`, or an error it was raised from, is a TLS handshake that failed on a certificate: ours refused
+    by the server (an alert), or the server's by us (verification). A TLS connection cut half-way is not one."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return True
+        if isinstance(error, ssl.SSLError) and "ALERT" in (error.reason or "").upper():
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class BackendBackpressure(BackendError):
@@ -116,6 +141,8 @@ class BackendConfig:
     retention: int = 1_000_000
     instance_ttl: float = 86_400.0
     echo: bool = True
+    #: The longest wait between two reconnect attempts (`--reconnect-max-delay`); the first come within 0.1 s.
+    reconnect_max_delay: float = DEFAULT_CAP
 
 
 class Subscription(ABC):
@@ -151,7 +178,9 @@ class Backend(ABC):
         """Connect for the first time.
 
         Raises:
-            BackendUnavailable: the broker could not be reached.
+            BackendUnavailable: the broker could not be reached (refused, timed out, name not resolved): worth
+                trying again later, by calling start() again.
+            BackendRefused: the broker refused us (credentials, TLS, permissions).
         """
 
     @abstractmethod

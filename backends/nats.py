@@ -28,6 +28,7 @@ from backends.base import (
     BackendClosed,
     BackendConfig,
     BackendError,
+    BackendRefused,
     BackendState,
     BackendUnavailable,
     Feature,
@@ -38,6 +39,7 @@ from backends.base import (
     PublishTimeout,
     StateCallback,
     Subscription,
+    tls_refused,
 )
 from backends.nats_common import CONNECTION_ERRORS, describe, parse_uri, retrieve, settle
 from backends.nats_jetstream import DurableSubscription, JetStreamPublisher
@@ -169,9 +171,12 @@ class NatsBackend(Backend):
                 if isinstance(cause, ConnectionResetError | BrokenPipeError) and (self._options["user"]
                                                                                   or self._options["token"]):
                     reason += " (wrong user, password or token?)"  # the server's -ERR can be lost in the reset
-                error = BackendUnavailable(f"nats: cannot connect to {self.where}: {reason}")
+                refused = isinstance(cause, nats.errors.AuthorizationError) or reason.startswith(
+                    "authorization violation") or tls_refused(cause)
+                error = (BackendRefused if refused else BackendUnavailable)(
+                    f"nats: cannot connect to {self.where}: {reason}")
             elif not self._tls_ok(client):
-                error = BackendUnavailable(f"nats: {self.where} did not offer TLS, which the URI requires")
+                error = BackendRefused(f"nats: {self.where} did not offer TLS, which the URI requires")
             if error is not None:
                 await settle(client.close())
         if error is not None:

@@ -44,6 +44,7 @@ from backends.redis_uri import (
     DEFAULT_MAX_MESSAGE_BYTES,
     RedisOptions,
     await_confirmation,
+    connect_error,
     describe_error,
     parse_uri,
     publish_error,
@@ -115,8 +116,7 @@ class RedisBackend(Backend):
                 await self._conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
         except CONNECTION_ERRORS as exc:
             await self._drop_connections(everything=True)
-            reason = describe_error(exc, options)
-            raise BackendUnavailable(f"redis: cannot connect to {options.where}: {reason}") from exc
+            raise connect_error(exc, options) from exc
         self._live = True
         if self.config.mode is Mode.DURABLE:
             self._streams = Streams(self.config, options, self._redis)

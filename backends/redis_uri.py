@@ -18,7 +18,15 @@ from redis.asyncio.connection import Connection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from backends.base import BackendConfigError, BackendError, BackendUnavailable, PublishTimeout, Subscription
+from backends.base import (
+    BackendConfigError,
+    BackendError,
+    BackendRefused,
+    BackendUnavailable,
+    PublishTimeout,
+    Subscription,
+    tls_refused,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +120,19 @@ def describe_error(exc: BaseException, options: RedisOptions | None) -> str:
     if options is not None and options.password:
         text = text.replace(options.password, "***")
     return text
+
+
+#: What Redis answers when it will not have us: a wrong password (AUTH), an ACL without PING, a SELECT of a
+#: database it does not have: any error reply to the handshake (ResponseError) but those of a Redis that is busy.
+REFUSALS = (redis_errors.AuthenticationError, redis_errors.AuthorizationError, redis_errors.ResponseError)
+BUSY = (redis_errors.MasterDownError, redis_errors.TryAgainError)
+
+
+def connect_error(exc: BaseException, options: RedisOptions) -> BackendError:
+    """What a failed first connect means: refused for good (credentials, TLS), or worth trying again later."""
+    refused = (isinstance(exc, REFUSALS) and not isinstance(exc, BUSY)) or tls_refused(exc)
+    return (BackendRefused if refused else BackendUnavailable)(
+        f"redis: cannot connect to {options.where}: {describe_error(exc, options)}")
 
 
 def publish_error(exc: Exception, options: RedisOptions) -> BackendError:

@@ -76,7 +76,10 @@ def _add_settings(parser: argparse.ArgumentParser, fields: Sequence[str] | None 
         default = _shown(name, field.get_default(call_default_factory=True, validated_data={}))
         here = " here" if field.default_factory is not None else ""
         shown = f"; default{here} {default}" if default else ""
-        group.add_argument(flag_of(name), dest=name, default=argparse.SUPPRESS, metavar=metavar,
+        # A yes/no setting is a switch: --require-broker, or --no-require-broker over the environment.
+        how: dict[str, Any] = ({"action": argparse.BooleanOptionalAction} if field.annotation is bool
+                               else {"metavar": metavar})
+        group.add_argument(flag_of(name), dest=name, default=argparse.SUPPRESS, **how,
                            help=f"{field.description}{shown} [{env_of(name)}]")
 
 

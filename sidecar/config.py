@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 from backends import scheme_of
 from backends.base import Mode
+from sidecar.backoff import DEFAULT_CAP, DEFAULT_INITIAL
 from sidecar.errors import ConfigError
 from sidecar.paths import default_socket_path
 
@@ -64,6 +65,12 @@ class Settings(BaseSettings):
         default_factory=lambda data: default_instance_id(data.get("socket") or default_socket_path()),
         min_length=1, max_length=200, description="this daemon's name on the bus, the same across restarts: the "
         "host name and a hash of the socket path unless given; durable mode needs it given")
+    require_broker: bool = Field(False, description="refuse to start (exit 3) while the broker cannot be reached, "
+                                 "instead of starting without it, serving the local apps and connecting in the "
+                                 "background")
+    reconnect_max_delay: float = Field(DEFAULT_CAP, ge=DEFAULT_INITIAL, le=3600, description="longest wait in "
+                                       "seconds between two attempts to reach the broker; the first come within "
+                                       "0.1 s and the waits double up to this")
     max_frame_bytes: int = Field(1 * MiB, ge=1024, le=256 * MiB, description="longest line a client may send")
     max_clients: int = Field(4096, ge=1, description="connections accepted at once; more are refused")
     max_patterns: int = Field(1024, ge=1, le=1_000_000, description="patterns a client may list in "

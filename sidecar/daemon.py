@@ -1,4 +1,9 @@
-"""The daemon: start the backend, then the socket; serve until told to stop; shut down in order."""
+"""The daemon: connect to the broker, then open the socket; serve until told to stop; shut down in order.
+
+A broker that cannot be reached for now does not stop the start: the daemon serves its apps without it (local
+delivery, publishes held in the outbox, `broker: down` in `welcome` and `status`) and connects in the background.
+One that refuses us (credentials, TLS, permissions) does, as does `--require-broker`.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,14 @@ from collections.abc import Awaitable
 from backends import load_backend
 from backends.base import Backend, BackendConfig, BackendError, BackendState, Feature, Mode, Subscription
 from sidecar import __version__, protocol
+from sidecar.backoff import Backoff
 from sidecar.codec import CODECS
 from sidecar.config import Settings
 from sidecar.connection import Connection, Limits
 from sidecar.errors import ConfigError, StartupError
 from sidecar.health import HttpServer
 from sidecar.listener import Listener
+from sidecar.logging import Outage
 from sidecar.metrics import Metrics
 from sidecar.outbox import Outbox
 from sidecar.paths import default_socket_path
@@ -48,7 +55,8 @@ class Daemon:
         backend_cls = load_backend(settings.backend, settings.mode)
         self.backend: Backend = backend_cls(
             BackendConfig(uri=settings.backend, instance_id=settings.instance_id, mode=settings.mode,
-                          retention=settings.retention, instance_ttl=settings.instance_ttl, echo=False),
+                          retention=settings.retention, instance_ttl=settings.instance_ttl, echo=False,
+                          reconnect_max_delay=settings.reconnect_max_delay),
             on_state=self._on_backend_state,
         )
         codec = CODECS[settings.codec](settings.instance_id,
@@ -78,10 +86,16 @@ class Daemon:
         address = settings.http_address()
         self.http = None if address is None else HttpServer(*address, self.unready_reason, metrics.registry)
         self._outbox_task: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Task[None] | None = None  # connects in the background after a start without it
         self._subscription: Subscription | None = None
+        self._serving = False
 
     def _on_backend_state(self, state: BackendState) -> None:
-        self.relay.on_backend_state(state)
+        # The apps (and the log) hear of the broker only once the daemon serves, so a start that fails says nothing
+        # of it; and it is up for them once our subscription is made too, so nothing flushed is missed by it.
+        if self._serving:
+            subscribing = state is BackendState.CONNECTED and self._subscription is None
+            self.relay.on_backend_state(BackendState.CONNECTING if subscribing else state)
 
     def _accept(self) -> Connection:
         refusal = None
@@ -107,23 +121,28 @@ class Daemon:
         return None
 
     async def start(self) -> None:
-        """Connect to the broker, subscribe, then open the socket.
+        """Connect to the broker and subscribe (or, if it cannot be reached now, go on without it), open the socket.
 
         Raises:
-            StartupError: the broker is unreachable or the socket cannot be bound.
+            StartupError: the broker refused us, or cannot be reached and `require_broker` is set; the socket
+                cannot be bound.
+            ConfigError: the broker URI is unusable.
         """
         settings = self.settings
         log.info("syncar %s starting: instance %s, backend %s, codec %s, key %r", __version__,
                  settings.instance_id, self.backend.name, settings.codec, settings.key)
+        unreachable = None
         try:
-            await self.backend.start()
-            self._subscription = await self.backend.subscribe(settings.key, self.relay.on_message)
+            await self._connect()
         except ConfigError:
             await self.backend.close()
             raise
         except BackendError as exc:
-            await self.backend.close()
-            raise StartupError(str(exc)) from None
+            if settings.require_broker or not exc.retriable:
+                await self.backend.close()
+                hint = " (--require-broker is set)" if exc.retriable else ""
+                raise StartupError(f"{exc}{hint}") from None
+            unreachable = exc
         self._outbox_task = asyncio.create_task(self.outbox.run(), name="syncar-outbox")
         try:
             await self.listener.start()
@@ -137,7 +156,38 @@ class Daemon:
             loop = asyncio.get_running_loop()
             for sig in STOP_SIGNALS:
                 loop.add_signal_handler(sig, self.request_stop)
+        self._serving = True
+        self._on_backend_state(self.backend.state)
+        if unreachable is not None:
+            outage = Outage(log)
+            outage.began("%s; starting without the broker: the apps of this daemon get each other's events, their "
+                         "publishes wait in the outbox (up to %d bytes); connecting in the background", unreachable,
+                         settings.outbox_bytes)
+            self._connecting = asyncio.create_task(self._connect_later(outage), name="syncar-connect")
         log.info("ready: apps may connect to %s", settings.socket)
+
+    async def _connect(self) -> None:
+        """Start the backend unless it is started, then subscribe; BackendError if either fails."""
+        if self.backend.state is BackendState.CONNECTING:  # never started, or its last start failed
+            await self.backend.start()
+        self._subscription = await self.backend.subscribe(self.settings.key, self.relay.on_message)
+        self._on_backend_state(self.backend.state)
+
+    async def _connect_later(self, outage: Outage) -> None:
+        """Try until connected and subscribed, backing off; the outage is logged once, then summarised."""
+        backoff = Backoff(cap=self.settings.reconnect_max_delay)
+        delay = backoff.next()
+        while True:  # until connected, or _close_backend() cancels us
+            await asyncio.sleep(delay)
+            try:
+                await self._connect()
+            except BackendError as exc:  # refused now (a password changed meanwhile) or not: try again all the same
+                delay = backoff.next()
+                outage.failed("%s; next attempt in %.1fs", exc, delay)
+                continue
+            outage.ended("broker %s reached %.1fs after the start (%d failed attempts); subscribed to %r",
+                         self.backend.name, outage.seconds, outage.failures, self.settings.key)
+            return
 
     def request_stop(self) -> None:
         if self._stop.is_set():
@@ -194,6 +244,9 @@ class Daemon:
         log.info("stopped")
 
     async def _close_backend(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            await asyncio.wait({self._connecting}, timeout=1.0)
         if self._outbox_task is not None:
             self._outbox_task.cancel()
             # Bounded: a broker library may swallow the cancellation (asyncio.wait_for on 3.11); closing the

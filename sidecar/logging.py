@@ -103,3 +103,53 @@ class RateLimitedLogger:
             msg += " (and %d more like it not logged)"
             args = (*args, held)
         self._logger.warning(msg, *args)
+
+
+#: While a broker stays away, a line about the failed reconnect attempts at most this often.
+OUTAGE_SUMMARY_INTERVAL = 60.0
+
+
+class Outage:
+    """A broker outage in the log, however long it lasts: its start once, its end once, and in between at most one
+    line per `interval` about the failed attempts, with how many were not logged.
+
+    A reconnect loop retrying every second for nine minutes wrote 703 warnings; this writes about eleven.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = OUTAGE_SUMMARY_INTERVAL) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._attempts: RateLimitedLogger | None = None  # a fresh one per outage: its count starts at zero
+        self._since = 0.0
+        self.failures = 0
+
+    @property
+    def ongoing(self) -> bool:
+        return self._attempts is not None
+
+    @property
+    def seconds(self) -> float:
+        """How long the current (or the last) outage has lasted."""
+        return time.monotonic() - self._since
+
+    def began(self, msg: str, *args: object) -> None:
+        """The broker is gone: a warning, unless this outage was already told."""
+        if self._attempts is None:
+            self._attempts = RateLimitedLogger(self._logger, self._interval)
+            # Through the limiter, so the first failed attempt is held back for an interval like the rest.
+            self._attempts.warning("outage", msg, *args)
+            self._since, self.failures = time.monotonic(), 0
+
+    def failed(self, msg: str, *args: object) -> None:
+        """An attempt failed: a warning if none was logged for `interval`, else only counted."""
+        if self._attempts is None:
+            self.began(msg, *args)
+        else:
+            self._attempts.warning("outage", msg, *args)
+        self.failures += 1
+
+    def ended(self, msg: str, *args: object) -> None:
+        """The broker is back: logged at INFO, once (use `seconds` and `failures` in it before they reset)."""
+        if self._attempts is not None:
+            self._attempts = None
+            self._logger.info(msg, *args)

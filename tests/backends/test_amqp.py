@@ -14,6 +14,7 @@ from backends.base import (
     BackendClosed,
     BackendConfig,
     BackendError,
+    BackendRefused,
     BackendState,
     BackendUnavailable,
     Feature,
@@ -231,7 +232,7 @@ async def test_start_against_a_closed_port_fails_fast_and_cleanly() -> None:
 
 async def test_wrong_password_is_a_clean_error_without_the_password(server: RabbitServer) -> None:
     instance = AmqpBackend(BackendConfig(f"amqp://guest:not-the-pw-42@127.0.0.1:{server.port}/", "t", 5.0))
-    with pytest.raises(BackendUnavailable) as raised:
+    with pytest.raises(BackendRefused) as raised:
         await instance.start()
     message = str(raised.value)
     assert message.startswith("amqp: cannot connect to ") and "ACCESS_REFUSED" in message
@@ -241,7 +242,7 @@ async def test_wrong_password_is_a_clean_error_without_the_password(server: Rabb
 
 async def test_an_unknown_vhost_is_named_in_the_error(server: RabbitServer) -> None:
     instance = AmqpBackend(BackendConfig(f"amqp://guest:guest@127.0.0.1:{server.port}/nowhere", "t", 5.0))
-    with pytest.raises(BackendUnavailable, match=r"^amqp: cannot connect to 127\.0\.0\.1:\d+ vhost 'nowhere': the "
+    with pytest.raises(BackendRefused, match=r"^amqp: cannot connect to 127\.0\.0\.1:\d+ vhost 'nowhere': the "
                                                  r"broker refused to open the vhost \(no such vhost, or no permission"):
         await instance.start()
     await instance.close()
@@ -280,7 +281,7 @@ async def test_tls_with_ca_and_client_certificate(server: RabbitServer, backend:
 async def test_tls_refuses_an_unknown_ca(server: RabbitServer) -> None:
     # No cafile: the system CAs, which never signed the test CA.
     untrusted = AmqpBackend(BackendConfig(f"amqps://guest:guest@127.0.0.1:{server.tls_port}/", "t", 5.0))
-    with pytest.raises(BackendUnavailable, match=r"^amqp: cannot connect to 127\.0\.0\.1:\d+ vhost '/': .*"
+    with pytest.raises(BackendRefused, match=r"^amqp: cannot connect to 127\.0\.0\.1:\d+ vhost '/': .*"
                                                  r"certificate verify failed"):
         await untrusted.start()
     await untrusted.close()
@@ -289,7 +290,7 @@ async def test_tls_refuses_an_unknown_ca(server: RabbitServer) -> None:
 async def test_tls_without_a_client_certificate_is_refused(server: RabbitServer) -> None:
     uri = server.tls_uri.split("&certfile=")[0]  # the CA only
     anonymous = AmqpBackend(BackendConfig(uri, "t", 5.0))
-    with pytest.raises(BackendUnavailable, match=r"^amqp: cannot connect to "):
+    with pytest.raises(BackendError, match=r"^amqp: cannot connect to "):  # an alert, or only a closed connection
         await anonymous.start()
     await anonymous.close()
 

@@ -15,6 +15,7 @@ from backends.base import (
     BackendClosed,
     BackendConfig,
     BackendError,
+    BackendRefused,
     BackendState,
     BackendUnavailable,
     Feature,
@@ -331,7 +332,7 @@ async def test_user_and_password_from_the_uri(connect: Factory, topic: str) -> N
         await backend.publish(topic, [b"authenticated"])
         assert await inbox.wait(1) == [b"authenticated"]
         # The server answers -ERR and closes at once; a reset may overtake the -ERR, and the hint stays.
-        with pytest.raises(BackendUnavailable, match=r"\(wrong user, password or token\?\)$") as caught:
+        with pytest.raises(BackendRefused, match=r"\(wrong user, password or token\?\)$") as caught:
             await connect(f"nats://alice:wrongpass@127.0.0.1:{broker.port}")
         assert "wrongpass" not in str(caught.value)
     finally:
@@ -358,11 +359,11 @@ async def test_tls_with_ca_and_client_certificate(connect: Factory, server: Nats
         await backend.publish(topic, [b"encrypted"])
         assert await inbox.wait(1) == [b"encrypted"]
         # Without a client certificate: TLS 1.3 may tell the client only by closing, so the reason varies.
-        with pytest.raises(BackendUnavailable, match=rf"^nats: cannot connect to 127\.0\.0\.1:{broker.port}: "):
+        with pytest.raises(BackendError, match=rf"^nats: cannot connect to 127\.0\.0\.1:{broker.port}: "):
             await connect(f"tls://127.0.0.1:{broker.port}?tls_ca={d}/ca.pem")
-        with pytest.raises(BackendUnavailable, match="tls: unable to get local issuer certificate"):
+        with pytest.raises(BackendRefused, match="tls: unable to get local issuer certificate"):
             await connect(f"tls://127.0.0.1:{broker.port}")  # the system CAs do not know the test CA
-        with pytest.raises(BackendUnavailable, match="did not offer TLS, which the URI requires"):
+        with pytest.raises(BackendRefused, match="did not offer TLS, which the URI requires"):
             await connect(server.uri.replace("nats://", "tls://") + f"?tls_ca={d}/ca.pem")
     finally:
         await asyncio.to_thread(broker.cleanup)

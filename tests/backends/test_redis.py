@@ -16,6 +16,7 @@ from backends.base import (
     BackendClosed,
     BackendConfig,
     BackendError,
+    BackendRefused,
     BackendState,
     BackendUnavailable,
     Feature,
@@ -207,7 +208,7 @@ async def test_wrong_password_is_a_clean_error_without_the_password(server: Redi
                             keys=["*"], channels=["*"])
     try:
         wrong = RedisBackend(BackendConfig(f"redis://{user}:wrong-pass-456@127.0.0.1:{server.port}/0", "x"))
-        with pytest.raises(BackendUnavailable) as caught:
+        with pytest.raises(BackendRefused) as caught:
             await wrong.start()
         message = str(caught.value)
         assert message.startswith(f"redis: cannot connect to 127.0.0.1:{server.port}: ")
@@ -343,7 +344,7 @@ async def test_tls_with_ca_and_client_certificate(tls_server: RedisTlsServer, ba
 
 async def test_tls_refuses_an_unknown_ca(tls_server: RedisTlsServer) -> None:
     untrusted = RedisBackend(BackendConfig(f"rediss://127.0.0.1:{tls_server.port}/0", "x", 2.0))
-    with pytest.raises(BackendUnavailable, match=r"^redis: cannot connect to 127\.0\.0\.1:\d+: tls: certificate "
+    with pytest.raises(BackendRefused, match=r"^redis: cannot connect to 127\.0\.0\.1:\d+: tls: certificate "
                                                  r"verify failed: self.signed certificate in certificate chain$"):
         await untrusted.start()
     await untrusted.close()

@@ -98,9 +98,10 @@ class TcpProxy:
         self.port = 0
 
     @classmethod
-    async def start(cls, upstream_port: int, upstream_host: str = "127.0.0.1") -> TcpProxy:
+    async def start(cls, upstream_port: int, upstream_host: str = "127.0.0.1", port: int = 0) -> TcpProxy:
+        """Listen on `port` (a free one by default), forwarding to the upstream."""
         proxy = cls(upstream_port, upstream_host)
-        proxy._server = await asyncio.start_server(proxy._accept, "127.0.0.1", 0)
+        proxy._server = await asyncio.start_server(proxy._accept, "127.0.0.1", port)
         proxy.port = proxy._server.sockets[0].getsockname()[1]
         return proxy
 
