@@ -104,10 +104,15 @@ class Message:
 
     `position` is the broker's position of the message (a stream id, a
     sequence number) where the backend has one, for logs and de-duplication.
+    `accepted_at` is when the broker stored it, in seconds since the epoch by
+    the broker's own clock, where the broker says so in a way no publisher
+    can choose (a Redis stream entry id, a JetStream message's timestamp):
+    signed messages are judged fresh against it rather than against now.
     """
 
     body: bytes
     position: str | None = None
+    accepted_at: float | None = None
 
 
 Handler = Callable[[Message], Awaitable[None]]

@@ -301,10 +301,11 @@ class DurableSubscription(Subscription):
         if not reply:
             return
         # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>, or the longer v2
+        # The server's timestamp of the stored message (<time>, in ns) is in the reply subject, which it makes itself.
         tokens = reply.split(".")
-        position = tokens[5] if len(tokens) == 9 else tokens[7]
+        position, stored = (tokens[5], tokens[7]) if len(tokens) == 9 else (tokens[7], tokens[9])
         try:
-            await self._handler(Message(msg.data, position=position))
+            await self._handler(Message(msg.data, position=position, accepted_at=int(stored) / 1e9))
         except Exception as exc:
             self._failed(position, exc)
             return

@@ -292,7 +292,10 @@ class Streams:
         # malformed and drops.
         values = dict(zip(fields[::2], fields[1::2], strict=False))
         try:
-            await stream.handler(Message(values.get(BODY_FIELD, b""), position=entry_id.decode()))
+            # The entry id is `<ms>-<n>` by the server's clock at XADD: a client can ask for a larger id, never a
+            # smaller one than the stream's last.
+            await stream.handler(Message(values.get(BODY_FIELD, b""), position=entry_id.decode(),
+                                         accepted_at=int(entry_id.partition(b"-")[0]) / 1000))
         except Exception as exc:
             attempts = stream.failures[entry_id] = stream.failures.get(entry_id, 0) + 1
             if attempts >= MAX_DELIVERIES:

@@ -125,13 +125,17 @@ class Codec(ABC):
     def pack(self, events: list[Outgoing]) -> list[bytes]:
         """Turn events, in order, into broker message bodies."""
 
+    def refresh(self, bodies: list[bytes]) -> list[bytes]:
+        """Bodies `pack` made, made fit to send again now (for a retry: a signature carries a time)."""
+        return bodies
+
     def echoed(self, body: bytes) -> int:
         """How many events `body` carries if this daemon sent it (told without decoding it), else 0."""
         return 0
 
     @abstractmethod
-    def unpack(self, body: bytes) -> Batch:
-        """Decode a broker message.
+    def unpack(self, body: bytes, accepted_at: float | None = None) -> Batch:
+        """Decode a broker message; `accepted_at` is the broker's time of it, where the backend knows it.
 
         Raises:
             CodecError: malformed or foreign; `reason` is a short metric label.
@@ -204,7 +208,7 @@ class SyncarCodec(Codec):
         start = len(self._head) + _ID_START
         return self._sent.pop(body[start:body.find(_ID_END, start)], 1)
 
-    def unpack(self, body: bytes) -> Batch:
+    def unpack(self, body: bytes, accepted_at: float | None = None) -> Batch:
         batch = decode_json(self._decoder, body)
         if batch is None or batch.v != SYNCAR_VERSION:
             raise _explain_syncar(body)
@@ -253,7 +257,7 @@ class FeathersSyncCodec(Codec):
             del self._sent[digest]
         return 1
 
-    def unpack(self, body: bytes) -> Batch:
+    def unpack(self, body: bytes, accepted_at: float | None = None) -> Batch:
         message = decode_json(self._decoder, body)
         if message is None or not message.event or not message.path:
             raise _explain_feathers_sync(body)

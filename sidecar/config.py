@@ -90,8 +90,9 @@ class Settings(BaseSettings):
     client_burst: int = Field(1000, ge=1, description="publishes a client may send at once above --client-rate")
     signing_key_file: Path | None = Field(None, description="file of HMAC-SHA256 keys, one per line: the first "
                                           "signs, all verify; unsigned or forged broker messages are dropped")
-    signing_window: float = Field(60.0, gt=0, description="seconds a signed message stays acceptable; older or "
-                                  "replayed ones are dropped")
+    signing_window: float = Field(60.0, ge=2, description="seconds a signed message stays acceptable, counted from "
+                                  "when the broker took it (durable mode) or from now (broadcast); older or replayed "
+                                  "ones are dropped. At least 2: signatures carry whole seconds")
     shutdown_timeout: float = Field(10.0, ge=0, description="seconds to flush the outbox and clients on SIGTERM")
     http: str = Field("127.0.0.1:9464", description="ADDR:PORT for /healthz, /readyz and /metrics, or 'off'")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")

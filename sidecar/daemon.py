@@ -65,7 +65,8 @@ class Daemon:
         id_key = settings.instance_id.encode()
         if settings.signing_key_file is not None:
             keys = load_keys(settings.signing_key_file)
-            codec, id_key = SignedCodec(codec, Signer(keys, settings.signing_window)), keys[0]
+            backlog = settings.instance_ttl if settings.mode is Mode.DURABLE else None
+            codec, id_key = SignedCodec(codec, Signer(keys, settings.signing_window, backlog=backlog)), keys[0]
         self.metrics = metrics = Metrics(backend_cls.name, settings.codec)
         self.outbox = outbox = Outbox(self.backend, codec, settings.key, settings.outbox_bytes, metrics)
         replay = ReplayBuffer(settings.replay_events, settings.replay_bytes)

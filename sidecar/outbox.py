@@ -113,6 +113,10 @@ class Outbox:
             if not batch:
                 batch, size = self._batch()
                 bodies = self._codec.pack(batch)
+            else:
+                # A retry, maybe after a long outage: the same messages, signed anew (receivers judge a signature's
+                # time against when the broker took the message).
+                bodies = self._codec.refresh(bodies)
             try:
                 await self._backend.publish(self._topic, bodies)
             except BackendClosed:

@@ -140,7 +140,7 @@ class Relay:
             self.metrics.dropped.labels(DropReason.ECHO).inc(echoed)
             return
         try:
-            batch = self._codec.unpack(message.body)
+            batch = self._codec.unpack(message.body, message.accepted_at)
         except CodecError as exc:
             self.metrics.dropped.labels(exc.reason).inc()
             bus_warnings.warning(exc.reason, "dropped a %s message from the broker: %s", exc.reason, exc)

@@ -5,11 +5,29 @@ A signed message is one header line, then the codec's body:
     syncar-sig1 <key id> <unix time> <nonce> <hex mac>\\n<body>
 
 The MAC covers the key id, time, nonce and body. A receiver accepts a message
-only if the key id names one of its keys, the MAC matches, the time is within
-the window of its own clock, and it has not seen the nonce in that window.
-Keys come from a file, one per line: the first signs, all verify, so keys can
-be rotated by adding the new one second, then moving it first, then dropping
-the old one.
+only if the key id names one of its keys, the MAC matches, the time is fresh,
+and it has not seen the nonce among the messages that are still fresh. Keys
+come from a file, one per line: the first signs, all verify, so keys can be
+rotated by adding the new one second, then moving it first, then dropping the
+old one.
+
+Fresh means within the window of a reference time that a stranger who
+re-publishes a captured message cannot move back to when it was signed:
+
+- the broker's own time of storing the message, where it gives one (durable
+  mode on Redis and NATS: `Message.accepted_at`). A durable backlog is then
+  fresh however long its instance was away, and a message re-published later
+  is stale, since the broker stamps it anew;
+- in durable mode on a broker without such a time (RabbitMQ), the newest
+  signing time accepted so far, or, before the first message after a start,
+  `backlog` seconds (`--instance-ttl`) ago: the queue hands messages over in
+  the order the broker took them, so a message re-published after newer ones
+  is more than a window older than them;
+- in broadcast mode, now: the broker keeps nothing, so a genuine message is
+  received right after it was signed.
+
+The outbox signs a batch again before every retry (`refresh`), so a batch held
+through a broker outage does not go out with its first, old time.
 """
 
 from __future__ import annotations
@@ -53,11 +71,15 @@ def load_keys(path: Path) -> list[bytes]:
 
 
 class Signer:
-    def __init__(self, keys: list[bytes], window: float) -> None:
+    """Signs and verifies messages; `backlog` (seconds) only in durable mode: how far back a redelivery may go."""
+
+    def __init__(self, keys: list[bytes], window: float, *, backlog: float | None = None) -> None:
         self._signing_key = keys[0]
         self._signing_id = key_id(keys[0])
         self._keys = {key_id(key): key for key in keys}
         self._window = window
+        self._backlog = backlog
+        self._newest: float | None = None  # the newest signing time accepted (durable mode without broker times)
         self._seen: OrderedDict[bytes, float] = OrderedDict()  # nonce -> time it was signed, oldest first
 
     def _mac(self, key: bytes, header: bytes, body: bytes) -> bytes:
@@ -67,8 +89,8 @@ class Signer:
         header = b"%s %s %d %s" % (MAGIC, self._signing_id, int(time.time()), secrets.token_hex(12).encode())
         return header + b" " + self._mac(self._signing_key, header, body) + b"\n" + body
 
-    def verify(self, message: bytes) -> bytes:
-        """The body of a message that is authentic, fresh and new.
+    def verify(self, message: bytes, accepted_at: float | None = None) -> bytes:
+        """The body of a message that is authentic, fresh and new; `accepted_at` is the broker's time of it.
 
         Raises:
             CodecError: reason `unsigned`, `unknown_key`, `bad_signature`, `stale` or `replayed`.
@@ -83,15 +105,30 @@ class Signer:
             raise CodecError("unknown_key", "message is signed with a key this syncar does not have")
         if not hmac.compare_digest(mac, self._mac(key, b" ".join(fields[:4]), body)):
             raise CodecError("bad_signature", "message signature does not match its content")
-        now = time.time()
         signed_at = float(stamp) if stamp.isdigit() else 0.0
-        if abs(now - signed_at) > self._window:
-            raise CodecError("stale", f"message was signed {now - signed_at:.0f}s ago, outside the window")
-        self._forget_before(now - self._window)
+        reference, earliest, latest = self._bounds(accepted_at)
+        if not earliest <= signed_at <= latest:
+            raise CodecError("stale", f"message was signed {reference - signed_at:.0f}s before its reference time "
+                                      f"(docs/security.md), outside the {self._window:g}s window")
+        self._forget_before(earliest)
         if nonce in self._seen:
             raise CodecError("replayed", "message was seen before")
         self._seen[nonce] = signed_at
+        if self._newest is None or signed_at > self._newest:
+            self._newest = signed_at
         return body
+
+    def _bounds(self, accepted_at: float | None) -> tuple[float, float, float]:
+        """The reference time, and the earliest and latest signing times fresh against it."""
+        window, now = self._window, time.time()
+        # A broker time ahead of ours is not trusted (a Redis client may add an entry with an id in the future,
+        # after which every entry id is that far ahead): such a message is judged against now.
+        if accepted_at is not None and accepted_at <= now + window:
+            return accepted_at, accepted_at - window, accepted_at + window
+        if self._backlog is None:
+            return now, now - window, now + window
+        newest = now - self._backlog if self._newest is None else max(self._newest, now - self._backlog)
+        return newest, newest - window, now + window
 
     def _forget_before(self, oldest: float) -> None:
         seen = self._seen
@@ -112,9 +149,12 @@ class SignedCodec(Codec):
     def pack(self, events: list[Outgoing]) -> list[bytes]:
         return [self._signer.sign(body) for body in self._inner.pack(events)]
 
+    def refresh(self, bodies: list[bytes]) -> list[bytes]:
+        return [self._signer.sign(body.partition(b"\n")[2]) for body in bodies]
+
     def echoed(self, body: bytes) -> int:
         # Unverified, which is harmless: a forger could only make us drop its forgery.
         return self._inner.echoed(body.partition(b"\n")[2])
 
-    def unpack(self, body: bytes) -> Batch:
-        return self._inner.unpack(self._signer.verify(body))
+    def unpack(self, body: bytes, accepted_at: float | None = None) -> Batch:
+        return self._inner.unpack(self._signer.verify(body, accepted_at))

@@ -16,6 +16,7 @@ class Inbox:
     def __init__(self, fail: set[bytes] | None = None) -> None:
         self.bodies: list[bytes] = []
         self.positions: list[str | None] = []
+        self.accepted: list[float | None] = []  # Message.accepted_at
         self.attempts: list[bytes] = []
         self._fail = set(fail or ())
 
@@ -26,6 +27,7 @@ class Inbox:
             raise RuntimeError(f"handler refused {message.body!r} once")
         self.bodies.append(message.body)
         self.positions.append(message.position)
+        self.accepted.append(message.accepted_at)
 
     async def wait(self, count: int, timeout: float = 10.0) -> list[bytes]:
         await wait_for(lambda: len(self.bodies) >= count, timeout, f"{count} messages (have {len(self.bodies)})")

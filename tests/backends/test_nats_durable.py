@@ -83,10 +83,14 @@ async def test_round_trip_in_order_with_positions(connect: Factory, topic: str) 
     receiver, sender = await connect("r"), await connect("s")
     inbox = Inbox()
     await receiver.subscribe(topic, inbox)
+    started = time.time()
     for start in range(0, 1000, 100):
         await sender.publish(topic, bodies(start, start + 100))
     assert await inbox.wait(1000) == bodies(0, 1000)
     assert inbox.positions == [str(n) for n in range(1, 1001)]  # the stream sequence
+    # The server's time of each stored message (what signed messages are judged against).
+    stored = [t for t in inbox.accepted if t is not None]
+    assert len(stored) == 1000 and stored == sorted(stored) and started - 1 < stored[0] <= stored[-1] < time.time() + 1
 
 
 async def test_a_new_instance_starts_with_new_messages(connect: Factory, topic: str) -> None:

@@ -87,6 +87,7 @@ async def test_order_and_positions_of_1000_messages(backend: Factory, topic: str
     a, b = await backend("a"), await backend("b")
     inbox = Inbox()
     await b.subscribe(topic, inbox)
+    started = time.time()
     expected = bodies(1000)
     for i in range(100):
         await a.publish(topic, [expected[i]])
@@ -95,6 +96,9 @@ async def test_order_and_positions_of_1000_messages(backend: Factory, topic: str
     assert await inbox.wait(1000) == expected
     ids = [tuple(map(int, str(position).split("-"))) for position in inbox.positions]
     assert ids == sorted(ids) and len(set(ids)) == 1000
+    # The server's time of each entry, from its id (what signed messages are judged against).
+    assert inbox.accepted == [ms / 1000 for ms, _ in ids]
+    assert started - 1 < ids[0][0] / 1000 <= ids[-1][0] / 1000 < time.time() + 1
 
 
 async def test_a_new_instance_starts_from_now(backend: Factory, topic: str) -> None:

@@ -44,6 +44,44 @@ def test_stale_messages_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     assert reason(Signer([OLD], window=5), message) == "stale"
 
 
+def signed_at(moment: float, body: bytes, monkeypatch: pytest.MonkeyPatch) -> bytes:
+    monkeypatch.setattr(time, "time", lambda: moment)
+    message = Signer([OLD], window=5).sign(body)
+    monkeypatch.undo()
+    return message
+
+
+def test_broker_time_judges_a_backlog_fresh_and_a_republished_message_stale(monkeypatch: pytest.MonkeyPatch) -> None:
+    hour_ago = time.time() - 3600
+    old = signed_at(hour_ago, b"old", monkeypatch)
+    signer = Signer([OLD], window=5, backlog=86_400)
+    assert signer.verify(old, accepted_at=hour_ago + 0.2) == b"old"  # stored by the broker when it was signed
+    assert reason_at(signer, signed_at(hour_ago, b"again", monkeypatch), time.time()) == "stale"  # stored just now
+    assert signer.verify(Signer([OLD], window=5).sign(b"now"), accepted_at=time.time()) == b"now"
+    # A broker time ahead of ours (an entry id from the future) is not believed: judged as without one.
+    assert reason_at(signer, signed_at(hour_ago, b"x", monkeypatch), time.time() + 3600) == "stale"
+
+
+def test_without_broker_time_a_backlog_is_judged_by_its_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = time.time()
+    signer = Signer([OLD], window=5, backlog=86_400)
+    assert reason(signer, signed_at(now - 2 * 86_400, b"older than the backlog", monkeypatch)) == "stale"
+    first = signed_at(now - 3600, b"first", monkeypatch)
+    assert signer.verify(first) == b"first"
+    assert signer.verify(signed_at(now - 3598, b"second", monkeypatch)) == b"second"
+    third = signed_at(now - 1800, b"third", monkeypatch)
+    assert signer.verify(third) == b"third"
+    assert reason(signer, first) == "stale"  # re-published after newer ones
+    assert reason(signer, third) == "replayed"
+    assert reason(Signer([OLD], window=5), signed_at(now - 3600, b"x", monkeypatch)) == "stale"  # broadcast: now
+
+
+def reason_at(signer: Signer, message: bytes, accepted_at: float) -> str:
+    with pytest.raises(CodecError) as info:
+        signer.verify(message, accepted_at)
+    return info.value.reason
+
+
 def test_rotation_first_key_signs_all_verify() -> None:
     rotating = Signer([NEW, OLD], 60)
     old_only = Signer([OLD], 60)
