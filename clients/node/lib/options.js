@@ -20,7 +20,7 @@ const DEFAULTS = Object.freeze({
 /** Options that only mean something to feathers-sync's broker adapters: the broker is syncar's business now. */
 const BROKER_OPTIONS = ['uri', 'key', 'redisClient', 'redisOptions', 'amqpConnectionOptions', 'natsConnectionOptions'];
 
-/** Where the daemon puts its socket unless told (sidecar/config.py default_socket_path), or $SYNCAR_SOCKET. */
+/** Where the daemon puts its socket unless told (sidecar/paths.py default_socket_path), or $SYNCAR_SOCKET. */
 function defaultSocketPath(env = process.env) {
   if (env.SYNCAR_SOCKET) {
     return env.SYNCAR_SOCKET;
@@ -30,15 +30,23 @@ function defaultSocketPath(env = process.env) {
     return '/run/syncar/syncar.sock';
   }
   const runtimeDir = env.XDG_RUNTIME_DIR;
-  if (runtimeDir) {
-    try {
-      fs.accessSync(runtimeDir, fs.constants.W_OK);
-      return path.join(runtimeDir, 'syncar', 'syncar.sock');
-    } catch {
-      // not ours to write: fall through to /tmp as the daemon does
-    }
+  if (runtimeDir && privateDir(runtimeDir, uid ?? os.userInfo().uid)) {
+    return path.join(runtimeDir, 'syncar', 'syncar.sock');
   }
   return `/tmp/syncar-${uid ?? os.userInfo().uid}/syncar.sock`;
+}
+
+/**
+ * The daemon's rule for $XDG_RUNTIME_DIR (sidecar/paths.py unsafe_dir_reason): a real directory, not a symbolic
+ * link, owned by this user, that its group and others may not write to; else it is not used.
+ */
+function privateDir(dir, uid) {
+  try {
+    const info = fs.lstatSync(dir);
+    return info.isDirectory() && info.uid === uid && (info.mode & 0o022) === 0;
+  } catch {
+    return false;
+  }
 }
 
 function fail(message) {
