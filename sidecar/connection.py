@@ -75,6 +75,7 @@ class Connection(asyncio.Protocol):
         self.name = ""
         self.echo = False
         self.wants: Callable[[str, str], bool] = _every_event
+        self.paused = False  # the transport holds more than a quarter of the queue: a replay waits
         self.closed = self._loop.create_future()
 
     @property
@@ -82,10 +83,18 @@ class Connection(asyncio.Protocol):
         """The longest line this client may send (told in `welcome`)."""
         return self._limits.max_frame_bytes
 
+    @property
+    def queue_bytes(self) -> int:
+        """Unsent bytes this client may have before it is disconnected as too slow."""
+        return self._queue_bytes
+
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        # pause_writing() at a quarter of the queue: a resuming client's replay is written as it reads, well within
+        # its bound (Relay._catch_up).
+        self._transport.set_write_buffer_limits(high=self._queue_bytes // 4)
         reason = self._limits.peers.refusal(transport.get_extra_info("socket"))
         if reason is not None:
             self._relay.metrics.disconnects.labels("forbidden").inc()
@@ -113,6 +122,13 @@ class Connection(asyncio.Protocol):
             except FrameError as exc:
                 self.reject(exc.code, exc.message, line)
         self._relay.count_published()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._relay.resume_replay(self)
 
     def eof_received(self) -> bool:
         if self._decoder.partial:

@@ -172,7 +172,8 @@ def _has_wildcard(name: str) -> bool:
 
 
 class Resume(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict: JSON types as sent, so `"seq": true` or `"seq": "3"` is an error, not 1 or 3.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     epoch: str
     seq: int = Field(ge=0)
@@ -182,12 +183,12 @@ class Hello(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     type: str
-    version: int = PROTOCOL_VERSION
+    version: int = Field(PROTOCOL_VERSION, strict=True)
     client: str = Field("", max_length=200)
     client_id: str | None = Field(None, min_length=1, max_length=MAX_ID_LENGTH)
     subscribe: list[Pattern] | None = None  # None: every event
     resume: Resume | None = None
-    echo: bool = False
+    echo: bool = Field(False, strict=True)
 
     @field_validator("subscribe", mode="before")
     @classmethod

@@ -7,6 +7,7 @@ once; the same frame bytes are written to every client that wants it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -36,6 +37,17 @@ MAX_ORIGINS = 1024
 bus_warnings = RateLimitedLogger(log, interval=10.0)
 
 
+class _CatchUp:
+    """A resuming client's place in the replay buffer, from which it also gets live events until it catches up."""
+
+    __slots__ = ("cursor", "live_from", "scheduled")
+
+    def __init__(self, cursor: int, live_from: int) -> None:
+        self.cursor = cursor  # the last seq handed to the client (or passed over, as not for it)
+        self.live_from = live_from  # events after this seq came after the resume: they echo as live ones do
+        self.scheduled = False  # a turn of the loop is coming for it
+
+
 class Relay:
     def __init__(self, instance_id: str, *, backend_name: str, codec: Codec, outbox: Outbox, replay: ReplayBuffer,
                  metrics: Metrics, id_key: bytes, durable: bool = False) -> None:
@@ -48,7 +60,8 @@ class Relay:
         self.broker_up = False
         self._was_up = False
         self.stopping = False
-        self.clients: set[Connection] = set()
+        self.clients: set[Connection] = set()  # those getting live events
+        self._catching_up: dict[Connection, _CatchUp] = {}  # those still getting what they missed
         self._codec = codec
         self._outbox = outbox
         self._replay = replay
@@ -64,37 +77,82 @@ class Relay:
 
     def join(self, client: Connection, resume: protocol.Resume | None) -> None:
         """Start delivering to `client`: welcome it, replay what it missed, then live events."""
-        replay, gap = None, False
+        cursor: int | None = None  # replay the events after this seq
+        gap: str | None = None  # why the client missed events it cannot get
         if resume is not None:
-            if resume.epoch == self.epoch:
-                replay = self._replay.after(resume.seq)
-            else:
+            if resume.epoch != self.epoch:
                 # The daemon restarted since: the client missed all of this run, and in broadcast mode whatever
                 # went by while no daemon ran. In durable mode the broker kept that for this run to read.
-                replay = self._replay.after(0)
-                gap = not self.durable
-            gap = gap or replay is None
+                cursor = 0
+                gap = None if self.durable else "the daemon restarted in broadcast mode"
+            elif resume.seq > self.seq:
+                gap = f"seq {resume.seq} is beyond the last event of this run, {self.seq}"
+            else:
+                cursor = resume.seq
+            if cursor is not None and self._replay.after(cursor) is None:
+                cursor, gap = None, "you fell further behind than the replay buffer holds"
         client.send(protocol.encode({
             "type": "welcome", "version": protocol.PROTOCOL_VERSION, "instance": self.instance_id,
             "backend": self.backend_name, "broker": "up" if self.broker_up else "down", "epoch": self.epoch,
-            "seq": self.seq, "client_id": client.client_id, "resumed": resume is not None and not gap,
+            "seq": self.seq, "client_id": client.client_id, "resumed": resume is not None and gap is None,
             "max_frame_bytes": client.max_frame_bytes,
         }))
-        if gap:
+        if gap is not None:
             client.send(protocol.error(
-                ErrorCode.RESUME_GAP,
-                "cannot resume fully: events after your seq may be missing (the daemon restarted in broadcast "
-                "mode, or you fell further behind than the replay buffer holds)", epoch=self.epoch, seq=self.seq))
-        for entry in replay or ():
-            if entry.source != client.client_id and client.wants(entry.path, entry.event):
-                client.send(entry.frame())
-        self.clients.add(client)
+                ErrorCode.RESUME_GAP, f"cannot resume fully: events after your seq may be missing ({gap})",
+                epoch=self.epoch, seq=self.seq))
+        if cursor is None or cursor == self.seq:
+            self.clients.add(client)
+        else:
+            self._catching_up[client] = _CatchUp(cursor, self.seq)
+            self._catch_up(client)
+
+    def _catch_up(self, client: Connection) -> None:
+        """Hand `client` the next part of what it missed, up to an eighth of its queue; the rest comes in later
+        turns of the loop, while its transport takes more (see Connection.pause_writing). Live events reach it
+        through the replay buffer meanwhile, in order; once none is left, it gets them as every client does."""
+        state = self._catching_up.get(client)
+        if state is None:
+            return  # gone
+        state.scheduled = False
+        if client.paused:
+            return  # resume_replay() brings it back when the transport has drained
+        entries = self._replay.after(state.cursor)
+        if entries is None:  # it read slower than events came, and the buffer moved on
+            del self._catching_up[client]
+            self.metrics.disconnects.labels("slow_client").inc()
+            client.close(protocol.error(ErrorCode.SLOW_CLIENT, "you read slower than events came while catching "
+                                        "up; resume from your last seq"))
+            return
+        budget = client.queue_bytes // 8
+        for entry in entries:
+            state.cursor = entry.seq
+            if ((entry.source != client.client_id or (client.echo and entry.seq > state.live_from))
+                    and client.wants(entry.path, entry.event)):
+                frame = entry.frame()
+                client.send(frame)
+                budget -= len(frame)
+                if budget <= 0:
+                    break
+        if state.cursor == self.seq:
+            del self._catching_up[client]
+            self.clients.add(client)
+        else:
+            state.scheduled = True
+            asyncio.get_running_loop().call_soon(self._catch_up, client)
+
+    def resume_replay(self, client: Connection) -> None:
+        """`client`'s transport can take more: go on with its replay, if it is catching up."""
+        state = self._catching_up.get(client)
+        if state is not None and not state.scheduled:
+            self._catch_up(client)
 
     def leave(self, client: Connection) -> None:
         self.clients.discard(client)
+        self._catching_up.pop(client, None)
 
     def broadcast(self, frame: bytes) -> None:
-        for client in list(self.clients):
+        for client in [*self.clients, *self._catching_up]:
             client.send(frame)
 
     # -- events in -----------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
+from itertools import islice
 
 import msgspec
 
@@ -66,13 +68,13 @@ class ReplayBuffer:
         while entries and (len(entries) > self.max_events or self.bytes > self.max_bytes):
             self.bytes -= len(entries.popleft().part)
 
-    def after(self, seq: int) -> list[Entry] | None:
-        """The entries newer than `seq`, or None if some of them are gone already."""
+    def after(self, seq: int) -> Iterator[Entry] | None:
+        """The entries newer than `seq`, oldest first, or None if some of them are gone already. Take them before the
+        buffer changes: appending to it ends the iteration with a RuntimeError."""
         entries = self._entries
         if not entries:
-            return []
+            return iter(())
         first = entries[0].seq
         if seq < first - 1:
             return None
-        start = seq - first + 1
-        return [entries[i] for i in range(start, len(entries))]
+        return islice(entries, seq - first + 1, None)

@@ -256,3 +256,36 @@ async def test_hello_over_the_pattern_limits_is_refused_naming_the_limit(sock: P
         # Refused, not cut off: a hello within the limits is taken.
         await client.send({"type": "hello", "subscribe": ["messages"] * 84 + [f"api{i}/*" for i in range(16)]})
         assert (await client.frame())["type"] == "welcome"
+
+
+async def test_resume_from_a_seq_never_sent_is_a_gap(sock: Path, connect: Connect) -> None:
+    """A seq beyond the last event this run numbered cannot be a position the client had: it missed events it
+    cannot name, so it is told (before: `resumed: true` and nothing more)."""
+    async with run_daemon(sock):
+        publisher = await connect(sock, {})
+        await publisher.send(publish_frame(data="one"))
+        await publisher.send({"type": "ping"})
+        await publisher.frame_of("pong")
+        ahead = await connect(sock, {"resume": {"epoch": publisher.welcome["epoch"], "seq": 5}})
+        assert ahead.welcome["resumed"] is False
+        gap = await ahead.frame()
+        assert (gap["type"], gap["code"], gap["seq"]) == ("error", "resume_gap", 1), gap
+        assert "beyond" in gap["message"]
+        await publisher.send(publish_frame(data="two"))
+        assert (await ahead.frame_of("event"))["data"] == "two"  # live events follow
+
+
+async def test_resume_and_hello_fields_of_the_wrong_type_are_refused(sock: Path, connect: Connect) -> None:
+    """`"seq": true` was taken as 1 (and `"version": true` as 1, `"echo": "yes"` as true): JSON types are kept."""
+    async with run_daemon(sock):
+        client = await connect(sock)
+        for hello, field in [({"resume": {"epoch": "e", "seq": True}}, "resume.seq"),
+                             ({"resume": {"epoch": "e", "seq": "3"}}, "resume.seq"),
+                             ({"resume": {"epoch": "e", "seq": 1.0}}, "resume.seq"),
+                             ({"version": True}, "version"), ({"echo": "yes"}, "echo"), ({"echo": 1}, "echo")]:
+            await client.send({"type": "hello", **hello})
+            error = await client.frame()
+            assert (error["type"], error["code"]) == ("error", "invalid_frame"), (hello, error)
+            assert error["message"].startswith(f"hello: {field}: "), (hello, error)
+        await client.send({"type": "hello", "resume": {"epoch": "e", "seq": 0}, "echo": True, "version": 1})
+        assert (await client.frame())["type"] == "welcome"

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import stat
 import sys
 import time
 import uuid
 from pathlib import Path
 
+import orjson
+
 from sidecar.config import Settings
 from sidecar.protocol import MAX_PATTERN_LENGTH, MAX_WILDCARD_PATTERNS
 from tests.conftest import Connect
-from tests.utils import SpawnedDaemon, publish_frame, run_daemon
+from tests.utils import TIMEOUT, SpawnedDaemon, publish_frame, run_daemon
 
 
 async def test_publish_rate_limit_refuses_the_excess_with_a_clear_frame(sock: Path, connect: Connect) -> None:
@@ -129,6 +132,79 @@ async def test_long_unique_paths_do_not_stay_in_memory(sock: Path, connect: Conn
         print(f"\n300 events with 1 MB paths: RSS {baseline / 1e6:.0f} MB, then {growth / 1e6:.0f} MB more")
         # What is kept for them is the replay buffer (--replay-bytes, 16 MiB by default), and their paths.
         assert growth < 96 * 1024 * 1024, f"RSS grew {growth / 1e6:.0f} MB"
+        assert await daemon.stop() == 0
+    finally:
+        daemon.kill()
+
+
+async def test_a_resume_larger_than_the_client_queue_is_paced_and_converges(sock: Path, connect: Connect) -> None:
+    """A resume that replays more than --client-queue-bytes was written at once, and the client cut off as slow,
+    every time it came back. The replay goes out as the client reads, live events queued behind it in order."""
+    queue = 64 * 1024
+    daemon = SpawnedDaemon(sock, "--client-queue-bytes", str(queue))
+    try:
+        await daemon.ready()
+        publisher = await connect(sock, {"subscribe": []})
+        away = await connect(sock, {})
+        epoch, last = away.welcome["epoch"], away.welcome["seq"]
+        await away.close()
+        payload = "y" * 4000
+        await publisher.send(b"".join(orjson.dumps(publish_frame(data=[i, payload])) + b"\n" for i in range(500)))
+        await publisher.send({"type": "ping"})
+        await publisher.frame_of("pong")  # 2 MB of events, 30 times the client's queue, wait in the replay buffer
+        back = await connect(sock, {"resume": {"epoch": epoch, "seq": last}})
+        assert back.welcome["resumed"] is True
+        got: list[int] = []
+
+        async def read_one() -> None:
+            frame = await back.frame()
+            assert frame["type"] == "event", frame  # not an error: slow_client, say
+            got.append(frame["data"][0])
+
+        # Live events keep coming while it catches up, reading one event per event published.
+        for i in range(500, 600):
+            await publisher.send(publish_frame(data=[i, payload]))
+            await read_one()
+        while len(got) < 600:
+            await read_one()
+        assert got == list(range(600))  # the replay, then the live events, in order
+        await back.send({"type": "ping"})
+        assert (await back.frame())["type"] == "pong"  # still connected
+        assert await daemon.stop() == 0
+    finally:
+        daemon.kill()
+
+
+async def test_a_resuming_client_that_reads_slower_than_events_come_is_cut_off(sock: Path, connect: Connect) -> None:
+    """Pacing holds nothing for it: what it has not read yet stays in the replay buffer, and once the buffer has moved
+    past it, it is told so and disconnected, as a live client that does not read is."""
+    daemon = SpawnedDaemon(sock, "--client-queue-bytes", str(64 * 1024), "--replay-events", "200")
+    try:
+        await daemon.ready()
+        publisher = await connect(sock, {"subscribe": []})
+        payload = "y" * 4000
+
+        async def publish(numbers: range) -> None:
+            await publisher.send(b"".join(orjson.dumps(publish_frame(data=[i, payload])) + b"\n" for i in numbers))
+            await publisher.send({"type": "ping"})
+            await publisher.frame_of("pong")
+
+        await publish(range(100))
+        back = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # a plain socket, read only at the end
+        back.settimeout(TIMEOUT)
+        back.connect(str(sock))
+        back.sendall(orjson.dumps({"type": "hello", "resume": {"epoch": publisher.welcome["epoch"], "seq": 0}}) + b"\n")
+        await publish(range(100, 400))  # it reads nothing meanwhile: its place in the buffer is overwritten
+        received = bytearray()
+        while chunk := back.recv(1 << 20):
+            received += chunk
+        back.close()
+        frames = [orjson.loads(line) for line in received.splitlines()]
+        assert frames[0]["type"] == "welcome" and frames[0]["resumed"] is True
+        assert frames[-1]["code"] == "slow_client", frames[-1]
+        seqs = [frame["seq"] for frame in frames[1:-1]]
+        assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) < 100  # what it got of the replay, in order
+        assert daemon.process.poll() is None
         assert await daemon.stop() == 0
     finally:
         daemon.kill()
