@@ -2,7 +2,8 @@
 # The example Feathers app (examples/feathers-chat) with the @syncar/feathers plugin (clients/node),
 # for the compose demo. Build context: the repository root; what it may see is listed in
 # feathers-chat.Dockerfile.dockerignore (BuildKit reads it instead of the root .dockerignore).
-FROM node:20-bookworm-slim
+ARG NODE_IMAGE=node:20-bookworm-slim
+FROM ${NODE_IMAGE}
 
 ENV NODE_ENV=production
 WORKDIR /src/examples/feathers-chat
