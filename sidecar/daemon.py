@@ -21,8 +21,9 @@ from sidecar.backoff import Backoff
 from sidecar.codec import CODECS
 from sidecar.config import Settings
 from sidecar.connection import Connection, Limits
+from sidecar.descriptors import fit_clients, raise_soft_limit
 from sidecar.errors import ConfigError, StartupError
-from sidecar.health import HttpServer
+from sidecar.health import MAX_HTTP_CONNECTIONS, HttpServer
 from sidecar.listener import Listener
 from sidecar.logging import Outage
 from sidecar.metrics import Metrics
@@ -78,7 +79,9 @@ class Daemon:
                               settings.max_patterns)
         # The default location is in a shared place (/tmp) when there is no XDG_RUNTIME_DIR: it must be private.
         self.listener = Listener(settings.socket, settings.socket_mode, self._accept,
-                                 private_dir=settings.socket == default_socket_path())
+                                 private_dir=settings.socket == default_socket_path(),
+                                 overflow=protocol.error(ErrorCode.TOO_MANY_CLIENTS, "syncar is out of file "
+                                                                                     "descriptors"))
         metrics.clients.set_function(lambda: len(self.connections))
         metrics.outbox_events.set_function(lambda: len(outbox))
         metrics.outbox_bytes.set_function(lambda: outbox.bytes)
@@ -86,6 +89,9 @@ class Daemon:
         metrics.replay_bytes.set_function(lambda: replay.bytes)
         address = settings.http_address()
         self.http = None if address is None else HttpServer(*address, self.unready_reason, metrics.registry)
+        # Every connection is a descriptor: more clients than the limit holds would be cut off unseen.
+        self.max_clients = fit_clients(settings.max_clients, raise_soft_limit(),
+                                       0 if self.http is None else MAX_HTTP_CONNECTIONS)
         self._outbox_task: asyncio.Task[None] | None = None
         self._connecting: asyncio.Task[None] | None = None  # connects in the background after a start without it
         self._subscription: Subscription | None = None
@@ -100,9 +106,9 @@ class Daemon:
 
     def _accept(self) -> Connection:
         refusal = None
-        if len(self.connections) >= self.settings.max_clients:
+        if len(self.connections) >= self.max_clients:
             refusal = protocol.error(ErrorCode.TOO_MANY_CLIENTS,
-                                     f"this syncar already serves {self.settings.max_clients} clients")
+                                     f"this syncar already serves {self.max_clients} clients")
         connection = Connection(self.relay, self._limits, on_close=self.connections.discard, refusal=refusal)
         self.connections.add(connection)
         return connection

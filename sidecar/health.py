@@ -14,12 +14,18 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from sidecar.errors import StartupError
+from sidecar.logging import RateLimitedLogger
 
 log = logging.getLogger(__name__)
+refusals = RateLimitedLogger(log, interval=10.0)
 
-#: A request must arrive whole within this, headers within this size: probes are tiny.
+#: A request must arrive whole within this, headers within this size: probes are tiny. The answer too must be
+#: taken within REQUEST_TIMEOUT.
 REQUEST_TIMEOUT = 5.0
 MAX_REQUEST_BYTES = 8192
+#: HTTP connections open at once (probes and scrapers need a few): each is a file descriptor, taken from what the
+#: app connections may use (see sidecar.descriptors).
+MAX_HTTP_CONNECTIONS = 32
 
 #: None when ready, else the reason it is not; the argument asks for the broker to be connected too.
 Readiness = Callable[[bool], str | None]
@@ -32,6 +38,7 @@ class HttpServer:
         self._readiness = readiness
         self._registry = registry
         self._server: asyncio.Server | None = None
+        self._open: dict[asyncio.StreamWriter, bool] = {}  # in the order they came; True once answering
 
     async def start(self) -> None:
         """Listen on host:port.
@@ -67,6 +74,30 @@ class HttpServer:
         return 404, "text/plain", b"not found; try /healthz, /readyz, /readyz/broker or /metrics\n"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._open) >= MAX_HTTP_CONNECTIONS and not self._drop_oldest_idle():
+            refusals.warning("full", "http: %d connections open, all answering: refused one", len(self._open))
+            writer.transport.abort()
+            return
+        self._open[writer] = False
+        try:
+            await self._answer(reader, writer)
+        finally:
+            self._open.pop(writer, None)
+            writer.close()
+
+    def _drop_oldest_idle(self) -> bool:
+        """Make room by cutting the oldest connection that has not sent its request: idle ones cannot lock probes
+        out, and HTTP never holds more than MAX_HTTP_CONNECTIONS descriptors."""
+        for writer, answering in self._open.items():
+            if not answering:
+                del self._open[writer]
+                writer.transport.abort()
+                refusals.warning("idle", "http: %d connections open, the most allowed: dropped the oldest idle one",
+                                 MAX_HTTP_CONNECTIONS)
+                return True
+        return False
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -76,14 +107,16 @@ class HttpServer:
             status, content_type, body, method = 400, "text/plain", b"bad request\n", "GET"
         except ConnectionError as exc:  # the peer reset or left: nobody to answer, nothing worth a traceback
             log.debug("http: connection lost before the request was read: %s", exc)
-            writer.close()
             return
+        if writer not in self._open:  # dropped to make room
+            return
+        self._open[writer] = True
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
                   503: "Service Unavailable"}[status]
         writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
                      f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
         if method != "HEAD":
             writer.write(body)
-        with contextlib.suppress(ConnectionError):
-            await writer.drain()
-        writer.close()
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            async with asyncio.timeout(REQUEST_TIMEOUT):  # a reader that never reads does not keep its descriptor
+                await writer.drain()

@@ -13,11 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sidecar.errors import StartupError
+from sidecar.logging import RateLimitedLogger
 from sidecar.paths import unsafe_dir_reason
 
 log = logging.getLogger(__name__)
 
 BACKLOG = 1024
+#: Connections taken per wake-up of the listening socket, so a burst of them does not hold the loop.
+ACCEPT_BATCH = 64
+refusals = RateLimitedLogger(log, interval=10.0)
 #: Linux's sun_path holds 108 bytes, the last one the terminating NUL.
 MAX_PATH_BYTES = 107
 
@@ -83,28 +87,89 @@ def bind_unix(path: Path, mode: int, *, private_dir: bool = False) -> socket.soc
 
 
 class Listener:
+    """Accepts app connections on the unix socket, with its own accept loop.
+
+    Not create_unix_server: under uvloop, libuv meets a full descriptor table by accepting and closing the newcomer
+    itself, so apps are cut off with nothing logged. Here that is logged, and the newcomer gets `overflow` (an
+    error frame) before it is closed, through a descriptor kept in reserve for that moment.
+    """
+
     def __init__(self, path: Path, mode: int, protocol_factory: Callable[[], asyncio.Protocol], *,
-                 private_dir: bool = False) -> None:
+                 private_dir: bool = False, overflow: bytes = b"") -> None:
         self.path = path
         self.mode = mode
         self.private_dir = private_dir
         self._factory = protocol_factory
-        self._server: asyncio.Server | None = None
+        self._overflow = overflow
+        self._sock: socket.socket | None = None
+        self._reserve: int | None = None
         self._inode: int | None = None
+        self._setting_up: set[asyncio.Task[object]] = set()
 
     @property
     def listening(self) -> bool:
-        return self._server is not None and self._server.is_serving()
+        return self._sock is not None
 
     async def start(self) -> None:
         sock = bind_unix(self.path, self.mode, private_dir=self.private_dir)
         self._inode = os.stat(self.path).st_ino
-        self._server = await asyncio.get_running_loop().create_unix_server(self._factory, sock=sock, backlog=BACKLOG)
+        self._reserve = _reserve()
+        self._sock = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock)
         log.info("listening on %s (mode %04o)", self.path, self.mode)
 
+    def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self._out_of_descriptors(sock, exc)
+                    return
+                if exc.errno != errno.ECONNABORTED:  # the peer gave up while waiting: nothing to do
+                    refusals.warning("accept", "socket: accept failed: %s", exc.strerror)
+                    return
+                continue
+            conn.setblocking(False)
+            task = loop.create_task(loop.connect_accepted_socket(self._factory, conn))
+            self._setting_up.add(task)
+            task.add_done_callback(self._set_up)
+
+    def _set_up(self, task: asyncio.Task[object]) -> None:
+        self._setting_up.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            refusals.warning("setup", "socket: cannot set up a connection: %s", exc)
+
+    def _out_of_descriptors(self, sock: socket.socket, exc: OSError) -> None:
+        refusals.warning("emfile", "socket: out of file descriptors (%s), an app was refused: raise the limit "
+                                   "(ulimit -n, systemd LimitNOFILE=) or find what holds them (ls /proc/%d/fd)",
+                         exc.strerror, os.getpid())
+        if self._reserve is None:
+            self._reserve = _reserve()  # spent last time and not yet back: try again
+            return
+        os.close(self._reserve)
+        try:
+            for _ in range(ACCEPT_BATCH):  # the waiting ones too, or they would wait for a descriptor in vain
+                conn, _ = sock.accept()
+                with contextlib.suppress(OSError):
+                    conn.send(self._overflow)
+                conn.close()
+        except OSError:
+            pass
+        finally:
+            self._reserve = _reserve()
+
     def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._sock is not None:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()  # from now on an app connecting is refused at once, not left in the backlog
+            self._sock = None
+        if self._reserve is not None:
+            os.close(self._reserve)
+            self._reserve = None
 
     def remove(self) -> None:
         """Delete the socket file if it is still ours (another daemon may have replaced it)."""
@@ -114,3 +179,11 @@ class Listener:
         with contextlib.suppress(FileNotFoundError):
             if os.stat(self.path).st_ino == self._inode:
                 self.path.unlink()
+
+
+def _reserve() -> int | None:
+    """A descriptor to give back when the table is full, so that there is one to accept with."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
