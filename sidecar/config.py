@@ -80,7 +80,8 @@ class Settings(BaseSettings):
                                     description="unsent bytes per client before it is disconnected as too slow")
     replay_events: int = Field(10_000, ge=0, description="events kept for clients that reconnect with `resume`")
     replay_bytes: int = Field(16 * MiB, ge=0, description="bytes kept for clients that reconnect with `resume`")
-    outbox_bytes: int = Field(64 * MiB, ge=1024, description="bytes of publishes kept while the broker is away")
+    outbox_bytes: int = Field(64 * MiB, ge=1024, description="memory the publishes kept while the broker is away "
+                              "may take (each counts twice its JSON plus 512 bytes)")
     allow_uids: Annotated[tuple[int, ...], NoDecode] = Field(
         (), description="comma-separated uids allowed to connect (checked with SO_PEERCRED); empty: anyone the "
                         "socket's mode lets in")

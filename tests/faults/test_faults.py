@@ -27,7 +27,7 @@ from tests.utils import wait_for
 NOTICE_TIMEOUT = 15.0
 SLOW_LATENCY = 0.1  # seconds added each way while the network is slowed
 STALL = 10.0  # seconds the slow app reads nothing
-OUTBOX_BYTES = 64 * 1024  # case 1: about 600 events of the stream
+OUTBOX_BYTES = 600 * 1024  # case 1: about 600 events of the stream (1 KiB each as sidecar/outbox.py counts them)
 
 pytestmark = pytest.mark.timeout(150)
 
