@@ -59,6 +59,16 @@ RECONNECT_INITIAL, RECONNECT_MAX = 0.1, 1.0
 DURABLE_FEATURES = frozenset({Feature.DURABLE, Feature.REDELIVERY})
 
 
+def pubsub_hard_limit(value: str) -> int:
+    """The hard limit of the `pubsub` class in CONFIG GET client-output-buffer-limit (`normal 0 0 0 ... pubsub
+    33554432 8388608 60`), in bytes; 0 for none or unreadable."""
+    fields = value.split()
+    for i in range(0, len(fields) - 3, 4):
+        if fields[i] == "pubsub" and fields[i + 1].isdigit():
+            return int(fields[i + 1])
+    return 0
+
+
 class RedisSubscription(Subscription):
     def __init__(self, backend: RedisBackend, channel: bytes, handler: Handler) -> None:
         self.channel, self.handler, self.active, self._backend = channel, handler, True, backend
@@ -121,9 +131,26 @@ class RedisBackend(Backend):
         if self.config.mode is Mode.DURABLE:
             self._streams = Streams(self.config, options, self._redis)
             await self._streams.check_persistence()
+        else:
+            await self._fit_subscribers_buffers()
         self._reader = asyncio.create_task(self._run(), name="syncar-redis-reader")
         log.info("redis: connected to %s (%s mode)", options.where, self.config.mode)
         self._set_state(BackendState.CONNECTED)
+
+    async def _fit_subscribers_buffers(self) -> None:
+        """Keep messages to a quarter of what Redis lets a subscriber's unsent replies reach: one message over that
+        limit makes Redis disconnect every subscribed daemon at once."""
+        assert self._redis is not None
+        try:
+            config = await self._redis.config_get("client-output-buffer-limit")
+        except CONNECTION_ERRORS as exc:  # CONFIG is often not allowed (managed Redis, ACL): keep max_message_bytes
+            log.debug("redis: cannot read client-output-buffer-limit: %s", exc)
+            return
+        hard = pubsub_hard_limit(config.get("client-output-buffer-limit") or "")
+        if hard and hard // 4 < self.max_message_bytes:
+            self.max_message_bytes = max(hard // 4, 1024)
+            log.info("redis: events up to %d bytes, a quarter of %s's client-output-buffer-limit for pub/sub (%d)",
+                     self.max_message_bytes, self.where, hard)
 
     async def close(self) -> None:
         if self._closed:

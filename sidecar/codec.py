@@ -115,6 +115,9 @@ def decode_json(decoder: msgspec.json.Decoder[T], body: bytes) -> T | None:
 
 class Codec(ABC):
     name: ClassVar[str]
+    #: Bytes a broker message adds to the parts of its events (and a comma between two), at most: the outbox keeps
+    #: a batch's parts within the broker's message size minus this.
+    overhead: int = 0
 
     def __init__(self, instance_id: str, *, broker_echoes: bool = True) -> None:
         self.instance_id = instance_id
@@ -186,6 +189,7 @@ class SyncarCodec(Codec):
     def __init__(self, instance_id: str, *, broker_echoes: bool = True) -> None:
         super().__init__(instance_id, broker_echoes=broker_echoes)
         self._head = b'{"v":%d,"origin":%s,"events":[' % (SYNCAR_VERSION, orjson.dumps(instance_id))
+        self.overhead = len(self._head) + len(b"]}")
         # the JSON of a sent batch's first event id -> the number of events in that batch
         self._sent: OrderedDict[bytes, int] = OrderedDict()
 

@@ -72,7 +72,8 @@ class Daemon:
         self.outbox = outbox = Outbox(self.backend, codec, settings.key, settings.outbox_bytes, metrics)
         replay = ReplayBuffer(settings.replay_events, settings.replay_bytes)
         self.relay = Relay(settings.instance_id, backend_name=backend_cls.name, codec=codec, outbox=outbox,
-                           replay=replay, metrics=metrics, id_key=id_key, durable=settings.mode is Mode.DURABLE)
+                           replay=replay, metrics=metrics, id_key=id_key, durable=settings.mode is Mode.DURABLE,
+                           max_event_age=settings.instance_ttl)
         self.connections: set[Connection] = set()
         self._limits = Limits(settings.max_frame_bytes, settings.client_queue_bytes, settings.client_rate,
                               settings.client_burst, PeerPolicy(settings.allow_uids, settings.allow_gids),

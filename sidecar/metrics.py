@@ -67,5 +67,9 @@ class Metrics:
                                        "From publish on the origin instance to delivery here "
                                        "(includes the clock difference between the hosts)",
                                        buckets=LATENCY_BUCKETS, registry=registry)
+        self.implausible_times = Counter("syncar_implausible_times",
+                                         "Broker messages not measured in syncar_relay_seconds: their time is over a "
+                                         "minute ahead of this host's clock or older than --instance-ttl",
+                                         registry=registry)
         Info("syncar_build", "syncar version and configuration", registry=registry).info(
             {"version": __version__, "backend": backend, "codec": codec})

@@ -24,8 +24,6 @@ refusals = RateLimitedLogger(log, interval=10.0)
 
 #: Events in one broker write at most; bounds the latency a big batch adds to the event behind it.
 MAX_BATCH_EVENTS = 1024
-#: Room left in a broker message for the batch's own framing.
-BATCH_OVERHEAD = 1024
 RETRY_DELAY = 0.05
 #: A broker that refuses a publish (not merely unreachable) is asked again with back-off up to this.
 MAX_RETRY_DELAY = 2.0
@@ -76,7 +74,9 @@ class Outbox:
 
     @property
     def max_event_bytes(self) -> int:
-        return self._backend.max_message_bytes - BATCH_OVERHEAD
+        # What the codec wraps around a batch (its head, a signature) counts too: a message over the broker's limit
+        # would be refused, and retried, forever.
+        return self._backend.max_message_bytes - self._codec.overhead
 
     def put(self, item: Outgoing, on_sent: Done | None = None) -> None:
         """Queue an event; `on_sent` runs once the broker has accepted it.

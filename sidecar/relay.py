@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 #: Remote event ids remembered for de-duplication; at 10,000 events/s, ten seconds of them.
 DEDUP_WINDOW = 100_000
+#: Seconds a remote event's time may be ahead of our clock and still be measured (the hosts' clocks differ).
+MAX_CLOCK_AHEAD = 60.0
 #: Origins whose JSON is kept at once; more instances than this only cost a cache refill.
 MAX_ORIGINS = 1024
 bus_warnings = RateLimitedLogger(log, interval=10.0)
@@ -50,7 +52,7 @@ class _CatchUp:
 
 class Relay:
     def __init__(self, instance_id: str, *, backend_name: str, codec: Codec, outbox: Outbox, replay: ReplayBuffer,
-                 metrics: Metrics, id_key: bytes, durable: bool = False) -> None:
+                 metrics: Metrics, id_key: bytes, durable: bool = False, max_event_age: float = 86_400.0) -> None:
         self.instance_id = instance_id
         self.durable = durable
         self.metrics = metrics
@@ -67,6 +69,7 @@ class Relay:
         self._replay = replay
         self._origin_json = orjson.dumps(instance_id)
         self._ids = EventIds(id_key)
+        self._max_event_age = max_event_age  # older remote times are not believed (`time: 1` from a stranger)
         self._seen = SeenIds(DEDUP_WINDOW)
         self._origins: dict[str | None, bytes] = {}
         self._strings = SharedStrings()
@@ -210,8 +213,12 @@ class Relay:
         origin_json = self._origins.get(batch.origin) or self._origin_of(batch.origin)
         first = batch.events[0].time if batch.events else None
         if first is not None:
-            # Once per message: its first event waited longest.
-            self.metrics.relay_seconds.observe(max(time.time() - first, 0.0))
+            # Once per message: its first event waited longest. A time no clock difference explains is not measured.
+            age = time.time() - first
+            if -MAX_CLOCK_AHEAD <= age <= self._max_event_age:
+                self.metrics.relay_seconds.observe(max(age, 0.0))
+            else:
+                self.metrics.implausible_times.inc()
         delivered = 0
         for event in batch.events:
             # A broker redelivers after a lost ack, a client resends after a lost ack: deliver once. Events from

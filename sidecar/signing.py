@@ -43,6 +43,8 @@ from sidecar.codec import Batch, Codec, Outgoing
 from sidecar.errors import CodecError, ConfigError
 
 MAGIC = b"syncar-sig1"
+#: The longest signature line: magic, key id, a 12-digit time, nonce and MAC, four spaces and a newline.
+SIGNATURE_BYTES = len(MAGIC) + 8 + 12 + 24 + 64 + 5
 MIN_KEY_BYTES = 16
 #: Nonces remembered at most; at the window's end they expire anyway. Bounds memory under a flood.
 MAX_NONCES = 1_000_000
@@ -143,6 +145,7 @@ class SignedCodec(Codec):
 
     def __init__(self, inner: Codec, signer: Signer) -> None:
         super().__init__(inner.instance_id)
+        self.overhead = inner.overhead + SIGNATURE_BYTES
         self._inner = inner
         self._signer = signer
 

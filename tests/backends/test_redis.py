@@ -181,13 +181,21 @@ async def test_close_without_start() -> None:
     assert never.state is BackendState.CLOSED
 
 
-async def test_message_size_limit(backend: Factory, topic: str) -> None:
+async def test_message_size_limit(backend: Factory, server: RedisServer, topic: str) -> None:
     a = await backend()
     assert a.max_message_bytes == 8 * 1024 * 1024
     with pytest.raises(MessageTooLarge, match=r"^redis: message of 8388609 bytes is over max_message_bytes \(8388608"):
         await a.publish(topic, [b"x" * (8 * 1024 * 1024 + 1)])
-    raised = await backend(f"{a.config.uri}?max_message_bytes=16777216")
-    assert raised.max_message_bytes == 16 * 1024 * 1024
+    # Above a quarter of what Redis lets a subscriber's unsent replies reach (32 MB by default), a message could cut
+    # every subscriber off: the server's limit wins until it is raised.
+    assert (await backend(f"{a.config.uri}?max_message_bytes=16777216")).max_message_bytes == 8 * 1024 * 1024
+    probe = redis.asyncio.from_url(server.uri)
+    await probe.config_set("client-output-buffer-limit", "pubsub 67108864 0 0")
+    try:
+        assert (await backend(f"{a.config.uri}?max_message_bytes=16777216")).max_message_bytes == 16 * 1024 * 1024
+    finally:
+        await probe.config_set("client-output-buffer-limit", "pubsub 33554432 8388608 60")
+        await probe.aclose()
 
 
 async def test_start_against_a_closed_port_fails_fast_and_cleanly() -> None:
