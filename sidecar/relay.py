@@ -20,7 +20,7 @@ from sidecar import protocol
 from sidecar.codec import Codec, Event, Outgoing, encode
 from sidecar.dedup import EventIds, SeenIds
 from sidecar.errors import CodecError
-from sidecar.logging import RateLimitedLogger
+from sidecar.logging import RateLimitedLogger, printable
 from sidecar.metrics import DropReason, Metrics
 from sidecar.outbox import Outbox, OutboxFull
 from sidecar.protocol import ErrorCode, Publish
@@ -204,7 +204,9 @@ class Relay:
             batch = self._codec.unpack(message.body, message.accepted_at)
         except CodecError as exc:
             self.metrics.dropped.labels(exc.reason).inc()
-            bus_warnings.warning(exc.reason, "dropped a %s message from the broker: %s", exc.reason, exc)
+            # The message may quote the broker's bytes (a foreign batch's version, say): escaped and cut.
+            bus_warnings.warning(exc.reason, "dropped a %s message from the broker: %s", exc.reason,
+                                 printable(str(exc)))
             return
         if batch.origin == self.instance_id:
             self.metrics.dropped.labels(DropReason.ECHO).inc(len(batch.events))
