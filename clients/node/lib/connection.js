@@ -346,7 +346,7 @@ class Connection extends EventEmitter {
   }
 
   _event(line, parsed) {
-    let frame = parsed;
+    let frame;
     let failure = null;
     try {
       frame = this.options.parseEvent(line);

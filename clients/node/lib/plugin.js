@@ -273,7 +273,8 @@ function wrapService(sync, service, path, serviceOptions) {
   if (typeof service._emit !== 'function') {
     service._emit = localEmit; // feathers-sync's name for "emit on this instance only"; some apps call it
   }
-  service.emit = function emit(event, data, ctx) {
+  service.emit = function emit(...args) {
+    const [event, data, ctx] = args;
     if (events.has(event) && !(ctx && ctx[SYNC] === false)) {
       try {
         sync.send(this, path, event, data, ctx);
@@ -281,7 +282,7 @@ function wrapService(sync, service, path, serviceOptions) {
         sync.warnings.warn('internal', `${path} ${event} not sent: ${err && err.stack ? err.stack : err}`);
       }
     }
-    return localEmit.apply(this, arguments); // eslint-disable-line prefer-rest-params
+    return localEmit.apply(this, args);
   };
 }
 
