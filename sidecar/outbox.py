@@ -14,10 +14,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from backends.base import Backend, BackendClosed, BackendUnavailable
+from backends.base import Backend, BackendClosed, BackendUnavailable, MessageTooLarge
 from sidecar.codec import Codec, Outgoing
 from sidecar.logging import RateLimitedLogger
-from sidecar.metrics import Metrics
+from sidecar.metrics import DropReason, Metrics
 
 log = logging.getLogger(__name__)
 refusals = RateLimitedLogger(log, interval=10.0)
@@ -40,7 +40,8 @@ ENTRY_OVERHEAD = 512
 #: A publish that asked for an ack also holds (its number, a callback) until the broker has it: 248 bytes measured.
 ACK_OVERHEAD = 256
 
-Done = Callable[[], None]
+#: Called with None once the broker has the event, or with why it never will.
+Done = Callable[[str | None], None]
 
 
 def entry_cost(item: Outgoing) -> int:
@@ -79,7 +80,7 @@ class Outbox:
         return self._backend.max_message_bytes - self._codec.overhead
 
     def put(self, item: Outgoing, on_sent: Done | None = None) -> None:
-        """Queue an event; `on_sent` runs once the broker has accepted it.
+        """Queue an event; `on_sent` runs once the broker has accepted it, or has refused it for good.
 
         Raises:
             OutboxFull: no room; the caller tells the client.
@@ -141,6 +142,13 @@ class Outbox:
                 # The backend noticed the loss before telling us; wait for it to say it is back.
                 await asyncio.sleep(RETRY_DELAY)
                 continue
+            except MessageTooLarge as exc:
+                # The broker's limit went down since these events were queued (a NATS server back with a smaller
+                # max_payload): pack them again within it. An event over it on its own can never be sent.
+                if len(batch) == 1:
+                    self._refuse_head(str(exc))
+                batch = []
+                continue
             except Exception as exc:
                 # Refused (permissions, a conflicting exchange...) or a library failing in a way nobody foresaw:
                 # nothing we can fix, so ask again slowly; the task must not die with the events in it.
@@ -165,10 +173,23 @@ class Outbox:
             items.popleft()
         self.bytes -= sum(map(entry_cost, batch))
         self._taken += len(batch)
+        self._settle(None)
+
+    def _refuse_head(self, reason: str) -> None:
+        """Give up on the event at the head: the broker will never take it."""
+        item = self._items.popleft()
+        self.bytes -= entry_cost(item)
+        self._taken += 1
+        self._metrics.dropped.labels(DropReason.TOO_LARGE).inc()
+        log.error("dropped an event of %d bytes that the broker no longer takes: %s", len(item.part), reason)
+        self._settle(f"the broker no longer takes it: {reason}")
+
+    def _settle(self, error: str | None) -> None:
+        """Tell the publishers who asked about the events that have left the outbox."""
         on_sent = self._on_sent
         while on_sent and on_sent[0][0] < self._taken:
             self.bytes -= ACK_OVERHEAD
-            on_sent.popleft()[1]()
+            on_sent.popleft()[1](error)
 
     async def drain(self) -> bool:
         """Wait until everything queued has been accepted by the broker; True if it was."""

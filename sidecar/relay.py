@@ -11,6 +11,7 @@ import asyncio
 import logging
 import secrets
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -176,7 +177,8 @@ class Relay:
             return
         outgoing = Outgoing(event, part, time.monotonic())
         try:
-            self._outbox.put(outgoing, (lambda: client.acknowledge(app_id)) if publish.ack and app_id else None)
+            answer = partial(self._answer, client, publish, app_id) if publish.ack and app_id else None
+            self._outbox.put(outgoing, answer)
         except OutboxFull as exc:
             self.metrics.dropped.labels(DropReason.OUTBOX_FULL).inc()
             client.refuse(publish, ErrorCode.OUTBOX_FULL, f"not sent to the broker: {exc}")
@@ -184,6 +186,14 @@ class Relay:
     def scope_of(self, client_id: str) -> str:
         """What the ids a client with this `client_id` names its events with are prefixed with on the bus."""
         return self._ids.scope(client_id)
+
+    @staticmethod
+    def _answer(client: Connection, publish: Publish, app_id: str, error: str | None) -> None:
+        """Tell a client that asked for an ack what became of its event at the broker."""
+        if error is None:
+            client.acknowledge(app_id)
+        else:
+            client.refuse(publish, ErrorCode.TOO_LARGE_FOR_BROKER, error)
 
     def count_published(self) -> None:
         """Add the publishes since the last call, and their local deliveries, to the metrics (a connection calls

@@ -102,3 +102,27 @@ async def test_a_batch_with_its_head_and_signature_fits_the_broker(sock_dir: Pat
         assert max(len(body) for body in wire) <= limit
         assert {a["type"] for a in answers} <= {"ack", "nack"} and answers[0]["type"] == "ack"
         assert all(a.get("code") in (None, "too_large_for_broker") for a in answers)
+
+
+@pytest.mark.redis
+async def test_an_event_queued_before_the_broker_limit_went_down_does_not_hold_the_others_back(
+        redis_server: BrokerServer, sock_dir: Path, connect: Connect) -> None:
+    key = f"shrunk-{uuid.uuid4().hex}"
+    settings = {"backend": redis_server.uri, "key": key}
+    async with (run_daemon(sock_dir / "a.sock", instance_id="a", **settings) as a,
+                run_daemon(sock_dir / "b.sock", instance_id="b", **settings)):
+        app_a = await connect(sock_dir / "a.sock", {})
+        app_b = await connect(sock_dir / "b.sock", {})
+        a.outbox.set_connected(False)  # as if the broker were away: publishes wait
+        await app_a.send(publish_frame(data="x" * 100_000, id="big", ack=True))
+        await app_a.send(publish_frame(data="small", id="small", ack=True))
+        await wait_for(lambda: len(a.outbox) == 2, what="both publishes queued")
+        # The broker comes back with a lower limit, as a NATS server restarted with a smaller max_payload does.
+        a.backend.max_message_bytes = 64 * 1024
+        a.outbox.set_connected(True)
+        answers = {frame["id"]: frame for frame in [await app_a.frame(), await app_a.frame()]}
+        assert (answers["big"]["type"], answers["big"]["code"]) == ("nack", "too_large_for_broker")
+        assert "65536" in answers["big"]["message"]
+        assert answers["small"]["type"] == "ack"
+        assert (await app_b.frame_of("event"))["data"] == "small"
+        assert a.metrics.dropped.labels("too_large")._value.get() == 1
