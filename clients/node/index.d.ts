@@ -42,7 +42,7 @@ interface SyncarOptions {
   maxPendingBytes?: number;
   /** Largest event sent, in bytes of its frame; keep it at most the daemon's --max-frame-bytes (default 1 MiB). */
   maxFrameBytes?: number;
-  /** Largest frame accepted from syncar (default 16 MiB). */
+  /** Largest frame accepted from syncar, in bytes of UTF-8 (default 16 MiB). */
   maxReceiveBytes?: number;
   /** Unsent socket bytes above which publishes are held instead of written (default 8 MiB). */
   writeBufferBytes?: number;

@@ -195,7 +195,6 @@ class Connection extends EventEmitter {
     const socket = net.createConnection({ path: this.options.socket });
     this._socket = socket;
     this._lines.reset();
-    socket.setEncoding('utf8');
     socket.on('connect', () => this._hello(socket));
     socket.on('data', (chunk) => this._lines.feed(chunk));
     socket.on('drain', () => this._flush());
@@ -304,7 +303,7 @@ class Connection extends EventEmitter {
 
   _oversized() {
     this.options.warn('frame_too_large', `dropped a frame from syncar longer than maxReceiveBytes ` +
-      `(${this.options.maxReceiveBytes}); an event was lost`);
+      `(${this.options.maxReceiveBytes} bytes); an event was lost`);
   }
 
   _line(line) {

@@ -4,7 +4,7 @@ const { debuglog } = require('node:util');
 
 const debug = debuglog('syncar');
 
-/** Seconds between two warnings of the same kind; the ones in between are counted, not printed. */
+/** Milliseconds between two warnings of the same kind; the ones in between are counted, not printed. */
 const DEFAULT_INTERVAL_MS = 10_000;
 
 /**

@@ -171,6 +171,24 @@ describe('the plugin on a local syncar', () => {
     assert.deepEqual(seen, [1, 2, 'marker']);
   });
 
+  it('drops a frame from syncar over maxReceiveBytes counted in bytes of UTF-8, not in characters', async () => {
+    const receiver = await makeApp({ maxReceiveBytes: 4096 });
+    const peer = await makePeer();
+    const warnings = [];
+    receiver.sync.on('warning', (w) => warnings.push(w));
+    const seen = [];
+    receiver.service('messages').on('typing', (data) => seen.push(data));
+    const last = waitForEvent(receiver.service('messages'), 'typing', { filter: (d) => d.n === 'last', timeout: TIMEOUT });
+    // 1,500 characters but 4,500 bytes: over the limit. Then 1,000 characters in 2,000 bytes: under it.
+    peer.send({ type: 'publish', path: 'messages', event: 'typing', data: { n: 'euros', text: '€'.repeat(1500) } });
+    peer.send({ type: 'publish', path: 'messages', event: 'typing', data: { n: 'last', text: 'é'.repeat(1000) } });
+    await last;
+    assert.deepEqual(seen.map((d) => d.n), ['last']);
+    assert.equal(seen[0].text, 'é'.repeat(1000));
+    assert.deepEqual(warnings.map((w) => w.code), ['frame_too_large']);
+    assert.match(warnings[0].message, /longer than maxReceiveBytes \(4096 bytes\)/);
+  });
+
   it('keeps a call with context[SYNC] = false on this instance', async () => {
     const app = await makeApp();
     const peer = await makePeer();
