@@ -37,6 +37,25 @@ function removeDir(dir) {
 }
 
 /**
+ * Call `onLine` with each whole line `stream` sends (UTF-8, without its newline): the tests' own splitter, kept
+ * apart from the plugin's (lib/lines.js) so that the peers they play do not share the code under test.
+ */
+function readLines(stream, onLine) {
+  let buffered = '';
+  stream.setEncoding('utf8');
+  stream.on('data', (chunk) => {
+    buffered += chunk;
+    let newline = buffered.indexOf('\n');
+    while (newline !== -1) {
+      const line = buffered.slice(0, newline);
+      buffered = buffered.slice(newline + 1);
+      onLine(line);
+      newline = buffered.indexOf('\n');
+    }
+  });
+}
+
+/**
  * Resolve when `emitter` emits `event` with arguments for which `filter` holds; reject after `timeout`.
  * @returns {Promise<any[]>} the event's arguments
  */
@@ -89,21 +108,12 @@ class Child extends EventEmitter {
       return result;
     });
     for (const stream of [this.proc.stdout, this.proc.stderr]) {
-      let buffered = '';
-      stream.setEncoding('utf8');
-      stream.on('data', (chunk) => {
-        buffered += chunk;
-        let newline = buffered.indexOf('\n');
-        while (newline !== -1) {
-          const line = buffered.slice(0, newline);
-          buffered = buffered.slice(newline + 1);
-          this.output.push(line);
-          if (this.output.length > 2000) {
-            this.output.splice(0, 1000);
-          }
-          this.emit('line', line);
-          newline = buffered.indexOf('\n');
+      readLines(stream, (line) => {
+        this.output.push(line);
+        if (this.output.length > 2000) {
+          this.output.splice(0, 1000);
         }
+        this.emit('line', line);
       });
     }
   }
@@ -244,8 +254,6 @@ class RawPeer extends EventEmitter {
   _open({ subscribe, resume }, timeout, onFrame = () => {}) {
     return new Promise((resolve, reject) => {
       const socket = net.createConnection({ path: this.socketPath });
-      socket.setEncoding('utf8');
-      let buffered = '';
       let welcome = null;
       const timer = setTimeout(() => {
         socket.destroy();
@@ -255,20 +263,14 @@ class RawPeer extends EventEmitter {
         clearTimeout(timer);
         reject(err);
       });
-      socket.on('data', (chunk) => {
-        buffered += chunk;
-        let newline = buffered.indexOf('\n');
-        while (newline !== -1) {
-          const frame = JSON.parse(buffered.slice(0, newline));
-          buffered = buffered.slice(newline + 1);
-          if (frame.type === 'welcome' && welcome === null) {
-            welcome = frame;
-            clearTimeout(timer);
-            resolve({ socket, welcome });
-          } else {
-            onFrame(frame);
-          }
-          newline = buffered.indexOf('\n');
+      readLines(socket, (line) => {
+        const frame = JSON.parse(line);
+        if (frame.type === 'welcome' && welcome === null) {
+          welcome = frame;
+          clearTimeout(timer);
+          resolve({ socket, welcome });
+        } else {
+          onFrame(frame);
         }
       });
       const hello = { type: 'hello', client: 'raw-peer' };
@@ -380,6 +382,7 @@ module.exports = {
   Child,
   RawPeer,
   freePort,
+  readLines,
   removeDir,
   startDaemon,
   startRedis,

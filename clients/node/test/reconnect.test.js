@@ -11,7 +11,7 @@ const { feathers } = require('@feathersjs/feathers');
 const { MemoryService } = require('@feathersjs/memory');
 const syncar = require('..');
 const { isRemote } = syncar;
-const { RawPeer, removeDir, startDaemon, tempDir, waitForEvent, waitUntil } = require('./helpers');
+const { RawPeer, readLines, removeDir, startDaemon, tempDir, waitForEvent, waitUntil } = require('./helpers');
 
 const TIMEOUT = 15_000;
 
@@ -145,24 +145,16 @@ describe('reconnects', () => {
       const seen = { lines: [], conn };
       connections.push(seen);
       server.emit('client', seen);
-      let buffered = '';
-      conn.setEncoding('utf8');
-      conn.on('data', (chunk) => {
-        buffered += chunk;
-        let newline = buffered.indexOf('\n');
-        while (newline !== -1) {
-          const frame = JSON.parse(buffered.slice(0, newline));
-          buffered = buffered.slice(newline + 1);
-          seen.lines.push(frame);
-          server.emit('frame', seen, frame);
-          if (frame.type === 'hello') {
-            conn.write(`${JSON.stringify({ type: 'welcome', version: 1, instance: `scripted-${connections.length}`,
-              backend: 'local', broker: 'up', epoch: `e${connections.length}`, seq: 0, client_id: frame.client_id,
-              resumed: false })}\n`);
-          } else if (frame.type === 'publish' && connections.length > 1) {
-            conn.write(`${JSON.stringify({ type: 'ack', id: frame.id })}\n`);
-          }
-          newline = buffered.indexOf('\n');
+      readLines(conn, (line) => {
+        const frame = JSON.parse(line);
+        seen.lines.push(frame);
+        server.emit('frame', seen, frame);
+        if (frame.type === 'hello') {
+          conn.write(`${JSON.stringify({ type: 'welcome', version: 1, instance: `scripted-${connections.length}`,
+            backend: 'local', broker: 'up', epoch: `e${connections.length}`, seq: 0, client_id: frame.client_id,
+            resumed: false })}\n`);
+        } else if (frame.type === 'publish' && connections.length > 1) {
+          conn.write(`${JSON.stringify({ type: 'ack', id: frame.id })}\n`);
         }
       });
     });
