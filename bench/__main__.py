@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "2,000 events/s and the others subscribed (syncar codec, --mode, the first broker of "
                              "--brokers but local, default redis; 5 s per run, 3 repetitions: ~2 minutes); "
                              "writes scale.json and scale.md")
+    instead.add_argument("--low-rate", action="store_true",
+                         help="instead: CPU per event of the two daemons at 100 and 1,000 events/s against raw "
+                              "pub/sub from Python at the same rates, a daemon's CPU and memory with no traffic, its "
+                              "start time and the Python client's import time (--brokers, default redis, amqp, nats; "
+                              "--contestants among syncar, syncar-fs, ceiling, default syncar, ceiling; --seconds per "
+                              "run, default 5; --reps, default 3: ~7 minutes); writes lowrate.json and lowrate.md")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -136,6 +142,20 @@ def _scale(args: argparse.Namespace, parser: argparse.ArgumentParser, command: s
                  root=args.syncar_root.resolve(), outs=outs)
 
 
+def _low_rate(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
+    from bench.lowrate import CONTESTANTS, DEFAULT_CONTESTANTS, REPS, SECONDS, low_rate  # noqa: PLC0415
+
+    if args.mode != "broadcast":
+        parser.error("--low-rate measures broadcast mode only")
+    contestants = args.contestants or DEFAULT_CONTESTANTS
+    if unknown := [c for c in contestants if c not in CONTESTANTS]:
+        parser.error(f"--low-rate has no {', '.join(unknown)}: it measures {', '.join(CONTESTANTS)}")
+    outs = [args.out, DOCS] if args.docs else [args.out]
+    return low_rate(_meta(args, command), args.brokers or ("redis", "amqp", "nats"), contestants,
+                    seconds=args.seconds or SECONDS, reps=args.reps or REPS, root=args.syncar_root.resolve(),
+                    outs=outs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -145,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--profile measures broadcast mode only")
     if args.scale:
         return _scale(args, parser, command)
+    if args.low_rate:
+        return _low_rate(args, parser, command)
     if args.profile:
         from bench.profile import profile  # noqa: PLC0415  (py-spy is needed only here)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from bench.procstat import cpu_seconds, memory_kib, reset_peak
+from bench.procstat import cpu_seconds, memory_kib, reset_peak, task_stats
 
 log = logging.getLogger(__name__)
 
@@ -75,22 +75,27 @@ class Daemon:
 
 @dataclass
 class Meter:
-    """CPU seconds and peak RSS of long-lived processes (the daemons) over one run."""
+    """CPU seconds (in ticks, and exact for the threads alive), wake-ups and peak RSS of long-lived processes (the
+    daemons, the broker) over one run."""
 
     pids: dict[str, int]
     start: dict[str, float] = field(default_factory=dict)
+    start_tasks: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def begin(self) -> None:
         for pid in self.pids.values():
             reset_peak(pid)
         self.start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.start_tasks = {name: task_stats(pid) for name, pid in self.pids.items()}
 
     def end(self) -> dict[str, dict[str, float]]:
         figures: dict[str, dict[str, float]] = {}
         for name, pid in self.pids.items():
             memory = memory_kib(pid)
+            cpu_ns, wakeups = task_stats(pid)
             figures[name] = {"cpu_s": cpu_seconds(pid) - self.start[name], "hwm_kib": memory.get("hwm", 0),
-                             "rss_kib": memory.get("rss", 0)}
+                             "rss_kib": memory.get("rss", 0), "cpu_ns": cpu_ns - self.start_tasks[name][0],
+                             "wakeups": wakeups - self.start_tasks[name][1]}
         return figures
 
 

@@ -37,7 +37,25 @@ def reset_peak(pid: int) -> None:
         Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
+def task_stats(pid: int) -> tuple[int, int]:
+    """CPU nanoseconds and voluntary context switches (wake-ups after blocking) of `pid`'s threads together.
+
+    Exact to the nanosecond, where /proc/<pid>/stat counts in 10 ms ticks: what a run of a few hundred events at a
+    low rate needs. Only threads alive now count; a daemon's are long-lived. (0, 0) if it is gone.
+    """
+    cpu_ns = switches = 0
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                cpu_ns += int((task / "schedstat").read_text().split()[0])
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        switches += int(line.split()[1])
+    return cpu_ns, switches
+
+
 def own_usage() -> dict[str, float]:
-    """This process's CPU seconds and peak RSS, for a worker's report."""
+    """This process's CPU seconds, peak RSS and voluntary context switches (wake-ups), for a worker's report."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"cpu_s": usage.ru_utime + usage.ru_stime, "maxrss_kib": float(usage.ru_maxrss)}
+    return {"cpu_s": usage.ru_utime + usage.ru_stime, "maxrss_kib": float(usage.ru_maxrss),
+            "wakeups": float(usage.ru_nvcsw)}

@@ -215,7 +215,9 @@ class Section:
             pub_line = await publisher.result(case.seconds + SLACK)
             sub_line = await subscriber.result(SLACK)
         return {"pub": pub_line["result"], "pub_usage": pub_line["usage"], "sub": sub_line["result"],
-                "sub_usage": sub_line["usage"], "processes": meter.end()}
+                "sub_usage": sub_line["usage"], "processes": meter.end(),
+                # The Python workers' usage once connected: their cost over the run alone (bench.lowrate).
+                "ready_usage": {"pub": pub_line.get("ready_usage", {}), "sub": sub_line.get("ready_usage", {})}}
 
 
 async def run_plan(plan: Plan, workdir: Path, progress: Callable[[dict[str, Any]], None],

@@ -1,8 +1,9 @@
 """One load generator process: `python -m bench.worker '<spec as JSON>'`.
 
 It prints `{"ready": true}` once connected (and, for a subscriber, subscribed), then one line with its result
-and its own CPU time and peak RSS. The orchestrator starts the subscriber, waits for it to be ready, then starts
-the publisher. Only the module of the worker's own kind is imported (clients_syncar, or raw_<broker>).
+and its own CPU time, peak RSS and wake-ups, at the end and when it became ready. The orchestrator starts the
+subscriber, waits for it to be ready, then starts the publisher. Only the module of the worker's own kind is
+imported (clients_syncar, or raw_<broker>).
 """
 
 from __future__ import annotations
@@ -29,15 +30,18 @@ def _say(line: dict[str, Any]) -> None:
 
 def main(argv: list[str]) -> int:
     spec = Spec.parse(orjson.loads(argv[0]))
+    at_ready: dict[str, float] = {}
 
     def ready() -> None:
+        # What starting and connecting cost, so that the run's own cost can be told apart (bench.lowrate).
+        at_ready.update(own_usage())
         _say({"ready": True})
 
     module = importlib.import_module("bench.clients_syncar" if spec.kind == "syncar" else f"bench.raw_{spec.kind}")
     run = module.publish if spec.role == "pub" else module.subscribe
     # The syncar clients are plain blocking code; the raw ones run on uvloop, as the daemon does.
     result = run(spec, ready) if spec.kind == "syncar" else uvloop.run(run(spec, ready))
-    _say({"result": result, "usage": own_usage()})
+    _say({"result": result, "usage": own_usage(), "ready_usage": at_ready})
     return 0
 
 

@@ -1,0 +1,260 @@
+"""`python -m bench --low-rate`: what a daemon costs at the rates fleets run, with no traffic, and to start.
+
+Three parts, each case a few seconds, every case repeated and the repetitions alternated:
+
+- **Low rates**: 100 and 1,000 events/s of 256 B between two daemons on each broker, and the raw Python ceiling
+  (bench.raw_*: publisher and subscriber in their own processes) paced the same way in the same run. The figure is
+  CPU per event of the publishing and of the receiving daemon against that of the raw publisher and subscriber,
+  read exactly (bench.procstat.task_stats for the daemons, getrusage in the workers, both without what starting
+  and connecting cost), and the wake-ups (voluntary context switches) per event.
+- **Idle**: one daemon on each broker with no app and no traffic: CPU, wake-ups and resident memory over a while.
+- **Start**: from starting `python -m sidecar run` to its socket answering a hello with a welcome; and the time
+  `python -X importtime` gives `import sidecar.client`, the Python client. Both in wall time, which a loaded
+  machine stretches, and in CPU time, which it does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.lowrate_report import markdown, summarise, table
+from bench.plan import Case, make_plan
+from bench.processes import Daemon, Meter
+from bench.procstat import memory_kib, task_stats
+from bench.report import derive
+from bench.runner import Section, stop_daemons
+
+RATES = (100, 1_000)
+SIZE = 256
+#: The contestants this part knows: syncar's two codecs against the raw ceiling.
+CONTESTANTS = ("syncar", "syncar-fs", "ceiling")
+DEFAULT_CONTESTANTS = ("syncar", "ceiling")
+#: Publishing time of a low-rate run and length of an idle one, by default; repetitions of each case.
+SECONDS = 5.0
+REPS = 3
+#: How often the start measurement knocks on the socket, and how long it waits in all.
+KNOCK_EVERY = 0.002
+START_TIMEOUT = 30.0
+_IMPORT_LINE = re.compile(rb"^import time:\s+(\d+) \|\s+(\d+) \|\s+sidecar\.client$", re.MULTILINE)
+
+Progress = Callable[[str], None]
+
+
+def _worker_cost(line_usage: dict[str, float], at_ready: dict[str, float]) -> tuple[float, float]:
+    """A worker's CPU seconds and wake-ups from ready to its end."""
+    return (line_usage["cpu_s"] - at_ready["cpu_s"], line_usage.get("wakeups", 0.0) - at_ready.get("wakeups", 0.0))
+
+
+def rate_figures(run: dict[str, Any]) -> dict[str, Any]:
+    """CPU µs and wake-ups per event of each side of one low-rate run, with its latency and whether it kept up."""
+    if run.get("error"):
+        return {}
+    base = derive(run)
+    sent, received = base["sent"], base["received"]
+    figures = {name: base[name] for name in ("sent", "received", "lost", "p50_ms", "p99_ms", "saturated",
+                                             "offered_rate_achieved")}
+    sides: dict[str, tuple[float, float, int]] = {}  # side -> (cpu s, wake-ups, events it handled)
+    if run["contestant"] == "ceiling":
+        sides["pub"] = (*_worker_cost(run["pub_usage"], run["ready_usage"]["pub"]), sent)
+        sides["sub"] = (*_worker_cost(run["sub_usage"], run["ready_usage"]["sub"]), received)
+    else:
+        processes = run["processes"]
+        for side, name in (("pub", "daemon_a"), ("sub", "daemon_b"), ("both", "daemon")):
+            if name in processes:  # local:// has one daemon, publisher and receiver at once
+                p = processes[name]
+                sides[side] = (p["cpu_ns"] / 1e9, p["wakeups"], sent if side == "pub" else received)
+    for side, (cpu_s, wakeups, events) in sides.items():
+        figures[f"{side}_us"] = cpu_s * 1e6 / events if events else None
+        figures[f"{side}_wakeups"] = wakeups / events if events else None
+    for figure in ("us", "wakeups"):
+        if f"both_{figure}" not in figures and None not in (mine := (figures.get(f"pub_{figure}"),
+                                                                     figures.get(f"sub_{figure}"))):
+            figures[f"both_{figure}"] = sum(mine)
+    return figures
+
+
+async def _rate_runs(section: Section, *, seconds: float, reps: int, progress: Progress) -> list[dict[str, Any]]:
+    runs = []
+    for rep in range(reps):
+        for rate in RATES:
+            for contestant in section.plan.contestants_for(section.broker):
+                run = await section.run(contestant, Case(f"rate-{rate}", SIZE, rate, seconds), rep)
+                run["figures"] = rate_figures(run)
+                runs.append(run)
+                progress(_said(run))
+    return runs
+
+
+def _said(run: dict[str, Any]) -> str:
+    f = run["figures"]
+    head = f"  {run['broker']:6} {run['contestant']:9} {run['rate']:5}/s rep {run['rep'] + 1}: "
+    if run.get("error"):
+        return head + f"error: {run['error'].splitlines()[0][:160]}"
+    us = "  ".join(f"{side} {f[f'{side}_us']:.0f} µs, {f[f'{side}_wakeups']:.2f} wake-ups"
+                   for side in ("pub", "sub", "both") if f.get(f"{side}_us") is not None)
+    return head + us + (f"  lost {f['lost']}" if f["lost"] else "") + ("  SATURATED" if f["saturated"] else "")
+
+
+async def _idle_run(section: Section, seconds: float, rep: int) -> dict[str, Any]:
+    record: dict[str, Any] = {"broker": section.broker, "rep": rep, "seconds": seconds,
+                              "loadavg": os.getloadavg()[0]}
+    daemons: list[Daemon] = []
+    try:
+        daemons = await section.start_daemons(f"idle-{rep + 1}", 1)
+        meter = Meter({"daemon": daemons[0].pid})
+        meter.begin()
+        await asyncio.sleep(seconds)  # the measurement itself: nothing happens, for this long
+        p = meter.end()["daemon"]
+        memory = memory_kib(daemons[0].pid)
+        record.update(cpu_ms_per_s=p["cpu_ns"] / 1e6 / seconds, wakeups_per_s=p["wakeups"] / seconds,
+                      rss_mib=memory.get("rss", 0) / 1024, hwm_mib=memory.get("hwm", 0) / 1024)
+    except (RuntimeError, OSError) as exc:
+        record["error"] = str(exc)[:2000]
+    finally:
+        record["daemon_exits"] = stop_daemons(daemons, f"idle-{rep + 1}")
+    return record
+
+
+def _knock(path: Path) -> dict[str, Any] | None:
+    """The welcome the daemon at `path` answers a hello with, or None if nothing listens there yet."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(START_TIMEOUT)
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return None
+        sock.sendall(b'{"type":"hello","client":"bench-start","subscribe":[]}\n')
+        data = b""
+        while b"\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            data += chunk
+    welcome: dict[str, Any] = orjson.loads(data.partition(b"\n")[0])
+    return welcome
+
+
+async def _start_run(section: Section, rep: int) -> dict[str, Any]:
+    """From spawning a daemon to its welcome, polled every KNOCK_EVERY."""
+    record: dict[str, Any] = {"broker": section.broker, "rep": rep, "loadavg": os.getloadavg()[0]}
+    began = time.monotonic()
+    daemon = Daemon(section.dir, f"start-{rep + 1}", section.uri, f"bench-{uuid.uuid4().hex[:12]}", "syncar",
+                    root=section.syncar_root)
+    try:
+        while (welcome := _knock(daemon.socket)) is None:
+            if not daemon.alive():
+                raise RuntimeError(f"syncar exited with {daemon.process.returncode}; see {daemon.log_path}")
+            if time.monotonic() - began > START_TIMEOUT:
+                raise RuntimeError(f"syncar did not answer within {START_TIMEOUT}s; see {daemon.log_path}")
+            await asyncio.sleep(KNOCK_EVERY)
+        record.update(start_ms=(time.monotonic() - began) * 1000, start_cpu_ms=task_stats(daemon.pid)[0] / 1e6,
+                      broker_at_welcome=welcome.get("broker"))
+        # It may answer before it handles SIGTERM: stopped only once it says it is ready, it exits cleanly.
+        await daemon.ready()
+    except (RuntimeError, OSError) as exc:
+        record["error"] = str(exc)[:2000]
+    finally:
+        record["daemon_exits"] = stop_daemons([daemon], f"start-{rep + 1}")
+    return record
+
+
+def import_run(root: Path, rep: int) -> dict[str, Any]:
+    """`import sidecar.client` in a fresh interpreter: what -X importtime says of it (wall time), and the CPU time
+    it took, the steadier figure on a loaded machine."""
+    def python(*argv: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, *argv], cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                              capture_output=True, timeout=60, check=True)
+
+    record: dict[str, Any] = {"rep": rep, "loadavg": os.getloadavg()[0]}
+    found = _IMPORT_LINE.search(python("-X", "importtime", "-c", "import sidecar.client").stderr)
+    if found is None:
+        return {**record, "error": "python -X importtime said nothing of sidecar.client"}
+    cpu = python("-c", "import time; t = time.process_time(); import sidecar.client; print(time.process_time() - t)")
+    return {**record, "importtime_ms": int(found.group(2)) / 1000, "import_cpu_ms": float(cpu.stdout) * 1000}
+
+
+async def _other_runs(section: Section, *, seconds: float, reps: int,
+                      progress: Progress) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Idle and start runs on one broker, alternated."""
+    idle, start = [], []
+    for rep in range(reps):
+        idle.append(await _idle_run(section, seconds, rep))
+        start.append(await _start_run(section, rep))
+        i, s = idle[-1], start[-1]
+        progress(f"  {section.broker:6} rep {rep + 1}: idle " + (
+            f"error: {i['error'].splitlines()[0][:120]}" if i.get("error") else
+            f"{i['cpu_ms_per_s']:.2f} ms CPU/s, {i['wakeups_per_s']:.1f} wake-ups/s, {i['rss_mib']:.1f} MiB")
+            + "; start " + (f"error: {s['error'].splitlines()[0][:120]}" if s.get("error")
+                            else f"{s['start_ms']:.0f} ms to a welcome, {s['start_cpu_ms']:.0f} ms of CPU"))
+    return idle, start
+
+
+async def measure(brokers: tuple[str, ...], contestants: tuple[str, ...], *, seconds: float, reps: int,
+                  workdir: Path, root: Path, progress: Progress) -> dict[str, Any]:
+    """Every part on every broker; a broker that cannot start is reported, and the others go on."""
+    results: dict[str, Any] = {"rates": [], "idle": [], "start": [], "imports": [], "broker_errors": {}}
+    for broker in brokers:
+        plan = make_plan(quick=True, brokers=(broker,), contestants=contestants, reps=reps, seconds=seconds)
+        section = Section(broker, plan, workdir, root)
+        try:
+            await section.start()
+            results["rates"] += await _rate_runs(section, seconds=seconds, reps=reps, progress=progress)
+            idle, start = await _other_runs(section, seconds=seconds, reps=reps, progress=progress)
+        except (RuntimeError, OSError) as exc:
+            results["broker_errors"][broker] = str(exc)[:2000]
+            progress(f"  {broker}: not measured: {str(exc).splitlines()[0]}")
+            continue
+        finally:
+            section.stop()
+        results["idle"] += idle
+        results["start"] += start
+    for rep in range(reps):
+        results["imports"].append(await asyncio.to_thread(import_run, root, rep))
+        i = results["imports"][-1]
+        progress(f"  import sidecar.client rep {rep + 1}: " + (
+            i["error"] if i.get("error") else
+            f"{i['importtime_ms']:.1f} ms (-X importtime), {i['import_cpu_ms']:.1f} ms of CPU"))
+    return results
+
+
+def low_rate(meta: dict[str, Any], brokers: tuple[str, ...], contestants: tuple[str, ...], *, seconds: float,
+             reps: int, root: Path, outs: list[Path]) -> int:
+    """Measure, print the tables, and write lowrate.json and lowrate.md into each of `outs`."""
+    meta.update(size=SIZE, rates=list(RATES), publish_seconds=seconds, reps=reps, brokers=list(brokers),
+                contestants=list(contestants))
+    print(f"{meta['command']}: low rates, idle and start on {', '.join(brokers)}", flush=True)
+    began = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="syncar-lowrate-"))
+    try:
+        results = asyncio.run(measure(brokers, contestants, seconds=seconds, reps=reps, workdir=workdir, root=root,
+                                      progress=lambda line: print(line, flush=True)))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    meta.update(seconds=round(time.monotonic() - began, 1), loadavg_end=os.getloadavg())
+    for run in results["rates"]:
+        run.get("sub", {}).pop("samples", None)  # arrival times every 10 ms: not used here
+    results = {"meta": meta, **results}
+    results["summary"] = summarise(results)
+    print()
+    print(table(results))
+    for out in outs:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "lowrate.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+        (out / "lowrate.md").write_text(markdown(results))
+    print(f"\n{meta['seconds']:.0f} s; wrote " + ", ".join(f"{out}/lowrate.{{json,md}}" for out in outs))
+    measured = results["rates"] + results["idle"] + results["start"] + results["imports"]
+    return 0 if measured and not any(r.get("error") for r in measured) else 1

@@ -1,0 +1,56 @@
+"""`python -m bench --low-rate` still runs: on local:// and Redis, with short runs, it produces every figure.
+
+It checks that the figures exist and are sane, never how small they are: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.brokers import require_binary
+from tests.utils import REPO
+
+#: Six runs at fixed rates, two idle runs, two starts and an import, half a second each: ~20 s on a loaded machine.
+RUN_TIMEOUT = 80
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(RUN_TIMEOUT + 10)
+def test_low_rate_run_on_local_and_redis_produces_every_figure(tmp_path: Path) -> None:
+    require_binary("redis-server")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--low-rate", "--brokers", "local,redis", "--reps", "1", "--seconds", "0.5",
+         "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = orjson.loads((tmp_path / "lowrate.json").read_bytes())
+    assert (tmp_path / "lowrate.md").read_text().count("\n|") > 10
+
+    runs = {(r["broker"], r["contestant"], r["rate"]): r for r in results["rates"]}
+    assert set(runs) == {("local", "syncar", 100), ("local", "syncar", 1000), ("redis", "syncar", 100),
+                         ("redis", "syncar", 1000), ("redis", "ceiling", 100), ("redis", "ceiling", 1000)}
+    for run in runs.values():
+        figures = run["figures"]
+        assert not run.get("error") and 0 < figures["received"] <= figures["sent"], run
+        # Each side handled every event and cost something for it; local:// has one daemon for both sides.
+        sides = ("both",) if run["broker"] == "local" else ("pub", "sub", "both")
+        assert all(figures[f"{side}_us"] > 0 and figures[f"{side}_wakeups"] >= 0 for side in sides), figures
+        assert 0 < figures["p50_ms"] <= figures["p99_ms"], figures
+
+    summary = results["summary"]
+    ratios = [e["ratio_to_raw"] for e in summary["rates"] if e["contestant"] == "syncar" and e["broker"] == "redis"]
+    assert len(ratios) == 2 and all(r > 0 for r in ratios), summary["rates"]
+    for part in ("idle", "start"):
+        assert [e["broker"] for e in summary[part]] == ["local", "redis"], summary[part]
+    for idle in summary["idle"]:
+        assert idle["cpu_ms_per_s"] >= 0 and idle["rss_mib"] > 1, idle
+    for start in summary["start"]:
+        assert start["start_ms"] > 0 and start["start_cpu_ms"] > 0, start
+    assert summary["import"]["importtime_ms"] > 0 and summary["import"]["import_cpu_ms"] > 0, summary["import"]
+    assert all(r["daemon_exits"] == {"start-1": 0} for r in results["start"]), results["start"]
