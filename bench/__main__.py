@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "start time and the Python client's import time (--brokers, default redis, amqp, nats; "
                               "--contestants among syncar, syncar-fs, ceiling, default syncar, ceiling; --seconds per "
                               "run, default 5; --reps, default 3: ~7 minutes); writes lowrate.json and lowrate.md")
+    parser.add_argument("--rate", type=int, default=0,
+                        help="with --profile: offer this many events/s (e.g. 1000) instead of as many as go through")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -172,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
 
         broker = next((b for b in args.brokers or ("redis",) if b != "local"), "local")
         contestant = next((c for c in args.contestants or ("syncar",) if c.startswith("syncar")), "syncar")
-        return profile(args.out, args.seconds or 10.0, args.syncar_root.resolve(), broker, contestant)
+        return profile(args.out, args.seconds or 10.0, args.syncar_root.resolve(), broker, contestant,
+                       rate=args.rate)
     if args.report is not None:
         return report(args, orjson.loads(args.report.read_bytes()))
     plan = make_plan(quick=args.quick, brokers=args.brokers, contestants=args.contestants, reps=args.reps,

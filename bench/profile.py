@@ -1,8 +1,9 @@
 """`python -m bench --profile`: where the daemons' CPU goes under a sustained load (default: syncar codec, Redis;
 `--brokers amqp --contestants syncar-fs` profiles another pair).
 
-It runs the 256 B throughput case for a while with `py-spy record` (sampling, non-blocking, so the daemons run
-at full speed) attached to both daemons, then prints each one's top functions by own time and by total time.
+It runs the 256 B throughput case (or, with `--rate`, a fixed rate) for a while with `py-spy record` (sampling,
+non-blocking, so the daemons run at full speed) attached to both daemons, then prints each one's top functions by
+own time and by total time.
 The collapsed stacks are kept next to latest.json (profile-a.txt, profile-b.txt) for a flame graph tool.
 """
 
@@ -62,8 +63,9 @@ def summarise(collapsed: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def _record(spy: str, out: Path, seconds: float, workdir: Path, *, root: Path, broker: str,
+async def _record(spy: str, out: Path, case: Case, workdir: Path, *, root: Path, broker: str,
                   contestant: str) -> dict[str, Any]:
+    seconds = case.seconds
     plan = make_plan(quick=True, brokers=(broker,), contestants=(contestant,), reps=1, seconds=seconds)
     section = Section(broker, plan, workdir, root)
     spies: dict[str, asyncio.subprocess.Process] = {}
@@ -77,7 +79,7 @@ async def _record(spy: str, out: Path, seconds: float, workdir: Path, *, root: P
 
     try:
         await section.start()
-        run = await section.run(contestant, Case("tp-256", 256, 0, seconds), 0, on_daemons=attach)
+        run = await section.run(contestant, case, 0, on_daemons=attach)
         for label, process in spies.items():
             async with asyncio.timeout(seconds + 30):
                 _, err = await process.communicate()
@@ -91,7 +93,8 @@ async def _record(spy: str, out: Path, seconds: float, workdir: Path, *, root: P
     return run
 
 
-def profile(out: Path, seconds: float, root: Path, broker: str = "redis", contestant: str = "syncar") -> int:
+def profile(out: Path, seconds: float, root: Path, broker: str = "redis", contestant: str = "syncar",
+            *, rate: int = 0) -> int:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         print("py-spy is not installed (pip install py-spy)")
@@ -99,13 +102,16 @@ def profile(out: Path, seconds: float, root: Path, broker: str = "redis", contes
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="syncar-profile-"))
     try:
-        run = asyncio.run(_record(spy, out, seconds, workdir, root=root, broker=broker, contestant=contestant))
+        case = Case(f"rate-{rate}" if rate else "tp-256", 256, rate, seconds)
+        run = asyncio.run(_record(spy, out, case, workdir, root=root, broker=broker, contestant=contestant))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     figures = derive(run) if not run.get("error") else {}
-    print(f"load: {run.get('error') or format(figures.get('throughput') or 0, ',.0f') + ' events/s'}; "
+    achieved = figures.get("offered_rate_achieved") if rate else figures.get("throughput")
+    print(f"load: {run.get('error') or format(achieved or 0, ',.0f') + ' events/s'}; "
           f"daemon CPU {figures.get('daemon_cpu_per_100k') or 0:.2f} s per 100k events")
-    report = [f"profile of {contestant} over {broker}, 256 B payloads, {seconds:g} s\n"]
+    offered = f"{rate:,} events/s" if rate else "as fast as it goes"
+    report = [f"profile of {contestant} over {broker}, 256 B payloads, {offered}, {seconds:g} s\n"]
     for label, role in (("a", "publishing side (A: socket -> broker)"), ("b", "receiving side (B: broker -> socket)")):
         path = out / f"profile-{label}.txt"
         text = summarise(path.read_text()) if path.exists() else "no profile\n"
