@@ -3,7 +3,8 @@
 
 It runs the 256 B throughput case (or, with `--rate`, a fixed rate) for a while with `py-spy record` (sampling,
 non-blocking, so the daemons run at full speed) attached to both daemons, then prints each one's top functions by
-own time and by total time.
+own time and by total time. It samples a daemon only while it holds the GIL (`--gil`): running, not waiting in
+epoll nor, on a loaded machine, for a CPU after a wake-up (which py-spy would otherwise count as busy in the loop).
 The collapsed stacks are kept next to latest.json (profile-a.txt, profile-b.txt) for a flame graph tool.
 """
 
@@ -74,7 +75,8 @@ async def _record(spy: str, out: Path, case: Case, workdir: Path, *, root: Path,
         for label, daemon in (("a", daemon_a), ("b", daemon_b)):
             spies[label] = await asyncio.create_subprocess_exec(
                 spy, "record", "--pid", str(daemon.pid), "--duration", str(int(seconds) + 2), "--rate",
-                str(SAMPLE_RATE), "--format", "raw", "--nonblocking", "--output", str(out / f"profile-{label}.txt"),
+                str(SAMPLE_RATE), "--format", "raw", "--nonblocking", "--gil",
+                "--output", str(out / f"profile-{label}.txt"),
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
 
     try:
