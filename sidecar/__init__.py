@@ -3,5 +3,8 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
+#: The app protocol's version (docs/protocol.md). Here rather than in sidecar.protocol, so that the Python client
+#: gets it without importing the daemon's validation (pydantic, msgspec): ~100 ms of CPU at every start of an app.
+PROTOCOL_VERSION = 1
 
-__all__ = ["__version__"]
+__all__ = ["PROTOCOL_VERSION", "__version__"]

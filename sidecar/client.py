@@ -29,9 +29,9 @@ from typing import Any, Self
 
 import orjson
 
+from sidecar import PROTOCOL_VERSION
 from sidecar.dedup import SeenIds
 from sidecar.paths import default_socket_path
-from sidecar.protocol import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
 

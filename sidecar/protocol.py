@@ -17,11 +17,11 @@ import msgspec
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sidecar import PROTOCOL_VERSION
 from sidecar.codec import NULL, decode_json
 from sidecar.errors import FrameError
 from sidecar.framing import HEAD_BYTES
 
-PROTOCOL_VERSION = 1
 MAX_ID_LENGTH = 256
 #: Longest path or event pattern in `hello.subscribe`.
 MAX_PATTERN_LENGTH = 256

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from backends.base import BackendState, Message
-from sidecar import protocol
+from sidecar import PROTOCOL_VERSION, protocol
 from sidecar.codec import Codec, Event, Outgoing, encode
 from sidecar.dedup import EventIds, SeenIds
 from sidecar.errors import CodecError
@@ -96,7 +96,7 @@ class Relay:
             if cursor is not None and self._replay.after(cursor) is None:
                 cursor, gap = None, "you fell further behind than the replay buffer holds"
         client.send(protocol.encode({
-            "type": "welcome", "version": protocol.PROTOCOL_VERSION, "instance": self.instance_id,
+            "type": "welcome", "version": PROTOCOL_VERSION, "instance": self.instance_id,
             "backend": self.backend_name, "broker": "up" if self.broker_up else "down", "epoch": self.epoch,
             "seq": self.seq, "client_id": client.client_id, "resumed": resume is not None and gap is None,
             "max_frame_bytes": client.max_frame_bytes,
