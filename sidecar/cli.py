@@ -7,6 +7,7 @@ import asyncio
 import enum
 import gc
 import logging
+import signal
 import sys
 import typing
 from collections.abc import Callable, Coroutine, Sequence
@@ -335,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.handler is not cmd_run:
+        # Every command but `run` (which flushes first) ends on SIGTERM as on Ctrl-C. As the pid 1 of a container
+        # it must handle the signal, or the kernel drops it and `docker stop` kills it after its whole timeout.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         code: int = args.handler(args)
     except (SettingsError, ConfigError) as exc:

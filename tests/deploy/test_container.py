@@ -158,6 +158,18 @@ async def test_sigterm_exits_0_and_removes_the_socket(podman: Podman, volume: Pa
     await app.closed()
 
 
+async def test_tail_in_a_container_stops_on_sigterm(podman: Podman, volume: Path) -> None:
+    """The commands are pid 1 of their container, and the kernel drops a signal pid 1 has no handler for:
+    `syncar tail` must end on `podman stop` rather than wait to be killed (exit 137)."""
+    daemon = podman.syncar(volume)
+    await ready(podman, daemon, volume / "syncar.sock")
+    tail = podman.syncar(volume, "tail")
+    await wait_for(lambda: "client connected: syncar-tail" in podman("logs", daemon).stderr, timeout=TIMEOUT,
+                   what="tail connected")
+    podman("stop", "--time", "10", tail)
+    assert podman.inspect(tail, "{{.State.ExitCode}}") == "0", podman("logs", tail).stderr
+
+
 @pytest.mark.redis
 async def test_two_containers_relay_events_through_redis(podman: Podman, redis_server: BrokerServer,
                                                          connect: Connect) -> None:
