@@ -48,6 +48,7 @@ from backends.base import (
     Handler,
     MessageTooLarge,
     PublishTimeout,
+    PublishUnconfirmed,
     StateCallback,
     Subscription,
     tls_refused,
@@ -256,11 +257,13 @@ class AmqpBackend(Backend):
             return BackendError(f"amqp: {action}: the broker refused the message (nack)")
         if isinstance(exc, AMQPChannelError):  # the broker closed the channel over this request
             return BackendError(f"amqp: {action} failed: {self._clean(exc)}")
+        # A publish cut off may have reached the broker before the connection, and the confirm, were lost.
+        lost = PublishUnconfirmed if action == "publish" else BackendUnavailable
         if isinstance(exc, asyncio.CancelledError):
-            return BackendUnavailable(f"amqp: {action} interrupted: connection to {self._where} lost")
+            return lost(f"amqp: {action} interrupted: connection to {self._where} lost")
         if isinstance(exc, TimeoutError):
-            return BackendUnavailable(f"amqp: {action}: no answer from {self._where}")
-        return BackendUnavailable(f"amqp: {action} failed, {self._where} unreachable: {self._clean(exc)}")
+            return lost(f"amqp: {action}: no answer from {self._where}")
+        return lost(f"amqp: {action} failed, {self._where} unreachable: {self._clean(exc)}")
 
     def _clean(self, exc: BaseException) -> str:
         text = " ".join(str(exc).split()) or type(exc).__name__  # one line, and no password

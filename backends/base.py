@@ -51,6 +51,11 @@ class BackendUnavailable(BackendError):
     retriable = True
 
 
+class PublishUnconfirmed(BackendUnavailable):
+    """The connection was lost after the message was sent and before the broker confirmed it: the broker may have
+    it, or not. Sent again, it may reach the receivers twice."""
+
+
 class BackendRefused(BackendError):
     """The broker answered and refused us: credentials, a TLS certificate, permissions on a vhost.
 

@@ -37,6 +37,7 @@ from backends.base import (
     MessageTooLarge,
     Mode,
     PublishTimeout,
+    PublishUnconfirmed,
     StateCallback,
     Subscription,
     tls_refused,
@@ -296,11 +297,15 @@ class NatsBackend(Backend):
         lost = self._lost
         if self._publisher is not None:
             return await self._publisher.publish(client, topic, bodies, lost)
+        taken = 0
         try:
             for body in bodies:
                 await client.publish(topic, body)
+                taken += 1
         except CONNECTION_ERRORS as exc:  # a bad subject never gets here: subscribe() refused it at startup
-            raise BackendUnavailable(f"nats: publish to {self.where} failed: {describe(exc)}") from exc
+            # nats-py keeps what it took before the loss and writes it to the next connection itself.
+            error = PublishUnconfirmed if taken else BackendUnavailable
+            raise error(f"nats: publish to {self.where} failed: {describe(exc)}") from exc
         await self._confirm(client, lost)
 
     async def _confirm(self, client: Client, lost: asyncio.Future[None] | None) -> None:
@@ -311,7 +316,7 @@ class NatsBackend(Backend):
             if not client.pending_data_size or not client.is_connected:
                 break
             await asyncio.sleep(0 if attempt < 3 else 0.001)
-        unconfirmed = BackendUnavailable(f"nats: connection to {self.where} lost before the server confirmed")
+        unconfirmed = PublishUnconfirmed(f"nats: connection to {self.where} lost before the server confirmed")
         # nats-py cancels its reader before it reports a disconnect; a flush in that window returns at once
         # without a PONG, which would confirm a batch the server never got.
         if not client.is_connected or (lost is not None and lost.done()):

@@ -28,7 +28,15 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSub
 from nats.js import JetStreamContext, api
 
-from backends.base import BackendError, BackendUnavailable, Handler, Message, PublishTimeout, Subscription
+from backends.base import (
+    BackendError,
+    BackendUnavailable,
+    Handler,
+    Message,
+    PublishTimeout,
+    PublishUnconfirmed,
+    Subscription,
+)
 from backends.nats_common import CONNECTION_ERRORS, describe, settle
 
 if TYPE_CHECKING:
@@ -195,7 +203,7 @@ class JetStreamPublisher:
                 stored.cancel()
                 await settle(stored)
                 if lost is not None and lost.done():
-                    raise BackendUnavailable(f"nats: connection to {backend.where} lost before JetStream confirmed")
+                    raise PublishUnconfirmed(f"nats: connection to {backend.where} lost before JetStream confirmed")
                 await backend._confirm(client, lost)  # raises if the connection itself is dead
                 raise PublishTimeout(f"nats: JetStream on {backend.where} did not confirm within {API_TIMEOUT:g}s")
             stored.result()

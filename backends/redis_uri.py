@@ -24,6 +24,7 @@ from backends.base import (
     BackendRefused,
     BackendUnavailable,
     PublishTimeout,
+    PublishUnconfirmed,
     Subscription,
     tls_refused,
 )
@@ -141,7 +142,8 @@ def publish_error(exc: Exception, options: RedisOptions) -> BackendError:
         timeout = options.connection_kwargs["socket_timeout"]
         return PublishTimeout(f"redis: publish timed out after {timeout}s (socket_timeout)")
     if isinstance(exc, (redis_errors.ConnectionError, OSError)):
-        return BackendUnavailable(f"redis: publish failed: {describe_error(exc, options)}")
+        # The command may have gone out before the connection failed.
+        return PublishUnconfirmed(f"redis: publish failed: {describe_error(exc, options)}")
     # Refused by Redis itself: an ACL without PUBLISH or XADD, a key of another type, out of memory.
     return BackendError(f"redis: publish refused: {describe_error(exc, options)}")
 

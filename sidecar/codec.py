@@ -118,6 +118,8 @@ class Codec(ABC):
     #: Bytes a broker message adds to the parts of its events (and a comma between two), at most: the outbox keeps
     #: a batch's parts within the broker's message size minus this.
     overhead: int = 0
+    #: Each event travels with its origin and id, so a receiver drops a copy of a message sent twice.
+    carries_ids: bool
 
     def __init__(self, instance_id: str, *, broker_echoes: bool = True) -> None:
         self.instance_id = instance_id
@@ -184,6 +186,7 @@ def _explain_feathers_sync(body: bytes) -> CodecError:
 
 class SyncarCodec(Codec):
     name = "syncar"
+    carries_ids = True
     _decoder = msgspec.json.Decoder(_SyncarBatch)
 
     def __init__(self, instance_id: str, *, broker_echoes: bool = True) -> None:
@@ -224,6 +227,7 @@ class SyncarCodec(Codec):
 
 class FeathersSyncCodec(Codec):
     name = "feathers-sync"
+    carries_ids = False
     _decoder = msgspec.json.Decoder(_FeathersSyncBody)
 
     def __init__(self, instance_id: str, *, broker_echoes: bool = True) -> None:

@@ -32,6 +32,7 @@ class DropReason:
     FOREIGN = "foreign"  # from the broker, another format or version
     ECHO = "echo"  # our own, come back from the broker
     DUPLICATE = "duplicate"  # an event id seen already (redelivery, or a publish resent after a lost ack)
+    UNCONFIRMED = "unconfirmed"  # the broker may have it but did not confirm; not sent again (feathers-sync codec)
 
 
 class Metrics:

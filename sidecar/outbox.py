@@ -3,6 +3,11 @@
 One task drains it. Whatever queues up while a broker write is in flight goes
 out together in the next write, so batching costs no timer delay: an idle
 daemon sends each event at once.
+
+A batch the broker may have although it never confirmed it (the connection
+went down, or the confirm was late) is sent again only if the codec carries
+event ids, so that receivers drop the copy. With the feathers-sync codec it is
+not sent again, but counted and refused: at most once, as broadcast promises.
 """
 
 from __future__ import annotations
@@ -14,10 +19,18 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from backends.base import Backend, BackendClosed, BackendUnavailable, MessageTooLarge
+from backends.base import (
+    Backend,
+    BackendClosed,
+    BackendUnavailable,
+    MessageTooLarge,
+    PublishTimeout,
+    PublishUnconfirmed,
+)
 from sidecar.codec import Codec, Outgoing
 from sidecar.logging import RateLimitedLogger
 from sidecar.metrics import DropReason, Metrics
+from sidecar.protocol import ErrorCode
 
 log = logging.getLogger(__name__)
 refusals = RateLimitedLogger(log, interval=10.0)
@@ -40,8 +53,8 @@ ENTRY_OVERHEAD = 512
 #: A publish that asked for an ack also holds (its number, a callback) until the broker has it: 248 bytes measured.
 ACK_OVERHEAD = 256
 
-#: Called with None once the broker has the event, or with why it never will.
-Done = Callable[[str | None], None]
+#: Called with None once the broker has the event, or with the error that tells the client why it never will.
+Done = Callable[[tuple[ErrorCode, str] | None], None]
 
 
 def entry_cost(item: Outgoing) -> int:
@@ -59,6 +72,9 @@ class Outbox:
         self._metrics = metrics
         self._codec = codec
         self._topic = topic
+        # What the broker may have got without confirming it: not sent again where receivers could not drop a copy.
+        self._not_resent: tuple[type[Exception], ...] = (
+            () if codec.carries_ids else (PublishUnconfirmed, PublishTimeout))
         self.max_bytes = max_bytes
         self._items: deque[Outgoing] = deque()
         # (number of the event, what to call once the broker has it), for the few publishes that asked for an ack
@@ -138,6 +154,14 @@ class Outbox:
                 await self._backend.publish(self._topic, bodies)
             except BackendClosed:
                 return
+            except self._not_resent as exc:
+                refusals.warning("unconfirmed", "%d events may or may not have reached the broker (%s); not sent "
+                                 "again: the codec carries no id for receivers to drop a copy", len(batch), exc)
+                self._metrics.dropped.labels(DropReason.UNCONFIRMED).inc(len(batch))
+                self._take(batch)
+                self._settle((ErrorCode.UNCONFIRMED, f"not confirmed by the broker, not sent again: {exc}"))
+                batch = []
+                continue
             except BackendUnavailable:
                 # The backend noticed the loss before telling us; wait for it to say it is back.
                 await asyncio.sleep(RETRY_DELAY)
@@ -168,12 +192,16 @@ class Outbox:
         metrics.messages_sent.inc(messages)
         # Once per batch: its first event waited longest.
         metrics.publish_seconds.observe(time.monotonic() - batch[0].queued_at)
+        self._take(batch)
+        self._settle(None)
+
+    def _take(self, batch: list[Outgoing]) -> None:
+        """Take `batch`, the events at the head, out of the outbox."""
         items = self._items
         for _ in batch:
             items.popleft()
         self.bytes -= sum(map(entry_cost, batch))
         self._taken += len(batch)
-        self._settle(None)
 
     def _refuse_head(self, reason: str) -> None:
         """Give up on the event at the head: the broker will never take it."""
@@ -182,9 +210,9 @@ class Outbox:
         self._taken += 1
         self._metrics.dropped.labels(DropReason.TOO_LARGE).inc()
         log.error("dropped an event of %d bytes that the broker no longer takes: %s", len(item.part), reason)
-        self._settle(f"the broker no longer takes it: {reason}")
+        self._settle((ErrorCode.TOO_LARGE_FOR_BROKER, f"the broker no longer takes it: {reason}"))
 
-    def _settle(self, error: str | None) -> None:
+    def _settle(self, error: tuple[ErrorCode, str] | None) -> None:
         """Tell the publishers who asked about the events that have left the outbox."""
         on_sent = self._on_sent
         while on_sent and on_sent[0][0] < self._taken:

@@ -40,6 +40,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_CLIENTS = "too_many_clients"
     RESUME_GAP = "resume_gap"
     OUTBOX_FULL = "outbox_full"
+    UNCONFIRMED = "unconfirmed"
     TOO_LARGE_FOR_BROKER = "too_large_for_broker"
     SHUTTING_DOWN = "shutting_down"
     FORBIDDEN = "forbidden"

@@ -188,12 +188,12 @@ class Relay:
         return self._ids.scope(client_id)
 
     @staticmethod
-    def _answer(client: Connection, publish: Publish, app_id: str, error: str | None) -> None:
+    def _answer(client: Connection, publish: Publish, app_id: str, error: tuple[ErrorCode, str] | None) -> None:
         """Tell a client that asked for an ack what became of its event at the broker."""
         if error is None:
             client.acknowledge(app_id)
         else:
-            client.refuse(publish, ErrorCode.TOO_LARGE_FOR_BROKER, error)
+            client.refuse(publish, *error)
 
     def count_published(self) -> None:
         """Add the publishes since the last call, and their local deliveries, to the metrics (a connection calls

@@ -146,6 +146,7 @@ class SignedCodec(Codec):
     def __init__(self, inner: Codec, signer: Signer) -> None:
         super().__init__(inner.instance_id)
         self.overhead = inner.overhead + SIGNATURE_BYTES
+        self.carries_ids = inner.carries_ids
         self._inner = inner
         self._signer = signer
 

@@ -4,6 +4,7 @@
     proxy.cut()                                     # drop every connection, refuse new ones
     proxy.restore()                                 # accept and forward again
     proxy.latency = 0.1                             # every chunk waits 100 ms, each way (pipelined)
+    proxy.reply_latency = 60                        # and what the broker sends 60 s more: its confirms held back
     await proxy.close()
 
 Latency delays each chunk by the same amount without serialising them, as a
@@ -34,11 +35,12 @@ class _Link:
                  upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
         self.writers = (client[1], upstream[1])
         self.tasks = [
-            asyncio.create_task(self._pipe(proxy, client[0], upstream[1]), name="proxy-up"),
-            asyncio.create_task(self._pipe(proxy, upstream[0], client[1]), name="proxy-down"),
+            asyncio.create_task(self._pipe(proxy, client[0], upstream[1], False), name="proxy-up"),
+            asyncio.create_task(self._pipe(proxy, upstream[0], client[1], True), name="proxy-down"),
         ]
 
-    async def _pipe(self, proxy: TcpProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, proxy: TcpProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    reply: bool) -> None:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(MAX_QUEUED_CHUNKS)
 
@@ -63,7 +65,7 @@ class _Link:
         try:
             while True:
                 data = await reader.read(CHUNK)
-                await queue.put((loop.time() + proxy.latency, data))
+                await queue.put((loop.time() + proxy.latency + (proxy.reply_latency if reply else 0.0), data))
                 if not data:
                     break
             await delivering
@@ -89,6 +91,7 @@ class TcpProxy:
     def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
         self.upstream = (upstream_host, upstream_port)
         self.latency = 0.0
+        self.reply_latency = 0.0
         self.refusing = False
         self.accepted = 0  # connections forwarded, for the tests' assertions
         self.refused = 0
