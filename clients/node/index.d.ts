@@ -9,7 +9,7 @@ interface SubscribePattern {
 }
 
 interface ReconnectOptions {
-  /** First delay before reconnecting, in ms (default 50). Each failure doubles it, with jitter. */
+  /** First step of the back-off, in ms (default 50): each failure doubles it; a delay is drawn from its upper half. */
   minDelay?: number;
   /** Longest delay between two attempts, in ms (default 5000). */
   maxDelay?: number;

@@ -13,8 +13,10 @@
 const net = require('node:net');
 const crypto = require('node:crypto');
 const { EventEmitter } = require('node:events');
-const { debug } = require('./warnings');
-const { LineSplitter, waitFor } = require('./lines');
+const { Backoff } = require('./backoff');
+const { debug, describeError } = require('./warnings');
+const { LineSplitter } = require('./lines');
+const { waitFor } = require('./wait');
 
 const PROTOCOL_VERSION = 1;
 const EVENT_PREFIX = '{"type":"event"';
@@ -45,20 +47,20 @@ class Connection extends EventEmitter {
     this.clientId = crypto.randomBytes(16).toString('hex');
     this._idPrefix = crypto.randomBytes(6).toString('base64url'); // ids of this process, whatever its clientId
     this.instance = null;
-    this.backend = null;
     this.broker = null;
     this.daemonMaxFrameBytes = null; // told by the daemon's welcome (--max-frame-bytes)
     this.connected = false;
     this.closed = false;
     this.lost = false;
-    this.gaps = 0;
     // Recent (origin, id) pairs: after a daemon restart in durable mode an event may come again.
     this._seen = new Set();
     this._epoch = null;
     this._seq = 0;
     this._ids = 0;
     this._socket = null;
-    this._attempt = 0;
+    this._lastError = null; // the socket's error, said when it closes
+    const { reconnect } = options;
+    this._backoff = reconnect === false ? null : new Backoff(reconnect.minDelay, reconnect.maxDelay);
     this._timer = null;
     this._handshakeTimer = null;
     this._lines = new LineSplitter(options.maxReceiveBytes, (line) => this._line(line), () => this._oversized());
@@ -198,8 +200,8 @@ class Connection extends EventEmitter {
     socket.on('connect', () => this._hello(socket));
     socket.on('data', (chunk) => this._lines.feed(chunk));
     socket.on('drain', () => this._flush());
-    socket.on('error', (err) => this._failed(err));
-    socket.on('close', () => this._closed(socket));
+    socket.on('error', (err) => this._socketError(err));
+    socket.on('close', () => this._socketClosed(socket));
   }
 
   _hello(socket) {
@@ -225,12 +227,12 @@ class Connection extends EventEmitter {
     this._handshakeTimer.unref();
   }
 
-  _failed(err) {
+  _socketError(err) {
     this._lastError = err;
-    debug('socket error: %s', err && err.message);
+    debug('socket error: %s', describeError(err));
   }
 
-  _closed(socket) {
+  _socketClosed(socket) {
     if (socket !== this._socket) {
       return;
     }
@@ -246,26 +248,23 @@ class Connection extends EventEmitter {
       this.emit('closed');
       return;
     }
-    const reconnect = this.options.reconnect;
-    if (reconnect === false) {
+    // A socket error's code (ENOENT, ECONNREFUSED) says it: its message repeats the socket's path.
+    const reason = this._lastError === null ? 'connection closed' : this._lastError.code || describeError(this._lastError);
+    this._lastError = null;
+    if (this._backoff === null) {
       this.closed = true;
       this.lost = true; // closed by the daemon or the network, not by close()
-      const reason = this._lastError ? this._lastError.message : 'connection closed';
       this.options.warn('disconnected', `${wasConnected ? 'lost' : 'cannot reach'} syncar at ${this.options.socket} (${reason}); reconnect is off`);
       this.emit('closed', new Error(`cannot reach syncar at ${this.options.socket}: ${reason}`));
       return;
     }
-    this._attempt += 1;
-    const ceiling = Math.min(reconnect.maxDelay, reconnect.minDelay * 2 ** Math.min(this._attempt, 16));
-    const delay = Math.round((0.5 + Math.random() / 2) * ceiling);
-    const reason = this._lastError ? this._lastError.code || this._lastError.message : 'connection closed';
-    if (wasConnected || this._attempt === 1) {
+    const delay = Math.round(this._backoff.next());
+    if (wasConnected || this._backoff.attempts === 1) {
       this.options.warn('disconnected', `${wasConnected ? 'lost' : 'cannot reach'} syncar at ${this.options.socket} ` +
         `(${reason}); reconnecting with back-off, events are emitted locally and ${this.held} publishes are held meanwhile`);
     } else {
-      debug('reconnect attempt %d failed (%s); next in %dms', this._attempt, reason, delay);
+      debug('reconnect attempt %d failed (%s); next in %dms', this._backoff.attempts, reason, delay);
     }
-    this._lastError = null;
     this._timer = setTimeout(() => this._connect(), delay);
   }
 
@@ -315,7 +314,7 @@ class Connection extends EventEmitter {
     try {
       frame = JSON.parse(line);
     } catch (err) {
-      this.options.warn('bad_frame', `syncar sent a line that is not JSON (${err.message})`);
+      this.options.warn('bad_frame', `syncar sent a line that is not JSON (${describeError(err)})`);
       return;
     }
     switch (frame && frame.type) {
@@ -361,7 +360,7 @@ class Connection extends EventEmitter {
       this._seq = frame.seq;
     }
     if (failure !== null) {
-      this.options.warn('deserialize', `cannot deserialize an event from syncar (${failure.message}); it was dropped`);
+      this.options.warn('deserialize', `cannot deserialize an event from syncar (${describeError(failure)}); it was dropped`);
       return;
     }
     if (frame === null || typeof frame !== 'object') {
@@ -383,7 +382,6 @@ class Connection extends EventEmitter {
 
   _error(frame) {
     if (frame.code === 'resume_gap') {
-      this.gaps += 1;
       this.emit('gap', frame);
       this.options.warn('resume_gap', `events from other instances were missed while disconnected: ${frame.message}`);
       return;
@@ -420,10 +418,11 @@ class Connection extends EventEmitter {
       this._seq = typeof frame.seq === 'number' ? frame.seq : 0;
     }
     this.instance = frame.instance ?? null;
-    this.backend = frame.backend ?? null;
     this.broker = frame.broker === 'up' ? 'up' : 'down';
     this.daemonMaxFrameBytes = Number.isSafeInteger(frame.max_frame_bytes) ? frame.max_frame_bytes : null;
-    this._attempt = 0;
+    if (this._backoff !== null) {
+      this._backoff.reset();
+    }
     this._dropTooLarge();
     const socket = this._socket;
     // What was written to a previous connection and never acknowledged goes first, in publish order;
@@ -439,4 +438,4 @@ class Connection extends EventEmitter {
   }
 }
 
-module.exports = { Connection, Published, PROTOCOL_VERSION };
+module.exports = { Connection, Published };

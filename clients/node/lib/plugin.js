@@ -13,7 +13,7 @@ const { EventEmitter } = require('node:events');
 const { Connection, Published } = require('./connection');
 const { normalise } = require('./options');
 const { contextForWire, sanitize } = require('./serialize');
-const { Warnings, debug } = require('./warnings');
+const { Warnings, debug, describeError } = require('./warnings');
 
 /** `context[SYNC] = false` in a hook keeps that call's events on this instance. */
 const SYNC = Symbol.for('@syncar/feathers/sync');
@@ -130,7 +130,7 @@ class Sync extends EventEmitter {
       context = contextForWire(ctx, this.app, service);
     } catch (err) {
       context = undefined;
-      this.warnings.warn('unserialisable', `${path} ${event}: the context's toJSON() threw (${err && err.message}); ` +
+      this.warnings.warn('unserialisable', `${path} ${event}: the context's toJSON() threw (${describeError(err)}); ` +
         'sent without a context');
     }
     const body = this._serialize({ event, path, data, context });
@@ -180,22 +180,18 @@ class Sync extends EventEmitter {
   _serialize(payload) {
     const where = `${payload.path} ${payload.event}`;
     let body;
-    let firstError = null;
     try {
       body = this.serialize(payload);
-    } catch (err) {
-      firstError = err;
-    }
-    if (firstError !== null) {
+    } catch (firstError) {
       const { value, problems } = sanitize(payload);
       try {
         body = this.serialize(value);
       } catch (err) {
         this.warnings.warn('unserialisable', `${where} not sent to other instances: it cannot be serialised ` +
-          `(${err && err.message}); it was emitted on this instance only`);
+          `(${describeError(err)}); it was emitted on this instance only`);
         return null;
       }
-      this.warnings.warn('unserialisable', `${where}: ${firstError && firstError.message}; sent without what ` +
+      this.warnings.warn('unserialisable', `${where}: ${describeError(firstError)}; sent without what ` +
         `cannot be serialised (${problems.join('; ') || 'nothing found to replace'})`);
     }
     return this.options.customSerialize ? this._checkCustom(body, where) : body;
@@ -257,7 +253,7 @@ class Sync extends EventEmitter {
       emit.call(service, event, data, hook);
     } catch (err) {
       this.warnings.warn('listener_error', `a listener of ${path} ${event} threw on an event from another instance: ` +
-        `${err && err.stack ? err.stack : err}`);
+        `${describeError(err, { stack: true })}`);
     }
   }
 }
@@ -279,7 +275,7 @@ function wrapService(sync, service, path, serviceOptions) {
       try {
         sync.send(this, path, event, data, ctx);
       } catch (err) {
-        sync.warnings.warn('internal', `${path} ${event} not sent: ${err && err.stack ? err.stack : err}`);
+        sync.warnings.warn('internal', `${path} ${event} not sent: ${describeError(err, { stack: true })}`);
       }
     }
     return localEmit.apply(this, args);
@@ -330,7 +326,7 @@ function closeOnTeardown(app, sync) {
       }],
     });
   } catch (err) {
-    debug('cannot hook app.teardown: %s', err && err.message);
+    debug('cannot hook app.teardown: %s', describeError(err));
   }
 }
 
@@ -339,4 +335,4 @@ function isRemote(context) {
   return Boolean(context && context.syncar && context.syncar.remote === true);
 }
 
-module.exports = { syncar, SYNC, isRemote, Sync };
+module.exports = { syncar, SYNC, isRemote };

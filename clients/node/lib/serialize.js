@@ -5,6 +5,8 @@
  * at the service call: what JSON cannot carry is replaced, and the caller is told what was replaced.
  */
 
+const { describeError } = require('./warnings');
+
 /** Nesting deeper than this is cut: JSON.stringify would overflow the stack well before anyone needs it. */
 const MAX_DEPTH = 200;
 const CIRCULAR = '[Circular]';
@@ -62,7 +64,7 @@ function sanitize(root) {
       try {
         value = value.toJSON(key);
       } catch (err) {
-        problems.add(`toJSON of '${key}' threw (${err && err.message}); left out`);
+        problems.add(`toJSON of '${key}' threw (${describeError(err)}); left out`);
         return undefined;
       }
     }
@@ -111,7 +113,7 @@ function sanitize(root) {
     try {
       return holder[name];
     } catch (err) {
-      problems.add(`reading '${String(name)}' threw (${err && err.message}); left out`);
+      problems.add(`reading '${String(name)}' threw (${describeError(err)}); left out`);
       return undefined;
     }
   }
@@ -121,10 +123,10 @@ function sanitize(root) {
     value = walk('', root, 0);
   } catch (err) {
     // A Proxy or exotic object that even Object.keys cannot handle.
-    problems.add(`cannot be copied (${err && err.message})`);
+    problems.add(`cannot be copied (${describeError(err)})`);
     value = undefined;
   }
   return { value, problems: [...problems] };
 }
 
-module.exports = { defaultSerialize, defaultDeserialize, contextForWire, sanitize, MAX_DEPTH, CIRCULAR };
+module.exports = { defaultSerialize, defaultDeserialize, contextForWire, sanitize, CIRCULAR };

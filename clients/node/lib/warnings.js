@@ -8,6 +8,26 @@ const debug = debuglog('syncar');
 const DEFAULT_INTERVAL_MS = 10_000;
 
 /**
+ * What went wrong, in one line, whatever was thrown: an Error's message (its stack with `stack`), else the
+ * thrown value as text. The one way the plugin says an error; `err && err.message` said "undefined" for a string.
+ */
+function describeError(err, { stack = false } = {}) {
+  if (err !== null && typeof err === 'object') {
+    if (stack && typeof err.stack === 'string') {
+      return err.stack;
+    }
+    if (typeof err.message === 'string') {
+      return err.message;
+    }
+  }
+  try {
+    return String(err);
+  } catch {
+    return Object.prototype.toString.call(err); // an object without a prototype, or whose toString throws
+  }
+}
+
+/**
  * Warnings that cannot flood a log: one line per kind per interval, with a count of the ones held back.
  * Every warning is also emitted as a `warning` event ({ code, message }) on `emitter`, unthrottled,
  * so an app (or a test) can react to each one.
@@ -39,4 +59,4 @@ class Warnings {
   }
 }
 
-module.exports = { Warnings, debug };
+module.exports = { Warnings, debug, describeError };

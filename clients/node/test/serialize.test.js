@@ -8,6 +8,7 @@ const { feathers } = require('@feathersjs/feathers');
 const { MemoryService } = require('@feathersjs/memory');
 const { sanitize, contextForWire, CIRCULAR } = require('../lib/serialize');
 const { normalise, defaultSocketPath } = require('../lib/options');
+const { describeError } = require('../lib/warnings');
 const syncar = require('..');
 
 test('sanitize replaces circular references but keeps shared ones', () => {
@@ -44,6 +45,21 @@ test('sanitize leaves out values whose toJSON or getter throws', () => {
   const { value, problems } = sanitize(source);
   assert.deepEqual(value, { ok: 1 });
   assert.equal(problems.length, 2);
+});
+
+test('what was thrown is said, whatever it is: an Error\'s message, a string, an object without a prototype', () => {
+  const { problems } = sanitize({
+    text: { toJSON() { throw 'no toJSON today'; } }, // apps may throw anything
+    error: { toJSON() { throw new RangeError('out of range'); } },
+  });
+  assert.deepEqual(problems, [
+    "toJSON of 'text' threw (no toJSON today); left out",
+    "toJSON of 'error' threw (out of range); left out",
+  ]);
+  const bare = Object.create(null);
+  assert.equal(describeError(bare), '[object Object]');
+  assert.equal(describeError(undefined), 'undefined');
+  assert.match(describeError(new Error('boom'), { stack: true }), /^Error: boom\n\s+at /);
 });
 
 test('sanitize cuts nesting too deep for JSON.stringify without overflowing the stack', () => {

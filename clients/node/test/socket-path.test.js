@@ -27,7 +27,7 @@ test('the default socket path agrees with the daemon\'s for every kind of XDG_RU
   fs.chmodSync(base, 0o755);
   fs.copyFileSync(path.join(REPO_ROOT, 'sidecar', 'paths.py'), path.join(base, 'paths.py'));
   fs.mkdirSync(path.join(base, 'lib'));
-  for (const file of ['options.js', 'serialize.js']) {
+  for (const file of ['options.js', 'serialize.js', 'warnings.js']) {
     fs.copyFileSync(path.join(__dirname, '..', 'lib', file), path.join(base, 'lib', file));
   }
   const uid = asRoot ? NOBODY : process.geteuid();
