@@ -133,7 +133,7 @@ class Outbox:
     async def run(self) -> None:
         """Drain forever, in order; a batch leaves the outbox only once the broker accepted it."""
         refused_delay = RETRY_DELAY
-        # The batch in flight and its bodies, packed once: a retry resends the very same messages.
+        # The batch in flight and its bodies, packed once: a retry resends the same messages, signed anew.
         batch: list[Outgoing] = []
         bodies: list[bytes] = []
         while True:
@@ -205,9 +205,8 @@ class Outbox:
 
     def _refuse_head(self, reason: str) -> None:
         """Give up on the event at the head: the broker will never take it."""
-        item = self._items.popleft()
-        self.bytes -= entry_cost(item)
-        self._taken += 1
+        item = self._items[0]
+        self._take([item])
         self._metrics.dropped.labels(DropReason.TOO_LARGE).inc()
         log.error("dropped an event of %d bytes that the broker no longer takes: %s", len(item.part), reason)
         self._settle((ErrorCode.TOO_LARGE_FOR_BROKER, f"the broker no longer takes it: {reason}"))
