@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(1 * MiB, ge=1024, le=256 * MiB, description="longest line a client may send")
     max_clients: int = Field(4096, ge=1, description="connections accepted at once; more are refused")
     max_patterns: int = Field(1024, ge=1, le=1_000_000, description="patterns a client may list in "
-                              "hello.subscribe (each path and event at most 256 characters, at most 16 of them with "
+                              "hello.subscribe (each path and event at most 256 characters, at most 8 of them with "
                               "a wildcard inside a name); a longer list gets an error")
     client_queue_bytes: int = Field(8 * MiB, ge=64 * 1024,
                                     description="unsent bytes per client before it is disconnected as too slow")

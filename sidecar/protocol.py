@@ -26,7 +26,7 @@ MAX_ID_LENGTH = 256
 #: Longest path or event pattern in `hello.subscribe`.
 MAX_PATTERN_LENGTH = 256
 #: Patterns with a wildcard inside a name a `hello` may list: each is a regex tried on every new path.
-MAX_WILDCARD_PATTERNS = 16
+MAX_WILDCARD_PATTERNS = 8
 
 
 class ErrorCode(StrEnum):
@@ -155,21 +155,32 @@ def parse_publish(frame: dict[str, Any]) -> Publish:
 
 
 class Pattern(BaseModel):
-    """Which events a client wants: shell-style patterns (`*`, `?`) on the service path and the event name."""
+    """Which events a client wants: shell-style patterns (`*`, `?`) on the service path and the event name.
+
+    `[` has no special meaning, and a `?` may not stand between two `*`: so that matching takes time linear in the
+    name however the pattern is made (see subscriptions.Glob).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     path: str = Field(default="*", max_length=MAX_PATTERN_LENGTH)
     event: str = Field(default="*", max_length=MAX_PATTERN_LENGTH)
 
+    @field_validator("path", "event")
+    @classmethod
+    def _no_floating_question_mark(cls, value: str) -> str:
+        if any("?" in middle for middle in value.split("*")[1:-1]):
+            raise ValueError("a '?' may not stand between two '*' (put it before the first '*' or after the last)")
+        return value
+
     @property
     def wildcard(self) -> bool:
-        """Whether matching it takes a regex: a wildcard inside a name (`api/*`), not an exact name or a whole `*`."""
+        """Whether it has a wildcard inside a name (`api/*`), as opposed to an exact name or a whole `*`."""
         return _has_wildcard(self.path) or _has_wildcard(self.event)
 
 
 def _has_wildcard(name: str) -> bool:
-    return name != "*" and ("*" in name or "?" in name or "[" in name)
+    return name != "*" and ("*" in name or "?" in name)
 
 
 class Resume(BaseModel):

@@ -3,15 +3,14 @@
 What a filter costs per event does not grow with the number of patterns nor
 with the number of distinct paths that go by: exact names and a whole `*` are
 set and dict lookups, and only patterns with a wildcard inside a name (at most
-`protocol.MAX_WILDCARD_PATTERNS`) are regexes, whose answers are cached within
-a bound in entries and in characters.
+`protocol.MAX_WILDCARD_PATTERNS`) are matched one by one, each in time linear
+in the name (no regex, whose backtracking an app could choose), with their
+answers cached within a bound in entries and in characters.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from fnmatch import translate
 
 from sidecar.protocol import Pattern
 
@@ -37,8 +36,48 @@ class _Events:
             self.names.add(event)
 
 
-def _matcher(name: str) -> Callable[[str], object]:
-    return re.compile(translate(name)).match
+class Glob:
+    """A shell-style pattern (`*`, `?`) that matches a name in time linear in the name.
+
+    The part before the first `*` and the part after the last are checked where they must be, at the start and at
+    the end of the name; each part between two `*` is found with `str.find` after the previous one, the leftmost
+    occurrence being always the best. A `?` between two `*` would need a search that is not linear, so
+    protocol.Pattern refuses it.
+    """
+
+    __slots__ = ("_head", "_head_regex", "_middle", "_star", "_tail", "_tail_regex")
+
+    def __init__(self, pattern: str) -> None:
+        parts = pattern.split("*")
+        self._star = len(parts) > 1
+        self._head, self._head_regex = parts[0], _fixed(parts[0])
+        self._tail = parts[-1] if self._star else ""
+        self._tail_regex = _fixed(self._tail)
+        self._middle = [part for part in parts[1:-1] if part]
+
+    def __call__(self, name: str) -> bool:
+        head, tail = self._head, self._tail
+        end = len(name) - len(tail)
+        if end < len(head) or (end > len(head) and not self._star):
+            return False
+        if not (name.startswith(head) if self._head_regex is None else self._head_regex.match(name)):
+            return False
+        if not (name.endswith(tail) if self._tail_regex is None else self._tail_regex.match(name, end)):
+            return False
+        start = len(head)
+        for part in self._middle:
+            start = name.find(part, start, end)
+            if start < 0:
+                return False
+            start += len(part)
+        return True
+
+
+def _fixed(part: str) -> re.Pattern[str] | None:
+    """A regex for a part of a pattern without `*` that has a `?` (any one character); None if it has none."""
+    if "?" not in part:
+        return None
+    return re.compile("".join("." if c == "?" else re.escape(c) for c in part), re.DOTALL)
 
 
 class EventFilter:
@@ -49,10 +88,10 @@ class EventFilter:
     def __init__(self, patterns: list[Pattern]) -> None:
         self._any_path = _Events()  # the events wanted whatever the path
         self._by_path: dict[str, _Events] = {}
-        self._wildcards: list[tuple[Callable[[str], object], Callable[[str], object]]] = []
+        self._wildcards: list[tuple[Glob, Glob]] = []
         for pattern in patterns:
             if pattern.wildcard:
-                self._wildcards.append((_matcher(pattern.path), _matcher(pattern.event)))
+                self._wildcards.append((Glob(pattern.path), Glob(pattern.event)))
             elif pattern.path == "*":
                 self._any_path.add(pattern.event)
             else:
@@ -74,8 +113,8 @@ class EventFilter:
         wanted = self._cache.get(key)
         if wanted is None:
             wanted = False
-            for path_match, event_match in self._wildcards:
-                if path_match(path) is not None and event_match(event) is not None:
+            for path_matches, event_matches in self._wildcards:
+                if path_matches(path) and event_matches(event):
                     wanted = True
                     break
             chars = len(path) + len(event)

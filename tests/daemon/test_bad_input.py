@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 
+from sidecar.protocol import MAX_WILDCARD_PATTERNS
 from tests.conftest import Connect
 from tests.utils import TIMEOUT, RawClient, SpawnedDaemon, publish_frame, run_daemon, wait_for
 
@@ -247,14 +248,16 @@ async def test_hello_over_the_pattern_limits_is_refused_naming_the_limit(sock: P
             (["messages"] * 101, "at most 100 (--max-patterns)"),
             (["m" * 257], "at most 256 characters"),
             ([{"path": "messages", "event": "e" * 257}], "at most 256 characters"),
-            ([f"api{i}/*" for i in range(17)], "at most 16"),
+            ([f"api{i}/*" for i in range(MAX_WILDCARD_PATTERNS + 1)], f"at most {MAX_WILDCARD_PATTERNS}"),
+            ([{"path": "*/v?/*"}], "between two"),
         ]:
             await client.send({"type": "hello", "subscribe": subscribe})
             error = await client.frame()
             assert (error["type"], error["code"]) == ("error", "invalid_frame"), error
             assert "subscribe" in error["message"] and words in error["message"], error
         # Refused, not cut off: a hello within the limits is taken.
-        await client.send({"type": "hello", "subscribe": ["messages"] * 84 + [f"api{i}/*" for i in range(16)]})
+        most = ["messages"] * (100 - MAX_WILDCARD_PATTERNS) + [f"api{i}/*" for i in range(MAX_WILDCARD_PATTERNS)]
+        await client.send({"type": "hello", "subscribe": most})
         assert (await client.frame())["type"] == "welcome"
 
 

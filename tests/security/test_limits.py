@@ -75,7 +75,7 @@ async def test_the_largest_hello_and_unique_paths_do_not_delay_another_app(sock:
 
         async def publish_unique_paths(first: int) -> None:
             for start in range(first, first + 30_000, 500):
-                await flood.send(b"".join(b'{"type":"publish","path":"%02d%s%d","event":"e"}\n' % (i % 16, pad, i)
+                await flood.send(b"".join(b'{"type":"publish","path":"%s%dz","event":"e"}\n' % (pad, i)
                                           for i in range(start, start + 500)))
             await flood.send({"type": "ping"})
             await flood.frame_of("pong", timeout=120)  # all of them handled
@@ -84,8 +84,9 @@ async def test_the_largest_hello_and_unique_paths_do_not_delay_another_app(sock:
         await publish_unique_paths(0)
         without = daemon.cpu_seconds() - started
         most = Settings.model_fields["max_patterns"].default
-        # Wildcards that are slow to fail on the paths published, then exact names of the longest length.
-        wildcards = [{"path": f"{i:02d}*{'x*' * 120}z", "event": "*"} for i in range(MAX_WILDCARD_PATTERNS)]
+        # Wildcards that each search the whole of every path published for a part it never finds, then exact names
+        # of the longest length.
+        wildcards = [{"path": f"*xxxxxxxx{'y' * (i + 1)}*z", "event": "*"} for i in range(MAX_WILDCARD_PATTERNS)]
         exact = [{"path": f"{i:04d}".ljust(MAX_PATTERN_LENGTH, "p"), "event": f"{i:04d}".ljust(MAX_PATTERN_LENGTH, "e")}
                  for i in range(most - len(wildcards))]
         await connect(sock, {"subscribe": wildcards + exact})  # it receives none of these events
@@ -108,8 +109,9 @@ async def test_the_largest_hello_and_unique_paths_do_not_delay_another_app(sock:
               f"({most} patterns) connected, during which {len(pings)} pings took at most {max(pings) * 1000:.0f} ms "
               f"and {len(events)} events at most {max(events) * 1000:.0f} ms")
         assert with_hello < 3 * without + 0.3, "the patterns cost more than the events themselves"
-        # A few milliseconds on a quiet machine: the bound leaves room for a busy one (before: over a second).
-        assert max(pings) < 1 and max(events) < 1, (max(pings), max(events))
+        # Milliseconds to tens of them on a quiet machine; the bounds leave room for a busy one (before: seconds).
+        delays = sorted(pings + events)
+        assert delays[len(delays) // 2] < 0.5 and delays[-1] < 2, delays
         assert await daemon.stop() == 0
     finally:
         daemon.kill()
