@@ -14,6 +14,7 @@ const net = require('node:net');
 const crypto = require('node:crypto');
 const { EventEmitter } = require('node:events');
 const { Backoff } = require('./backoff');
+const { HeldPublishes } = require('./held');
 const { debug, describeError } = require('./warnings');
 const { LineSplitter } = require('./lines');
 const { waitFor } = require('./wait');
@@ -65,19 +66,15 @@ class Connection extends EventEmitter {
     this._handshakeTimer = null;
     this._lines = new LineSplitter(options.maxReceiveBytes, (line) => this._line(line), () => this._oversized());
     this._everConnected = false;
-    // Written but not yet acknowledged, in publish order: id -> { line, bytes }.
-    this._unacked = new Map();
-    // Not yet written, in publish order.
-    this._queue = [];
-    this._heldBytes = 0;
+    this._held = new HeldPublishes(options.maxPending, options.maxPendingBytes);
   }
 
   get held() {
-    return this._unacked.size + this._queue.length;
+    return this._held.count;
   }
 
   get heldBytes() {
-    return this._heldBytes;
+    return this._held.bytes;
   }
 
   /** The largest publish frame sent: maxFrameBytes, or the daemon's limit once it told a smaller one. */
@@ -113,25 +110,21 @@ class Connection extends EventEmitter {
       return { status: Published.TOO_LARGE, bytes: bytes - 1 };
     }
     const entry = { id, line, bytes };
-    const writable = this.connected && this._queue.length === 0 && !this._congested();
-    if (!this._fits(bytes)) {
-      if (!writable) {
+    const writable = this.connected && !this._held.unwritten && !this._congested();
+    if (!writable) {
+      if (!this._held.fits(bytes)) {
         return { status: Published.FULL, bytes };
       }
-      this._forgetOldest(bytes);
+      this._held.queue(entry);
+      return { status: Published.HELD, bytes };
     }
-    this._heldBytes += bytes;
-    if (writable) {
-      this._unacked.set(id, entry);
-      this._socket.write(line);
-      return { status: Published.SENT, bytes };
+    const forgotten = this._held.forgetOldest(bytes);
+    this._held.written(entry);
+    this._socket.write(line);
+    if (forgotten > 0) {
+      this._ackBacklog();
     }
-    this._queue.push(entry);
-    return { status: Published.HELD, bytes };
-  }
-
-  _fits(bytes) {
-    return this.held < this.options.maxPending && this._heldBytes + bytes <= this.options.maxPendingBytes;
+    return { status: Published.SENT, bytes };
   }
 
   _congested() {
@@ -139,51 +132,25 @@ class Connection extends EventEmitter {
   }
 
   /**
-   * Connected, but the daemon has not acknowledged `maxPending` publishes (its broker is away): stop
-   * keeping the oldest ones for re-sending. They are with the daemon, whose outbox holds them; only a
+   * Connected, but the daemon has not acknowledged `maxPending` publishes (its broker is away): the oldest
+   * ones were no longer kept for re-sending. They are with the daemon, whose outbox holds them; only a
    * daemon restart before the broker is back would lose them.
    */
-  _forgetOldest(bytes) {
-    let forgotten = 0;
-    for (const [id, entry] of this._unacked) {
-      if (this._fits(bytes)) {
-        break;
-      }
-      this._unacked.delete(id);
-      this._heldBytes -= entry.bytes;
-      forgotten += 1;
-    }
-    if (forgotten > 0) {
-      this.options.warn('ack_backlog', `${this.held} publishes are not yet acknowledged by syncar (a burst, or its ` +
-        'broker is down); the oldest are no longer kept for re-sending should syncar restart now (maxPending/maxPendingBytes)');
-    }
+  _ackBacklog() {
+    this.options.warn('ack_backlog', `${this.held} publishes are not yet acknowledged by syncar (a burst, or its ` +
+      'broker is down); the oldest are no longer kept for re-sending should syncar restart now (maxPending/maxPendingBytes)');
   }
 
   _settle(id) {
-    const entry = this._unacked.get(id);
-    if (entry !== undefined) {
-      this._unacked.delete(id);
-      this._heldBytes -= entry.bytes;
-      if (this._unacked.size === 0 && this._queue.length === 0) {
-        this.emit('settled');
-      }
+    if (this._held.settle(id) && this.held === 0) {
+      this.emit('settled');
     }
   }
 
-  /** Write queued publishes, in order, until the socket's buffer is full again. */
+  /** Write held publishes, in order, until the socket's buffer is full again. */
   _flush() {
-    if (!this.connected) {
-      return;
-    }
-    let written = 0;
-    while (written < this._queue.length && !this._congested()) {
-      const entry = this._queue[written];
-      this._unacked.set(entry.id, entry);
-      this._socket.write(entry.line);
-      written += 1;
-    }
-    if (written > 0) {
-      this._queue.splice(0, written);
+    if (this.connected) {
+      this._held.writeQueued((entry) => this._socket.write(entry.line), () => !this._congested());
     }
   }
 
@@ -397,15 +364,7 @@ class Connection extends EventEmitter {
   /** Held publishes this daemon would refuse as too large: refused here instead of sent. */
   _dropTooLarge() {
     const limit = this.maxFrameBytes;
-    const tooLarge = (entry) => entry.bytes - 1 > limit;
-    const refused = [...this._unacked.values(), ...this._queue].filter(tooLarge);
-    if (refused.length === 0) {
-      return;
-    }
-    this._queue = this._queue.filter((entry) => !tooLarge(entry));
-    for (const entry of refused) {
-      this._unacked.delete(entry.id);
-      this._heldBytes -= entry.bytes;
+    for (const entry of this._held.remove((held) => held.bytes - 1 > limit)) {
       this.emit('refused', { id: entry.id, code: 'frame_too_large', message: `the event is ${entry.bytes - 1} bytes; ` +
         `syncar takes at most ${limit} (its --max-frame-bytes); it was held while syncar was unreachable` });
     }
@@ -427,7 +386,7 @@ class Connection extends EventEmitter {
     const socket = this._socket;
     // What was written to a previous connection and never acknowledged goes first, in publish order;
     // the daemon may not have read it before it went away.
-    for (const entry of this._unacked.values()) {
+    for (const entry of this._held.unacknowledged()) {
       socket.write(entry.line);
     }
     this.connected = true;

@@ -311,6 +311,35 @@ class RawPeer extends EventEmitter {
   }
 }
 
+/**
+ * A daemon scripted by hand (protocol v1) on `socket`, for what a real one cannot be made to do: it welcomes each
+ * hello, and acknowledges a publish only if `ack(connection)` holds. `server.connections` lists the connections in
+ * order, each `{ number, conn, frames }` with the frames it received; each frame is emitted as 'frame'.
+ */
+async function startScriptedDaemon(socket, { ack = () => true } = {}) {
+  const connections = [];
+  const server = net.createServer((conn) => {
+    const connection = { number: connections.length + 1, conn, frames: [] };
+    connections.push(connection);
+    readLines(conn, (line) => {
+      const frame = JSON.parse(line);
+      connection.frames.push(frame);
+      server.emit('frame', connection, frame);
+      if (frame.type === 'hello') {
+        conn.write(`${JSON.stringify({ type: 'welcome', version: 1, instance: `scripted-${connection.number}`,
+          backend: 'local', broker: 'up', epoch: `e${connection.number}`, seq: 0, client_id: frame.client_id,
+          resumed: false })}\n`);
+      } else if (frame.type === 'publish' && ack(connection)) {
+        conn.write(`${JSON.stringify({ type: 'ack', id: frame.id })}\n`);
+      }
+    });
+  });
+  server.connections = connections;
+  server.listen(socket);
+  await once(server, 'listening');
+  return server;
+}
+
 /** A Feathers app in its own process (test/fixtures/app-process.js), driven over IPC. */
 class AppProcess extends EventEmitter {
   constructor(name, socket) {
@@ -386,6 +415,7 @@ module.exports = {
   removeDir,
   startDaemon,
   startRedis,
+  startScriptedDaemon,
   tempDir,
   waitForEvent,
   waitUntil,

@@ -4,14 +4,12 @@
 
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const net = require('node:net');
 const path = require('node:path');
-const { once } = require('node:events');
 const { feathers } = require('@feathersjs/feathers');
 const { MemoryService } = require('@feathersjs/memory');
 const syncar = require('..');
 const { isRemote } = syncar;
-const { RawPeer, readLines, removeDir, startDaemon, tempDir, waitForEvent, waitUntil } = require('./helpers');
+const { RawPeer, removeDir, startDaemon, startScriptedDaemon, tempDir, waitForEvent, waitUntil } = require('./helpers');
 
 const TIMEOUT = 15_000;
 
@@ -136,37 +134,47 @@ describe('reconnects', () => {
     assert.deepEqual(peer.events().map((f) => f.data.n), [1, 2, 3, 4, 5, 'marker']);
   });
 
+  it('keeps at most maxPending unacknowledged publishes for re-sending, forgetting the oldest with a warning', async () => {
+    // A daemon that acknowledges nothing (its broker is away): every publish is written, only the newest are kept.
+    const server = await startScriptedDaemon(path.join(dir, 'no-acks.sock'), { ack: ({ number }) => number > 1 });
+    cleanup.push(() => new Promise((resolve) => server.close(resolve)));
+    const app = makeApp(server.address(), { maxPending: 3 });
+    cleanup.push(() => app.sync.close());
+    const warnings = [];
+    app.sync.on('warning', (w) => warnings.push(w));
+    await app.sync.ready;
+    const [first] = server.connections;
+    const written = waitForEvent(server, 'frame', {
+      filter: (c) => c === first && c.frames.filter((f) => f.type === 'publish').length === 5, timeout: TIMEOUT,
+    });
+    for (let n = 1; n <= 5; n += 1) {
+      await app.service('messages').create({ n });
+    }
+    await written;
+    assert.equal(app.sync.pending, 3);
+    assert.equal(app.sync.stats.published, 5);
+    assert.deepEqual(warnings.map((w) => w.code), ['ack_backlog', 'ack_backlog']);
+    assert.match(warnings[0].message, /3 publishes are not yet acknowledged by syncar .* no longer kept for re-sending/);
+
+    const lost = waitForEvent(app.sync, 'disconnect', { timeout: TIMEOUT });
+    first.conn.destroy();
+    await lost;
+    await waitUntil(app.sync.connection, 'settled', () => app.sync.pending === 0, { timeout: TIMEOUT });
+    assert.deepEqual(server.connections[1].frames.filter((f) => f.type === 'publish').map((f) => f.data.n), [3, 4, 5]);
+  });
+
   it('re-sends, in order, publishes written to a daemon that vanished before acknowledging them', async () => {
     // A scripted daemon (protocol v1 by hand): the first connection reads publishes and dies without an
     // ack, as a syncar killed with SIGKILL would; the second acknowledges everything.
-    const socket = path.join(dir, 'scripted.sock');
-    const connections = [];
-    const server = net.createServer((conn) => {
-      const seen = { lines: [], conn };
-      connections.push(seen);
-      server.emit('client', seen);
-      readLines(conn, (line) => {
-        const frame = JSON.parse(line);
-        seen.lines.push(frame);
-        server.emit('frame', seen, frame);
-        if (frame.type === 'hello') {
-          conn.write(`${JSON.stringify({ type: 'welcome', version: 1, instance: `scripted-${connections.length}`,
-            backend: 'local', broker: 'up', epoch: `e${connections.length}`, seq: 0, client_id: frame.client_id,
-            resumed: false })}\n`);
-        } else if (frame.type === 'publish' && connections.length > 1) {
-          conn.write(`${JSON.stringify({ type: 'ack', id: frame.id })}\n`);
-        }
-      });
-    });
-    server.listen(socket);
-    await once(server, 'listening');
+    const server = await startScriptedDaemon(path.join(dir, 'scripted.sock'), { ack: ({ number }) => number > 1 });
+    const { connections } = server;
     cleanup.push(() => new Promise((resolve) => server.close(resolve)));
 
-    const app = makeApp(socket);
+    const app = makeApp(server.address());
     cleanup.push(() => app.sync.close());
     await app.sync.ready;
     const firstThree = waitForEvent(server, 'frame', {
-      filter: (seen) => seen === connections[0] && seen.lines.filter((f) => f.type === 'publish').length === 3,
+      filter: (seen) => seen === connections[0] && seen.frames.filter((f) => f.type === 'publish').length === 3,
       timeout: TIMEOUT,
     });
     for (let n = 1; n <= 3; n += 1) {
@@ -180,14 +188,14 @@ describe('reconnects', () => {
     await app.service('messages').create({ n: 4 }); // held: not yet written anywhere
     await waitForEvent(app.sync, 'connect', { timeout: TIMEOUT });
     await waitUntil(app.sync.connection, 'settled', () => app.sync.pending === 0, { timeout: TIMEOUT });
-    const resent = connections[1].lines.filter((f) => f.type === 'publish');
+    const resent = connections[1].frames.filter((f) => f.type === 'publish');
     assert.deepEqual(resent.map((f) => f.data.n), [1, 2, 3, 4]);
     assert.deepEqual(resent.slice(0, 3).map((f) => f.id),
-      connections[0].lines.filter((f) => f.type === 'publish').map((f) => f.id), 'the same ids, so they can be de-duplicated');
-    const [first, second] = connections.map((c) => c.lines[0].client_id);
+      connections[0].frames.filter((f) => f.type === 'publish').map((f) => f.id), 'the same ids, so they can be de-duplicated');
+    const [first, second] = connections.map((c) => c.frames[0].client_id);
     assert.equal(second, first, 'the same client_id too: the daemon scopes the ids with it');
     assert.match(first, /^[0-9a-f]{32}$/);
     assert.ok(resent.every((f) => !f.id.includes(first)), 'the ids, which other apps see, do not reveal the client_id');
-    assert.deepEqual(connections[1].lines[0].resume, { epoch: 'e1', seq: 0 });
+    assert.deepEqual(connections[1].frames[0].resume, { epoch: 'e1', seq: 0 });
   });
 });
