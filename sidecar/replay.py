@@ -57,6 +57,7 @@ class ReplayBuffer:
         self.max_bytes = max_bytes
         self._entries: deque[Entry] = deque()
         self.bytes = 0
+        self._last = 0  # the seq of the newest entry appended, kept or not
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -65,6 +66,7 @@ class ReplayBuffer:
         entries = self._entries
         entries.append(entry)
         self.bytes += len(entry.part)
+        self._last = entry.seq
         while entries and (len(entries) > self.max_events or self.bytes > self.max_bytes):
             self.bytes -= len(entries.popleft().part)
 
@@ -72,9 +74,9 @@ class ReplayBuffer:
         """The entries newer than `seq`, oldest first, or None if some of them are gone already. Take them before the
         buffer changes: appending to it ends the iteration with a RuntimeError."""
         entries = self._entries
-        if not entries:
-            return iter(())
-        first = entries[0].seq
+        # Empty, the buffer may still have dropped entries newer than `seq` (with a limit of 0, or an entry alone
+        # over the byte limit).
+        first = entries[0].seq if entries else self._last + 1
         if seq < first - 1:
             return None
         return islice(entries, seq - first + 1, None)

@@ -292,3 +292,17 @@ async def test_resume_and_hello_fields_of_the_wrong_type_are_refused(sock: Path,
             assert error["message"].startswith(f"hello: {field}: "), (hello, error)
         await client.send({"type": "hello", "resume": {"epoch": "e", "seq": 0}, "echo": True, "version": 1})
         assert (await client.frame())["type"] == "welcome"
+
+
+async def test_resume_with_no_replay_buffer_is_a_gap_and_live_events_follow(sock: Path, connect: Connect) -> None:
+    async with run_daemon(sock, replay_events=0):
+        publisher = await connect(sock, {})
+        for data in ("one", "two"):
+            await publisher.send(publish_frame(data=data))
+        await publisher.send({"type": "ping"})
+        await publisher.frame_of("pong")
+        late = await connect(sock, {"resume": {"epoch": publisher.welcome["epoch"], "seq": 1}})
+        assert late.welcome["resumed"] is False
+        assert (await late.frame())["code"] == "resume_gap"
+        await publisher.send(publish_frame(data="three"))
+        assert (await late.frame_of("event"))["data"] == "three"

@@ -44,3 +44,14 @@ def test_shared_strings_stay_bounded_in_count_and_length() -> None:
         assert len(shared) <= 100
     long = "x" * 51
     assert shared[long] is long and long not in shared
+
+
+def test_an_empty_buffer_still_says_what_it_has_dropped() -> None:
+    """With nothing kept (a limit of 0, or an event alone over the byte limit), a resume from before the events it
+    dropped is a gap, not an empty replay (which left a resuming client waiting for events that would not come)."""
+    buffer = ReplayBuffer(max_events=10, max_bytes=5)
+    buffer.append(entry(1))
+    buffer.append(entry(2))
+    assert len(buffer) == 0
+    assert buffer.after(0) is None and buffer.after(1) is None
+    assert list(buffer.after(2) or [None]) == []
