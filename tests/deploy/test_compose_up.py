@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import subprocess
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ def stand_in_contexts(root: Path) -> dict[str, Path]:
 class Project:
     podman: Podman
     env: dict[str, str]
+    metrics_ports: dict[str, int]  # pair -> the host's loopback port published for its syncar's 9464
 
     def container(self, service: str) -> str:
         return f"{self.env['COMPOSE_PROJECT_NAME']}_{service}_1"
@@ -81,10 +83,10 @@ class Project:
                                 cwd=COMPOSE_DIR, env=self.env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, f"podman-compose {' '.join(args)}:\n{result.stdout}{result.stderr[-5000:]}"
 
-    def clients(self, service: str) -> float:
-        metrics = self.podman("exec", self.container(service), "python", "-c",
-                              "import urllib.request; print(urllib.request.urlopen("
-                              "'http://127.0.0.1:9464/metrics').read().decode())").stdout
+    def clients(self, pair: str) -> float:
+        """syncar_clients of a pair's syncar, through the port the compose file publishes on the loopback."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_ports[pair]}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
         found = re.search(r"^syncar_clients (\S+)$", metrics, re.MULTILINE)
         assert found, metrics
         return float(found.group(1))
@@ -100,13 +102,14 @@ async def project(podman: Podman, tmp_path: Path) -> AsyncIterator[Project]:
     # The stand-ins in place of the registry's images, and free loopback ports for the metrics in place of 9464
     # and 9465 (`!override`: compose would append to the list).
     override = tmp_path / "stand-ins.yml"
+    ports = {pair: free_port() for pair in ("a", "b")}
     override.write_text(f"services:\n  broker:\n    image: {REDIS}\n" + "".join(
         f"  app-{pair}:\n    build:\n      args: {{NODE_IMAGE: {NODE}}}\n"
-        f"  syncar-{pair}:\n    ports: !override [\"127.0.0.1:{free_port()}:9464\"]\n" for pair in ("a", "b")))
+        f"  syncar-{pair}:\n    ports: !override [\"127.0.0.1:{port}:9464\"]\n" for pair, port in ports.items()))
     name = f"syncar-test-{uuid.uuid4().hex[:8]}"
     env = {**podman.env, "COMPOSE_PROJECT_NAME": name, "PODMAN_COMPOSE": tool("podman-compose"),
            "COMPOSE_FILES": f"-p {name} -f docker-compose.yml -f {override}"}
-    project = Project(podman, env)
+    project = Project(podman, env, ports)
     try:
         project.compose("build", "app-a", "app-b")
         project.compose("up", "--detach")
@@ -140,7 +143,7 @@ async def test_the_readme_demo_passes(project: Project) -> None:
         assert stream.stdout is not None and tail.stdout is not None
         hello = await asyncio.wait_for(stream.stdout.readline(), TIMEOUT)
         assert json.loads(hello.removeprefix(b"data: "))["syncar"] == "syncar-b"
-        await wait_for(lambda: project.clients("syncar-b") == 2, timeout=TIMEOUT, what="tail connected to syncar-b")
+        await wait_for(lambda: project.clients("b") == 2, timeout=TIMEOUT, what="tail connected to syncar-b")
 
         create = await project.shell(commands["create"])
         out, err = await asyncio.wait_for(create.communicate(), TIMEOUT)
