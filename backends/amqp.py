@@ -14,8 +14,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import random
+import math
 import re
+import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar, cast
@@ -53,6 +55,8 @@ from backends.base import (
     Subscription,
     tls_refused,
 )
+from sidecar.backoff import DEFAULT_INITIAL, Backoff
+from sidecar.logging import Outage
 
 __all__ = ["BINDING_KEY", "DEFAULT_PREFETCH", "AmqpBackend", "AmqpSubscription"]
 
@@ -62,7 +66,7 @@ DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
 #: The broker's answers to a connect that mean "not you", as opposed to "not now".
 REFUSALS = (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.AuthenticationError,
             aiormq.exceptions.ConnectionNotAllowed)
-DEFAULT_RECONNECT_INTERVAL = 0.5  # seconds; each wait is a random 1-2x of it
+DEFAULT_RECONNECT_INTERVAL = DEFAULT_INITIAL  # the first wait between attempts; then doubling up to the cap
 DEFAULT_HEARTBEAT = 10  # seconds: a silently dead broker is noticed in ~33 s, not aiormq's default ~3 min
 DEFAULT_PUBLISH_TIMEOUT = 10.0
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # RabbitMQ refuses over 128 MiB by default
@@ -106,17 +110,34 @@ async def _discard(closable: AbstractRobustConnection | AbstractRobustChannel) -
         async with asyncio.timeout(CLOSE_TIMEOUT):
             await closable.close()
 
-class JitteredRobustConnection(aio_pika.RobustConnection):
-    """Waits a random 1-2x `reconnect_interval` between attempts: a fleet must not come back in lockstep."""
+class BackingOffRobustConnection(aio_pika.RobustConnection):
+    """aio-pika's robust connection, waiting between attempts as `backoff` says and telling `on_failure` of each.
+
+    aio-pika's reconnect loop reads `reconnect_interval` inside the `except` block of every failed attempt (for its
+    log line, which our logging config silences), maybe again in a close callback the failure runs, and for its
+    sleep. The first read that sees an exception after the last wait draws the next delay and reports the failure;
+    the others return that delay. `reconnect_interval` from the URI is the first wait (capped by
+    `--reconnect-max-delay`).
+    """
 
     base_interval: float = DEFAULT_RECONNECT_INTERVAL
+    backoff = Backoff()
+    on_failure: Callable[[BaseException, float], None] | None = None
+    _delay = DEFAULT_RECONNECT_INTERVAL
+    _drawn_at = -math.inf
 
     @property
-    def reconnect_interval(self) -> float:  # read anew for each wait (and for aio-pika's log line, not the same)
-        return self.base_interval * random.uniform(1.0, 2.0)
+    def reconnect_interval(self) -> float:
+        failure, now = sys.exc_info()[1], time.monotonic()
+        # Half the last delay: the reads of one attempt come within milliseconds, the next attempt after the sleep.
+        if failure is not None and now - self._drawn_at >= self._delay / 2:
+            self._delay, self._drawn_at = self.backoff.next(), now
+            if self.on_failure is not None:
+                self.on_failure(failure, self._delay)
+        return self._delay
 
     @reconnect_interval.setter
-    def reconnect_interval(self, value: float) -> None:
+    def reconnect_interval(self, value: float) -> None:  # aio-pika's constructor, from the URI
         self.base_interval = float(value)
 
 
@@ -129,7 +150,7 @@ class AmqpBackend(Backend):
         super().__init__(config, on_state=on_state)
         self.publish_timeout = DEFAULT_PUBLISH_TIMEOUT
         self.topology = Topology(config.mode, config.instance_id, config.retention, config.instance_ttl)
-        self._connection: JitteredRobustConnection | None = None
+        self._connection: BackingOffRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
         self._exchanges: dict[str, AbstractRobustExchange] = {}
         self._subscriptions: list[AmqpSubscription] = []
@@ -137,6 +158,8 @@ class AmqpBackend(Backend):
         self._restore_wanted = asyncio.Event()
         self._keeper: asyncio.Task[None] | None = None
         self._closing = False
+        self._outage = Outage(log)
+        self._restore_backoff = Backoff(cap=config.reconnect_max_delay)
         self._where = "the broker"
         self._secrets: tuple[str, ...] = ()
 
@@ -166,8 +189,11 @@ class AmqpBackend(Backend):
     async def start(self) -> None:
         if self._closing:
             raise BackendClosed("amqp: backend is closed")
-        # What aio_pika.connect_robust() does, with our jittered class and a handle to close if it fails.
-        connection = JitteredRobustConnection(self._url())
+        # What aio_pika.connect_robust() does, with our class and a handle to close if it fails.
+        connection = BackingOffRobustConnection(self._url())
+        cap = self.config.reconnect_max_delay
+        connection.backoff = Backoff(min(connection.base_interval, cap), cap)
+        connection.on_failure = self._on_attempt_failed
         try:
             async with asyncio.timeout(self.config.connect_timeout):
                 await connection.connect(timeout=self.config.connect_timeout)
@@ -302,10 +328,13 @@ class AmqpBackend(Backend):
         if self._closing or self._connection is None:
             return
         if self.state is BackendState.CONNECTED:
-            interval = self._connection.base_interval
-            log.warning("amqp: connection to %s lost (%s); reconnecting every %.1f-%.1fs", self._where,
-                        self._clean(exc) if exc is not None else "closed", interval, 2 * interval)
+            self._outage.began("amqp: connection to %s lost (%s); reconnecting", self._where,
+                               self._clean(exc) if exc is not None else "closed")
         self._set_state(BackendState.RECONNECTING)
+
+    def _on_attempt_failed(self, exc: BaseException, delay: float) -> None:
+        self._outage.failed("amqp: reconnect to %s failed (%s); next attempt in %.1fs", self._where,
+                            self._clean(exc), delay)
 
     def _on_reopened(self, _sender: object) -> None:  # the connection, or one subscription's channel alone
         self._restore_wanted.set()
@@ -318,8 +347,8 @@ class AmqpBackend(Backend):
             try:
                 await self._restore()
             except BROKER_ERRORS as exc:  # channel errors (AMQPChannelError) are AMQPErrors; TimeoutError an OSError
-                delay = DEFAULT_RECONNECT_INTERVAL * random.uniform(1.0, 2.0)
-                log.warning("amqp: subscribing again failed, retrying in %.1fs: %s", delay, self._clean(exc))
+                delay = self._restore_backoff.next()
+                self._outage.failed("amqp: subscribing again failed, retrying in %.1fs: %s", delay, self._clean(exc))
                 log.debug("amqp: restore failure", exc_info=True)
                 await asyncio.sleep(delay)
                 self._restore_wanted.set()
@@ -343,6 +372,8 @@ class AmqpBackend(Backend):
         # The connection may have dropped again meanwhile; then the next reconnect restores.
         if self._closing or not connection.connected.is_set() or publish_channel.is_closed:
             return
-        if self.state is not BackendState.CONNECTED:
-            log.info("amqp: reconnected to %s; %d subscription(s) restored", self._where, restored)
+        self._outage.ended("amqp: reconnected to %s after %.1fs (%d failed attempts); %d subscription(s) restored",
+                           self._where, self._outage.seconds, self._outage.failures, restored)
+        connection.backoff.reset()
+        self._restore_backoff.reset()
         self._set_state(BackendState.CONNECTED)

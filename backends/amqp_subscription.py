@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Callable
 
 import aiormq.abc
@@ -25,12 +24,14 @@ from pamqp.commands import Basic
 
 from backends.amqp_topology import Topology
 from backends.base import Handler, Message, Subscription
+from sidecar.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFETCH = 256  # unacknowledged messages per consumer
 ACK_EVERY = 64  # acknowledge (multiple=True) at least this often, and whenever the handler catches up
-REDELIVERY_DELAY = 0.5  # seconds (a random 1-2x) before a failed message comes back: a poison message must not spin
+#: Seconds before a failed message comes back, doubling while it keeps failing: a poison message must not spin.
+REDELIVERY_DELAY, MAX_REDELIVERY_DELAY = 0.5, 5.0
 DRAIN_TIMEOUT = 5.0  # how long unsubscribe() lets a running handler finish
 CLOSE_TIMEOUT = 5.0
 
@@ -57,6 +58,7 @@ class AmqpSubscription(Subscription):
         self.consumer_tag: str | None = None
         self._underlay: aiormq.abc.AbstractChannel | None = None
         self._inbox: asyncio.Queue[aiormq.abc.DeliveredMessage | None] = asyncio.Queue()  # bounded by prefetch
+        self._redelivery = Backoff(REDELIVERY_DELAY, MAX_REDELIVERY_DELAY)
         self._worker = asyncio.create_task(self._work(), name=f"syncar-amqp-{topic}")
 
     async def live(self) -> bool:
@@ -116,6 +118,8 @@ class AmqpSubscription(Subscription):
                 # No REDELIVERY in broadcast mode: the message is dropped for this subscriber.
                 log.error("amqp: subscriber of %r failed, message dropped: %s", self.topic, exc)
                 log.debug("amqp: subscriber failure", exc_info=True)
+            else:
+                self._redelivery.reset()
             handled, count = message, count + 1
             if count >= ACK_EVERY or self._inbox.empty():
                 await self._ack(handled)
@@ -125,7 +129,7 @@ class AmqpSubscription(Subscription):
 
     async def _redeliver(self, handled: aiormq.abc.DeliveredMessage | None, failed: aiormq.abc.DeliveredMessage,
                          exc: Exception) -> None:
-        delay = REDELIVERY_DELAY * random.uniform(1.0, 2.0)
+        delay = self._redelivery.next()
         log.error("amqp: subscriber of %r failed, the message comes back in %.1fs: %s", self.topic, delay, exc)
         log.debug("amqp: subscriber failure", exc_info=True)
         if handled is not None:

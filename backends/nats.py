@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, ClassVar
@@ -44,21 +42,21 @@ from backends.base import (
 )
 from backends.nats_common import CONNECTION_ERRORS, describe, parse_uri, retrieve, settle
 from backends.nats_jetstream import DurableSubscription, JetStreamPublisher
+from sidecar.backoff import Backoff
+from sidecar.logging import Outage, RateLimitedLogger
 
 __all__ = ["NatsBackend", "describe", "parse_uri"]
 
 log = logging.getLogger(__name__)
 
-#: First and longest wait between reconnect attempts, each jittered by ±20% so that a fleet spreads out.
-RECONNECT_WAIT_MIN = 0.25
-RECONNECT_WAIT_MAX = 0.8
 #: Seconds for the server to confirm a publish or a subscription (nats-py's flush() takes whole seconds).
 CONFIRM_TIMEOUT = 5
 #: A connection that answers no PING for PING_INTERVAL * MAX_OUTSTANDING_PINGS seconds is dead (half-open TCP).
 PING_INTERVAL = 10
 MAX_OUTSTANDING_PINGS = 3
-#: Seconds between two warnings about the same outage or the same slow subscriber.
+#: Seconds between two warnings about the same slow subscriber.
 WARN_EVERY = 30.0
+slow_warnings = RateLimitedLogger(log, WARN_EVERY)
 
 
 class NatsSubscription(Subscription):
@@ -107,7 +105,8 @@ class NatsBackend(Backend):
         # Resolved when the current connection is lost, so that a publish awaiting its confirmation fails at once.
         self._lost: asyncio.Future[None] | None = None
         self._revive_task: asyncio.Task[None] | None = None
-        self._failures, self._warned_at, self._slow_warned_at = 0, -math.inf, -math.inf
+        self._backoff = Backoff(cap=config.reconnect_max_delay)
+        self._outage = Outage(log)
         self.where = "nats"  # the servers, without credentials, for messages
 
     def supports(self, feature: Feature) -> bool:
@@ -148,7 +147,7 @@ class NatsBackend(Backend):
             **self._options, name=self.config.instance_id, allow_reconnect=True,
             connect_timeout=max(1, math.ceil(self.config.connect_timeout)),
             # nats-py annotates the wait as int but only sleeps on it; a float carries the jitter.
-            max_reconnect_attempts=-1, reconnect_time_wait=self._next_wait(),  # type: ignore[arg-type]
+            max_reconnect_attempts=-1, reconnect_time_wait=self._backoff.next(),  # type: ignore[arg-type]
             ping_interval=PING_INTERVAL, max_outstanding_pings=MAX_OUTSTANDING_PINGS,
             # No buffering while disconnected: publish() raises at once, and the core's outbox keeps the message.
             pending_size=0,
@@ -201,22 +200,14 @@ class NatsBackend(Backend):
         if self._client is client and not self._closing:
             await callback(client)
 
-    def _next_wait(self) -> float:
-        return min(RECONNECT_WAIT_MIN * (1 << min(self._failures, 8)), RECONNECT_WAIT_MAX) * random.uniform(0.8, 1.2)
-
     async def _on_error(self, client: Client, exc: Exception) -> None:
-        now = time.monotonic()
         if isinstance(exc, nats.errors.SlowConsumerError):
-            if now - self._slow_warned_at > WARN_EVERY:
-                self._slow_warned_at = now
-                log.warning("nats: subscriber too slow, nats-py dropped messages for it")
+            slow_warnings.warning("slow", "nats: subscriber too slow, nats-py dropped messages for it")
         elif self.state is BackendState.RECONNECTING:  # nats-py's own status says CONNECTING during the handshake
-            # nats-py sleeps options["reconnect_time_wait"] before its next attempt: jitter it every time.
-            client.options["reconnect_time_wait"] = wait = self._next_wait()
-            self._failures += 1
-            warn, self._warned_at = (True, now) if now - self._warned_at > WARN_EVERY else (False, self._warned_at)
-            log.log(logging.WARNING if warn else logging.DEBUG, "nats: reconnect attempt %d to %s failed: %s; "
-                    "next in %.2fs", self._failures, self.where, self._clean(describe(exc)), wait)
+            # nats-py sleeps options["reconnect_time_wait"] before its next attempt: back off, jittered, every time.
+            client.options["reconnect_time_wait"] = wait = self._backoff.next()
+            self._outage.failed("nats: reconnect to %s failed (%s); next attempt in %.1fs", self.where,
+                                self._clean(describe(exc)), wait)
         else:
             log.debug("nats: %s", self._clean(describe(exc)))
 
@@ -224,18 +215,16 @@ class NatsBackend(Backend):
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
         if self.state is BackendState.CONNECTED:
-            log.warning("nats: connection to %s lost; reconnecting", self.where)
+            self._outage.began("nats: connection to %s lost; reconnecting", self.where)
         self._set_state(BackendState.RECONNECTING)
 
     async def _on_reconnected(self, client: Client) -> None:
         if not self._tls_ok(client):
             log.error("nats: %s did not offer TLS, which the URI requires; reconnecting", self.where)
             return await client.force_reconnect()
-        self._failures, self._warned_at = 0, -math.inf
-        client.options["reconnect_time_wait"] = self._next_wait()
+        self._reconnected(client)
         self.max_message_bytes = client.max_payload
         self._lost = asyncio.get_running_loop().create_future()
-        log.info("nats: reconnected to %s", self.where)
         self._set_state(BackendState.CONNECTED)
         self._resume_durable()
 
@@ -257,17 +246,23 @@ class NatsBackend(Backend):
                 await self._on_error(old, exc)  # counts, jitters the next wait, warns now and then
                 continue
             # From here on the new client's own callbacks report its losses and restore its subscriptions.
-            self._client, self._failures = client, 0
+            self._client = client
             with contextlib.suppress(BackendError, *CONNECTION_ERRORS):
                 for subscription in self._subscriptions:
                     if isinstance(subscription, NatsSubscription):
                         await subscription.attach(client)
                 await self._confirm(client, self._lost)
             if client.is_connected and self.state is BackendState.RECONNECTING:
-                log.info("nats: connected to %s again", self.where)
+                self._reconnected(client)
                 self._set_state(BackendState.CONNECTED)
                 self._resume_durable()
             return
+
+    def _reconnected(self, client: Client) -> None:
+        self._outage.ended("nats: reconnected to %s after %.1fs (%d failed attempts)", self.where,
+                           self._outage.seconds, self._outage.failures)
+        self._backoff.reset()
+        client.options["reconnect_time_wait"] = self._backoff.next()
 
     def _resume_durable(self) -> None:
         # In the background: nothing waits in the stream meanwhile, and JetStream may need a moment after a restart.

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import math
-import random
 import re
 import time
 from collections.abc import Sequence
@@ -38,6 +37,8 @@ from backends.base import (
     Subscription,
 )
 from backends.nats_common import CONNECTION_ERRORS, describe, settle
+from sidecar.backoff import Backoff
+from sidecar.logging import RateLimitedLogger
 
 if TYPE_CHECKING:
     from backends.nats import NatsBackend
@@ -63,6 +64,7 @@ MAX_ACK_PENDING = 256
 ACK_WAIT = 30.0
 #: Back-off after a handler failed, before the message is delivered again.
 RETRY_MIN, RETRY_MAX = 0.25, 5.0
+#: Seconds between two lines about the same failing subscriber, or the same consumer that cannot be resumed yet.
 WARN_EVERY = 30.0
 ACK = b"+ACK"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -242,8 +244,8 @@ class DurableSubscription(Subscription):
         self._credit = 0  # messages asked for and not yet delivered
         self._heard = time.monotonic()
         self._position: int | None = None  # the stream sequence after the last one handled
-        self._failures = 0
-        self._warned_at = -math.inf
+        self._retry = Backoff(RETRY_MIN, RETRY_MAX, jitter=0.2)
+        self._warnings = RateLimitedLogger(log, WARN_EVERY)
         self._restore_task: asyncio.Task[None] | None = None
         self._attaching: asyncio.Future[None] | None = None
         self._again = False
@@ -317,7 +319,7 @@ class DurableSubscription(Subscription):
         except Exception as exc:
             self._failed(position, exc)
             return
-        self._failures = 0
+        self._retry.reset()
         self._position = int(position) + 1
         with contextlib.suppress(*CONNECTION_ERRORS):  # a lost ack: the message comes again, the relay drops it
             await self._client.publish(reply, ACK)  # type: ignore[union-attr]
@@ -325,12 +327,9 @@ class DurableSubscription(Subscription):
     def _failed(self, position: str, exc: Exception) -> None:
         """Not acknowledged: stop here, and after a back-off resume the consumer from this message, in order."""
         self._generation += 1
-        self._failures += 1
-        delay = min(RETRY_MIN * 2 ** (self._failures - 1), RETRY_MAX) * random.uniform(0.8, 1.2)
-        now = time.monotonic()
-        warn, self._warned_at = (True, now) if now - self._warned_at > WARN_EVERY else (False, self._warned_at)
-        log.log(logging.ERROR if warn else logging.DEBUG, "nats: subscriber failed on stream %s sequence %s "
-                "(%d in a row); it comes again in %.2fs: %s", self._stream, position, self._failures, delay, exc)
+        delay = self._retry.next()
+        self._warnings.error("failed", "nats: subscriber failed on stream %s sequence %s (%d in a row); it comes "
+                             "again in %.2fs: %s", self._stream, position, self._retry.attempts, delay, exc)
         log.debug("nats: subscriber failure", exc_info=True)
         self.restore_soon(delay)
 
@@ -358,10 +357,7 @@ class DurableSubscription(Subscription):
                 await asyncio.shield(attaching)
             except BackendError as exc:
                 # The watchdog tries again shortly; JetStream may still be recovering its store after a restart.
-                now = time.monotonic()
-                warn, self._warned_at = (True, now) if now - self._warned_at > WARN_EVERY else (False, self._warned_at)
-                log.log(logging.WARNING if warn else logging.DEBUG, "nats: cannot resume consumer %s yet: %s",
-                        self.consumer, exc)
+                self._warnings.warning("resume", "nats: cannot resume consumer %s yet: %s", self.consumer, exc)
 
     async def _watch(self) -> None:
         """Notice a consumer that went quiet: heartbeats stop when our pull requests are gone."""

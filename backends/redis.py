@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -50,11 +49,11 @@ from backends.redis_uri import (
     publish_error,
     stop_task,
 )
+from sidecar.backoff import Backoff
+from sidecar.logging import Outage
 
 log = logging.getLogger(__name__)
 
-#: Reconnect back-off: the first retry after at most this long, doubling up to the cap, with jitter.
-RECONNECT_INITIAL, RECONNECT_MAX = 0.1, 1.0
 #: What only durable mode gives: broadcast-mode instances do not claim them.
 DURABLE_FEATURES = frozenset({Feature.DURABLE, Feature.REDELIVERY})
 
@@ -107,6 +106,8 @@ class RedisBackend(Backend):
         self._silent: str | None = None  # why the watchdog dropped the connection
         self.where = "redis"  # host:port once started, for logs
         self._streams: Streams | None = None  # durable mode's consumer, made by start()
+        self._backoff = Backoff(cap=config.reconnect_max_delay)
+        self._outage = Outage(log)
 
     def supports(self, feature: Feature) -> bool:
         return feature in self.features and (self.config.mode is Mode.DURABLE or feature not in DURABLE_FEATURES)
@@ -259,7 +260,7 @@ class RedisBackend(Backend):
                 channel.confirmed.clear()
             if self._streams is not None:
                 self._streams.lost()
-            log.warning("redis: connection to %s lost (%s); reconnecting", self.where, reason)
+            self._outage.began("redis: connection to %s lost (%s); reconnecting", self.where, reason)
             self._set_state(BackendState.RECONNECTING)
             await self._drop_connections()  # best effort; idle publish connections too, they died with it
             await self._reconnect()
@@ -328,12 +329,10 @@ class RedisBackend(Backend):
                 await self._redis.connection_pool.disconnect(inuse_connections=everything)
 
     async def _reconnect(self) -> None:
-        """Try until connected and resubscribed, with capped exponential back-off and jitter."""
-        loop = asyncio.get_running_loop()
-        lost_at, delay, attempts = loop.time(), RECONNECT_INITIAL, 0
+        """Try until connected and resubscribed, backing off; the outage is logged once, then summarised."""
+        backoff, delay = self._backoff, self._backoff.next()
         while True:  # until the broker is back, or close() cancels us
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-            attempts += 1
+            await asyncio.sleep(delay)
             try:
                 await self._resubscribe()
                 break
@@ -341,12 +340,13 @@ class RedisBackend(Backend):
                 if self._closed:
                     return
                 await self._drop_connections()
-                delay = min(delay * 2, RECONNECT_MAX)
-                log.warning("redis: reconnect to %s failed (%s); next attempt within %.1fs", self.where,
-                            describe_error(exc, self._options), delay)
+                delay = backoff.next()
+                self._outage.failed("redis: reconnect to %s failed (%s); next attempt in %.1fs", self.where,
+                                    describe_error(exc, self._options), delay)
         restored = f"{len(self._streams)} streams" if self._streams is not None else f"{len(self._channels)} channels"
-        log.info("redis: reconnected to %s after %.1fs (%d attempts); %s resubscribed", self.where,
-                 loop.time() - lost_at, attempts, restored)
+        self._outage.ended("redis: reconnected to %s after %.1fs (%d attempts); %s resubscribed", self.where,
+                           self._outage.seconds, backoff.attempts, restored)
+        backoff.reset()
         self._set_state(BackendState.CONNECTED)
 
     async def _resubscribe(self) -> None:

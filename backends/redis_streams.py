@@ -35,6 +35,7 @@ from backends.base import (
     Subscription,
 )
 from backends.redis_uri import CONNECTION_ERRORS, RedisOptions, await_confirmation, describe_error, stop_task
+from sidecar.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class Stream:
     subscription: StreamSubscription | None = None
     known: bool = False  # our group was there (or made) at least once in this process
     seen_at: float = 0.0  # when we last read our pending entries, which resets the consumer's idle time
+    retry: Backoff = field(default_factory=lambda: Backoff(RETRY_INITIAL, RETRY_MAX))  # after a handler failed
 
 
 class Streams:
@@ -303,8 +305,9 @@ class Streams:
                           stream.key.decode(), attempts, exc)
                 del stream.failures[entry_id]
                 stream.acks.append(entry_id)
+                stream.retry.reset()
                 return True
-            delay = min(RETRY_INITIAL * 2 ** (attempts - 1), RETRY_MAX)
+            delay = stream.retry.next()
             log.error("redis: subscriber failed on entry %s of %s, delivering it again in %.1fs: %s",
                       entry_id.decode(), stream.key.decode(), delay, exc)
             log.debug("redis: subscriber failure", exc_info=True)
@@ -314,6 +317,7 @@ class Streams:
             return False
         stream.failures.pop(entry_id, None)
         stream.acks.append(entry_id)
+        stream.retry.reset()
         return True
 
     async def _acknowledge_now(self, stream: Stream) -> None:

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import secrets
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -30,6 +29,7 @@ from typing import Any, Self
 import orjson
 
 from sidecar import PROTOCOL_VERSION
+from sidecar.backoff import Backoff
 from sidecar.dedup import SeenIds
 from sidecar.paths import default_socket_path
 
@@ -264,7 +264,7 @@ class Client:
     # -- the connection ------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        attempt = 0
+        backoff = Backoff(*self.backoff)
         while True:
             try:
                 reader, writer = await asyncio.open_unix_connection(self.socket, limit=STREAM_LIMIT)
@@ -274,7 +274,7 @@ class Client:
                                                                   f"{exc.strerror or exc}"))
                     return
             else:
-                attempt = 0
+                backoff.reset()
                 try:
                     await self._session(reader, writer)
                 except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
@@ -286,9 +286,7 @@ class Client:
                 if not self.reconnect:
                     self._end(ClientError(f"connection to syncar at {self.socket} lost, and reconnect is off"))
                     return
-            attempt += 1
-            low, high = self.backoff
-            await asyncio.sleep(random.uniform(0.5, 1.0) * min(high, low * 2 ** min(attempt, 16)))
+            await asyncio.sleep(backoff.next())
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         hello: dict[str, Any] = {"type": "hello", "version": PROTOCOL_VERSION, "client": self.name,

@@ -74,6 +74,8 @@ def configure(level: str, fmt: str) -> None:
             # aiormq logs every failed reconnect at ERROR with a traceback; backends.amqp says it in one line.
             "aiormq": {"level": "CRITICAL"},
             "aio_pika.tools": {"level": "CRITICAL"},
+            # aio-pika warns at every failed reconnect attempt; backends.amqp logs the outage and a summary instead.
+            "aio_pika.robust_connection": {"level": "CRITICAL"},
         },
         "root": {"handlers": ["stderr"], "level": "WARNING"},
     })
@@ -93,6 +95,12 @@ class RateLimitedLogger:
         self._suppressed: dict[str, int] = {}
 
     def warning(self, key: str, msg: str, *args: object) -> None:
+        self.log(logging.WARNING, key, msg, *args)
+
+    def error(self, key: str, msg: str, *args: object) -> None:
+        self.log(logging.ERROR, key, msg, *args)
+
+    def log(self, level: int, key: str, msg: str, *args: object) -> None:
         now = time.monotonic()
         if now - self._last.get(key, -self._interval) < self._interval:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
@@ -102,7 +110,7 @@ class RateLimitedLogger:
         if held:
             msg += " (and %d more like it not logged)"
             args = (*args, held)
-        self._logger.warning(msg, *args)
+        self._logger.log(level, msg, *args)
 
 
 #: While a broker stays away, a line about the failed reconnect attempts at most this often.

@@ -27,6 +27,7 @@ from backends.base import (
     PublishTimeout,
     PublishUnconfirmed,
 )
+from sidecar.backoff import Backoff
 from sidecar.codec import Codec, Outgoing
 from sidecar.logging import RateLimitedLogger
 from sidecar.metrics import DropReason, Metrics
@@ -132,7 +133,7 @@ class Outbox:
 
     async def run(self) -> None:
         """Drain forever, in order; a batch leaves the outbox only once the broker accepted it."""
-        refused_delay = RETRY_DELAY
+        refused = Backoff(RETRY_DELAY, MAX_RETRY_DELAY)
         # The batch in flight and its bodies, packed once: a retry resends the same messages, signed anew.
         batch: list[Outgoing] = []
         bodies: list[bytes] = []
@@ -176,12 +177,12 @@ class Outbox:
             except Exception as exc:
                 # Refused (permissions, a conflicting exchange...) or a library failing in a way nobody foresaw:
                 # nothing we can fix, so ask again slowly; the task must not die with the events in it.
-                delay = refused_delay = min(refused_delay * 2, MAX_RETRY_DELAY)
+                delay = refused.next()
                 refusals.warning("refused", "broker refused a publish of %d events, retrying in %.2fs: %s",
                                  len(batch), delay, exc)
                 await asyncio.sleep(delay)
                 continue
-            refused_delay = RETRY_DELAY
+            refused.reset()
             self._sent(batch, len(bodies))
             batch = []
 
