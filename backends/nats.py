@@ -168,10 +168,13 @@ class NatsBackend(Backend):
             if connect.cancelled() or connect.exception() is not None:
                 cause = (None if connect.cancelled() else connect.exception()) or (first_errors or [TimeoutError()])[-1]
                 reason = self._clean(describe(cause))
-                if isinstance(cause, ConnectionResetError | BrokenPipeError) and (self._options["user"]
-                                                                                  or self._options["token"]):
-                    reason += " (wrong user, password or token?)"  # the server's -ERR can be lost in the reset
-                refused = isinstance(cause, nats.errors.AuthorizationError) or reason.startswith(
+                # The server answers wrong credentials with -ERR and closes at once; the -ERR is often lost in the
+                # reset (over TLS, nearly always): with credentials given, a reset in the handshake is a refusal.
+                reset = isinstance(cause, ConnectionResetError | BrokenPipeError) and bool(
+                    self._options["user"] or self._options["token"])
+                if reset:
+                    reason += " (wrong user, password or token?)"
+                refused = reset or isinstance(cause, nats.errors.AuthorizationError) or reason.startswith(
                     "authorization violation") or tls_refused(cause)
                 error = (BackendRefused if refused else BackendUnavailable)(
                     f"nats: cannot connect to {self.where}: {reason}")
