@@ -95,7 +95,8 @@ class Settings(BaseSettings):
                                   "when the broker took it (durable mode) or from now (broadcast); older or replayed "
                                   "ones are dropped. At least 2: signatures carry whole seconds")
     shutdown_timeout: float = Field(10.0, ge=0, description="seconds to flush the outbox and clients on SIGTERM")
-    http: str = Field("127.0.0.1:9464", description="ADDR:PORT for /healthz, /readyz and /metrics, or 'off'")
+    http: str = Field("127.0.0.1:9464", description="ADDR:PORT for /healthz, /readyz, /readyz/broker and /metrics, "
+                      "or 'off'")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["text", "json"] = Field("text", description="log line format")
     config: Path | None = Field(None, description="TOML file with any of these settings")
