@@ -55,10 +55,10 @@ class Limits:
 
 class Connection(asyncio.Protocol):
     def __init__(self, relay: Relay, limits: Limits, *, on_close: Callable[[Connection], None],
-                 refusal: bytes | None = None) -> None:
+                 turn_away: bytes | None = None) -> None:
         self._relay = relay
         self._limits = limits
-        self._refusal = refusal
+        self._turn_away = turn_away  # a frame to close the connection with at once, instead of serving it
         self._decoder = FrameDecoder(limits.max_frame_bytes)
         self._queue_bytes = limits.queue_bytes
         self._bucket = TokenBucket(limits.rate, limits.burst) if limits.rate else None
@@ -100,18 +100,18 @@ class Connection(asyncio.Protocol):
             self._relay.metrics.disconnects.labels("forbidden").inc()
             frame_warnings.warning("forbidden", "refused a connection: %s", reason)
             self.close(protocol.error(ErrorCode.FORBIDDEN, reason))
-        elif self._refusal is not None:
+        elif self._turn_away is not None:
             self._relay.metrics.disconnects.labels("too_many_clients").inc()
-            frame_warnings.warning("refused", "refused a connection: %s", self._refusal.decode().strip())
-            self.close(self._refusal)
+            frame_warnings.warning("refused", "refused a connection: %s", self._turn_away.decode().strip())
+            self.close(self._turn_away)
 
     def data_received(self, data: bytes) -> None:
         for line in self._decoder.feed(data):
             if self._closing:
                 return
             if type(line) is Oversized:
-                self.reject(ErrorCode.FRAME_TOO_LARGE,
-                            f"frame is longer than {self._decoder.max_bytes} bytes; it was discarded", line)
+                self.reject_frame(ErrorCode.FRAME_TOO_LARGE,
+                                  f"frame is longer than {self._decoder.max_bytes} bytes; it was discarded", line)
                 continue
             try:
                 publish = protocol.fast_publish(line)
@@ -120,8 +120,8 @@ class Connection(asyncio.Protocol):
                 else:
                     self._dispatch(protocol.decode(line))
             except FrameError as exc:
-                self.reject(exc.code, exc.message, line)
-        self._relay.count_published()
+                self.reject_frame(exc.code, exc.message, line)
+        self._relay.flush_counts()
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -132,8 +132,8 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         if self._decoder.partial:
-            self.reject(ErrorCode.TRUNCATED_FRAME, "connection ended in the middle of a frame; it was discarded",
-                        self._decoder.pending_head)
+            self.reject_frame(ErrorCode.TRUNCATED_FRAME,
+                              "connection ended in the middle of a frame; it was discarded", self._decoder.pending_head)
         self._write_unsent()
         return False  # close our side once the pending writes are out
 
@@ -175,8 +175,8 @@ class Connection(asyncio.Protocol):
             self._greet(None)
         if self._bucket is not None and not self._bucket.take():
             self._relay.metrics.dropped.labels(DropReason.RATE_LIMITED).inc()
-            self.refuse(publish, ErrorCode.RATE_LIMITED,
-                        f"over {self._limits.rate:g} publishes/s (burst {self._limits.burst}); not relayed")
+            self.refuse_publish(publish, ErrorCode.RATE_LIMITED,
+                                f"over {self._limits.rate:g} publishes/s (burst {self._limits.burst}); not relayed")
             return
         self._relay.publish(self, publish)
 
@@ -212,14 +212,14 @@ class Connection(asyncio.Protocol):
     def acknowledge(self, event_id: str) -> None:
         self.send(protocol.encode({"type": "ack", "id": event_id}))
 
-    def refuse(self, publish: Publish, code: ErrorCode, message: str) -> None:
+    def refuse_publish(self, publish: Publish, code: ErrorCode, message: str) -> None:
         """Tell the client a publish did not reach the broker: a `nack` if it asked for acks, else an `error`."""
         if publish.ack:
             self.send(protocol.encode({"type": "nack", "id": publish.id, "code": code, "message": message}))
         else:
             self.send(protocol.error(code, message, id=publish.id))
 
-    def reject(self, code: str, message: str, line: bytes = b"") -> None:
+    def reject_frame(self, code: str, message: str, line: bytes = b"") -> None:
         """Answer an unusable frame (`line`, or the head of one too long) with an `error`, carrying its `id` if it had
         a readable one, so that a client waiting for that publish's ack hears of it."""
         self._relay.metrics.frame_errors.labels(code).inc()

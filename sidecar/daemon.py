@@ -23,7 +23,7 @@ from sidecar.config import Settings
 from sidecar.connection import Connection, Limits
 from sidecar.descriptors import fit_clients, raise_soft_limit
 from sidecar.errors import ConfigError, StartupError
-from sidecar.health import MAX_HTTP_CONNECTIONS, HttpServer
+from sidecar.http import MAX_HTTP_CONNECTIONS, HttpServer
 from sidecar.listener import Listener
 from sidecar.logging import Outage
 from sidecar.metrics import Metrics
@@ -106,11 +106,11 @@ class Daemon:
             self.relay.on_backend_state(BackendState.CONNECTING if subscribing else state)
 
     def _accept(self) -> Connection:
-        refusal = None
+        turn_away = None
         if len(self.connections) >= self.max_clients:
-            refusal = protocol.error(ErrorCode.TOO_MANY_CLIENTS,
-                                     f"this syncar already serves {self.max_clients} clients")
-        connection = Connection(self.relay, self._limits, on_close=self.connections.discard, refusal=refusal)
+            turn_away = protocol.error(ErrorCode.TOO_MANY_CLIENTS,
+                                       f"this syncar already serves {self.max_clients} clients")
+        connection = Connection(self.relay, self._limits, on_close=self.connections.discard, turn_away=turn_away)
         self.connections.add(connection)
         return connection
 

@@ -172,8 +172,8 @@ class Relay:
         self._delivered_locally += self._fan_out(part, self._origin_json, publish.path, publish.event, client)
         if len(part) > self._outbox.max_event_bytes:
             self.metrics.dropped.labels(DropReason.TOO_LARGE).inc()
-            client.refuse(publish, ErrorCode.TOO_LARGE_FOR_BROKER,
-                          f"event is {len(part)} bytes; the broker takes at most {self._outbox.max_event_bytes}")
+            client.refuse_publish(publish, ErrorCode.TOO_LARGE_FOR_BROKER, f"event is {len(part)} bytes; the broker "
+                                  f"takes at most {self._outbox.max_event_bytes}")
             return
         outgoing = Outgoing(event, part, time.monotonic())
         try:
@@ -181,7 +181,7 @@ class Relay:
             self._outbox.put(outgoing, answer)
         except OutboxFull as exc:
             self.metrics.dropped.labels(DropReason.OUTBOX_FULL).inc()
-            client.refuse(publish, ErrorCode.OUTBOX_FULL, f"not sent to the broker: {exc}")
+            client.refuse_publish(publish, ErrorCode.OUTBOX_FULL, f"not sent to the broker: {exc}")
 
     def scope_of(self, client_id: str) -> str:
         """What the ids a client with this `client_id` names its events with are prefixed with on the bus."""
@@ -193,11 +193,11 @@ class Relay:
         if error is None:
             client.acknowledge(app_id)
         else:
-            client.refuse(publish, *error)
+            client.refuse_publish(publish, *error)
 
-    def count_published(self) -> None:
-        """Add the publishes since the last call, and their local deliveries, to the metrics (a connection calls
-        this after each read)."""
+    def flush_counts(self) -> None:
+        """Add the publishes counted since the last call, and their local deliveries, to the metrics: the hot path
+        counts in plain ints, and a connection flushes them after each read."""
         if self._published:
             self.metrics.published.inc(self._published)
             self._published = 0
