@@ -12,15 +12,56 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
+import pytest
 
 from sidecar.config import Settings
 from sidecar.daemon import Daemon
+from sidecar.metrics import Metrics
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 10.0
+
+
+def unavailable(message: str) -> NoReturn:
+    """Skip on a developer's machine, fail in CI (`CI=true`): a missing tool or broker must never pass as green."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI: {message}", pytrace=False)
+    pytest.skip(message)
+
+
+#: The counter of dropped events, by `reason`: the one tests read most.
+DROPPED = "syncar_events_dropped_total"
+
+
+def metric(metrics: Metrics, name: str, **labels: str) -> float:
+    """A sample as /metrics shows it (`syncar_events_sent_total`, `reason="duplicate"`), read through the registry's
+    public API; 0 for a labelled counter never counted, an error for a name the registry does not have."""
+    value = metrics.registry.get_sample_value(name, labels)
+    if value is None:
+        families = {family.name for family in metrics.registry.collect()}
+        assert any(name == family or name.startswith(f"{family}_") for family in families), f"no metric {name}"
+        return 0.0
+    return value
+
+
+def syncar(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The CLI (`python -m sidecar ARGS`) run to its end, its output captured."""
+    return subprocess.run([sys.executable, "-m", "sidecar", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, env={**os.environ, **(env or {})})
+
+
+async def http_get(port: int, path: str, method: str = "GET") -> tuple[int, str]:
+    """One HTTP/1.1 request to 127.0.0.1:`port`: the status code and the body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    async with asyncio.timeout(5):
+        response = await reader.read()
+    writer.close()
+    head, _, body = response.decode().partition("\r\n\r\n")
+    return int(head.split(" ")[1]), body
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition") -> None:

@@ -17,7 +17,7 @@ from tests.brokers import BrokerServer
 from tests.conftest import Connect
 from tests.contract.conftest import Pair, Setup
 from tests.faults.proxy import TcpProxy
-from tests.utils import RawClient, publish_frame, run_daemon
+from tests.utils import DROPPED, RawClient, metric, publish_frame, run_daemon
 
 BROKER_DOWN_TIMEOUT = 15.0
 
@@ -84,8 +84,8 @@ async def test_broker_killed_and_restarted_mid_stream(pair: Pair, connect: Conne
     assert set(numbers) <= set(range(PHASE, 3 * PHASE)), "an event delivered before the kill came again"
     # Every event confirmed by the broker once, or (a batch the kill left unconfirmed, with a codec that carries no
     # id) given up and counted.
-    unconfirmed = pair.a.metrics.dropped.labels(DropReason.UNCONFIRMED)._value.get()
-    assert pair.a.metrics.sent._value.get() + unconfirmed == 3 * PHASE + 2
+    unconfirmed = metric(pair.a.metrics, DROPPED, reason=DropReason.UNCONFIRMED)
+    assert metric(pair.a.metrics, "syncar_events_sent_total") + unconfirmed == 3 * PHASE + 2
     assert unconfirmed == 0 or not CODECS[pair.a.settings.codec].carries_ids
     assert numbers[-PHASE:] == list(range(2 * PHASE, 3 * PHASE)), "lost events published after recovery"
     lost = PHASE - sum(1 for n in numbers if n < 2 * PHASE)
@@ -95,8 +95,8 @@ async def test_broker_killed_and_restarted_mid_stream(pair: Pair, connect: Conne
     assert 0 <= lost <= PHASE
     if pair.mode is Mode.DURABLE:
         assert lost == 0
-    assert pair.a.metrics.reconnects._value.get() == 1
-    assert pair.b.metrics.reconnects._value.get() == 1
+    assert metric(pair.a.metrics, "syncar_backend_reconnects_total") == 1
+    assert metric(pair.b.metrics, "syncar_backend_reconnects_total") == 1
 
 
 async def test_daemons_survive_a_broker_that_stays_down(pair: Pair, connect: Connect) -> None:
@@ -171,9 +171,9 @@ async def test_a_batch_the_broker_may_have_is_never_delivered_twice(
                     received.append((await remote.frame_of("event"))["data"])
 
             assert received == [*range(PHASE + 1), "end"], "an event delivered twice, or lost after recovery"
-            sent = a.metrics.sent._value.get()
-            unconfirmed = a.metrics.dropped.labels(DropReason.UNCONFIRMED)._value.get()
-            duplicates = b.metrics.dropped.labels(DropReason.DUPLICATE)._value.get()
+            sent = metric(a.metrics, "syncar_events_sent_total")
+            unconfirmed = metric(a.metrics, DROPPED, reason=DropReason.UNCONFIRMED)
+            duplicates = metric(b.metrics, DROPPED, reason=DropReason.DUPLICATE)
             print(f"\n{broker.name}/{setup.codec}/{setup.mode}: answer to the last {last}, unconfirmed {unconfirmed}, "
                   f"dropped as duplicates by the receiver {duplicates}")
             if CODECS[setup.codec].carries_ids:  # sent again, and the copy dropped by the receiver

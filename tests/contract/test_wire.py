@@ -10,7 +10,7 @@ from backends.base import Mode
 from tests.conftest import Connect
 from tests.contract.conftest import Pair
 from tests.contract.raw import raw_publish, raw_subscriber
-from tests.utils import publish_frame
+from tests.utils import DROPPED, metric, publish_frame
 
 CONTEXT = {"arguments": [{"text": "hi"}, {}], "event": "created", "result": {"text": "hi", "id": 0},
            "data": {"text": "hi"}, "params": {"query": {}}, "path": "messages", "method": "create", "type": "around"}
@@ -56,8 +56,7 @@ async def test_what_a_foreign_publisher_sends_is_delivered_or_dropped(pair: Pair
             seen.append(frame)
     if pair.a.settings.codec == "feathers-sync":
         assert [(e["event"], e["data"], e["origin"]) for e in seen] == [("patched", {"id": 3}, None)]
-        assert pair.a.metrics.dropped.labels("malformed")._value.get() == 1
+        assert metric(pair.a.metrics, DROPPED, reason="malformed") == 1
     else:
         assert seen == []  # a feathers-sync message is foreign to the syncar codec
-        dropped = pair.a.metrics.dropped
-        assert dropped.labels("malformed")._value.get() + dropped.labels("foreign")._value.get() == 2
+        assert sum(metric(pair.a.metrics, DROPPED, reason=r) for r in ("malformed", "foreign")) == 2

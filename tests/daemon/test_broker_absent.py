@@ -13,9 +13,8 @@ import redis.asyncio
 from tests.brokers import BrokerServer, free_port, serve
 from tests.brokers.nats import NatsServer
 from tests.conftest import Connect
-from tests.daemon.test_http import http_get
 from tests.faults.proxy import TcpProxy
-from tests.utils import SpawnedDaemon, publish_frame, run_daemon, wait_for
+from tests.utils import SpawnedDaemon, http_get, publish_frame, run_daemon, wait_for
 
 #: The broker URI of each broker on a given port, as the session's servers take it.
 URIS = {"redis": "redis://127.0.0.1:{port}/0", "rabbitmq": "amqp://guest:guest@127.0.0.1:{port}/",

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import subprocess
 import sys
 import time
 import uuid
@@ -20,12 +18,7 @@ import pytest
 from sidecar import __version__
 from sidecar.paths import default_socket_path
 from tests.brokers import BrokerServer
-from tests.utils import REPO, RawClient, SpawnedDaemon, publish_frame, run_daemon
-
-
-def syncar(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sidecar", *args], capture_output=True, text=True, timeout=30,
-                          cwd=REPO, env={**os.environ, **(env or {})})
+from tests.utils import REPO, RawClient, SpawnedDaemon, publish_frame, run_daemon, syncar
 
 
 def test_version() -> None:

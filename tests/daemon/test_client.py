@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from sidecar.client import AckTimeout, Client, ClientError, PendingFull, PublishRefused
-from tests.utils import RawClient, run_daemon, wait_for
+from tests.utils import RawClient, metric, run_daemon, wait_for
 
 
 async def test_publish_with_ack_and_receive(sock: Path) -> None:
@@ -160,7 +160,7 @@ async def test_a_publish_over_the_daemons_frame_limit_is_refused_before_sending(
             assert refused.value.code == "frame_too_large"
         await client.publish("p", "e", "x" * 60_000, ack=True)
         # Nothing too large was sent: the daemon never had to refuse a frame.
-        assert daemon.relay.metrics.frame_errors.labels("frame_too_large")._value.get() == 0
+        assert metric(daemon.relay.metrics, "syncar_frame_errors_total", code="frame_too_large") == 0
 
 
 async def test_publishes_held_before_the_welcome_are_checked_against_its_limit(sock: Path) -> None:

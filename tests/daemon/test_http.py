@@ -15,17 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.brokers import serve
 from tests.brokers.redis import RedisServer
 from tests.conftest import Connect
-from tests.utils import REPO, SpawnedDaemon, publish_frame, run_daemon, wait_for
-
-
-async def http_get(port: int, path: str, method: str = "GET") -> tuple[int, str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    async with asyncio.timeout(5):
-        response = await reader.read()
-    writer.close()
-    head, _, body = response.decode().partition("\r\n\r\n")
-    return int(head.split(" ")[1]), body
+from tests.utils import REPO, SpawnedDaemon, http_get, publish_frame, run_daemon, wait_for
 
 
 def samples(text: str) -> dict[str, float]:

@@ -7,7 +7,6 @@ prints went over the wire.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +18,7 @@ import pytest
 
 from tests.brokers import BrokerServer
 from tests.conftest import Connect
-from tests.utils import RawClient, publish_frame, run_daemon
+from tests.utils import RawClient, publish_frame, run_daemon, unavailable
 
 HERE = Path(__file__).parent
 TIMEOUT = 20.0
@@ -31,9 +30,7 @@ def _require_node_app() -> str:
     if node and not (HERE / "node_modules" / "feathers-sync").is_dir():
         problem = "tests/interop has no node_modules (run scripts/install)"
     if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI: {problem}", pytrace=False)
-        pytest.skip(problem)
+        unavailable(problem)
     assert node is not None
     return node
 

@@ -7,8 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.daemon.test_http import http_get
-from tests.utils import REPO, RawClient, SpawnedDaemon, wait_for
+from tests.utils import REPO, RawClient, SpawnedDaemon, http_get, wait_for
 
 # Soft 128, hard 256: the daemon may raise its own soft limit to 256, then keeps 64 + 32 (HTTP) for itself.
 LIMITS = ("prlimit", "--nofile=128:256")

@@ -15,7 +15,7 @@ import orjson
 from sidecar.config import Settings
 from sidecar.protocol import MAX_PATTERN_LENGTH, MAX_WILDCARD_PATTERNS
 from tests.conftest import Connect
-from tests.utils import TIMEOUT, SpawnedDaemon, publish_frame, run_daemon
+from tests.utils import DROPPED, TIMEOUT, SpawnedDaemon, metric, publish_frame, run_daemon
 
 
 async def test_publish_rate_limit_refuses_the_excess_with_a_clear_frame(sock: Path, connect: Connect) -> None:
@@ -29,7 +29,7 @@ async def test_publish_rate_limit_refuses_the_excess_with_a_clear_frame(sock: Pa
         refused = [a for a in answers if a["type"] == "nack"]
         assert len(refused) >= 14  # the burst of 5, plus what one token per second refilled meanwhile
         assert all(a["code"] == "rate_limited" for a in refused)
-        assert daemon.metrics.dropped.labels("rate_limited")._value.get() == len(refused)
+        assert metric(daemon.metrics, DROPPED, reason="rate_limited") == len(refused)
         # Others are not limited by the flooder's bucket.
         await polite.send(publish_frame(data="polite"))
         while (await listener.frame_of("event"))["data"] != "polite":

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Connect
-from tests.utils import run_daemon, wait_for
+from tests.utils import metric, run_daemon, unavailable, wait_for
 
 STRANGER = "syncar-test-peer"
 # Runs as the other user with the system Python (the venv may live where that user cannot read).
@@ -40,9 +40,7 @@ print(s.recv(4096).decode().strip())
 def stranger() -> Iterator[pwd.struct_passwd]:
     """A second local user in group 0, made for this test and removed after it."""
     if os.geteuid() != 0 or not shutil.which("useradd"):
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI: the peer tests must run as root to create a second user", pytrace=False)
-        pytest.skip("needs root to create a second user")
+        unavailable("the peer tests must run as root to create a second user")
     with contextlib.suppress(KeyError):
         pwd.getpwnam(STRANGER)
         subprocess.run(["userdel", STRANGER], check=True)
@@ -82,8 +80,8 @@ async def test_uid_allowlist_refuses_others_with_a_clear_error(
         answer = await asyncio.to_thread(probe_as, stranger, sock)
         assert '"forbidden"' in answer
         assert f"uid {stranger.pw_uid}" in answer
-        refused = daemon.metrics.disconnects.labels("forbidden")
-        await wait_for(lambda: refused._value.get() == 1, what="the refusal to be counted")
+        await wait_for(lambda: metric(daemon.metrics, "syncar_client_disconnects_total", reason="forbidden") == 1,
+                       what="the refusal to be counted")
         me = await connect(sock, {})  # root is on the list
         assert me.welcome["type"] == "welcome"
 

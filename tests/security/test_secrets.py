@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.brokers import BrokerServer
-from tests.daemon.test_http import http_get
-from tests.utils import REPO, SpawnedDaemon
+from tests.utils import SpawnedDaemon, http_get, syncar
 
 PASSWORD = "pw-Zq8rT3kLx0"
 TOKEN = "tok-Vb5nM2wQy7"
 SIGNING_KEY = "sk-Hj4dF9sA2pL6mN8q"
-
-
-def syncar(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sidecar", *args], capture_output=True, text=True, timeout=60,
-                          cwd=REPO, env={**os.environ, **(env or {})})
 
 
 def assert_clean(text: str) -> None:

@@ -11,10 +11,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from sidecar.daemon import Daemon
 from tests.brokers import BrokerServer
 from tests.conftest import Connect
 from tests.contract.raw import raw_publish, raw_subscriber
-from tests.utils import publish_frame, run_daemon, wait_for
+from tests.utils import DROPPED, metric, publish_frame, run_daemon, wait_for
 
 KEY = "signing-key-for-tests-0123456789"
 
@@ -26,7 +27,7 @@ def broker(request: pytest.FixtureRequest) -> BrokerServer:
 
 
 @pytest.fixture
-async def signed_pair(broker: BrokerServer, sock_dir: Path) -> AsyncIterator[tuple[str, Path, Path, object]]:
+async def signed_pair(broker: BrokerServer, sock_dir: Path) -> AsyncIterator[tuple[str, Path, Path, Daemon]]:
     keys = sock_dir / "keys"
     keys.write_text(KEY + "\n")
     key = f"signed-{uuid.uuid4().hex}"
@@ -36,7 +37,7 @@ async def signed_pair(broker: BrokerServer, sock_dir: Path) -> AsyncIterator[tup
         yield key, sock_dir / "a.sock", sock_dir / "b.sock", b
 
 
-async def test_injected_messages_are_all_rejected(broker: BrokerServer, signed_pair: tuple[str, Path, Path, object],
+async def test_injected_messages_are_all_rejected(broker: BrokerServer, signed_pair: tuple[str, Path, Path, Daemon],
                                                   connect: Connect) -> None:
     key, sock_a, sock_b, daemon_b = signed_pair
     a = await connect(sock_a, {})
@@ -63,6 +64,5 @@ async def test_injected_messages_are_all_rejected(broker: BrokerServer, signed_p
     await a.send(publish_frame("messages", "created", "after the attack"))
     assert (await b.frame_of("event"))["data"] == "after the attack"  # nothing forged came before it
 
-    dropped = daemon_b.metrics.dropped  # type: ignore[attr-defined]
     for reason in attacks:
-        await wait_for(lambda r=reason: dropped.labels(r)._value.get() == 1, what=f"a {reason} drop")
+        await wait_for(lambda r=reason: metric(daemon_b.metrics, DROPPED, reason=r) == 1, what=f"a {reason} drop")
