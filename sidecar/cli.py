@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from sidecar import __version__
 from sidecar.config import MiB, Settings, env_of, flag_of, line_in_config, redact_uri
-from sidecar.errors import ConfigError, SidecarError, StartupError
+from sidecar.errors import ConfigError, StartupError
 from sidecar.logging import configure as configure_logging
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
     """Build Settings from the flags given (the rest come from env and file).
 
     Raises:
-        SettingsError: a value is invalid; the message names the setting.
+        ConfigError: a value is invalid; the message names the setting.
     """
     given = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
     try:
@@ -111,13 +111,9 @@ def load_settings(args: argparse.Namespace) -> Settings:
         if name in ("backend", "backend_file") and isinstance(got, str):
             got = redact_uri(got)
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        raise SettingsError(f"invalid setting {where}: {message}{shown}") from None
+        raise ConfigError(f"invalid setting {where}: {message}{shown}") from None
     except (OSError, ValueError) as exc:  # an unreadable or malformed --config file
-        raise SettingsError(f"invalid setting --config: {exc}") from None
-
-
-class SettingsError(SidecarError):
-    pass
+        raise ConfigError(f"invalid setting --config: {exc}") from None
 
 
 def _run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
@@ -158,7 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from backends import load_backend
-    from backends.base import BackendConfig, BackendError
+    from backends.base import BackendError
 
     settings = load_settings(args)
     # Broker libraries log their own view of a failure; ours is the one line printed below.
@@ -176,8 +172,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{name:20} {value}")
 
     async def main() -> int:
-        backend = load_backend(settings.backend, settings.mode)(BackendConfig(settings.backend, settings.instance_id,
-                                                              mode=settings.mode))
+        backend = load_backend(settings.backend, settings.mode)(settings.backend_config())
         try:
             await backend.start()
         except BackendError as exc:
@@ -342,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         code: int = args.handler(args)
-    except (SettingsError, ConfigError) as exc:
+    except ConfigError as exc:
         print(f"syncar: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:

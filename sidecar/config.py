@@ -21,7 +21,7 @@ from pydantic_settings import (
 )
 
 from backends import scheme_of
-from backends.base import Mode
+from backends.base import BackendConfig, Mode
 from sidecar.backoff import DEFAULT_CAP, DEFAULT_INITIAL
 from sidecar.errors import ConfigError
 from sidecar.paths import default_socket_path
@@ -170,6 +170,12 @@ class Settings(BaseSettings):
             if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
                 raise ValueError(f"{value!r} is not ADDR:PORT (e.g. 127.0.0.1:9464) or 'off'")
         return value
+
+    def backend_config(self) -> BackendConfig:
+        """What the backend is told, by the daemon and by `syncar check` alike."""
+        # echo off: the relay drops its own events coming back from the broker; a backend that can spare it them does.
+        return BackendConfig(uri=self.backend, instance_id=self.instance_id, mode=self.mode, retention=self.retention,
+                             instance_ttl=self.instance_ttl, echo=False, reconnect_max_delay=self.reconnect_max_delay)
 
     def http_address(self) -> tuple[str, int] | None:
         if self.http == "off":

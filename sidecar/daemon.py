@@ -15,7 +15,7 @@ import threading
 from collections.abc import Awaitable
 
 from backends import load_backend
-from backends.base import Backend, BackendConfig, BackendError, BackendState, Feature, Mode, Subscription
+from backends.base import Backend, BackendError, BackendState, Feature, Mode, Subscription
 from sidecar import __version__, protocol
 from sidecar.backoff import Backoff
 from sidecar.codec import CODECS
@@ -54,12 +54,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._forced = asyncio.Event()
         backend_cls = load_backend(settings.backend, settings.mode)
-        self.backend: Backend = backend_cls(
-            BackendConfig(uri=settings.backend, instance_id=settings.instance_id, mode=settings.mode,
-                          retention=settings.retention, instance_ttl=settings.instance_ttl, echo=False,
-                          reconnect_max_delay=settings.reconnect_max_delay),
-            on_state=self._on_backend_state,
-        )
+        self.backend: Backend = backend_cls(settings.backend_config(), on_state=self._on_backend_state)
         codec = CODECS[settings.codec](settings.instance_id,
                                        broker_echoes=not self.backend.supports(Feature.NO_ECHO))
         # What keys the scopes of event ids: the same at every start, and secret when there is a secret.
