@@ -23,12 +23,17 @@ BROKERS = [pytest.param(name, marks=getattr(pytest.mark, name), id=name) for nam
 EVENTS = 50
 
 
+@pytest.mark.parametrize("unreachable", ["closed port", "unknown name"])
 @pytest.mark.parametrize("broker", list(URIS))
-async def test_a_broker_that_cannot_be_reached_does_not_stop_the_start(broker: str, sock: Path,
+async def test_a_broker_that_cannot_be_reached_does_not_stop_the_start(broker: str, unreachable: str, sock: Path,
                                                                        connect: Connect) -> None:
-    """Refused (nothing listens on the port): the daemon starts, serves its apps locally and says the broker is down."""
+    """Nothing listens on the port, or the name does not resolve: the daemon starts, serves its apps locally and
+    says the broker is down."""
+    uri = URIS[broker].format(port=free_port())
+    if unreachable == "unknown name":
+        uri = uri.replace("127.0.0.1", "no-such-broker.invalid")
     # A short flush at the stop: the event published below stays in the outbox, with nowhere to go.
-    daemon = SpawnedDaemon(sock, "--backend", URIS[broker].format(port=free_port()), "--shutdown-timeout", "0.5")
+    daemon = SpawnedDaemon(sock, "--backend", uri, "--shutdown-timeout", "0.5")
     try:
         await daemon.ready()
         a, b = await connect(sock, {}), await connect(sock, {})
@@ -41,7 +46,9 @@ async def test_a_broker_that_cannot_be_reached_does_not_stop_the_start(broker: s
         assert (await http_get(daemon.http_port, "/readyz/broker"))[0] == 503
         assert daemon.process.poll() is None
         log = daemon.log
-        assert "connection refused; starting without the broker" in log, log
+        assert ": cannot connect to " in log and "; starting without the broker" in log, log
+        if unreachable == "closed port":
+            assert "connection refused; starting without the broker" in log, log
         assert "Traceback" not in log
     finally:
         assert await daemon.stop() == 0, daemon.log
