@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
 import subprocess
@@ -68,9 +69,31 @@ async def test_http_errors(sock: Path) -> None:
         writer.close()
 
 
-async def test_http_off(sock: Path) -> None:
-    async with run_daemon(sock, http="off") as daemon:
-        assert daemon.http is None
+def listening_tcp_ports(pid: int) -> set[int]:
+    """The TCP ports process `pid` listens on, from the kernel's tables (the inodes of its sockets in LISTEN)."""
+    inodes = {os.readlink(fd).removeprefix("socket:[").removesuffix("]") for fd in Path(f"/proc/{pid}/fd").iterdir()}
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            local, state, inode = (row.split()[i] for i in (1, 3, 9))
+            if state == "0A" and inode in inodes:  # 0A: TCP_LISTEN
+                ports.add(int(local.rpartition(":")[2], 16))
+    return ports
+
+
+async def test_http_off(sock_dir: Path) -> None:
+    """With --http off nothing listens on TCP; the same probe finds the port of a daemon with HTTP on."""
+    on = SpawnedDaemon(sock_dir / "on.sock", name="on")
+    off = SpawnedDaemon(sock_dir / "off.sock", "--http", "off", name="off")
+    try:
+        await on.ready()
+        assert listening_tcp_ports(on.process.pid) == {on.http_port}
+        await off.ready()
+        assert listening_tcp_ports(off.process.pid) == set()
+        assert "http on" not in off.log
+    finally:
+        on.kill()
+        off.kill()
 
 
 def health(port: int, *extra: str) -> subprocess.CompletedProcess[str]:
