@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from sidecar import __version__
+from sidecar.config import Settings
 from sidecar.paths import default_socket_path
 from tests.brokers import BrokerServer
 from tests.utils import REPO, RawClient, SpawnedDaemon, publish_frame, run_daemon, syncar
@@ -28,14 +29,22 @@ def test_version() -> None:
 
 
 def test_help_lists_every_setting_with_its_env_var() -> None:
-    result = syncar("run", "--help")
+    """Every field of Settings is a flag whose help says what it is and ends with its environment variable."""
+    result = syncar("run", "--help", env={"COLUMNS": "10000"})  # no wrapping: a help on one line
     assert result.returncode == 0
-    for flag, env in (("--socket", "SYNCAR_SOCKET"), ("--backend", "SYNCAR_BACKEND"),
-                      ("--socket-mode", "SYNCAR_SOCKET_MODE"), ("--instance-id", "SYNCAR_INSTANCE_ID"),
-                      ("--max-frame-bytes", "SYNCAR_MAX_FRAME_BYTES"), ("--log-level", "SYNCAR_LOG_LEVEL"),
-                      ("--log-format", "SYNCAR_LOG_FORMAT")):
-        assert flag in result.stdout
-        assert env in result.stdout
+    entries: dict[str, str] = {}  # flag -> its line, and the help's below it if the flag is long
+    for line in result.stdout.partition("\nsettings:\n")[2].splitlines():
+        if line.startswith("  -"):
+            flag = line.split()[0].rstrip(",")
+            entries[flag] = line
+        else:
+            entries[flag] += " " + line
+    settings = {"--" + name.replace("_", "-"): name for name in Settings.model_fields}
+    assert set(entries) == set(settings)
+    for flag, name in settings.items():
+        described = " ".join(entries[flag].split())
+        assert " ".join(str(Settings.model_fields[name].description).split()) in described, flag
+        assert described.endswith(f"[SYNCAR_{name.upper()}]"), described
 
 
 @pytest.mark.parametrize(("args", "env", "named"), [
