@@ -138,7 +138,7 @@ def connect_error(exc: BaseException, options: RedisOptions) -> BackendError:
 
 def publish_error(exc: Exception, options: RedisOptions) -> BackendError:
     """What a failed PUBLISH or XADD means for the outbox: retry after a reconnect, or a refusal."""
-    if isinstance(exc, redis_errors.TimeoutError):
+    if isinstance(exc, (redis_errors.TimeoutError, TimeoutError)):  # redis-py's, or publish()'s own bound
         timeout = options.connection_kwargs["socket_timeout"]
         return PublishTimeout(f"redis: publish timed out after {timeout}s (socket_timeout)")
     if isinstance(exc, (redis_errors.ConnectionError, OSError)):
