@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "start time and the Python client's import time (--brokers, default redis, amqp, nats; "
                               "--contestants among syncar, syncar-fs, ceiling, default syncar, ceiling; --seconds per "
                               "run, default 5; --reps, default 3: ~7 minutes); writes lowrate.json and lowrate.md")
+    parser.add_argument("--base-root", type=Path,
+                        help="with --low-rate: also run the daemons of this checkout (syncar codec), alternated with "
+                             "those of --syncar-root, for before-and-after figures from one run")
     parser.add_argument("--rate", type=int, default=0,
                         help="with --profile: offer this many events/s (e.g. 1000) instead of as many as go through")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -153,9 +156,13 @@ def _low_rate(args: argparse.Namespace, parser: argparse.ArgumentParser, command
     if unknown := [c for c in contestants if c not in CONTESTANTS]:
         parser.error(f"--low-rate has no {', '.join(unknown)}: it measures {', '.join(CONTESTANTS)}")
     outs = [args.out, DOCS] if args.docs else [args.out]
-    return low_rate(_meta(args, command), args.brokers or ("redis", "amqp", "nats"), contestants,
-                    seconds=args.seconds or SECONDS, reps=args.reps or REPS, root=args.syncar_root.resolve(),
-                    outs=outs)
+    meta = _meta(args, command)
+    base = args.base_root.resolve() if args.base_root is not None else None
+    if base is not None:
+        commit = _commit(base)  # a copy made with `git archive` has no commit: its directory's name says which
+        meta.update(base_root=str(base), base_commit=base.name if commit.startswith("unknown") else commit)
+    return low_rate(meta, args.brokers or ("redis", "amqp", "nats"), contestants, seconds=args.seconds or SECONDS,
+                    reps=args.reps or REPS, root=args.syncar_root.resolve(), outs=outs, base_root=base)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,8 +40,9 @@ from bench.runner import Section, stop_daemons
 
 RATES = (100, 1_000)
 SIZE = 256
-#: The contestants this part knows: syncar's two codecs against the raw ceiling.
-CONTESTANTS = ("syncar", "syncar-fs", "ceiling")
+#: The contestants this part knows: syncar's two codecs against the raw ceiling; `syncar-base` is the syncar codec
+#: from the checkout given by --base-root.
+CONTESTANTS = ("syncar", "syncar-fs", "ceiling", "syncar-base")
 DEFAULT_CONTESTANTS = ("syncar", "ceiling")
 #: Publishing time of a low-rate run and length of an idle one, by default; repetitions of each case.
 SECONDS = 5.0
@@ -204,12 +205,12 @@ async def _other_runs(section: Section, *, seconds: float, reps: int,
 
 
 async def measure(brokers: tuple[str, ...], contestants: tuple[str, ...], *, seconds: float, reps: int,
-                  workdir: Path, root: Path, progress: Progress) -> dict[str, Any]:
+                  workdir: Path, root: Path, progress: Progress, base_root: Path | None = None) -> dict[str, Any]:
     """Every part on every broker; a broker that cannot start is reported, and the others go on."""
     results: dict[str, Any] = {"rates": [], "idle": [], "start": [], "imports": [], "broker_errors": {}}
     for broker in brokers:
         plan = make_plan(quick=True, brokers=(broker,), contestants=contestants, reps=reps, seconds=seconds)
-        section = Section(broker, plan, workdir, root)
+        section = Section(broker, plan, workdir, root, base_root)
         try:
             await section.start()
             results["rates"] += await _rate_runs(section, seconds=seconds, reps=reps, progress=progress)
@@ -232,8 +233,11 @@ async def measure(brokers: tuple[str, ...], contestants: tuple[str, ...], *, sec
 
 
 def low_rate(meta: dict[str, Any], brokers: tuple[str, ...], contestants: tuple[str, ...], *, seconds: float,
-             reps: int, root: Path, outs: list[Path]) -> int:
-    """Measure, print the tables, and write lowrate.json and lowrate.md into each of `outs`."""
+             reps: int, root: Path, outs: list[Path], base_root: Path | None = None) -> int:
+    """Measure, print the tables, and write lowrate.json and lowrate.md into each of `outs`. With `base_root`, the
+    daemons of that checkout run too (`syncar-base`), alternated with this one's, at the low rates."""
+    if base_root is not None:
+        contestants = ("syncar-base", *contestants)
     meta.update(size=SIZE, rates=list(RATES), publish_seconds=seconds, reps=reps, brokers=list(brokers),
                 contestants=list(contestants))
     print(f"{meta['command']}: low rates, idle and start on {', '.join(brokers)}", flush=True)
@@ -241,7 +245,7 @@ def low_rate(meta: dict[str, Any], brokers: tuple[str, ...], contestants: tuple[
     workdir = Path(tempfile.mkdtemp(prefix="syncar-lowrate-"))
     try:
         results = asyncio.run(measure(brokers, contestants, seconds=seconds, reps=reps, workdir=workdir, root=root,
-                                      progress=lambda line: print(line, flush=True)))
+                                      progress=lambda line: print(line, flush=True), base_root=base_root))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     meta.update(seconds=round(time.monotonic() - began, 1), loadavg_end=os.getloadavg())

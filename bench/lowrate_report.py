@@ -16,7 +16,7 @@ MAX_IMPORT_MS = 50.0
 MIB_PER_MB = 1e6 / 2**20
 
 LABELS = {"syncar": "syncar daemons, syncar codec", "syncar-fs": "syncar daemons, feathers-sync codec",
-          "ceiling": "raw pub/sub, Python"}
+          "ceiling": "raw pub/sub, Python", "syncar-base": "syncar daemons, syncar codec, --base-root"}
 RATE_FIGURES = ("pub_us", "sub_us", "both_us", "pub_wakeups", "sub_wakeups", "both_wakeups", "p50_ms", "p99_ms",
                 "lost")
 
@@ -149,7 +149,8 @@ def heading(meta: dict[str, Any]) -> str:
     return (f"{meta['size']} B events at fixed rates, {meta['publish_seconds']:g} s per run; idle runs as long; "
             f"medians of {meta['reps']} alternated repetitions; \"vs raw\": the syncar daemons' CPU per event over the "
             f"raw publisher's and subscriber's in the same repetition (median of those ratios); load average "
-            f"{load[0]:.1f} at the start, {load[1]:.1f} at the end")
+            f"{load[0]:.1f} at the start, {load[1]:.1f} at the end; daemons at {meta.get('syncar_commit', '?')}"
+            + (f", --base-root at {meta['base_commit']}" if meta.get("base_commit") else ""))
 
 
 def table(results: dict[str, Any]) -> str:

@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 #: A worker gets this long beyond its publishing time to connect, drain and report.
 SLACK = 30.0
-CODECS = {"syncar": "syncar", "syncar-fs": "feathers-sync"}
+#: The syncar contestants' codecs. `syncar-base`: the syncar codec from another checkout (Section.base_root), run in
+#: alternation with this one's for before-and-after figures from one run (`--low-rate --base-root`).
+CODECS = {"syncar": "syncar", "syncar-fs": "feathers-sync", "syncar-base": "syncar"}
 
 
 def _broker_server(broker: str) -> Any:
@@ -104,9 +106,11 @@ def _group_pids(pgid: int) -> list[int]:
 class Section:
     """One broker's part of the benchmark: its server, and its runs."""
 
-    def __init__(self, broker: str, plan: Plan, workdir: Path, syncar_root: Path = REPO) -> None:
+    def __init__(self, broker: str, plan: Plan, workdir: Path, syncar_root: Path = REPO,
+                 base_root: Path | None = None) -> None:
         self.broker = broker
         self.syncar_root = syncar_root
+        self.base_root = base_root
         self.plan = plan
         self.dir = workdir / broker
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -137,12 +141,13 @@ class Section:
             return {}
         return {f"broker_{index}": pid for index, pid in enumerate(_group_pids(self.server.process.pid))}
 
-    async def start_daemons(self, name: str, count: int, codec: str = "syncar") -> list[Daemon]:
+    async def start_daemons(self, name: str, count: int, codec: str = "syncar",
+                            root: Path | None = None) -> list[Daemon]:
         """`count` fresh daemons on one fresh key, named `<name>-a`, `-b`...: ready, or all stopped again."""
         key = f"bench-{uuid.uuid4().hex[:12]}"
         # All start at once; then each is waited for in turn.
         daemons = [Daemon(self.dir, f"{name}-{letter}", self.uri, key, codec, mode=self.plan.mode,
-                          root=self.syncar_root) for letter in string.ascii_lowercase[:count]]
+                          root=root or self.syncar_root) for letter in string.ascii_lowercase[:count]]
         try:
             for daemon in daemons:
                 await daemon.ready()
@@ -155,7 +160,8 @@ class Section:
     async def _daemons(self, contestant: str, name: str) -> tuple[Daemon, Daemon]:
         """A fresh pair for one run, so its peak RSS and CPU are that run's alone (the replay buffer fills up)."""
         # On local:// there is no broker between two processes: one daemon, publisher and subscriber on it.
-        daemons = await self.start_daemons(name, 1 if self.broker == "local" else 2, CODECS[contestant])
+        root = self.base_root if contestant == "syncar-base" else None
+        daemons = await self.start_daemons(name, 1 if self.broker == "local" else 2, CODECS[contestant], root)
         return daemons[0], daemons[-1]
 
     async def run(self, contestant: str, case: Case, rep: int,

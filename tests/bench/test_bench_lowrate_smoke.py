@@ -54,3 +54,18 @@ def test_low_rate_run_on_local_and_redis_produces_every_figure(tmp_path: Path) -
         assert start["start_ms"] > 0 and start["start_cpu_ms"] > 0, start
     assert summary["import"]["importtime_ms"] > 0 and summary["import"]["import_cpu_ms"] > 0, summary["import"]
     assert all(r["daemon_exits"] == {"start-1": 0} for r in results["start"]), results["start"]
+
+
+def test_low_rate_with_a_base_checkout_runs_its_daemons_alternated_with_ours(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--low-rate", "--brokers", "local", "--reps", "1", "--seconds", "0.5",
+         "--base-root", str(REPO), "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = orjson.loads((tmp_path / "lowrate.json").read_bytes())
+    assert [(r["contestant"], r["rate"]) for r in results["rates"]] == [
+        ("syncar-base", 100), ("syncar", 100), ("syncar-base", 1000), ("syncar", 1000)]
+    assert all(r["figures"]["both_us"] > 0 for r in results["rates"]), results["rates"]
+    assert results["meta"]["base_root"] == str(REPO)
+    assert "--base-root" in (tmp_path / "lowrate.md").read_text()
