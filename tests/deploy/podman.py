@@ -58,10 +58,6 @@ class Podman:
         self.image = result.stdout.strip().splitlines()[-1]
         return self.image
 
-    def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(["podman", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=self.env)
-
     def name(self) -> str:
         """A container name this test owns: removed by `remove_all` whatever the test did with it."""
         self.containers.append(f"syncar-test-{uuid.uuid4().hex[:10]}")
