@@ -22,7 +22,7 @@ from sidecar import protocol
 from sidecar.errors import FrameError
 from sidecar.framing import FrameDecoder, Oversized
 from sidecar.logging import RateLimitedLogger, printable
-from sidecar.metrics import DropReason
+from sidecar.metrics import DropReason, Metrics
 from sidecar.peers import PeerPolicy
 from sidecar.protocol import ErrorCode, Publish
 from sidecar.ratelimit import TokenBucket
@@ -34,7 +34,6 @@ frame_warnings = RateLimitedLogger(log, interval=10.0)
 
 #: Seconds a closing connection gets to take its last bytes before it is cut.
 CLOSE_GRACE = 2.0
-PONG = protocol.encode({"type": "pong"})
 
 
 def _every_event(path: str, event: str) -> bool:
@@ -54,10 +53,13 @@ class Limits:
 
 
 class Connection(asyncio.Protocol):
-    def __init__(self, relay: Relay, limits: Limits, *, on_close: Callable[[Connection], None],
+    """One app's connection: the relay's Subscriber for it."""
+
+    def __init__(self, relay: Relay, limits: Limits, metrics: Metrics, *, on_close: Callable[[Connection], None],
                  turn_away: bytes | None = None) -> None:
         self._relay = relay
         self._limits = limits
+        self._metrics = metrics
         self._turn_away = turn_away  # a frame to close the connection with at once, instead of serving it
         self._decoder = FrameDecoder(limits.max_frame_bytes)
         self._queue_bytes = limits.queue_bytes
@@ -97,11 +99,11 @@ class Connection(asyncio.Protocol):
         self._transport.set_write_buffer_limits(high=self._queue_bytes // 4)
         reason = self._limits.peers.refusal(transport.get_extra_info("socket"))
         if reason is not None:
-            self._relay.metrics.disconnects.labels("forbidden").inc()
+            self._metrics.disconnects.labels("forbidden").inc()
             frame_warnings.warning("forbidden", "refused a connection: %s", reason)
             self.close(protocol.error(ErrorCode.FORBIDDEN, reason))
         elif self._turn_away is not None:
-            self._relay.metrics.disconnects.labels("too_many_clients").inc()
+            self._metrics.disconnects.labels("too_many_clients").inc()
             frame_warnings.warning("refused", "refused a connection: %s", self._turn_away.decode().strip())
             self.close(self._turn_away)
 
@@ -165,7 +167,7 @@ class Connection(asyncio.Protocol):
             self._greet(hello.resume)
         elif kind == "ping":
             self._greet(None)
-            self.send(PONG)
+            self.send(protocol.PONG)
         else:
             raise FrameError(ErrorCode.UNKNOWN_TYPE,
                              f"unknown frame type {kind[:64]!r}; expected hello, publish or ping")
@@ -174,9 +176,9 @@ class Connection(asyncio.Protocol):
         if not self.greeted:
             self._greet(None)
         if self._bucket is not None and not self._bucket.take():
-            self._relay.metrics.dropped.labels(DropReason.RATE_LIMITED).inc()
-            self.refuse_publish(publish, ErrorCode.RATE_LIMITED,
-                                f"over {self._limits.rate:g} publishes/s (burst {self._limits.burst}); not relayed")
+            self._metrics.dropped.labels(DropReason.RATE_LIMITED).inc()
+            self.send(protocol.refusal(publish, ErrorCode.RATE_LIMITED, f"over {self._limits.rate:g} publishes/s "
+                                       f"(burst {self._limits.burst}); not relayed"))
             return
         self._relay.publish(self, publish)
 
@@ -203,26 +205,16 @@ class Connection(asyncio.Protocol):
         self._unsent = []
         transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
         if transport.get_write_buffer_size() > self._queue_bytes:
-            self._relay.metrics.disconnects.labels("slow_client").inc()
+            self._metrics.disconnects.labels("slow_client").inc()
             frame_warnings.warning("slow", "disconnecting a client that does not read (%d bytes unsent)",
                                    transport.get_write_buffer_size())
             self.close(protocol.error(ErrorCode.SLOW_CLIENT,
                                       f"you fell {self._queue_bytes} bytes behind; resume from your last seq"))
 
-    def acknowledge(self, event_id: str) -> None:
-        self.send(protocol.encode({"type": "ack", "id": event_id}))
-
-    def refuse_publish(self, publish: Publish, code: ErrorCode, message: str) -> None:
-        """Tell the client a publish did not reach the broker: a `nack` if it asked for acks, else an `error`."""
-        if publish.ack:
-            self.send(protocol.encode({"type": "nack", "id": publish.id, "code": code, "message": message}))
-        else:
-            self.send(protocol.error(code, message, id=publish.id))
-
     def reject_frame(self, code: str, message: str, line: bytes = b"") -> None:
         """Answer an unusable frame (`line`, or the head of one too long) with an `error`, carrying its `id` if it had
         a readable one, so that a client waiting for that publish's ack hears of it."""
-        self._relay.metrics.frame_errors.labels(code).inc()
+        self._metrics.frame_errors.labels(code).inc()
         frame_warnings.warning(code, "bad frame from client %s: %s", self.id_scope or "-", printable(message))
         event_id = protocol.readable_id(line)
         self.send(protocol.error(ErrorCode(code), message) if event_id is None

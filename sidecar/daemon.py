@@ -92,6 +92,7 @@ class Daemon:
         self._connecting: asyncio.Task[None] | None = None  # connects in the background after a start without it
         self._subscription: Subscription | None = None
         self._serving = False
+        self._stopping = False
 
     def _on_backend_state(self, state: BackendState) -> None:
         # The apps (and the log) hear of the broker only once the daemon serves, so a start that fails says nothing
@@ -105,7 +106,8 @@ class Daemon:
         if len(self.connections) >= self.max_clients:
             turn_away = protocol.error(ErrorCode.TOO_MANY_CLIENTS,
                                        f"this syncar already serves {self.max_clients} clients")
-        connection = Connection(self.relay, self._limits, on_close=self.connections.discard, turn_away=turn_away)
+        connection = Connection(self.relay, self._limits, self.metrics, on_close=self.connections.discard,
+                                turn_away=turn_away)
         self.connections.add(connection)
         return connection
 
@@ -115,7 +117,7 @@ class Daemon:
         Ready means the apps can use the socket: local delivery works and publishes wait in the outbox while the
         broker is away. With `broker`, the broker must be connected too (`/readyz/broker`).
         """
-        if self.relay.stopping:
+        if self._stopping:
             return "shutting down"
         if not self.listener.listening:
             return "socket not listening"
@@ -219,8 +221,8 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop accepting, flush the outbox and the clients within `shutdown_timeout`, close the broker."""
         log.info("shutting down")
-        relay = self.relay
-        relay.stopping = True
+        self._stopping = True
+        self.relay.stop()
         self.listener.stop_accepting()
         deadline = asyncio.get_running_loop().time() + self.settings.shutdown_timeout
         if not await self._within(deadline, self.outbox.drain()) or self.outbox:
@@ -230,7 +232,7 @@ class Daemon:
             # Stop consuming while the apps are still connected: in durable mode, what is not handled yet stays
             # on the broker for the next run instead of being acknowledged into a buffer about to vanish.
             await self._within(deadline, self._subscription.unsubscribe())
-        relay.broadcast(relay.status_frame(stopping=True))
+        self.relay.say_stopping()
         connections = list(self.connections)
         for connection in connections:
             connection.close()

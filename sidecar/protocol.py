@@ -1,4 +1,4 @@
-"""The app protocol, version 1: frame shapes, their validation, and the frames syncar writes.
+"""The app protocol, version 1: frame shapes, their validation, and every frame syncar writes.
 
 `publish` is the hot path: msgspec decodes it straight into a `Publish`, its
 `data` and `context` kept as the JSON bytes they came in. Anything it does not
@@ -47,13 +47,55 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
 
 
+# -- the frames syncar writes -----------------------------------------------------------------
+
+
 def encode(frame: dict[str, Any]) -> bytes:
     """One frame as a line of JSON."""
     return orjson.dumps(frame, option=orjson.OPT_APPEND_NEWLINE)
 
 
+def welcome(*, instance: str, backend: str, broker_up: bool, epoch: str, seq: int, client_id: str, resumed: bool,
+            max_frame_bytes: int) -> bytes:
+    return encode({"type": "welcome", "version": PROTOCOL_VERSION, "instance": instance, "backend": backend,
+                   "broker": "up" if broker_up else "down", "epoch": epoch, "seq": seq, "client_id": client_id,
+                   "resumed": resumed, "max_frame_bytes": max_frame_bytes})
+
+
+def status(*, backend: str, broker_up: bool, outbox: int, stopping: bool = False) -> bytes:
+    """The broker's state; with `stopping`, the last frame before the daemon closes the connection."""
+    frame: dict[str, Any] = {"type": "status", "broker": "up" if broker_up else "down", "backend": backend,
+                             "outbox": outbox}
+    if stopping:
+        frame["stopping"] = True
+    return encode(frame)
+
+
+def event(seq: int, origin: bytes, part: bytes) -> bytes:
+    """An `event` frame, from the JSON of its origin and of the event itself (`{"id": ..., ...}`, as the codec made
+    it): joined as bytes, since it is made for every event delivered."""
+    return b'{"type":"event","seq":%d,"origin":%s,%s\n' % (seq, origin, part[1:])
+
+
+def ack(event_id: str) -> bytes:
+    return encode({"type": "ack", "id": event_id})
+
+
+def refusal(publish: Publish, code: ErrorCode, message: str) -> bytes:
+    """What tells a client that a publish did not reach the broker: a `nack` if it asked for acks, else an `error`."""
+    if publish.ack:
+        return encode({"type": "nack", "id": publish.id, "code": code, "message": message})
+    return error(code, message, id=publish.id)
+
+
 def error(code: ErrorCode, message: str, **extra: Any) -> bytes:
     return encode({"type": "error", "code": code, "message": message, **extra})
+
+
+PONG = encode({"type": "pong"})
+
+
+# -- the frames apps write ---------------------------------------------------------------------
 
 
 # JSON strings and the punctuation around them; numbers, literals and white space are not needed to find a key.

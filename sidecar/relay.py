@@ -12,12 +12,12 @@ import logging
 import secrets
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
 import orjson
 
 from backends.base import BackendState, Message
-from sidecar import PROTOCOL_VERSION, protocol
+from sidecar import protocol
 from sidecar.codec import Codec, Event, Outgoing, encode
 from sidecar.dedup import EventIds, SeenIds
 from sidecar.errors import CodecError
@@ -27,9 +27,6 @@ from sidecar.outbox import Outbox, OutboxFull
 from sidecar.protocol import ErrorCode, Publish
 from sidecar.replay import Entry, ReplayBuffer, SharedStrings
 
-if TYPE_CHECKING:
-    from sidecar.connection import Connection
-
 log = logging.getLogger(__name__)
 #: Remote event ids remembered for de-duplication; at 10,000 events/s, ten seconds of them.
 DEDUP_WINDOW = 100_000
@@ -38,6 +35,32 @@ MAX_CLOCK_AHEAD = 60.0
 #: Origins whose JSON is kept at once; more instances than this only cost a cache refill.
 MAX_ORIGINS = 1024
 bus_warnings = RateLimitedLogger(log, interval=10.0)
+
+
+class Subscriber(Protocol):
+    """What the relay needs of a client: what it wants, and a way to send it frames (sidecar.connection.Connection)."""
+
+    client_id: str  # marks the events it publishes, so that it does not get them back
+    id_scope: str  # what the ids it gives its events are prefixed with on the bus (Relay.scope_of)
+    echo: bool  # it wants its own events too
+    paused: bool  # its transport holds enough for now: a replay waits for Relay.resume_replay()
+
+    @property
+    def queue_bytes(self) -> int:
+        """Unsent bytes it may have before it is disconnected as too slow."""
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """The longest line it may send (told in `welcome`)."""
+
+    def wants(self, path: str, event: str) -> bool:
+        """Whether an event is for it (its `hello.subscribe`)."""
+
+    def send(self, frame: bytes) -> None:
+        """Queue a frame for it, without blocking."""
+
+    def close(self, last_frame: bytes | None = None) -> None:
+        """Send `last_frame`, then disconnect it; it leaves the relay once gone."""
 
 
 class _CatchUp:
@@ -62,9 +85,9 @@ class Relay:
         self.seq = 0
         self.broker_up = False
         self._was_up = False
-        self.stopping = False
-        self.clients: set[Connection] = set()  # those getting live events
-        self._catching_up: dict[Connection, _CatchUp] = {}  # those still getting what they missed
+        self._stopping = False
+        self.clients: set[Subscriber] = set()  # those getting live events
+        self._catching_up: dict[Subscriber, _CatchUp] = {}  # those still getting what they missed
         self._codec = codec
         self._outbox = outbox
         self._replay = replay
@@ -79,7 +102,7 @@ class Relay:
 
     # -- clients -------------------------------------------------------------------------------
 
-    def join(self, client: Connection, resume: protocol.Resume | None) -> None:
+    def join(self, client: Subscriber, resume: protocol.Resume | None) -> None:
         """Start delivering to `client`: welcome it, replay what it missed, then live events."""
         cursor: int | None = None  # replay the events after this seq
         gap: str | None = None  # why the client missed events it cannot get
@@ -95,12 +118,10 @@ class Relay:
                 cursor = resume.seq
             if cursor is not None and self._replay.after(cursor) is None:
                 cursor, gap = None, "you fell further behind than the replay buffer holds"
-        client.send(protocol.encode({
-            "type": "welcome", "version": PROTOCOL_VERSION, "instance": self.instance_id,
-            "backend": self.backend_name, "broker": "up" if self.broker_up else "down", "epoch": self.epoch,
-            "seq": self.seq, "client_id": client.client_id, "resumed": resume is not None and gap is None,
-            "max_frame_bytes": client.max_frame_bytes,
-        }))
+        client.send(protocol.welcome(
+            instance=self.instance_id, backend=self.backend_name, broker_up=self.broker_up, epoch=self.epoch,
+            seq=self.seq, client_id=client.client_id, resumed=resume is not None and gap is None,
+            max_frame_bytes=client.max_frame_bytes))
         if gap is not None:
             client.send(protocol.error(
                 ErrorCode.RESUME_GAP, f"cannot resume fully: events after your seq may be missing ({gap})",
@@ -111,7 +132,7 @@ class Relay:
             self._catching_up[client] = _CatchUp(cursor, self.seq)
             self._catch_up(client)
 
-    def _catch_up(self, client: Connection) -> None:
+    def _catch_up(self, client: Subscriber) -> None:
         """Hand `client` the next part of what it missed, up to an eighth of its queue; the rest comes in later
         turns of the loop, while its transport takes more (see Connection.pause_writing). Live events reach it
         through the replay buffer meanwhile, in order; once none is left, it gets them as every client does."""
@@ -145,23 +166,23 @@ class Relay:
             state.scheduled = True
             asyncio.get_running_loop().call_soon(self._catch_up, client)
 
-    def resume_replay(self, client: Connection) -> None:
+    def resume_replay(self, client: Subscriber) -> None:
         """`client`'s transport can take more: go on with its replay, if it is catching up."""
         state = self._catching_up.get(client)
         if state is not None and not state.scheduled:
             self._catch_up(client)
 
-    def leave(self, client: Connection) -> None:
+    def leave(self, client: Subscriber) -> None:
         self.clients.discard(client)
         self._catching_up.pop(client, None)
 
-    def broadcast(self, frame: bytes) -> None:
+    def _broadcast(self, frame: bytes) -> None:
         for client in [*self.clients, *self._catching_up]:
             client.send(frame)
 
     # -- events in -----------------------------------------------------------------------------
 
-    def publish(self, client: Connection, publish: Publish) -> None:
+    def publish(self, client: Subscriber, publish: Publish) -> None:
         """A local client's event: deliver it here at once, and queue it for the broker."""
         self._published += 1
         # The app's id goes on the bus in the app's own scope, so that no other app can take it (sidecar/dedup.py).
@@ -172,8 +193,8 @@ class Relay:
         self._delivered_locally += self._fan_out(part, self._origin_json, publish.path, publish.event, client)
         if len(part) > self._outbox.max_event_bytes:
             self.metrics.dropped.labels(DropReason.TOO_LARGE).inc()
-            client.refuse_publish(publish, ErrorCode.TOO_LARGE_FOR_BROKER, f"event is {len(part)} bytes; the broker "
-                                  f"takes at most {self._outbox.max_event_bytes}")
+            client.send(protocol.refusal(publish, ErrorCode.TOO_LARGE_FOR_BROKER, f"event is {len(part)} bytes; the "
+                                         f"broker takes at most {self._outbox.max_event_bytes}"))
             return
         outgoing = Outgoing(event, part, time.monotonic())
         try:
@@ -181,19 +202,16 @@ class Relay:
             self._outbox.put(outgoing, answer)
         except OutboxFull as exc:
             self.metrics.dropped.labels(DropReason.OUTBOX_FULL).inc()
-            client.refuse_publish(publish, ErrorCode.OUTBOX_FULL, f"not sent to the broker: {exc}")
+            client.send(protocol.refusal(publish, ErrorCode.OUTBOX_FULL, f"not sent to the broker: {exc}"))
 
     def scope_of(self, client_id: str) -> str:
         """What the ids a client with this `client_id` names its events with are prefixed with on the bus."""
         return self._ids.scope(client_id)
 
     @staticmethod
-    def _answer(client: Connection, publish: Publish, app_id: str, error: tuple[ErrorCode, str] | None) -> None:
+    def _answer(client: Subscriber, publish: Publish, app_id: str, error: tuple[ErrorCode, str] | None) -> None:
         """Tell a client that asked for an ack what became of its event at the broker."""
-        if error is None:
-            client.acknowledge(app_id)
-        else:
-            client.refuse_publish(publish, *error)
+        client.send(protocol.ack(app_id) if error is None else protocol.refusal(publish, *error))
 
     def flush_counts(self) -> None:
         """Add the publishes counted since the last call, and their local deliveries, to the metrics: the hot path
@@ -242,7 +260,7 @@ class Relay:
         if delivered:
             self.metrics.delivered.inc(delivered)
 
-    def _fan_out(self, part: bytes, origin_json: bytes, path: str, event: str, source: Connection | None) -> int:
+    def _fan_out(self, part: bytes, origin_json: bytes, path: str, event: str, source: Subscriber | None) -> int:
         """Number the event, keep it for replay, and send its frame (made once) to the clients that want it."""
         self.seq = seq = self.seq + 1
         share = self._strings
@@ -277,12 +295,22 @@ class Relay:
             if up and self._was_up:
                 self.metrics.reconnects.inc()
             self._was_up |= up
-            if self.stopping:
+            if self._stopping:
                 return
             log.log(logging.INFO if up else logging.WARNING, "broker %s (%s)", "up" if up else "down",
                     self.backend_name)
-            self.broadcast(self.status_frame())
+            self._broadcast(self._status())
 
-    def status_frame(self, **extra: Any) -> bytes:
-        return protocol.encode({"type": "status", "broker": "up" if self.broker_up else "down",
-                                "backend": self.backend_name, "outbox": len(self._outbox), **extra})
+    def _status(self, stopping: bool = False) -> bytes:
+        return protocol.status(backend=self.backend_name, broker_up=self.broker_up, outbox=len(self._outbox),
+                               stopping=stopping)
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """The daemon is shutting down: the broker going and coming back is news to neither the clients nor the log."""
+        self._stopping = True
+
+    def say_stopping(self) -> None:
+        """Tell every client that its connection is about to be closed: a last `status`, with `stopping`."""
+        self._broadcast(self._status(stopping=True))

@@ -8,6 +8,8 @@ from itertools import islice
 
 import msgspec
 
+from sidecar import protocol
+
 
 class Entry(msgspec.Struct, gc=False):  # gc=False: nothing in it can form a cycle, and there are thousands
     """One numbered event. It keeps the event's JSON, not its frame: a frame is made only for a client that wants
@@ -21,7 +23,7 @@ class Entry(msgspec.Struct, gc=False):  # gc=False: nothing in it can form a cyc
     part: bytes  # the event as JSON: {id, time, event, path, data, context}
 
     def frame(self) -> bytes:
-        return b'{"type":"event","seq":%d,"origin":%s,%s\n' % (self.seq, self.origin, self.part[1:])
+        return protocol.event(self.seq, self.origin, self.part)
 
 
 class SharedStrings(dict[str, str]):
