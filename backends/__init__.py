@@ -1,7 +1,8 @@
-"""Broker backends, picked by the scheme of the `--backend` URI.
+"""Broker backends, picked by the scheme of the `--backend` URI and the mode.
 
-Only the chosen backend's module is imported, so `syncar run` on the local
-backend never loads redis, aio-pika or nats-py.
+`BACKENDS` is the one place that says which class serves which scheme in which mode; each class declares its own
+`features` (see `backends.base`). Only the chosen backend's module is imported, so `syncar run` on the local
+backend never loads redis, aio-pika or nats-py. A new backend, or a new mode of one, is a row here.
 """
 
 from __future__ import annotations
@@ -10,17 +11,22 @@ import importlib
 import re
 from urllib.parse import urlsplit
 
-from backends.base import Backend, Feature, Mode
+from backends.base import Backend, Mode
 from sidecar.errors import ConfigError
 
-BACKENDS: dict[str, str] = {
-    "local": "backends.local:LocalBackend",
-    "redis": "backends.redis:RedisBackend",
-    "rediss": "backends.redis:RedisBackend",
-    "amqp": "backends.amqp:AmqpBackend",
-    "amqps": "backends.amqp:AmqpBackend",
-    "nats": "backends.nats:NatsBackend",
-    "tls": "backends.nats:NatsBackend",
+_LOCAL = {Mode.BROADCAST: "backends.local:LocalBackend"}
+_REDIS = {Mode.BROADCAST: "backends.redis:RedisBackend", Mode.DURABLE: "backends.redis:RedisStreamsBackend"}
+_AMQP = {Mode.BROADCAST: "backends.amqp:AmqpBackend", Mode.DURABLE: "backends.amqp:AmqpDurableBackend"}
+_NATS = {Mode.BROADCAST: "backends.nats:NatsBackend", Mode.DURABLE: "backends.nats:NatsJetStreamBackend"}
+#: scheme -> mode -> "module:Class". A scheme without a mode has no such mode.
+BACKENDS: dict[str, dict[Mode, str]] = {
+    "local": _LOCAL,
+    "redis": _REDIS,
+    "rediss": _REDIS,
+    "amqp": _AMQP,
+    "amqps": _AMQP,
+    "nats": _NATS,
+    "tls": _NATS,
 }
 
 #: Schemes whose URI may list several host:port, comma-separated.
@@ -56,13 +62,18 @@ def scheme_of(uri: str) -> str:
 
 
 def load_backend(uri: str, mode: Mode = Mode.BROADCAST) -> type[Backend]:
-    """Import and return the backend class for `uri`.
+    """Import and return the backend class for `uri` in `mode`.
 
     Raises:
         ConfigError: the scheme is not one syncar knows, or the backend has no such mode.
     """
-    module_name, _, class_name = BACKENDS[scheme_of(uri)].partition(":")
+    modes = BACKENDS[scheme_of(uri)]
+    if mode not in modes:
+        raise ConfigError(f"mode: the {_import(modes[Mode.BROADCAST]).name} backend has no {mode} mode")
+    return _import(modes[mode])
+
+
+def _import(path: str) -> type[Backend]:
+    module_name, _, class_name = path.partition(":")
     backend: type[Backend] = getattr(importlib.import_module(module_name), class_name)
-    if mode is Mode.DURABLE and Feature.DURABLE not in backend.features:
-        raise ConfigError(f"mode: the {backend.name} backend has no durable mode")
     return backend

@@ -70,7 +70,6 @@ DEFAULT_RECONNECT_INTERVAL = DEFAULT_INITIAL  # the first wait between attempts;
 DEFAULT_HEARTBEAT = 10  # seconds: a silently dead broker is noticed in ~33 s, not aiormq's default ~3 min
 DEFAULT_PUBLISH_TIMEOUT = 10.0
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # RabbitMQ refuses over 128 MiB by default
-BROADCAST_FEATURES = frozenset({Feature.ORDERED, Feature.CONFIRMS})
 
 # The URI query options aiormq/aio-pika read, and what each must be. aiormq ignores unknown options silently
 # (aio-pika's own docstring spells the CA option `ca_certs`, which aiormq never reads), so start() refuses them.
@@ -143,7 +142,7 @@ class BackingOffRobustConnection(aio_pika.RobustConnection):
 
 class AmqpBackend(Backend):
     name: ClassVar[str] = "amqp"
-    features: ClassVar[frozenset[Feature]] = BROADCAST_FEATURES | {Feature.DURABLE, Feature.REDELIVERY}
+    features: ClassVar[frozenset[Feature]] = frozenset()
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     def __init__(self, config: BackendConfig, *, on_state: StateCallback | None = None) -> None:
@@ -162,10 +161,6 @@ class AmqpBackend(Backend):
         self._restore_backoff = Backoff(cap=config.reconnect_max_delay)
         self._where = "the broker"
         self._secrets: tuple[str, ...] = ()
-
-    def supports(self, feature: Feature) -> bool:
-        # The class declares what durable mode gives (load_backend checks it); a broadcast instance has less.
-        return feature in (self.features if self.topology.durable else BROADCAST_FEATURES)
 
     def _url(self) -> URL:
         """The URI plus syncar's defaults for what it leaves out; BackendError if it is unusable."""
@@ -377,3 +372,9 @@ class AmqpBackend(Backend):
         connection.backoff.reset()
         self._restore_backoff.reset()
         self._set_state(BackendState.CONNECTED)
+
+
+class AmqpDurableBackend(AmqpBackend):
+    """Durable mode: one durable queue per instance (`backends.amqp_topology`)."""
+
+    features: ClassVar[frozenset[Feature]] = frozenset({Feature.DURABLE})

@@ -133,7 +133,7 @@ class AmqpSubscription(Subscription):
                     await self._redeliver(handled, message, exc)
                     handled, count = None, 0
                     continue
-                # No REDELIVERY in broadcast mode: the message is dropped for this subscriber.
+                # No redelivery in broadcast mode: the message is dropped for this subscriber.
                 log.error("amqp: subscriber of %r failed, message dropped: %s", self.topic, exc)
                 log.debug("amqp: subscriber failure", exc_info=True)
             else:

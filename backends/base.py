@@ -4,6 +4,15 @@ The relay core only ever talks to this interface. A backend moves opaque
 message bodies on one topic (syncar's `--key`); what is inside is the codec's
 business. Reconnecting is the backend's job: it reports each state change
 through `on_state` and restores its subscriptions by itself.
+
+Every backend keeps order and confirms: `publish()` returns once the broker accepted the messages (the client's
+`ack` means that), and `subscribe()` delivers one publisher's messages in publish order (the relay's replay and
+resume rely on it). These are the interface, not features: a backend that cannot keep them is not a backend.
+What differs between backends, and between the modes of one broker, is declared as `Feature`s, per class: one
+class per mode, chosen by `backends.load_backend()` from its table. The core consults each feature it declares:
+`DURABLE` (the daemon, and the table's consistency test) and `NO_ECHO` (through `Backend.broker_echoes`, by the
+codec). A message whose handler raised comes back only in durable mode, because that mode acknowledges a
+message after its handler returned; that is part of `DURABLE`, not a feature of its own.
 """
 
 from __future__ import annotations
@@ -14,20 +23,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import ClassVar, Self, final
 
 from sidecar.backoff import DEFAULT_CAP
 from sidecar.errors import ConfigError, SidecarError
 
 
 class Feature(StrEnum):
-    """A capability a backend declares; the core checks, it never guesses."""
+    """A capability a backend class declares; the core checks, it never guesses."""
 
-    ORDERED = "ordered"  # messages from one publisher arrive in publish order
-    DURABLE = "durable"  # messages published while an instance is away wait for it
-    REDELIVERY = "redelivery"  # a handler that raises gets the message again
-    CONFIRMS = "confirms"  # publish() returns only once the broker has stored the message
-    NO_ECHO = "no_echo"  # the broker does not deliver to us what we published ourselves (asked by echo=False)
+    #: Messages published while an instance is away wait for it; each is acknowledged after its handler returned,
+    #: so a handler that raises (or a crash) gets it again.
+    DURABLE = "durable"
+    #: With `BackendConfig.echo` False, the broker does not deliver to us what we published ourselves.
+    NO_ECHO = "no_echo"
 
 
 class BackendState(StrEnum):
@@ -170,6 +179,9 @@ class Backend(ABC):
     max_message_bytes: int = 8 * 1024 * 1024
 
     def __init__(self, config: BackendConfig, *, on_state: StateCallback | None = None) -> None:
+        if (config.mode is Mode.DURABLE) != (Feature.DURABLE in self.features):
+            raise BackendConfigError(f"{self.name}: {type(self).__name__} has no {config.mode} mode; "
+                                     "backends.load_backend(uri, mode) picks the class for a mode")
         self.config = config
         self._on_state = on_state
         self.state = BackendState.CONNECTING
@@ -180,8 +192,15 @@ class Backend(ABC):
             if self._on_state is not None:
                 self._on_state(state)
 
+    @final
     def supports(self, feature: Feature) -> bool:
+        """Whether the class declares `feature`; a class is one broker in one mode, so this never varies."""
         return feature in self.features
+
+    @property
+    def broker_echoes(self) -> bool:
+        """Whether the broker brings back what we published ourselves, for the codec to recognise and drop."""
+        return self.config.echo or Feature.NO_ECHO not in self.features
 
     @abstractmethod
     async def start(self) -> None:

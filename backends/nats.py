@@ -91,8 +91,8 @@ class NatsBackend(Backend):
     """NATS on one long-lived connection; reconnects forever once the first connect worked."""
 
     name: ClassVar[str] = "nats"
-    features: ClassVar[frozenset[Feature]] = frozenset(
-        {Feature.ORDERED, Feature.CONFIRMS, Feature.DURABLE, Feature.REDELIVERY, Feature.NO_ECHO})
+    #: Core NATS can leave out what our own connection published (no_echo); a JetStream consumer gets everything.
+    features: ClassVar[frozenset[Feature]] = frozenset({Feature.NO_ECHO})
 
     def __init__(self, config: BackendConfig, *, on_state: StateCallback | None = None) -> None:
         super().__init__(config, on_state=on_state)
@@ -108,15 +108,6 @@ class NatsBackend(Backend):
         self._backoff = Backoff(cap=config.reconnect_max_delay)
         self._outage = Outage(log)
         self.where = "nats"  # the servers, without credentials, for messages
-
-    def supports(self, feature: Feature) -> bool:
-        # Only the durable mode's consumer gives a failed message back; core NATS has nothing to give. Core NATS
-        # can leave out what our own connection published (no_echo); a JetStream consumer gets everything.
-        if feature is Feature.REDELIVERY:
-            return self._publisher is not None
-        if feature is Feature.NO_ECHO:
-            return self._publisher is None and not self.config.echo
-        return super().supports(feature)
 
     async def start(self) -> None:
         if self._closing:
@@ -152,7 +143,7 @@ class NatsBackend(Backend):
             # No buffering while disconnected: publish() raises at once, and the core's outbox keeps the message.
             pending_size=0,
             # Broadcast mode: the server does not send us back our own batches, which we would only drop.
-            no_echo=self.supports(Feature.NO_ECHO),
+            no_echo=not self.broker_echoes,
             error_cb=on_error, disconnected_cb=partial(self._if_current, client, self._on_disconnected),
             reconnected_cb=partial(self._if_current, client, self._on_reconnected),
             closed_cb=partial(self._if_current, client, self._on_closed),
@@ -384,3 +375,9 @@ class NatsBackend(Backend):
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
         self._set_state(BackendState.CLOSED)
+
+
+class NatsJetStreamBackend(NatsBackend):
+    """Durable mode: JetStream (`backends.nats_jetstream`)."""
+
+    features: ClassVar[frozenset[Feature]] = frozenset({Feature.DURABLE})

@@ -54,10 +54,6 @@ from sidecar.logging import Outage
 
 log = logging.getLogger(__name__)
 
-#: What only durable mode gives: broadcast-mode instances do not claim them.
-DURABLE_FEATURES = frozenset({Feature.DURABLE, Feature.REDELIVERY})
-
-
 def pubsub_hard_limit(value: str) -> int:
     """The hard limit of the `pubsub` class in CONFIG GET client-output-buffer-limit (`normal 0 0 0 ... pubsub
     33554432 8388608 60`), in bytes; 0 for none or unreadable."""
@@ -88,8 +84,7 @@ class Channel:
 
 class RedisBackend(Backend):
     name: ClassVar[str] = "redis"
-    #: Everything the class can do; an instance in broadcast mode does not claim DURABLE_FEATURES (see supports()).
-    features: ClassVar[frozenset[Feature]] = frozenset({Feature.ORDERED, Feature.CONFIRMS, *DURABLE_FEATURES})
+    features: ClassVar[frozenset[Feature]] = frozenset()
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     def __init__(self, config: BackendConfig, *, on_state: StateCallback | None = None) -> None:
@@ -108,9 +103,6 @@ class RedisBackend(Backend):
         self._streams: Streams | None = None  # durable mode's consumer, made by start()
         self._backoff = Backoff(cap=config.reconnect_max_delay)
         self._outage = Outage(log)
-
-    def supports(self, feature: Feature) -> bool:
-        return feature in self.features and (self.config.mode is Mode.DURABLE or feature not in DURABLE_FEATURES)
 
     async def start(self) -> None:
         if self._closed:
@@ -323,7 +315,7 @@ class RedisBackend(Backend):
                 if subscription.active:  # an earlier handler may have unsubscribed it
                     try:
                         await subscription.handler(Message(response[2]))
-                    except Exception as exc:  # no REDELIVERY in broadcast mode
+                    except Exception as exc:  # no redelivery in broadcast mode
                         log.error("redis: subscriber failed, message dropped for it: %s", exc)
                         log.debug("redis: subscriber failure", exc_info=True)
 
@@ -377,3 +369,9 @@ class RedisBackend(Backend):
             await self._send_if_live("SUBSCRIBE", *added)
         if dropped:
             await self._send_if_live("UNSUBSCRIBE", *dropped)
+
+
+class RedisStreamsBackend(RedisBackend):
+    """Durable mode: streams and consumer groups (`backends.redis_streams`)."""
+
+    features: ClassVar[frozenset[Feature]] = frozenset({Feature.DURABLE})

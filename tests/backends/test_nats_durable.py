@@ -13,7 +13,7 @@ import pytest
 from nats.js import api
 
 from backends.base import BackendConfig, BackendError, BackendState, BackendUnavailable, Feature, Message, Mode
-from backends.nats import NatsBackend
+from backends.nats import NatsBackend, NatsJetStreamBackend
 from backends.nats_jetstream import ACK_WAIT, MAX_ACK_PENDING, durable_subject, jetstream_name
 from tests.backends.support import Inbox, Started
 from tests.brokers import serve
@@ -49,7 +49,7 @@ def connect(server: NatsServer, started: Started) -> Factory:
     async def start(instance: str, uri: str | None = None, *, retention: int = 100_000, ttl: float = TTL,
                     states: list[BackendState] | None = None) -> NatsBackend:
         config = BackendConfig(uri or server.uri, instance, mode=Mode.DURABLE, retention=retention, instance_ttl=ttl)
-        return await started(NatsBackend(config, on_state=states.append if states is not None else None))
+        return await started(NatsJetStreamBackend(config, on_state=states.append if states is not None else None))
 
     return start
 
@@ -68,7 +68,7 @@ def bodies(start: int, stop: int) -> list[bytes]:
 
 async def test_publish_returns_once_jetstream_stored_it(connect: Factory, jsm: Any, topic: str) -> None:
     sender = await connect("s")
-    assert sender.supports(Feature.DURABLE) and sender.supports(Feature.REDELIVERY)
+    assert sender.supports(Feature.DURABLE)
     await sender.publish(topic, bodies(0, 50))
     # No subscriber anywhere: the messages are in the stream all the same, on the durable subject, on disk.
     info = await jsm.stream_info(jetstream_name(topic))
@@ -233,7 +233,7 @@ async def test_broadcast_and_durable_subjects_are_apart(server: NatsServer, conn
     broadcast = NatsBackend(BackendConfig(server.uri, "b"))
     await broadcast.start()
     try:
-        assert not broadcast.supports(Feature.REDELIVERY)
+        assert not broadcast.supports(Feature.DURABLE)
         plain, stored = Inbox(), Inbox()
         await broadcast.subscribe(topic, plain)
         await durable.subscribe(topic, stored)

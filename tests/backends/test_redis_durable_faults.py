@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio
 
 from backends.base import BackendConfig, BackendState, BackendUnavailable, Mode, PublishTimeout
-from backends.redis import RedisBackend
+from backends.redis import RedisStreamsBackend
 from backends.redis_streams import stream_key
 from tests.backends.support import Inbox, Started
 from tests.backends.test_redis_durable import Factory, bodies
@@ -39,9 +39,9 @@ def volatile() -> Iterator[RedisServer]:
 @pytest.fixture
 def backend(server: RedisServer, started: Started) -> Factory:
     async def factory(instance_id: str, *, uri: str | None = None, on_state: Callable[[BackendState], None] | None
-                      = None, retention: int = 1_000_000) -> RedisBackend:
+                      = None, retention: int = 1_000_000) -> RedisStreamsBackend:
         config = BackendConfig(uri or server.uri, instance_id, 2.0, mode=Mode.DURABLE, retention=retention)
-        return await started(RedisBackend(config, on_state=on_state))
+        return await started(RedisStreamsBackend(config, on_state=on_state))
 
     return factory
 

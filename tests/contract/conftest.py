@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from backends import load_backend
-from backends.base import Feature, Mode
+from backends import BACKENDS
+from backends.base import Mode
 from sidecar.daemon import Daemon
 from tests.brokers import BrokerServer
 from tests.utils import run_daemon
@@ -36,7 +36,7 @@ class Setup:
 
 
 def _durable(broker: str) -> bool:
-    return Feature.DURABLE in load_backend(f"{SCHEMES[broker]}://").features
+    return Mode.DURABLE in BACKENDS[SCHEMES[broker]]
 
 
 # Durable mode needs the syncar codec, and a backend that has it.

@@ -1,7 +1,7 @@
 """Fixtures of the fault suite: a (broker, mode) per test, generated only where the backend has that mode,
 and the table of what was lost, printed at the end of the session.
 
-Durable cases exist only for backends that declare `Feature.DURABLE`, checked
+Durable cases exist only for backends with a durable mode in `backends.BACKENDS`, checked
 at collection, so a backend's durable cases run as soon as its durable mode
 lands. The combinations left out are listed under the table, with the reason.
 Set SYNCAR_FAULTS_REPORT=<file> to also write the table there (markdown).
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from backends.base import Feature
+from backends.base import Mode
+from sidecar.errors import ConfigError
 from tests.brokers import BrokerServer
 from tests.faults.harness import BROKERS, MODES, Scenario
 from tests.faults.report import NOT_RUN, RESULTS, not_run_lines, table
@@ -37,11 +38,11 @@ def _durable_support(broker: str) -> str | None:
     from backends import load_backend
 
     try:
-        backend = load_backend(SCHEMES[broker])
+        load_backend(SCHEMES[broker], Mode.DURABLE)
+    except ConfigError as exc:
+        return f"{exc} (syncar run --mode durable exits 2)"
     except Exception as exc:  # a backend being rewritten may not even import: say so, run the rest
         return f"backends for {SCHEMES[broker]} do not import ({type(exc).__name__}: {exc})"
-    if Feature.DURABLE not in backend.features:
-        return f"the {backend.name} backend does not declare Feature.DURABLE yet (syncar run --mode durable exits 2)"
     return None
 
 
