@@ -91,38 +91,54 @@ async def test_pending_publishes_are_bounded(sock: Path) -> None:
         await client.close()
 
 
-async def test_publishes_made_while_the_backlog_is_flushed_are_not_stranded(sock: Path) -> None:
+async def test_publishes_made_while_the_backlog_is_flushed_are_not_stranded(sock: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Publishes made while the backlog written on reconnect is still on its way go out after it, none held back.
+
+    The client's wait for the backlog to be written (its `drain()`) is held until the test has published more, so
+    the publishes land in that window every time.
+    """
     async with run_daemon(sock):
         client = Client(sock, backoff=(0.01, 0.05))
         await client.connect()
     await wait_for(lambda: not client.connected, what="the client to notice")
-    pad = "x" * 2000
-    backlog = 3000  # ~6 MB waiting: flushing it on reconnect takes a while
+    backlog = 100
     for n in range(backlog):
-        await client.publish("p", "e", {"n": n, "pad": pad})
-    count = backlog
+        await client.publish("p", "e", {"n": n})
+    client.instance = None  # set again by the next welcome, before the backlog is written
 
-    async def keep_publishing(until: asyncio.Event) -> None:
-        nonlocal count
-        while not until.is_set():
-            await client.publish("p", "e", {"n": count, "pad": pad})
-            count += 1
-            await asyncio.sleep(0.0005)
+    flushing, release = asyncio.Event(), asyncio.Event()
+    held = 0
+    drain = asyncio.StreamWriter.drain
 
+    async def held_drain(writer: asyncio.StreamWriter) -> None:
+        nonlocal held
+        # The client's side of the socket (its peer is the daemon's path), once welcomed.
+        if client.instance is not None and writer.get_extra_info("peername") == str(sock) and not release.is_set():
+            flushing.set()
+            held += 1
+            await release.wait()
+        await drain(writer)
+
+    monkeypatch.setattr(asyncio.StreamWriter, "drain", held_drain)
     try:
         async with run_daemon(sock) as daemon:
-            reconnected = asyncio.Event()
-            publishing = asyncio.create_task(keep_publishing(reconnected))
-            await wait_for(lambda: client.connected, what="the client to reconnect")
-            await asyncio.sleep(0.05)  # and publish on the fresh connection too
-            reconnected.set()
-            await publishing
+            async with asyncio.timeout(10):
+                await flushing.wait()
+            during = [asyncio.create_task(client.publish("p", "e", {"n": n})) for n in range(backlog, 2 * backlog)]
+            # Each publish has written its line and waits on the held drain, or has returned (held by the client).
+            await wait_for(lambda: held - 1 + sum(task.done() for task in during) == backlog,
+                           what="the publishes made during the flush")
+            release.set()
+            await asyncio.gather(*during)
             await client.publish("p", "e", {"n": "last"}, ack=True)
             # Everything this run of the daemon relayed, from its replay buffer.
             listener = await RawClient.connect(sock, {"resume": {"epoch": daemon.relay.epoch, "seq": 0}})
-            seen = [e["data"]["n"] for e in await listener.events(count + 1)]
+            seen = [(await listener.frame_of("event"))["data"]["n"]]
+            while seen[-1] != "last":
+                seen.append((await listener.frame_of("event"))["data"]["n"])
             await listener.close()
-            assert seen == [*range(count), "last"]
+            assert seen == [*range(2 * backlog), "last"]
     finally:
         await client.close()
 
