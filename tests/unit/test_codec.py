@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import contextlib
-
 import msgspec
 import orjson
 import pytest
@@ -10,6 +8,7 @@ from hypothesis import strategies as st
 
 from sidecar.codec import Event, FeathersSyncCodec, Outgoing, SyncarCodec, encode
 from sidecar.errors import CodecError
+from sidecar.metrics import DropReason
 
 
 def outgoing(event_id: str, data: object, context: object = None, event: str = "created") -> Outgoing:
@@ -64,11 +63,28 @@ def test_syncar_rejects(body: bytes, reason: str) -> None:
     assert info.value.reason == reason
 
 
-@given(st.binary(max_size=300))
+SCALARS = (st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
+           | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
+KEYS = st.sampled_from(["v", "origin", "events", "id", "time", "event", "path", "data", "context"]) | st.text()
+JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=6),
+                    max_leaves=20)
+
+
+@given(st.binary(max_size=300) | JSON.map(orjson.dumps))
 def test_decoders_only_ever_raise_codec_error(body: bytes) -> None:
+    """Bytes or JSON of any shape: decoded, or refused with the reason the relay counts and a one-line message."""
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError:
+        reasons = {DropReason.MALFORMED}
+    else:
+        reasons = {DropReason.MALFORMED, DropReason.FOREIGN}
     for codec in (SyncarCodec("me"), FeathersSyncCodec("me")):
-        with contextlib.suppress(CodecError):
+        try:
             codec.unpack(body)
+        except CodecError as exc:
+            assert exc.reason in reasons, (type(codec).__name__, body, exc.reason)
+            assert str(exc) and "\n" not in str(exc), (body, str(exc))
 
 
 def test_syncar_echo_is_recognised_without_decoding_and_counts_its_events() -> None:
