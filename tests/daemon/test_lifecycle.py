@@ -69,20 +69,22 @@ async def test_stale_socket_is_replaced(sock: Path) -> None:
 
 async def test_socket_of_a_live_daemon_is_refused(sock: Path) -> None:
     first = SpawnedDaemon(sock, name="first")
-    await first.ready()
-    second = SpawnedDaemon(sock, name="second")
-    try:
-        assert await second.exited() == 3
-        assert "in use by another running syncar" in second.log
-        assert "Traceback" not in second.log
-        # Nothing about a broker it never served with: only the reason it could not start.
-        assert "broker up" not in second.log and "broker down" not in second.log, second.log
+    try:  # whatever fails, no daemon outlives the test
+        await first.ready()
+        second = SpawnedDaemon(sock, name="second")
+        try:
+            assert await second.exited() == 3
+            assert "in use by another running syncar" in second.log
+            assert "Traceback" not in second.log
+            # Nothing about a broker it never served with: only the reason it could not start.
+            assert "broker up" not in second.log and "broker down" not in second.log, second.log
+        finally:
+            second.kill()
         # The first daemon is unharmed and its socket still there.
         client = await RawClient.connect(sock, {})
         await client.close()
+        assert await first.stop() == 0
     finally:
-        second.kill()
-        await first.stop()
         first.kill()
 
 
