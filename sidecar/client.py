@@ -289,13 +289,7 @@ class Client:
             await asyncio.sleep(backoff.next())
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        hello: dict[str, Any] = {"type": "hello", "version": PROTOCOL_VERSION, "client": self.name,
-                                 "client_id": self.client_id, "echo": self.echo}
-        if self.subscribe is not None:
-            hello["subscribe"] = self.subscribe
-        if self._epoch is not None:
-            hello["resume"] = {"epoch": self._epoch, "seq": self._seq}
-        writer.write(orjson.dumps(hello, option=orjson.OPT_APPEND_NEWLINE))
+        writer.write(self._hello())
         while line := await reader.readline():
             try:
                 frame = orjson.loads(line)
@@ -307,14 +301,7 @@ class Client:
                 continue
             kind = frame.get("type")
             if kind == "event":
-                self._seq = frame["seq"]
-                origin = frame.get("origin")
-                # After a daemon restart, durable mode may hand us again what the old daemon already did.
-                if origin is not None and self._seen is not None and not self._seen.add(origin, frame["id"]):
-                    continue
-                await self._events.put(Event(frame["seq"], frame["id"], frame.get("origin"), frame["event"],
-                                             frame["path"], frame.get("data"), frame.get("context"),
-                                             frame.get("time")))
+                await self._event(frame)
             elif kind == "ack":
                 self._settle(frame["id"], None)
             elif kind == "nack":
@@ -324,12 +311,34 @@ class Client:
             elif kind == "status":
                 self.broker_up = frame.get("broker") == "up"
             elif kind == "error":
-                if frame.get("code") == "resume_gap":
-                    self.gaps += 1
-                if isinstance(frame.get("id"), str) and frame["id"] in self._outgoing:
-                    self._settle(frame["id"], PublishRefused(frame.get("code", ""), frame.get("message", "")))
-                else:
-                    log.warning("syncar: %s: %s", frame.get("code"), frame.get("message"))
+                self._error(frame)
+
+    def _hello(self) -> bytes:
+        """Who we are, what we want, and, after the first connection, where to resume from."""
+        hello: dict[str, Any] = {"type": "hello", "version": PROTOCOL_VERSION, "client": self.name,
+                                 "client_id": self.client_id, "echo": self.echo}
+        if self.subscribe is not None:
+            hello["subscribe"] = self.subscribe
+        if self._epoch is not None:
+            hello["resume"] = {"epoch": self._epoch, "seq": self._seq}
+        return orjson.dumps(hello, option=orjson.OPT_APPEND_NEWLINE)
+
+    async def _event(self, frame: dict[str, Any]) -> None:
+        self._seq = frame["seq"]
+        origin = frame.get("origin")
+        # After a daemon restart, durable mode may hand us again what the old daemon already did.
+        if origin is not None and self._seen is not None and not self._seen.add(origin, frame["id"]):
+            return
+        await self._events.put(Event(frame["seq"], frame["id"], origin, frame["event"], frame["path"],
+                                     frame.get("data"), frame.get("context"), frame.get("time")))
+
+    def _error(self, frame: dict[str, Any]) -> None:
+        if frame.get("code") == "resume_gap":
+            self.gaps += 1
+        if isinstance(frame.get("id"), str) and frame["id"] in self._outgoing:
+            self._settle(frame["id"], PublishRefused(frame.get("code", ""), frame.get("message", "")))
+        else:
+            log.warning("syncar: %s: %s", frame.get("code"), frame.get("message"))
 
     async def _welcomed(self, frame: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         if frame.get("epoch") != self._epoch:
