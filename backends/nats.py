@@ -40,7 +40,7 @@ from backends.base import (
     Subscription,
     tls_refused,
 )
-from backends.nats_common import CONNECTION_ERRORS, describe, parse_uri, retrieve, settle
+from backends.nats_common import CONNECTION_ERRORS, describe, parse_uri, settle, write_with_ping
 from backends.nats_jetstream import DurableSubscription, JetStreamPublisher
 from sidecar.backoff import Backoff
 from sidecar.logging import Outage, RateLimitedLogger
@@ -299,32 +299,23 @@ class NatsBackend(Backend):
 
     async def _confirm(self, client: Client, lost: asyncio.Future[None] | None) -> None:
         """Return once the server has processed everything written so far on `client`, or raise."""
-        # nats-py's flush() writes its PING straight to the socket, ahead of commands still queued for its
-        # flusher task, so its PONG would prove nothing about them: let the flusher write them first.
-        for attempt in range(CONFIRM_TIMEOUT * 1000):
-            if not client.pending_data_size or not client.is_connected:
-                break
-            await asyncio.sleep(0 if attempt < 3 else 0.001)
         unconfirmed = PublishUnconfirmed(f"nats: connection to {self.where} lost before the server confirmed")
-        # nats-py cancels its reader before it reports a disconnect; a flush in that window returns at once
-        # without a PONG, which would confirm a batch the server never got.
+        # nats-py cancels its reader before it reports a disconnect: a PING then would never get its PONG.
         if not client.is_connected or (lost is not None and lost.done()):
             raise unconfirmed
-        flush = asyncio.ensure_future(client.flush(CONFIRM_TIMEOUT))
         try:
-            await asyncio.wait({flush} if lost is None else {flush, lost}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            # Never cancel a flush: its stale PONG waiter would break nats-py's read loop (a reconnect clears it).
-            flush.add_done_callback(retrieve)
-        if not flush.done() or not client.is_connected or (lost is not None and lost.done()):
+            pong = write_with_ping(client)
+        except CONNECTION_ERRORS as exc:
+            raise unconfirmed from exc
+        waiting: set[asyncio.Future[Any]] = {pong} if lost is None else {pong, lost}
+        await asyncio.wait(waiting, timeout=CONFIRM_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        if pong.done():  # only a PONG resolves it
+            return
+        if not client.is_connected or (lost is not None and lost.done()):
             raise unconfirmed
-        error = flush.exception()
-        if isinstance(error, nats.errors.FlushTimeoutError):
-            # Silent but not closed (half-open TCP, a stuck server): this connection is of no use any more.
-            await client.force_reconnect()
-            raise PublishTimeout(f"nats: {self.where} did not confirm within {CONFIRM_TIMEOUT}s; reconnecting")
-        if error is not None:
-            raise BackendUnavailable(f"nats: {self.where} did not confirm: {describe(error)}") from error
+        # Silent but not closed (half-open TCP, a stuck server): this connection is of no use any more.
+        await client.force_reconnect()
+        raise PublishTimeout(f"nats: {self.where} did not confirm within {CONFIRM_TIMEOUT}s; reconnecting")
 
     async def subscribe(self, topic: str, handler: Handler) -> Subscription:
         client = self._usable()
