@@ -79,14 +79,14 @@ class Relay:
                  metrics: Metrics, id_key: bytes, durable: bool = False, max_event_age: float = 86_400.0) -> None:
         self.instance_id = instance_id
         self.durable = durable
-        self.metrics = metrics
+        self._metrics = metrics
         self.backend_name = backend_name
         self.epoch = secrets.token_hex(8)  # seqs are only comparable within one run of the daemon
         self.seq = 0
         self.broker_up = False
         self._was_up = False
         self._stopping = False
-        self.clients: set[Subscriber] = set()  # those getting live events
+        self._clients: set[Subscriber] = set()  # those getting live events
         self._catching_up: dict[Subscriber, _CatchUp] = {}  # those still getting what they missed
         self._codec = codec
         self._outbox = outbox
@@ -127,7 +127,7 @@ class Relay:
                 ErrorCode.RESUME_GAP, f"cannot resume fully: events after your seq may be missing ({gap})",
                 epoch=self.epoch, seq=self.seq))
         if cursor is None or cursor == self.seq:
-            self.clients.add(client)
+            self._clients.add(client)
         else:
             self._catching_up[client] = _CatchUp(cursor, self.seq)
             self._catch_up(client)
@@ -145,7 +145,7 @@ class Relay:
         entries = self._replay.after(state.cursor)
         if entries is None:  # it read slower than events came, and the buffer moved on
             del self._catching_up[client]
-            self.metrics.disconnects.labels("slow_client").inc()
+            self._metrics.disconnects.labels("slow_client").inc()
             client.close(protocol.error(ErrorCode.SLOW_CLIENT, "you read slower than events came while catching "
                                         "up; resume from your last seq"))
             return
@@ -161,7 +161,7 @@ class Relay:
                     break
         if state.cursor == self.seq:
             del self._catching_up[client]
-            self.clients.add(client)
+            self._clients.add(client)
         else:
             state.scheduled = True
             asyncio.get_running_loop().call_soon(self._catch_up, client)
@@ -173,11 +173,11 @@ class Relay:
             self._catch_up(client)
 
     def leave(self, client: Subscriber) -> None:
-        self.clients.discard(client)
+        self._clients.discard(client)
         self._catching_up.pop(client, None)
 
     def _broadcast(self, frame: bytes) -> None:
-        for client in [*self.clients, *self._catching_up]:
+        for client in [*self._clients, *self._catching_up]:
             client.send(frame)
 
     # -- events in -----------------------------------------------------------------------------
@@ -192,7 +192,7 @@ class Relay:
         part = encode(event)
         self._delivered_locally += self._fan_out(part, self._origin_json, publish.path, publish.event, client)
         if len(part) > self._outbox.max_event_bytes:
-            self.metrics.dropped.labels(DropReason.TOO_LARGE).inc()
+            self._metrics.dropped.labels(DropReason.TOO_LARGE).inc()
             client.send(protocol.refusal(publish, ErrorCode.TOO_LARGE_FOR_BROKER, f"event is {len(part)} bytes; the "
                                          f"broker takes at most {self._outbox.max_event_bytes}"))
             return
@@ -201,7 +201,7 @@ class Relay:
             answer = partial(self._answer, client, publish, app_id) if publish.ack and app_id else None
             self._outbox.put(outgoing, answer)
         except OutboxFull as exc:
-            self.metrics.dropped.labels(DropReason.OUTBOX_FULL).inc()
+            self._metrics.dropped.labels(DropReason.OUTBOX_FULL).inc()
             client.send(protocol.refusal(publish, ErrorCode.OUTBOX_FULL, f"not sent to the broker: {exc}"))
 
     def scope_of(self, client_id: str) -> str:
@@ -217,48 +217,48 @@ class Relay:
         """Add the publishes counted since the last call, and their local deliveries, to the metrics: the hot path
         counts in plain ints, and a connection flushes them after each read."""
         if self._published:
-            self.metrics.published.inc(self._published)
+            self._metrics.published.inc(self._published)
             self._published = 0
         if self._delivered_locally:
-            self.metrics.delivered.inc(self._delivered_locally)
+            self._metrics.delivered.inc(self._delivered_locally)
             self._delivered_locally = 0
 
     async def on_message(self, message: Message) -> None:
         """A message from the broker: unpack it, drop our own echoes, deliver the rest."""
         if echoed := self._codec.echoed(message.body):
-            self.metrics.dropped.labels(DropReason.ECHO).inc(echoed)
+            self._metrics.dropped.labels(DropReason.ECHO).inc(echoed)
             return
         try:
             batch = self._codec.unpack(message.body, message.accepted_at)
         except CodecError as exc:
-            self.metrics.dropped.labels(exc.reason).inc()
+            self._metrics.dropped.labels(exc.reason).inc()
             # The message may quote the broker's bytes (a foreign batch's version, say): escaped and cut.
             bus_warnings.warning(exc.reason, "dropped a %s message from the broker: %s", exc.reason,
                                  printable(str(exc)))
             return
         if batch.origin == self.instance_id:
-            self.metrics.dropped.labels(DropReason.ECHO).inc(len(batch.events))
+            self._metrics.dropped.labels(DropReason.ECHO).inc(len(batch.events))
             return
-        self.metrics.received.inc(len(batch.events))
+        self._metrics.received.inc(len(batch.events))
         origin_json = self._origins.get(batch.origin) or self._origin_of(batch.origin)
         first = batch.events[0].time if batch.events else None
         if first is not None:
             # Once per message: its first event waited longest. A time no clock difference explains is not measured.
             age = time.time() - first
             if -MAX_CLOCK_AHEAD <= age <= self._max_event_age:
-                self.metrics.relay_seconds.observe(max(age, 0.0))
+                self._metrics.relay_seconds.observe(max(age, 0.0))
             else:
-                self.metrics.implausible_times.inc()
+                self._metrics.implausible_times.inc()
         delivered = 0
         for event in batch.events:
             # A broker redelivers after a lost ack, a client resends after a lost ack: deliver once. Events from
             # feathers-sync apps have no origin and no id of their own, so nothing to compare.
             if batch.origin is not None and not self._seen.add(batch.origin, event.id):
-                self.metrics.dropped.labels(DropReason.DUPLICATE).inc()
+                self._metrics.dropped.labels(DropReason.DUPLICATE).inc()
                 continue
             delivered += self._fan_out(encode(event), origin_json, event.path, event.event, None)
         if delivered:
-            self.metrics.delivered.inc(delivered)
+            self._metrics.delivered.inc(delivered)
 
     def _fan_out(self, part: bytes, origin_json: bytes, path: str, event: str, source: Subscriber | None) -> int:
         """Number the event, keep it for replay, and send its frame (made once) to the clients that want it."""
@@ -269,7 +269,7 @@ class Relay:
         self._replay.append(entry)
         frame = None
         delivered = 0
-        for client in self.clients:
+        for client in self._clients:
             if (client is not source or client.echo) and client.wants(path, event):
                 if frame is None:
                     frame = entry.frame()
@@ -289,11 +289,11 @@ class Relay:
     def on_backend_state(self, state: BackendState) -> None:
         up = state is BackendState.CONNECTED
         self._outbox.set_connected(up)
-        self.metrics.broker_up.set(up)
+        self._metrics.broker_up.set(up)
         if up != self.broker_up:
             self.broker_up = up
             if up and self._was_up:
-                self.metrics.reconnects.inc()
+                self._metrics.reconnects.inc()
             self._was_up |= up
             if self._stopping:
                 return

@@ -176,7 +176,7 @@ async def test_a_publish_over_the_daemons_frame_limit_is_refused_before_sending(
             assert refused.value.code == "frame_too_large"
         await client.publish("p", "e", "x" * 60_000, ack=True)
         # Nothing too large was sent: the daemon never had to refuse a frame.
-        assert metric(daemon.relay.metrics, "syncar_frame_errors_total", code="frame_too_large") == 0
+        assert metric(daemon.metrics, "syncar_frame_errors_total", code="frame_too_large") == 0
 
 
 async def test_publishes_held_before_the_welcome_are_checked_against_its_limit(sock: Path) -> None:
