@@ -112,8 +112,8 @@ class Connection(asyncio.Protocol):
             if self._closing:
                 return
             if type(line) is Oversized:
-                self.reject_frame(ErrorCode.FRAME_TOO_LARGE,
-                                  f"frame is longer than {self._decoder.max_bytes} bytes; it was discarded", line)
+                self._reject_frame(ErrorCode.FRAME_TOO_LARGE,
+                                   f"frame is longer than {self._decoder.max_bytes} bytes; it was discarded", line)
                 continue
             try:
                 publish = protocol.fast_publish(line)
@@ -122,7 +122,7 @@ class Connection(asyncio.Protocol):
                 else:
                     self._dispatch(protocol.decode(line))
             except FrameError as exc:
-                self.reject_frame(exc.code, exc.message, line)
+                self._reject_frame(exc.code, exc.message, line)
         self._relay.flush_counts()
 
     def pause_writing(self) -> None:
@@ -134,8 +134,8 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         if self._decoder.partial:
-            self.reject_frame(ErrorCode.TRUNCATED_FRAME,
-                              "connection ended in the middle of a frame; it was discarded", self._decoder.pending_head)
+            self._reject_frame(ErrorCode.TRUNCATED_FRAME, "connection ended in the middle of a frame; it was discarded",
+                               self._decoder.pending_head)
         self._write_unsent()
         return False  # close our side once the pending writes are out
 
@@ -211,7 +211,7 @@ class Connection(asyncio.Protocol):
             self.close(protocol.error(ErrorCode.SLOW_CLIENT,
                                       f"you fell {self._queue_bytes} bytes behind; resume from your last seq"))
 
-    def reject_frame(self, code: str, message: str, line: bytes = b"") -> None:
+    def _reject_frame(self, code: str, message: str, line: bytes = b"") -> None:
         """Answer an unusable frame (`line`, or the head of one too long) with an `error`, carrying its `id` if it had
         a readable one, so that a client waiting for that publish's ack hears of it."""
         self._metrics.frame_errors.labels(code).inc()
