@@ -17,9 +17,10 @@ message after its handler returned; that is part of `DURABLE`, not a feature of 
 
 from __future__ import annotations
 
+import os
 import ssl
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
@@ -86,6 +87,35 @@ def tls_refused(exc: BaseException) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
+
+
+def describe_error(exc: BaseException, secrets: Iterable[str | None] = ()) -> str:
+    """One lowercase line about a failure, for logs and error messages; each of `secrets` is masked as ***.
+
+    A broker library wraps the socket's error: a TLS failure, a timeout or an OS error, in `exc` or the error it
+    was raised from, is told as itself ("tls: certificate verify failed: ...", "timed out", "connection refused").
+    """
+    cause = exc.__cause__ or exc.__context__
+    os_error = exc if isinstance(exc, OSError) else cause if isinstance(cause, OSError) else None
+    if isinstance(os_error, ssl.SSLCertVerificationError):
+        text = f"tls: certificate verify failed: {os_error.verify_message or os_error.reason}"
+    elif isinstance(os_error, ssl.SSLError):
+        text = f"tls: {(os_error.reason or str(os_error)).replace('_', ' ').lower()}"
+    elif isinstance(exc, TimeoutError) or isinstance(cause, TimeoutError):
+        text = "timed out"
+    elif os_error is not None and os_error.errno:
+        text = os.strerror(os_error.errno)
+    else:
+        text = str(exc)
+    text = " ".join(text.split()).rstrip(".")
+    if not text:
+        return type(exc).__name__
+    if text[1:2].islower():  # "Connection refused", but not "AUTH failed" or "ACCESS_REFUSED"
+        text = text[:1].lower() + text[1:]
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 class BackendBackpressure(BackendError):

@@ -7,7 +7,8 @@ from now and a known one from where it stopped. The reader asks for its own pend
 before a crash or a lost connection but never acknowledged), then for new ones (`>`), and acknowledges an entry with
 XACK only once the handler has returned, sent in the same write as the next XREADGROUP.
 
-RedisBackend owns the connections and the reconnects; this module only says what to send on them.
+`backends.redis.RedisStreamsBackend` is this mode's class; `backends.redis_base` owns the connections and the
+reconnects, and this module only says what to send and read on them.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from backends.base import (
     Handler,
     Message,
     Subscription,
+    describe_error,
 )
-from backends.redis_uri import CONNECTION_ERRORS, RedisOptions, await_confirmation, describe_error, stop_task
+from backends.redis_common import CONNECTION_ERRORS, RedisOptions, await_confirmation, stop_task
 from sidecar.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -102,10 +104,10 @@ class Stream:
 
 
 class Streams:
-    """Durable mode's publish, subscribe and read loop, on the connections RedisBackend made."""
+    """Durable mode's publish, subscribe and read loop, on the connections RedisStreamsBackend made."""
 
     def __init__(self, config: BackendConfig, options: RedisOptions, redis: Redis) -> None:
-        self.config, self.where, self._options, self._redis = config, options.where, options, redis
+        self.config, self.where, self._secrets, self._redis = config, options.where, options.secrets, redis
         # One group per instance, and one consumer in it: the group's position is the instance's.
         self.group = self.consumer = config.instance_id.encode()
         self._streams: dict[bytes, Stream] = {}
@@ -125,7 +127,7 @@ class Streams:
         try:
             config = await self._redis.config_get("append*")
         except CONNECTION_ERRORS as exc:  # CONFIG is often not allowed (managed Redis, ACL): say nothing
-            log.debug("redis: cannot read the persistence settings: %s", describe_error(exc, self._options))
+            log.debug("redis: cannot read the persistence settings: %s", describe_error(exc, self._secrets))
             return
         if config.get("appendonly") != "yes":
             log.warning("redis: durable mode, but %s has appendonly no: a restart of Redis loses the events written "
@@ -156,9 +158,9 @@ class Streams:
         except redis_errors.ResponseError as exc:  # an ACL, or the key holds something else than a stream
             await subscription.unsubscribe()
             raise BackendError(f"redis: subscription to {topic!r} refused: "
-                               f"{describe_error(exc, self._options)}") from exc
+                               f"{describe_error(exc, self._secrets)}") from exc
         except CONNECTION_ERRORS as exc:  # the reconnect prepares it; wait for that below
-            log.debug("redis: group for %r not made yet: %s", topic, describe_error(exc, self._options))
+            log.debug("redis: group for %r not made yet: %s", topic, describe_error(exc, self._secrets))
         await await_confirmation(stream.ready, subscription, topic, self.config.connect_timeout)
         if self._closed:
             raise BackendClosed("redis: backend is closed")
@@ -339,7 +341,7 @@ class Streams:
                     await self.collect_garbage(stream.key)
                 except CONNECTION_ERRORS as exc:  # next time, then
                     log.debug("redis: garbage collection on %s failed: %s", stream.key.decode(),
-                              describe_error(exc, self._options))
+                              describe_error(exc, self._secrets))
                 if self._closed:
                     return
             # At random within the last fifth of the interval, so a fleet does not look all at once.

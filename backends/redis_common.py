@@ -1,6 +1,5 @@
-"""The redis:// and rediss:// URI of the Redis backend, its options, how its errors read in logs, and task helpers.
-
-Shared by broadcast mode (`backends.redis`) and durable mode (`backends.redis_streams`)."""
+"""Shared by the Redis backend's modules: the redis:// and rediss:// URI and its options, what a failure means
+(refused, unavailable, unconfirmed), and small asyncio helpers."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import ssl
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -26,6 +24,7 @@ from backends.base import (
     PublishTimeout,
     PublishUnconfirmed,
     Subscription,
+    describe_error,
     tls_refused,
 )
 
@@ -60,7 +59,7 @@ class RedisOptions:
     connect_timeout: float
     health_check_interval: float
     max_message_bytes: int
-    password: str | None  # to scrub from every message we make
+    secrets: tuple[str, ...]  # to scrub from every message we make: the password
 
 
 def parse_uri(uri: str, connect_timeout: float) -> RedisOptions:
@@ -87,7 +86,7 @@ def parse_uri(uri: str, connect_timeout: float) -> RedisOptions:
             if name in kwargs and not os.access(kwargs[name], os.R_OK):
                 raise ValueError(f"{name}: cannot read {kwargs[name]}")
     except ValueError as exc:
-        raise BackendConfigError(f"redis: invalid URI: {describe_error(exc, None)}") from None
+        raise BackendConfigError(f"redis: invalid URI: {describe_error(exc)}") from None
     if kwargs.get("ssl_cert_reqs") == "none":
         kwargs.setdefault("ssl_check_hostname", False)  # ssl refuses to check the name of a peer it does not verify
     host, port = kwargs.setdefault("host", "localhost"), kwargs.setdefault("port", 6379)
@@ -97,30 +96,8 @@ def parse_uri(uri: str, connect_timeout: float) -> RedisOptions:
         where=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         connection_class=kwargs.pop("connection_class", Connection), connection_kwargs=kwargs,
         connect_timeout=kwargs["socket_connect_timeout"], health_check_interval=interval,
-        max_message_bytes=max_bytes, password=kwargs.get("password"),
+        max_message_bytes=max_bytes, secrets=(kwargs["password"],) if kwargs.get("password") else (),
     )
-
-
-def describe_error(exc: BaseException, options: RedisOptions | None) -> str:
-    """One lowercase line about a failure, for logs and error messages; never the password."""
-    cause = exc.__cause__ or exc.__context__  # redis-py wraps the socket's error
-    os_error = exc if isinstance(exc, OSError) else cause if isinstance(cause, OSError) else None
-    if isinstance(os_error, ssl.SSLCertVerificationError):
-        text = f"tls: certificate verify failed: {os_error.verify_message}"
-    elif isinstance(os_error, ssl.SSLError):
-        text = f"tls: {(os_error.reason or str(os_error)).replace('_', ' ').lower()}"
-    elif isinstance(exc, (TimeoutError, redis_errors.TimeoutError)):
-        text = "timed out"
-    elif os_error is not None and os_error.errno:
-        text = os.strerror(os_error.errno)
-    else:
-        text = str(exc) or type(exc).__name__
-    text = " ".join(text.split()).rstrip(".")
-    if text[1:2].islower():  # "Connection refused", but not "AUTH failed" or "DB index"
-        text = text[:1].lower() + text[1:]
-    if options is not None and options.password:
-        text = text.replace(options.password, "***")
-    return text
 
 
 #: What Redis answers when it will not have us: a wrong password (AUTH), an ACL without PING, a SELECT of a
@@ -133,7 +110,7 @@ def connect_error(exc: BaseException, options: RedisOptions) -> BackendError:
     """What a failed first connect means: refused for good (credentials, TLS), or worth trying again later."""
     refused = (isinstance(exc, REFUSALS) and not isinstance(exc, BUSY)) or tls_refused(exc)
     return (BackendRefused if refused else BackendUnavailable)(
-        f"redis: cannot connect to {options.where}: {describe_error(exc, options)}")
+        f"redis: cannot connect to {options.where}: {describe_error(exc, options.secrets)}")
 
 
 def publish_error(exc: Exception, options: RedisOptions) -> BackendError:
@@ -143,9 +120,9 @@ def publish_error(exc: Exception, options: RedisOptions) -> BackendError:
         return PublishTimeout(f"redis: publish timed out after {timeout}s (socket_timeout)")
     if isinstance(exc, (redis_errors.ConnectionError, OSError)):
         # The command may have gone out before the connection failed.
-        return PublishUnconfirmed(f"redis: publish failed: {describe_error(exc, options)}")
+        return PublishUnconfirmed(f"redis: publish failed: {describe_error(exc, options.secrets)}")
     # Refused by Redis itself: an ACL without PUBLISH or XADD, a key of another type, out of memory.
-    return BackendError(f"redis: publish refused: {describe_error(exc, options)}")
+    return BackendError(f"redis: publish refused: {describe_error(exc, options.secrets)}")
 
 
 async def await_confirmation(ready: asyncio.Event, subscription: Subscription, topic: str, timeout: float) -> None:

@@ -1,0 +1,213 @@
+"""What both modes of the Redis backend share: the connections, the first connect, the reconnects and publish's
+checks and errors.
+
+A pool (in practice one connection) sends commands: PUBLISH in broadcast mode (`backends.redis`), XADD in durable
+mode (`backends.redis_streams`). One more connection is read by hand rather than through redis-py's helpers, to know
+when a subscription is confirmed, notice a dead broker while idle and own the reconnects: the mode's class says what
+to send and read on it. Both speak RESP2: every Redis knows it, and pub/sub messages are plain replies in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import Connection
+
+from backends.base import (
+    Backend,
+    BackendClosed,
+    BackendConfig,
+    BackendState,
+    BackendUnavailable,
+    MessageTooLarge,
+    StateCallback,
+    describe_error,
+)
+from backends.redis_common import (
+    CONNECTION_ERRORS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    RedisOptions,
+    connect_error,
+    parse_uri,
+    publish_error,
+    stop_task,
+)
+from sidecar.backoff import Backoff
+from sidecar.logging import Outage
+
+log = logging.getLogger(__name__)
+
+
+class RedisBaseBackend(Backend):
+    """The connections and reconnects of a Redis backend; a subclass is one mode, and says what goes over them."""
+
+    name = "redis"
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+    def __init__(self, config: BackendConfig, *, on_state: StateCallback | None = None) -> None:
+        super().__init__(config, on_state=on_state)
+        self._options: RedisOptions | None = None
+        self._redis: Redis | None = None  # the pool that sends commands
+        self._conn: Connection | None = None  # the connection read by hand
+        self._reader: asyncio.Task[None] | None = None
+        self._closed = False
+        self.where = "redis"  # host:port once started, for logs
+        self._backoff = Backoff(cap=config.reconnect_max_delay)
+        self._outage = Outage(log)
+
+    def _pool_kwargs(self, options: RedisOptions) -> dict[str, Any]:
+        """The pool's connection settings."""
+        return options.connection_kwargs
+
+    @abstractmethod
+    async def _connected(self, redis: Redis, options: RedisOptions) -> None:
+        """The first connect worked: check what the mode needs of Redis."""
+
+    @abstractmethod
+    async def _send(self, redis: Redis, topic: str, bodies: Sequence[bytes]) -> None:
+        """Send `bodies` in order through the pool; redis-py's errors propagate."""
+
+    @abstractmethod
+    async def _read(self, conn: Connection, options: RedisOptions) -> None:
+        """Read `conn` and deliver what comes, until the connection fails."""
+
+    @abstractmethod
+    def _lost(self) -> None:
+        """The read connection is gone: nothing counts as subscribed until `_restore()`."""
+
+    @abstractmethod
+    async def _restore(self, conn: Connection) -> None:
+        """On the reconnected `conn`, within the connect timeout: subscribe again."""
+
+    @abstractmethod
+    async def _resume(self) -> str:
+        """After `_restore()`: catch up with what changed meanwhile; say what is subscribed, for the log."""
+
+    @abstractmethod
+    def _stop_reading(self) -> None:
+        """close() began: read nothing more."""
+
+    @abstractmethod
+    async def _release(self) -> None:
+        """close(), once the reader has stopped and before the connections go: end every subscription."""
+
+    def _usable(self) -> RedisOptions:
+        """The parsed URI; BackendClosed after close(), BackendUnavailable before start()."""
+        if self._closed:
+            raise BackendClosed("redis: backend is closed")
+        if self._options is None:
+            raise BackendUnavailable("redis: not started")
+        return self._options
+
+    async def start(self) -> None:
+        if self._closed:
+            raise BackendClosed("redis: backend is closed")
+        self._options = options = parse_uri(self.config.uri, self.config.connect_timeout)
+        self.max_message_bytes, self.where = options.max_message_bytes, options.where
+        self._redis = Redis(connection_pool=ConnectionPool(connection_class=options.connection_class,
+                                                           **self._pool_kwargs(options)))
+        self._conn = options.connection_class(**options.connection_kwargs)
+        try:
+            # One bound for the whole handshake (TCP, TLS, AUTH, SELECT) on both connections.
+            async with asyncio.timeout(options.connect_timeout):
+                await self._redis.ping()
+                await self._conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+        except CONNECTION_ERRORS as exc:
+            await self._drop_connections(everything=True)
+            raise connect_error(exc, options) from exc
+        await self._connected(self._redis, options)
+        self._reader = asyncio.create_task(self._run(self._conn, options), name="syncar-redis-reader")
+        log.info("redis: connected to %s (%s mode)", options.where, self.config.mode)
+        self._set_state(BackendState.CONNECTED)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_reading()
+        if self._reader is not None:
+            await stop_task(self._reader, self._conn)
+        await self._release()
+        await self._drop_connections(everything=True)
+        self._set_state(BackendState.CLOSED)
+
+    async def publish(self, topic: str, bodies: Sequence[bytes]) -> None:
+        if self._closed:
+            raise BackendClosed("redis: backend is closed")
+        if (largest := max(map(len, bodies), default=0)) > (limit := self.max_message_bytes):
+            raise MessageTooLarge(f"redis: message of {largest} bytes is over max_message_bytes ({limit})")
+        if self._redis is None or self._options is None:
+            raise BackendUnavailable("redis: not started")
+        if self.state is BackendState.RECONNECTING:
+            # At once, not after a connect timeout: the outbox keeps the messages until we are CONNECTED.
+            raise BackendUnavailable(f"redis: not connected to {self._options.where} (reconnecting)")
+        try:
+            # One bound for the whole publish; a timeout cancels redis-py's read, which drops the connection.
+            async with asyncio.timeout(self._options.connection_kwargs["socket_timeout"]):
+                await self._send(self._redis, topic, bodies)
+        except CONNECTION_ERRORS as exc:
+            raise publish_error(exc, self._options) from exc
+        # In durable mode redis-py writes through asyncio.wait_for, which on Python 3.11 can swallow a cancellation
+        # (the outbox's at shutdown): give it back, or the caller would carry on as if it had never been cancelled.
+        if (task := asyncio.current_task()) is not None and task.cancelling():
+            raise asyncio.CancelledError
+
+    async def _run(self, conn: Connection, options: RedisOptions) -> None:
+        """Read the connection until close(); after any loss, reconnect and subscribe again."""
+        while not self._closed:  # close() also cancels us
+            try:
+                await self._read(conn, options)
+            except CONNECTION_ERRORS as exc:
+                reason = self._why_lost() or describe_error(exc, options.secrets)
+            except Exception as exc:  # a bug here must not end delivery for the rest of the daemon's life
+                log.error("redis: reader failed, reconnecting: %s", exc)
+                log.debug("redis: reader failure", exc_info=True)
+                reason = "reader failed"
+            if self._closed:  # close() cancelled us, and redis-py turned that into a connection error
+                return
+            self._lost()
+            self._outage.began("redis: connection to %s lost (%s); reconnecting", self.where, reason)
+            self._set_state(BackendState.RECONNECTING)
+            await self._drop_connections()  # best effort; idle publish connections too, they died with it
+            await self._reconnect(conn, options)
+
+    def _why_lost(self) -> str | None:
+        """Why the mode's own checks dropped the connection, if they did (a watchdog)."""
+        return None
+
+    async def _drop_connections(self, everything: bool = False) -> None:
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            if self._conn is not None:
+                await self._conn.disconnect(nowait=True)
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            if self._redis is not None:
+                await self._redis.connection_pool.disconnect(inuse_connections=everything)
+
+    async def _reconnect(self, conn: Connection, options: RedisOptions) -> None:
+        """Try until connected and subscribed again, backing off; the outage is logged once, then summarised."""
+        backoff, delay = self._backoff, self._backoff.next()
+        while True:  # until the broker is back, or close() cancels us
+            await asyncio.sleep(delay)
+            try:
+                async with asyncio.timeout(options.connect_timeout):
+                    await conn.connect()  # type: ignore[no-untyped-call]
+                    await self._restore(conn)
+                break
+            except CONNECTION_ERRORS as exc:
+                if self._closed:
+                    return
+                await self._drop_connections()
+                delay = backoff.next()
+                self._outage.failed("redis: reconnect to %s failed (%s); next attempt in %.1fs", self.where,
+                                    describe_error(exc, options.secrets), delay)
+        restored = await self._resume()
+        self._outage.ended("redis: reconnected to %s after %.1fs (%d attempts); %s resubscribed", self.where,
+                           self._outage.seconds, backoff.attempts, restored)
+        backoff.reset()
+        self._set_state(BackendState.CONNECTED)
