@@ -177,8 +177,8 @@ class Connection(asyncio.Protocol):
             self._greet(None)
         if self._bucket is not None and not self._bucket.take():
             self._metrics.dropped.labels(DropReason.RATE_LIMITED).inc()
-            self.send(protocol.refusal(publish, ErrorCode.RATE_LIMITED, f"over {self._limits.rate:g} publishes/s "
-                                       f"(burst {self._limits.burst}); not relayed"))
+            self.send(protocol.publish_refused(publish, ErrorCode.RATE_LIMITED, f"over {self._limits.rate:g} "
+                                               f"publishes/s (burst {self._limits.burst}); not relayed"))
             return
         self._relay.publish(self, publish)
 

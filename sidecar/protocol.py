@@ -81,8 +81,9 @@ def ack(event_id: str) -> bytes:
     return encode({"type": "ack", "id": event_id})
 
 
-def refusal(publish: Publish, code: ErrorCode, message: str) -> bytes:
-    """What tells a client that a publish did not reach the broker: a `nack` if it asked for acks, else an `error`."""
+def publish_refused(publish: Publish, code: ErrorCode, message: str) -> bytes:
+    """The frame that tells a client its publish will not reach the broker (or may not have: `unconfirmed`): a `nack`
+    if it asked for acks, else an `error` with the publish's id."""
     if publish.ack:
         return encode({"type": "nack", "id": publish.id, "code": code, "message": message})
     return error(code, message, id=publish.id)

@@ -1,8 +1,10 @@
 """The relay core: local fan-out, echo suppression, the replay buffer and the path to the outbox.
 
 It knows no broker: it hands outgoing events to the outbox and takes incoming
-messages from whatever backend the daemon started. Every event is serialised
-once; the same frame bytes are written to every client that wants it.
+messages from whatever backend the daemon started. Nor does it know sockets:
+its clients are `Subscriber`s, to which it sends frames made by
+sidecar.protocol. Every event is serialised once; the same frame bytes are
+written to every client that wants it.
 """
 
 from __future__ import annotations
@@ -193,8 +195,8 @@ class Relay:
         self._delivered_locally += self._fan_out(part, self._origin_json, publish.path, publish.event, client)
         if len(part) > self._outbox.max_event_bytes:
             self._metrics.dropped.labels(DropReason.TOO_LARGE).inc()
-            client.send(protocol.refusal(publish, ErrorCode.TOO_LARGE_FOR_BROKER, f"event is {len(part)} bytes; the "
-                                         f"broker takes at most {self._outbox.max_event_bytes}"))
+            client.send(protocol.publish_refused(publish, ErrorCode.TOO_LARGE_FOR_BROKER, f"event is {len(part)} "
+                                                 f"bytes; the broker takes at most {self._outbox.max_event_bytes}"))
             return
         outgoing = Outgoing(event, part, time.monotonic())
         try:
@@ -202,7 +204,7 @@ class Relay:
             self._outbox.put(outgoing, answer)
         except OutboxFull as exc:
             self._metrics.dropped.labels(DropReason.OUTBOX_FULL).inc()
-            client.send(protocol.refusal(publish, ErrorCode.OUTBOX_FULL, f"not sent to the broker: {exc}"))
+            client.send(protocol.publish_refused(publish, ErrorCode.OUTBOX_FULL, f"not sent to the broker: {exc}"))
 
     def scope_of(self, client_id: str) -> str:
         """What the ids a client with this `client_id` names its events with are prefixed with on the bus."""
@@ -211,7 +213,7 @@ class Relay:
     @staticmethod
     def _answer(client: Subscriber, publish: Publish, app_id: str, error: tuple[ErrorCode, str] | None) -> None:
         """Tell a client that asked for an ack what became of its event at the broker."""
-        client.send(protocol.ack(app_id) if error is None else protocol.refusal(publish, *error))
+        client.send(protocol.ack(app_id) if error is None else protocol.publish_refused(publish, *error))
 
     def flush_counts(self) -> None:
         """Add the publishes counted since the last call, and their local deliveries, to the metrics: the hot path
