@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import msgspec
+import orjson
 import pytest
 
-from sidecar.codec import NULL
+from sidecar import protocol
+from sidecar.codec import NULL, Event, encode
 from sidecar.errors import FrameError
-from sidecar.protocol import decode, fast_publish, parse_hello, parse_publish, readable_id
+from sidecar.protocol import ErrorCode, decode, fast_publish, parse_hello, parse_publish, readable_id
+from tests.utils import REPO
 
 
 def test_publish_defaults() -> None:
@@ -65,3 +69,32 @@ def test_hello_ignores_unknown_fields_and_checks_version() -> None:
 ])
 def test_readable_id(line: bytes, expected: str | None) -> None:
     assert readable_id(line) == expected
+
+
+def test_the_frames_syncar_writes_are_those_docs_protocol_shows() -> None:
+    """Each builder, given the values of an example in docs/protocol.md, writes that example's line."""
+    doc = (REPO / "docs" / "protocol.md").read_text()
+    published = fast_publish(b'{"type":"publish","event":"created","path":"messages","id":"evt-77",'
+                                      b'"ack":true}')
+    assert published is not None
+    event = Event("q3J9x0aZb2Lr8WcT.evt-77", 1764097442.12, "created", "messages", msgspec.Raw(b'{"id":1,"text":"hi"}'),
+                  msgspec.Raw(b'{"params":{}}'))
+    frames = [
+        protocol.welcome(instance="web-1-3fa2c1", backend="redis", broker_up=True, epoch="9c1f0e6a4b2d7a55", seq=1041,
+                         client_id="4f9c2e0b7d1a8e3f6b5c9d2a0e7f1b3c", resumed=True, max_frame_bytes=1048576),
+        protocol.event(1042, b'"web-2-77ab01"', encode(event)),
+        protocol.ack("evt-77"),
+        protocol.publish_refused(published, ErrorCode.UNCONFIRMED, "..."),
+        protocol.status(backend="redis", broker_up=False, outbox=120),
+        protocol.error(ErrorCode.INVALID_FRAME, "publish: 'path' must be a non-empty string"),
+        protocol.PONG,
+    ]
+    for frame in frames:
+        assert frame.endswith(b"\n") and frame.count(b"\n") == 1
+        assert frame.decode().rstrip("\n") in doc
+    # The last status before the daemon closes a connection; the others say nothing of stopping.
+    assert protocol.status(backend="redis", broker_up=True, outbox=0, stopping=True).endswith(b',"stopping":true}\n')
+    assert '"stopping":true' in doc
+    assert orjson.loads(protocol.publish_refused(msgspec.structs.replace(published, ack=False),
+                                                 ErrorCode.OUTBOX_FULL, "full")) == {
+        "type": "error", "code": "outbox_full", "message": "full", "id": "evt-77"}
