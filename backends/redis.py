@@ -192,11 +192,15 @@ class RedisBackend(RedisBaseBackend):
         while True:  # until the reader cancels us
             await asyncio.sleep(interval / 4)
             since = self._waiting_since  # None: the reader is busy with a message, not waiting
-            if since is None or loop.time() - since < interval / 2:
+            if since is None or (pinged_at is not None and since > pinged_at):
+                # Heard from since the ping. Judged by when, not by how recently: a tick that comes late (a busy
+                # loop, a process starved of CPU) would otherwise miss the answer and take the ping for unanswered.
                 pinged_at = None
-            elif pinged_at is None:
-                await self._send_if_live("PING")
+            if since is None or loop.time() - since < interval / 2:
+                continue
+            if pinged_at is None:
                 pinged_at = loop.time()
+                await self._send_if_live("PING")
             elif loop.time() - pinged_at >= interval:
                 self._silent = f"no reply to a ping within {interval}s"
                 await conn.disconnect(nowait=True)

@@ -8,6 +8,7 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -29,7 +30,7 @@ from backends.redis import RedisBackend
 from tests.backends.support import Inbox, Started
 from tests.brokers import free_port, serve
 from tests.brokers.redis import RedisServer, RedisTlsServer
-from tests.utils import wait_for
+from tests.utils import eventually, wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -439,3 +440,43 @@ async def test_tls_file_that_cannot_be_read_is_named(tls_server: RedisTlsServer)
     with pytest.raises(BackendError, match=rf"^redis: invalid URI: ssl_ca_certs: cannot read {missing}$"):
         await broken.start()
     await broken.close()
+
+
+
+async def test_a_busy_loop_is_not_taken_for_a_silent_broker(server: RedisServer, backend: Factory,
+                                                             topic: str) -> None:
+    """While the loop is held up (busy, or a process starved of CPU), the watchdog's ticks come late: it must not take
+    a ping answered in the meantime for one unanswered (before: dropped the connection every few seconds)."""
+    states: list[BackendState] = []
+    b = await backend(on_state=states.append)
+    inbox = Inbox()
+    await b.subscribe(topic, inbox)
+    a = await backend()
+    probe = redis.asyncio.Redis.from_url(server.uri)
+    body = os.urandom(400_000)
+    loop, stop = asyncio.get_running_loop(), asyncio.Event()
+
+    def hold_up_the_loop() -> None:
+        time.sleep(0.4)  # the fault: the whole loop stalls for a while, turn after turn
+        if not stop.is_set():
+            loop.call_soon(hold_up_the_loop)
+
+    async def pings() -> int:
+        calls: int = (await probe.info("commandstats")).get("cmdstat_ping", {}).get("calls", 0)
+        return calls
+
+    async def pinged_since(before: int) -> bool:
+        return await pings() > before
+
+    loop.call_soon(hold_up_the_loop)
+    try:
+        for sent in range(1, 4):
+            before = await pings()
+            await eventually(partial(pinged_since, before), 10, "the watchdog to ping an idle connection")
+            await a.publish(topic, [body])  # and a message that takes a few turns to read
+            await inbox.wait(sent, timeout=30)
+    finally:
+        stop.set()
+        await probe.aclose()
+    assert states == [BackendState.CONNECTED], "a held-up loop was taken for a lost connection"
+    assert inbox.bodies == [body] * 3
