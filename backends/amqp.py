@@ -11,37 +11,36 @@ every message of the call), and one channel per subscription (`backends.amqp_sub
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import math
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import ClassVar, cast
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, AbstractRobustExchange
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustExchange
 from aio_pika.exceptions import AMQPChannelError, DeliveryError
 from pamqp.commands import Basic
 from yarl import URL
 
-from backends.amqp_subscription import (
+from backends.amqp_common import (
     BROKER_ERRORS,
-    CLOSE_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_PREFETCH,
-    AmqpSubscription,
+    DEFAULT_RECONNECT_INTERVAL,
     cancel_task,
+    discard,
+    parse_uri,
 )
-from backends.amqp_topology import BINDING_KEY, DEFAULT_QUEUE_TYPE, QUEUE_TYPES, Topology
+from backends.amqp_subscription import AmqpSubscription
+from backends.amqp_topology import Topology
 from backends.base import (
     Backend,
     BackendClosed,
     BackendConfig,
-    BackendConfigError,
     BackendError,
     BackendRefused,
     BackendState,
@@ -53,61 +52,18 @@ from backends.base import (
     PublishUnconfirmed,
     StateCallback,
     Subscription,
+    describe_error,
     tls_refused,
 )
-from sidecar.backoff import DEFAULT_INITIAL, Backoff
+from sidecar.backoff import Backoff
 from sidecar.logging import Outage
-
-__all__ = ["BINDING_KEY", "DEFAULT_PREFETCH", "AmqpBackend", "AmqpSubscription"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
 #: The broker's answers to a connect that mean "not you", as opposed to "not now".
 REFUSALS = (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.AuthenticationError,
             aiormq.exceptions.ConnectionNotAllowed)
-DEFAULT_RECONNECT_INTERVAL = DEFAULT_INITIAL  # the first wait between attempts; then doubling up to the cap
-DEFAULT_HEARTBEAT = 10  # seconds: a silently dead broker is noticed in ~33 s, not aiormq's default ~3 min
 DEFAULT_PUBLISH_TIMEOUT = 10.0
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # RabbitMQ refuses over 128 MiB by default
-
-# The URI query options aiormq/aio-pika read, and what each must be. aiormq ignores unknown options silently
-# (aio-pika's own docstring spells the CA option `ca_certs`, which aiormq never reads), so start() refuses them.
-URI_OPTIONS: dict[str, tuple[Callable[[str], bool], str]] = {
-    "cafile": (lambda v: Path(v).is_file(), "an existing file"),
-    "capath": (lambda v: Path(v).is_dir(), "an existing directory"),
-    "cadata": (lambda v: re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", v) is not None, "base64 of DER certificates"),
-    "certfile": (lambda v: Path(v).is_file(), "an existing file"),
-    "keyfile": (lambda v: Path(v).is_file(), "an existing file"),
-    "no_verify_ssl": (lambda v: v in {"0", "1"}, "0 or 1"),
-    "heartbeat": (lambda v: v.isdigit() and int(v) < 65536, "whole seconds from 0 (off) to 65535"),
-    "reconnect_interval": (lambda v: re.fullmatch(r"\d*\.?\d+", v) is not None and float(v) > 0, "seconds above 0"),
-    "auth": (lambda v: v.lower() in {"plain", "external"}, "plain or external"),
-    "name": (lambda v: True, "a connection name"),
-    # syncar's own, not aiormq's: set it to the broker's max_message_size when that is below our default.
-    "max_message_bytes": (lambda v: v.isdigit() and 1024 <= int(v) <= 512 * 1024 * 1024, "bytes, 1024 to 512 MiB"),
-    # syncar's own too: the type of the durable queues (ignored in broadcast mode).
-    "queue_type": (lambda v: v in QUEUE_TYPES, " or ".join(QUEUE_TYPES)),
-}
-TLS_OPTIONS = frozenset({"cafile", "capath", "cadata", "certfile", "keyfile", "no_verify_ssl"})
-
-
-def check_options(url: URL) -> None:
-    """Raise BackendError, naming the option, for a query option aiormq would ignore or choke on."""
-    for key, value in url.query.items():
-        if key not in URI_OPTIONS:
-            raise BackendConfigError(f"amqp: unknown URI option {key!r}; known: {', '.join(URI_OPTIONS)}")
-        if key in TLS_OPTIONS and url.scheme != "amqps":
-            raise BackendConfigError(f"amqp: URI option {key!r} needs amqps://")
-        valid, what = URI_OPTIONS[key]
-        if not valid(value):
-            raise BackendConfigError(f"amqp: URI option {key} must be {what}, not {value!r}")
-
-
-async def _discard(closable: AbstractRobustConnection | AbstractRobustChannel) -> None:
-    with contextlib.suppress(*BROKER_ERRORS):
-        async with asyncio.timeout(CLOSE_TIMEOUT):
-            await closable.close()
 
 class BackingOffRobustConnection(aio_pika.RobustConnection):
     """aio-pika's robust connection, waiting between attempts as `backoff` says and telling `on_failure` of each.
@@ -141,6 +97,10 @@ class BackingOffRobustConnection(aio_pika.RobustConnection):
 
 
 class AmqpBackend(Backend):
+    """Broadcast mode: feathers-sync's exchange, a throwaway queue per daemon. What differs in durable mode is
+    what is declared (`backends.amqp_topology.Topology`, made from the mode) and when messages are acknowledged
+    (`backends.amqp_subscription`)."""
+
     name: ClassVar[str] = "amqp"
     features: ClassVar[frozenset[Feature]] = frozenset()
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -163,23 +123,11 @@ class AmqpBackend(Backend):
         self._secrets: tuple[str, ...] = ()
 
     def _url(self) -> URL:
-        """The URI plus syncar's defaults for what it leaves out; BackendError if it is unusable."""
-        try:
-            url = URL(self.config.uri)
-            port = url.port or DEFAULT_PORTS.get(url.scheme, 5672)
-        except ValueError as exc:
-            raise BackendConfigError(f"amqp: invalid URI: {self._clean(exc)}") from exc
-        self._secrets = tuple(s for s in (url.password, url.raw_password) if s)
-        if not url.host:
-            raise BackendConfigError("amqp: the URI names no host (amqp://user:password@host:port/vhost)")
-        check_options(url)
-        self._where = f"{url.host}:{port} vhost {url.path[1:] or '/'!r}"
-        self.max_message_bytes = int(url.query.get("max_message_bytes", self.max_message_bytes))
-        self.topology = dataclasses.replace(self.topology, queue_type=url.query.get("queue_type", DEFAULT_QUEUE_TYPE))
-        defaults = {"heartbeat": str(DEFAULT_HEARTBEAT), "reconnect_interval": str(DEFAULT_RECONNECT_INTERVAL),
-                    "name": f"syncar {self.config.instance_id}"}
-        url = url.update_query({key: value for key, value in defaults.items() if key not in url.query})
-        return url.without_query_params("max_message_bytes", "queue_type")
+        """The URI to connect to; BackendConfigError if it is unusable."""
+        options = parse_uri(self.config.uri, self.config.instance_id)
+        self._secrets, self._where, self.max_message_bytes = options.secrets, options.where, options.max_message_bytes
+        self.topology = dataclasses.replace(self.topology, queue_type=options.queue_type)
+        return options.url
 
     async def start(self) -> None:
         if self._closing:
@@ -194,19 +142,17 @@ class AmqpBackend(Backend):
                 await connection.connect(timeout=self.config.connect_timeout)
                 publish_channel = await connection.channel(publisher_confirms=True)
         except BROKER_ERRORS as exc:  # TimeoutError is an OSError
-            await _discard(connection)
+            await discard(connection)
             reason = f"no answer within {self.config.connect_timeout:g}s" if isinstance(exc, TimeoutError) else None
-            if isinstance(exc, OSError) and exc.strerror:  # "connection refused", not "[Errno 111] Connection ..."
-                reason = exc.strerror.lower()
             vhost_refused = "Connection.OpenOk" in str(exc)  # aiormq only says it got a Connection.Close instead
             if vhost_refused:
                 reason = "the broker refused to open the vhost (no such vhost, or no permission on it)"
             # ProbableAuthenticationError is the broker's 403 ACCESS_REFUSED; AuthenticationError, no common mechanism.
             refused = vhost_refused or tls_refused(exc) or isinstance(exc, REFUSALS)
             raise (BackendRefused if refused else BackendUnavailable)(
-                f"amqp: cannot connect to {self._where}: {reason or self._clean(exc)}") from exc
+                f"amqp: cannot connect to {self._where}: {reason or describe_error(exc, self._secrets)}") from exc
         except asyncio.CancelledError:  # the connection must not live on, reconnecting by itself
-            await _discard(connection)
+            await discard(connection)
             raise
         self._connection, self._publish_channel = connection, publish_channel
         connection.close_callbacks.add(self._on_connection_lost)
@@ -227,7 +173,7 @@ class AmqpBackend(Backend):
             # and not seen acknowledged; no need to cancel each consumer first.
             await subscription.stop(cancel_consumer=False)
         if self._connection is not None:
-            await _discard(self._connection)
+            await discard(self._connection)
         self._set_state(BackendState.CLOSED)
 
     def _usable(self, channel: AbstractRobustChannel | None) -> AbstractRobustChannel:
@@ -277,20 +223,14 @@ class AmqpBackend(Backend):
         if isinstance(exc, DeliveryError):
             return BackendError(f"amqp: {action}: the broker refused the message (nack)")
         if isinstance(exc, AMQPChannelError):  # the broker closed the channel over this request
-            return BackendError(f"amqp: {action} failed: {self._clean(exc)}")
+            return BackendError(f"amqp: {action} failed: {describe_error(exc, self._secrets)}")
         # A publish cut off may have reached the broker before the connection, and the confirm, were lost.
         lost = PublishUnconfirmed if action == "publish" else BackendUnavailable
         if isinstance(exc, asyncio.CancelledError):
             return lost(f"amqp: {action} interrupted: connection to {self._where} lost")
         if isinstance(exc, TimeoutError):
             return lost(f"amqp: {action}: no answer from {self._where}")
-        return lost(f"amqp: {action} failed, {self._where} unreachable: {self._clean(exc)}")
-
-    def _clean(self, exc: BaseException) -> str:
-        text = " ".join(str(exc).split()) or type(exc).__name__  # one line, and no password
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return lost(f"amqp: {action} failed, {self._where} unreachable: {describe_error(exc, self._secrets)}")
 
     async def subscribe(self, topic: str, handler: Handler) -> Subscription:
         self._usable(self._publish_channel)
@@ -312,7 +252,7 @@ class AmqpBackend(Backend):
             if subscription is not None:
                 await subscription.unsubscribe()  # closes the channel too
             elif channel is not None:
-                await _discard(channel)
+                await discard(channel)
             raise self._error(f"subscribe to {topic!r}", exc) from exc
         return subscription
 
@@ -324,12 +264,12 @@ class AmqpBackend(Backend):
             return
         if self.state is BackendState.CONNECTED:
             self._outage.began("amqp: connection to %s lost (%s); reconnecting", self._where,
-                               self._clean(exc) if exc is not None else "closed")
+                               describe_error(exc, self._secrets) if exc is not None else "closed")
         self._set_state(BackendState.RECONNECTING)
 
     def _on_attempt_failed(self, exc: BaseException, delay: float) -> None:
         self._outage.failed("amqp: reconnect to %s failed (%s); next attempt in %.1fs", self._where,
-                            self._clean(exc), delay)
+                            describe_error(exc, self._secrets), delay)
 
     def _on_reopened(self, _sender: object) -> None:  # the connection, or one subscription's channel alone
         self._restore_wanted.set()
@@ -343,7 +283,8 @@ class AmqpBackend(Backend):
                 await self._restore()
             except BROKER_ERRORS as exc:  # channel errors (AMQPChannelError) are AMQPErrors; TimeoutError an OSError
                 delay = self._restore_backoff.next()
-                self._outage.failed("amqp: subscribing again failed, retrying in %.1fs: %s", delay, self._clean(exc))
+                self._outage.failed("amqp: subscribing again failed, retrying in %.1fs: %s", delay,
+                                    describe_error(exc, self._secrets))
                 log.debug("amqp: restore failure", exc_info=True)
                 await asyncio.sleep(delay)
                 self._restore_wanted.set()

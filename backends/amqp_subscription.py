@@ -15,38 +15,25 @@ skipped, since the broker has put them back too: order holds through failures an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 import aiormq.abc
 from aio_pika.abc import AbstractRobustChannel
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from pamqp.commands import Basic
 
+from backends.amqp_common import BROKER_ERRORS, CLOSE_TIMEOUT, cancel_task
 from backends.amqp_topology import Topology
 from backends.base import Handler, Message, Subscription
 from sidecar.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PREFETCH = 256  # unacknowledged messages per consumer
 ACK_EVERY = 64  # acknowledge (multiple=True) at least this often, and whenever the handler catches up
 ACK_DELAY = 0.25  # broadcast mode: ...or once no message came for this long (seconds) after the last one handled
 #: Seconds before a failed message comes back, doubling while it keeps failing: a poison message must not spin.
 REDELIVERY_DELAY, MAX_REDELIVERY_DELAY = 0.5, 5.0
 DRAIN_TIMEOUT = 5.0  # how long unsubscribe() lets a running handler finish
-CLOSE_TIMEOUT = 5.0
-
-# What a lost connection or channel raises through aio-pika/aiormq: AMQPError, OSError (TimeoutError too),
-# RuntimeError (ChannelInvalidStateError), ...
-BROKER_ERRORS: tuple[type[BaseException], ...] = CONNECTION_EXCEPTIONS
-
-
-async def cancel_task(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 class AmqpSubscription(Subscription):

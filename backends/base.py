@@ -96,15 +96,17 @@ def describe_error(exc: BaseException, secrets: Iterable[str | None] = ()) -> st
     was raised from, is told as itself ("tls: certificate verify failed: ...", "timed out", "connection refused").
     """
     cause = exc.__cause__ or exc.__context__
+    tls = next((error for error in (exc, cause) if isinstance(error, ssl.SSLError)), None)
     os_error = exc if isinstance(exc, OSError) else cause if isinstance(cause, OSError) else None
-    if isinstance(os_error, ssl.SSLCertVerificationError):
-        text = f"tls: certificate verify failed: {os_error.verify_message or os_error.reason}"
-    elif isinstance(os_error, ssl.SSLError):
-        text = f"tls: {(os_error.reason or str(os_error)).replace('_', ' ').lower()}"
+    if isinstance(tls, ssl.SSLCertVerificationError):
+        text = f"tls: certificate verify failed: {tls.verify_message or tls.reason}"
+    elif tls is not None:
+        text = f"tls: {(tls.reason or str(tls)).replace('_', ' ').lower()}"
     elif isinstance(exc, TimeoutError) or isinstance(cause, TimeoutError):
         text = "timed out"
     elif os_error is not None and os_error.errno:
-        text = os.strerror(os_error.errno)
+        # Not the text: asyncio's says "Connect call failed ('127.0.0.1', 6379)". A resolver's errno is negative.
+        text = os.strerror(os_error.errno) if os_error.errno > 0 else os_error.strerror or str(os_error)
     else:
         text = str(exc)
     text = " ".join(text.split()).rstrip(".")

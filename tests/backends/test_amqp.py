@@ -11,8 +11,10 @@ import aio_pika
 import aiormq
 import pytest
 
-from backends.amqp import BINDING_KEY, DEFAULT_PREFETCH, AmqpBackend, AmqpSubscription
+from backends.amqp import AmqpBackend, AmqpSubscription
+from backends.amqp_common import DEFAULT_PREFETCH
 from backends.amqp_subscription import ACK_DELAY
+from backends.amqp_topology import BINDING_KEY
 from backends.base import (
     BackendClosed,
     BackendConfig,

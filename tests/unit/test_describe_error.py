@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import socket
 import ssl
 
 import pytest
@@ -34,6 +35,8 @@ def verify_error() -> ssl.SSLCertVerificationError:
     (TimeoutError(), "timed out"),
     (raised_from(RuntimeError("handshake"), verify_error()),
      "tls: certificate verify failed: self-signed certificate in certificate chain"),
+    (raised_from(ConnectionError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] ..."), verify_error()),  # aiormq's
+     "tls: certificate verify failed: self-signed certificate in certificate chain"),
     (ValueError("Port could not be cast\n to integer value."), "port could not be cast to integer value"),
     (RuntimeError("ACCESS_REFUSED - Login was refused"), "ACCESS_REFUSED - Login was refused"),
     (RuntimeError(), "RuntimeError"),
@@ -45,3 +48,9 @@ def test_one_line_that_says_what_failed(exc: BaseException, text: str) -> None:
 def test_secrets_are_masked() -> None:
     exc = RuntimeError("AUTH s3cret failed for user:s3cret")
     assert describe_error(exc, ("s3cret", None, "")) == "AUTH *** failed for user:***"
+
+
+def test_a_name_not_resolved_says_so() -> None:
+    exc = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    assert describe_error(raised_from(RuntimeError("Error -2 connecting to nowhere:6379"), exc)) \
+        == "name or service not known"
