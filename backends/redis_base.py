@@ -59,7 +59,7 @@ class RedisBaseBackend(Backend):
         self._closed = False
         self.where = "redis"  # host:port once started, for logs
         self._backoff = Backoff(cap=config.reconnect_max_delay)
-        self._outage = Outage(log)
+        self.outage = Outage(log)  # the current loss of the broker, if any: how long, how many failed attempts
 
     def _pool_kwargs(self, options: RedisOptions) -> dict[str, Any]:
         """The pool's connection settings."""
@@ -172,7 +172,7 @@ class RedisBaseBackend(Backend):
             if self._closed:  # close() cancelled us, and redis-py turned that into a connection error
                 return
             self._lost()
-            self._outage.began("redis: connection to %s lost (%s); reconnecting", self.where, reason)
+            self.outage.began("redis: connection to %s lost (%s); reconnecting", self.where, reason)
             self._set_state(BackendState.RECONNECTING)
             await self._drop_connections()  # best effort; idle publish connections too, they died with it
             await self._reconnect(conn, options)
@@ -204,10 +204,10 @@ class RedisBaseBackend(Backend):
                     return
                 await self._drop_connections()
                 delay = backoff.next()
-                self._outage.failed("redis: reconnect to %s failed (%s); next attempt in %.1fs", self.where,
+                self.outage.failed("redis: reconnect to %s failed (%s); next attempt in %.1fs", self.where,
                                     describe_error(exc, options.secrets), delay)
         restored = await self._resume()
-        self._outage.ended("redis: reconnected to %s after %.1fs (%d attempts); %s resubscribed", self.where,
-                           self._outage.seconds, backoff.attempts, restored)
+        self.outage.ended("redis: reconnected to %s after %.1fs (%d attempts); %s resubscribed", self.where,
+                           self.outage.seconds, backoff.attempts, restored)
         backoff.reset()
         self._set_state(BackendState.CONNECTED)

@@ -117,20 +117,15 @@ async def test_a_slow_handler_holds_messages_on_the_broker(backend: Factory, top
     assert isinstance(subscription, AmqpSubscription) and subscription.queue is not None
     sent = [str(i).encode() for i in range(1000)]
     await sender.publish(topic, sent)
-    # An exclusive queue answers only its own connection, so ask on a channel of the receiver's connection.
-    assert receiver._connection is not None
-    channel = await receiver._connection.channel(publisher_confirms=False)
-    try:
-        waiting = -1
-        for _ in range(200):
-            declared = await channel.declare_queue(subscription.queue, passive=True, robust=False)
-            waiting = declared.declaration_result.message_count or 0
-            if waiting == 1000 - DEFAULT_PREFETCH:
-                break
-            await asyncio.sleep(0.02)
-        assert waiting == 1000 - DEFAULT_PREFETCH
-    finally:
-        await channel.close()
+    # An exclusive queue answers only its own connection, so ask on the subscription's own channel.
+    waiting = -1
+    for _ in range(200):
+        declared = await subscription.channel.declare_queue(subscription.queue, passive=True, robust=False)
+        waiting = declared.declaration_result.message_count or 0
+        if waiting == 1000 - DEFAULT_PREFETCH:
+            break
+        await asyncio.sleep(0.02)
+    assert waiting == 1000 - DEFAULT_PREFETCH
     release.set()
     await wait_for(lambda: len(got) == 1000, 10, "all 1000 after the handler caught up")
     assert got == sent

@@ -303,7 +303,7 @@ async def test_broker_killed_and_restarted(server: RedisServer, backend: Factory
         with pytest.raises(BackendUnavailable, match=r"^redis: not connected to 127.0.0.1:\d+ \(reconnecting\)$"):
             await b.publish(topic, [b"lost"])
     # Stay down long enough for the back-off to grow: the return is still noticed within 2 s.
-    await wait_for(lambda: b._outage.failures >= 8, 10.0, "8 failed reconnect attempts")
+    await wait_for(lambda: b.outage.failures >= 8, 10.0, "8 failed reconnect attempts")
     # Logged once, not once per attempt: the first attempts are held back for the summary.
     assert _failed_reconnects(caplog) == 0
 

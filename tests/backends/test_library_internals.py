@@ -1,0 +1,82 @@
+"""The broker libraries' private parts that syncar relies on, checked on the installed versions.
+
+constraints.txt pins the versions they were tested with (scripts/lock). An upgrade that renames or drops one of
+them fails here, by name, rather than as a silent fallback (`getattr(..., default)`), a hang waiting for a PONG
+nobody resolves, or a reconnect loop that no longer backs off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Iterator
+from importlib.metadata import version
+
+import aio_pika
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js.client import JetStreamContext
+from yarl import URL
+
+from backends.amqp import BackingOffRobustConnection
+from backends.nats_common import write_with_ping
+from tests.brokers import serve
+from tests.brokers.nats import NatsServer
+
+
+def relied_on(library: str, what: str, by: str) -> str:
+    return (f"{library} {version(library)} no longer has {what}, which {by} relies on: fix that code, or pin the "
+            "version constraints.txt had (scripts/lock)")
+
+
+def reads(cls: type, attribute: str) -> bool:
+    return f"self.{attribute}" in inspect.getsource(cls)
+
+
+def test_nats_client_state_that_syncar_uses() -> None:
+    client = Client()
+    expected = {"_server_info": dict, "_pending": list, "_pending_data_size": int, "_pongs": list}
+    for name, kind in expected.items():
+        assert isinstance(getattr(client, name, None), kind), relied_on(
+            "nats-py", f"Client.{name} ({kind.__name__})", "backends/nats.py or nats_common.write_with_ping")
+    assert hasattr(client, "_transport"), relied_on("nats-py", "Client._transport", "nats_common.write_with_ping")
+    # nats-py's own code must still read them: its flusher sends _pending, its reader resolves _pongs.
+    for name in ("_pending", "_pending_data_size", "_pongs", "_server_info", "_transport"):
+        assert reads(Client, name), relied_on("nats-py", f"a use of Client.{name}", "nats_common.write_with_ping")
+
+
+def test_jetstream_publish_futures_that_syncar_fails_on_a_lost_connection() -> None:
+    js = Client().jetstream()
+    assert isinstance(getattr(js, "_publish_async_futures", None), dict), relied_on(
+        "nats-py", "JetStreamContext._publish_async_futures", "backends/nats_jetstream.py")
+    assert reads(JetStreamContext, "_publish_async_futures")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[NatsServer]:
+    yield from serve(NatsServer())
+
+
+@pytest.mark.nats
+async def test_nats_server_info_and_pongs_on_a_live_connection(server: NatsServer) -> None:
+    client = await nats.connect(server.uri, allow_reconnect=False)
+    try:
+        info = getattr(client, "_server_info", {})
+        assert info.get("max_payload") == client.max_payload, relied_on(
+            "nats-py", "the server's INFO in Client._server_info", "backends/nats.py (tls_required)")
+        await client.publish("syncar.internals", b"x")
+        async with asyncio.timeout(5):  # nats-py's reader must resolve the PONG we queued on its _pongs
+            assert await write_with_ping(client)
+    finally:
+        await client.close()
+
+
+def test_aio_pika_reconnect_interval_is_read_where_syncar_backs_off() -> None:
+    connection = BackingOffRobustConnection(URL("amqp://guest:guest@127.0.0.1/?reconnect_interval=0.3"))
+    # aio-pika's constructor sets reconnect_interval from the URI: our setter takes it as the first wait...
+    assert connection.base_interval == 0.3, relied_on(
+        "aio-pika", "RobustConnection setting self.reconnect_interval in __init__", "backends/amqp.py")
+    # ...and its reconnect loop reads it for each wait: our getter draws the next delay there.
+    assert reads(aio_pika.RobustConnection, "reconnect_interval"), relied_on(
+        "aio-pika", "RobustConnection reading self.reconnect_interval", "BackingOffRobustConnection")
