@@ -17,7 +17,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import ClassVar, cast
+from typing import Any, ClassVar, cast
 
 import aio_pika
 import aiormq
@@ -64,6 +64,26 @@ log = logging.getLogger(__name__)
 REFUSALS = (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.AuthenticationError,
             aiormq.exceptions.ConnectionNotAllowed)
 DEFAULT_PUBLISH_TIMEOUT = 10.0
+
+
+async def confirmed(publishes: Sequence[asyncio.Future[Any]], timeout: float) -> list[BaseException | None]:
+    """Each publish's error, once all are confirmed; TimeoutError once none has been for `timeout` seconds.
+
+    A broker that confirms slowly (a large batch on a busy machine) is waited for; one that stopped confirming (an
+    alarm blocking publishers, a quorum queue without a leader) is not.
+    """
+    pending = set(publishes)
+    try:
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=timeout)
+            if not done:
+                raise TimeoutError
+    finally:
+        for publish in pending:
+            publish.cancel()
+        errors = [None if publish.cancelled() or not publish.done() else publish.exception() for publish in publishes]
+    return errors
+
 
 class BackingOffRobustConnection(aio_pika.RobustConnection):
     """aio-pika's robust connection, waiting between attempts as `backoff` says and telling `on_failure` of each.
@@ -204,19 +224,17 @@ class AmqpBackend(Backend):
                 # every durable queue it was routed to has it on disk.
                 # aio-pika's abstract type leaves out `wait`; its underlay is always aiormq's Channel.
                 underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
-                results = await asyncio.gather(
-                    *(underlay.basic_publish(body, exchange=exchange.name, routing_key="", wait=False,
-                                             properties=Basic.Properties(delivery_mode=topology.delivery_mode))
-                      for body in bodies),
-                    return_exceptions=True,
-                )
+                publishes = [asyncio.ensure_future(underlay.basic_publish(
+                    body, exchange=exchange.name, routing_key="", wait=False,
+                    properties=Basic.Properties(delivery_mode=topology.delivery_mode))) for body in bodies]
+            errors = await confirmed(publishes, self.publish_timeout)
         except TimeoutError as exc:
-            raise PublishTimeout(f"amqp: the broker did not confirm within {self.publish_timeout:g}s") from exc
+            raise PublishTimeout(f"amqp: the broker confirmed nothing for {self.publish_timeout:g}s") from exc
         except BROKER_ERRORS as exc:
             raise self._error("publish", exc) from exc
-        for result in results:
-            if isinstance(result, BaseException):
-                raise self._error("publish", result) from result
+        for error in errors:
+            if error is not None:
+                raise self._error("publish", error) from error
 
     def _error(self, action: str, exc: BaseException) -> BackendError:
         """Translate an aio-pika/aiormq exception; no broker library type leaves this module."""

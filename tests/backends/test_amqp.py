@@ -11,7 +11,7 @@ import aio_pika
 import aiormq
 import pytest
 
-from backends.amqp import AmqpBackend, AmqpSubscription
+from backends.amqp import AmqpBackend, AmqpSubscription, confirmed
 from backends.amqp_common import DEFAULT_PREFETCH
 from backends.amqp_subscription import ACK_DELAY
 from backends.amqp_topology import BINDING_KEY
@@ -407,3 +407,24 @@ async def test_broker_killed_and_restarted(server: RabbitServer, backend: Factor
     after = [f"after {i}".encode() for i in range(100)]
     await sender.publish(topic, after)
     assert await inbox.wait(101) == [b"before", *after]
+
+
+async def test_confirms_are_waited_for_while_they_keep_coming() -> None:
+    # A batch confirmed slowly but steadily (1024 messages on a busy machine took over 10 s) is not a broker that
+    # stopped confirming: timing it out made the outbox send it again, or drop it with the feathers-sync codec.
+    loop = asyncio.get_running_loop()
+    slow = [loop.create_future() for _ in range(6)]
+
+    async def confirm_one_by_one() -> None:
+        for publish in slow:
+            await asyncio.sleep(0.5)  # the broker's pace: a fault injected, not a wait for a condition
+            publish.set_result(None)
+
+    confirming = asyncio.create_task(confirm_one_by_one())
+    assert await confirmed(slow, timeout=2.0) == [None] * 6  # 3 s in all, never 2 s without one
+    await confirming
+    stuck = [loop.create_future() for _ in range(2)]
+    stuck[0].set_exception(aiormq.exceptions.DeliveryError(None, None))
+    with pytest.raises(TimeoutError):
+        await confirmed(stuck, timeout=0.2)
+    assert stuck[1].cancelled()
