@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import nats.errors
-from nats.aio.client import PING_PROTO, Client
 
-from backends.base import BackendConfigError
+from backends.base import BackendConfigError, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +64,12 @@ def _tls_context(options: dict[str, str]) -> ssl.SSLContext:
     return context
 
 
-def describe(exc: BaseException) -> str:
-    """A one-line, lowercase reason for a failure."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"tls: {exc.verify_message or exc.reason}"
-    if isinstance(exc, ssl.SSLError):
-        return f"tls: {(exc.reason or str(exc)).lower().replace('_', ' ')}"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, OSError):
-        return (exc.strerror or str(exc)).lower()
-    text = str(exc).removeprefix("nats: ").strip("'\" ").lower()
-    if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in text:
+def describe(exc: BaseException, secrets: Iterable[str | None] = ()) -> str:
+    """`describe_error`, less what nats-py wraps around a server's -ERR line: its "nats: " and the quotes."""
+    text = describe_error(exc, secrets)
+    if isinstance(exc, nats.errors.Error):
+        text = text.removeprefix("nats: ").strip("'\" ").lower()  # 'Authorization Violation', 'Stale Connection'
+    if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in text.lower():
         return "authorization violation (wrong user, password or token?)"
     return text or type(exc).__name__.lower()
 
@@ -95,23 +86,3 @@ async def settle(awaitable: Awaitable[Any]) -> None:
     task = asyncio.ensure_future(awaitable)
     await asyncio.wait({task})
     retrieve(task)
-
-
-def write_with_ping(client: Client) -> asyncio.Future[bool]:
-    """Write what nats-py holds for its flusher task and a PING behind it, in one write; the future is done when the
-    server's PONG comes, so once the server has processed all of it.
-
-    nats-py's flush() writes its PING straight to the socket, ahead of commands still queued (its PONG would prove
-    nothing about them), and its flusher writes those in a write of their own: two system calls per batch, which at
-    1,000 events/s were over half of a publishing daemon's CPU (docs/benchmarks.md). This does what the flusher and
-    flush() do, on the same private state, with nothing awaited in between, so PONGs keep the order of the PINGs.
-    The caller must not cancel the future (nats-py's reader resolves it; a reconnect forgets it).
-    """
-    transport = client._transport
-    if transport is None:
-        raise nats.errors.ConnectionClosedError
-    pong: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-    pending, client._pending, client._pending_data_size = client._pending, [], 0
-    transport.writelines([*pending, PING_PROTO])
-    client._pongs.append(pong)
-    return pong

@@ -1,47 +1,32 @@
-"""The NATS backend's durable mode: JetStream.
+"""The NATS backend's durable mode: JetStream's streams and consumers, and publishing to them.
 
 A topic (`--key`) has one stream, `syncar-<key>`, on the subject `syncar.durable.<key>`: a subject of its own, so
 broadcast daemons and feathers-sync apps on the subject `<key>` never see (or feed) it. Each instance reads the
 stream through its own durable pull consumer, `syncar-<instance id>`, acknowledging each message once the handler
 returned. See docs/backends/nats.md ("Durable mode") for what this promises and costs.
+
+This module says what to ask JetStream for (`ensure_stream`, `ensure_consumer`, `JetStreamPublisher`); the reading
+of a consumer is `backends.nats_consumer`, and the connection they use is `backends.nats_connection`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import json
 import logging
 import math
 import re
-import time
-from collections.abc import Sequence
-from functools import partial
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription as NatsSub
 from nats.js import JetStreamContext, api
 
-from backends.base import (
-    BackendError,
-    BackendUnavailable,
-    Handler,
-    Message,
-    PublishTimeout,
-    PublishUnconfirmed,
-    Subscription,
-)
+from backends.base import BackendConfig, BackendError, BackendUnavailable, PublishTimeout, PublishUnconfirmed
 from backends.nats_common import CONNECTION_ERRORS, describe, settle
-from sidecar.backoff import Backoff
-from sidecar.logging import RateLimitedLogger
-
-if TYPE_CHECKING:
-    from backends.nats import NatsBackend
+from backends.nats_internals import release_publish_slots
 
 log = logging.getLogger(__name__)
 
@@ -49,26 +34,16 @@ SUBJECT_PREFIX = "syncar.durable."
 NAME_PREFIX = "syncar-"
 #: Seconds for a JetStream API call or a PubAck.
 API_TIMEOUT = 5.0
-#: Messages asked for in one pull request; another goes out when half of them have arrived, so the server always
-#: has one waiting. At most 1.5 x this many messages are on their way to us or queued here (memory bound).
-PULL_BATCH = 64
-#: A pull request lives this long; the server says so (408) when it expires unfilled, and we ask again. An instance
-#: that is connected always has one waiting, so its consumer never looks inactive to the server.
-PULL_EXPIRES = 10.0
-#: While a pull request waits, the server sends a heartbeat this often: silence means the request is gone.
-IDLE_HEARTBEAT = 2.0
-SILENCE = 3 * IDLE_HEARTBEAT
-#: Messages delivered and not yet acknowledged, at most (a bound the server keeps; above 1.5 x PULL_BATCH).
+#: Messages delivered and not yet acknowledged, at most (a bound the server keeps; above 1.5 x the consumer's
+#: PULL_BATCH).
 MAX_ACK_PENDING = 256
 #: A message unacknowledged this long is sent again. We never rely on it for order (see `ensure_consumer`).
 ACK_WAIT = 30.0
-#: Back-off after a handler failed, before the message is delivered again.
-RETRY_MIN, RETRY_MAX = 0.25, 5.0
-#: Seconds between two lines about the same failing subscriber, or the same consumer that cannot be resumed yet.
-WARN_EVERY = 30.0
-ACK = b"+ACK"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _SUBJECT = re.compile(r"[^.\s*>]+(\.[^.\s*>]+)*")
+
+#: Returns once the server has processed what was written on the client, or raises (NatsConnection._confirm).
+Confirm = Callable[[Client, "asyncio.Future[None] | None"], Awaitable[None]]
 
 
 def durable_subject(topic: str) -> str:
@@ -168,28 +143,31 @@ async def ensure_consumer(js: JetStreamContext, stream: api.StreamInfo, name: st
 
 
 class JetStreamPublisher:
-    """publish() of the durable mode: each body stored by JetStream (PubAck), in order."""
+    """publish() of the durable mode: each body stored by JetStream (PubAck), in order.
 
-    def __init__(self, backend: NatsBackend) -> None:
-        self._backend = backend
+    It writes on the client it is given; `confirm(client, lost)` is the backend's check that the connection
+    itself still works, which tells a dead connection from a JetStream that does not answer.
+    """
+
+    def __init__(self, config: BackendConfig, where: str, *, confirm: Confirm) -> None:
+        self._config, self._where, self._confirm = config, where, confirm
         self._js: JetStreamContext | None = None
         self._client: Client | None = None
         self.streams: set[str] = set()  # topics whose stream exists (as far as we know)
 
     async def publish(self, client: Client, topic: str, bodies: Sequence[bytes],
                       lost: asyncio.Future[None] | None) -> None:
-        backend = self._backend
         if self._client is not client:  # nats-py's context keeps a reply subscription on its connection
             self._client, self._js = client, client.jetstream(timeout=API_TIMEOUT)
         js = self._js
         assert js is not None
         subject = durable_subject(topic)
-        config = backend.config
+        config, where = self._config, self._where
         if topic not in self.streams:
             try:
                 await ensure_stream(js, topic, config.retention, config.instance_ttl)
             except CONNECTION_ERRORS as exc:
-                raise translate(exc, backend.where, "creating the stream") from exc
+                raise translate(exc, where, "creating the stream") from exc
             self.streams.add(topic)
         acks: list[asyncio.Future[api.PubAck]] = []
         try:
@@ -205,189 +183,21 @@ class JetStreamPublisher:
                 stored.cancel()
                 await settle(stored)
                 if lost is not None and lost.done():
-                    raise PublishUnconfirmed(f"nats: connection to {backend.where} lost before JetStream confirmed")
-                await backend._confirm(client, lost)  # raises if the connection itself is dead
-                raise PublishTimeout(f"nats: JetStream on {backend.where} did not confirm within {API_TIMEOUT:g}s")
+                    raise PublishUnconfirmed(f"nats: connection to {where} lost before JetStream confirmed")
+                await self._confirm(client, lost)  # raises if the connection itself is dead
+                raise PublishTimeout(f"nats: JetStream on {where} did not confirm within {API_TIMEOUT:g}s")
             stored.result()
         except nats.js.errors.NoStreamResponseError as exc:
             # No stream on the subject (deleted, or the server lost its store): create it again on the retry.
             self.streams.discard(topic)
-            raise BackendUnavailable(f"nats: no JetStream stream answered on {backend.where}; retrying") from exc
+            raise BackendUnavailable(f"nats: no JetStream stream answered on {where}; retrying") from exc
         except BackendError:
             raise
         except CONNECTION_ERRORS as exc:
-            raise translate(exc, backend.where, "publish") from exc
+            raise translate(exc, where, "publish") from exc
         finally:
             # A PubAck that will never come holds one of nats-py's publish_async slots forever. Ours is the only
             # publisher on this context (the outbox sends one batch at a time): every future left is this batch's.
-            for ack in [*acks, *getattr(js, "_publish_async_futures", {}).values()]:
+            for ack in acks:
                 ack.cancel()
-
-
-class DurableSubscription(Subscription):
-    """This instance's durable pull consumer on a topic's stream, fed to the handler one message at a time."""
-
-    def __init__(self, backend: NatsBackend, topic: str, handler: Handler) -> None:
-        self._backend = backend
-        self.topic = topic
-        self._handler = handler
-        self._stream = jetstream_name(topic)
-        self.consumer = jetstream_name(backend.config.instance_id)
-        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{self.consumer}"
-        self._request = json.dumps({"batch": PULL_BATCH, "expires": int(PULL_EXPIRES * 1e9),
-                                    "idle_heartbeat": int(IDLE_HEARTBEAT * 1e9)}).encode()
-        self._client: Client | None = None
-        self._sub: NatsSub | None = None
-        self._inbox = ""
-        # Bumped by each (re)start: messages still queued for an older one are neither handled nor acknowledged.
-        self._generation = 0
-        self._credit = 0  # messages asked for and not yet delivered
-        self._heard = time.monotonic()
-        self._position: int | None = None  # the stream sequence after the last one handled
-        self._retry = Backoff(RETRY_MIN, RETRY_MAX, jitter=0.2)
-        self._warnings = RateLimitedLogger(log, WARN_EVERY)
-        self._restore_task: asyncio.Task[None] | None = None
-        self._attaching: asyncio.Future[None] | None = None
-        self._again = False
-        self._watchdog: asyncio.Task[None] | None = None
-        self._closed = False
-
-    async def attach(self, client: Client) -> None:
-        """Start, or start again, consuming on `client` where the consumer left off.
-
-        Raises:
-            BackendError: JetStream refused (not enabled, a bad name...); BackendUnavailable: connection trouble.
-        """
-        self._generation += 1
-        generation = self._generation
-        old, self._sub = self._sub, None
-        if old is not None:
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                await old.unsubscribe()
-        config = self._backend.config
-        try:
-            js = client.jetstream(timeout=API_TIMEOUT)
-            stream = await ensure_stream(js, self.topic, config.retention, config.instance_ttl)
-            await ensure_consumer(js, stream, self.consumer, config.instance_ttl, self._position)
-            inbox = client.new_inbox()
-            # No limit on nats-py's queue: the pull requests bound it (a drop would look like a lost message).
-            sub = await client.subscribe(inbox, cb=partial(self._receive, generation), pending_msgs_limit=0,
-                                         pending_bytes_limit=0)
-            if generation != self._generation or self._closed:
-                await sub.unsubscribe()
-                return
-            self._client, self._sub, self._inbox, self._credit = client, sub, inbox, 0
-            self._heard = time.monotonic()
-            await self._pull()
-        except CONNECTION_ERRORS as exc:
-            raise translate(exc, self._backend.where, f"consumer {self.consumer}") from exc
-        if self._watchdog is None:
-            self._watchdog = asyncio.create_task(self._watch(), name=f"syncar-nats-watch-{self.topic}")
-
-    async def _pull(self) -> None:
-        if self._client is not None:
-            await self._client.publish(self._next, self._request, reply=self._inbox)
-            self._credit += PULL_BATCH
-
-    async def _receive(self, generation: int, msg: Msg) -> None:
-        if generation != self._generation:
-            return
-        self._heard = time.monotonic()
-        reply = msg.reply
-        if not reply:  # a status: 100 heartbeat, 408 request expired, 409 request ended or consumer gone
-            headers = msg.headers or {}
-            status = headers.get("Status")
-            if status == "409" and any(w in str(headers.get("Description", "")) for w in ("Deleted", "Leadership")):
-                log.warning("nats: consumer %s: %s; resuming it", self.consumer, headers.get("Description"))
-                self.restore_soon()
-                return
-            if status in ("408", "409"):
-                self._credit -= int(headers.get("Nats-Pending-Messages") or self._credit)
-        else:
-            self._credit -= 1
-        with contextlib.suppress(*CONNECTION_ERRORS):  # a lost connection: the restore after it asks again
-            if self._credit <= PULL_BATCH // 2:
-                await self._pull()  # before handling, so the server never waits for us
-        if not reply:
-            return
-        # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>, or the longer v2
-        # The server's timestamp of the stored message (<time>, in ns) is in the reply subject, which it makes itself.
-        tokens = reply.split(".")
-        position, stored = (tokens[5], tokens[7]) if len(tokens) == 9 else (tokens[7], tokens[9])
-        try:
-            await self._handler(Message(msg.data, position=position, accepted_at=int(stored) / 1e9))
-        except Exception as exc:
-            self._failed(position, exc)
-            return
-        self._retry.reset()
-        self._position = int(position) + 1
-        with contextlib.suppress(*CONNECTION_ERRORS):  # a lost ack: the message comes again, the relay drops it
-            await self._client.publish(reply, ACK)  # type: ignore[union-attr]
-
-    def _failed(self, position: str, exc: Exception) -> None:
-        """Not acknowledged: stop here, and after a back-off resume the consumer from this message, in order."""
-        self._generation += 1
-        delay = self._retry.next()
-        self._warnings.error("failed", "nats: subscriber failed on stream %s sequence %s (%d in a row); it comes "
-                             "again in %.2fs: %s", self._stream, position, self._retry.attempts, delay, exc)
-        log.debug("nats: subscriber failure", exc_info=True)
-        self.restore_soon(delay)
-
-    def restore_soon(self, delay: float = 0.0) -> None:
-        """Attach again in the background (after a reconnect, a failure, or silence)."""
-        if self._closed:
-            return
-        if self._restore_task is not None and not self._restore_task.done():
-            self._again = True  # never cancel one: it may be between deleting the consumer and creating it
-            return
-        self._restore_task = asyncio.create_task(self._restore(delay), name=f"syncar-nats-restore-{self.topic}")
-
-    async def _restore(self, delay: float) -> None:
-        await asyncio.sleep(delay)
-        self._again = True
-        while self._again and not self._closed:
-            self._again = False
-            client = self._backend.current_client()
-            if client is None:
-                return  # the reconnect will call us again
-            # In a task of its own, which unsubscribe() lets finish: it may be between deleting the consumer and
-            # creating it again, and a consumer left deleted would restart at "now".
-            self._attaching = attaching = asyncio.ensure_future(self.attach(client))
-            try:
-                await asyncio.shield(attaching)
-            except BackendError as exc:
-                # The watchdog tries again shortly; JetStream may still be recovering its store after a restart.
-                self._warnings.warning("resume", "nats: cannot resume consumer %s yet: %s", self.consumer, exc)
-
-    async def _watch(self) -> None:
-        """Notice a consumer that went quiet: heartbeats stop when our pull requests are gone."""
-        while not self._closed:
-            await asyncio.sleep(IDLE_HEARTBEAT / 2)
-            restoring = self._restore_task is not None and not self._restore_task.done()
-            if restoring or self._backend.current_client() is None:
-                continue
-            if self._sub is None or time.monotonic() - self._heard > SILENCE:
-                log.debug("nats: no word from consumer %s for %.1fs; resuming it", self.consumer,
-                          time.monotonic() - self._heard)
-                self.restore_soon()
-
-    async def unsubscribe(self) -> None:
-        """Stop consuming; the consumer stays on the server, for this instance to come back to."""
-        if self._closed:
-            return
-        self._closed = True
-        self._generation += 1
-        if self in self._backend._subscriptions:
-            self._backend._subscriptions.remove(self)
-        for task in (self._watchdog, self._restore_task):
-            if task is not None:
-                task.cancel()
-                await settle(task)
-        if self._attaching is not None:
-            await asyncio.wait({self._attaching}, timeout=2 * API_TIMEOUT)
-            self._attaching.cancel()  # a no-op once it is done
-            await settle(self._attaching)
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                await sub.unsubscribe()
+            release_publish_slots(js)

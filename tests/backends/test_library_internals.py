@@ -20,7 +20,7 @@ from nats.js.client import JetStreamContext
 from yarl import URL
 
 from backends.amqp import BackingOffRobustConnection
-from backends.nats_common import write_with_ping
+from backends.nats_internals import write_with_ping
 from tests.brokers import serve
 from tests.brokers.nats import NatsServer
 
@@ -39,17 +39,17 @@ def test_nats_client_state_that_syncar_uses() -> None:
     expected = {"_server_info": dict, "_pending": list, "_pending_data_size": int, "_pongs": list}
     for name, kind in expected.items():
         assert isinstance(getattr(client, name, None), kind), relied_on(
-            "nats-py", f"Client.{name} ({kind.__name__})", "backends/nats.py or nats_common.write_with_ping")
-    assert hasattr(client, "_transport"), relied_on("nats-py", "Client._transport", "nats_common.write_with_ping")
+            "nats-py", f"Client.{name} ({kind.__name__})", "backends/nats_internals.py")
+    assert hasattr(client, "_transport"), relied_on("nats-py", "Client._transport", "nats_internals.write_with_ping")
     # nats-py's own code must still read them: its flusher sends _pending, its reader resolves _pongs.
     for name in ("_pending", "_pending_data_size", "_pongs", "_server_info", "_transport"):
-        assert reads(Client, name), relied_on("nats-py", f"a use of Client.{name}", "nats_common.write_with_ping")
+        assert reads(Client, name), relied_on("nats-py", f"a use of Client.{name}", "nats_internals.write_with_ping")
 
 
 def test_jetstream_publish_futures_that_syncar_fails_on_a_lost_connection() -> None:
     js = Client().jetstream()
     assert isinstance(getattr(js, "_publish_async_futures", None), dict), relied_on(
-        "nats-py", "JetStreamContext._publish_async_futures", "backends/nats_jetstream.py")
+        "nats-py", "JetStreamContext._publish_async_futures", "nats_internals.release_publish_slots")
     assert reads(JetStreamContext, "_publish_async_futures")
 
 
@@ -64,7 +64,7 @@ async def test_nats_server_info_and_pongs_on_a_live_connection(server: NatsServe
     try:
         info = getattr(client, "_server_info", {})
         assert info.get("max_payload") == client.max_payload, relied_on(
-            "nats-py", "the server's INFO in Client._server_info", "backends/nats.py (tls_required)")
+            "nats-py", "the server's INFO in Client._server_info", "nats_internals.offered_tls")
         await client.publish("syncar.internals", b"x")
         async with asyncio.timeout(5):  # nats-py's reader must resolve the PONG we queued on its _pongs
             assert await write_with_ping(client)

@@ -1,0 +1,213 @@
+"""The NATS backend's durable mode: this instance's pull consumer on a topic's stream, read in order.
+
+The consumer is asked for PULL_BATCH messages at a time and fed to the handler one at a time; each is acknowledged
+once the handler returned. A handler that raises stops the reading there, and after a back-off the consumer is
+resumed from that message (`ensure_consumer`), so order holds through failures, reconnects and restarts of the
+server. The subscription holds no reference to the backend: it asks `current_client()` for the connection (None
+while there is none; the backend calls `restore_soon()` once it is back) and tells `forget(self)` when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from functools import partial
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSub
+
+from backends.base import BackendConfig, BackendError, Handler, Message, Subscription
+from backends.nats_common import CONNECTION_ERRORS, settle
+from backends.nats_jetstream import API_TIMEOUT, ensure_consumer, ensure_stream, jetstream_name, translate
+from sidecar.backoff import Backoff
+from sidecar.logging import RateLimitedLogger
+
+log = logging.getLogger(__name__)
+
+#: Messages asked for in one pull request; another goes out when half of them have arrived, so the server always
+#: has one waiting. At most 1.5 x this many messages are on their way to us or queued here (memory bound).
+PULL_BATCH = 64
+#: A pull request lives this long; the server says so (408) when it expires unfilled, and we ask again. An instance
+#: that is connected always has one waiting, so its consumer never looks inactive to the server.
+PULL_EXPIRES = 10.0
+#: While a pull request waits, the server sends a heartbeat this often: silence means the request is gone.
+IDLE_HEARTBEAT = 2.0
+SILENCE = 3 * IDLE_HEARTBEAT
+#: Back-off after a handler failed, before the message is delivered again.
+RETRY_MIN, RETRY_MAX = 0.25, 5.0
+#: Seconds between two lines about the same failing subscriber, or the same consumer that cannot be resumed yet.
+WARN_EVERY = 30.0
+ACK = b"+ACK"
+
+
+class DurableSubscription(Subscription):
+    """This instance's durable pull consumer on a topic's stream, fed to the handler one message at a time."""
+
+    def __init__(self, topic: str, handler: Handler, config: BackendConfig, where: str, *,
+                 current_client: Callable[[], Client | None], forget: Callable[[DurableSubscription], None]) -> None:
+        self.topic, self._handler, self._config, self._where = topic, handler, config, where
+        self._current_client, self._forget = current_client, forget
+        self._stream = jetstream_name(topic)
+        self.consumer = jetstream_name(config.instance_id)
+        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{self.consumer}"
+        self._request = json.dumps({"batch": PULL_BATCH, "expires": int(PULL_EXPIRES * 1e9),
+                                    "idle_heartbeat": int(IDLE_HEARTBEAT * 1e9)}).encode()
+        self._client: Client | None = None
+        self._sub: NatsSub | None = None
+        self._inbox = ""
+        # Bumped by each (re)start: messages still queued for an older one are neither handled nor acknowledged.
+        self._generation = 0
+        self._credit = 0  # messages asked for and not yet delivered
+        self._heard = time.monotonic()
+        self._position: int | None = None  # the stream sequence after the last one handled
+        self._retry = Backoff(RETRY_MIN, RETRY_MAX, jitter=0.2)
+        self._warnings = RateLimitedLogger(log, WARN_EVERY)
+        self._restore_task: asyncio.Task[None] | None = None
+        self._attaching: asyncio.Future[None] | None = None
+        self._again = False
+        self._watchdog: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def attach(self, client: Client) -> None:
+        """Start, or start again, consuming on `client` where the consumer left off.
+
+        Raises:
+            BackendError: JetStream refused (not enabled, a bad name...); BackendUnavailable: connection trouble.
+        """
+        self._generation += 1
+        generation = self._generation
+        old, self._sub = self._sub, None
+        if old is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await old.unsubscribe()
+        config = self._config
+        try:
+            js = client.jetstream(timeout=API_TIMEOUT)
+            stream = await ensure_stream(js, self.topic, config.retention, config.instance_ttl)
+            await ensure_consumer(js, stream, self.consumer, config.instance_ttl, self._position)
+            inbox = client.new_inbox()
+            # No limit on nats-py's queue: the pull requests bound it (a drop would look like a lost message).
+            sub = await client.subscribe(inbox, cb=partial(self._receive, generation), pending_msgs_limit=0,
+                                         pending_bytes_limit=0)
+            if generation != self._generation or self._closed:
+                await sub.unsubscribe()
+                return
+            self._client, self._sub, self._inbox, self._credit = client, sub, inbox, 0
+            self._heard = time.monotonic()
+            await self._pull()
+        except CONNECTION_ERRORS as exc:
+            raise translate(exc, self._where, f"consumer {self.consumer}") from exc
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch(), name=f"syncar-nats-watch-{self.topic}")
+
+    async def _pull(self) -> None:
+        if self._client is not None:
+            await self._client.publish(self._next, self._request, reply=self._inbox)
+            self._credit += PULL_BATCH
+
+    async def _receive(self, generation: int, msg: Msg) -> None:
+        if generation != self._generation:
+            return
+        self._heard = time.monotonic()
+        reply = msg.reply
+        if not reply:  # a status: 100 heartbeat, 408 request expired, 409 request ended or consumer gone
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            if status == "409" and any(w in str(headers.get("Description", "")) for w in ("Deleted", "Leadership")):
+                log.warning("nats: consumer %s: %s; resuming it", self.consumer, headers.get("Description"))
+                self.restore_soon()
+                return
+            if status in ("408", "409"):
+                self._credit -= int(headers.get("Nats-Pending-Messages") or self._credit)
+        else:
+            self._credit -= 1
+        with contextlib.suppress(*CONNECTION_ERRORS):  # a lost connection: the restore after it asks again
+            if self._credit <= PULL_BATCH // 2:
+                await self._pull()  # before handling, so the server never waits for us
+        if not reply:
+            return
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>, or the longer v2
+        # The server's timestamp of the stored message (<time>, in ns) is in the reply subject, which it makes itself.
+        tokens = reply.split(".")
+        position, stored = (tokens[5], tokens[7]) if len(tokens) == 9 else (tokens[7], tokens[9])
+        try:
+            await self._handler(Message(msg.data, position=position, accepted_at=int(stored) / 1e9))
+        except Exception as exc:
+            self._failed(position, exc)
+            return
+        self._retry.reset()
+        self._position = int(position) + 1
+        with contextlib.suppress(*CONNECTION_ERRORS):  # a lost ack: the message comes again, the relay drops it
+            await self._client.publish(reply, ACK)  # type: ignore[union-attr]
+
+    def _failed(self, position: str, exc: Exception) -> None:
+        """Not acknowledged: stop here, and after a back-off resume the consumer from this message, in order."""
+        self._generation += 1
+        delay = self._retry.next()
+        self._warnings.error("failed", "nats: subscriber failed on stream %s sequence %s (%d in a row); it comes "
+                             "again in %.2fs: %s", self._stream, position, self._retry.attempts, delay, exc)
+        log.debug("nats: subscriber failure", exc_info=True)
+        self.restore_soon(delay)
+
+    def restore_soon(self, delay: float = 0.0) -> None:
+        """Attach again in the background (after a reconnect, a failure, or silence)."""
+        if self._closed:
+            return
+        if self._restore_task is not None and not self._restore_task.done():
+            self._again = True  # never cancel one: it may be between deleting the consumer and creating it
+            return
+        self._restore_task = asyncio.create_task(self._restore(delay), name=f"syncar-nats-restore-{self.topic}")
+
+    async def _restore(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._again = True
+        while self._again and not self._closed:
+            self._again = False
+            client = self._current_client()
+            if client is None:
+                return  # the reconnect will call us again
+            # In a task of its own, which unsubscribe() lets finish: it may be between deleting the consumer and
+            # creating it again, and a consumer left deleted would restart at "now".
+            self._attaching = attaching = asyncio.ensure_future(self.attach(client))
+            try:
+                await asyncio.shield(attaching)
+            except BackendError as exc:
+                # The watchdog tries again shortly; JetStream may still be recovering its store after a restart.
+                self._warnings.warning("resume", "nats: cannot resume consumer %s yet: %s", self.consumer, exc)
+
+    async def _watch(self) -> None:
+        """Notice a consumer that went quiet: heartbeats stop when our pull requests are gone."""
+        while not self._closed:
+            await asyncio.sleep(IDLE_HEARTBEAT / 2)
+            restoring = self._restore_task is not None and not self._restore_task.done()
+            if restoring or self._current_client() is None:
+                continue
+            if self._sub is None or time.monotonic() - self._heard > SILENCE:
+                log.debug("nats: no word from consumer %s for %.1fs; resuming it", self.consumer,
+                          time.monotonic() - self._heard)
+                self.restore_soon()
+
+    async def unsubscribe(self) -> None:
+        """Stop consuming; the consumer stays on the server, for this instance to come back to."""
+        if self._closed:
+            return
+        self._closed = True
+        self._generation += 1
+        self._forget(self)
+        for task in (self._watchdog, self._restore_task):
+            if task is not None:
+                task.cancel()
+                await settle(task)
+        if self._attaching is not None:
+            await asyncio.wait({self._attaching}, timeout=2 * API_TIMEOUT)
+            self._attaching.cancel()  # a no-op once it is done
+            await settle(self._attaching)
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await sub.unsubscribe()
