@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import pytest
 from nats.aio.transport import TcpTransport
 
@@ -25,6 +26,7 @@ from backends.base import (
     PublishTimeout,
 )
 from backends.nats import NatsBackend
+from backends.nats_common import describe
 from tests.backends.support import Inbox, Started
 from tests.brokers import serve
 from tests.brokers.certs import make_certificates
@@ -195,6 +197,16 @@ async def test_bad_uri_options_are_named() -> None:
     backend = NatsBackend(BackendConfig("tls://127.0.0.1:4222?tls_ca=/nonexistent/ca.pem", "test"))
     with pytest.raises(BackendError, match=re.escape("tls_ca: cannot load '/nonexistent/ca.pem'")):
         await backend.start()
+
+
+def test_a_reason_is_one_lowercase_line_without_nats_py_wrapping_or_secrets() -> None:
+    # What nats-py makes of a server's -ERR line: "nats: " and the line's quotes around the server's words.
+    assert describe(nats.errors.Error("nats: 'Maximum Connections Exceeded'")) == "maximum connections exceeded"
+    assert describe(nats.errors.AuthorizationError()) == "authorization violation (wrong user, password or token?)"
+    # A secret a server echoes is masked whatever the case of its letters (it was lowercased first, then missed).
+    echoed = describe(nats.errors.Error("nats: 'Unknown Option Hunter2Secret'"), ["Hunter2Secret", None])
+    assert echoed == "unknown option ***"
+    assert describe(ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 4222)")) == "connection refused"
 
 
 # -- the broker going away ---------------------------------------------------------------------------------
