@@ -242,7 +242,7 @@ class NatsConnection(Backend, Generic[S]):
         self._backoff.reset()
         client.options["reconnect_time_wait"] = self._backoff.next()
 
-    def _current_client(self) -> Client | None:
+    def current_client(self) -> Client | None:
         """The connection, while it is up."""
         try:
             return self._usable()
