@@ -35,7 +35,7 @@ from backends.amqp_common import (
     discard,
     parse_uri,
 )
-from backends.amqp_subscription import AmqpSubscription
+from backends.amqp_subscription import AmqpDurableSubscription, AmqpSubscription
 from backends.amqp_topology import Topology
 from backends.base import (
     Backend,
@@ -118,11 +118,12 @@ class BackingOffRobustConnection(aio_pika.RobustConnection):
 
 class AmqpBackend(Backend):
     """Broadcast mode: feathers-sync's exchange, a throwaway queue per daemon. What differs in durable mode is
-    what is declared (`backends.amqp_topology.Topology`, made from the mode) and when messages are acknowledged
-    (`backends.amqp_subscription`)."""
+    what is declared (`backends.amqp_topology.Topology`, made from the mode) and what a subscription does with a
+    failure and when it acknowledges (its `subscription_class`)."""
 
     name: ClassVar[str] = "amqp"
     features: ClassVar[frozenset[Feature]] = frozenset()
+    subscription_class: ClassVar[type[AmqpSubscription]] = AmqpSubscription
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     def __init__(self, config: BackendConfig, *, on_state: StateCallback | None = None) -> None:
@@ -262,7 +263,7 @@ class AmqpBackend(Backend):
                 channel = await connection.channel(publisher_confirms=False)
                 await channel.set_qos(prefetch_count=DEFAULT_PREFETCH)
                 channel.reopen_callbacks.add(self._on_reopened)  # aio-pika reopens channels, not our queues
-                subscription = AmqpSubscription(topic, handler, self.topology, channel, forget=self._forget,
+                subscription = self.subscription_class(topic, handler, self.topology, channel, forget=self._forget,
                                                 restore=self._restore_wanted.set)
                 self._subscriptions.append(subscription)
                 await subscription.attach()
@@ -334,6 +335,8 @@ class AmqpBackend(Backend):
 
 
 class AmqpDurableBackend(AmqpBackend):
-    """Durable mode: one durable queue per instance (`backends.amqp_topology`)."""
+    """Durable mode: one durable queue per instance (`backends.amqp_topology`), redelivery of what a handler failed
+    on (`backends.amqp_subscription.AmqpDurableSubscription`)."""
 
     features: ClassVar[frozenset[Feature]] = frozenset({Feature.DURABLE})
+    subscription_class: ClassVar[type[AmqpSubscription]] = AmqpDurableSubscription

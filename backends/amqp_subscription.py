@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import ClassVar
 
 import aiormq.abc
 from aio_pika.abc import AbstractRobustChannel
@@ -37,7 +38,15 @@ DRAIN_TIMEOUT = 5.0  # how long unsubscribe() lets a running handler finish
 
 
 class AmqpSubscription(Subscription):
-    """One topic's queue and consumer; a worker task hands its messages to the handler one at a time."""
+    """One topic's queue and consumer; a worker task hands its messages to the handler one at a time.
+
+    This class is broadcast mode's: a message whose handler raised is dropped, and acknowledgements, which only keep
+    the prefetch window open, go every ACK_EVERY messages or after ACK_DELAY without one. `AmqpDurableSubscription`
+    is durable mode's.
+    """
+
+    #: Acknowledge what was handled once no message came for this long (seconds); None: see `_caught_up()`.
+    ack_delay: ClassVar[float | None] = ACK_DELAY
 
     def __init__(self, topic: str, handler: Handler, topology: Topology, channel: AbstractRobustChannel, *,
                  forget: Callable[[AmqpSubscription], None], restore: Callable[[], None]) -> None:
@@ -71,10 +80,10 @@ class AmqpSubscription(Subscription):
         consumer = await underlay.basic_consume(queue, self._on_delivery, no_ack=False)
         underlay.on_consumer_cancel_callbacks.add(self._on_consumer_cancelled)
         self.consumer_tag, self.cancelled = consumer.consumer_tag, False
-        if self._topology.durable:
-            log.info("amqp: consuming durable queue %r (%d messages waiting)", queue, backlog)
-        else:
-            log.debug("amqp: consuming topic %r from queue %s", self.topic, queue)
+        self._consuming(queue, backlog)
+
+    def _consuming(self, queue: str, backlog: int) -> None:
+        log.debug("amqp: consuming topic %r from queue %s", self.topic, queue)
 
     def _on_consumer_cancelled(self, frame: Basic.Cancel) -> None:
         if frame.consumer_tag == self.consumer_tag and self.active:
@@ -89,19 +98,30 @@ class AmqpSubscription(Subscription):
             self._inbox.put_nowait(message)
 
     def _stale(self, message: aiormq.abc.DeliveredMessage) -> bool:
-        """In durable mode: delivered on a channel that is gone, so the broker has put it back in the queue."""
-        return self._topology.durable and (message.channel is not self._underlay or message.channel.is_closed)
+        """Whether `message` is not to be handled although the subscription is active."""
+        return False
+
+    def _caught_up(self, count: int) -> bool:
+        """Whether to acknowledge now, `count` messages handled since the last acknowledgement."""
+        return count >= ACK_EVERY
+
+    async def _failed(self, handled: aiormq.abc.DeliveredMessage | None, failed: aiormq.abc.DeliveredMessage,
+                      exc: Exception) -> bool:
+        """The handler raised on `failed`; True if it counts as handled all the same."""
+        log.error("amqp: subscriber of %r failed, message dropped: %s", self.topic, exc)
+        log.debug("amqp: subscriber failure", exc_info=True)
+        return True
 
     async def _work(self) -> None:
         handled: aiormq.abc.DeliveredMessage | None = None  # the newest message handled and not acknowledged
         count = 0
         while True:
-            if handled is not None and not self._topology.durable and self._inbox.empty():
-                # Broadcast mode: acknowledge once no message came for ACK_DELAY, not after each one (at a low rate
-                # the inbox is empty after every message, and the write of an ack per message was a third of a
-                # receiving daemon's CPU at 1,000 events/s). Nothing depends on it but the prefetch window.
+            if handled is not None and self.ack_delay is not None and self._inbox.empty():
+                # Acknowledge once no message came for a while, not after each one (at a low rate the inbox is
+                # empty after every message, and the write of an ack per message was a third of a receiving
+                # daemon's CPU at 1,000 events/s).
                 try:
-                    async with asyncio.timeout(ACK_DELAY):
+                    async with asyncio.timeout(self.ack_delay):
                         message = await self._inbox.get()  # cancelled by the timeout, it takes nothing
                 except TimeoutError:
                     await self._ack(handled)
@@ -116,38 +136,17 @@ class AmqpSubscription(Subscription):
             try:
                 await self._handler(Message(message.body))
             except Exception as exc:
-                if self._topology.durable:
-                    await self._redeliver(handled, message, exc)
+                if not await self._failed(handled, message, exc):
                     handled, count = None, 0
                     continue
-                # No redelivery in broadcast mode: the message is dropped for this subscriber.
-                log.error("amqp: subscriber of %r failed, message dropped: %s", self.topic, exc)
-                log.debug("amqp: subscriber failure", exc_info=True)
             else:
                 self._redelivery.reset()
             handled, count = message, count + 1
-            if count >= ACK_EVERY or (self._topology.durable and self._inbox.empty()):
+            if self._caught_up(count):
                 await self._ack(handled)
                 handled, count = None, 0
         if handled is not None:
             await self._ack(handled)  # stopping: what was handled must not come back
-
-    async def _redeliver(self, handled: aiormq.abc.DeliveredMessage | None, failed: aiormq.abc.DeliveredMessage,
-                         exc: Exception) -> None:
-        delay = self._redelivery.next()
-        log.error("amqp: subscriber of %r failed, the message comes back in %.1fs: %s", self.topic, delay, exc)
-        log.debug("amqp: subscriber failure", exc_info=True)
-        if handled is not None:
-            await self._ack(handled)
-        await asyncio.sleep(delay)
-        channel = failed.channel
-        if not channel.is_closed:
-            try:
-                async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await channel.close()
-            except BROKER_ERRORS as error:  # the connection went first: the broker puts them back all the same
-                log.debug("amqp: closing the channel of %r for redelivery failed: %s", self.topic, error)
-        self._restore()  # aio-pika reopens the channel (attach() does, if it has not) and we consume again
 
     async def _ack(self, message: aiormq.abc.DeliveredMessage) -> None:
         channel, tag = message.channel, getattr(message.delivery, "delivery_tag", None)
@@ -189,3 +188,38 @@ class AmqpSubscription(Subscription):
                     await self.channel.close()
             except BROKER_ERRORS as exc:
                 log.debug("amqp: closing the channel of %r failed: %s", self.topic, exc)
+
+
+class AmqpDurableSubscription(AmqpSubscription):
+    """Durable mode's: a handler that raises gets its message again, and what was handled is acknowledged as soon
+    as the handler has caught up."""
+
+    ack_delay: ClassVar[float | None] = None
+
+    def _consuming(self, queue: str, backlog: int) -> None:
+        log.info("amqp: consuming durable queue %r (%d messages waiting)", queue, backlog)
+
+    def _stale(self, message: aiormq.abc.DeliveredMessage) -> bool:
+        """Delivered on a channel that is gone, so the broker has put it back in the queue."""
+        return message.channel is not self._underlay or message.channel.is_closed
+
+    def _caught_up(self, count: int) -> bool:
+        return count >= ACK_EVERY or self._inbox.empty()
+
+    async def _failed(self, handled: aiormq.abc.DeliveredMessage | None, failed: aiormq.abc.DeliveredMessage,
+                      exc: Exception) -> bool:
+        delay = self._redelivery.next()
+        log.error("amqp: subscriber of %r failed, the message comes back in %.1fs: %s", self.topic, delay, exc)
+        log.debug("amqp: subscriber failure", exc_info=True)
+        if handled is not None:
+            await self._ack(handled)
+        await asyncio.sleep(delay)
+        channel = failed.channel
+        if not channel.is_closed:
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await channel.close()
+            except BROKER_ERRORS as error:  # the connection went first: the broker puts them back all the same
+                log.debug("amqp: closing the channel of %r for redelivery failed: %s", self.topic, error)
+        self._restore()  # aio-pika reopens the channel (attach() does, if it has not) and we consume again
+        return False
