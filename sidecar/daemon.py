@@ -65,7 +65,7 @@ class Daemon:
             codec, id_key = SignedCodec(codec, Signer(keys, settings.signing_window, backlog=backlog)), keys[0]
         self.metrics = metrics = Metrics(backend_cls.name, settings.codec)
         self.outbox = outbox = Outbox(self.backend, codec, settings.key, settings.outbox_bytes, metrics)
-        replay = ReplayBuffer(settings.replay_events, settings.replay_bytes)
+        self.replay = replay = ReplayBuffer(settings.replay_events, settings.replay_bytes)
         self.relay = Relay(settings.instance_id, backend_name=backend_cls.name, codec=codec, outbox=outbox,
                            replay=replay, metrics=metrics, id_key=id_key, durable=settings.mode is Mode.DURABLE,
                            max_event_age=settings.instance_ttl)

@@ -31,6 +31,11 @@ class FrameDecoder:
         self._buffer = bytearray()  # the unfinished line, never longer than max_bytes
         self._discarding = False
 
+    @property
+    def buffered(self) -> int:
+        """How many bytes of an unfinished line are held."""
+        return len(self._buffer)
+
     def feed(self, data: bytes) -> list[bytes]:
         """Add bytes; return the complete lines (without the newline), blank lines skipped."""
         lines = data.split(b"\n")

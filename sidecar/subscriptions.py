@@ -99,6 +99,11 @@ class EventFilter:
         self._cache: dict[tuple[str, str], bool] = {}
         self._cache_chars = 0
 
+    @property
+    def cached(self) -> tuple[int, int]:
+        """How much the cache of wildcard answers holds: (path and event pairs, their characters)."""
+        return len(self._cache), sum(len(path) + len(event) for path, event in self._cache)
+
     def __call__(self, path: str, event: str) -> bool:
         any_path = self._any_path
         if any_path.every or event in any_path.names:

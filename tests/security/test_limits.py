@@ -53,7 +53,7 @@ async def test_paths_and_event_names_are_shared_but_never_interned(sock: Path, c
         for path in ("messages", "messages", unique):
             await publisher.send(publish_frame(path, f"{path}-event"))
             await listener.frame_of("event")
-        first, second, third = daemon.relay._replay.after(0) or []
+        first, second, third = daemon.replay.after(0) or []
         assert first.path is second.path and first.event is second.event
         # Not in the interpreter's table: interning an equal string gives that string, not the entry's.
         assert sys.intern("".join(["path-", unique[5:]])) is not third.path

@@ -53,7 +53,7 @@ def test_any_chunking_gives_the_same_frames(lines: list[bytes], chunk: int) -> N
 def test_memory_never_exceeds_the_limit(data: bytes) -> None:
     decoder = FrameDecoder(100)
     decoder.feed(data)
-    assert len(decoder._buffer) <= 100
+    assert decoder.buffered <= 100
 
 
 @given(st.lists(st.binary(max_size=150), max_size=20), st.integers(min_value=1, max_value=64))

@@ -84,7 +84,7 @@ def test_cache_stays_bounded_in_entries() -> None:
     wants = EventFilter([Pattern(path="path*")])
     for i in range(CACHE_SIZE * 3):
         assert wants(f"path{i}", "e")
-    assert len(wants._cache) <= CACHE_SIZE
+    assert wants.cached[0] <= CACHE_SIZE
 
 
 def test_cache_stays_bounded_in_characters() -> None:
@@ -93,4 +93,4 @@ def test_cache_stays_bounded_in_characters() -> None:
     for size in (100, 1000, 3000, 100_000, 1_000_000):
         for i in range(50):
             assert wants("a" * size + str(i), "e")
-            assert sum(len(path) + len(event) for path, event in wants._cache) <= CACHE_CHARS
+            assert wants.cached[1] <= CACHE_CHARS
