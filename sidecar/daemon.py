@@ -134,16 +134,21 @@ class Daemon:
             ConfigError: the broker URI is unusable.
         """
         settings = self.settings
+        # From the first moment: a stop signal while the broker is being reached must end in an orderly stop
+        # (run() stops once start() returns), not kill the process with its socket file left behind.
+        self._catch_stop_signals(True)
         log.info("syncar %s starting: instance %s, backend %s, codec %s, key %r", __version__,
                  settings.instance_id, self.backend.name, settings.codec, settings.key)
         unreachable = None
         try:
             await self._connect()
         except ConfigError:
+            self._catch_stop_signals(False)
             await self.backend.close()
             raise
         except BackendError as exc:
             if settings.require_broker or not exc.retriable:
+                self._catch_stop_signals(False)
                 await self.backend.close()
                 hint = " (--require-broker is set)" if exc.retriable else ""
                 raise StartupError(f"{exc}{hint}") from None
@@ -154,13 +159,10 @@ class Daemon:
             if self.http is not None:
                 await self.http.start()
         except StartupError:
+            self._catch_stop_signals(False)
             self.listener.remove()
             await self._close_backend()
             raise
-        if self._handle_signals and threading.current_thread() is threading.main_thread():
-            loop = asyncio.get_running_loop()
-            for sig in STOP_SIGNALS:
-                loop.add_signal_handler(sig, self.request_stop)
         self._serving = True
         self._on_backend_state(self.backend.state)
         if unreachable is not None:
@@ -193,6 +195,17 @@ class Daemon:
             outage.ended("broker %s reached %.1fs after the start (%d failed attempts); subscribed to %r",
                          self.backend.name, outage.seconds, outage.failures, self.settings.key)
             return
+
+    def _catch_stop_signals(self, catch: bool) -> None:
+        """Route SIGTERM, SIGINT and SIGHUP to request_stop (or back to their defaults); main thread only."""
+        if not self._handle_signals or threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            if catch:
+                loop.add_signal_handler(sig, self.request_stop)
+            else:
+                loop.remove_signal_handler(sig)
 
     def request_stop(self) -> None:
         if self._stop.is_set():
@@ -242,10 +255,7 @@ class Daemon:
         self.listener.remove()
         if self.http is not None:
             await self.http.stop()
-        if self._handle_signals and threading.current_thread() is threading.main_thread():
-            loop = asyncio.get_running_loop()
-            for sig in STOP_SIGNALS:
-                loop.remove_signal_handler(sig)
+        self._catch_stop_signals(False)
         log.info("stopped")
 
     async def _close_backend(self) -> None:

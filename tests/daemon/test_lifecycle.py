@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.utils import RawClient, SpawnedDaemon, publish_frame
+from tests.utils import RawClient, SpawnedDaemon, publish_frame, wait_for
 
 
 async def test_socket_mode_and_removal_on_sigterm(sock: Path) -> None:
@@ -125,3 +125,20 @@ async def test_a_stop_signal_delivers_what_is_queued_and_tells_clients(sock: Pat
         await listener.close()
     finally:
         daemon.kill()
+
+
+async def test_a_stop_signal_while_the_broker_is_being_reached_stops_in_order(sock: Path) -> None:
+    # A broker address that accepts and then never answers: the start waits for it up to its connect timeout.
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        daemon = SpawnedDaemon(sock, "--backend", f"redis://127.0.0.1:{silent.getsockname()[1]}")
+        try:
+            await wait_for(lambda: "starting:" in daemon.log, what="the daemon to begin its start")
+            # Before the fix, SIGTERM here killed the process (exit -15) with its start half done.
+            assert await daemon.stop(timeout=30) == 0, daemon.log
+        finally:
+            daemon.kill()
+    finally:
+        silent.close()
+    assert "stopped" in daemon.log
+    assert not sock.exists()
