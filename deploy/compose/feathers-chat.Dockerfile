@@ -14,7 +14,8 @@ COPY clients/node/package.json clients/node/index.js clients/node/index.mjs clie
      clients/node/README.md /src/clients/node/
 COPY clients/node/lib /src/clients/node/lib
 COPY examples/feathers-chat/package.json examples/feathers-chat/package-lock.json examples/feathers-chat/app.js \
-     examples/feathers-chat/http.js examples/feathers-chat/server.js examples/feathers-chat/cluster.js ./
+     examples/feathers-chat/server.js examples/feathers-chat/cluster.js examples/feathers-chat/client.js ./
+COPY examples/feathers-chat/public ./public
 
 # The versions of the lock file, exactly; --install-links copies the plugin into node_modules rather
 # than linking outside the app.

@@ -130,7 +130,7 @@ def test_app_dockerfile_passes_hadolint() -> None:
 
 def test_app_build_context_is_the_plugin_and_the_example() -> None:
     """The app image's context is the repository root, cut down by its own ignore file to what it copies,
-    which must be every file the plugin publishes and every module of the example."""
+    which must be every file the plugin publishes, and every module and the page of the example."""
     ignore = Path(f"{APP_DOCKERFILE}.dockerignore").read_text().splitlines()
     patterns = [line.strip() for line in ignore if line.strip() and not line.startswith("#")]
     assert patterns[0] == "*"
@@ -145,8 +145,8 @@ def test_app_build_context_is_the_plugin_and_the_example() -> None:
     plugin = json.loads((REPO / "clients/node/package.json").read_text())
     published = {f"clients/node/{name.rstrip('/')}" for name in ["package.json", *plugin["files"]]}
     example = REPO / "examples/feathers-chat"
-    modules = {f"examples/feathers-chat/{path.name}"
-               for path in [*example.glob("*.js"), example / "package.json", example / "package-lock.json"]}
+    modules = {f"examples/feathers-chat/{path.name}" for path in [
+        *example.glob("*.js"), example / "public", example / "package.json", example / "package-lock.json"]}
     assert published | modules == allowed
 
 
