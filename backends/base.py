@@ -9,10 +9,11 @@ Every backend keeps order and confirms: `publish()` returns once the broker acce
 `ack` means that), and `subscribe()` delivers one publisher's messages in publish order (the relay's replay and
 resume rely on it). These are the interface, not features: a backend that cannot keep them is not a backend.
 What differs between backends, and between the modes of one broker, is declared as `Feature`s, per class: one
-class per mode, chosen by `backends.load_backend()` from its table. The core consults each feature it declares:
-`DURABLE` (the daemon, and the table's consistency test) and `NO_ECHO` (through `Backend.broker_echoes`, by the
-codec). A message whose handler raised comes back only in durable mode, because that mode acknowledges a
-message after its handler returned; that is part of `DURABLE`, not a feature of its own.
+class per mode, chosen by `backends.load_backend()` from its table. Each feature is consulted: `DURABLE` by
+`Backend.__init__`, which refuses a config of the other mode, and `NO_ECHO` through `Backend.broker_echoes`, by
+the codec that recognises our own messages. A message whose handler raised comes back only in durable mode,
+because that mode acknowledges a message after its handler returned: that is part of `DURABLE`, not a feature of
+its own.
 """
 
 from __future__ import annotations
