@@ -7,7 +7,8 @@ same bytes go into the batch and, spliced, into the frame written to local
 clients.
 
 `feathers-sync`: one message per event, `{event, path, data, context}`,
-exactly what feathers-sync 3.x sends, so both can share a broker. It carries
+exactly what feathers-sync 3.x sends, so both can share a broker; or, with a
+binary serializer (BSON, MessagePack), the bytes it made, passed through. It carries
 no origin, so our own messages are recognised by remembering what we sent.
 
 Decoding is msgspec's: it checks that the whole message is JSON but keeps
@@ -18,6 +19,7 @@ explained by a plain parse that tells foreign from malformed.
 
 from __future__ import annotations
 
+import binascii
 import itertools
 import secrets
 from abc import ABC, abstractmethod
@@ -48,15 +50,21 @@ def encode(value: Any) -> bytes:
     return bytes(_scratch)
 
 
-class Event(msgspec.Struct, gc=False):
-    """One event as it travels: `data` and `context` stay the JSON they arrived as."""
+class Event(msgspec.Struct, gc=False, omit_defaults=True):
+    """One event as it travels: `data` and `context` stay the JSON they arrived as.
+
+    `bin`, when set, is the whole event as an app's binary serializer made it (BSON, MessagePack), in base64: opaque
+    to syncar, and `data` and `context` are null. It is left out of the JSON when unset.
+    """
 
     id: str
     time: float | None  # when its origin published it; feathers-sync does not say
-    event: str
+    event: str  # "" for a binary event from a feathers-sync app: only its serializer can read it
     path: str
-    data: msgspec.Raw = NULL
-    context: msgspec.Raw = NULL
+    # A factory, not NULL: omit_defaults leaves out a field that *is* its default, and null data must stay in frames.
+    data: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
+    context: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
+    bin: str | None = None
 
 
 class Outgoing(msgspec.Struct, gc=False):
@@ -156,6 +164,14 @@ def _loads(body: bytes) -> Any:
         raise CodecError("malformed", "message is not JSON") from None
 
 
+def _is_json(body: bytes) -> bool:
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
 def _check_event(obj: Any) -> None:
     if not isinstance(obj, dict):
         raise CodecError("malformed", "event is not a JSON object")
@@ -240,7 +256,9 @@ class FeathersSyncCodec(Codec):
         self._id_prefix = f"fs-{secrets.token_hex(4)}-"
 
     def pack(self, events: list[Outgoing]) -> list[bytes]:
-        bodies = [encode(_FeathersSyncOut(e.event, e.path, e.data, NULL if e.context == NULL else e.context))
+        # A binary event goes as the bytes its serializer made, as feathers-sync publishes a Buffer.
+        bodies = [binascii.a2b_base64(e.bin) if e.bin is not None
+                  else encode(_FeathersSyncOut(e.event, e.path, e.data, NULL if e.context == NULL else e.context))
                   for e in (o.event for o in events)]
         if not self.broker_echoes:
             # Remembered, a body would never come back to be forgotten, and an identical one from a feathers-sync
@@ -266,11 +284,16 @@ class FeathersSyncCodec(Codec):
         return 1
 
     def unpack(self, body: bytes, accepted_at: float | None = None) -> Batch:
+        event_id = f"{self._id_prefix}{next(self._ids)}"
         message = decode_json(self._decoder, body)
         if message is None or not message.event or not message.path:
+            if (not body.lstrip(b" \t\r\n").startswith(b"{") or b"\0" in body) and not _is_json(body):
+                # Not JSON, nor the start of an object (which has no NUL byte; BSON ends with one): what a binary
+                # serializer (BSON, MessagePack) made. Only the apps can read it.
+                return Batch(None, [Event(event_id, None, "", "", NULL, NULL, binascii.b2a_base64(body, newline=False)
+                                          .decode())])
             raise _explain_feathers_sync(body)
-        return Batch(None, [Event(f"{self._id_prefix}{next(self._ids)}", None, message.event, message.path,
-                                  message.data, message.context)])
+        return Batch(None, [Event(event_id, None, message.event, message.path, message.data, message.context)])
 
 
 CODECS: dict[str, type[Codec]] = {c.name: c for c in (SyncarCodec, FeathersSyncCodec)}

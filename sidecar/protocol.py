@@ -9,6 +9,7 @@ See docs/protocol.md for the prose version.
 
 from __future__ import annotations
 
+import binascii
 import re
 from enum import StrEnum
 from typing import Any, cast
@@ -153,6 +154,7 @@ class Publish(msgspec.Struct, gc=False):
     context: msgspec.Raw = NULL
     id: str | None = None
     ack: bool = False
+    bin: str | None = None
 
 
 _publish_decoder = msgspec.json.Decoder(Publish)
@@ -173,11 +175,27 @@ def _publish_problem(event: object, path: object, event_id: object, ack: object)
     return None
 
 
+def _binary_problem(binary: object, data: msgspec.Raw, context: msgspec.Raw) -> str | None:
+    """What is wrong with a publish's `bin` (when it has one), or None."""
+    if binary is None:
+        return None
+    if not isinstance(binary, str) or not binary:
+        return "publish: 'bin' must be a non-empty base64 string"
+    try:
+        binascii.a2b_base64(binary, strict_mode=True)
+    except binascii.Error as exc:
+        return f"publish: 'bin' is not base64 ({exc})"
+    if data != NULL or context != NULL:
+        return "publish: 'bin' carries the whole event: 'data' and 'context' must be null or left out"
+    return None
+
+
 def fast_publish(line: bytes) -> Publish | None:
     """`line` as a valid `publish`, or None if it is anything else (which `decode` and `parse_publish` explain)."""
     publish = decode_json(_publish_decoder, line)
     if (publish is None or publish.type != "publish"
-            or _publish_problem(publish.event, publish.path, publish.id, publish.ack) is not None):
+            or _publish_problem(publish.event, publish.path, publish.id, publish.ack) is not None
+            or _binary_problem(publish.bin, publish.data, publish.context) is not None):
         return None
     return publish
 
@@ -189,12 +207,13 @@ def parse_publish(frame: dict[str, Any]) -> Publish:
         FrameError: a required field is missing or of the wrong type.
     """
     event, path, event_id, ack = frame.get("event"), frame.get("path"), frame.get("id"), frame.get("ack", False)
-    problem = _publish_problem(event, path, event_id, ack)
+    data, context = msgspec.Raw(orjson.dumps(frame.get("data"))), msgspec.Raw(orjson.dumps(frame.get("context")))
+    problem = _publish_problem(event, path, event_id, ack) or _binary_problem(frame.get("bin"), data, context)
     if problem is not None:
         raise FrameError(ErrorCode.INVALID_FRAME, problem)
     # _publish_problem has checked the types.
-    return Publish("publish", cast(str, event), cast(str, path), msgspec.Raw(orjson.dumps(frame.get("data"))),
-                   msgspec.Raw(orjson.dumps(frame.get("context"))), cast(str | None, event_id), cast(bool, ack))
+    return Publish("publish", cast(str, event), cast(str, path), data, context, cast(str | None, event_id),
+                   cast(bool, ack), cast(str | None, frame.get("bin")))
 
 
 class Pattern(BaseModel):

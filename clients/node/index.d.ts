@@ -32,10 +32,16 @@ interface SyncarOptions {
   subscribe?: boolean | string | SubscribePattern | Array<string | SubscribePattern>;
   /** Reconnect with back-off (default), or `false` to give up when the connection is lost. */
   reconnect?: boolean | ReconnectOptions;
-  /** As in feathers-sync: `{ event, path, data, context }` to JSON text. Default JSON.stringify. */
+  /**
+   * As in feathers-sync: `{ event, path, data, context }` to JSON text, or to binary (a Buffer or Uint8Array:
+   * BSON, MessagePack), carried as it is. Default JSON.stringify.
+   */
   serialize?: (payload: SyncPayload) => string | Uint8Array;
-  /** As in feathers-sync: the text of an event back to an object. Default JSON.parse. */
-  deserialize?: (text: string) => any;
+  /**
+   * As in feathers-sync: an event back to an object: the JSON text of its frame (a string), or the bytes a binary
+   * serialize made (a Buffer). Default JSON.parse.
+   */
+  deserialize?: (data: any) => any;
   /** Publishes held while syncar is unreachable or has not acknowledged them (default 10000). */
   maxPending?: number;
   /** Bytes of publishes held that way (default 32 MiB). */
@@ -109,7 +115,7 @@ interface SyncarSync extends EventEmitter {
   /** Resolves once connected to syncar; rejects only if that can no longer happen. */
   readonly ready: Promise<void>;
   serialize: (payload: SyncPayload) => string | Uint8Array;
-  deserialize: (text: string) => any;
+  deserialize: (data: any) => any;
   readonly connected: boolean;
   readonly instance: string | null;
   readonly broker: 'up' | 'down' | null;

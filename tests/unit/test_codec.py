@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+
 import msgspec
 import orjson
 import pytest
@@ -124,3 +126,31 @@ def test_feathers_sync_remembers_nothing_for_a_broker_that_does_not_echo() -> No
     codec = FeathersSyncCodec("me", broker_echoes=False)
     [body] = codec.pack([outgoing("1", 1)])
     assert codec.echoed(body) == 0
+
+
+def binary(event_id: str, body: bytes) -> Outgoing:
+    event = Event(event_id, 1.5, "created", "messages", bin=base64.b64encode(body).decode())
+    return Outgoing(event, encode(event), 0.0)
+
+
+# A BSON document of 123 bytes: its first byte, the low byte of its length, is "{".
+BSON_LIKE = (123).to_bytes(4, "little") + b"\x02text\x00" + (108).to_bytes(4, "little") + b"x" * 107 + b"\x00\x00"
+
+
+@pytest.mark.parametrize("body", [BSON_LIKE, b"\x82\xa5event\xa7created\xa4path\xa8messages", b"not json"])
+def test_feathers_sync_passes_a_binary_body_through_byte_for_byte(body: bytes) -> None:
+    """What a binary serializer made goes on the broker as those bytes (as feathers-sync publishes a Buffer), and
+    comes back as the same bytes in `bin`, event and path unknown to syncar."""
+    assert len(BSON_LIKE) == 123
+    assert FeathersSyncCodec("a").pack([binary("1", body)]) == [body]
+    [event] = FeathersSyncCodec("b").unpack(body).events
+    assert (event.event, event.path, bytes(event.data), base64.b64decode(event.bin or "")) == ("", "", b"null", body)
+    assert b'"bin":' in encode(event)
+
+
+def test_syncar_batch_carries_binary_events_and_leaves_bin_out_of_the_others() -> None:
+    [body] = SyncarCodec("a").pack([binary("1", BSON_LIKE), outgoing("2", 2)])
+    first, second = SyncarCodec("b").unpack(body).events
+    assert (first.event, first.path, base64.b64decode(first.bin or "")) == ("created", "messages", BSON_LIKE)
+    assert second.bin is None
+    assert b'"bin"' not in encode(second)

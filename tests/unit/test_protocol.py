@@ -29,6 +29,28 @@ def test_fast_publish_leaves_everything_but_a_valid_publish_to_the_slow_path(lin
     assert fast_publish(line) is None
 
 
+@pytest.mark.parametrize(("frame", "problem"), [
+    ({"bin": "AAEC"}, None),
+    ({"bin": "AAE"}, "'bin' is not base64"),
+    ({"bin": "AA E="}, "'bin' is not base64"),
+    ({"bin": ""}, "'bin' must be a non-empty base64 string"),
+    ({"bin": 5}, "'bin' must be a non-empty base64 string"),
+    ({"bin": "AAEC", "data": {"a": 1}}, "'data' and 'context' must be null"),
+    ({"bin": "AAEC", "context": {}}, "'data' and 'context' must be null"),
+])
+def test_publish_of_a_binary_event(frame: dict[str, object], problem: str | None) -> None:
+    frame = {"type": "publish", "path": "m", "event": "e", **frame}
+    fast = fast_publish(orjson.dumps(frame))
+    if problem is None:
+        assert fast is not None and fast.bin == frame["bin"]
+        assert parse_publish(frame).bin == frame["bin"]
+        return
+    assert fast is None
+    with pytest.raises(FrameError) as info:
+        parse_publish(frame)
+    assert problem in str(info.value)
+
+
 def test_fast_publish_keeps_data_and_context_as_sent() -> None:
     publish = fast_publish(b'{"type":"publish","path":"m","event":"e","data":{"b": 1,"a":2},"context":[1],"id":"x"}')
     assert publish is not None

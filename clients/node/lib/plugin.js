@@ -23,7 +23,9 @@ const LOCAL_EMIT = Symbol.for('@syncar/feathers/local-emit');
 const SERVICE_OPTIONS = Symbol.for('@feathersjs/service');
 const DEFAULT_EVENTS = ['created', 'updated', 'removed', 'patched'];
 /** Keys a custom serialize may not set at the top level: they belong to the publish frame. */
-const FRAME_KEYS = ['type', 'id', 'ack'];
+const FRAME_KEYS = ['type', 'id', 'ack', 'bin'];
+/** An event frame whose event is binary: `bin`, base64, is its last field (docs/protocol.md). */
+const BINARY_EVENT = /,"bin":"[A-Za-z0-9+/=]*"}$/;
 
 function describeBytes(bytes) {
   return bytes >= 1024 * 1024 ? `${(bytes / 1024 / 1024).toFixed(1)} MiB` : `${bytes} bytes`;
@@ -59,7 +61,7 @@ class Sync extends EventEmitter {
       maxFrameBytes: options.maxFrameBytes,
       maxReceiveBytes: options.maxReceiveBytes,
       writeBufferBytes: options.writeBufferBytes,
-      parseEvent: (line) => this.deserialize(line),
+      parseEvent: (line) => this._parse(line),
       warn: (code, message) => this.warnings.warn(code, message),
     });
     const connection = this.connection;
@@ -176,7 +178,7 @@ class Sync extends EventEmitter {
     return `${which} (${describeBytes(limit)})`;
   }
 
-  /** The serialised event as JSON text, or null (with a warning) if it cannot be sent. */
+  /** The serialised event as the JSON text of a publish's fields, or null (with a warning) if it cannot be sent. */
   _serialize(payload) {
     const where = `${payload.path} ${payload.event}`;
     let body;
@@ -194,14 +196,18 @@ class Sync extends EventEmitter {
       this.warnings.warn('unserialisable', `${where}: ${describeError(firstError)}; sent without what ` +
         `cannot be serialised (${problems.join('; ') || 'nothing found to replace'})`);
     }
-    return this.options.customSerialize ? this._checkCustom(body, where) : body;
+    return this.options.customSerialize ? this._checkCustom(body, payload, where) : body;
   }
 
-  /** A custom serialize's output must be JSON text of an object with `event` and `path`. */
-  _checkCustom(body, where) {
+  /**
+   * A custom serialize's output: JSON text of an object with `event` and `path`, sent as it is; or binary (a
+   * Buffer or Uint8Array that is not such JSON: BSON, MessagePack), sent opaque in the frame's `bin`.
+   */
+  _checkCustom(body, payload, where) {
     let text = body;
-    if (Buffer.isBuffer(text) || text instanceof Uint8Array) {
-      text = Buffer.from(text.buffer, text.byteOffset, text.byteLength).toString('utf8');
+    const binary = Buffer.isBuffer(body) || body instanceof Uint8Array;
+    if (binary) {
+      text = Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('utf8');
     }
     let parsed = null;
     if (typeof text === 'string') {
@@ -213,8 +219,12 @@ class Sync extends EventEmitter {
     }
     if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed) ||
         typeof parsed.path !== 'string' || typeof parsed.event !== 'string') {
+      if (binary && body.byteLength > 0) {
+        const bin = Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('base64');
+        return JSON.stringify({ event: payload.event, path: payload.path, bin });
+      }
       this.warnings.warn('bad_serialize', `${where} not sent: serialize must return the JSON text of an object with ` +
-        'event, path, data and context (syncar speaks JSON lines; use e.g. EJSON instead of BSON)');
+        'event, path, data and context, or a non-empty Buffer or Uint8Array');
       return null;
     }
     if (text.includes('\n') || FRAME_KEYS.some((key) => Object.hasOwn(parsed, key))) {
@@ -224,6 +234,23 @@ class Sync extends EventEmitter {
       return JSON.stringify(parsed);
     }
     return text;
+  }
+
+  /**
+   * An event frame from syncar as the app's deserialize reads it. A binary event (`bin`) is deserialized from its
+   * bytes, and its event, path, data and context are what they say (syncar cannot read them).
+   */
+  _parse(line) {
+    if (!BINARY_EVENT.test(line)) {
+      return this.deserialize(line);
+    }
+    const frame = JSON.parse(line);
+    const payload = this.deserialize(Buffer.from(frame.bin, 'base64'));
+    if (payload === null || typeof payload !== 'object') {
+      return payload;
+    }
+    const { event, path, data, context } = payload;
+    return { ...frame, bin: undefined, event, path, data, context };
   }
 
   // -- in -------------------------------------------------------------------------------------

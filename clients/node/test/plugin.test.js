@@ -8,6 +8,7 @@ const assert = require('node:assert/strict');
 const path = require('node:path');
 const { feathers } = require('@feathersjs/feathers');
 const { MemoryService } = require('@feathersjs/memory');
+const { BSON, ObjectId } = require('bson');
 const syncar = require('..');
 const { SYNC, isRemote } = syncar;
 const { RawPeer, removeDir, startDaemon, tempDir, waitForEvent, waitUntil } = require('./helpers');
@@ -323,6 +324,29 @@ describe('the plugin on a local syncar', () => {
     const [data] = await received;
     assert.ok(data.at instanceof Date);
     assert.equal(data.at.getTime(), at.getTime());
+  });
+
+  it('carries a binary serializer\'s events (BSON, as feathers-sync allows) byte for byte, ObjectIds and Dates kept', async () => {
+    const serialize = (payload) => BSON.serialize(payload);
+    const deserialize = (bytes) => BSON.deserialize(bytes);
+    const sender = await makeApp({ serialize, deserialize });
+    const receiver = await makeApp({ serialize, deserialize });
+    const peer = await makePeer();
+    const received = waitForEvent(receiver.service('messages'), 'created', { timeout: TIMEOUT });
+    const record = { _id: new ObjectId(), at: new Date(Date.UTC(2025, 4, 6, 7, 8, 9)), text: 'zoë' };
+    sender.service('messages').emit('created', record, { params: { provider: 'rest' } });
+    const [data, context] = await received;
+    assert.ok(data._id instanceof ObjectId && data._id.equals(record._id));
+    assert.equal(data.at.getTime(), record.at.getTime());
+    assert.equal(data.text, 'zoë');
+    assert.deepEqual(context.params, { provider: 'rest' });
+    assert.ok(isRemote(context));
+    // On the wire: path and event in the clear, the event as BSON made it, in base64.
+    const frame = await peer.nextEvent((f) => f.bin !== undefined, TIMEOUT);
+    assert.deepEqual([frame.path, frame.event, frame.data, frame.context], ['messages', 'created', null, null]);
+    assert.deepEqual(Buffer.from(frame.bin, 'base64'), Buffer.from(BSON.serialize({
+      event: 'created', path: 'messages', data: record, context: { params: { provider: 'rest' } } })));
+    assert.equal(sender.sync.stats.skipped, 0);
   });
 
   it('hears of a publish the daemon answers with an error, and keeps nothing for it', async () => {

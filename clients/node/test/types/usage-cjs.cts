@@ -1,6 +1,7 @@
 // Compiled (never run) by `npm test`: the hand-written types must fit real use from CommonJS.
 import { feathers, HookContext } from '@feathersjs/feathers';
 import syncar = require('@syncar/feathers');
+import { BSON } from 'bson';
 
 const app = feathers();
 app.configure(syncar({ socket: '/run/syncar/syncar.sock' }));
@@ -14,6 +15,8 @@ app.configure(syncar({
   logger: null,
 }));
 app.configure(syncar.default({ subscribe: false }));
+// A binary serializer, as with feathers-sync (BSON here).
+app.configure(syncar({ serialize: (payload) => BSON.serialize(payload), deserialize: (bytes: Uint8Array) => BSON.deserialize(bytes) }));
 
 const type: 'syncar' = app.sync.type;
 const ready: Promise<void> = app.sync.ready;
