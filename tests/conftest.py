@@ -57,7 +57,8 @@ def redis_server() -> Iterator[BrokerServer]:
 def rabbitmq_server() -> Iterator[BrokerServer]:
     from tests.brokers.rabbitmq import RabbitServer
 
-    yield from serve(RabbitServer())
+    # Its TLS listener starts with the node (tls_uri), so TLS costs no second boot.
+    yield from serve(RabbitServer(tls=True))
 
 
 @pytest.fixture(scope="session")
@@ -65,3 +66,17 @@ def nats_server() -> Iterator[BrokerServer]:
     from tests.brokers.nats import NatsServer
 
     yield from serve(NatsServer())
+
+
+@pytest.fixture(scope="session")
+def redis_tls_server() -> Iterator[BrokerServer]:
+    from tests.brokers.redis import RedisTlsServer
+
+    yield from serve(RedisTlsServer())
+
+
+@pytest.fixture(scope="session")
+def nats_tls_server() -> Iterator[BrokerServer]:
+    from tests.brokers.nats import NatsTlsServer
+
+    yield from serve(NatsTlsServer())

@@ -5,7 +5,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.backends.contract import Contract, Kind
 from tests.backends.support import Started
+from tests.brokers import BrokerServer
 
 
 @pytest.fixture
@@ -20,3 +22,12 @@ async def started() -> AsyncIterator[Started]:
     backends = Started()
     yield backends
     await backends.close()
+
+
+@pytest.fixture
+def backend(kind: Kind, topic: str, started: Started, request: pytest.FixtureRequest) -> Contract:
+    """The contract suite's (tests/backends/contract.py): instances of `kind`'s class on the session's broker."""
+    if kind.broker == "local":
+        return Contract(kind, None, f"local://{topic}", started, request)  # a bus of its own
+    server: BrokerServer = request.getfixturevalue(f"{kind.broker}_server")
+    return Contract(kind, server, server.uri, started, request)

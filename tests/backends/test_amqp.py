@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
@@ -16,30 +16,27 @@ from backends.amqp_common import DEFAULT_PREFETCH
 from backends.amqp_subscription import ACK_DELAY
 from backends.amqp_topology import BINDING_KEY
 from backends.base import (
-    BackendClosed,
     BackendConfig,
     BackendError,
     BackendRefused,
     BackendState,
     BackendUnavailable,
-    Feature,
     Message,
     MessageTooLarge,
 )
 from tests.backends.support import Inbox, Started
-from tests.brokers import free_port, serve
 from tests.brokers.rabbitmq import RabbitServer
 from tests.utils import wait_for
 
 pytestmark = pytest.mark.rabbitmq
 
 Factory = Callable[..., Awaitable[AmqpBackend]]
-RECOVERY_BOUND = 2.0  # the fault suite's promise: connected again within 2 s of the broker being back
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RabbitServer]:
-    yield from serve(RabbitServer(tls=True))
+@pytest.fixture
+def server(rabbitmq_server: RabbitServer) -> RabbitServer:
+    """The session's broker (tests/conftest.py): one boot of RabbitMQ for every module."""
+    return rabbitmq_server
 
 
 @pytest.fixture
@@ -52,55 +49,6 @@ def backend(server: RabbitServer, started: Started) -> Factory:
         return await started(AmqpBackend(config, on_state=on_state))
 
     return factory
-
-
-async def test_round_trip_between_two_backends(backend: Factory, topic: str) -> None:
-    sender, receiver = await backend(), await backend()
-    inbox = Inbox()
-    await receiver.subscribe(topic, inbox)
-    await sender.publish(topic, [b'{"event":"created"}', b"\x00\xffbinary"])
-    assert await inbox.wait(2) == [b'{"event":"created"}', b"\x00\xffbinary"]
-    assert not sender.supports(Feature.DURABLE)
-
-
-async def test_a_publisher_hears_itself_like_any_subscriber(backend: Factory, topic: str) -> None:
-    # Echo suppression is the relay's job; the backend must not filter.
-    instance = await backend()
-    inbox = Inbox()
-    await instance.subscribe(topic, inbox)
-    await instance.publish(topic, [b"mine"])
-    assert await inbox.wait(1) == [b"mine"]
-
-
-async def test_order_of_1000_messages(backend: Factory, topic: str) -> None:
-    sender, receiver = await backend(), await backend()
-    inbox = Inbox()
-    await receiver.subscribe(topic, inbox)
-    sent = [f"message {i}".encode() for i in range(1000)]
-    # Half in one call (concurrent confirms), half one call each.
-    await sender.publish(topic, sent[:500])
-    for body in sent[500:]:
-        await sender.publish(topic, [body])
-    assert await inbox.wait(1000, timeout=20) == sent
-
-
-async def test_the_handler_runs_one_message_at_a_time(backend: Factory, topic: str) -> None:
-    instance = await backend()
-    running, most, got = 0, 0, []
-
-    async def handler(message: Message) -> None:
-        nonlocal running, most
-        running += 1
-        most = max(most, running)
-        await asyncio.sleep(0)  # yield, so an overlapping call would show
-        got.append(message.body)
-        running -= 1
-
-    await instance.subscribe(topic, handler)
-    sent = [str(i).encode() for i in range(200)]
-    await instance.publish(topic, sent)
-    await wait_for(lambda: len(got) == 200, 10, "200 messages")
-    assert got == sent and most == 1
 
 
 async def test_a_slow_handler_holds_messages_on_the_broker(backend: Factory, topic: str) -> None:
@@ -156,78 +104,6 @@ async def test_at_a_low_rate_broadcast_acknowledgements_are_grouped_in_time(
     assert len(acked) == 1 if within_delay else len(acked) < 10, acked
 
 
-async def test_publishes_after_subscribe_returned_are_delivered(backend: Factory, topic: str) -> None:
-    sender, receiver = await backend(), await backend()
-    await sender.publish(topic, [b"before anyone listened"])  # no queue bound yet: dropped, like feathers-sync
-    inbox = Inbox()
-    await receiver.subscribe(topic, inbox)
-    await sender.publish(topic, [b"right after"])
-    assert await inbox.wait(1) == [b"right after"]
-
-
-async def test_topics_are_isolated(backend: Factory, topic: str) -> None:
-    sender, receiver = await backend(), await backend()
-    first, second = Inbox(), Inbox()
-    await receiver.subscribe(f"{topic}-a", first)
-    await receiver.subscribe(f"{topic}-b", second)
-    await sender.publish(f"{topic}-a", [b"for a"])
-    await sender.publish(f"{topic}-b", [b"for b"])
-    assert await first.wait(1) == [b"for a"]
-    assert await second.wait(1) == [b"for b"]
-    await sender.publish(f"{topic}-a", [b"a again"])
-    await first.wait(2)
-    assert second.bodies == [b"for b"]
-
-
-async def test_unsubscribe_is_idempotent_and_stops_delivery(backend: Factory, topic: str) -> None:
-    sender, receiver = await backend(), await backend()
-    gone, staying = Inbox(), Inbox()
-    subscription = await receiver.subscribe(topic, gone)
-    await receiver.subscribe(topic, staying)
-    await sender.publish(topic, [b"one"])
-    await gone.wait(1)
-    await subscription.unsubscribe()
-    await subscription.unsubscribe()
-    await sender.publish(topic, [b"two"])
-    # The subscription that stayed got "two", so the unsubscribed one had its chance to (wrongly) get it too.
-    assert await staying.wait(2) == [b"one", b"two"]
-    assert gone.bodies == [b"one"]
-
-
-async def test_a_failing_handler_loses_only_its_message(backend: Factory, topic: str) -> None:
-    instance = await backend()
-    got: list[bytes] = []
-
-    async def handler(message: Message) -> None:
-        if message.body == b"bad":
-            raise ValueError("handler bug")
-        got.append(message.body)
-
-    await instance.subscribe(topic, handler)
-    await instance.publish(topic, [b"good", b"bad", b"after"])
-    await wait_for(lambda: len(got) == 2, 5, "the messages around the failing one")
-    assert got == [b"good", b"after"]
-
-
-async def test_close_is_idempotent_and_final(backend: Factory, topic: str) -> None:
-    states: list[BackendState] = []
-    instance = await backend(on_state=states.append)
-    await instance.subscribe(topic, Inbox())
-    await instance.close()
-    await instance.close()
-    assert states == [BackendState.CONNECTED, BackendState.CLOSED]
-    with pytest.raises(BackendClosed):
-        await instance.publish(topic, [b"late"])
-    with pytest.raises(BackendClosed):
-        await instance.subscribe(topic, Inbox())
-
-
-async def test_close_without_start(server: RabbitServer) -> None:
-    instance = AmqpBackend(BackendConfig(server.uri, "never-started"))
-    await instance.close()
-    assert instance.state is BackendState.CLOSED
-
-
 async def test_message_size_limit(server: RabbitServer, backend: Factory, topic: str) -> None:
     assert (await backend()).max_message_bytes == 64 * 1024 * 1024
     # For a broker whose max_message_size is below syncar's default.
@@ -240,18 +116,6 @@ async def test_message_size_limit(server: RabbitServer, backend: Factory, topic:
     await instance.publish(topic, [b"x" * 1024])
     # Nothing of the refused call went out: the first message seen is the one that fit.
     assert await inbox.wait(1) == [b"x" * 1024]
-
-
-async def test_start_against_a_closed_port_fails_fast_and_cleanly() -> None:
-    instance = AmqpBackend(BackendConfig(f"amqp://guest:s3cret-pw@127.0.0.1:{free_port()}/", "t", 5.0))
-    started = time.monotonic()
-    with pytest.raises(BackendUnavailable) as raised:
-        await instance.start()
-    assert time.monotonic() - started < 2.0
-    message = str(raised.value)
-    assert message.startswith("amqp: cannot connect to 127.0.0.1:")
-    assert "\n" not in message and "s3cret-pw" not in message
-    await instance.close()
 
 
 async def test_wrong_password_is_a_clean_error_without_the_password(server: RabbitServer) -> None:
@@ -292,14 +156,6 @@ async def test_an_unusable_uri_is_a_clean_error(uri: str, expected: str) -> None
     assert not isinstance(raised.value, BackendUnavailable)  # a config mistake, not worth retrying
     assert "pw-secret" not in str(raised.value)
     await instance.close()
-
-
-async def test_tls_with_ca_and_client_certificate(server: RabbitServer, backend: Factory, topic: str) -> None:
-    sender, receiver = await backend(server.tls_uri), await backend(server.tls_uri)
-    inbox = Inbox()
-    await receiver.subscribe(topic, inbox)
-    await sender.publish(topic, [b"over tls"])
-    assert await inbox.wait(1) == [b"over tls"]
 
 
 async def test_tls_refuses_an_unknown_ca(server: RabbitServer) -> None:
@@ -378,35 +234,6 @@ async def test_an_inequivalent_exchange_is_a_clean_error(server: RabbitServer, b
     await instance.subscribe(f"{topic}-ok", inbox)
     await instance.publish(f"{topic}-ok", [b"fine"])
     assert await inbox.wait(1) == [b"fine"]
-
-
-async def test_broker_killed_and_restarted(server: RabbitServer, backend: Factory, topic: str) -> None:
-    sender_states: list[BackendState] = []
-    receiver_states: list[BackendState] = []
-    sender = await backend(on_state=sender_states.append)
-    receiver = await backend(on_state=receiver_states.append)
-    inbox = Inbox()
-    await receiver.subscribe(topic, inbox)
-    await sender.publish(topic, [b"before"])
-    await inbox.wait(1)
-
-    await asyncio.to_thread(server.kill)
-    await wait_for(lambda: BackendState.RECONNECTING in sender_states + receiver_states and
-                   sender.state is receiver.state is BackendState.RECONNECTING, 5, "both to notice the loss")
-    started = time.monotonic()
-    with pytest.raises(BackendUnavailable, match=r"^amqp: "):
-        await sender.publish(topic, [b"while down"])
-    assert time.monotonic() - started < 0.5
-
-    await asyncio.to_thread(server.start)
-    back = time.monotonic()
-    await wait_for(lambda: sender.state is receiver.state is BackendState.CONNECTED, 10, "both to reconnect")
-    assert time.monotonic() - back < RECOVERY_BOUND
-    assert sender_states == receiver_states == [BackendState.CONNECTED, BackendState.RECONNECTING,
-                                                BackendState.CONNECTED]
-    after = [f"after {i}".encode() for i in range(100)]
-    await sender.publish(topic, after)
-    assert await inbox.wait(101) == [b"before", *after]
 
 
 async def test_confirms_are_waited_for_while_they_keep_coming() -> None:

@@ -1,6 +1,6 @@
 """The RabbitMQ backend's durable mode against a real rabbitmq-server: persistence, redelivery, retention, GC, faults.
 
-The broker is this module's own (its data dir survives restart(), as a real broker's disk does); what the tests
+The broker is the session's (its data dir survives restart(), as a real broker's disk does); what the tests
 check on the broker side they read with rabbitmqctl, not through the backend under test.
 """
 
@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,6 @@ from backends.amqp import AmqpBackend, AmqpDurableBackend, AmqpSubscription
 from backends.amqp_topology import MAX_NAME_BYTES, durable_queue_name
 from backends.base import BackendConfig, BackendConfigError, BackendError, BackendState, Feature, Message, Mode
 from tests.backends.support import Inbox, Started
-from tests.brokers import serve
 from tests.brokers.rabbitmq import RabbitServer
 from tests.utils import RawClient, eventually, publish_frame, run_daemon, wait_for
 
@@ -35,11 +34,10 @@ QUEUE_TYPES = [pytest.param("quorum", id="quorum"), pytest.param("classic", id="
 QUORUM_SETTLE = 3.0  # seconds a new quorum queue needs before RabbitMQ 3.10 survives a SIGKILL with it
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RabbitServer]:
-    yield from serve(RabbitServer())
-
-
+@pytest.fixture
+def server(rabbitmq_server: RabbitServer) -> RabbitServer:
+    """The session's broker (tests/conftest.py): one boot of RabbitMQ for every module."""
+    return rabbitmq_server
 
 
 @pytest.fixture
@@ -55,7 +53,6 @@ def backend(server: RabbitServer, started: Started) -> Factory:
         return await started(load_backend(uri, mode)(config, on_state=on_state))
 
     return factory
-
 
 
 def numbered(start: int, stop: int) -> list[bytes]:
@@ -139,34 +136,6 @@ async def test_messages_are_persistent(server: RabbitServer, backend: Factory, t
     finally:
         await connection.close()
     assert queue_row(server, f"{topic}.durable.away")["type"] == "classic"  # the default
-
-
-async def test_a_new_instance_starts_from_now(backend: Factory, topic: str) -> None:
-    sender, receiver = await backend(), await backend()
-    await sender.publish(topic, [b"before the instance existed"])
-    inbox = Inbox()
-    await receiver.subscribe(topic, inbox)
-    await sender.publish(topic, [b"after"])
-    assert await inbox.wait(1) == [b"after"]
-
-
-async def test_what_is_published_while_an_instance_is_away_waits_for_it(backend: Factory, topic: str) -> None:
-    sender, first = await backend(), await backend("b")
-    before = Inbox()
-    await first.subscribe(topic, before)
-    await sender.publish(topic, [b"before"])
-    await before.wait(1)
-    await first.close()
-    meanwhile = numbered(0, 500)
-    await sender.publish(topic, meanwhile[:250])
-    for body in meanwhile[250:]:
-        await sender.publish(topic, [body])
-    again = Inbox()
-    await (await backend("b")).subscribe(topic, again)
-    # In order, and "before" (handled, so acknowledged on close) does not come twice.
-    assert await again.wait(500) == meanwhile
-    await sender.publish(topic, [b"live"])
-    assert await again.wait(501) == [*meanwhile, b"live"]
 
 
 @pytest.mark.parametrize("queue_type", QUEUE_TYPES)

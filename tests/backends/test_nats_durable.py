@@ -26,7 +26,6 @@ RECOVERY = 2.0
 TTL = 3600.0
 
 
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[NatsServer]:
     yield from serve(NatsServer())
@@ -35,8 +34,6 @@ def server() -> Iterator[NatsServer]:
 @pytest.fixture
 def own_server() -> Iterator[NatsServer]:
     yield from serve(NatsServer())
-
-
 
 
 Factory = Callable[..., Awaitable[NatsBackend]]
@@ -91,41 +88,6 @@ async def test_round_trip_in_order_with_positions(connect: Factory, topic: str) 
     # The server's time of each stored message (what signed messages are judged against).
     stored = [t for t in inbox.accepted if t is not None]
     assert len(stored) == 1000 and stored == sorted(stored) and started - 1 < stored[0] <= stored[-1] < time.time() + 1
-
-
-async def test_a_new_instance_starts_with_new_messages(connect: Factory, topic: str) -> None:
-    sender = await connect("s")
-    await sender.publish(topic, [b"before the instance existed"])
-    inbox = Inbox()
-    await (await connect("newcomer")).subscribe(topic, inbox)
-    await sender.publish(topic, [b"after"])
-    assert await inbox.wait(1) == [b"after"]
-
-
-async def test_an_instance_that_comes_back_gets_what_it_missed(connect: Factory, topic: str) -> None:
-    sender = await connect("s")
-    first = await connect("b")
-    inbox = Inbox()
-    await first.subscribe(topic, inbox)
-    await sender.publish(topic, bodies(0, 10))
-    await inbox.wait(10)
-    await first.close()
-    await sender.publish(topic, bodies(10, 300))  # while b is away
-    again = Inbox()
-    await (await connect("b")).subscribe(topic, again)
-    await sender.publish(topic, bodies(300, 310))
-    assert await again.wait(300) == bodies(10, 310)  # nothing of what b had acknowledged came again
-
-
-async def test_a_failing_handler_gets_the_message_again_in_order(connect: Factory, topic: str) -> None:
-    receiver, sender = await connect("r"), await connect("s")
-    inbox = Inbox(fail={b"3", b"7"})
-    await receiver.subscribe(topic, inbox)
-    await sender.publish(topic, bodies(0, 10))
-    assert await inbox.wait(10) == bodies(0, 10)
-    # Each refused message came again, before anything after it was handled.
-    assert inbox.attempts.count(b"3") == 2 and inbox.attempts.count(b"7") == 2
-    assert inbox.attempts.index(b"4") > len(inbox.attempts) - 1 - inbox.attempts[::-1].index(b"3")
 
 
 async def test_unacknowledged_messages_of_a_stopped_consumer_come_back_at_once_and_in_order(

@@ -15,14 +15,11 @@ import pytest
 import redis.asyncio
 
 from backends.base import (
-    BackendClosed,
     BackendConfig,
     BackendError,
     BackendRefused,
     BackendState,
     BackendUnavailable,
-    Feature,
-    Message,
     MessageTooLarge,
     PublishTimeout,
 )
@@ -42,8 +39,6 @@ def server() -> Iterator[RedisServer]:
     yield from serve(RedisServer())
 
 
-
-
 @pytest.fixture
 def backend(server: RedisServer, started: Started) -> Factory:
     """`await backend(uri=..., on_state=...)`: a started RedisBackend, closed when the test ends."""
@@ -54,73 +49,6 @@ def backend(server: RedisServer, started: Started) -> Factory:
         return await started(RedisBackend(config, on_state=on_state))
 
     return factory
-
-
-
-async def test_round_trip_between_two_backends(backend: Factory, topic: str) -> None:
-    a, b = await backend(), await backend()
-    assert a.state is BackendState.CONNECTED
-    assert not a.supports(Feature.DURABLE)
-    inbox = Inbox()
-    await b.subscribe(topic, inbox)
-    await a.publish(topic, [b'{"event":"created"}', b"\x00\xffbinary"])
-    assert await inbox.wait(2) == [b'{"event":"created"}', b"\x00\xffbinary"]
-
-
-async def test_a_publisher_hears_itself_like_any_subscriber(backend: Factory, topic: str) -> None:
-    a = await backend()
-    inbox = Inbox()
-    await a.subscribe(topic, inbox)
-    await a.publish(topic, [b"mine"])
-    assert await inbox.wait(1) == [b"mine"]
-
-
-async def test_order_of_1000_messages(backend: Factory, topic: str) -> None:
-    a, b = await backend(), await backend()
-    inbox = Inbox()
-    await b.subscribe(topic, inbox)
-    expected = [str(i).encode() for i in range(1000)]
-    # Single publishes and pipelined batches of several sizes, mixed.
-    for i in range(0, 100):
-        await a.publish(topic, [expected[i]])
-    for start in range(100, 1000, 150):
-        await a.publish(topic, expected[start:start + 150])
-    assert await inbox.wait(1000) == expected
-
-
-async def test_only_publishes_after_subscribe_returned_are_delivered(backend: Factory, topic: str) -> None:
-    a, b = await backend(), await backend()
-    await a.publish(topic, [b"before"])
-    inbox = Inbox()
-    await b.subscribe(topic, inbox)
-    await a.publish(topic, [b"after"])
-    # Redis runs commands one at a time, so "before" could only ever have come ahead of "after".
-    assert await inbox.wait(1) == [b"after"]
-
-
-async def test_topics_are_isolated(backend: Factory, topic: str) -> None:
-    a, b = await backend(), await backend()
-    one, two = Inbox(), Inbox()
-    await b.subscribe(f"{topic}-1", one)
-    await b.subscribe(f"{topic}-2", two)
-    await a.publish(f"{topic}-1", [b"x1", b"end"])
-    await a.publish(f"{topic}-2", [b"x2", b"end"])
-    assert await one.wait(2) == [b"x1", b"end"]
-    assert await two.wait(2) == [b"x2", b"end"]
-
-
-async def test_unsubscribe_is_idempotent_and_stops_delivery(backend: Factory, topic: str) -> None:
-    a, b = await backend(), await backend()
-    gone, stays = Inbox(), Inbox()
-    subscription = await b.subscribe(topic, gone)
-    await b.subscribe(topic, stays)
-    await a.publish(topic, [b"1"])
-    await stays.wait(1)
-    await subscription.unsubscribe()
-    await subscription.unsubscribe()
-    await a.publish(topic, [b"2"])
-    assert await stays.wait(2) == [b"1", b"2"]
-    assert gone.bodies == [b"1"]
 
 
 async def test_last_unsubscribe_leaves_the_channel_and_it_can_be_joined_again(backend: Factory, topic: str) -> None:
@@ -150,40 +78,6 @@ async def _until_numsub(probe: redis.asyncio.Redis, topic: str, count: int) -> N
     raise AssertionError(f"{topic} never had {count} subscribers")
 
 
-async def test_a_failing_handler_loses_only_its_message(backend: Factory, topic: str) -> None:
-    a, b = await backend(), await backend()
-    inbox = Inbox()
-
-    async def handler(message: Message) -> None:
-        if message.body == b"bad":
-            raise ValueError("handler bug")
-        await inbox(message)
-
-    await b.subscribe(topic, handler)
-    await a.publish(topic, [b"1", b"bad", b"2"])
-    assert await inbox.wait(2) == [b"1", b"2"]
-    assert b.state is BackendState.CONNECTED
-
-
-async def test_close_is_idempotent_and_final(backend: Factory, topic: str) -> None:
-    states: list[BackendState] = []
-    a = await backend(on_state=states.append)
-    await a.subscribe(topic, Inbox())
-    await a.close()
-    await a.close()
-    assert states == [BackendState.CONNECTED, BackendState.CLOSED]
-    with pytest.raises(BackendClosed):
-        await a.publish(topic, [b"late"])
-    with pytest.raises(BackendClosed):
-        await a.subscribe(topic, Inbox())
-
-
-async def test_close_without_start() -> None:
-    never = RedisBackend(BackendConfig(f"redis://127.0.0.1:{free_port()}", "never"))
-    await never.close()
-    assert never.state is BackendState.CLOSED
-
-
 async def test_message_size_limit(backend: Factory, server: RedisServer, topic: str) -> None:
     a = await backend()
     assert a.max_message_bytes == 8 * 1024 * 1024
@@ -199,17 +93,6 @@ async def test_message_size_limit(backend: Factory, server: RedisServer, topic: 
     finally:
         await probe.config_set("client-output-buffer-limit", "pubsub 33554432 8388608 60")
         await probe.aclose()
-
-
-async def test_start_against_a_closed_port_fails_fast_and_cleanly() -> None:
-    port = free_port()
-    closed = RedisBackend(BackendConfig(f"redis://user:hunter2-secret@127.0.0.1:{port}/0", "x"))
-    started = time.monotonic()
-    with pytest.raises(BackendUnavailable) as caught:
-        await closed.start()
-    assert time.monotonic() - started < 1.0
-    assert str(caught.value) == f"redis: cannot connect to 127.0.0.1:{port}: connection refused"
-    await closed.close()
 
 
 async def test_wrong_password_is_a_clean_error_without_the_password(server: RedisServer, topic: str) -> None:
@@ -283,39 +166,21 @@ async def test_bad_uri_options_are_refused_at_start(query: str, expected: str) -
     await bad.close()
 
 
-async def test_broker_killed_and_restarted(server: RedisServer, backend: Factory, topic: str,
-                                          caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_long_outage_is_logged_once_and_the_return_still_noticed_at_once(
+        server: RedisServer, backend: Factory, topic: str, caplog: pytest.LogCaptureFixture) -> None:
+    """What every backend does across a restart is tests/backends/test_contract.py's; this is Redis's back-off."""
     states: list[BackendState] = []
-    a = await backend()
     b = await backend(on_state=states.append)
-    inbox = Inbox()
-    await b.subscribe(topic, inbox)
-    await a.publish(topic, [b"before"])
-    await inbox.wait(1)
-
+    await b.subscribe(topic, Inbox())
     server.kill()
-    # Publishing while the broker is down fails at once: no hang, nothing from redis-py escapes.
-    async with asyncio.timeout(1.0):
-        with pytest.raises(BackendUnavailable, match=r"^redis: "):
-            await a.publish(topic, [b"lost"])
-    await wait_for(lambda: BackendState.RECONNECTING in states, 3.0, "RECONNECTING")
-    async with asyncio.timeout(1.0):
-        with pytest.raises(BackendUnavailable, match=r"^redis: not connected to 127.0.0.1:\d+ \(reconnecting\)$"):
-            await b.publish(topic, [b"lost"])
     # Stay down long enough for the back-off to grow: the return is still noticed within 2 s.
     await wait_for(lambda: b.outage.failures >= 8, 10.0, "8 failed reconnect attempts")
     # Logged once, not once per attempt: the first attempts are held back for the summary.
     assert _failed_reconnects(caplog) == 0
-
     server.start()
     back = time.monotonic()
     await wait_for(lambda: states[-1:] == [BackendState.CONNECTED], 5.0, "CONNECTED again")
     assert time.monotonic() - back < 2.0, "must recover within 2 s of the broker's return"
-    assert states == [BackendState.CONNECTED, BackendState.RECONNECTING, BackendState.CONNECTED]
-    # The publisher's pooled connection died with the broker; its first publish must still work.
-    await wait_for(lambda: a.state is BackendState.CONNECTED, 5.0, "the publisher to reconnect")
-    await a.publish(topic, [b"after-1", b"after-2"])
-    assert await inbox.wait(3) == [b"before", b"after-1", b"after-2"]
 
 
 def _failed_reconnects(caplog: pytest.LogCaptureFixture) -> int:
@@ -387,14 +252,6 @@ def tls_server() -> Iterator[RedisTlsServer]:
     yield from serve(RedisTlsServer())
 
 
-async def test_tls_with_ca_and_client_certificate(tls_server: RedisTlsServer, backend: Factory, topic: str) -> None:
-    a, b = await backend(tls_server.uri), await backend(tls_server.uri)
-    inbox = Inbox()
-    await b.subscribe(topic, inbox)
-    await a.publish(topic, [b"over tls"])
-    assert await inbox.wait(1) == [b"over tls"]
-
-
 async def test_tls_refuses_an_unknown_ca(tls_server: RedisTlsServer) -> None:
     untrusted = RedisBackend(BackendConfig(f"rediss://127.0.0.1:{tls_server.port}/0", "x", 2.0))
     with pytest.raises(BackendRefused, match=r"^redis: cannot connect to 127\.0\.0\.1:\d+: tls: certificate "
@@ -440,7 +297,6 @@ async def test_tls_file_that_cannot_be_read_is_named(tls_server: RedisTlsServer)
     with pytest.raises(BackendError, match=rf"^redis: invalid URI: ssl_ca_certs: cannot read {missing}$"):
         await broken.start()
     await broken.close()
-
 
 
 async def test_a_busy_loop_is_not_taken_for_a_silent_broker(server: RedisServer, backend: Factory,

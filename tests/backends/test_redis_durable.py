@@ -53,8 +53,6 @@ async def probe(server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
     await client.aclose()
 
 
-
-
 @pytest.fixture
 def backend(server: RedisServer, started: Started) -> Factory:
     """`await backend("instance-id", ...)`: a started durable RedisStreamsBackend, closed when the test ends."""
@@ -66,7 +64,6 @@ def backend(server: RedisServer, started: Started) -> Factory:
         return await started(RedisStreamsBackend(config, on_state=on_state))
 
     return factory
-
 
 
 def bodies(count: int, prefix: str = "") -> list[bytes]:
@@ -101,32 +98,6 @@ async def test_order_and_positions_of_1000_messages(backend: Factory, topic: str
     assert started - 1 < ids[0][0] / 1000 <= ids[-1][0] / 1000 < time.time() + 1
 
 
-async def test_a_new_instance_starts_from_now(backend: Factory, topic: str) -> None:
-    a, b = await backend("a"), await backend("b")
-    await a.publish(topic, [b"before"])
-    inbox = Inbox()
-    await b.subscribe(topic, inbox)
-    await a.publish(topic, [b"after"])
-    assert await inbox.wait(1) == [b"after"]
-
-
-async def test_an_instance_that_comes_back_gets_what_it_missed(backend: Factory, topic: str) -> None:
-    a, b = await backend("a"), await backend("b")
-    inbox = Inbox()
-    await b.subscribe(topic, inbox)
-    await a.publish(topic, [b"seen"])
-    await inbox.wait(1)
-    await b.close()
-    missed = bodies(300, "missed-")
-    await a.publish(topic, missed[:100])
-    await a.publish(topic, missed[100:])
-    again = Inbox()
-    await (await backend("b")).subscribe(topic, again)
-    await a.publish(topic, [b"live"])
-    # Nothing it had acknowledged comes again; everything it missed does, in order, then the live one.
-    assert await again.wait(301) == [*missed, b"live"]
-
-
 async def test_pending_entries_come_first_after_a_restart(backend: Factory, probe: redis.asyncio.Redis,
                                                           topic: str) -> None:
     a, b = await backend("a"), await backend("b")
@@ -145,23 +116,6 @@ async def test_pending_entries_come_first_after_a_restart(backend: Factory, prob
 
 async def _pending(probe: redis.asyncio.Redis, topic: str, group: str, count: int) -> bool:
     return int((await probe.xpending(stream_key(topic), group))["pending"]) == count
-
-
-async def test_a_failing_handler_gets_the_entry_again_in_order(backend: Factory, probe: redis.asyncio.Redis,
-                                                               topic: str) -> None:
-    a, b = await backend("a"), await backend("b")
-    seen: list[bytes] = []
-
-    async def handler(message: Message) -> None:
-        seen.append(message.body)
-        if message.body == b"bad" and seen.count(b"bad") < 3:
-            raise ValueError("handler bug")
-
-    await b.subscribe(topic, handler)
-    await a.publish(topic, [b"1", b"bad", b"2"])
-    await wait_for(lambda: len(seen) >= 5, 5.0, "redeliveries")
-    assert seen == [b"1", b"bad", b"bad", b"bad", b"2"]
-    await eventually(lambda: _pending(probe, topic, "b", 0), 5.0, "every entry to be acknowledged")
 
 
 async def test_an_entry_that_always_fails_is_dropped_after_max_deliveries(
