@@ -141,12 +141,19 @@ class AmqpBackend(Backend):
         self._outage = Outage(log)
         self._restore_backoff = Backoff(cap=config.reconnect_max_delay)
         self._where = "the broker"
+        self._node: str | None = None
         self._secrets: tuple[str, ...] = ()
+
+    @property
+    def node(self) -> str | None:
+        """The broker's host:port, while connected."""
+        return self._node if self.state is BackendState.CONNECTED else None
 
     def _url(self) -> URL:
         """The URI to connect to; BackendConfigError if it is unusable."""
         options = parse_uri(self.config.uri, self.config.instance_id)
         self._secrets, self._where, self.max_message_bytes = options.secrets, options.where, options.max_message_bytes
+        self._node = options.node
         self.topology = dataclasses.replace(self.topology, queue_type=options.queue_type)
         return options.url
 

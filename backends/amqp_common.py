@@ -67,6 +67,7 @@ class AmqpOptions:
     """An amqp:// or amqps:// URI, validated."""
     url: URL  # what aio-pika connects to: the URI with syncar's defaults, without syncar's own options
     where: str  # host:port and vhost for messages; never the credentials
+    node: str  # host:port
     secrets: tuple[str, ...]  # to scrub from every message we make: the password, as written and decoded
     max_message_bytes: int
     queue_type: str
@@ -88,7 +89,7 @@ def parse_uri(uri: str, instance_id: str) -> AmqpOptions:
     url = url.update_query({key: value for key, value in defaults.items() if key not in url.query})
     return AmqpOptions(
         url=url.without_query_params("max_message_bytes", "queue_type"),
-        where=f"{url.host}:{port} vhost {url.path[1:] or '/'!r}", secrets=secrets,
+        where=f"{url.host}:{port} vhost {url.path[1:] or '/'!r}", node=f"{url.host}:{port}", secrets=secrets,
         max_message_bytes=int(url.query.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)),
         queue_type=url.query.get("queue_type", DEFAULT_QUEUE_TYPE))
 

@@ -235,6 +235,19 @@ class Backend(ABC):
         """Whether the broker brings back what we published ourselves, for the codec to recognise and drop."""
         return self.config.echo or Feature.NO_ECHO not in self.features
 
+    @property
+    def node(self) -> str | None:
+        """The broker node this backend is connected to now (`host:port`), None while it is not connected or
+        cannot tell. The relay puts it in `status` frames and `/metrics`; a reconnect that lands on another node
+        than the last one is a failover (`syncar_broker_failovers_total`)."""
+        return None
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The cluster's nodes as the broker announced them (`host:port` each), empty where it does not tell;
+        `syncar check` prints them."""
+        return ()
+
     @abstractmethod
     async def start(self) -> None:
         """Connect for the first time.

@@ -7,7 +7,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Iterable
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import ParseResult, parse_qsl, unquote, urlsplit
 
 import nats.errors
 
@@ -47,6 +47,12 @@ def parse_uri(uri: str) -> tuple[str, dict[str, Any]]:
     return ",".join(s.split("://", 1)[1] for s in servers), {
         "servers": servers, "user": user, "password": password, "token": token, "tls": tls,
         "tls_hostname": options.get("tls_hostname") or None}
+
+
+def netloc(url: ParseResult) -> str:
+    """A server's host:port (the host in brackets if it is IPv6), without credentials."""
+    host = url.hostname or "localhost"
+    return f"[{host}]:{url.port or 4222}" if ":" in host else f"{host}:{url.port or 4222}"
 
 
 def _tls_context(options: dict[str, str]) -> ssl.SSLContext:

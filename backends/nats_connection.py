@@ -37,7 +37,7 @@ from backends.base import (
     Subscription,
     tls_refused,
 )
-from backends.nats_common import CONNECTION_ERRORS, describe, parse_uri, settle
+from backends.nats_common import CONNECTION_ERRORS, describe, netloc, parse_uri, settle
 from backends.nats_internals import offered_tls, write_with_ping
 from sidecar.backoff import Backoff
 from sidecar.logging import Outage, RateLimitedLogger
@@ -79,6 +79,18 @@ class NatsConnection(Backend, Generic[S]):
         self._backoff = Backoff(cap=config.reconnect_max_delay)
         self._outage = Outage(log)
         self.where = "nats"  # the servers, without credentials, for messages
+
+    @property
+    def node(self) -> str | None:
+        """The server of the current connection (nats-py's connected_url), as host:port."""
+        client = self._client
+        url = None if client is None or self.state is not BackendState.CONNECTED else client.connected_url
+        return None if url is None else netloc(url)
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The servers of the URI and those the cluster announced (nats-py's server pool, discovery on)."""
+        return () if self._client is None else tuple(netloc(url) for url in self._client.servers)
 
     def _forget(self, subscription: S) -> None:
         """A subscription's stop: it is not restored any more."""

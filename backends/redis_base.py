@@ -97,6 +97,11 @@ class RedisBaseBackend(Backend):
     async def _release(self) -> None:
         """close(), once the reader has stopped and before the connections go: end every subscription."""
 
+    @property
+    def node(self) -> str | None:
+        """The server's host:port, while connected."""
+        return self.where if self.state is BackendState.CONNECTED else None
+
     def _usable(self) -> RedisOptions:
         """The parsed URI; BackendClosed after close(), BackendUnavailable before start()."""
         if self._closed:

@@ -175,12 +175,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         backend = load_backend(settings.backend, settings.mode)(settings.backend_config())
         try:
             await backend.start()
+            node, members = backend.node, backend.members
         except BackendError as exc:
             print(f"syncar: broker: {exc}", file=sys.stderr)
             return EXIT_FAILURE
         finally:
             await backend.close()
         print(f"broker               reachable ({backend.name})")
+        if node is not None:
+            print(f"broker node          {node}")
+        if members:
+            print(f"cluster members      {', '.join(members)}")
         return EXIT_OK
 
     return _run_async(main)

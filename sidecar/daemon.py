@@ -99,7 +99,7 @@ class Daemon:
         # of it; and it is up for them once our subscription is made too, so nothing flushed is missed by it.
         if self._serving:
             subscribing = state is BackendState.CONNECTED and self._subscription is None
-            self.relay.on_backend_state(BackendState.CONNECTING if subscribing else state)
+            self.relay.on_backend_state(BackendState.CONNECTING if subscribing else state, self.backend.node)
 
     def _accept(self) -> Connection:
         turn_away = None

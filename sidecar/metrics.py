@@ -56,6 +56,11 @@ class Metrics:
         self.broker_up = Gauge("syncar_broker_up", "1 while the broker connection is up", registry=registry)
         self.reconnects = Counter("syncar_backend_reconnects", "Broker connections restored after a loss",
                                   registry=registry)
+        self.broker_node = Gauge("syncar_broker_node_info",
+                                 "1 for the broker node this daemon is connected to, 0 while that connection is down",
+                                 ["node"], registry=registry)
+        self.failovers = Counter("syncar_broker_failovers",
+                                 "Broker connections restored on another node than the one lost", registry=registry)
         self.clients = Gauge("syncar_clients", "Connected clients", registry=registry)
         self.outbox_events = Gauge("syncar_outbox_events", "Events waiting for the broker", registry=registry)
         self.outbox_bytes = Gauge("syncar_outbox_bytes", "Bytes waiting for the broker", registry=registry)

@@ -63,10 +63,13 @@ def welcome(*, instance: str, backend: str, broker_up: bool, epoch: str, seq: in
                    "resumed": resumed, "max_frame_bytes": max_frame_bytes})
 
 
-def status(*, backend: str, broker_up: bool, outbox: int, stopping: bool = False) -> bytes:
-    """The broker's state; with `stopping`, the last frame before the daemon closes the connection."""
+def status(*, backend: str, broker_up: bool, outbox: int, stopping: bool = False, node: str | None = None) -> bytes:
+    """The broker's state (and the node reached, while up); with `stopping`, the last frame before the daemon closes
+    the connection."""
     frame: dict[str, Any] = {"type": "status", "broker": "up" if broker_up else "down", "backend": backend,
                              "outbox": outbox}
+    if node is not None:
+        frame["node"] = node
     if stopping:
         frame["stopping"] = True
     return encode(frame)

@@ -86,6 +86,8 @@ class Relay:
         self.epoch = secrets.token_hex(8)  # seqs are only comparable within one run of the daemon
         self.seq = 0
         self.broker_up = False
+        self.node: str | None = None  # the broker node while it is up, as the backend tells it
+        self._last_node: str | None = None
         self._was_up = False
         self._stopping = False
         self._clients: set[Subscriber] = set()  # those getting live events
@@ -288,12 +290,14 @@ class Relay:
 
     # -- broker state --------------------------------------------------------------------------
 
-    def on_backend_state(self, state: BackendState) -> None:
+    def on_backend_state(self, state: BackendState, node: str | None = None) -> None:
+        """The backend's state, and the node it is connected to (None where it cannot tell)."""
         up = state is BackendState.CONNECTED
         self._outbox.set_connected(up)
         self._metrics.broker_up.set(up)
         if up != self.broker_up:
             self.broker_up = up
+            self._follow_node(node if up else None)
             if up and self._was_up:
                 self._metrics.reconnects.inc()
             self._was_up |= up
@@ -303,9 +307,22 @@ class Relay:
                     self.backend_name)
             self._broadcast(self._status())
 
+    def _follow_node(self, node: str | None) -> None:
+        """One `syncar_broker_node_info` series: the last node, 1 while connected to it; another node is a failover."""
+        self.node, last = node, self._last_node
+        if node is None:
+            if last is not None:
+                self._metrics.broker_node.labels(node=last).set(0)
+            return
+        if last is not None and node != last:
+            self._metrics.broker_node.remove(last)
+            self._metrics.failovers.inc()
+        self._last_node = node
+        self._metrics.broker_node.labels(node=node).set(1)
+
     def _status(self, stopping: bool = False) -> bytes:
         return protocol.status(backend=self.backend_name, broker_up=self.broker_up, outbox=len(self._outbox),
-                               stopping=stopping)
+                               stopping=stopping, node=self.node)
 
     # -- shutdown ------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import pytest
 from sidecar import __version__
 from sidecar.config import Settings
 from sidecar.paths import default_socket_path
-from tests.brokers import BrokerServer
+from tests.brokers import BrokerServer, free_port
 from tests.utils import REPO, RawClient, SpawnedDaemon, publish_frame, run_daemon, syncar
 
 
@@ -262,3 +262,18 @@ def test_durable_mode_without_instance_id_is_refused_in_one_line() -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "--instance-id" in lines[0]
+
+
+def test_check_names_the_broker_node_it_reached(nats_server: BrokerServer) -> None:
+    result = syncar("check", "--backend", f"nats://127.0.0.1:{free_port()},127.0.0.1:{nats_server.port}")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert f"broker node          127.0.0.1:{nats_server.port}" in lines  # the live one of the two
+    assert any(line.startswith("cluster members      ") and f"127.0.0.1:{nats_server.port}" in line
+               for line in lines), result.stdout
+
+
+def test_check_names_the_redis_node_it_reached(redis_server: BrokerServer) -> None:
+    result = syncar("check", "--backend", redis_server.uri)
+    assert result.returncode == 0, result.stderr
+    assert f"broker node          127.0.0.1:{redis_server.port}" in result.stdout.splitlines(), result.stdout

@@ -108,6 +108,7 @@ def test_the_frames_syncar_writes_are_those_docs_protocol_shows() -> None:
         protocol.ack("evt-77"),
         protocol.publish_refused(published, ErrorCode.UNCONFIRMED, "..."),
         protocol.status(backend="redis", broker_up=False, outbox=120),
+        protocol.status(backend="nats", broker_up=True, outbox=0, node="127.0.0.1:4223"),
         protocol.error(ErrorCode.INVALID_FRAME, "publish: 'path' must be a non-empty string"),
         protocol.PONG,
     ]

@@ -242,6 +242,24 @@ async def test_a_publish_not_relayed_is_refused_with_a_nack_or_an_error(make: Ma
     assert metric(metrics, DROPPED, reason=DropReason.TOO_LARGE) == 1
 
 
+async def test_status_and_metrics_name_the_broker_node_and_count_failovers(make: Make) -> None:
+    parts = make()
+    relay, metrics = parts.relay, parts.metrics
+    a = join(relay, FakeSubscriber("a"))
+    relay.on_backend_state(BackendState.RECONNECTING)
+    relay.on_backend_state(BackendState.CONNECTED, "n1:4222")
+    relay.on_backend_state(BackendState.RECONNECTING)
+    assert metric(metrics, "syncar_broker_node_info", node="n1:4222") == 0  # down, still the last node
+    relay.on_backend_state(BackendState.CONNECTED, "n1:4222")  # back on the same node: no failover
+    relay.on_backend_state(BackendState.RECONNECTING)
+    relay.on_backend_state(BackendState.CONNECTED, "n2:4223")  # another node: a failover
+    assert [s.get("node") for s in a.decoded("status")] == [None, "n1:4222", None, "n1:4222", None, "n2:4223"]
+    assert metric(metrics, "syncar_broker_failovers_total") == 1
+    assert metric(metrics, "syncar_broker_node_info", node="n2:4223") == 1
+    # One series only, the current node (bounded labels): n1 is gone.
+    assert metrics.registry.get_sample_value("syncar_broker_node_info", {"node": "n1:4222"}) is None
+
+
 async def test_clients_hear_of_the_broker_going_and_coming_back_until_the_daemon_stops(make: Make) -> None:
     parts = make()
     relay = parts.relay
