@@ -23,6 +23,8 @@ BACKENDS: dict[str, dict[Mode, str]] = {
     "local": _LOCAL,
     "redis": _REDIS,
     "rediss": _REDIS,
+    "redis+sentinel": _REDIS,
+    "rediss+sentinel": _REDIS,
     "amqp": _AMQP,
     "amqps": _AMQP,
     "nats": _NATS,
@@ -30,7 +32,7 @@ BACKENDS: dict[str, dict[Mode, str]] = {
 }
 
 #: Schemes whose URI may list several host:port, comma-separated.
-MULTI_HOST = frozenset({"nats", "tls"})
+MULTI_HOST = frozenset({"nats", "tls", "redis+sentinel", "rediss+sentinel"})
 SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 ENCODE_HINT = "in the user name and password, write @ : / ? # [ ] % as %40 %3A %2F %3F %23 %5B %5D %25"
 
@@ -50,7 +52,7 @@ def scheme_of(uri: str) -> str:
         raise ConfigError(f"backend: unknown URI scheme {shown}; expected one of {known}")
     try:
         parts = urlsplit(uri)
-        if scheme not in MULTI_HOST:  # nats://a:4222,b:4222 is read by the NATS backend, host by host
+        if scheme not in MULTI_HOST:  # nats://a:4222,b:4222 is read by its backend, host by host
             _ = parts.port  # raises on a port that is not a number in range
     except ValueError:  # its text may quote the password
         raise ConfigError(f"backend: malformed {scheme}:// URI: check the port and the brackets around an IPv6 "

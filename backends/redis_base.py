@@ -16,7 +16,7 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 
 from backends.base import (
@@ -115,9 +115,8 @@ class RedisBaseBackend(Backend):
             raise BackendClosed("redis: backend is closed")
         self._options = options = parse_uri(self.config.uri, self.config.connect_timeout)
         self.max_message_bytes, self.where = options.max_message_bytes, options.where
-        self._redis = Redis(connection_pool=ConnectionPool(connection_class=options.connection_class,
-                                                           **self._pool_kwargs(options)))
-        self._conn = options.connection_class(**options.connection_kwargs)
+        self._redis = Redis(connection_pool=options.pool(self._pool_kwargs(options)))
+        self._conn = options.connection(self._redis.connection_pool)
         try:
             # One bound for the whole handshake (TCP, TLS, AUTH, SELECT) on both connections.
             async with asyncio.timeout(options.connect_timeout):
@@ -128,7 +127,7 @@ class RedisBaseBackend(Backend):
             raise connect_error(exc, options) from exc
         await self._connected(self._redis, options)
         self._reader = asyncio.create_task(self._run(self._conn, options), name="syncar-redis-reader")
-        log.info("redis: connected to %s (%s mode)", options.where, self.config.mode)
+        log.info("redis: connected to %s (%s mode)", self._node, self.config.mode)
         self._set_state(BackendState.CONNECTED)
 
     async def close(self) -> None:
@@ -177,10 +176,18 @@ class RedisBaseBackend(Backend):
             if self._closed:  # close() cancelled us, and redis-py turned that into a connection error
                 return
             self._lost()
-            self.outage.began("redis: connection to %s lost (%s); reconnecting", self.where, reason)
+            self.outage.began("redis: connection to %s lost (%s); reconnecting", self._node, reason)
             self._set_state(BackendState.RECONNECTING)
             await self._drop_connections()  # best effort; idle publish connections too, they died with it
             await self._reconnect(conn, options)
+
+    @property
+    def _node(self) -> str:
+        """Where the read connection is: host:port, and through Sentinel which master that is."""
+        if self._options is None or self._options.sentinel is None or self._conn is None:
+            return self.where
+        host, port = self._conn.host, self._conn.port
+        return f"{self._options.master_name} at {f'[{host}]' if ':' in host else host}:{port}"
 
     def _why_lost(self) -> str | None:
         """Why the mode's own checks dropped the connection, if they did (a watchdog)."""
@@ -193,6 +200,9 @@ class RedisBaseBackend(Backend):
         with contextlib.suppress(*CONNECTION_ERRORS):
             if self._redis is not None:
                 await self._redis.connection_pool.disconnect(inuse_connections=everything)
+        if everything and self._options is not None and self._options.sentinel is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await self._options.sentinel.aclose()
 
     async def _reconnect(self, conn: Connection, options: RedisOptions) -> None:
         """Try until connected and subscribed again, backing off; the outage is logged once, then summarised."""
@@ -212,7 +222,7 @@ class RedisBaseBackend(Backend):
                 self.outage.failed("redis: reconnect to %s failed (%s); next attempt in %.1fs", self.where,
                                     describe_error(exc, options.secrets), delay)
         restored = await self._resume()
-        self.outage.ended("redis: reconnected to %s after %.1fs (%d attempts); %s resubscribed", self.where,
+        self.outage.ended("redis: reconnected to %s after %.1fs (%d attempts); %s resubscribed", self._node,
                            self.outage.seconds, backoff.attempts, restored)
         backoff.reset()
         self._set_state(BackendState.CONNECTED)

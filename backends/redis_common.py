@@ -1,5 +1,5 @@
-"""Shared by the Redis backend's modules: the redis:// and rediss:// URI and its options, what a failure means
-(refused, unavailable, unconfirmed), and small asyncio helpers."""
+"""Shared by the Redis backend's modules: the redis://, rediss:// and redis[s]+sentinel:// URIs and their options,
+what a failure means (refused, unavailable, unconfirmed), and small asyncio helpers."""
 
 from __future__ import annotations
 
@@ -7,13 +7,19 @@ import asyncio
 import contextlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from redis import exceptions as redis_errors
-from redis.asyncio.connection import Connection, parse_url
+from redis.asyncio.connection import Connection, ConnectionPool, parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 from redis.backoff import NoBackoff
 
 from backends.base import (
@@ -48,6 +54,10 @@ URI_OPTIONS = frozenset({"db", "client_name", "socket_connect_timeout", "socket_
 #: Only with rediss://; redis-py's SSLConnection takes them under the same names.
 TLS_OPTIONS = frozenset({"ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
                          "ssl_check_hostname"})
+#: Only with redis[s]+sentinel://: the sentinels' password, and how many replicas must have a durable entry
+#: (WAIT) before it counts as sent.
+SENTINEL_OPTIONS = frozenset({"sentinel_password", "wait_replicas"})
+DEFAULT_SENTINEL_PORT = 26379
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,18 +70,40 @@ class RedisOptions:
     health_check_interval: float
     max_message_bytes: int
     secrets: tuple[str, ...]  # to scrub from every message we make: the password
+    sentinel: Sentinel | None = None  # redis[s]+sentinel://: who to ask for the master, on every connect
+    master_name: str = ""
+    wait_replicas: int = 0  # durable mode: WAIT for this many replicas after XADD
+
+    def pool(self, kwargs: dict[str, Any]) -> ConnectionPool:
+        """A pool of connections made with `kwargs`; through Sentinel, each asks for the master when it connects."""
+        if self.sentinel is None:
+            return ConnectionPool(connection_class=self.connection_class, **kwargs)
+        return SentinelConnectionPool(  # type: ignore[no-untyped-call]  # unannotated in redis-py
+            self.master_name, self.sentinel, connection_class=self.connection_class, **kwargs)
+
+    def connection(self, pool: ConnectionPool) -> Connection:
+        """One connection outside `pool` (read by hand), to the same Redis (through Sentinel: the same master)."""
+        if self.sentinel is None:
+            return self.connection_class(**self.connection_kwargs)
+        return self.connection_class(connection_pool=pool, **self.connection_kwargs)
 
 
 def parse_uri(uri: str, connect_timeout: float) -> RedisOptions:
-    """Read `redis[s]://[[user]:password@]host[:port][/db][?option=value&...]`; BackendError if it is bad."""
+    """Read `redis[s]://[[user]:password@]host[:port][/db][?option=value&...]` or
+    `redis[s]+sentinel://[[user]:password@]host[:port],host[:port].../master[?db=N&option=value...]`;
+    BackendError if it is bad."""
     parts = urlsplit(uri)
-    tls = parts.scheme.lower() == "rediss"
+    scheme = parts.scheme.lower()
+    tls, sentinel = scheme.startswith("rediss"), scheme.endswith("+sentinel")
     query = parse_qsl(parts.query, keep_blank_values=True)
+    allowed = URI_OPTIONS | (TLS_OPTIONS if tls else frozenset()) | (SENTINEL_OPTIONS if sentinel else frozenset())
     for name, _ in query:
-        if name not in URI_OPTIONS and not (tls and name in TLS_OPTIONS):
-            hint = " (TLS options need rediss://)" if name in TLS_OPTIONS else ""
-            known = ", ".join(sorted(URI_OPTIONS | TLS_OPTIONS if tls else URI_OPTIONS))
-            raise BackendConfigError(f"redis: unknown URI option {name!r}{hint}; known: {known}")
+        if name not in allowed:
+            hint = (" (TLS options need rediss://)" if name in TLS_OPTIONS else
+                    " (Sentinel options need redis+sentinel://)" if name in SENTINEL_OPTIONS else "")
+            raise BackendConfigError(f"redis: unknown URI option {name!r}{hint}; known: {', '.join(sorted(allowed))}")
+    if sentinel:
+        return _parse_sentinel_uri(parts, query, tls, connect_timeout)
     ours = {name: value for name, value in query if name in ("health_check_interval", "max_message_bytes")}
     passed = urlencode([(name, value) for name, value in query if name not in ours])  # the rest is redis-py's
     try:
@@ -98,6 +130,49 @@ def parse_uri(uri: str, connect_timeout: float) -> RedisOptions:
         connect_timeout=kwargs["socket_connect_timeout"], health_check_interval=interval,
         max_message_bytes=max_bytes, secrets=(kwargs["password"],) if kwargs.get("password") else (),
     )
+
+
+def _parse_sentinel_uri(parts: SplitResult, query: list[tuple[str, str]], tls: bool,
+                        connect_timeout: float) -> RedisOptions:
+    """The master's settings read as for redis[s]://, plus the sentinels to ask for its address."""
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    master_name = unquote(parts.path.strip("/"))
+    options = dict(query)
+    sentinel_password = options.pop("sentinel_password", None)
+    try:
+        sentinels = [_host_port(host) for host in hosts.split(",")]
+        wait_replicas = int(options.pop("wait_replicas", "1"))
+        if not master_name or "/" in master_name:
+            raise ValueError("the path must be the master's name, as in redis+sentinel://host:26379/mymaster")
+        if wait_replicas < 0:
+            raise ValueError("wait_replicas must be 0 or more")
+    except ValueError as exc:
+        raise BackendConfigError(f"redis: invalid URI: {describe_error(exc)}") from None
+    # The master's address comes from the sentinels; the placeholder host is never connected to.
+    master_uri = urlunsplit(("rediss" if tls else "redis", f"{userinfo}@localhost" if userinfo else "localhost", "",
+                             urlencode(list(options.items())), ""))
+    master = parse_uri(master_uri, connect_timeout)
+    kwargs = {name: master.connection_kwargs[name] for name in ("socket_connect_timeout", "socket_timeout")}
+    kwargs.update({name: value for name, value in master.connection_kwargs.items() if name.startswith("ssl")})
+    if tls:
+        kwargs["ssl"] = True
+    if sentinel_password:
+        kwargs["password"] = sentinel_password
+    names = ",".join(f"{host}:{port}" for host, port in sentinels)
+    return replace(
+        master, where=f"master {master_name!r} via sentinels {names}",
+        connection_class=SentinelManagedSSLConnection if tls else SentinelManagedConnection,
+        sentinel=Sentinel(sentinels, sentinel_kwargs=kwargs), master_name=master_name, wait_replicas=wait_replicas,
+        secrets=master.secrets + ((sentinel_password,) if sentinel_password else ()),
+    )
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """`host`, `host:port` or `[v6]:port` of a host list; the port defaults to Sentinel's."""
+    parts = urlsplit(f"//{text}")
+    if not parts.hostname:
+        raise ValueError("an empty host in the host list")
+    return parts.hostname, parts.port or DEFAULT_SENTINEL_PORT
 
 
 #: What Redis answers when it will not have us: a wrong password (AUTH), an ACL without PING, a SELECT of a

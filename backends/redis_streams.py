@@ -33,6 +33,7 @@ from backends.base import (
     FeatureNotSupported,
     Handler,
     Message,
+    PublishUnconfirmed,
     Subscription,
     describe_error,
 )
@@ -116,6 +117,8 @@ class Streams:
         # XREADGROUP blocks for half a health-check interval, so a live connection answers at least that often.
         self._interval = options.health_check_interval
         self._block_ms = max(1, int(self._interval * 500))
+        self._wait_replicas = options.wait_replicas
+        self._wait_ms = int(options.connection_kwargs["socket_timeout"] * 500)  # half the publish's bound
         self._gc: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -137,14 +140,21 @@ class Streams:
                      "confirmed events", self.where, config.get("appendfsync"))
 
     async def publish(self, topic: str, bodies: Sequence[bytes]) -> None:
+        """XADD each body; through Sentinel, then WAIT until a replica has them: Redis replicates asynchronously,
+        and an entry only the master had is lost when the sentinels promote its replica."""
         key, retention = stream_key(topic), self.config.retention
-        if len(bodies) == 1:
+        if len(bodies) == 1 and not self._wait_replicas:
             await self._redis.xadd(key, {BODY_FIELD: bodies[0]}, maxlen=retention, approximate=True)
         elif bodies:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for body in bodies:
                     pipe.xadd(key, {BODY_FIELD: body}, maxlen=retention, approximate=True)
-                await pipe.execute()
+                if self._wait_replicas:
+                    pipe.execute_command("WAIT", self._wait_replicas, self._wait_ms)
+                replies = await pipe.execute()
+            if self._wait_replicas and replies[-1] < self._wait_replicas:
+                raise PublishUnconfirmed(f"redis: {replies[-1]} of {self._wait_replicas} replicas had the entries "
+                                         f"within {self._wait_ms} ms (wait_replicas)")
 
     async def subscribe(self, topic: str, handler: Handler) -> Subscription:
         key = stream_key(topic).encode()

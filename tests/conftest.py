@@ -54,6 +54,23 @@ def redis_server() -> Iterator[BrokerServer]:
 
 
 @pytest.fixture(scope="session")
+def redis_sentinel(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """One master, one replica, three sentinels (tests/brokers/redis_sentinel.py); how long they took to start is
+    printed at the end of the run."""
+    from tests.brokers.redis_sentinel import SentinelGroup
+
+    group = SentinelGroup()
+    try:
+        group.start()
+        yield group
+    finally:
+        group.cleanup()
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and group.start_seconds:
+        reporter.write_line(f"redis sentinel group started in {group.start_seconds:.1f}s")
+
+
+@pytest.fixture(scope="session")
 def rabbitmq_server() -> Iterator[BrokerServer]:
     from tests.brokers.rabbitmq import RabbitServer
 

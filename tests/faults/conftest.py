@@ -29,8 +29,8 @@ SCHEMES = {"redis": "redis://", "rabbitmq": "amqp://", "nats": "nats://"}
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "faults: the fault suite (tests/faults): kills brokers and daemons mid-stream")
-    config.addinivalue_line("markers", "fault_case(case, brokers, why_not): which fault case a test is, and where "
-                            "it runs (see tests/faults/harness.py fault_case)")
+    config.addinivalue_line("markers", "fault_case(case, brokers, why_not, server): which fault case a test is, "
+                            "and where it runs (see tests/faults/harness.py fault_case)")
 
 
 def _durable_support(broker: str) -> str | None:
@@ -50,7 +50,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("fault_case")
     if marker is None or "broker_name" not in metafunc.fixturenames:
         return
-    case, brokers, why_not = marker.args
+    case, brokers, why_not, _ = marker.args
     params = []
     for broker in BROKERS:
         for mode in MODES:
@@ -69,8 +69,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def fault_server(request: pytest.FixtureRequest, broker_name: str) -> BrokerServer:
     # The session's Redis has an append-only file (fsync always): a SIGKILLed Redis comes back with its streams.
-    server: BrokerServer = request.getfixturevalue(f"{broker_name}_server")
-    if server.process is None or server.process.poll() is not None:
+    marker = request.node.get_closest_marker("fault_case")
+    assert marker is not None
+    server: BrokerServer = request.getfixturevalue(f"{broker_name}_{marker.args[3]}")
+    if isinstance(server, BrokerServer) and (server.process is None or server.process.poll() is not None):
         server.start()  # an earlier test killed it and failed before restarting it
     return server
 

@@ -32,12 +32,14 @@ SETTLE_TIMEOUT = {"broadcast": 6.0, "durable": 10.0}
 QUIET = 1.5
 
 
-def fault_case(case: str, *, brokers: tuple[str, ...] = BROKERS, why_not: str = "") -> pytest.MarkDecorator:
+def fault_case(case: str, *, brokers: tuple[str, ...] = BROKERS, why_not: str = "",
+               server: str = "server") -> pytest.MarkDecorator:
     """Mark a test as fault case `case`, generated for each (broker, mode) that can run it (tests/faults/conftest.py).
 
-    Brokers not in `brokers` are listed under the table as not run, because `why_not`.
+    Brokers not in `brokers` are listed under the table as not run, because `why_not`. The broker is the session
+    fixture `<broker>_<server>`: `redis_server` by default, `redis_sentinel` for the Sentinel group.
     """
-    return pytest.mark.fault_case.with_args(case, brokers, why_not)
+    return pytest.mark.fault_case.with_args(case, brokers, why_not, server)
 
 
 def via(uri: str, port: int) -> str:

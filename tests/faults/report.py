@@ -22,6 +22,7 @@ CASES = {
     "3": "publishing syncar SIGKILL + restart",
     "4": "network cut 2 s, then slowed",
     "5": "app stops reading 10 s",
+    "6": "Sentinel: master SIGKILL, failover",
 }
 
 
