@@ -34,6 +34,7 @@ from backends.redis_common import (
     DEFAULT_MAX_MESSAGE_BYTES,
     RedisOptions,
     connect_error,
+    host_port,
     parse_uri,
     publish_error,
     stop_task,
@@ -99,8 +100,16 @@ class RedisBaseBackend(Backend):
 
     @property
     def node(self) -> str | None:
-        """The server's host:port, while connected."""
-        return self.where if self.state is BackendState.CONNECTED else None
+        """The server's host:port, while connected; through Sentinel, the master's the read connection reached."""
+        return self._address() if self.state is BackendState.CONNECTED else None
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Through Sentinel, the sentinels the URI lists."""
+        if self._options is None or self._options.sentinel is None:
+            return ()
+        return tuple(host_port(s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
+                     for s in self._options.sentinel.sentinels)
 
     def _usable(self) -> RedisOptions:
         """The parsed URI; BackendClosed after close(), BackendUnavailable before start()."""
@@ -181,13 +190,18 @@ class RedisBaseBackend(Backend):
             await self._drop_connections()  # best effort; idle publish connections too, they died with it
             await self._reconnect(conn, options)
 
-    @property
-    def _node(self) -> str:
-        """Where the read connection is: host:port, and through Sentinel which master that is."""
+    def _address(self) -> str:
+        """Where the read connection goes: host:port (through Sentinel, the master it found last)."""
         if self._options is None or self._options.sentinel is None or self._conn is None:
             return self.where
-        host, port = self._conn.host, self._conn.port
-        return f"{self._options.master_name} at {f'[{host}]' if ':' in host else host}:{port}"
+        return host_port(self._conn.host, self._conn.port)
+
+    @property
+    def _node(self) -> str:
+        """For the log: host:port, and through Sentinel which master that is."""
+        if self._options is None or self._options.sentinel is None:
+            return self.where
+        return f"{self._options.master_name} at {self._address()}"
 
     def _why_lost(self) -> str | None:
         """Why the mode's own checks dropped the connection, if they did (a watchdog)."""

@@ -125,7 +125,7 @@ def parse_uri(uri: str, connect_timeout: float) -> RedisOptions:
     # RESP2 for plain pub/sub replies; no retries inside redis-py: the outbox and our reconnect retry.
     kwargs.update(socket_keepalive=True, protocol=2, retry=Retry(NoBackoff(), 0))
     return RedisOptions(
-        where=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        where=host_port(host, port),
         connection_class=kwargs.pop("connection_class", Connection), connection_kwargs=kwargs,
         connect_timeout=kwargs["socket_connect_timeout"], health_check_interval=interval,
         max_message_bytes=max_bytes, secrets=(kwargs["password"],) if kwargs.get("password") else (),
@@ -140,7 +140,7 @@ def _parse_sentinel_uri(parts: SplitResult, query: list[tuple[str, str]], tls: b
     options = dict(query)
     sentinel_password = options.pop("sentinel_password", None)
     try:
-        sentinels = [_host_port(host) for host in hosts.split(",")]
+        sentinels = [_parse_host(host) for host in hosts.split(",")]
         wait_replicas = int(options.pop("wait_replicas", "1"))
         if not master_name or "/" in master_name:
             raise ValueError("the path must be the master's name, as in redis+sentinel://host:26379/mymaster")
@@ -158,7 +158,7 @@ def _parse_sentinel_uri(parts: SplitResult, query: list[tuple[str, str]], tls: b
         kwargs["ssl"] = True
     if sentinel_password:
         kwargs["password"] = sentinel_password
-    names = ",".join(f"{host}:{port}" for host, port in sentinels)
+    names = ",".join(host_port(host, port) for host, port in sentinels)
     return replace(
         master, where=f"master {master_name!r} via sentinels {names}",
         connection_class=SentinelManagedSSLConnection if tls else SentinelManagedConnection,
@@ -167,7 +167,12 @@ def _parse_sentinel_uri(parts: SplitResult, query: list[tuple[str, str]], tls: b
     )
 
 
-def _host_port(text: str) -> tuple[str, int]:
+def host_port(host: str, port: int) -> str:
+    """`host:port`, an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_host(text: str) -> tuple[str, int]:
     """`host`, `host:port` or `[v6]:port` of a host list; the port defaults to Sentinel's."""
     parts = urlsplit(f"//{text}")
     if not parts.hostname:

@@ -86,8 +86,11 @@ async def test_both_modes_follow_the_master_through_a_failover(redis_sentinel: S
     await sender.publish(topic, [b"before"])
     await inbox.wait(1)
     old = redis_sentinel.master_port()
+    assert receiver.node == f"127.0.0.1:{old}"  # what status frames and /metrics show
+    assert len(receiver.members) == 3
     took = await asyncio.to_thread(redis_sentinel.fail_over)
-    assert redis_sentinel.master_port() != old and took < 30
+    new = redis_sentinel.master_port()
+    assert new != old and took < 30
     # The receiver lost its master and found the new one through the sentinels; the sender finds it on its next
     # publish (retried as the outbox would, until accepted).
     await wait_for(lambda: states[-2:] == [BackendState.RECONNECTING, BackendState.CONNECTED], 20, "a reconnect")
@@ -101,6 +104,7 @@ async def test_both_modes_follow_the_master_through_a_failover(redis_sentinel: S
 
     await eventually(published, 20, "a publish accepted by the new master")
     assert await inbox.wait(2, 20) == [b"before", b"after"]
+    assert receiver.node == f"127.0.0.1:{new}"
 
 
 async def test_some_sentinels_down_a_live_one_is_asked(redis_sentinel: SentinelGroup, backend: Factory,

@@ -36,3 +36,5 @@ async def test_sentinel_master_killed(scenario: Scenario) -> None:
     rows["B"].note(f"sentinels named a new master {took:.1f}s after the kill; max delay of an event published "
                    f"before then {s.max_delay('B', killed, killed + took):.2f}s")
     check(s, rows, lost_broker=("a", "b"))
+    for label in ("a", "b"):  # each daemon landed on the new master, and said so
+        assert s.metric(label, "syncar_broker_failovers_total") == 1, label
