@@ -21,8 +21,10 @@ SECRET_URIS = {
     "rabbitmq": "amqp://guest:{secret}@127.0.0.1:{port}/",
     "nats": "nats://alice:{secret}@127.0.0.1:{port}",
 }
-#: The fault suite's promise: connected again this soon after the broker is back.
-RECOVERY = 2.0
+#: Connected again this soon after the broker is back: the back-off between attempts is capped at 1 s
+#: (BackendConfig.reconnect_max_delay), so a backend still waiting out a long back-off takes longer; the rest is
+#: margin for a loaded machine (the fault suite measures the recovery time itself, 2 s as promised).
+RECOVERY = 5.0
 
 
 @brokered
