@@ -15,6 +15,7 @@ most their `timeout`: `publish(ack=True)` always returns or raises within it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -84,6 +85,9 @@ class Event:
     data: Any
     context: Any
     time: float | None
+    #: The whole event as an app's binary serializer made it (BSON, MessagePack); then data and context are None, and
+    #: event and path are "" if it came from a feathers-sync app (docs/protocol.md).
+    bin: bytes | None = None
 
 
 _CLOSED = object()
@@ -329,8 +333,10 @@ class Client:
         # After a daemon restart, durable mode may hand us again what the old daemon already did.
         if origin is not None and self._seen is not None and not self._seen.add(origin, frame["id"]):
             return
+        binary = frame.get("bin")
         await self._events.put(Event(frame["seq"], frame["id"], origin, frame["event"], frame["path"],
-                                     frame.get("data"), frame.get("context"), frame.get("time")))
+                                     frame.get("data"), frame.get("context"), frame.get("time"),
+                                     None if binary is None else base64.b64decode(binary)))
 
     def _error(self, frame: dict[str, Any]) -> None:
         if frame.get("code") == "resume_gap":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -23,6 +24,18 @@ async def test_publish_with_ack_and_receive(sock: Path) -> None:
             "m1", "messages", "created", {"text": "hi"}, {"params": {}}, "one")
         assert a.instance == "one"
         assert a.broker_up
+
+
+async def test_a_binary_event_arrives_as_its_bytes(sock: Path) -> None:
+    """What a Node app with a BSON serializer publishes (`bin`, docs/protocol.md) reaches a Python app as the bytes."""
+    bson = b"\x16\x00\x00\x00\x02path\x00\x09\x00\x00\x00messages\x00\x00"
+    async with run_daemon(sock), Client(sock) as b:
+        raw = await RawClient.connect(sock, {"client": "node-with-bson"})
+        await raw.send({"type": "publish", "path": "messages", "event": "created",
+                        "bin": base64.b64encode(bson).decode()})
+        event = await b.next_event(timeout=5)
+        await raw.close()
+        assert (event.path, event.event, event.data, event.bin) == ("messages", "created", None, bson)
 
 
 async def test_subscription_patterns(sock: Path) -> None:
