@@ -1,7 +1,10 @@
 """What events look like on the broker.
 
 `syncar`: one broker message carries a batch of events from one origin,
-`{"v": 1, "origin": ..., "events": [{id, time, event, path, data, context}, ...]}`.
+`{"v": 1, "origin": ..., "run": ..., "events": [{id, time, event, path, data, context}, ...], "seq": ...}`.
+`run` names this run of the origin's daemon and `seq` is the number, within the run, of the batch's first event
+on the bus (its events are contiguous), so that a receiver can tell how many it missed (sidecar/gaps.py). Batches
+of daemons older than these two fields are still taken, only not followed.
 Each event is serialised once, when it is published (`Outgoing.part`); the
 same bytes go into the batch and, spliced, into the frame written to local
 clients.
@@ -24,7 +27,7 @@ import itertools
 import secrets
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import msgspec
 import orjson
@@ -78,12 +81,16 @@ class Outgoing(msgspec.Struct, gc=False):
 class Batch(msgspec.Struct, gc=False):
     origin: str | None  # None: the format does not say (feathers-sync)
     events: list[Event]
+    run: str | None = None  # the run of the origin's daemon; None: not said (feathers-sync, older syncar)
+    seq: int | None = None  # the bus sequence number, within `run`, of the first event
 
 
 class _SyncarBatch(msgspec.Struct, gc=False):
     v: int
     origin: str
     events: list[Event]
+    run: str | None = None
+    seq: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
 class _FeathersSyncBody(msgspec.Struct, gc=False):
@@ -135,8 +142,9 @@ class Codec(ABC):
         self.broker_echoes = broker_echoes
 
     @abstractmethod
-    def pack(self, events: list[Outgoing]) -> list[bytes]:
-        """Turn events, in order, into broker message bodies."""
+    def pack(self, events: list[Outgoing], seq: int = 1) -> list[bytes]:
+        """Turn events, in order, into broker message bodies; `seq` is the bus sequence number of the first (the
+        number of events of this run the broker accepted before it, plus one)."""
 
     def refresh(self, bodies: list[bytes]) -> list[bytes]:
         """Bodies `pack` made, made fit to send again now (for a retry: a signature carries a time)."""
@@ -188,6 +196,11 @@ def _explain_syncar(body: bytes) -> CodecError:
         return CodecError("foreign", f"syncar batch version {obj.get('v')!r} is not {SYNCAR_VERSION}")
     if not isinstance(obj.get("origin"), str) or not isinstance(obj["events"], list):
         return CodecError("malformed", "syncar batch has no string 'origin' or list 'events'")
+    seq = obj.get("seq")
+    if not isinstance(obj.get("run", ""), str | None) or not (
+            seq is None or (type(seq) is int and seq >= 1)):
+        return CodecError("malformed", "syncar batch has a 'run' that is not a string or a 'seq' that is not a "
+                                       "positive integer")
     for raw in obj["events"]:
         _check_event(raw)
     return CodecError("malformed", "event has no string 'id' or numeric 'time'")
@@ -207,12 +220,15 @@ class SyncarCodec(Codec):
 
     def __init__(self, instance_id: str, *, broker_echoes: bool = True) -> None:
         super().__init__(instance_id, broker_echoes=broker_echoes)
-        self._head = b'{"v":%d,"origin":%s,"events":[' % (SYNCAR_VERSION, orjson.dumps(instance_id))
-        self.overhead = len(self._head) + len(b"]}")
+        self.run = secrets.token_hex(8)
+        # The head is the same for every batch of this run (`echoed` needs no decoding); the seq goes in the tail.
+        self._head = b'{"v":%d,"origin":%s,"run":"%s","events":[' % (
+            SYNCAR_VERSION, orjson.dumps(instance_id), self.run.encode())
+        self.overhead = len(self._head) + len(b'],"seq":%d}' % 2**64)
         # the JSON of a sent batch's first event id -> the number of events in that batch
         self._sent: OrderedDict[bytes, int] = OrderedDict()
 
-    def pack(self, events: list[Outgoing]) -> list[bytes]:
+    def pack(self, events: list[Outgoing], seq: int = 1) -> list[bytes]:
         if self.broker_echoes:
             first = events[0].part
             self._sent[first[_ID_START:first.find(_ID_END, _ID_START)]] = len(events)
@@ -221,7 +237,7 @@ class SyncarCodec(Codec):
         # One copy of the batch: the head and the tail are joined to the first and last events, not to the whole.
         parts = [e.part for e in events]
         parts[0] = self._head + parts[0]
-        parts[-1] += b"]}"
+        parts[-1] += b'],"seq":%d}' % seq
         return [b",".join(parts)]
 
     def echoed(self, body: bytes) -> int:
@@ -238,10 +254,12 @@ class SyncarCodec(Codec):
         for event in batch.events:
             if not event.event or not event.path or event.time is None:
                 raise _explain_syncar(body)
-        return Batch(batch.origin, batch.events)
+        return Batch(batch.origin, batch.events, batch.run, batch.seq)
 
 
 class FeathersSyncCodec(Codec):
+    """feathers-sync's fixed format has no room for a run or a seq: what a receiver misses is not seen."""
+
     name = "feathers-sync"
     carries_ids = False
     _decoder = msgspec.json.Decoder(_FeathersSyncBody)
@@ -255,7 +273,7 @@ class FeathersSyncCodec(Codec):
         self._ids = itertools.count(1)
         self._id_prefix = f"fs-{secrets.token_hex(4)}-"
 
-    def pack(self, events: list[Outgoing]) -> list[bytes]:
+    def pack(self, events: list[Outgoing], seq: int = 1) -> list[bytes]:
         # A binary event goes as the bytes its serializer made, as feathers-sync publishes a Buffer.
         bodies = [binascii.a2b_base64(e.bin) if e.bin is not None
                   else encode(_FeathersSyncOut(e.event, e.path, e.data, NULL if e.context == NULL else e.context))

@@ -45,6 +45,9 @@ class Metrics:
                                      registry=registry)
         self.received = Counter("syncar_events_received", "Events received from other instances via the broker",
                                 registry=registry)
+        self.missed = Counter("syncar_events_missed",
+                              "Events of other instances that went by on the bus and never reached this daemon, "
+                              "seen by their sequence numbers (syncar codec)", registry=registry)
         self.delivered = Counter("syncar_events_delivered", "Event frames written to local clients",
                                  registry=registry)
         self.dropped = Counter("syncar_events_dropped", "Events dropped, by reason", ["reason"], registry=registry)

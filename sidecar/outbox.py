@@ -81,6 +81,9 @@ class Outbox:
         # (number of the event, what to call once the broker has it), for the few publishes that asked for an ack
         self._on_sent: deque[tuple[int, Done]] = deque()
         self._taken = 0  # events that have left the outbox so far: the number of the one at its head
+        # Events the broker accepted so far: the next batch's first is number `on_bus + 1` on the bus. A batch sent
+        # again goes with the same numbers, an event never accepted gets none: receivers see a gap only for a loss.
+        self.on_bus = 0
         self.bytes = 0
         self._wake = asyncio.Event()
         self._connected = asyncio.Event()
@@ -146,7 +149,7 @@ class Outbox:
             await self._connected.wait()
             if not batch:
                 batch = self._batch()
-                bodies = self._codec.pack(batch)
+                bodies = self._codec.pack(batch, self.on_bus + 1)
             else:
                 # A retry, maybe after a long outage: the same messages, signed anew (receivers judge a signature's
                 # time against when the broker took the message).
@@ -190,6 +193,7 @@ class Outbox:
         """The broker has `batch`: take it out, count it, and tell the publishers who asked."""
         metrics = self._metrics
         metrics.sent.inc(len(batch))
+        self.on_bus += len(batch)
         metrics.messages_sent.inc(messages)
         # Once per batch: its first event waited longest.
         metrics.publish_seconds.observe(time.monotonic() - batch[0].queued_at)

@@ -81,6 +81,12 @@ def event(seq: int, origin: bytes, part: bytes) -> bytes:
     return b'{"type":"event","seq":%d,"origin":%s,%s\n' % (seq, origin, part[1:])
 
 
+def gap(*, origin: str, run: str, first: int, last: int, reason: str) -> bytes:
+    """Events of `origin` this daemon never got from the broker: sequence numbers `first` to `last` of its `run`."""
+    return encode({"type": "gap", "origin": origin, "missed": last - first + 1, "first": first, "last": last,
+                   "run": run, "reason": reason})
+
+
 def ack(event_id: str) -> bytes:
     return encode({"type": "ack", "id": event_id})
 

@@ -23,6 +23,7 @@ from sidecar import protocol
 from sidecar.codec import Codec, Event, Outgoing, encode
 from sidecar.dedup import EventIds, SeenIds
 from sidecar.errors import CodecError
+from sidecar.gaps import GapTracker
 from sidecar.logging import RateLimitedLogger, printable
 from sidecar.metrics import DropReason, Metrics
 from sidecar.outbox import Outbox, OutboxFull
@@ -99,6 +100,7 @@ class Relay:
         self._ids = EventIds(id_key)
         self._max_event_age = max_event_age  # older remote times are not believed (`time: 1` from a stranger)
         self._seen = SeenIds(DEDUP_WINDOW)
+        self._gaps = GapTracker()
         self._origins: dict[str | None, bytes] = {}
         self._strings = SharedStrings()
         # Counts not yet added to the metrics: publishes update them once per read, not per event.
@@ -244,6 +246,8 @@ class Relay:
             self._metrics.dropped.labels(DropReason.ECHO).inc(len(batch.events))
             return
         self._metrics.received.inc(len(batch.events))
+        if batch.seq is not None and batch.run is not None and batch.origin is not None:
+            self._check_gap(batch.origin, batch.run, batch.seq, len(batch.events))
         origin_json = self._origins.get(batch.origin) or self._origin_of(batch.origin)
         first = batch.events[0].time if batch.events else None
         if first is not None:
@@ -263,6 +267,16 @@ class Relay:
             delivered += self._fan_out(encode(event), origin_json, event.path, event.event, None)
         if delivered:
             self._metrics.delivered.inc(delivered)
+
+    def _check_gap(self, origin: str, run: str, seq: int, count: int) -> None:
+        gap = self._gaps.heard(origin, run, seq, count)
+        if gap is None:
+            return
+        self._metrics.missed.inc(gap.missed)
+        bus_warnings.warning(f"gap-{gap.reason}", "missed %d events of %s (%s, seq %d-%d of run %s)", gap.missed,
+                             printable(origin), gap.reason, gap.first, gap.last, printable(run))
+        # Every client: which of the missed events it would have wanted cannot be known.
+        self._broadcast(protocol.gap(origin=origin, run=run, first=gap.first, last=gap.last, reason=gap.reason))
 
     def _fan_out(self, part: bytes, origin_json: bytes, path: str, event: str, source: Subscriber | None) -> int:
         """Number the event, keep it for replay, and send its frame (made once) to the clients that want it."""

@@ -150,8 +150,9 @@ class SignedCodec(Codec):
         self._inner = inner
         self._signer = signer
 
-    def pack(self, events: list[Outgoing]) -> list[bytes]:
-        return [self._signer.sign(body) for body in self._inner.pack(events)]
+    def pack(self, events: list[Outgoing], seq: int = 1) -> list[bytes]:
+        # The whole body is signed, its run and seq with it: a forger can neither fake nor hide a gap.
+        return [self._signer.sign(body) for body in self._inner.pack(events, seq)]
 
     def refresh(self, bodies: list[bytes]) -> list[bytes]:
         return [self._signer.sign(body.partition(b"\n")[2]) for body in bodies]

@@ -109,6 +109,7 @@ def test_the_frames_syncar_writes_are_those_docs_protocol_shows() -> None:
         protocol.publish_refused(published, ErrorCode.UNCONFIRMED, "..."),
         protocol.status(backend="redis", broker_up=False, outbox=120),
         protocol.status(backend="nats", broker_up=True, outbox=0, node="127.0.0.1:4223"),
+        protocol.gap(origin="web-2-77ab01", run="5b0e2c9d41a7f3e8", first=10521, last=13000, reason="lost"),
         protocol.error(ErrorCode.INVALID_FRAME, "publish: 'path' must be a non-empty string"),
         protocol.PONG,
     ]
