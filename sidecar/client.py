@@ -21,7 +21,7 @@ import logging
 import os
 import secrets
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -90,6 +90,16 @@ class Event:
     bin: bytes | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Gap:  # events of `origin` that went by on the bus and never reached the daemon (docs/protocol.md#gap)
+    origin: str
+    missed: int
+    first: int  # the sequence numbers missed, `first` to `last`, of the origin's `run`
+    last: int
+    run: str
+    reason: str  # lost or restart
+
+
 _CLOSED = object()
 
 
@@ -106,6 +116,7 @@ class Client:
         max_pending: int = 10_000,
         max_events: int = 10_000,
         backoff: tuple[float, float] = (0.05, 5.0),
+        on_gap: Callable[[Gap], None] | None = None,
     ) -> None:
         # Where `syncar run` listens unless told otherwise: $SYNCAR_SOCKET, else its default path.
         self.socket = Path(socket or os.environ.get("SYNCAR_SOCKET") or default_socket_path())
@@ -119,6 +130,7 @@ class Client:
         self.instance: str | None = None
         self.broker_up = False
         self.gaps = 0  # resumes that could not be served: events were missed
+        self.on_gap = on_gap  # called with each Gap; what it raises is logged, never raised here
         self._epoch: str | None = None
         self._seq = 0
         self._writer: asyncio.StreamWriter | None = None
@@ -316,6 +328,8 @@ class Client:
                 self.broker_up = frame.get("broker") == "up"
             elif kind == "error":
                 self._error(frame)
+            elif kind == "gap":
+                self._gap(frame)
 
     def _hello(self) -> bytes:
         """Who we are, what we want, and, after the first connection, where to resume from."""
@@ -337,6 +351,13 @@ class Client:
         await self._events.put(Event(frame["seq"], frame["id"], origin, frame["event"], frame["path"],
                                      frame.get("data"), frame.get("context"), frame.get("time"),
                                      None if binary is None else base64.b64decode(binary)))
+
+    def _gap(self, frame: dict[str, Any]) -> None:
+        if self.on_gap is not None:  # else nothing: the daemon's log says it already
+            try:
+                self.on_gap(Gap(*(frame[name] for name in ("origin", "missed", "first", "last", "run", "reason"))))
+            except Exception:
+                log.exception("syncar: on_gap raised")
 
     def _error(self, frame: dict[str, Any]) -> None:
         if frame.get("code") == "resume_gap":

@@ -12,7 +12,10 @@ from typing import Any
 import orjson
 import pytest
 
-from sidecar.client import AckTimeout, Client, ClientError, PendingFull, PublishRefused
+from backends.base import Message
+from sidecar.client import AckTimeout, Client, ClientError, Gap, PendingFull, PublishRefused
+from sidecar.codec import SyncarCodec
+from tests.unit.fakes import outgoing
 from tests.utils import RawClient, metric, run_daemon, wait_for
 
 
@@ -288,3 +291,19 @@ async def test_an_ack_timeout_while_disconnected_says_so_and_the_event_is_not_se
             await listener.close()
     finally:
         await client.close()
+
+
+async def test_a_gap_the_daemon_saw_is_told_to_on_gap_and_what_it_raises_stays_there(sock: Path) -> None:
+    told: list[Gap] = []
+
+    def on_gap(gap: Gap) -> None:
+        told.append(gap)
+        raise RuntimeError("an app's bug")
+
+    there = SyncarCodec("there")
+    async with run_daemon(sock) as daemon, Client(sock, on_gap=on_gap) as client:
+        for seq in (1, 2, 9, 10):  # 3 to 8 never came
+            await daemon.relay.on_message(Message(there.pack([outgoing(seq, event_id=str(seq))], seq)[0]))
+        assert [(await client.next_event(timeout=5)).data for _ in range(4)] == [1, 2, 9, 10]
+        assert told == [Gap("there", 6, 3, 8, there.run, "lost")]
+        assert client.connected
