@@ -98,6 +98,29 @@ interface SyncarWarning {
   message: string;
 }
 
+/** Events of another instance that went by on the bus and never reached this syncar (syncar codec only). */
+interface SyncarBusGap {
+  type: 'gap';
+  /** The instance id whose events were missed. */
+  origin: string;
+  missed: number;
+  /** The sequence numbers missed, `first` to `last`, of that instance's `run` (one start of its daemon). */
+  first: number;
+  last: number;
+  run: string;
+  /** `lost`: the broker did not deliver them; `restart`: the first events of the instance's new run. */
+  reason: 'lost' | 'restart' | string;
+}
+
+/** This app's resume could not be served: syncar restarted in broadcast mode, or the app was away too long. */
+interface SyncarResumeGap {
+  type: 'error';
+  code: 'resume_gap';
+  message: string;
+}
+
+type SyncarGap = SyncarBusGap | SyncarResumeGap;
+
 interface SyncarStats {
   /** Events handed to syncar (sent, or held to be sent). */
   published: number;
@@ -129,7 +152,7 @@ interface SyncarSync extends EventEmitter {
   on(event: 'connect', listener: (welcome: SyncarWelcome) => void): this;
   on(event: 'disconnect', listener: () => void): this;
   on(event: 'status', listener: (status: { broker: 'up' | 'down'; backend: string; outbox: number; stopping?: boolean }) => void): this;
-  on(event: 'gap', listener: (error: { code: 'resume_gap'; message: string }) => void): this;
+  on(event: 'gap', listener: (gap: SyncarGap) => void): this;
   on(event: 'warning', listener: (warning: SyncarWarning) => void): this;
   on(event: string | symbol, listener: (...args: any[]) => void): this;
 }
@@ -147,7 +170,7 @@ declare function syncar(options?: SyncarOptions): (app: SyncableApplication) => 
 
 declare namespace syncar {
   export { syncar, syncar as default };
-  export type { SubscribePattern, ReconnectOptions, SyncarLogger, SyncarOptions, SyncPayload, SyncarMark, SyncarWelcome, SyncarWarning, SyncarStats, SyncarSync, SyncableApplication };
+  export type { SubscribePattern, ReconnectOptions, SyncarLogger, SyncarOptions, SyncPayload, SyncarMark, SyncarWelcome, SyncarWarning, SyncarBusGap, SyncarResumeGap, SyncarGap, SyncarStats, SyncarSync, SyncableApplication };
   /** `context[SYNC] = false` in a hook keeps that call's events on this instance. */
   export const SYNC: unique symbol;
   /** True if the context is that of an event that came from another app through syncar. */

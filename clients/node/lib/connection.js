@@ -302,6 +302,10 @@ class Connection extends EventEmitter {
       case 'error':
         this._error(frame);
         break;
+      case 'gap': // events of another instance the daemon never got from the broker (docs/protocol.md#gap)
+        this.emit('gap', frame);
+        this.options.warn('missed', `syncar missed ${frame.missed} events of ${frame.origin} on the bus (${frame.reason})`);
+        break;
       case 'event':
         this._event(line, frame);
         break;

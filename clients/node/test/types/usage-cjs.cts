@@ -22,6 +22,14 @@ const type: 'syncar' = app.sync.type;
 const ready: Promise<void> = app.sync.ready;
 app.sync.on('warning', (warning) => console.log(warning.code, warning.message));
 app.sync.on('connect', (welcome) => console.log(welcome.instance, welcome.resumed));
+app.sync.on('gap', (gap: syncar.SyncarGap) => {
+  if (gap.type === 'gap') {
+    const missed: number = gap.missed;
+    console.log(gap.origin, missed, gap.first, gap.last, gap.run, gap.reason);
+  } else {
+    console.log(gap.code, gap.message);
+  }
+});
 
 function hook(context: HookContext) {
   (context as any)[syncar.SYNC] = false;
