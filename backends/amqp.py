@@ -47,7 +47,6 @@ from backends.base import (
     BackendUnavailable,
     Feature,
     Handler,
-    MessageTooLarge,
     PublishTimeout,
     PublishUnconfirmed,
     StateCallback,
@@ -213,8 +212,7 @@ class AmqpBackend(Backend):
 
     async def publish(self, topic: str, bodies: Sequence[bytes]) -> None:
         channel = self._usable(self._publish_channel)
-        if (largest := max(map(len, bodies), default=0)) > self.max_message_bytes:
-            raise MessageTooLarge(f"amqp: message of {largest} bytes is over the limit of {self.max_message_bytes}")
+        self._check_sizes(bodies)
         if not bodies:
             return
         topology = self.topology

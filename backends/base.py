@@ -219,6 +219,12 @@ class Backend(ABC):
         self._on_state = on_state
         self.state = BackendState.CONNECTING
 
+    def _check_sizes(self, bodies: Sequence[bytes], limit: int | None = None, what: str = "the limit") -> None:
+        """Refuse the whole batch, before any of it is sent, if one body is over `limit` (`max_message_bytes`)."""
+        limit = self.max_message_bytes if limit is None else limit
+        if (largest := max(map(len, bodies), default=0)) > limit:
+            raise MessageTooLarge(f"{self.name}: message of {largest} bytes is over {what} of {limit} bytes")
+
     def _set_state(self, state: BackendState) -> None:
         if state is not self.state:
             self.state = state

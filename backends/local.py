@@ -57,6 +57,7 @@ class LocalBackend(Backend):
     async def publish(self, topic: str, bodies: Sequence[bytes]) -> None:
         if self.state is BackendState.CLOSED:
             raise BackendClosed("local: backend is closed")
+        self._check_sizes(bodies)
         # Copy: a handler may unsubscribe while we iterate.
         handlers = list(_BUSES[self.config.uri][topic])
         for body in bodies:

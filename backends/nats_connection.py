@@ -30,7 +30,6 @@ from backends.base import (
     BackendRefused,
     BackendState,
     BackendUnavailable,
-    MessageTooLarge,
     PublishTimeout,
     PublishUnconfirmed,
     StateCallback,
@@ -271,9 +270,7 @@ class NatsConnection(Backend, Generic[S]):
     def _sized(self, bodies: Sequence[bytes]) -> Client:
         """The connection to publish `bodies` on, once each is within the server's max_payload."""
         client = self._usable()
-        limit, size = client.max_payload, max(map(len, bodies), default=0)
-        if size > limit:
-            raise MessageTooLarge(f"nats: message of {size} bytes is over the server's max_payload of {limit} bytes")
+        self._check_sizes(bodies, client.max_payload, "the server's max_payload")
         return client
 
     async def _confirm(self, client: Client, lost: asyncio.Future[None] | None) -> None:

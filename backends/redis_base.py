@@ -25,7 +25,6 @@ from backends.base import (
     BackendConfig,
     BackendState,
     BackendUnavailable,
-    MessageTooLarge,
     StateCallback,
     describe_error,
 )
@@ -153,8 +152,7 @@ class RedisBaseBackend(Backend):
     async def publish(self, topic: str, bodies: Sequence[bytes]) -> None:
         if self._closed:
             raise BackendClosed("redis: backend is closed")
-        if (largest := max(map(len, bodies), default=0)) > (limit := self.max_message_bytes):
-            raise MessageTooLarge(f"redis: message of {largest} bytes is over max_message_bytes ({limit})")
+        self._check_sizes(bodies, what="max_message_bytes")
         if self._redis is None or self._options is None:
             raise BackendUnavailable("redis: not started")
         if self.state is BackendState.RECONNECTING:

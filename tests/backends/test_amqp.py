@@ -111,7 +111,7 @@ async def test_message_size_limit(server: RabbitServer, backend: Factory, topic:
     assert instance.max_message_bytes == 1024
     inbox = Inbox()
     await instance.subscribe(topic, inbox)
-    with pytest.raises(MessageTooLarge, match=r"^amqp: message of 1025 bytes is over the limit of 1024$"):
+    with pytest.raises(MessageTooLarge, match=r"^amqp: message of 1025 bytes is over the limit of 1024 bytes$"):
         await instance.publish(topic, [b"fine", b"x" * 1025])
     await instance.publish(topic, [b"x" * 1024])
     # Nothing of the refused call went out: the first message seen is the one that fit.

@@ -118,16 +118,6 @@ async def test_with_echo_on_a_publisher_hears_itself_like_any_subscriber(backend
 async def test_a_batch_with_a_body_over_the_limit_is_refused_whole(
     backend: Contract, topic: str, request: pytest.FixtureRequest
 ) -> None:
-    if backend.kind.broker == "local":
-        # Found by this suite; backends/ is being restructured by others, so reported (notes/contract-findings.md)
-        # rather than fixed here. Strict: the day LocalBackend checks its limit, this marker must go.
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="LocalBackend.publish never checks "
-                "max_message_bytes: an app's oversized event passes on local only",
-            )
-        )
     a, b = await backend("a"), await backend("b")
     inbox = Inbox()
     await b.subscribe(topic, inbox)
