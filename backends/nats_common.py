@@ -40,13 +40,26 @@ def parse_uri(uri: str) -> tuple[str, dict[str, Any]]:
     name, colon, secret = (unquote(part) for part in userinfo.partition(":"))
     user, password, token = (name, secret, None) if colon else (None, None, name or None)
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
-    unknown = sorted(set(options) - set(TLS_OPTIONS))
+    unknown = sorted(set(options) - {*TLS_OPTIONS, "replicas"})
     if unknown:
-        raise BackendConfigError(f"nats: unknown URI option {unknown[0]!r}; known: {', '.join(TLS_OPTIONS)}")
+        raise BackendConfigError(f"nats: unknown URI option {unknown[0]!r}; known: {', '.join(TLS_OPTIONS)}, replicas")
+    _replicas(options)
     tls = _tls_context(options) if parts.scheme == "tls" or any(options.get(o) for o in TLS_OPTIONS[:3]) else None
     return ",".join(s.split("://", 1)[1] for s in servers), {
         "servers": servers, "user": user, "password": password, "token": token, "tls": tls,
         "tls_hostname": options.get("tls_hostname") or None}
+
+
+def stream_replicas(uri: str) -> int:
+    """The `replicas=N` of a URI (1 to 5, default 1): how many servers keep a copy of a JetStream stream we create."""
+    return _replicas(dict(parse_qsl(urlsplit(uri).query, keep_blank_values=True)))
+
+
+def _replicas(options: dict[str, str]) -> int:
+    value = options.get("replicas", "1")
+    if not value.isdigit() or not 1 <= int(value) <= 5:
+        raise BackendConfigError(f"nats: URI option replicas must be a number from 1 to 5, not {value!r}")
+    return int(value)
 
 
 def netloc(url: ParseResult) -> str:

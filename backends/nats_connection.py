@@ -86,6 +86,11 @@ class NatsConnection(Backend, Generic[S]):
         url = None if client is None or self.state is not BackendState.CONNECTED else client.connected_url
         return None if url is None else netloc(url)
 
+    def _address(self, client: Client) -> str:
+        """The server `client` is connected to, for messages: of a cluster, the node, not the URI's list."""
+        url = client.connected_url
+        return self.where if url is None else netloc(url)
+
     @property
     def members(self) -> tuple[str, ...]:
         """The servers of the URI and those the cluster announced (nats-py's server pool, discovery on)."""
@@ -110,7 +115,7 @@ class NatsConnection(Backend, Generic[S]):
             raise BackendClosed("nats: backend is closed")
         self.where, self._options = parse_uri(self.config.uri)
         self._client = await self._connect()
-        log.info("nats: connected to %s (max payload %d bytes)", self.where, self.max_message_bytes)
+        log.info("nats: connected to %s (max payload %d bytes)", self._address(self._client), self.max_message_bytes)
         self._set_state(BackendState.CONNECTED)
 
     async def _connect(self) -> Client:
@@ -248,7 +253,7 @@ class NatsConnection(Backend, Generic[S]):
             return
 
     def _reconnected(self, client: Client) -> None:
-        self._outage.ended("nats: reconnected to %s after %.1fs (%d failed attempts)", self.where,
+        self._outage.ended("nats: reconnected to %s after %.1fs (%d failed attempts)", self._address(client),
                            self._outage.seconds, self._outage.failures)
         self._backoff.reset()
         client.options["reconnect_time_wait"] = self._backoff.next()

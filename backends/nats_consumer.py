@@ -88,7 +88,7 @@ class DurableSubscription(Subscription):
         config = self._config
         try:
             js = client.jetstream(timeout=API_TIMEOUT)
-            stream = await ensure_stream(js, self.topic, config.retention, config.instance_ttl)
+            stream = await ensure_stream(js, self.topic, config)
             await ensure_consumer(js, stream, self.consumer, config.instance_ttl, self._position)
             inbox = client.new_inbox()
             # No limit on nats-py's queue: the pull requests bound it (a drop would look like a lost message).

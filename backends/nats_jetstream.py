@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 
 from backends.base import BackendConfig, BackendError, BackendUnavailable, PublishTimeout, PublishUnconfirmed
-from backends.nats_common import CONNECTION_ERRORS, describe, settle
+from backends.nats_common import CONNECTION_ERRORS, describe, settle, stream_replicas
 from backends.nats_internals import release_publish_slots
 
 log = logging.getLogger(__name__)
@@ -75,25 +75,42 @@ def translate(exc: BaseException, where: str, doing: str) -> BackendError:
     return BackendUnavailable(f"nats: {doing} on {where} failed: {describe(exc)}")
 
 
-async def ensure_stream(js: JetStreamContext, topic: str, retention: int, ttl: float) -> api.StreamInfo:
-    """Create the topic's stream, or bring its limits to ours; any other setting an operator gave it stays."""
-    name = jetstream_name(topic)
+async def ensure_stream(js: JetStreamContext, topic: str, config: BackendConfig) -> api.StreamInfo:
+    """Create the topic's stream, or bring its limits and replicas to ours; any other setting an operator gave it
+    stays."""
+    name, retention, ttl, replicas = (jetstream_name(topic), config.retention, config.instance_ttl,
+                                      stream_replicas(config.uri))
     try:
         return await js.add_stream(api.StreamConfig(
             name=name, subjects=[durable_subject(topic)], storage=api.StorageType.FILE,
             retention=api.RetentionPolicy.LIMITS, discard=api.DiscardPolicy.OLD, max_msgs=retention,
             # Older messages could only be for instances away longer than the ttl, which the server forgets.
-            max_age=ttl))
+            max_age=ttl, num_replicas=replicas))
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != 10058:  # "stream name already in use with a different configuration"
-            raise
+            raise _unplaced(exc, replicas) from exc
+    except nats.js.errors.ServerError as exc:  # "replicas > 1 not supported in non-clustered mode", 500
+        raise _unplaced(exc, replicas) from exc
     info = await js.stream_info(name)
-    config = info.config
-    if config.max_msgs != retention or not math.isclose(config.max_age or 0.0, ttl, abs_tol=1e-3):
-        log.info("nats: stream %s: max_msgs %s -> %d, max_age %ss -> %ss", name, config.max_msgs, retention,
-                 config.max_age, ttl)
-        info = await js.update_stream(config.evolve(max_msgs=retention, max_age=ttl))
+    current = info.config
+    if (current.max_msgs != retention or not math.isclose(current.max_age or 0.0, ttl, abs_tol=1e-3)
+            or (current.num_replicas or 1) != replicas):
+        log.info("nats: stream %s: max_msgs %s -> %d, max_age %ss -> %ss, replicas %s -> %d", name, current.max_msgs,
+                 retention, current.max_age, ttl, current.num_replicas, replicas)
+        try:
+            info = await js.update_stream(current.evolve(max_msgs=retention, max_age=ttl, num_replicas=replicas))
+        except (nats.js.errors.BadRequestError, nats.js.errors.ServerError) as exc:
+            raise _unplaced(exc, replicas) from exc
     return info
+
+
+def _unplaced(exc: nats.js.errors.APIError, replicas: int) -> BackendError:
+    """JetStream's refusal of a stream, in one line; with replicas, what the cluster could not do."""
+    reason = exc.description or str(exc.code)
+    if replicas > 1:
+        return BackendError(f"nats: JetStream cannot place a stream with replicas={replicas}: {reason} "
+                            f"(replicas=N in the URI needs N JetStream servers in the cluster)")
+    return BackendError(f"nats: JetStream refused the stream: {reason}")
 
 
 async def ensure_consumer(js: JetStreamContext, stream: api.StreamInfo, name: str, ttl: float,
@@ -165,7 +182,7 @@ class JetStreamPublisher:
         config, where = self._config, self._where
         if topic not in self.streams:
             try:
-                await ensure_stream(js, topic, config.retention, config.instance_ttl)
+                await ensure_stream(js, topic, config)
             except CONNECTION_ERRORS as exc:
                 raise translate(exc, where, "creating the stream") from exc
             self.streams.add(topic)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.brokers import BrokerServer, serve
+from tests.brokers.nats import NatsCluster
 from tests.utils import RawClient
 
 Connect = Callable[[Path, dict[str, Any] | None], Awaitable[RawClient]]
@@ -83,6 +84,30 @@ def nats_server() -> Iterator[BrokerServer]:
     from tests.brokers.nats import NatsServer
 
     yield from serve(NatsServer())
+
+
+@pytest.fixture(scope="session")
+def nats_cluster(request: pytest.FixtureRequest) -> Iterator[NatsCluster]:
+    """Three nats-server -js routed to each other (tests marked `cluster`); a test that kills nodes calls
+    `nats_cluster.whole()` at its end, so the next test finds all three."""
+    from tests.brokers.nats import NatsCluster
+
+    cluster = NatsCluster()
+    try:
+        cluster.start()
+        CLUSTER_STARTS.append(("nats (3 nodes)", cluster.start_seconds))
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+#: (cluster, seconds it took to start), printed at the end of the session.
+CLUSTER_STARTS: list[tuple[str, float]] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for name, seconds in CLUSTER_STARTS:
+        terminalreporter.write_line(f"cluster {name} started in {seconds:.2f}s")
 
 
 @pytest.fixture(scope="session")

@@ -75,8 +75,16 @@ class BrokerServer(ABC):
         return port_open(self.port)
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process and return at once; `wait_ready()` waits for it (servers of a cluster start together)."""
         self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
                                         env=self.env(), cwd=self.dir, start_new_session=True)
+
+    def wait_ready(self) -> None:
+        assert self.process is not None, "launch() first"
         deadline = time.monotonic() + START_TIMEOUT
         while not self.ready():
             if self.process.poll() is not None:

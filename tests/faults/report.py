@@ -23,6 +23,9 @@ CASES = {
     "4": "network cut 2 s, then slowed",
     "5": "app stops reading 10 s",
     "6": "Sentinel: master SIGKILL, failover",
+    "7": "cluster: the publishing syncar's node SIGKILL",
+    "8": "cluster: the receiving syncar's node SIGKILL",
+    "9": "cluster: the stream's leader SIGKILL",
 }
 
 
@@ -89,7 +92,7 @@ def table(rows: list[Row]) -> list[str]:
     lines = ["| case | broker | mode | receiving app | sent (acked) | received | lost | duplicated | reordered "
              "| recovery s | notes |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    order = {name: i for i, name in enumerate(("redis", "rabbitmq", "nats"))}
+    order = {name: i for i, name in enumerate(("redis", "rabbitmq", "nats", "nats cluster"))}
     for r in sorted(rows, key=lambda r: (r.case, order.get(r.broker, 9), r.mode, r.instance)):
         recovery = "-" if r.recovery is None else f"{r.recovery:.2f}"
         lines.append(f"| {r.case}. {CASES.get(r.case, '')} | {r.broker} | {r.mode} | {r.instance} | {r.sent} "
