@@ -4,6 +4,7 @@ The failovers under load, counted, are in tests/faults/test_cluster_nats.py."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -66,7 +67,9 @@ async def test_a_start_with_hosts_down_picks_a_live_one(nats_cluster: NatsCluste
         daemon = SpawnedDaemon(sock, "--backend", uri, "--key", "hosts-down", "--require-broker")
         try:
             await daemon.ready(timeout=30)
-            assert "broker up" in daemon.log or "connected to" in daemon.log
+            reached = re.search(r"nats: connected to 127\.0\.0\.1:(\d+) ", daemon.log)
+            assert reached is not None, daemon.log
+            assert int(reached.group(1)) in {node.port for node in nats_cluster.nodes[1:]}
         finally:
             await daemon.stop()
     finally:
