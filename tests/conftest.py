@@ -13,6 +13,8 @@ from tests.brokers.nats import NatsCluster
 from tests.utils import RawClient
 
 Connect = Callable[[Path, dict[str, Any] | None], Awaitable[RawClient]]
+#: (cluster, seconds it took to start), printed at the end of the session.
+CLUSTER_STARTS: list[tuple[str, float]] = []
 
 
 @pytest.fixture
@@ -55,7 +57,7 @@ def redis_server() -> Iterator[BrokerServer]:
 
 
 @pytest.fixture(scope="session")
-def redis_sentinel(request: pytest.FixtureRequest) -> Iterator[Any]:
+def redis_sentinel() -> Iterator[Any]:
     """One master, one replica, three sentinels (tests/brokers/redis_sentinel.py); how long they took to start is
     printed at the end of the run."""
     from tests.brokers.redis_sentinel import SentinelGroup
@@ -63,12 +65,10 @@ def redis_sentinel(request: pytest.FixtureRequest) -> Iterator[Any]:
     group = SentinelGroup()
     try:
         group.start()
+        CLUSTER_STARTS.append(("redis sentinel group", group.start_seconds))
         yield group
     finally:
         group.cleanup()
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and group.start_seconds:
-        reporter.write_line(f"redis sentinel group started in {group.start_seconds:.1f}s")
 
 
 @pytest.fixture(scope="session")
@@ -87,11 +87,9 @@ def nats_server() -> Iterator[BrokerServer]:
 
 
 @pytest.fixture(scope="session")
-def nats_cluster(request: pytest.FixtureRequest) -> Iterator[NatsCluster]:
+def nats_cluster() -> Iterator[NatsCluster]:
     """Three nats-server -js routed to each other (tests marked `cluster`); a test that kills nodes calls
     `nats_cluster.whole()` at its end, so the next test finds all three."""
-    from tests.brokers.nats import NatsCluster
-
     cluster = NatsCluster()
     try:
         cluster.start()
@@ -99,10 +97,6 @@ def nats_cluster(request: pytest.FixtureRequest) -> Iterator[NatsCluster]:
         yield cluster
     finally:
         cluster.cleanup()
-
-
-#: (cluster, seconds it took to start), printed at the end of the session.
-CLUSTER_STARTS: list[tuple[str, float]] = []
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
