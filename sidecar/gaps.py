@@ -57,10 +57,13 @@ class GapTracker:
     def heard(self, origin: str, run: str, seq: int, count: int) -> Gap | None:
         """A batch of `count` events numbered from `seq` in `run` of `origin`: the gap it reveals, if any."""
         end = seq + count - 1
-        last = self._last.pop((origin, run), None)
-        if last is not None:
-            self._last[origin, run] = max(last, end)
+        table, key = self._last, (origin, run)
+        last = table.get(key)
+        if last is not None:  # the common case, once per broker message: kept short
+            table.move_to_end(key)
             self._origins.move_to_end(origin)
+            if end > last:
+                table[key] = end
             return Gap(origin, run, last + 1, seq - 1, GapReason.LOST) if seq > last + 1 else None
         self._last[origin, run] = end
         known = self._origins.pop(origin, False) is None
