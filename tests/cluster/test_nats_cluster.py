@@ -4,6 +4,7 @@ The failovers under load, counted, are in tests/faults/test_cluster_nats.py."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -98,3 +99,20 @@ async def test_replicas_a_single_server_cannot_place_is_one_clear_line(nats_serv
     assert errors, daemon.log
     assert "replicas > 1 not supported in non-clustered mode" in errors[0], errors
     assert "Traceback" not in daemon.log
+
+
+async def test_a_start_with_every_host_down_is_degraded_then_connects(nats_cluster: NatsCluster, sock: Path) -> None:
+    """As with one host: the daemon starts without the broker and connects in the background once a node is back."""
+    node = nats_cluster.nodes[0]
+    node.kill()
+    daemon = SpawnedDaemon(sock, "--backend", f"nats://127.0.0.1:{free_port()},127.0.0.1:{node.port}", "--key",
+                           "all-down")
+    try:
+        await daemon.ready(timeout=30)
+        assert "starting without the broker" in daemon.log
+        await asyncio.to_thread(nats_cluster.whole)
+        await wait_for(lambda: "broker up" in daemon.log, 30, "the daemon to connect in the background")
+        assert f"connected to 127.0.0.1:{node.port}" in daemon.log
+    finally:
+        await daemon.stop()
+        nats_cluster.whole()
