@@ -26,13 +26,13 @@ from backends.base import (
     BackendState,
     BackendUnavailable,
     StateCallback,
-    describe_error,
 )
 from backends.redis_common import (
     CONNECTION_ERRORS,
     DEFAULT_MAX_MESSAGE_BYTES,
     RedisOptions,
     connect_error,
+    describe,
     host_port,
     parse_uri,
     publish_error,
@@ -175,7 +175,7 @@ class RedisBaseBackend(Backend):
             try:
                 await self._read(conn, options)
             except CONNECTION_ERRORS as exc:
-                reason = self._why_lost() or describe_error(exc, options.secrets)
+                reason = self._why_lost() or describe(exc, options)
             except Exception as exc:  # a bug here must not end delivery for the rest of the daemon's life
                 log.error("redis: reader failed, reconnecting: %s", exc)
                 log.debug("redis: reader failure", exc_info=True)
@@ -232,7 +232,7 @@ class RedisBaseBackend(Backend):
                 await self._drop_connections()
                 delay = backoff.next()
                 self.outage.failed("redis: reconnect to %s failed (%s); next attempt in %.1fs", self.where,
-                                    describe_error(exc, options.secrets), delay)
+                                    describe(exc, options), delay)
         restored = await self._resume()
         self.outage.ended("redis: reconnected to %s after %.1fs (%d attempts); %s resubscribed", self._node,
                            self.outage.seconds, backoff.attempts, restored)

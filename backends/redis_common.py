@@ -15,6 +15,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.connection import Connection, ConnectionPool, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import (
+    MasterNotFoundError,
     Sentinel,
     SentinelConnectionPool,
     SentinelManagedConnection,
@@ -186,11 +187,18 @@ REFUSALS = (redis_errors.AuthenticationError, redis_errors.AuthorizationError, r
 BUSY = (redis_errors.MasterDownError, redis_errors.TryAgainError)
 
 
+def describe(exc: BaseException, options: RedisOptions) -> str:
+    """`exc` in one line, secrets masked; redis-py's no-master error lists every sentinel client's repr."""
+    if isinstance(exc, MasterNotFoundError):
+        return f"no sentinel answered with master {options.master_name!r} up"
+    return describe_error(exc, options.secrets)
+
+
 def connect_error(exc: BaseException, options: RedisOptions) -> BackendError:
     """What a failed first connect means: refused for good (credentials, TLS), or worth trying again later."""
     refused = (isinstance(exc, REFUSALS) and not isinstance(exc, BUSY)) or tls_refused(exc)
     return (BackendRefused if refused else BackendUnavailable)(
-        f"redis: cannot connect to {options.where}: {describe_error(exc, options.secrets)}")
+        f"redis: cannot connect to {options.where}: {describe(exc, options)}")
 
 
 def publish_error(exc: Exception, options: RedisOptions) -> BackendError:
@@ -200,7 +208,7 @@ def publish_error(exc: Exception, options: RedisOptions) -> BackendError:
         return PublishTimeout(f"redis: publish timed out after {timeout}s (socket_timeout)")
     if isinstance(exc, (redis_errors.ConnectionError, OSError)):
         # The command may have gone out before the connection failed.
-        return PublishUnconfirmed(f"redis: publish failed: {describe_error(exc, options.secrets)}")
+        return PublishUnconfirmed(f"redis: publish failed: {describe(exc, options)}")
     # Refused by Redis itself: an ACL without PUBLISH or XADD, a key of another type, out of memory.
     return BackendError(f"redis: publish refused: {describe_error(exc, options.secrets)}")
 

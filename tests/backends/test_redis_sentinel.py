@@ -107,6 +107,32 @@ async def test_both_modes_follow_the_master_through_a_failover(redis_sentinel: S
     assert receiver.node == f"127.0.0.1:{new}"
 
 
+async def test_a_demoted_master_is_left_for_the_new_one(redis_sentinel: SentinelGroup, backend: Factory,
+                                                        topic: str) -> None:
+    # The old master stays up as a replica, its clients connected: writes to it answer READONLY, and so does the
+    # XREADGROUP of durable mode. Both modes at once: one switch-over takes the sentinels a few seconds.
+    pairs = [(await backend(durable), await backend(durable), Inbox()) for durable in (False, True)]
+    for _, receiver, inbox in pairs:
+        await receiver.subscribe(topic, inbox)
+    await asyncio.to_thread(redis_sentinel.switch_over)
+    new = f"127.0.0.1:{redis_sentinel.master_port()}"
+    durable_receiver = pairs[1][1]
+    await wait_for(lambda: durable_receiver.node == new, 20, f"the durable reader on the new master {new}")
+    for sender, _, inbox in pairs:
+
+        async def published() -> bool:
+            try:
+                await sender.publish(topic, [b"after"])  # noqa: B023 - awaited within the iteration
+            except (BackendUnavailable, PublishUnconfirmed):
+                return False
+            return True
+
+        await eventually(published, 20, "a publish accepted by the new master")
+        # Pub/sub: a subscriber left on the demoted master still gets what the new one publishes (replicas pass
+        # pub/sub on), until the sentinels disconnect it.
+        assert await inbox.wait(1, 20) == [b"after"]
+
+
 async def test_some_sentinels_down_a_live_one_is_asked(redis_sentinel: SentinelGroup, backend: Factory,
                                                         topic: str) -> None:
     live = ",".join(f"127.0.0.1:{s.port}" for s in redis_sentinel.sentinels[:1])

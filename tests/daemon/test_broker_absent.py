@@ -146,3 +146,22 @@ async def test_publishes_made_before_the_broker_came_go_out_in_order(broker: str
                 assert (await neighbour.frame_of("event", timeout=30))["data"] == "from b"
             finally:
                 await proxy.close()
+
+
+@pytest.mark.redis
+async def test_sentinels_all_down_is_a_degraded_start(sock: Path, connect: Connect) -> None:
+    """redis+sentinel:// whose sentinels are all away: the same degraded start as one unreachable Redis."""
+    uri = f"redis+sentinel://:pw-hunter2@127.0.0.1:{free_port()},127.0.0.1:{free_port()}/mymaster?sentinel_password=s3"
+    daemon = SpawnedDaemon(sock, "--backend", uri, "--shutdown-timeout", "0.5")
+    try:
+        await daemon.ready()
+        app = await connect(sock, {})
+        assert app.welcome["broker"] == "down"
+        assert (await http_get(daemon.http_port, "/readyz/broker"))[0] == 503
+        log = daemon.log
+        assert "cannot connect to master 'mymaster' via sentinels 127.0.0.1:" in log, log
+        assert "no sentinel answered with master 'mymaster' up; starting without the broker" in log, log
+        assert "; starting without the broker" in log and "Traceback" not in log, log
+        assert "pw-hunter2" not in log and "=s3" not in log, log
+    finally:
+        assert await daemon.stop() == 0, daemon.log
