@@ -55,9 +55,10 @@ def scheme_of(uri: str) -> str:
         if scheme not in MULTI_HOST:  # nats://a:4222,b:4222 is read by its backend, host by host
             _ = parts.port  # raises on a port that is not a number in range
     except ValueError:  # its text may quote the password
-        raise ConfigError(f"backend: malformed {scheme}:// URI: check the port and the brackets around an IPv6 "
-                          f"address; {ENCODE_HINT}") from None
-    if "@" in rest[len(parts.netloc):]:
+        raise ConfigError(
+            f"backend: malformed {scheme}:// URI: check the port and the brackets around an IPv6 address; {ENCODE_HINT}"
+        ) from None
+    if "@" in rest[len(parts.netloc) :]:
         # The user name or password holds / ? or #: the URI would be read with part of the password as the host.
         raise ConfigError(f"backend: malformed {scheme}:// URI: an @ after the host; {ENCODE_HINT}")
     return scheme

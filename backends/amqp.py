@@ -60,8 +60,11 @@ from sidecar.logging import Outage
 log = logging.getLogger(__name__)
 
 #: The broker's answers to a connect that mean "not you", as opposed to "not now".
-REFUSALS = (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.AuthenticationError,
-            aiormq.exceptions.ConnectionNotAllowed)
+REFUSALS = (
+    aiormq.exceptions.ProbableAuthenticationError,
+    aiormq.exceptions.AuthenticationError,
+    aiormq.exceptions.ConnectionNotAllowed,
+)
 DEFAULT_PUBLISH_TIMEOUT = 10.0
 
 
@@ -177,7 +180,8 @@ class AmqpBackend(Backend):
             # ProbableAuthenticationError is the broker's 403 ACCESS_REFUSED; AuthenticationError, no common mechanism.
             refused = vhost_refused or tls_refused(exc) or isinstance(exc, REFUSALS)
             raise (BackendRefused if refused else BackendUnavailable)(
-                f"amqp: cannot connect to {self._where}: {reason or describe_error(exc, self._secrets)}") from exc
+                f"amqp: cannot connect to {self._where}: {reason or describe_error(exc, self._secrets)}"
+            ) from exc
         except asyncio.CancelledError:  # the connection must not live on, reconnecting by itself
             await discard(connection)
             raise
@@ -220,9 +224,13 @@ class AmqpBackend(Backend):
             async with asyncio.timeout(self.publish_timeout):
                 exchange = self._exchanges.get(topic)
                 if exchange is None:
-                    exchange = await channel.declare_exchange(topology.exchange(topic), aio_pika.ExchangeType.FANOUT,
-                                                              durable=topology.durable, auto_delete=False,
-                                                              internal=False)
+                    exchange = await channel.declare_exchange(
+                        topology.exchange(topic),
+                        aio_pika.ExchangeType.FANOUT,
+                        durable=topology.durable,
+                        auto_delete=False,
+                        internal=False,
+                    )
                     self._exchanges[topic] = exchange
                 # Straight to aiormq, without waiting for each frame to reach the socket before the next is
                 # queued (what aio-pika's publish does, one loop round-trip per message): all the batch's messages
@@ -230,9 +238,18 @@ class AmqpBackend(Backend):
                 # every durable queue it was routed to has it on disk.
                 # aio-pika's abstract type leaves out `wait`; its underlay is always aiormq's Channel.
                 underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
-                publishes = [asyncio.ensure_future(underlay.basic_publish(
-                    body, exchange=exchange.name, routing_key="", wait=False,
-                    properties=Basic.Properties(delivery_mode=topology.delivery_mode))) for body in bodies]
+                publishes = [
+                    asyncio.ensure_future(
+                        underlay.basic_publish(
+                            body,
+                            exchange=exchange.name,
+                            routing_key="",
+                            wait=False,
+                            properties=Basic.Properties(delivery_mode=topology.delivery_mode),
+                        )
+                    )
+                    for body in bodies
+                ]
             errors = await confirmed(publishes, self.publish_timeout)
         except TimeoutError as exc:
             raise PublishTimeout(f"amqp: the broker confirmed nothing for {self.publish_timeout:g}s") from exc
@@ -268,8 +285,9 @@ class AmqpBackend(Backend):
                 channel = await connection.channel(publisher_confirms=False)
                 await channel.set_qos(prefetch_count=DEFAULT_PREFETCH)
                 channel.reopen_callbacks.add(self._on_reopened)  # aio-pika reopens channels, not our queues
-                subscription = self.subscription_class(topic, handler, self.topology, channel, forget=self._forget,
-                                                restore=self._restore_wanted.set)
+                subscription = self.subscription_class(
+                    topic, handler, self.topology, channel, forget=self._forget, restore=self._restore_wanted.set
+                )
                 self._subscriptions.append(subscription)
                 await subscription.attach()
         except BROKER_ERRORS as exc:  # TimeoutError is an OSError
@@ -287,13 +305,20 @@ class AmqpBackend(Backend):
         if self._closing or self._connection is None:
             return
         if self.state is BackendState.CONNECTED:
-            self._outage.began("amqp: connection to %s lost (%s); reconnecting", self._where,
-                               describe_error(exc, self._secrets) if exc is not None else "closed")
+            self._outage.began(
+                "amqp: connection to %s lost (%s); reconnecting",
+                self._where,
+                describe_error(exc, self._secrets) if exc is not None else "closed",
+            )
         self._set_state(BackendState.RECONNECTING)
 
     def _on_attempt_failed(self, exc: BaseException, delay: float) -> None:
-        self._outage.failed("amqp: reconnect to %s failed (%s); next attempt in %.1fs", self._where,
-                            describe_error(exc, self._secrets), delay)
+        self._outage.failed(
+            "amqp: reconnect to %s failed (%s); next attempt in %.1fs",
+            self._where,
+            describe_error(exc, self._secrets),
+            delay,
+        )
 
     def _on_reopened(self, _sender: object) -> None:  # the connection, or one subscription's channel alone
         self._restore_wanted.set()
@@ -307,8 +332,9 @@ class AmqpBackend(Backend):
                 await self._restore()
             except BROKER_ERRORS as exc:  # channel errors (AMQPChannelError) are AMQPErrors; TimeoutError an OSError
                 delay = self._restore_backoff.next()
-                self._outage.failed("amqp: subscribing again failed, retrying in %.1fs: %s", delay,
-                                    describe_error(exc, self._secrets))
+                self._outage.failed(
+                    "amqp: subscribing again failed, retrying in %.1fs: %s", delay, describe_error(exc, self._secrets)
+                )
                 log.debug("amqp: restore failure", exc_info=True)
                 await asyncio.sleep(delay)
                 self._restore_wanted.set()
@@ -332,8 +358,13 @@ class AmqpBackend(Backend):
         # The connection may have dropped again meanwhile; then the next reconnect restores.
         if self._closing or not connection.connected.is_set() or publish_channel.is_closed:
             return
-        self._outage.ended("amqp: reconnected to %s after %.1fs (%d failed attempts); %d subscription(s) restored",
-                           self._where, self._outage.seconds, self._outage.failures, restored)
+        self._outage.ended(
+            "amqp: reconnected to %s after %.1fs (%d failed attempts); %d subscription(s) restored",
+            self._where,
+            self._outage.seconds,
+            self._outage.failures,
+            restored,
+        )
         connection.backoff.reset()
         self._restore_backoff.reset()
         self._set_state(BackendState.CONNECTED)

@@ -65,6 +65,7 @@ def check_options(url: URL) -> None:
 @dataclass(frozen=True, slots=True)
 class AmqpOptions:
     """An amqp:// or amqps:// URI, validated."""
+
     url: URL  # what aio-pika connects to: the URI with syncar's defaults, without syncar's own options
     where: str  # host:port and vhost for messages; never the credentials
     node: str  # host:port
@@ -84,14 +85,20 @@ def parse_uri(uri: str, instance_id: str) -> AmqpOptions:
     if not url.host:
         raise BackendConfigError("amqp: the URI names no host (amqp://user:password@host:port/vhost)")
     check_options(url)
-    defaults = {"heartbeat": str(DEFAULT_HEARTBEAT), "reconnect_interval": str(DEFAULT_RECONNECT_INTERVAL),
-                "name": f"syncar {instance_id}"}
+    defaults = {
+        "heartbeat": str(DEFAULT_HEARTBEAT),
+        "reconnect_interval": str(DEFAULT_RECONNECT_INTERVAL),
+        "name": f"syncar {instance_id}",
+    }
     url = url.update_query({key: value for key, value in defaults.items() if key not in url.query})
     return AmqpOptions(
         url=url.without_query_params("max_message_bytes", "queue_type"),
-        where=f"{url.host}:{port} vhost {url.path[1:] or '/'!r}", node=f"{url.host}:{port}", secrets=secrets,
+        where=f"{url.host}:{port} vhost {url.path[1:] or '/'!r}",
+        node=f"{url.host}:{port}",
+        secrets=secrets,
         max_message_bytes=int(url.query.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)),
-        queue_type=url.query.get("queue_type", DEFAULT_QUEUE_TYPE))
+        queue_type=url.query.get("queue_type", DEFAULT_QUEUE_TYPE),
+    )
 
 
 async def cancel_task(task: asyncio.Task[None]) -> None:

@@ -48,8 +48,16 @@ class AmqpSubscription(Subscription):
     #: Acknowledge what was handled once no message came for this long (seconds); None: see `_caught_up()`.
     ack_delay: ClassVar[float | None] = ACK_DELAY
 
-    def __init__(self, topic: str, handler: Handler, topology: Topology, channel: AbstractRobustChannel, *,
-                 forget: Callable[[AmqpSubscription], None], restore: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        topic: str,
+        handler: Handler,
+        topology: Topology,
+        channel: AbstractRobustChannel,
+        *,
+        forget: Callable[[AmqpSubscription], None],
+        restore: Callable[[], None],
+    ) -> None:
         self.topic, self.channel, self._handler, self._topology = topic, channel, handler, topology
         self._forget, self._restore = forget, restore
         self.active, self.cancelled = True, False  # cancelled: by the broker (its queue was deleted, say)
@@ -63,8 +71,12 @@ class AmqpSubscription(Subscription):
     async def live(self) -> bool:
         """True if the consumer is in place on the channel's current underlying channel."""
         underlay = await self.channel.get_underlay_channel()
-        return (self._underlay is underlay and self.consumer_tag is not None and not underlay.is_closed
-                and not self.cancelled)
+        return (
+            self._underlay is underlay
+            and self.consumer_tag is not None
+            and not underlay.is_closed
+            and not self.cancelled
+        )
 
     async def attach(self) -> None:
         """Declare the exchange, the queue and the binding, and consume the queue on the channel as it is now."""
@@ -105,8 +117,9 @@ class AmqpSubscription(Subscription):
         """Whether to acknowledge now, `count` messages handled since the last acknowledgement."""
         return count >= ACK_EVERY
 
-    async def _failed(self, handled: aiormq.abc.DeliveredMessage | None, failed: aiormq.abc.DeliveredMessage,
-                      exc: Exception) -> bool:
+    async def _failed(
+        self, handled: aiormq.abc.DeliveredMessage | None, failed: aiormq.abc.DeliveredMessage, exc: Exception
+    ) -> bool:
         """The handler raised on `failed`; True if it counts as handled all the same."""
         log.error("amqp: subscriber of %r failed, message dropped: %s", self.topic, exc)
         log.debug("amqp: subscriber failure", exc_info=True)
@@ -206,8 +219,9 @@ class AmqpDurableSubscription(AmqpSubscription):
     def _caught_up(self, count: int) -> bool:
         return count >= ACK_EVERY or self._inbox.empty()
 
-    async def _failed(self, handled: aiormq.abc.DeliveredMessage | None, failed: aiormq.abc.DeliveredMessage,
-                      exc: Exception) -> bool:
+    async def _failed(
+        self, handled: aiormq.abc.DeliveredMessage | None, failed: aiormq.abc.DeliveredMessage, exc: Exception
+    ) -> bool:
         delay = self._redelivery.next()
         log.error("amqp: subscriber of %r failed, the message comes back in %.1fs: %s", self.topic, delay, exc)
         log.debug("amqp: subscriber failure", exc_info=True)

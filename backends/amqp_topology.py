@@ -57,14 +57,16 @@ def durable_queue_name(topic: str, instance_id: str) -> str:
     if len(encoded) <= MAX_NAME_BYTES:
         return name
     digest = hashlib.sha256(encoded).hexdigest()[:DIGEST_CHARS]
-    return f"{encoded[:MAX_NAME_BYTES - 1 - DIGEST_CHARS].decode(errors='ignore')}#{digest}"
+    return f"{encoded[: MAX_NAME_BYTES - 1 - DIGEST_CHARS].decode(errors='ignore')}#{digest}"
 
 
 def check_exchange_name(name: str) -> str:
     """The name, or BackendConfigError if it cannot name an exchange (the AMQP client would raise ValueError)."""
     if not NAME_PATTERN.fullmatch(name) or len(name.encode()) > MAX_NAME_BYTES:
-        raise BackendConfigError(f"amqp: {name!r} cannot name an exchange: use up to {MAX_NAME_BYTES} of "
-                                 "A-Z a-z 0-9 - _ . : @ # , / + and space (durable mode adds '.durable' to the key)")
+        raise BackendConfigError(
+            f"amqp: {name!r} cannot name an exchange: use up to {MAX_NAME_BYTES} of "
+            "A-Z a-z 0-9 - _ . : @ # , / + and space (durable mode adds '.durable' to the key)"
+        )
     return name
 
 
@@ -105,8 +107,9 @@ class Topology:
     async def declare(self, underlay: aiormq.abc.AbstractChannel, topic: str) -> tuple[str, int]:
         """Declare the exchange and this instance's queue, bind them; return the queue's name and its backlog."""
         if not self.durable:
-            await underlay.exchange_declare(topic, exchange_type="fanout", durable=False, auto_delete=False,
-                                            internal=False)
+            await underlay.exchange_declare(
+                topic, exchange_type="fanout", durable=False, auto_delete=False, internal=False
+            )
             declared = await underlay.queue_declare("", durable=False, exclusive=True, auto_delete=True)
             queue = declared.queue or ""
             await underlay.queue_bind(queue, topic, routing_key=BINDING_KEY)
@@ -116,16 +119,21 @@ class Topology:
         connection = underlay.connection
         channel = await connection.channel(publisher_confirms=False)
         try:
-            await channel.exchange_declare(self.exchange(topic), exchange_type="fanout", durable=True,
-                                           auto_delete=False, internal=False)
+            await channel.exchange_declare(
+                self.exchange(topic), exchange_type="fanout", durable=True, auto_delete=False, internal=False
+            )
             queue = self.queue(topic)
             try:
                 declared = await channel.queue_declare(queue, durable=True, arguments=self.queue_arguments())
             except ChannelPreconditionFailed as exc:
                 # Declared before with other settings (retention, instance_ttl, queue_type changed since): queue
                 # arguments cannot change, and deleting the queue would lose what it holds. Use it as it is.
-                log.warning("amqp: queue %r exists with other settings, kept as they are (delete the queue to "
-                            "apply new ones, losing what it holds): %s", queue, " ".join(str(exc).split()))
+                log.warning(
+                    "amqp: queue %r exists with other settings, kept as they are (delete the queue to "
+                    "apply new ones, losing what it holds): %s",
+                    queue,
+                    " ".join(str(exc).split()),
+                )
                 channel = await connection.channel(publisher_confirms=False)
                 declared = await channel.queue_declare(queue, passive=True)
             await channel.queue_bind(queue, self.exchange(topic), routing_key=BINDING_KEY)

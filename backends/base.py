@@ -213,8 +213,10 @@ class Backend(ABC):
 
     def __init__(self, config: BackendConfig, *, on_state: StateCallback | None = None) -> None:
         if (config.mode is Mode.DURABLE) != (Feature.DURABLE in self.features):
-            raise BackendConfigError(f"{self.name}: {type(self).__name__} has no {config.mode} mode; "
-                                     "backends.load_backend(uri, mode) picks the class for a mode")
+            raise BackendConfigError(
+                f"{self.name}: {type(self).__name__} has no {config.mode} mode; "
+                "backends.load_backend(uri, mode) picks the class for a mode"
+            )
         self.config = config
         self._on_state = on_state
         self.state = BackendState.CONNECTING

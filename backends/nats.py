@@ -136,8 +136,9 @@ class NatsJetStreamBackend(NatsConnection[DurableSubscription]):
 
     async def subscribe(self, topic: str, handler: Handler) -> Subscription:
         client = self._usable()
-        durable = DurableSubscription(topic, handler, self.config, self.where, current_client=self.current_client,
-                                      forget=self._forget)
+        durable = DurableSubscription(
+            topic, handler, self.config, self.where, current_client=self.current_client, forget=self._forget
+        )
         try:
             await durable.attach(client)
         except BackendError:

@@ -46,8 +46,13 @@ def parse_uri(uri: str) -> tuple[str, dict[str, Any]]:
     _replicas(options)
     tls = _tls_context(options) if parts.scheme == "tls" or any(options.get(o) for o in TLS_OPTIONS[:3]) else None
     return ",".join(s.split("://", 1)[1] for s in servers), {
-        "servers": servers, "user": user, "password": password, "token": token, "tls": tls,
-        "tls_hostname": options.get("tls_hostname") or None}
+        "servers": servers,
+        "user": user,
+        "password": password,
+        "token": token,
+        "tls": tls,
+        "tls_hostname": options.get("tls_hostname") or None,
+    }
 
 
 def stream_replicas(uri: str) -> int:

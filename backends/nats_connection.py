@@ -135,24 +135,32 @@ class NatsConnection(Backend, Generic[S]):
 
         # nats-py reads the reconnect options only in connect(), so they are unlimited from the start; its
         # first connect would then retry forever, and we stop it ourselves once each server failed once.
-        connect = asyncio.ensure_future(client.connect(
-            **self._options, name=self.config.instance_id, allow_reconnect=True,
-            connect_timeout=max(1, math.ceil(self.config.connect_timeout)),
-            # nats-py annotates the wait as int but only sleeps on it; a float carries the jitter.
-            max_reconnect_attempts=-1, reconnect_time_wait=self._backoff.next(),  # type: ignore[arg-type]
-            ping_interval=PING_INTERVAL, max_outstanding_pings=MAX_OUTSTANDING_PINGS,
-            # No buffering while disconnected: publish() raises at once, and the core's outbox keeps the message.
-            pending_size=0,
-            # Broadcast mode: the server does not send us back our own batches, which we would only drop.
-            no_echo=not self.broker_echoes,
-            error_cb=on_error, disconnected_cb=partial(self._if_current, client, self._on_disconnected),
-            reconnected_cb=partial(self._if_current, client, self._on_reconnected),
-            closed_cb=partial(self._if_current, client, self._on_closed),
-        ))
+        connect = asyncio.ensure_future(
+            client.connect(
+                **self._options,
+                name=self.config.instance_id,
+                allow_reconnect=True,
+                connect_timeout=max(1, math.ceil(self.config.connect_timeout)),
+                # nats-py annotates the wait as int but only sleeps on it; a float carries the jitter.
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=self._backoff.next(),  # type: ignore[arg-type]
+                ping_interval=PING_INTERVAL,
+                max_outstanding_pings=MAX_OUTSTANDING_PINGS,
+                # No buffering while disconnected: publish() raises at once, and the core's outbox keeps the message.
+                pending_size=0,
+                # Broadcast mode: the server does not send us back our own batches, which we would only drop.
+                no_echo=not self.broker_echoes,
+                error_cb=on_error,
+                disconnected_cb=partial(self._if_current, client, self._on_disconnected),
+                reconnected_cb=partial(self._if_current, client, self._on_reconnected),
+                closed_cb=partial(self._if_current, client, self._on_closed),
+            )
+        )
         failed, error = asyncio.ensure_future(all_failed.wait()), None
         try:
-            await asyncio.wait({connect, failed}, timeout=self.config.connect_timeout,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {connect, failed}, timeout=self.config.connect_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:  # also when we are cancelled: the client must not live on
             failed.cancel()
             connect.cancel()  # a no-op once it is done
@@ -176,11 +184,16 @@ class NatsConnection(Backend, Generic[S]):
         # The server answers wrong credentials with -ERR and closes at once; the -ERR is often lost in the
         # reset (over TLS, nearly always): with credentials given, a reset in the handshake is a refusal.
         reset = isinstance(cause, ConnectionResetError | BrokenPipeError) and bool(
-            self._options["user"] or self._options["token"])
+            self._options["user"] or self._options["token"]
+        )
         if reset:
             reason += " (wrong user, password or token?)"
-        refused = reset or isinstance(cause, nats.errors.AuthorizationError) or reason.startswith(
-            "authorization violation") or tls_refused(cause)
+        refused = (
+            reset
+            or isinstance(cause, nats.errors.AuthorizationError)
+            or reason.startswith("authorization violation")
+            or tls_refused(cause)
+        )
         return (BackendRefused if refused else BackendUnavailable)(f"nats: cannot connect to {self.where}: {reason}")
 
     def _secrets(self) -> tuple[str | None, str | None]:
@@ -202,8 +215,12 @@ class NatsConnection(Backend, Generic[S]):
         elif self.state is BackendState.RECONNECTING:  # nats-py's own status says CONNECTING during the handshake
             # nats-py sleeps options["reconnect_time_wait"] before its next attempt: back off, jittered, every time.
             client.options["reconnect_time_wait"] = wait = self._backoff.next()
-            self._outage.failed("nats: reconnect to %s failed (%s); next attempt in %.1fs", self.where,
-                                describe(exc, self._secrets()), wait)
+            self._outage.failed(
+                "nats: reconnect to %s failed (%s); next attempt in %.1fs",
+                self.where,
+                describe(exc, self._secrets()),
+                wait,
+            )
         else:
             log.debug("nats: %s", describe(exc, self._secrets()))
 
@@ -253,8 +270,12 @@ class NatsConnection(Backend, Generic[S]):
             return
 
     def _reconnected(self, client: Client) -> None:
-        self._outage.ended("nats: reconnected to %s after %.1fs (%d failed attempts)", self._address(client),
-                           self._outage.seconds, self._outage.failures)
+        self._outage.ended(
+            "nats: reconnected to %s after %.1fs (%d failed attempts)",
+            self._address(client),
+            self._outage.seconds,
+            self._outage.failures,
+        )
         self._backoff.reset()
         client.options["reconnect_time_wait"] = self._backoff.next()
 

@@ -48,15 +48,24 @@ ACK = b"+ACK"
 class DurableSubscription(Subscription):
     """This instance's durable pull consumer on a topic's stream, fed to the handler one message at a time."""
 
-    def __init__(self, topic: str, handler: Handler, config: BackendConfig, where: str, *,
-                 current_client: Callable[[], Client | None], forget: Callable[[DurableSubscription], None]) -> None:
+    def __init__(
+        self,
+        topic: str,
+        handler: Handler,
+        config: BackendConfig,
+        where: str,
+        *,
+        current_client: Callable[[], Client | None],
+        forget: Callable[[DurableSubscription], None],
+    ) -> None:
         self.topic, self._handler, self._config, self._where = topic, handler, config, where
         self._current_client, self._forget = current_client, forget
         self._stream = jetstream_name(topic)
         self.consumer = jetstream_name(config.instance_id)
         self._next = f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{self.consumer}"
-        self._request = json.dumps({"batch": PULL_BATCH, "expires": int(PULL_EXPIRES * 1e9),
-                                    "idle_heartbeat": int(IDLE_HEARTBEAT * 1e9)}).encode()
+        self._request = json.dumps(
+            {"batch": PULL_BATCH, "expires": int(PULL_EXPIRES * 1e9), "idle_heartbeat": int(IDLE_HEARTBEAT * 1e9)}
+        ).encode()
         self._client: Client | None = None
         self._sub: NatsSub | None = None
         self._inbox = ""
@@ -92,8 +101,9 @@ class DurableSubscription(Subscription):
             await ensure_consumer(js, stream, self.consumer, config.instance_ttl, self._position)
             inbox = client.new_inbox()
             # No limit on nats-py's queue: the pull requests bound it (a drop would look like a lost message).
-            sub = await client.subscribe(inbox, cb=partial(self._receive, generation), pending_msgs_limit=0,
-                                         pending_bytes_limit=0)
+            sub = await client.subscribe(
+                inbox, cb=partial(self._receive, generation), pending_msgs_limit=0, pending_bytes_limit=0
+            )
             if generation != self._generation or self._closed:
                 await sub.unsubscribe()
                 return
@@ -149,8 +159,15 @@ class DurableSubscription(Subscription):
         """Not acknowledged: stop here, and after a back-off resume the consumer from this message, in order."""
         self._generation += 1
         delay = self._retry.next()
-        self._warnings.error("failed", "nats: subscriber failed on stream %s sequence %s (%d in a row); it comes "
-                             "again in %.2fs: %s", self._stream, position, self._retry.attempts, delay, exc)
+        self._warnings.error(
+            "failed",
+            "nats: subscriber failed on stream %s sequence %s (%d in a row); it comes again in %.2fs: %s",
+            self._stream,
+            position,
+            self._retry.attempts,
+            delay,
+            exc,
+        )
         log.debug("nats: subscriber failure", exc_info=True)
         self.restore_soon(delay)
 
@@ -188,8 +205,11 @@ class DurableSubscription(Subscription):
             if restoring or self._current_client() is None:
                 continue
             if self._sub is None or time.monotonic() - self._heard > SILENCE:
-                log.debug("nats: no word from consumer %s for %.1fs; resuming it", self.consumer,
-                          time.monotonic() - self._heard)
+                log.debug(
+                    "nats: no word from consumer %s for %.1fs; resuming it",
+                    self.consumer,
+                    time.monotonic() - self._heard,
+                )
                 self.restore_soon()
 
     async def unsubscribe(self) -> None:

@@ -78,14 +78,26 @@ def translate(exc: BaseException, where: str, doing: str) -> BackendError:
 async def ensure_stream(js: JetStreamContext, topic: str, config: BackendConfig) -> api.StreamInfo:
     """Create the topic's stream, or bring its limits and replicas to ours; any other setting an operator gave it
     stays."""
-    name, retention, ttl, replicas = (jetstream_name(topic), config.retention, config.instance_ttl,
-                                      stream_replicas(config.uri))
+    name, retention, ttl, replicas = (
+        jetstream_name(topic),
+        config.retention,
+        config.instance_ttl,
+        stream_replicas(config.uri),
+    )
     try:
-        return await js.add_stream(api.StreamConfig(
-            name=name, subjects=[durable_subject(topic)], storage=api.StorageType.FILE,
-            retention=api.RetentionPolicy.LIMITS, discard=api.DiscardPolicy.OLD, max_msgs=retention,
-            # Older messages could only be for instances away longer than the ttl, which the server forgets.
-            max_age=ttl, num_replicas=replicas))
+        return await js.add_stream(
+            api.StreamConfig(
+                name=name,
+                subjects=[durable_subject(topic)],
+                storage=api.StorageType.FILE,
+                retention=api.RetentionPolicy.LIMITS,
+                discard=api.DiscardPolicy.OLD,
+                max_msgs=retention,
+                # Older messages could only be for instances away longer than the ttl, which the server forgets.
+                max_age=ttl,
+                num_replicas=replicas,
+            )
+        )
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != 10058:  # "stream name already in use with a different configuration"
             raise _unplaced(exc, replicas) from exc
@@ -93,10 +105,21 @@ async def ensure_stream(js: JetStreamContext, topic: str, config: BackendConfig)
         raise _unplaced(exc, replicas) from exc
     info = await js.stream_info(name)
     current = info.config
-    if (current.max_msgs != retention or not math.isclose(current.max_age or 0.0, ttl, abs_tol=1e-3)
-            or (current.num_replicas or 1) != replicas):
-        log.info("nats: stream %s: max_msgs %s -> %d, max_age %ss -> %ss, replicas %s -> %d", name, current.max_msgs,
-                 retention, current.max_age, ttl, current.num_replicas, replicas)
+    if (
+        current.max_msgs != retention
+        or not math.isclose(current.max_age or 0.0, ttl, abs_tol=1e-3)
+        or (current.num_replicas or 1) != replicas
+    ):
+        log.info(
+            "nats: stream %s: max_msgs %s -> %d, max_age %ss -> %ss, replicas %s -> %d",
+            name,
+            current.max_msgs,
+            retention,
+            current.max_age,
+            ttl,
+            current.num_replicas,
+            replicas,
+        )
         try:
             info = await js.update_stream(current.evolve(max_msgs=retention, max_age=ttl, num_replicas=replicas))
         except (nats.js.errors.BadRequestError, nats.js.errors.ServerError) as exc:
@@ -108,13 +131,16 @@ def _unplaced(exc: nats.js.errors.APIError, replicas: int) -> BackendError:
     """JetStream's refusal of a stream, in one line; with replicas, what the cluster could not do."""
     reason = exc.description or str(exc.code)
     if replicas > 1:
-        return BackendError(f"nats: JetStream cannot place a stream with replicas={replicas}: {reason} "
-                            f"(replicas=N in the URI needs N JetStream servers in the cluster)")
+        return BackendError(
+            f"nats: JetStream cannot place a stream with replicas={replicas}: {reason} "
+            f"(replicas=N in the URI needs N JetStream servers in the cluster)"
+        )
     return BackendError(f"nats: JetStream refused the stream: {reason}")
 
 
-async def ensure_consumer(js: JetStreamContext, stream: api.StreamInfo, name: str, ttl: float,
-                          position: int | None) -> None:
+async def ensure_consumer(
+    js: JetStreamContext, stream: api.StreamInfo, name: str, ttl: float, position: int | None
+) -> None:
     """Create this instance's durable consumer, or make it resume at its first unacknowledged message.
 
     A consumer created now starts after the stream's last message: new messages only. Messages a previous
@@ -126,8 +152,14 @@ async def ensure_consumer(js: JetStreamContext, stream: api.StreamInfo, name: st
     stream_name = stream.config.name
     assert stream_name is not None
     settings: dict[str, Any] = {
-        "durable_name": name, "ack_policy": api.AckPolicy.EXPLICIT, "ack_wait": ACK_WAIT, "max_deliver": -1,
-        "max_ack_pending": MAX_ACK_PENDING, "inactive_threshold": ttl, "description": "syncar instance"}
+        "durable_name": name,
+        "ack_policy": api.AckPolicy.EXPLICIT,
+        "ack_wait": ACK_WAIT,
+        "max_deliver": -1,
+        "max_ack_pending": MAX_ACK_PENDING,
+        "inactive_threshold": ttl,
+        "description": "syncar instance",
+    }
     try:
         info: api.ConsumerInfo | None = await js.consumer_info(stream_name, name)
     except nats.js.errors.NotFoundError:
@@ -135,8 +167,12 @@ async def ensure_consumer(js: JetStreamContext, stream: api.StreamInfo, name: st
     last = stream.state.last_seq
     if info is None:
         if position is not None and position > last + 1:
-            log.warning("nats: stream %s restarts at sequence %d, below ours (%d): was it recreated?", stream_name,
-                        last, position)
+            log.warning(
+                "nats: stream %s restarts at sequence %d, below ours (%d): was it recreated?",
+                stream_name,
+                last,
+                position,
+            )
             position = None
         start = position or last + 1
         log.info("nats: creating consumer %s on stream %s from sequence %d", name, stream_name, start)
@@ -146,8 +182,12 @@ async def ensure_consumer(js: JetStreamContext, stream: api.StreamInfo, name: st
         # A consumer that never had a message acknowledged reports a floor of 0: its start is the floor then.
         floor = acked.stream_seq + 1 if acked is not None and acked.consumer_seq else (config.opt_start_seq or 1)
         start = max(floor, min(position or floor, last + 1))
-        log.info("nats: consumer %s has %d unacknowledged messages; resuming it at stream sequence %d", name,
-                 info.num_ack_pending, start)
+        log.info(
+            "nats: consumer %s has %d unacknowledged messages; resuming it at stream sequence %d",
+            name,
+            info.num_ack_pending,
+            start,
+        )
         await js.delete_consumer(stream_name, name)
     else:
         config = info.config
@@ -155,8 +195,10 @@ async def ensure_consumer(js: JetStreamContext, stream: api.StreamInfo, name: st
             log.info("nats: consumer %s: inactive_threshold %ss -> %ss", name, config.inactive_threshold, ttl)
             await js.add_consumer(stream_name, config.evolve(inactive_threshold=ttl))
         return
-    await js.add_consumer(stream_name, api.ConsumerConfig(
-        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start, **settings))
+    await js.add_consumer(
+        stream_name,
+        api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start, **settings),
+    )
 
 
 class JetStreamPublisher:
@@ -172,8 +214,9 @@ class JetStreamPublisher:
         self._client: Client | None = None
         self.streams: set[str] = set()  # topics whose stream exists (as far as we know)
 
-    async def publish(self, client: Client, topic: str, bodies: Sequence[bytes],
-                      lost: asyncio.Future[None] | None) -> None:
+    async def publish(
+        self, client: Client, topic: str, bodies: Sequence[bytes], lost: asyncio.Future[None] | None
+    ) -> None:
         if self._client is not client:  # nats-py's context keeps a reply subscription on its connection
             self._client, self._js = client, client.jetstream(timeout=API_TIMEOUT)
         js = self._js

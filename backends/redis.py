@@ -50,8 +50,9 @@ def pubsub_hard_limit(value: str) -> int:
 
 
 class RedisSubscription(Subscription):
-    def __init__(self, forget: Callable[[RedisSubscription], Awaitable[None]], channel: bytes,
-                 handler: Handler) -> None:
+    def __init__(
+        self, forget: Callable[[RedisSubscription], Awaitable[None]], channel: bytes, handler: Handler
+    ) -> None:
         self.channel, self.handler, self.active, self._forget = channel, handler, True, forget
 
     async def unsubscribe(self) -> None:
@@ -63,6 +64,7 @@ class RedisSubscription(Subscription):
 @dataclass(eq=False, slots=True)
 class Channel:
     """A channel we want to be subscribed to, and whether Redis has said we are (since the last connect)."""
+
     subscriptions: list[RedisSubscription] = field(default_factory=list)
     confirmed: asyncio.Event = field(default_factory=asyncio.Event)
     refused: str | None = None  # why Redis refused to subscribe us (an ACL, say)
@@ -105,8 +107,12 @@ class RedisBackend(RedisBaseBackend):
         hard = pubsub_hard_limit(config.get("client-output-buffer-limit") or "")
         if hard and hard // 4 < self.max_message_bytes:
             self.max_message_bytes = max(hard // 4, 1024)
-            log.info("redis: events up to %d bytes, a quarter of %s's client-output-buffer-limit for pub/sub (%d)",
-                     self.max_message_bytes, self.where, hard)
+            log.info(
+                "redis: events up to %d bytes, a quarter of %s's client-output-buffer-limit for pub/sub (%d)",
+                self.max_message_bytes,
+                self.where,
+                hard,
+            )
 
     def _stop_reading(self) -> None:
         self._live = False

@@ -107,8 +107,10 @@ class RedisBaseBackend(Backend):
         """Through Sentinel, the sentinels the URI lists."""
         if self._options is None or self._options.sentinel is None:
             return ()
-        return tuple(host_port(s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
-                     for s in self._options.sentinel.sentinels)
+        return tuple(
+            host_port(s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
+            for s in self._options.sentinel.sentinels
+        )
 
     def _usable(self) -> RedisOptions:
         """The parsed URI; BackendClosed after close(), BackendUnavailable before start()."""
@@ -231,10 +233,19 @@ class RedisBaseBackend(Backend):
                     return
                 await self._drop_connections()
                 delay = backoff.next()
-                self.outage.failed("redis: reconnect to %s failed (%s); next attempt in %.1fs", self.where,
-                                    describe(exc, options), delay)
+                self.outage.failed(
+                    "redis: reconnect to %s failed (%s); next attempt in %.1fs",
+                    self.where,
+                    describe(exc, options),
+                    delay,
+                )
         restored = await self._resume()
-        self.outage.ended("redis: reconnected to %s after %.1fs (%d attempts); %s resubscribed", self._node,
-                           self.outage.seconds, backoff.attempts, restored)
+        self.outage.ended(
+            "redis: reconnected to %s after %.1fs (%d attempts); %s resubscribed",
+            self._node,
+            self.outage.seconds,
+            backoff.attempts,
+            restored,
+        )
         backoff.reset()
         self._set_state(BackendState.CONNECTED)

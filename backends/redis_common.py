@@ -50,11 +50,13 @@ CONNECTION_ERRORS = (redis_errors.RedisError, OSError, TimeoutError, RuntimeErro
 #: close() cancels its tasks this many times, waiting this long each time (see stop_task()).
 STOP_ATTEMPTS, STOP_WAIT = 3, 1.0
 #: URI query options; anything else is refused, so that a typo is not silently ignored.
-URI_OPTIONS = frozenset({"db", "client_name", "socket_connect_timeout", "socket_timeout", "health_check_interval",
-                         "max_message_bytes"})
+URI_OPTIONS = frozenset(
+    {"db", "client_name", "socket_connect_timeout", "socket_timeout", "health_check_interval", "max_message_bytes"}
+)
 #: Only with rediss://; redis-py's SSLConnection takes them under the same names.
-TLS_OPTIONS = frozenset({"ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
-                         "ssl_check_hostname"})
+TLS_OPTIONS = frozenset(
+    {"ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname"}
+)
 #: Only with redis[s]+sentinel://: the sentinels' password, and how many replicas must have a durable entry
 #: (WAIT) before it counts as sent.
 SENTINEL_OPTIONS = frozenset({"sentinel_password", "wait_replicas"})
@@ -64,6 +66,7 @@ DEFAULT_SENTINEL_PORT = 26379
 @dataclass(frozen=True, slots=True)
 class RedisOptions:
     """A redis:// or rediss:// URI, validated."""
+
     where: str  # host:port for messages; never the credentials
     connection_class: type[Connection]
     connection_kwargs: dict[str, Any]
@@ -80,7 +83,8 @@ class RedisOptions:
         if self.sentinel is None:
             return ConnectionPool(connection_class=self.connection_class, **kwargs)
         return SentinelConnectionPool(  # type: ignore[no-untyped-call]  # unannotated in redis-py
-            self.master_name, self.sentinel, connection_class=self.connection_class, **kwargs)
+            self.master_name, self.sentinel, connection_class=self.connection_class, **kwargs
+        )
 
     def connection(self, pool: ConnectionPool) -> Connection:
         """One connection outside `pool` (read by hand), to the same Redis (through Sentinel: the same master)."""
@@ -100,8 +104,13 @@ def parse_uri(uri: str, connect_timeout: float) -> RedisOptions:
     allowed = URI_OPTIONS | (TLS_OPTIONS if tls else frozenset()) | (SENTINEL_OPTIONS if sentinel else frozenset())
     for name, _ in query:
         if name not in allowed:
-            hint = (" (TLS options need rediss://)" if name in TLS_OPTIONS else
-                    " (Sentinel options need redis+sentinel://)" if name in SENTINEL_OPTIONS else "")
+            hint = (
+                " (TLS options need rediss://)"
+                if name in TLS_OPTIONS
+                else " (Sentinel options need redis+sentinel://)"
+                if name in SENTINEL_OPTIONS
+                else ""
+            )
             raise BackendConfigError(f"redis: unknown URI option {name!r}{hint}; known: {', '.join(sorted(allowed))}")
     if sentinel:
         return _parse_sentinel_uri(parts, query, tls, connect_timeout)
@@ -127,14 +136,18 @@ def parse_uri(uri: str, connect_timeout: float) -> RedisOptions:
     kwargs.update(socket_keepalive=True, protocol=2, retry=Retry(NoBackoff(), 0))
     return RedisOptions(
         where=host_port(host, port),
-        connection_class=kwargs.pop("connection_class", Connection), connection_kwargs=kwargs,
-        connect_timeout=kwargs["socket_connect_timeout"], health_check_interval=interval,
-        max_message_bytes=max_bytes, secrets=(kwargs["password"],) if kwargs.get("password") else (),
+        connection_class=kwargs.pop("connection_class", Connection),
+        connection_kwargs=kwargs,
+        connect_timeout=kwargs["socket_connect_timeout"],
+        health_check_interval=interval,
+        max_message_bytes=max_bytes,
+        secrets=(kwargs["password"],) if kwargs.get("password") else (),
     )
 
 
-def _parse_sentinel_uri(parts: SplitResult, query: list[tuple[str, str]], tls: bool,
-                        connect_timeout: float) -> RedisOptions:
+def _parse_sentinel_uri(
+    parts: SplitResult, query: list[tuple[str, str]], tls: bool, connect_timeout: float
+) -> RedisOptions:
     """The master's settings read as for redis[s]://, plus the sentinels to ask for its address."""
     userinfo, _, hosts = parts.netloc.rpartition("@")
     master_name = unquote(parts.path.strip("/"))
@@ -150,8 +163,15 @@ def _parse_sentinel_uri(parts: SplitResult, query: list[tuple[str, str]], tls: b
     except ValueError as exc:
         raise BackendConfigError(f"redis: invalid URI: {describe_error(exc)}") from None
     # The master's address comes from the sentinels; the placeholder host is never connected to.
-    master_uri = urlunsplit(("rediss" if tls else "redis", f"{userinfo}@localhost" if userinfo else "localhost", "",
-                             urlencode(list(options.items())), ""))
+    master_uri = urlunsplit(
+        (
+            "rediss" if tls else "redis",
+            f"{userinfo}@localhost" if userinfo else "localhost",
+            "",
+            urlencode(list(options.items())),
+            "",
+        )
+    )
     master = parse_uri(master_uri, connect_timeout)
     kwargs = {name: master.connection_kwargs[name] for name in ("socket_connect_timeout", "socket_timeout")}
     kwargs.update({name: value for name, value in master.connection_kwargs.items() if name.startswith("ssl")})
@@ -161,9 +181,12 @@ def _parse_sentinel_uri(parts: SplitResult, query: list[tuple[str, str]], tls: b
         kwargs["password"] = sentinel_password
     names = ",".join(host_port(host, port) for host, port in sentinels)
     return replace(
-        master, where=f"master {master_name!r} via sentinels {names}",
+        master,
+        where=f"master {master_name!r} via sentinels {names}",
         connection_class=SentinelManagedSSLConnection if tls else SentinelManagedConnection,
-        sentinel=Sentinel(sentinels, sentinel_kwargs=kwargs), master_name=master_name, wait_replicas=wait_replicas,
+        sentinel=Sentinel(sentinels, sentinel_kwargs=kwargs),
+        master_name=master_name,
+        wait_replicas=wait_replicas,
         secrets=master.secrets + ((sentinel_password,) if sentinel_password else ()),
     )
 
@@ -198,7 +221,8 @@ def connect_error(exc: BaseException, options: RedisOptions) -> BackendError:
     """What a failed first connect means: refused for good (credentials, TLS), or worth trying again later."""
     refused = (isinstance(exc, REFUSALS) and not isinstance(exc, BUSY)) or tls_refused(exc)
     return (BackendRefused if refused else BackendUnavailable)(
-        f"redis: cannot connect to {options.where}: {describe(exc, options)}")
+        f"redis: cannot connect to {options.where}: {describe(exc, options)}"
+    )
 
 
 def publish_error(exc: Exception, options: RedisOptions) -> BackendError:

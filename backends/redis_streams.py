@@ -91,6 +91,7 @@ class StreamSubscription(Subscription):
 @dataclass(eq=False, slots=True)
 class Stream:
     """One subscribed stream and where this instance is in it."""
+
     key: bytes
     topic: str
     handler: Handler
@@ -133,11 +134,17 @@ class Streams:
             log.debug("redis: cannot read the persistence settings: %s", describe_error(exc, self._secrets))
             return
         if config.get("appendonly") != "yes":
-            log.warning("redis: durable mode, but %s has appendonly no: a restart of Redis loses the events written "
-                        "since its last snapshot, confirmed ones too", self.where)
+            log.warning(
+                "redis: durable mode, but %s has appendonly no: a restart of Redis loses the events written "
+                "since its last snapshot, confirmed ones too",
+                self.where,
+            )
         elif config.get("appendfsync") != "always":
-            log.info("redis: %s has appendfsync %s: a crash of its host can lose about the last second of "
-                     "confirmed events", self.where, config.get("appendfsync"))
+            log.info(
+                "redis: %s has appendfsync %s: a crash of its host can lose about the last second of confirmed events",
+                self.where,
+                config.get("appendfsync"),
+            )
 
     async def publish(self, topic: str, bodies: Sequence[bytes]) -> None:
         """XADD each body; through Sentinel, then WAIT until a replica has them: Redis replicates asynchronously,
@@ -153,8 +160,10 @@ class Streams:
                     pipe.execute_command("WAIT", self._wait_replicas, self._wait_ms)
                 replies = await pipe.execute()
             if self._wait_replicas and replies[-1] < self._wait_replicas:
-                raise PublishUnconfirmed(f"redis: {replies[-1]} of {self._wait_replicas} replicas had the entries "
-                                         f"within {self._wait_ms} ms (wait_replicas)")
+                raise PublishUnconfirmed(
+                    f"redis: {replies[-1]} of {self._wait_replicas} replicas had the entries "
+                    f"within {self._wait_ms} ms (wait_replicas)"
+                )
 
     async def subscribe(self, topic: str, handler: Handler) -> Subscription:
         key = stream_key(topic).encode()
@@ -167,8 +176,9 @@ class Streams:
             await self._prepare(stream)
         except redis_errors.ResponseError as exc:  # an ACL, or the key holds something else than a stream
             await subscription.unsubscribe()
-            raise BackendError(f"redis: subscription to {topic!r} refused: "
-                               f"{describe_error(exc, self._secrets)}") from exc
+            raise BackendError(
+                f"redis: subscription to {topic!r} refused: {describe_error(exc, self._secrets)}"
+            ) from exc
         except CONNECTION_ERRORS as exc:  # the reconnect prepares it; wait for that below
             log.debug("redis: group for %r not made yet: %s", topic, describe_error(exc, self._secrets))
         await await_confirmation(stream.ready, subscription, topic, self.config.connect_timeout)
@@ -197,12 +207,19 @@ class Streams:
         if isinstance(consumer, Exception):
             raise consumer
         if created is True and stream.known:
-            log.warning("redis: consumer group %s was gone from %s (Redis lost its data, or the group was deleted): "
-                        "made again at the end of the stream; events published meanwhile are lost to this instance",
-                        self.group.decode(), stream.key.decode())
+            log.warning(
+                "redis: consumer group %s was gone from %s (Redis lost its data, or the group was deleted): "
+                "made again at the end of the stream; events published meanwhile are lost to this instance",
+                self.group.decode(),
+                stream.key.decode(),
+            )
         elif created is True:
-            log.info("redis: new consumer group %s on %s: this instance reads the events published from now on "
-                     "(a new instance, or one forgotten after instance_ttl)", self.group.decode(), stream.key.decode())
+            log.info(
+                "redis: new consumer group %s on %s: this instance reads the events published from now on "
+                "(a new instance, or one forgotten after instance_ttl)",
+                self.group.decode(),
+                stream.key.decode(),
+            )
         else:
             try:
                 await self._warn_if_trimmed(stream)
@@ -222,9 +239,13 @@ class Streams:
                 continue
             lag = group.get("lag")
             if isinstance(lag, int) and lag > info["length"]:
-                log.warning("redis: %s dropped about %d events that instance %s had not read yet (the stream's "
-                            "retention was reached while it was away): they are lost to it", stream.key.decode(),
-                            lag - info["length"], self.group.decode())
+                log.warning(
+                    "redis: %s dropped about %d events that instance %s had not read yet (the stream's "
+                    "retention was reached while it was away): they are lost to it",
+                    stream.key.decode(),
+                    lag - info["length"],
+                    self.group.decode(),
+                )
 
     def lost(self) -> None:
         """The connection is gone: read nothing until restore(), then our pending entries first."""
@@ -248,8 +269,21 @@ class Streams:
                     stream.cursor = b"0"
             commands: list[tuple[Any, ...]] = [("XACK", s.key, self.group, *s.acks) for s in streams if s.acks]
             if streams:
-                commands.append(("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", self._count, "BLOCK",
-                                 self._block_ms, "STREAMS", *(s.key for s in streams), *(s.cursor for s in streams)))
+                commands.append(
+                    (
+                        "XREADGROUP",
+                        "GROUP",
+                        self.group,
+                        self.consumer,
+                        "COUNT",
+                        self._count,
+                        "BLOCK",
+                        self._block_ms,
+                        "STREAMS",
+                        *(s.key for s in streams),
+                        *(s.cursor for s in streams),
+                    )
+                )
             else:  # nothing to read: a PING proves the connection alive, as XREADGROUP's BLOCK does otherwise
                 commands.append(("PING",))
             await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
@@ -293,8 +327,11 @@ class Streams:
                 if stream.cursor != b">":
                     stream.cursor = entry_id  # the next page of pending entries starts after this one
                 if fields is None:  # pending, but retention trimmed it before we acknowledged it
-                    log.warning("redis: entry %s of %s was trimmed by the stream's retention before it was handled: "
-                                "lost", entry_id.decode(), stream.key.decode())
+                    log.warning(
+                        "redis: entry %s of %s was trimmed by the stream's retention before it was handled: lost",
+                        entry_id.decode(),
+                        stream.key.decode(),
+                    )
                     stream.acks.append(entry_id)
                     continue
                 if not await self._handle(stream, entry_id, fields):
@@ -308,20 +345,35 @@ class Streams:
         try:
             # The entry id is `<ms>-<n>` by the server's clock at XADD: a client can ask for a larger id, never a
             # smaller one than the stream's last.
-            await stream.handler(Message(values.get(BODY_FIELD, b""), position=entry_id.decode(),
-                                         accepted_at=int(entry_id.partition(b"-")[0]) / 1000))
+            await stream.handler(
+                Message(
+                    values.get(BODY_FIELD, b""),
+                    position=entry_id.decode(),
+                    accepted_at=int(entry_id.partition(b"-")[0]) / 1000,
+                )
+            )
         except Exception as exc:
             attempts = stream.failures[entry_id] = stream.failures.get(entry_id, 0) + 1
             if attempts >= MAX_DELIVERIES:
-                log.error("redis: subscriber failed on entry %s of %s %d times, dropping it: %s", entry_id.decode(),
-                          stream.key.decode(), attempts, exc)
+                log.error(
+                    "redis: subscriber failed on entry %s of %s %d times, dropping it: %s",
+                    entry_id.decode(),
+                    stream.key.decode(),
+                    attempts,
+                    exc,
+                )
                 del stream.failures[entry_id]
                 stream.acks.append(entry_id)
                 stream.retry.reset()
                 return True
             delay = stream.retry.next()
-            log.error("redis: subscriber failed on entry %s of %s, delivering it again in %.1fs: %s",
-                      entry_id.decode(), stream.key.decode(), delay, exc)
+            log.error(
+                "redis: subscriber failed on entry %s of %s, delivering it again in %.1fs: %s",
+                entry_id.decode(),
+                stream.key.decode(),
+                delay,
+                exc,
+            )
             log.debug("redis: subscriber failure", exc_info=True)
             # Not acknowledged: it is still pending, so re-reading the pending entries brings it back, first.
             stream.cursor = b"0"
@@ -350,8 +402,11 @@ class Streams:
                 try:
                     await self.collect_garbage(stream.key)
                 except CONNECTION_ERRORS as exc:  # next time, then
-                    log.debug("redis: garbage collection on %s failed: %s", stream.key.decode(),
-                              describe_error(exc, self._secrets))
+                    log.debug(
+                        "redis: garbage collection on %s failed: %s",
+                        stream.key.decode(),
+                        describe_error(exc, self._secrets),
+                    )
                 if self._closed:
                     return
             # At random within the last fifth of the interval, so a fleet does not look all at once.
@@ -374,8 +429,13 @@ class Streams:
             idle_ms = min((consumer["idle"] for consumer in consumers), default=0)
             if consumers and idle_ms > limit_ms and await self._redis.xgroup_destroy(key, name):
                 gone.append(name.decode(errors="replace"))
-                log.info("redis: forgot instance %s on %s: idle for %.0fs, over instance_ttl (%.0fs)", gone[-1],
-                         key.decode(), idle_ms / 1000, self.config.instance_ttl)
+                log.info(
+                    "redis: forgot instance %s on %s: idle for %.0fs, over instance_ttl (%.0fs)",
+                    gone[-1],
+                    key.decode(),
+                    idle_ms / 1000,
+                    self.config.instance_ttl,
+                )
         return gone
 
     def stop(self) -> None:

@@ -43,44 +43,76 @@ def _list(choices: tuple[str, ...]) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true",
-                        help="short windows, 1 repetition, local:// and Redis unless --brokers says otherwise")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="short windows, 1 repetition, local:// and Redis unless --brokers says otherwise",
+    )
     parser.add_argument("--brokers", type=_list(BROKERS), help=f"comma-separated: {', '.join(BROKERS)}")
     parser.add_argument("--contestants", type=_list(CONTESTANTS), help=f"comma-separated: {', '.join(CONTESTANTS)}")
-    parser.add_argument("--mode", choices=MODES, default="broadcast",
-                        help="the syncar daemons' --mode (default broadcast). Durable needs a broker and the syncar "
-                             "codec, so by default it leaves out local:// and the feathers-sync codec. The raw "
-                             "ceiling and feathers-sync have no durable mode: they run unchanged, as broker pub/sub")
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="broadcast",
+        help="the syncar daemons' --mode (default broadcast). Durable needs a broker and the syncar "
+        "codec, so by default it leaves out local:// and the feathers-sync codec. The raw "
+        "ceiling and feathers-sync have no durable mode: they run unchanged, as broker pub/sub",
+    )
     parser.add_argument("--reps", type=int, help="repetitions of each case (default 3, quick 1)")
-    parser.add_argument("--seconds", type=float,
-                        help="publishing time of every run (default 3 s, 4 s at 1,000 events/s; quick 1 s)")
+    parser.add_argument(
+        "--seconds", type=float, help="publishing time of every run (default 3 s, 4 s at 1,000 events/s; quick 1 s)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.json and latest.png go")
     parser.add_argument("--docs", action="store_true", help="also copy the figures and the plot to docs/benchmarks/")
-    parser.add_argument("--syncar-root", type=Path, default=REPO,
-                        help="run the daemons from this checkout of syncar instead (to measure a change against main)")
+    parser.add_argument(
+        "--syncar-root",
+        type=Path,
+        default=REPO,
+        help="run the daemons from this checkout of syncar instead (to measure a change against main)",
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (it needs matplotlib)")
     instead = parser.add_mutually_exclusive_group()
-    instead.add_argument("--report", type=Path, metavar="JSON",
-                        help="instead: print the table and redraw the plot of an earlier run's JSON")
-    instead.add_argument("--profile", action="store_true",
-                        help="instead: profile both daemons with py-spy under load (syncar codec over Redis, or "
-                             "the first syncar contestant and broker given); broadcast mode only")
-    instead.add_argument("--scale", action="store_true",
-                        help="instead: daemons' CPU per event with 2, 4, 6, 8 and 10 instances, one publishing at "
-                             "2,000 events/s and the others subscribed (syncar codec, --mode, the first broker of "
-                             "--brokers but local, default redis; 5 s per run, 3 repetitions: ~2 minutes); "
-                             "writes scale.json and scale.md")
-    instead.add_argument("--low-rate", action="store_true",
-                         help="instead: CPU per event of the two daemons at 100 and 1,000 events/s against raw "
-                              "pub/sub from Python at the same rates, a daemon's CPU and memory with no traffic, its "
-                              "start time and the Python client's import time (--brokers, default redis, amqp, nats; "
-                              "--contestants among syncar, syncar-fs, ceiling, default syncar, ceiling; --seconds per "
-                              "run, default 5; --reps, default 3: ~7 minutes); writes lowrate.json and lowrate.md")
-    parser.add_argument("--base-root", type=Path,
-                        help="with --low-rate: also run the daemons of this checkout (syncar codec), alternated with "
-                             "those of --syncar-root, for before-and-after figures from one run")
-    parser.add_argument("--rate", type=int, default=0,
-                        help="with --profile: offer this many events/s (e.g. 1000) instead of as many as go through")
+    instead.add_argument(
+        "--report",
+        type=Path,
+        metavar="JSON",
+        help="instead: print the table and redraw the plot of an earlier run's JSON",
+    )
+    instead.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead: profile both daemons with py-spy under load (syncar codec over Redis, or "
+        "the first syncar contestant and broker given); broadcast mode only",
+    )
+    instead.add_argument(
+        "--scale",
+        action="store_true",
+        help="instead: daemons' CPU per event with 2, 4, 6, 8 and 10 instances, one publishing at "
+        "2,000 events/s and the others subscribed (syncar codec, --mode, the first broker of "
+        "--brokers but local, default redis; 5 s per run, 3 repetitions: ~2 minutes); "
+        "writes scale.json and scale.md",
+    )
+    instead.add_argument(
+        "--low-rate",
+        action="store_true",
+        help="instead: CPU per event of the two daemons at 100 and 1,000 events/s against raw "
+        "pub/sub from Python at the same rates, a daemon's CPU and memory with no traffic, its "
+        "start time and the Python client's import time (--brokers, default redis, amqp, nats; "
+        "--contestants among syncar, syncar-fs, ceiling, default syncar, ceiling; --seconds per "
+        "run, default 5; --reps, default 3: ~7 minutes); writes lowrate.json and lowrate.md",
+    )
+    parser.add_argument(
+        "--base-root",
+        type=Path,
+        help="with --low-rate: also run the daemons of this checkout (syncar codec), alternated with "
+        "those of --syncar-root, for before-and-after figures from one run",
+    )
+    parser.add_argument(
+        "--rate",
+        type=int,
+        default=0,
+        help="with --profile: offer this many events/s (e.g. 1000) instead of as many as go through",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -105,13 +137,20 @@ def machine() -> dict[str, Any]:
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "node": _version("node", "-v"),
-            "kernel": platform.release(), "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-                                                             / 2**30, 1),
-            "redis": _version("redis-server", "--version"), "nats": _version("nats-server", "--version"),
-            "rabbitmq": _version("dpkg-query", "-W", "-f", "${Version}", "rabbitmq-server"),
-            "feathers_sync": _version("node", "-p", f"require('{NODE_DIR}/node_modules/feathers-sync/package.json')"
-                                                    ".version")}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "node": _version("node", "-v"),
+        "kernel": platform.release(),
+        "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1),
+        "redis": _version("redis-server", "--version"),
+        "nats": _version("nats-server", "--version"),
+        "rabbitmq": _version("dpkg-query", "-W", "-f", "${Version}", "rabbitmq-server"),
+        "feathers_sync": _version(
+            "node", "-p", f"require('{NODE_DIR}/node_modules/feathers-sync/package.json').version"
+        ),
+    }
 
 
 def _progress(run: dict[str, Any]) -> None:
@@ -120,22 +159,31 @@ def _progress(run: dict[str, Any]) -> None:
     if run.get("error"):
         text = f"error: {run['error'].splitlines()[0][:160]}"
     elif run["rate"]:
-        text = (f"p50 {figures['p50_ms']:.2f} p99 {figures['p99_ms']:.2f} p999 {figures['p999_ms']:.2f} ms"
-                f"{'  SATURATED' if figures['saturated'] else ''}")
+        text = (
+            f"p50 {figures['p50_ms']:.2f} p99 {figures['p99_ms']:.2f} p999 {figures['p999_ms']:.2f} ms"
+            f"{'  SATURATED' if figures['saturated'] else ''}"
+        )
     else:
         value = figures.get("throughput")
         text = f"{value:,.0f} events/s" if value else "no throughput figure"
     if not run.get("error") and figures.get("lost"):
         text += f"  lost {figures['lost']}"
-    print(f"  {run['broker']:6} {LABELS[run['contestant']]:30} {run['case']:10} rep {run['rep'] + 1}: {text}",
-          flush=True)
+    print(
+        f"  {run['broker']:6} {LABELS[run['contestant']]:30} {run['case']:10} rep {run['rep'] + 1}: {text}", flush=True
+    )
 
 
 def _meta(args: argparse.Namespace, command: str) -> dict[str, Any]:
     """What every result file says about how, where and on what it was measured."""
-    return {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "mode": args.mode,
-            "machine": machine(), "loadavg_start": os.getloadavg(), "syncar_root": str(args.syncar_root.resolve()),
-            "syncar_commit": _commit(args.syncar_root)}
+    return {
+        "command": command,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "mode": args.mode,
+        "machine": machine(),
+        "loadavg_start": os.getloadavg(),
+        "syncar_root": str(args.syncar_root.resolve()),
+        "syncar_commit": _commit(args.syncar_root),
+    }
 
 
 def _scale(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
@@ -143,8 +191,14 @@ def _scale(args: argparse.Namespace, parser: argparse.ArgumentParser, command: s
     if broker is None:
         parser.error("--scale needs a broker: on local:// there is nothing between the daemons to scale")
     outs = [args.out, DOCS] if args.docs else [args.out]
-    return scale(_meta(args, command), broker, seconds=args.seconds or SECONDS, reps=args.reps or REPS,
-                 root=args.syncar_root.resolve(), outs=outs)
+    return scale(
+        _meta(args, command),
+        broker,
+        seconds=args.seconds or SECONDS,
+        reps=args.reps or REPS,
+        root=args.syncar_root.resolve(),
+        outs=outs,
+    )
 
 
 def _low_rate(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
@@ -161,8 +215,16 @@ def _low_rate(args: argparse.Namespace, parser: argparse.ArgumentParser, command
     if base is not None:
         commit = _commit(base)  # a copy made with `git archive` has no commit: its directory's name says which
         meta.update(base_root=str(base), base_commit=base.name if commit.startswith("unknown") else commit)
-    return low_rate(meta, args.brokers or ("redis", "amqp", "nats"), contestants, seconds=args.seconds or SECONDS,
-                    reps=args.reps or REPS, root=args.syncar_root.resolve(), outs=outs, base_root=base)
+    return low_rate(
+        meta,
+        args.brokers or ("redis", "amqp", "nats"),
+        contestants,
+        seconds=args.seconds or SECONDS,
+        reps=args.reps or REPS,
+        root=args.syncar_root.resolve(),
+        outs=outs,
+        base_root=base,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,12 +243,17 @@ def main(argv: list[str] | None = None) -> int:
 
         broker = next((b for b in args.brokers or ("redis",) if b != "local"), "local")
         contestant = next((c for c in args.contestants or ("syncar",) if c.startswith("syncar")), "syncar")
-        return profile(args.out, args.seconds or 10.0, args.syncar_root.resolve(), broker, contestant,
-                       rate=args.rate)
+        return profile(args.out, args.seconds or 10.0, args.syncar_root.resolve(), broker, contestant, rate=args.rate)
     if args.report is not None:
         return report(args, orjson.loads(args.report.read_bytes()))
-    plan = make_plan(quick=args.quick, brokers=args.brokers, contestants=args.contestants, reps=args.reps,
-                     seconds=args.seconds, mode=args.mode)
+    plan = make_plan(
+        quick=args.quick,
+        brokers=args.brokers,
+        contestants=args.contestants,
+        reps=args.reps,
+        seconds=args.seconds,
+        mode=args.mode,
+    )
     print(f"{command}: {plan.runs()} runs on {', '.join(plan.brokers)}, {plan.mode} mode", flush=True)
     meta = {**_meta(args, command), "plan": plan.as_dict()}
     began = time.monotonic()
@@ -196,8 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     meta.update(seconds=round(time.monotonic() - began, 1), loadavg_end=os.getloadavg())
-    results = {"meta": meta, "sections": outcome["sections"], "summary": summarise(outcome["runs"]),
-               "runs": outcome["runs"]}
+    results = {
+        "meta": meta,
+        "sections": outcome["sections"],
+        "summary": summarise(outcome["runs"]),
+        "runs": outcome["runs"],
+    }
     code = report(args, results)
     return code if any(not r.get("error") for r in outcome["runs"]) else 1
 

@@ -66,8 +66,10 @@ def rate_figures(run: dict[str, Any]) -> dict[str, Any]:
         return {}
     base = derive(run)
     sent, received = base["sent"], base["received"]
-    figures = {name: base[name] for name in ("sent", "received", "lost", "p50_ms", "p99_ms", "saturated",
-                                             "offered_rate_achieved")}
+    figures = {
+        name: base[name]
+        for name in ("sent", "received", "lost", "p50_ms", "p99_ms", "saturated", "offered_rate_achieved")
+    }
     sides: dict[str, tuple[float, float, int]] = {}  # side -> (cpu s, wake-ups, events it handled)
     if run["contestant"] == "ceiling":
         sides["pub"] = (*_worker_cost(run["pub_usage"], run["ready_usage"]["pub"]), sent)
@@ -82,8 +84,9 @@ def rate_figures(run: dict[str, Any]) -> dict[str, Any]:
         figures[f"{side}_us"] = cpu_s * 1e6 / events if events else None
         figures[f"{side}_wakeups"] = wakeups / events if events else None
     for figure in ("us", "wakeups"):
-        if f"both_{figure}" not in figures and None not in (mine := (figures.get(f"pub_{figure}"),
-                                                                     figures.get(f"sub_{figure}"))):
+        if f"both_{figure}" not in figures and None not in (
+            mine := (figures.get(f"pub_{figure}"), figures.get(f"sub_{figure}"))
+        ):
             figures[f"both_{figure}"] = sum(mine)
     return figures
 
@@ -105,14 +108,16 @@ def _said(run: dict[str, Any]) -> str:
     head = f"  {run['broker']:6} {run['contestant']:9} {run['rate']:5}/s rep {run['rep'] + 1}: "
     if run.get("error"):
         return head + f"error: {run['error'].splitlines()[0][:160]}"
-    us = "  ".join(f"{side} {f[f'{side}_us']:.0f} µs, {f[f'{side}_wakeups']:.2f} wake-ups"
-                   for side in ("pub", "sub", "both") if f.get(f"{side}_us") is not None)
+    us = "  ".join(
+        f"{side} {f[f'{side}_us']:.0f} µs, {f[f'{side}_wakeups']:.2f} wake-ups"
+        for side in ("pub", "sub", "both")
+        if f.get(f"{side}_us") is not None
+    )
     return head + us + (f"  lost {f['lost']}" if f["lost"] else "") + ("  SATURATED" if f["saturated"] else "")
 
 
 async def _idle_run(section: Section, seconds: float, rep: int) -> dict[str, Any]:
-    record: dict[str, Any] = {"broker": section.broker, "rep": rep, "seconds": seconds,
-                              "loadavg": os.getloadavg()[0]}
+    record: dict[str, Any] = {"broker": section.broker, "rep": rep, "seconds": seconds, "loadavg": os.getloadavg()[0]}
     daemons: list[Daemon] = []
     try:
         daemons = await section.start_daemons(f"idle-{rep + 1}", 1)
@@ -121,8 +126,12 @@ async def _idle_run(section: Section, seconds: float, rep: int) -> dict[str, Any
         await asyncio.sleep(seconds)  # the measurement itself: nothing happens, for this long
         p = meter.end()["daemon"]
         memory = memory_kib(daemons[0].pid)
-        record.update(cpu_ms_per_s=p["cpu_ns"] / 1e6 / seconds, wakeups_per_s=p["wakeups"] / seconds,
-                      rss_mib=memory.get("rss", 0) / 1024, hwm_mib=memory.get("hwm", 0) / 1024)
+        record.update(
+            cpu_ms_per_s=p["cpu_ns"] / 1e6 / seconds,
+            wakeups_per_s=p["wakeups"] / seconds,
+            rss_mib=memory.get("rss", 0) / 1024,
+            hwm_mib=memory.get("hwm", 0) / 1024,
+        )
     except (RuntimeError, OSError) as exc:
         record["error"] = str(exc)[:2000]
     finally:
@@ -153,8 +162,14 @@ async def _start_run(section: Section, rep: int) -> dict[str, Any]:
     """From spawning a daemon to its welcome, polled every KNOCK_EVERY."""
     record: dict[str, Any] = {"broker": section.broker, "rep": rep, "loadavg": os.getloadavg()[0]}
     began = time.monotonic()
-    daemon = Daemon(section.dir, f"start-{rep + 1}", section.uri, f"bench-{uuid.uuid4().hex[:12]}", "syncar",
-                    root=section.syncar_root)
+    daemon = Daemon(
+        section.dir,
+        f"start-{rep + 1}",
+        section.uri,
+        f"bench-{uuid.uuid4().hex[:12]}",
+        "syncar",
+        root=section.syncar_root,
+    )
     try:
         while (welcome := _knock(daemon.socket)) is None:
             if not daemon.alive():
@@ -162,8 +177,11 @@ async def _start_run(section: Section, rep: int) -> dict[str, Any]:
             if time.monotonic() - began > START_TIMEOUT:
                 raise RuntimeError(f"syncar did not answer within {START_TIMEOUT}s; see {daemon.log_path}")
             await asyncio.sleep(KNOCK_EVERY)
-        record.update(start_ms=(time.monotonic() - began) * 1000, start_cpu_ms=task_stats(daemon.pid)[0] / 1e6,
-                      broker_at_welcome=welcome.get("broker"))
+        record.update(
+            start_ms=(time.monotonic() - began) * 1000,
+            start_cpu_ms=task_stats(daemon.pid)[0] / 1e6,
+            broker_at_welcome=welcome.get("broker"),
+        )
         # It may answer before it handles SIGTERM: stopped only once it says it is ready, it exits cleanly.
         await daemon.ready()
     except (RuntimeError, OSError) as exc:
@@ -176,9 +194,16 @@ async def _start_run(section: Section, rep: int) -> dict[str, Any]:
 def import_run(root: Path, rep: int) -> dict[str, Any]:
     """`import sidecar.client` in a fresh interpreter: what -X importtime says of it (wall time), and the CPU time
     it took, the steadier figure on a loaded machine."""
+
     def python(*argv: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([sys.executable, *argv], cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
-                              capture_output=True, timeout=60, check=True)
+        return subprocess.run(
+            [sys.executable, *argv],
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root)},
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
 
     record: dict[str, Any] = {"rep": rep, "loadavg": os.getloadavg()[0]}
     found = _IMPORT_LINE.search(python("-X", "importtime", "-c", "import sidecar.client").stderr)
@@ -188,24 +213,43 @@ def import_run(root: Path, rep: int) -> dict[str, Any]:
     return {**record, "importtime_ms": int(found.group(2)) / 1000, "import_cpu_ms": float(cpu.stdout) * 1000}
 
 
-async def _other_runs(section: Section, *, seconds: float, reps: int,
-                      progress: Progress) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+async def _other_runs(
+    section: Section, *, seconds: float, reps: int, progress: Progress
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Idle and start runs on one broker, alternated."""
     idle, start = [], []
     for rep in range(reps):
         idle.append(await _idle_run(section, seconds, rep))
         start.append(await _start_run(section, rep))
         i, s = idle[-1], start[-1]
-        progress(f"  {section.broker:6} rep {rep + 1}: idle " + (
-            f"error: {i['error'].splitlines()[0][:120]}" if i.get("error") else
-            f"{i['cpu_ms_per_s']:.2f} ms CPU/s, {i['wakeups_per_s']:.1f} wake-ups/s, {i['rss_mib']:.1f} MiB")
-            + "; start " + (f"error: {s['error'].splitlines()[0][:120]}" if s.get("error")
-                            else f"{s['start_ms']:.0f} ms to a welcome, {s['start_cpu_ms']:.0f} ms of CPU"))
+        progress(
+            f"  {section.broker:6} rep {rep + 1}: idle "
+            + (
+                f"error: {i['error'].splitlines()[0][:120]}"
+                if i.get("error")
+                else f"{i['cpu_ms_per_s']:.2f} ms CPU/s, {i['wakeups_per_s']:.1f} wake-ups/s, {i['rss_mib']:.1f} MiB"
+            )
+            + "; start "
+            + (
+                f"error: {s['error'].splitlines()[0][:120]}"
+                if s.get("error")
+                else f"{s['start_ms']:.0f} ms to a welcome, {s['start_cpu_ms']:.0f} ms of CPU"
+            )
+        )
     return idle, start
 
 
-async def measure(brokers: tuple[str, ...], contestants: tuple[str, ...], *, seconds: float, reps: int,
-                  workdir: Path, root: Path, progress: Progress, base_root: Path | None = None) -> dict[str, Any]:
+async def measure(
+    brokers: tuple[str, ...],
+    contestants: tuple[str, ...],
+    *,
+    seconds: float,
+    reps: int,
+    workdir: Path,
+    root: Path,
+    progress: Progress,
+    base_root: Path | None = None,
+) -> dict[str, Any]:
     """Every part on every broker; a broker that cannot start is reported, and the others go on."""
     results: dict[str, Any] = {"rates": [], "idle": [], "start": [], "imports": [], "broker_errors": {}}
     for broker in brokers:
@@ -226,26 +270,56 @@ async def measure(brokers: tuple[str, ...], contestants: tuple[str, ...], *, sec
     for rep in range(reps):
         results["imports"].append(await asyncio.to_thread(import_run, root, rep))
         i = results["imports"][-1]
-        progress(f"  import sidecar.client rep {rep + 1}: " + (
-            i["error"] if i.get("error") else
-            f"{i['importtime_ms']:.1f} ms (-X importtime), {i['import_cpu_ms']:.1f} ms of CPU"))
+        progress(
+            f"  import sidecar.client rep {rep + 1}: "
+            + (
+                i["error"]
+                if i.get("error")
+                else f"{i['importtime_ms']:.1f} ms (-X importtime), {i['import_cpu_ms']:.1f} ms of CPU"
+            )
+        )
     return results
 
 
-def low_rate(meta: dict[str, Any], brokers: tuple[str, ...], contestants: tuple[str, ...], *, seconds: float,
-             reps: int, root: Path, outs: list[Path], base_root: Path | None = None) -> int:
+def low_rate(
+    meta: dict[str, Any],
+    brokers: tuple[str, ...],
+    contestants: tuple[str, ...],
+    *,
+    seconds: float,
+    reps: int,
+    root: Path,
+    outs: list[Path],
+    base_root: Path | None = None,
+) -> int:
     """Measure, print the tables, and write lowrate.json and lowrate.md into each of `outs`. With `base_root`, the
     daemons of that checkout run too (`syncar-base`), alternated with this one's, at the low rates."""
     if base_root is not None:
         contestants = ("syncar-base", *contestants)
-    meta.update(size=SIZE, rates=list(RATES), publish_seconds=seconds, reps=reps, brokers=list(brokers),
-                contestants=list(contestants))
+    meta.update(
+        size=SIZE,
+        rates=list(RATES),
+        publish_seconds=seconds,
+        reps=reps,
+        brokers=list(brokers),
+        contestants=list(contestants),
+    )
     print(f"{meta['command']}: low rates, idle and start on {', '.join(brokers)}", flush=True)
     began = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="syncar-lowrate-"))
     try:
-        results = asyncio.run(measure(brokers, contestants, seconds=seconds, reps=reps, workdir=workdir, root=root,
-                                      progress=lambda line: print(line, flush=True), base_root=base_root))
+        results = asyncio.run(
+            measure(
+                brokers,
+                contestants,
+                seconds=seconds,
+                reps=reps,
+                workdir=workdir,
+                root=root,
+                progress=lambda line: print(line, flush=True),
+                base_root=base_root,
+            )
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     meta.update(seconds=round(time.monotonic() - began, 1), loadavg_end=os.getloadavg())

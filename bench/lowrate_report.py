@@ -15,10 +15,13 @@ MAX_START_MS = 300.0
 MAX_IMPORT_MS = 50.0
 MIB_PER_MB = 1e6 / 2**20
 
-LABELS = {"syncar": "syncar daemons, syncar codec", "syncar-fs": "syncar daemons, feathers-sync codec",
-          "ceiling": "raw pub/sub, Python", "syncar-base": "syncar daemons, syncar codec, --base-root"}
-RATE_FIGURES = ("pub_us", "sub_us", "both_us", "pub_wakeups", "sub_wakeups", "both_wakeups", "p50_ms", "p99_ms",
-                "lost")
+LABELS = {
+    "syncar": "syncar daemons, syncar codec",
+    "syncar-fs": "syncar daemons, feathers-sync codec",
+    "ceiling": "raw pub/sub, Python",
+    "syncar-base": "syncar daemons, syncar codec, --base-root",
+}
+RATE_FIGURES = ("pub_us", "sub_us", "both_us", "pub_wakeups", "sub_wakeups", "both_wakeups", "p50_ms", "p99_ms", "lost")
 
 
 def _groups(runs: list[dict[str, Any]], *keys: str) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
@@ -32,13 +35,21 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     """Medians per broker, rate and contestant; for syncar, the median over repetitions of the ratio of its
     daemons' CPU per event to the raw publisher's and subscriber's in the same repetition."""
     rates = []
-    ceiling = {(r["broker"], r["rate"], r["rep"]): r.get("figures", {}).get("both_us") for r in results["rates"]
-               if r["contestant"] == "ceiling"}
+    ceiling = {
+        (r["broker"], r["rate"], r["rep"]): r.get("figures", {}).get("both_us")
+        for r in results["rates"]
+        if r["contestant"] == "ceiling"
+    }
     for (broker, rate, contestant), members in _groups(results["rates"], "broker", "rate", "contestant").items():
         figures = [m["figures"] for m in members if m.get("figures")]
-        entry: dict[str, Any] = {"broker": broker, "rate": rate, "contestant": contestant, "runs": len(members),
-                                 "ok": len(figures), "errors": sorted({m["error"][:200] for m in members
-                                                                      if m.get("error")})}
+        entry: dict[str, Any] = {
+            "broker": broker,
+            "rate": rate,
+            "contestant": contestant,
+            "runs": len(members),
+            "ok": len(figures),
+            "errors": sorted({m["error"][:200] for m in members if m.get("error")}),
+        }
         entry.update({name: _median([f.get(name) for f in figures]) for name in RATE_FIGURES})
         entry["saturated"] = sum(bool(f.get("saturated")) for f in figures) > len(figures) / 2
         if contestant != "ceiling":
@@ -50,27 +61,57 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
                     ratios.append(mine / raw)
             entry["ratio_to_raw"] = _median(list(ratios))
         rates.append(entry)
-    idle = [{"broker": broker, "runs": len(members), "errors": sorted({m["error"][:200] for m in members
-                                                                        if m.get("error")}),
-             **{name: _median([m.get(name) for m in members])
-                for name in ("cpu_ms_per_s", "wakeups_per_s", "rss_mib", "hwm_mib")}}
-            for (broker,), members in _groups(results["idle"], "broker").items()]
+    idle = [
+        {
+            "broker": broker,
+            "runs": len(members),
+            "errors": sorted({m["error"][:200] for m in members if m.get("error")}),
+            **{
+                name: _median([m.get(name) for m in members])
+                for name in ("cpu_ms_per_s", "wakeups_per_s", "rss_mib", "hwm_mib")
+            },
+        }
+        for (broker,), members in _groups(results["idle"], "broker").items()
+    ]
     start = []
     for (broker,), members in _groups(results["start"], "broker").items():
         values = [m["start_ms"] for m in members if "start_ms" in m]
-        start.append({"broker": broker, "runs": len(members), "start_ms": _median(list(values)),
-                      "start_ms_min": min(values, default=None), "start_ms_max": max(values, default=None),
-                      "start_cpu_ms": _median([m.get("start_cpu_ms") for m in members]),
-                      "errors": sorted({m["error"][:200] for m in members if m.get("error")})})
+        start.append(
+            {
+                "broker": broker,
+                "runs": len(members),
+                "start_ms": _median(list(values)),
+                "start_ms_min": min(values, default=None),
+                "start_ms_max": max(values, default=None),
+                "start_cpu_ms": _median([m.get("start_cpu_ms") for m in members]),
+                "errors": sorted({m["error"][:200] for m in members if m.get("error")}),
+            }
+        )
     imports = results["imports"]
-    return {"rates": rates, "idle": idle, "start": start,
-            "import": {"importtime_ms": _median([i.get("importtime_ms") for i in imports]),
-                       "import_cpu_ms": _median([i.get("import_cpu_ms") for i in imports]),
-                       "errors": sorted({i["error"] for i in imports if i.get("error")})}}
+    return {
+        "rates": rates,
+        "idle": idle,
+        "start": start,
+        "import": {
+            "importtime_ms": _median([i.get("importtime_ms") for i in imports]),
+            "import_cpu_ms": _median([i.get("import_cpu_ms") for i in imports]),
+            "errors": sorted({i["error"] for i in imports if i.get("error")}),
+        },
+    }
 
 
-RATE_HEAD = ("broker", "events/s", "contestant", "publishing side µs/event", "receiving side µs/event",
-             "both µs/event", "vs raw", "wake-ups/event pub/sub", "p50/p99 ms", "lost")
+RATE_HEAD = (
+    "broker",
+    "events/s",
+    "contestant",
+    "publishing side µs/event",
+    "receiving side µs/event",
+    "both µs/event",
+    "vs raw",
+    "wake-ups/event pub/sub",
+    "p50/p99 ms",
+    "lost",
+)
 
 
 def _rate_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -81,16 +122,34 @@ def _rate_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
             wakeups = f"{_num(e['pub_wakeups'], 2)}/{_num(e['sub_wakeups'], 2)}"
         else:  # local://: one daemon is both sides
             wakeups = "-" if e["both_wakeups"] is None else f"{_num(e['both_wakeups'], 2)} (one daemon)"
-        found.append((BROKER_LABELS.get(e["broker"], e["broker"]), f"{e['rate']:,}", LABELS[e["contestant"]],
-                      _num(e["pub_us"]), _num(e["sub_us"]), _num(e["both_us"]),
-                      "-" if ratio is None else f"{ratio:.2f}x", wakeups,
-                      "-" if e["p50_ms"] is None else f"{e['p50_ms']:.2f}/{e['p99_ms']:.2f}"
-                      + (" (sat.)" if e["saturated"] else ""), _num(e["lost"])))
+        found.append(
+            (
+                BROKER_LABELS.get(e["broker"], e["broker"]),
+                f"{e['rate']:,}",
+                LABELS[e["contestant"]],
+                _num(e["pub_us"]),
+                _num(e["sub_us"]),
+                _num(e["both_us"]),
+                "-" if ratio is None else f"{ratio:.2f}x",
+                wakeups,
+                "-"
+                if e["p50_ms"] is None
+                else f"{e['p50_ms']:.2f}/{e['p99_ms']:.2f}" + (" (sat.)" if e["saturated"] else ""),
+                _num(e["lost"]),
+            )
+        )
     return found
 
 
-IDLE_HEAD = ("broker", "idle CPU ms/s", "idle wake-ups/s", "idle RSS MiB", "peak RSS MiB since start",
-             "start ms to a welcome, median (min-max)", "start CPU ms")
+IDLE_HEAD = (
+    "broker",
+    "idle CPU ms/s",
+    "idle wake-ups/s",
+    "idle RSS MiB",
+    "peak RSS MiB since start",
+    "start ms to a welcome, median (min-max)",
+    "start CPU ms",
+)
 
 
 def _idle_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -98,11 +157,22 @@ def _idle_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
     found: list[tuple[str, ...]] = []
     for e in summary["idle"]:
         s = starts.get(e["broker"], {})
-        start = "-" if s.get("start_ms") is None else (
-            f"{s['start_ms']:.0f} ({s['start_ms_min']:.0f}-{s['start_ms_max']:.0f})")
-        found.append((BROKER_LABELS.get(e["broker"], e["broker"]), _num(e["cpu_ms_per_s"], 2),
-                      _num(e["wakeups_per_s"], 1), _num(e["rss_mib"], 1), _num(e["hwm_mib"], 1), start,
-                      _num(s.get("start_cpu_ms"))))
+        start = (
+            "-"
+            if s.get("start_ms") is None
+            else (f"{s['start_ms']:.0f} ({s['start_ms_min']:.0f}-{s['start_ms_max']:.0f})")
+        )
+        found.append(
+            (
+                BROKER_LABELS.get(e["broker"], e["broker"]),
+                _num(e["cpu_ms_per_s"], 2),
+                _num(e["wakeups_per_s"], 1),
+                _num(e["rss_mib"], 1),
+                _num(e["hwm_mib"], 1),
+                start,
+                _num(s.get("start_cpu_ms")),
+            )
+        )
     return found
 
 
@@ -110,8 +180,10 @@ def _import_line(summary: dict[str, Any]) -> str:
     i = summary["import"]
     if i["importtime_ms"] is None:
         return "import sidecar.client: not measured: " + "; ".join(i["errors"])
-    return (f"import sidecar.client: {i['importtime_ms']:.1f} ms by python -X importtime (cumulative wall time), "
-            f"{i['import_cpu_ms']:.1f} ms of CPU time")
+    return (
+        f"import sidecar.client: {i['importtime_ms']:.1f} ms by python -X importtime (cumulative wall time), "
+        f"{i['import_cpu_ms']:.1f} ms of CPU time"
+    )
 
 
 def targets(summary: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -119,21 +191,40 @@ def targets(summary: dict[str, Any]) -> list[tuple[str, ...]]:
     found: list[tuple[str, ...]] = []
     for e in summary["rates"]:
         if e["contestant"] == "syncar" and e.get("ratio_to_raw") is not None:
-            found.append((f"{e['rate']:,} events/s, {BROKER_LABELS.get(e['broker'], e['broker'])}: daemons' CPU "
-                          f"per event at most {MAX_RATIO:.1f}x the raw pair's", f"{e['ratio_to_raw']:.2f}x",
-                          "yes" if e["ratio_to_raw"] <= MAX_RATIO else "no"))
+            found.append(
+                (
+                    f"{e['rate']:,} events/s, {BROKER_LABELS.get(e['broker'], e['broker'])}: daemons' CPU "
+                    f"per event at most {MAX_RATIO:.1f}x the raw pair's",
+                    f"{e['ratio_to_raw']:.2f}x",
+                    "yes" if e["ratio_to_raw"] <= MAX_RATIO else "no",
+                )
+            )
     for e in summary["idle"]:
         if e["rss_mib"] is not None:
-            found.append((f"idle RSS under {MAX_IDLE_RSS_MB:.0f} MB, {BROKER_LABELS.get(e['broker'], e['broker'])}",
-                          f"{e['rss_mib'] / MIB_PER_MB:.1f} MB", "yes" if e["rss_mib"] / MIB_PER_MB < MAX_IDLE_RSS_MB
-                          else "no"))
+            found.append(
+                (
+                    f"idle RSS under {MAX_IDLE_RSS_MB:.0f} MB, {BROKER_LABELS.get(e['broker'], e['broker'])}",
+                    f"{e['rss_mib'] / MIB_PER_MB:.1f} MB",
+                    "yes" if e["rss_mib"] / MIB_PER_MB < MAX_IDLE_RSS_MB else "no",
+                )
+            )
     for e in summary["start"]:
         if e["start_ms"] is not None:
-            found.append((f"start under {MAX_START_MS:.0f} ms, {BROKER_LABELS.get(e['broker'], e['broker'])}",
-                          f"{e['start_ms']:.0f} ms", "yes" if e["start_ms"] < MAX_START_MS else "no"))
+            found.append(
+                (
+                    f"start under {MAX_START_MS:.0f} ms, {BROKER_LABELS.get(e['broker'], e['broker'])}",
+                    f"{e['start_ms']:.0f} ms",
+                    "yes" if e["start_ms"] < MAX_START_MS else "no",
+                )
+            )
     if (ms := summary["import"]["importtime_ms"]) is not None:
-        found.append((f"the Python client imports in under {MAX_IMPORT_MS:.0f} ms", f"{ms:.1f} ms",
-                      "yes" if ms < MAX_IMPORT_MS else "no"))
+        found.append(
+            (
+                f"the Python client imports in under {MAX_IMPORT_MS:.0f} ms",
+                f"{ms:.1f} ms",
+                "yes" if ms < MAX_IMPORT_MS else "no",
+            )
+        )
     return found
 
 
@@ -146,27 +237,45 @@ def _notes(summary: dict[str, Any], results: dict[str, Any]) -> list[str]:
 
 def heading(meta: dict[str, Any]) -> str:
     load = meta.get("loadavg_start", (0, 0, 0))[0], meta.get("loadavg_end", (0, 0, 0))[0]
-    return (f"{meta['size']} B events at fixed rates, {meta['publish_seconds']:g} s per run; idle runs as long; "
-            f"medians of {meta['reps']} alternated repetitions; \"vs raw\": the syncar daemons' CPU per event over the "
-            f"raw publisher's and subscriber's in the same repetition (median of those ratios); load average "
-            f"{load[0]:.1f} at the start, {load[1]:.1f} at the end; daemons at {meta.get('syncar_commit', '?')}"
-            + (f", --base-root at {meta['base_commit']}" if meta.get("base_commit") else ""))
+    return (
+        f"{meta['size']} B events at fixed rates, {meta['publish_seconds']:g} s per run; idle runs as long; "
+        f'medians of {meta["reps"]} alternated repetitions; "vs raw": the syncar daemons\' CPU per event over the '
+        f"raw publisher's and subscriber's in the same repetition (median of those ratios); load average "
+        f"{load[0]:.1f} at the start, {load[1]:.1f} at the end; daemons at {meta.get('syncar_commit', '?')}"
+        + (f", --base-root at {meta['base_commit']}" if meta.get("base_commit") else "")
+    )
 
 
 def table(results: dict[str, Any]) -> str:
     summary = results["summary"]
-    lines = [heading(results["meta"]), "", *_aligned(RATE_HEAD, _rate_rows(summary), 3), "",
-             *_aligned(IDLE_HEAD, _idle_rows(summary), 1), "", _import_line(summary), "",
-             *_aligned(("target", "measured", "met?"), targets(summary), 1)]
+    lines = [
+        heading(results["meta"]),
+        "",
+        *_aligned(RATE_HEAD, _rate_rows(summary), 3),
+        "",
+        *_aligned(IDLE_HEAD, _idle_rows(summary), 1),
+        "",
+        _import_line(summary),
+        "",
+        *_aligned(("target", "measured", "met?"), targets(summary), 1),
+    ]
     notes = _notes(summary, results)
     return "\n".join([*lines, "", *notes] if notes else lines)
 
 
 def markdown(results: dict[str, Any]) -> str:
     summary = results["summary"]
-    lines = [f"*{heading(results['meta'])}.*", "", *_markdown_table(RATE_HEAD, _rate_rows(summary), 3), "",
-             *_markdown_table(IDLE_HEAD, _idle_rows(summary), 1), "", _import_line(summary) + ".", "",
-             *_markdown_table(("target", "measured", "met?"), targets(summary), 1)]
+    lines = [
+        f"*{heading(results['meta'])}.*",
+        "",
+        *_markdown_table(RATE_HEAD, _rate_rows(summary), 3),
+        "",
+        *_markdown_table(IDLE_HEAD, _idle_rows(summary), 1),
+        "",
+        _import_line(summary) + ".",
+        "",
+        *_markdown_table(("target", "measured", "met?"), targets(summary), 1),
+    ]
     notes = _notes(summary, results)
     if notes:
         lines += ["", *(f"- {note}" for note in notes)]

@@ -36,11 +36,24 @@ class Events:
         args = b'{"n":%d,"t":%d,"text":"' + pad + b'"}'
         record = b'{"n":%d,"t":%d,"text":"' + pad + b'","id":%d}'
         # feathers-sync's body for a create, key for key what Feathers 5.0.50 + feathers-sync 3.1.1 send.
-        self._body = (b'{"event":"created","path":"messages","data":' + record + b',"context":{"arguments":['
-                      + args + b',{"provider":"rest"}],"event":"created","result":' + record + b',"data":' + args
-                      + b',"params":{"provider":"rest"},"path":"messages","method":"create","type":"around"}}')
-        self._frame = (b'{"type":"publish","path":"messages","event":"created","data":' + record + b',"context":'
-                       + self._body[self._body.index(b'{"arguments"'):-1] + b"}\n")
+        self._body = (
+            b'{"event":"created","path":"messages","data":'
+            + record
+            + b',"context":{"arguments":['
+            + args
+            + b',{"provider":"rest"}],"event":"created","result":'
+            + record
+            + b',"data":'
+            + args
+            + b',"params":{"provider":"rest"},"path":"messages","method":"create","type":"around"}}'
+        )
+        self._frame = (
+            b'{"type":"publish","path":"messages","event":"created","data":'
+            + record
+            + b',"context":'
+            + self._body[self._body.index(b'{"arguments"') : -1]
+            + b"}\n"
+        )
 
     def body(self, n: int, t: int) -> bytes:
         return self._body % (n, t, n, n, t, n, t, n, n, t)
@@ -60,4 +73,4 @@ def stamp_of(message: bytes) -> int:
         ValueError: there is none.
     """
     start = message.index(b'"t":') + 4
-    return int(message[start:message.index(b",", start)])
+    return int(message[start : message.index(b",", start)])

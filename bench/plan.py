@@ -56,13 +56,26 @@ class Plan:
         return sum(len(self.contestants_for(b)) for b in self.brokers) * len(self.cases) * self.reps
 
     def as_dict(self) -> dict[str, Any]:
-        return {"brokers": list(self.brokers), "contestants": list(self.contestants), "reps": self.reps,
-                "max_events": self.max_events, "quick": self.quick, "mode": self.mode,
-                "cases": [{**asdict(c), "window": c.window} for c in self.cases]}
+        return {
+            "brokers": list(self.brokers),
+            "contestants": list(self.contestants),
+            "reps": self.reps,
+            "max_events": self.max_events,
+            "quick": self.quick,
+            "mode": self.mode,
+            "cases": [{**asdict(c), "window": c.window} for c in self.cases],
+        }
 
 
-def make_plan(*, quick: bool, brokers: tuple[str, ...] | None, contestants: tuple[str, ...] | None,
-              reps: int | None, seconds: float | None, mode: str = "broadcast") -> Plan:
+def make_plan(
+    *,
+    quick: bool,
+    brokers: tuple[str, ...] | None,
+    contestants: tuple[str, ...] | None,
+    reps: int | None,
+    seconds: float | None,
+    mode: str = "broadcast",
+) -> Plan:
     if quick:
         tp = lat_slow = lat_fast = 1.0
         default_brokers: tuple[str, ...] = ("local", "redis")
@@ -75,7 +88,18 @@ def make_plan(*, quick: bool, brokers: tuple[str, ...] | None, contestants: tupl
     if mode == "durable":  # by default, only what durable mode can run; asked for, the rest is reported skipped
         default_brokers = tuple(b for b in default_brokers if b not in NOT_DURABLE)
         default_contestants = tuple(c for c in CONTESTANTS if c not in NOT_DURABLE)
-    cases = (Case("tp-256", 256, 0, tp), Case("tp-4096", 4096, 0, tp),
-             Case("lat-1000", 256, 1000, lat_slow), Case("lat-10000", 256, 10_000, lat_fast))
-    return Plan(brokers=brokers or default_brokers, contestants=contestants or default_contestants, cases=cases,
-                reps=reps or (1 if quick else 3), max_events=500_000, quick=quick, mode=mode)
+    cases = (
+        Case("tp-256", 256, 0, tp),
+        Case("tp-4096", 4096, 0, tp),
+        Case("lat-1000", 256, 1000, lat_slow),
+        Case("lat-10000", 256, 10_000, lat_fast),
+    )
+    return Plan(
+        brokers=brokers or default_brokers,
+        contestants=contestants or default_contestants,
+        cases=cases,
+        reps=reps or (1 if quick else 3),
+        max_events=500_000,
+        quick=quick,
+        mode=mode,
+    )

@@ -16,8 +16,14 @@ COLOURS = {"syncar": "#1f77b4", "syncar-fs": "#17becf", "ceiling": "#7f7f7f", "f
 
 def _cdf_run(runs: list[dict[str, Any]], broker: str, contestant: str, case: str) -> list[float] | None:
     """The quantiles of the repetition whose p99 is the median one."""
-    chosen = [r["figures"] for r in runs if r["broker"] == broker and r["contestant"] == contestant
-              and r["case"] == case and r.get("figures", {}).get("latency_quantiles_ms")]
+    chosen = [
+        r["figures"]
+        for r in runs
+        if r["broker"] == broker
+        and r["contestant"] == contestant
+        and r["case"] == case
+        and r.get("figures", {}).get("latency_quantiles_ms")
+    ]
     if not chosen:
         return None
     chosen.sort(key=lambda f: f["p99_ms"])
@@ -36,8 +42,7 @@ def _bars(axes: Any, summary: dict[str, Any], brokers: list[str], contestants: l
                 heights.append(entry["throughput"])
                 low.append(entry["throughput"] - entry.get("throughput_min", entry["throughput"]))
                 high.append(entry.get("throughput_max", entry["throughput"]) - entry["throughput"])
-        axes.bar(xs, heights, width, yerr=[low, high], capsize=2, label=LABELS[contestant],
-                 color=COLOURS[contestant])
+        axes.bar(xs, heights, width, yerr=[low, high], capsize=2, label=LABELS[contestant], color=COLOURS[contestant])
     axes.set_xticks(range(len(brokers)), [BROKER_LABELS.get(b, b) for b in brokers])
     axes.set_ylabel("events/s (median; bars: range)")
     axes.set_title(f"throughput, {case.split('-')[1]} B payload")
@@ -49,8 +54,9 @@ def _cdf(axes: Any, runs: list[dict[str, Any]], broker: str, contestants: list[s
         quantiles = _cdf_run(runs, broker, contestant, f"lat-{rate}")
         if quantiles:
             points = [(x, q) for x, q in zip(quantiles, QUANTILES, strict=True) if 0 < q < 1 and x > 0]
-            axes.plot([p[0] for p in points], [p[1] for p in points], label=LABELS[contestant],
-                      color=COLOURS[contestant])
+            axes.plot(
+                [p[0] for p in points], [p[1] for p in points], label=LABELS[contestant], color=COLOURS[contestant]
+            )
     axes.set_xscale("log")
     axes.set_yscale("logit")
     axes.set_ylim(0.01, 0.9995)
@@ -79,19 +85,21 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
     figure = plt.figure(figsize=(4.2 * columns, 3.6 * (1 + len(rates))), layout="constrained")
     grid = figure.add_gridspec(1 + len(rates), columns * 2)
     for index, case in enumerate(("tp-256", "tp-4096")):
-        axes = figure.add_subplot(grid[0, index * columns:(index + 1) * columns])
+        axes = figure.add_subplot(grid[0, index * columns : (index + 1) * columns])
         _bars(axes, summary, brokers, contestants, case)
         if index == 0:
             axes.legend(fontsize="small")
     for row, rate in enumerate(rates, start=1):
         for column, broker in enumerate(brokers):
-            axes = figure.add_subplot(grid[row, column * 2:(column + 1) * 2])
+            axes = figure.add_subplot(grid[row, column * 2 : (column + 1) * 2])
             _cdf(axes, runs, broker, contestants, rate)
             if row == 1 and column == 0:
                 axes.legend(fontsize="x-small", loc="upper left")
     machine = meta["machine"]
-    figure.suptitle(f"syncar benchmark: {meta['command']}, {meta.get('started', '')} "
-                    f"({machine['nproc']} cores, {machine['cpu']}, shared)")
+    figure.suptitle(
+        f"syncar benchmark: {meta['command']}, {meta.get('started', '')} "
+        f"({machine['nproc']} cores, {machine['cpu']}, shared)"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=90)
     plt.close(figure)

@@ -31,18 +31,48 @@ STOP_TIMEOUT = 10.0
 class Daemon:
     """`python -m sidecar run` in a child process of its own, from `root` (this checkout, or another one to compare)."""
 
-    def __init__(self, workdir: Path, name: str, backend: str, key: str, codec: str, *, mode: str = "broadcast",
-                 root: Path = REPO) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        backend: str,
+        key: str,
+        codec: str,
+        *,
+        mode: str = "broadcast",
+        root: Path = REPO,
+    ) -> None:
         self.name = name
         self.socket = workdir / f"{name}.sock"
         self.log_path = workdir / f"{name}.log"
         self._log = self.log_path.open("wb")
         # The instance id is unique per run: in durable mode it names this daemon's queue or consumer on the broker.
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "run", "--socket", str(self.socket), "--backend", backend,
-             "--key", key, "--codec", codec, "--mode", mode, "--http", "127.0.0.1:0", "--instance-id",
-             f"bench-{name}"],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+            [
+                sys.executable,
+                "-m",
+                "sidecar",
+                "run",
+                "--socket",
+                str(self.socket),
+                "--backend",
+                backend,
+                "--key",
+                key,
+                "--codec",
+                codec,
+                "--mode",
+                mode,
+                "--http",
+                "127.0.0.1:0",
+                "--instance-id",
+                f"bench-{name}",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root)},
+        )
 
     @property
     def pid(self) -> int:
@@ -93,9 +123,13 @@ class Meter:
         for name, pid in self.pids.items():
             memory = memory_kib(pid)
             cpu_ns, wakeups = task_stats(pid)
-            figures[name] = {"cpu_s": cpu_seconds(pid) - self.start[name], "hwm_kib": memory.get("hwm", 0),
-                             "rss_kib": memory.get("rss", 0), "cpu_ns": cpu_ns - self.start_tasks[name][0],
-                             "wakeups": wakeups - self.start_tasks[name][1]}
+            figures[name] = {
+                "cpu_s": cpu_seconds(pid) - self.start[name],
+                "hwm_kib": memory.get("hwm", 0),
+                "rss_kib": memory.get("rss", 0),
+                "cpu_ns": cpu_ns - self.start_tasks[name][0],
+                "wakeups": wakeups - self.start_tasks[name][1],
+            }
         return figures
 
 
@@ -112,8 +146,13 @@ class Worker:
         stderr = (workdir / f"{name}.err").open("ab")
         try:
             process = await asyncio.create_subprocess_exec(
-                *argv, stdout=asyncio.subprocess.PIPE, stderr=stderr, cwd=cwd,
-                env={**os.environ, "PYTHONPATH": str(REPO)}, limit=256 * 1024 * 1024)
+                *argv,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+                cwd=cwd,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+                limit=256 * 1024 * 1024,
+            )
         finally:
             stderr.close()
         return cls(process, name, workdir / f"{name}.err")

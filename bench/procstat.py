@@ -17,7 +17,7 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     # The command name (field 2) may hold spaces; the fields after its closing parenthesis are fixed.
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
@@ -57,5 +57,8 @@ def task_stats(pid: int) -> tuple[int, int]:
 def own_usage() -> dict[str, float]:
     """This process's CPU seconds, peak RSS and voluntary context switches (wake-ups), for a worker's report."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"cpu_s": usage.ru_utime + usage.ru_stime, "maxrss_kib": float(usage.ru_maxrss),
-            "wakeups": float(usage.ru_nvcsw)}
+    return {
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "maxrss_kib": float(usage.ru_maxrss),
+        "wakeups": float(usage.ru_nvcsw),
+    }

@@ -34,7 +34,7 @@ def _function(frame: str) -> str:
     parts = Path(path).parts
     for anchor in ("site-packages", "sidecar", "backends", "lib"):
         if anchor in parts:
-            path = "/".join(parts[parts.index(anchor) + (anchor in ("site-packages", "lib")):])
+            path = "/".join(parts[parts.index(anchor) + (anchor in ("site-packages", "lib")) :])
             break
     return f"{name} ({path})"
 
@@ -64,8 +64,9 @@ def summarise(collapsed: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def _record(spy: str, out: Path, case: Case, workdir: Path, *, root: Path, broker: str,
-                  contestant: str) -> dict[str, Any]:
+async def _record(
+    spy: str, out: Path, case: Case, workdir: Path, *, root: Path, broker: str, contestant: str
+) -> dict[str, Any]:
     seconds = case.seconds
     plan = make_plan(quick=True, brokers=(broker,), contestants=(contestant,), reps=1, seconds=seconds)
     section = Section(broker, plan, workdir, root)
@@ -74,10 +75,23 @@ async def _record(spy: str, out: Path, case: Case, workdir: Path, *, root: Path,
     async def attach(daemon_a: Daemon, daemon_b: Daemon) -> None:
         for label, daemon in (("a", daemon_a), ("b", daemon_b)):
             spies[label] = await asyncio.create_subprocess_exec(
-                spy, "record", "--pid", str(daemon.pid), "--duration", str(int(seconds) + 2), "--rate",
-                str(SAMPLE_RATE), "--format", "raw", "--nonblocking", "--gil",
-                "--output", str(out / f"profile-{label}.txt"),
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+                spy,
+                "record",
+                "--pid",
+                str(daemon.pid),
+                "--duration",
+                str(int(seconds) + 2),
+                "--rate",
+                str(SAMPLE_RATE),
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--gil",
+                "--output",
+                str(out / f"profile-{label}.txt"),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
 
     try:
         await section.start()
@@ -95,8 +109,9 @@ async def _record(spy: str, out: Path, case: Case, workdir: Path, *, root: Path,
     return run
 
 
-def profile(out: Path, seconds: float, root: Path, broker: str = "redis", contestant: str = "syncar",
-            *, rate: int = 0) -> int:
+def profile(
+    out: Path, seconds: float, root: Path, broker: str = "redis", contestant: str = "syncar", *, rate: int = 0
+) -> int:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         print("py-spy is not installed (pip install py-spy)")
@@ -110,8 +125,10 @@ def profile(out: Path, seconds: float, root: Path, broker: str = "redis", contes
         shutil.rmtree(workdir, ignore_errors=True)
     figures = derive(run) if not run.get("error") else {}
     achieved = figures.get("offered_rate_achieved") if rate else figures.get("throughput")
-    print(f"load: {run.get('error') or format(achieved or 0, ',.0f') + ' events/s'}; "
-          f"daemon CPU {figures.get('daemon_cpu_per_100k') or 0:.2f} s per 100k events")
+    print(
+        f"load: {run.get('error') or format(achieved or 0, ',.0f') + ' events/s'}; "
+        f"daemon CPU {figures.get('daemon_cpu_per_100k') or 0:.2f} s per 100k events"
+    )
     offered = f"{rate:,} events/s" if rate else "as fast as it goes"
     report = [f"profile of {contestant} over {broker}, 256 B payloads, {offered}, {seconds:g} s\n"]
     for label, role in (("a", "publishing side (A: socket -> broker)"), ("b", "receiving side (B: broker -> socket)")):

@@ -41,8 +41,12 @@ def derive(run: dict[str, Any]) -> dict[str, Any]:
         return {}
     sub, pub, processes = run["sub"], run["pub"], run["processes"]
     received, sent = sub["received"], pub["sent"]
-    figures: dict[str, Any] = {"sent": sent, "received": received, "lost": max(sent - received, 0),
-                               "publish_errors": pub.get("errors", 0)}
+    figures: dict[str, Any] = {
+        "sent": sent,
+        "received": received,
+        "lost": max(sent - received, 0),
+        "publish_errors": pub.get("errors", 0),
+    }
     daemon_cpu = sum(p["cpu_s"] for name, p in processes.items() if name.startswith("daemon"))
     broker_cpu = sum(p["cpu_s"] for name, p in processes.items() if name.startswith("broker"))
     app_cpu = run["pub_usage"]["cpu_s"] + run["sub_usage"]["cpu_s"]
@@ -62,8 +66,9 @@ def derive(run: dict[str, Any]) -> dict[str, Any]:
             figures[f"{label}_ms"] = quantile(ordered, q) / 1000
         achieved = sent / pub["elapsed"] if pub["elapsed"] else 0.0
         figures["offered_rate_achieved"] = achieved
-        figures["saturated"] = (achieved < SATURATED_SHARE * run["rate"] or pub["max_lag"] > SATURATED_LAG
-                                or received < sent)
+        figures["saturated"] = (
+            achieved < SATURATED_SHARE * run["rate"] or pub["max_lag"] > SATURATED_LAG or received < sent
+        )
     return figures
 
 
@@ -75,8 +80,11 @@ def _median(values: list[float | None]) -> float | None:
 def _medians(members: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, Any]:
     """How many repetitions ran, how many gave figures, their errors, and the median of each figure named."""
     figures = [m["figures"] for m in members if m.get("figures")]
-    entry: dict[str, Any] = {"runs": len(members), "ok": len(figures),
-                             "errors": sorted({m["error"][:200] for m in members if m.get("error")})}
+    entry: dict[str, Any] = {
+        "runs": len(members),
+        "ok": len(figures),
+        "errors": sorted({m["error"][:200] for m in members if m.get("error")}),
+    }
     entry.update({name: _median([f.get(name) for f in figures]) for name in names})
     return entry
 
@@ -89,9 +97,21 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for (broker, contestant, case), members in groups.items():
         figures = [m["figures"] for m in members if m.get("figures")]
-        entry = _medians(members, ("throughput", "p50_ms", "p99_ms", "p999_ms", "daemon_cpu_per_100k",
-                                   "broker_cpu_per_100k", "client_cpu_per_100k", "daemon_peak_rss_mib",
-                                   "client_peak_rss_mib", "lost"))
+        entry = _medians(
+            members,
+            (
+                "throughput",
+                "p50_ms",
+                "p99_ms",
+                "p999_ms",
+                "daemon_cpu_per_100k",
+                "broker_cpu_per_100k",
+                "client_cpu_per_100k",
+                "daemon_peak_rss_mib",
+                "client_peak_rss_mib",
+                "lost",
+            ),
+        )
         if figures and "saturated" in figures[0]:
             entry["saturated"] = sum(bool(f["saturated"]) for f in figures) > len(figures) / 2
         values = [f["throughput"] for f in figures if f.get("throughput")]
@@ -128,8 +148,16 @@ def rss(cases: dict[str, Any]) -> str:
     return "-" if all(v is None for v in values) else "/".join(_num(v, 0) for v in values)
 
 
-HEAD = ("broker", "contestant", "events/s 256 B", "events/s 4 KiB", "p50/p99/p999 ms at 1k/s",
-        "p50/p99/p999 ms at 10k/s", "daemons' CPU s/100k events", "daemon peak RSS MiB 256 B/4 KiB")
+HEAD = (
+    "broker",
+    "contestant",
+    "events/s 256 B",
+    "events/s 4 KiB",
+    "p50/p99/p999 ms at 1k/s",
+    "p50/p99/p999 ms at 10k/s",
+    "daemons' CPU s/100k events",
+    "daemon peak RSS MiB 256 B/4 KiB",
+)
 
 
 def rows(summary: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[str]]:
@@ -149,9 +177,18 @@ def rows(summary: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[str]]:
                 return text + (" (sat.)" if entry.get("saturated") else "")
 
             tp = cases.get("tp-256", {})
-            found.append((BROKER_LABELS.get(broker, broker), LABELS.get(contestant, contestant),
-                          _num(tp.get("throughput")), _num(cases.get("tp-4096", {}).get("throughput")),
-                          lat("lat-1000"), lat("lat-10000"), _num(tp.get("daemon_cpu_per_100k"), 2), rss(cases)))
+            found.append(
+                (
+                    BROKER_LABELS.get(broker, broker),
+                    LABELS.get(contestant, contestant),
+                    _num(tp.get("throughput")),
+                    _num(cases.get("tp-4096", {}).get("throughput")),
+                    lat("lat-1000"),
+                    lat("lat-10000"),
+                    _num(tp.get("daemon_cpu_per_100k"), 2),
+                    rss(cases),
+                )
+            )
             for entry in cases.values():
                 notes.extend(f"{broker} {contestant}: {e}" for e in entry.get("errors", []))
     return found, sorted(set(notes), key=notes.index)
@@ -162,22 +199,30 @@ def ratio_lines(summary: dict[str, Any]) -> list[str]:
     for broker, contestants in summary.items():
         ratios = contestants.get("ratios", {})
         if ratios:
-            lines.append(f"{BROKER_LABELS.get(broker, broker)} ratios: " + ", ".join(
-                f"{k} {v:+.2f}" if " ms " in k else f"{k} {v:.2f}x" for k, v in ratios.items()))
+            lines.append(
+                f"{BROKER_LABELS.get(broker, broker)} ratios: "
+                + ", ".join(f"{k} {v:+.2f}" if " ms " in k else f"{k} {v:.2f}x" for k, v in ratios.items())
+            )
     return lines
 
 
 def mode_heading(mode: str) -> str:
     """Which mode the daemons ran in, above every table: a durable run must never pass for a broadcast one."""
-    return (f"syncar daemons in {mode} mode; raw pub/sub and feathers-sync are broker pub/sub in every run "
-            "(they have no durable mode)")
+    return (
+        f"syncar daemons in {mode} mode; raw pub/sub and feathers-sync are broker pub/sub in every run "
+        "(they have no durable mode)"
+    )
 
 
 def _aligned(head: tuple[str, ...], body: list[tuple[str, ...]], left: int) -> list[str]:
     """A terminal table: the first `left` columns aligned left, the figures right."""
     widths = [max(len(r[i]) for r in (head, *body)) for i in range(len(head))]
-    lines = ["  ".join(cell.ljust(w) if i < left else cell.rjust(w)
-                       for i, (cell, w) in enumerate(zip(r, widths, strict=True))) for r in (head, *body)]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i < left else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in (head, *body)
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return lines
 
@@ -197,14 +242,21 @@ def markdown(summary: dict[str, Any], mode: str) -> str:
     """The same figures as Markdown tables, for docs/benchmarks.md."""
     found, notes = rows(summary)
     lines = [f"*{mode_heading(mode)}.*", "", *_markdown_table(HEAD, found, 2)]
-    ratio_head = ("broker", "codec", "throughput vs raw 256 B / 4 KiB", "throughput vs feathers-sync 256 B / 4 KiB",
-                  "p99 added over raw, ms, at 1k/s / 10k/s", "p99 vs feathers-sync, ms, at 1k/s / 10k/s")
+    ratio_head = (
+        "broker",
+        "codec",
+        "throughput vs raw 256 B / 4 KiB",
+        "throughput vs feathers-sync 256 B / 4 KiB",
+        "p99 added over raw, ms, at 1k/s / 10k/s",
+        "p99 vs feathers-sync, ms, at 1k/s / 10k/s",
+    )
     ratio_lines = []
     for broker, contestants in summary.items():
         ratios = contestants.get("ratios", {})
         for mine, codec in (("syncar", "syncar"), ("syncar-fs", "feathers-sync")):
             if not any(name.startswith((f"{mine}/", f"{mine}-")) for name in ratios):
                 continue  # nothing to compare it with in this run
+
             def pair(kind: str, other: str, ratios: dict[str, Any] = ratios, mine: str = mine) -> str:
                 if kind == "tp":
                     values = [ratios.get(f"{mine}/{other} {case}") for case in ("tp-256", "tp-4096")]
@@ -212,9 +264,11 @@ def markdown(summary: dict[str, Any], mode: str) -> str:
                 values = [ratios.get(f"{mine}-{other} p99 ms {case}") for case in ("lat-1000", "lat-10000")]
                 return " / ".join("-" if v is None else f"{v:+.2f}" for v in values)
 
-            ratio_lines.append(f"| {BROKER_LABELS.get(broker, broker)} | {codec} | {pair('tp', 'ceiling')} | "
-                               f"{pair('tp', 'feathers-sync')} | {pair('lat', 'ceiling')} | "
-                               f"{pair('lat', 'feathers-sync')} |")
+            ratio_lines.append(
+                f"| {BROKER_LABELS.get(broker, broker)} | {codec} | {pair('tp', 'ceiling')} | "
+                f"{pair('tp', 'feathers-sync')} | {pair('lat', 'ceiling')} | "
+                f"{pair('lat', 'feathers-sync')} |"
+            )
     if ratio_lines:
         lines += ["", "| " + " | ".join(ratio_head) + " |", "|---|---|---:|---:|---:|---:|", *ratio_lines]
     if notes:
@@ -224,10 +278,25 @@ def markdown(summary: dict[str, Any], mode: str) -> str:
 
 # --scale: the cost per event from 2 to 10 instances (bench/scale.py measures it).
 
-SCALE_FIGURES = ("published_rate", "publisher_cpu_per_100k", "receiver_cpu_per_100k", "daemons_cpu_per_100k",
-                 "broker_cpu_per_100k", "lost", "daemon_peak_rss_mib")
-SCALE_HEAD = ("instances", "published/s", "publisher's CPU s/100k sent", "a receiver's CPU s/100k received",
-              "all daemons' CPU s/100k delivered", "broker CPU s/100k delivered", "lost", "peak RSS MiB")
+SCALE_FIGURES = (
+    "published_rate",
+    "publisher_cpu_per_100k",
+    "receiver_cpu_per_100k",
+    "daemons_cpu_per_100k",
+    "broker_cpu_per_100k",
+    "lost",
+    "daemon_peak_rss_mib",
+)
+SCALE_HEAD = (
+    "instances",
+    "published/s",
+    "publisher's CPU s/100k sent",
+    "a receiver's CPU s/100k received",
+    "all daemons' CPU s/100k delivered",
+    "broker CPU s/100k delivered",
+    "lost",
+    "peak RSS MiB",
+)
 
 
 def _per_100k(cpu_s: float, events: int) -> float | None:
@@ -247,14 +316,19 @@ def scale_figures(run: dict[str, Any]) -> dict[str, Any]:
     daemons = [publisher, *receivers]
     delivered = sum(received)
     broker_cpu = sum(p["cpu_s"] for name, p in processes.items() if name.startswith("broker"))
-    return {"sent": sent, "delivered": delivered, "published_rate": sent / pub["elapsed"] if pub["elapsed"] else None,
-            "lost": sum(max(sent - count, 0) for count in received),
-            "publisher_cpu_per_100k": _per_100k(publisher["cpu_s"], sent),
-            "receiver_cpu_per_100k": _median([_per_100k(p["cpu_s"], count)
-                                              for p, count in zip(receivers, received, strict=True)]),
-            "daemons_cpu_per_100k": _per_100k(sum(p["cpu_s"] for p in daemons), delivered),
-            "broker_cpu_per_100k": _per_100k(broker_cpu, delivered),
-            "daemon_peak_rss_mib": max(p["hwm_kib"] for p in daemons) / 1024}
+    return {
+        "sent": sent,
+        "delivered": delivered,
+        "published_rate": sent / pub["elapsed"] if pub["elapsed"] else None,
+        "lost": sum(max(sent - count, 0) for count in received),
+        "publisher_cpu_per_100k": _per_100k(publisher["cpu_s"], sent),
+        "receiver_cpu_per_100k": _median(
+            [_per_100k(p["cpu_s"], count) for p, count in zip(receivers, received, strict=True)]
+        ),
+        "daemons_cpu_per_100k": _per_100k(sum(p["cpu_s"] for p in daemons), delivered),
+        "broker_cpu_per_100k": _per_100k(broker_cpu, delivered),
+        "daemon_peak_rss_mib": max(p["hwm_kib"] for p in daemons) / 1024,
+    }
 
 
 def summarise_scale(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -262,25 +336,36 @@ def summarise_scale(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[int, list[dict[str, Any]]] = {}
     for run in runs:
         groups.setdefault(run["instances"], []).append(run)
-    return [{"instances": instances, **_medians(members, SCALE_FIGURES)}
-            for instances, members in sorted(groups.items())]
+    return [
+        {"instances": instances, **_medians(members, SCALE_FIGURES)} for instances, members in sorted(groups.items())
+    ]
 
 
 def scale_heading(meta: dict[str, Any]) -> str:
     reps = meta["reps"]
-    return (f"daemons' CPU per event by number of instances: {BROKER_LABELS.get(meta['broker'], meta['broker'])}, "
-            f"syncar codec, {meta['mode']} mode; an app on the first instance publishes {meta['rate']:,} events/s "
-            f"of {meta['size']} B for {meta['publish_seconds']:g} s, one on each other instance receives them "
-            f"(\"a receiver\": the median instance); peak RSS of the largest daemon; "
-            f"{f'medians of {reps} repetitions' if reps > 1 else '1 repetition'}")
+    return (
+        f"daemons' CPU per event by number of instances: {BROKER_LABELS.get(meta['broker'], meta['broker'])}, "
+        f"syncar codec, {meta['mode']} mode; an app on the first instance publishes {meta['rate']:,} events/s "
+        f"of {meta['size']} B for {meta['publish_seconds']:g} s, one on each other instance receives them "
+        f'("a receiver": the median instance); peak RSS of the largest daemon; '
+        f"{f'medians of {reps} repetitions' if reps > 1 else '1 repetition'}"
+    )
 
 
 def _scale_rows(summary: list[dict[str, Any]]) -> tuple[list[tuple[str, ...]], list[str]]:
     found: list[tuple[str, ...]] = [
-        (str(e["instances"]), _num(e["published_rate"]), _num(e["publisher_cpu_per_100k"], 2),
-         _num(e["receiver_cpu_per_100k"], 2), _num(e["daemons_cpu_per_100k"], 2), _num(e["broker_cpu_per_100k"], 2),
-         _num(e["lost"]), _num(e["daemon_peak_rss_mib"]))
-        for e in summary]
+        (
+            str(e["instances"]),
+            _num(e["published_rate"]),
+            _num(e["publisher_cpu_per_100k"], 2),
+            _num(e["receiver_cpu_per_100k"], 2),
+            _num(e["daemons_cpu_per_100k"], 2),
+            _num(e["broker_cpu_per_100k"], 2),
+            _num(e["lost"]),
+            _num(e["daemon_peak_rss_mib"]),
+        )
+        for e in summary
+    ]
     notes = [f"{e['instances']} instances: {error}" for e in summary for error in e["errors"]]
     return found, notes
 

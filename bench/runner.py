@@ -59,9 +59,18 @@ def node_problem() -> str | None:
 
 def worker_spec(case: Case, flow_path: Path, count: int) -> dict[str, Any]:
     """What a syncar load generator is told (bench.tally.Spec), but its role and target."""
-    return {"kind": "syncar", "target": "", "key": f"bench-{uuid.uuid4().hex[:12]}", "size": case.size,
-            "rate": case.rate, "duration": case.seconds, "count": count, "window": case.window,
-            "flow": str(flow_path), "deadline": case.seconds + SLACK}
+    return {
+        "kind": "syncar",
+        "target": "",
+        "key": f"bench-{uuid.uuid4().hex[:12]}",
+        "size": case.size,
+        "rate": case.rate,
+        "duration": case.seconds,
+        "count": count,
+        "window": case.window,
+        "flow": str(flow_path),
+        "deadline": case.seconds + SLACK,
+    }
 
 
 @contextlib.contextmanager
@@ -98,7 +107,7 @@ def _group_pids(pgid: int) -> list[int]:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            if int(stat[stat.rindex(")") + 2:].split()[2]) == pgid:
+            if int(stat[stat.rindex(")") + 2 :].split()[2]) == pgid:
                 found.append(int(entry.name))
     return found
 
@@ -106,8 +115,9 @@ def _group_pids(pgid: int) -> list[int]:
 class Section:
     """One broker's part of the benchmark: its server, and its runs."""
 
-    def __init__(self, broker: str, plan: Plan, workdir: Path, syncar_root: Path = REPO,
-                 base_root: Path | None = None) -> None:
+    def __init__(
+        self, broker: str, plan: Plan, workdir: Path, syncar_root: Path = REPO, base_root: Path | None = None
+    ) -> None:
         self.broker = broker
         self.syncar_root = syncar_root
         self.base_root = base_root
@@ -141,13 +151,18 @@ class Section:
             return {}
         return {f"broker_{index}": pid for index, pid in enumerate(_group_pids(self.server.process.pid))}
 
-    async def start_daemons(self, name: str, count: int, codec: str = "syncar",
-                            root: Path | None = None) -> list[Daemon]:
+    async def start_daemons(
+        self, name: str, count: int, codec: str = "syncar", root: Path | None = None
+    ) -> list[Daemon]:
         """`count` fresh daemons on one fresh key, named `<name>-a`, `-b`...: ready, or all stopped again."""
         key = f"bench-{uuid.uuid4().hex[:12]}"
         # All start at once; then each is waited for in turn.
-        daemons = [Daemon(self.dir, f"{name}-{letter}", self.uri, key, codec, mode=self.plan.mode,
-                          root=root or self.syncar_root) for letter in string.ascii_lowercase[:count]]
+        daemons = [
+            Daemon(
+                self.dir, f"{name}-{letter}", self.uri, key, codec, mode=self.plan.mode, root=root or self.syncar_root
+            )
+            for letter in string.ascii_lowercase[:count]
+        ]
         try:
             for daemon in daemons:
                 await daemon.ready()
@@ -164,12 +179,24 @@ class Section:
         daemons = await self.start_daemons(name, 1 if self.broker == "local" else 2, CODECS[contestant], root)
         return daemons[0], daemons[-1]
 
-    async def run(self, contestant: str, case: Case, rep: int,
-                  on_daemons: Callable[[Daemon, Daemon], Awaitable[None]] | None = None) -> dict[str, Any]:
+    async def run(
+        self,
+        contestant: str,
+        case: Case,
+        rep: int,
+        on_daemons: Callable[[Daemon, Daemon], Awaitable[None]] | None = None,
+    ) -> dict[str, Any]:
         self._runs += 1
-        record: dict[str, Any] = {"broker": self.broker, "contestant": contestant, "case": case.name,
-                                  "size": case.size, "rate": case.rate, "rep": rep, "started": time.time(),
-                                  "loadavg": os.getloadavg()[0]}
+        record: dict[str, Any] = {
+            "broker": self.broker,
+            "contestant": contestant,
+            "case": case.name,
+            "size": case.size,
+            "rate": case.rate,
+            "rep": rep,
+            "started": time.time(),
+            "loadavg": os.getloadavg()[0],
+        }
         if contestant in self.skipped:
             return {**record, "error": f"skipped: {self.skipped[contestant]}"}
         name = f"{self._runs:03d}-{contestant}-{case.name}"
@@ -190,8 +217,9 @@ class Section:
             result["daemon_exits"] = exits
         return result
 
-    async def _measure(self, contestant: str, case: Case, name: str,
-                       daemons: tuple[Daemon, Daemon] | None) -> dict[str, Any]:
+    async def _measure(
+        self, contestant: str, case: Case, name: str, daemons: tuple[Daemon, Daemon] | None
+    ) -> dict[str, Any]:
         flow_path = self.dir / f"flow-{self._runs}"
         spec = worker_spec(case, flow_path, self.plan.max_events)
         pids: dict[str, int] = {}
@@ -220,14 +248,20 @@ class Section:
             await publisher.ready()
             pub_line = await publisher.result(case.seconds + SLACK)
             sub_line = await subscriber.result(SLACK)
-        return {"pub": pub_line["result"], "pub_usage": pub_line["usage"], "sub": sub_line["result"],
-                "sub_usage": sub_line["usage"], "processes": meter.end(),
-                # The Python workers' usage once connected: their cost over the run alone (bench.lowrate).
-                "ready_usage": {"pub": pub_line.get("ready_usage", {}), "sub": sub_line.get("ready_usage", {})}}
+        return {
+            "pub": pub_line["result"],
+            "pub_usage": pub_line["usage"],
+            "sub": sub_line["result"],
+            "sub_usage": sub_line["usage"],
+            "processes": meter.end(),
+            # The Python workers' usage once connected: their cost over the run alone (bench.lowrate).
+            "ready_usage": {"pub": pub_line.get("ready_usage", {}), "sub": sub_line.get("ready_usage", {})},
+        }
 
 
-async def run_plan(plan: Plan, workdir: Path, progress: Callable[[dict[str, Any]], None],
-                   syncar_root: Path = REPO) -> dict[str, Any]:
+async def run_plan(
+    plan: Plan, workdir: Path, progress: Callable[[dict[str, Any]], None], syncar_root: Path = REPO
+) -> dict[str, Any]:
     """Every run of the plan; a broker that cannot start is reported, and the others go on."""
     runs: list[dict[str, Any]] = []
     sections: dict[str, Any] = {}

@@ -48,32 +48,50 @@ async def _measure(section: Section, daemons: list[Daemon], seconds: float, name
     # A subscriber's rate only decides whether it times each event (it never paces): told 0, it only counts,
     # which spares the shared cores nine parsers.
     subscriber_spec = {**spec, "role": "sub", "rate": 0}
-    meter = Meter({"publisher": publishing.pid,
-                   **{f"receiver_{index}": d.pid for index, d in enumerate(receiving, 1)},
-                   **section.broker_meter_pids()})
+    meter = Meter(
+        {
+            "publisher": publishing.pid,
+            **{f"receiver_{index}": d.pid for index, d in enumerate(receiving, 1)},
+            **section.broker_meter_pids(),
+        }
+    )
     with load_generators(flow_path) as workers:
         for daemon in receiving:  # all start at once, then each is waited for
-            workers.append(await Worker.start(python_worker({**subscriber_spec, "target": str(daemon.socket)}),
-                                              f"{daemon.name}-sub", section.dir))
+            workers.append(
+                await Worker.start(
+                    python_worker({**subscriber_spec, "target": str(daemon.socket)}), f"{daemon.name}-sub", section.dir
+                )
+            )
         subscribers = list(workers)
         for subscriber in subscribers:
             await subscriber.ready()
         meter.begin()
-        publisher = await Worker.start(python_worker({**spec, "role": "pub", "target": str(publishing.socket)}),
-                                       f"{name}-pub", section.dir)
+        publisher = await Worker.start(
+            python_worker({**spec, "role": "pub", "target": str(publishing.socket)}), f"{name}-pub", section.dir
+        )
         workers.append(publisher)
         await publisher.ready()
         pub_line = await publisher.result(seconds + SLACK)
         sub_lines = [await subscriber.result(SLACK) for subscriber in subscribers]
-    return {"pub": pub_line["result"], "pub_usage": pub_line["usage"],
-            "subs": [{k: v for k, v in line["result"].items() if k not in BULKY} for line in sub_lines],
-            "sub_usage": [line["usage"] for line in sub_lines], "processes": meter.end()}
+    return {
+        "pub": pub_line["result"],
+        "pub_usage": pub_line["usage"],
+        "subs": [{k: v for k, v in line["result"].items() if k not in BULKY} for line in sub_lines],
+        "sub_usage": [line["usage"] for line in sub_lines],
+        "processes": meter.end(),
+    }
 
 
 async def _run(section: Section, instances: int, rep: int, seconds: float) -> dict[str, Any]:
     """One run with `instances` fresh daemons, stopped after it even if it failed."""
-    record: dict[str, Any] = {"broker": section.broker, "mode": section.plan.mode, "instances": instances,
-                              "rep": rep, "started": time.time(), "loadavg": os.getloadavg()[0]}
+    record: dict[str, Any] = {
+        "broker": section.broker,
+        "mode": section.plan.mode,
+        "instances": instances,
+        "rep": rep,
+        "started": time.time(),
+        "loadavg": os.getloadavg()[0],
+    }
     name = f"scale-{rep + 1}-{instances:02d}"
     daemons: list[Daemon] = []
     try:
@@ -97,14 +115,17 @@ def _progress(run: dict[str, Any]) -> None:
     if run.get("error"):
         text = f"error: {run['error'].splitlines()[0][:160]}"
     else:
-        text = (f"{figures['sent']:,} events published, {figures['delivered']:,} delivered; CPU s/100k: publisher "
-                f"{_cost(figures['publisher_cpu_per_100k'])}, a receiver {_cost(figures['receiver_cpu_per_100k'])}, "
-                f"all per delivered {_cost(figures['daemons_cpu_per_100k'])}; lost {figures['lost']:,}")
+        text = (
+            f"{figures['sent']:,} events published, {figures['delivered']:,} delivered; CPU s/100k: publisher "
+            f"{_cost(figures['publisher_cpu_per_100k'])}, a receiver {_cost(figures['receiver_cpu_per_100k'])}, "
+            f"all per delivered {_cost(figures['daemons_cpu_per_100k'])}; lost {figures['lost']:,}"
+        )
     print(f"  {run['instances']:2} instances rep {run['rep'] + 1}: {text}", flush=True)
 
 
-async def _runs(broker: str, mode: str, *, seconds: float, reps: int, workdir: Path,
-                root: Path) -> list[dict[str, Any]]:
+async def _runs(
+    broker: str, mode: str, *, seconds: float, reps: int, workdir: Path, root: Path
+) -> list[dict[str, Any]]:
     plan = make_plan(quick=True, brokers=(broker,), contestants=("syncar",), reps=reps, seconds=seconds, mode=mode)
     section = Section(broker, plan, workdir, root)
     runs = []

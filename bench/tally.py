@@ -80,8 +80,15 @@ class Tally:
 
     def result(self) -> dict[str, Any]:
         self.samples.append((self.last, self.received))
-        return {"received": self.received, "first": self.first, "last": self.last, "samples": self.samples,
-                "latencies_us": self.latencies, "bad": self.bad, "timed_out": time.monotonic() > self.deadline}
+        return {
+            "received": self.received,
+            "first": self.first,
+            "last": self.last,
+            "samples": self.samples,
+            "latencies_us": self.latencies,
+            "bad": self.bad,
+            "timed_out": time.monotonic() > self.deadline,
+        }
 
 
 class Pacer:

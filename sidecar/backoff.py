@@ -31,8 +31,15 @@ class Backoff:
 
     __slots__ = ("_random", "_step", "attempts", "cap", "factor", "initial", "jitter")
 
-    def __init__(self, initial: float = DEFAULT_INITIAL, cap: float = DEFAULT_CAP, *, factor: float = DEFAULT_FACTOR,
-                 jitter: float = DEFAULT_JITTER, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        initial: float = DEFAULT_INITIAL,
+        cap: float = DEFAULT_CAP,
+        *,
+        factor: float = DEFAULT_FACTOR,
+        jitter: float = DEFAULT_JITTER,
+        rng: random.Random | None = None,
+    ) -> None:
         if not 0 < initial <= cap:
             raise ValueError(f"backoff: initial ({initial}) must be above 0 and at most cap ({cap})")
         if factor < 1:

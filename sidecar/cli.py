@@ -78,10 +78,16 @@ def _add_settings(parser: argparse.ArgumentParser, fields: Sequence[str] | None 
         here = " here" if field.default_factory is not None else ""
         shown = f"; default{here} {default}" if default else ""
         # A yes/no setting is a switch: --require-broker, or --no-require-broker over the environment.
-        how: dict[str, Any] = ({"action": argparse.BooleanOptionalAction} if field.annotation is bool
-                               else {"metavar": metavar})
-        group.add_argument(flag_of(name), dest=name, default=argparse.SUPPRESS, **how,
-                           help=f"{field.description}{shown} [{env_of(name)}]")
+        how: dict[str, Any] = (
+            {"action": argparse.BooleanOptionalAction} if field.annotation is bool else {"metavar": metavar}
+        )
+        group.add_argument(
+            flag_of(name),
+            dest=name,
+            default=argparse.SUPPRESS,
+            **how,
+            help=f"{field.description}{shown} [{env_of(name)}]",
+        )
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
@@ -130,8 +136,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     configure_logging(settings.log_level, settings.log_format)
     if "backend" in vars(args) and redact_uri(args.backend) != args.backend:
-        log.warning("the broker password in --backend can be read by every local user (ps, /proc/PID/cmdline); "
-                    "put the URI in a file given with --backend-file, or in SYNCAR_BACKEND")
+        log.warning(
+            "the broker password in --backend can be read by every local user (ps, /proc/PID/cmdline); "
+            "put the URI in a file given with --backend-file, or in SYNCAR_BACKEND"
+        )
 
     async def main() -> int:
         daemon = Daemon(settings)
@@ -211,8 +219,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
             if not exc.queued:
                 print(f"syncar: publish: not sent: {exc}", file=sys.stderr)
                 return EXIT_FAILURE
-            print(f"syncar: publish: queued, not acknowledged: {exc}; it goes out when the broker takes it",
-                  file=sys.stderr)
+            print(
+                f"syncar: publish: queued, not acknowledged: {exc}; it goes out when the broker takes it",
+                file=sys.stderr,
+            )
             return EXIT_QUEUED
         except PublishRefused as exc:
             print(f"syncar: publish: refused: {exc}", file=sys.stderr)
@@ -238,9 +248,17 @@ def cmd_tail(args: argparse.Namespace) -> int:
         async with Client(settings.socket, name="syncar-tail", subscribe=subscribe, dedup=False) as client:
             async for event in client:
                 if args.json:
-                    line = orjson.dumps({"seq": event.seq, "id": event.id, "origin": event.origin,
-                                         "path": event.path, "event": event.event, "data": event.data,
-                                         "context": event.context}).decode()
+                    line = orjson.dumps(
+                        {
+                            "seq": event.seq,
+                            "id": event.id,
+                            "origin": event.origin,
+                            "path": event.path,
+                            "event": event.event,
+                            "data": event.data,
+                            "context": event.context,
+                        }
+                    ).decode()
                 else:
                     line = f"{event.seq} {event.origin} {event.path} {event.event} {orjson.dumps(event.data).decode()}"
                 print(line, flush=True)
@@ -279,8 +297,9 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="syncar", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="syncar", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"syncar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -288,45 +307,61 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(run)
     run.set_defaults(handler=cmd_run)
 
-    check = commands.add_parser("check", help="validate the settings and connect to the broker",
-                                description="Print the effective settings, then connect to the broker once. "
-                                            "Exit 0 if it answered, 1 if not, 2 if a setting is invalid.")
+    check = commands.add_parser(
+        "check",
+        help="validate the settings and connect to the broker",
+        description="Print the effective settings, then connect to the broker once. "
+        "Exit 0 if it answered, 1 if not, 2 if a setting is invalid.",
+    )
     _add_settings(check)
     check.set_defaults(handler=cmd_check)
 
-    publish = commands.add_parser("publish", help="publish one event through a running daemon",
-                                  description="Publish one event and wait until the broker accepted it. Exit 0: "
-                                              "the broker accepted it; 1: not published (refused by syncar, or no "
-                                              "syncar on the socket); 2: bad DATA or --context; 4: queued, not "
-                                              "acknowledged: syncar holds it in its outbox (its broker is down or "
-                                              "slow) and sends it when the broker takes it, so do not publish it "
-                                              "again (or again with the same --id).")
+    publish = commands.add_parser(
+        "publish",
+        help="publish one event through a running daemon",
+        description="Publish one event and wait until the broker accepted it. Exit 0: "
+        "the broker accepted it; 1: not published (refused by syncar, or no "
+        "syncar on the socket); 2: bad DATA or --context; 4: queued, not "
+        "acknowledged: syncar holds it in its outbox (its broker is down or "
+        "slow) and sends it when the broker takes it, so do not publish it "
+        "again (or again with the same --id).",
+    )
     publish.add_argument("path", help="service path, e.g. messages")
     publish.add_argument("event", help="event name, e.g. created")
     publish.add_argument("data", nargs="?", default="null", help="event data as JSON (default null)")
     publish.add_argument("--context", help="hook context as JSON")
     publish.add_argument("--id", help="event id (default: random)")
-    publish.add_argument("--timeout", type=float, default=10.0,
-                         help="seconds to wait for syncar, then for the ack (default 10)")
+    publish.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for syncar, then for the ack (default 10)"
+    )
     _add_settings(publish, ["socket", "config"])
     publish.set_defaults(handler=cmd_publish)
 
-    tail = commands.add_parser("tail", help="print events as they flow through a running daemon",
-                               description="Print every event the daemon delivers, like redis-cli monitor, "
-                                           "repeats included (apps drop an event whose origin and id they saw).")
+    tail = commands.add_parser(
+        "tail",
+        help="print events as they flow through a running daemon",
+        description="Print every event the daemon delivers, like redis-cli monitor, "
+        "repeats included (apps drop an event whose origin and id they saw).",
+    )
     tail.add_argument("--path", default="*", help="only services matching this pattern (default *)")
     tail.add_argument("--event", default="*", help="only events matching this pattern (default *)")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     _add_settings(tail, ["socket", "config"])
     tail.set_defaults(handler=cmd_tail)
 
-    health = commands.add_parser("health", help="ask a running daemon whether it is alive (or ready)",
-                                 description="GET /healthz (/readyz with --ready, /readyz/broker with --broker) "
-                                             "from the daemon's --http address; exit 0 if it answers 200, else 1. "
-                                             "For container HEALTHCHECKs.")
-    health.add_argument("--ready", action="store_true",
-                        help="ask /readyz: the socket is listening and the daemon is not shutting down (the broker "
-                             "may be away: local delivery goes on, publishes wait in the outbox)")
+    health = commands.add_parser(
+        "health",
+        help="ask a running daemon whether it is alive (or ready)",
+        description="GET /healthz (/readyz with --ready, /readyz/broker with --broker) "
+        "from the daemon's --http address; exit 0 if it answers 200, else 1. "
+        "For container HEALTHCHECKs.",
+    )
+    health.add_argument(
+        "--ready",
+        action="store_true",
+        help="ask /readyz: the socket is listening and the daemon is not shutting down (the broker "
+        "may be away: local delivery goes on, publishes wait in the outbox)",
+    )
     health.add_argument("--broker", action="store_true", help="ask /readyz/broker: ready, and the broker connected")
     health.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
     _add_settings(health, ["http", "config"])

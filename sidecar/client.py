@@ -191,8 +191,17 @@ class Client:
 
     # -- publishing ----------------------------------------------------------------------------
 
-    async def publish(self, path: str, event: str, data: Any = None, context: Any = None, *,
-                      id: str | None = None, ack: bool = False, timeout: float | None = DEFAULT_ACK_TIMEOUT) -> None:
+    async def publish(
+        self,
+        path: str,
+        event: str,
+        data: Any = None,
+        context: Any = None,
+        *,
+        id: str | None = None,
+        ack: bool = False,
+        timeout: float | None = DEFAULT_ACK_TIMEOUT,
+    ) -> None:
         """Publish one event; with `ack=True`, return only once the broker accepted it.
 
         Args:
@@ -214,8 +223,10 @@ class Client:
         if (problem := self._too_large(line)) is not None:
             raise problem
         if self._task is None or self._task.done():
-            raise ClientError("not connected to syncar: connect() first (or it was closed, or the connection was lost "
-                              "with reconnect off)")
+            raise ClientError(
+                "not connected to syncar: connect() first (or it was closed, or the connection was lost "
+                "with reconnect off)"
+            )
         future = asyncio.get_running_loop().create_future() if ack else None
         try:
             # With an ack to wait for, the timeout covers a daemon that stopped reading, too.
@@ -254,8 +265,11 @@ class Client:
         """The refusal the daemon would answer `line` with if it is over the size limit of the welcome."""
         if self.max_frame_bytes is None or len(line) - 1 <= self.max_frame_bytes:
             return None
-        return PublishRefused("frame_too_large", f"the publish is {len(line) - 1} bytes; syncar takes at most "
-                                                 f"{self.max_frame_bytes} (its --max-frame-bytes); not sent")
+        return PublishRefused(
+            "frame_too_large",
+            f"the publish is {len(line) - 1} bytes; syncar takes at most "
+            f"{self.max_frame_bytes} (its --max-frame-bytes); not sent",
+        )
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -286,8 +300,9 @@ class Client:
                 reader, writer = await asyncio.open_unix_connection(self.socket, limit=STREAM_LIMIT)
             except OSError as exc:
                 if self._first_connect and not self._first_connect.done():
-                    self._first_connect.set_exception(ClientError(f"cannot connect to {self.socket}: "
-                                                                  f"{exc.strerror or exc}"))
+                    self._first_connect.set_exception(
+                        ClientError(f"cannot connect to {self.socket}: {exc.strerror or exc}")
+                    )
                     return
             else:
                 backoff.reset()
@@ -333,8 +348,13 @@ class Client:
 
     def _hello(self) -> bytes:
         """Who we are, what we want, and, after the first connection, where to resume from."""
-        hello: dict[str, Any] = {"type": "hello", "version": PROTOCOL_VERSION, "client": self.name,
-                                 "client_id": self.client_id, "echo": self.echo}
+        hello: dict[str, Any] = {
+            "type": "hello",
+            "version": PROTOCOL_VERSION,
+            "client": self.name,
+            "client_id": self.client_id,
+            "echo": self.echo,
+        }
         if self.subscribe is not None:
             hello["subscribe"] = self.subscribe
         if self._epoch is not None:
@@ -348,9 +368,19 @@ class Client:
         if origin is not None and self._seen is not None and not self._seen.add(origin, frame["id"]):
             return
         binary = frame.get("bin")
-        await self._events.put(Event(frame["seq"], frame["id"], origin, frame["event"], frame["path"],
-                                     frame.get("data"), frame.get("context"), frame.get("time"),
-                                     None if binary is None else base64.b64decode(binary)))
+        await self._events.put(
+            Event(
+                frame["seq"],
+                frame["id"],
+                origin,
+                frame["event"],
+                frame["path"],
+                frame.get("data"),
+                frame.get("context"),
+                frame.get("time"),
+                None if binary is None else base64.b64decode(binary),
+            )
+        )
 
     def _gap(self, frame: dict[str, Any]) -> None:
         if self.on_gap is not None:  # else nothing: the daemon's log says it already

@@ -165,6 +165,7 @@ class Codec(ABC):
 
 # -- why a message was refused: the slow path, only for messages msgspec did not take ---------------------------
 
+
 def _loads(body: bytes) -> Any:
     try:
         return orjson.loads(body)
@@ -197,10 +198,10 @@ def _explain_syncar(body: bytes) -> CodecError:
     if not isinstance(obj.get("origin"), str) or not isinstance(obj["events"], list):
         return CodecError("malformed", "syncar batch has no string 'origin' or list 'events'")
     seq = obj.get("seq")
-    if not isinstance(obj.get("run", ""), str | None) or not (
-            seq is None or (type(seq) is int and seq >= 1)):
-        return CodecError("malformed", "syncar batch has a 'run' that is not a string or a 'seq' that is not a "
-                                       "positive integer")
+    if not isinstance(obj.get("run", ""), str | None) or not (seq is None or (type(seq) is int and seq >= 1)):
+        return CodecError(
+            "malformed", "syncar batch has a 'run' that is not a string or a 'seq' that is not a positive integer"
+        )
     for raw in obj["events"]:
         _check_event(raw)
     return CodecError("malformed", "event has no string 'id' or numeric 'time'")
@@ -213,6 +214,7 @@ def _explain_feathers_sync(body: bytes) -> CodecError:
 
 # -- the codecs ------------------------------------------------------------------------------------------------
 
+
 class SyncarCodec(Codec):
     name = "syncar"
     carries_ids = True
@@ -223,7 +225,10 @@ class SyncarCodec(Codec):
         self.run = secrets.token_hex(8)
         # The head is the same for every batch of this run (`echoed` needs no decoding); the seq goes in the tail.
         self._head = b'{"v":%d,"origin":%s,"run":"%s","events":[' % (
-            SYNCAR_VERSION, orjson.dumps(instance_id), self.run.encode())
+            SYNCAR_VERSION,
+            orjson.dumps(instance_id),
+            self.run.encode(),
+        )
         self.overhead = len(self._head) + len(b'],"seq":%d}' % 2**64)
         # the JSON of a sent batch's first event id -> the number of events in that batch
         self._sent: OrderedDict[bytes, int] = OrderedDict()
@@ -231,7 +236,7 @@ class SyncarCodec(Codec):
     def pack(self, events: list[Outgoing], seq: int = 1) -> list[bytes]:
         if self.broker_echoes:
             first = events[0].part
-            self._sent[first[_ID_START:first.find(_ID_END, _ID_START)]] = len(events)
+            self._sent[first[_ID_START : first.find(_ID_END, _ID_START)]] = len(events)
             if len(self._sent) > ECHO_MEMORY:
                 self._sent.popitem(last=False)
         # One copy of the batch: the head and the tail are joined to the first and last events, not to the whole.
@@ -245,7 +250,7 @@ class SyncarCodec(Codec):
         if not body.startswith(self._head):
             return 0
         start = len(self._head) + _ID_START
-        return self._sent.pop(body[start:body.find(_ID_END, start)], 1)
+        return self._sent.pop(body[start : body.find(_ID_END, start)], 1)
 
     def unpack(self, body: bytes, accepted_at: float | None = None) -> Batch:
         batch = decode_json(self._decoder, body)
@@ -275,9 +280,12 @@ class FeathersSyncCodec(Codec):
 
     def pack(self, events: list[Outgoing], seq: int = 1) -> list[bytes]:
         # A binary event goes as the bytes its serializer made, as feathers-sync publishes a Buffer.
-        bodies = [binascii.a2b_base64(e.bin) if e.bin is not None
-                  else encode(_FeathersSyncOut(e.event, e.path, e.data, NULL if e.context == NULL else e.context))
-                  for e in (o.event for o in events)]
+        bodies = [
+            binascii.a2b_base64(e.bin)
+            if e.bin is not None
+            else encode(_FeathersSyncOut(e.event, e.path, e.data, NULL if e.context == NULL else e.context))
+            for e in (o.event for o in events)
+        ]
         if not self.broker_echoes:
             # Remembered, a body would never come back to be forgotten, and an identical one from a feathers-sync
             # app would be taken for ours.
@@ -308,8 +316,9 @@ class FeathersSyncCodec(Codec):
             if (not body.lstrip(b" \t\r\n").startswith(b"{") or b"\0" in body) and not _is_json(body):
                 # Not JSON, nor the start of an object (which has no NUL byte; BSON ends with one): what a binary
                 # serializer (BSON, MessagePack) made. Only the apps can read it.
-                return Batch(None, [Event(event_id, None, "", "", NULL, NULL, binascii.b2a_base64(body, newline=False)
-                                          .decode())])
+                return Batch(
+                    None, [Event(event_id, None, "", "", NULL, NULL, binascii.b2a_base64(body, newline=False).decode())]
+                )
             raise _explain_feathers_sync(body)
         return Batch(None, [Event(event_id, None, message.event, message.path, message.data, message.context)])
 

@@ -44,59 +44,103 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SYNCAR_", frozen=True, extra="forbid")
 
-    socket: Path = Field(default_factory=default_socket_path, description="unix socket the apps connect to: "
-                         "/run/syncar/syncar.sock as root, else $XDG_RUNTIME_DIR/syncar/syncar.sock, else "
-                         "/tmp/syncar-$UID/syncar.sock")
+    socket: Path = Field(
+        default_factory=default_socket_path,
+        description="unix socket the apps connect to: "
+        "/run/syncar/syncar.sock as root, else $XDG_RUNTIME_DIR/syncar/syncar.sock, else "
+        "/tmp/syncar-$UID/syncar.sock",
+    )
     socket_mode: int = Field(0o660, description="file mode of the socket, octal; never world-writable")
-    backend: str = Field("local://", description="broker URI: local://, redis://, rediss://, amqp://, amqps://, "
-                         "nats://, tls://")
-    backend_file: Path | None = Field(None, description="file holding the broker URI, for credentials mounted as a "
-                                      "secret; wins over --backend")
+    backend: str = Field(
+        "local://", description="broker URI: local://, redis://, rediss://, amqp://, amqps://, nats://, tls://"
+    )
+    backend_file: Path | None = Field(
+        None, description="file holding the broker URI, for credentials mounted as a secret; wins over --backend"
+    )
     key: str = Field("feathers-sync", min_length=1, description="channel, exchange or subject on the broker")
     codec: Literal["syncar", "feathers-sync"] = Field("syncar", description="message format on the broker")
     mode: Mode = Field(
-        Mode.BROADCAST, description="broadcast: broker pub/sub, at most once across outages (like feathers-sync); "
-                                 "durable: a persistent per-instance queue, at least once plus de-duplication")
-    retention: int = Field(1_000_000, ge=1000, description="durable mode: events the broker keeps per key for "
-                           "instances that are away")
-    instance_ttl: float = Field(86_400.0, ge=60, description="durable mode: seconds after which the broker forgets "
-                                "an instance that has not come back (its queue or consumer is deleted)")
+        Mode.BROADCAST,
+        description="broadcast: broker pub/sub, at most once across outages (like feathers-sync); "
+        "durable: a persistent per-instance queue, at least once plus de-duplication",
+    )
+    retention: int = Field(
+        1_000_000, ge=1000, description="durable mode: events the broker keeps per key for instances that are away"
+    )
+    instance_ttl: float = Field(
+        86_400.0,
+        ge=60,
+        description="durable mode: seconds after which the broker forgets "
+        "an instance that has not come back (its queue or consumer is deleted)",
+    )
     instance_id: str = Field(
         default_factory=lambda data: default_instance_id(data.get("socket") or default_socket_path()),
-        min_length=1, max_length=200, description="this daemon's name on the bus, the same across restarts: the "
-        "host name and a hash of the socket path unless given; durable mode needs it given")
-    require_broker: bool = Field(False, description="refuse to start (exit 3) while the broker cannot be reached, "
-                                 "instead of starting without it, serving the local apps and connecting in the "
-                                 "background")
-    reconnect_max_delay: float = Field(DEFAULT_CAP, ge=DEFAULT_INITIAL, le=3600, description="longest wait in "
-                                       "seconds between two attempts to reach the broker; the first come within "
-                                       "0.1 s and the waits double up to this")
+        min_length=1,
+        max_length=200,
+        description="this daemon's name on the bus, the same across restarts: the "
+        "host name and a hash of the socket path unless given; durable mode needs it given",
+    )
+    require_broker: bool = Field(
+        False,
+        description="refuse to start (exit 3) while the broker cannot be reached, "
+        "instead of starting without it, serving the local apps and connecting in the "
+        "background",
+    )
+    reconnect_max_delay: float = Field(
+        DEFAULT_CAP,
+        ge=DEFAULT_INITIAL,
+        le=3600,
+        description="longest wait in "
+        "seconds between two attempts to reach the broker; the first come within "
+        "0.1 s and the waits double up to this",
+    )
     max_frame_bytes: int = Field(1 * MiB, ge=1024, le=256 * MiB, description="longest line a client may send")
     max_clients: int = Field(4096, ge=1, description="connections accepted at once; more are refused")
-    max_patterns: int = Field(1024, ge=1, le=1_000_000, description="patterns a client may list in "
-                              "hello.subscribe (each path and event at most 256 characters, at most 8 of them with "
-                              "a wildcard inside a name); a longer list gets an error")
-    client_queue_bytes: int = Field(8 * MiB, ge=64 * 1024,
-                                    description="unsent bytes per client before it is disconnected as too slow")
+    max_patterns: int = Field(
+        1024,
+        ge=1,
+        le=1_000_000,
+        description="patterns a client may list in "
+        "hello.subscribe (each path and event at most 256 characters, at most 8 of them with "
+        "a wildcard inside a name); a longer list gets an error",
+    )
+    client_queue_bytes: int = Field(
+        8 * MiB, ge=64 * 1024, description="unsent bytes per client before it is disconnected as too slow"
+    )
     replay_events: int = Field(10_000, ge=0, description="events kept for clients that reconnect with `resume`")
     replay_bytes: int = Field(16 * MiB, ge=0, description="bytes kept for clients that reconnect with `resume`")
-    outbox_bytes: int = Field(64 * MiB, ge=1024, description="memory the publishes kept while the broker is away "
-                              "may take (each counts twice its JSON plus 512 bytes)")
+    outbox_bytes: int = Field(
+        64 * MiB,
+        ge=1024,
+        description="memory the publishes kept while the broker is away "
+        "may take (each counts twice its JSON plus 512 bytes)",
+    )
     allow_uids: Annotated[tuple[int, ...], NoDecode] = Field(
-        (), description="comma-separated uids allowed to connect (checked with SO_PEERCRED); empty: anyone the "
-                        "socket's mode lets in")
+        (),
+        description="comma-separated uids allowed to connect (checked with SO_PEERCRED); empty: anyone the "
+        "socket's mode lets in",
+    )
     allow_gids: Annotated[tuple[int, ...], NoDecode] = Field(
-        (), description="comma-separated gids allowed to connect; a peer passes if its uid or its gid is allowed")
+        (), description="comma-separated gids allowed to connect; a peer passes if its uid or its gid is allowed"
+    )
     client_rate: float = Field(0.0, ge=0, description="publishes per second per client (token bucket); 0: no limit")
     client_burst: int = Field(1000, ge=1, description="publishes a client may send at once above --client-rate")
-    signing_key_file: Path | None = Field(None, description="file of HMAC-SHA256 keys, one per line: the first "
-                                          "signs, all verify; unsigned or forged broker messages are dropped")
-    signing_window: float = Field(60.0, ge=2, description="seconds a signed message stays acceptable, counted from "
-                                  "when the broker took it (durable mode) or from now (broadcast); older or replayed "
-                                  "ones are dropped. At least 2: signatures carry whole seconds")
+    signing_key_file: Path | None = Field(
+        None,
+        description="file of HMAC-SHA256 keys, one per line: the first "
+        "signs, all verify; unsigned or forged broker messages are dropped",
+    )
+    signing_window: float = Field(
+        60.0,
+        ge=2,
+        description="seconds a signed message stays acceptable, counted from "
+        "when the broker took it (durable mode) or from now (broadcast); older or replayed "
+        "ones are dropped. At least 2: signatures carry whole seconds",
+    )
     shutdown_timeout: float = Field(10.0, ge=0, description="seconds to flush the outbox and clients on SIGTERM")
-    http: str = Field("127.0.0.1:9464", description="ADDR:PORT for /healthz, /readyz, /readyz/broker and /metrics, "
-                      "or 'off'")
+    http: str = Field(
+        "127.0.0.1:9464", description="ADDR:PORT for /healthz, /readyz, /readyz/broker and /metrics, or 'off'"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["text", "json"] = Field("text", description="log line format")
     config: Path | None = Field(None, description="TOML file with any of these settings")
@@ -145,8 +189,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _needs_syncar_codec(self) -> Settings:
         if self.signing_key_file is not None and self.codec != "syncar":
-            raise ValueError("signing_key_file: signed messages need --codec syncar (feathers-sync apps could not "
-                             "read them)")
+            raise ValueError(
+                "signing_key_file: signed messages need --codec syncar (feathers-sync apps could not read them)"
+            )
         if self.mode is Mode.DURABLE and self.codec != "syncar":
             raise ValueError("mode: durable needs --codec syncar (feathers-sync apps only speak broadcast)")
         return self
@@ -157,9 +202,11 @@ class Settings(BaseSettings):
         # only while the host name does, and a Deployment's pod or a recreated container gets a new one: each start
         # would then leave a queue behind, unread, for --instance-ttl. Only the operator knows what is stable.
         if self.mode is Mode.DURABLE and "instance_id" not in self.model_fields_set:
-            raise ValueError("instance_id: durable mode needs --instance-id, a name that stays the same across "
-                             "restarts (e.g. a StatefulSet pod name): the broker keeps this instance's queue or "
-                             "consumer under it")
+            raise ValueError(
+                "instance_id: durable mode needs --instance-id, a name that stays the same across "
+                "restarts (e.g. a StatefulSet pod name): the broker keeps this instance's queue or "
+                "consumer under it"
+            )
         return self
 
     @field_validator("http")
@@ -174,8 +221,15 @@ class Settings(BaseSettings):
     def backend_config(self) -> BackendConfig:
         """What the backend is told, by the daemon and by `syncar check` alike."""
         # echo off: the relay drops its own events coming back from the broker; a backend that can spare it them does.
-        return BackendConfig(uri=self.backend, instance_id=self.instance_id, mode=self.mode, retention=self.retention,
-                             instance_ttl=self.instance_ttl, echo=False, reconnect_max_delay=self.reconnect_max_delay)
+        return BackendConfig(
+            uri=self.backend,
+            instance_id=self.instance_id,
+            mode=self.mode,
+            retention=self.retention,
+            instance_ttl=self.instance_ttl,
+            echo=False,
+            reconnect_max_delay=self.reconnect_max_delay,
+        )
 
     def http_address(self) -> tuple[str, int] | None:
         if self.http == "off":

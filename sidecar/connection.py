@@ -55,8 +55,15 @@ class Limits:
 class Connection(asyncio.Protocol):
     """One app's connection: the relay's Subscriber for it."""
 
-    def __init__(self, relay: Relay, limits: Limits, metrics: Metrics, *, on_close: Callable[[Connection], None],
-                 turn_away: bytes | None = None) -> None:
+    def __init__(
+        self,
+        relay: Relay,
+        limits: Limits,
+        metrics: Metrics,
+        *,
+        on_close: Callable[[Connection], None],
+        turn_away: bytes | None = None,
+    ) -> None:
         self._relay = relay
         self._limits = limits
         self._metrics = metrics
@@ -112,8 +119,11 @@ class Connection(asyncio.Protocol):
             if self._closing:
                 return
             if type(line) is Oversized:
-                self._reject_frame(ErrorCode.FRAME_TOO_LARGE,
-                                   f"frame is longer than {self._decoder.max_bytes} bytes; it was discarded", line)
+                self._reject_frame(
+                    ErrorCode.FRAME_TOO_LARGE,
+                    f"frame is longer than {self._decoder.max_bytes} bytes; it was discarded",
+                    line,
+                )
                 continue
             try:
                 publish = protocol.fast_publish(line)
@@ -134,8 +144,11 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         if self._decoder.partial:
-            self._reject_frame(ErrorCode.TRUNCATED_FRAME, "connection ended in the middle of a frame; it was discarded",
-                               self._decoder.pending_head)
+            self._reject_frame(
+                ErrorCode.TRUNCATED_FRAME,
+                "connection ended in the middle of a frame; it was discarded",
+                self._decoder.pending_head,
+            )
         self._write_unsent()
         return False  # close our side once the pending writes are out
 
@@ -169,16 +182,22 @@ class Connection(asyncio.Protocol):
             self._greet(None)
             self.send(protocol.PONG)
         else:
-            raise FrameError(ErrorCode.UNKNOWN_TYPE,
-                             f"unknown frame type {kind[:64]!r}; expected hello, publish or ping")
+            raise FrameError(
+                ErrorCode.UNKNOWN_TYPE, f"unknown frame type {kind[:64]!r}; expected hello, publish or ping"
+            )
 
     def _publish(self, publish: Publish) -> None:
         if not self.greeted:
             self._greet(None)
         if self._bucket is not None and not self._bucket.take():
             self._metrics.dropped.labels(DropReason.RATE_LIMITED).inc()
-            self.send(protocol.publish_refused(publish, ErrorCode.RATE_LIMITED, f"over {self._limits.rate:g} "
-                                               f"publishes/s (burst {self._limits.burst}); not relayed"))
+            self.send(
+                protocol.publish_refused(
+                    publish,
+                    ErrorCode.RATE_LIMITED,
+                    f"over {self._limits.rate:g} publishes/s (burst {self._limits.burst}); not relayed",
+                )
+            )
             return
         self._relay.publish(self, publish)
 
@@ -206,10 +225,14 @@ class Connection(asyncio.Protocol):
         transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
         if transport.get_write_buffer_size() > self._queue_bytes:
             self._metrics.disconnects.labels("slow_client").inc()
-            frame_warnings.warning("slow", "disconnecting a client that does not read (%d bytes unsent)",
-                                   transport.get_write_buffer_size())
-            self.close(protocol.error(ErrorCode.SLOW_CLIENT,
-                                      f"you fell {self._queue_bytes} bytes behind; resume from your last seq"))
+            frame_warnings.warning(
+                "slow", "disconnecting a client that does not read (%d bytes unsent)", transport.get_write_buffer_size()
+            )
+            self.close(
+                protocol.error(
+                    ErrorCode.SLOW_CLIENT, f"you fell {self._queue_bytes} bytes behind; resume from your last seq"
+                )
+            )
 
     def _reject_frame(self, code: str, message: str, line: bytes = b"") -> None:
         """Answer an unusable frame (`line`, or the head of one too long) with an `error`, carrying its `id` if it had
@@ -217,8 +240,11 @@ class Connection(asyncio.Protocol):
         self._metrics.frame_errors.labels(code).inc()
         frame_warnings.warning(code, "bad frame from client %s: %s", self.id_scope or "-", printable(message))
         event_id = protocol.readable_id(line)
-        self.send(protocol.error(ErrorCode(code), message) if event_id is None
-                  else protocol.error(ErrorCode(code), message, id=event_id))
+        self.send(
+            protocol.error(ErrorCode(code), message)
+            if event_id is None
+            else protocol.error(ErrorCode(code), message, id=event_id)
+        )
 
     def close(self, last_frame: bytes | None = None) -> None:
         """Say `last_frame`, stop sending, and cut the connection if it has not drained within the grace."""

@@ -55,8 +55,7 @@ class Daemon:
         self._forced = asyncio.Event()
         backend_cls = load_backend(settings.backend, settings.mode)
         self.backend: Backend = backend_cls(settings.backend_config(), on_state=self._on_backend_state)
-        codec = CODECS[settings.codec](settings.instance_id,
-                                       broker_echoes=self.backend.broker_echoes)
+        codec = CODECS[settings.codec](settings.instance_id, broker_echoes=self.backend.broker_echoes)
         # What keys the scopes of event ids: the same at every start, and secret when there is a secret.
         id_key = settings.instance_id.encode()
         if settings.signing_key_file is not None:
@@ -66,18 +65,34 @@ class Daemon:
         self.metrics = metrics = Metrics(backend_cls.name, settings.codec)
         self.outbox = outbox = Outbox(self.backend, codec, settings.key, settings.outbox_bytes, metrics)
         self.replay = replay = ReplayBuffer(settings.replay_events, settings.replay_bytes)
-        self.relay = Relay(settings.instance_id, backend_name=backend_cls.name, codec=codec, outbox=outbox,
-                           replay=replay, metrics=metrics, id_key=id_key, durable=settings.mode is Mode.DURABLE,
-                           max_event_age=settings.instance_ttl)
+        self.relay = Relay(
+            settings.instance_id,
+            backend_name=backend_cls.name,
+            codec=codec,
+            outbox=outbox,
+            replay=replay,
+            metrics=metrics,
+            id_key=id_key,
+            durable=settings.mode is Mode.DURABLE,
+            max_event_age=settings.instance_ttl,
+        )
         self.connections: set[Connection] = set()
-        self._limits = Limits(settings.max_frame_bytes, settings.client_queue_bytes, settings.client_rate,
-                              settings.client_burst, PeerPolicy(settings.allow_uids, settings.allow_gids),
-                              settings.max_patterns)
+        self._limits = Limits(
+            settings.max_frame_bytes,
+            settings.client_queue_bytes,
+            settings.client_rate,
+            settings.client_burst,
+            PeerPolicy(settings.allow_uids, settings.allow_gids),
+            settings.max_patterns,
+        )
         # The default location is in a shared place (/tmp) when there is no XDG_RUNTIME_DIR: it must be private.
-        self.listener = Listener(settings.socket, settings.socket_mode, self._accept,
-                                 private_dir=settings.socket == default_socket_path(),
-                                 overflow=protocol.error(ErrorCode.TOO_MANY_CLIENTS, "syncar is out of file "
-                                                                                     "descriptors"))
+        self.listener = Listener(
+            settings.socket,
+            settings.socket_mode,
+            self._accept,
+            private_dir=settings.socket == default_socket_path(),
+            overflow=protocol.error(ErrorCode.TOO_MANY_CLIENTS, "syncar is out of file descriptors"),
+        )
         metrics.clients.set_function(lambda: len(self.connections))
         metrics.outbox_events.set_function(lambda: len(outbox))
         metrics.outbox_bytes.set_function(lambda: outbox.bytes)
@@ -86,8 +101,9 @@ class Daemon:
         address = settings.http_address()
         self.http = None if address is None else HttpServer(*address, self.unready_reason, metrics.registry)
         # Every connection is a descriptor: more clients than the limit holds would be cut off unseen.
-        self.max_clients = fit_clients(settings.max_clients, raise_soft_limit(),
-                                       0 if self.http is None else MAX_HTTP_CONNECTIONS)
+        self.max_clients = fit_clients(
+            settings.max_clients, raise_soft_limit(), 0 if self.http is None else MAX_HTTP_CONNECTIONS
+        )
         self._outbox_task: asyncio.Task[None] | None = None
         self._connecting: asyncio.Task[None] | None = None  # connects in the background after a start without it
         self._subscription: Subscription | None = None
@@ -104,10 +120,12 @@ class Daemon:
     def _accept(self) -> Connection:
         turn_away = None
         if len(self.connections) >= self.max_clients:
-            turn_away = protocol.error(ErrorCode.TOO_MANY_CLIENTS,
-                                       f"this syncar already serves {self.max_clients} clients")
-        connection = Connection(self.relay, self._limits, self.metrics, on_close=self.connections.discard,
-                                turn_away=turn_away)
+            turn_away = protocol.error(
+                ErrorCode.TOO_MANY_CLIENTS, f"this syncar already serves {self.max_clients} clients"
+            )
+        connection = Connection(
+            self.relay, self._limits, self.metrics, on_close=self.connections.discard, turn_away=turn_away
+        )
         self.connections.add(connection)
         return connection
 
@@ -137,8 +155,14 @@ class Daemon:
         # From the first moment: a stop signal while the broker is being reached must end in an orderly stop
         # (run() stops once start() returns), not kill the process with its socket file left behind.
         self._catch_stop_signals(True)
-        log.info("syncar %s starting: instance %s, backend %s, codec %s, key %r", __version__,
-                 settings.instance_id, self.backend.name, settings.codec, settings.key)
+        log.info(
+            "syncar %s starting: instance %s, backend %s, codec %s, key %r",
+            __version__,
+            settings.instance_id,
+            self.backend.name,
+            settings.codec,
+            settings.key,
+        )
         unreachable = None
         try:
             await self._connect()
@@ -167,9 +191,12 @@ class Daemon:
         self._on_backend_state(self.backend.state)
         if unreachable is not None:
             outage = Outage(log)
-            outage.began("%s; starting without the broker: the apps of this daemon get each other's events, their "
-                         "publishes wait in the outbox (up to %d bytes); connecting in the background", unreachable,
-                         settings.outbox_bytes)
+            outage.began(
+                "%s; starting without the broker: the apps of this daemon get each other's events, their "
+                "publishes wait in the outbox (up to %d bytes); connecting in the background",
+                unreachable,
+                settings.outbox_bytes,
+            )
             self._connecting = asyncio.create_task(self._connect_later(outage), name="syncar-connect")
         log.info("ready: apps may connect to %s", settings.socket)
 
@@ -192,8 +219,13 @@ class Daemon:
                 delay = backoff.next()
                 outage.failed("%s; next attempt in %.1fs", exc, delay)
                 continue
-            outage.ended("broker %s reached %.1fs after the start (%d failed attempts); subscribed to %r",
-                         self.backend.name, outage.seconds, outage.failures, self.settings.key)
+            outage.ended(
+                "broker %s reached %.1fs after the start (%d failed attempts); subscribed to %r",
+                self.backend.name,
+                outage.seconds,
+                outage.failures,
+                self.settings.key,
+            )
             return
 
     def _catch_stop_signals(self, catch: bool) -> None:
@@ -239,8 +271,11 @@ class Daemon:
         self.listener.stop_accepting()
         deadline = asyncio.get_running_loop().time() + self.settings.shutdown_timeout
         if not await self._within(deadline, self.outbox.drain()) or self.outbox:
-            log.warning("shutdown: %d events not sent to the broker within %.1fs", len(self.outbox),
-                        self.settings.shutdown_timeout)
+            log.warning(
+                "shutdown: %d events not sent to the broker within %.1fs",
+                len(self.outbox),
+                self.settings.shutdown_timeout,
+            )
         if self._subscription is not None:
             # Stop consuming while the apps are still connected: in durable mode, what is not handled yet stays
             # on the broker for the next run instead of being acknowledged into a buffer about to vanish.

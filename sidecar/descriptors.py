@@ -46,12 +46,20 @@ def fit_clients(wanted: int, limit: int, http_connections: int) -> int:
     """
     room = limit - RESERVED - http_connections
     if room < 1:
-        raise ConfigError(f"max_clients: the file descriptor limit {limit} is too low to serve any app (syncar keeps "
-                          f"{RESERVED + http_connections} for itself); raise it: ulimit -n, systemd LimitNOFILE=, "
-                          f"docker --ulimit nofile=")
+        raise ConfigError(
+            f"max_clients: the file descriptor limit {limit} is too low to serve any app (syncar keeps "
+            f"{RESERVED + http_connections} for itself); raise it: ulimit -n, systemd LimitNOFILE=, "
+            f"docker --ulimit nofile="
+        )
     if wanted > room:
-        log.warning("max clients lowered from %d to %d: the file descriptor limit is %d and syncar keeps %d for "
-                    "itself; raise the limit (ulimit -n, systemd LimitNOFILE=, docker --ulimit nofile=) to serve "
-                    "more", wanted, room, limit, RESERVED + http_connections)
+        log.warning(
+            "max clients lowered from %d to %d: the file descriptor limit is %d and syncar keeps %d for "
+            "itself; raise the limit (ulimit -n, systemd LimitNOFILE=, docker --ulimit nofile=) to serve "
+            "more",
+            wanted,
+            room,
+            limit,
+            RESERVED + http_connections,
+        )
         return room
     return wanted

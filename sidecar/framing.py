@@ -62,8 +62,11 @@ class FrameDecoder:
         if max(map(len, lines), default=0) <= limit:  # the usual case, in one pass
             frames = [line for line in lines if line and not line.isspace()]
         else:
-            frames = [Oversized(line[:HEAD_BYTES]) if len(line) > limit else line for line in lines
-                      if len(line) > limit or (line and not line.isspace())]
+            frames = [
+                Oversized(line[:HEAD_BYTES]) if len(line) > limit else line
+                for line in lines
+                if len(line) > limit or (line and not line.isspace())
+            ]
         if len(tail) > limit:
             frames.append(Oversized(tail[:HEAD_BYTES]))
             self._discarding = True

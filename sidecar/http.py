@@ -92,8 +92,11 @@ class HttpServer:
             if not answering:
                 del self._open[writer]
                 writer.transport.abort()
-                refusals.warning("idle", "http: %d connections open, the most allowed: dropped the oldest idle one",
-                                 MAX_HTTP_CONNECTIONS)
+                refusals.warning(
+                    "idle",
+                    "http: %d connections open, the most allowed: dropped the oldest idle one",
+                    MAX_HTTP_CONNECTIONS,
+                )
                 return True
         return False
 
@@ -111,10 +114,17 @@ class HttpServer:
         if writer not in self._open:  # dropped to make room
             return
         self._open[writer] = True
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-                  503: "Service Unavailable"}[status]
-        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
-                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+        reason = {
+            200: "OK",
+            400: "Bad Request",
+            404: "Not Found",
+            405: "Method Not Allowed",
+            503: "Service Unavailable",
+        }[status]
+        writer.write(
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        )
         if method != "HEAD":
             writer.write(body)
         with contextlib.suppress(ConnectionError, TimeoutError):

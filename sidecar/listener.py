@@ -44,8 +44,10 @@ def _claim_path(path: Path) -> None:
         try:
             path.unlink(missing_ok=True)
         except OSError as exc:  # in a sticky directory such as /tmp, only its owner may remove it
-            raise StartupError(f"socket: cannot remove the stale socket {path} (owner uid {path.lstat().st_uid}): "
-                               f"{exc.strerror}; remove it as its owner or pick another --socket") from None
+            raise StartupError(
+                f"socket: cannot remove the stale socket {path} (owner uid {path.lstat().st_uid}): "
+                f"{exc.strerror}; remove it as its owner or pick another --socket"
+            ) from None
     else:
         raise StartupError(f"socket: {path} is in use by another running syncar; stop it or pick another --socket")
     finally:
@@ -59,16 +61,20 @@ def bind_unix(path: Path, mode: int, *, private_dir: bool = False) -> socket.soc
     user can write to: whoever else can write there could swap the socket for theirs and read every event.
     """
     if len(os.fsencode(path)) > MAX_PATH_BYTES:
-        raise StartupError(f"socket: {path} is too long ({len(os.fsencode(path))} bytes); a unix socket path takes at "
-                           f"most {MAX_PATH_BYTES} bytes: pick a shorter --socket")
+        raise StartupError(
+            f"socket: {path} is too long ({len(os.fsencode(path))} bytes); a unix socket path takes at "
+            f"most {MAX_PATH_BYTES} bytes: pick a shorter --socket"
+        )
     try:
         path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)  # group may reach the socket, others not
     except OSError as exc:
         raise StartupError(f"socket: cannot create directory {path.parent}: {exc.strerror}") from None
     if private_dir and (reason := unsafe_dir_reason(path.parent)) is not None:
-        raise StartupError(f"socket: refusing directory {path.parent}: {reason}, so another user could replace the "
-                           f"socket; remove it, or set --socket / SYNCAR_SOCKET to a path in a directory only you "
-                           f"can write")
+        raise StartupError(
+            f"socket: refusing directory {path.parent}: {reason}, so another user could replace the "
+            f"socket; remove it, or set --socket / SYNCAR_SOCKET to a path in a directory only you "
+            f"can write"
+        )
     _claim_path(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # The umask closes the window between bind() and chmod() in which the file would have default permissions.
@@ -94,8 +100,15 @@ class Listener:
     error frame) before it is closed, through a descriptor kept in reserve for that moment.
     """
 
-    def __init__(self, path: Path, mode: int, protocol_factory: Callable[[], asyncio.Protocol], *,
-                 private_dir: bool = False, overflow: bytes = b"") -> None:
+    def __init__(
+        self,
+        path: Path,
+        mode: int,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        *,
+        private_dir: bool = False,
+        overflow: bytes = b"",
+    ) -> None:
         self.path = path
         self.mode = mode
         self.private_dir = private_dir
@@ -144,9 +157,13 @@ class Listener:
             refusals.warning("setup", "socket: cannot set up a connection: %s", exc)
 
     def _out_of_descriptors(self, sock: socket.socket, exc: OSError) -> None:
-        refusals.warning("emfile", "socket: out of file descriptors (%s), an app was refused: raise the limit "
-                                   "(ulimit -n, systemd LimitNOFILE=) or find what holds them (ls /proc/%d/fd)",
-                         exc.strerror, os.getpid())
+        refusals.warning(
+            "emfile",
+            "socket: out of file descriptors (%s), an app was refused: raise the limit "
+            "(ulimit -n, systemd LimitNOFILE=) or find what holds them (ls /proc/%d/fd)",
+            exc.strerror,
+            os.getpid(),
+        )
         if self._reserve is None:
             self._reserve = _reserve()  # spent last time and not yet back: try again
             return

@@ -15,7 +15,9 @@ TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 #: Control characters (C0, DEL, C1), the Unicode line and paragraph separators, and the backslash that escapes them.
 _ESCAPES: dict[int, str] = {
     **{code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))},
-    0x2028: "\\u2028", 0x2029: "\\u2029", ord("\\"): "\\\\",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+    ord("\\"): "\\\\",
 }
 #: Characters of an app's string kept in a log line; a name or an id is far shorter.
 PRINTABLE_LIMIT = 256
@@ -61,24 +63,32 @@ class HarmlessAsyncioWarnings(logging.Filter):
 
 def configure(level: str, fmt: str) -> None:
     formatter: dict[str, Any] = {"()": JsonFormatter} if fmt == "json" else {"format": TEXT_FORMAT}
-    logging.config.dictConfig({
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"default": formatter},
-        "filters": {"harmless": {"()": HarmlessAsyncioWarnings}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "default",
-                                "stream": "ext://sys.stderr", "filters": ["harmless"]}},
-        "loggers": {
-            "sidecar": {"level": level.upper()},
-            "backends": {"level": level.upper()},
-            # aiormq logs every failed reconnect at ERROR with a traceback; backends.amqp says it in one line.
-            "aiormq": {"level": "CRITICAL"},
-            "aio_pika.tools": {"level": "CRITICAL"},
-            # aio-pika warns at every failed reconnect attempt; backends.amqp logs the outage and a summary instead.
-            "aio_pika.robust_connection": {"level": "CRITICAL"},
-        },
-        "root": {"handlers": ["stderr"], "level": "WARNING"},
-    })
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {"default": formatter},
+            "filters": {"harmless": {"()": HarmlessAsyncioWarnings}},
+            "handlers": {
+                "stderr": {
+                    "class": "logging.StreamHandler",
+                    "formatter": "default",
+                    "stream": "ext://sys.stderr",
+                    "filters": ["harmless"],
+                }
+            },
+            "loggers": {
+                "sidecar": {"level": level.upper()},
+                "backends": {"level": level.upper()},
+                # aiormq logs every failed reconnect at ERROR with a traceback; backends.amqp says it in one line.
+                "aiormq": {"level": "CRITICAL"},
+                "aio_pika.tools": {"level": "CRITICAL"},
+                # aio-pika warns at every failed reconnect attempt; backends.amqp logs the outage and a summary instead.
+                "aio_pika.robust_connection": {"level": "CRITICAL"},
+            },
+            "root": {"handlers": ["stderr"], "level": "WARNING"},
+        }
+    )
 
 
 class RateLimitedLogger:

@@ -20,8 +20,24 @@ _disable_created_metrics: Callable[[], None] = prometheus_client.disable_created
 _disable_created_metrics()
 
 #: Latency buckets from 100 µs to 10 s: local relays are sub-millisecond, a broker outage is seconds.
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                   5.0, 10.0)
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 
 class DropReason:
@@ -40,45 +56,69 @@ class Metrics:
         self.registry = registry = CollectorRegistry()
         self.published = Counter("syncar_events_published", "Events published by local clients", registry=registry)
         self.sent = Counter("syncar_events_sent", "Events the broker accepted from this daemon", registry=registry)
-        self.messages_sent = Counter("syncar_broker_messages_sent",
-                                     "Broker messages sent; one carries a batch of events with the syncar codec",
-                                     registry=registry)
-        self.received = Counter("syncar_events_received", "Events received from other instances via the broker",
-                                registry=registry)
-        self.missed = Counter("syncar_events_missed",
-                              "Events of other instances that went by on the bus and never reached this daemon, "
-                              "seen by their sequence numbers (syncar codec)", registry=registry)
-        self.delivered = Counter("syncar_events_delivered", "Event frames written to local clients",
-                                 registry=registry)
+        self.messages_sent = Counter(
+            "syncar_broker_messages_sent",
+            "Broker messages sent; one carries a batch of events with the syncar codec",
+            registry=registry,
+        )
+        self.received = Counter(
+            "syncar_events_received", "Events received from other instances via the broker", registry=registry
+        )
+        self.missed = Counter(
+            "syncar_events_missed",
+            "Events of other instances that went by on the bus and never reached this daemon, "
+            "seen by their sequence numbers (syncar codec)",
+            registry=registry,
+        )
+        self.delivered = Counter("syncar_events_delivered", "Event frames written to local clients", registry=registry)
         self.dropped = Counter("syncar_events_dropped", "Events dropped, by reason", ["reason"], registry=registry)
-        self.frame_errors = Counter("syncar_frame_errors", "Bad frames from clients, by error code", ["code"],
-                                    registry=registry)
-        self.disconnects = Counter("syncar_client_disconnects",
-                                   "Clients syncar disconnected, by reason (slow_client, too_many_clients, forbidden)",
-                                   ["reason"], registry=registry)
+        self.frame_errors = Counter(
+            "syncar_frame_errors", "Bad frames from clients, by error code", ["code"], registry=registry
+        )
+        self.disconnects = Counter(
+            "syncar_client_disconnects",
+            "Clients syncar disconnected, by reason (slow_client, too_many_clients, forbidden)",
+            ["reason"],
+            registry=registry,
+        )
         self.broker_up = Gauge("syncar_broker_up", "1 while the broker connection is up", registry=registry)
-        self.reconnects = Counter("syncar_backend_reconnects", "Broker connections restored after a loss",
-                                  registry=registry)
-        self.broker_node = Gauge("syncar_broker_node_info",
-                                 "1 for the broker node this daemon is connected to, 0 while that connection is down",
-                                 ["node"], registry=registry)
-        self.failovers = Counter("syncar_broker_failovers",
-                                 "Broker connections restored on another node than the one lost", registry=registry)
+        self.reconnects = Counter(
+            "syncar_backend_reconnects", "Broker connections restored after a loss", registry=registry
+        )
+        self.broker_node = Gauge(
+            "syncar_broker_node_info",
+            "1 for the broker node this daemon is connected to, 0 while that connection is down",
+            ["node"],
+            registry=registry,
+        )
+        self.failovers = Counter(
+            "syncar_broker_failovers",
+            "Broker connections restored on another node than the one lost",
+            registry=registry,
+        )
         self.clients = Gauge("syncar_clients", "Connected clients", registry=registry)
         self.outbox_events = Gauge("syncar_outbox_events", "Events waiting for the broker", registry=registry)
         self.outbox_bytes = Gauge("syncar_outbox_bytes", "Bytes waiting for the broker", registry=registry)
         self.replay_events = Gauge("syncar_replay_events", "Events held for clients that resume", registry=registry)
         self.replay_bytes = Gauge("syncar_replay_bytes", "Bytes held for clients that resume", registry=registry)
-        self.publish_seconds = Histogram("syncar_publish_seconds",
-                                         "From a client's publish to the broker accepting it",
-                                         buckets=LATENCY_BUCKETS, registry=registry)
-        self.relay_seconds = Histogram("syncar_relay_seconds",
-                                       "From publish on the origin instance to delivery here "
-                                       "(includes the clock difference between the hosts)",
-                                       buckets=LATENCY_BUCKETS, registry=registry)
-        self.implausible_times = Counter("syncar_implausible_times",
-                                         "Broker messages not measured in syncar_relay_seconds: their time is over a "
-                                         "minute ahead of this host's clock or older than --instance-ttl",
-                                         registry=registry)
+        self.publish_seconds = Histogram(
+            "syncar_publish_seconds",
+            "From a client's publish to the broker accepting it",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.relay_seconds = Histogram(
+            "syncar_relay_seconds",
+            "From publish on the origin instance to delivery here (includes the clock difference between the hosts)",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.implausible_times = Counter(
+            "syncar_implausible_times",
+            "Broker messages not measured in syncar_relay_seconds: their time is over a "
+            "minute ahead of this host's clock or older than --instance-ttl",
+            registry=registry,
+        )
         Info("syncar_build", "syncar version and configuration", registry=registry).info(
-            {"version": __version__, "backend": backend, "codec": codec})
+            {"version": __version__, "backend": backend, "codec": codec}
+        )

@@ -75,7 +75,8 @@ class Outbox:
         self._topic = topic
         # What the broker may have got without confirming it: not sent again where receivers could not drop a copy.
         self._not_resent: tuple[type[Exception], ...] = (
-            () if codec.carries_ids else (PublishUnconfirmed, PublishTimeout))
+            () if codec.carries_ids else (PublishUnconfirmed, PublishTimeout)
+        )
         self.max_bytes = max_bytes
         self._items: deque[Outgoing] = deque()
         # (number of the event, what to call once the broker has it), for the few publishes that asked for an ack
@@ -159,8 +160,13 @@ class Outbox:
             except BackendClosed:
                 return
             except self._not_resent as exc:
-                refusals.warning("unconfirmed", "%d events may or may not have reached the broker (%s); not sent "
-                                 "again: the codec carries no id for receivers to drop a copy", len(batch), exc)
+                refusals.warning(
+                    "unconfirmed",
+                    "%d events may or may not have reached the broker (%s); not sent "
+                    "again: the codec carries no id for receivers to drop a copy",
+                    len(batch),
+                    exc,
+                )
                 self._metrics.dropped.labels(DropReason.UNCONFIRMED).inc(len(batch))
                 self._take(batch)
                 self._settle((ErrorCode.UNCONFIRMED, f"not confirmed by the broker, not sent again: {exc}"))
@@ -181,8 +187,9 @@ class Outbox:
                 # Refused (permissions, a conflicting exchange...) or a library failing in a way nobody foresaw:
                 # nothing we can fix, so ask again slowly; the task must not die with the events in it.
                 delay = refused.next()
-                refusals.warning("refused", "broker refused a publish of %d events, retrying in %.2fs: %s",
-                                 len(batch), delay, exc)
+                refusals.warning(
+                    "refused", "broker refused a publish of %d events, retrying in %.2fs: %s", len(batch), delay, exc
+                )
                 await asyncio.sleep(delay)
                 continue
             refused.reset()

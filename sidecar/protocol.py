@@ -56,18 +56,42 @@ def encode(frame: dict[str, Any]) -> bytes:
     return orjson.dumps(frame, option=orjson.OPT_APPEND_NEWLINE)
 
 
-def welcome(*, instance: str, backend: str, broker_up: bool, epoch: str, seq: int, client_id: str, resumed: bool,
-            max_frame_bytes: int) -> bytes:
-    return encode({"type": "welcome", "version": PROTOCOL_VERSION, "instance": instance, "backend": backend,
-                   "broker": "up" if broker_up else "down", "epoch": epoch, "seq": seq, "client_id": client_id,
-                   "resumed": resumed, "max_frame_bytes": max_frame_bytes})
+def welcome(
+    *,
+    instance: str,
+    backend: str,
+    broker_up: bool,
+    epoch: str,
+    seq: int,
+    client_id: str,
+    resumed: bool,
+    max_frame_bytes: int,
+) -> bytes:
+    return encode(
+        {
+            "type": "welcome",
+            "version": PROTOCOL_VERSION,
+            "instance": instance,
+            "backend": backend,
+            "broker": "up" if broker_up else "down",
+            "epoch": epoch,
+            "seq": seq,
+            "client_id": client_id,
+            "resumed": resumed,
+            "max_frame_bytes": max_frame_bytes,
+        }
+    )
 
 
 def status(*, backend: str, broker_up: bool, outbox: int, stopping: bool = False, node: str | None = None) -> bytes:
     """The broker's state (and the node reached, while up); with `stopping`, the last frame before the daemon closes
     the connection."""
-    frame: dict[str, Any] = {"type": "status", "broker": "up" if broker_up else "down", "backend": backend,
-                             "outbox": outbox}
+    frame: dict[str, Any] = {
+        "type": "status",
+        "broker": "up" if broker_up else "down",
+        "backend": backend,
+        "outbox": outbox,
+    }
     if node is not None:
         frame["node"] = node
     if stopping:
@@ -83,8 +107,17 @@ def event(seq: int, origin: bytes, part: bytes) -> bytes:
 
 def gap(*, origin: str, run: str, first: int, last: int, reason: str) -> bytes:
     """Events of `origin` this daemon never got from the broker: sequence numbers `first` to `last` of its `run`."""
-    return encode({"type": "gap", "origin": origin, "missed": last - first + 1, "first": first, "last": last,
-                   "run": run, "reason": reason})
+    return encode(
+        {
+            "type": "gap",
+            "origin": origin,
+            "missed": last - first + 1,
+            "first": first,
+            "last": last,
+            "run": run,
+            "reason": reason,
+        }
+    )
 
 
 def ack(event_id: str) -> bytes:
@@ -202,9 +235,12 @@ def _binary_problem(binary: object, data: msgspec.Raw, context: msgspec.Raw) -> 
 def fast_publish(line: bytes) -> Publish | None:
     """`line` as a valid `publish`, or None if it is anything else (which `decode` and `parse_publish` explain)."""
     publish = decode_json(_publish_decoder, line)
-    if (publish is None or publish.type != "publish"
-            or _publish_problem(publish.event, publish.path, publish.id, publish.ack) is not None
-            or _binary_problem(publish.bin, publish.data, publish.context) is not None):
+    if (
+        publish is None
+        or publish.type != "publish"
+        or _publish_problem(publish.event, publish.path, publish.id, publish.ack) is not None
+        or _binary_problem(publish.bin, publish.data, publish.context) is not None
+    ):
         return None
     return publish
 
@@ -221,8 +257,16 @@ def parse_publish(frame: dict[str, Any]) -> Publish:
     if problem is not None:
         raise FrameError(ErrorCode.INVALID_FRAME, problem)
     # _publish_problem has checked the types.
-    return Publish("publish", cast(str, event), cast(str, path), data, context, cast(str | None, event_id),
-                   cast(bool, ack), cast(str | None, frame.get("bin")))
+    return Publish(
+        "publish",
+        cast(str, event),
+        cast(str, path),
+        data,
+        context,
+        cast(str | None, event_id),
+        cast(bool, ack),
+        cast(str | None, frame.get("bin")),
+    )
 
 
 class Pattern(BaseModel):
@@ -291,8 +335,10 @@ def parse_hello(frame: dict[str, Any], max_patterns: int) -> Hello:
     """
     subscribe = frame.get("subscribe")
     if isinstance(subscribe, list) and len(subscribe) > max_patterns:  # said before pydantic spends time on them
-        raise FrameError(ErrorCode.INVALID_FRAME, f"hello: subscribe: {len(subscribe)} patterns; this syncar takes "
-                         f"at most {max_patterns} (--max-patterns)")
+        raise FrameError(
+            ErrorCode.INVALID_FRAME,
+            f"hello: subscribe: {len(subscribe)} patterns; this syncar takes at most {max_patterns} (--max-patterns)",
+        )
     try:
         hello = Hello.model_validate(frame)
     except ValidationError as exc:
@@ -306,6 +352,9 @@ def parse_hello(frame: dict[str, Any], max_patterns: int) -> Hello:
         )
     wildcards = sum(pattern.wildcard for pattern in hello.subscribe or ())
     if wildcards > MAX_WILDCARD_PATTERNS:
-        raise FrameError(ErrorCode.INVALID_FRAME, f"hello: subscribe: {wildcards} patterns with a wildcard inside a "
-                         f"name; at most {MAX_WILDCARD_PATTERNS} (exact names and a whole '*' are not limited so)")
+        raise FrameError(
+            ErrorCode.INVALID_FRAME,
+            f"hello: subscribe: {wildcards} patterns with a wildcard inside a "
+            f"name; at most {MAX_WILDCARD_PATTERNS} (exact names and a whole '*' are not limited so)",
+        )
     return hello

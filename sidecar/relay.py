@@ -78,8 +78,19 @@ class _CatchUp:
 
 
 class Relay:
-    def __init__(self, instance_id: str, *, backend_name: str, codec: Codec, outbox: Outbox, replay: ReplayBuffer,
-                 metrics: Metrics, id_key: bytes, durable: bool = False, max_event_age: float = 86_400.0) -> None:
+    def __init__(
+        self,
+        instance_id: str,
+        *,
+        backend_name: str,
+        codec: Codec,
+        outbox: Outbox,
+        replay: ReplayBuffer,
+        metrics: Metrics,
+        id_key: bytes,
+        durable: bool = False,
+        max_event_age: float = 86_400.0,
+    ) -> None:
         self.instance_id = instance_id
         self.durable = durable
         self._metrics = metrics
@@ -124,14 +135,27 @@ class Relay:
                 cursor = resume.seq
             if cursor is not None and self._replay.after(cursor) is None:
                 cursor, gap = None, "you fell further behind than the replay buffer holds"
-        client.send(protocol.welcome(
-            instance=self.instance_id, backend=self.backend_name, broker_up=self.broker_up, epoch=self.epoch,
-            seq=self.seq, client_id=client.client_id, resumed=resume is not None and gap is None,
-            max_frame_bytes=client.max_frame_bytes))
+        client.send(
+            protocol.welcome(
+                instance=self.instance_id,
+                backend=self.backend_name,
+                broker_up=self.broker_up,
+                epoch=self.epoch,
+                seq=self.seq,
+                client_id=client.client_id,
+                resumed=resume is not None and gap is None,
+                max_frame_bytes=client.max_frame_bytes,
+            )
+        )
         if gap is not None:
-            client.send(protocol.error(
-                ErrorCode.RESUME_GAP, f"cannot resume fully: events after your seq may be missing ({gap})",
-                epoch=self.epoch, seq=self.seq))
+            client.send(
+                protocol.error(
+                    ErrorCode.RESUME_GAP,
+                    f"cannot resume fully: events after your seq may be missing ({gap})",
+                    epoch=self.epoch,
+                    seq=self.seq,
+                )
+            )
         if cursor is None or cursor == self.seq:
             self._clients.add(client)
         else:
@@ -152,14 +176,19 @@ class Relay:
         if entries is None:  # it read slower than events came, and the buffer moved on
             del self._catching_up[client]
             self._metrics.disconnects.labels("slow_client").inc()
-            client.close(protocol.error(ErrorCode.SLOW_CLIENT, "you read slower than events came while catching "
-                                        "up; resume from your last seq"))
+            client.close(
+                protocol.error(
+                    ErrorCode.SLOW_CLIENT,
+                    "you read slower than events came while catching up; resume from your last seq",
+                )
+            )
             return
         budget = client.queue_bytes // 8
         for entry in entries:
             state.cursor = entry.seq
-            if ((entry.source != client.client_id or (client.echo and entry.seq > state.live_from))
-                    and client.wants(entry.path, entry.event)):
+            if (entry.source != client.client_id or (client.echo and entry.seq > state.live_from)) and client.wants(
+                entry.path, entry.event
+            ):
                 frame = entry.frame()
                 client.send(frame)
                 budget -= len(frame)
@@ -199,8 +228,13 @@ class Relay:
         self._delivered_locally += self._fan_out(part, self._origin_json, publish.path, publish.event, client)
         if len(part) > self._outbox.max_event_bytes:
             self._metrics.dropped.labels(DropReason.TOO_LARGE).inc()
-            client.send(protocol.publish_refused(publish, ErrorCode.TOO_LARGE_FOR_BROKER, f"event is {len(part)} "
-                                                 f"bytes; the broker takes at most {self._outbox.max_event_bytes}"))
+            client.send(
+                protocol.publish_refused(
+                    publish,
+                    ErrorCode.TOO_LARGE_FOR_BROKER,
+                    f"event is {len(part)} bytes; the broker takes at most {self._outbox.max_event_bytes}",
+                )
+            )
             return
         outgoing = Outgoing(event, part, time.monotonic())
         try:
@@ -239,8 +273,9 @@ class Relay:
         except CodecError as exc:
             self._metrics.dropped.labels(exc.reason).inc()
             # The message may quote the broker's bytes (a foreign batch's version, say): escaped and cut.
-            bus_warnings.warning(exc.reason, "dropped a %s message from the broker: %s", exc.reason,
-                                 printable(str(exc)))
+            bus_warnings.warning(
+                exc.reason, "dropped a %s message from the broker: %s", exc.reason, printable(str(exc))
+            )
             return
         if batch.origin == self.instance_id:
             self._metrics.dropped.labels(DropReason.ECHO).inc(len(batch.events))
@@ -273,8 +308,16 @@ class Relay:
         if gap is None:
             return
         self._metrics.missed.inc(gap.missed)
-        bus_warnings.warning(f"gap-{gap.reason}", "missed %d events of %s (%s, seq %d-%d of run %s)", gap.missed,
-                             printable(origin), gap.reason, gap.first, gap.last, printable(run))
+        bus_warnings.warning(
+            f"gap-{gap.reason}",
+            "missed %d events of %s (%s, seq %d-%d of run %s)",
+            gap.missed,
+            printable(origin),
+            gap.reason,
+            gap.first,
+            gap.last,
+            printable(run),
+        )
         # Every client: which of the missed events it would have wanted cannot be known.
         self._broadcast(protocol.gap(origin=origin, run=run, first=gap.first, last=gap.last, reason=gap.reason))
 
@@ -317,8 +360,9 @@ class Relay:
             self._was_up |= up
             if self._stopping:
                 return
-            log.log(logging.INFO if up else logging.WARNING, "broker %s (%s)", "up" if up else "down",
-                    self.backend_name)
+            log.log(
+                logging.INFO if up else logging.WARNING, "broker %s (%s)", "up" if up else "down", self.backend_name
+            )
             self._broadcast(self._status())
 
     def _follow_node(self, node: str | None) -> None:
@@ -335,8 +379,13 @@ class Relay:
         self._metrics.broker_node.labels(node=node).set(1)
 
     def _status(self, stopping: bool = False) -> bytes:
-        return protocol.status(backend=self.backend_name, broker_up=self.broker_up, outbox=len(self._outbox),
-                               stopping=stopping, node=self.node)
+        return protocol.status(
+            backend=self.backend_name,
+            broker_up=self.broker_up,
+            outbox=len(self._outbox),
+            stopping=stopping,
+            node=self.node,
+        )
 
     # -- shutdown ------------------------------------------------------------------------------
 

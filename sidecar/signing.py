@@ -110,8 +110,11 @@ class Signer:
         signed_at = float(stamp) if stamp.isdigit() else 0.0
         reference, earliest, latest = self._bounds(accepted_at)
         if not earliest <= signed_at <= latest:
-            raise CodecError("stale", f"message was signed {reference - signed_at:.0f}s before its reference time "
-                                      f"(docs/security.md), outside the {self._window:g}s window")
+            raise CodecError(
+                "stale",
+                f"message was signed {reference - signed_at:.0f}s before its reference time "
+                f"(docs/security.md), outside the {self._window:g}s window",
+            )
         self._forget_before(earliest)
         if nonce in self._seen:
             raise CodecError("replayed", "message was seen before")

@@ -48,6 +48,7 @@ async def connect() -> AsyncIterator[Connect]:
 # Real brokers, one of each per test session, started on first use. The server classes skip (or, with
 # CI=true, fail) when the binary is missing.
 
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[BrokerServer]:
     from tests.brokers.redis import RedisServer

@@ -49,8 +49,14 @@ def metric(metrics: Metrics, name: str, **labels: str) -> float:
 
 def syncar(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """The CLI (`python -m sidecar ARGS`) run to its end, its output captured."""
-    return subprocess.run([sys.executable, "-m", "sidecar", *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
 
 
 async def http_get(port: int, path: str, method: str = "GET") -> tuple[int, str]:
@@ -168,8 +174,16 @@ class SpawnedDaemon:
     `wrapper`: a command that runs the daemon, such as `("prlimit", "--nofile=256:512")`.
     """
 
-    def __init__(self, socket: Path, *args: str, env: dict[str, str] | None = None, name: str = "daemon",
-                 user: int | None = None, log_dir: Path | None = None, wrapper: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        socket: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        name: str = "daemon",
+        user: int | None = None,
+        log_dir: Path | None = None,
+        wrapper: tuple[str, ...] = (),
+    ) -> None:
         self.socket = socket
         self.log_path = (log_dir or socket.parent) / f"{name}.log"
         self._log = self.log_path.open("wb")
@@ -178,7 +192,10 @@ class SpawnedDaemon:
         command = ["-m", "sidecar"] if user is None else ["-c", RUN_AS, str(user)]
         self.process = subprocess.Popen(
             [*wrapper, sys.executable, *command, "run", "--socket", str(socket), *args],
-            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=REPO,
         )
 
     @property
@@ -186,8 +203,11 @@ class SpawnedDaemon:
         return self.log_path.read_text()
 
     async def ready(self, timeout: float = TIMEOUT) -> SpawnedDaemon:
-        await wait_for(lambda: "ready: apps may connect" in self.log or self.process.poll() is not None,
-                       timeout, "the daemon to start")
+        await wait_for(
+            lambda: "ready: apps may connect" in self.log or self.process.poll() is not None,
+            timeout,
+            "the daemon to start",
+        )
         assert self.process.poll() is None, f"daemon exited with {self.process.returncode}:\n{self.log}"
         return self
 

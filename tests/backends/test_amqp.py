@@ -43,8 +43,9 @@ def server(rabbitmq_server: RabbitServer) -> RabbitServer:
 def backend(server: RabbitServer, started: Started) -> Factory:
     """`await backend(uri=..., on_state=...)`: a started AmqpBackend, closed when the test ends."""
 
-    async def factory(uri: str | None = None, on_state: Callable[[BackendState], None] | None = None,
-                      connect_timeout: float = 5.0) -> AmqpBackend:
+    async def factory(
+        uri: str | None = None, on_state: Callable[[BackendState], None] | None = None, connect_timeout: float = 5.0
+    ) -> AmqpBackend:
         config = BackendConfig(uri or server.uri, f"test-{len(started)}", connect_timeout)
         return await started(AmqpBackend(config, on_state=on_state))
 
@@ -80,7 +81,8 @@ async def test_a_slow_handler_holds_messages_on_the_broker(backend: Factory, top
 
 
 async def test_at_a_low_rate_broadcast_acknowledgements_are_grouped_in_time(
-        backend: Factory, topic: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend: Factory, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An ack written to the broker for every message was a third of a receiving daemon's CPU at 1,000 events/s: in
     broadcast mode a message the handler caught up with waits up to ACK_DELAY for company; none is left unacked."""
     acked: list[int] = []
@@ -130,25 +132,36 @@ async def test_wrong_password_is_a_clean_error_without_the_password(server: Rabb
 
 async def test_an_unknown_vhost_is_named_in_the_error(server: RabbitServer) -> None:
     instance = AmqpBackend(BackendConfig(f"amqp://guest:guest@127.0.0.1:{server.port}/nowhere", "t", 5.0))
-    with pytest.raises(BackendRefused, match=r"^amqp: cannot connect to 127\.0\.0\.1:\d+ vhost 'nowhere': the "
-                                                 r"broker refused to open the vhost \(no such vhost, or no permission"):
+    with pytest.raises(
+        BackendRefused,
+        match=r"^amqp: cannot connect to 127\.0\.0\.1:\d+ vhost 'nowhere': the "
+        r"broker refused to open the vhost \(no such vhost, or no permission",
+    ):
         await instance.start()
     await instance.close()
 
 
-@pytest.mark.parametrize(("uri", "expected"), [
-    ("amqp://127.0.0.1:notaport/", r"^amqp: invalid URI: "),
-    ("amqp:///vhost", r"^amqp: the URI names no host"),
-    # aio-pika's docstring says ca_certs; aiormq would silently ignore it and verify against the system CAs.
-    ("amqps://u:pw-secret@127.0.0.1/?ca_certs=/ca.pem", r"^amqp: unknown URI option 'ca_certs'; known: cafile, "),
-    ("amqp://u:pw-secret@127.0.0.1/?cafile=/ca.pem", r"^amqp: URI option 'cafile' needs amqps://$"),
-    ("amqps://u:pw-secret@127.0.0.1/?certfile=/nonexistent.pem",
-     r"^amqp: URI option certfile must be an existing file, not '/nonexistent.pem'$"),
-    ("amqp://u:pw-secret@127.0.0.1/?heartbeat=soon", r"^amqp: URI option heartbeat must be whole seconds"),
-    ("amqp://u:pw-secret@127.0.0.1/?reconnect_interval=0", r"^amqp: URI option reconnect_interval must be seconds "),
-    ("amqp://u:pw-secret@127.0.0.1/?auth=kerberos", r"^amqp: URI option auth must be plain or external"),
-    ("amqp://u:pw-secret@127.0.0.1/?max_message_bytes=1k", r"^amqp: URI option max_message_bytes must be bytes"),
-])
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("amqp://127.0.0.1:notaport/", r"^amqp: invalid URI: "),
+        ("amqp:///vhost", r"^amqp: the URI names no host"),
+        # aio-pika's docstring says ca_certs; aiormq would silently ignore it and verify against the system CAs.
+        ("amqps://u:pw-secret@127.0.0.1/?ca_certs=/ca.pem", r"^amqp: unknown URI option 'ca_certs'; known: cafile, "),
+        ("amqp://u:pw-secret@127.0.0.1/?cafile=/ca.pem", r"^amqp: URI option 'cafile' needs amqps://$"),
+        (
+            "amqps://u:pw-secret@127.0.0.1/?certfile=/nonexistent.pem",
+            r"^amqp: URI option certfile must be an existing file, not '/nonexistent.pem'$",
+        ),
+        ("amqp://u:pw-secret@127.0.0.1/?heartbeat=soon", r"^amqp: URI option heartbeat must be whole seconds"),
+        (
+            "amqp://u:pw-secret@127.0.0.1/?reconnect_interval=0",
+            r"^amqp: URI option reconnect_interval must be seconds ",
+        ),
+        ("amqp://u:pw-secret@127.0.0.1/?auth=kerberos", r"^amqp: URI option auth must be plain or external"),
+        ("amqp://u:pw-secret@127.0.0.1/?max_message_bytes=1k", r"^amqp: URI option max_message_bytes must be bytes"),
+    ],
+)
 async def test_an_unusable_uri_is_a_clean_error(uri: str, expected: str) -> None:
     instance = AmqpBackend(BackendConfig(uri, "t"))
     with pytest.raises(BackendError, match=expected) as raised:
@@ -161,8 +174,11 @@ async def test_an_unusable_uri_is_a_clean_error(uri: str, expected: str) -> None
 async def test_tls_refuses_an_unknown_ca(server: RabbitServer) -> None:
     # No cafile: the system CAs, which never signed the test CA.
     untrusted = AmqpBackend(BackendConfig(f"amqps://guest:guest@127.0.0.1:{server.tls_port}/", "t", 5.0))
-    with pytest.raises(BackendRefused, match=r"^amqp: cannot connect to 127\.0\.0\.1:\d+ vhost '/': .*"
-                                                 r"certificate verify failed"):
+    with pytest.raises(
+        BackendRefused,
+        match=r"^amqp: cannot connect to 127\.0\.0\.1:\d+ vhost '/': .*"
+        r"certificate verify failed",
+    ):
         await untrusted.start()
     await untrusted.close()
 
@@ -176,7 +192,8 @@ async def test_tls_without_a_client_certificate_is_refused(server: RabbitServer)
 
 
 async def test_the_exchange_matches_feathers_sync_and_bodies_cross_byte_for_byte(
-        server: RabbitServer, backend: Factory, topic: str) -> None:
+    server: RabbitServer, backend: Factory, topic: str
+) -> None:
     """A raw client doing exactly what feathers-sync 3.x's amqp adapter does shares the exchange with syncar."""
     instance = await backend()
     syncar_inbox = Inbox()
@@ -186,8 +203,9 @@ async def test_the_exchange_matches_feathers_sync_and_bodies_cross_byte_for_byte
         channel = await connection.channel()
         # amqplib assertExchange(key, 'fanout', {durable: false}); assertQueue('', {autoDelete: true}) (durable
         # defaults to true in amqplib); bindQueue(queue, key, 'queue-binding'); consume(noAck).
-        exchange = await channel.declare_exchange(topic, aio_pika.ExchangeType.FANOUT, durable=False,
-                                                  auto_delete=False, internal=False)
+        exchange = await channel.declare_exchange(
+            topic, aio_pika.ExchangeType.FANOUT, durable=False, auto_delete=False, internal=False
+        )
         queue = await channel.declare_queue("", durable=True, auto_delete=True)
         assert queue.name.startswith("amq.gen-")
         await queue.bind(exchange, BINDING_KEY)

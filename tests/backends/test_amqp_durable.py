@@ -44,12 +44,19 @@ def server(rabbitmq_server: RabbitServer) -> RabbitServer:
 def backend(server: RabbitServer, started: Started) -> Factory:
     """`await backend("instance-id", retention=..., ...)`: a started durable AmqpBackend, closed after the test."""
 
-    async def factory(instance_id: str | None = None, *, queue_type: str | None = None, retention: int = 100_000,
-                      instance_ttl: float = 3600.0, mode: Mode = Mode.DURABLE,
-                      on_state: Callable[[BackendState], None] | None = None) -> AmqpBackend:
+    async def factory(
+        instance_id: str | None = None,
+        *,
+        queue_type: str | None = None,
+        retention: int = 100_000,
+        instance_ttl: float = 3600.0,
+        mode: Mode = Mode.DURABLE,
+        on_state: Callable[[BackendState], None] | None = None,
+    ) -> AmqpBackend:
         uri = server.uri if queue_type is None else f"{server.uri}?queue_type={queue_type}"
-        config = BackendConfig(uri, instance_id or f"i-{uuid.uuid4().hex[:8]}", mode=mode, retention=retention,
-                               instance_ttl=instance_ttl)
+        config = BackendConfig(
+            uri, instance_id or f"i-{uuid.uuid4().hex[:8]}", mode=mode, retention=retention, instance_ttl=instance_ttl
+        )
         return await started(load_backend(uri, mode)(config, on_state=on_state))
 
     return factory
@@ -77,8 +84,9 @@ def queue_names(server: RabbitServer) -> set[str]:
 
 
 def queue_row(server: RabbitServer, name: str) -> dict[str, Any]:
-    rows = [row for row in server.list("queues", "name", "durable", "type", "arguments", "messages")
-            if row["name"] == name]
+    rows = [
+        row for row in server.list("queues", "name", "durable", "type", "arguments", "messages") if row["name"] == name
+    ]
     assert len(rows) == 1, f"queue {name!r} not on the broker"
     row = rows[0]
     row["arguments"] = {key: value for key, _type, value in row["arguments"]}
@@ -93,8 +101,9 @@ async def test_features_depend_on_the_mode(backend: Factory) -> None:
 
 
 @pytest.mark.parametrize("queue_type", QUEUE_TYPES)
-async def test_topology_and_settings_on_the_broker(server: RabbitServer, backend: Factory, topic: str,
-                                                   queue_type: str) -> None:
+async def test_topology_and_settings_on_the_broker(
+    server: RabbitServer, backend: Factory, topic: str, queue_type: str
+) -> None:
     receiver = await backend("receiver", queue_type=queue_type, retention=5000, instance_ttl=7200.0)
     inbox = Inbox()
     await receiver.subscribe(topic, inbox)
@@ -109,13 +118,24 @@ async def test_topology_and_settings_on_the_broker(server: RabbitServer, backend
 
     await eventually(acknowledged, 10, "the broker to count both messages acknowledged")
     assert queue_row(server, queue) == {
-        "name": queue, "durable": True, "type": queue_type, "messages": 0,
-        "arguments": {"x-queue-type": queue_type, "x-max-length": 5000, "x-overflow": "drop-head",
-                      "x-expires": 7_200_000},
+        "name": queue,
+        "durable": True,
+        "type": queue_type,
+        "messages": 0,
+        "arguments": {
+            "x-queue-type": queue_type,
+            "x-max-length": 5000,
+            "x-overflow": "drop-head",
+            "x-expires": 7_200_000,
+        },
     }
     exchanges = {row["name"]: row for row in server.list("exchanges", "name", "type", "durable", "auto_delete")}
-    assert exchanges[f"{topic}.durable"] == {"name": f"{topic}.durable", "type": "fanout", "durable": True,
-                                             "auto_delete": False}
+    assert exchanges[f"{topic}.durable"] == {
+        "name": f"{topic}.durable",
+        "type": "fanout",
+        "durable": True,
+        "auto_delete": False,
+    }
     assert topic not in exchanges  # feathers-sync's non-durable exchange is left alone
     bindings = server.list("bindings", "source_name", "destination_name", "routing_key")
     assert {"source_name": f"{topic}.durable", "destination_name": queue, "routing_key": "queue-binding"} in bindings
@@ -140,7 +160,8 @@ async def test_messages_are_persistent(server: RabbitServer, backend: Factory, t
 
 @pytest.mark.parametrize("queue_type", QUEUE_TYPES)
 async def test_a_failing_handler_gets_its_message_again_in_order(
-        backend: Factory, topic: str, queue_type: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend: Factory, topic: str, queue_type: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("backends.amqp_subscription.REDELIVERY_DELAY", 0.05)
     sender, receiver = await backend(queue_type=queue_type), await backend(queue_type=queue_type)
     calls: list[bytes] = []
@@ -177,8 +198,9 @@ async def test_retention_keeps_the_newest(backend: Factory, topic: str) -> None:
     assert await inbox.wait(11) == [*numbered(15, 25), b"live"]
 
 
-async def test_an_instance_that_never_comes_back_is_forgotten(server: RabbitServer, backend: Factory,
-                                                              topic: str) -> None:
+async def test_an_instance_that_never_comes_back_is_forgotten(
+    server: RabbitServer, backend: Factory, topic: str
+) -> None:
     gone, staying = await backend("gone", instance_ttl=1.0), await backend("staying", instance_ttl=1.0)
     await gone.subscribe(topic, Inbox())
     inbox = Inbox()
@@ -194,8 +216,9 @@ async def test_an_instance_that_never_comes_back_is_forgotten(server: RabbitServ
     assert await inbox.wait(1) == [b"still here"]
 
 
-async def test_changed_settings_keep_the_queue_as_it_is(server: RabbitServer, backend: Factory, topic: str,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+async def test_changed_settings_keep_the_queue_as_it_is(
+    server: RabbitServer, backend: Factory, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
     first = await backend("changing", retention=1000)
     await first.subscribe(topic, Inbox())
     await first.close()
@@ -209,8 +232,7 @@ async def test_changed_settings_keep_the_queue_as_it_is(server: RabbitServer, ba
     assert queue_row(server, f"{topic}.durable.changing")["arguments"]["x-max-length"] == 1000
 
 
-async def test_long_instance_ids_get_distinct_stable_names(server: RabbitServer, backend: Factory,
-                                                           topic: str) -> None:
+async def test_long_instance_ids_get_distinct_stable_names(server: RabbitServer, backend: Factory, topic: str) -> None:
     first, second = "é" * 199 + "1", "é" * 199 + "2"  # 1194 characters escaped, the same but for the last
     names = {durable_queue_name(topic, first), durable_queue_name(topic, second)}
     assert len(names) == 2 and all(len(name.encode()) <= MAX_NAME_BYTES for name in names)
@@ -269,16 +291,16 @@ async def test_a_deleted_queue_is_declared_again(server: RabbitServer, backend: 
     old_tag = subscription.consumer_tag
     await asyncio.to_thread(server.ctl, "delete_queue", f"{topic}.durable.deleted")
     # The broker cancels the consumer; the backend declares the queue again and consumes it.
-    await wait_for(lambda: subscription.consumer_tag != old_tag and not subscription.cancelled, 10,
-                   "a new consumer")
+    await wait_for(lambda: subscription.consumer_tag != old_tag and not subscription.cancelled, 10, "a new consumer")
     await sender.publish(topic, [b"after"])
     assert await inbox.wait(2) == [b"before", b"after"]
     assert receiver.state is BackendState.CONNECTED
 
 
 @pytest.mark.parametrize("queue_type", QUEUE_TYPES)
-async def test_broker_killed_mid_stream_loses_nothing_confirmed(server: RabbitServer, backend: Factory,
-                                                                topic: str, queue_type: str) -> None:
+async def test_broker_killed_mid_stream_loses_nothing_confirmed(
+    server: RabbitServer, backend: Factory, topic: str, queue_type: str
+) -> None:
     sender = await backend(queue_type=queue_type)
     receiver = await backend(queue_type=queue_type)
     received = Inbox()
@@ -304,8 +326,11 @@ async def test_broker_killed_mid_stream_loses_nothing_confirmed(server: RabbitSe
         # RabbitMQ 3.10 loses a quorum queue killed within a second or two of its declaration (no leader ever
         # again, see docs/backends/rabbitmq.md): that is the broker's window, not what this test is about.
         settle = QUORUM_SETTLE if queue_type == "quorum" else 0.0
-        await wait_for(lambda: len(confirmed) >= kill_at and time.monotonic() - declared > settle, 20,
-                       f"{kill_at} confirmed publishes")
+        await wait_for(
+            lambda: len(confirmed) >= kill_at and time.monotonic() - declared > settle,
+            20,
+            f"{kill_at} confirmed publishes",
+        )
         await asyncio.to_thread(server.kill)
         await wait_for(lambda: receiver.state is BackendState.RECONNECTING, 5, "the receiver to notice")
         await asyncio.to_thread(server.start)
@@ -316,15 +341,19 @@ async def test_broker_killed_mid_stream_loses_nothing_confirmed(server: RabbitSe
             await streaming
     finally:
         streaming.cancel()
-    await wait_for(lambda: set(confirmed) <= set(received.bodies), 20,
-                   f"every confirmed message (missing {len(set(confirmed) - set(received.bodies))})")
+    await wait_for(
+        lambda: set(confirmed) <= set(received.bodies),
+        20,
+        f"every confirmed message (missing {len(set(confirmed) - set(received.bodies))})",
+    )
     # At least once (a message unconfirmed when the broker died may come twice), and never out of order.
     firsts = list(dict.fromkeys(received.bodies))
     assert firsts == numbered(0, total)
 
 
 async def test_two_daemons_an_instance_away_gets_everything_once_in_order(
-        server: RabbitServer, sock_dir: Path, topic: str) -> None:
+    server: RabbitServer, sock_dir: Path, topic: str
+) -> None:
     settings = {"backend": server.uri, "mode": "durable", "key": topic}
     sock_a, sock_b = sock_dir / "a.sock", sock_dir / "b.sock"
     async with contextlib.AsyncExitStack() as stack:

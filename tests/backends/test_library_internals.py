@@ -26,8 +26,10 @@ from tests.brokers.nats import NatsServer
 
 
 def relied_on(library: str, what: str, by: str) -> str:
-    return (f"{library} {version(library)} no longer has {what}, which {by} relies on: fix that code, or pin the "
-            "version constraints.txt had (scripts/lock)")
+    return (
+        f"{library} {version(library)} no longer has {what}, which {by} relies on: fix that code, or pin the "
+        "version constraints.txt had (scripts/lock)"
+    )
 
 
 def reads(cls: type, attribute: str) -> bool:
@@ -39,7 +41,8 @@ def test_nats_client_state_that_syncar_uses() -> None:
     expected = {"_server_info": dict, "_pending": list, "_pending_data_size": int, "_pongs": list}
     for name, kind in expected.items():
         assert isinstance(getattr(client, name, None), kind), relied_on(
-            "nats-py", f"Client.{name} ({kind.__name__})", "backends/nats_internals.py")
+            "nats-py", f"Client.{name} ({kind.__name__})", "backends/nats_internals.py"
+        )
     assert hasattr(client, "_transport"), relied_on("nats-py", "Client._transport", "nats_internals.write_with_ping")
     # nats-py's own code must still read them: its flusher sends _pending, its reader resolves _pongs.
     for name in ("_pending", "_pending_data_size", "_pongs", "_server_info", "_transport"):
@@ -49,7 +52,8 @@ def test_nats_client_state_that_syncar_uses() -> None:
 def test_jetstream_publish_futures_that_syncar_fails_on_a_lost_connection() -> None:
     js = Client().jetstream()
     assert isinstance(getattr(js, "_publish_async_futures", None), dict), relied_on(
-        "nats-py", "JetStreamContext._publish_async_futures", "nats_internals.release_publish_slots")
+        "nats-py", "JetStreamContext._publish_async_futures", "nats_internals.release_publish_slots"
+    )
     assert reads(JetStreamContext, "_publish_async_futures")
 
 
@@ -64,7 +68,8 @@ async def test_nats_server_info_and_pongs_on_a_live_connection(server: NatsServe
     try:
         info = getattr(client, "_server_info", {})
         assert info.get("max_payload") == client.max_payload, relied_on(
-            "nats-py", "the server's INFO in Client._server_info", "nats_internals.offered_tls")
+            "nats-py", "the server's INFO in Client._server_info", "nats_internals.offered_tls"
+        )
         await client.publish("syncar.internals", b"x")
         async with asyncio.timeout(5):  # nats-py's reader must resolve the PONG we queued on its _pongs
             assert await write_with_ping(client)
@@ -76,7 +81,9 @@ def test_aio_pika_reconnect_interval_is_read_where_syncar_backs_off() -> None:
     connection = BackingOffRobustConnection(URL("amqp://guest:guest@127.0.0.1/?reconnect_interval=0.3"))
     # aio-pika's constructor sets reconnect_interval from the URI: our setter takes it as the first wait...
     assert connection.base_interval == 0.3, relied_on(
-        "aio-pika", "RobustConnection setting self.reconnect_interval in __init__", "backends/amqp.py")
+        "aio-pika", "RobustConnection setting self.reconnect_interval in __init__", "backends/amqp.py"
+    )
     # ...and its reconnect loop reads it for each wait: our getter draws the next delay there.
     assert reads(aio_pika.RobustConnection, "reconnect_interval"), relied_on(
-        "aio-pika", "RobustConnection reading self.reconnect_interval", "BackingOffRobustConnection")
+        "aio-pika", "RobustConnection reading self.reconnect_interval", "BackingOffRobustConnection"
+    )

@@ -49,8 +49,9 @@ Factory = Callable[..., Awaitable[NatsBackend]]
 def connect(server: NatsServer, started: Started) -> Factory:
     """Start backends on `server` (or a given URI); all are closed after the test."""
 
-    async def start(uri: str | None = None, states: list[BackendState] | None = None, *,
-                    echo: bool = True) -> NatsBackend:
+    async def start(
+        uri: str | None = None, states: list[BackendState] | None = None, *, echo: bool = True
+    ) -> NatsBackend:
         on_state = states.append if states is not None else None
         config = BackendConfig(uri or server.uri, f"test-{len(started)}", echo=echo)
         return await started(NatsBackend(config, on_state=on_state))
@@ -58,8 +59,9 @@ def connect(server: NatsServer, started: Started) -> Factory:
     return start
 
 
-async def test_a_publish_and_its_confirmation_go_out_in_one_write(connect: Factory, topic: str,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_publish_and_its_confirmation_go_out_in_one_write(
+    connect: Factory, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """nats-py's flusher wrote the PUBs and flush() its PING apart: two system calls per batch, over half of a
     publishing daemon's CPU at 1,000 events/s. Now one write carries both, and the server's PONG confirms them."""
     sender, receiver = await connect(), await connect()
@@ -84,8 +86,10 @@ async def test_a_publish_and_its_confirmation_go_out_in_one_write(connect: Facto
     assert len(batches) == 10 and all(written.endswith(b"PING\r\n") for written in batches), batches
 
 
-@pytest.mark.parametrize("uri", ["nats://127.0.0.1:{port}", "nats://alice:hunter2secret@127.0.0.1:{port}",
-                                 "nats://tokensecret42@127.0.0.1:{port}"])
+@pytest.mark.parametrize(
+    "uri",
+    ["nats://127.0.0.1:{port}", "nats://alice:hunter2secret@127.0.0.1:{port}", "nats://tokensecret42@127.0.0.1:{port}"],
+)
 async def test_start_against_a_closed_port_fails_fast_and_clean(uri: str) -> None:
     from tests.brokers import free_port
 
@@ -130,8 +134,9 @@ def own_server() -> Iterator[NatsServer]:
     yield from serve(NatsServer())
 
 
-async def test_publish_while_the_broker_is_down_fails_promptly(own_server: NatsServer, connect: Factory,
-                                                               topic: str) -> None:
+async def test_publish_while_the_broker_is_down_fails_promptly(
+    own_server: NatsServer, connect: Factory, topic: str
+) -> None:
     backend = await connect(own_server.uri)
     await asyncio.to_thread(own_server.kill)
     await wait_for(lambda: backend.state is BackendState.RECONNECTING, what="RECONNECTING")
@@ -182,7 +187,8 @@ async def test_a_connection_nats_py_gave_up_is_replaced(connect: Factory, topic:
 
 @pytest.mark.slow
 async def test_a_stuck_server_times_the_publish_out_and_the_backend_reconnects(
-        own_server: NatsServer, connect: Factory, topic: str) -> None:
+    own_server: NatsServer, connect: Factory, topic: str
+) -> None:
     # SIGSTOP: the socket stays open but nothing answers, as with a half-open connection or a hung broker.
     states: list[BackendState] = []
     backend = await connect(own_server.uri, states)
@@ -222,8 +228,9 @@ class SmallPayloadServer(NatsServer):
 
 
 @pytest.mark.parametrize("broker_cls", [NatsServer, SmallPayloadServer], ids=["default", "64KiB"])
-async def test_max_message_bytes_is_the_servers_max_payload(connect: Factory, topic: str,
-                                                            broker_cls: type[NatsServer]) -> None:
+async def test_max_message_bytes_is_the_servers_max_payload(
+    connect: Factory, topic: str, broker_cls: type[NatsServer]
+) -> None:
     broker = broker_cls()
     broker.start()
     try:
@@ -270,8 +277,16 @@ async def test_user_and_password_from_the_uri(connect: Factory, topic: str) -> N
 class TlsServer(NatsServer):
     def command(self) -> list[str]:
         d = self.dir
-        return [*super().command(), "--tlscert", str(d / "server.pem"), "--tlskey", str(d / "server.key"),
-                "--tlscacert", str(d / "ca.pem"), "--tlsverify"]
+        return [
+            *super().command(),
+            "--tlscert",
+            str(d / "server.pem"),
+            "--tlskey",
+            str(d / "server.key"),
+            "--tlscacert",
+            str(d / "ca.pem"),
+            "--tlsverify",
+        ]
 
 
 async def test_tls_with_ca_and_client_certificate(connect: Factory, server: NatsServer, topic: str) -> None:
@@ -280,8 +295,9 @@ async def test_tls_with_ca_and_client_certificate(connect: Factory, server: Nats
     broker.start()
     d = broker.dir
     try:
-        backend = await connect(f"tls://127.0.0.1:{broker.port}?tls_ca={d}/ca.pem&tls_cert={d}/client.pem"
-                                f"&tls_key={d}/client.key")
+        backend = await connect(
+            f"tls://127.0.0.1:{broker.port}?tls_ca={d}/ca.pem&tls_cert={d}/client.pem&tls_key={d}/client.key"
+        )
         inbox = Inbox()
         await backend.subscribe(topic, inbox)
         await backend.publish(topic, [b"encrypted"])

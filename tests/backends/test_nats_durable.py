@@ -43,8 +43,14 @@ Factory = Callable[..., Awaitable[NatsBackend]]
 def connect(server: NatsServer, started: Started) -> Factory:
     """Start durable backends (instance id, server, limits as given); all are closed after the test."""
 
-    async def start(instance: str, uri: str | None = None, *, retention: int = 100_000, ttl: float = TTL,
-                    states: list[BackendState] | None = None) -> NatsBackend:
+    async def start(
+        instance: str,
+        uri: str | None = None,
+        *,
+        retention: int = 100_000,
+        ttl: float = TTL,
+        states: list[BackendState] | None = None,
+    ) -> NatsBackend:
         config = BackendConfig(uri or server.uri, instance, mode=Mode.DURABLE, retention=retention, instance_ttl=ttl)
         return await started(NatsJetStreamBackend(config, on_state=states.append if states is not None else None))
 
@@ -91,7 +97,8 @@ async def test_round_trip_in_order_with_positions(connect: Factory, topic: str) 
 
 
 async def test_unacknowledged_messages_of_a_stopped_consumer_come_back_at_once_and_in_order(
-        connect: Factory, jsm: Any, topic: str) -> None:
+    connect: Factory, jsm: Any, topic: str
+) -> None:
     sender = await connect("s")
     stuck = asyncio.Event()
     got: list[bytes] = []
@@ -220,8 +227,11 @@ async def test_a_server_without_jetstream_is_a_clear_error(connect: Factory, top
     broker.start()
     try:
         backend = await connect("x", broker.uri)
-        with pytest.raises(BackendError, match=r"JetStream is not enabled on 127\.0\.0\.1:\d+ \(durable mode needs "
-                                               r"nats-server -js\)$"):
+        with pytest.raises(
+            BackendError,
+            match=r"JetStream is not enabled on 127\.0\.0\.1:\d+ \(durable mode needs "
+            r"nats-server -js\)$",
+        ):
             await backend.subscribe(topic, Inbox())
         with pytest.raises(BackendError, match="JetStream is not enabled"):
             await backend.publish(topic, [b"x"])
@@ -232,8 +242,9 @@ async def test_a_server_without_jetstream_is_a_clear_error(connect: Factory, top
 # -- the broker killed -----------------------------------------------------------------------------------------
 
 
-async def test_broker_killed_mid_stream_loses_nothing_confirmed(own_server: NatsServer, connect: Factory,
-                                                                topic: str) -> None:
+async def test_broker_killed_mid_stream_loses_nothing_confirmed(
+    own_server: NatsServer, connect: Factory, topic: str
+) -> None:
     states: list[BackendState] = []
     receiver = await connect("r", own_server.uri, states=states)
     sender = await connect("s", own_server.uri)
@@ -265,8 +276,11 @@ async def test_broker_killed_mid_stream_loses_nothing_confirmed(own_server: Nats
         at_kill = len(confirmed)
         await asyncio.to_thread(own_server.start)
         back = time.monotonic()
-        await wait_for(lambda: receiver.state is BackendState.CONNECTED and sender.state is BackendState.CONNECTED,
-                       timeout=RECOVERY + 3, what="CONNECTED again")
+        await wait_for(
+            lambda: receiver.state is BackendState.CONNECTED and sender.state is BackendState.CONNECTED,
+            timeout=RECOVERY + 3,
+            what="CONNECTED again",
+        )
         assert time.monotonic() - back < RECOVERY
         await wait_for(lambda: len(confirmed) >= at_kill + 2000, what=f"2000 more confirmed; {failures[-3:]}")
     finally:
@@ -280,8 +294,9 @@ async def test_broker_killed_mid_stream_loses_nothing_confirmed(own_server: Nats
     assert states == [BackendState.CONNECTED, BackendState.RECONNECTING, BackendState.CONNECTED]
 
 
-async def test_publish_while_the_broker_is_down_fails_promptly(own_server: NatsServer, connect: Factory,
-                                                               topic: str) -> None:
+async def test_publish_while_the_broker_is_down_fails_promptly(
+    own_server: NatsServer, connect: Factory, topic: str
+) -> None:
     backend = await connect("s", own_server.uri)
     await backend.publish(topic, [b"stored"])
     await asyncio.to_thread(own_server.kill)
@@ -301,8 +316,7 @@ async def test_publish_while_the_broker_is_down_fails_promptly(own_server: NatsS
         await client.close()
 
 
-async def test_a_connection_nats_py_gave_up_is_replaced_and_the_consumer_resumes(connect: Factory,
-                                                                                 topic: str) -> None:
+async def test_a_connection_nats_py_gave_up_is_replaced_and_the_consumer_resumes(connect: Factory, topic: str) -> None:
     states: list[BackendState] = []
     receiver, sender = await connect("r", states=states), await connect("s")
     inbox = Inbox()
@@ -324,7 +338,8 @@ async def test_a_connection_nats_py_gave_up_is_replaced_and_the_consumer_resumes
 
 
 async def test_a_daemon_that_was_stopped_delivers_what_it_missed_once_and_in_order(
-        server: NatsServer, sock_dir: Path, topic: str) -> None:
+    server: NatsServer, sock_dir: Path, topic: str
+) -> None:
     common: dict[str, Any] = {"backend": server.uri, "mode": "durable", "key": topic}
     sock_a, sock_b = sock_dir / "a.sock", sock_dir / "b.sock"
     async with run_daemon(sock_b, instance_id=f"b-{topic}", **common):

@@ -43,8 +43,9 @@ def server() -> Iterator[RedisServer]:
 def backend(server: RedisServer, started: Started) -> Factory:
     """`await backend(uri=..., on_state=...)`: a started RedisBackend, closed when the test ends."""
 
-    async def factory(uri: str | None = None, on_state: Callable[[BackendState], None] | None = None,
-                      connect_timeout: float = 2.0) -> RedisBackend:
+    async def factory(
+        uri: str | None = None, on_state: Callable[[BackendState], None] | None = None, connect_timeout: float = 2.0
+    ) -> RedisBackend:
         config = BackendConfig(uri or server.uri, f"test-{len(started)}", connect_timeout)
         return await started(RedisBackend(config, on_state=on_state))
 
@@ -99,8 +100,9 @@ async def test_message_size_limit(backend: Factory, server: RedisServer, topic: 
 async def test_wrong_password_is_a_clean_error_without_the_password(server: RedisServer, topic: str) -> None:
     admin = redis.asyncio.Redis.from_url(server.uri)
     user = f"u{uuid.uuid4().hex[:8]}"
-    await admin.acl_setuser(user, enabled=True, passwords=["+right-pass-123"], commands=["+@all"],
-                            keys=["*"], channels=["*"])
+    await admin.acl_setuser(
+        user, enabled=True, passwords=["+right-pass-123"], commands=["+@all"], keys=["*"], channels=["*"]
+    )
     try:
         wrong = RedisBackend(BackendConfig(f"redis://{user}:wrong-pass-456@127.0.0.1:{server.port}/0", "x"))
         with pytest.raises(BackendRefused) as caught:
@@ -124,18 +126,27 @@ async def test_wrong_password_is_a_clean_error_without_the_password(server: Redi
 async def test_a_subscription_refused_by_an_acl(server: RedisServer, topic: str) -> None:
     admin = redis.asyncio.Redis.from_url(server.uri)
     user = f"u{uuid.uuid4().hex[:8]}"
-    await admin.acl_setuser(user, enabled=True, passwords=["+pw-1234"], channels=[f"{topic}-ok"],
-                            commands=["-@all", "+publish", "+subscribe", "+unsubscribe", "+ping"])
+    await admin.acl_setuser(
+        user,
+        enabled=True,
+        passwords=["+pw-1234"],
+        channels=[f"{topic}-ok"],
+        commands=["-@all", "+publish", "+subscribe", "+unsubscribe", "+ping"],
+    )
     states: list[BackendState] = []
-    limited = RedisBackend(BackendConfig(f"redis://{user}:pw-1234@127.0.0.1:{server.port}/0", "x", 5.0),
-                           on_state=states.append)
+    limited = RedisBackend(
+        BackendConfig(f"redis://{user}:pw-1234@127.0.0.1:{server.port}/0", "x", 5.0), on_state=states.append
+    )
     try:
         await limited.start()
         inbox = Inbox()
         await limited.subscribe(f"{topic}-ok", inbox)
         started = time.monotonic()
-        with pytest.raises(BackendError, match=r"^redis: subscription to '.*-no' refused: this user has no "
-                                               r"permissions to access one of the channels"):
+        with pytest.raises(
+            BackendError,
+            match=r"^redis: subscription to '.*-no' refused: this user has no "
+            r"permissions to access one of the channels",
+        ):
             await limited.subscribe(f"{topic}-no", Inbox())
         assert time.monotonic() - started < 1.0, "a refusal is an answer, not a timeout"
         with pytest.raises(BackendError, match=r"^redis: publish refused: ") as caught:
@@ -151,13 +162,16 @@ async def test_a_subscription_refused_by_an_acl(server: RedisServer, topic: str)
         await admin.aclose()
 
 
-@pytest.mark.parametrize(("query", "expected"), [
-    ("?tls=1", r"^redis: unknown URI option 'tls'; known: "),
-    ("?ssl_ca_certs=/ca.pem", r"^redis: unknown URI option 'ssl_ca_certs' \(TLS options need rediss://\)"),
-    ("?socket_timeout=soon", r"^redis: invalid URI: invalid value for 'socket_timeout'"),
-    ("?health_check_interval=0", r"^redis: invalid URI: timeouts and health_check_interval must be above 0, "),
-    ("?max_message_bytes=10", r"^redis: invalid URI: .* max_message_bytes at least 1024$"),
-])
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("?tls=1", r"^redis: unknown URI option 'tls'; known: "),
+        ("?ssl_ca_certs=/ca.pem", r"^redis: unknown URI option 'ssl_ca_certs' \(TLS options need rediss://\)"),
+        ("?socket_timeout=soon", r"^redis: invalid URI: invalid value for 'socket_timeout'"),
+        ("?health_check_interval=0", r"^redis: invalid URI: timeouts and health_check_interval must be above 0, "),
+        ("?max_message_bytes=10", r"^redis: invalid URI: .* max_message_bytes at least 1024$"),
+    ],
+)
 async def test_bad_uri_options_are_refused_at_start(query: str, expected: str) -> None:
     bad = RedisBackend(BackendConfig(f"redis://:pw-secret@127.0.0.1:{free_port()}/0{query}", "x"))
     with pytest.raises(BackendError, match=expected) as caught:
@@ -168,7 +182,8 @@ async def test_bad_uri_options_are_refused_at_start(query: str, expected: str) -
 
 
 async def test_a_long_outage_is_logged_once_and_the_return_still_noticed_at_once(
-        server: RedisServer, backend: Factory, topic: str, caplog: pytest.LogCaptureFixture) -> None:
+    server: RedisServer, backend: Factory, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """What every backend does across a restart is tests/backends/test_contract.py's; this is Redis's back-off."""
     states: list[BackendState] = []
     b = await backend(on_state=states.append)
@@ -208,8 +223,9 @@ async def test_a_hung_broker_is_noticed_while_idle(server: RedisServer, backend:
     assert await inbox.wait(1) == [b"resumed"]
 
 
-async def test_a_publish_to_a_hung_broker_times_out_after_socket_timeout(server: RedisServer, topic: str,
-                                                                          started: Started) -> None:
+async def test_a_publish_to_a_hung_broker_times_out_after_socket_timeout(
+    server: RedisServer, topic: str, started: Started
+) -> None:
     config = BackendConfig(f"{server.uri}?socket_timeout=0.5", "test-hung-publish", 2.0)
     a = await started(RedisBackend(config))
     assert server.process is not None
@@ -255,8 +271,11 @@ def tls_server() -> Iterator[RedisTlsServer]:
 
 async def test_tls_refuses_an_unknown_ca(tls_server: RedisTlsServer) -> None:
     untrusted = RedisBackend(BackendConfig(f"rediss://127.0.0.1:{tls_server.port}/0", "x", 2.0))
-    with pytest.raises(BackendRefused, match=r"^redis: cannot connect to 127\.0\.0\.1:\d+: tls: certificate "
-                                                 r"verify failed: self.signed certificate in certificate chain$"):
+    with pytest.raises(
+        BackendRefused,
+        match=r"^redis: cannot connect to 127\.0\.0\.1:\d+: tls: certificate "
+        r"verify failed: self.signed certificate in certificate chain$",
+    ):
         await untrusted.start()
     await untrusted.close()
 
@@ -300,8 +319,7 @@ async def test_tls_file_that_cannot_be_read_is_named(tls_server: RedisTlsServer)
     await broken.close()
 
 
-async def test_a_busy_loop_is_not_taken_for_a_silent_broker(server: RedisServer, backend: Factory,
-                                                             topic: str) -> None:
+async def test_a_busy_loop_is_not_taken_for_a_silent_broker(server: RedisServer, backend: Factory, topic: str) -> None:
     """While the loop is held up (busy, or a process starved of CPU), the watchdog's ticks come late: it must not take
     a ping answered in the meantime for one unanswered (before: dropped the connection every few seconds)."""
     states: list[BackendState] = []

@@ -57,10 +57,17 @@ async def probe(server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
 def backend(server: RedisServer, started: Started) -> Factory:
     """`await backend("instance-id", ...)`: a started durable RedisStreamsBackend, closed when the test ends."""
 
-    async def factory(instance_id: str, *, uri: str | None = None, on_state: Callable[[BackendState], None] | None
-                      = None, retention: int = 1_000_000, instance_ttl: float = 86_400.0) -> RedisStreamsBackend:
-        config = BackendConfig(uri or server.uri, instance_id, 2.0, mode=Mode.DURABLE, retention=retention,
-                               instance_ttl=instance_ttl)
+    async def factory(
+        instance_id: str,
+        *,
+        uri: str | None = None,
+        on_state: Callable[[BackendState], None] | None = None,
+        retention: int = 1_000_000,
+        instance_ttl: float = 86_400.0,
+    ) -> RedisStreamsBackend:
+        config = BackendConfig(
+            uri or server.uri, instance_id, 2.0, mode=Mode.DURABLE, retention=retention, instance_ttl=instance_ttl
+        )
         return await started(RedisStreamsBackend(config, on_state=on_state))
 
     return factory
@@ -89,7 +96,7 @@ async def test_order_and_positions_of_1000_messages(backend: Factory, topic: str
     for i in range(100):
         await a.publish(topic, [expected[i]])
     for start in range(100, 1000, 150):
-        await a.publish(topic, expected[start:start + 150])
+        await a.publish(topic, expected[start : start + 150])
     assert await inbox.wait(1000) == expected
     ids = [tuple(map(int, str(position).split("-"))) for position in inbox.positions]
     assert ids == sorted(ids) and len(set(ids)) == 1000
@@ -98,8 +105,9 @@ async def test_order_and_positions_of_1000_messages(backend: Factory, topic: str
     assert started - 1 < ids[0][0] / 1000 <= ids[-1][0] / 1000 < time.time() + 1
 
 
-async def test_pending_entries_come_first_after_a_restart(backend: Factory, probe: redis.asyncio.Redis,
-                                                          topic: str) -> None:
+async def test_pending_entries_come_first_after_a_restart(
+    backend: Factory, probe: redis.asyncio.Redis, topic: str
+) -> None:
     a, b = await backend("a"), await backend("b")
     await b.subscribe(topic, Inbox())
     await b.close()
@@ -119,7 +127,8 @@ async def _pending(probe: redis.asyncio.Redis, topic: str, group: str, count: in
 
 
 async def test_an_entry_that_always_fails_is_dropped_after_max_deliveries(
-        backend: Factory, topic: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    backend: Factory, topic: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(redis_streams, "RETRY_INITIAL", 0.001)
     monkeypatch.setattr(redis_streams, "RETRY_MAX", 0.005)
     a, b = await backend("a"), await backend("b")
@@ -145,8 +154,9 @@ async def test_retention_bounds_the_stream(backend: Factory, probe: redis.asynci
     assert 200 <= await probe.xlen(stream_key(topic)) < 300
 
 
-async def test_idle_instances_are_forgotten_live_ones_kept(backend: Factory, probe: redis.asyncio.Redis,
-                                                           topic: str, caplog: pytest.LogCaptureFixture) -> None:
+async def test_idle_instances_are_forgotten_live_ones_kept(
+    backend: Factory, probe: redis.asyncio.Redis, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, "backends.redis_streams")
     key = stream_key(topic)
     gone, alive = await backend("gone", instance_ttl=2.0), await backend("alive", instance_ttl=2.0)
@@ -230,9 +240,27 @@ async def test_a_hung_broker_is_noticed_while_reading(server: RedisServer, backe
 async def test_the_documented_acl_is_enough(server: RedisServer, probe: redis.asyncio.Redis, topic: str) -> None:
     """docs/backends/redis.md lists what durable mode needs; CONFIG GET is optional and left out here."""
     user, key = f"u{uuid.uuid4().hex[:8]}", stream_key(topic)
-    await probe.acl_setuser(user, enabled=True, passwords=["+pw-1234"], keys=["syncar:stream:*"], commands=[
-        "-@all", "+xadd", "+xreadgroup", "+xack", "+xgroup|create", "+xgroup|createconsumer", "+xgroup|destroy",
-        "+xinfo|stream", "+xinfo|groups", "+xinfo|consumers", "+multi", "+exec", "+ping"])
+    await probe.acl_setuser(
+        user,
+        enabled=True,
+        passwords=["+pw-1234"],
+        keys=["syncar:stream:*"],
+        commands=[
+            "-@all",
+            "+xadd",
+            "+xreadgroup",
+            "+xack",
+            "+xgroup|create",
+            "+xgroup|createconsumer",
+            "+xgroup|destroy",
+            "+xinfo|stream",
+            "+xinfo|groups",
+            "+xinfo|consumers",
+            "+multi",
+            "+exec",
+            "+ping",
+        ],
+    )
     await probe.xgroup_create(key, "departed", "$", mkstream=True)
     await probe.xgroup_createconsumer(key, "departed", "departed")
     uri = f"redis://{user}:pw-1234@127.0.0.1:{server.port}/0"

@@ -38,8 +38,13 @@ def volatile() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def backend(server: RedisServer, started: Started) -> Factory:
-    async def factory(instance_id: str, *, uri: str | None = None, on_state: Callable[[BackendState], None] | None
-                      = None, retention: int = 1_000_000) -> RedisStreamsBackend:
+    async def factory(
+        instance_id: str,
+        *,
+        uri: str | None = None,
+        on_state: Callable[[BackendState], None] | None = None,
+        retention: int = 1_000_000,
+    ) -> RedisStreamsBackend:
         config = BackendConfig(uri or server.uri, instance_id, 2.0, mode=Mode.DURABLE, retention=retention)
         return await started(RedisStreamsBackend(config, on_state=on_state))
 
@@ -50,8 +55,9 @@ def first_occurrences(items: list[bytes]) -> list[bytes]:
     return list(dict.fromkeys(items))
 
 
-async def test_redis_killed_mid_stream_loses_nothing_publish_confirmed(server: RedisServer, backend: Factory,
-                                                                       topic: str) -> None:
+async def test_redis_killed_mid_stream_loses_nothing_publish_confirmed(
+    server: RedisServer, backend: Factory, topic: str
+) -> None:
     states: list[BackendState] = []
     a, b = await backend("a"), await backend("b", on_state=states.append)
     inbox = Inbox()
@@ -95,8 +101,9 @@ async def test_redis_killed_mid_stream_loses_nothing_publish_confirmed(server: R
     assert first_occurrences(stored) == confirmed, "Redis's AOF kept every entry it had answered"
 
 
-async def test_redis_that_lost_its_data_is_noticed(volatile: RedisServer, backend: Factory, topic: str,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+async def test_redis_that_lost_its_data_is_noticed(
+    volatile: RedisServer, backend: Factory, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
     states: list[BackendState] = []
     a = await backend("a", uri=volatile.uri)
     b = await backend("b", uri=volatile.uri, on_state=states.append)
@@ -112,8 +119,9 @@ async def test_redis_that_lost_its_data_is_noticed(volatile: RedisServer, backen
     assert await inbox.wait(2) == [b"before", b"after"]
 
 
-async def test_retention_overtaking_an_instance_that_is_away_is_logged(backend: Factory, topic: str,
-                                                                       caplog: pytest.LogCaptureFixture) -> None:
+async def test_retention_overtaking_an_instance_that_is_away_is_logged(
+    backend: Factory, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
     a = await backend("a", retention=200)
     b = await backend("b")
     first = Inbox()
@@ -124,19 +132,20 @@ async def test_retention_overtaking_an_instance_that_is_away_is_logged(backend: 
     await b.close()
     sent = bodies(1000)
     for start in range(0, 1000, 100):
-        await a.publish(topic, sent[start:start + 100])
+        await a.publish(topic, sent[start : start + 100])
     inbox = Inbox()
     await (await backend("b")).subscribe(topic, inbox)
     await wait_for(lambda: inbox.bodies[-1:] == [sent[-1]], 5.0, "the last message")
-    assert inbox.bodies == sent[-len(inbox.bodies):] and 200 <= len(inbox.bodies) < 300
+    assert inbox.bodies == sent[-len(inbox.bodies) :] and 200 <= len(inbox.bodies) < 300
     warnings = [r.getMessage() for r in caplog.records if "had not read yet" in r.getMessage()]
     assert len(warnings) == 1, warnings
     found = re.search(r"dropped about (\d+) events", warnings[0])
     assert found and int(found.group(1)) == 1000 - len(inbox.bodies), warnings[0]
 
 
-async def test_daemon_away_gets_all_500_events_in_order_once(server: RedisServer, sock_dir: Path,
-                                                             connect: Connect) -> None:
+async def test_daemon_away_gets_all_500_events_in_order_once(
+    server: RedisServer, sock_dir: Path, connect: Connect
+) -> None:
     key = f"durable-{uuid.uuid4().hex}"
     common = {"backend": server.uri, "mode": "durable", "key": key}
     async with run_daemon(sock_dir / "a.sock", instance_id=f"a-{key}", **common):

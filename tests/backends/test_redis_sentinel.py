@@ -49,12 +49,15 @@ def test_the_uri_names_sentinels_master_and_options() -> None:
     assert parse_uri("redis+sentinel://s1/m", 2.0).wait_replicas == 1  # durable: WAIT for a replica by default
 
 
-@pytest.mark.parametrize(("uri", "error"), [
-    ("redis+sentinel://s1:26379", "the path must be the master's name"),
-    ("redis+sentinel://s1:26379,/m", "an empty host"),
-    ("redis+sentinel://s1:26379/m?wait_replicas=-1", "wait_replicas must be 0 or more"),
-    ("redis://h/0?sentinel_password=x", r"Sentinel options need redis\+sentinel://"),
-])
+@pytest.mark.parametrize(
+    ("uri", "error"),
+    [
+        ("redis+sentinel://s1:26379", "the path must be the master's name"),
+        ("redis+sentinel://s1:26379,/m", "an empty host"),
+        ("redis+sentinel://s1:26379/m?wait_replicas=-1", "wait_replicas must be 0 or more"),
+        ("redis://h/0?sentinel_password=x", r"Sentinel options need redis\+sentinel://"),
+    ],
+)
 def test_a_bad_uri_is_refused_clearly(uri: str, error: str) -> None:
     with pytest.raises(BackendConfigError, match=error) as raised:
         parse_uri(uri, 2.0)
@@ -65,11 +68,18 @@ def test_a_bad_uri_is_refused_clearly(uri: str, error: str) -> None:
 def backend(redis_sentinel: SentinelGroup, started: Started) -> Factory:
     """`await backend(durable=..., uri=...)`: a started backend through the sentinels, closed when the test ends."""
 
-    async def factory(durable: bool = False, uri: str | None = None, states: list[BackendState] | None = None,
-                      **config: Any) -> Backend:
+    async def factory(
+        durable: bool = False, uri: str | None = None, states: list[BackendState] | None = None, **config: Any
+    ) -> Backend:
         mode = Mode.DURABLE if durable else Mode.BROADCAST
-        settings = BackendConfig(uri or redis_sentinel.uri, f"test-{len(started)}-{uuid.uuid4().hex[:6]}", 2.0,
-                                 mode=mode, reconnect_max_delay=0.5, **config)
+        settings = BackendConfig(
+            uri or redis_sentinel.uri,
+            f"test-{len(started)}-{uuid.uuid4().hex[:6]}",
+            2.0,
+            mode=mode,
+            reconnect_max_delay=0.5,
+            **config,
+        )
         cls = RedisStreamsBackend if durable else RedisBackend
         return await started(cls(settings, on_state=None if states is None else states.append))
 
@@ -77,8 +87,9 @@ def backend(redis_sentinel: SentinelGroup, started: Started) -> Factory:
 
 
 @pytest.mark.parametrize("durable", [False, True], ids=["pubsub", "streams"])
-async def test_both_modes_follow_the_master_through_a_failover(redis_sentinel: SentinelGroup, backend: Factory,
-                                                               topic: str, durable: bool) -> None:
+async def test_both_modes_follow_the_master_through_a_failover(
+    redis_sentinel: SentinelGroup, backend: Factory, topic: str, durable: bool
+) -> None:
     states: list[BackendState] = []
     sender, receiver = await backend(durable), await backend(durable, states=states)
     inbox = Inbox()
@@ -107,8 +118,9 @@ async def test_both_modes_follow_the_master_through_a_failover(redis_sentinel: S
     assert receiver.node == f"127.0.0.1:{new}"
 
 
-async def test_a_demoted_master_is_left_for_the_new_one(redis_sentinel: SentinelGroup, backend: Factory,
-                                                        topic: str) -> None:
+async def test_a_demoted_master_is_left_for_the_new_one(
+    redis_sentinel: SentinelGroup, backend: Factory, topic: str
+) -> None:
     # The old master stays up as a replica, its clients connected: writes to it answer READONLY, and so does the
     # XREADGROUP of durable mode. Both modes at once: one switch-over takes the sentinels a few seconds.
     pairs = [(await backend(durable), await backend(durable), Inbox()) for durable in (False, True)]
@@ -133,8 +145,9 @@ async def test_a_demoted_master_is_left_for_the_new_one(redis_sentinel: Sentinel
         assert await inbox.wait(1, 20) == [b"after"]
 
 
-async def test_some_sentinels_down_a_live_one_is_asked(redis_sentinel: SentinelGroup, backend: Factory,
-                                                        topic: str) -> None:
+async def test_some_sentinels_down_a_live_one_is_asked(
+    redis_sentinel: SentinelGroup, backend: Factory, topic: str
+) -> None:
     live = ",".join(f"127.0.0.1:{s.port}" for s in redis_sentinel.sentinels[:1])
     uri = f"redis+sentinel://127.0.0.1:{free_port()},127.0.0.1:{free_port()},{live}/{MASTER_NAME}"
     sender, receiver = await backend(uri=uri), await backend(uri=uri)

@@ -24,17 +24,38 @@ RUN_TIMEOUT = 80
 def test_low_rate_run_on_local_and_redis_produces_every_figure(tmp_path: Path) -> None:
     require_binary("redis-server")
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--low-rate", "--brokers", "local,redis", "--reps", "1", "--seconds", "0.5",
-         "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--low-rate",
+            "--brokers",
+            "local,redis",
+            "--reps",
+            "1",
+            "--seconds",
+            "0.5",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     results = orjson.loads((tmp_path / "lowrate.json").read_bytes())
     assert (tmp_path / "lowrate.md").read_text().count("\n|") > 10
 
     runs = {(r["broker"], r["contestant"], r["rate"]): r for r in results["rates"]}
-    assert set(runs) == {("local", "syncar", 100), ("local", "syncar", 1000), ("redis", "syncar", 100),
-                         ("redis", "syncar", 1000), ("redis", "ceiling", 100), ("redis", "ceiling", 1000)}
+    assert set(runs) == {
+        ("local", "syncar", 100),
+        ("local", "syncar", 1000),
+        ("redis", "syncar", 100),
+        ("redis", "syncar", 1000),
+        ("redis", "ceiling", 100),
+        ("redis", "ceiling", 1000),
+    }
     for run in runs.values():
         figures = run["figures"]
         assert not run.get("error") and 0 < figures["received"] <= figures["sent"], run
@@ -58,14 +79,35 @@ def test_low_rate_run_on_local_and_redis_produces_every_figure(tmp_path: Path) -
 
 def test_low_rate_with_a_base_checkout_runs_its_daemons_alternated_with_ours(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--low-rate", "--brokers", "local", "--reps", "1", "--seconds", "0.5",
-         "--base-root", str(REPO), "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--low-rate",
+            "--brokers",
+            "local",
+            "--reps",
+            "1",
+            "--seconds",
+            "0.5",
+            "--base-root",
+            str(REPO),
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     results = orjson.loads((tmp_path / "lowrate.json").read_bytes())
     assert [(r["contestant"], r["rate"]) for r in results["rates"]] == [
-        ("syncar-base", 100), ("syncar", 100), ("syncar-base", 1000), ("syncar", 1000)]
+        ("syncar-base", 100),
+        ("syncar", 100),
+        ("syncar-base", 1000),
+        ("syncar", 1000),
+    ]
     assert all(r["figures"]["both_us"] > 0 for r in results["rates"]), results["rates"]
     assert results["meta"]["base_root"] == str(REPO)
     assert "--base-root" in (tmp_path / "lowrate.md").read_text()

@@ -21,7 +21,10 @@ RUN_TIMEOUT = 50
 def test_quick_local_run_produces_every_figure(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--brokers", "local", "--no-plot", "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "local://" in done.stdout and "syncar, syncar codec" in done.stdout, done.stdout
@@ -31,7 +34,8 @@ def test_quick_local_run_produces_every_figure(tmp_path: Path) -> None:
     runs = results["runs"]
     # Both codecs x (two throughput cases + two latency cases), one repetition each.
     assert {(r["contestant"], r["case"]) for r in runs} == {
-        (contestant, case) for contestant in ("syncar", "syncar-fs")
+        (contestant, case)
+        for contestant in ("syncar", "syncar-fs")
         for case in ("tp-256", "tp-4096", "lat-1000", "lat-10000")
     }
     for run in runs:

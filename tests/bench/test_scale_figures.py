@@ -13,14 +13,23 @@ from bench.report import markdown, scale_figures, scale_markdown, summarise_scal
 META = {"broker": "redis", "mode": "durable", "rate": 2000, "size": 256, "publish_seconds": 5.0, "reps": 2}
 
 
-def _run(instances: int, *, sent: int = 10_000, received: int = 10_000, publisher_cpu: float = 1.0,
-         receiver_cpu: float = 0.5) -> dict[str, Any]:
-    receivers = {f"receiver_{index}": {"cpu_s": receiver_cpu, "hwm_kib": 40_960, "rss_kib": 40_000}
-                 for index in range(1, instances)}
-    return {"instances": instances, "pub": {"sent": sent, "elapsed": 5.0},
-            "subs": [{"received": received} for _ in range(1, instances)],
-            "processes": {"publisher": {"cpu_s": publisher_cpu, "hwm_kib": 51_200, "rss_kib": 50_000}, **receivers,
-                          "broker_0": {"cpu_s": 0.2, "hwm_kib": 1, "rss_kib": 1}}}
+def _run(
+    instances: int, *, sent: int = 10_000, received: int = 10_000, publisher_cpu: float = 1.0, receiver_cpu: float = 0.5
+) -> dict[str, Any]:
+    receivers = {
+        f"receiver_{index}": {"cpu_s": receiver_cpu, "hwm_kib": 40_960, "rss_kib": 40_000}
+        for index in range(1, instances)
+    }
+    return {
+        "instances": instances,
+        "pub": {"sent": sent, "elapsed": 5.0},
+        "subs": [{"received": received} for _ in range(1, instances)],
+        "processes": {
+            "publisher": {"cpu_s": publisher_cpu, "hwm_kib": 51_200, "rss_kib": 50_000},
+            **receivers,
+            "broker_0": {"cpu_s": 0.2, "hwm_kib": 1, "rss_kib": 1},
+        },
+    }
 
 
 def test_cost_per_event_of_the_publisher_the_receivers_and_all_daemons() -> None:
@@ -48,16 +57,23 @@ def test_a_failed_run_has_no_figures_and_nothing_received_has_no_cost_per_event(
 
 
 def test_medians_per_number_of_instances_fewest_first_with_errors_kept() -> None:
-    runs = [_run(4, publisher_cpu=1.0), _run(2), _run(4, publisher_cpu=3.0),
-            {"instances": 2, "error": "syncar b not ready within 30.0s"}]
+    runs = [
+        _run(4, publisher_cpu=1.0),
+        _run(2),
+        _run(4, publisher_cpu=3.0),
+        {"instances": 2, "error": "syncar b not ready within 30.0s"},
+    ]
     for run in runs:
         run["figures"] = scale_figures(run)
 
     summary = summarise_scale(runs)
 
     assert [e["instances"] for e in summary] == [2, 4]
-    assert summary[0]["runs"] == 2 and summary[0]["ok"] == 1 and summary[0]["errors"] == [
-        "syncar b not ready within 30.0s"]
+    assert (
+        summary[0]["runs"] == 2
+        and summary[0]["ok"] == 1
+        and summary[0]["errors"] == ["syncar b not ready within 30.0s"]
+    )
     assert summary[1]["publisher_cpu_per_100k"] == pytest.approx(20.0)
     text = scale_markdown({"meta": META, "summary": summary})
     assert "durable mode" in text and "| 4 | 2,000 | 20.00 | 5.00 |" in text

@@ -80,8 +80,14 @@ class BrokerServer(ABC):
 
     def launch(self) -> None:
         """Start the process and return at once; `wait_ready()` waits for it (servers of a cluster start together)."""
-        self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
-                                        env=self.env(), cwd=self.dir, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env(),
+            cwd=self.dir,
+            start_new_session=True,
+        )
 
     def wait_ready(self) -> None:
         assert self.process is not None, "launch() first"

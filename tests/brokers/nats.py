@@ -41,13 +41,22 @@ class NatsTlsServer(NatsServer):
 
     @property
     def uri(self) -> str:
-        query = urlencode({"tls_ca": self.certs.ca, "tls_cert": self.certs.client_cert,
-                           "tls_key": self.certs.client_key})
+        query = urlencode(
+            {"tls_ca": self.certs.ca, "tls_cert": self.certs.client_cert, "tls_key": self.certs.client_key}
+        )
         return f"tls://127.0.0.1:{self.port}?{query}"
 
     def command(self) -> list[str]:
-        return [*super().command(), "--tlscert", str(self.certs.server_cert), "--tlskey", str(self.certs.server_key),
-                "--tlscacert", str(self.certs.ca), "--tlsverify"]
+        return [
+            *super().command(),
+            "--tlscert",
+            str(self.certs.server_cert),
+            "--tlskey",
+            str(self.certs.server_key),
+            "--tlscacert",
+            str(self.certs.ca),
+            "--tlsverify",
+        ]
 
 
 class NatsClusterNode(NatsServer):
@@ -62,8 +71,19 @@ class NatsClusterNode(NatsServer):
 
     def command(self) -> list[str]:
         routes = ",".join(f"nats://127.0.0.1:{port}" for port in self.routes)
-        return [*super().command(), "-n", f"n{self.index}", "-m", str(self.monitor_port),
-                "--cluster_name", "syncar", "--cluster", f"nats://127.0.0.1:{self.route_port}", "--routes", routes]
+        return [
+            *super().command(),
+            "-n",
+            f"n{self.index}",
+            "-m",
+            str(self.monitor_port),
+            "--cluster_name",
+            "syncar",
+            "--cluster",
+            f"nats://127.0.0.1:{self.route_port}",
+            "--routes",
+            routes,
+        ]
 
     def ready(self) -> bool:
         """Serving clients, and JetStream current: /healthz says ok once the node has a meta leader."""

@@ -56,16 +56,18 @@ class RabbitServer(BrokerServer):
         (self.dir / "enabled_plugins").write_text("[].\n")
         (self.dir / "rabbitmq-env.conf").write_text("")
         (self.dir / "rabbitmq.conf").write_text(
-            "\n".join([
-                f"listeners.tcp.default = 127.0.0.1:{self.port}",
-                "log.console = true",
-                "log.console.level = warning",
-                "log.file = false",
-                # A nearly full test disk must not block publishers.
-                "disk_free_limit.absolute = 1MB",
-                *self._tls_config(),
-                "",
-            ])
+            "\n".join(
+                [
+                    f"listeners.tcp.default = 127.0.0.1:{self.port}",
+                    "log.console = true",
+                    "log.console.level = warning",
+                    "log.file = false",
+                    # A nearly full test disk must not block publishers.
+                    "disk_free_limit.absolute = 1MB",
+                    *self._tls_config(),
+                    "",
+                ]
+            )
         )
 
     @property
@@ -76,8 +78,9 @@ class RabbitServer(BrokerServer):
     def tls_uri(self) -> str:
         """amqps:// with the test CA and the client certificate, as aiormq reads them from the query."""
         assert self.tls_port is not None, "started without tls=True"
-        query = urlencode({"cafile": self.certs.ca, "certfile": self.certs.client_cert,
-                           "keyfile": self.certs.client_key})
+        query = urlencode(
+            {"cafile": self.certs.ca, "certfile": self.certs.client_cert, "keyfile": self.certs.client_key}
+        )
         return f"amqps://guest:guest@127.0.0.1:{self.tls_port}/?{query}"
 
     def _tls_config(self) -> list[str]:
@@ -122,8 +125,15 @@ class RabbitServer(BrokerServer):
 
     def ctl(self, *args: str) -> str:
         """Run rabbitmqctl against this node (Erlang distribution, no management plugin); its stdout."""
-        done = subprocess.run([CTL, "-n", self.node, *args], env=self.env(), cwd=self.dir, capture_output=True,
-                              text=True, timeout=CTL_TIMEOUT, check=False)
+        done = subprocess.run(
+            [CTL, "-n", self.node, *args],
+            env=self.env(),
+            cwd=self.dir,
+            capture_output=True,
+            text=True,
+            timeout=CTL_TIMEOUT,
+            check=False,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
         return done.stdout
@@ -144,9 +154,13 @@ class RabbitServer(BrokerServer):
     def _start_epmd(self) -> None:
         if self.epmd is not None and self.epmd.poll() is None:
             return
-        self.epmd = subprocess.Popen([self.epmd_bin, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=self.dir,
-                                     start_new_session=True)
+        self.epmd = subprocess.Popen(
+            [self.epmd_bin, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.dir,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 10
         while not port_open(self.epmd_port):
             if self.epmd.poll() is not None or time.monotonic() > deadline:
@@ -171,13 +185,11 @@ def amqp_login(port: int, timeout: float = PROBE_TIMEOUT) -> bool:
             conn.sendall(pamqp.frame.marshal(pamqp.header.ProtocolHeader(), 0))
             if not isinstance(reader.next(), pamqp.commands.Connection.Start):
                 return False
-            conn.sendall(pamqp.frame.marshal(
-                pamqp.commands.Connection.StartOk(response="\0guest\0guest"), 0))
+            conn.sendall(pamqp.frame.marshal(pamqp.commands.Connection.StartOk(response="\0guest\0guest"), 0))
             tune = reader.next()
             if not isinstance(tune, pamqp.commands.Connection.Tune):
                 return False
-            conn.sendall(pamqp.frame.marshal(
-                pamqp.commands.Connection.TuneOk(tune.channel_max, tune.frame_max, 0), 0))
+            conn.sendall(pamqp.frame.marshal(pamqp.commands.Connection.TuneOk(tune.channel_max, tune.frame_max, 0), 0))
             conn.sendall(pamqp.frame.marshal(pamqp.commands.Connection.Open("/"), 0))
             if not isinstance(reader.next(), pamqp.commands.Connection.OpenOk):
                 return False

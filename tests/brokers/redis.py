@@ -30,8 +30,21 @@ class RedisServer(BrokerServer):
 
     def command(self) -> list[str]:
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
-        return [self.binary, *self.listen_args(), "--bind", "127.0.0.1", "--save", "", *persistence,
-                "--dir", str(self.dir), "--logfile", "", "--daemonize", "no"]
+        return [
+            self.binary,
+            *self.listen_args(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            *persistence,
+            "--dir",
+            str(self.dir),
+            "--logfile",
+            "",
+            "--daemonize",
+            "no",
+        ]
 
     def listen_args(self) -> list[str]:
         return ["--port", str(self.port)]
@@ -50,11 +63,21 @@ class RedisTlsServer(RedisServer):
 
     @property
     def uri(self) -> str:
-        query = urlencode({"ssl_ca_certs": self.ca, "ssl_certfile": self.client_cert,
-                           "ssl_keyfile": self.client_key})
+        query = urlencode({"ssl_ca_certs": self.ca, "ssl_certfile": self.client_cert, "ssl_keyfile": self.client_key})
         return f"rediss://127.0.0.1:{self.port}/0?{query}"
 
     def listen_args(self) -> list[str]:
-        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.server_cert),
-                "--tls-key-file", str(self.server_key), "--tls-ca-cert-file", str(self.ca),
-                "--tls-auth-clients", "yes"]
+        return [
+            "--port",
+            "0",
+            "--tls-port",
+            str(self.port),
+            "--tls-cert-file",
+            str(self.server_cert),
+            "--tls-key-file",
+            str(self.server_key),
+            "--tls-ca-cert-file",
+            str(self.ca),
+            "--tls-auth-clients",
+            "yes",
+        ]

@@ -74,7 +74,8 @@ class SentinelServer(BrokerServer):
             f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n"
             f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}\n"
-            f"sentinel parallel-syncs {MASTER_NAME} 1\n")
+            f"sentinel parallel-syncs {MASTER_NAME} 1\n"
+        )
 
     @property
     def uri(self) -> str:

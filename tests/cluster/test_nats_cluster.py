@@ -38,25 +38,31 @@ async def started(made: list[Backend], uri: str, mode: Mode = Mode.BROADCAST) ->
     return backend
 
 
-async def test_servers_the_cluster_announces_are_followed(nats_cluster: NatsCluster,
-                                                          backends: list[Backend]) -> None:
+async def test_servers_the_cluster_announces_are_followed(nats_cluster: NatsCluster, backends: list[Backend]) -> None:
     first, *others = nats_cluster.nodes
     backend = await started(backends, first.uri)  # the URI names one node only
     assert backend.node == f"127.0.0.1:{first.port}"
     # nats-py's discovery (always on): the other two come in the INFO of the node we reached.
-    await wait_for(lambda: {f"127.0.0.1:{n.port}" for n in others} <= set(backend.members), 10,
-                   f"the announced servers in {backend.members}")
+    await wait_for(
+        lambda: {f"127.0.0.1:{n.port}" for n in others} <= set(backend.members),
+        10,
+        f"the announced servers in {backend.members}",
+    )
     try:
         first.kill()
-        await wait_for(lambda: backend.state is BackendState.CONNECTED and backend.node != f"127.0.0.1:{first.port}",
-                       30, "a reconnect to a node the cluster announced")
+        await wait_for(
+            lambda: backend.state is BackendState.CONNECTED and backend.node != f"127.0.0.1:{first.port}",
+            30,
+            "a reconnect to a node the cluster announced",
+        )
         assert backend.node in {f"127.0.0.1:{n.port}" for n in others}
     finally:
         nats_cluster.whole()
 
 
-async def test_a_start_with_hosts_down_picks_a_live_one(nats_cluster: NatsCluster, backends: list[Backend],
-                                                        sock: Path) -> None:
+async def test_a_start_with_hosts_down_picks_a_live_one(
+    nats_cluster: NatsCluster, backends: list[Backend], sock: Path
+) -> None:
     down = nats_cluster.nodes[0]
     dead = f"127.0.0.1:{free_port()}"
     uri = f"nats://{dead},{nats_cluster.uri.removeprefix('nats://')}"
@@ -77,8 +83,7 @@ async def test_a_start_with_hosts_down_picks_a_live_one(nats_cluster: NatsCluste
         nats_cluster.whole()
 
 
-async def test_durable_stream_gets_the_replicas_of_the_uri(nats_cluster: NatsCluster,
-                                                           backends: list[Backend]) -> None:
+async def test_durable_stream_gets_the_replicas_of_the_uri(nats_cluster: NatsCluster, backends: list[Backend]) -> None:
     topic = f"replicas-{uuid.uuid4().hex[:8]}"
     backend = await started(backends, f"{nats_cluster.uri}?replicas=3", Mode.DURABLE)
     await backend.publish(topic, [b"one"])
@@ -92,8 +97,17 @@ async def test_durable_stream_gets_the_replicas_of_the_uri(nats_cluster: NatsClu
 
 
 async def test_replicas_a_single_server_cannot_place_is_one_clear_line(nats_server: BrokerServer, sock: Path) -> None:
-    daemon = SpawnedDaemon(sock, "--backend", f"{nats_server.uri}?replicas=3", "--mode", "durable", "--key",
-                           f"replicas-{uuid.uuid4().hex[:8]}", "--instance-id", "replicas-test")
+    daemon = SpawnedDaemon(
+        sock,
+        "--backend",
+        f"{nats_server.uri}?replicas=3",
+        "--mode",
+        "durable",
+        "--key",
+        f"replicas-{uuid.uuid4().hex[:8]}",
+        "--instance-id",
+        "replicas-test",
+    )
     assert await daemon.exited(timeout=30) != 0
     errors = [line for line in daemon.log.splitlines() if "replicas=3" in line]
     assert errors, daemon.log
@@ -105,8 +119,9 @@ async def test_a_start_with_every_host_down_is_degraded_then_connects(nats_clust
     """As with one host: the daemon starts without the broker and connects in the background once a node is back."""
     node = nats_cluster.nodes[0]
     node.kill()
-    daemon = SpawnedDaemon(sock, "--backend", f"nats://127.0.0.1:{free_port()},127.0.0.1:{node.port}", "--key",
-                           "all-down")
+    daemon = SpawnedDaemon(
+        sock, "--backend", f"nats://127.0.0.1:{free_port()},127.0.0.1:{node.port}", "--key", "all-down"
+    )
     try:
         await daemon.ready(timeout=30)
         assert "starting without the broker" in daemon.log

@@ -41,7 +41,8 @@ def _durable(broker: str) -> bool:
 
 # Durable mode needs the syncar codec, and a backend that has it.
 SETUPS = [Setup(broker, codec, Mode.BROADCAST) for broker in SCHEMES for codec in CODECS] + [
-    Setup(broker, "syncar", Mode.DURABLE) for broker in SCHEMES if _durable(broker)]
+    Setup(broker, "syncar", Mode.DURABLE) for broker in SCHEMES if _durable(broker)
+]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -49,8 +50,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     real_only = getattr(metafunc.module, "REAL_BROKERS_ONLY", False)
     modes = getattr(metafunc.module, "MODES", tuple(Mode))
-    params = [pytest.param(s, id=str(s), marks=[] if s.broker == "local" else [getattr(pytest.mark, s.broker)])
-              for s in SETUPS if s.mode in modes and not (real_only and s.broker == "local")]
+    params = [
+        pytest.param(s, id=str(s), marks=[] if s.broker == "local" else [getattr(pytest.mark, s.broker)])
+        for s in SETUPS
+        if s.mode in modes and not (real_only and s.broker == "local")
+    ]
     metafunc.parametrize("setup", params)
 
 
@@ -82,7 +86,10 @@ async def pair(setup: Setup, broker: BrokerServer | None, sock_dir: Path) -> Asy
     uri = broker.uri if broker is not None else f"local://{key}"
     settings: dict[str, Any] = {"backend": uri, "codec": setup.codec, "key": key, "mode": setup.mode}
     async with contextlib.AsyncExitStack() as stack:
-        daemons = [await stack.enter_async_context(
-            run_daemon(sock_dir / f"{name}.sock", instance_id=f"{name}-{key[9:17]}", **settings))
-            for name in ("a", "b")]
+        daemons = [
+            await stack.enter_async_context(
+                run_daemon(sock_dir / f"{name}.sock", instance_id=f"{name}-{key[9:17]}", **settings)
+            )
+            for name in ("a", "b")
+        ]
         yield Pair(daemons[0], daemons[1], sock_dir / "a.sock", sock_dir / "b.sock", key, broker, setup.mode)

@@ -42,7 +42,7 @@ async def test_unicode_nested_and_large_payloads(pair: Pair, connect: Connect) -
     a = await connect(pair.sock_a, {})
     b = await connect(pair.sock_b, {})
     payloads = [
-        {"text": "héllo wörld ✓ 日本語 🚀", "rtl": "مرحبا", "escapes": "quote \" backslash \\ nul \u0000"},
+        {"text": "héllo wörld ✓ 日本語 🚀", "rtl": "مرحبا", "escapes": 'quote " backslash \\ nul \u0000'},
         {"deep": [[{"a": [1, 2, {"b": {"c": [None, True, False, 1.5, -7]}}]}]]},
         {"blob": "x" * (512 * 1024)},
     ]
@@ -59,8 +59,12 @@ async def test_per_origin_order_over_10000_events(pair: Pair, connect: Connect) 
     batch = 500
     receiving = asyncio.create_task(b.events(count, timeout=30))
     for start in range(0, count, batch):
-        await a.send(b"".join(b'{"type":"publish","path":"counter","event":"tick","data":%d}\n' % i
-                              for i in range(start, start + batch)))
+        await a.send(
+            b"".join(
+                b'{"type":"publish","path":"counter","event":"tick","data":%d}\n' % i
+                for i in range(start, start + batch)
+            )
+        )
     events = await receiving
     assert [e["data"] for e in events] == list(range(count))
 
@@ -79,8 +83,9 @@ async def test_no_echo_and_exactly_one_copy_locally(pair: Pair, connect: Connect
     if not pair.a.backend.broker_echoes:
         assert metric(pair.a.metrics, DROPPED, reason="echo") == 0  # the broker never sent them back
     else:
-        await wait_for(lambda: metric(pair.a.metrics, DROPPED, reason="echo") == 2,
-                       what="both echoes to be recognised and dropped")
+        await wait_for(
+            lambda: metric(pair.a.metrics, DROPPED, reason="echo") == 2, what="both echoes to be recognised and dropped"
+        )
 
 
 async def test_ack_means_the_broker_accepted(pair: Pair, connect: Connect) -> None:
@@ -113,8 +118,10 @@ async def test_junk_on_the_channel_is_counted_and_dropped(pair: Pair, connect: C
         assert (await b.frame_of("event"))["bin"] == base64.b64encode(b"\x00\xffnot json").decode()
         junk = 3
     assert (await b.frame_of("event"))["data"] == "after the junk"
-    await wait_for(lambda: sum(metric(pair.b.metrics, DROPPED, reason=r) for r in ("malformed", "foreign")) == junk,
-                   what="the junk to be counted")
+    await wait_for(
+        lambda: sum(metric(pair.b.metrics, DROPPED, reason=r) for r in ("malformed", "foreign")) == junk,
+        what="the junk to be counted",
+    )
 
 
 async def test_a_publish_resent_with_the_same_id_arrives_once(pair: Pair, connect: Connect) -> None:
@@ -126,17 +133,23 @@ async def test_a_publish_resent_with_the_same_id_arrives_once(pair: Pair, connec
     received = [e["data"] for e in await b.events(2)]
     if pair.a.settings.codec == "syncar":
         assert received == ["once", "next"]
-        await wait_for(lambda: metric(pair.b.metrics, DROPPED, reason="duplicate") == 1,
-                       what="the duplicate to be counted")
+        await wait_for(
+            lambda: metric(pair.b.metrics, DROPPED, reason="duplicate") == 1, what="the duplicate to be counted"
+        )
     else:  # feathers-sync's format carries no id to compare: both copies go through
         assert received == ["once", "once"]
 
 
-async def test_app_resumes_across_a_restart_of_its_daemon(setup: Setup, broker: BrokerServer | None,
-                                                          sock_dir: Path) -> None:
+async def test_app_resumes_across_a_restart_of_its_daemon(
+    setup: Setup, broker: BrokerServer | None, sock_dir: Path
+) -> None:
     key = f"restart-{uuid.uuid4().hex}"
-    settings: dict[str, Any] = {"backend": broker.uri if broker else f"local://{key}", "codec": setup.codec,
-                                "key": key, "mode": setup.mode}
+    settings: dict[str, Any] = {
+        "backend": broker.uri if broker else f"local://{key}",
+        "codec": setup.codec,
+        "key": key,
+        "mode": setup.mode,
+    }
     sock_a, sock_b = sock_dir / "a.sock", sock_dir / "b.sock"
     received: list[int] = []
     async with run_daemon(sock_a, instance_id=f"a-{key}", **settings), Client(sock_a) as publisher:

@@ -82,17 +82,21 @@ def _via(broker: BrokerServer, port: int) -> str:
 
 
 async def test_gaps_add_up_to_what_a_cut_receiver_missed(
-        setup: Setup, broker: BrokerServer | None, sock_dir: Path, connect: Connect) -> None:
+    setup: Setup, broker: BrokerServer | None, sock_dir: Path, connect: Connect
+) -> None:
     assert broker is not None
     proxy = await TcpProxy.start(broker.port)
     key = f"contract-{uuid.uuid4().hex}"
     settings: dict[str, Any] = {"codec": setup.codec, "key": key, "mode": setup.mode}
     try:
-        async with (run_daemon(sock_dir / "a.sock", instance_id=f"a-{key[9:17]}", backend=broker.uri, **settings),
-                    run_daemon(sock_dir / "b.sock", instance_id=f"b-{key[9:17]}", backend=_via(broker, proxy.port),
-                               **settings) as b,
-                    _collect(connect, sock_dir / "b.sock", ["stream"]) as wanting,
-                    _collect(connect, sock_dir / "b.sock", ["other"]) as other):
+        async with (
+            run_daemon(sock_dir / "a.sock", instance_id=f"a-{key[9:17]}", backend=broker.uri, **settings),
+            run_daemon(
+                sock_dir / "b.sock", instance_id=f"b-{key[9:17]}", backend=_via(broker, proxy.port), **settings
+            ) as b,
+            _collect(connect, sock_dir / "b.sock", ["stream"]) as wanting,
+            _collect(connect, sock_dir / "b.sock", ["other"]) as other,
+        ):
             publisher = await connect(sock_dir / "a.sock", {"subscribe": ["control"]})
             loop = asyncio.get_running_loop()
             started = loop.time()
@@ -112,8 +116,10 @@ async def test_gaps_add_up_to_what_a_cut_receiver_missed(
             got = wanting.events
             assert got == sorted(set(got)), "an event repeated or out of order"
             lost = STREAM + 1 - len(got)
-            print(f"\n{broker.name}/{setup.codec}: {lost} of {STREAM + 1} events lost while the link was cut, "
-                  f"gap frames {[(g['first'], g['last'], g['reason']) for g in wanting.gaps]}")
+            print(
+                f"\n{broker.name}/{setup.codec}: {lost} of {STREAM + 1} events lost while the link was cut, "
+                f"gap frames {[(g['first'], g['last'], g['reason']) for g in wanting.gaps]}"
+            )
             assert lost > 0, "the cut lost nothing: the test proves nothing"
             if setup.codec == "syncar":
                 assert wanting.missed == lost, wanting.gaps
@@ -129,14 +135,17 @@ async def test_gaps_add_up_to_what_a_cut_receiver_missed(
 
 @pytest.mark.timeout(180)
 async def test_no_gap_in_a_clean_run_nor_across_a_publisher_restart(
-        setup: Setup, broker: BrokerServer | None, sock_dir: Path, connect: Connect) -> None:
+    setup: Setup, broker: BrokerServer | None, sock_dir: Path, connect: Connect
+) -> None:
     assert broker is not None
     key = f"contract-{uuid.uuid4().hex}"
     settings: dict[str, Any] = {"codec": setup.codec, "key": key, "mode": setup.mode, "backend": broker.uri}
     a_settings = {"instance_id": f"a-{key[9:17]}", **settings}
     clean_events = CLEAN[setup.codec]
-    async with (run_daemon(sock_dir / "b.sock", instance_id=f"b-{key[9:17]}", **settings) as b,
-                _collect(connect, sock_dir / "b.sock", ["stream"]) as wanting):
+    async with (
+        run_daemon(sock_dir / "b.sock", instance_id=f"b-{key[9:17]}", **settings) as b,
+        _collect(connect, sock_dir / "b.sock", ["stream"]) as wanting,
+    ):
         started = time.monotonic()
         async with run_daemon(sock_dir / "a.sock", **a_settings):
             publisher = await connect(sock_dir / "a.sock", {"subscribe": ["control"]})
@@ -151,8 +160,10 @@ async def test_no_gap_in_a_clean_run_nor_across_a_publisher_restart(
             publisher = await connect(sock_dir / "a.sock", {"subscribe": ["control"]})
             await publisher.send(_frames(clean_events, clean_events + 100))
             await wait_for(lambda: len(wanting.events) == clean_events + 100, TIMEOUT, "the events of the new run")
-        print(f"\n{broker.name}/{setup.codec}: {clean_events} events in {clean:.1f}s, then 100 after a restart, "
-              f"gaps {wanting.gaps}")
+        print(
+            f"\n{broker.name}/{setup.codec}: {clean_events} events in {clean:.1f}s, then 100 after a restart, "
+            f"gaps {wanting.gaps}"
+        )
         assert wanting.events == list(range(clean_events + 100))
         assert wanting.gaps == []
         assert metric(b.metrics, MISSED) == 0

@@ -86,14 +86,16 @@ async def test_broker_killed_and_restarted_mid_stream(pair: Pair, connect: Conne
     # again: then at most what was counted as unconfirmed. Every event is confirmed or counted.
     outage = [*range(PHASE, 2 * PHASE), "held"]
     after = [*range(2 * PHASE, 3 * PHASE), "end"]
-    assert received[-len(after):] == after, f"lost or repeated events published after recovery: {received}"
-    got = received[:-len(after)]
+    assert received[-len(after) :] == after, f"lost or repeated events published after recovery: {received}"
+    got = received[: -len(after)]
     assert got == [event for event in outage if event in got], f"repeated, reordered or from before the kill: {got}"
     head_lost = outage.index(got[0]) if got else len(outage)
     gaps = len(outage) - head_lost - len(got)
     unconfirmed = metric(pair.a.metrics, DROPPED, reason=DropReason.UNCONFIRMED)
-    print(f"\n{server.name}/{pair.a.settings.codec}/{pair.mode}: {head_lost} of {len(outage)} events published "
-          f"during the outage lost at its head, {gaps} after, {unconfirmed} unconfirmed")
+    print(
+        f"\n{server.name}/{pair.a.settings.codec}/{pair.mode}: {head_lost} of {len(outage)} events published "
+        f"during the outage lost at its head, {gaps} after, {unconfirmed} unconfirmed"
+    )
     assert metric(pair.a.metrics, "syncar_events_sent_total") + unconfirmed == 3 * PHASE + 2
     if CODECS[pair.a.settings.codec].carries_ids:
         assert unconfirmed == 0, "a batch given up although the codec lets receivers drop a copy"
@@ -137,7 +139,8 @@ async def _answer(client: RawClient, timeout: float = BROKER_DOWN_TIMEOUT) -> di
 
 
 async def test_a_batch_the_broker_may_have_is_never_delivered_twice(
-        setup: Setup, broker: BrokerServer | None, sock_dir: Path, connect: Connect) -> None:
+    setup: Setup, broker: BrokerServer | None, sock_dir: Path, connect: Connect
+) -> None:
     """The publishing daemon's link is cut after the broker delivered a batch and before its confirm came back.
 
     The syncar codec sends the batch again and the receiver drops the copy by id; the feathers-sync codec carries no
@@ -151,9 +154,10 @@ async def test_a_batch_the_broker_may_have_is_never_delivered_twice(
     key = f"contract-{uuid.uuid4().hex}"
     settings: dict[str, Any] = {"codec": setup.codec, "key": key, "mode": setup.mode}
     try:
-        async with (run_daemon(sock_dir / "a.sock", instance_id=f"a-{key[9:17]}", backend=via_proxy, **settings) as a,
-                    run_daemon(sock_dir / "b.sock", instance_id=f"b-{key[9:17]}", backend=broker.uri,
-                               **settings) as b):
+        async with (
+            run_daemon(sock_dir / "a.sock", instance_id=f"a-{key[9:17]}", backend=via_proxy, **settings) as a,
+            run_daemon(sock_dir / "b.sock", instance_id=f"b-{key[9:17]}", backend=broker.uri, **settings) as b,
+        ):
             publisher = await connect(sock_dir / "a.sock", {"subscribe": ["control"]})
             remote = await connect(sock_dir / "b.sock", {"subscribe": ["stream"]})
             # A first event through, so that what the first publish sets up (a JetStream stream) is in place.
@@ -182,8 +186,10 @@ async def test_a_batch_the_broker_may_have_is_never_delivered_twice(
             sent = metric(a.metrics, "syncar_events_sent_total")
             unconfirmed = metric(a.metrics, DROPPED, reason=DropReason.UNCONFIRMED)
             duplicates = metric(b.metrics, DROPPED, reason=DropReason.DUPLICATE)
-            print(f"\n{broker.name}/{setup.codec}/{setup.mode}: answer to the last {last}, unconfirmed {unconfirmed}, "
-                  f"dropped as duplicates by the receiver {duplicates}")
+            print(
+                f"\n{broker.name}/{setup.codec}/{setup.mode}: answer to the last {last}, unconfirmed {unconfirmed}, "
+                f"dropped as duplicates by the receiver {duplicates}"
+            )
             if CODECS[setup.codec].carries_ids:  # sent again, and the copy dropped by the receiver
                 assert last == {"type": "ack", "id": "last"}
                 assert (sent, unconfirmed) == (PHASE + 3, 0) and duplicates > 0

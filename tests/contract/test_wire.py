@@ -12,8 +12,16 @@ from tests.contract.conftest import Pair
 from tests.contract.raw import raw_publish, raw_subscriber
 from tests.utils import DROPPED, metric, publish_frame
 
-CONTEXT = {"arguments": [{"text": "hi"}, {}], "event": "created", "result": {"text": "hi", "id": 0},
-           "data": {"text": "hi"}, "params": {"query": {}}, "path": "messages", "method": "create", "type": "around"}
+CONTEXT = {
+    "arguments": [{"text": "hi"}, {}],
+    "event": "created",
+    "result": {"text": "hi", "id": 0},
+    "data": {"text": "hi"},
+    "params": {"query": {}},
+    "path": "messages",
+    "method": "create",
+    "type": "around",
+}
 
 
 REAL_BROKERS_ONLY = True  # these tests kill or read the broker
@@ -29,15 +37,22 @@ async def test_what_goes_on_the_wire(pair: Pair, connect: Connect) -> None:
             body = await wire.get()
     if pair.a.settings.codec == "feathers-sync":
         # What feathers-sync's JSON.stringify({event, path, data, context}) produces, to the byte.
-        assert body == (b'{"event":"created","path":"messages","data":{"text":"hi","id":0},"context":'
-                        + orjson.dumps(CONTEXT) + b"}")
+        assert body == (
+            b'{"event":"created","path":"messages","data":{"text":"hi","id":0},"context":'
+            + orjson.dumps(CONTEXT)
+            + b"}"
+        )
     else:
         batch = orjson.loads(body)
         assert batch["v"] == 1
         assert batch["origin"] == pair.a.settings.instance_id
         [event] = batch["events"]
         assert {k: event[k] for k in ("event", "path", "data", "context")} == {
-            "event": "created", "path": "messages", "data": {"text": "hi", "id": 0}, "context": CONTEXT}
+            "event": "created",
+            "path": "messages",
+            "data": {"text": "hi", "id": 0},
+            "context": CONTEXT,
+        }
         assert event["id"][16:] == ".e1"  # the app's id, in its scope (sidecar/dedup.py)
 
 
@@ -58,7 +73,9 @@ async def test_what_a_foreign_publisher_sends_is_delivered_or_dropped(pair: Pair
     if pair.a.settings.codec == "feathers-sync":
         # What is not a JSON object may be a binary serializer's (BSON, MessagePack): the apps' deserialize decides.
         assert [(e["event"], e["path"], e["data"], e.get("bin"), e["origin"]) for e in seen] == [
-            ("", "", None, "3q0gZ2FyYmFnZQ==", None), ("patched", "messages", {"id": 3}, None, None)]
+            ("", "", None, "3q0gZ2FyYmFnZQ==", None),
+            ("patched", "messages", {"id": 3}, None, None),
+        ]
         assert metric(pair.a.metrics, DROPPED, reason="malformed") == 1
     else:
         assert seen == []  # a feathers-sync message is foreign to the syncar codec

@@ -206,8 +206,9 @@ async def test_no_frame_to_an_app_holds_a_raw_carriage_return(sock: Path, connec
     async with run_daemon(sock):
         publisher = await connect(sock, {})
         listener = await connect(sock, {})
-        await publisher.send(b'{"type":"publish","path":"p","event":"e","data":{"a":\r1,\r"b":[\r2]},'
-                             b'"context":\r{"c":"\\r\\n"}}\n')
+        await publisher.send(
+            b'{"type":"publish","path":"p","event":"e","data":{"a":\r1,\r"b":[\r2]},"context":\r{"c":"\\r\\n"}}\n'
+        )
         line = await line_of(listener)
         assert b"\r" not in line, line
         event = orjson.loads(line)
@@ -222,15 +223,21 @@ async def test_an_error_answering_a_frame_carries_its_id(sock: Path, connect: Co
     head = b'{"type":"publish","id":"%s","ack":true,"path":"m","event":"e","data":'
     cases: list[tuple[bytes, str, str | None]] = [
         (head % b"empty-path" + b'1,"path":""}', "invalid_frame", "empty-path"),
-        (b'{"type":"publish","path":"m","event":"e","ack":true,"id":"' + b"i" * 300 + b'"}', "invalid_frame",
-         "i" * 300),
+        (
+            b'{"type":"publish","path":"m","event":"e","ack":true,"id":"' + b"i" * 300 + b'"}',
+            "invalid_frame",
+            "i" * 300,
+        ),
         (head % b"too-large" + b'"' + b"x" * 2_000_000 + b'"}', "frame_too_large", "too-large"),
         (head % b"cut-json" + b'{"a":}', "invalid_json", "cut-json"),
         (b'{"type":"publsh","id":"typo"}', "unknown_type", "typo"),
         # Not readable: an id in the data, or beyond the head kept of a line over the limit.
         (b'{"type":"publish","path":"","event":"e","data":{"id":"inner"}}', "invalid_frame", None),
-        (b'{"type":"publish","path":"m","event":"e","data":"' + b"x" * 2_000_000 + b'","id":"late"}',
-         "frame_too_large", None),
+        (
+            b'{"type":"publish","path":"m","event":"e","data":"' + b"x" * 2_000_000 + b'","id":"late"}',
+            "frame_too_large",
+            None,
+        ),
     ]
     async with run_daemon(sock):
         client = await connect(sock, {})
@@ -282,10 +289,14 @@ async def test_resume_and_hello_fields_of_the_wrong_type_are_refused(sock: Path,
     """`"seq": true` was taken as 1 (and `"version": true` as 1, `"echo": "yes"` as true): JSON types are kept."""
     async with run_daemon(sock):
         client = await connect(sock)
-        for hello, field in [({"resume": {"epoch": "e", "seq": True}}, "resume.seq"),
-                             ({"resume": {"epoch": "e", "seq": "3"}}, "resume.seq"),
-                             ({"resume": {"epoch": "e", "seq": 1.0}}, "resume.seq"),
-                             ({"version": True}, "version"), ({"echo": "yes"}, "echo"), ({"echo": 1}, "echo")]:
+        for hello, field in [
+            ({"resume": {"epoch": "e", "seq": True}}, "resume.seq"),
+            ({"resume": {"epoch": "e", "seq": "3"}}, "resume.seq"),
+            ({"resume": {"epoch": "e", "seq": 1.0}}, "resume.seq"),
+            ({"version": True}, "version"),
+            ({"echo": "yes"}, "echo"),
+            ({"echo": 1}, "echo"),
+        ]:
             await client.send({"type": "hello", **hello})
             error = await client.frame()
             assert (error["type"], error["code"]) == ("error", "invalid_frame"), (hello, error)

@@ -17,16 +17,20 @@ from tests.faults.proxy import TcpProxy
 from tests.utils import SpawnedDaemon, http_get, publish_frame, run_daemon, wait_for
 
 #: The broker URI of each broker on a given port, as the session's servers take it.
-URIS = {"redis": "redis://127.0.0.1:{port}/0", "rabbitmq": "amqp://guest:guest@127.0.0.1:{port}/",
-        "nats": "nats://127.0.0.1:{port}"}
+URIS = {
+    "redis": "redis://127.0.0.1:{port}/0",
+    "rabbitmq": "amqp://guest:guest@127.0.0.1:{port}/",
+    "nats": "nats://127.0.0.1:{port}",
+}
 BROKERS = [pytest.param(name, marks=getattr(pytest.mark, name), id=name) for name in URIS]
 EVENTS = 50
 
 
 @pytest.mark.parametrize("unreachable", ["closed port", "unknown name"])
 @pytest.mark.parametrize("broker", list(URIS))
-async def test_a_broker_that_cannot_be_reached_does_not_stop_the_start(broker: str, unreachable: str, sock: Path,
-                                                                       connect: Connect) -> None:
+async def test_a_broker_that_cannot_be_reached_does_not_stop_the_start(
+    broker: str, unreachable: str, sock: Path, connect: Connect
+) -> None:
     """Nothing listens on the port, or the name does not resolve: the daemon starts, serves its apps locally and
     says the broker is down."""
     uri = URIS[broker].format(port=free_port())
@@ -59,8 +63,10 @@ async def test_require_broker_keeps_the_old_behaviour(sock: Path) -> None:
     daemon = SpawnedDaemon(sock, "--backend", f"redis://127.0.0.1:{port}/0", env={"SYNCAR_REQUIRE_BROKER": "true"})
     try:
         assert await daemon.exited() == 3
-        assert f"cannot start: redis: cannot connect to 127.0.0.1:{port}: connection refused (--require-broker is " \
-               "set)" in daemon.log, daemon.log
+        assert (
+            f"cannot start: redis: cannot connect to 127.0.0.1:{port}: connection refused (--require-broker is "
+            "set)" in daemon.log
+        ), daemon.log
         assert not sock.exists()
     finally:
         daemon.kill()
@@ -111,16 +117,17 @@ async def test_a_broker_that_refuses_us_stops_the_start_in_one_line(refusing: st
 
 @pytest.mark.parametrize("mode", ["broadcast", "durable"])
 @pytest.mark.parametrize("broker", BROKERS)
-async def test_publishes_made_before_the_broker_came_go_out_in_order(broker: str, mode: str, sock_dir: Path,
-                                                                     connect: Connect,
-                                                                     request: pytest.FixtureRequest) -> None:
+async def test_publishes_made_before_the_broker_came_go_out_in_order(
+    broker: str, mode: str, sock_dir: Path, connect: Connect, request: pytest.FixtureRequest
+) -> None:
     """Started without its broker, a daemon holds its apps' publishes, then subscribes and sends them once it comes."""
     server: BrokerServer = request.getfixturevalue(f"{broker}_server")
     key = f"absent-{uuid.uuid4().hex[:8]}"
     port = free_port()  # where the broker will appear: nothing listens there yet
     common = {"key": key, "mode": mode, "reconnect_max_delay": 0.5}
-    async with run_daemon(sock_dir / "a.sock", backend=URIS[broker].format(port=port), instance_id=f"{key}-a",
-                          **common) as a:
+    async with run_daemon(
+        sock_dir / "a.sock", backend=URIS[broker].format(port=port), instance_id=f"{key}-a", **common
+    ) as a:
         publisher, neighbour = await connect(a.listener.path, {}), await connect(a.listener.path, {})
         assert publisher.welcome["broker"] == neighbour.welcome["broker"] == "down"
         for n in range(EVENTS):

@@ -47,15 +47,18 @@ def test_help_lists_every_setting_with_its_env_var() -> None:
         assert described.endswith(f"[SYNCAR_{name.upper()}]"), described
 
 
-@pytest.mark.parametrize(("args", "env", "named"), [
-    (["--socket-mode", "0666"], {}, "--socket-mode"),
-    (["--socket-mode", "rw"], {}, "--socket-mode"),
-    (["--backend", "kafka://x"], {}, "--backend"),
-    (["--max-frame-bytes", "12"], {}, "--max-frame-bytes"),
-    (["--log-format", "xml"], {}, "--log-format"),
-    ([], {"SYNCAR_MAX_FRAME_BYTES": "lots"}, "SYNCAR_MAX_FRAME_BYTES"),
-    ([], {"SYNCAR_CODEC": "protobuf"}, "SYNCAR_CODEC"),
-])
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--socket-mode", "0666"], {}, "--socket-mode"),
+        (["--socket-mode", "rw"], {}, "--socket-mode"),
+        (["--backend", "kafka://x"], {}, "--backend"),
+        (["--max-frame-bytes", "12"], {}, "--max-frame-bytes"),
+        (["--log-format", "xml"], {}, "--log-format"),
+        ([], {"SYNCAR_MAX_FRAME_BYTES": "lots"}, "SYNCAR_MAX_FRAME_BYTES"),
+        ([], {"SYNCAR_CODEC": "protobuf"}, "SYNCAR_CODEC"),
+    ],
+)
 def test_bad_setting_is_one_line_naming_it_and_exit_2(args: list[str], env: dict[str, str], named: str) -> None:
     result = syncar("run", *args, env=env)
     assert result.returncode == 2
@@ -86,15 +89,17 @@ def test_bad_config_file_names_it(tmp_path: Path) -> None:
     assert "--config" in missing.stderr
 
 
-@pytest.mark.parametrize(("text", "key", "line"), [
-    ('key = "x"\nmax_frame_bytes = "lots"\n', "max_frame_bytes", "line 2"),
-    ('key = "x"\n\nsocket_mode = "0666"\n', "socket_mode", "line 3"),
-    ('key = "x"\nno_such_setting = 1\n', "no_such_setting", "line 2"),
-    ('key = "x"\n[server]\nport = 1\n', "server", "line 2"),
-    ('key = "x"\nmode = durable\n', "mode", "line 2, column 8"),  # not TOML at all
-])
-def test_config_file_error_names_the_file_the_key_and_the_line(tmp_path: Path, text: str, key: str,
-                                                                line: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        ('key = "x"\nmax_frame_bytes = "lots"\n', "max_frame_bytes", "line 2"),
+        ('key = "x"\n\nsocket_mode = "0666"\n', "socket_mode", "line 3"),
+        ('key = "x"\nno_such_setting = 1\n', "no_such_setting", "line 2"),
+        ('key = "x"\n[server]\nport = 1\n', "server", "line 2"),
+        ('key = "x"\nmode = durable\n', "mode", "line 2, column 8"),  # not TOML at all
+    ],
+)
+def test_config_file_error_names_the_file_the_key_and_the_line(tmp_path: Path, text: str, key: str, line: str) -> None:
     config = tmp_path / "syncar.toml"
     config.write_text(text)
     result = syncar("check", "--config", str(config))
@@ -117,8 +122,12 @@ def test_help_shows_choices_and_defaults_as_a_person_writes_them() -> None:
     result = syncar("run", "--help", env={"COLUMNS": "400"})
     assert result.returncode == 0
     text = result.stdout
-    for flag in ("--codec {syncar,feathers-sync}", "--mode {broadcast,durable}",
-                 "--log-level {debug,info,warning,error}", "--log-format {text,json}"):
+    for flag in (
+        "--codec {syncar,feathers-sync}",
+        "--mode {broadcast,durable}",
+        "--log-level {debug,info,warning,error}",
+        "--log-format {text,json}",
+    ):
         assert f"{flag}\n" in text
     assert f"default here {default_socket_path()} [SYNCAR_SOCKET]" in text
     assert "default 86400 [SYNCAR_INSTANCE_TTL]" in text
@@ -131,8 +140,16 @@ def test_help_shows_choices_and_defaults_as_a_person_writes_them() -> None:
 async def tail_of(sock: Path) -> AsyncIterator[tuple[asyncio.StreamReader, RawClient]]:
     """`syncar tail --json` on `sock`, once it prints events; and a raw client publishing next to it."""
     tail = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sidecar", "tail", "--socket", str(sock), "--json",
-        stdout=asyncio.subprocess.PIPE, cwd=REPO)
+        sys.executable,
+        "-m",
+        "sidecar",
+        "tail",
+        "--socket",
+        str(sock),
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )
     assert tail.stdout is not None
     prober = await RawClient.connect(sock, {})
     try:
@@ -158,8 +175,9 @@ async def test_publish_and_tail_through_a_daemon(sock: Path) -> None:
     try:
         await daemon.ready()
         async with tail_of(sock) as (tail, _):
-            result = await asyncio.to_thread(syncar, "publish", "--socket", str(sock), "messages", "created",
-                                             '{"text":"from the cli"}')
+            result = await asyncio.to_thread(
+                syncar, "publish", "--socket", str(sock), "messages", "created", '{"text":"from the cli"}'
+            )
             assert result.returncode == 0, result.stderr
             async with asyncio.timeout(10):
                 while (event := orjson.loads(await tail.readline()))["path"] == "probe":
@@ -202,15 +220,15 @@ def test_a_socket_path_over_the_unix_limit_is_named_with_the_limit(sock_dir: Pat
     result = syncar("run", "--socket", str(long_path), "--http", "off")
     assert result.returncode == 3, result.stderr
     assert f"{long_path} is too long ({len(str(long_path))} bytes); a unix socket path takes at most 107 bytes" in (
-        result.stderr), result.stderr
+        result.stderr
+    ), result.stderr
 
 
 async def test_publish_refused_by_the_daemon_says_so_at_once(sock: Path) -> None:
     async with run_daemon(sock):
         result = await asyncio.to_thread(syncar, "publish", "--socket", str(sock), "--timeout", "20", "", "created")
     assert result.returncode == 1, result.stderr
-    assert result.stderr == ("syncar: publish: refused: invalid_frame: publish: 'path' must be a non-empty "
-                             "string\n")
+    assert result.stderr == ("syncar: publish: refused: invalid_frame: publish: 'path' must be a non-empty string\n")
 
 
 async def _broker(client: RawClient, state: str) -> None:
@@ -218,25 +236,39 @@ async def _broker(client: RawClient, state: str) -> None:
         pass
 
 
-async def test_publish_during_a_broker_outage_is_queued_not_failed(sock_dir: Path,
-                                                                   redis_server: BrokerServer) -> None:
+async def test_publish_during_a_broker_outage_is_queued_not_failed(sock_dir: Path, redis_server: BrokerServer) -> None:
     """Exit 4, "queued": the event waits in syncar's outbox and reaches the other instance once the broker is back
     (it used to say `publish failed: ` and nothing more, exit 1)."""
     settings = {"backend": redis_server.uri, "key": f"cli-{uuid.uuid4().hex}", "mode": "durable"}
-    async with (run_daemon(sock_dir / "a.sock", instance_id="cli-a", **settings),
-                run_daemon(sock_dir / "b.sock", instance_id="cli-b", **settings)):
+    async with (
+        run_daemon(sock_dir / "a.sock", instance_id="cli-a", **settings),
+        run_daemon(sock_dir / "b.sock", instance_id="cli-b", **settings),
+    ):
         watcher = await RawClient.connect(sock_dir / "a.sock", {"subscribe": []})
         remote = await RawClient.connect(sock_dir / "b.sock", {})
         await asyncio.to_thread(redis_server.kill)
         try:
             await _broker(watcher, "down")
-            result = await asyncio.to_thread(syncar, "publish", "--socket", str(sock_dir / "a.sock"), "--timeout",
-                                             "1", "--id", "held", "messages", "created", '{"text":"during"}')
+            result = await asyncio.to_thread(
+                syncar,
+                "publish",
+                "--socket",
+                str(sock_dir / "a.sock"),
+                "--timeout",
+                "1",
+                "--id",
+                "held",
+                "messages",
+                "created",
+                '{"text":"during"}',
+            )
         finally:
             await asyncio.to_thread(redis_server.start)
         assert result.returncode == 4, result.stderr
-        assert result.stderr == ("syncar: publish: queued, not acknowledged: publish held: no ack within 1s: syncar "
-                                 "has it in its outbox; its broker is down; it goes out when the broker takes it\n")
+        assert result.stderr == (
+            "syncar: publish: queued, not acknowledged: publish held: no ack within 1s: syncar "
+            "has it in its outbox; its broker is down; it goes out when the broker takes it\n"
+        )
         await _broker(watcher, "up")
         assert (await remote.frame_of("event", timeout=30))["data"] == {"text": "during"}
         await watcher.close()
@@ -269,8 +301,9 @@ def test_check_names_the_broker_node_it_reached(nats_server: BrokerServer) -> No
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert f"broker node          127.0.0.1:{nats_server.port}" in lines  # the live one of the two
-    assert any(line.startswith("cluster members      ") and f"127.0.0.1:{nats_server.port}" in line
-               for line in lines), result.stdout
+    assert any(
+        line.startswith("cluster members      ") and f"127.0.0.1:{nats_server.port}" in line for line in lines
+    ), result.stdout
 
 
 def test_check_names_the_redis_node_it_reached(redis_server: BrokerServer) -> None:

@@ -24,7 +24,13 @@ async def test_publish_with_ack_and_receive(sock: Path) -> None:
         await a.publish("messages", "created", {"text": "hi"}, {"params": {}}, id="m1", ack=True)
         event = await b.next_event(timeout=5)
         assert (event.id.partition(".")[2], event.path, event.event, event.data, event.context, event.origin) == (
-            "m1", "messages", "created", {"text": "hi"}, {"params": {}}, "one")
+            "m1",
+            "messages",
+            "created",
+            {"text": "hi"},
+            {"params": {}},
+            "one",
+        )
         assert a.instance == "one"
         assert a.broker_up
 
@@ -34,16 +40,20 @@ async def test_a_binary_event_arrives_as_its_bytes(sock: Path) -> None:
     bson = b"\x16\x00\x00\x00\x02path\x00\x09\x00\x00\x00messages\x00\x00"
     async with run_daemon(sock), Client(sock) as b:
         raw = await RawClient.connect(sock, {"client": "node-with-bson"})
-        await raw.send({"type": "publish", "path": "messages", "event": "created",
-                        "bin": base64.b64encode(bson).decode()})
+        await raw.send(
+            {"type": "publish", "path": "messages", "event": "created", "bin": base64.b64encode(bson).decode()}
+        )
         event = await b.next_event(timeout=5)
         await raw.close()
         assert (event.path, event.event, event.data, event.bin) == ("messages", "created", None, bson)
 
 
 async def test_subscription_patterns(sock: Path) -> None:
-    async with (run_daemon(sock), Client(sock) as pub,
-                Client(sock, subscribe=[{"path": "users", "event": "removed"}]) as sub):
+    async with (
+        run_daemon(sock),
+        Client(sock) as pub,
+        Client(sock, subscribe=[{"path": "users", "event": "removed"}]) as sub,
+    ):
         await pub.publish("users", "created", 1)
         await pub.publish("users", "removed", 2, ack=True)
         assert (await sub.next_event(timeout=5)).data == 2
@@ -107,8 +117,9 @@ async def test_pending_publishes_are_bounded(sock: Path) -> None:
         await client.close()
 
 
-async def test_publishes_made_while_the_backlog_is_flushed_are_not_stranded(sock: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_publishes_made_while_the_backlog_is_flushed_are_not_stranded(
+    sock: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Publishes made while the backlog written on reconnect is still on its way go out after it, none held back.
 
     The client's wait for the backlog to be written (its `drain()`) is held until the test has published more, so
@@ -143,8 +154,10 @@ async def test_publishes_made_while_the_backlog_is_flushed_are_not_stranded(sock
                 await flushing.wait()
             during = [asyncio.create_task(client.publish("p", "e", {"n": n})) for n in range(backlog, 2 * backlog)]
             # Each publish has written its line and waits on the held drain, or has returned (held by the client).
-            await wait_for(lambda: held - 1 + sum(task.done() for task in during) == backlog,
-                           what="the publishes made during the flush")
+            await wait_for(
+                lambda: held - 1 + sum(task.done() for task in during) == backlog,
+                what="the publishes made during the flush",
+            )
             release.set()
             await asyncio.gather(*during)
             await client.publish("p", "e", {"n": "last"}, ack=True)
@@ -170,10 +183,14 @@ async def test_an_event_the_client_cannot_read_is_skipped_not_fatal(sock: Path) 
         await raw.close()
 
 
-@pytest.mark.parametrize(("publish", "code"), [
-    ({"path": ""}, "invalid_frame"),
-    ({"id": "i" * 300}, "invalid_frame"),
-], ids=["empty path", "id of 300 characters"])
+@pytest.mark.parametrize(
+    ("publish", "code"),
+    [
+        ({"path": ""}, "invalid_frame"),
+        ({"id": "i" * 300}, "invalid_frame"),
+    ],
+    ids=["empty path", "id of 300 characters"],
+)
 async def test_a_publish_the_daemon_refuses_raises_at_once(sock: Path, publish: dict[str, Any], code: str) -> None:
     async with run_daemon(sock), Client(sock) as client:
         async with asyncio.timeout(5):  # it used to wait for an ack forever
@@ -218,13 +235,26 @@ async def test_publishes_held_before_the_welcome_are_checked_against_its_limit(s
 @contextlib.asynccontextmanager
 async def fake_daemon(sock: Path, on_publish: Callable[[asyncio.StreamWriter], Awaitable[None]]) -> AsyncIterator[None]:
     """A socket that welcomes like syncar and then handles each publish with `on_publish`."""
+
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
             while line := await reader.readline():
                 frame = orjson.loads(line)
                 if frame["type"] == "hello":
-                    writer.write(orjson.dumps({"type": "welcome", "version": 1, "instance": "fake", "broker": "down",
-                                               "epoch": "e", "seq": 0, "max_frame_bytes": 1024}) + b"\n")
+                    writer.write(
+                        orjson.dumps(
+                            {
+                                "type": "welcome",
+                                "version": 1,
+                                "instance": "fake",
+                                "broker": "down",
+                                "epoch": "e",
+                                "seq": 0,
+                                "max_frame_bytes": 1024,
+                            }
+                        )
+                        + b"\n"
+                    )
                 elif frame["type"] == "publish":
                     await on_publish(writer)
         writer.close()
@@ -240,8 +270,9 @@ async def test_publish_with_ack_times_out_with_its_own_exception(sock: Path) -> 
 
     async with fake_daemon(sock, never_ack), Client(sock) as client:
         async with asyncio.timeout(5):
-            with pytest.raises(AckTimeout, match=r"no ack within 0\.2s: syncar has it in its outbox; its broker is down"
-                               ) as timed_out:
+            with pytest.raises(
+                AckTimeout, match=r"no ack within 0\.2s: syncar has it in its outbox; its broker is down"
+            ) as timed_out:
                 await client.publish("p", "e", ack=True, timeout=0.2)
         assert timed_out.value.queued
         assert isinstance(timed_out.value, TimeoutError)

@@ -97,8 +97,13 @@ async def test_http_off(sock_dir: Path) -> None:
 
 
 def health(port: int, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sidecar", "health", "--http", f"0.0.0.0:{port}", *extra],
-                          capture_output=True, text=True, timeout=30, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", "health", "--http", f"0.0.0.0:{port}", *extra],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
 
 
 async def test_syncar_health_command(sock: Path) -> None:

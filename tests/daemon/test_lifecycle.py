@@ -109,8 +109,9 @@ async def test_a_stop_signal_delivers_what_is_queued_and_tells_clients(sock: Pat
         publisher = await RawClient.connect(sock, {})
         listener = await RawClient.connect(sock, {})
         count = 2000
-        await publisher.send(b"".join(
-            b'{"type":"publish","path":"p","event":"e","data":%d}\n' % i for i in range(count)))
+        await publisher.send(
+            b"".join(b'{"type":"publish","path":"p","event":"e","data":%d}\n' % i for i in range(count))
+        )
         await publisher.send(publish_frame(id="last", ack=True))
         await publisher.frame_of("ack")
         daemon.process.send_signal(stop)

@@ -37,8 +37,12 @@ def nats() -> BrokerServer:
     return NatsServer()
 
 
-@pytest.fixture(params=[pytest.param(make, marks=getattr(pytest.mark, make.__name__), id=make.__name__)
-                        for make in (redis, rabbitmq, nats)])
+@pytest.fixture(
+    params=[
+        pytest.param(make, marks=getattr(pytest.mark, make.__name__), id=make.__name__)
+        for make in (redis, rabbitmq, nats)
+    ]
+)
 def server(request: pytest.FixtureRequest) -> Iterator[BrokerServer]:
     """A broker of this test's own, which it kills."""
     yield from serve(request.param())
@@ -70,7 +74,7 @@ async def test_an_outage_is_logged_once_then_its_end_once(server: BrokerServer, 
     assert len(back) == 1 and " INFO " in back[0], daemon.log
     # Between the two, during 5 s of retries: at most a couple of lines, whoever writes them (aio-pika's own
     # warning at every attempt is one of those that must not be there).
-    during = lines[lines.index(lost[0]) + 1:lines.index(back[0])]
+    during = lines[lines.index(lost[0]) + 1 : lines.index(back[0])]
     noisy = [line for line in during if re.search(r" (WARNING|ERROR) ", line) and "sidecar.relay" not in line]
     assert len(noisy) <= 2, "\n".join(noisy)
     # It kept trying, waiting between CAP / 2 (the jitter) and CAP once the first fast attempts were made.

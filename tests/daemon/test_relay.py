@@ -81,8 +81,7 @@ async def test_events_from_one_client_arrive_in_order(sock: Path, connect: Conne
         pub = await connect(sock, {})
         sub = await connect(sock, {})
         count = 5000
-        await pub.send(b"".join(
-            b'{"type":"publish","path":"p","event":"e","data":%d}\n' % i for i in range(count)))
+        await pub.send(b"".join(b'{"type":"publish","path":"p","event":"e","data":%d}\n' % i for i in range(count)))
         events = await sub.events(count)
         assert [e["data"] for e in events] == list(range(count))
         assert [e["seq"] for e in events] == list(range(1, count + 1))
@@ -137,8 +136,9 @@ async def test_resume_replays_what_was_missed(sock: Path, connect: Connect) -> N
             await pub.send(publish_frame(data=i))
         await pub.send({"type": "ping"})
         await pub.frame_of("pong")
-        again = await connect(sock, {"client_id": "sub-1",
-                                               "resume": {"epoch": sub.welcome["epoch"], "seq": first["seq"]}})
+        again = await connect(
+            sock, {"client_id": "sub-1", "resume": {"epoch": sub.welcome["epoch"], "seq": first["seq"]}}
+        )
         assert again.welcome["resumed"] is True
         assert [e["data"] for e in await again.events(3)] == [2, 3, 4]
         await pub.send(publish_frame(data=5))

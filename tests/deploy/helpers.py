@@ -52,8 +52,16 @@ def hadolint(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     """hadolint at its strictest: every finding down to `style` fails."""
     # An empty config file shields the run from a stray ~/.config/hadolint.yaml or .hadolint.yaml;
     # --disable-ignore-pragma keeps `# hadolint ignore=` comments from silencing rules.
-    args = [tool("hadolint"), "--config", "/dev/null", "--no-color", "--failure-threshold", "style",
-            "--disable-ignore-pragma", *extra]
+    args = [
+        tool("hadolint"),
+        "--config",
+        "/dev/null",
+        "--no-color",
+        "--failure-threshold",
+        "style",
+        "--disable-ignore-pragma",
+        *extra,
+    ]
     return subprocess.run([*args, str(path)], capture_output=True, text=True, timeout=30)
 
 

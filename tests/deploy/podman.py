@@ -69,13 +69,23 @@ class Podman:
             self("rm", "--force", "--ignore", "--time", "0", *self.containers)
             self.containers.clear()
 
-    def syncar(self, socket_dir: Path, *args: str, env: dict[str, str] | None = None,
-               network: str = "none") -> str:
+    def syncar(self, socket_dir: Path, *args: str, env: dict[str, str] | None = None, network: str = "none") -> str:
         """A syncar container of the image, hardened as deploy/ runs it, with `socket_dir` on /run/syncar."""
         name = self.name()
         variables = [f"--env={key}={value}" for key, value in (env or {}).items()]
-        self("run", "--detach", f"--name={name}", f"--network={network}", "--read-only", "--cap-drop=ALL",
-             "--security-opt=no-new-privileges", f"--volume={socket_dir}:/run/syncar", *variables, self.image, *args)
+        self(
+            "run",
+            "--detach",
+            f"--name={name}",
+            f"--network={network}",
+            "--read-only",
+            "--cap-drop=ALL",
+            "--security-opt=no-new-privileges",
+            f"--volume={socket_dir}:/run/syncar",
+            *variables,
+            self.image,
+            *args,
+        )
         return name
 
     def inspect(self, name: str, template: str) -> str:

@@ -32,7 +32,8 @@ def merge(base: Any, override: Any) -> Any:
     """Compose's merge for the keys our variants touch: mappings merge by key, anything else is replaced."""
     if isinstance(base, dict) and isinstance(override, dict):
         return {key: merge(base[key], value) if key in base else value for key, value in override.items()} | {
-            key: value for key, value in base.items() if key not in override}
+            key: value for key, value in base.items() if key not in override
+        }
     return override
 
 
@@ -49,8 +50,12 @@ def seconds(duration: str) -> float:
 
 def check_jsonschema(*paths: Path) -> subprocess.CompletedProcess[str]:
     # The compose-spec schema ships inside check-jsonschema: no network at test time.
-    return subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", *map(str, paths)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_every_file_and_merged_variant_matches_the_compose_spec(tmp_path: Path) -> None:
@@ -145,8 +150,10 @@ def test_app_build_context_is_the_plugin_and_the_example() -> None:
     plugin = json.loads((REPO / "clients/node/package.json").read_text())
     published = {f"clients/node/{name.rstrip('/')}" for name in ["package.json", *plugin["files"]]}
     example = REPO / "examples/feathers-chat"
-    modules = {f"examples/feathers-chat/{path.name}" for path in [
-        *example.glob("*.js"), example / "public", example / "package.json", example / "package-lock.json"]}
+    modules = {
+        f"examples/feathers-chat/{path.name}"
+        for path in [*example.glob("*.js"), example / "public", example / "package.json", example / "package-lock.json"]
+    }
     assert published | modules == allowed
 
 

@@ -75,12 +75,25 @@ class Project:
     async def shell(self, command: str) -> asyncio.subprocess.Process:
         """A README command, in its own process group so the test can stop all it started."""
         return await asyncio.create_subprocess_exec(
-            "bash", "-c", DOCKER + command, cwd=COMPOSE_DIR, env=self.env, start_new_session=True,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            "bash",
+            "-c",
+            DOCKER + command,
+            cwd=COMPOSE_DIR,
+            env=self.env,
+            start_new_session=True,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
 
     def compose(self, *args: str) -> None:
-        result = subprocess.run([self.env["PODMAN_COMPOSE"], *self.env["COMPOSE_FILES"].split(), *args],
-                                cwd=COMPOSE_DIR, env=self.env, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(
+            [self.env["PODMAN_COMPOSE"], *self.env["COMPOSE_FILES"].split(), *args],
+            cwd=COMPOSE_DIR,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert result.returncode == 0, f"podman-compose {' '.join(args)}:\n{result.stdout}{result.stderr[-5000:]}"
 
     def clients(self, pair: str) -> float:
@@ -96,27 +109,46 @@ class Project:
 async def project(podman: Podman, tmp_path: Path) -> AsyncIterator[Project]:
     base = podman.inspect(podman.image, '{{index .Config.Labels "org.opencontainers.image.base.name"}}')
     for name, context in stand_in_contexts(tmp_path).items():
-        podman("build", "--pull=never", "--format=docker", f"--build-arg=BASE={base}", "--tag",
-               REDIS if name == "redis" else NODE, "--file", str(STAND_INS / f"{name}.Containerfile"), str(context),
-               timeout=600)
+        podman(
+            "build",
+            "--pull=never",
+            "--format=docker",
+            f"--build-arg=BASE={base}",
+            "--tag",
+            REDIS if name == "redis" else NODE,
+            "--file",
+            str(STAND_INS / f"{name}.Containerfile"),
+            str(context),
+            timeout=600,
+        )
     # The stand-ins in place of the registry's images, and free loopback ports for the metrics in place of 9464
     # and 9465 (`!override`: compose would append to the list).
     override = tmp_path / "stand-ins.yml"
     ports = {pair: free_port() for pair in ("a", "b")}
-    override.write_text(f"services:\n  broker:\n    image: {REDIS}\n" + "".join(
-        f"  app-{pair}:\n    build:\n      args: {{NODE_IMAGE: {NODE}}}\n"
-        f"  syncar-{pair}:\n    ports: !override [\"127.0.0.1:{port}:9464\"]\n" for pair, port in ports.items()))
+    override.write_text(
+        f"services:\n  broker:\n    image: {REDIS}\n"
+        + "".join(
+            f"  app-{pair}:\n    build:\n      args: {{NODE_IMAGE: {NODE}}}\n"
+            f'  syncar-{pair}:\n    ports: !override ["127.0.0.1:{port}:9464"]\n'
+            for pair, port in ports.items()
+        )
+    )
     name = f"syncar-test-{uuid.uuid4().hex[:8]}"
-    env = {**podman.env, "COMPOSE_PROJECT_NAME": name, "PODMAN_COMPOSE": tool("podman-compose"),
-           "COMPOSE_FILES": f"-p {name} -f docker-compose.yml -f {override}"}
+    env = {
+        **podman.env,
+        "COMPOSE_PROJECT_NAME": name,
+        "PODMAN_COMPOSE": tool("podman-compose"),
+        "COMPOSE_FILES": f"-p {name} -f docker-compose.yml -f {override}",
+    }
     project = Project(podman, env, ports)
     try:
         project.compose("build", "app-a", "app-b")
         project.compose("up", "--detach")
         yield project
     finally:
-        leftovers = podman("ps", "--all", "--quiet", f"--filter=label=io.podman.compose.project={name}",
-                           check=False).stdout.split()
+        leftovers = podman(
+            "ps", "--all", "--quiet", f"--filter=label=io.podman.compose.project={name}", check=False
+        ).stdout.split()
         if leftovers:
             podman("rm", "--force", "--time", "0", *leftovers, check=False)
         project.compose("down", "--volumes")

@@ -65,9 +65,21 @@ async def ready(podman: Podman, name: str, socket: Path) -> None:
 
 def app_args(podman: Podman, volume: Path, *groups: str) -> list[str]:
     """`podman run` of the app above as uid 20000, hardened like syncar, with the socket's directory."""
-    return ["run", "--rm", f"--name={podman.name()}", "--network=none", "--read-only", "--cap-drop=ALL",
-            f"--user={OTHER_UID}:{OTHER_UID}", *(f"--group-add={group}" for group in groups),
-            f"--volume={volume}:/run/syncar", "--entrypoint=python", podman.image, "-c", APP]
+    return [
+        "run",
+        "--rm",
+        f"--name={podman.name()}",
+        "--network=none",
+        "--read-only",
+        "--cap-drop=ALL",
+        f"--user={OTHER_UID}:{OTHER_UID}",
+        *(f"--group-add={group}" for group in groups),
+        f"--volume={volume}:/run/syncar",
+        "--entrypoint=python",
+        podman.image,
+        "-c",
+        APP,
+    ]
 
 
 async def test_runs_as_its_user_on_a_read_only_root_without_capabilities(podman: Podman, volume: Path) -> None:
@@ -87,13 +99,18 @@ async def test_runs_as_its_user_on_a_read_only_root_without_capabilities(podman:
 
 
 async def test_apps_on_the_host_and_in_a_container_of_its_group_exchange_events(
-        podman: Podman, volume: Path, connect: Connect) -> None:
+    podman: Podman, volume: Path, connect: Connect
+) -> None:
     name = podman.syncar(volume)
     await ready(podman, name, volume / "syncar.sock")
     host = await connect(volume / "syncar.sock", {"name": "host-app"})
-    app = await asyncio.create_subprocess_exec("podman", *app_args(podman, volume, str(IMAGE_UID)),
-                                               stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                                               env=podman.env)
+    app = await asyncio.create_subprocess_exec(
+        "podman",
+        *app_args(podman, volume, str(IMAGE_UID)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=podman.env,
+    )
     assert app.stdout is not None
 
     async def frame() -> dict[str, object]:
@@ -108,7 +125,11 @@ async def test_apps_on_the_host_and_in_a_container_of_its_group_exchange_events(
         assert await frame() == {"type": "ack", "id": "c1"}
         event = await host.frame_of("event")
         assert (event["origin"], event["path"], event["event"], event["data"]) == (
-            host.welcome["instance"], "messages", "created", {"text": "from a container"})
+            host.welcome["instance"],
+            "messages",
+            "created",
+            {"text": "from a container"},
+        )
         await host.send(publish_frame(data={"text": "from the host"}))
         event = await frame()
         assert (event["type"], event["data"]) == ("event", {"text": "from the host"})
@@ -120,8 +141,9 @@ async def test_apps_on_the_host_and_in_a_container_of_its_group_exchange_events(
 
 
 @pytest.mark.parametrize("directory_mode", [0o770, 0o771], ids=["as-the-image-makes-it", "open-to-traverse"])
-async def test_an_app_outside_its_group_is_refused(podman: Podman, volume: Path, connect: Connect,
-                                                   directory_mode: int) -> None:
+async def test_an_app_outside_its_group_is_refused(
+    podman: Podman, volume: Path, connect: Connect, directory_mode: int
+) -> None:
     """Refused by the directory the image makes (0770), and by the socket's own mode (0660) when the directory
     lets anyone through."""
     volume.chmod(directory_mode)
@@ -141,8 +163,9 @@ async def test_health_and_the_image_healthcheck_answer_inside(podman: Podman, vo
     assert podman("exec", name, "syncar", "health", "--ready").returncode == 0
     # The image's HEALTHCHECK survived the build (the OCI format drops it) and passes; podman runs it on demand
     # (it needs systemd's timers to run it by itself).
-    healthcheck = json.loads(podman("image", "inspect", "--format", "{{json .Config.Healthcheck}}",
-                                    podman.image).stdout)
+    healthcheck = json.loads(
+        podman("image", "inspect", "--format", "{{json .Config.Healthcheck}}", podman.image).stdout
+    )
     assert healthcheck["Test"] == ["CMD", "syncar", "health"]
     assert podman("healthcheck", "run", name).returncode == 0
 
@@ -164,22 +187,28 @@ async def test_tail_in_a_container_stops_on_sigterm(podman: Podman, volume: Path
     daemon = podman.syncar(volume)
     await ready(podman, daemon, volume / "syncar.sock")
     tail = podman.syncar(volume, "tail")
-    await wait_for(lambda: "client connected: syncar-tail" in podman("logs", daemon).stderr, timeout=TIMEOUT,
-                   what="tail connected")
+    await wait_for(
+        lambda: "client connected: syncar-tail" in podman("logs", daemon).stderr, timeout=TIMEOUT, what="tail connected"
+    )
     podman("stop", "--time", "10", tail)
     assert podman.inspect(tail, "{{.State.ExitCode}}") == "0", podman("logs", tail).stderr
 
 
 @pytest.mark.redis
-async def test_two_containers_relay_events_through_redis(podman: Podman, redis_server: BrokerServer,
-                                                         connect: Connect) -> None:
+async def test_two_containers_relay_events_through_redis(
+    podman: Podman, redis_server: BrokerServer, connect: Connect
+) -> None:
     """Both on the host's network namespace, reaching the session's Redis on the loopback."""
     key = f"container-test-{uuid.uuid4().hex[:8]}"
     with socket_dir() as dir_a, socket_dir() as dir_b:
         apps = {}
         for instance, directory in (("ctr-a", dir_a), ("ctr-b", dir_b)):
-            env = {"SYNCAR_BACKEND": redis_server.uri, "SYNCAR_KEY": key, "SYNCAR_INSTANCE_ID": instance,
-                   "SYNCAR_HTTP": f"127.0.0.1:{free_port()}"}
+            env = {
+                "SYNCAR_BACKEND": redis_server.uri,
+                "SYNCAR_KEY": key,
+                "SYNCAR_INSTANCE_ID": instance,
+                "SYNCAR_HTTP": f"127.0.0.1:{free_port()}",
+            }
             name = podman.syncar(directory, env=env, network="host")
             await ready(podman, name, directory / "syncar.sock")
             apps[instance] = await connect(directory / "syncar.sock", {"name": f"app-{instance}"})

@@ -28,8 +28,10 @@ def test_hadolint_passes() -> None:
 def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
     """The lint is live: an unpinned apt install and a root runtime user are reported."""
     bad = tmp_path / "Dockerfile"
-    bad.write_text("FROM python:3.11-slim-bookworm\nRUN apt-get update && apt-get install -y gcc\n"
-                   "USER root\nCMD python -m sidecar run\n")
+    bad.write_text(
+        "FROM python:3.11-slim-bookworm\nRUN apt-get update && apt-get install -y gcc\n"
+        "USER root\nCMD python -m sidecar run\n"
+    )
     result = hadolint(bad)
     assert result.returncode != 0
     for rule in ("DL3008", "DL3009", "DL3002", "DL3025"):
@@ -62,7 +64,7 @@ def test_runtime_contract() -> None:
     assert runtime["VOLUME"] in ('["/run/syncar"]', "/run/syncar")
     assert runtime["EXPOSE"] == "9464"
     health = runtime["HEALTHCHECK"]
-    assert json.loads(health[health.index(" CMD ") + 5:]) == ["syncar", "health"]
+    assert json.loads(health[health.index(" CMD ") + 5 :]) == ["syncar", "health"]
     env = image_env()
     assert env["SYNCAR_SOCKET"] == "/run/syncar/syncar.sock"
     assert env["SYNCAR_HTTP"] == "0.0.0.0:9464"
@@ -81,8 +83,9 @@ def test_labels_and_version() -> None:
 
 
 def test_dockerignore_is_an_allowlist_of_what_the_build_copies() -> None:
-    patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
     assert patterns[0] == "*", "exclude everything, then allow what the build needs"
     allowed = {pattern[1:].rstrip("/") for pattern in patterns if pattern.startswith("!")}
     copied: set[str] = set()

@@ -48,13 +48,29 @@ class ImageVenv:
         return IMAGE_UID if self.as_image_user else None
 
     def run(self, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.command(*args), capture_output=True, text=True, timeout=30, env=env, cwd="/",
-                              user=self.uid, group=self.uid, extra_groups=[] if self.as_image_user else None)
+        return subprocess.run(
+            self.command(*args),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+            cwd="/",
+            user=self.uid,
+            group=self.uid,
+            extra_groups=[] if self.as_image_user else None,
+        )
 
     async def spawn(self, *args: str, env: dict[str, str], stdout: Any, stderr: Any) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            *self.command(*args), stdout=stdout, stderr=stderr, env=env, cwd="/",
-            user=self.uid, group=self.uid, extra_groups=[] if self.as_image_user else None)
+            *self.command(*args),
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            cwd="/",
+            user=self.uid,
+            group=self.uid,
+            extra_groups=[] if self.as_image_user else None,
+        )
 
 
 def build_context(into: Path) -> None:
@@ -63,8 +79,9 @@ def build_context(into: Path) -> None:
         if line.startswith("!"):
             source = REPO / line[1:].strip().rstrip("/")
             if source.is_dir():
-                shutil.copytree(source, into / source.name,
-                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "*.pyd"))
+                shutil.copytree(
+                    source, into / source.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "*.pyd")
+                )
             else:
                 shutil.copy2(source, into / source.name)
 
@@ -82,14 +99,31 @@ def image_venv() -> Iterator[ImageVenv]:
         context, wheels, venv = root / "context", root / "wheels", root / "venv"
         context.mkdir()
         build_context(context)
-        run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-q",
-            "-w", wheels, context)
+        run(
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            "-w",
+            wheels,
+            context,
+        )
         (wheel,) = wheels.glob("syncar-*.whl")
         python = SYSTEM_PYTHON if SYSTEM_PYTHON.is_file() else Path(sys.executable)
         run(python, "-m", "venv", venv)
         # As the image's `pip wheel --constraint constraints.txt`: the dependencies at their pinned versions.
-        run(venv / "bin" / "pip", "install", "--disable-pip-version-check", "-q", "--constraint",
-            context / "constraints.txt", wheel)
+        run(
+            venv / "bin" / "pip",
+            "install",
+            "--disable-pip-version-check",
+            "-q",
+            "--constraint",
+            context / "constraints.txt",
+            wheel,
+        )
         yield ImageVenv(venv / "bin", as_image_user=os.geteuid() == 0 and python == SYSTEM_PYTHON)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -115,8 +149,13 @@ def free_port() -> int:
 
 def container_env(venv: ImageVenv, **settings: str) -> dict[str, str]:
     """The image's ENV, its PATH and the HOME of a user without one; nothing from the test's environment."""
-    return {"PATH": f"{venv.bin}:/usr/local/bin:/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8",
-            **image_env(), **settings}
+    return {
+        "PATH": f"{venv.bin}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/nonexistent",
+        "LANG": "C.UTF-8",
+        **image_env(),
+        **settings,
+    }
 
 
 def test_version(image_venv: ImageVenv) -> None:
@@ -130,8 +169,13 @@ async def test_run_health_and_stop_as_in_the_image(image_venv: ImageVenv, run_di
     port = free_port()
     # The image listens on 0.0.0.0; tests stay on loopback. `syncar health` is still given the image's
     # 0.0.0.0 form below, which it must turn into a loopback address to ask.
-    env = container_env(image_venv, SYNCAR_SOCKET=str(sock), SYNCAR_HTTP=f"127.0.0.1:{port}",
-                        SYNCAR_INSTANCE_ID="image-test", SYNCAR_SHUTDOWN_TIMEOUT="5")
+    env = container_env(
+        image_venv,
+        SYNCAR_SOCKET=str(sock),
+        SYNCAR_HTTP=f"127.0.0.1:{port}",
+        SYNCAR_INSTANCE_ID="image-test",
+        SYNCAR_SHUTDOWN_TIMEOUT="5",
+    )
     log_path = run_dir / "daemon.log"
     with log_path.open("wb") as log:
         daemon = await image_venv.spawn("run", env=env, stdout=log, stderr=asyncio.subprocess.STDOUT)

@@ -106,15 +106,18 @@ def test_syncar_is_a_native_sidecar_sharing_the_socket(tmp_path: Path) -> None:
         (mount,) = (mount for mount in container["volumeMounts"] if mount["mountPath"] == socket_dir)
         assert "emptyDir" in volumes[mount["name"]]
     assert by_name(app["env"])["SYNCAR_SOCKET"]["valueFrom"]["configMapKeyRef"] == {
-        "name": config["metadata"]["name"], "key": "SYNCAR_SOCKET"}
+        "name": config["metadata"]["name"],
+        "key": "SYNCAR_SOCKET",
+    }
 
     # Settings from the ConfigMap, the instance id from the pod name.
     assert syncar["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
     env = by_name(syncar["env"])
     assert env["SYNCAR_INSTANCE_ID"]["valueFrom"]["fieldRef"] == {"fieldPath": "metadata.name"}
     assert "SYNCAR_BACKEND" not in settings, "credentials belong in the Secret"
-    effective = settings_from_env({**settings, "SYNCAR_INSTANCE_ID": "app-7d9c-x2",
-                                   "SYNCAR_BACKEND_FILE": str(broker_uri_file(tmp_path))})
+    effective = settings_from_env(
+        {**settings, "SYNCAR_INSTANCE_ID": "app-7d9c-x2", "SYNCAR_BACKEND_FILE": str(broker_uri_file(tmp_path))}
+    )
     assert effective.http_address() == ("0.0.0.0", 9464)
 
 
@@ -152,8 +155,9 @@ def test_the_broker_uri_comes_from_a_mounted_secret_file_not_the_environment(tmp
     assert volume["secret"]["defaultMode"] & 0o077 == 0o040
     assert all(m["name"] != mount["name"] for m in app["volumeMounts"])
 
-    effective = settings_from_env({**config["data"], "SYNCAR_INSTANCE_ID": "app-0",
-                                   "SYNCAR_BACKEND_FILE": str(broker_uri_file(tmp_path))})
+    effective = settings_from_env(
+        {**config["data"], "SYNCAR_INSTANCE_ID": "app-0", "SYNCAR_BACKEND_FILE": str(broker_uri_file(tmp_path))}
+    )
     assert effective.backend == secret["stringData"][path.name]
 
 
@@ -173,7 +177,10 @@ def test_probes_scraping_and_shutdown_budget() -> None:
     for probe, path in (("startupProbe", "/readyz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         assert syncar[probe]["httpGet"] == {"path": path, "port": http["name"]}, probe
     assert template["metadata"]["annotations"] == {
-        "prometheus.io/scrape": "true", "prometheus.io/port": port, "prometheus.io/path": "/metrics"}
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": port,
+        "prometheus.io/path": "/metrics",
+    }
 
     # The app exits first, then syncar flushes for up to its shutdown timeout: both inside the grace period.
     assert template["spec"]["terminationGracePeriodSeconds"] >= float(settings["SYNCAR_SHUTDOWN_TIMEOUT"]) + 15

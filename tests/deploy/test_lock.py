@@ -41,8 +41,11 @@ def test_every_pin_is_exact_and_made_by_scripts_lock() -> None:
 
 def test_every_declared_dependency_is_pinned_within_its_range() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    declared = [Requirement(text) for group in (project["dependencies"], *project["optional-dependencies"].values())
-                for text in group]
+    declared = [
+        Requirement(text)
+        for group in (project["dependencies"], *project["optional-dependencies"].values())
+        for text in group
+    ]
     pinned = pins_here()
     for requirement in declared:
         if requirement.marker is not None and not requirement.marker.evaluate():
@@ -61,7 +64,8 @@ def test_this_venv_is_the_pinned_set() -> None:
             continue
         assert name in pinned, f"{name} {dist.version} is installed but not pinned: run scripts/lock"
         assert dist.version == pinned[name], (
-            f"{name} {dist.version} is installed, constraints.txt pins {pinned[name]}: run scripts/install")
+            f"{name} {dist.version} is installed, constraints.txt pins {pinned[name]}: run scripts/install"
+        )
 
 
 def test_scripts_install_and_the_image_install_the_pins() -> None:

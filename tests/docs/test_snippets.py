@@ -42,8 +42,13 @@ async def test_snippet_runs_as_written(sock: Path, tmp_path: Path, code: str) ->
     async with run_daemon(sock):
         # Run from elsewhere than the repository, as a user's file would be, with the socket in the environment.
         process = await asyncio.create_subprocess_exec(
-            sys.executable, str(script), cwd=tmp_path, env={**os.environ, "SYNCAR_SOCKET": str(sock)},
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            str(script),
+            cwd=tmp_path,
+            env={**os.environ, "SYNCAR_SOCKET": str(sock)},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         assert process.stdout is not None and process.stderr is not None
         other = await RawClient.connect(sock, {})
         printed = b""

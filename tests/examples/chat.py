@@ -50,8 +50,15 @@ class NodeProcess:
     @classmethod
     async def start(cls, script: str, *args: str, env: Mapping[str, str] | None = None) -> NodeProcess:
         process = await asyncio.create_subprocess_exec(
-            require_example(), script, *args, cwd=EXAMPLE, env={**os.environ, **(env or {})},
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            require_example(),
+            script,
+            *args,
+            cwd=EXAMPLE,
+            env={**os.environ, **(env or {})},
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         return cls(process, f"{script} {' '.join(args)}".strip())
 
     async def _read(self) -> None:
@@ -136,8 +143,11 @@ async def exchange(clients: list[ChatClient], count: int) -> dict[str, list[str]
         return {m["text"] for m in client.messages()} >= {texts[-1] for texts in sent.values()}
 
     for client in clients:
-        await wait_for(functools.partial(ends_seen, client), TIMEOUT,
-                       f"{client.user} to receive every client's last message (has {len(client.messages())})")
+        await wait_for(
+            functools.partial(ends_seen, client),
+            TIMEOUT,
+            f"{client.user} to receive every client's last message (has {len(client.messages())})",
+        )
     return sent
 
 

@@ -22,8 +22,16 @@ from tests.utils import SpawnedDaemon
 pytestmark = [pytest.mark.browser, pytest.mark.redis, pytest.mark.timeout(240)]
 
 #: Headless as root, and nothing that reaches beyond this machine (no updates, sync, QUIC).
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 VIEWPORT: ViewportSize = {"width": 560, "height": 480}
 #: Playwright's waits (its expect() does not follow the context's default timeout), in milliseconds.
 WAIT_MS = TIMEOUT * 1000
@@ -35,7 +43,8 @@ async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
     async with async_playwright() as playwright:
         # Playwright's own browser builds cannot be downloaded here: it drives the system's Chromium.
         context = await playwright.chromium.launch_persistent_context(
-            tmp_path / "profile", executable_path=chromium, headless=True, args=CHROMIUM_FLAGS, viewport=VIEWPORT)
+            tmp_path / "profile", executable_path=chromium, headless=True, args=CHROMIUM_FLAGS, viewport=VIEWPORT
+        )
         context.set_default_timeout(WAIT_MS)
         try:
             yield context
@@ -64,21 +73,26 @@ async def shown_once(page: Page, text: str) -> None:
 
 async def screenshot(browser: BrowserContext, pages: dict[str, Page], path: Path) -> None:
     """The pages side by side, each under its caption, as one PNG."""
-    figures = "".join([
-        f'<figure><figcaption>{caption}</figcaption><img src="data:image/png;base64,'
-        f'{base64.b64encode(await page.screenshot()).decode()}"></figure>' for caption, page in pages.items()])
+    figures = "".join(
+        [
+            f'<figure><figcaption>{caption}</figcaption><img src="data:image/png;base64,'
+            f'{base64.b64encode(await page.screenshot()).decode()}"></figure>'
+            for caption, page in pages.items()
+        ]
+    )
     sheet = await browser.new_page()
     await sheet.set_viewport_size({"width": len(pages) * (VIEWPORT["width"] + 10) + 8, "height": 100})
     await sheet.set_content(
         "<style>body{margin:0;display:flex;gap:8px;padding:8px;background:#d5d9e0;font:13px sans-serif}"
-        "figure{margin:0}img{display:block;border:1px solid #8890a0}figcaption{padding:2px 0 4px}</style>"
-        + figures)
+        "figure{margin:0}img{display:block;border:1px solid #8890a0}figcaption{padding:2px 0 4px}</style>" + figures
+    )
     path.write_bytes(await sheet.screenshot(full_page=True))
     await sheet.close()
 
 
 async def test_two_pages_on_two_instances(
-        redis_server: BrokerServer, sock_dir: Path, browser: BrowserContext, tmp_path: Path) -> None:
+    redis_server: BrokerServer, sock_dir: Path, browser: BrowserContext, tmp_path: Path
+) -> None:
     key = ("--backend", redis_server.uri, "--key", f"chat-{sock_dir.name}")
     daemons = {name: await SpawnedDaemon(sock_dir / f"{name}.sock", *key, name=name).ready() for name in "ab"}
     servers: list[ChatServer] = []
@@ -109,8 +123,14 @@ async def test_two_pages_on_two_instances(
         assert not errors, errors
 
         shot = tmp_path / "feathers-chat.png"
-        await screenshot(browser, {f"instance {name} (syncar {name}): {page.url}": page
-                                   for name, page in zip("ab", (page_a, page_b), strict=True)}, shot)
+        await screenshot(
+            browser,
+            {
+                f"instance {name} (syncar {name}): {page.url}": page
+                for name, page in zip("ab", (page_a, page_b), strict=True)
+            },
+            shot,
+        )
         if target := os.environ.get("SYNCAR_CHAT_SCREENSHOT"):
             Path(target).write_bytes(shot.read_bytes())
     finally:

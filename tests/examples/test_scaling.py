@@ -38,9 +38,14 @@ async def stopped_at_end() -> AsyncIterator[list[ChatServer | ChatClient]]:
 
 @pytest.mark.redis
 async def test_three_instances_each_with_its_own_syncar(
-        redis_server: BrokerServer, sock_dir: Path, stopped_at_end: list[ChatServer | ChatClient]) -> None:
-    daemons = [await SpawnedDaemon(sock_dir / f"{name}.sock", "--backend", redis_server.uri, "--key",
-                                   f"chat-{sock_dir.name}", name=name).ready() for name in "abc"]
+    redis_server: BrokerServer, sock_dir: Path, stopped_at_end: list[ChatServer | ChatClient]
+) -> None:
+    daemons = [
+        await SpawnedDaemon(
+            sock_dir / f"{name}.sock", "--backend", redis_server.uri, "--key", f"chat-{sock_dir.name}", name=name
+        ).ready()
+        for name in "abc"
+    ]
     try:
         clients = []
         for daemon, name in zip(daemons, "abc", strict=True):

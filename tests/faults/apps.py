@@ -170,8 +170,15 @@ class ExternalReceiver:
         self.name = name
         self.out = directory / f"{name}.records"
         self.out.touch()
-        self._args = [sys.executable, "-m", "tests.faults.slow_app", str(socket), str(self.out), str(stall_after),
-                      str(stall_seconds)]
+        self._args = [
+            sys.executable,
+            "-m",
+            "tests.faults.slow_app",
+            str(socket),
+            str(self.out),
+            str(stall_after),
+            str(stall_seconds),
+        ]
         self._records: list[tuple[int, float]] = []
         self._offset = 0
         self.gaps = 0
@@ -191,7 +198,7 @@ class ExternalReceiver:
         with self.out.open("rb") as file:
             file.seek(self._offset)
             chunk = file.read()
-        whole = chunk[:chunk.rfind(b"\n") + 1]
+        whole = chunk[: chunk.rfind(b"\n") + 1]
         self._offset += len(whole)
         for line in whole.splitlines():
             n, t = line.split()
@@ -277,7 +284,7 @@ class StatusWatch:
                 await self._task
 
 
-_SAMPLE = re.compile(r'^(\w+)(?:\{([^}]*)\})? (\S+)$')
+_SAMPLE = re.compile(r"^(\w+)(?:\{([^}]*)\})? (\S+)$")
 
 
 async def scrape(port: int) -> dict[str, float]:

@@ -29,8 +29,11 @@ SCHEMES = {"redis": "redis://", "rabbitmq": "amqp://", "nats": "nats://"}
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "faults: the fault suite (tests/faults): kills brokers and daemons mid-stream")
-    config.addinivalue_line("markers", "fault_case(case, brokers, why_not, server): which fault case a test is, "
-                            "and where it runs (see tests/faults/harness.py fault_case)")
+    config.addinivalue_line(
+        "markers",
+        "fault_case(case, brokers, why_not, server): which fault case a test is, "
+        "and where it runs (see tests/faults/harness.py fault_case)",
+    )
 
 
 def _durable_support(broker: str) -> str | None:
@@ -61,8 +64,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             if reason is not None:
                 NOT_RUN.append((case, broker, mode, reason))
                 continue
-            params.append(pytest.param(broker, mode, marks=[getattr(pytest.mark, broker), pytest.mark.faults],
-                                       id=f"{broker}-{mode}"))
+            params.append(
+                pytest.param(
+                    broker, mode, marks=[getattr(pytest.mark, broker), pytest.mark.faults], id=f"{broker}-{mode}"
+                )
+            )
     metafunc.parametrize(("broker_name", "mode"), params)
 
 
@@ -78,8 +84,9 @@ def fault_server(request: pytest.FixtureRequest, broker_name: str) -> BrokerServ
 
 
 @pytest.fixture
-async def scenario(request: pytest.FixtureRequest, fault_server: BrokerServer, broker_name: str,
-                   mode: str) -> AsyncIterator[Scenario]:
+async def scenario(
+    request: pytest.FixtureRequest, fault_server: BrokerServer, broker_name: str, mode: str
+) -> AsyncIterator[Scenario]:
     marker = request.node.get_closest_marker("fault_case")
     assert marker is not None
     directory = Path(tempfile.mkdtemp(prefix="syncar-faults-", dir="/tmp"))
@@ -97,8 +104,9 @@ async def scenario(request: pytest.FixtureRequest, fault_server: BrokerServer, b
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[
-        None, pytest.TestReport, pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if report.when == "call":
         item.rep_call = report  # type: ignore[attr-defined]
@@ -110,8 +118,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         return
     lines = []
     if RESULTS:
-        lines += ["Per receiving app: events sent (acked to the publisher), received, lost, duplicated, reordered, "
-                  "and seconds from the fault's end to the first event after it", "", *table(RESULTS)]
+        lines += [
+            "Per receiving app: events sent (acked to the publisher), received, lost, duplicated, reordered, "
+            "and seconds from the fault's end to the first event after it",
+            "",
+            *table(RESULTS),
+        ]
     if NOT_RUN:
         lines += ["", "Not run:", *not_run_lines()]
     terminalreporter.write_sep("=", "syncar fault suite")

@@ -32,8 +32,9 @@ SETTLE_TIMEOUT = {"broadcast": 6.0, "durable": 10.0}
 QUIET = 1.5
 
 
-def fault_case(case: str, *, brokers: tuple[str, ...] = BROKERS, why_not: str = "",
-               server: str = "server") -> pytest.MarkDecorator:
+def fault_case(
+    case: str, *, brokers: tuple[str, ...] = BROKERS, why_not: str = "", server: str = "server"
+) -> pytest.MarkDecorator:
     """Mark a test as fault case `case`, generated for each (broker, mode) that can run it (tests/faults/conftest.py).
 
     Brokers not in `brokers` are listed under the table as not run, because `why_not`. The broker is the session
@@ -94,9 +95,15 @@ class Scenario:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     unacked: int = 0  # publishes never acknowledged, once finish() has waited for them
 
-    async def start(self, labels: tuple[str, ...], receivers: dict[str, str], *, proxied: tuple[str, ...] = (),
-                    daemon_args: dict[str, list[str]] | None = None,
-                    stalling: dict[str, tuple[int, float]] | None = None) -> None:
+    async def start(
+        self,
+        labels: tuple[str, ...],
+        receivers: dict[str, str],
+        *,
+        proxied: tuple[str, ...] = (),
+        daemon_args: dict[str, list[str]] | None = None,
+        stalling: dict[str, tuple[int, float]] | None = None,
+    ) -> None:
         """Start daemons `labels` (the first one is the publisher's), a status watch on each, then the apps.
 
         `receivers` maps an app's name to its daemon's label; `proxied` daemons reach the broker through a TcpProxy;
@@ -108,9 +115,21 @@ class Scenario:
             if label in proxied:
                 self.proxies[label] = proxy = await TcpProxy.start(self.server.port)
                 backend = via(backend, proxy.port)
-            args = ["--backend", backend, "--key", self.key, "--mode", self.mode, "--instance-id",
-                    f"{label}-{self.key[-10:]}", "--shutdown-timeout", "2", "--instance-ttl", "60",
-                    *(daemon_args or {}).get(label, [])]
+            args = [
+                "--backend",
+                backend,
+                "--key",
+                self.key,
+                "--mode",
+                self.mode,
+                "--instance-id",
+                f"{label}-{self.key[-10:]}",
+                "--shutdown-timeout",
+                "2",
+                "--instance-ttl",
+                "60",
+                *(daemon_args or {}).get(label, []),
+            ]
             self.instances[label] = Instance(label, self.directory, args)
         await asyncio.gather(*(i.daemon.ready(timeout=30) for i in self.instances.values()))
         for label, instance in self.instances.items():
@@ -142,8 +161,11 @@ class Scenario:
     async def stream(self, events: int) -> None:
         """Let the publisher publish `events` more (about events/1000 seconds)."""
         target = self.pub.count + events
-        await wait_for(lambda: self.pub.count >= target, events / self.pub.rate + PHASE_SLACK,
-                       f"the publisher to publish {events} more events")
+        await wait_for(
+            lambda: self.pub.count >= target,
+            events / self.pub.rate + PHASE_SLACK,
+            f"the publisher to publish {events} more events",
+        )
 
     async def finish(self) -> None:
         """Stop publishing, wait for the acks, let the last events arrive, scrape every daemon's metrics."""
@@ -166,9 +188,19 @@ class Scenario:
 
     def count(self, fault_end: float) -> dict[str, Row]:
         """Each receiving app's counts (also kept for the session's table)."""
-        return {name: count_row(self.case, self.broker_name, self.mode, name, publisher=self.pub,
-                                records=receiver.records, fault_end=fault_end, notes=self.notes(name))
-                for name, receiver in self.receivers.items()}
+        return {
+            name: count_row(
+                self.case,
+                self.broker_name,
+                self.mode,
+                name,
+                publisher=self.pub,
+                records=receiver.records,
+                fault_end=fault_end,
+                notes=self.notes(name),
+            )
+            for name, receiver in self.receivers.items()
+        }
 
     def notes(self, name: str) -> str:
         """What the receiving daemon's metrics, the app and the publisher say about the losses."""
@@ -191,8 +223,9 @@ class Scenario:
     def max_delay(self, name: str, since: float, until: float) -> float:
         """The longest publish-to-app delay of the events `name` got that were published in [since, until]."""
         published = self.pub.published
-        return max((t - published[n] for n, t in self.receivers[name].records if since <= published[n] <= until),
-                   default=0.0)
+        return max(
+            (t - published[n] for n, t in self.receivers[name].records if since <= published[n] <= until), default=0.0
+        )
 
     def metric(self, label: str, name: str) -> float:
         return self.metrics.get(label, {}).get(name, 0.0)

@@ -31,16 +31,21 @@ MAX_QUEUED_CHUNKS = 1024
 class _Link:
     """One proxied connection: two directions, each a reader task feeding a delayed writer task."""
 
-    def __init__(self, proxy: TcpProxy, client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-                 upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+    def __init__(
+        self,
+        proxy: TcpProxy,
+        client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    ) -> None:
         self.writers = (client[1], upstream[1])
         self.tasks = [
             asyncio.create_task(self._pipe(proxy, client[0], upstream[1], False), name="proxy-up"),
             asyncio.create_task(self._pipe(proxy, upstream[0], client[1], True), name="proxy-down"),
         ]
 
-    async def _pipe(self, proxy: TcpProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    reply: bool) -> None:
+    async def _pipe(
+        self, proxy: TcpProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply: bool
+    ) -> None:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(MAX_QUEUED_CHUNKS)
 

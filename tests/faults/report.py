@@ -55,8 +55,17 @@ RESULTS: list[Row] = []
 NOT_RUN: list[tuple[str, str, str, str]] = []
 
 
-def count_row(case: str, broker: str, mode: str, instance: str, *, publisher: Publisher,
-              records: list[tuple[int, float]], fault_end: float, notes: str = "") -> Row:
+def count_row(
+    case: str,
+    broker: str,
+    mode: str,
+    instance: str,
+    *,
+    publisher: Publisher,
+    records: list[tuple[int, float]],
+    fault_end: float,
+    notes: str = "",
+) -> Row:
     """Count one app's `records` ((n, loop time) per event it got) against what `publisher` got acked."""
     acked = set(publisher.acked)
     times = Counter(n for n, _ in records)
@@ -78,9 +87,20 @@ def count_row(case: str, broker: str, mode: str, instance: str, *, publisher: Pu
     lost = acked - times.keys()
     if lost:
         notes = "; ".join(filter(None, [notes, f"lost n {ranges(lost)}"]))
-    row = Row(case, broker, mode, instance, sent=len(acked), received=len(times), lost=len(lost),
-              duplicated=sum(c - 1 for c in times.values()), reordered=reordered,
-              recovery=min(after) - fault_end if after else None, late_lost=len(late - times.keys()), notes=notes)
+    row = Row(
+        case,
+        broker,
+        mode,
+        instance,
+        sent=len(acked),
+        received=len(times),
+        lost=len(lost),
+        duplicated=sum(c - 1 for c in times.values()),
+        reordered=reordered,
+        recovery=min(after) - fault_end if after else None,
+        late_lost=len(late - times.keys()),
+        notes=notes,
+    )
     if row.recovery is not None and row.recovery > RECOVERY_BOUND:
         row.note(f"recovery over the {RECOVERY_BOUND:g} s promise")
     RESULTS.append(row)
@@ -89,17 +109,23 @@ def count_row(case: str, broker: str, mode: str, instance: str, *, publisher: Pu
 
 def table(rows: list[Row]) -> list[str]:
     """The results as a markdown table, one line per receiving instance."""
-    lines = ["| case | broker | mode | receiving app | sent (acked) | received | lost | duplicated | reordered "
-             "| recovery s | notes |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| case | broker | mode | receiving app | sent (acked) | received | lost | duplicated | reordered "
+        "| recovery s | notes |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     order = {name: i for i, name in enumerate(("redis", "rabbitmq", "nats", "nats cluster"))}
     for r in sorted(rows, key=lambda r: (r.case, order.get(r.broker, 9), r.mode, r.instance)):
         recovery = "-" if r.recovery is None else f"{r.recovery:.2f}"
-        lines.append(f"| {r.case}. {CASES.get(r.case, '')} | {r.broker} | {r.mode} | {r.instance} | {r.sent} "
-                     f"| {r.received} | {r.lost} | {r.duplicated} | {r.reordered} | {recovery} | {r.notes} |")
+        lines.append(
+            f"| {r.case}. {CASES.get(r.case, '')} | {r.broker} | {r.mode} | {r.instance} | {r.sent} "
+            f"| {r.received} | {r.lost} | {r.duplicated} | {r.reordered} | {recovery} | {r.notes} |"
+        )
     return lines
 
 
 def not_run_lines() -> list[str]:
-    return [f"- case {case} ({CASES.get(case, '')}) on {broker}, {mode} mode: {why}"
-            for case, broker, mode, why in sorted(set(NOT_RUN))]
+    return [
+        f"- case {case} ({CASES.get(case, '')}) on {broker}, {mode} mode: {why}"
+        for case, broker, mode, why in sorted(set(NOT_RUN))
+    ]

@@ -20,8 +20,12 @@ from tests.faults.test_faults import check
 pytestmark = [pytest.mark.timeout(150), pytest.mark.cluster]
 
 
-@fault_case("6", brokers=("redis",), why_not="Redis Sentinel only; the RabbitMQ and NATS cluster cases are their "
-            "own", server="sentinel")
+@fault_case(
+    "6",
+    brokers=("redis",),
+    why_not="Redis Sentinel only; the RabbitMQ and NATS cluster cases are their own",
+    server="sentinel",
+)
 async def test_sentinel_master_killed(scenario: Scenario) -> None:
     s = scenario
     group = s.server
@@ -33,8 +37,10 @@ async def test_sentinel_master_killed(scenario: Scenario) -> None:
     await s.stream(3000)
     await s.finish()
     rows = s.count(killed)  # recovery: from the kill, through the sentinels' detection and failover
-    rows["B"].note(f"sentinels named a new master {took:.1f}s after the kill; max delay of an event published "
-                   f"before then {s.max_delay('B', killed, killed + took):.2f}s")
+    rows["B"].note(
+        f"sentinels named a new master {took:.1f}s after the kill; max delay of an event published "
+        f"before then {s.max_delay('B', killed, killed + took):.2f}s"
+    )
     check(s, rows, lost_broker=("a", "b"))
     for label in ("a", "b"):  # each daemon landed on the new master, and said so
         assert s.metric(label, "syncar_broker_failovers_total") == 1, label

@@ -34,13 +34,15 @@ MODES = pytest.mark.parametrize("mode", ["broadcast", "durable"])
 
 
 @pytest.fixture
-async def cluster_scenario(request: pytest.FixtureRequest, nats_cluster: NatsCluster,
-                           mode: str) -> AsyncIterator[Scenario]:
+async def cluster_scenario(
+    request: pytest.FixtureRequest, nats_cluster: NatsCluster, mode: str
+) -> AsyncIterator[Scenario]:
     case = request.node.get_closest_marker("case")
     assert case is not None
     directory = Path(tempfile.mkdtemp(prefix="syncar-cluster-", dir="/tmp"))
-    stage = Scenario(case.args[0], "nats cluster", mode, nats_cluster.nodes[0], directory,
-                     f"cluster-{uuid.uuid4().hex[:12]}")
+    stage = Scenario(
+        case.args[0], "nats cluster", mode, nats_cluster.nodes[0], directory, f"cluster-{uuid.uuid4().hex[:12]}"
+    )
     try:
         yield stage
     finally:
@@ -68,12 +70,18 @@ async def start(s: Scenario, cluster: NatsCluster) -> None:
     A node restarted by the last test says it is healthy before its JetStream answers every request: a daemon's
     first subscribe could time out, and a consumer made later starts after what was published meanwhile."""
     for node in cluster.nodes:
-        await eventually(lambda: jetstream_answers(node), 30,  # noqa: B023 - awaited at once
-                         f"JetStream to answer on node {node.index}")
+        await eventually(
+            lambda node=node: jetstream_answers(node),
+            30,
+            f"JetStream to answer on node {node.index}",
+        )
     replicas = "?replicas=3" if s.mode == "durable" else ""
     first, second = cluster.nodes[0], cluster.nodes[1]
-    await s.start(("a", "b"), {"B": "b"}, daemon_args={"a": ["--backend", f"{first.uri}{replicas}"],
-                                                        "b": ["--backend", f"{second.uri}{replicas}"]})
+    await s.start(
+        ("a", "b"),
+        {"B": "b"},
+        daemon_args={"a": ["--backend", f"{first.uri}{replicas}"], "b": ["--backend", f"{second.uri}{replicas}"]},
+    )
 
 
 def nodes_named(s: Scenario, label: str) -> list[str]:
@@ -88,8 +96,11 @@ async def fail_over(s: Scenario, victim: NatsClusterNode, labels: tuple[str, ...
     killed = now()
     gone = f"127.0.0.1:{victim.port}"
     for label in labels:
-        await wait_for(lambda: any(node != gone for node in nodes_named(s, label)),  # noqa: B023 - awaited at once
-                       NOTICE_TIMEOUT, f"{label} to tell its apps it is up on another node")
+        await wait_for(
+            lambda: any(node != gone for node in nodes_named(s, label)),  # noqa: B023 - awaited at once
+            NOTICE_TIMEOUT,
+            f"{label} to tell its apps it is up on another node",
+        )
     return killed
 
 
@@ -102,8 +113,10 @@ def counted(s: Scenario, fault_end: float, labels: tuple[str, ...], victim: Nats
         assert told_down_then_up(s, label), f"{label}: apps not told: {s.watches[label].broker_states()}"
     limit = RECOVERY_LIMIT if s.mode == "broadcast" else DURABLE_RECOVERY_LIMIT
     for row in rows.values():
-        row.note(f"failovers a {s.metric('a', 'syncar_broker_failovers_total'):.0f}, "
-                 f"b {s.metric('b', 'syncar_broker_failovers_total'):.0f}")
+        row.note(
+            f"failovers a {s.metric('a', 'syncar_broker_failovers_total'):.0f}, "
+            f"b {s.metric('b', 'syncar_broker_failovers_total'):.0f}"
+        )
         assert row.recovery is not None and row.recovery <= limit, row
     return rows
 
@@ -156,8 +169,9 @@ async def test_stream_leader_killed(cluster_scenario: Scenario, nats_cluster: Na
     await s.stream(3000)
     await s.finish()
     rows = s.count(fault_end)
-    connected = [label for label, node in (("a", nats_cluster.nodes[0]), ("b", nats_cluster.nodes[1]))
-                 if node is leader]
+    connected = [
+        label for label, node in (("a", nats_cluster.nodes[0]), ("b", nats_cluster.nodes[1])) if node is leader
+    ]
     for row in rows.values():
         row.note(f"leader n{leader.index}" + (f", the node of {' and '.join(connected)}" if connected else ""))
         assert row.recovery is not None and row.recovery <= DURABLE_RECOVERY_LIMIT, row

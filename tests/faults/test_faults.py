@@ -34,7 +34,7 @@ pytestmark = pytest.mark.timeout(150)
 
 def told_down_then_up(s: Scenario, label: str) -> bool:
     states = s.watches[label].broker_states()
-    return "down" in states and "up" in states[states.index("down"):]
+    return "down" in states and "up" in states[states.index("down") :]
 
 
 def check(s: Scenario, rows: dict[str, Row], *, lost_broker: tuple[str, ...], unaffected: tuple[str, ...] = ()) -> None:
@@ -71,8 +71,11 @@ async def test_broker_killed_and_restarted(scenario: Scenario) -> None:
     await s.start(("a", "b"), {"B": "b"}, daemon_args={"a": ["--outbox-bytes", str(OUTBOX_BYTES)]})
     await s.stream(1000)
     await asyncio.to_thread(s.server.kill)
-    await wait_for(lambda: all("down" in w.broker_states() for w in s.watches.values()), NOTICE_TIMEOUT,
-                   "both daemons to tell their apps that the broker is down")
+    await wait_for(
+        lambda: all("down" in w.broker_states() for w in s.watches.values()),
+        NOTICE_TIMEOUT,
+        "both daemons to tell their apps that the broker is down",
+    )
     await s.stream(1000)
     await asyncio.to_thread(s.server.start)
     fault_end = now()
@@ -128,8 +131,11 @@ async def test_network_cut_restored_and_slowed(scenario: Scenario) -> None:
     for label in ("b", "a"):
         s.proxies[label].cut()
         watch = s.watches[label]
-        await wait_for(lambda: "down" in watch.broker_states(), NOTICE_TIMEOUT,  # noqa: B023 - awaited at once
-                       f"{label} to tell its apps that the broker is down")
+        await wait_for(
+            lambda watch=watch: "down" in watch.broker_states(),
+            NOTICE_TIMEOUT,
+            f"{label} to tell its apps that the broker is down",
+        )
         await s.stream(1000)
     for proxy in s.proxies.values():
         proxy.restore()
@@ -155,14 +161,21 @@ async def test_network_cut_restored_and_slowed(scenario: Scenario) -> None:
         assert s.metric(label, "syncar_backend_reconnects_total") == 1, label
 
 
-@fault_case("5", brokers=("redis",), why_not="the slow-client policy is the daemon's, the same on every broker; "
-            "run on redis only to keep the suite short")
+@fault_case(
+    "5",
+    brokers=("redis",),
+    why_not="the slow-client policy is the daemon's, the same on every broker; "
+    "run on redis only to keep the suite short",
+)
 async def test_app_stops_reading_for_10_seconds(scenario: Scenario) -> None:
     s = scenario
     # b: a small send queue, so the policy acts within a second or two of the stall; a replay buffer that covers it.
-    await s.start(("a", "b", "c"), {"slow": "b", "steady": "b", "C": "c"},
-                  daemon_args={"b": ["--client-queue-bytes", "65536", "--replay-events", "20000"]},
-                  stalling={"slow": (1000, STALL)})
+    await s.start(
+        ("a", "b", "c"),
+        {"slow": "b", "steady": "b", "C": "c"},
+        daemon_args={"b": ["--client-queue-bytes", "65536", "--replay-events", "20000"]},
+        stalling={"slow": (1000, STALL)},
+    )
     slow = s.receivers["slow"]
     await s.stream(1000)
     await wait_for(lambda: len(slow.records) >= 1000, 10, "the slow app to get its first 1000 events")

@@ -73,8 +73,13 @@ async def node_app(*args: str) -> AsyncIterator[FeathersSyncApp]:
     """feathers_sync_app.js with `args` (see its header), once it said it is ready."""
     node = _require_node_app()
     process = await asyncio.create_subprocess_exec(
-        node, str(HERE / "feathers_sync_app.js"), *args, cwd=HERE,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        node,
+        str(HERE / "feathers_sync_app.js"),
+        *args,
+        cwd=HERE,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
     app = FeathersSyncApp(process)
     try:
         assert await app.line() == {"ready": True}
@@ -93,7 +98,8 @@ async def feathers_sync(broker: BrokerServer) -> AsyncIterator[tuple[FeathersSyn
 
 
 async def test_events_cross_between_feathers_sync_and_syncar(
-        broker: BrokerServer, feathers_sync: tuple[FeathersSyncApp, str], sock: Path, connect: Connect) -> None:
+    broker: BrokerServer, feathers_sync: tuple[FeathersSyncApp, str], sock: Path, connect: Connect
+) -> None:
     node, key = feathers_sync
     async with run_daemon(sock, backend=broker.uri, key=key, codec="feathers-sync"):
         app: RawClient = await connect(sock, {"client": "python-app"})
@@ -114,8 +120,14 @@ async def test_events_cross_between_feathers_sync_and_syncar(
 
         # syncar -> feathers-sync: the Node app's listeners fire with the same data and params.
         params = {"provider": "socketio", "user": {"id": 7, "name": "zoë"}}
-        await app.send(publish_frame("messages", "created", {"id": 7, "text": "from syncar ✓"},
-                                     context={"params": params, "method": "create"}))
+        await app.send(
+            publish_frame(
+                "messages",
+                "created",
+                {"id": 7, "text": "from syncar ✓"},
+                context={"params": params, "method": "create"},
+            )
+        )
         seen = await node.event(event="created", data={"id": 7, "text": "from syncar ✓"})
         assert seen["params"] == params
         await app.send(publish_frame("messages", "typing", {"user": 7}))
@@ -126,19 +138,27 @@ async def test_events_cross_between_feathers_sync_and_syncar(
 AT = "2025-05-06T07:08:09.000Z"
 
 
-@pytest.mark.parametrize("broker", [
-    "redis", "rabbitmq",
-    # No "nats": feathers-sync's NATS adapter turns a Buffer into text (StringCodec) and hands its deserialize a
-    # string, so a binary serializer does not work between feathers-sync apps there either.
-], indirect=True)
+@pytest.mark.parametrize(
+    "broker",
+    [
+        "redis",
+        "rabbitmq",
+        # No "nats": feathers-sync's NATS adapter turns a Buffer into text (StringCodec) and hands its deserialize a
+        # string, so a binary serializer does not work between feathers-sync apps there either.
+    ],
+    indirect=True,
+)
 async def test_binary_events_cross_between_feathers_sync_and_syncar_byte_for_byte(
-        broker: BrokerServer, sock: Path, connect: Connect) -> None:
+    broker: BrokerServer, sock: Path, connect: Connect
+) -> None:
     """Both apps serialize with BSON: what feathers-sync publishes reaches the syncar app as those bytes, and what the
     syncar app publishes reaches feathers-sync's deserialize as the bytes the plugin's serialize made."""
     key = f"interop-{uuid.uuid4().hex}"
-    async with (node_app(broker.uri, key, "bson") as node,
-                run_daemon(sock, backend=broker.uri, key=key, codec="feathers-sync"),
-                node_app(str(sock), key, "bson", "syncar") as ours):
+    async with (
+        node_app(broker.uri, key, "bson") as node,
+        run_daemon(sock, backend=broker.uri, key=key, codec="feathers-sync"),
+        node_app(str(sock), key, "bson", "syncar") as ours,
+    ):
         raw: RawClient = await connect(sock, {"client": "wire"})
 
         # Custom events, emitted with their data as it is (the memory service would make Dates strings).
@@ -150,8 +170,10 @@ async def test_binary_events_cross_between_feathers_sync_and_syncar_byte_for_byt
         assert (seen["data"], seen["kinds"]["at"]) == ({"text": "from node", "at": AT}, "Date")  # JSON: a string
         await node.send({"create": {"text": "created in node"}})
         seen = await ours.event(event="created")
-        assert (seen["data"], seen["params"]) == ({"text": "created in node", "id": 1000},
-                                                  {"provider": "rest", "from": "feathers-sync"})
+        assert (seen["data"], seen["params"]) == (
+            {"text": "created in node", "id": 1000},
+            {"provider": "rest", "from": "feathers-sync"},
+        )
 
         await ours.send({"custom": {"text": "from syncar ✓", "at": {"$date": AT}}})
         async with asyncio.timeout(TIMEOUT):

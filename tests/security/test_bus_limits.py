@@ -29,14 +29,33 @@ MiB = 1024 * 1024
 
 
 @pytest.mark.redis
-async def test_implausible_remote_times_are_not_measured(redis_server: BrokerServer, sock_dir: Path,
-                                                         connect: Connect) -> None:
+async def test_implausible_remote_times_are_not_measured(
+    redis_server: BrokerServer, sock_dir: Path, connect: Connect
+) -> None:
     key = f"times-{uuid.uuid4().hex}"
     async with run_daemon(sock_dir / "b.sock", instance_id="b", backend=redis_server.uri, key=key) as b:
         app = await connect(sock_dir / "b.sock", {})
         for n, moment in enumerate([1.0, time.time() + 3600, time.time()]):
-            await raw_publish(redis_server, key, orjson.dumps({"v": 1, "origin": "stranger", "events": [
-                {"id": str(n), "time": moment, "event": "created", "path": "messages", "data": n, "context": None}]}))
+            await raw_publish(
+                redis_server,
+                key,
+                orjson.dumps(
+                    {
+                        "v": 1,
+                        "origin": "stranger",
+                        "events": [
+                            {
+                                "id": str(n),
+                                "time": moment,
+                                "event": "created",
+                                "path": "messages",
+                                "data": n,
+                                "context": None,
+                            }
+                        ],
+                    }
+                ),
+            )
         assert [e["data"] for e in await app.events(3)] == [0, 1, 2]  # delivered all the same
         assert metric(b.metrics, "syncar_relay_seconds_count") == 1
         assert metric(b.metrics, "syncar_relay_seconds_sum") < 60
@@ -50,15 +69,18 @@ def small_buffers() -> Iterator[RedisServer]:
 
 
 @pytest.mark.redis
-async def test_an_event_over_what_redis_passes_to_subscribers_is_refused(small_buffers: RedisServer, sock_dir: Path,
-                                                                          connect: Connect) -> None:
+async def test_an_event_over_what_redis_passes_to_subscribers_is_refused(
+    small_buffers: RedisServer, sock_dir: Path, connect: Connect
+) -> None:
     probe = redis.asyncio.from_url(small_buffers.uri)
     await probe.config_set("client-output-buffer-limit", f"pubsub {MiB} 0 0")
     await probe.aclose()
     key = f"big-{uuid.uuid4().hex}"
     settings = {"backend": small_buffers.uri, "key": key, "max_frame_bytes": 4 * MiB}
-    async with (run_daemon(sock_dir / "a.sock", instance_id="a", **settings) as a,
-                run_daemon(sock_dir / "b.sock", instance_id="b", **settings) as b):
+    async with (
+        run_daemon(sock_dir / "a.sock", instance_id="a", **settings) as a,
+        run_daemon(sock_dir / "b.sock", instance_id="b", **settings) as b,
+    ):
         app_a = await connect(sock_dir / "a.sock", {})
         app_b = await connect(sock_dir / "b.sock", {})
         await app_a.send(publish_frame(data="x" * (3 * MiB // 2), id="big", ack=True))
@@ -88,8 +110,9 @@ async def test_a_batch_with_its_head_and_signature_fits_the_broker(sock_dir: Pat
     keys = sock_dir / "keys"
     keys.write_text("signing-key-for-tests-0123456789\n")
     # The longest instance id, each character escaped in JSON (\u0001): a batch's head of over 1,200 bytes.
-    async with run_daemon(sock_dir / "a.sock", instance_id="\x01" * 200, backend=f"local://{uuid.uuid4().hex}",
-                          signing_key_file=keys) as a:
+    async with run_daemon(
+        sock_dir / "a.sock", instance_id="\x01" * 200, backend=f"local://{uuid.uuid4().hex}", signing_key_file=keys
+    ) as a:
         limit = a.backend.max_message_bytes = 64 * 1024
         wire = record_publishes(a)
         app = await connect(sock_dir / "a.sock", {})
@@ -105,11 +128,14 @@ async def test_a_batch_with_its_head_and_signature_fits_the_broker(sock_dir: Pat
 
 @pytest.mark.redis
 async def test_an_event_queued_before_the_broker_limit_went_down_does_not_hold_the_others_back(
-        redis_server: BrokerServer, sock_dir: Path, connect: Connect) -> None:
+    redis_server: BrokerServer, sock_dir: Path, connect: Connect
+) -> None:
     key = f"shrunk-{uuid.uuid4().hex}"
     settings = {"backend": redis_server.uri, "key": key}
-    async with (run_daemon(sock_dir / "a.sock", instance_id="a", **settings) as a,
-                run_daemon(sock_dir / "b.sock", instance_id="b", **settings)):
+    async with (
+        run_daemon(sock_dir / "a.sock", instance_id="a", **settings) as a,
+        run_daemon(sock_dir / "b.sock", instance_id="b", **settings),
+    ):
         app_a = await connect(sock_dir / "a.sock", {})
         app_b = await connect(sock_dir / "b.sock", {})
         a.outbox.set_connected(False)  # as if the broker were away: publishes wait

@@ -43,8 +43,13 @@ async def test_idle_http_connections_cannot_cut_apps_off(sock: Path) -> None:
 
 
 def test_a_descriptor_limit_too_low_for_any_app_is_one_line(sock: Path) -> None:
-    result = subprocess.run([*LIMITS[:1], "--nofile=64:64", sys.executable, "-m", "sidecar", "run", "--socket",
-                             str(sock)], capture_output=True, text=True, timeout=60, cwd=REPO)
+    result = subprocess.run(
+        [*LIMITS[:1], "--nofile=64:64", sys.executable, "-m", "sidecar", "run", "--socket", str(sock)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("syncar: max_clients: the file descriptor limit 64 is too low to serve any app")
     assert len(result.stderr.splitlines()) == 1
@@ -75,8 +80,9 @@ uvloop.run(main())
 
 
 async def test_running_out_of_descriptors_is_logged_and_the_app_told(sock: Path) -> None:
-    process = await asyncio.create_subprocess_exec(sys.executable, "-c", FULL_TABLE, str(sock), cwd=REPO,
-                                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", FULL_TABLE, str(sock), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         assert process.stdout is not None and process.stderr is not None
         async with asyncio.timeout(20):

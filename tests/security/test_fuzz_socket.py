@@ -23,12 +23,37 @@ MAX_FRAME_BYTES = 65536
 
 VALID = [
     {"type": "publish", "path": "messages", "event": "created", "data": {"text": "hi"}, "id": "a", "ack": True},
-    {"type": "hello", "version": 1, "client": "x", "subscribe": [{"path": "m*", "event": "*"}],
-     "resume": {"epoch": "e", "seq": 3}},
+    {
+        "type": "hello",
+        "version": 1,
+        "client": "x",
+        "subscribe": [{"path": "m*", "event": "*"}],
+        "resume": {"epoch": "e", "seq": 3},
+    },
     {"type": "ping"},
 ]
-JUNK = [b"{", b"}", b"[", b"]", b'"', b":", b",", b"\\", b"\x00", b"\xff", b"\xc3\x28", b"null", b"1e999",
-        b'"type"', b"-", b"9" * 400, b"\t", b"\r", b"\x1b[2J", "é🚀".encode()]
+JUNK = [
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b'"',
+    b":",
+    b",",
+    b"\\",
+    b"\x00",
+    b"\xff",
+    b"\xc3\x28",
+    b"null",
+    b"1e999",
+    b'"type"',
+    b"-",
+    b"9" * 400,
+    b"\t",
+    b"\r",
+    b"\x1b[2J",
+    "é🚀".encode(),
+]
 
 
 def mutate(rng: random.Random) -> bytes:
@@ -46,7 +71,7 @@ def mutate(rng: random.Random) -> bytes:
             position = rng.randrange(len(line) + 1)
             operation = rng.random()
             if operation < 0.4 and line:
-                del line[position:position + rng.randint(1, 5)]
+                del line[position : position + rng.randint(1, 5)]
             elif operation < 0.8:
                 line[position:position] = rng.choice(JUNK)
             elif line:
@@ -98,8 +123,9 @@ async def test_fuzz_frames_over_the_socket(sock: Path) -> None:
         baseline = daemon.rss_bytes()
         rng = random.Random(SEED)
         started = time.monotonic()
-        attack = asyncio.gather(*(attacker(sock, random.Random(rng.random()), FRAMES // ATTACKERS)
-                                  for _ in range(ATTACKERS)))
+        attack = asyncio.gather(
+            *(attacker(sock, random.Random(rng.random()), FRAMES // ATTACKERS) for _ in range(ATTACKERS))
+        )
         heartbeats = 0
         while not attack.done():
             await pinger.send(publish_frame("heartbeat", "beat", heartbeats))
@@ -117,8 +143,10 @@ async def test_fuzz_frames_over_the_socket(sock: Path) -> None:
         assert peak - baseline < 64 * 1024 * 1024, f"RSS grew {(peak - baseline) / 1e6:.1f} MB"
         await pinger.send(publish_frame("heartbeat", "beat", "last"))
         assert (await bystander.frame_of("event"))["data"] == "last"
-        print(f"\nfuzz: {FRAMES} frames from {ATTACKERS} connections in {elapsed:.1f}s, answers {dict(answers)}, "
-              f"{heartbeats} heartbeats all delivered, RSS {baseline / 1e6:.1f} -> {peak / 1e6:.1f} MB")
+        print(
+            f"\nfuzz: {FRAMES} frames from {ATTACKERS} connections in {elapsed:.1f}s, answers {dict(answers)}, "
+            f"{heartbeats} heartbeats all delivered, RSS {baseline / 1e6:.1f} -> {peak / 1e6:.1f} MB"
+        )
         await bystander.close()
         await pinger.close()
         assert await daemon.stop() == 0

@@ -37,8 +37,9 @@ async def instances(request: pytest.FixtureRequest, sock_dir: Path) -> AsyncIter
         uri = server.uri
     async with contextlib.AsyncExitStack() as stack:
         for name in ("a", "b"):
-            await stack.enter_async_context(run_daemon(sock_dir / f"{name}.sock", instance_id=name, backend=uri,
-                                                       key=key))
+            await stack.enter_async_context(
+                run_daemon(sock_dir / f"{name}.sock", instance_id=name, backend=uri, key=key)
+            )
         w = await stack.enter_async_context(Client(sock_dir / "b.sock", name="w"))
         yield sock_dir / "a.sock", w
 
@@ -69,8 +70,11 @@ async def test_same_ids_by_accident(instances: tuple[Path, Client], connect: Con
     v = await connect(sock_a, {"client": "v"})
     e = await connect(sock_a, {"client": "e", "subscribe": []})
     await acked(e, [{"data": "e", "id": f"order-{i}", "ack": True} for i in range(COUNT)])
-    await acked(v, [{"data": "v", "id": f"order-{i}", "ack": True} for i in range(COUNT)] +
-                [{"data": "done", "id": "done", "ack": True}])
+    await acked(
+        v,
+        [{"data": "v", "id": f"order-{i}", "ack": True} for i in range(COUNT)]
+        + [{"data": "done", "id": "done", "ack": True}],
+    )
     seen = await arrivals_at(w, "done")
     assert (seen.count("e"), seen.count("v")) == (COUNT, COUNT)
 
@@ -86,9 +90,8 @@ async def test_ids_predicted_from_what_v_published(instances: tuple[Path, Client
     seen_ids = [event["id"] for event in await e.events(2)]
     for seen_id in seen_ids:
         prefix = seen_id.rstrip("0123456789")
-        number = int(seen_id[len(prefix):])
-        await acked(e, [{"data": "e", "id": f"{prefix}{number + i}", "ack": True}
-                        for i in range(1, PREDICTED + 1)])
+        number = int(seen_id[len(prefix) :])
+        await acked(e, [{"data": "e", "id": f"{prefix}{number + i}", "ack": True} for i in range(1, PREDICTED + 1)])
     await acked(v, [{"data": "v", "id": f"v-client-id-{i}", "ack": True} for i in range(2, COUNT + 2)])
     await v.send(lines([{"data": "v"}] * COUNT))
     await acked(v, [{"data": "done", "id": "done", "ack": True}])
@@ -96,8 +99,9 @@ async def test_ids_predicted_from_what_v_published(instances: tuple[Path, Client
     assert (seen.count("e"), seen.count("v")) == (2 * PREDICTED, 2 + 2 * COUNT)
 
 
-async def test_a_resend_by_the_same_client_is_still_delivered_once(instances: tuple[Path, Client],
-                                                                   connect: Connect) -> None:
+async def test_a_resend_by_the_same_client_is_still_delivered_once(
+    instances: tuple[Path, Client], connect: Connect
+) -> None:
     sock_a, w = instances
     hello = {"client": "v", "client_id": "v-secret-0123456789abcdef", "subscribe": []}
     first = await connect(sock_a, hello)

@@ -23,8 +23,12 @@ async def test_publish_rate_limit_refuses_the_excess_with_a_clear_frame(sock: Pa
         flooder = await connect(sock, {})
         polite = await connect(sock, {})
         listener = await connect(sock, {})
-        await flooder.send(b"".join(
-            b'{"type":"publish","path":"p","event":"e","data":%d,"id":"f%d","ack":true}\n' % (i, i) for i in range(20)))
+        await flooder.send(
+            b"".join(
+                b'{"type":"publish","path":"p","event":"e","data":%d,"id":"f%d","ack":true}\n' % (i, i)
+                for i in range(20)
+            )
+        )
         answers = [await flooder.frame() for _ in range(20)]
         refused = [a for a in answers if a["type"] == "nack"]
         assert len(refused) >= 14  # the burst of 5, plus what one token per second refilled meanwhile
@@ -75,8 +79,11 @@ async def test_the_largest_hello_and_unique_paths_do_not_delay_another_app(sock:
 
         async def publish_unique_paths(first: int) -> None:
             for start in range(first, first + 30_000, 500):
-                await flood.send(b"".join(b'{"type":"publish","path":"%s%dz","event":"e"}\n' % (pad, i)
-                                          for i in range(start, start + 500)))
+                await flood.send(
+                    b"".join(
+                        b'{"type":"publish","path":"%s%dz","event":"e"}\n' % (pad, i) for i in range(start, start + 500)
+                    )
+                )
             await flood.send({"type": "ping"})
             await flood.frame_of("pong", timeout=120)  # all of them handled
 
@@ -87,8 +94,10 @@ async def test_the_largest_hello_and_unique_paths_do_not_delay_another_app(sock:
         # Wildcards that each search the whole of every path published for a part it never finds, then exact names
         # of the longest length.
         wildcards = [{"path": f"*xxxxxxxx{'y' * (i + 1)}*z", "event": "*"} for i in range(MAX_WILDCARD_PATTERNS)]
-        exact = [{"path": f"{i:04d}".ljust(MAX_PATTERN_LENGTH, "p"), "event": f"{i:04d}".ljust(MAX_PATTERN_LENGTH, "e")}
-                 for i in range(most - len(wildcards))]
+        exact = [
+            {"path": f"{i:04d}".ljust(MAX_PATTERN_LENGTH, "p"), "event": f"{i:04d}".ljust(MAX_PATTERN_LENGTH, "e")}
+            for i in range(most - len(wildcards))
+        ]
         await connect(sock, {"subscribe": wildcards + exact})  # it receives none of these events
         started = daemon.cpu_seconds()
         flooding = asyncio.create_task(publish_unique_paths(30_000))
@@ -105,9 +114,11 @@ async def test_the_largest_hello_and_unique_paths_do_not_delay_another_app(sock:
             events.append(time.monotonic() - sent)
         await flooding
         with_hello = daemon.cpu_seconds() - started
-        print(f"\n30,000 unique paths: {without:.2f} s of daemon CPU; {with_hello:.2f} s with the largest hello "
-              f"({most} patterns) connected, during which {len(pings)} pings took at most {max(pings) * 1000:.0f} ms "
-              f"and {len(events)} events at most {max(events) * 1000:.0f} ms")
+        print(
+            f"\n30,000 unique paths: {without:.2f} s of daemon CPU; {with_hello:.2f} s with the largest hello "
+            f"({most} patterns) connected, during which {len(pings)} pings took at most {max(pings) * 1000:.0f} ms "
+            f"and {len(events)} events at most {max(events) * 1000:.0f} ms"
+        )
         assert with_hello < 3 * without + 0.3, "the patterns cost more than the events themselves"
         # Milliseconds to tens of them on a quiet machine; the bounds leave room for a busy one (before: seconds).
         delays = sorted(pings + events)

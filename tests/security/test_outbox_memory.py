@@ -15,8 +15,17 @@ MAX_ROUNDS = 500  # 1,000,000 publishes: far more than the outbox holds whatever
 
 async def test_tiny_publishes_stay_within_the_outbox_bound(sock: Path) -> None:
     # A broker that is not there: the daemon starts without it and keeps publishes in the outbox.
-    daemon = SpawnedDaemon(sock, "--backend", f"redis://127.0.0.1:{free_port()}", "--outbox-bytes",
-                           str(OUTBOX_BYTES), "--replay-events", "0", "--shutdown-timeout", "1")
+    daemon = SpawnedDaemon(
+        sock,
+        "--backend",
+        f"redis://127.0.0.1:{free_port()}",
+        "--outbox-bytes",
+        str(OUTBOX_BYTES),
+        "--replay-events",
+        "0",
+        "--shutdown-timeout",
+        "1",
+    )
     try:
         await daemon.ready()
         publisher = await RawClient.connect(sock, {})
@@ -24,8 +33,10 @@ async def test_tiny_publishes_stay_within_the_outbox_bound(sock: Path) -> None:
         before = daemon.rss_bytes()
         queued = 0
         for _ in range(MAX_ROUNDS):
-            await publisher.send(b"".join(b'{"type":"publish","path":"p","event":"e","data":%d}\n' % i
-                                          for i in range(ROUND)) + b'{"type":"ping"}\n')
+            await publisher.send(
+                b"".join(b'{"type":"publish","path":"p","event":"e","data":%d}\n' % i for i in range(ROUND))
+                + b'{"type":"ping"}\n'
+            )
             answers = []
             while (frame := await publisher.frame())["type"] != "pong":
                 answers.append(frame)
@@ -37,8 +48,10 @@ async def test_tiny_publishes_stay_within_the_outbox_bound(sock: Path) -> None:
         else:
             raise AssertionError(f"the outbox took {queued} publishes and never said it was full")
         grown = daemon.rss_bytes() - before
-        print(f"outbox full after {queued} publishes; RSS grew {grown / MiB:.1f} MiB for --outbox-bytes "
-              f"{OUTBOX_BYTES / MiB:.0f} MiB")
+        print(
+            f"outbox full after {queued} publishes; RSS grew {grown / MiB:.1f} MiB for --outbox-bytes "
+            f"{OUTBOX_BYTES / MiB:.0f} MiB"
+        )
         assert grown < 2 * OUTBOX_BYTES, f"{grown / MiB:.0f} MiB for {queued} queued publishes"
         await publisher.close()
         assert await daemon.stop() == 0

@@ -44,8 +44,7 @@ def stranger() -> Iterator[pwd.struct_passwd]:
     with contextlib.suppress(KeyError):
         pwd.getpwnam(STRANGER)
         subprocess.run(["userdel", STRANGER], check=True)
-    subprocess.run(["useradd", "--no-create-home", "--gid", "0", "--shell", "/usr/sbin/nologin", STRANGER],
-                   check=True)
+    subprocess.run(["useradd", "--no-create-home", "--gid", "0", "--shell", "/usr/sbin/nologin", STRANGER], check=True)
     try:
         yield pwd.getpwnam(STRANGER)
     finally:
@@ -53,8 +52,15 @@ def stranger() -> Iterator[pwd.struct_passwd]:
 
 
 def probe_as(user: pwd.struct_passwd, sock: Path) -> str:
-    result = subprocess.run(["/usr/bin/python3", "-c", PROBE, str(sock)], user=user.pw_uid, group=user.pw_gid,
-                            capture_output=True, text=True, timeout=30, check=True)
+    result = subprocess.run(
+        ["/usr/bin/python3", "-c", PROBE, str(sock)],
+        user=user.pw_uid,
+        group=user.pw_gid,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     return result.stdout.strip()
 
 
@@ -74,14 +80,17 @@ async def test_socket_mode_keeps_other_groups_out(stranger: pwd.struct_passwd, s
 
 
 async def test_uid_allowlist_refuses_others_with_a_clear_error(
-        stranger: pwd.struct_passwd, shared_dir: Path, connect: Connect) -> None:
+    stranger: pwd.struct_passwd, shared_dir: Path, connect: Connect
+) -> None:
     sock = shared_dir / "s.sock"
     async with run_daemon(sock, allow_uids=(0,)) as daemon:
         answer = await asyncio.to_thread(probe_as, stranger, sock)
         assert '"forbidden"' in answer
         assert f"uid {stranger.pw_uid}" in answer
-        await wait_for(lambda: metric(daemon.metrics, "syncar_client_disconnects_total", reason="forbidden") == 1,
-                       what="the refusal to be counted")
+        await wait_for(
+            lambda: metric(daemon.metrics, "syncar_client_disconnects_total", reason="forbidden") == 1,
+            what="the refusal to be counted",
+        )
         me = await connect(sock, {})  # root is on the list
         assert me.welcome["type"] == "welcome"
 

@@ -61,16 +61,19 @@ def test_a_bad_uri_is_reported_without_its_password() -> None:
     assert_clean(result.stderr)
 
 
-@pytest.mark.parametrize("uri", [
-    f"redis://user:{PASSWORD}@[::1",  # urlsplit's ValueError, and the URI in its traceback
-    f"user:{PASSWORD}@127.0.0.1:6379",  # no scheme: it was echoed back whole
-    PASSWORD,  # a password pasted alone
-    f"redis:/user:{PASSWORD}@127.0.0.1:6379",  # one slash: no host, so nothing looked like a password
-    f"redis://user:{PASSWORD}@127.0.0.1:port",
-    f"amqp://user:{PASSWORD}/x@127.0.0.1:5672",  # a raw / in the password: the rest read as the vhost
-    f"amqp://user:{PASSWORD}[x@127.0.0.1:5672",
-    f"nats://user:{PASSWORD}?x@127.0.0.1:4222",  # a raw ? in the password: the rest read as options
-])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        f"redis://user:{PASSWORD}@[::1",  # urlsplit's ValueError, and the URI in its traceback
+        f"user:{PASSWORD}@127.0.0.1:6379",  # no scheme: it was echoed back whole
+        PASSWORD,  # a password pasted alone
+        f"redis:/user:{PASSWORD}@127.0.0.1:6379",  # one slash: no host, so nothing looked like a password
+        f"redis://user:{PASSWORD}@127.0.0.1:port",
+        f"amqp://user:{PASSWORD}/x@127.0.0.1:5672",  # a raw / in the password: the rest read as the vhost
+        f"amqp://user:{PASSWORD}[x@127.0.0.1:5672",
+        f"nats://user:{PASSWORD}?x@127.0.0.1:4222",  # a raw ? in the password: the rest read as options
+    ],
+)
 def test_a_malformed_uri_is_one_line_without_its_password(uri: str) -> None:
     result = syncar("check", "--http", "off", "--backend", uri)
     assert result.returncode == 2, result.stdout + result.stderr

@@ -76,13 +76,19 @@ async def received_until(app: Client, last: str) -> list[str]:
     return seen
 
 
-async def test_backlog_older_than_the_window_arrives_and_a_replay_does_not(broker: BrokerServer, sock_dir: Path,
-                                                                         connect: Connect) -> None:
+async def test_backlog_older_than_the_window_arrives_and_a_replay_does_not(
+    broker: BrokerServer, sock_dir: Path, connect: Connect
+) -> None:
     keys = sock_dir / "keys"
     keys.write_text(KEY + "\n")
     key = f"backlog-{uuid.uuid4().hex}"
-    settings = {"backend": broker.uri, "key": key, "mode": Mode.DURABLE, "signing_key_file": keys,
-                "signing_window": WINDOW}
+    settings = {
+        "backend": broker.uri,
+        "key": key,
+        "mode": Mode.DURABLE,
+        "signing_key_file": keys,
+        "signing_window": WINDOW,
+    }
     sock_b = sock_dir / "b.sock"
     async with run_daemon(sock_dir / "a.sock", instance_id="a", **settings) as a:
         wire = record_publishes(a)
@@ -104,24 +110,28 @@ async def test_backlog_older_than_the_window_arrives_and_a_replay_does_not(broke
             try:
                 seen = await received_until(app_b, "last")
                 assert seen == ["old"] * BATCH + ["newer"] * BATCH + ["last"]
-                await wait_for(lambda: sum(metric(b.metrics, DROPPED, reason=r) for r in ("stale", "replayed")) == 1,
-                               what="the replay rejected")
+                await wait_for(
+                    lambda: sum(metric(b.metrics, DROPPED, reason=r) for r in ("stale", "replayed")) == 1,
+                    what="the replay rejected",
+                )
             finally:
                 await app_b.close()
 
 
 @pytest.mark.redis
 async def test_a_publish_retried_after_a_stall_longer_than_the_window_is_signed_again(
-        redis_server: BrokerServer, sock_dir: Path, connect: Connect) -> None:
+    redis_server: BrokerServer, sock_dir: Path, connect: Connect
+) -> None:
     keys = sock_dir / "keys"
     keys.write_text(KEY + "\n")
     key = f"stall-{uuid.uuid4().hex}"
     settings = {"key": key, "signing_key_file": keys, "signing_window": WINDOW}
     probe = redis.asyncio.from_url(redis_server.uri)
     # A gives up on a publish Redis does not answer within 0.5 s, and the outbox tries again.
-    async with (run_daemon(sock_dir / "a.sock", instance_id="a", backend=f"{redis_server.uri}?socket_timeout=0.5",
-                           **settings),
-                run_daemon(sock_dir / "b.sock", instance_id="b", backend=redis_server.uri, **settings) as b):
+    async with (
+        run_daemon(sock_dir / "a.sock", instance_id="a", backend=f"{redis_server.uri}?socket_timeout=0.5", **settings),
+        run_daemon(sock_dir / "b.sock", instance_id="b", backend=redis_server.uri, **settings) as b,
+    ):
         app_a = await connect(sock_dir / "a.sock", {})
         app_b = await connect(sock_dir / "b.sock", {})
         try:

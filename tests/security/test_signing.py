@@ -32,13 +32,16 @@ async def signed_pair(broker: BrokerServer, sock_dir: Path) -> AsyncIterator[tup
     keys.write_text(KEY + "\n")
     key = f"signed-{uuid.uuid4().hex}"
     settings = {"backend": broker.uri, "key": key, "signing_key_file": keys}
-    async with (run_daemon(sock_dir / "a.sock", instance_id="a", **settings),
-                run_daemon(sock_dir / "b.sock", instance_id="b", **settings) as b):
+    async with (
+        run_daemon(sock_dir / "a.sock", instance_id="a", **settings),
+        run_daemon(sock_dir / "b.sock", instance_id="b", **settings) as b,
+    ):
         yield key, sock_dir / "a.sock", sock_dir / "b.sock", b
 
 
-async def test_injected_messages_are_all_rejected(broker: BrokerServer, signed_pair: tuple[str, Path, Path, Daemon],
-                                                  connect: Connect) -> None:
+async def test_injected_messages_are_all_rejected(
+    broker: BrokerServer, signed_pair: tuple[str, Path, Path, Daemon], connect: Connect
+) -> None:
     key, sock_a, sock_b, daemon_b = signed_pair
     a = await connect(sock_a, {})
     b = await connect(sock_b, {})
@@ -50,8 +53,15 @@ async def test_injected_messages_are_all_rejected(broker: BrokerServer, signed_p
             captured = await wire.get()
     assert (await b.frame_of("event"))["data"] == "genuine"
 
-    forged_batch = orjson.dumps({"v": 1, "origin": "evil", "events": [
-        {"id": "x", "time": 1.0, "event": "removed", "path": "users", "data": "all of them", "context": None}]})
+    forged_batch = orjson.dumps(
+        {
+            "v": 1,
+            "origin": "evil",
+            "events": [
+                {"id": "x", "time": 1.0, "event": "removed", "path": "users", "data": "all of them", "context": None}
+            ],
+        }
+    )
     head, _, body = captured.partition(b"\n")
     attacks = {
         "unsigned": forged_batch,

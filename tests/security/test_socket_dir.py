@@ -45,14 +45,15 @@ async def refusal(uid: int, socket: Path, log_dir: Path, *args: str) -> str:
 
 
 @pytest.mark.parametrize("owner, mode", [(NOBODY, 0o777), (NOBODY, 0o700)], ids=["world-writable", "not-ours"])
-async def test_a_default_directory_another_user_made_is_refused(uid: int, sock_dir: Path, owner: int,
-                                                                mode: int) -> None:
+async def test_a_default_directory_another_user_made_is_refused(
+    uid: int, sock_dir: Path, owner: int, mode: int
+) -> None:
     hostile = default_dir(uid)
     hostile.mkdir()
     os.chown(hostile, owner, owner)
     hostile.chmod(mode)
     log = await refusal(uid, hostile / "syncar.sock", sock_dir)
-    line, = (line for line in log.splitlines() if "cannot start" in line)
+    (line,) = (line for line in log.splitlines() if "cannot start" in line)
     assert f"socket: refusing directory {hostile}: it belongs to uid {NOBODY}, not to this user (uid {uid})" in line
     assert "--socket" in line
     assert list(hostile.iterdir()) == []
@@ -89,11 +90,20 @@ async def test_the_default_directory_is_made_private_and_used(uid: int, sock_dir
 
 def test_an_xdg_runtime_dir_others_can_write_is_not_used(uid: int, sock_dir: Path) -> None:
     sock_dir.chmod(0o777)
-    code = ("import os, sys, sidecar.paths\n"
-            "os.setgid(int(sys.argv[1])); os.setuid(int(sys.argv[1]))\n"
-            "print(sidecar.paths.default_socket_path())")
-    result = subprocess.run([sys.executable, "-c", code, str(uid)], capture_output=True, text=True, check=True,
-                            cwd=REPO, env={**os.environ, "XDG_RUNTIME_DIR": str(sock_dir)}, timeout=30)
+    code = (
+        "import os, sys, sidecar.paths\n"
+        "os.setgid(int(sys.argv[1])); os.setuid(int(sys.argv[1]))\n"
+        "print(sidecar.paths.default_socket_path())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(uid)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "XDG_RUNTIME_DIR": str(sock_dir)},
+        timeout=30,
+    )
     assert result.stdout.strip() == f"/tmp/syncar-{uid}/syncar.sock"
 
 
@@ -105,6 +115,8 @@ async def test_a_stale_socket_of_another_user_is_named_in_the_error(uid: int, so
     os.chown(stale, NOBODY, NOBODY)
     stale.chmod(0o666)
     log = await refusal(uid, stale, sock_dir)
-    assert f"cannot start: socket: cannot remove the stale socket {stale} (owner uid {NOBODY}): Operation not " \
-           f"permitted; remove it as its owner or pick another --socket" in log
+    assert (
+        f"cannot start: socket: cannot remove the stale socket {stale} (owner uid {NOBODY}): Operation not "
+        f"permitted; remove it as its owner or pick another --socket" in log
+    )
     assert "http" not in log.split("cannot start")[1]

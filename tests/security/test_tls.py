@@ -33,9 +33,22 @@ class TlsRedis(RedisServer):
         self.certs = make_certificates(self.dir, server_expired=expired)
 
     def listen_args(self) -> list[str]:
-        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.certs.server_cert),
-                "--tls-key-file", str(self.certs.server_key), "--tls-ca-cert-file", str(self.certs.ca),
-                "--tls-auth-clients", "no", "--requirepass", PASSWORD]
+        return [
+            "--port",
+            "0",
+            "--tls-port",
+            str(self.port),
+            "--tls-cert-file",
+            str(self.certs.server_cert),
+            "--tls-key-file",
+            str(self.certs.server_key),
+            "--tls-ca-cert-file",
+            str(self.certs.ca),
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            PASSWORD,
+        ]
 
     def secure_uri(self, password: str, ca: Path) -> str:
         return f"rediss://:{quote(password)}@127.0.0.1:{self.port}/0?ssl_ca_certs={ca}"
@@ -50,13 +63,15 @@ class TlsRabbit(RabbitServer):
 
     def _tls_config(self) -> list[str]:
         self.certs = make_certificates(self.dir, server_expired=self._expired)
-        return [f"listeners.ssl.default = 127.0.0.1:{self.tls_port}",
-                f"ssl_options.cacertfile = {self.certs.ca}",
-                f"ssl_options.certfile = {self.certs.server_cert}",
-                f"ssl_options.keyfile = {self.certs.server_key}",
-                "ssl_options.verify = verify_none",
-                "ssl_options.fail_if_no_peer_cert = false",
-                f"default_pass = {PASSWORD}"]
+        return [
+            f"listeners.ssl.default = 127.0.0.1:{self.tls_port}",
+            f"ssl_options.cacertfile = {self.certs.ca}",
+            f"ssl_options.certfile = {self.certs.server_cert}",
+            f"ssl_options.keyfile = {self.certs.server_key}",
+            "ssl_options.verify = verify_none",
+            "ssl_options.fail_if_no_peer_cert = false",
+            f"default_pass = {PASSWORD}",
+        ]
 
     def ready(self) -> bool:
         return port_open(self.port) and self.tls_port is not None and port_open(self.tls_port)
@@ -73,8 +88,18 @@ class TlsNats(NatsServer):
         self.certs = make_certificates(self.dir, server_expired=expired)
 
     def command(self) -> list[str]:
-        return [*super().command(), "--tls", "--tlscert", str(self.certs.server_cert), "--tlskey",
-                str(self.certs.server_key), "--user", "syncar", "--pass", PASSWORD]
+        return [
+            *super().command(),
+            "--tls",
+            "--tlscert",
+            str(self.certs.server_cert),
+            "--tlskey",
+            str(self.certs.server_key),
+            "--user",
+            "syncar",
+            "--pass",
+            PASSWORD,
+        ]
 
     def secure_uri(self, password: str, ca: Path) -> str:
         return f"tls://syncar:{quote(password)}@127.0.0.1:{self.port}?tls_ca={ca}"
@@ -85,8 +110,9 @@ Secure = TlsRedis | TlsRabbit | TlsNats
 
 
 @pytest.fixture(scope="module", params=list(SERVERS))
-def servers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[tuple[Secure, Secure, Certificates]]:
+def servers(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Secure, Secure, Certificates]]:
     """A broker with a valid certificate, one with an expired certificate, and an unrelated CA."""
     kind = SERVERS[request.param]
     valid, expired = kind(expired=False), kind(expired=True)
@@ -100,8 +126,14 @@ def servers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 def check(uri: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sidecar", "check", "--backend", uri], capture_output=True,
-                          text=True, timeout=60, cwd=REPO, env=os.environ)
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", "check", "--backend", uri],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=os.environ,
+    )
 
 
 def one_clean_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -129,13 +161,29 @@ async def test_tls_and_auth(servers: tuple[Secure, Secure, Certificates]) -> Non
     assert WRONG not in refused
 
 
-def test_run_with_a_wrong_password_exits_3_in_one_line(servers: tuple[Secure, Secure, Certificates],
-                                                       sock_dir: Path) -> None:
+def test_run_with_a_wrong_password_exits_3_in_one_line(
+    servers: tuple[Secure, Secure, Certificates], sock_dir: Path
+) -> None:
     valid, _, _ = servers
     result = subprocess.run(
-        [sys.executable, "-m", "sidecar", "run", "--socket", str(sock_dir / "s.sock"), "--http", "off",
-         "--backend", valid.secure_uri(WRONG, valid.certs.ca)],
-        capture_output=True, text=True, timeout=60, cwd=REPO, env=os.environ)
+        [
+            sys.executable,
+            "-m",
+            "sidecar",
+            "run",
+            "--socket",
+            str(sock_dir / "s.sock"),
+            "--http",
+            "off",
+            "--backend",
+            valid.secure_uri(WRONG, valid.certs.ca),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=os.environ,
+    )
     assert result.returncode == 3
     assert "Traceback" not in result.stderr
     assert WRONG not in result.stderr

@@ -62,8 +62,14 @@ def outgoing(data: Any, event_id: str | None = None, size: int = 0) -> Outgoing:
 class FakeSubscriber:
     """A client as the relay sees it (sidecar.relay.Subscriber), recording the frames it is sent."""
 
-    def __init__(self, client_id: str, *, echo: bool = False, queue_bytes: int = 1 << 20,
-                 wants: Callable[[str, str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        *,
+        echo: bool = False,
+        queue_bytes: int = 1 << 20,
+        wants: Callable[[str, str], bool] | None = None,
+    ) -> None:
         self.client_id = client_id
         self.id_scope = ""
         self.echo = echo

@@ -38,13 +38,15 @@ def test_a_long_outage_neither_overflows_nor_leaves_the_cap() -> None:
     assert backoff.next() == 5.0
 
 
-@pytest.mark.parametrize(("args", "kwargs", "message"), [
-    ((0, 1.0), {}, "initial"),
-    ((2.0, 1.0), {}, "initial"),
-    ((0.1, 1.0), {"factor": 0.5}, "factor"),
-    ((0.1, 1.0), {"jitter": 1.5}, "jitter"),
-])
-def test_a_policy_that_is_not_one_is_refused(args: tuple[float, float], kwargs: dict[str, float],
-                                             message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((0, 1.0), {}, "initial"),
+        ((2.0, 1.0), {}, "initial"),
+        ((0.1, 1.0), {"factor": 0.5}, "factor"),
+        ((0.1, 1.0), {"jitter": 1.5}, "jitter"),
+    ],
+)
+def test_a_policy_that_is_not_one_is_refused(args: tuple[float, float], kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Backoff(*args, **kwargs)

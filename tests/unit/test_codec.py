@@ -16,8 +16,9 @@ from sidecar.metrics import DropReason
 def outgoing(event_id: str, data: object, context: object = None, event: str = "created") -> Outgoing:
     if context is None and event == "created":
         context = {"params": {}}
-    outgoing = Event(event_id, 1.5, event, "messages", msgspec.Raw(orjson.dumps(data)),
-                     msgspec.Raw(orjson.dumps(context)))
+    outgoing = Event(
+        event_id, 1.5, event, "messages", msgspec.Raw(orjson.dumps(data)), msgspec.Raw(orjson.dumps(context))
+    )
     return Outgoing(outgoing, encode(outgoing), 0.0)
 
 
@@ -27,7 +28,9 @@ def test_syncar_batch_round_trip() -> None:
     batch = SyncarCodec("node-b").unpack(body)
     assert batch.origin == "node-a"
     assert [(e.id, orjson.loads(bytes(e.data)), e.time) for e in batch.events] == [
-        ("1", {"t": "é"}, 1.5), ("2", [1, 2], 1.5)]
+        ("1", {"t": "é"}, 1.5),
+        ("2", [1, 2], 1.5),
+    ]
 
 
 def test_feathers_sync_body_is_exactly_what_feathers_sync_sends() -> None:
@@ -48,28 +51,37 @@ def test_feathers_sync_echo_is_recognised_once() -> None:
     assert codec.unpack(body).origin is None
 
 
-@pytest.mark.parametrize(("body", "reason"), [
-    (b"not json", "malformed"),
-    (b'{"event":"created","path":"m"}', "foreign"),
-    (b'{"v":2,"origin":"x","events":[]}', "foreign"),
-    (b'{"v":1,"origin":5,"events":[]}', "malformed"),
-    (b'{"v":1,"origin":"x","events":[{"event":"e","path":"p"}]}', "malformed"),
-    (b'{"v":1,"origin":"x","events":[7]}', "malformed"),
-    (b'{"v":1,"origin":"x","events":[{"id":"1","time":1,"event":"e","path":"p","data":"\xff"}]}', "malformed"),
-    (b'{"v":1,"origin":"x","events":[{"id":"1","time":null,"event":"e","path":"p"}]}', "malformed"),
-    (b'{"v":1,"origin":"x","events":[{"id":"1","time":1,"event":"","path":"p"}]}', "malformed"),
-])
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"not json", "malformed"),
+        (b'{"event":"created","path":"m"}', "foreign"),
+        (b'{"v":2,"origin":"x","events":[]}', "foreign"),
+        (b'{"v":1,"origin":5,"events":[]}', "malformed"),
+        (b'{"v":1,"origin":"x","events":[{"event":"e","path":"p"}]}', "malformed"),
+        (b'{"v":1,"origin":"x","events":[7]}', "malformed"),
+        (b'{"v":1,"origin":"x","events":[{"id":"1","time":1,"event":"e","path":"p","data":"\xff"}]}', "malformed"),
+        (b'{"v":1,"origin":"x","events":[{"id":"1","time":null,"event":"e","path":"p"}]}', "malformed"),
+        (b'{"v":1,"origin":"x","events":[{"id":"1","time":1,"event":"","path":"p"}]}', "malformed"),
+    ],
+)
 def test_syncar_rejects(body: bytes, reason: str) -> None:
     with pytest.raises(CodecError) as info:
         SyncarCodec("me").unpack(body)
     assert info.value.reason == reason
 
 
-SCALARS = (st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
-           | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
 KEYS = st.sampled_from(["v", "origin", "events", "id", "time", "event", "path", "data", "context"]) | st.text()
-JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=6),
-                    max_leaves=20)
+JSON = st.recursive(
+    SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=6), max_leaves=20
+)
 
 
 @given(st.binary(max_size=300) | JSON.map(orjson.dumps))
@@ -113,9 +125,13 @@ def test_a_feathers_sync_body_keeps_its_data_bytes() -> None:
 
 def test_nesting_too_deep_for_the_decoder_is_malformed_not_a_crash() -> None:
     deep = b"[" * 100_000 + b"]" * 100_000
-    for codec, body in ((SyncarCodec("me"), b'{"v":1,"origin":"x","events":[{"id":"1","time":1,"event":"e",'
-                                              b'"path":"p","data":' + deep + b"}]}"),
-                        (FeathersSyncCodec("me"), b'{"event":"e","path":"p","data":' + deep + b"}")):
+    for codec, body in (
+        (
+            SyncarCodec("me"),
+            b'{"v":1,"origin":"x","events":[{"id":"1","time":1,"event":"e","path":"p","data":' + deep + b"}]}",
+        ),
+        (FeathersSyncCodec("me"), b'{"event":"e","path":"p","data":' + deep + b"}"),
+    ):
         with pytest.raises(CodecError) as info:
             codec.unpack(body)
         assert info.value.reason == "malformed"

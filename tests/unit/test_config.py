@@ -27,8 +27,9 @@ def test_durable_mode_refuses_the_derived_id() -> None:
         Settings(backend="redis://127.0.0.1:6379", mode="durable")
 
 
-def test_durable_mode_takes_an_id_from_flag_environment_or_file(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_durable_mode_takes_an_id_from_flag_environment_or_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     durable = {"backend": "redis://127.0.0.1:6379", "mode": "durable"}
     assert Settings(**durable, instance_id="web-0").instance_id == "web-0"
     config = tmp_path / "syncar.toml"
@@ -40,9 +41,21 @@ def test_durable_mode_takes_an_id_from_flag_environment_or_file(tmp_path: Path,
 
 def test_the_backend_is_told_every_setting_about_it() -> None:
     """The daemon and `syncar check` both build the backend's config here; check once left out all but three."""
-    settings = Settings(backend="nats://127.0.0.1:4222", mode="durable", instance_id="web-0", retention=5000,
-                        instance_ttl=600, reconnect_max_delay=7)
+    settings = Settings(
+        backend="nats://127.0.0.1:4222",
+        mode="durable",
+        instance_id="web-0",
+        retention=5000,
+        instance_ttl=600,
+        reconnect_max_delay=7,
+    )
     config = settings.backend_config()
-    assert (config.uri, config.instance_id, config.mode, config.retention, config.instance_ttl,
-            config.reconnect_max_delay) == ("nats://127.0.0.1:4222", "web-0", "durable", 5000, 600.0, 7.0)
+    assert (
+        config.uri,
+        config.instance_id,
+        config.mode,
+        config.retention,
+        config.instance_ttl,
+        config.reconnect_max_delay,
+    ) == ("nats://127.0.0.1:4222", "web-0", "durable", 5000, 600.0, 7.0)
     assert config.echo is False  # the relay drops its own events: a backend may keep the broker from sending them

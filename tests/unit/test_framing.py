@@ -38,14 +38,16 @@ def test_an_oversized_line_keeps_only_its_head() -> None:
     assert decoder.feed(b"b" * 2 * HEAD_BYTES) == [(b"<" + b"a" * 10 + b"b" * HEAD_BYTES)[:HEAD_BYTES]]
 
 
-@given(st.lists(st.binary(max_size=50).map(lambda b: b.replace(b"\n", b"")), max_size=20),
-       st.integers(min_value=1, max_value=64))
+@given(
+    st.lists(st.binary(max_size=50).map(lambda b: b.replace(b"\n", b"")), max_size=20),
+    st.integers(min_value=1, max_value=64),
+)
 def test_any_chunking_gives_the_same_frames(lines: list[bytes], chunk: int) -> None:
     stream = b"".join(line + b"\n" for line in lines)
     decoder = FrameDecoder(60)
     out: list[bytes] = []
     for i in range(0, len(stream), chunk):
-        out += decoder.feed(stream[i:i + chunk])
+        out += decoder.feed(stream[i : i + chunk])
     assert out == [line for line in lines if line.strip()]
 
 
@@ -65,7 +67,7 @@ def test_any_chunking_of_any_stream_gives_what_one_read_gives(pieces: list[bytes
     decoder = FrameDecoder(60)
     out: list[bytes] = []
     for i in range(0, len(stream), chunk):
-        out += decoder.feed(stream[i:i + chunk])
+        out += decoder.feed(stream[i : i + chunk])
     assert out == expected
     assert decoder.partial == whole.partial
 

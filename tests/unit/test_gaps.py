@@ -82,8 +82,15 @@ async def relay() -> AsyncIterator[tuple[Relay, Metrics]]:
     backend, metrics = FakeBackend(), Metrics("fake", "syncar")
     codec = SyncarCodec("here")
     outbox = Outbox(backend, codec, "topic", 1 << 20, metrics)
-    relay = Relay("here", backend_name="fake", codec=codec, outbox=outbox, replay=ReplayBuffer(100, 1 << 20),
-                  metrics=metrics, id_key=b"key")
+    relay = Relay(
+        "here",
+        backend_name="fake",
+        codec=codec,
+        outbox=outbox,
+        replay=ReplayBuffer(100, 1 << 20),
+        metrics=metrics,
+        id_key=b"key",
+    )
     relay.on_backend_state(BackendState.CONNECTED)
     yield relay, metrics
 
@@ -99,8 +106,15 @@ async def test_every_client_is_told_of_a_gap_once_and_it_is_counted(relay: tuple
     for seq, data in ((1, 1), (2, 2), (2, 2), (6, 6), (7, 7)):  # 3-5 never came; 2 came twice
         await relay_.on_message(Message(there.pack([outgoing(data, event_id=str(data))], seq)[0]))
     assert wanting.data() == [1, 2, 6, 7]
-    expected = {"type": "gap", "origin": "there", "missed": 3, "first": 3, "last": 5, "run": there.run,
-                "reason": "lost"}
+    expected = {
+        "type": "gap",
+        "origin": "there",
+        "missed": 3,
+        "first": 3,
+        "last": 5,
+        "run": there.run,
+        "reason": "lost",
+    }
     assert wanting.decoded("gap") == other.decoded("gap") == [expected]
     assert metric(metrics, "syncar_events_missed_total") == 3
 

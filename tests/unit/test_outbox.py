@@ -144,8 +144,9 @@ async def test_an_unconfirmed_batch_is_sent_again_only_when_receivers_can_drop_t
     assert await drained(outbox)
     assert once.attempts == 1 and once.published == []
     assert metric(metrics, DROPPED, reason=DropReason.UNCONFIRMED) == 2
-    assert answers == [(1, (ErrorCode.UNCONFIRMED,
-                            "not confirmed by the broker, not sent again: fake: lost before the confirm"))]
+    assert answers == [
+        (1, (ErrorCode.UNCONFIRMED, "not confirmed by the broker, not sent again: fake: lost before the confirm"))
+    ]
 
 
 async def test_a_batch_over_a_lowered_limit_is_repacked_and_an_event_over_it_alone_dropped(start: Start) -> None:
@@ -166,8 +167,10 @@ async def test_a_batch_over_a_lowered_limit_is_repacked_and_an_event_over_it_alo
     backend.held.set()
     assert await drained(outbox)
     assert backend.attempts == 3
-    assert answers == [(0, (ErrorCode.TOO_LARGE_FOR_BROKER, "the broker no longer takes it: fake: over the limit")),
-                       (1, None)]
+    assert answers == [
+        (0, (ErrorCode.TOO_LARGE_FOR_BROKER, "the broker no longer takes it: fake: over the limit")),
+        (1, None),
+    ]
     assert backend.sent_data() == [[1]]
     assert metric(metrics, DROPPED, reason=DropReason.TOO_LARGE) == 1
 

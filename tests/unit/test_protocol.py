@@ -12,32 +12,43 @@ from tests.utils import REPO
 
 
 def test_publish_defaults() -> None:
-    for publish in (parse_publish({"type": "publish", "path": "messages", "event": "created"}),
-                    fast_publish(b'{"type":"publish","path":"messages","event":"created"}')):
+    for publish in (
+        parse_publish({"type": "publish", "path": "messages", "event": "created"}),
+        fast_publish(b'{"type":"publish","path":"messages","event":"created"}'),
+    ):
         assert publish is not None
         assert (publish.data, publish.context, publish.id, publish.ack) == (NULL, NULL, None, False)
 
 
-@pytest.mark.parametrize("line", [
-    b'{"path":"m","event":"e"}', b'{"type":"ping","path":"m","event":"e"}',
-    b'{"type":"publish","path":"","event":"e"}', b'{"type":"publish","path":"m","event":"e","ack":true}',
-    b'{"type":"publish","path":"m","event":"e","ack":1,"id":"1"}',
-    b'{"type":"publish","path":"m","event":"e","id":""}', b'{"type":"publish","path":"m","event":"e","data":"\xff"}',
-    b'{"type":"publish","path":"m","event":"e","data":[1,]}',
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"path":"m","event":"e"}',
+        b'{"type":"ping","path":"m","event":"e"}',
+        b'{"type":"publish","path":"","event":"e"}',
+        b'{"type":"publish","path":"m","event":"e","ack":true}',
+        b'{"type":"publish","path":"m","event":"e","ack":1,"id":"1"}',
+        b'{"type":"publish","path":"m","event":"e","id":""}',
+        b'{"type":"publish","path":"m","event":"e","data":"\xff"}',
+        b'{"type":"publish","path":"m","event":"e","data":[1,]}',
+    ],
+)
 def test_fast_publish_leaves_everything_but_a_valid_publish_to_the_slow_path(line: bytes) -> None:
     assert fast_publish(line) is None
 
 
-@pytest.mark.parametrize(("frame", "problem"), [
-    ({"bin": "AAEC"}, None),
-    ({"bin": "AAE"}, "'bin' is not base64"),
-    ({"bin": "AA E="}, "'bin' is not base64"),
-    ({"bin": ""}, "'bin' must be a non-empty base64 string"),
-    ({"bin": 5}, "'bin' must be a non-empty base64 string"),
-    ({"bin": "AAEC", "data": {"a": 1}}, "'data' and 'context' must be null"),
-    ({"bin": "AAEC", "context": {}}, "'data' and 'context' must be null"),
-])
+@pytest.mark.parametrize(
+    ("frame", "problem"),
+    [
+        ({"bin": "AAEC"}, None),
+        ({"bin": "AAE"}, "'bin' is not base64"),
+        ({"bin": "AA E="}, "'bin' is not base64"),
+        ({"bin": ""}, "'bin' must be a non-empty base64 string"),
+        ({"bin": 5}, "'bin' must be a non-empty base64 string"),
+        ({"bin": "AAEC", "data": {"a": 1}}, "'data' and 'context' must be null"),
+        ({"bin": "AAEC", "context": {}}, "'data' and 'context' must be null"),
+    ],
+)
 def test_publish_of_a_binary_event(frame: dict[str, object], problem: str | None) -> None:
     frame = {"type": "publish", "path": "m", "event": "e", **frame}
     fast = fast_publish(orjson.dumps(frame))
@@ -78,17 +89,20 @@ def test_hello_ignores_unknown_fields_and_checks_version() -> None:
     assert info.value.code == "unsupported_version"
 
 
-@pytest.mark.parametrize(("line", "expected"), [
-    (b'{"type":"publish","id":"a1","data":1}', "a1"),
-    (b'{"data":{"id":"inner"},"ack":true,"id":"outer"', "outer"),  # cut short: still readable
-    (b'{"id" : "\\u00e9\\"q"}', 'é"q'),
-    (b'{"id":5,"x":"y"}', None),
-    (b'{"a":["id",":","x"],"b":"id"}', None),
-    (b'["id","x"]', None),
-    (b'{"data":"a \\"id\\":\\"forged', None),  # inside a string cut short
-    (b'{"data":"' + b"x" * 5000 + b'","id":"late"}', None),  # beyond the head
-    (b"\xff\xfe garbage", None),
-])
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b'{"type":"publish","id":"a1","data":1}', "a1"),
+        (b'{"data":{"id":"inner"},"ack":true,"id":"outer"', "outer"),  # cut short: still readable
+        (b'{"id" : "\\u00e9\\"q"}', 'é"q'),
+        (b'{"id":5,"x":"y"}', None),
+        (b'{"a":["id",":","x"],"b":"id"}', None),
+        (b'["id","x"]', None),
+        (b'{"data":"a \\"id\\":\\"forged', None),  # inside a string cut short
+        (b'{"data":"' + b"x" * 5000 + b'","id":"late"}', None),  # beyond the head
+        (b"\xff\xfe garbage", None),
+    ],
+)
 def test_readable_id(line: bytes, expected: str | None) -> None:
     assert readable_id(line) == expected
 
@@ -96,14 +110,27 @@ def test_readable_id(line: bytes, expected: str | None) -> None:
 def test_the_frames_syncar_writes_are_those_docs_protocol_shows() -> None:
     """Each builder, given the values of an example in docs/protocol.md, writes that example's line."""
     doc = (REPO / "docs" / "protocol.md").read_text()
-    published = fast_publish(b'{"type":"publish","event":"created","path":"messages","id":"evt-77",'
-                                      b'"ack":true}')
+    published = fast_publish(b'{"type":"publish","event":"created","path":"messages","id":"evt-77","ack":true}')
     assert published is not None
-    event = Event("q3J9x0aZb2Lr8WcT.evt-77", 1764097442.12, "created", "messages", msgspec.Raw(b'{"id":1,"text":"hi"}'),
-                  msgspec.Raw(b'{"params":{}}'))
+    event = Event(
+        "q3J9x0aZb2Lr8WcT.evt-77",
+        1764097442.12,
+        "created",
+        "messages",
+        msgspec.Raw(b'{"id":1,"text":"hi"}'),
+        msgspec.Raw(b'{"params":{}}'),
+    )
     frames = [
-        protocol.welcome(instance="web-1-3fa2c1", backend="redis", broker_up=True, epoch="9c1f0e6a4b2d7a55", seq=1041,
-                         client_id="4f9c2e0b7d1a8e3f6b5c9d2a0e7f1b3c", resumed=True, max_frame_bytes=1048576),
+        protocol.welcome(
+            instance="web-1-3fa2c1",
+            backend="redis",
+            broker_up=True,
+            epoch="9c1f0e6a4b2d7a55",
+            seq=1041,
+            client_id="4f9c2e0b7d1a8e3f6b5c9d2a0e7f1b3c",
+            resumed=True,
+            max_frame_bytes=1048576,
+        ),
         protocol.event(1042, b'"web-2-77ab01"', encode(event)),
         protocol.ack("evt-77"),
         protocol.publish_refused(published, ErrorCode.UNCONFIRMED, "..."),
@@ -119,6 +146,6 @@ def test_the_frames_syncar_writes_are_those_docs_protocol_shows() -> None:
     # The last status before the daemon closes a connection; the others say nothing of stopping.
     assert protocol.status(backend="redis", broker_up=True, outbox=0, stopping=True).endswith(b',"stopping":true}\n')
     assert '"stopping":true' in doc
-    assert orjson.loads(protocol.publish_refused(msgspec.structs.replace(published, ack=False),
-                                                 ErrorCode.OUTBOX_FULL, "full")) == {
-        "type": "error", "code": "outbox_full", "message": "full", "id": "evt-77"}
+    assert orjson.loads(
+        protocol.publish_refused(msgspec.structs.replace(published, ack=False), ErrorCode.OUTBOX_FULL, "full")
+    ) == {"type": "error", "code": "outbox_full", "message": "full", "id": "evt-77"}

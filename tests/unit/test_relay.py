@@ -38,8 +38,16 @@ async def make() -> AsyncIterator[Callable[..., Parts]]:
         metrics = Metrics("fake", "syncar")
         codec = SyncarCodec("here")
         outbox = Outbox(backend, codec, "topic", outbox_bytes, metrics)
-        relay = Relay("here", backend_name="fake", codec=codec, outbox=outbox,
-                      replay=ReplayBuffer(replay_events, 1 << 20), metrics=metrics, id_key=b"key", durable=durable)
+        relay = Relay(
+            "here",
+            backend_name="fake",
+            codec=codec,
+            outbox=outbox,
+            replay=ReplayBuffer(replay_events, 1 << 20),
+            metrics=metrics,
+            id_key=b"key",
+            durable=durable,
+        )
         relay.on_backend_state(BackendState.CONNECTED)
         tasks.append(asyncio.create_task(outbox.run()))
         return Parts(relay, backend, metrics, outbox)
@@ -152,8 +160,10 @@ async def test_a_resume_from_another_run_is_a_gap_in_broadcast_mode_only(make: M
     assert back.data() == [1]
 
 
-@pytest.mark.parametrize(("seq", "reason"), [(9, "seq 9 is beyond the last event of this run, 3"),
-                                             (0, "you fell further behind than the replay buffer holds")])
+@pytest.mark.parametrize(
+    ("seq", "reason"),
+    [(9, "seq 9 is beyond the last event of this run, 3"), (0, "you fell further behind than the replay buffer holds")],
+)
 async def test_a_resume_the_buffer_cannot_serve_is_a_gap(make: Make, seq: int, reason: str) -> None:
     relay = make(replay_events=2).relay
     a = join(relay, FakeSubscriber("a"))
@@ -274,5 +284,10 @@ async def test_clients_hear_of_the_broker_going_and_coming_back_until_the_daemon
     relay.on_backend_state(BackendState.RECONNECTING)
     assert len(a.decoded("status")) == 2
     relay.say_stopping()
-    assert a.decoded("status")[-1] == {"type": "status", "broker": "down", "backend": "fake", "outbox": 0,
-                                       "stopping": True}
+    assert a.decoded("status")[-1] == {
+        "type": "status",
+        "broker": "down",
+        "backend": "fake",
+        "outbox": 0,
+        "stopping": True,
+    }
