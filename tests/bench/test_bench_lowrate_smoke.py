@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -19,32 +20,20 @@ from tests.utils import REPO
 RUN_TIMEOUT = 80
 
 
+def low_rate(out: Path, *args: str) -> dict[str, Any]:
+    """`python -m bench --low-rate` with one repetition of half a second per case; its JSON figures."""
+    command = [sys.executable, "-m", "bench", "--low-rate", *args, "--reps", "1", "--seconds", "0.5", "--out", str(out)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results: dict[str, Any] = orjson.loads((out / "lowrate.json").read_bytes())
+    return results
+
+
 @pytest.mark.redis
 @pytest.mark.timeout(RUN_TIMEOUT + 10)
 def test_low_rate_run_on_local_and_redis_produces_every_figure(tmp_path: Path) -> None:
     require_binary("redis-server")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--low-rate",
-            "--brokers",
-            "local,redis",
-            "--reps",
-            "1",
-            "--seconds",
-            "0.5",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    results = orjson.loads((tmp_path / "lowrate.json").read_bytes())
+    results = low_rate(tmp_path, "--brokers", "local,redis")
     assert (tmp_path / "lowrate.md").read_text().count("\n|") > 10
 
     runs = {(r["broker"], r["contestant"], r["rate"]): r for r in results["rates"]}
@@ -78,30 +67,7 @@ def test_low_rate_run_on_local_and_redis_produces_every_figure(tmp_path: Path) -
 
 
 def test_low_rate_with_a_base_checkout_runs_its_daemons_alternated_with_ours(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--low-rate",
-            "--brokers",
-            "local",
-            "--reps",
-            "1",
-            "--seconds",
-            "0.5",
-            "--base-root",
-            str(REPO),
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    results = orjson.loads((tmp_path / "lowrate.json").read_bytes())
+    results = low_rate(tmp_path, "--brokers", "local", "--base-root", str(REPO))
     assert [(r["contestant"], r["rate"]) for r in results["rates"]] == [
         ("syncar-base", 100),
         ("syncar", 100),
