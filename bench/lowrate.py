@@ -35,7 +35,7 @@ from bench.lowrate_report import markdown, summarise, table
 from bench.plan import Case, make_plan
 from bench.processes import Daemon, Meter
 from bench.procstat import memory_kib, task_stats
-from bench.report import derive
+from bench.report import derive, write_results
 from bench.runner import Section, stop_daemons
 
 RATES = (100, 1_000)
@@ -329,10 +329,6 @@ def low_rate(
     results["summary"] = summarise(results)
     print()
     print(table(results))
-    for out in outs:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "lowrate.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-        (out / "lowrate.md").write_text(markdown(results))
-    print(f"\n{meta['seconds']:.0f} s; wrote " + ", ".join(f"{out}/lowrate.{{json,md}}" for out in outs))
+    write_results(outs, "lowrate", results, markdown(results))
     measured = results["rates"] + results["idle"] + results["start"] + results["imports"]
     return 0 if measured and not any(r.get("error") for r in measured) else 1

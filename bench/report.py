@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 import statistics
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 from bench.plan import BROKER_LABELS, LABELS
 
@@ -14,6 +17,15 @@ QUANTILES = (*(i / 100 for i in range(100)), 0.995, 0.999, 0.9995, 0.9999, 1.0)
 #: share of what was offered, lagged this far behind its schedule, or lost events.
 SATURATED_SHARE = 0.95
 SATURATED_LAG = 0.1
+
+
+def write_results(outs: list[Path], name: str, results: dict[str, Any], markdown_text: str) -> None:
+    """Write `<name>.json` (every figure) and `<name>.md` (the tables) into each of `outs`, and say where."""
+    for out in outs:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+        (out / f"{name}.md").write_text(markdown_text)
+    print(f"\n{results['meta']['seconds']:.0f} s; wrote " + ", ".join(f"{out}/{name}.{{json,md}}" for out in outs))
 
 
 def quantile(ordered: list[int], q: float) -> float:

@@ -17,11 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from bench.plan import Case, make_plan
 from bench.processes import Daemon, Meter, Worker, python_worker
-from bench.report import scale_figures, scale_markdown, scale_table, summarise_scale
+from bench.report import scale_figures, scale_markdown, scale_table, summarise_scale, write_results
 from bench.runner import SLACK, Section, load_generators, stop_daemons, worker_spec
 
 log = logging.getLogger(__name__)
@@ -157,9 +155,5 @@ def scale(meta: dict[str, Any], broker: str, *, seconds: float, reps: int, root:
     results = {"meta": meta, "summary": summarise_scale(runs), "runs": runs}
     print()
     print(scale_table(results))
-    for out in outs:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "scale.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-        (out / "scale.md").write_text(scale_markdown(results))
-    print(f"\n{meta['seconds']:.0f} s; wrote " + ", ".join(f"{out}/scale.{{json,md}}" for out in outs))
+    write_results(outs, "scale", results, scale_markdown(results))
     return 0 if any(not run.get("error") for run in runs) else 1
