@@ -198,9 +198,12 @@ class RedisBackend(RedisBaseBackend):
         while True:  # until the reader cancels us
             await asyncio.sleep(interval / 4)
             since = self._waiting_since  # None: the reader is busy with a message, not waiting
-            if since is None or (pinged_at is not None and since > pinged_at):
+            if since is None or (pinged_at is not None and since >= pinged_at):
                 # Heard from since the ping. Judged by when, not by how recently: a tick that comes late (a busy
                 # loop, a process starved of CPU) would otherwise miss the answer and take the ping for unanswered.
+                # At, too: uvloop reads its clock once per turn, so a pong read in the turn that sent the ping
+                # carries the ping's time (and the ping goes out only after half an interval of silence, so nothing
+                # older can).
                 pinged_at = None
             if since is None or loop.time() - since < interval / 2:
                 continue

@@ -156,5 +156,6 @@ def assert_each_message_once_in_order(clients: list[ChatClient], sent: dict[str,
     for client in clients:
         received = client.messages()
         for name, texts in sent.items():
-            assert [m["text"] for m in received if m["name"] == name] == texts, f"{client.user}, from {name}"
+            got = [m["text"] for m in received if m["name"] == name]
+            assert got == texts, f"{client.user}, from {name}: got {got}\n{client.output()}"
         assert len(received) == sum(len(texts) for texts in sent.values()), f"{client.user}: {received}"
