@@ -66,21 +66,24 @@ def welcome(
     client_id: str,
     resumed: bool,
     max_frame_bytes: int,
+    node: str | None = None,
 ) -> bytes:
-    return encode(
-        {
-            "type": "welcome",
-            "version": PROTOCOL_VERSION,
-            "instance": instance,
-            "backend": backend,
-            "broker": "up" if broker_up else "down",
-            "epoch": epoch,
-            "seq": seq,
-            "client_id": client_id,
-            "resumed": resumed,
-            "max_frame_bytes": max_frame_bytes,
-        }
-    )
+    """The answer to the first frame; `node`, the broker node reached, as in `status`."""
+    frame: dict[str, Any] = {
+        "type": "welcome",
+        "version": PROTOCOL_VERSION,
+        "instance": instance,
+        "backend": backend,
+        "broker": "up" if broker_up else "down",
+        "epoch": epoch,
+        "seq": seq,
+        "client_id": client_id,
+        "resumed": resumed,
+        "max_frame_bytes": max_frame_bytes,
+    }
+    if node is not None:
+        frame["node"] = node
+    return encode(frame)
 
 
 def status(*, backend: str, broker_up: bool, outbox: int, stopping: bool = False, node: str | None = None) -> bytes:

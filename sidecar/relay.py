@@ -145,6 +145,7 @@ class Relay:
                 client_id=client.client_id,
                 resumed=resume is not None and gap is None,
                 max_frame_bytes=client.max_frame_bytes,
+                node=self.node,
             )
         )
         if gap is not None:

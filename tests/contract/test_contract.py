@@ -38,6 +38,14 @@ async def test_events_cross_in_both_directions(pair: Pair, connect: Connect) -> 
                 assert event["origin"] is None  # feathers-sync's format carries no origin
 
 
+async def test_welcome_names_the_broker_node_reached(pair: Pair, connect: Connect) -> None:
+    a = await connect(pair.sock_a, {})
+    if pair.server is None:
+        assert "node" not in a.welcome  # the local backend has no node
+    else:
+        assert a.welcome["node"] == f"127.0.0.1:{pair.server.port}", a.welcome
+
+
 async def test_unicode_nested_and_large_payloads(pair: Pair, connect: Connect) -> None:
     a = await connect(pair.sock_a, {})
     b = await connect(pair.sock_b, {})
