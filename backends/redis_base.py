@@ -37,6 +37,7 @@ from backends.redis_common import (
     parse_uri,
     publish_error,
     stop_task,
+    why_no_master,
 )
 from sidecar.backoff import Backoff
 from sidecar.logging import Outage
@@ -133,8 +134,9 @@ class RedisBaseBackend(Backend):
                 await self._redis.ping()
                 await self._conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
         except CONNECTION_ERRORS as exc:
+            reason = await why_no_master(exc, options)
             await self._drop_connections(everything=True)
-            raise connect_error(exc, options) from exc
+            raise connect_error(reason, options) from exc
         await self._connected(self._redis, options)
         self._reader = asyncio.create_task(self._run(self._conn, options), name="syncar-redis-reader")
         log.info("redis: connected to %s (%s mode)", self._node, self.config.mode)

@@ -217,12 +217,34 @@ def describe(exc: BaseException, options: RedisOptions) -> str:
     return describe_error(exc, options.secrets)
 
 
+def _refused(exc: BaseException) -> bool:
+    """Refused for good (credentials, TLS): trying again cannot help."""
+    return (isinstance(exc, REFUSALS) and not isinstance(exc, BUSY)) or tls_refused(exc)
+
+
 def connect_error(exc: BaseException, options: RedisOptions) -> BackendError:
     """What a failed first connect means: refused for good (credentials, TLS), or worth trying again later."""
-    refused = (isinstance(exc, REFUSALS) and not isinstance(exc, BUSY)) or tls_refused(exc)
-    return (BackendRefused if refused else BackendUnavailable)(
+    return (BackendRefused if _refused(exc) else BackendUnavailable)(
         f"redis: cannot connect to {options.where}: {describe(exc, options)}"
     )
+
+
+async def why_no_master(exc: BaseException, options: RedisOptions) -> BaseException:
+    """Why the sentinels named no master, when every one of them refused us for good (TLS, password): redis-py
+    keeps only the text of each sentinel's error, so each is asked again. Else `exc`: a master is what is missing."""
+    if not isinstance(exc, MasterNotFoundError) or options.sentinel is None:
+        return exc
+    refusals = []
+    for sentinel in options.sentinel.sentinels:
+        try:
+            await sentinel.ping()
+        except CONNECTION_ERRORS as error:
+            if not _refused(error):
+                return exc
+            refusals.append(error)
+        else:
+            return exc
+    return refusals[0] if refusals else exc
 
 
 def publish_error(exc: Exception, options: RedisOptions) -> BackendError:

@@ -15,7 +15,7 @@ import time
 from typing import BinaryIO
 
 from tests.brokers import START_TIMEOUT, BrokerServer, port_open, require_binary
-from tests.brokers.redis import RedisServer
+from tests.brokers.redis import RedisServer, RedisTlsServer
 
 MASTER_NAME = "mymaster"
 DOWN_AFTER_MS = 2000
@@ -64,14 +64,24 @@ class RedisNode(RedisServer):
 
 
 class SentinelServer(BrokerServer):
+    """A sentinel watching the master on `master_port`; with `tls`, the certificates of that (TLS-only) master: the
+    sentinel then speaks only TLS, to its clients and to the master."""
+
     name = "redis-sentinel"
 
-    def __init__(self, master_port: int) -> None:
+    def __init__(self, master_port: int, quorum: int = 2, tls: RedisTlsServer | None = None) -> None:
         self.binary = require_binary("redis-server")
         super().__init__()
+        listen = f"port {self.port}\n"
+        if tls is not None:
+            listen = (
+                f"port 0\ntls-port {self.port}\ntls-replication yes\ntls-ca-cert-file {tls.ca}\n"
+                f"tls-cert-file {tls.server_cert}\ntls-key-file {tls.server_key}\n"
+                f"tls-client-cert-file {tls.client_cert}\ntls-client-key-file {tls.client_key}\n"
+            )
         (self.dir / "sentinel.conf").write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
-            f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n"
+            f"{listen}bind 127.0.0.1\ndir {self.dir}\n"
+            f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} {quorum}\n"
             f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}\n"
             f"sentinel parallel-syncs {MASTER_NAME} 1\n"
