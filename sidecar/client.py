@@ -15,14 +15,12 @@ most their `timeout`: `publish(ack=True)` always returns or raises within it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import os
 import secrets
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -31,8 +29,11 @@ import orjson
 
 from sidecar import PROTOCOL_VERSION
 from sidecar.backoff import Backoff
+from sidecar.client_types import AckTimeout, ClientError, Event, Gap, PendingFull, PublishRefused
 from sidecar.dedup import SeenIds
 from sidecar.paths import default_socket_path
+
+__all__ = ["AckTimeout", "Client", "ClientError", "Event", "Gap", "PendingFull", "PublishRefused"]
 
 log = logging.getLogger(__name__)
 
@@ -44,60 +45,6 @@ DEDUP_WINDOW = 10_000
 #: Seconds `publish(ack=True)` waits for the broker to accept an event. Longer than a broker reconnect or a daemon
 #: restart usually takes, shorter than an HTTP request's patience.
 DEFAULT_ACK_TIMEOUT = 30.0
-
-
-class ClientError(Exception):
-    pass
-
-
-class PublishRefused(ClientError):
-    """The event will not reach the broker: the daemon answered with `nack` or `error` (its `code`, e.g.
-    `invalid_frame`, `outbox_full`), or the client knows it would (`frame_too_large`, checked before sending).
-    `unconfirmed`: sent, but the connection was lost before the broker confirmed, and not sent again (feathers-sync
-    codec): it may have reached other instances."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-
-
-class AckTimeout(ClientError, TimeoutError):
-    """No `ack` within the publish's timeout. If `queued`, the daemon has the event and did not refuse it: it waits
-    in the daemon's outbox (the broker is down or slow) and may still go out. Otherwise it was not sent, and the client
-    no longer holds it."""
-
-    def __init__(self, message: str, *, queued: bool) -> None:
-        super().__init__(message)
-        self.queued = queued
-
-
-class PendingFull(ClientError):
-    """Disconnected, and `max_pending` publishes are already waiting."""
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    seq: int
-    id: str
-    origin: str | None
-    event: str
-    path: str
-    data: Any
-    context: Any
-    time: float | None
-    #: The whole event as an app's binary serializer made it (BSON, MessagePack); then data and context are None, and
-    #: event and path are "" if it came from a feathers-sync app (docs/protocol.md).
-    bin: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:  # events of `origin` that went by on the bus and never reached the daemon (docs/protocol.md#gap)
-    origin: str
-    missed: int
-    first: int  # the sequence numbers missed, `first` to `last`, of the origin's `run`
-    last: int
-    run: str
-    reason: str  # lost or restart
 
 
 _CLOSED = object()
@@ -201,11 +148,15 @@ class Client:
         id: str | None = None,
         ack: bool = False,
         timeout: float | None = DEFAULT_ACK_TIMEOUT,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> None:
         """Publish one event; with `ack=True`, return only once the broker accepted it.
 
         Args:
             timeout: with `ack=True`, seconds to wait for the ack (None: as long as it takes).
+            traceparent, tracestate: W3C trace context the receivers get with the event (`Event.traceparent`). A
+                malformed one is not relayed: the daemon sends the event without it and says so (logged here).
 
         Raises:
             PublishRefused: too large for the daemon (always), or refused by the daemon (`ack=True` only).
@@ -219,6 +170,10 @@ class Client:
             frame["context"] = context
         if ack:
             frame["ack"] = True
+        if traceparent is not None:
+            frame["traceparent"] = traceparent
+        if tracestate is not None:
+            frame["tracestate"] = tracestate
         line = orjson.dumps(frame, option=orjson.OPT_APPEND_NEWLINE)
         if (problem := self._too_large(line)) is not None:
             raise problem
@@ -367,25 +322,12 @@ class Client:
         # After a daemon restart, durable mode may hand us again what the old daemon already did.
         if origin is not None and self._seen is not None and not self._seen.add(origin, frame["id"]):
             return
-        binary = frame.get("bin")
-        await self._events.put(
-            Event(
-                frame["seq"],
-                frame["id"],
-                origin,
-                frame["event"],
-                frame["path"],
-                frame.get("data"),
-                frame.get("context"),
-                frame.get("time"),
-                None if binary is None else base64.b64decode(binary),
-            )
-        )
+        await self._events.put(Event.of(frame))
 
     def _gap(self, frame: dict[str, Any]) -> None:
         if self.on_gap is not None:  # else nothing: the daemon's log says it already
             try:
-                self.on_gap(Gap(*(frame[name] for name in ("origin", "missed", "first", "last", "run", "reason"))))
+                self.on_gap(Gap.of(frame))
             except Exception:
                 log.exception("syncar: on_gap raised")
 

@@ -1,7 +1,8 @@
 """What events look like on the broker.
 
 `syncar`: one broker message carries a batch of events from one origin,
-`{"v": 1, "origin": ..., "run": ..., "events": [{id, time, event, path, data, context}, ...], "seq": ...}`.
+`{"v": 1, "origin": ..., "run": ..., "events": [{id, time, event, path, data, context}, ...], "seq": ...}`;
+an event published with W3C trace context carries its `traceparent` and `tracestate` too (left out otherwise).
 `run` names this run of the origin's daemon and `seq` is the number, within the run, of the batch's first event
 on the bus (its events are contiguous), so that a receiver can tell how many it missed (sidecar/gaps.py). Batches
 of daemons older than these two fields are still taken, only not followed.
@@ -56,8 +57,10 @@ def encode(value: Any) -> bytes:
 class Event(msgspec.Struct, gc=False, omit_defaults=True):
     """One event as it travels: `data` and `context` stay the JSON they arrived as.
 
-    `bin`, when set, is the whole event as an app's binary serializer made it (BSON, MessagePack), in base64: opaque
-    to syncar, and `data` and `context` are null. It is left out of the JSON when unset.
+    `traceparent` and `tracestate`, when set, are the W3C trace context its app published it in: carried by the
+    `syncar` codec, not by feathers-sync's fixed format. `bin`, when set, is the whole event as an app's binary
+    serializer made it (BSON, MessagePack), in base64: opaque to syncar, and `data` and `context` are null. Each is
+    left out of the JSON when unset; `bin` comes last.
     """
 
     id: str
@@ -67,6 +70,8 @@ class Event(msgspec.Struct, gc=False, omit_defaults=True):
     # A factory, not NULL: omit_defaults leaves out a field that *is* its default, and null data must stay in frames.
     data: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
     context: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
+    traceparent: str | None = None  # W3C trace context of the publish, left out when unset (syncar codec only)
+    tracestate: str | None = None
     bin: str | None = None
 
 
@@ -263,7 +268,8 @@ class SyncarCodec(Codec):
 
 
 class FeathersSyncCodec(Codec):
-    """feathers-sync's fixed format has no room for a run or a seq: what a receiver misses is not seen."""
+    """feathers-sync's fixed format has no room for a run or a seq (what a receiver misses is not seen), nor for
+    trace context (it stays with the apps of the publishing daemon)."""
 
     name = "feathers-sync"
     carries_ids = False
@@ -316,9 +322,8 @@ class FeathersSyncCodec(Codec):
             if (not body.lstrip(b" \t\r\n").startswith(b"{") or b"\0" in body) and not _is_json(body):
                 # Not JSON, nor the start of an object (which has no NUL byte; BSON ends with one): what a binary
                 # serializer (BSON, MessagePack) made. Only the apps can read it.
-                return Batch(
-                    None, [Event(event_id, None, "", "", NULL, NULL, binascii.b2a_base64(body, newline=False).decode())]
-                )
+                binary = binascii.b2a_base64(body, newline=False).decode()
+                return Batch(None, [Event(event_id, None, "", "", NULL, NULL, bin=binary)])
             raise _explain_feathers_sync(body)
         return Batch(None, [Event(event_id, None, message.event, message.path, message.data, message.context)])
 

@@ -199,6 +199,12 @@ class Connection(asyncio.Protocol):
                 )
             )
             return
+        if publish.traceparent is not None or publish.tracestate is not None:
+            problem = protocol.trace_problem(publish.traceparent, publish.tracestate)
+            if problem is not None:
+                # Said without the publish's id, which would tell the app its event is refused: it goes, untraced.
+                self._reject_frame(ErrorCode.INVALID_TRACE_CONTEXT, f"{problem}; the event was relayed without it")
+                publish = protocol.without_trace(publish)
         self._relay.publish(self, publish)
 
     def _greet(self, resume: protocol.Resume | None) -> None:

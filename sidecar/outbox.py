@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -60,7 +61,13 @@ Done = Callable[[tuple[ErrorCode, str] | None], None]
 
 def entry_cost(item: Outgoing) -> int:
     """The memory `item` holds while in the outbox, acks aside."""
-    return JSON_COPIES * len(item.part) + ENTRY_OVERHEAD
+    cost = JSON_COPIES * len(item.part) + ENTRY_OVERHEAD
+    event = item.event
+    if event.traceparent is None:
+        return cost
+    # Trace context is a third copy: strings of its own in the Event, besides its text in the part and the line.
+    cost += sys.getsizeof(event.traceparent)
+    return cost if event.tracestate is None else cost + sys.getsizeof(event.tracestate)
 
 
 class OutboxFull(Exception):

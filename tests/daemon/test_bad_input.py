@@ -317,3 +317,31 @@ async def test_resume_with_no_replay_buffer_is_a_gap_and_live_events_follow(sock
         assert (await late.frame())["code"] == "resume_gap"
         await publisher.send(publish_frame(data="three"))
         assert (await late.frame_of("event"))["data"] == "three"
+
+
+async def test_a_malformed_trace_context_is_said_and_the_event_goes_without_it(sock: Path, connect: Connect) -> None:
+    """W3C Trace Context: an invalid traceparent is ignored (its tracestate with it). The event is not lost: it is
+    relayed and acknowledged; the `error` carries no `id`, which would tell the app its publish was refused."""
+    good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    bad: list[dict[str, object]] = [
+        {"traceparent": "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"},  # uppercase
+        {"traceparent": "00-00000000000000000000000000000000-00f067aa0ba902b7-01"},  # all-zero trace id
+        {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"},  # all-zero parent id
+        {"traceparent": "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},  # version ff
+        {"traceparent": good + "-extra"},
+        {"traceparent": 12},  # not a string: the slow path
+        {"tracestate": "rojo=1"},  # no traceparent
+        {"traceparent": good, "tracestate": "x" * 513},
+        {"traceparent": good, "tracestate": "rojo=\u00e9"},
+    ]
+    async with run_daemon(sock):
+        publisher = await connect(sock, {})
+        listener = await connect(sock, {})
+        for n, fields in enumerate(bad):
+            await publisher.send(publish_frame(data=n, id=f"t{n}", ack=True, **fields))
+            error = await publisher.frame_of("error")
+            assert (error["code"], "id" in error) == ("invalid_trace_context", False), fields
+            assert "relayed without it" in error["message"]
+            assert (await publisher.frame_of("ack"))["id"] == f"t{n}"
+            event = await listener.frame_of("event")
+            assert (event["data"], "traceparent" in event, "tracestate" in event) == (n, False, False)

@@ -338,3 +338,13 @@ async def test_a_gap_the_daemon_saw_is_told_to_on_gap_and_what_it_raises_stays_t
         assert [(await client.next_event(timeout=5)).data for _ in range(4)] == [1, 2, 9, 10]
         assert told == [Gap("there", 6, 3, 8, there.run, "lost")]
         assert client.connected
+
+
+async def test_trace_context_is_published_and_received(sock: Path) -> None:
+    traceparent, tracestate = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "rojo=00f067aa0ba902b7"
+    async with run_daemon(sock), Client(sock) as a, Client(sock) as b:
+        await a.publish("messages", "created", 1, traceparent=traceparent, tracestate=tracestate, id="t", ack=True)
+        await a.publish("messages", "created", 2, ack=True, id="u")
+        traced, untraced = await b.next_event(timeout=5), await b.next_event(timeout=5)
+        assert (traced.data, traced.traceparent, traced.tracestate) == (1, traceparent, tracestate)
+        assert (untraced.data, untraced.traceparent, untraced.tracestate) == (2, None, None)

@@ -170,3 +170,27 @@ def test_syncar_batch_carries_binary_events_and_leaves_bin_out_of_the_others() -
     assert (first.event, first.path, base64.b64decode(first.bin or "")) == ("created", "messages", BSON_LIKE)
     assert second.bin is None
     assert b'"bin"' not in encode(second)
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_syncar_batch_carries_trace_context_and_leaves_it_out_when_unset() -> None:
+    traced = Event("1", 1.5, "created", "messages", traceparent=TRACEPARENT, tracestate="rojo=1", bin="AAAA")
+    plain = outgoing("2", 2)
+    [body] = SyncarCodec("a").pack([Outgoing(traced, encode(traced), 0.0), plain])
+    first, second = SyncarCodec("b").unpack(body).events
+    assert (first.traceparent, first.tracestate, second.traceparent, second.tracestate) == (
+        TRACEPARENT,
+        "rojo=1",
+        None,
+        None,
+    )
+    assert encode(first).endswith(b',"bin":"AAAA"}')  # bin stays the last field of a frame (docs/protocol.md)
+    assert b"trace" not in plain.part
+
+
+def test_feathers_sync_leaves_trace_context_out_of_its_fixed_format() -> None:
+    traced = Event("1", 1.5, "created", "messages", msgspec.Raw(b"1"), traceparent=TRACEPARENT)
+    [body] = FeathersSyncCodec("a").pack([Outgoing(traced, encode(traced), 0.0)])
+    assert body == b'{"event":"created","path":"messages","data":1}'

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Callable
 
+import msgspec
 import pytest
 
 from backends.base import BackendClosed, BackendUnavailable, MessageTooLarge, PublishUnconfirmed
-from sidecar.codec import Codec, FeathersSyncCodec, SyncarCodec
+from sidecar.codec import Codec, FeathersSyncCodec, Outgoing, SyncarCodec, encode
 from sidecar.metrics import DropReason, Metrics
-from sidecar.outbox import MAX_BATCH_EVENTS, Outbox, OutboxFull, entry_cost
+from sidecar.outbox import ENTRY_OVERHEAD, JSON_COPIES, MAX_BATCH_EVENTS, Outbox, OutboxFull, entry_cost
 from sidecar.protocol import ErrorCode
 from tests.unit.fakes import FakeBackend, outgoing
 from tests.utils import DROPPED, metric, wait_for
@@ -195,3 +197,15 @@ async def test_a_closed_backend_ends_the_task() -> None:
     async with asyncio.timeout(5):
         await outbox.run()
     assert len(outbox) == 1  # not taken out: nothing was sent
+
+
+def test_an_entry_with_trace_context_counts_its_strings_too() -> None:
+    """The Event's traceparent and tracestate are strings of their own, besides their text in the part and the line
+    (the two JSON copies): the outbox counts them, and counts nothing more for an event without them."""
+    plain = outgoing(1)
+    traceparent = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+    event = msgspec.structs.replace(plain.event, traceparent=traceparent, tracestate="k=v")
+    traced = Outgoing(event, encode(event), 0.0)
+    strings = sys.getsizeof(event.traceparent) + sys.getsizeof(event.tracestate)
+    assert entry_cost(traced) == entry_cost(plain) + JSON_COPIES * (len(traced.part) - len(plain.part)) + strings
+    assert entry_cost(plain) == JSON_COPIES * len(plain.part) + ENTRY_OVERHEAD

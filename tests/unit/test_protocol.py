@@ -149,3 +149,32 @@ def test_the_frames_syncar_writes_are_those_docs_protocol_shows() -> None:
     assert orjson.loads(
         protocol.publish_refused(msgspec.structs.replace(published, ack=False), ErrorCode.OUTBOX_FULL, "full")
     ) == {"type": "error", "code": "outbox_full", "message": "full", "id": "evt-77"}
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "tracestate"),
+    [
+        ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),
+        ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"),
+        ("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09", "k=" + "v" * 510),  # a later version; 512 chars
+    ],
+)
+def test_a_valid_trace_context_is_taken_on_both_paths(traceparent: str, tracestate: str | None) -> None:
+    frame = publish_with(traceparent=traceparent, tracestate=tracestate)
+    assert protocol.trace_problem(traceparent, tracestate) is None
+    for publish in (fast_publish(orjson.dumps(frame)), parse_publish(frame)):
+        assert publish is not None
+        assert (publish.traceparent, publish.tracestate) == (traceparent, tracestate)
+
+
+def test_a_trace_field_of_another_type_reaches_the_check_as_a_string_it_refuses() -> None:
+    frame = publish_with(traceparent={"not": "a string"}, tracestate=["x"])
+    assert fast_publish(orjson.dumps(frame)) is None  # msgspec refuses the type: the slow path says what is wrong
+    publish = parse_publish(frame)
+    assert protocol.trace_problem(publish.traceparent, publish.tracestate) is not None
+    stripped = protocol.without_trace(publish)
+    assert (stripped.traceparent, stripped.tracestate, stripped.path) == (None, None, "messages")
+
+
+def publish_with(**fields: object) -> dict[str, object]:
+    return {"type": "publish", "path": "messages", "event": "created", **fields}

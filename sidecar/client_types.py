@@ -1,0 +1,88 @@
+"""What the Python client (sidecar.client) raises and hands out: its errors, and the events and gaps it receives,
+made from the daemon's frames (docs/protocol.md). Standard library only, as the client is."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+
+class ClientError(Exception):
+    pass
+
+
+class PublishRefused(ClientError):
+    """The event will not reach the broker: the daemon answered with `nack` or `error` (its `code`, e.g.
+    `invalid_frame`, `outbox_full`), or the client knows it would (`frame_too_large`, checked before sending).
+    `unconfirmed`: sent, but the connection was lost before the broker confirmed, and not sent again (feathers-sync
+    codec): it may have reached other instances."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class AckTimeout(ClientError, TimeoutError):
+    """No `ack` within the publish's timeout. If `queued`, the daemon has the event and did not refuse it: it waits
+    in the daemon's outbox (the broker is down or slow) and may still go out. Otherwise it was not sent, and the client
+    no longer holds it."""
+
+    def __init__(self, message: str, *, queued: bool) -> None:
+        super().__init__(message)
+        self.queued = queued
+
+
+class PendingFull(ClientError):
+    """Disconnected, and `max_pending` publishes are already waiting."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    seq: int
+    id: str
+    origin: str | None
+    event: str
+    path: str
+    data: Any
+    context: Any
+    time: float | None
+    #: The whole event as an app's binary serializer made it (BSON, MessagePack); then data and context are None, and
+    #: event and path are "" if it came from a feathers-sync app (docs/protocol.md).
+    bin: bytes | None = None
+    #: The W3C trace context it was published in, if its app gave one (syncar codec, or an app of the same daemon).
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+    @classmethod
+    def of(cls, frame: dict[str, Any]) -> Event:
+        """The event an `event` frame carries."""
+        binary = frame.get("bin")
+        return cls(
+            frame["seq"],
+            frame["id"],
+            frame.get("origin"),
+            frame["event"],
+            frame["path"],
+            frame.get("data"),
+            frame.get("context"),
+            frame.get("time"),
+            None if binary is None else base64.b64decode(binary),
+            frame.get("traceparent"),
+            frame.get("tracestate"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:  # events of `origin` that went by on the bus and never reached the daemon (docs/protocol.md#gap)
+    origin: str
+    missed: int
+    first: int  # the sequence numbers missed, `first` to `last`, of the origin's `run`
+    last: int
+    run: str
+    reason: str  # lost or restart
+
+    @classmethod
+    def of(cls, frame: dict[str, Any]) -> Gap:
+        """The gap a `gap` frame tells of."""
+        return cls(*(frame[name] for name in ("origin", "missed", "first", "last", "run", "reason")))
