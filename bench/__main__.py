@@ -101,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--contestants among syncar, syncar-fs, ceiling, default syncar, ceiling; --seconds per "
         "run, default 5; --reps, default 3: ~7 minutes); writes lowrate.json and lowrate.md",
     )
+    instead.add_argument(
+        "--fleet",
+        action="store_true",
+        help="instead: three Feathers instances (Node, socket.io) and a socket.io client on each, messages "
+        "created round-robin at 100 and 1,000 events/s and as fast as they go, with @syncar/feathers and a "
+        "syncar per instance against feathers-sync 3.1.1: CPU per event of apps and daemons, peak RSS, "
+        "create-to-created latency (--brokers, default redis, amqp, nats; --seconds per run, default 5; "
+        "--reps, default 3: ~10 minutes; needs cd bench/node && npm ci); writes fleet.json and fleet.md",
+    )
     parser.add_argument(
         "--base-root",
         type=Path,
@@ -227,6 +236,24 @@ def _low_rate(args: argparse.Namespace, parser: argparse.ArgumentParser, command
     )
 
 
+def _fleet(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
+    from bench.fleet import REPS, SECONDS, fleet  # noqa: PLC0415
+
+    if args.mode != "broadcast":
+        parser.error("--fleet measures broadcast mode only")
+    if "local" in (brokers := args.brokers or ("redis", "amqp", "nats")):
+        parser.error("--fleet needs a broker: feathers-sync has no local://")
+    outs = [args.out, DOCS] if args.docs else [args.out]
+    return fleet(
+        _meta(args, command),
+        brokers,
+        seconds=args.seconds or SECONDS,
+        reps=args.reps or REPS,
+        root=args.syncar_root.resolve(),
+        outs=outs,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -238,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         return _scale(args, parser, command)
     if args.low_rate:
         return _low_rate(args, parser, command)
+    if args.fleet:
+        return _fleet(args, parser, command)
     if args.profile:
         from bench.profile import profile  # noqa: PLC0415  (py-spy is needed only here)
 

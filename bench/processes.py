@@ -134,7 +134,8 @@ class Meter:
 
 
 class Worker:
-    """One load generator process; its stdout is `{"ready": true}`, then its result line."""
+    """One load generator process; its stdout is `{"ready": true}`, then its result line. With `stdin`, it can be told
+    things (bench/node/fleet_clients.js waits for a line before it starts)."""
 
     def __init__(self, process: asyncio.subprocess.Process, name: str, stderr_path: Path) -> None:
         self.process = process
@@ -142,11 +143,12 @@ class Worker:
         self.stderr_path = stderr_path
 
     @classmethod
-    async def start(cls, argv: list[str], name: str, workdir: Path, cwd: Path = REPO) -> Worker:
+    async def start(cls, argv: list[str], name: str, workdir: Path, cwd: Path = REPO, *, stdin: bool = False) -> Worker:
         stderr = (workdir / f"{name}.err").open("ab")
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
+                stdin=asyncio.subprocess.PIPE if stdin else None,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=stderr,
                 cwd=cwd,
@@ -193,6 +195,11 @@ class Worker:
             async with asyncio.timeout(5.0):
                 await self.process.wait()
         return line
+
+    async def tell(self, line: bytes) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line)
+        await self.process.stdin.drain()
 
     def kill(self) -> None:
         """SIGKILL this worker if it still runs (by its pid, which we started)."""

@@ -1,0 +1,256 @@
+"""`python -m bench --fleet`: what a whole fleet spends, apps and daemons together, against feathers-sync.
+
+Three Feathers instances (Node, bench/node/fleet_app.js: `@feathersjs/feathers`, a memory `messages` service, the
+socket.io transport) and a real-time socket.io client on each (bench/node/fleet_clients.js: the three Feathers clients
+in one process), messages created round-robin through the clients at 100 and 1,000 events/s and as fast as a
+window of events in flight allows. Contestants, on the same broker, alternated in every repetition:
+
+- `syncar`: each instance with `@syncar/feathers` and its own syncar daemon (syncar codec, broadcast mode);
+- `feathers-sync`: each instance with the real feathers-sync 3.1.1 on the broker.
+
+Per run: CPU per event created of the apps and the daemons (bench.procstat.task_stats, exact, from the moment the
+clients are connected and warmed up to their end), the broker's apart; the sum of every app's and daemon's peak RSS
+over the run; the latency from `create` to each other client's `created` (p50, p99); and what was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.fleet_report import markdown, summarise, table
+from bench.plan import make_plan
+from bench.processes import NODE_DIR, Daemon, Meter, Worker
+from bench.report import quantile, write_results
+from bench.runner import SLACK, Section, stop_daemons
+
+log = logging.getLogger(__name__)
+
+FLEET_APP = NODE_DIR / "fleet_app.js"
+FLEET_CLIENTS = NODE_DIR / "fleet_clients.js"
+#: Events/s offered; 0: as fast as the window allows (the highest rate the machine sustains).
+RATES = (100, 1_000, 0)
+CONTESTANTS = ("syncar", "feathers-sync")
+INSTANCES = 3
+SIZE = 256
+SECONDS = 5.0
+REPS = 3
+#: Unpaced: at most this many events created and not yet received by every other client.
+WINDOW = 256
+#: Seconds of the same traffic before measuring (JIT, buffers, connections), and the most events a run creates.
+WARMUP = 1.0
+MAX_EVENTS = 200_000
+#: Paced runs are saturated if they sent less than this share of the offered rate, lagged this far, or lost events.
+SATURATED_SHARE = 0.95
+SATURATED_LAG = 0.1
+
+Progress = Callable[[str], None]
+
+
+def node_problem() -> str | None:
+    """Why the fleet cannot run here, or None."""
+    if shutil.which("node") is None:
+        return "node is not installed"
+    needed = ("feathers-sync", "@feathersjs/socketio", "@feathersjs/socketio-client", "@syncar/feathers")
+    if missing := [m for m in needed if not (NODE_DIR / "node_modules" / m).is_dir()]:
+        return f"bench/node lacks {', '.join(missing)} (cd bench/node && npm ci)"
+    return None
+
+
+def _node(script: Path, spec: dict[str, Any]) -> list[str]:
+    return ["node", str(script), orjson.dumps(spec).decode()]
+
+
+def run_figures(run: dict[str, Any]) -> dict[str, Any]:
+    """CPU µs per event created of each kind of process, their peak RSS together, latency, and losses."""
+    if run.get("error"):
+        return {}
+    result, processes = run["result"], run["processes"]
+    sent, deliveries, expected = result["sent"], result["received"], result["expected"]
+    figures: dict[str, Any] = {"sent": sent, "lost": max(expected - deliveries, 0), "create_errors": result["errors"]}
+
+    def per_event(prefix: str) -> float | None:
+        ns = [p["cpu_ns"] for name, p in processes.items() if name.startswith(prefix)]
+        return sum(ns) / 1e3 / sent if sent and ns else None
+
+    for kind in ("app", "daemon", "broker"):
+        figures[f"{kind}_us"] = per_event(kind)
+    figures["all_us"] = (figures["app_us"] or 0) + (figures["daemon_us"] or 0) if sent else None
+    figures["clients_us"] = run["usage"]["cpu_s"] * 1e6 / sent if sent else None
+    hwm = [p["hwm_kib"] for name, p in processes.items() if name.startswith(("app", "daemon"))]
+    figures["peak_rss_mib"] = sum(hwm) / 1024
+    ordered = sorted(result.pop("latencies_us"))
+    figures["p50_ms"] = quantile(ordered, 0.5) / 1000
+    figures["p99_ms"] = quantile(ordered, 0.99) / 1000
+    if run["rate"]:
+        achieved = sent / result["elapsed"] if result["elapsed"] else 0.0
+        figures["achieved"] = achieved
+        figures["saturated"] = (
+            achieved < SATURATED_SHARE * run["rate"] or result["max_lag"] > SATURATED_LAG or figures["lost"] > 0
+        )
+    else:  # events that reached every other client, per second, from the first create to the last arrival
+        figures["achieved"] = deliveries / (INSTANCES - 1) / result["last_s"] if result["last_s"] > 0 else None
+        figures["saturated"] = False
+    return figures
+
+
+class Fleet:
+    """One broker's fleet runs: its server (bench.runner.Section), and per run fresh daemons, apps and clients."""
+
+    def __init__(self, section: Section, seconds: float) -> None:
+        self.section = section
+        self.seconds = seconds
+        self._runs = 0
+
+    async def run(self, contestant: str, rate: int, rep: int) -> dict[str, Any]:
+        self._runs += 1
+        section = self.section
+        record: dict[str, Any] = {
+            "broker": section.broker,
+            "contestant": contestant,
+            "rate": rate,
+            "rep": rep,
+            "started": time.time(),
+            "loadavg": os.getloadavg()[0],
+        }
+        name = f"{self._runs:03d}-fleet-{contestant}-{rate or 'max'}"
+        daemons: list[Daemon] = []
+        workers: list[Worker] = []
+        try:
+            if contestant == "syncar":
+                daemons = await section.start_daemons(name, INSTANCES)
+            record.update(await self._measure(name, daemons, workers, rate))
+        except (RuntimeError, OSError) as exc:
+            log.warning("%s fleet %s %s rep %d failed: %s", section.broker, contestant, rate, rep, exc)
+            record["error"] = str(exc)[:4000]
+        finally:
+            for worker in workers:  # the apps and the clients: ours, by pid
+                worker.kill()
+            for worker in workers:
+                await worker.process.wait()
+            if daemons:
+                record["daemon_exits"] = stop_daemons(daemons, name)
+        record["figures"] = run_figures(record)
+        return record
+
+    async def _measure(self, name: str, daemons: list[Daemon], workers: list[Worker], rate: int) -> dict[str, Any]:
+        from tests.brokers import free_port  # noqa: PLC0415  (as bench.runner imports the broker fixtures)
+
+        section = self.section
+        key = f"bench-{uuid.uuid4().hex[:12]}"
+        ports = [free_port() for _ in range(INSTANCES)]
+        sync = "syncar" if daemons else "feathers-sync"
+        for index, port in enumerate(ports):
+            socket = str(daemons[index].socket) if daemons else ""
+            spec = {"sync": sync, "port": port, "socket": socket, "uri": section.uri, "key": key}
+            workers.append(await Worker.start(_node(FLEET_APP, spec), f"{name}-app{index}", section.dir, NODE_DIR))
+        for app in workers:
+            await app.ready()
+        spec = {
+            "urls": [f"http://127.0.0.1:{port}" for port in ports],
+            "rate": rate,
+            "duration": self.seconds,
+            "count": MAX_EVENTS,
+            "window": WINDOW,
+            "warmup": min(WARMUP, self.seconds),
+            "size": SIZE,
+            "deadline": self.seconds + SLACK,
+        }
+        clients = await Worker.start(_node(FLEET_CLIENTS, spec), f"{name}-clients", section.dir, NODE_DIR, stdin=True)
+        workers.append(clients)
+        await clients.ready()
+        pids = {f"app_{i}": app.process.pid for i, app in enumerate(workers[:INSTANCES])}
+        pids.update({f"daemon_{i}": daemon.pid for i, daemon in enumerate(daemons)})
+        meter = Meter({**pids, **section.broker_meter_pids()})
+        meter.begin()
+        await clients.tell(b"go\n")
+        line = await clients.result(self.seconds + SLACK)
+        return {"result": line["result"], "usage": line["usage"], "processes": meter.end()}
+
+
+def _said(run: dict[str, Any]) -> str:
+    f = run["figures"]
+    head = f"  {run['broker']:6} {run['contestant']:13} {run['rate'] or 'max':>5} rep {run['rep'] + 1}: "
+    if run.get("error"):
+        return head + f"error: {run['error'].splitlines()[0][:160]}"
+    return head + (
+        f"{f['achieved'] or 0:,.0f} events/s, apps+daemons {f['all_us']:.0f} µs/event (broker {f['broker_us']:.0f}),"
+        f" {f['peak_rss_mib']:.0f} MiB, p50 {f['p50_ms']:.2f} p99 {f['p99_ms']:.2f} ms"
+        + (f"  lost {f['lost']}" if f["lost"] else "")
+        + ("  SATURATED" if f["saturated"] else "")
+    )
+
+
+async def measure(
+    brokers: tuple[str, ...], *, seconds: float, reps: int, workdir: Path, root: Path, progress: Progress
+) -> dict[str, Any]:
+    """Every rate of every contestant on every broker, alternated; a broker that cannot start is reported."""
+    results: dict[str, Any] = {"runs": [], "broker_errors": {}}
+    for broker in brokers:
+        plan = make_plan(quick=True, brokers=(broker,), contestants=("syncar",), reps=reps, seconds=seconds)
+        section = Section(broker, plan, workdir, root)
+        try:
+            await section.start()
+            fleet = Fleet(section, seconds)
+            for rep in range(reps):
+                for rate in RATES:
+                    for contestant in CONTESTANTS:
+                        results["runs"].append(await fleet.run(contestant, rate, rep))
+                        progress(_said(results["runs"][-1]))
+        except (RuntimeError, OSError) as exc:
+            results["broker_errors"][broker] = str(exc)[:2000]
+            progress(f"  {broker}: not measured: {str(exc).splitlines()[0]}")
+        finally:
+            section.stop()
+    return results
+
+
+def fleet(
+    meta: dict[str, Any], brokers: tuple[str, ...], *, seconds: float, reps: int, root: Path, outs: list[Path]
+) -> int:
+    """Measure, print the table, and write fleet.json and fleet.md into each of `outs`."""
+    if problem := node_problem():
+        print(f"--fleet cannot run: {problem}")
+        return 1
+    meta.update(
+        size=SIZE,
+        rates=list(RATES),
+        instances=INSTANCES,
+        publish_seconds=seconds,
+        reps=reps,
+        window=WINDOW,
+        brokers=list(brokers),
+    )
+    print(f"{meta['command']}: the fleet ({INSTANCES} instances) on {', '.join(brokers)}", flush=True)
+    began = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="syncar-fleet-"))
+    try:
+        results = asyncio.run(
+            measure(
+                brokers,
+                seconds=seconds,
+                reps=reps,
+                workdir=workdir,
+                root=root,
+                progress=lambda line: print(line, flush=True),
+            )
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    meta.update(seconds=round(time.monotonic() - began, 1), loadavg_end=os.getloadavg())
+    results = {"meta": meta, **results}
+    results["summary"] = summarise(results)
+    print()
+    print(table(results))
+    write_results(outs, "fleet", results, markdown(results))
+    return 0 if results["runs"] and not any(r.get("error") for r in results["runs"]) else 1

@@ -1,0 +1,185 @@
+"""The figures of `python -m bench --fleet` (bench.fleet measures them): medians over repetitions, syncar against
+feathers-sync within each repetition, the tables, and the issue's targets next to what was measured."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.lowrate_report import _groups
+from bench.plan import BROKER_LABELS
+from bench.report import _aligned, _markdown_table, _median, _num
+
+LABELS = {"syncar": "@syncar/feathers + syncar", "feathers-sync": "feathers-sync 3.1.1"}
+FIGURES = (
+    "achieved",
+    "app_us",
+    "daemon_us",
+    "all_us",
+    "broker_us",
+    "clients_us",
+    "peak_rss_mib",
+    "p50_ms",
+    "p99_ms",
+    "lost",
+    "create_errors",
+)
+#: The issue's targets: apps and daemons' CPU per event at most this times feathers-sync's at 1,000 events/s (below
+#: it on NATS and at the highest rate); p50 within this many ms of feathers-sync's, p99 no worse.
+MAX_RATIO_1000 = 1.3
+MAX_P50_MS_MORE = 0.5
+
+
+def _ratio(mine: float | None, theirs: float | None) -> float | None:
+    return mine / theirs if mine is not None and theirs else None
+
+
+def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Medians per broker, rate and contestant; for syncar, the medians over repetitions of its figures over (or,
+    for p50, minus) feathers-sync's in the same repetition."""
+    theirs = {
+        (r["broker"], r["rate"], r["rep"]): r.get("figures", {})
+        for r in results["runs"]
+        if r["contestant"] == "feathers-sync"
+    }
+    summary = []
+    for (broker, rate, contestant), members in _groups(results["runs"], "broker", "rate", "contestant").items():
+        figures = [m["figures"] for m in members if m.get("figures")]
+        entry: dict[str, Any] = {
+            "broker": broker,
+            "rate": rate,
+            "contestant": contestant,
+            "runs": len(members),
+            "ok": len(figures),
+            "errors": sorted({m["error"][:200] for m in members if m.get("error")}),
+            "saturated": sum(bool(f.get("saturated")) for f in figures) > len(figures) / 2,
+        }
+        entry.update({name: _median([f.get(name) for f in figures]) for name in FIGURES})
+        if contestant == "syncar":
+            pairs = [(m["figures"], theirs.get((broker, rate, m["rep"]), {})) for m in members if m.get("figures")]
+            for name in ("all_us", "peak_rss_mib", "p99_ms"):
+                entry[f"{name}_ratio"] = _median([_ratio(mine.get(name), other.get(name)) for mine, other in pairs])
+            entry["p50_ms_more"] = _median(
+                [mine["p50_ms"] - other["p50_ms"] for mine, other in pairs if other.get("p50_ms") is not None]
+            )
+        summary.append(entry)
+    return summary
+
+
+HEAD = (
+    "broker",
+    "events/s offered",
+    "contestant",
+    "events/s achieved",
+    "apps µs/event",
+    "daemons µs/event",
+    "apps + daemons µs/event",
+    "vs feathers-sync",
+    "broker µs/event",
+    "peak RSS MiB, all",
+    "p50/p99 ms",
+    "lost",
+)
+
+
+def _rows(summary: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    found: list[tuple[str, ...]] = []
+    for e in summary:
+        ratio = e.get("all_us_ratio")
+        found.append(
+            (
+                BROKER_LABELS.get(e["broker"], e["broker"]),
+                f"{e['rate']:,}" if e["rate"] else "max",
+                LABELS[e["contestant"]],
+                _num(e["achieved"]),
+                _num(e["app_us"]),
+                "-" if e["contestant"] != "syncar" else _num(e["daemon_us"]),
+                _num(e["all_us"]),
+                "-" if ratio is None else f"{ratio:.2f}x",
+                _num(e["broker_us"]),
+                _num(e["peak_rss_mib"]),
+                "-"
+                if e["p50_ms"] is None
+                else f"{e['p50_ms']:.2f}/{e['p99_ms']:.2f}" + (" (sat.)" if e["saturated"] else ""),
+                _num(e["lost"]),
+            )
+        )
+    return found
+
+
+def targets(summary: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """The issue's fleet targets, per broker, as measured (ratios within each repetition, medians)."""
+    found: list[tuple[str, ...]] = []
+    for e in summary:
+        if e["contestant"] != "syncar" or e["rate"] not in (1_000, 0):
+            continue
+        broker = BROKER_LABELS.get(e["broker"], e["broker"])
+        at = "1,000 events/s" if e["rate"] else "the highest rate"
+        bound = MAX_RATIO_1000 if e["rate"] and e["broker"] != "nats" else 1.0
+        cpu = e.get("all_us_ratio")
+        found.append(
+            (
+                f"{at}, {broker}: apps + daemons' CPU per event {'at most' if bound > 1 else 'below'} {bound:.1f}x "
+                "feathers-sync's",
+                "-" if cpu is None else f"{cpu:.2f}x",
+                "-" if cpu is None else ("yes" if cpu <= bound and (bound > 1 or cpu < 1) else "no"),
+            )
+        )
+        if e["rate"]:
+            more, p99 = e.get("p50_ms_more"), e.get("p99_ms_ratio")
+            found.append(
+                (
+                    f"{at}, {broker}: p50 within {MAX_P50_MS_MORE} ms of feathers-sync's, p99 no worse",
+                    "-" if more is None or p99 is None else f"p50 {more:+.2f} ms, p99 {p99:.2f}x",
+                    "-" if more is None or p99 is None else ("yes" if more <= MAX_P50_MS_MORE and p99 <= 1 else "no"),
+                )
+            )
+    return found
+
+
+def heading(meta: dict[str, Any]) -> str:
+    load = meta.get("loadavg_start", (0, 0, 0))[0], meta.get("loadavg_end", (0, 0, 0))[0]
+    return (
+        f"{meta['instances']} Feathers instances and a socket.io client on each, {meta['size']} B messages created "
+        f"round-robin, {meta['publish_seconds']:g} s per run (max: at most {meta['window']} events in flight); "
+        f"medians of {meta['reps']} alternated repetitions; CPU per event created, from the clients' warm-up on; "
+        f'"vs feathers-sync": apps + daemons over feathers-sync\'s apps in the same repetition (median of those '
+        f"ratios); peak RSS: the sum of every app's and daemon's; latency: create to each other client's created; "
+        f"load average {load[0]:.1f} at the start, {load[1]:.1f} at the end; "
+        f"daemons at {meta.get('syncar_commit', '?')}"
+    )
+
+
+def _notes(results: dict[str, Any]) -> list[str]:
+    notes = [f"{broker}: not measured: {error.splitlines()[0]}" for broker, error in results["broker_errors"].items()]
+    return notes + [
+        f"{e['broker']} {e['contestant']} {e['rate'] or 'max'}: {error}"
+        for e in results["summary"]
+        for error in e["errors"]
+    ]
+
+
+def table(results: dict[str, Any]) -> str:
+    summary = results["summary"]
+    lines = [
+        heading(results["meta"]),
+        "",
+        *_aligned(HEAD, _rows(summary), 3),
+        "",
+        *_aligned(("target", "measured", "met?"), targets(summary), 1),
+    ]
+    notes = _notes(results)
+    return "\n".join([*lines, "", *notes] if notes else lines)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    summary = results["summary"]
+    lines = [
+        f"*{heading(results['meta'])}.*",
+        "",
+        *_markdown_table(HEAD, _rows(summary), 3),
+        "",
+        *_markdown_table(("target", "measured", "met?"), targets(summary), 1),
+    ]
+    if notes := _notes(results):
+        lines += ["", *(f"- {note}" for note in notes)]
+    return "\n".join(lines) + "\n"

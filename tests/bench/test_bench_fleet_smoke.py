@@ -1,0 +1,59 @@
+"""`python -m bench --fleet` still runs: on Redis, with short runs, it produces every figure for both contestants.
+
+It checks that the figures exist and are sane, never how small they are: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bench.fleet import node_problem
+from tests.brokers import require_binary
+from tests.utils import REPO
+
+#: Six runs (two contestants at 100, 1,000 events/s and unpaced), each with 3 apps (and 3 daemons), half a second of
+#: warm-up and half a second measured: ~40 s on a loaded machine.
+RUN_TIMEOUT = 150
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(RUN_TIMEOUT + 10)
+def test_fleet_run_on_redis_produces_every_figure(tmp_path: Path) -> None:
+    require_binary("redis-server")
+    if problem := node_problem():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI: {problem}", pytrace=False)
+        pytest.skip(problem)
+    command = [sys.executable, "-m", "bench", "--fleet", "--brokers", "redis", "--reps", "1", "--seconds", "0.5"]
+    done = subprocess.run(
+        [*command, "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = orjson.loads((tmp_path / "fleet.json").read_bytes())
+    assert (tmp_path / "fleet.md").read_text().count("\n|") >= 8
+
+    runs = {(r["contestant"], r["rate"]): r for r in results["runs"]}
+    assert set(runs) == {(c, rate) for c in ("syncar", "feathers-sync") for rate in (100, 1000, 0)}
+    for (contestant, _), run in runs.items():
+        assert not run.get("error"), run["error"]
+        figures = run["figures"]
+        # Every event created reached the two other clients; CPU is counted for each kind of process that ran.
+        assert figures["sent"] > 0 and figures["lost"] == 0 and figures["create_errors"] == 0, figures
+        assert figures["app_us"] > 0 and figures["broker_us"] > 0 and figures["clients_us"] > 0, figures
+        if contestant == "syncar":
+            assert figures["daemon_us"] > 0 and set(run["daemon_exits"].values()) == {0}, run
+            assert figures["all_us"] == pytest.approx(figures["app_us"] + figures["daemon_us"])
+        else:
+            assert figures["daemon_us"] is None and figures["all_us"] == figures["app_us"], figures
+        assert figures["peak_rss_mib"] > 3 * 10, figures  # three Node apps at least
+        assert 0 < figures["p50_ms"] <= figures["p99_ms"], figures
+        assert figures["achieved"] > 0, figures
+
+    syncar = [e for e in results["summary"] if e["contestant"] == "syncar"]
+    assert len(syncar) == 3 and all(e["all_us_ratio"] > 0 and e["p99_ms_ratio"] > 0 for e in syncar), syncar
