@@ -13,10 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
-import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, cast
 
 import aio_pika
@@ -24,17 +21,16 @@ import aiormq
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustExchange
 from aio_pika.exceptions import AMQPChannelError, DeliveryError
 from pamqp.commands import Basic
-from yarl import URL
 
 from backends.amqp_common import (
     BROKER_ERRORS,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_PREFETCH,
-    DEFAULT_RECONNECT_INTERVAL,
     cancel_task,
     discard,
     parse_uri,
 )
+from backends.amqp_connection import BackingOffRobustConnection, Hosts, node_of
 from backends.amqp_subscription import AmqpDurableSubscription, AmqpSubscription
 from backends.amqp_topology import Topology
 from backends.base import (
@@ -87,37 +83,6 @@ async def confirmed(publishes: Sequence[asyncio.Future[Any]], timeout: float) ->
     return errors
 
 
-class BackingOffRobustConnection(aio_pika.RobustConnection):
-    """aio-pika's robust connection, waiting between attempts as `backoff` says and telling `on_failure` of each.
-
-    aio-pika's reconnect loop reads `reconnect_interval` inside the `except` block of every failed attempt (for its
-    log line, which our logging config silences), maybe again in a close callback the failure runs, and for its
-    sleep. The first read that sees an exception after the last wait draws the next delay and reports the failure;
-    the others return that delay. `reconnect_interval` from the URI is the first wait (capped by
-    `--reconnect-max-delay`).
-    """
-
-    base_interval: float = DEFAULT_RECONNECT_INTERVAL
-    backoff = Backoff()
-    on_failure: Callable[[BaseException, float], None] | None = None
-    _delay = DEFAULT_RECONNECT_INTERVAL
-    _drawn_at = -math.inf
-
-    @property
-    def reconnect_interval(self) -> float:
-        failure, now = sys.exc_info()[1], time.monotonic()
-        # Half the last delay: the reads of one attempt come within milliseconds, the next attempt after the sleep.
-        if failure is not None and now - self._drawn_at >= self._delay / 2:
-            self._delay, self._drawn_at = self.backoff.next(), now
-            if self.on_failure is not None:
-                self.on_failure(failure, self._delay)
-        return self._delay
-
-    @reconnect_interval.setter
-    def reconnect_interval(self, value: float) -> None:  # aio-pika's constructor, from the URI
-        self.base_interval = float(value)
-
-
 class AmqpBackend(Backend):
     """Broadcast mode: feathers-sync's exchange, a throwaway queue per daemon. What differs in durable mode is
     what is declared (`backends.amqp_topology.Topology`, made from the mode) and what a subscription does with a
@@ -142,35 +107,60 @@ class AmqpBackend(Backend):
         self._closing = False
         self._outage = Outage(log)
         self._restore_backoff = Backoff(cap=config.reconnect_max_delay)
-        self._where = "the broker"
-        self._node: str | None = None
+        self._hosts: Hosts | None = None
+        self._vhost = "/"
         self._secrets: tuple[str, ...] = ()
 
     @property
     def node(self) -> str | None:
-        """The broker's host:port, while connected."""
-        return self._node if self.state is BackendState.CONNECTED else None
+        """The host:port of the node reached, while connected."""
+        return node_of(self._hosts.current) if self._hosts and self.state is BackendState.CONNECTED else None
 
-    def _url(self) -> URL:
-        """The URI to connect to; BackendConfigError if it is unusable."""
+    @property
+    def _where(self) -> str:
+        """The node connected to, or being tried, and the vhost, for messages; never the credentials."""
+        return f"{node_of(self._hosts.current)} vhost {self._vhost!r}" if self._hosts else "the broker"
+
+    def _parse(self) -> Hosts:
+        """The URI's hosts, starting at a random one; BackendConfigError if the URI is unusable."""
         options = parse_uri(self.config.uri, self.config.instance_id)
-        self._secrets, self._where, self.max_message_bytes = options.secrets, options.where, options.max_message_bytes
-        self._node = options.node
+        self._secrets, self._vhost, self.max_message_bytes = options.secrets, options.vhost, options.max_message_bytes
         self.topology = dataclasses.replace(self.topology, queue_type=options.queue_type)
-        return options.url
+        return Hosts(options.urls)
 
     async def start(self) -> None:
+        """Connect to the first host of the URI's list that answers, from a random one; each gets the connect
+        timeout. A refusal (credentials, TLS, vhost) ends the start at once: a cluster's nodes share their users."""
         if self._closing:
             raise BackendClosed("amqp: backend is closed")
+        self._hosts = hosts = self._hosts or self._parse()
+        for tried in range(1, len(hosts.urls) + 1):
+            try:
+                connection, publish_channel = await self._connect(hosts)
+                break
+            except BackendUnavailable as exc:
+                if tried == len(hosts.urls):
+                    raise
+                log.warning("%s; trying %s", exc, node_of(hosts.next()))
+        self._connection, self._publish_channel = connection, publish_channel
+        connection.close_callbacks.add(self._on_connection_lost)
+        connection.reconnect_callbacks.add(self._on_reopened)
+        self._keeper = asyncio.create_task(self._keep(), name="syncar-amqp-restore")
+        log.info("amqp: connected to %s (%s mode)", self._where, self.config.mode)
+        self._set_state(BackendState.CONNECTED)
+
+    async def _connect(self, hosts: Hosts) -> tuple[BackingOffRobustConnection, AbstractRobustChannel]:
+        """A connection to the current host and its publishing channel; BackendUnavailable or BackendRefused."""
         # What aio_pika.connect_robust() does, with our class and a handle to close if it fails.
-        connection = BackingOffRobustConnection(self._url())
+        connection = BackingOffRobustConnection(hosts.current)
         cap = self.config.reconnect_max_delay
         connection.backoff = Backoff(min(connection.base_interval, cap), cap)
         connection.on_failure = self._on_attempt_failed
+        connection.hosts = hosts
         try:
             async with asyncio.timeout(self.config.connect_timeout):
                 await connection.connect(timeout=self.config.connect_timeout)
-                publish_channel = await connection.channel(publisher_confirms=True)
+                return connection, await connection.channel(publisher_confirms=True)
         except BROKER_ERRORS as exc:  # TimeoutError is an OSError
             await discard(connection)
             reason = f"no answer within {self.config.connect_timeout:g}s" if isinstance(exc, TimeoutError) else None
@@ -185,12 +175,6 @@ class AmqpBackend(Backend):
         except asyncio.CancelledError:  # the connection must not live on, reconnecting by itself
             await discard(connection)
             raise
-        self._connection, self._publish_channel = connection, publish_channel
-        connection.close_callbacks.add(self._on_connection_lost)
-        connection.reconnect_callbacks.add(self._on_reopened)
-        self._keeper = asyncio.create_task(self._keep(), name="syncar-amqp-restore")
-        log.info("amqp: connected to %s (%s mode)", self._where, self.config.mode)
-        self._set_state(BackendState.CONNECTED)
 
     async def close(self) -> None:
         if self._closing:

@@ -1,5 +1,5 @@
-"""Shared by the RabbitMQ backend's modules: the amqp:// and amqps:// URI and its options, the errors a lost
-connection raises, timeouts and small asyncio helpers."""
+"""Shared by the RabbitMQ backend's modules: the amqp:// and amqps:// URI, its host list and its options, the errors
+a lost connection raises, timeouts and small asyncio helpers."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from yarl import URL
 
 from backends.amqp_topology import DEFAULT_QUEUE_TYPE, QUEUE_TYPES
-from backends.base import BackendConfigError, describe_error
+from backends.base import BackendConfigError, describe_error, host_port, parse_hosts
 from sidecar.backoff import DEFAULT_INITIAL
 
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
@@ -66,35 +67,37 @@ def check_options(url: URL) -> None:
 class AmqpOptions:
     """An amqp:// or amqps:// URI, validated."""
 
-    url: URL  # what aio-pika connects to: the URI with syncar's defaults, without syncar's own options
-    where: str  # host:port and vhost for messages; never the credentials
-    node: str  # host:port
+    urls: tuple[URL, ...]  # what aio-pika connects to, one per host: syncar's defaults, without syncar's own options
+    vhost: str
     secrets: tuple[str, ...]  # to scrub from every message we make: the password, as written and decoded
     max_message_bytes: int
     queue_type: str
 
 
 def parse_uri(uri: str, instance_id: str) -> AmqpOptions:
-    """The URI plus syncar's defaults for what it leaves out; BackendConfigError if it is unusable."""
-    try:
-        url = URL(uri)
-        port = url.port or DEFAULT_PORTS.get(url.scheme, 5672)
-    except ValueError as exc:  # yarl quotes the port, not the password
-        raise BackendConfigError(f"amqp: invalid URI: {describe_error(exc)}") from exc
-    secrets = tuple(s for s in (url.password, url.raw_password) if s)
-    if not url.host:
+    """The URI, one per host of its host list (`amqp://user:pass@h1:5672,h2:5673/vhost`), plus syncar's defaults
+    for what it leaves out; BackendConfigError if it is unusable."""
+    parts = urlsplit(uri)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not hosts:
         raise BackendConfigError("amqp: the URI names no host (amqp://user:password@host:port/vhost)")
+    try:
+        pairs = parse_hosts(hosts, DEFAULT_PORTS.get(parts.scheme.lower(), 5672))
+        urls = [URL(urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host_port(*pair)}"))) for pair in pairs]
+    except ValueError as exc:  # the message quotes the host list or the port, never the password
+        raise BackendConfigError(f"amqp: invalid URI: {describe_error(exc)}") from exc
+    url = urls[0]
+    secrets = tuple(s for s in (url.password, url.raw_password) if s)
     check_options(url)
     defaults = {
         "heartbeat": str(DEFAULT_HEARTBEAT),
         "reconnect_interval": str(DEFAULT_RECONNECT_INTERVAL),
         "name": f"syncar {instance_id}",
     }
-    url = url.update_query({key: value for key, value in defaults.items() if key not in url.query})
+    added = {key: value for key, value in defaults.items() if key not in url.query}
     return AmqpOptions(
-        url=url.without_query_params("max_message_bytes", "queue_type"),
-        where=f"{url.host}:{port} vhost {url.path[1:] or '/'!r}",
-        node=f"{url.host}:{port}",
+        urls=tuple(u.update_query(added).without_query_params("max_message_bytes", "queue_type") for u in urls),
+        vhost=url.path[1:] or "/",
         secrets=secrets,
         max_message_bytes=int(url.query.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)),
         queue_type=url.query.get("queue_type", DEFAULT_QUEUE_TYPE),

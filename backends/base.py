@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
 from typing import ClassVar, Self, final
+from urllib.parse import urlsplit
 
 from sidecar.backoff import DEFAULT_CAP
 from sidecar.errors import ConfigError, SidecarError
@@ -119,6 +120,26 @@ def describe_error(exc: BaseException, secrets: Iterable[str | None] = ()) -> st
         if secret:
             text = text.replace(secret, "***")
     return text
+
+
+def parse_hosts(hosts: str, default_port: int) -> list[tuple[str, int]]:
+    """A URI's comma-separated host list (`host`, `host:port` or `[v6]:port` each) as (host, port) pairs.
+
+    Raises:
+        ValueError: an empty host, or a port that is not one (the message names it; the caller adds its scheme).
+    """
+    pairs = []
+    for text in hosts.split(","):
+        parts = urlsplit(f"//{text}")
+        if not parts.hostname:
+            raise ValueError(f"an empty host in the host list {hosts!r}")
+        pairs.append((parts.hostname, parts.port or default_port))  # .port raises ValueError for a bad one
+    return pairs
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port`, an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class BackendBackpressure(BackendError):

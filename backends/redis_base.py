@@ -26,6 +26,7 @@ from backends.base import (
     BackendState,
     BackendUnavailable,
     StateCallback,
+    host_port,
 )
 from backends.redis_common import (
     CONNECTION_ERRORS,
@@ -33,7 +34,6 @@ from backends.redis_common import (
     RedisOptions,
     connect_error,
     describe,
-    host_port,
     parse_uri,
     publish_error,
     stop_task,

@@ -32,6 +32,8 @@ from backends.base import (
     PublishUnconfirmed,
     Subscription,
     describe_error,
+    host_port,
+    parse_hosts,
     tls_refused,
 )
 
@@ -154,7 +156,7 @@ def _parse_sentinel_uri(
     options = dict(query)
     sentinel_password = options.pop("sentinel_password", None)
     try:
-        sentinels = [_parse_host(host) for host in hosts.split(",")]
+        sentinels = parse_hosts(hosts, DEFAULT_SENTINEL_PORT)
         wait_replicas = int(options.pop("wait_replicas", "1"))
         if not master_name or "/" in master_name:
             raise ValueError("the path must be the master's name, as in redis+sentinel://host:26379/mymaster")
@@ -189,19 +191,6 @@ def _parse_sentinel_uri(
         wait_replicas=wait_replicas,
         secrets=master.secrets + ((sentinel_password,) if sentinel_password else ()),
     )
-
-
-def host_port(host: str, port: int) -> str:
-    """`host:port`, an IPv6 host in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _parse_host(text: str) -> tuple[str, int]:
-    """`host`, `host:port` or `[v6]:port` of a host list; the port defaults to Sentinel's."""
-    parts = urlsplit(f"//{text}")
-    if not parts.hostname:
-        raise ValueError("an empty host in the host list")
-    return parts.hostname, parts.port or DEFAULT_SENTINEL_PORT
 
 
 #: What Redis answers when it will not have us: a wrong password (AUTH), an ACL without PING, a SELECT of a

@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 from yarl import URL
 
-from backends.amqp import BackingOffRobustConnection
+from backends.amqp_connection import BackingOffRobustConnection
 from backends.nats_internals import write_with_ping
 from tests.brokers import serve
 from tests.brokers.nats import NatsServer
@@ -86,4 +86,15 @@ def test_aio_pika_reconnect_interval_is_read_where_syncar_backs_off() -> None:
     # ...and its reconnect loop reads it for each wait: our getter draws the next delay there.
     assert reads(aio_pika.RobustConnection, "reconnect_interval"), relied_on(
         "aio-pika", "RobustConnection reading self.reconnect_interval", "BackingOffRobustConnection"
+    )
+
+
+def test_aio_pika_connects_to_the_url_syncar_moves_through_the_hosts() -> None:
+    # Each attempt of the reconnect loop connects to self.url, which Hosts moves; a lost connection runs
+    # _on_connection_close, where BackingOffRobustConnection moves to another host.
+    assert "self.url" in inspect.getsource(aio_pika.Connection.connect), relied_on(
+        "aio-pika", "Connection.connect connecting to self.url", "BackingOffRobustConnection"
+    )
+    assert "_on_connection_close" in inspect.getsource(aio_pika.Connection.connect), relied_on(
+        "aio-pika", "Connection._on_connection_close as the close callback", "BackingOffRobustConnection"
     )
