@@ -25,6 +25,8 @@ BACKENDS: dict[str, dict[Mode, str]] = {
     "rediss": _REDIS,
     "redis+sentinel": _REDIS,
     "rediss+sentinel": _REDIS,
+    "redis+cluster": _REDIS,
+    "rediss+cluster": _REDIS,
     "amqp": _AMQP,
     "amqps": _AMQP,
     "nats": _NATS,
@@ -32,7 +34,7 @@ BACKENDS: dict[str, dict[Mode, str]] = {
 }
 
 #: Schemes whose URI may list several host:port, comma-separated.
-MULTI_HOST = frozenset({"nats", "tls", "redis+sentinel", "rediss+sentinel"})
+MULTI_HOST = frozenset({"nats", "tls", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster"})
 SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 ENCODE_HINT = "in the user name and password, write @ : / ? # [ ] % as %40 %3A %2F %3F %23 %5B %5D %25"
 

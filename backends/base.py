@@ -216,6 +216,9 @@ class BackendConfig:
     echo: bool = True
     #: The longest wait between two reconnect attempts (`--reconnect-max-delay`); the first come within 0.1 s.
     reconnect_max_delay: float = DEFAULT_CAP
+    #: The topic the daemon publishes and subscribes (`--key`), known before the first connect: a Redis cluster's
+    #: durable mode connects to the node that holds its streams.
+    key: str | None = None
 
 
 class Subscription(ABC):

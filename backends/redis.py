@@ -23,6 +23,7 @@ from redis.asyncio.connection import Connection
 from backends.base import (
     BackendClosed,
     BackendConfig,
+    BackendConfigError,
     BackendError,
     BackendUnavailable,
     Feature,
@@ -34,7 +35,7 @@ from backends.base import (
 )
 from backends.redis_base import RedisBaseBackend
 from backends.redis_common import CONNECTION_ERRORS, RedisOptions, await_confirmation
-from backends.redis_streams import Streams
+from backends.redis_streams import Streams, stream_key
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +268,11 @@ class RedisStreamsBackend(RedisBaseBackend):
     def __init__(self, config: BackendConfig, *, on_state: StateCallback | None = None) -> None:
         super().__init__(config, on_state=on_state)
         self._streams: Streams | None = None  # made by start(), on its pool
+
+    def _place(self, options: RedisOptions) -> None:
+        if self.config.key is None or options.cluster is None:
+            raise BackendConfigError("redis: durable mode on a cluster needs its key before it connects")
+        options.cluster.place(stream_key(self.config.key, cluster=True))
 
     def _made(self) -> Streams:
         if self._streams is None:

@@ -98,14 +98,20 @@ class RedisBaseBackend(Backend):
     async def _release(self) -> None:
         """close(), once the reader has stopped and before the connections go: end every subscription."""
 
+    def _place(self, options: RedisOptions) -> None:
+        """On a cluster, before the first connect: say where the connections go (any live node by default)."""
+
     @property
     def node(self) -> str | None:
-        """The server's host:port, while connected; through Sentinel, the master's the read connection reached."""
+        """The server's host:port, while connected; through Sentinel or a cluster, the node the read connection
+        reached."""
         return self._address() if self.state is BackendState.CONNECTED else None
 
     @property
     def members(self) -> tuple[str, ...]:
-        """Through Sentinel, the sentinels the URI lists."""
+        """Through Sentinel, the sentinels the URI lists; on a cluster, its nodes as they announce themselves."""
+        if self._options is not None and self._options.cluster is not None:
+            return self._options.cluster.members
         if self._options is None or self._options.sentinel is None:
             return ()
         return tuple(
@@ -126,6 +132,8 @@ class RedisBaseBackend(Backend):
             raise BackendClosed("redis: backend is closed")
         self._options = options = parse_uri(self.config.uri, self.config.connect_timeout)
         self.max_message_bytes, self.where = options.max_message_bytes, options.where
+        if options.cluster is not None:
+            self._place(options)
         self._redis = Redis(connection_pool=options.pool(self._pool_kwargs(options)))
         self._conn = options.connection(self._redis.connection_pool)
         try:
@@ -193,14 +201,17 @@ class RedisBaseBackend(Backend):
             await self._reconnect(conn, options)
 
     def _address(self) -> str:
-        """Where the read connection goes: host:port (through Sentinel, the master it found last)."""
-        if self._options is None or self._options.sentinel is None or self._conn is None:
+        """Where the read connection goes: host:port (through Sentinel or a cluster, the node it found last)."""
+        options = self._options
+        if options is None or self._conn is None or (options.sentinel is None and options.cluster is None):
             return self.where
         return host_port(self._conn.host, self._conn.port)
 
     @property
     def _node(self) -> str:
-        """For the log: host:port, and through Sentinel which master that is."""
+        """For the log: host:port, and through Sentinel which master that is, on a cluster which node."""
+        if self._options is not None and self._options.cluster is not None:
+            return f"cluster node {self._address()}"
         if self._options is None or self._options.sentinel is None:
             return self.where
         return f"{self._options.master_name} at {self._address()}"

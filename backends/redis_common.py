@@ -1,4 +1,5 @@
-"""Shared by the Redis backend's modules: the redis://, rediss:// and redis[s]+sentinel:// URIs and their options,
+"""Shared by the Redis backend's modules: the redis://, rediss://, redis[s]+sentinel:// and redis[s]+cluster:// URIs
+and their options,
 what a failure means (refused, unavailable, unconfirmed), and small asyncio helpers."""
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from backends.base import (
     parse_hosts,
     tls_refused,
 )
+from backends.redis_cluster import ClusterConnection, ClusterMap, ClusterSSLConnection
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,9 @@ TLS_OPTIONS = frozenset(
 #: Only with redis[s]+sentinel://: the sentinels' password, and how many replicas must have a durable entry
 #: (WAIT) before it counts as sent.
 SENTINEL_OPTIONS = frozenset({"sentinel_password", "wait_replicas"})
-DEFAULT_SENTINEL_PORT = 26379
+#: Only with redis[s]+cluster://: as for Sentinel, how many replicas must have a durable entry.
+CLUSTER_OPTIONS = frozenset({"wait_replicas"})
+DEFAULT_SENTINEL_PORT, DEFAULT_PORT = 26379, 6379
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,7 @@ class RedisOptions:
     sentinel: Sentinel | None = None  # redis[s]+sentinel://: who to ask for the master, on every connect
     master_name: str = ""
     wait_replicas: int = 0  # durable mode: WAIT for this many replicas after XADD
+    cluster: ClusterMap | None = None  # redis[s]+cluster://: where each connection goes, asked on every connect
 
     def pool(self, kwargs: dict[str, Any]) -> ConnectionPool:
         """A pool of connections made with `kwargs`; through Sentinel, each asks for the master when it connects."""
@@ -96,19 +101,25 @@ class RedisOptions:
 
 
 def parse_uri(uri: str, connect_timeout: float) -> RedisOptions:
-    """Read `redis[s]://[[user]:password@]host[:port][/db][?option=value&...]` or
-    `redis[s]+sentinel://[[user]:password@]host[:port],host[:port].../master[?db=N&option=value...]`;
-    BackendError if it is bad."""
+    """Read `redis[s]://[[user]:password@]host[:port][/db][?option=value&...]`,
+    `redis[s]+sentinel://[[user]:password@]host[:port],host[:port].../master[?db=N&option=value...]` or
+    `redis[s]+cluster://[[user]:password@]host[:port],host[:port]...[?option=value...]`; BackendError if it is bad."""
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
-    tls, sentinel = scheme.startswith("rediss"), scheme.endswith("+sentinel")
+    tls, sentinel, cluster = scheme.startswith("rediss"), scheme.endswith("+sentinel"), scheme.endswith("+cluster")
     query = parse_qsl(parts.query, keep_blank_values=True)
-    allowed = URI_OPTIONS | (TLS_OPTIONS if tls else frozenset()) | (SENTINEL_OPTIONS if sentinel else frozenset())
+    allowed = (
+        URI_OPTIONS
+        | (TLS_OPTIONS if tls else frozenset())
+        | (SENTINEL_OPTIONS if sentinel else CLUSTER_OPTIONS if cluster else frozenset())
+    ) - ({"db"} if cluster else frozenset())
     for name, _ in query:
         if name not in allowed:
             hint = (
                 " (TLS options need rediss://)"
                 if name in TLS_OPTIONS
+                else " (a cluster has only database 0)"
+                if cluster and name == "db"
                 else " (Sentinel options need redis+sentinel://)"
                 if name in SENTINEL_OPTIONS
                 else ""
@@ -116,6 +127,8 @@ def parse_uri(uri: str, connect_timeout: float) -> RedisOptions:
             raise BackendConfigError(f"redis: unknown URI option {name!r}{hint}; known: {', '.join(sorted(allowed))}")
     if sentinel:
         return _parse_sentinel_uri(parts, query, tls, connect_timeout)
+    if cluster:
+        return _parse_cluster_uri(parts, query, tls, connect_timeout)
     ours = {name: value for name, value in query if name in ("health_check_interval", "max_message_bytes")}
     passed = urlencode([(name, value) for name, value in query if name not in ours])  # the rest is redis-py's
     try:
@@ -151,30 +164,14 @@ def _parse_sentinel_uri(
     parts: SplitResult, query: list[tuple[str, str]], tls: bool, connect_timeout: float
 ) -> RedisOptions:
     """The master's settings read as for redis[s]://, plus the sentinels to ask for its address."""
-    userinfo, _, hosts = parts.netloc.rpartition("@")
     master_name = unquote(parts.path.strip("/"))
     options = dict(query)
     sentinel_password = options.pop("sentinel_password", None)
-    try:
-        sentinels = parse_hosts(hosts, DEFAULT_SENTINEL_PORT)
-        wait_replicas = int(options.pop("wait_replicas", "1"))
-        if not master_name or "/" in master_name:
-            raise ValueError("the path must be the master's name, as in redis+sentinel://host:26379/mymaster")
-        if wait_replicas < 0:
-            raise ValueError("wait_replicas must be 0 or more")
-    except ValueError as exc:
-        raise BackendConfigError(f"redis: invalid URI: {describe_error(exc)}") from None
-    # The master's address comes from the sentinels; the placeholder host is never connected to.
-    master_uri = urlunsplit(
-        (
-            "rediss" if tls else "redis",
-            f"{userinfo}@localhost" if userinfo else "localhost",
-            "",
-            urlencode(list(options.items())),
-            "",
+    if not master_name or "/" in master_name:
+        raise BackendConfigError(
+            "redis: invalid URI: the path must be the master's name, as in redis+sentinel://host:26379/mymaster"
         )
-    )
-    master = parse_uri(master_uri, connect_timeout)
+    sentinels, wait_replicas, master = _parse_hosts(parts, options, tls, DEFAULT_SENTINEL_PORT, connect_timeout)
     kwargs = {name: master.connection_kwargs[name] for name in ("socket_connect_timeout", "socket_timeout")}
     kwargs.update({name: value for name, value in master.connection_kwargs.items() if name.startswith("ssl")})
     if tls:
@@ -193,10 +190,54 @@ def _parse_sentinel_uri(
     )
 
 
+def _parse_cluster_uri(
+    parts: SplitResult, query: list[tuple[str, str]], tls: bool, connect_timeout: float
+) -> RedisOptions:
+    """Every node's settings read as for redis[s]://, plus the nodes to ask where a connection goes."""
+    if parts.path.strip("/"):
+        raise BackendConfigError("redis: invalid URI: a cluster URI has no path (a cluster has only database 0)")
+    seeds, wait_replicas, node = _parse_hosts(parts, dict(query), tls, DEFAULT_PORT, connect_timeout)
+    probe = {name: value for name, value in node.connection_kwargs.items() if name not in ("host", "port")}
+    cluster = ClusterMap(seeds, probe, tls)
+    return replace(
+        node,
+        where="cluster of " + ",".join(host_port(host, port) for host, port in seeds),
+        connection_class=ClusterSSLConnection if tls else ClusterConnection,
+        connection_kwargs={**node.connection_kwargs, "cluster": cluster},
+        wait_replicas=wait_replicas,
+        cluster=cluster,
+    )
+
+
+def _parse_hosts(
+    parts: SplitResult, options: dict[str, str], tls: bool, default_port: int, connect_timeout: float
+) -> tuple[list[tuple[str, int]], int, RedisOptions]:
+    """A host list's hosts, `wait_replicas` (1 by default) and the rest read as a redis[s]:// URI to a node whose
+    address comes later (the placeholder host is never connected to)."""
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    try:
+        listed = parse_hosts(hosts, default_port)
+        wait_replicas = int(options.pop("wait_replicas", "1"))
+        if wait_replicas < 0:
+            raise ValueError("wait_replicas must be 0 or more")
+    except ValueError as exc:
+        raise BackendConfigError(f"redis: invalid URI: {describe_error(exc)}") from None
+    node_uri = urlunsplit(
+        (
+            "rediss" if tls else "redis",
+            f"{userinfo}@localhost" if userinfo else "localhost",
+            "",
+            urlencode(list(options.items())),
+            "",
+        )
+    )
+    return listed, wait_replicas, parse_uri(node_uri, connect_timeout)
+
+
 #: What Redis answers when it will not have us: a wrong password (AUTH), an ACL without PING, a SELECT of a
 #: database it does not have: any error reply to the handshake (ResponseError) but those of a Redis that is busy.
 REFUSALS = (redis_errors.AuthenticationError, redis_errors.AuthorizationError, redis_errors.ResponseError)
-BUSY = (redis_errors.MasterDownError, redis_errors.TryAgainError)
+BUSY = (redis_errors.MasterDownError, redis_errors.TryAgainError, redis_errors.ClusterDownError)
 
 
 def describe(exc: BaseException, options: RedisOptions) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
+from redis.crc import key_slot
 
 from backends.base import (
     BackendClosed,
@@ -61,9 +62,10 @@ GC_INTERVAL_MAX = 3600.0
 HEARTBEAT_MAX = 60.0
 
 
-def stream_key(topic: str) -> str:
-    """The stream of a topic (syncar's `--key`)."""
-    return STREAM_PREFIX + topic
+def stream_key(topic: str, cluster: bool = False) -> str:
+    """The stream of a topic (syncar's `--key`); on a cluster the topic is a hash tag, so that every stream of one
+    key is in one slot, on one node, and one XREADGROUP reads them all."""
+    return STREAM_PREFIX + ("{" + topic + "}" if cluster else topic)
 
 
 def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
@@ -119,6 +121,7 @@ class Streams:
         self._interval = options.health_check_interval
         self._block_ms = max(1, int(self._interval * 500))
         self._wait_replicas = options.wait_replicas
+        self._cluster = options.cluster
         self._wait_ms = int(options.connection_kwargs["socket_timeout"] * 500)  # half the publish's bound
         self._gc: asyncio.Task[None] | None = None
         self._closed = False
@@ -146,10 +149,20 @@ class Streams:
                 config.get("appendfsync"),
             )
 
+    def _key(self, topic: str) -> str:
+        """The stream of `topic`; on a cluster, only that of the key the connections were placed by (its node)."""
+        key = stream_key(topic, cluster=self._cluster is not None)
+        if self._cluster is not None and key_slot(key.encode()) != self._cluster.slot:
+            raise BackendError(
+                f"redis: on a cluster, durable mode serves the streams of its key {self.config.key!r} only, "
+                f"not of {topic!r}"
+            )
+        return key
+
     async def publish(self, topic: str, bodies: Sequence[bytes]) -> None:
         """XADD each body; through Sentinel, then WAIT until a replica has them: Redis replicates asynchronously,
         and an entry only the master had is lost when the sentinels promote its replica."""
-        key, retention = stream_key(topic), self.config.retention
+        key, retention = self._key(topic), self.config.retention
         if len(bodies) == 1 and not self._wait_replicas:
             await self._redis.xadd(key, {BODY_FIELD: bodies[0]}, maxlen=retention, approximate=True)
         elif bodies:
@@ -166,7 +179,7 @@ class Streams:
                 )
 
     async def subscribe(self, topic: str, handler: Handler) -> Subscription:
-        key = stream_key(topic).encode()
+        key = self._key(topic).encode()
         if key in self._streams:
             # A second group would be a second instance; a second consumer in ours would split the stream.
             raise FeatureNotSupported(f"redis: durable mode takes one subscription per topic, {topic!r} has one")

@@ -229,6 +229,7 @@ class Settings(BaseSettings):
             instance_ttl=self.instance_ttl,
             echo=False,
             reconnect_max_delay=self.reconnect_max_delay,
+            key=self.key,
         )
 
     def http_address(self) -> tuple[str, int] | None:

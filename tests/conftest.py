@@ -73,6 +73,21 @@ def redis_sentinel() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Any]:
+    """Three masters and three replicas (tests/brokers/redis_cluster.py); a test that fails a master over leaves
+    the cluster whole."""
+    from tests.brokers.redis_cluster import RedisCluster
+
+    cluster = RedisCluster()
+    try:
+        cluster.start()
+        CLUSTER_STARTS.append(("redis (6 nodes)", cluster.start_seconds))
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
 def rabbitmq_server() -> Iterator[BrokerServer]:
     from tests.brokers.rabbitmq import RabbitServer
 

@@ -310,3 +310,16 @@ def test_check_names_the_redis_node_it_reached(redis_server: BrokerServer) -> No
     result = syncar("check", "--backend", redis_server.uri)
     assert result.returncode == 0, result.stderr
     assert f"broker node          127.0.0.1:{redis_server.port}" in result.stdout.splitlines(), result.stdout
+
+
+@pytest.mark.cluster
+@pytest.mark.redis
+def test_check_names_the_redis_cluster_node_and_members(redis_cluster: Any) -> None:
+    down = f"127.0.0.1:{free_port()}"
+    result = syncar("check", "--backend", f"redis+cluster://{down},{redis_cluster.uri.partition('//')[2]}")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    members = ", ".join(sorted(node.address for node in redis_cluster.nodes.values()))
+    assert f"cluster members      {members}" in lines, result.stdout
+    node = next(line for line in lines if line.startswith("broker node")).split()[-1]
+    assert node in members  # a live one, not the one down

@@ -1,0 +1,131 @@
+"""Redis Cluster (`redis[s]+cluster://h1:7000,h2:7001,...`): which node each connection of the Redis backend goes to.
+
+The backend keeps its single-node connections (`backends.redis_base`); a cluster only decides where they connect,
+asked again on every (re)connect, as Sentinel's master is:
+
+- broadcast mode uses classic pub/sub, which a cluster relays to every node: any live node serves both PUBLISH and
+  SUBSCRIBE, so a connection goes to the first node of the URI (tried in turn from a random one, so that a fleet
+  spreads over them) that answers. A node that dies costs its clients one reconnect to another node, without
+  waiting for the cluster to fail it over (docs/backends/redis.md has the measurements against sharded pub/sub);
+- durable mode keeps all of a key's streams under one hash tag (`syncar:stream:{key}`), so they share one slot:
+  a connection goes to the master that owns it, as the nodes' `CLUSTER NODES` say. Until the cluster has promoted
+  a replica of a dead master, that is still the dead one, and the reconnect loop tries again.
+
+A reply that says the slot is served elsewhere (`MOVED`, `READONLY` from a demoted master, `CLUSTERDOWN`) is a lost
+connection: the reconnect asks the cluster again.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from redis import exceptions as redis_errors
+from redis.asyncio.connection import Connection, SSLConnection
+from redis.crc import key_slot
+
+from backends.base import host_port
+
+#: Replies that mean this node no longer serves the slot (or the cluster cannot serve it yet): locate it again.
+ELSEWHERE = (redis_errors.MovedError, redis_errors.AskError, redis_errors.ReadOnlyError, redis_errors.ClusterDownError)
+
+
+class ClusterMap:
+    """The nodes of a cluster, as the URI lists them and as the cluster announces itself; where to connect."""
+
+    def __init__(self, seeds: list[tuple[str, int]], probe_kwargs: dict[str, Any], tls: bool) -> None:
+        self.seeds = seeds
+        self.slot: int | None = None  # durable mode: connect to this slot's master; None: to any live node
+        self.members: tuple[str, ...] = ()  # every node, as the last CLUSTER NODES said
+        self._announced: list[tuple[str, int]] = []
+        self._probe_kwargs, self._tls = probe_kwargs, tls
+        self._start = random.randrange(len(seeds))
+
+    def place(self, key: str) -> None:
+        """Connect to the master of `key`'s slot from now on."""
+        self.slot = key_slot(key.encode())
+
+    async def address(self) -> tuple[str, int]:
+        """Where to connect now: the URI's nodes first, then those the cluster announced; the last node's error if
+        none answers."""
+        failure: BaseException = redis_errors.ConnectionError("no cluster node listed")
+        announced = [node for node in self._announced if node not in self.seeds]
+        for host, port in self.seeds[self._start :] + self.seeds[: self._start] + announced:
+            try:
+                nodes = await self._ask(host, port)
+            except (redis_errors.AuthenticationError, redis_errors.AuthorizationError):
+                raise  # a refusal: no other node will take us either
+            except Exception as exc:  # any failure of this node: the next may answer
+                failure = exc
+                continue
+            self._announced = [node.address for node in nodes]
+            self.members = tuple(sorted(host_port(*node.address) for node in nodes))
+            if self.slot is None:
+                self._start = self.seeds.index((host, port)) if (host, port) in self.seeds else self._start
+                return host, port
+            owner = next((node for node in nodes if node.serves(self.slot)), None)
+            if owner is not None:
+                return owner.address
+            failure = redis_errors.ClusterDownError(f"{host_port(host, port)} knows no live master of slot {self.slot}")
+        raise failure
+
+    async def _ask(self, host: str, port: int) -> list[Node]:
+        conn = (SSLConnection if self._tls else Connection)(host=host, port=port, **self._probe_kwargs)
+        try:
+            await conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+            await conn.send_command("CLUSTER", "NODES")
+            reply: bytes = await conn.read_response()
+        finally:
+            await conn.disconnect(nowait=True)
+        return [Node.parse(line, host) for line in reply.decode().splitlines() if line.strip()]
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One line of CLUSTER NODES: `<id> <ip:port@bus[,hostname]> <flags> <master> <ping> <pong> <epoch> <link>
+    <slot ranges...>`."""
+
+    address: tuple[str, int]
+    live_master: bool
+    slots: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def parse(cls, line: str, asked: str) -> Node:
+        fields = line.split()
+        host, _, port = fields[1].partition("@")[0].rpartition(":")
+        flags = fields[2].split(",")
+        spans = [span.partition("-") for span in fields[8:] if not span.startswith("[")]  # [..]: slots migrating
+        return cls(
+            (host.strip("[]") or asked, int(port)),
+            "master" in flags and "fail" not in flags and "fail?" not in flags,
+            tuple((int(first), int(last or first)) for first, _, last in spans),
+        )
+
+    def serves(self, slot: int) -> bool:
+        return self.live_master and any(first <= slot <= last for first, last in self.slots)
+
+
+class ClusterConnection(Connection):
+    """A connection that asks its `ClusterMap` where to go each time it connects."""
+
+    def __init__(self, *, cluster: ClusterMap, **kwargs: Any) -> None:
+        self.cluster = cluster
+        super().__init__(**kwargs)
+
+    async def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if not self.is_connected:
+            self.host, self.port = await self.cluster.address()
+        await super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except ELSEWHERE as exc:
+            await self.disconnect(nowait=True)
+            where = host_port(self.host, self.port)
+            raise redis_errors.ConnectionError(f"{where} does not serve the slot now: {exc}") from exc
+
+
+class ClusterSSLConnection(ClusterConnection, SSLConnection):
+    pass

@@ -1,0 +1,187 @@
+"""The Redis backend on a Redis Cluster: the URI, where each mode connects, following a failover in both modes.
+
+The cluster (three masters, three replicas) is the session's `redis_cluster`; a failover leaves it whole. Its
+failovers under load are fault cases 10-12 of tests/faults/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.crc import key_slot
+
+from backends import load_backend, scheme_of
+from backends.base import (
+    Backend,
+    BackendConfig,
+    BackendConfigError,
+    BackendError,
+    BackendRefused,
+    BackendState,
+    BackendUnavailable,
+    Mode,
+    PublishUnconfirmed,
+)
+from backends.redis import RedisBackend, RedisStreamsBackend
+from backends.redis_common import parse_uri
+from backends.redis_streams import stream_key
+from tests.backends.support import Inbox, Started
+from tests.brokers import free_port
+from tests.brokers.redis_cluster import RedisCluster
+from tests.utils import eventually, wait_for
+
+pytestmark = [pytest.mark.redis, pytest.mark.cluster]
+
+Factory = Callable[..., Awaitable[Backend]]
+
+
+def test_the_uri_lists_nodes_and_options() -> None:
+    uri = "redis+cluster://u:hunter2@h1:7000,[::1]:7001,h3?wait_replicas=0&socket_timeout=2"
+    assert scheme_of(uri) == "redis+cluster"
+    assert load_backend(uri, Mode.DURABLE) is RedisStreamsBackend
+    options = parse_uri(uri, 2.0)
+    assert options.cluster is not None
+    assert options.cluster.seeds == [("h1", 7000), ("::1", 7001), ("h3", 6379)]
+    assert options.connection_kwargs["password"] == "hunter2" and options.connection_kwargs["socket_timeout"] == 2
+    assert options.wait_replicas == 0 and options.secrets == ("hunter2",)
+    assert options.where == "cluster of h1:7000,[::1]:7001,h3:6379"
+    assert parse_uri("redis+cluster://h1", 2.0).wait_replicas == 1  # durable: WAIT for a replica by default
+    assert parse_uri("rediss+cluster://h1?ssl_cert_reqs=none", 2.0).connection_class.__name__ == "ClusterSSLConnection"
+
+
+@pytest.mark.parametrize(
+    ("uri", "error"),
+    [
+        ("redis+cluster://h1:7000/2", "a cluster URI has no path"),
+        ("redis+cluster://h1:7000?db=1", r"unknown URI option 'db' \(a cluster has only database 0\)"),
+        ("redis+cluster://h1:7000,,h2", "an empty host"),
+        ("redis+cluster://h1?wait_replicas=-1", "wait_replicas must be 0 or more"),
+        ("redis+cluster://h1?sentinel_password=x", r"Sentinel options need redis\+sentinel://"),
+    ],
+)
+def test_a_bad_uri_is_refused_clearly(uri: str, error: str) -> None:
+    with pytest.raises(BackendConfigError, match=error) as raised:
+        parse_uri(uri, 2.0)
+    assert "sentinel_password=x" not in str(raised.value)
+
+
+def test_durable_streams_of_a_key_share_its_slot() -> None:
+    assert stream_key("k", cluster=True) == "syncar:stream:{k}"
+    assert key_slot(stream_key("k", cluster=True).encode()) == key_slot(b"k")
+    assert stream_key("k") == "syncar:stream:k"  # one Redis: as before
+
+
+@pytest.fixture
+def backend(redis_cluster: RedisCluster, started: Started, topic: str) -> Factory:
+    """`await backend(durable=..., uri=...)`: a started backend on the cluster, its key `topic`, closed when the
+    test ends."""
+
+    async def factory(
+        durable: bool = False, uri: str | None = None, states: list[BackendState] | None = None, **config: Any
+    ) -> Backend:
+        settings = BackendConfig(
+            uri or redis_cluster.uri,
+            f"test-{len(started)}-{uuid.uuid4().hex[:6]}",
+            2.0,
+            mode=Mode.DURABLE if durable else Mode.BROADCAST,
+            reconnect_max_delay=0.5,
+            key=topic,
+            **config,
+        )
+        cls = RedisStreamsBackend if durable else RedisBackend
+        return await started(cls(settings, on_state=None if states is None else states.append))
+
+    return factory
+
+
+async def test_durable_mode_connects_to_the_slot_owner_and_names_the_members(
+    redis_cluster: RedisCluster, backend: Factory, topic: str
+) -> None:
+    sender, receiver = await backend(durable=True), await backend(durable=True)
+    inbox = Inbox()
+    await receiver.subscribe(topic, inbox)
+    await sender.publish(topic, [b"one", b"two"])
+    assert await inbox.wait(2) == [b"one", b"two"]
+    owner = redis_cluster.owner(stream_key(topic, cluster=True))
+    assert receiver.node == owner.address  # what status frames and /metrics show
+    assert sorted(receiver.members) == sorted(node.address for node in redis_cluster.nodes.values())
+    probe = Redis(host="127.0.0.1", port=owner.port)
+    try:  # the entries are on the slot owner, and a replica had them before the publish returned
+        assert await probe.xlen(stream_key(topic, cluster=True)) == 2
+    finally:
+        await probe.aclose()
+    with pytest.raises(BackendError, match="serves the streams of its key"):
+        await sender.publish(f"{topic}-other", [b"x"])  # another slot: a clear refusal, not a MOVED loop
+
+
+async def test_broadcast_reaches_subscribers_on_other_nodes(redis_cluster: RedisCluster, backend: Factory) -> None:
+    # Each backend connects to the node it was given; classic pub/sub crosses the cluster bus to the others.
+    ports = list(redis_cluster.nodes)
+    sender = await backend(uri=f"redis+cluster://127.0.0.1:{ports[0]}")
+    receivers = [await backend(uri=f"redis+cluster://127.0.0.1:{port}") for port in ports[1:]]
+    inboxes = [Inbox() for _ in receivers]
+    topic = f"t-{uuid.uuid4().hex[:8]}"
+    for receiver, inbox in zip(receivers, inboxes, strict=True):
+        await receiver.subscribe(topic, inbox)
+    await sender.publish(topic, [b"hello"])
+    for inbox in inboxes:
+        assert await inbox.wait(1) == [b"hello"]
+    assert sorted(r.node or "" for r in receivers) == sorted(f"127.0.0.1:{port}" for port in ports[1:])
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["pubsub", "streams"])
+async def test_both_modes_follow_a_failover(
+    redis_cluster: RedisCluster, backend: Factory, topic: str, durable: bool
+) -> None:
+    states: list[BackendState] = []
+    sender, receiver = await backend(durable), await backend(durable, states=states)
+    inbox = Inbox()
+    await receiver.subscribe(topic, inbox)
+    await sender.publish(topic, [b"before"])
+    await inbox.wait(1)
+    old = redis_cluster.nodes[int((receiver.node or ":0").rpartition(":")[2])]
+    # The node the receiver reads: in durable mode the stream's master; in broadcast mode any node, a replica maybe.
+    if durable:
+        assert old is redis_cluster.owner(stream_key(topic, cluster=True))
+    if redis_cluster.is_master(old):
+        assert await asyncio.to_thread(redis_cluster.fail_over, old) < 30
+    else:
+        old.kill()
+    await wait_for(lambda: states[-2:] == [BackendState.RECONNECTING, BackendState.CONNECTED], 30, "a reconnect")
+
+    async def published() -> bool:
+        try:
+            await sender.publish(topic, [b"after"])
+        except (BackendUnavailable, PublishUnconfirmed):
+            return False
+        return True
+
+    await eventually(published, 30, "a publish accepted after the failover")
+    assert (await inbox.wait(2, 30))[-1] == b"after"
+    assert receiver.node != old.address
+    await asyncio.to_thread(redis_cluster.wait_whole)
+
+
+async def test_some_nodes_down_a_live_one_is_reached(redis_cluster: RedisCluster, backend: Factory) -> None:
+    live = next(iter(redis_cluster.nodes.values())).address
+    uri = f"redis+cluster://127.0.0.1:{free_port()},127.0.0.1:{free_port()},{live}"
+    for durable in (False, True):
+        receiver = await backend(durable, uri=uri)
+        assert receiver.node is not None and receiver.node in receiver.members
+
+
+async def test_all_nodes_down_is_a_transient_failure(backend: Factory) -> None:
+    uri = f"redis+cluster://u:hunter2@127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    with pytest.raises(BackendUnavailable, match=r"redis: cannot connect to cluster of 127\.0\.0\.1") as raised:
+        await backend(uri=uri)  # the daemon starts degraded on it and connects in the background
+    assert "hunter2" not in str(raised.value)
+
+
+async def test_a_redis_without_cluster_mode_is_refused(redis_server: Any, backend: Factory) -> None:
+    with pytest.raises(BackendRefused, match="cluster support disabled"):
+        await backend(uri=f"redis+cluster://127.0.0.1:{redis_server.port}")

@@ -1,0 +1,162 @@
+"""A Redis Cluster for the tests: six `redis-server --cluster-enabled yes` on loopback (three masters, three
+replicas), made a cluster by `redis-cli --cluster create`, started once a session.
+
+Each node has its own temp dir (its `nodes.conf` and append-only file survive a kill, as a real node's disk would)
+and its own free bus port (`cluster-port`, so no port + 10000 needs to be free). `cluster-node-timeout` is
+NODE_TIMEOUT_MS: a killed master is failed over a second or two later. `fail_over()` kills a master as a crash
+would, waits until its replica owns the slots, and starts the old master again (it rejoins as a replica), so the
+cluster is whole again for the next test.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from redis.crc import key_slot
+
+from tests.brokers import START_TIMEOUT, free_port, port_open, require_binary
+from tests.brokers.redis import RedisServer
+from tests.brokers.redis_sentinel import command
+
+NODE_TIMEOUT_MS = 1500
+SIZE = 6
+
+
+class ClusterNode(RedisServer):
+    """One node of the cluster, persistent (durable mode is tested on it)."""
+
+    name = "redis-cluster"
+
+    def __init__(self) -> None:
+        super().__init__(persistent=True)
+        self.bus_port = free_port()
+
+    def listen_args(self) -> list[str]:
+        return [
+            *super().listen_args(),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            str(self.dir / "nodes.conf"),
+            "--cluster-node-timeout",
+            str(NODE_TIMEOUT_MS),
+            "--cluster-port",
+            str(self.bus_port),
+        ]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class RedisCluster:
+    """Three masters and a replica of each; `uri` lists the six nodes."""
+
+    def __init__(self) -> None:
+        self.nodes = {node.port: node for node in (ClusterNode() for _ in range(SIZE))}
+        self.start_seconds = 0.0
+
+    @property
+    def uri(self) -> str:
+        return "redis+cluster://" + ",".join(node.address for node in self.nodes.values())
+
+    def start(self) -> None:
+        began = time.monotonic()
+        for node in self.nodes.values():
+            node.launch()
+        for node in self.nodes.values():
+            node.wait_ready()
+        cli = require_binary("redis-cli")
+        addresses = [node.address for node in self.nodes.values()]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=START_TIMEOUT,
+        )
+        self.wait_whole()
+        self.start_seconds = time.monotonic() - began
+
+    def _nodes(self) -> list[list[str]]:
+        """CLUSTER NODES, as the first live node sees it: one list of fields per node."""
+        for port in self.nodes:
+            if port_open(port):
+                return [line.split() for line in command(port, "CLUSTER", "NODES")[0].splitlines()]
+        raise RuntimeError("no cluster node answers")
+
+    def owner(self, key: str) -> ClusterNode:
+        """The master that serves `key`'s slot (a channel's too: sharded pub/sub goes by the same slots)."""
+        slot = key_slot(key.encode())
+        for fields in self._nodes():
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for span in fields[8:]:
+                first, _, last = span.partition("-")
+                if not span.startswith("[") and int(first) <= slot <= int(last or first):
+                    return self.nodes[int(fields[1].split(":")[1].split("@")[0])]
+        raise RuntimeError(f"no live master serves slot {slot} ({key!r})")
+
+    def is_master(self, node: ClusterNode) -> bool:
+        return "role:master" in command(node.port, "INFO", "replication")[0]
+
+    def replica_of(self, master: ClusterNode) -> ClusterNode:
+        ids = {fields[1].split("@")[0]: fields[0] for fields in self._nodes()}
+        for fields in self._nodes():
+            if fields[3] == ids[master.address]:
+                return self.nodes[int(fields[1].split(":")[1].split("@")[0])]
+        raise RuntimeError(f"{master.address} has no replica")
+
+    def wait_whole(self) -> None:
+        """Until every node runs, sees the cluster ok with six nodes and no failure, three masters with a replica
+        each, and every replica's link to its master is up."""
+        for node in self.nodes.values():
+            if node.process is None or node.process.poll() is not None:
+                node.start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._whole():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis cluster not whole within {START_TIMEOUT}s; see {next(iter(self.nodes))}")
+            time.sleep(0.1)
+
+    def _whole(self) -> bool:
+        try:
+            for port in self.nodes:
+                info = command(port, "CLUSTER", "INFO")[0]
+                if "cluster_state:ok" not in info or f"cluster_known_nodes:{SIZE}" not in info:
+                    return False
+                nodes = [line.split() for line in command(port, "CLUSTER", "NODES")[0].splitlines()]
+                if any("fail" in fields[2] or fields[7] != "connected" for fields in nodes):
+                    return False
+                if sum("master" in fields[2] and len(fields) > 8 for fields in nodes) != SIZE // 2:
+                    return False
+                replication = command(port, "INFO", "replication")[0]
+                if "role:slave" in replication and "master_link_status:up" not in replication:
+                    return False
+                if "role:master" in replication and "connected_slaves:1" not in replication:
+                    return False
+            return True
+        except (OSError, RuntimeError, IndexError):
+            return False
+
+    def fail_over(self, node: ClusterNode) -> float:
+        """kill -9 `node`, a master; return how long the cluster took to promote its replica; restore the cluster
+        (the old master comes back as a replica)."""
+        replica = self.replica_of(node)
+        node.kill()
+        took = self.wait_promoted(replica)
+        self.wait_whole()
+        return took
+
+    def wait_promoted(self, replica: ClusterNode) -> float:
+        """Seconds until `replica` is a master (its master was killed)."""
+        began = time.monotonic()
+        while not self.is_master(replica):
+            if time.monotonic() - began > START_TIMEOUT:
+                raise RuntimeError(f"the cluster did not fail over to {replica.address} within {START_TIMEOUT}s")
+            time.sleep(0.05)
+        return time.monotonic() - began
+
+    def cleanup(self) -> None:
+        for node in self.nodes.values():
+            node.cleanup()
