@@ -34,7 +34,9 @@ BACKENDS: dict[str, dict[Mode, str]] = {
 }
 
 #: Schemes whose URI may list several host:port, comma-separated.
-MULTI_HOST = frozenset({"nats", "tls", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster"})
+MULTI_HOST = frozenset(
+    {"nats", "tls", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster", "amqp", "amqps"}
+)
 SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 ENCODE_HINT = "in the user name and password, write @ : / ? # [ ] % as %40 %3A %2F %3F %23 %5B %5D %25"
 

@@ -155,12 +155,14 @@ class AmqpBackend(Backend):
         connection = BackingOffRobustConnection(hosts.current)
         cap = self.config.reconnect_max_delay
         connection.backoff = Backoff(min(connection.base_interval, cap), cap)
-        connection.on_failure = self._on_attempt_failed
-        connection.hosts = hosts
         try:
             async with asyncio.timeout(self.config.connect_timeout):
                 await connection.connect(timeout=self.config.connect_timeout)
-                return connection, await connection.channel(publisher_confirms=True)
+                channel = await connection.channel(publisher_confirms=True)
+            # Only now: aio-pika reads reconnect_interval while it fails a first attempt too, and start() itself
+            # moves to the next host then.
+            connection.on_failure, connection.hosts = self._on_attempt_failed, hosts
+            return connection, channel
         except BROKER_ERRORS as exc:  # TimeoutError is an OSError
             await discard(connection)
             reason = f"no answer within {self.config.connect_timeout:g}s" if isinstance(exc, TimeoutError) else None

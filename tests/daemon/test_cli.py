@@ -323,3 +323,13 @@ def test_check_names_the_redis_cluster_node_and_members(redis_cluster: Any) -> N
     assert f"cluster members      {members}" in lines, result.stdout
     node = next(line for line in lines if line.startswith("broker node")).split()[-1]
     assert node in members  # a live one, not the one down
+
+
+@pytest.mark.rabbitmq
+def test_check_names_the_rabbitmq_node_it_reached_of_a_host_list(rabbitmq_server: BrokerServer) -> None:
+    uri = f"amqp://guest:guest@127.0.0.1:{free_port()},127.0.0.1:{rabbitmq_server.port}/"
+    result = syncar("check", "--backend", uri)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert f"broker node          127.0.0.1:{rabbitmq_server.port}" in lines, result.stdout  # the live one of the two
+    assert not any(line.startswith("cluster members") for line in lines)  # RabbitMQ does not announce them
