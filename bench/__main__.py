@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from bench.plan import BROKERS, CONTESTANTS, LABELS, MODES, make_plan
+from bench.plan import BROKERS, CONTESTANTS, EXTRA_CONTESTANTS, LABELS, MODES, make_plan
 from bench.processes import NODE_DIR
 from bench.report import derive, markdown, summarise, table
 from bench.runner import run_plan
@@ -49,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="short windows, 1 repetition, local:// and Redis unless --brokers says otherwise",
     )
     parser.add_argument("--brokers", type=_list(BROKERS), help=f"comma-separated: {', '.join(BROKERS)}")
-    parser.add_argument("--contestants", type=_list(CONTESTANTS), help=f"comma-separated: {', '.join(CONTESTANTS)}")
+    parser.add_argument(
+        "--contestants",
+        type=_list(CONTESTANTS + EXTRA_CONTESTANTS),
+        help=f"comma-separated: {', '.join(CONTESTANTS)}; also {', '.join(EXTRA_CONTESTANTS)} (every publish with W3C "
+        "trace context), asked for by name only",
+    )
     parser.add_argument(
         "--mode",
         choices=MODES,
@@ -113,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--base-root",
         type=Path,
-        help="with --low-rate: also run the daemons of this checkout (syncar codec), alternated with "
-        "those of --syncar-root, for before-and-after figures from one run",
+        help="also run the daemons of this checkout (syncar codec, `syncar-base`), alternated with those of "
+        "--syncar-root, for before-and-after figures from one run (the main run and --low-rate)",
     )
     parser.add_argument(
         "--rate",
@@ -138,6 +143,11 @@ def _commit(root: Path) -> str:
     commit = _version("git", "-C", str(root), "rev-parse", "--short", "HEAD") or "unknown"
     dirty = _version("git", "-C", str(root), "status", "--porcelain", "--", "sidecar", "backends")
     return commit + ("+dirty" if dirty else "")
+
+
+def _base_commit(base: Path) -> str:
+    commit = _commit(base)  # a copy made with `git archive` has no commit: its directory's name says which
+    return base.name if commit.startswith("unknown") else commit
 
 
 def machine() -> dict[str, Any]:
@@ -222,8 +232,7 @@ def _low_rate(args: argparse.Namespace, parser: argparse.ArgumentParser, command
     meta = _meta(args, command)
     base = args.base_root.resolve() if args.base_root is not None else None
     if base is not None:
-        commit = _commit(base)  # a copy made with `git archive` has no commit: its directory's name says which
-        meta.update(base_root=str(base), base_commit=base.name if commit.startswith("unknown") else commit)
+        meta.update(base_root=str(base), base_commit=_base_commit(base))
     return low_rate(
         meta,
         args.brokers or ("redis", "amqp", "nats"),
@@ -275,20 +284,23 @@ def main(argv: list[str] | None = None) -> int:
         return profile(args.out, args.seconds or 10.0, args.syncar_root.resolve(), broker, contestant, rate=args.rate)
     if args.report is not None:
         return report(args, orjson.loads(args.report.read_bytes()))
+    base = args.base_root.resolve() if args.base_root is not None else None
     plan = make_plan(
         quick=args.quick,
         brokers=args.brokers,
-        contestants=args.contestants,
+        contestants=("syncar-base", *(args.contestants or ("syncar",))) if base is not None else args.contestants,
         reps=args.reps,
         seconds=args.seconds,
         mode=args.mode,
     )
     print(f"{command}: {plan.runs()} runs on {', '.join(plan.brokers)}, {plan.mode} mode", flush=True)
     meta = {**_meta(args, command), "plan": plan.as_dict()}
+    if base is not None:
+        meta.update(base_root=str(base), base_commit=_base_commit(base))
     began = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="syncar-bench-"))
     try:
-        outcome = asyncio.run(run_plan(plan, workdir, _progress, args.syncar_root.resolve()))
+        outcome = asyncio.run(run_plan(plan, workdir, _progress, args.syncar_root.resolve(), base))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     meta.update(seconds=round(time.monotonic() - began, 1), loadavg_end=os.getloadavg())

@@ -47,7 +47,7 @@ def publish(spec: Spec, ready: Callable[[], None]) -> dict[str, Any]:
     # Blocking without a timeout, so MSG_DONTWAIT reads return at once; the orchestrator bounds our life.
     sock.settimeout(None)
     ready()
-    events, pacer = Events(spec.size), Pacer(spec)
+    events, pacer = Events(spec.size, trace=spec.trace), Pacer(spec)
     errors = 0
     while (step := pacer.next()) is not None:
         count, pause = step

@@ -28,10 +28,18 @@ def pad_length(size: int) -> int:
     return max(size - len(empty), 0)
 
 
-class Events:
-    """Makes the bytes of event number `n` sent at `t`: a syncar publish frame, or feathers-sync's body."""
+#: What a traced publish carries (W3C Trace Context, with a tracestate of two vendors), as an app's tracer sends it.
+TRACE_FIELDS = (
+    b',"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"'
+    b',"tracestate":"rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"'
+)
 
-    def __init__(self, size: int) -> None:
+
+class Events:
+    """Makes the bytes of event number `n` sent at `t`: a syncar publish frame (with `trace`, carrying trace context),
+    or feathers-sync's body."""
+
+    def __init__(self, size: int, *, trace: bool = False) -> None:
         pad = b"x" * pad_length(size)
         args = b'{"n":%d,"t":%d,"text":"' + pad + b'"}'
         record = b'{"n":%d,"t":%d,"text":"' + pad + b'","id":%d}'
@@ -52,6 +60,7 @@ class Events:
             + record
             + b',"context":'
             + self._body[self._body.index(b'{"arguments"') : -1]
+            + (TRACE_FIELDS if trace else b"")
             + b"}\n"
         )
 

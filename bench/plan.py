@@ -8,8 +8,13 @@ from typing import Any
 BROKERS = ("local", "redis", "amqp", "nats")
 #: syncar with each codec, raw pub/sub from Python, feathers-sync in Node. `local` has only the first two.
 CONTESTANTS = ("syncar", "syncar-fs", "ceiling", "feathers-sync")
+#: Asked for by name only: `syncar-traced`, the syncar codec with W3C trace context on every publish; `syncar-base`,
+#: the syncar codec from the `--base-root` checkout (added by that option).
+EXTRA_CONTESTANTS = ("syncar-traced",)
 LABELS = {
     "syncar": "syncar, syncar codec",
+    "syncar-traced": "syncar codec, trace context",
+    "syncar-base": "syncar codec, --base-root",
     "syncar-fs": "syncar, feathers-sync codec",
     "ceiling": "raw pub/sub, Python",
     "feathers-sync": "feathers-sync 3.1.1, Node",

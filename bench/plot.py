@@ -11,7 +11,14 @@ from bench.report import QUANTILES
 
 log = logging.getLogger(__name__)
 PERCENTILE_TICKS = (0.01, 0.1, 0.5, 0.9, 0.99, 0.999)
-COLOURS = {"syncar": "#1f77b4", "syncar-fs": "#17becf", "ceiling": "#7f7f7f", "feathers-sync": "#d62728"}
+COLOURS = {
+    "syncar": "#1f77b4",
+    "syncar-traced": "#2ca02c",
+    "syncar-base": "#9467bd",
+    "syncar-fs": "#17becf",
+    "ceiling": "#7f7f7f",
+    "feathers-sync": "#d62728",
+}
 
 
 def _cdf_run(runs: list[dict[str, Any]], broker: str, contestant: str, case: str) -> list[float] | None:

@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 #: A worker gets this long beyond its publishing time to connect, drain and report.
 SLACK = 30.0
 #: The syncar contestants' codecs. `syncar-base`: the syncar codec from another checkout (Section.base_root), run in
-#: alternation with this one's for before-and-after figures from one run (`--low-rate --base-root`).
-CODECS = {"syncar": "syncar", "syncar-fs": "feathers-sync", "syncar-base": "syncar"}
+#: alternation with this one's for before-and-after figures from one run (`--base-root`). `syncar-traced`: the syncar
+#: codec, every publish with W3C trace context.
+CODECS = {"syncar": "syncar", "syncar-fs": "feathers-sync", "syncar-base": "syncar", "syncar-traced": "syncar"}
 
 
 def _broker_server(broker: str) -> Any:
@@ -57,7 +58,7 @@ def node_problem() -> str | None:
     return None
 
 
-def worker_spec(case: Case, flow_path: Path, count: int) -> dict[str, Any]:
+def worker_spec(case: Case, flow_path: Path, count: int, trace: bool = False) -> dict[str, Any]:
     """What a syncar load generator is told (bench.tally.Spec), but its role and target."""
     return {
         "kind": "syncar",
@@ -70,6 +71,7 @@ def worker_spec(case: Case, flow_path: Path, count: int) -> dict[str, Any]:
         "window": case.window,
         "flow": str(flow_path),
         "deadline": case.seconds + SLACK,
+        "trace": trace,
     }
 
 
@@ -221,7 +223,7 @@ class Section:
         self, contestant: str, case: Case, name: str, daemons: tuple[Daemon, Daemon] | None
     ) -> dict[str, Any]:
         flow_path = self.dir / f"flow-{self._runs}"
-        spec = worker_spec(case, flow_path, self.plan.max_events)
+        spec = worker_spec(case, flow_path, self.plan.max_events, trace=contestant == "syncar-traced")
         pids: dict[str, int] = {}
         launcher: Callable[[dict[str, Any]], list[str]] = python_worker
         if daemons is not None:
@@ -260,13 +262,17 @@ class Section:
 
 
 async def run_plan(
-    plan: Plan, workdir: Path, progress: Callable[[dict[str, Any]], None], syncar_root: Path = REPO
+    plan: Plan,
+    workdir: Path,
+    progress: Callable[[dict[str, Any]], None],
+    syncar_root: Path = REPO,
+    base_root: Path | None = None,
 ) -> dict[str, Any]:
     """Every run of the plan; a broker that cannot start is reported, and the others go on."""
     runs: list[dict[str, Any]] = []
     sections: dict[str, Any] = {}
     for broker in plan.brokers:
-        section = Section(broker, plan, workdir, syncar_root)
+        section = Section(broker, plan, workdir, syncar_root, base_root)
         began = time.monotonic()
         try:
             await section.start()

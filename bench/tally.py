@@ -35,6 +35,7 @@ class Spec:
     window: int  # events in flight at most
     flow: str  # the Flow file
     deadline: float  # seconds this worker may live at most
+    trace: bool  # a syncar publisher: every publish with W3C trace context
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> Spec:
