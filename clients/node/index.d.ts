@@ -78,6 +78,9 @@ interface SyncarMark {
   seq: number | null;
   /** Publish time in seconds since the epoch, when known. */
   time: number | null;
+  /** The W3C trace context the publishing app's span had (syncar codec, or an app of the same syncar). */
+  traceparent: string | null;
+  tracestate: string | null;
 }
 
 interface SyncarWelcome {

@@ -91,11 +91,11 @@ class Connection extends EventEmitter {
 
   /**
    * Send one event whose serialised form is `body`, the JSON text of an object with `event` and
-   * `path` (and `data`, `context`). Never throws.
+   * `path` (and `data`, `context`); `trace` is '' or its trace context's fields (lib/trace.js). Never throws.
    *
    * @returns {{ status: string, bytes: number }}
    */
-  publish(body) {
+  publish(body, trace = '') {
     if (this.closed) {
       return { status: Published.CLOSED, bytes: 0 };
     }
@@ -104,7 +104,7 @@ class Connection extends EventEmitter {
     const open = body.indexOf('{');
     const rest = body.slice(open + 1).trimStart();
     const separator = rest.startsWith('}') ? '' : ',';
-    const line = `{"type":"publish","id":"${id}","ack":true${separator}${rest}\n`;
+    const line = `{"type":"publish","id":"${id}","ack":true${trace}${separator}${rest}\n`;
     const bytes = Buffer.byteLength(line);
     if (bytes - 1 > this.maxFrameBytes) {
       return { status: Published.TOO_LARGE, bytes: bytes - 1 };

@@ -13,6 +13,7 @@ const { EventEmitter } = require('node:events');
 const { Connection, Published } = require('./connection');
 const { normalise } = require('./options');
 const { contextForWire, sanitize } = require('./serialize');
+const { traceFields, withTraceContext } = require('./trace');
 const { Warnings, debug, describeError } = require('./warnings');
 
 /** `context[SYNC] = false` in a hook keeps that call's events on this instance. */
@@ -23,7 +24,7 @@ const LOCAL_EMIT = Symbol.for('@syncar/feathers/local-emit');
 const SERVICE_OPTIONS = Symbol.for('@feathersjs/service');
 const DEFAULT_EVENTS = ['created', 'updated', 'removed', 'patched'];
 /** Keys a custom serialize may not set at the top level: they belong to the publish frame. */
-const FRAME_KEYS = ['type', 'id', 'ack', 'bin'];
+const FRAME_KEYS = ['type', 'id', 'ack', 'bin', 'traceparent', 'tracestate'];
 /** An event frame whose event is binary: `bin`, base64, is its last field (docs/protocol.md). */
 const BINARY_EVENT = /,"bin":"[A-Za-z0-9+/=]*"}$/;
 
@@ -140,7 +141,8 @@ class Sync extends EventEmitter {
       this.stats.skipped += 1;
       return;
     }
-    const { status, bytes } = this.connection.publish(body);
+    // The active OpenTelemetry span's context, if @opentelemetry/api is installed and a span is active.
+    const { status, bytes } = this.connection.publish(body, traceFields());
     switch (status) {
       case Published.SENT:
       case Published.HELD:
@@ -274,10 +276,13 @@ class Sync extends EventEmitter {
       id: frame.id ?? null,
       seq: frame.seq ?? null,
       time: frame.time ?? null,
+      traceparent: frame.traceparent ?? null,
+      tracestate: frame.tracestate ?? null,
     };
     const emit = service[LOCAL_EMIT] || service._emit || service.emit;
     try {
-      emit.call(service, event, data, hook);
+      // Listeners run in the publisher's trace context (as a remote parent), when OpenTelemetry is there.
+      withTraceContext(frame, () => emit.call(service, event, data, hook));
     } catch (err) {
       this.warnings.warn('listener_error', `a listener of ${path} ${event} threw on an event from another instance: ` +
         `${describeError(err, { stack: true })}`);

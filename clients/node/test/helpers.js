@@ -342,13 +342,15 @@ async function startScriptedDaemon(socket, { ack = () => true } = {}) {
 
 /** A Feathers app in its own process (test/fixtures/app-process.js), driven over IPC. */
 class AppProcess extends EventEmitter {
-  constructor(name, socket) {
+  /** `execArgv`: Node's own arguments for it, e.g. a `--require` (test/fixtures/no-otel.js). */
+  constructor(name, socket, { execArgv = [] } = {}) {
     super();
     this.name = name;
     this.messages = [];
     this._calls = 0;
     this.proc = fork(path.join(__dirname, 'fixtures', 'app-process.js'), [], {
       env: { ...process.env, SYNCAR_SOCKET: socket, APP_NAME: name },
+      execArgv,
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
     children.add(this.proc);
