@@ -272,28 +272,16 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    import urllib.error
-    import urllib.request
+    from sidecar import probe
 
-    settings = load_settings(args)
-    address = settings.http_address()
-    if address is None:
-        print("syncar: health: --http is off, nothing to ask", file=sys.stderr)
-        return EXIT_FAILURE
-    host, port = address
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    host = f"[{host}]" if ":" in host else host
     route = "readyz/broker" if args.broker else "readyz" if args.ready else "healthz"
-    url = f"http://{host}:{port}/{route}"
-    try:
-        with urllib.request.urlopen(url, timeout=args.timeout) as response:
-            print(response.read().decode().strip())
-            return EXIT_OK
-    except urllib.error.HTTPError as exc:
-        print(f"syncar: {url}: {exc.code} {exc.read().decode().strip()}", file=sys.stderr)
-    except OSError as exc:
-        print(f"syncar: {url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
-    return EXIT_FAILURE
+    return probe.health(load_settings(args), route, args.timeout)
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    from sidecar import probe
+
+    return probe.peers(load_settings(args), args.json, args.timeout)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -366,6 +354,18 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
     _add_settings(health, ["http", "config"])
     health.set_defaults(handler=cmd_health)
+
+    peers = commands.add_parser(
+        "peers",
+        help="list the daemons a running daemon hears on its key",
+        description="GET /peers from the daemon's --http address: every daemon heard on the key's "
+        "announcements (version, codec, mode, last sequence number, sequence lag, when last heard), "
+        "this one first. Exit 0 if it answers, else 1.",
+    )
+    peers.add_argument("--json", action="store_true", help="the JSON of GET /peers, for programs")
+    peers.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
+    _add_settings(peers, ["http", "config"])
+    peers.set_defaults(handler=cmd_peers)
     return parser
 
 

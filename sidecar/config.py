@@ -94,6 +94,13 @@ class Settings(BaseSettings):
         "seconds between two attempts to reach the broker; the first come within "
         "0.1 s and the waits double up to this",
     )
+    announce_interval: float = Field(
+        5.0,
+        ge=0.05,
+        le=3600,
+        description="seconds between two announcements of this daemon on <key>.peers (`syncar peers`); a peer "
+        "is gone after 3 missed, and 3 intervals without hearing any, not even our own, make the subscriptions again",
+    )
     max_frame_bytes: int = Field(1 * MiB, ge=1024, le=256 * MiB, description="longest line a client may send")
     max_clients: int = Field(4096, ge=1, description="connections accepted at once; more are refused")
     max_patterns: int = Field(

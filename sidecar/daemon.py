@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import threading
+import time
 from collections.abc import Awaitable
 
 from backends import load_backend
 from backends.base import Backend, BackendError, BackendState, Mode, Subscription
 from sidecar import __version__, protocol
 from sidecar.backoff import Backoff
-from sidecar.codec import CODECS
+from sidecar.codec import CODECS, SyncarCodec
 from sidecar.config import Settings
 from sidecar.connection import Connection, Limits
 from sidecar.descriptors import fit_clients, raise_soft_limit
 from sidecar.errors import ConfigError, StartupError
+from sidecar.fleet import ANNOUNCE_VERSION, Announcement, Fleet
+from sidecar.gaps import GapTracker
 from sidecar.http import MAX_HTTP_CONNECTIONS, HttpServer
 from sidecar.listener import Listener
 from sidecar.logging import Outage
@@ -55,16 +59,19 @@ class Daemon:
         self._forced = asyncio.Event()
         backend_cls = load_backend(settings.backend, settings.mode)
         self.backend: Backend = backend_cls(settings.backend_config(), on_state=self._on_backend_state)
-        codec = CODECS[settings.codec](settings.instance_id, broker_echoes=self.backend.broker_echoes)
+        codec = inner = CODECS[settings.codec](settings.instance_id, broker_echoes=self.backend.broker_echoes)
         # What keys the scopes of event ids: the same at every start, and secret when there is a secret.
         id_key = settings.instance_id.encode()
+        signer = None
         if settings.signing_key_file is not None:
             keys = load_keys(settings.signing_key_file)
             backlog = settings.instance_ttl if settings.mode is Mode.DURABLE else None
-            codec, id_key = SignedCodec(codec, Signer(keys, settings.signing_window, backlog=backlog)), keys[0]
+            signer = Signer(keys, settings.signing_window, backlog=backlog)
+            codec, id_key = SignedCodec(codec, signer), keys[0]
         self.metrics = metrics = Metrics(backend_cls.name, settings.codec)
         self.outbox = outbox = Outbox(self.backend, codec, settings.key, settings.outbox_bytes, metrics)
         self.replay = replay = ReplayBuffer(settings.replay_events, settings.replay_bytes)
+        gaps = GapTracker()
         self.relay = Relay(
             settings.instance_id,
             backend_name=backend_cls.name,
@@ -73,8 +80,34 @@ class Daemon:
             replay=replay,
             metrics=metrics,
             id_key=id_key,
+            gaps=gaps,
             durable=settings.mode is Mode.DURABLE,
             max_event_age=settings.instance_ttl,
+        )
+        # Announcements go by broadcast in either mode: kept for absent instances, they would only pile up.
+        self.bus = self.backend
+        if settings.mode is Mode.DURABLE:
+            config = dataclasses.replace(settings.backend_config(), mode=Mode.BROADCAST)
+            self.bus = load_backend(settings.backend, Mode.BROADCAST)(config)
+        me = Announcement(
+            ANNOUNCE_VERSION,
+            settings.instance_id,
+            __version__,
+            settings.codec,
+            settings.mode,
+            0,
+            round(time.time(), 3),
+            settings.announce_interval,
+            inner.run if isinstance(inner, SyncarCodec) else None,
+        )
+        self.fleet = Fleet(
+            self.bus,
+            me,
+            key=settings.key,
+            seq=lambda: outbox.on_bus,
+            last_seq=gaps.last,
+            metrics=metrics,
+            signer=signer,
         )
         self.connections: set[Connection] = set()
         self._limits = Limits(
@@ -99,7 +132,9 @@ class Daemon:
         metrics.replay_events.set_function(lambda: len(replay))
         metrics.replay_bytes.set_function(lambda: replay.bytes)
         address = settings.http_address()
-        self.http = None if address is None else HttpServer(*address, self.unready_reason, metrics.registry)
+        self.http = None
+        if address is not None:
+            self.http = HttpServer(*address, self.unready_reason, metrics.registry, self.fleet.describe)
         # Every connection is a descriptor: more clients than the limit holds would be cut off unseen.
         self.max_clients = fit_clients(
             settings.max_clients, raise_soft_limit(), 0 if self.http is None else MAX_HTTP_CONNECTIONS
@@ -168,12 +203,12 @@ class Daemon:
             await self._connect()
         except ConfigError:
             self._catch_stop_signals(False)
-            await self.backend.close()
+            await self._close_buses()
             raise
         except BackendError as exc:
             if settings.require_broker or not exc.retriable:
                 self._catch_stop_signals(False)
-                await self.backend.close()
+                await self._close_buses()
                 hint = " (--require-broker is set)" if exc.retriable else ""
                 raise StartupError(f"{exc}{hint}") from None
             unreachable = exc
@@ -201,10 +236,13 @@ class Daemon:
         log.info("ready: apps may connect to %s", settings.socket)
 
     async def _connect(self) -> None:
-        """Start the backend unless it is started, then subscribe; BackendError if either fails."""
-        if self.backend.state is BackendState.CONNECTING:  # never started, or its last start failed
-            await self.backend.start()
-        self._subscription = await self.backend.subscribe(self.settings.key, self.relay.on_message)
+        """Start the backends unless they are started, then subscribe to what is not yet; BackendError if one fails."""
+        for backend in self._backends:
+            if backend.state is BackendState.CONNECTING:  # never started, or its last start failed
+                await backend.start()
+        if self._subscription is None:
+            self._subscription = await self.backend.subscribe(self.settings.key, self.relay.on_message)
+        await self.fleet.subscribe()
         self._on_backend_state(self.backend.state)
 
     async def _connect_later(self, outage: Outage) -> None:
@@ -276,6 +314,7 @@ class Daemon:
                 len(self.outbox),
                 self.settings.shutdown_timeout,
             )
+        await self._within(deadline, self.fleet.stop(timeout=1.0))  # its last announcement says it is leaving
         if self._subscription is not None:
             # Stop consuming while the apps are still connected: in durable mode, what is not handled yet stays
             # on the broker for the next run instead of being acknowledged into a buffer about to vanish.
@@ -302,7 +341,17 @@ class Daemon:
             # Bounded: a broker library may swallow the cancellation (asyncio.wait_for on 3.11); closing the
             # backend below then ends the task with BackendClosed.
             await asyncio.wait({self._outbox_task}, timeout=1.0)
-        await self.backend.close()
+        await self._close_buses()
+
+    @property
+    def _backends(self) -> tuple[Backend, ...]:
+        """The events' backend, and the announcements' where it is another (durable mode)."""
+        return (self.backend,) if self.bus is self.backend else (self.backend, self.bus)
+
+    async def _close_buses(self) -> None:
+        await self.fleet.stop(timeout=0)
+        for backend in self._backends:
+            await backend.close()
 
     async def __aenter__(self) -> Daemon:
         await self.start()

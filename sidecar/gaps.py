@@ -54,6 +54,10 @@ class GapTracker:
     def __len__(self) -> int:
         return len(self._last)
 
+    def last(self, origin: str, run: str) -> int | None:
+        """The last seq heard of `run` of `origin`, None if none (or forgotten)."""
+        return self._last.get((origin, run))
+
     def heard(self, origin: str, run: str, seq: int, count: int) -> Gap | None:
         """A batch of `count` events numbered from `seq` in `run` of `origin`: the gap it reveals, if any."""
         end = seq + count - 1

@@ -1,6 +1,7 @@
-"""HTTP for operators: `/healthz` (the loop answers), `/readyz` (the socket is up), `/readyz/broker`, `/metrics`.
+"""HTTP for operators: `/healthz` (the loop answers), `/readyz` (the socket is up), `/readyz/broker`, `/metrics`,
+`/peers` (the peer table, JSON: sidecar/fleet.py).
 
-A deliberately small HTTP/1.1 responder for four GET routes, on the daemon's
+A deliberately small HTTP/1.1 responder for five GET routes, on the daemon's
 own event loop: answering at all is the liveness proof.
 """
 
@@ -11,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from sidecar.errors import StartupError
@@ -29,14 +31,19 @@ MAX_HTTP_CONNECTIONS = 32
 
 #: None when ready, else the reason it is not; the argument asks for the broker to be connected too.
 Readiness = Callable[[bool], str | None]
+#: The peer table, as `GET /peers` serves it (sidecar.fleet.Fleet.describe).
+PeerTable = Callable[[], dict[str, object]]
 
 
 class HttpServer:
-    def __init__(self, host: str, port: int, readiness: Readiness, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, host: str, port: int, readiness: Readiness, registry: CollectorRegistry, peers: PeerTable
+    ) -> None:
         self.host = host
         self.port = port
         self._readiness = readiness
         self._registry = registry
+        self._peers = peers
         self._server: asyncio.Server | None = None
         self._open: dict[asyncio.StreamWriter, bool] = {}  # in the order they came; True once answering
 
@@ -51,7 +58,7 @@ class HttpServer:
         except OSError as exc:
             raise StartupError(f"http: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("http on %s:%d (/healthz /readyz /readyz/broker /metrics)", self.host, self.port)
+        log.info("http on %s:%d (/healthz /readyz /readyz/broker /metrics /peers)", self.host, self.port)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -71,7 +78,9 @@ class HttpServer:
             return (200, "text/plain", b"ready\n") if reason is None else (503, "text/plain", reason.encode() + b"\n")
         if path == "/metrics":
             return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
-        return 404, "text/plain", b"not found; try /healthz, /readyz, /readyz/broker or /metrics\n"
+        if path == "/peers":
+            return 200, "application/json", orjson.dumps(self._peers(), option=orjson.OPT_APPEND_NEWLINE)
+        return 404, "text/plain", b"not found; try /healthz, /readyz, /readyz/broker, /metrics or /peers\n"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._open) >= MAX_HTTP_CONNECTIONS and not self._drop_oldest_idle():

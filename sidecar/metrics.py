@@ -6,10 +6,12 @@ Gauges read their value at scrape time, so they cost nothing on the hot path.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from sidecar import __version__
 
@@ -49,6 +51,36 @@ class DropReason:
     ECHO = "echo"  # our own, come back from the broker
     DUPLICATE = "duplicate"  # an event id seen already (redelivery, or a publish resent after a lost ack)
     UNCONFIRMED = "unconfirmed"  # the broker may have it but did not confirm; not sent again (feathers-sync codec)
+
+
+#: Each peer in the table: its instance id, seconds since it was last heard, its sequence lag (None: not known).
+PeerRows = Callable[[], list[tuple[str, float, int | None]]]
+
+
+class PeerCollector(Collector):
+    """The peer table, read at scrape time: series only for the peers in it now (bounded by
+    sidecar.fleet.MAX_PEERS), so a peer that is gone leaves no series behind."""
+
+    def __init__(self, rows: PeerRows) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        rows = self._rows()
+        yield GaugeMetricFamily("syncar_peers", "Other daemons heard on the key's announcements", value=len(rows))
+        age = GaugeMetricFamily(
+            "syncar_peer_heard_seconds", "Seconds since each peer's last announcement", labels=["peer"]
+        )
+        lag = GaugeMetricFamily(
+            "syncar_peer_lag_events",
+            "Events of each peer's run, by its last announcement, not received here (syncar codec)",
+            labels=["peer"],
+        )
+        for instance, seconds, behind in rows:
+            age.add_metric([instance], seconds)
+            if behind is not None:
+                lag.add_metric([instance], behind)
+        yield age
+        yield lag
 
 
 class Metrics:
@@ -96,6 +128,12 @@ class Metrics:
             "Broker connections restored on another node than the one lost",
             registry=registry,
         )
+        self.announcements_rejected = Counter(
+            "syncar_announcements_rejected",
+            "Announcements dropped, by reason (malformed, or a signature check's: unsigned, bad_signature, ...)",
+            ["reason"],
+            registry=registry,
+        )
         self.clients = Gauge("syncar_clients", "Connected clients", registry=registry)
         self.outbox_events = Gauge("syncar_outbox_events", "Events waiting for the broker", registry=registry)
         self.outbox_bytes = Gauge("syncar_outbox_bytes", "Bytes waiting for the broker", registry=registry)
@@ -122,3 +160,7 @@ class Metrics:
         Info("syncar_build", "syncar version and configuration", registry=registry).info(
             {"version": __version__, "backend": backend, "codec": codec}
         )
+
+    def watch_peers(self, rows: PeerRows) -> None:
+        """Export the peer table: `syncar_peers`, and per peer `syncar_peer_heard_seconds`, `syncar_peer_lag_events`."""
+        self.registry.register(PeerCollector(rows))

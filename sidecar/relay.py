@@ -88,6 +88,7 @@ class Relay:
         replay: ReplayBuffer,
         metrics: Metrics,
         id_key: bytes,
+        gaps: GapTracker,
         durable: bool = False,
         max_event_age: float = 86_400.0,
     ) -> None:
@@ -111,7 +112,7 @@ class Relay:
         self._ids = EventIds(id_key)
         self._max_event_age = max_event_age  # older remote times are not believed (`time: 1` from a stranger)
         self._seen = SeenIds(DEDUP_WINDOW)
-        self._gaps = GapTracker()
+        self._gaps = gaps
         self._origins: dict[str | None, bytes] = {}
         self._strings = SharedStrings()
         # Counts not yet added to the metrics: publishes update them once per read, not per event.

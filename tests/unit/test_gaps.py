@@ -90,6 +90,7 @@ async def relay() -> AsyncIterator[tuple[Relay, Metrics]]:
         replay=ReplayBuffer(100, 1 << 20),
         metrics=metrics,
         id_key=b"key",
+        gaps=GapTracker(),
     )
     relay.on_backend_state(BackendState.CONNECTED)
     yield relay, metrics

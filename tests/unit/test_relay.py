@@ -12,6 +12,7 @@ import pytest
 
 from backends.base import BackendState, Message
 from sidecar.codec import Outgoing, SyncarCodec
+from sidecar.gaps import GapTracker
 from sidecar.metrics import DropReason, Metrics
 from sidecar.outbox import Outbox
 from sidecar.protocol import Publish, Resume, fast_publish
@@ -46,6 +47,7 @@ async def make() -> AsyncIterator[Callable[..., Parts]]:
             replay=ReplayBuffer(replay_events, 1 << 20),
             metrics=metrics,
             id_key=b"key",
+            gaps=GapTracker(),
             durable=durable,
         )
         relay.on_backend_state(BackendState.CONNECTED)

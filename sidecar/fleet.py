@@ -1,0 +1,230 @@
+"""The fleet: every daemon announces itself on the bus and keeps a table of the others.
+
+Every `--announce-interval` seconds (5 by default) a daemon publishes one small message on the topic
+`<key>.peers`, next to the events' `--key`, so feathers-sync apps, which listen on the key alone, never see it:
+
+    {"v":1,"instance":"web-1","version":"0.4.0","codec":"syncar","mode":"broadcast","seq":1200,"run":"3fa2...",
+     "started":1765000000.0,"interval":5.0}
+
+`seq` is how many of its events the broker has accepted in this run (the last bus sequence number, see
+sidecar/gaps.py). With `--signing-key-file` an announcement is signed and verified as event batches are: a forged
+or replayed one is dropped and counted (`syncar_announcements_rejected_total`). A daemon that stops says so in a
+last one (`leaving`), and is taken out of the others' tables at once.
+
+The peer table holds who was heard, when, and the sequence lag: how many of a peer's events, by its last
+announcement, have not reached this daemon since it first heard of that run. A peer is gone after `MISSED`
+announcements missed. The table is bounded (MAX_PEERS, least recently heard forgotten first) and read by
+`GET /peers`, `syncar peers` and the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+
+from backends.base import Backend, BackendError, BackendState, Message, Subscription
+from sidecar.codec import decode_json, encode
+from sidecar.errors import CodecError
+from sidecar.logging import RateLimitedLogger, printable
+from sidecar.metrics import Metrics
+from sidecar.signing import Signer
+
+log = logging.getLogger(__name__)
+rejections = RateLimitedLogger(log, interval=10.0)
+
+ANNOUNCE_VERSION = 1
+#: Announcements a peer may miss before it is gone.
+MISSED = 3
+#: Peers kept at once; beyond it the least recently heard is forgotten (and comes back when heard again).
+MAX_PEERS = 1024
+TOPIC_SUFFIX = ".peers"
+
+
+def peers_topic(key: str) -> str:
+    """Where the announcements of the daemons on `key` go: a channel, exchange or subject of its own."""
+    return f"{key}{TOPIC_SUFFIX}"
+
+
+class Announcement(msgspec.Struct, frozen=True, omit_defaults=True):
+    v: int
+    instance: str
+    version: str
+    codec: str
+    mode: str
+    seq: int
+    started: float  # when its daemon started, by its clock
+    interval: float  # how often it announces
+    run: str | None = None  # its run, as in its event batches (syncar codec); None with feathers-sync
+    leaving: bool = False  # its last announcement: it is stopping
+
+
+_decoder = msgspec.json.Decoder(Announcement)
+
+
+@dataclass(slots=True)
+class Peer:
+    announcement: Announcement
+    heard_at: float  # time.monotonic() of its last announcement
+    since_seq: int  # its seq when this run of it was first heard: what it sent before is not our loss
+
+
+class PeerTable:
+    """The peers heard on the key, bounded; `last_seq(origin, run)` is the last event seq received of a run."""
+
+    def __init__(self, instance_id: str, last_seq: Callable[[str, str], int | None]) -> None:
+        self.instance_id = instance_id
+        self._last_seq = last_seq
+        self._peers: OrderedDict[str, Peer] = OrderedDict()  # least recently heard first
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def heard(self, announcement: Announcement, now: float) -> bool:
+        """Take an announcement of another daemon; True if it is new (first heard, or a new run of it)."""
+        instance, peers = announcement.instance, self._peers
+        peer = peers.pop(instance, None)
+        if announcement.leaving:
+            return False
+        new = peer is None or peer.announcement.run != announcement.run
+        since = announcement.seq if new or peer is None else peer.since_seq
+        peers[instance] = Peer(announcement, now, since)
+        while len(peers) > MAX_PEERS:
+            peers.popitem(last=False)
+        return new
+
+    def sweep(self, now: float) -> list[str]:
+        """Forget the peers that missed MISSED announcements; their ids."""
+        gone = [i for i, p in self._peers.items() if now - p.heard_at > MISSED * p.announcement.interval]
+        for instance in gone:
+            del self._peers[instance]
+        return gone
+
+    def lag(self, peer: Peer) -> int | None:
+        """Events of the peer's run, by its last announcement, not received here; None if its codec has no seqs."""
+        a = peer.announcement
+        if a.run is None:
+            return None
+        heard = self._last_seq(a.instance, a.run) or 0
+        return max(a.seq - max(heard, peer.since_seq), 0)
+
+    def rows(self, now: float) -> list[tuple[Peer, float, int | None]]:
+        """Each peer, the seconds since it was heard and its lag; most recently heard first."""
+        return [(p, max(now - p.heard_at, 0.0), self.lag(p)) for p in reversed(self._peers.values())]
+
+
+class Fleet:
+    """The announcer and the peer table of one daemon; `bus` carries the announcements, `seq()` is the daemon's
+    last bus sequence number."""
+
+    def __init__(
+        self,
+        bus: Backend,
+        me: Announcement,
+        *,
+        key: str,
+        seq: Callable[[], int],
+        last_seq: Callable[[str, str], int | None],
+        metrics: Metrics,
+        signer: Signer | None = None,
+    ) -> None:
+        self.bus, self.me, self.key = bus, me, key
+        self.topic = peers_topic(key)
+        self.table = PeerTable(me.instance, last_seq)
+        self._seq, self._metrics, self._signer = seq, metrics, signer
+        self._subscription: Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        metrics.watch_peers(self._metric_rows)
+
+    async def subscribe(self) -> None:
+        """Subscribe to the announcements (BackendError if the broker does not take it), and start announcing."""
+        if self._subscription is None:
+            self._subscription = await self.bus.subscribe(self.topic, self.on_message)
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="syncar-fleet")
+
+    async def stop(self, timeout: float) -> None:
+        """Stop announcing; tell the others we leave (within `timeout`), stop listening."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=1.0)
+            self._task = None
+            with contextlib.suppress(BackendError, TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._announce(leaving=True)
+        if self._subscription is not None:
+            with contextlib.suppress(BackendError):
+                await self._subscription.unsubscribe()
+            self._subscription = None
+
+    # -- out ------------------------------------------------------------------------------------
+
+    async def _announce(self, *, leaving: bool = False) -> None:
+        body = encode(msgspec.structs.replace(self.me, seq=self._seq(), leaving=leaving))
+        await self.bus.publish(self.topic, [body if self._signer is None else self._signer.sign(body)])
+
+    async def _run(self) -> None:
+        interval = self.me.interval
+        while True:  # until stop() cancels us
+            if self.bus.state is BackendState.CONNECTED:
+                try:
+                    async with asyncio.timeout(interval):
+                        await self._announce()
+                except (BackendError, TimeoutError) as exc:
+                    log.debug("announcement not sent: %s", exc)
+            self.table.sweep(time.monotonic())
+            await asyncio.sleep(interval)
+
+    # -- in -------------------------------------------------------------------------------------
+
+    async def on_message(self, message: Message) -> None:
+        """An announcement from the bus: a valid one updates the table."""
+        now = time.monotonic()
+        try:
+            body = message.body if self._signer is None else self._signer.verify(message.body, message.accepted_at)
+        except CodecError as exc:
+            self._metrics.announcements_rejected.labels(exc.reason).inc()
+            rejections.warning(exc.reason, "dropped an announcement: %s", printable(str(exc)))
+            return
+        announcement = decode_json(_decoder, body)
+        if announcement is None or announcement.v != ANNOUNCE_VERSION:
+            self._metrics.announcements_rejected.labels("malformed").inc()
+            rejections.warning("malformed", "dropped an announcement that is not one of version %d", ANNOUNCE_VERSION)
+            return
+        if announcement.instance != self.me.instance:
+            self.table.heard(announcement, now)
+
+    # -- out, to people -------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, object]:
+        """The table as `GET /peers` serves it: this daemon first, then its peers, most recently heard first."""
+        now = time.monotonic()
+        me = msgspec.structs.replace(self.me, seq=self._seq())
+        rows = [_row(me, 0.0, 0, self_=True)]
+        rows += [_row(p.announcement, age, lag) for p, age, lag in self.table.rows(now)]
+        return {"key": self.key, "interval": self.me.interval, "peers": rows}
+
+    def _metric_rows(self) -> list[tuple[str, float, int | None]]:
+        now = time.monotonic()
+        return [(p.announcement.instance, age, lag) for p, age, lag in self.table.rows(now)]
+
+
+def _row(a: Announcement, age: float, lag: int | None, *, self_: bool = False) -> dict[str, object]:
+    return {
+        "instance": a.instance,
+        "self": self_,
+        "version": a.version,
+        "codec": a.codec,
+        "mode": a.mode,
+        "seq": a.seq,
+        "lag": lag,
+        "heard_seconds_ago": round(age, 3),
+        "started": a.started,
+        "run": a.run,
+    }
