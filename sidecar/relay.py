@@ -14,7 +14,6 @@ import logging
 import secrets
 import time
 from functools import partial
-from typing import Protocol
 
 import orjson
 
@@ -29,6 +28,7 @@ from sidecar.metrics import DropReason, Metrics
 from sidecar.outbox import Outbox, OutboxFull
 from sidecar.protocol import ErrorCode, Publish
 from sidecar.replay import Entry, ReplayBuffer, SharedStrings
+from sidecar.subscriber import Subscriber
 
 log = logging.getLogger(__name__)
 #: Remote event ids remembered for de-duplication; at 10,000 events/s, ten seconds of them.
@@ -38,32 +38,6 @@ MAX_CLOCK_AHEAD = 60.0
 #: Origins whose JSON is kept at once; more instances than this only cost a cache refill.
 MAX_ORIGINS = 1024
 bus_warnings = RateLimitedLogger(log, interval=10.0)
-
-
-class Subscriber(Protocol):
-    """What the relay needs of a client: what it wants, and a way to send it frames (sidecar.connection.Connection)."""
-
-    client_id: str  # marks the events it publishes, so that it does not get them back
-    id_scope: str  # what the ids it gives its events are prefixed with on the bus (Relay.scope_of)
-    echo: bool  # it wants its own events too
-    paused: bool  # its transport holds enough for now: a replay waits for Relay.resume_replay()
-
-    @property
-    def queue_bytes(self) -> int:
-        """Unsent bytes it may have before it is disconnected as too slow."""
-
-    @property
-    def max_frame_bytes(self) -> int:
-        """The longest line it may send (told in `welcome`)."""
-
-    def wants(self, path: str, event: str) -> bool:
-        """Whether an event is for it (its `hello.subscribe`)."""
-
-    def send(self, frame: bytes) -> None:
-        """Queue a frame for it, without blocking."""
-
-    def close(self, last_frame: bytes | None = None) -> None:
-        """Send `last_frame`, then disconnect it; it leaves the relay once gone."""
 
 
 class _CatchUp:

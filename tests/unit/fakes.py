@@ -60,7 +60,7 @@ def outgoing(data: Any, event_id: str | None = None, size: int = 0) -> Outgoing:
 
 
 class FakeSubscriber:
-    """A client as the relay sees it (sidecar.relay.Subscriber), recording the frames it is sent."""
+    """A client as the relay sees it (sidecar.subscriber.Subscriber), recording the frames it is sent."""
 
     def __init__(
         self,
