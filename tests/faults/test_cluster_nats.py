@@ -19,6 +19,7 @@ import nats
 import pytest
 
 from backends.nats_jetstream import jetstream_name
+from tests.brokers import BrokerServer
 from tests.brokers.nats import NatsCluster, NatsClusterNode
 from tests.faults.apps import now
 from tests.faults.harness import Scenario
@@ -89,7 +90,7 @@ def nodes_named(s: Scenario, label: str) -> list[str]:
     return [str(f["node"]) for _, f in s.watches[label].frames if f.get("type") == "status" and "node" in f]
 
 
-async def fail_over(s: Scenario, victim: NatsClusterNode, labels: tuple[str, ...]) -> float:
+async def fail_over(s: Scenario, victim: BrokerServer, labels: tuple[str, ...]) -> float:
     """SIGKILL `victim`; wait until daemons `labels` told their apps the broker is up on another node. The kill's
     time is the fault's end: the failover is the daemon's to make."""
     await asyncio.to_thread(victim.kill)
@@ -104,7 +105,7 @@ async def fail_over(s: Scenario, victim: NatsClusterNode, labels: tuple[str, ...
     return killed
 
 
-def counted(s: Scenario, fault_end: float, labels: tuple[str, ...], victim: NatsClusterNode) -> dict[str, Row]:
+def counted(s: Scenario, fault_end: float, labels: tuple[str, ...], victim: BrokerServer) -> dict[str, Row]:
     rows = s.count(fault_end)
     for label in labels:
         assert s.metric(label, "syncar_broker_failovers_total") >= 1, f"{label}: failover not counted"
