@@ -105,13 +105,14 @@ async function main () {
   await connected()
   clearTimeout(timer)
   const warm = await run(1, spec.warmup) // JIT, buffers, connections: the first second is slower than the rest
-  if (warm.received < warm.expected) throw new Error(`warm-up: ${warm.received} of ${warm.expected} received`)
+  // Losses are the contestant's (feathers-sync on NATS drops events when it falls behind): told, not fatal.
+  if (!warm.received) throw new Error(`warm-up: none of ${warm.expected} deliveries received`)
   await say({ ready: true })
   await new Promise((resolve) => readline.createInterface({ input: process.stdin }).once('line', resolve))
   const result = await run(2, spec.duration)
   const cpu = process.cpuUsage()
   const usage = { cpu_s: (cpu.user + cpu.system) / 1e6, maxrss_kib: process.resourceUsage().maxRSS }
-  await say({ result, usage })
+  await say({ result: { ...result, warmup: { sent: warm.sent, received: warm.received, expected: warm.expected } }, usage })
   process.exit(0)
 }
 
