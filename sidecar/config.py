@@ -148,6 +148,17 @@ class Settings(BaseSettings):
     http: str = Field(
         "127.0.0.1:9464", description="ADDR:PORT for /healthz, /readyz, /readyz/broker and /metrics, or 'off'"
     )
+    tracing: bool = Field(
+        False,
+        description="emit OpenTelemetry spans, a publish and a receive span per broker message, exported with "
+        "OTLP over HTTP (needs pip install 'syncar[otel]')",
+    )
+    tracing_endpoint: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="with --tracing: the OTLP/HTTP traces URL (default: OpenTelemetry's "
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318/v1/traces)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_format: Literal["text", "json"] = Field("text", description="log line format")
     config: Path | None = Field(None, description="TOML file with any of these settings")

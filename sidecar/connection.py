@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sidecar import protocol
+from sidecar import protocol, tracecontext
 from sidecar.errors import FrameError
 from sidecar.framing import FrameDecoder, Oversized
 from sidecar.logging import RateLimitedLogger, printable
@@ -200,7 +200,7 @@ class Connection(asyncio.Protocol):
             )
             return
         if publish.traceparent is not None or publish.tracestate is not None:
-            problem = protocol.trace_problem(publish.traceparent, publish.tracestate)
+            problem = tracecontext.problem(publish.traceparent, publish.tracestate)
             if problem is not None:
                 # Said without the publish's id, which would tell the app its event is refused: it goes, untraced.
                 self._reject_frame(ErrorCode.INVALID_TRACE_CONTEXT, f"{problem}; the event was relayed without it")

@@ -15,12 +15,13 @@ import signal
 import threading
 import time
 from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 from backends import load_backend
 from backends.base import Backend, BackendError, BackendState, Mode, Subscription
 from sidecar import __version__, protocol
 from sidecar.backoff import Backoff
-from sidecar.codec import CODECS, SyncarCodec
+from sidecar.codec import CODECS, Codec, SyncarCodec
 from sidecar.config import Settings
 from sidecar.connection import Connection, Limits
 from sidecar.descriptors import fit_clients, raise_soft_limit
@@ -39,11 +40,32 @@ from sidecar.relay import Relay
 from sidecar.replay import ReplayBuffer
 from sidecar.signing import SignedCodec, Signer, load_keys
 
+if TYPE_CHECKING:  # imported only with --tracing (the otel extra)
+    from sidecar.tracing import Tracing
+
 log = logging.getLogger(__name__)
 
 #: Each starts the graceful stop; a second one exits at once. SIGHUP comes when the terminal that started the
 #: daemon closes; a daemon has no configuration to reload (settings are read once), so it stops too, cleanly.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _traced(settings: Settings, backend: str, codec: Codec) -> tuple[Tracing, Codec]:
+    """The daemon's spans (--tracing), from the otel extra's packages, and `codec` wrapped to make receive spans.
+
+    Raises:
+        ConfigError: they are not installed.
+    """
+    try:
+        from sidecar.tracing import TracedCodec, Tracing  # noqa: PLC0415  (OpenTelemetry only with --tracing)
+    except ImportError as exc:
+        raise ConfigError(
+            f"tracing: OpenTelemetry's SDK and OTLP exporter are not installed ({exc.name}): pip install 'syncar[otel]'"
+        ) from None
+    tracing = Tracing(
+        instance_id=settings.instance_id, backend=backend, key=settings.key, endpoint=settings.tracing_endpoint
+    )
+    return tracing, TracedCodec(codec, tracing)
 
 
 class Daemon:
@@ -68,8 +90,13 @@ class Daemon:
             backlog = settings.instance_ttl if settings.mode is Mode.DURABLE else None
             signer = Signer(keys, settings.signing_window, backlog=backlog)
             codec, id_key = SignedCodec(codec, signer), keys[0]
+        self.tracing: Tracing | None = None
+        if settings.tracing:
+            self.tracing, codec = _traced(settings, backend_cls.name, codec)
         self.metrics = metrics = Metrics(backend_cls.name, settings.codec)
-        self.outbox = outbox = Outbox(self.backend, codec, settings.key, settings.outbox_bytes, metrics)
+        self.outbox = outbox = Outbox(
+            self.backend, codec, settings.key, settings.outbox_bytes, metrics, tracing=self.tracing
+        )
         self.replay = replay = ReplayBuffer(settings.replay_events, settings.replay_bytes)
         gaps = GapTracker()
         self.relay = Relay(
@@ -329,6 +356,8 @@ class Daemon:
         self.listener.remove()
         if self.http is not None:
             await self.http.stop()
+        if self.tracing is not None and not await self._within(deadline, asyncio.to_thread(self.tracing.shutdown)):
+            log.warning("shutdown: the last spans were not exported within %.1fs", self.settings.shutdown_timeout)
         self._catch_stop_signals(False)
         log.info("stopped")
 

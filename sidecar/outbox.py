@@ -19,6 +19,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from backends.base import (
     Backend,
@@ -33,6 +34,9 @@ from sidecar.codec import Codec, Outgoing
 from sidecar.logging import RateLimitedLogger
 from sidecar.metrics import DropReason, Metrics
 from sidecar.protocol import ErrorCode
+
+if TYPE_CHECKING:  # imported only with --tracing, where its packages are (the otel extra)
+    from sidecar.tracing import Tracing
 
 log = logging.getLogger(__name__)
 refusals = RateLimitedLogger(log, interval=10.0)
@@ -75,8 +79,18 @@ class OutboxFull(Exception):
 
 
 class Outbox:
-    def __init__(self, backend: Backend, codec: Codec, topic: str, max_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        codec: Codec,
+        topic: str,
+        max_bytes: int,
+        metrics: Metrics,
+        *,
+        tracing: Tracing | None = None,  # --tracing: a publish span per batch the broker accepted
+    ) -> None:
         self._backend = backend
+        self._tracing = tracing
         self._metrics = metrics
         self._codec = codec
         self._topic = topic
@@ -162,6 +176,7 @@ class Outbox:
                 # A retry, maybe after a long outage: the same messages, signed anew (receivers judge a signature's
                 # time against when the broker took the message).
                 bodies = self._codec.refresh(bodies)
+            started = time.time_ns() if self._tracing is not None else 0
             try:
                 await self._backend.publish(self._topic, bodies)
             except BackendClosed:
@@ -201,6 +216,8 @@ class Outbox:
                 continue
             refused.reset()
             self._sent(batch, len(bodies))
+            if self._tracing is not None:
+                self._tracing.published([item.event for item in batch], len(batch), started)
             batch = []
 
     def _sent(self, batch: list[Outgoing], messages: int) -> None:

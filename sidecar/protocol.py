@@ -19,7 +19,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sidecar import PROTOCOL_VERSION
-from sidecar.codec import NULL, decode_json
+from sidecar.codec import NULL, Event, decode_json
 from sidecar.errors import FrameError
 from sidecar.framing import HEAD_BYTES
 
@@ -28,11 +28,6 @@ MAX_ID_LENGTH = 256
 MAX_PATTERN_LENGTH = 256
 #: Patterns with a wildcard inside a name a `hello` may list: each is a regex tried on every new path.
 MAX_WILDCARD_PATTERNS = 8
-#: W3C Trace Context: vendors must carry a tracestate of 512 characters; a longer one is refused here.
-MAX_TRACESTATE_LENGTH = 512
-_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
-_TRACESTATE = re.compile(rf"[\x20-\x7e]{{1,{MAX_TRACESTATE_LENGTH}}}")
-_ZERO_TRACE_ID, _ZERO_SPAN_ID = "0" * 32, "0" * 16
 
 
 class ErrorCode(StrEnum):
@@ -209,6 +204,20 @@ class Publish(msgspec.Struct, gc=False):
     traceparent: str | None = None  # W3C trace context, checked by `trace_problem` only when given
     tracestate: str | None = None
 
+    def event_of(self, event_id: str, published_at: float) -> Event:
+        """The event this publish makes, with its bus id."""
+        return Event(
+            event_id,
+            published_at,
+            self.event,
+            self.path,
+            self.data,
+            self.context,
+            self.traceparent,
+            self.tracestate,
+            self.bin,
+        )
+
 
 _publish_decoder = msgspec.json.Decoder(Publish)
 
@@ -240,24 +249,6 @@ def _binary_problem(binary: object, data: msgspec.Raw, context: msgspec.Raw) -> 
         return f"publish: 'bin' is not base64 ({exc})"
     if data != NULL or context != NULL:
         return "publish: 'bin' carries the whole event: 'data' and 'context' must be null or left out"
-    return None
-
-
-def trace_problem(traceparent: object, tracestate: object) -> str | None:
-    """What is wrong with a publish's W3C trace context (docs/protocol.md#trace-context), or None.
-
-    A `traceparent` is `<version>-<trace id>-<parent id>-<flags>` in lowercase hex (2, 32, 16 and 2 digits), version
-    `ff` and all-zero ids being invalid; a `tracestate` is at most 512 printable ASCII characters, and only with a
-    `traceparent`. Only the 55-character form is taken, whatever the version.
-    """
-    if traceparent is None:
-        return "publish: 'tracestate' without a 'traceparent'" if tracestate is not None else None
-    if not isinstance(traceparent, str) or not _TRACEPARENT.fullmatch(traceparent):
-        return "publish: 'traceparent' must be '<2 hex>-<32 hex>-<16 hex>-<2 hex>' (W3C Trace Context, lowercase)"
-    if traceparent.startswith("ff") or traceparent[3:35] == _ZERO_TRACE_ID or traceparent[36:52] == _ZERO_SPAN_ID:
-        return "publish: 'traceparent' has version ff or an all-zero trace or parent id (W3C Trace Context)"
-    if tracestate is not None and (not isinstance(tracestate, str) or not _TRACESTATE.fullmatch(tracestate)):
-        return f"publish: 'tracestate' must be 1 to {MAX_TRACESTATE_LENGTH} printable ASCII characters"
     return None
 
 
@@ -301,7 +292,7 @@ def parse_publish(frame: dict[str, Any]) -> Publish:
         cast(str | None, event_id),
         cast(bool, ack),
         cast(str | None, frame.get("bin")),
-        # Not a string: "", which `trace_problem` refuses, so that the event still goes, without its trace context.
+        # Not a string: "", which `tracecontext.problem` refuses: the event still goes, without its trace context.
         *(_string_or_empty(frame.get(name)) for name in ("traceparent", "tracestate")),
     )
 

@@ -4,7 +4,7 @@ import msgspec
 import orjson
 import pytest
 
-from sidecar import protocol
+from sidecar import protocol, tracecontext
 from sidecar.codec import NULL, Event, encode
 from sidecar.errors import FrameError
 from sidecar.protocol import ErrorCode, decode, fast_publish, parse_hello, parse_publish, readable_id
@@ -161,7 +161,7 @@ def test_the_frames_syncar_writes_are_those_docs_protocol_shows() -> None:
 )
 def test_a_valid_trace_context_is_taken_on_both_paths(traceparent: str, tracestate: str | None) -> None:
     frame = publish_with(traceparent=traceparent, tracestate=tracestate)
-    assert protocol.trace_problem(traceparent, tracestate) is None
+    assert tracecontext.problem(traceparent, tracestate) is None
     for publish in (fast_publish(orjson.dumps(frame)), parse_publish(frame)):
         assert publish is not None
         assert (publish.traceparent, publish.tracestate) == (traceparent, tracestate)
@@ -171,7 +171,7 @@ def test_a_trace_field_of_another_type_reaches_the_check_as_a_string_it_refuses(
     frame = publish_with(traceparent={"not": "a string"}, tracestate=["x"])
     assert fast_publish(orjson.dumps(frame)) is None  # msgspec refuses the type: the slow path says what is wrong
     publish = parse_publish(frame)
-    assert protocol.trace_problem(publish.traceparent, publish.tracestate) is not None
+    assert tracecontext.problem(publish.traceparent, publish.tracestate) is not None
     stripped = protocol.without_trace(publish)
     assert (stripped.traceparent, stripped.tracestate, stripped.path) == (None, None, "messages")
 
