@@ -14,6 +14,11 @@ class per mode, chosen by `backends.load_backend()` from its table. Each feature
 the codec that recognises our own messages. A message whose handler raised comes back only in durable mode,
 because that mode acknowledges a message after its handler returned: that is part of `DURABLE`, not a feature of
 its own.
+
+A subscription the broker dropped without closing the connection (a proxy that reconnected behind our back, an
+exchange deleted and declared again) is not the backend's to see: the daemon's watchdog (sidecar/fleet.py) notices
+the silence and makes it again through this interface alone, `unsubscribe()` then `subscribe()`. So `unsubscribe()`
+must succeed on a subscription the broker no longer has.
 """
 
 from __future__ import annotations

@@ -133,6 +133,7 @@ class Daemon:
             key=settings.key,
             seq=lambda: outbox.on_bus,
             last_seq=gaps.last,
+            resubscribe=self._resubscribe,
             metrics=metrics,
             signer=signer,
         )
@@ -270,6 +271,17 @@ class Daemon:
         if self._subscription is None:
             self._subscription = await self.backend.subscribe(self.settings.key, self.relay.on_message)
         await self.fleet.subscribe()
+        self._on_backend_state(self.backend.state)
+
+    async def _resubscribe(self) -> None:
+        """The fleet's watchdog heard nothing: make the subscriptions on its connection again (the events' too in
+        broadcast mode, where they share it). BackendError if the broker refuses; the watchdog then calls again."""
+        if self.bus is self.backend:
+            subscription, self._subscription = self._subscription, None
+            if subscription is not None:
+                await subscription.unsubscribe()
+            self._subscription = await self.backend.subscribe(self.settings.key, self.relay.on_message)
+        await self.fleet.resubscribe_own()
         self._on_backend_state(self.backend.state)
 
     async def _connect_later(self, outage: Outage) -> None:

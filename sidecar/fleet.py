@@ -1,4 +1,4 @@
-"""The fleet: every daemon announces itself on the bus and keeps a table of the others.
+"""The fleet: every daemon announces itself on the bus, keeps a table of the others, and watches its subscription.
 
 Every `--announce-interval` seconds (5 by default) a daemon publishes one small message on the topic
 `<key>.peers`, next to the events' `--key`, so feathers-sync apps, which listen on the key alone, never see it:
@@ -15,6 +15,13 @@ The peer table holds who was heard, when, and the sequence lag: how many of a pe
 announcement, have not reached this daemon since it first heard of that run. A peer is gone after `MISSED`
 announcements missed. The table is bounded (MAX_PEERS, least recently heard forgotten first) and read by
 `GET /peers`, `syncar peers` and the metrics.
+
+The watchdog: a broker can forget a subscription without closing the connection (a node that left its cluster,
+a proxy that reconnected behind our back, an exchange deleted and declared again). A daemon that has heard nothing
+on `<key>.peers` for `MISSED` intervals, not even its own announcements, takes its subscriptions as lost and makes
+them again (`syncar_bus_resubscribes_total`). Where the broker does not bring our own messages back (NATS in
+broadcast mode), silence means something only while there were peers to hear. In durable mode the announcements
+have a broadcast connection of their own, and only their subscription is watched and made again.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -40,7 +47,7 @@ log = logging.getLogger(__name__)
 rejections = RateLimitedLogger(log, interval=10.0)
 
 ANNOUNCE_VERSION = 1
-#: Announcements a peer may miss before it is gone.
+#: Announcements a peer may miss before it is gone; intervals of silence before our subscription counts as lost.
 MISSED = 3
 #: Peers kept at once; beyond it the least recently heard is forgotten (and comes back when heard again).
 MAX_PEERS = 1024
@@ -120,8 +127,11 @@ class PeerTable:
 
 
 class Fleet:
-    """The announcer and the peer table of one daemon; `bus` carries the announcements, `seq()` is the daemon's
-    last bus sequence number."""
+    """The announcer, the peer table and the watchdog of one daemon; `bus` carries the announcements.
+
+    `seq()` is the daemon's last bus sequence number; `resubscribe()` makes every subscription of the daemon again
+    (this one's included, through `resubscribe_own()`).
+    """
 
     def __init__(
         self,
@@ -131,15 +141,18 @@ class Fleet:
         key: str,
         seq: Callable[[], int],
         last_seq: Callable[[str, str], int | None],
+        resubscribe: Callable[[], Awaitable[None]],
         metrics: Metrics,
         signer: Signer | None = None,
     ) -> None:
         self.bus, self.me, self.key = bus, me, key
         self.topic = peers_topic(key)
         self.table = PeerTable(me.instance, last_seq)
-        self._seq, self._metrics, self._signer = seq, metrics, signer
+        self._seq, self._resubscribe, self._metrics, self._signer = seq, resubscribe, metrics, signer
         self._subscription: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
+        self._heard_at: float | None = None  # time.monotonic() when we last heard anything on the topic
+        self._retry = False  # the last try to subscribe again failed
         metrics.watch_peers(self._metric_rows)
 
     async def subscribe(self) -> None:
@@ -148,6 +161,12 @@ class Fleet:
             self._subscription = await self.bus.subscribe(self.topic, self.on_message)
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="syncar-fleet")
+
+    async def resubscribe_own(self) -> None:
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            await subscription.unsubscribe()
+        self._subscription = await self.bus.subscribe(self.topic, self.on_message)
 
     async def stop(self, timeout: float) -> None:
         """Stop announcing; tell the others we leave (within `timeout`), stop listening."""
@@ -172,20 +191,54 @@ class Fleet:
     async def _run(self) -> None:
         interval = self.me.interval
         while True:  # until stop() cancels us
-            if self.bus.state is BackendState.CONNECTED:
+            if self.bus.state is not BackendState.CONNECTED:
+                self._heard_at = None  # silence while the broker is away says nothing of the subscription
+            else:
                 try:
                     async with asyncio.timeout(interval):
                         await self._announce()
                 except (BackendError, TimeoutError) as exc:
                     log.debug("announcement not sent: %s", exc)
+                now = time.monotonic()
+                if self._heard_at is None:
+                    self._heard_at = now
+                elif self._retry or (now - self._heard_at >= MISSED * interval and self._expects_to_hear()):
+                    await self._lost(now - self._heard_at)
+                    self._heard_at = time.monotonic()
             self.table.sweep(time.monotonic())
             await asyncio.sleep(interval)
+
+    def _expects_to_hear(self) -> bool:
+        # Our own announcements come back unless the broker spares us our messages (NATS's no_echo): then only
+        # peers not yet swept (nor gone with a `leaving`) were there to be heard.
+        return self.bus.broker_echoes or len(self.table) > 0
+
+    async def _lost(self, silence: float) -> None:
+        if not self._retry:
+            log.warning(
+                "heard nothing on %r for %.1fs, not even our own announcements: the broker may have dropped our "
+                "subscriptions without telling; subscribing again",
+                self.topic,
+                silence,
+            )
+        try:
+            await self._resubscribe()
+        except Exception as exc:  # a BackendError, or a library failing unforeseen: the watchdog must live on
+            if not self._retry:
+                log.warning("subscribing again failed, trying every %gs: %s", self.me.interval, exc)
+                log.debug("subscribing again failed", exc_info=True)
+            self._retry = True
+            return
+        self._retry = False
+        self._metrics.resubscribes.inc()
+        log.info("subscribed again after %.1fs of silence on %r", silence, self.topic)
 
     # -- in -------------------------------------------------------------------------------------
 
     async def on_message(self, message: Message) -> None:
-        """An announcement from the bus: a valid one updates the table."""
+        """An announcement from the bus: any message proves the subscription alive; a valid one updates the table."""
         now = time.monotonic()
+        self._heard_at = now
         try:
             body = message.body if self._signer is None else self._signer.verify(message.body, message.accepted_at)
         except CodecError as exc:

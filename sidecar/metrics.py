@@ -128,6 +128,11 @@ class Metrics:
             "Broker connections restored on another node than the one lost",
             registry=registry,
         )
+        self.resubscribes = Counter(
+            "syncar_bus_resubscribes",
+            "Subscriptions made again after the bus was silent for three announcement intervals",
+            registry=registry,
+        )
         self.announcements_rejected = Counter(
             "syncar_announcements_rejected",
             "Announcements dropped, by reason (malformed, or a signature check's: unsigned, bad_signature, ...)",

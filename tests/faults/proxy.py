@@ -5,6 +5,7 @@
     proxy.restore()                                 # accept and forward again
     proxy.latency = 0.1                             # every chunk waits 100 ms, each way (pipelined)
     proxy.reply_latency = 60                        # and what the broker sends 60 s more: its confirms held back
+    proxy.links_saying(b"SUBSCRIBE")[0].inject(b"UNSUBSCRIBE\r\n")  # the broker hears it, the daemon does not
     await proxy.close()
 
 Latency delays each chunk by the same amount without serialising them, as a
@@ -12,7 +13,9 @@ long link would: throughput stays, every byte arrives `latency` seconds late.
 A cut aborts both sides of every connection (the broker and the daemon see a
 reset at once, as when a route goes away and a middlebox resets the flows)
 and closes each new connection as soon as it is accepted, so reconnect
-attempts fail until `restore()`.
+attempts fail until `restore()`. An injection writes bytes to the broker as if
+the daemon had sent them: the broker drops a subscription, its client is never
+told (the watchdog tests' silent break).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import logging
 log = logging.getLogger(__name__)
 
 CHUNK = 65536
+#: What a link keeps of what its client said first, for links_saying().
+SAID_BYTES = 65536
 #: Chunks in flight per direction while slowed; a full queue stops reading, so memory stays bounded.
 MAX_QUEUED_CHUNKS = 1024
 
@@ -38,6 +43,7 @@ class _Link:
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     ) -> None:
         self.writers = (client[1], upstream[1])
+        self.said = bytearray()  # the first SAID_BYTES the client sent
         self.tasks = [
             asyncio.create_task(self._pipe(proxy, client[0], upstream[1], False), name="proxy-up"),
             asyncio.create_task(self._pipe(proxy, upstream[0], client[1], True), name="proxy-down"),
@@ -70,6 +76,8 @@ class _Link:
         try:
             while True:
                 data = await reader.read(CHUNK)
+                if not reply and len(self.said) < SAID_BYTES:
+                    self.said += data[: SAID_BYTES - len(self.said)]
                 await queue.put((loop.time() + proxy.latency + (proxy.reply_latency if reply else 0.0), data))
                 if not data:
                     break
@@ -81,6 +89,10 @@ class _Link:
                 delivering.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await delivering
+
+    def inject(self, data: bytes) -> None:
+        """Send `data` to the broker on this connection, as if its client had (between two of its chunks)."""
+        self.writers[1].write(data)
 
     def abort(self) -> None:
         """Reset both sides and stop both directions."""
@@ -116,6 +128,10 @@ class TcpProxy:
     @property
     def connections(self) -> int:
         return len(self._links)
+
+    def links_saying(self, marker: bytes) -> list[_Link]:
+        """The connections whose client has sent `marker` (among its first SAID_BYTES)."""
+        return [link for link in self._links if marker in link.said]
 
     def cut(self) -> None:
         """Reset every proxied connection and refuse new ones until restore()."""
