@@ -78,7 +78,8 @@ class ClusterMap:
             reply: bytes = await conn.read_response()
         finally:
             await conn.disconnect(nowait=True)
-        return [Node.parse(line, host) for line in reply.decode().splitlines() if line.strip()]
+        nodes = (Node.parse(line, host) for line in reply.decode().splitlines() if line.strip())
+        return [node for node in nodes if node.known]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,7 @@ class Node:
     address: tuple[str, int]
     live_master: bool
     slots: tuple[tuple[int, int], ...]
+    known: bool  # a member: not a node still in handshake, nor one whose address is unknown
 
     @classmethod
     def parse(cls, line: str, asked: str) -> Node:
@@ -100,6 +102,7 @@ class Node:
             (host.strip("[]") or asked, int(port)),
             "master" in flags and "fail" not in flags and "fail?" not in flags,
             tuple((int(first), int(last or first)) for first, _, last in spans),
+            "handshake" not in flags and "noaddr" not in flags and int(port) > 0,
         )
 
     def serves(self, slot: int) -> bool:

@@ -28,6 +28,7 @@ from backends.base import (
     PublishUnconfirmed,
 )
 from backends.redis import RedisBackend, RedisStreamsBackend
+from backends.redis_cluster import Node
 from backends.redis_common import parse_uri
 from backends.redis_streams import stream_key
 from tests.backends.support import Inbox, Started
@@ -74,6 +75,17 @@ def test_durable_streams_of_a_key_share_its_slot() -> None:
     assert stream_key("k", cluster=True) == "syncar:stream:{k}"
     assert key_slot(stream_key("k", cluster=True).encode()) == key_slot(b"k")
     assert stream_key("k") == "syncar:stream:k"  # one Redis: as before
+
+
+def test_cluster_nodes_lines_are_read_as_the_cluster_means_them() -> None:
+    master = Node.parse("07c3 127.0.0.1:30004@31004,h master - 0 1 4 connected 0-5460 7000 [93->-e7d1]", "x")
+    assert master.address == ("127.0.0.1", 30004) and master.known
+    assert master.serves(7000) and master.serves(0) and not master.serves(5461)  # a migrating slot is not ours
+    failed = Node.parse("67ed 127.0.0.1:30002@31002 master,fail - 0 0 2 disconnected 5461-10922", "x")
+    assert not failed.serves(6000)  # a dead master is no place to connect to, until its replica is promoted
+    replica = Node.parse("e7d1 :30003@31003 myself,slave 07c3 0 0 4 connected", "10.0.0.5")
+    assert replica.address == ("10.0.0.5", 30003) and not replica.serves(0)  # its own address: the one asked
+    assert not Node.parse("a1b2 :0@0 master,noaddr - 0 0 0 disconnected", "x").known
 
 
 @pytest.fixture
