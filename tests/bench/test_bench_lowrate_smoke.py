@@ -5,6 +5,8 @@ It checks that the figures exist and are sane, never how small they are: the mac
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +23,11 @@ RUN_TIMEOUT = 80
 
 
 def low_rate(out: Path, *args: str) -> dict[str, Any]:
-    """`python -m bench --low-rate` with one repetition of half a second per case; its JSON figures."""
+    """`python -m bench --low-rate` with one repetition of half a second per case; its JSON figures. Python writes
+    no bytecode of its own here (as in CI and containers): what is compiled, the benchmark compiled."""
     command = [sys.executable, "-m", "bench", "--low-rate", *args, "--reps", "1", "--seconds", "0.5", "--out", str(out)]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert done.returncode == 0, done.stdout + done.stderr
     results: dict[str, Any] = orjson.loads((out / "lowrate.json").read_bytes())
     return results
@@ -67,7 +71,10 @@ def test_low_rate_run_on_local_and_redis_produces_every_figure(tmp_path: Path) -
 
 
 def test_low_rate_with_a_base_checkout_runs_its_daemons_alternated_with_ours(tmp_path: Path) -> None:
-    results = low_rate(tmp_path, "--brokers", "local", "--base-root", str(REPO))
+    base = tmp_path / "base"
+    for package in ("sidecar", "backends"):  # a copy without bytecode, as `git archive` makes one
+        shutil.copytree(REPO / package, base / package, ignore=shutil.ignore_patterns("__pycache__"))
+    results = low_rate(tmp_path, "--brokers", "local", "--base-root", str(base))
     assert [(r["contestant"], r["rate"]) for r in results["rates"]] == [
         ("syncar-base", 100),
         ("syncar", 100),
@@ -75,5 +82,8 @@ def test_low_rate_with_a_base_checkout_runs_its_daemons_alternated_with_ours(tmp
         ("syncar", 1000),
     ]
     assert all(r["figures"]["both_us"] > 0 for r in results["rates"]), results["rates"]
-    assert results["meta"]["base_root"] == str(REPO)
+    assert results["meta"]["base_root"] == str(base)
     assert "--base-root" in (tmp_path / "lowrate.md").read_text()
+    # Started as installed: the daemons read byte-compiled modules instead of compiling them at every start.
+    assert list((base / "sidecar" / "__pycache__").glob("daemon.*.pyc")), sorted(base.rglob("*"))[:20]
+    assert list((base / "backends" / "__pycache__").glob("local.*.pyc"))
