@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import signal
 import threading
-import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
@@ -26,7 +24,7 @@ from sidecar.config import Settings
 from sidecar.connection import Connection, Limits
 from sidecar.descriptors import fit_clients, raise_soft_limit
 from sidecar.errors import ConfigError, StartupError
-from sidecar.fleet import ANNOUNCE_VERSION, Announcement, Fleet
+from sidecar.fleet import Fleet, announcement_of, announcing_bus
 from sidecar.gaps import GapTracker
 from sidecar.http import MAX_HTTP_CONNECTIONS, HttpServer
 from sidecar.listener import Listener
@@ -111,25 +109,10 @@ class Daemon:
             durable=settings.mode is Mode.DURABLE,
             max_event_age=settings.instance_ttl,
         )
-        # Announcements go by broadcast in either mode: kept for absent instances, they would only pile up.
-        self.bus = self.backend
-        if settings.mode is Mode.DURABLE:
-            config = dataclasses.replace(settings.backend_config(), mode=Mode.BROADCAST)
-            self.bus = load_backend(settings.backend, Mode.BROADCAST)(config)
-        me = Announcement(
-            ANNOUNCE_VERSION,
-            settings.instance_id,
-            __version__,
-            settings.codec,
-            settings.mode,
-            0,
-            round(time.time(), 3),
-            settings.announce_interval,
-            inner.run if isinstance(inner, SyncarCodec) else None,
-        )
+        self.bus = announcing_bus(settings, self.backend)
         self.fleet = Fleet(
             self.bus,
-            me,
+            announcement_of(settings, inner.run if isinstance(inner, SyncarCodec) else None),
             key=settings.key,
             seq=lambda: outbox.on_bus,
             last_seq=gaps.last,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -36,8 +37,11 @@ from dataclasses import dataclass
 
 import msgspec
 
-from backends.base import Backend, BackendError, BackendState, Message, Subscription
+from backends import load_backend
+from backends.base import Backend, BackendError, BackendState, Message, Mode, Subscription
+from sidecar import __version__
 from sidecar.codec import decode_json, encode
+from sidecar.config import Settings
 from sidecar.errors import CodecError
 from sidecar.logging import RateLimitedLogger, printable
 from sidecar.metrics import Metrics
@@ -73,6 +77,30 @@ class Announcement(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 _decoder = msgspec.json.Decoder(Announcement)
+
+
+def announcement_of(settings: Settings, run: str | None) -> Announcement:
+    """What a daemon with `settings` announces (its `seq` filled in at each announcement); `run` is its codec's."""
+    return Announcement(
+        ANNOUNCE_VERSION,
+        settings.instance_id,
+        __version__,
+        settings.codec,
+        settings.mode,
+        0,
+        round(time.time(), 3),
+        settings.announce_interval,
+        run,
+    )
+
+
+def announcing_bus(settings: Settings, backend: Backend) -> Backend:
+    """The backend the announcements go by: the events' in broadcast mode, else one of its own in broadcast mode
+    (kept for absent instances, announcements would only pile up)."""
+    if settings.mode is Mode.BROADCAST:
+        return backend
+    config = dataclasses.replace(settings.backend_config(), mode=Mode.BROADCAST)
+    return load_backend(settings.backend, Mode.BROADCAST)(config)
 
 
 @dataclass(slots=True)
