@@ -33,11 +33,16 @@ log = logging.getLogger(__name__)
 #: has one waiting. At most 1.5 x this many messages are on their way to us or queued here (memory bound).
 PULL_BATCH = 64
 #: A pull request lives this long; the server says so (408) when it expires unfilled, and we ask again. An instance
-#: that is connected always has one waiting, so its consumer never looks inactive to the server.
-PULL_EXPIRES = 10.0
+#: that is connected always has one waiting, so its consumer never looks inactive to the server. Short, because a
+#: request left with a consumer leader that lost its place is heartbeated but never filled until it expires.
+PULL_EXPIRES = 3.0
 #: While a pull request waits, the server sends a heartbeat this often: silence means the request is gone.
-IDLE_HEARTBEAT = 2.0
+IDLE_HEARTBEAT = 1.0
 SILENCE = 3 * IDLE_HEARTBEAT
+#: How long a resume waits for each JetStream API answer. A request made while a stream or its consumer has no
+#: leader (a node died; the others elect one in seconds) is dropped, not answered later: a short wait retries soon
+#: after the election instead of up to API_TIMEOUT after it.
+RESUME_TIMEOUT = 2.0
 #: Back-off after a handler failed, before the message is delivered again.
 RETRY_MIN, RETRY_MAX = 0.25, 5.0
 #: Seconds between two lines about the same failing subscriber, or the same consumer that cannot be resumed yet.
@@ -82,7 +87,7 @@ class DurableSubscription(Subscription):
         self._watchdog: asyncio.Task[None] | None = None
         self._closed = False
 
-    async def attach(self, client: Client) -> None:
+    async def attach(self, client: Client, timeout: float = API_TIMEOUT) -> None:
         """Start, or start again, consuming on `client` where the consumer left off.
 
         Raises:
@@ -96,7 +101,7 @@ class DurableSubscription(Subscription):
                 await old.unsubscribe()
         config = self._config
         try:
-            js = client.jetstream(timeout=API_TIMEOUT)
+            js = client.jetstream(timeout=timeout)
             stream = await ensure_stream(js, self.topic, config)
             await ensure_consumer(js, stream, self.consumer, config.instance_ttl, self._position)
             inbox = client.new_inbox()
@@ -190,7 +195,7 @@ class DurableSubscription(Subscription):
                 return  # the reconnect will call us again
             # In a task of its own, which unsubscribe() lets finish: it may be between deleting the consumer and
             # creating it again, and a consumer left deleted would restart at "now".
-            self._attaching = attaching = asyncio.ensure_future(self.attach(client))
+            self._attaching = attaching = asyncio.ensure_future(self.attach(client, RESUME_TIMEOUT))
             try:
                 await asyncio.shield(attaching)
             except BackendError as exc:
