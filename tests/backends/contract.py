@@ -25,6 +25,9 @@ from tests.brokers import BrokerServer
 
 #: The contract's name of each broker -> its URI scheme.
 SCHEMES = {"local": "local", "redis": "redis", "rabbitmq": "amqp", "nats": "nats"}
+#: Broker clusters the core promises (test_contract.py) also run on: name -> scheme, and the session fixture that
+#: starts it once. Their failovers are tested apart (tests/backends/test_redis_cluster.py, tests/faults).
+CLUSTERS = {"redis-cluster": ("redis+cluster", "redis_cluster")}
 
 
 @dataclass(frozen=True)
@@ -36,24 +39,31 @@ class Kind:
 
     @property
     def cls(self) -> type[Backend]:
-        return load_backend(f"{SCHEMES[self.broker]}://host", self.mode)
+        scheme = SCHEMES[self.broker] if self.broker in SCHEMES else CLUSTERS[self.broker][0]
+        return load_backend(f"{scheme}://host", self.mode)
+
+    @property
+    def marks(self) -> list[pytest.MarkDecorator]:
+        if self.broker in CLUSTERS:
+            return [pytest.mark.redis, pytest.mark.cluster]
+        return [] if self.broker == "local" else [getattr(pytest.mark, self.broker)]
 
     def __str__(self) -> str:
         return f"{self.broker}-{self.mode}"
 
 
 KINDS = [Kind(broker, mode) for broker, scheme in SCHEMES.items() for mode in Mode if mode in BACKENDS[scheme]]
+CLUSTER_KINDS = [Kind(name, mode) for name, (scheme, _) in CLUSTERS.items() for mode in BACKENDS[scheme]]
 
 
-def kinds(select: Callable[[Kind], bool] = lambda kind: True) -> pytest.MarkDecorator:
-    """Run a test on the kinds `select` keeps (all by default), each marked with its broker."""
+def kinds(select: Callable[[Kind], bool] = lambda kind: True, *, clusters: bool = False) -> pytest.MarkDecorator:
+    """Run a test on the kinds `select` keeps (all by default), each marked with its broker; with `clusters`, on
+    the broker clusters too."""
     return pytest.mark.parametrize(
         "kind",
         [
-            pytest.param(
-                kind, id=str(kind), marks=[] if kind.broker == "local" else [getattr(pytest.mark, kind.broker)]
-            )
-            for kind in KINDS
+            pytest.param(kind, id=str(kind), marks=kind.marks)
+            for kind in (*KINDS, *(CLUSTER_KINDS if clusters else ()))
             if select(kind)
         ],
     )
@@ -74,15 +84,22 @@ class Contract:
     """`await backend("a")`: a started instance "a" of the class under test, closed when the test ends."""
 
     def __init__(
-        self, kind: Kind, server: BrokerServer | None, uri: str, started: Started, request: pytest.FixtureRequest
+        self,
+        kind: Kind,
+        server: BrokerServer | None,
+        uri: str,
+        started: Started,
+        request: pytest.FixtureRequest,
+        *,
+        key: str | None = None,
     ) -> None:
-        self.kind, self.server, self.uri = kind, server, uri
+        self.kind, self.server, self.uri, self.key = kind, server, uri, key
         self.cls = kind.cls
         self._started = started
         self._request = request
 
     def config(self, instance_id: str, *, uri: str | None = None, echo: bool = True) -> BackendConfig:
-        return BackendConfig(uri or self.uri, instance_id, 2.0, mode=self.kind.mode, echo=echo)
+        return BackendConfig(uri or self.uri, instance_id, 2.0, mode=self.kind.mode, echo=echo, key=self.key)
 
     async def __call__(
         self,
