@@ -15,7 +15,7 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from yarl import URL
 
-from backends.amqp_topology import DEFAULT_QUEUE_TYPE, QUEUE_TYPES
+from backends.amqp_topology import CLUSTER_QUEUE_TYPE, DEFAULT_QUEUE_TYPE, QUEUE_TYPES
 from backends.base import BackendConfigError, describe_error, host_port, parse_hosts
 from sidecar.backoff import DEFAULT_INITIAL
 
@@ -45,7 +45,7 @@ URI_OPTIONS: dict[str, tuple[Callable[[str], bool], str]] = {
     "name": (lambda v: True, "a connection name"),
     # syncar's own, not aiormq's: set it to the broker's max_message_size when that is below our default.
     "max_message_bytes": (lambda v: v.isdigit() and 1024 <= int(v) <= 512 * 1024 * 1024, "bytes, 1024 to 512 MiB"),
-    # syncar's own too: the type of the durable queues (ignored in broadcast mode).
+    # syncar's own too: the type of the durable queues (ignored in broadcast mode); quorum by default for a host list.
     "queue_type": (lambda v: v in QUEUE_TYPES, " or ".join(QUEUE_TYPES)),
 }
 TLS_OPTIONS = frozenset({"cafile", "capath", "cadata", "certfile", "keyfile", "no_verify_ssl"})
@@ -100,7 +100,7 @@ def parse_uri(uri: str, instance_id: str) -> AmqpOptions:
         vhost=url.path[1:] or "/",
         secrets=secrets,
         max_message_bytes=int(url.query.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)),
-        queue_type=url.query.get("queue_type", DEFAULT_QUEUE_TYPE),
+        queue_type=url.query.get("queue_type", DEFAULT_QUEUE_TYPE if len(urls) == 1 else CLUSTER_QUEUE_TYPE),
     )
 
 

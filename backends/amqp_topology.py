@@ -7,9 +7,10 @@ queue bound with the key `queue-binding` (fanout ignores it). Messages are trans
 
 Durable cannot reuse that exchange: feathers-sync declares it non-durable, and RabbitMQ refuses to declare an
 existing exchange with other flags. It uses a durable fanout exchange `<topic>.durable` and, per instance, a durable
-queue `<topic>.durable.<instance id>` (classic, or quorum with the URI option `queue_type=quorum`) that outlives the
-daemon: `x-max-length` with `drop-head` bounds what it keeps for an instance that is away, `x-expires` deletes it
-once nobody has consumed or declared it for `instance_ttl`. Messages are persistent (delivery_mode 2).
+queue `<topic>.durable.<instance id>` (classic on one node, quorum on a URI that lists several; the URI option
+`queue_type` chooses) that outlives the daemon: `x-max-length` with `drop-head` bounds what it keeps for an
+instance that is away, `x-expires` deletes it once nobody has consumed or declared it for `instance_ttl`.
+Messages are persistent (delivery_mode 2).
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ log = logging.getLogger(__name__)
 BINDING_KEY = "queue-binding"  # feathers-sync's; a fanout exchange ignores it
 DURABLE_SUFFIX = ".durable"
 QUEUE_TYPES = ("quorum", "classic")
-# Classic by default: on RabbitMQ 3.10 a quorum queue that the broker loses in a crash within a second or two of
-# its declaration never gets a leader again, and every publish routed to it then waits for a confirm that never
-# comes, stalling every daemon's outbox (see docs/backends/rabbitmq.md). Quorum is an option for clusters.
+# Classic for one node: on RabbitMQ 3.10 a quorum queue whose only node crashes within a second or two of the
+# queue's declaration never gets a leader again, and every publish routed to it then waits for a confirm that never
+# comes, stalling every daemon's outbox (see docs/backends/rabbitmq.md); one node replicates nothing anyway.
 DEFAULT_QUEUE_TYPE = "classic"
+# Quorum for a URI that lists several hosts, a cluster: a classic queue lives on one node and is gone while that node
+# is down; a quorum queue has a member on each node and goes on while a majority of them runs.
+CLUSTER_QUEUE_TYPE = "quorum"
 MAX_NAME_BYTES = 255  # AMQP 0-9-1 short strings
 DIGEST_CHARS = 16  # 64 bits of sha256 keep shortened names apart
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9\-_.:@#,/+ ]+")  # what pamqp lets through (AMQP 0-9-1 names, widened)

@@ -10,6 +10,7 @@ import pytest
 
 from tests.brokers import BrokerServer, serve
 from tests.brokers.nats import NatsCluster
+from tests.brokers.rabbitmq import RabbitCluster
 from tests.utils import RawClient
 
 Connect = Callable[[Path, dict[str, Any] | None], Awaitable[RawClient]]
@@ -110,6 +111,19 @@ def nats_cluster() -> Iterator[NatsCluster]:
     try:
         cluster.start()
         CLUSTER_STARTS.append(("nats (3 nodes)", cluster.start_seconds))
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_cluster() -> Iterator[RabbitCluster]:
+    """Three rabbitmq-server nodes clustered (tests marked `cluster`); a test that kills nodes calls
+    `rabbitmq_cluster.whole()` at its end, so the next test finds all three."""
+    cluster = RabbitCluster()
+    try:
+        cluster.start()
+        CLUSTER_STARTS.append(("rabbitmq (3 nodes)", cluster.start_seconds))
         yield cluster
     finally:
         cluster.cleanup()

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlencode
 
@@ -148,10 +149,10 @@ class RabbitServer(BrokerServer):
         return port_open(self.port) and amqp_login(self.port) and (self.tls_port is None or port_open(self.tls_port))
 
     def start(self) -> None:
-        self._start_epmd()
+        self.start_epmd()
         super().start()
 
-    def _start_epmd(self) -> None:
+    def start_epmd(self) -> None:
         if self.epmd is not None and self.epmd.poll() is None:
             return
         self.epmd = subprocess.Popen(
@@ -175,6 +176,82 @@ class RabbitServer(BrokerServer):
             self.epmd.wait(timeout=10)
         self.epmd = None
         super().cleanup()
+
+
+class RabbitClusterNode(RabbitServer):
+    """One node of a `RabbitCluster`: its own node name, ports and data, the cluster's epmd and Erlang cookie."""
+
+    def __init__(self, index: int, tag: str, epmd_port: int, cookie: str) -> None:
+        super().__init__()
+        self.index = index
+        self.node = f"syncar-{tag}-{index}@localhost"
+        self.epmd_port = epmd_port  # one epmd for the cluster: each node finds the others' distribution ports there
+        cookie_file = self.dir / "home" / ".erlang.cookie"
+        cookie_file.write_text(cookie)
+        cookie_file.chmod(0o400)  # Erlang refuses a cookie others can read
+
+    @property
+    def address(self) -> str:
+        """What a daemon names as its node (`status` frames, `syncar_broker_node_info`)."""
+        return f"127.0.0.1:{self.port}"
+
+
+class RabbitCluster:
+    """Three rabbitmq-server nodes clustered on loopback, started once a session (tests marked `cluster`).
+
+    The nodes boot together (standalone, in parallel: a boot takes seconds), then nodes 2 and 3 join node 1 with
+    `rabbitmqctl stop_app`, `join_cluster`, `start_app`, both at once. A node killed by a test comes back with its
+    data and rejoins by itself (`whole()`)."""
+
+    def __init__(self, size: int = 3) -> None:
+        tag = uuid.uuid4().hex[:8]
+        epmd_port = free_port()
+        cookie = uuid.uuid4().hex.upper()
+        self.nodes = [RabbitClusterNode(i + 1, tag, epmd_port, cookie) for i in range(size)]
+        self.start_seconds = 0.0
+
+    @property
+    def uri(self) -> str:
+        return "amqp://guest:guest@" + ",".join(node.address for node in self.nodes) + "/"
+
+    def node_at(self, address: str) -> RabbitClusterNode:
+        """The node a daemon names in `syncar_broker_node_info` or a `status` frame (`127.0.0.1:port`)."""
+        return next(node for node in self.nodes if node.address == address)
+
+    def start(self) -> None:
+        began = time.monotonic()
+        first, *others = self.nodes
+        first.start_epmd()  # the cluster's epmd, stopped with node 1
+        self.whole()
+        with ThreadPoolExecutor(len(others) or 1) as pool:
+            list(pool.map(lambda node: self._join(node, first), others))
+        self.start_seconds = time.monotonic() - began
+
+    @staticmethod
+    def _join(node: RabbitClusterNode, first: RabbitClusterNode) -> None:
+        node.ctl("stop_app")
+        node.ctl("join_cluster", first.node)
+        node.ctl("start_app")
+        node.wait_ready()
+
+    def whole(self) -> None:
+        """Start every node not running (all at first, those a test killed later), together; returns once each
+        takes AMQP logins."""
+        for node in self.nodes:
+            if node.process is None or node.process.poll() is not None:
+                node.launch()
+        for node in self.nodes:
+            node.wait_ready()
+
+    def running(self) -> list[str]:
+        """The names of the nodes the cluster says are running, asked of node 1."""
+        status = json.loads(self.nodes[0].ctl("cluster_status", "--formatter", "json"))
+        return sorted(status["running_nodes"])
+
+    def cleanup(self) -> None:
+        for node in self.nodes[1:]:
+            node.cleanup()
+        self.nodes[0].cleanup()  # last: it owns the epmd
 
 
 def amqp_login(port: int, timeout: float = PROBE_TIMEOUT) -> bool:

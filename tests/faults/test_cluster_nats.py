@@ -10,27 +10,20 @@ new `node`), and every event published once the path is back arrives.
 from __future__ import annotations
 
 import asyncio
-import tempfile
-import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import nats
 import pytest
 
 from backends.nats_jetstream import jetstream_name
-from tests.brokers import BrokerServer
 from tests.brokers.nats import NatsCluster, NatsClusterNode
 from tests.faults.apps import now
+from tests.faults.cluster import DURABLE_RECOVERY_LIMIT, counted, fail_over, staged
 from tests.faults.harness import Scenario
-from tests.faults.report import RECOVERY_LIMIT, Row
-from tests.faults.test_faults import NOTICE_TIMEOUT, check, told_down_then_up
-from tests.utils import eventually, wait_for
+from tests.faults.test_faults import check
+from tests.utils import eventually
 
 pytestmark = [pytest.mark.nats, pytest.mark.cluster, pytest.mark.faults, pytest.mark.timeout(150)]
-#: Durable mode waits for JetStream to elect new leaders for the stream and the consumers, then for the consumer's
-#: silence to be noticed (nats_consumer.SILENCE) and its resume: measured 12 s; asserted with room for a busy machine.
-DURABLE_RECOVERY_LIMIT = 40.0
 MODES = pytest.mark.parametrize("mode", ["broadcast", "durable"])
 
 
@@ -38,17 +31,8 @@ MODES = pytest.mark.parametrize("mode", ["broadcast", "durable"])
 async def cluster_scenario(
     request: pytest.FixtureRequest, nats_cluster: NatsCluster, mode: str
 ) -> AsyncIterator[Scenario]:
-    case = request.node.get_closest_marker("case")
-    assert case is not None
-    directory = Path(tempfile.mkdtemp(prefix="syncar-cluster-", dir="/tmp"))
-    stage = Scenario(
-        case.args[0], "nats cluster", mode, nats_cluster.nodes[0], directory, f"cluster-{uuid.uuid4().hex[:12]}"
-    )
-    try:
+    async with staged(request, "nats cluster", mode, nats_cluster.nodes[0], nats_cluster.whole) as stage:
         yield stage
-    finally:
-        await stage.close()
-        await asyncio.to_thread(nats_cluster.whole)  # the next test finds all three nodes
 
 
 async def jetstream_answers(node: NatsClusterNode) -> bool:
@@ -83,43 +67,6 @@ async def start(s: Scenario, cluster: NatsCluster) -> None:
         {"B": "b"},
         daemon_args={"a": ["--backend", f"{first.uri}{replicas}"], "b": ["--backend", f"{second.uri}{replicas}"]},
     )
-
-
-def nodes_named(s: Scenario, label: str) -> list[str]:
-    """The `node` of each `status` frame daemon `label` sent while up."""
-    return [str(f["node"]) for _, f in s.watches[label].frames if f.get("type") == "status" and "node" in f]
-
-
-async def fail_over(s: Scenario, victim: BrokerServer, labels: tuple[str, ...]) -> float:
-    """SIGKILL `victim`; wait until daemons `labels` told their apps the broker is up on another node. The kill's
-    time is the fault's end: the failover is the daemon's to make."""
-    await asyncio.to_thread(victim.kill)
-    killed = now()
-    gone = f"127.0.0.1:{victim.port}"
-    for label in labels:
-        await wait_for(
-            lambda: any(node != gone for node in nodes_named(s, label)),  # noqa: B023 - awaited at once
-            NOTICE_TIMEOUT,
-            f"{label} to tell its apps it is up on another node",
-        )
-    return killed
-
-
-def counted(s: Scenario, fault_end: float, labels: tuple[str, ...], victim: BrokerServer) -> dict[str, Row]:
-    rows = s.count(fault_end)
-    for label in labels:
-        assert s.metric(label, "syncar_broker_failovers_total") >= 1, f"{label}: failover not counted"
-        assert s.metric(label, "syncar_backend_reconnects_total") >= 1, f"{label}: reconnect not counted"
-        assert s.metric(label, f'syncar_broker_node_info{{node="127.0.0.1:{victim.port}"}}') == 0
-        assert told_down_then_up(s, label), f"{label}: apps not told: {s.watches[label].broker_states()}"
-    limit = RECOVERY_LIMIT if s.mode == "broadcast" else DURABLE_RECOVERY_LIMIT
-    for row in rows.values():
-        row.note(
-            f"failovers a {s.metric('a', 'syncar_broker_failovers_total'):.0f}, "
-            f"b {s.metric('b', 'syncar_broker_failovers_total'):.0f}"
-        )
-        assert row.recovery is not None and row.recovery <= limit, row
-    return rows
 
 
 @pytest.mark.case("7")

@@ -25,8 +25,8 @@ import pytest
 from backends.redis_streams import stream_key
 from tests.brokers.redis_cluster import ClusterNode, RedisCluster
 from tests.faults.apps import now
+from tests.faults.cluster import counted, fail_over
 from tests.faults.harness import Scenario
-from tests.faults.test_cluster_nats import counted, fail_over
 from tests.faults.test_faults import check
 
 pytestmark = [pytest.mark.redis, pytest.mark.cluster, pytest.mark.faults, pytest.mark.timeout(150)]

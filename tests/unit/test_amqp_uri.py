@@ -71,3 +71,16 @@ def test_a_lost_connection_moves_to_another_host_and_the_fleet_on_it_spreads() -
     assert set(landed) == {URLS[1], URLS[2]} and min(landed.values()) > 1300, landed
     single = Hosts(URLS[:1])
     assert single.leave() == single.next() == URLS[0]
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("amqp://h1/", "classic"),  # one node: nothing to replicate to (and the 3.10 window, amqp_topology)
+        ("amqp://h1,h2,h3/", "quorum"),  # a cluster: a queue with a member on each node
+        ("amqp://h1,h2,h3/?queue_type=classic", "classic"),
+        ("amqp://h1/?queue_type=quorum", "quorum"),
+    ],
+)
+def test_durable_queues_are_quorum_queues_on_a_host_list_unless_the_uri_says(uri: str, expected: str) -> None:
+    assert parse_uri(uri, "i").queue_type == expected
