@@ -14,7 +14,8 @@ last one (`leaving`), and is taken out of the others' tables at once.
 The peer table holds who was heard, when, and the sequence lag: how many of a peer's events, by its last
 announcement, have not reached this daemon since it first heard of that run. A peer is gone after `MISSED`
 announcements missed. The table is bounded (MAX_PEERS, least recently heard forgotten first) and read by
-`GET /peers`, `syncar peers` and the metrics.
+`GET /peers`, `syncar peers` and the metrics; a peer whose version, codec or mode differs from ours is warned of
+once, with what to do.
 
 The watchdog: a broker can forget a subscription without closing the connection (a node that left its cluster,
 a proxy that reconnected behind our back, an exchange deleted and declared again). A daemon that has heard nothing
@@ -181,6 +182,7 @@ class Fleet:
         self._task: asyncio.Task[None] | None = None
         self._heard_at: float | None = None  # time.monotonic() when we last heard anything on the topic
         self._retry = False  # the last try to subscribe again failed
+        self._warned: OrderedDict[str, None] = OrderedDict()  # peers warned of, bounded as the table is
         metrics.watch_peers(self._metric_rows)
 
     async def subscribe(self) -> None:
@@ -278,8 +280,60 @@ class Fleet:
             self._metrics.announcements_rejected.labels("malformed").inc()
             rejections.warning("malformed", "dropped an announcement that is not one of version %d", ANNOUNCE_VERSION)
             return
-        if announcement.instance != self.me.instance:
-            self.table.heard(announcement, now)
+        if announcement.instance == self.me.instance:
+            if (announcement.run, announcement.started) != (self.me.run, self.me.started):
+                self._warn_once(
+                    announcement.instance,
+                    "another daemon on key %r announces this daemon's instance id %s: give each daemon its own "
+                    "--instance-id (each takes the other's events for its own echoes and drops them)",
+                    self.key,
+                    printable(announcement.instance),
+                )
+            return
+        if self.table.heard(announcement, now):
+            self._check(announcement)
+
+    def _check(self, peer: Announcement) -> None:
+        """Warn once per peer of a difference that loses events, or that should not last."""
+        me, name = self.me, printable(peer.instance)
+        if peer.codec != me.codec:
+            self._warn_once(
+                peer.instance,
+                "peer %s on key %r uses codec %s, this daemon %s: each drops the other's events; give every "
+                "daemon of a key the same --codec (feathers-sync while feathers-sync apps share the key)",
+                name,
+                self.key,
+                printable(peer.codec),
+                me.codec,
+            )
+        elif peer.mode != me.mode:
+            self._warn_once(
+                peer.instance,
+                "peer %s on key %r runs in %s mode, this daemon in %s: the two modes use different exchanges, "
+                "streams or subjects and never see each other's events; run every daemon of a key in one --mode",
+                name,
+                self.key,
+                printable(peer.mode),
+                me.mode,
+            )
+        elif peer.version != me.version:
+            self._warn_once(
+                peer.instance,
+                "peer %s on key %r runs syncar %s, this daemon %s: fine during a rolling upgrade, then finish it "
+                "(every daemon of a key on one version)",
+                name,
+                self.key,
+                printable(peer.version),
+                me.version,
+            )
+
+    def _warn_once(self, instance: str, msg: str, *args: object) -> None:
+        if instance in self._warned:
+            return
+        self._warned[instance] = None
+        while len(self._warned) > MAX_PEERS:
+            self._warned.popitem(last=False)
+        log.warning(msg, *args)
 
     # -- out, to people -------------------------------------------------------------------------
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 
@@ -213,3 +215,40 @@ async def test_syncar_peers_lists_the_fleet_and_a_killed_daemon_goes(
             await wait_for(lambda: "c-1" not in names(a), what="c gone from a's table")
         finally:
             c.kill()
+
+
+async def test_a_peer_that_differs_is_warned_of_once_with_what_to_do(
+    setup: Setup, broker: BrokerServer | None, sock_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sidecar.fleet")
+    async with daemons(setup, broker, sock_dir, "a") as (key, uri, (a,)):
+        me = a.fleet.me
+        other_codec = "feathers-sync" if setup.codec == "syncar" else "syncar"
+        other_mode = "broadcast" if setup.mode is Mode.DURABLE else "durable"
+        peers = {
+            "old": {"version": "0.0.9"},
+            "codec": {"codec": other_codec},
+            "mode": {"mode": other_mode},
+            a.settings.instance_id: {"run": "another-run", "started": 1.0},  # a second daemon given a's id
+        }
+        for _ in range(3):  # announced again and again: warned of once
+            for instance, differs in peers.items():
+                announcement = msgspec.structs.replace(me, instance=instance, **differs)
+                await put_on_bus(broker, uri, peers_topic(key), msgspec.json.encode(announcement))
+        await wait_for(lambda: {"old", "codec", "mode"} <= set(names(a)), what="a to hear the three peers")
+        await wait_for(lambda: len(warnings(caplog)) >= 4, what="four warnings")
+        lines = warnings(caplog)
+        assert len(lines) == 4, lines
+        [old] = [line for line in lines if line.startswith("peer old ")]
+        assert f"runs syncar 0.0.9, this daemon {__version__}: fine during a rolling upgrade" in old
+        [codec] = [line for line in lines if line.startswith("peer codec ")]
+        assert f"uses codec {other_codec}, this daemon {setup.codec}: each drops the other's events" in codec
+        assert "give every daemon of a key the same --codec" in codec
+        [mode] = [line for line in lines if line.startswith("peer mode ")]
+        assert f"runs in {other_mode} mode, this daemon in {setup.mode}" in mode and "one --mode" in mode
+        [twin] = [line for line in lines if line.startswith("another daemon")]
+        assert f"announces this daemon's instance id {a.settings.instance_id}: give each daemon its own" in twin
+
+
+def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "sidecar.fleet" and r.levelno == logging.WARNING]
