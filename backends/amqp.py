@@ -62,6 +62,12 @@ REFUSALS = (
     aiormq.exceptions.ConnectionNotAllowed,
 )
 DEFAULT_PUBLISH_TIMEOUT = 10.0
+CANNOT_CONNECT = "amqp: cannot connect to "
+
+
+def unreachable(errors: Sequence[BackendError]) -> str:
+    """The hosts a start could not reach and why, in one line: `h1:5672 vhost '/': connection refused; ...`."""
+    return "; ".join(str(error).removeprefix(CANNOT_CONNECT) for error in errors)
 
 
 async def confirmed(publishes: Sequence[asyncio.Future[Any]], timeout: float) -> list[BaseException | None]:
@@ -130,18 +136,26 @@ class AmqpBackend(Backend):
 
     async def start(self) -> None:
         """Connect to the first host of the URI's list that answers, from a random one; each gets the connect
-        timeout. A refusal (credentials, TLS, vhost) ends the start at once: a cluster's nodes share their users."""
+        timeout. A refusal (credentials, TLS, vhost) ends the start at once: a cluster's nodes share their users.
+        Hosts that did not answer are named in one line: in the error if none did (the daemon retries the start,
+        and rate-limits what it logs), else in one warning."""
         if self._closing:
             raise BackendClosed("amqp: backend is closed")
         self._hosts = hosts = self._hosts or self._parse()
-        for tried in range(1, len(hosts.urls) + 1):
+        down: list[BackendUnavailable] = []
+        while True:
             try:
                 connection, publish_channel = await self._connect(hosts)
                 break
             except BackendUnavailable as exc:
-                if tried == len(hosts.urls):
-                    raise
-                log.warning("%s; trying %s", exc, node_of(hosts.next()))
+                down.append(exc)
+                hosts.next()
+                if len(down) == len(hosts.urls):
+                    if len(down) == 1:
+                        raise
+                    raise BackendUnavailable(f"{CANNOT_CONNECT}any host: {unreachable(down)}") from exc
+        if down:
+            log.warning("amqp: %s; connected to the next host", unreachable(down))
         self._connection, self._publish_channel = connection, publish_channel
         connection.close_callbacks.add(self._on_connection_lost)
         connection.reconnect_callbacks.add(self._on_reopened)
@@ -172,7 +186,7 @@ class AmqpBackend(Backend):
             # ProbableAuthenticationError is the broker's 403 ACCESS_REFUSED; AuthenticationError, no common mechanism.
             refused = vhost_refused or tls_refused(exc) or isinstance(exc, REFUSALS)
             raise (BackendRefused if refused else BackendUnavailable)(
-                f"amqp: cannot connect to {self._where}: {reason or describe_error(exc, self._secrets)}"
+                f"{CANNOT_CONNECT}{self._where}: {reason or describe_error(exc, self._secrets)}"
             ) from exc
         except asyncio.CancelledError:  # the connection must not live on, reconnecting by itself
             await discard(connection)
