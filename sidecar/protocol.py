@@ -19,7 +19,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sidecar import PROTOCOL_VERSION
-from sidecar.codec import NULL, Event, decode_json
+from sidecar.codec import NULL, decode_json
 from sidecar.errors import FrameError
 from sidecar.framing import HEAD_BYTES
 
@@ -203,20 +203,6 @@ class Publish(msgspec.Struct, gc=False):
     bin: str | None = None
     traceparent: str | None = None  # W3C trace context, checked by `trace_problem` only when given
     tracestate: str | None = None
-
-    def event_of(self, event_id: str, published_at: float) -> Event:
-        """The event this publish makes, with its bus id."""
-        return Event(
-            event_id,
-            published_at,
-            self.event,
-            self.path,
-            self.data,
-            self.context,
-            self.traceparent,
-            self.tracestate,
-            self.bin,
-        )
 
 
 _publish_decoder = msgspec.json.Decoder(Publish)

@@ -19,7 +19,7 @@ import orjson
 
 from backends.base import BackendState, Message
 from sidecar import protocol
-from sidecar.codec import Codec, Outgoing, encode
+from sidecar.codec import Codec, Event, Outgoing, encode
 from sidecar.dedup import EventIds, SeenIds
 from sidecar.errors import CodecError
 from sidecar.gaps import GapTracker
@@ -199,7 +199,17 @@ class Relay:
         # The app's id goes on the bus in the app's own scope, so that no other app can take it (sidecar/dedup.py).
         app_id = publish.id
         event_id = self._ids.new() if app_id is None else client.id_scope + app_id
-        event = publish.event_of(event_id, time.time())
+        event = Event(
+            event_id,
+            time.time(),
+            publish.event,
+            publish.path,
+            publish.data,
+            publish.context,
+            publish.traceparent,
+            publish.tracestate,
+            publish.bin,
+        )
         part = encode(event)
         self._delivered_locally += self._fan_out(part, self._origin_json, publish.path, publish.event, client)
         if len(part) > self._outbox.max_event_bytes:
