@@ -53,3 +53,28 @@ def test_quick_local_run_produces_every_figure(tmp_path: Path) -> None:
     summary = results["summary"]["local"]
     assert summary["syncar"]["tp-256"]["throughput"] > 0
     assert summary["syncar-fs"]["lat-1000"]["p99_ms"] > 0
+
+
+def test_traced_publishes_and_a_base_checkout_run_alternated(tmp_path: Path) -> None:
+    """`--contestants syncar-traced` publishes every event with W3C trace context, which the daemon takes (no error
+    frame comes back); `--base-root` adds the daemons of another checkout (here this one) as `syncar-base`."""
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench", "--quick", "--brokers", "local", "--contestants", "syncar-traced"),
+            *("--base-root", str(REPO), "--seconds", "0.3", "--no-plot", "--out", str(tmp_path)),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "syncar codec, trace context" in done.stdout and "syncar codec, --base-root" in done.stdout, done.stdout
+    results = orjson.loads((tmp_path / "latest.json").read_bytes())
+    assert results["meta"]["base_root"] == str(REPO)
+    runs = results["runs"]
+    assert {r["contestant"] for r in runs} == {"syncar-base", "syncar-traced"}
+    for run in runs:
+        assert not run.get("error"), run["error"]
+        assert run["pub"]["errors"] == 0, run["pub"]  # an invalid_trace_context would be an error frame
+        assert run["figures"]["received"] > 0, run["figures"]
