@@ -78,3 +78,23 @@ def test_traced_publishes_and_a_base_checkout_run_alternated(tmp_path: Path) -> 
         assert not run.get("error"), run["error"]
         assert run["pub"]["errors"] == 0, run["pub"]  # an invalid_trace_context would be an error frame
         assert run["figures"]["received"] > 0, run["figures"]
+
+
+def test_the_hot_path_measurement_runs_before_and_after() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.hotpath", "--rounds", "1", "--base-root", str(REPO)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if "publish" in line and "receive" in line]
+    assert [line.split("publish")[0].strip() for line in lines] == [
+        "before (--base-root)",
+        "after",
+        "after, every event traced",
+    ]
+    for line in lines:
+        publish, receive = (float(part.split()[0]) for part in line.split("publish")[1].split("receive"))
+        assert publish > 0 and receive > 0, line
