@@ -22,6 +22,7 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustExchange
 from aio_pika.exceptions import AMQPChannelError, DeliveryError
 from pamqp.commands import Basic
 
+from backends import amqp_internals
 from backends.amqp_common import (
     BROKER_ERRORS,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -232,24 +233,13 @@ class AmqpBackend(Backend):
                         internal=False,
                     )
                     self._exchanges[topic] = exchange
-                # Straight to aiormq, without waiting for each frame to reach the socket before the next is
-                # queued (what aio-pika's publish does, one loop round-trip per message): all the batch's messages
-                # go out in order, and their confirms are awaited together. A persistent message is confirmed once
-                # every durable queue it was routed to has it on disk.
-                # aio-pika's abstract type leaves out `wait`; its underlay is always aiormq's Channel.
+                # Straight to aiormq's writer, the whole batch in one write (backends/amqp_internals.py): its
+                # messages go out in order, and their confirms are awaited together. A persistent message is
+                # confirmed once every durable queue it was routed to has it on disk.
+                # aio-pika's abstract type leaves out the channel's state; its underlay is always aiormq's Channel.
                 underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
-                publishes = [
-                    asyncio.ensure_future(
-                        underlay.basic_publish(
-                            body,
-                            exchange=exchange.name,
-                            routing_key="",
-                            wait=False,
-                            properties=Basic.Properties(delivery_mode=topology.delivery_mode),
-                        )
-                    )
-                    for body in bodies
-                ]
+                properties = Basic.Properties(delivery_mode=topology.delivery_mode)
+                publishes = await amqp_internals.publish(underlay, exchange.name, bodies, properties)
             errors = await confirmed(publishes, self.publish_timeout)
         except TimeoutError as exc:
             raise PublishTimeout(f"amqp: the broker confirmed nothing for {self.publish_timeout:g}s") from exc

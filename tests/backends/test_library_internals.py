@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from importlib.metadata import version
 
 import aio_pika
+import aiormq
 import nats
 import pytest
 from nats.aio.client import Client
@@ -75,6 +76,21 @@ async def test_nats_server_info_and_pongs_on_a_live_connection(server: NatsServe
             assert await write_with_ping(client)
     finally:
         await client.close()
+
+
+def test_aiormq_channel_state_that_syncar_publishes_with() -> None:
+    by = "backends/amqp_internals.publish"
+    source = inspect.getsource(aiormq.Channel)
+    # basic_publish numbers messages and keeps their confirmation futures where the channel's reader settles them,
+    # splits bodies with _split_body and hands frame groups to the connection's writer through write_queue.
+    for name in ("delivery_tag", "confirmations", "_split_body", "write_queue", "create_future", "is_closed"):
+        assert f"self.{name}" in source, relied_on("aiormq", f"Channel.{name}", by)
+    assert "self.confirmations.pop(delivery_tag)" in source, relied_on(
+        "aiormq", "Channel._confirm_delivery settling self.confirmations", by
+    )
+    assert "channel_frame.payload" in inspect.getsource(aiormq.Connection), relied_on(
+        "aiormq", "the writer writing each ChannelFrame's payload whole", by
+    )
 
 
 def test_aio_pika_reconnect_interval_is_read_where_syncar_backs_off() -> None:
