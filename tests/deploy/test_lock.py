@@ -51,6 +51,8 @@ def test_every_declared_dependency_is_pinned_within_its_range() -> None:
         if requirement.marker is not None and not requirement.marker.evaluate():
             continue
         name = canonicalize_name(requirement.name)
+        if name == "syncar":  # an extra made of another (test includes syncar[otel]), whose entries are checked
+            continue
         assert name in pinned, f"{requirement} is not in constraints.txt: run scripts/lock"
         assert requirement.specifier.contains(pinned[name]), f"{name}=={pinned[name]} is outside {requirement}"
 
