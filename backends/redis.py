@@ -281,7 +281,7 @@ class RedisStreamsBackend(RedisBaseBackend):
 
     async def _connected(self, redis: Redis, options: RedisOptions) -> None:
         self._streams = Streams(self.config, options, redis)
-        await self._streams.check_persistence()
+        await self._streams.upkeep.check_persistence()
 
     async def _send(self, redis: Redis, topic: str, bodies: Sequence[bytes]) -> None:
         await self._made().publish(topic, bodies)

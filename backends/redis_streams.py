@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +38,7 @@ from backends.base import (
     describe_error,
 )
 from backends.redis_common import CONNECTION_ERRORS, RedisOptions, await_confirmation, stop_task
+from backends.redis_upkeep import Upkeep
 from sidecar.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,6 @@ MAX_READ_COUNT = 128
 #: so that one poisonous entry cannot stop an instance for good. The waits between attempts double up to the cap.
 MAX_DELIVERIES = 10
 RETRY_INITIAL, RETRY_MAX = 0.1, 2.0
-#: Groups of departed instances are looked for at most this often (and every instance_ttl / 2 when that is shorter).
-GC_INTERVAL_MAX = 3600.0
 #: A reader re-reads its pending entries (`ID 0`) at least this often (and every instance_ttl / 10 when that is
 #: shorter): Redis before 7.2 counts only such a read, or one that returns entries, as the consumer being seen.
 HEARTBEAT_MAX = 60.0
@@ -66,11 +64,6 @@ def stream_key(topic: str, cluster: bool = False) -> str:
     """The stream of a topic (syncar's `--key`); on a cluster the topic is a hash tag, so that every stream of one
     key is in one slot, on one node, and one XREADGROUP reads them all."""
     return STREAM_PREFIX + ("{" + topic + "}" if cluster else topic)
-
-
-def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
-    ms, _, seq = (entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")
-    return int(ms), int(seq or 0)
 
 
 async def _reply(conn: Connection, timeout: float) -> Any:
@@ -123,31 +116,16 @@ class Streams:
         self._wait_replicas = options.wait_replicas
         self._cluster = options.cluster
         self._wait_ms = int(options.connection_kwargs["socket_timeout"] * 500)  # half the publish's bound
+        self.upkeep = Upkeep(config, options, redis, self.group)
         self._gc: asyncio.Task[None] | None = None
         self._closed = False
 
     def __len__(self) -> int:
         return len(self._streams)
 
-    async def check_persistence(self) -> None:
-        """Say in the log when Redis would lose confirmed entries in a crash; durability is Redis's to keep."""
-        try:
-            config = await self._redis.config_get("append*")
-        except CONNECTION_ERRORS as exc:  # CONFIG is often not allowed (managed Redis, ACL): say nothing
-            log.debug("redis: cannot read the persistence settings: %s", describe_error(exc, self._secrets))
-            return
-        if config.get("appendonly") != "yes":
-            log.warning(
-                "redis: durable mode, but %s has appendonly no: a restart of Redis loses the events written "
-                "since its last snapshot, confirmed ones too",
-                self.where,
-            )
-        elif config.get("appendfsync") != "always":
-            log.info(
-                "redis: %s has appendfsync %s: a crash of its host can lose about the last second of confirmed events",
-                self.where,
-                config.get("appendfsync"),
-            )
+    def keys(self) -> list[bytes]:
+        """The streams read now."""
+        return list(self._streams)
 
     def _key(self, topic: str) -> str:
         """The stream of `topic`; on a cluster, only that of the key the connections were placed by (its node)."""
@@ -199,7 +177,7 @@ class Streams:
             raise BackendClosed("redis: backend is closed")
         self._changed.set()
         if self._gc is None:
-            self._gc = asyncio.create_task(self._collect_garbage_forever(), name="syncar-redis-gc")
+            self._gc = asyncio.create_task(self.upkeep.collect_garbage_forever(self.keys), name="syncar-redis-gc")
         return subscription
 
     async def forget(self, stream: Stream) -> None:
@@ -235,30 +213,11 @@ class Streams:
             )
         else:
             try:
-                await self._warn_if_trimmed(stream)
+                await self.upkeep.warn_if_trimmed(stream.key)
             except redis_errors.ResponseError as exc:  # only a diagnosis: an ACL without XINFO must not stop us
                 log.debug("redis: cannot tell what %s lost: %s", self.group.decode(), exc)
         stream.cursor, stream.known = b"0", True  # the read of the pending entries also says we are alive
         stream.ready.set()
-
-    async def _warn_if_trimmed(self, stream: Stream) -> None:
-        """Say so when retention trimmed entries after our position while we were away: they are lost to us."""
-        info = await self._redis.xinfo_stream(stream.key)
-        first = info.get("recorded-first-entry-id") or b"0-0"
-        for group in await self._redis.xinfo_groups(stream.key):
-            # Trimming only ever removes the oldest entries, so nothing is lost unless we are behind the first one.
-            # `lag` (Redis 7.0 and later) counts the entries added after our position, the trimmed ones too.
-            if group["name"] != self.group or _id_tuple(group["last-delivered-id"]) >= _id_tuple(first):
-                continue
-            lag = group.get("lag")
-            if isinstance(lag, int) and lag > info["length"]:
-                log.warning(
-                    "redis: %s dropped about %d events that instance %s had not read yet (the stream's "
-                    "retention was reached while it was away): they are lost to it",
-                    stream.key.decode(),
-                    lag - info["length"],
-                    self.group.decode(),
-                )
 
     def lost(self) -> None:
         """The connection is gone: read nothing until restore(), then our pending entries first."""
@@ -407,56 +366,13 @@ class Streams:
             except CONNECTION_ERRORS as exc:
                 log.debug("redis: %d entries not acknowledged, they come again: %s", len(acked), exc)
 
-    async def _collect_garbage_forever(self) -> None:
-        interval = min(self.config.instance_ttl / 2, GC_INTERVAL_MAX)
-        # Until close(), which also cancels us: redis-py can turn that cancellation into a connection error.
-        while not self._closed:
-            for stream in tuple(self._streams.values()):
-                try:
-                    await self.collect_garbage(stream.key)
-                except CONNECTION_ERRORS as exc:  # next time, then
-                    log.debug(
-                        "redis: garbage collection on %s failed: %s",
-                        stream.key.decode(),
-                        describe_error(exc, self._secrets),
-                    )
-                if self._closed:
-                    return
-            # At random within the last fifth of the interval, so a fleet does not look all at once.
-            await asyncio.sleep(random.uniform(0.8 * interval, interval))
-
-    async def collect_garbage(self, key: bytes) -> list[str]:
-        """Destroy the groups on `key` whose consumers have all been idle for longer than instance_ttl.
-
-        A consumer's idle time is Redis's (XINFO CONSUMERS `idle`): milliseconds since it last read its pending
-        entries or got new ones (since Redis 7.2: since any XREADGROUP). A running syncar re-reads its pending entries
-        at least every min(instance_ttl / 10, 60 s), so only a departed or cut-off instance ages past the ttl.
-        Groups without consumers are not syncar's (it makes a group and its consumer in one transaction): they stay.
-        """
-        limit_ms, gone = self.config.instance_ttl * 1000, []
-        for group in await self._redis.xinfo_groups(key):
-            name = group["name"]
-            if name == self.group or not group["consumers"]:
-                continue
-            consumers = await self._redis.xinfo_consumers(key, name)
-            idle_ms = min((consumer["idle"] for consumer in consumers), default=0)
-            if consumers and idle_ms > limit_ms and await self._redis.xgroup_destroy(key, name):
-                gone.append(name.decode(errors="replace"))
-                log.info(
-                    "redis: forgot instance %s on %s: idle for %.0fs, over instance_ttl (%.0fs)",
-                    gone[-1],
-                    key.decode(),
-                    idle_ms / 1000,
-                    self.config.instance_ttl,
-                )
-        return gone
-
     def stop(self) -> None:
         """Read nothing more: the reader and the collector end at their next step (close() then cancels them)."""
         self._closed = True
+        self.upkeep.stop()
 
     async def close(self) -> None:
-        self._closed = True
+        self.stop()
         if self._gc is not None:
             await stop_task(self._gc)
         for stream in tuple(self._streams.values()):

@@ -157,7 +157,7 @@ async def test_retention_bounds_the_stream(backend: Factory, probe: redis.asynci
 async def test_idle_instances_are_forgotten_live_ones_kept(
     backend: Factory, probe: redis.asyncio.Redis, topic: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, "backends.redis_streams")
+    caplog.set_level(logging.INFO, "backends.redis_upkeep")
     key = stream_key(topic)
     gone, alive = await backend("gone", instance_ttl=2.0), await backend("alive", instance_ttl=2.0)
     await gone.subscribe(topic, Inbox())
