@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import msgspec
 
 from backends import load_backend
-from backends.base import Backend, BackendError, BackendState, Message, Mode, Subscription
+from backends.base import Backend, BackendError, BackendState, BackendUnavailable, Message, Mode, Subscription
 from sidecar import __version__
 from sidecar.codec import decode_json, encode
 from sidecar.config import Settings
@@ -227,8 +227,10 @@ class Fleet:
                 try:
                     async with asyncio.timeout(interval):
                         await self._announce()
-                except (BackendError, TimeoutError) as exc:
+                except (BackendUnavailable, TimeoutError) as exc:  # the broker is going away: the backend says so
                     log.debug("announcement not sent: %s", exc)
+                except Exception as exc:  # refused (an ACL on <key>.peers, say): the peers will miss us
+                    rejections.warning("unsent", "announcement not sent to %r: %s", self.topic, exc)
                 now = time.monotonic()
                 if self._heard_at is None:
                     self._heard_at = now
