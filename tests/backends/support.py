@@ -1,11 +1,11 @@
-"""What the backend test modules share: a recording handler."""
+"""What the backend test modules share: a recording handler, and a publish retried through a failover."""
 
 from __future__ import annotations
 
 from typing import TypeVar
 
-from backends.base import Backend, Message
-from tests.utils import wait_for
+from backends.base import Backend, BackendUnavailable, Message, PublishUnconfirmed
+from tests.utils import eventually, wait_for
 
 B = TypeVar("B", bound=Backend)
 
@@ -52,3 +52,16 @@ class Started:
     async def close(self) -> None:
         for backend in self._backends:
             await backend.close()
+
+
+async def publish_until_accepted(backend: Backend, topic: str, body: bytes, timeout: float = 20.0) -> None:
+    """Publish `body` again until the broker accepts it, as the outbox would through a failover."""
+
+    async def published() -> bool:
+        try:
+            await backend.publish(topic, [body])
+        except (BackendUnavailable, PublishUnconfirmed):
+            return False
+        return True
+
+    await eventually(published, timeout, "a publish accepted after the failover")

@@ -25,16 +25,15 @@ from backends.base import (
     BackendState,
     BackendUnavailable,
     Mode,
-    PublishUnconfirmed,
 )
 from backends.redis import RedisBackend, RedisStreamsBackend
 from backends.redis_cluster import Node
 from backends.redis_common import parse_uri
 from backends.redis_streams import stream_key
-from tests.backends.support import Inbox, Started
+from tests.backends.support import Inbox, Started, publish_until_accepted
 from tests.brokers import free_port
 from tests.brokers.redis_cluster import RedisCluster
-from tests.utils import eventually, wait_for
+from tests.utils import wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.cluster]
 
@@ -166,14 +165,7 @@ async def test_both_modes_follow_a_failover(
         old.kill()
     await wait_for(lambda: states[-2:] == [BackendState.RECONNECTING, BackendState.CONNECTED], 30, "a reconnect")
 
-    async def published() -> bool:
-        try:
-            await sender.publish(topic, [b"after"])
-        except (BackendUnavailable, PublishUnconfirmed):
-            return False
-        return True
-
-    await eventually(published, 30, "a publish accepted after the failover")
+    await publish_until_accepted(sender, topic, b"after", 30)
     assert (await inbox.wait(2, 30))[-1] == b"after"
     assert receiver.node != old.address
     await asyncio.to_thread(redis_cluster.wait_whole)

@@ -20,14 +20,13 @@ from backends.base import (
     BackendState,
     BackendUnavailable,
     Mode,
-    PublishUnconfirmed,
 )
 from backends.redis import RedisBackend, RedisStreamsBackend
 from backends.redis_common import parse_uri
-from tests.backends.support import Inbox, Started
+from tests.backends.support import Inbox, Started, publish_until_accepted
 from tests.brokers import free_port
 from tests.brokers.redis_sentinel import MASTER_NAME, SentinelGroup
-from tests.utils import eventually, wait_for
+from tests.utils import wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.cluster]
 
@@ -106,14 +105,7 @@ async def test_both_modes_follow_the_master_through_a_failover(
     # publish (retried as the outbox would, until accepted).
     await wait_for(lambda: states[-2:] == [BackendState.RECONNECTING, BackendState.CONNECTED], 20, "a reconnect")
 
-    async def published() -> bool:
-        try:
-            await sender.publish(topic, [b"after"])
-        except (BackendUnavailable, PublishUnconfirmed):
-            return False
-        return True
-
-    await eventually(published, 20, "a publish accepted by the new master")
+    await publish_until_accepted(sender, topic, b"after", 20)
     assert await inbox.wait(2, 20) == [b"before", b"after"]
     assert receiver.node == f"127.0.0.1:{new}"
 
@@ -131,15 +123,7 @@ async def test_a_demoted_master_is_left_for_the_new_one(
     durable_receiver = pairs[1][1]
     await wait_for(lambda: durable_receiver.node == new, 20, f"the durable reader on the new master {new}")
     for sender, _, inbox in pairs:
-
-        async def published() -> bool:
-            try:
-                await sender.publish(topic, [b"after"])  # noqa: B023 - awaited within the iteration
-            except (BackendUnavailable, PublishUnconfirmed):
-                return False
-            return True
-
-        await eventually(published, 20, "a publish accepted by the new master")
+        await publish_until_accepted(sender, topic, b"after", 20)
         # Pub/sub: a subscriber left on the demoted master still gets what the new one publishes (replicas pass
         # pub/sub on), until the sentinels disconnect it.
         assert await inbox.wait(1, 20) == [b"after"]
