@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import TypeVar
 
-from backends.base import Backend, BackendUnavailable, Message, PublishUnconfirmed
+from backends import load_backend
+from backends.base import Backend, BackendConfig, BackendUnavailable, Message, Mode, PublishUnconfirmed
 from tests.utils import eventually, wait_for
 
 B = TypeVar("B", bound=Backend)
@@ -48,6 +50,11 @@ class Started:
         self._backends.append(backend)
         await backend.start()
         return backend
+
+    async def on(self, uri: str, mode: Mode = Mode.BROADCAST, instance_id: str = "") -> Backend:
+        """The URI's backend class for `mode`, made with the defaults and started (cluster tests)."""
+        config = BackendConfig(uri, instance_id or f"test-{uuid.uuid4().hex[:8]}", mode=mode)
+        return await self(load_backend(uri, mode)(config))
 
     async def close(self) -> None:
         for backend in self._backends:

@@ -7,15 +7,14 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
 import pytest
 
-from backends import load_backend
-from backends.base import Backend, BackendConfig, BackendState, Mode
+from backends.base import BackendState, Mode
 from backends.nats_jetstream import jetstream_name
+from tests.backends.support import Started
 from tests.brokers import BrokerServer, free_port
 from tests.brokers.nats import NatsCluster
 from tests.utils import SpawnedDaemon, wait_for
@@ -23,24 +22,9 @@ from tests.utils import SpawnedDaemon, wait_for
 pytestmark = [pytest.mark.nats, pytest.mark.cluster, pytest.mark.timeout(120)]
 
 
-@pytest.fixture
-async def backends() -> AsyncIterator[list[Backend]]:
-    made: list[Backend] = []
-    yield made
-    for backend in made:
-        await backend.close()
-
-
-async def started(made: list[Backend], uri: str, mode: Mode = Mode.BROADCAST) -> Backend:
-    backend = load_backend(uri, mode)(BackendConfig(uri, f"cluster-{uuid.uuid4().hex[:8]}", mode=mode))
-    made.append(backend)
-    await backend.start()
-    return backend
-
-
-async def test_servers_the_cluster_announces_are_followed(nats_cluster: NatsCluster, backends: list[Backend]) -> None:
+async def test_servers_the_cluster_announces_are_followed(nats_cluster: NatsCluster, backends: Started) -> None:
     first, *others = nats_cluster.nodes
-    backend = await started(backends, first.uri)  # the URI names one node only
+    backend = await backends.on(first.uri)  # the URI names one node only
     assert backend.node == f"127.0.0.1:{first.port}"
     # nats-py's discovery (always on): the other two come in the INFO of the node we reached.
     await wait_for(
@@ -61,7 +45,7 @@ async def test_servers_the_cluster_announces_are_followed(nats_cluster: NatsClus
 
 
 async def test_a_start_with_hosts_down_picks_a_live_one(
-    nats_cluster: NatsCluster, backends: list[Backend], sock: Path
+    nats_cluster: NatsCluster, backends: Started, sock: Path
 ) -> None:
     down = nats_cluster.nodes[0]
     dead = f"127.0.0.1:{free_port()}"
@@ -69,7 +53,7 @@ async def test_a_start_with_hosts_down_picks_a_live_one(
     down.kill()
     try:
         for _ in range(3):  # nats-py shuffles the list: each start must land on a live node whatever the order
-            backend = await started(backends, uri)
+            backend = await backends.on(uri)
             assert backend.node not in (dead, f"127.0.0.1:{down.port}", None)
         daemon = SpawnedDaemon(sock, "--backend", uri, "--key", "hosts-down", "--require-broker")
         try:
@@ -83,9 +67,9 @@ async def test_a_start_with_hosts_down_picks_a_live_one(
         nats_cluster.whole()
 
 
-async def test_durable_stream_gets_the_replicas_of_the_uri(nats_cluster: NatsCluster, backends: list[Backend]) -> None:
+async def test_durable_stream_gets_the_replicas_of_the_uri(nats_cluster: NatsCluster, backends: Started) -> None:
     topic = f"replicas-{uuid.uuid4().hex[:8]}"
-    backend = await started(backends, f"{nats_cluster.uri}?replicas=3", Mode.DURABLE)
+    backend = await backends.on(f"{nats_cluster.uri}?replicas=3", Mode.DURABLE)
     await backend.publish(topic, [b"one"])
     client = await nats.connect(servers=[node.uri for node in nats_cluster.nodes])
     try:

@@ -8,14 +8,13 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from backends import load_backend
 from backends.amqp_topology import durable_queue_name
-from backends.base import Backend, BackendConfig, Mode
+from backends.base import Mode
+from tests.backends.support import Started
 from tests.brokers import free_port
 from tests.brokers.rabbitmq import RabbitCluster
 from tests.utils import SpawnedDaemon, wait_for
@@ -23,24 +22,8 @@ from tests.utils import SpawnedDaemon, wait_for
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.cluster, pytest.mark.timeout(180)]
 
 
-@pytest.fixture
-async def backends() -> AsyncIterator[list[Backend]]:
-    made: list[Backend] = []
-    yield made
-    for backend in made:
-        await backend.close()
-
-
-async def started(made: list[Backend], uri: str, mode: Mode = Mode.BROADCAST, instance_id: str = "") -> Backend:
-    config = BackendConfig(uri, instance_id or f"cluster-{uuid.uuid4().hex[:8]}", mode=mode)
-    backend = load_backend(uri, mode)(config)
-    made.append(backend)
-    await backend.start()
-    return backend
-
-
 async def test_a_start_with_hosts_down_picks_a_live_one(
-    rabbitmq_cluster: RabbitCluster, backends: list[Backend], sock: Path
+    rabbitmq_cluster: RabbitCluster, backends: Started, sock: Path
 ) -> None:
     down = rabbitmq_cluster.nodes[0]
     uri = rabbitmq_cluster.uri.replace("@", f"@127.0.0.1:{free_port()},", 1)  # and a host nobody listens on
@@ -48,7 +31,7 @@ async def test_a_start_with_hosts_down_picks_a_live_one(
     live = {node.address for node in rabbitmq_cluster.nodes[1:]}
     try:
         for _ in range(4):  # each starts at a random host: it must land on a live node whatever the start
-            backend = await started(backends, uri)
+            backend = await backends.on(uri)
             assert backend.node in live
         daemon = SpawnedDaemon(sock, "--backend", uri, "--key", "hosts-down", "--require-broker")
         try:
@@ -85,12 +68,12 @@ async def test_a_start_with_every_host_down_is_degraded_then_connects(
     ("query", "expected"), [("", "quorum"), ("?queue_type=quorum", "quorum"), ("?queue_type=classic", "classic")]
 )
 async def test_durable_queues_on_a_host_list_are_quorum_queues_with_a_member_on_every_node(
-    rabbitmq_cluster: RabbitCluster, backends: list[Backend], query: str, expected: str
+    rabbitmq_cluster: RabbitCluster, backends: Started, query: str, expected: str
 ) -> None:
     """A URI that lists several hosts is a cluster: quorum queues unless the URI says otherwise (one host: classic,
     tests/backends/test_amqp_durable.py)."""
     topic, instance = f"quorum-{uuid.uuid4().hex[:8]}", f"q-{uuid.uuid4().hex[:8]}"
-    backend = await started(backends, f"{rabbitmq_cluster.uri}{query}", Mode.DURABLE, instance)
+    backend = await backends.on(f"{rabbitmq_cluster.uri}{query}", Mode.DURABLE, instance)
 
     async def handler(_message: object) -> None:
         return None
