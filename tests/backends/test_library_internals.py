@@ -93,7 +93,8 @@ def test_aiormq_channel_state_that_syncar_publishes_with() -> None:
     )
 
 
-def test_aio_pika_reconnect_interval_is_read_where_syncar_backs_off() -> None:
+async def test_aio_pika_reconnect_interval_is_read_where_syncar_backs_off() -> None:
+    # In a running loop: aio-pika's constructor asks for the current one, which an earlier test may have unset.
     connection = BackingOffRobustConnection(URL("amqp://guest:guest@127.0.0.1/?reconnect_interval=0.3"))
     # aio-pika's constructor sets reconnect_interval from the URI: our setter takes it as the first wait...
     assert connection.base_interval == 0.3, relied_on(
