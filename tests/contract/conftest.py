@@ -1,7 +1,7 @@
 """The contract suite's fixtures: every test runs between two real daemons on each broker x codec x mode.
 
 A test module narrows the set with module attributes: `REAL_BROKERS_ONLY = True` (it needs a broker to kill or
-to read directly) and `MODES = ("broadcast",)`.
+to read directly) and `MODES = ("broadcast",)`; one test with `@pytest.mark.setups(lambda s: s.codec == "syncar")`.
 """
 
 from __future__ import annotations
@@ -50,10 +50,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     real_only = getattr(metafunc.module, "REAL_BROKERS_ONLY", False)
     modes = getattr(metafunc.module, "MODES", tuple(Mode))
+    # `@pytest.mark.setups(predicate)` narrows one test further: the setups it does not apply to are not made.
+    narrowed = metafunc.definition.get_closest_marker("setups")
+    applies = narrowed.args[0] if narrowed else lambda _: True
     params = [
         pytest.param(s, id=str(s), marks=[] if s.broker == "local" else [getattr(pytest.mark, s.broker)])
         for s in SETUPS
-        if s.mode in modes and not (real_only and s.broker == "local")
+        if s.mode in modes and not (real_only and s.broker == "local") and applies(s)
     ]
     metafunc.parametrize("setup", params)
 

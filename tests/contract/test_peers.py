@@ -125,9 +125,10 @@ async def test_a_daemon_that_stops_leaves_the_tables_at_once(
         assert metric(a.metrics, "syncar_peers") == 0
 
 
+# The local bus has no plain client to listen with; the other brokers show it.
+@pytest.mark.setups(lambda s: s.broker != "local")
 async def test_announcements_never_reach_the_key(setup: Setup, broker: BrokerServer | None, sock_dir: Path) -> None:
-    if broker is None:
-        pytest.skip("no plain client of the local bus to listen with; the other brokers show it")
+    assert broker is not None
     key = f"peers-{uuid.uuid4().hex}"
     async with raw_subscriber(broker, key) as on_key, raw_subscriber(broker, peers_topic(key)) as on_peers:
         settings = {"backend": broker.uri, "codec": setup.codec, "key": key, "mode": setup.mode}
@@ -142,11 +143,10 @@ async def test_announcements_never_reach_the_key(setup: Setup, broker: BrokerSer
         assert on_key.empty()
 
 
+@pytest.mark.setups(lambda s: s.codec == "syncar")  # signing needs the syncar codec
 async def test_forged_announcements_are_dropped_when_signing(
     setup: Setup, broker: BrokerServer | None, sock_dir: Path, tmp_path: Path
 ) -> None:
-    if setup.codec != "syncar":
-        pytest.skip("signing needs the syncar codec")
     keys = tmp_path / "keys"
     keys.write_text("a-signing-key-of-32-characters!!\n")
     other = tmp_path / "other"
@@ -181,11 +181,12 @@ async def test_forged_announcements_are_dropped_when_signing(
         assert "intruder" not in names(a) and "intruder" not in names(b)
 
 
+# A spawned daemon shares no local bus; once per broker is enough.
+@pytest.mark.setups(lambda s: s.broker != "local" and s.mode is Mode.BROADCAST and s.codec == "syncar")
 async def test_syncar_peers_lists_the_fleet_and_a_killed_daemon_goes(
     setup: Setup, broker: BrokerServer | None, sock_dir: Path
 ) -> None:
-    if broker is None or setup.mode is Mode.DURABLE or setup.codec != "syncar":
-        pytest.skip("a spawned daemon shares no local bus; once per broker is enough")
+    assert broker is not None
     async with daemons(setup, broker, sock_dir, "a") as (key, uri, (a,)):
         c = SpawnedDaemon(
             sock_dir / "c.sock", "--backend", uri, "--key", key, "--instance-id", "c-1", "--announce-interval", "0.2"

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from tests.brokers import free_port
-from tests.utils import REPO, wait_for
+from tests.utils import REPO, unavailable, wait_for
 
 EXAMPLE = REPO / "examples" / "feathers-chat"
 TIMEOUT = 30.0
@@ -31,9 +30,7 @@ def require_example() -> str:
     if node and not (EXAMPLE / "node_modules" / "@feathersjs" / "koa").is_dir():
         problem = "examples/feathers-chat has no node_modules (run scripts/install)"
     if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI: {problem}", pytrace=False)
-        pytest.skip(problem)
+        unavailable(problem)
     assert node is not None
     return node
 
