@@ -5,16 +5,15 @@ It checks that the figures exist and are sane, never how small they are: the mac
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 import pytest
 
 from bench.fleet import node_problem
+from tests.bench import run_bench
 from tests.brokers import require_binary
-from tests.utils import REPO, unavailable
+from tests.utils import unavailable
 
 #: Six runs (two contestants at 100, 1,000 events/s and unpaced), each with 3 apps (and 3 daemons), half a second of
 #: warm-up and half a second measured: ~40 s on a loaded machine.
@@ -27,11 +26,8 @@ def test_fleet_run_on_redis_produces_every_figure(tmp_path: Path) -> None:
     require_binary("redis-server")
     if problem := node_problem():
         unavailable(problem)
-    command = [sys.executable, "-m", "bench", "--fleet", "--brokers", "redis", "--reps", "1", "--seconds", "0.5"]
-    done = subprocess.run(
-        [*command, "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    command = ["bench", "--fleet", "--brokers", "redis", "--reps", "1", "--seconds", "0.5", "--out", str(tmp_path)]
+    run_bench(*command, timeout=RUN_TIMEOUT)
     results = orjson.loads((tmp_path / "fleet.json").read_bytes())
     assert (tmp_path / "fleet.md").read_text().count("\n|") >= 8
 

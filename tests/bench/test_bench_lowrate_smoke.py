@@ -5,16 +5,14 @@ It checks that the figures exist and are sane, never how small they are: the mac
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from tests.bench import run_bench
 from tests.brokers import require_binary
 from tests.utils import REPO
 
@@ -25,10 +23,8 @@ RUN_TIMEOUT = 80
 def low_rate(out: Path, *args: str) -> dict[str, Any]:
     """`python -m bench --low-rate` with one repetition of half a second per case; its JSON figures. Python writes
     no bytecode of its own here (as in CI and containers): what is compiled, the benchmark compiled."""
-    command = [sys.executable, "-m", "bench", "--low-rate", *args, "--reps", "1", "--seconds", "0.5", "--out", str(out)]
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT)
-    assert done.returncode == 0, done.stdout + done.stderr
+    command = ["bench", "--low-rate", *args, "--reps", "1", "--seconds", "0.5", "--out", str(out)]
+    run_bench(*command, timeout=RUN_TIMEOUT, env={"PYTHONDONTWRITEBYTECODE": "1"})
     results: dict[str, Any] = orjson.loads((out / "lowrate.json").read_bytes())
     return results
 
