@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         "codec, so by default it leaves out local:// and the feathers-sync codec. The raw "
         "ceiling and feathers-sync have no durable mode: they run unchanged, as broker pub/sub",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also run each broker of --brokers as a local cluster right after its single node (Redis Cluster of "
+        "6 nodes, RabbitMQ and NATS of 3, as the tests start them), the syncar contestants only",
+    )
     parser.add_argument("--reps", type=int, help="repetitions of each case (default 3, quick 1)")
     parser.add_argument(
         "--seconds", type=float, help="publishing time of every run (default 3 s, 4 s at 1,000 events/s; quick 1 s)"
@@ -292,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         reps=args.reps,
         seconds=args.seconds,
         mode=args.mode,
+        cluster=args.cluster,
     )
     print(f"{command}: {plan.runs()} runs on {', '.join(plan.brokers)}, {plan.mode} mode", flush=True)
     meta = {**_meta(args, command), "plan": plan.as_dict()}

@@ -19,7 +19,17 @@ LABELS = {
     "ceiling": "raw pub/sub, Python",
     "feathers-sync": "feathers-sync 3.1.1, Node",
 }
-BROKER_LABELS = {"local": "local://", "redis": "Redis", "amqp": "RabbitMQ", "nats": "NATS"}
+#: With --cluster, each broker again as a local cluster, right after its single node: `<broker>-cluster`.
+CLUSTER_SUFFIX = "-cluster"
+BROKER_LABELS = {
+    "local": "local://",
+    "redis": "Redis",
+    "amqp": "RabbitMQ",
+    "nats": "NATS",
+    "redis-cluster": "Redis Cluster (6 nodes)",
+    "amqp-cluster": "RabbitMQ cluster (3 nodes)",
+    "nats-cluster": "NATS cluster (3 nodes)",
+}
 #: The syncar daemons' `--mode`; the ceiling and feathers-sync are broker pub/sub (broadcast) whatever it says.
 MODES = ("broadcast", "durable")
 #: What durable mode cannot run: local:// has no durable mode, and it needs the syncar codec.
@@ -53,7 +63,9 @@ class Plan:
     mode: str = "broadcast"
 
     def contestants_for(self, broker: str) -> tuple[str, ...]:
-        if broker == "local":  # no broker: no ceiling and no feathers-sync to compare with
+        # No broker, or a cluster: no ceiling and no feathers-sync to compare with (syncar's single node is the
+        # comparison on a cluster).
+        if broker == "local" or broker.endswith(CLUSTER_SUFFIX):
             return tuple(c for c in self.contestants if c.startswith("syncar"))
         return self.contestants
 
@@ -80,6 +92,7 @@ def make_plan(
     reps: int | None,
     seconds: float | None,
     mode: str = "broadcast",
+    cluster: bool = False,
 ) -> Plan:
     if quick:
         tp = lat_slow = lat_fast = 1.0
@@ -99,8 +112,14 @@ def make_plan(
         Case("lat-1000", 256, 1000, lat_slow),
         Case("lat-10000", 256, 10_000, lat_fast),
     )
+    chosen = brokers or default_brokers
+    if cluster:
+        # local:// has no cluster.
+        chosen = tuple(
+            b for broker in chosen for b in ((broker,) if broker == "local" else (broker, broker + CLUSTER_SUFFIX))
+        )
     return Plan(
-        brokers=brokers or default_brokers,
+        brokers=chosen,
         contestants=contestants or default_contestants,
         cases=cases,
         reps=reps or (1 if quick else 3),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.flow import Flow
-from bench.plan import NOT_DURABLE, Case, Plan
+from bench.plan import CLUSTER_SUFFIX, NOT_DURABLE, Case, Plan
 from bench.processes import NODE_DIR, REPO, Daemon, Meter, Worker, node_worker, python_worker
 
 log = logging.getLogger(__name__)
@@ -30,23 +30,27 @@ CODECS = {"syncar": "syncar", "syncar-fs": "feathers-sync", "syncar-base": "sync
 
 
 def _broker_server(broker: str) -> Any:
-    """A tests.brokers server for `broker`; RuntimeError if it cannot be had here."""
-    binary = {"redis": "redis-server", "amqp": "rabbitmq-server", "nats": "nats-server"}[broker]
+    """A tests.brokers server (or cluster, for `<broker>-cluster`) for `broker`; RuntimeError if it cannot be had."""
+    name = broker.removesuffix(CLUSTER_SUFFIX)
+    cluster = name != broker
+    binary = {"redis": "redis-server", "amqp": "rabbitmq-server", "nats": "nats-server"}[name]
     if shutil.which(binary) is None and not Path(f"/usr/sbin/{binary}").exists():
         raise RuntimeError(f"{binary} is not installed")
-    if broker == "redis":
-        from tests.brokers.redis import RedisServer  # noqa: PLC0415  (each broker's fixture only if used)
+    # Each broker's fixtures are imported only if used.
+    if name == "redis":
+        from tests.brokers.redis import RedisServer  # noqa: PLC0415
+        from tests.brokers.redis_cluster import RedisCluster  # noqa: PLC0415
 
-        return RedisServer()
-    if broker == "amqp":
+        return RedisCluster() if cluster else RedisServer()
+    if name == "amqp":
         try:
-            from tests.brokers.rabbitmq import RabbitServer  # noqa: PLC0415
+            from tests.brokers.rabbitmq import RabbitCluster, RabbitServer  # noqa: PLC0415
         except ImportError as exc:
             raise RuntimeError(f"tests/brokers/rabbitmq.py is not usable: {exc}") from exc
-        return RabbitServer()
-    from tests.brokers.nats import NatsServer  # noqa: PLC0415
+        return RabbitCluster() if cluster else RabbitServer()
+    from tests.brokers.nats import NatsCluster, NatsServer  # noqa: PLC0415
 
-    return NatsServer()
+    return NatsCluster() if cluster else NatsServer()
 
 
 def node_problem() -> str | None:
@@ -148,10 +152,13 @@ class Section:
             self.server.cleanup()
 
     def broker_meter_pids(self) -> dict[str, int]:
-        """The broker's processes, named for a Meter: broker_0, broker_1..."""
-        if self.server is None or self.server.process is None:
+        """The broker's processes (every node's, on a cluster), named for a Meter: broker_0, broker_1..."""
+        if self.server is None:
             return {}
-        return {f"broker_{index}": pid for index, pid in enumerate(_group_pids(self.server.process.pid))}
+        nodes = getattr(self.server, "nodes", [self.server])
+        processes = [node.process for node in (nodes.values() if isinstance(nodes, dict) else nodes)]
+        pids = [pid for process in processes if process is not None for pid in _group_pids(process.pid)]
+        return {f"broker_{index}": pid for index, pid in enumerate(pids)}
 
     async def start_daemons(
         self, name: str, count: int, codec: str = "syncar", root: Path | None = None

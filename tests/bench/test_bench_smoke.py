@@ -80,3 +80,24 @@ def test_the_hot_path_measurement_runs_before_and_after() -> None:
     for line in lines:
         publish, receive = (float(part.split()[0]) for part in line.split("publish")[1].split("receive"))
         assert publish > 0 and receive > 0, line
+
+
+@pytest.mark.nats
+@pytest.mark.cluster
+def test_cluster_run_measures_syncar_on_the_cluster_after_its_single_node(tmp_path: Path) -> None:
+    """`--cluster`: each broker again as a local cluster (NATS: three servers, the quickest to start), right after
+    its single node, with the syncar contestants only."""
+    done = run_bench(
+        *("bench", "--quick", "--brokers", "nats", "--cluster", "--contestants", "syncar,ceiling"),
+        *("--seconds", "0.3", "--no-plot", "--out", str(tmp_path)),
+        timeout=RUN_TIMEOUT,
+    )
+    assert "NATS cluster (3 nodes)" in done.stdout, done.stdout
+    results = orjson.loads((tmp_path / "latest.json").read_bytes())
+    assert results["meta"]["plan"]["brokers"] == ["nats", "nats-cluster"]
+    runs = {(r["broker"], r["contestant"]) for r in results["runs"]}
+    assert runs == {("nats", "syncar"), ("nats", "ceiling"), ("nats-cluster", "syncar")}
+    for run in results["runs"]:
+        assert not run.get("error"), run["error"]
+        assert run["figures"]["received"] > 0, run["figures"]
+    assert results["sections"]["nats-cluster"]["uri"].count(",") == 2  # three servers
