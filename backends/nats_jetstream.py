@@ -138,6 +138,19 @@ def _unplaced(exc: nats.js.errors.APIError, replicas: int) -> BackendError:
     return BackendError(f"nats: JetStream refused the stream: {reason}")
 
 
+def _delivered_past(info: api.ConsumerInfo, position: int | None) -> bool:
+    """The server delivered beyond what this process handled: those messages were on the lost connection. A consumer
+    leader elected after a node died can report them neither pending nor waiting (seen once in the fault suite's
+    case 8); they would come back only after ACK_WAIT, behind newer ones."""
+    delivered = info.delivered
+    return (
+        position is not None
+        and delivered is not None
+        and delivered.stream_seq is not None
+        and (delivered.stream_seq >= position)
+    )
+
+
 async def ensure_consumer(
     js: JetStreamContext, stream: api.StreamInfo, name: str, ttl: float, position: int | None
 ) -> None:
@@ -176,7 +189,7 @@ async def ensure_consumer(
             position = None
         start = position or last + 1
         log.info("nats: creating consumer %s on stream %s from sequence %d", name, stream_name, start)
-    elif info.num_ack_pending or info.num_waiting:
+    elif info.num_ack_pending or info.num_waiting or _delivered_past(info, position):
         config = info.config
         acked = info.ack_floor
         # A consumer that never had a message acknowledged reports a floor of 0: its start is the floor then.
