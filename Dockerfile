@@ -27,13 +27,17 @@ COPY pyproject.toml README.md constraints.txt ./
 COPY sidecar ./sidecar
 COPY backends ./backends
 
+# Extras installed with syncar: `otel` makes `--tracing` work (OpenTelemetry's SDK and OTLP/HTTP exporter, about
+# 13 MB, never imported without --tracing). `--build-arg EXTRAS=` builds without them.
+ARG EXTRAS=otel
+
 # The dependency set is the one pyproject.toml declares, at the versions constraints.txt pins
 # (scripts/lock writes it; CI tests the same pins); the venv is then installed from those wheels
 # alone, so the venv holds exactly what was built here.
 # Some wheels ship their extension modules with debug symbols (uvloop's: 13 MB, 1.6 MB stripped).
-RUN pip wheel --wheel-dir /wheels --constraint constraints.txt . \
+RUN pip wheel --wheel-dir /wheels --constraint constraints.txt ".${EXTRAS:+[$EXTRAS]}" \
     && python -m venv /opt/syncar \
-    && /opt/syncar/bin/pip install --no-index --find-links /wheels syncar \
+    && /opt/syncar/bin/pip install --no-index --find-links /wheels "syncar${EXTRAS:+[$EXTRAS]}" \
     && /opt/syncar/bin/pip uninstall -y pip setuptools \
     && find /opt/syncar -name '*.so' -exec strip --strip-unneeded {} + \
     && /opt/syncar/bin/syncar --version

@@ -115,11 +115,21 @@ def image_env() -> dict[str, str]:
     return env
 
 
-def dockerfile_version() -> str:
-    for instruction, arguments in stages()[-1]:
-        if instruction == "ARG" and arguments.startswith("VERSION="):
+def stage_arg(stage: list[tuple[str, str]], name: str) -> str:
+    """The default of a stage's `ARG name=default`."""
+    for instruction, arguments in stage:
+        if instruction == "ARG" and arguments.startswith(f"{name}="):
             return arguments.split("=", 1)[1]
-    raise AssertionError("the runtime stage has no ARG VERSION=...")
+    raise AssertionError(f"the stage has no ARG {name}=...")
+
+
+def dockerfile_version() -> str:
+    return stage_arg(stages()[-1], "VERSION")
+
+
+def dockerfile_extras() -> str:
+    """The extras the build stage installs syncar with (`syncar[EXTRAS]`)."""
+    return stage_arg(stages()[1], "EXTRAS")
 
 
 _INTERPOLATION = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")

@@ -170,6 +170,14 @@ async def test_health_and_the_image_healthcheck_answer_inside(podman: Podman, vo
     assert podman("healthcheck", "run", name).returncode == 0
 
 
+async def test_tracing_runs_in_the_image(podman: Podman, volume: Path) -> None:
+    """The image carries the otel extra: `--tracing` starts (without it the start stops with exit 2). No collector
+    is reachable (--network=none): the spans' export fails in the background and the daemon serves on."""
+    name = podman.syncar(volume, env={"SYNCAR_TRACING": "true"})
+    await ready(podman, name, volume / "syncar.sock")
+    assert podman("exec", name, "syncar", "health").returncode == 0
+
+
 async def test_sigterm_exits_0_and_removes_the_socket(podman: Podman, volume: Path, connect: Connect) -> None:
     name = podman.syncar(volume)
     socket = volume / "syncar.sock"

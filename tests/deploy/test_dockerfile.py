@@ -11,6 +11,7 @@ from tests.deploy.helpers import (
     DOCKERIGNORE,
     REQUIRED_LABELS,
     assignments,
+    dockerfile_extras,
     dockerfile_version,
     hadolint,
     image_env,
@@ -44,6 +45,15 @@ def test_base_image_and_stages() -> None:
     assert len(build_stages) == 2, "a build stage and a runtime stage"
     assert build_stages[0][0] == ("FROM", "${PYTHON_IMAGE} AS build")
     assert build_stages[1][0] == ("FROM", "${PYTHON_IMAGE}")
+
+
+def test_the_build_stage_installs_syncar_with_its_extras() -> None:
+    """`--tracing` works in the image: the otel extra is built and installed, and `--build-arg EXTRAS=` leaves it out
+    (pip takes no empty `[]` after a path, hence `${EXTRAS:+[...]}`)."""
+    assert dockerfile_extras() == "otel"
+    runs = " ".join(arguments for instruction, arguments in stages()[1] if instruction == "RUN")
+    assert 'pip wheel --wheel-dir /wheels --constraint constraints.txt ".${EXTRAS:+[$EXTRAS]}"' in runs
+    assert 'pip install --no-index --find-links /wheels "syncar${EXTRAS:+[$EXTRAS]}"' in runs
 
 
 def test_runtime_stage_has_no_compilers_and_only_the_venv() -> None:

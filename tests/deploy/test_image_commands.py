@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from sidecar import __version__
-from tests.deploy.helpers import DOCKERIGNORE, dockerfile_version, image_env
+from tests.deploy.helpers import DOCKERIGNORE, dockerfile_extras, dockerfile_version, image_env
 from tests.utils import REPO, wait_for
 
 # Building the wheel and installing its dependencies from the package registry takes a while, once per session.
@@ -114,7 +114,8 @@ def image_venv() -> Iterator[ImageVenv]:
         (wheel,) = wheels.glob("syncar-*.whl")
         python = SYSTEM_PYTHON if SYSTEM_PYTHON.is_file() else Path(sys.executable)
         run(python, "-m", "venv", venv)
-        # As the image's `pip wheel --constraint constraints.txt`: the dependencies at their pinned versions.
+        # As the image's `pip wheel --constraint constraints.txt`: the dependencies, and the extras the image
+        # installs, at their pinned versions.
         run(
             venv / "bin" / "pip",
             "install",
@@ -122,7 +123,7 @@ def image_venv() -> Iterator[ImageVenv]:
             "-q",
             "--constraint",
             context / "constraints.txt",
-            wheel,
+            f"{wheel}[{extras}]" if (extras := dockerfile_extras()) else wheel,
         )
         yield ImageVenv(venv / "bin", as_image_user=os.geteuid() == 0 and python == SYSTEM_PYTHON)
     finally:
@@ -164,7 +165,9 @@ def test_version(image_venv: ImageVenv) -> None:
     assert result.stdout.strip() == f"syncar {__version__}" == f"syncar {dockerfile_version()}"
 
 
-async def test_run_health_and_stop_as_in_the_image(image_venv: ImageVenv, run_dir: Path) -> None:
+@pytest.mark.parametrize("tracing", [False, True], ids=["plain", "tracing"])
+async def test_run_health_and_stop_as_in_the_image(image_venv: ImageVenv, run_dir: Path, tracing: bool) -> None:
+    """As the image runs it, and with `--tracing` on, which needs the otel extra the image installs."""
     sock = run_dir / "syncar.sock"
     port = free_port()
     # The image listens on 0.0.0.0; tests stay on loopback. `syncar health` is still given the image's
@@ -176,6 +179,8 @@ async def test_run_health_and_stop_as_in_the_image(image_venv: ImageVenv, run_di
         SYNCAR_INSTANCE_ID="image-test",
         SYNCAR_SHUTDOWN_TIMEOUT="5",
     )
+    if tracing:  # no collector: the spans' export fails in the background, the daemon serves on
+        env |= {"SYNCAR_TRACING": "true", "SYNCAR_TRACING_ENDPOINT": f"http://127.0.0.1:{free_port()}/v1/traces"}
     log_path = run_dir / "daemon.log"
     with log_path.open("wb") as log:
         daemon = await image_venv.spawn("run", env=env, stdout=log, stderr=asyncio.subprocess.STDOUT)
