@@ -15,6 +15,7 @@ most their `timeout`: `publish(ack=True)` always returns or raises within it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -150,11 +151,15 @@ class Client:
         timeout: float | None = DEFAULT_ACK_TIMEOUT,
         traceparent: str | None = None,
         tracestate: str | None = None,
+        bin: bytes | None = None,
     ) -> None:
         """Publish one event; with `ack=True`, return only once the broker accepted it.
 
         Args:
             timeout: with `ack=True`, seconds to wait for the ack (None: as long as it takes).
+            bin: the whole event as a binary serializer made it (BSON, MessagePack), opaque to syncar, in place of
+                `data` and `context`; receivers get it as `Event.bin`. `path` and `event` still go in the clear,
+                for subscriptions to filter on.
             traceparent, tracestate: W3C trace context the receivers get with the event (`Event.traceparent`). A
                 malformed one is not relayed: the daemon sends the event without it and says so (logged here).
 
@@ -166,14 +171,13 @@ class Client:
         """
         event_id = id or secrets.token_hex(12)
         frame: dict[str, Any] = {"type": "publish", "id": event_id, "path": path, "event": event, "data": data}
-        if context is not None:
-            frame["context"] = context
-        if ack:
-            frame["ack"] = True
-        if traceparent is not None:
-            frame["traceparent"] = traceparent
-        if tracestate is not None:
-            frame["tracestate"] = tracestate
+        if bin is not None:
+            if data is not None or context is not None:
+                raise ValueError("publish: a binary event (bin) carries the whole event: data and context must be None")
+            frame["bin"] = base64.b64encode(bin).decode("ascii")
+        # The optional fields go only when given: the daemon's defaults are the same, and the line stays short.
+        optional = {"context": context, "ack": ack or None, "traceparent": traceparent, "tracestate": tracestate}
+        frame.update((name, value) for name, value in optional.items() if value is not None)
         line = orjson.dumps(frame, option=orjson.OPT_APPEND_NEWLINE)
         if (problem := self._too_large(line)) is not None:
             raise problem

@@ -48,6 +48,27 @@ async def test_a_binary_event_arrives_as_its_bytes(sock: Path) -> None:
         assert (event.path, event.event, event.data, event.bin) == ("messages", "created", None, bson)
 
 
+async def test_a_binary_event_published_from_python_arrives_as_its_bytes(sock: Path) -> None:
+    """`publish(bin=...)`: a Python app with a binary serializer; a raw app reads the frame the protocol promises."""
+    msgpack = bytes(range(256))  # every byte value, NUL and non-UTF-8 ones included
+    async with run_daemon(sock), Client(sock) as a, Client(sock) as b:
+        raw = await RawClient.connect(sock, {"client": "reader"})
+        await a.publish("messages", "created", bin=msgpack, id="b1", ack=True)
+        event = await b.next_event(timeout=5)
+        frame = await raw.frame_of("event")
+        await raw.close()
+        assert (event.path, event.event, event.data, event.context, event.bin) == (
+            "messages",
+            "created",
+            None,
+            None,
+            msgpack,
+        )
+        assert base64.b64decode(frame["bin"], validate=True) == msgpack
+        with pytest.raises(ValueError, match="data and context must be None"):
+            await a.publish("messages", "created", {"text": "hi"}, bin=msgpack)
+
+
 async def test_subscription_patterns(sock: Path) -> None:
     async with (
         run_daemon(sock),
