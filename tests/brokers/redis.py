@@ -13,7 +13,7 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from tests.brokers import BrokerServer, require_binary
-from tests.brokers.certs import make_certificates
+from tests.brokers.certs import Certificates, make_certificates
 
 
 class RedisServer(BrokerServer):
@@ -50,16 +50,33 @@ class RedisServer(BrokerServer):
         return ["--port", str(self.port)]
 
 
+def tls_args(certs: Certificates, *, auth_clients: bool = True) -> list[str]:
+    """redis-server's TLS arguments: its certificate and key, the CA it trusts and, with `auth_clients`, a client
+    must present a certificate that CA signed. Which ports speak TLS is the caller's."""
+    return [
+        "--tls-cert-file",
+        str(certs.server_cert),
+        "--tls-key-file",
+        str(certs.server_key),
+        "--tls-ca-cert-file",
+        str(certs.ca),
+        "--tls-auth-clients",
+        "yes" if auth_clients else "no",
+    ]
+
+
 class RedisTlsServer(RedisServer):
-    """redis-server with only a TLS port; clients must present a certificate signed by the test CA."""
+    """redis-server with only a TLS port; with `auth_clients` (the default), clients must present a certificate
+    signed by the test CA; `server_expired` gives it a certificate that expired yesterday."""
 
     name = "redis-tls"
 
-    def __init__(self) -> None:
+    def __init__(self, *, auth_clients: bool = True, server_expired: bool = False) -> None:
         super().__init__()
-        certs = make_certificates(self.dir)
-        self.ca, self.server_cert, self.server_key = certs.ca, certs.server_cert, certs.server_key
-        self.client_cert, self.client_key = certs.client_cert, certs.client_key
+        self.auth_clients = auth_clients
+        self.certs = make_certificates(self.dir, server_expired=server_expired)
+        self.ca, self.server_cert, self.server_key = self.certs.ca, self.certs.server_cert, self.certs.server_key
+        self.client_cert, self.client_key = self.certs.client_cert, self.certs.client_key
 
     @property
     def uri(self) -> str:
@@ -67,17 +84,4 @@ class RedisTlsServer(RedisServer):
         return f"rediss://127.0.0.1:{self.port}/0?{query}"
 
     def listen_args(self) -> list[str]:
-        return [
-            "--port",
-            "0",
-            "--tls-port",
-            str(self.port),
-            "--tls-cert-file",
-            str(self.server_cert),
-            "--tls-key-file",
-            str(self.server_key),
-            "--tls-ca-cert-file",
-            str(self.ca),
-            "--tls-auth-clients",
-            "yes",
-        ]
+        return ["--port", "0", "--tls-port", str(self.port), *tls_args(self.certs, auth_clients=self.auth_clients)]

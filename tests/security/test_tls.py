@@ -18,37 +18,21 @@ from tests.brokers import port_open
 from tests.brokers.certs import Certificates, make_certificates
 from tests.brokers.nats import NatsServer
 from tests.brokers.rabbitmq import RabbitServer
-from tests.brokers.redis import RedisServer
+from tests.brokers.redis import RedisTlsServer
 from tests.utils import REPO
 
 PASSWORD = "Tls-pw-8s7D6f5G"
 WRONG = "not-the-password"
 
 
-class TlsRedis(RedisServer):
-    name = "redis-tls"
+class TlsRedis(RedisTlsServer):
+    """No client certificate asked for: a password instead."""
 
     def __init__(self, *, expired: bool) -> None:
-        super().__init__()
-        self.certs = make_certificates(self.dir, server_expired=expired)
+        super().__init__(auth_clients=False, server_expired=expired)
 
     def listen_args(self) -> list[str]:
-        return [
-            "--port",
-            "0",
-            "--tls-port",
-            str(self.port),
-            "--tls-cert-file",
-            str(self.certs.server_cert),
-            "--tls-key-file",
-            str(self.certs.server_key),
-            "--tls-ca-cert-file",
-            str(self.certs.ca),
-            "--tls-auth-clients",
-            "no",
-            "--requirepass",
-            PASSWORD,
-        ]
+        return [*super().listen_args(), "--requirepass", PASSWORD]
 
     def secure_uri(self, password: str, ca: Path) -> str:
         return f"rediss://:{quote(password)}@127.0.0.1:{self.port}/0?ssl_ca_certs={ca}"
