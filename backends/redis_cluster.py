@@ -25,7 +25,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.crc import key_slot
 
-from backends.base import host_port
+from backends.base import host_port, tls_refused
 
 #: Replies that mean this node no longer serves the slot (or the cluster cannot serve it yet): locate it again.
 ELSEWHERE = (redis_errors.MovedError, redis_errors.AskError, redis_errors.ReadOnlyError, redis_errors.ClusterDownError)
@@ -47,8 +47,9 @@ class ClusterMap:
         self.slot = key_slot(key.encode())
 
     async def address(self) -> tuple[str, int]:
-        """Where to connect now: the URI's nodes first, then those the cluster announced; the last node's error if
-        none answers."""
+        """Where to connect now: the URI's nodes first, then those the cluster announced. If none will do: a node's
+        refusal of our TLS certificate, if one refused it (a permanent error, whichever node was tried last), else
+        the last node's error."""
         failure: BaseException = redis_errors.ConnectionError("no cluster node listed")
         announced = [node for node in self._announced if node not in self.seeds]
         for host, port in self.seeds[self._start :] + self.seeds[: self._start] + announced:
@@ -57,7 +58,7 @@ class ClusterMap:
             except (redis_errors.AuthenticationError, redis_errors.AuthorizationError):
                 raise  # a refusal: no other node will take us either
             except Exception as exc:  # any failure of this node: the next may answer
-                failure = exc
+                failure = failure if tls_refused(failure) else exc
                 continue
             self._announced = [node.address for node in nodes]
             self.members = tuple(sorted(host_port(*node.address) for node in nodes))
@@ -67,7 +68,10 @@ class ClusterMap:
             owner = next((node for node in nodes if node.serves(self.slot)), None)
             if owner is not None:
                 return owner.address
-            failure = redis_errors.ClusterDownError(f"{host_port(host, port)} knows no live master of slot {self.slot}")
+            if not tls_refused(failure):
+                failure = redis_errors.ClusterDownError(
+                    f"{host_port(host, port)} knows no live master of slot {self.slot}"
+                )
         raise failure
 
     async def _ask(self, host: str, port: int) -> list[Node]:

@@ -1,6 +1,12 @@
 """A Redis Cluster for the tests: six `redis-server --cluster-enabled yes` on loopback (three masters, three
 replicas), made a cluster by `redis-cli --cluster create`, started once a session.
 
+Each node listens twice: plain on `port` (`uri`, and every command the tests send) and TLS on `tls_port`
+(`tls_uri()`, the cluster's own CA in `certs`; clients must present a certificate it signed). With `tls-cluster yes`
+a node announces to each client the ports of its kind: `CLUSTER NODES`/`SLOTS` answer a plain client with the plain
+ports and a TLS client with the TLS ones (Redis 7.0), so one cluster serves both and TLS costs no second start. The
+bus and replication speak TLS too (`tls-replication yes`: a replica connects to the port its master announces).
+
 Each node has its own temp dir (its `nodes.conf` and append-only file survive a kill, as a real node's disk would)
 and its own free bus port (`cluster-port`, so no port + 10000 needs to be free). `cluster-node-timeout` is
 NODE_TIMEOUT_MS: a killed master is failed over a second or two later. `fail_over()` kills a master as a crash
@@ -10,13 +16,18 @@ cluster is whole again for the next test.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
 import time
+from pathlib import Path
+from urllib.parse import urlencode
 
 from redis.crc import key_slot
 
 from tests.brokers import START_TIMEOUT, free_port, port_open, require_binary
-from tests.brokers.redis import RedisServer
+from tests.brokers.certs import Certificates, make_certificates
+from tests.brokers.redis import RedisServer, tls_args
 from tests.brokers.redis_sentinel import command
 
 NODE_TIMEOUT_MS = 1500
@@ -24,13 +35,14 @@ SIZE = 6
 
 
 class ClusterNode(RedisServer):
-    """One node of the cluster, persistent (durable mode is tested on it)."""
+    """One node of the cluster, persistent (durable mode is tested on it), serving plain on `port` and TLS on
+    `tls_port` (client certificates required) at once; its bus and replication speak TLS."""
 
     name = "redis-cluster"
 
-    def __init__(self) -> None:
+    def __init__(self, certs: Certificates) -> None:
         super().__init__(persistent=True)
-        self.bus_port = free_port()
+        self.bus_port, self.tls_port, self.certs = free_port(), free_port(), certs
 
     def listen_args(self) -> list[str]:
         return [
@@ -43,23 +55,49 @@ class ClusterNode(RedisServer):
             str(NODE_TIMEOUT_MS),
             "--cluster-port",
             str(self.bus_port),
+            "--tls-port",
+            str(self.tls_port),
+            *tls_args(self.certs),
+            "--tls-cluster",
+            "yes",
+            "--tls-replication",
+            "yes",
+            "--tls-client-cert-file",
+            str(self.certs.client_cert),
+            "--tls-client-key-file",
+            str(self.certs.client_key),
         ]
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def tls_address(self) -> str:
+        return f"127.0.0.1:{self.tls_port}"
+
 
 class RedisCluster:
     """Three masters and a replica of each; `uri` lists the six nodes."""
 
     def __init__(self) -> None:
-        self.nodes = {node.port: node for node in (ClusterNode() for _ in range(SIZE))}
+        self.dir = Path(tempfile.mkdtemp(prefix="syncar-redis-cluster-"))
+        self.certs = make_certificates(self.dir)
+        self.nodes = {node.port: node for node in (ClusterNode(self.certs) for _ in range(SIZE))}
         self.start_seconds = 0.0
 
     @property
     def uri(self) -> str:
         return "redis+cluster://" + ",".join(node.address for node in self.nodes.values())
+
+    def tls_uri(self, certs: Certificates | None = None) -> str:
+        """rediss+cluster:// to the nodes' TLS ports, trusting `certs`' CA and presenting its client certificate
+        (the cluster's own by default)."""
+        certs = certs or self.certs
+        query = urlencode(
+            {"ssl_ca_certs": certs.ca, "ssl_certfile": certs.client_cert, "ssl_keyfile": certs.client_key}
+        )
+        return "rediss+cluster://" + ",".join(node.tls_address for node in self.nodes.values()) + "?" + query
 
     def start(self) -> None:
         began = time.monotonic()
@@ -160,3 +198,4 @@ class RedisCluster:
     def cleanup(self) -> None:
         for node in self.nodes.values():
             node.cleanup()
+        shutil.rmtree(self.dir, ignore_errors=True)
