@@ -9,6 +9,8 @@ Set SYNCAR_FAULTS_REPORT=<file> to also write the table there (markdown).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -21,6 +23,7 @@ import pytest
 from backends.base import Mode
 from sidecar.errors import ConfigError
 from tests.brokers import BrokerServer
+from tests.faults.cluster import ClusterFaults
 from tests.faults.harness import BROKERS, MODES, Scenario
 from tests.faults.report import NOT_RUN, RESULTS, not_run_lines, table
 
@@ -83,14 +86,14 @@ def fault_server(request: pytest.FixtureRequest, broker_name: str) -> BrokerServ
     return server
 
 
-@pytest.fixture
-async def scenario(
-    request: pytest.FixtureRequest, fault_server: BrokerServer, broker_name: str, mode: str
+@contextlib.asynccontextmanager
+async def staged(
+    request: pytest.FixtureRequest, case: str, broker_name: str, mode: str, server: BrokerServer, *, kind: str
 ) -> AsyncIterator[Scenario]:
-    marker = request.node.get_closest_marker("fault_case")
-    assert marker is not None
-    directory = Path(tempfile.mkdtemp(prefix="syncar-faults-", dir="/tmp"))
-    stage = Scenario(marker.args[0], broker_name, mode, fault_server, directory, f"faults-{uuid.uuid4().hex[:12]}")
+    """The Scenario of fault case `case` in a directory of its own (`syncar-<kind>-...`), closed when the test
+    ends; its directory is kept if the test failed or SYNCAR_FAULTS_KEEP is set."""
+    directory = Path(tempfile.mkdtemp(prefix=f"syncar-{kind}-", dir="/tmp"))
+    stage = Scenario(case, broker_name, mode, server, directory, f"{kind}-{uuid.uuid4().hex[:12]}")
     try:
         yield stage
     finally:
@@ -101,6 +104,31 @@ async def scenario(
             print(f"\nfault test files (daemon logs) kept in {directory}")
         else:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+async def scenario(
+    request: pytest.FixtureRequest, fault_server: BrokerServer, broker_name: str, mode: str
+) -> AsyncIterator[Scenario]:
+    marker = request.node.get_closest_marker("fault_case")
+    assert marker is not None
+    async with staged(request, marker.args[0], broker_name, mode, fault_server, kind="faults") as stage:
+        yield stage
+
+
+@pytest.fixture
+async def cluster_scenario(
+    request: pytest.FixtureRequest, cluster: ClusterFaults, mode: str
+) -> AsyncIterator[Scenario]:
+    """The Scenario of a cluster case (its number from the test's `case` marker) on the `cluster` its test module
+    gives; once the test is over the nodes it killed run again, so the next test finds them all."""
+    case = request.node.get_closest_marker("case")
+    assert case is not None
+    try:
+        async with staged(request, case.args[0], cluster.broker, mode, cluster.first, kind="cluster") as stage:
+            yield stage
+    finally:
+        await asyncio.to_thread(cluster.whole)
 
 
 @pytest.hookimpl(wrapper=True)

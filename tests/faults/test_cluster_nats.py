@@ -9,30 +9,16 @@ new `node`), and every event published once the path is back arrives.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-
 import nats
 import pytest
 
 from backends.nats_jetstream import jetstream_name
 from tests.brokers.nats import NatsCluster, NatsClusterNode
-from tests.faults.apps import now
-from tests.faults.cluster import DURABLE_RECOVERY_LIMIT, counted, fail_over, staged
+from tests.faults.cluster import AFTER_KILL, ClusterFaults, kill_a_node, node_killed
 from tests.faults.harness import Scenario
-from tests.faults.test_faults import check
 from tests.utils import eventually
 
 pytestmark = [pytest.mark.nats, pytest.mark.cluster, pytest.mark.faults, pytest.mark.timeout(150)]
-MODES = pytest.mark.parametrize("mode", ["broadcast", "durable"])
-
-
-@pytest.fixture
-async def cluster_scenario(
-    request: pytest.FixtureRequest, nats_cluster: NatsCluster, mode: str
-) -> AsyncIterator[Scenario]:
-    async with staged(request, "nats cluster", mode, nats_cluster.nodes[0], nats_cluster.whole) as stage:
-        yield stage
 
 
 async def jetstream_answers(node: NatsClusterNode) -> bool:
@@ -49,50 +35,48 @@ async def jetstream_answers(node: NatsClusterNode) -> bool:
         await client.close()
 
 
-async def start(s: Scenario, cluster: NatsCluster) -> None:
-    """Daemon a on node 1, b on node 2 (each URI names one node: the others are announced); app B on b.
+class NatsFaults(ClusterFaults[NatsCluster]):
+    broker = "nats cluster"
 
-    A node restarted by the last test says it is healthy before its JetStream answers every request: a daemon's
-    first subscribe could time out, and a consumer made later starts after what was published meanwhile."""
-    for node in cluster.nodes:
-        await eventually(
-            lambda node=node: jetstream_answers(node),
-            30,
-            f"JetStream to answer on node {node.index}",
+    async def start(self, s: Scenario) -> dict[str, NatsClusterNode]:
+        """Daemon a on node 1, b on node 2 (each URI names one node: the others are announced); app B on b.
+
+        A node restarted by the last test says it is healthy before its JetStream answers every request: a daemon's
+        first subscribe could time out, and a consumer made later starts after what was published meanwhile."""
+        for node in self.cluster.nodes:
+            await eventually(
+                lambda node=node: jetstream_answers(node),
+                30,
+                f"JetStream to answer on node {node.index}",
+            )
+        replicas = "?replicas=3" if s.mode == "durable" else ""
+        reached = {"a": self.cluster.nodes[0], "b": self.cluster.nodes[1]}
+        await s.start(
+            ("a", "b"),
+            {"B": "b"},
+            daemon_args={label: ["--backend", f"{node.uri}{replicas}"] for label, node in reached.items()},
         )
-    replicas = "?replicas=3" if s.mode == "durable" else ""
-    first, second = cluster.nodes[0], cluster.nodes[1]
-    await s.start(
-        ("a", "b"),
-        {"B": "b"},
-        daemon_args={"a": ["--backend", f"{first.uri}{replicas}"], "b": ["--backend", f"{second.uri}{replicas}"]},
-    )
+        return reached
+
+    async def after_kill(self, s: Scenario, victim: NatsClusterNode, killed: float) -> str:
+        """The killed node stays down until the test is over."""
+        await s.stream(AFTER_KILL)
+        return f"node n{victim.index} killed"
+
+    @property
+    def first(self) -> NatsClusterNode:
+        return self.cluster.nodes[0]
+
+    def whole(self) -> None:
+        self.cluster.whole()
 
 
-@pytest.mark.case("7")
-@MODES
-async def test_publishing_daemons_node_killed(cluster_scenario: Scenario, nats_cluster: NatsCluster) -> None:
-    s = cluster_scenario
-    await start(s, nats_cluster)
-    await s.stream(1000)
-    victim = nats_cluster.nodes[0]
-    fault_end = await fail_over(s, victim, ("a",))
-    await s.stream(3000)
-    await s.finish()
-    check(s, counted(s, fault_end, ("a",), victim), lost_broker=())
+@pytest.fixture
+def cluster(nats_cluster: NatsCluster) -> NatsFaults:
+    return NatsFaults(nats_cluster)
 
 
-@pytest.mark.case("8")
-@MODES
-async def test_receiving_daemons_node_killed(cluster_scenario: Scenario, nats_cluster: NatsCluster) -> None:
-    s = cluster_scenario
-    await start(s, nats_cluster)
-    await s.stream(1000)
-    victim = nats_cluster.nodes[1]
-    fault_end = await fail_over(s, victim, ("b",))
-    await s.stream(3000)
-    await s.finish()
-    check(s, counted(s, fault_end, ("b",), victim), lost_broker=())
+test_a_daemons_node_killed = node_killed("7", "8")
 
 
 async def stream_leader(cluster: NatsCluster, topic: str) -> NatsClusterNode:
@@ -107,20 +91,9 @@ async def stream_leader(cluster: NatsCluster, topic: str) -> NatsClusterNode:
 
 @pytest.mark.case("9")
 @pytest.mark.parametrize("mode", ["durable"])
-async def test_stream_leader_killed(cluster_scenario: Scenario, nats_cluster: NatsCluster) -> None:
+async def test_stream_leader_killed(cluster_scenario: Scenario, cluster: NatsFaults) -> None:
     s = cluster_scenario
-    await start(s, nats_cluster)
+    reached = await cluster.start(s)
     await s.stream(1000)
-    leader = await stream_leader(nats_cluster, s.key)
-    await asyncio.to_thread(leader.kill)
-    fault_end = now()
-    await s.stream(3000)
-    await s.finish()
-    rows = s.count(fault_end)
-    connected = [
-        label for label, node in (("a", nats_cluster.nodes[0]), ("b", nats_cluster.nodes[1])) if node is leader
-    ]
-    for row in rows.values():
-        row.note(f"leader n{leader.index}" + (f", the node of {' and '.join(connected)}" if connected else ""))
-        assert row.recovery is not None and row.recovery <= DURABLE_RECOVERY_LIMIT, row
-    check(s, rows, lost_broker=())
+    leader = await stream_leader(cluster.cluster, s.key)
+    await kill_a_node(s, cluster, reached, leader, "the stream's leader")
