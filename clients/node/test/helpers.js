@@ -10,6 +10,7 @@ const fs = require('node:fs');
 const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
+const { after, before } = require('node:test');
 const { EventEmitter, once } = require('node:events');
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
@@ -34,6 +35,25 @@ function tempDir(prefix = 'syncar-node-') {
 
 function removeDir(dir) {
   fs.rmSync(dir, { recursive: true, force: true });
+}
+
+/**
+ * For the `describe` block that calls it: a temporary directory made before its tests (`scope.dir`), and
+ * `scope.cleanup`, the steps (functions, async or not) its tests push; after its tests they run, the last pushed
+ * first, then the directory is removed.
+ */
+function tempScope(prefix) {
+  const scope = { dir: undefined, cleanup: [] };
+  before(() => {
+    scope.dir = tempDir(prefix);
+  });
+  after(async () => {
+    for (const step of scope.cleanup.reverse()) {
+      await step();
+    }
+    removeDir(scope.dir);
+  });
+  return scope;
 }
 
 /**
@@ -419,6 +439,7 @@ module.exports = {
   startRedis,
   startScriptedDaemon,
   tempDir,
+  tempScope,
   waitForEvent,
   waitUntil,
 };

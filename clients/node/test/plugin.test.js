@@ -11,7 +11,7 @@ const { MemoryService } = require('@feathersjs/memory');
 const { BSON, ObjectId } = require('bson');
 const syncar = require('..');
 const { SYNC, isRemote } = syncar;
-const { RawPeer, removeDir, startDaemon, tempDir, waitForEvent, waitUntil } = require('./helpers');
+const { RawPeer, removeDir, startDaemon, tempDir, tempScope, waitForEvent, waitUntil } = require('./helpers');
 
 const TIMEOUT = 10_000;
 
@@ -408,19 +408,8 @@ describe('a syncar that refuses publishes', () => {
 
 describe('a syncar with a smaller --max-frame-bytes than the plugin', () => {
   const LIMIT = 65536;
-  let dir;
-  const cleanup = [];
-
-  before(() => {
-    dir = tempDir();
-  });
-
-  after(async () => {
-    for (const step of cleanup.reverse()) {
-      await step();
-    }
-    removeDir(dir);
-  });
+  const scope = tempScope();
+  const { cleanup } = scope;
 
   function makeApp(socket) {
     const app = feathers();
@@ -433,7 +422,7 @@ describe('a syncar with a smaller --max-frame-bytes than the plugin', () => {
   }
 
   it('does not send an event over the daemon\'s limit told in its welcome, and keeps nothing for it', async () => {
-    const daemon = await startDaemon({ socket: path.join(dir, 'small.sock'), args: ['--max-frame-bytes', String(LIMIT)] });
+    const daemon = await startDaemon({ socket: path.join(scope.dir, 'small.sock'), args: ['--max-frame-bytes', String(LIMIT)] });
     cleanup.push(() => daemon.stop());
     const { app, warnings } = makeApp(daemon.socket);
     await app.sync.ready;
@@ -451,7 +440,7 @@ describe('a syncar with a smaller --max-frame-bytes than the plugin', () => {
   });
 
   it('drops, with a warning, an event held before the welcome that is over the daemon\'s limit', async () => {
-    const socket = path.join(dir, 'later.sock');
+    const socket = path.join(scope.dir, 'later.sock');
     const { app, warnings } = makeApp(socket);
     await app.service('messages').create({ text: 'x'.repeat(100_000) });
     await app.service('messages').create({ text: 'small' });

@@ -2,14 +2,14 @@
 
 // Local first, held publishes, reconnects and resume, against real syncar daemons (local backend).
 
-const { describe, it, before, after } = require('node:test');
+const { describe, it } = require('node:test');
 const assert = require('node:assert/strict');
 const path = require('node:path');
 const { feathers } = require('@feathersjs/feathers');
 const { MemoryService } = require('@feathersjs/memory');
 const syncar = require('..');
 const { isRemote } = syncar;
-const { RawPeer, removeDir, startDaemon, startScriptedDaemon, tempDir, waitForEvent, waitUntil } = require('./helpers');
+const { RawPeer, startDaemon, startScriptedDaemon, tempScope, waitForEvent, waitUntil } = require('./helpers');
 
 const TIMEOUT = 15_000;
 
@@ -21,22 +21,11 @@ function makeApp(socket, options = {}) {
 }
 
 describe('reconnects', () => {
-  let dir;
-  const cleanup = [];
-
-  before(() => {
-    dir = tempDir();
-  });
-
-  after(async () => {
-    for (const step of cleanup.reverse()) {
-      await step();
-    }
-    removeDir(dir);
-  });
+  const scope = tempScope();
+  const { cleanup } = scope;
 
   it('emits locally at once while syncar is down, holds publishes up to maxPending, sends them once it is up', async () => {
-    const socket = path.join(dir, 'late.sock');
+    const socket = path.join(scope.dir, 'late.sock');
     const app = makeApp(socket, { maxPending: 3 });
     cleanup.push(() => app.sync.close());
     const warnings = [];
@@ -67,7 +56,7 @@ describe('reconnects', () => {
   });
 
   it('resumes from its last seq after losing the socket: events published meanwhile are replayed', async () => {
-    const socket = path.join(dir, 'resume.sock');
+    const socket = path.join(scope.dir, 'resume.sock');
     const daemon = await startDaemon({ socket });
     cleanup.push(() => daemon.stop());
     const sender = makeApp(socket);
@@ -98,7 +87,7 @@ describe('reconnects', () => {
   });
 
   it('carries on across a daemon restart: publishes made while it is down are sent after the reconnect', async () => {
-    const socket = path.join(dir, 'restart.sock');
+    const socket = path.join(scope.dir, 'restart.sock');
     let daemon = await startDaemon({ socket });
     const app = makeApp(socket);
     cleanup.push(() => app.sync.close(), () => daemon.stop());
@@ -136,7 +125,7 @@ describe('reconnects', () => {
 
   it('keeps at most maxPending unacknowledged publishes for re-sending, forgetting the oldest with a warning', async () => {
     // A daemon that acknowledges nothing (its broker is away): every publish is written, only the newest are kept.
-    const server = await startScriptedDaemon(path.join(dir, 'no-acks.sock'), { ack: ({ number }) => number > 1 });
+    const server = await startScriptedDaemon(path.join(scope.dir, 'no-acks.sock'), { ack: ({ number }) => number > 1 });
     cleanup.push(() => new Promise((resolve) => server.close(resolve)));
     const app = makeApp(server.address(), { maxPending: 3 });
     cleanup.push(() => app.sync.close());
@@ -166,7 +155,7 @@ describe('reconnects', () => {
   it('re-sends, in order, publishes written to a daemon that vanished before acknowledging them', async () => {
     // A scripted daemon (protocol v1 by hand): the first connection reads publishes and dies without an
     // ack, as a syncar killed with SIGKILL would; the second acknowledges everything.
-    const server = await startScriptedDaemon(path.join(dir, 'scripted.sock'), { ack: ({ number }) => number > 1 });
+    const server = await startScriptedDaemon(path.join(scope.dir, 'scripted.sock'), { ack: ({ number }) => number > 1 });
     const { connections } = server;
     cleanup.push(() => new Promise((resolve) => server.close(resolve)));
 
