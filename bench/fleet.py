@@ -15,23 +15,20 @@ over the run; the latency from `create` to each other client's `created` (p50, p
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from bench.fleet_report import markdown, summarise, table
-from bench.plan import make_plan
+from bench.parts import Part, Progress, alternated, exit_status, on_each_broker, run_part, said
 from bench.processes import NODE_DIR, Daemon, Meter, Worker
-from bench.report import quantile, write_results
+from bench.report import SATURATED_LAG, SATURATED_SHARE, quantile
 from bench.runner import SLACK, Section, stop_daemons
 
 log = logging.getLogger(__name__)
@@ -50,11 +47,6 @@ WINDOW = 256
 #: Seconds of the same traffic before measuring (JIT, buffers, connections), and the most events a run creates.
 WARMUP = 1.0
 MAX_EVENTS = 200_000
-#: Paced runs are saturated if they sent less than this share of the offered rate, lagged this far, or lost events.
-SATURATED_SHARE = 0.95
-SATURATED_LAG = 0.1
-
-Progress = Callable[[str], None]
 
 
 def node_problem() -> str | None:
@@ -179,39 +171,30 @@ class Fleet:
 
 
 def _said(run: dict[str, Any]) -> str:
-    f = run["figures"]
-    head = f"  {run['broker']:6} {run['contestant']:13} {run['rate'] or 'max':>5} rep {run['rep'] + 1}: "
-    if run.get("error"):
-        return head + f"error: {run['error'].splitlines()[0][:160]}"
-    return head + (
-        f"{f['achieved'] or 0:,.0f} events/s, apps+daemons {f['all_us']:.0f} µs/event (broker {f['broker_us']:.0f}),"
-        f" {f['peak_rss_mib']:.0f} MiB, p50 {f['p50_ms']:.2f} p99 {f['p99_ms']:.2f} ms"
-        + (f"  lost {f['lost']}" if f["lost"] else "")
-        + ("  SATURATED" if f["saturated"] else "")
+    return said(
+        f"  {run['broker']:6} {run['contestant']:13} {run['rate'] or 'max':>5} rep {run['rep'] + 1}: ",
+        run,
+        lambda f: (
+            f"{f['achieved'] or 0:,.0f} events/s, apps+daemons {f['all_us']:.0f} µs/event "
+            f"(broker {f['broker_us']:.0f}), {f['peak_rss_mib']:.0f} MiB, "
+            f"p50 {f['p50_ms']:.2f} p99 {f['p99_ms']:.2f} ms"
+            + (f"  lost {f['lost']}" if f["lost"] else "")
+            + ("  SATURATED" if f["saturated"] else "")
+        ),
     )
 
 
-async def measure(
-    brokers: tuple[str, ...], *, seconds: float, reps: int, workdir: Path, root: Path, progress: Progress
-) -> dict[str, Any]:
+async def measure(part: Part, workdir: Path, progress: Progress) -> dict[str, Any]:
     """Every rate of every contestant on every broker, alternated; a broker that cannot start is reported."""
     results: dict[str, Any] = {"runs": [], "broker_errors": {}}
-    for broker in brokers:
-        plan = make_plan(quick=True, brokers=(broker,), contestants=("syncar",), reps=reps, seconds=seconds)
-        section = Section(broker, plan, workdir, root)
-        try:
-            await section.start()
-            fleet = Fleet(section, seconds)
-            for rep in range(reps):
-                for rate in RATES:
-                    for contestant in CONTESTANTS:
-                        results["runs"].append(await fleet.run(contestant, rate, rep))
-                        progress(_said(results["runs"][-1]))
-        except (RuntimeError, OSError) as exc:
-            results["broker_errors"][broker] = str(exc)[:2000]
-            progress(f"  {broker}: not measured: {str(exc).splitlines()[0]}")
-        finally:
-            section.stop()
+
+    async def on(section: Section) -> None:
+        fleet = Fleet(section, part.seconds)
+        for rep, rate, contestant in alternated(part.reps, RATES, CONTESTANTS):
+            results["runs"].append(await fleet.run(contestant, rate, rep))
+            progress(_said(results["runs"][-1]))
+
+    await on_each_broker(part, workdir, results, progress, on)
     return results
 
 
@@ -231,26 +214,7 @@ def fleet(
         window=WINDOW,
         brokers=list(brokers),
     )
-    print(f"{meta['command']}: the fleet ({INSTANCES} instances) on {', '.join(brokers)}", flush=True)
-    began = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="syncar-fleet-"))
-    try:
-        results = asyncio.run(
-            measure(
-                brokers,
-                seconds=seconds,
-                reps=reps,
-                workdir=workdir,
-                root=root,
-                progress=lambda line: print(line, flush=True),
-            )
-        )
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    meta.update(seconds=round(time.monotonic() - began, 1), loadavg_end=os.getloadavg())
-    results = {"meta": meta, **results}
-    results["summary"] = summarise(results)
-    print()
-    print(table(results))
-    write_results(outs, "fleet", results, markdown(results))
-    return 0 if results["runs"] and not any(r.get("error") for r in results["runs"]) else 1
+    part = Part("fleet", brokers, ("syncar",), reps, seconds, root)  # feathers-sync runs apart from the plan
+    title = f"the fleet ({INSTANCES} instances) on {', '.join(brokers)}"
+    results = run_part(part, meta, title, measure, outs, summarise=summarise, table=table, markdown=markdown)
+    return exit_status(results["runs"])

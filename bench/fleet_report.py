@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.lowrate_report import _groups
+from bench.parts_report import TARGETS_HEAD, Block, broker_notes, conditions, latency, paired, per_rate, ratio
+from bench.parts_report import markdown as markdown_of
+from bench.parts_report import text as text_of
 from bench.plan import BROKER_LABELS
-from bench.report import _aligned, _markdown_table, _median, _num
+from bench.report import _median, _num
 
 LABELS = {"syncar": "@syncar/feathers + syncar", "feathers-sync": "feathers-sync 3.1.1"}
 FIGURES = (
@@ -29,35 +31,15 @@ MAX_RATIO_1000 = 1.3
 MAX_P50_MS_MORE = 0.5
 
 
-def _ratio(mine: float | None, theirs: float | None) -> float | None:
-    return mine / theirs if mine is not None and theirs else None
-
-
 def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Medians per broker, rate and contestant; for syncar, the medians over repetitions of its figures over (or,
     for p50, minus) feathers-sync's in the same repetition."""
-    theirs = {
-        (r["broker"], r["rate"], r["rep"]): r.get("figures", {})
-        for r in results["runs"]
-        if r["contestant"] == "feathers-sync"
-    }
     summary = []
-    for (broker, rate, contestant), members in _groups(results["runs"], "broker", "rate", "contestant").items():
-        figures = [m["figures"] for m in members if m.get("figures")]
-        entry: dict[str, Any] = {
-            "broker": broker,
-            "rate": rate,
-            "contestant": contestant,
-            "runs": len(members),
-            "ok": len(figures),
-            "errors": sorted({m["error"][:200] for m in members if m.get("error")}),
-            "saturated": sum(bool(f.get("saturated")) for f in figures) > len(figures) / 2,
-        }
-        entry.update({name: _median([f.get(name) for f in figures]) for name in FIGURES})
-        if contestant == "syncar":
-            pairs = [(m["figures"], theirs.get((broker, rate, m["rep"]), {})) for m in members if m.get("figures")]
+    for entry, members in per_rate(results["runs"], FIGURES):
+        if entry["contestant"] == "syncar":
+            pairs = paired(results["runs"], members, "feathers-sync")
             for name in ("all_us", "peak_rss_mib", "p99_ms"):
-                entry[f"{name}_ratio"] = _median([_ratio(mine.get(name), other.get(name)) for mine, other in pairs])
+                entry[f"{name}_ratio"] = _median([ratio(mine.get(name), other.get(name)) for mine, other in pairs])
             entry["p50_ms_more"] = _median(
                 [mine["p50_ms"] - other["p50_ms"] for mine, other in pairs if other.get("p50_ms") is not None]
             )
@@ -97,9 +79,7 @@ def _rows(summary: list[dict[str, Any]]) -> list[tuple[str, ...]]:
                 "-" if ratio is None else f"{ratio:.2f}x",
                 _num(e["broker_us"]),
                 _num(e["peak_rss_mib"]),
-                "-"
-                if e["p50_ms"] is None
-                else f"{e['p50_ms']:.2f}/{e['p99_ms']:.2f}" + (" (sat.)" if e["saturated"] else ""),
+                latency(e),
                 _num(e["lost"]),
             )
         )
@@ -137,49 +117,31 @@ def targets(summary: list[dict[str, Any]]) -> list[tuple[str, ...]]:
 
 
 def heading(meta: dict[str, Any]) -> str:
-    load = meta.get("loadavg_start", (0, 0, 0))[0], meta.get("loadavg_end", (0, 0, 0))[0]
     return (
         f"{meta['instances']} Feathers instances and a socket.io client on each, {meta['size']} B messages created "
         f"round-robin, {meta['publish_seconds']:g} s per run (max: at most {meta['window']} events in flight); "
         f"medians of {meta['reps']} alternated repetitions; CPU per event created, from the clients' warm-up on; "
         f'"vs feathers-sync": apps + daemons over feathers-sync\'s apps in the same repetition (median of those '
         f"ratios); peak RSS: the sum of every app's and daemon's; latency: create to each other client's created; "
-        f"load average {load[0]:.1f} at the start, {load[1]:.1f} at the end; "
-        f"daemons at {meta.get('syncar_commit', '?')}"
+        + conditions(meta)
     )
 
 
 def _notes(results: dict[str, Any]) -> list[str]:
-    notes = [f"{broker}: not measured: {error.splitlines()[0]}" for broker, error in results["broker_errors"].items()]
-    return notes + [
+    return broker_notes(results) + [
         f"{e['broker']} {e['contestant']} {e['rate'] or 'max'}: {error}"
         for e in results["summary"]
         for error in e["errors"]
     ]
 
 
+def _blocks(summary: list[dict[str, Any]]) -> list[Block]:
+    return [(HEAD, _rows(summary), 3), (TARGETS_HEAD, targets(summary), 1)]
+
+
 def table(results: dict[str, Any]) -> str:
-    summary = results["summary"]
-    lines = [
-        heading(results["meta"]),
-        "",
-        *_aligned(HEAD, _rows(summary), 3),
-        "",
-        *_aligned(("target", "measured", "met?"), targets(summary), 1),
-    ]
-    notes = _notes(results)
-    return "\n".join([*lines, "", *notes] if notes else lines)
+    return text_of(heading(results["meta"]), _blocks(results["summary"]), _notes(results))
 
 
 def markdown(results: dict[str, Any]) -> str:
-    summary = results["summary"]
-    lines = [
-        f"*{heading(results['meta'])}.*",
-        "",
-        *_markdown_table(HEAD, _rows(summary), 3),
-        "",
-        *_markdown_table(("target", "measured", "met?"), targets(summary), 1),
-    ]
-    if notes := _notes(results):
-        lines += ["", *(f"- {note}" for note in notes)]
-    return "\n".join(lines) + "\n"
+    return markdown_of(heading(results["meta"]), _blocks(results["summary"]), _notes(results))

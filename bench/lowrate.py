@@ -19,24 +19,22 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from bench.lowrate_report import markdown, summarise, table
-from bench.plan import Case, make_plan
+from bench.parts import Part, Progress, alternated, exit_status, on_each_broker, run_part, said
+from bench.plan import Case
 from bench.processes import Daemon, Meter
 from bench.procstat import memory_kib, task_stats
-from bench.report import derive, write_results
+from bench.report import derive
 from bench.runner import Section, stop_daemons
 
 RATES = (100, 1_000)
@@ -52,8 +50,6 @@ REPS = 3
 KNOCK_EVERY = 0.002
 START_TIMEOUT = 30.0
 _IMPORT_LINE = re.compile(rb"^import time:\s+(\d+) \|\s+(\d+) \|\s+sidecar\.client$", re.MULTILINE)
-
-Progress = Callable[[str], None]
 
 
 def _worker_cost(line_usage: dict[str, float], at_ready: dict[str, float]) -> tuple[float, float]:
@@ -94,27 +90,24 @@ def rate_figures(run: dict[str, Any]) -> dict[str, Any]:
 
 async def _rate_runs(section: Section, *, seconds: float, reps: int, progress: Progress) -> list[dict[str, Any]]:
     runs = []
-    for rep in range(reps):
-        for rate in RATES:
-            for contestant in section.plan.contestants_for(section.broker):
-                run = await section.run(contestant, Case(f"rate-{rate}", SIZE, rate, seconds), rep)
-                run["figures"] = rate_figures(run)
-                runs.append(run)
-                progress(_said(run))
+    for rep, rate, contestant in alternated(reps, RATES, section.plan.contestants_for(section.broker)):
+        run = await section.run(contestant, Case(f"rate-{rate}", SIZE, rate, seconds), rep)
+        run["figures"] = rate_figures(run)
+        runs.append(run)
+        progress(_said(run))
     return runs
 
 
 def _said(run: dict[str, Any]) -> str:
-    f = run["figures"]
-    head = f"  {run['broker']:6} {run['contestant']:9} {run['rate']:5}/s rep {run['rep'] + 1}: "
-    if run.get("error"):
-        return head + f"error: {run['error'].splitlines()[0][:160]}"
-    us = "  ".join(
-        f"{side} {f[f'{side}_us']:.0f} µs, {f[f'{side}_wakeups']:.2f} wake-ups"
-        for side in ("pub", "sub", "both")
-        if f.get(f"{side}_us") is not None
-    )
-    return head + us + (f"  lost {f['lost']}" if f["lost"] else "") + ("  SATURATED" if f["saturated"] else "")
+    def figures(f: dict[str, Any]) -> str:
+        us = "  ".join(
+            f"{side} {f[f'{side}_us']:.0f} µs, {f[f'{side}_wakeups']:.2f} wake-ups"
+            for side in ("pub", "sub", "both")
+            if f.get(f"{side}_us") is not None
+        )
+        return us + (f"  lost {f['lost']}" if f["lost"] else "") + ("  SATURATED" if f["saturated"] else "")
+
+    return said(f"  {run['broker']:6} {run['contestant']:9} {run['rate']:5}/s rep {run['rep'] + 1}: ", run, figures)
 
 
 async def _idle_run(section: Section, seconds: float, rep: int) -> dict[str, Any]:
@@ -251,38 +244,21 @@ async def _other_runs(
     return idle, start
 
 
-async def measure(
-    brokers: tuple[str, ...],
-    contestants: tuple[str, ...],
-    *,
-    seconds: float,
-    reps: int,
-    workdir: Path,
-    root: Path,
-    progress: Progress,
-    base_root: Path | None = None,
-) -> dict[str, Any]:
-    """Every part on every broker; a broker that cannot start is reported, and the others go on."""
+async def measure(part: Part, workdir: Path, progress: Progress) -> dict[str, Any]:
+    """Low rates, idle and start on every broker; a broker that cannot start is reported, and the others go on."""
     results: dict[str, Any] = {"rates": [], "idle": [], "start": [], "imports": [], "broker_errors": {}}
-    for checkout in {root, base_root or root}:
+    for checkout in {part.root, part.base_root or part.root}:
         await asyncio.to_thread(byte_compile, checkout)
-    for broker in brokers:
-        plan = make_plan(quick=True, brokers=(broker,), contestants=contestants, reps=reps, seconds=seconds)
-        section = Section(broker, plan, workdir, root, base_root)
-        try:
-            await section.start()
-            results["rates"] += await _rate_runs(section, seconds=seconds, reps=reps, progress=progress)
-            idle, start = await _other_runs(section, seconds=seconds, reps=reps, progress=progress)
-        except (RuntimeError, OSError) as exc:
-            results["broker_errors"][broker] = str(exc)[:2000]
-            progress(f"  {broker}: not measured: {str(exc).splitlines()[0]}")
-            continue
-        finally:
-            section.stop()
+
+    async def on(section: Section) -> None:
+        results["rates"] += await _rate_runs(section, seconds=part.seconds, reps=part.reps, progress=progress)
+        idle, start = await _other_runs(section, seconds=part.seconds, reps=part.reps, progress=progress)
         results["idle"] += idle
         results["start"] += start
-    for rep in range(reps):
-        results["imports"].append(await asyncio.to_thread(import_run, root, rep))
+
+    await on_each_broker(part, workdir, results, progress, on)
+    for rep in range(part.reps):
+        results["imports"].append(await asyncio.to_thread(import_run, part.root, rep))
         i = results["imports"][-1]
         progress(
             f"  import sidecar.client rep {rep + 1}: "
@@ -292,6 +268,8 @@ async def measure(
                 else f"{i['importtime_ms']:.1f} ms (-X importtime), {i['import_cpu_ms']:.1f} ms of CPU"
             )
         )
+    for run in results["rates"]:
+        run.get("sub", {}).pop("samples", None)  # arrival times every 10 ms: not used here
     return results
 
 
@@ -318,31 +296,7 @@ def low_rate(
         brokers=list(brokers),
         contestants=list(contestants),
     )
-    print(f"{meta['command']}: low rates, idle and start on {', '.join(brokers)}", flush=True)
-    began = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="syncar-lowrate-"))
-    try:
-        results = asyncio.run(
-            measure(
-                brokers,
-                contestants,
-                seconds=seconds,
-                reps=reps,
-                workdir=workdir,
-                root=root,
-                progress=lambda line: print(line, flush=True),
-                base_root=base_root,
-            )
-        )
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    meta.update(seconds=round(time.monotonic() - began, 1), loadavg_end=os.getloadavg())
-    for run in results["rates"]:
-        run.get("sub", {}).pop("samples", None)  # arrival times every 10 ms: not used here
-    results = {"meta": meta, **results}
-    results["summary"] = summarise(results)
-    print()
-    print(table(results))
-    write_results(outs, "lowrate", results, markdown(results))
-    measured = results["rates"] + results["idle"] + results["start"] + results["imports"]
-    return 0 if measured and not any(r.get("error") for r in measured) else 1
+    part = Part("lowrate", brokers, contestants, reps, seconds, root, base_root)
+    title = f"low rates, idle and start on {', '.join(brokers)}"
+    results = run_part(part, meta, title, measure, outs, summarise=summarise, table=table, markdown=markdown)
+    return exit_status(results["rates"] + results["idle"] + results["start"] + results["imports"])

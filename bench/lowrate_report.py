@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.parts_report import TARGETS_HEAD, Block, broker_notes, conditions, groups, latency, paired, per_rate, ratio
+from bench.parts_report import markdown as markdown_of
+from bench.parts_report import text as text_of
 from bench.plan import BROKER_LABELS
-from bench.report import _aligned, _markdown_table, _median, _num
+from bench.report import _median, _num
 
 #: The issue's targets: daemons' CPU per event at most this times the raw pair's; idle RSS, start, client import.
 MAX_RATIO = 1.0
@@ -24,42 +27,14 @@ LABELS = {
 RATE_FIGURES = ("pub_us", "sub_us", "both_us", "pub_wakeups", "sub_wakeups", "both_wakeups", "p50_ms", "p99_ms", "lost")
 
 
-def _groups(runs: list[dict[str, Any]], *keys: str) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for run in runs:
-        groups.setdefault(tuple(run[k] for k in keys), []).append(run)
-    return groups
-
-
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
     """Medians per broker, rate and contestant; for syncar, the median over repetitions of the ratio of its
     daemons' CPU per event to the raw publisher's and subscriber's in the same repetition."""
     rates = []
-    ceiling = {
-        (r["broker"], r["rate"], r["rep"]): r.get("figures", {}).get("both_us")
-        for r in results["rates"]
-        if r["contestant"] == "ceiling"
-    }
-    for (broker, rate, contestant), members in _groups(results["rates"], "broker", "rate", "contestant").items():
-        figures = [m["figures"] for m in members if m.get("figures")]
-        entry: dict[str, Any] = {
-            "broker": broker,
-            "rate": rate,
-            "contestant": contestant,
-            "runs": len(members),
-            "ok": len(figures),
-            "errors": sorted({m["error"][:200] for m in members if m.get("error")}),
-        }
-        entry.update({name: _median([f.get(name) for f in figures]) for name in RATE_FIGURES})
-        entry["saturated"] = sum(bool(f.get("saturated")) for f in figures) > len(figures) / 2
-        if contestant != "ceiling":
-            ratios = []
-            for m in members:
-                raw = ceiling.get((broker, rate, m["rep"]))
-                mine = m.get("figures", {}).get("both_us")
-                if raw and mine is not None:
-                    ratios.append(mine / raw)
-            entry["ratio_to_raw"] = _median(list(ratios))
+    for entry, members in per_rate(results["rates"], RATE_FIGURES):
+        if entry["contestant"] != "ceiling":
+            pairs = paired(results["rates"], members, "ceiling")
+            entry["ratio_to_raw"] = _median([ratio(mine.get("both_us"), raw.get("both_us")) for mine, raw in pairs])
         rates.append(entry)
     idle = [
         {
@@ -71,10 +46,10 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
                 for name in ("cpu_ms_per_s", "wakeups_per_s", "rss_mib", "hwm_mib")
             },
         }
-        for (broker,), members in _groups(results["idle"], "broker").items()
+        for (broker,), members in groups(results["idle"], "broker").items()
     ]
     start = []
-    for (broker,), members in _groups(results["start"], "broker").items():
+    for (broker,), members in groups(results["start"], "broker").items():
         values = [m["start_ms"] for m in members if "start_ms" in m]
         start.append(
             {
@@ -117,7 +92,7 @@ RATE_HEAD = (
 def _rate_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
     found: list[tuple[str, ...]] = []
     for e in summary["rates"]:
-        ratio = e.get("ratio_to_raw")
+        to_raw = e.get("ratio_to_raw")
         if e["pub_wakeups"] is not None:
             wakeups = f"{_num(e['pub_wakeups'], 2)}/{_num(e['sub_wakeups'], 2)}"
         else:  # local://: one daemon is both sides
@@ -130,11 +105,9 @@ def _rate_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
                 _num(e["pub_us"]),
                 _num(e["sub_us"]),
                 _num(e["both_us"]),
-                "-" if ratio is None else f"{ratio:.2f}x",
+                "-" if to_raw is None else f"{to_raw:.2f}x",
                 wakeups,
-                "-"
-                if e["p50_ms"] is None
-                else f"{e['p50_ms']:.2f}/{e['p99_ms']:.2f}" + (" (sat.)" if e["saturated"] else ""),
+                latency(e),
                 _num(e["lost"]),
             )
         )
@@ -229,54 +202,36 @@ def targets(summary: dict[str, Any]) -> list[tuple[str, ...]]:
 
 
 def _notes(summary: dict[str, Any], results: dict[str, Any]) -> list[str]:
-    notes = [f"{broker}: not measured: {error.splitlines()[0]}" for broker, error in results["broker_errors"].items()]
+    notes = broker_notes(results)
     for part in ("rates", "idle", "start"):
         notes += [f"{e['broker']} {part}: {error}" for e in summary[part] for error in e["errors"]]
     return notes
 
 
 def heading(meta: dict[str, Any]) -> str:
-    load = meta.get("loadavg_start", (0, 0, 0))[0], meta.get("loadavg_end", (0, 0, 0))[0]
     return (
         f"{meta['size']} B events at fixed rates, {meta['publish_seconds']:g} s per run; idle runs as long; "
         f'medians of {meta["reps"]} alternated repetitions; "vs raw": the syncar daemons\' CPU per event over the '
-        f"raw publisher's and subscriber's in the same repetition (median of those ratios); load average "
-        f"{load[0]:.1f} at the start, {load[1]:.1f} at the end; daemons at {meta.get('syncar_commit', '?')}"
+        f"raw publisher's and subscriber's in the same repetition (median of those ratios); "
+        + conditions(meta)
         + (f", --base-root at {meta['base_commit']}" if meta.get("base_commit") else "")
     )
 
 
+def _blocks(summary: dict[str, Any]) -> list[Block]:
+    return [
+        (RATE_HEAD, _rate_rows(summary), 3),
+        (IDLE_HEAD, _idle_rows(summary), 1),
+        _import_line(summary),
+        (TARGETS_HEAD, targets(summary), 1),
+    ]
+
+
 def table(results: dict[str, Any]) -> str:
     summary = results["summary"]
-    lines = [
-        heading(results["meta"]),
-        "",
-        *_aligned(RATE_HEAD, _rate_rows(summary), 3),
-        "",
-        *_aligned(IDLE_HEAD, _idle_rows(summary), 1),
-        "",
-        _import_line(summary),
-        "",
-        *_aligned(("target", "measured", "met?"), targets(summary), 1),
-    ]
-    notes = _notes(summary, results)
-    return "\n".join([*lines, "", *notes] if notes else lines)
+    return text_of(heading(results["meta"]), _blocks(summary), _notes(summary, results))
 
 
 def markdown(results: dict[str, Any]) -> str:
     summary = results["summary"]
-    lines = [
-        f"*{heading(results['meta'])}.*",
-        "",
-        *_markdown_table(RATE_HEAD, _rate_rows(summary), 3),
-        "",
-        *_markdown_table(IDLE_HEAD, _idle_rows(summary), 1),
-        "",
-        _import_line(summary) + ".",
-        "",
-        *_markdown_table(("target", "measured", "met?"), targets(summary), 1),
-    ]
-    notes = _notes(summary, results)
-    if notes:
-        lines += ["", *(f"- {note}" for note in notes)]
-    return "\n".join(lines) + "\n"
+    return markdown_of(heading(results["meta"]), _blocks(summary), _notes(summary, results))
