@@ -93,11 +93,13 @@ class RedisOptions:
             self.master_name, self.sentinel, connection_class=self.connection_class, **kwargs
         )
 
-    def connection(self, pool: ConnectionPool) -> Connection:
-        """One connection outside `pool` (read by hand), to the same Redis (through Sentinel: the same master)."""
+    def connection(self, pool: ConnectionPool, kwargs: dict[str, Any] | None = None) -> Connection:
+        """One connection outside `pool` (used by hand), to the same Redis (through Sentinel: the same master), made
+        with `kwargs` (default: the URI's)."""
+        kwargs = self.connection_kwargs if kwargs is None else kwargs
         if self.sentinel is None:
-            return self.connection_class(**self.connection_kwargs)
-        return self.connection_class(connection_pool=pool, **self.connection_kwargs)
+            return self.connection_class(**kwargs)
+        return self.connection_class(connection_pool=pool, **kwargs)
 
 
 def parse_uri(uri: str, connect_timeout: float) -> RedisOptions:
