@@ -107,6 +107,34 @@ async def test_at_a_low_rate_broadcast_acknowledgements_are_grouped_in_time(
     assert len(acked) == 1 if within_delay else len(acked) < 10, acked
 
 
+async def test_at_a_low_rate_a_broadcast_subscription_sets_no_timer_per_message(backend: Factory, topic: str) -> None:
+    """Waiting up to ACK_DELAY for company took an asyncio.timeout, a timer made and cancelled, per message handled;
+    one timer now covers the wait, moved on when it fires early."""
+    sender, receiver = await backend(), await backend()
+    inbox = Inbox()
+    await receiver.subscribe(topic, inbox)
+    await sender.publish(topic, [b"0"])
+    await inbox.wait(1)
+    loop = asyncio.get_running_loop()
+    timers: list[str] = []
+    call_at = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        task = asyncio.current_task()
+        if task is not None and task.get_name().startswith("syncar-amqp-"):  # the subscription's worker
+            timers.append(getattr(callback, "__qualname__", repr(callback)))
+        return call_at(when, callback, *args, **kwargs)
+
+    loop.call_at = counting  # type: ignore[method-assign]
+    try:
+        for n in range(1, 21):  # one at a time, each handled before the next is sent
+            await sender.publish(topic, [b"%d" % n])
+            await inbox.wait(n + 1)
+    finally:
+        del loop.call_at
+    assert len(timers) <= 2, timers  # before: 20
+
+
 async def test_a_batch_goes_out_in_one_write_without_a_task_per_message(
     backend: Factory, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
