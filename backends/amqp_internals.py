@@ -8,11 +8,11 @@ the backends' own tests fail too: every publish raises.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiormq
-from aiormq.abc import ChannelFrame
+from aiormq.abc import ChannelFrame, DeliveredMessage
 from aiormq.exceptions import ChannelInvalidStateError
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
@@ -67,3 +67,22 @@ async def publish(
         channel.delivery_tag = queued
         raise
     return confirmations
+
+
+def deliver_without_tasks(channel: aiormq.Channel, deliver: Callable[[DeliveredMessage], None]) -> None:
+    """Hand every message delivered on `channel` to `deliver`, called by the channel's reader as soon as the
+    message's frames are read, in delivery order. For a channel with one consumer: whose it is goes unasked.
+
+    aiormq's reader starts a Task per delivery to run the consumer's callback (`Channel._on_deliver_frame`): a Task
+    made, scheduled, run and its done callback called for each message, only for syncar's callback to put it in a
+    queue. This reads the header and body frames as aiormq does, with its own methods, and calls `deliver` in
+    place; `deliver` must not block nor raise (the reader would end with it). What else the reader does (confirms,
+    returns, cancels, closes) is aiormq's.
+    """
+    read_header = channel._Channel__get_content_header  # type: ignore[attr-defined]  # name-mangled private
+
+    async def on_deliver_frame(frame: Basic.Deliver) -> None:
+        header = await read_header()
+        deliver(await channel._read_content(frame, header))
+
+    channel._on_deliver_frame = on_deliver_frame  # type: ignore[method-assign]

@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import aiormq.abc
 from aio_pika.abc import AbstractRobustChannel
 from pamqp.commands import Basic
 
+from backends import amqp_internals
 from backends.amqp_common import BROKER_ERRORS, CLOSE_TIMEOUT, cancel_task
 from backends.amqp_topology import Topology
 from backends.base import Handler, Message, Subscription
@@ -100,6 +101,8 @@ class AmqpSubscription(Subscription):
         # Before the consume: its first deliveries may reach the worker before basic_consume() returns, and must
         # not look stale then (skipped, they would be acknowledged with the next ones, unhandled).
         self._underlay, self.queue, self.consumer_tag = underlay, queue, None
+        # aio-pika's abstract type leaves out the channel's state; its underlay is always aiormq's Channel.
+        amqp_internals.deliver_without_tasks(cast(aiormq.Channel, underlay), self._deliver)
         consumer = await underlay.basic_consume(queue, self._on_delivery, no_ack=False)
         underlay.on_consumer_cancel_callbacks.add(self._on_consumer_cancelled)
         self.consumer_tag, self.cancelled = consumer.consumer_tag, False
@@ -115,10 +118,14 @@ class AmqpSubscription(Subscription):
             self.cancelled = True
             self._restore()
 
-    async def _on_delivery(self, message: aiormq.abc.DeliveredMessage) -> None:
-        # aiormq runs each delivery in a task of its own, in delivery order; queueing before any await keeps it.
+    def _deliver(self, message: aiormq.abc.DeliveredMessage) -> None:
+        # Called by the channel's reader as each message is read, in order (amqp_internals.deliver_without_tasks).
         if self.active:
             self._inbox.put_nowait(message)
+
+    async def _on_delivery(self, message: aiormq.abc.DeliveredMessage) -> None:
+        # What aiormq itself would call, in a Task per message; deliver_without_tasks() takes its place.
+        self._deliver(message)
 
     def _stale(self, message: aiormq.abc.DeliveredMessage) -> bool:
         """Whether `message` is not to be handled although the subscription is active."""

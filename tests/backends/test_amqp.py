@@ -135,6 +135,34 @@ async def test_at_a_low_rate_a_broadcast_subscription_sets_no_timer_per_message(
     assert len(timers) <= 2, timers  # before: 20
 
 
+async def test_a_delivery_starts_no_task(backend: Factory, topic: str) -> None:
+    """aiormq ran the consumer's callback in a Task per delivery, only for it to queue the message for the worker;
+    the channel's reader now hands each message over as it reads it, in order."""
+    sender, receiver = await backend(), await backend()
+    inbox = Inbox()
+    await receiver.subscribe(topic, inbox)
+    await sender.publish(topic, [b"0"])
+    await inbox.wait(1)
+    loop = asyncio.get_running_loop()
+    created: list[str] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        created.append(getattr(coro, "__qualname__", repr(coro)))
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(factory)
+    try:
+        for n in range(1, 21):  # one at a time, each handled before the next is sent
+            await sender.publish(topic, [b"%d" % n])
+            await inbox.wait(n + 1)
+        await sender.publish(topic, [b"batch %d" % n for n in range(30)])
+        await inbox.wait(51)
+    finally:
+        loop.set_task_factory(None)
+    assert [name for name in created if "deliver" in name.lower()] == [], created  # before: 51 (one per delivery)
+    assert inbox.bodies == [b"%d" % n for n in range(21)] + [b"batch %d" % n for n in range(30)]
+
+
 async def test_a_batch_goes_out_in_one_write_without_a_task_per_message(
     backend: Factory, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

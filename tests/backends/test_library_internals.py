@@ -93,6 +93,17 @@ def test_aiormq_channel_state_that_syncar_publishes_with() -> None:
     )
 
 
+def test_aiormq_channel_reader_that_syncar_delivers_with() -> None:
+    by = "backends/amqp_internals.deliver_without_tasks"
+    # The reader awaits self._on_deliver_frame(frame) for each Basic.Deliver, looked up on the instance, and reads a
+    # message's frames with these two methods.
+    assert "await self._on_deliver_frame(frame)" in inspect.getsource(aiormq.Channel), relied_on(
+        "aiormq", "Channel._reader calling self._on_deliver_frame", by
+    )
+    for name in ("_Channel__get_content_header", "_read_content"):
+        assert callable(getattr(aiormq.Channel, name, None)), relied_on("aiormq", f"Channel.{name}", by)
+
+
 async def test_aio_pika_reconnect_interval_is_read_where_syncar_backs_off() -> None:
     # In a running loop: aio-pika's constructor asks for the current one, which an earlier test may have unset.
     connection = BackingOffRobustConnection(URL("amqp://guest:guest@127.0.0.1/?reconnect_interval=0.3"))
