@@ -1,4 +1,8 @@
-"""Settings: flags over `SYNCAR_*` environment over an optional TOML file, validated once at startup."""
+"""Settings: flags over `SYNCAR_*` environment over an optional TOML file, validated once at startup.
+
+The three sources are gathered here and validated by pydantic alone: pydantic-settings did the same with 8.6 MiB
+of resident memory and ~100 ms of CPU at every start (its sources for dotenv, secrets, clouds, a CLI).
+"""
 
 from __future__ import annotations
 
@@ -9,16 +13,9 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backends import scheme_of
 from backends.base import BackendConfig, Mode
@@ -39,10 +36,17 @@ def default_instance_id(socket_path: Path) -> str:
     return f"{socket.gethostname()[:64]}-{digest}"
 
 
-class Settings(BaseSettings):
-    """Everything the daemon and the CLI tools can be told. Each field is a `--flag` and a `SYNCAR_*` variable."""
+class Settings(BaseModel):
+    """Everything the daemon and the CLI tools can be told. Each field is a `--flag` and a `SYNCAR_*` variable.
 
-    model_config = SettingsConfigDict(env_prefix="SYNCAR_", frozen=True, extra="forbid")
+    `Settings(**given)` takes `given` (the flags) over the environment over the TOML file of `config`, as
+    `gathered` says; the defaults are validated too.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    def __init__(self, **given: Any) -> None:
+        super().__init__(**gathered(given))
 
     socket: Path = Field(
         default_factory=default_socket_path,
@@ -122,12 +126,12 @@ class Settings(BaseSettings):
         description="memory the publishes kept while the broker is away "
         "may take (each counts twice its JSON plus 512 bytes)",
     )
-    allow_uids: Annotated[tuple[int, ...], NoDecode] = Field(
+    allow_uids: tuple[int, ...] = Field(
         (),
         description="comma-separated uids allowed to connect (checked with SO_PEERCRED); empty: anyone the "
         "socket's mode lets in",
     )
-    allow_gids: Annotated[tuple[int, ...], NoDecode] = Field(
+    allow_gids: tuple[int, ...] = Field(
         (), description="comma-separated gids allowed to connect; a peer passes if its uid or its gid is allowed"
     )
     client_rate: float = Field(0.0, ge=0, description="publishes per second per client (token bucket); 0: no limit")
@@ -272,23 +276,45 @@ class Settings(BaseSettings):
             raise ValueError(str(exc).removeprefix("backend: ")) from None
         return value
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
-        path = config_file(init_settings())
-        if path is not None:
-            try:
-                sources += (TomlConfigSettingsSource(settings_cls, toml_file=path),)
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(_toml_syntax_error(path, exc)) from None
-        return sources
+
+def gathered(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The values `given` (by name), over `SYNCAR_<NAME>` variables, over the keys of the TOML file in force.
+
+    Names match whatever their case, in each source, as they did with pydantic-settings: `syncar_key` and `KEY =`
+    in the file count. Values stay as they came (strings from the environment): validation turns them into
+    settings, and its errors name the setting. A key of the file that is no setting is kept, and refused there.
+
+    Raises:
+        ConfigError: the file is not TOML (the message names the line and the setting on it).
+        OSError, UnicodeDecodeError: the file cannot be read.
+    """
+    flags = _by_name(given)
+    environment = {name.lower(): value for name, value in os.environ.items()}
+    prefix = env_of("").lower()
+    from_env = {name: environment[prefix + name] for name in Settings.model_fields if prefix + name in environment}
+    path = config_file(flags)
+    # A file that is not there adds nothing here: the check of `config` says so, naming the setting.
+    from_file = _by_name(_read_toml(path)) if path is not None and path.expanduser().is_file() else {}
+    return {**from_file, **from_env, **flags}
+
+
+def _by_name(values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` keyed by the settings' names, in their order (a key in another case renamed; the first such key
+    wins), then the keys that name no setting."""
+    keys: dict[str, str] = {}
+    for key in values:
+        keys.setdefault(key.lower(), key)
+    named = {name: values[keys[name]] for name in Settings.model_fields if name in keys}
+    named.update((key, value) for key, value in values.items() if key.lower() not in Settings.model_fields)
+    return named
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    with path.expanduser().open("rb") as file:
+        try:
+            return tomllib.load(file)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(_toml_syntax_error(path, exc)) from None
 
 
 def config_file(given: Mapping[str, Any]) -> Path | None:

@@ -59,3 +59,30 @@ def test_the_backend_is_told_every_setting_about_it() -> None:
         config.reconnect_max_delay,
     ) == ("nats://127.0.0.1:4222", "web-0", "durable", 5000, 600.0, 7.0)
     assert config.echo is False  # the relay drops its own events: a backend may keep the broker from sending them
+
+
+def test_flags_win_over_the_environment_which_wins_over_the_file_whatever_the_case_of_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As pydantic-settings did, before config.py gathered the sources itself: names match in any case."""
+    config = tmp_path / "syncar.toml"
+    config.write_text('KEY = "file"\ncodec = "feathers-sync"\nMax_Frame_Bytes = 4096\nhttp = "off"\n')
+    monkeypatch.setenv("syncar_codec", "syncar")
+    monkeypatch.setenv("SYNCAR_HTTP", "127.0.0.1:1")
+    settings = Settings(socket=tmp_path / "a.sock", config=config, http="127.0.0.1:2")
+    assert (settings.key, settings.codec, settings.max_frame_bytes, settings.http) == (
+        "file",
+        "syncar",
+        4096,
+        "127.0.0.1:2",
+    )
+    assert settings.model_fields_set == {"socket", "config", "key", "codec", "max_frame_bytes", "http"}
+
+
+def test_a_key_of_the_file_that_is_no_setting_is_refused_and_a_missing_file_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "syncar.toml"
+    config.write_text("server = 1\n")
+    with pytest.raises(ValidationError, match="server\n  Extra inputs are not permitted"):
+        Settings(socket=tmp_path / "a.sock", config=config)
+    with pytest.raises(ValidationError, match=r"absent\.toml is not a readable file"):
+        Settings(socket=tmp_path / "a.sock", config=tmp_path / "absent.toml")
