@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import logging.config
+import sys
 import time
 from typing import Any
 
@@ -61,34 +61,32 @@ class HarmlessAsyncioWarnings(logging.Filter):
         return not str(record.msg).startswith("returning true from eof_received()")
 
 
+#: Loggers whose level the CLI sets, besides syncar's own (`sidecar`, `backends`: the `--log-level`).
+QUIETED = {
+    # aiormq logs every failed reconnect at ERROR with a traceback; backends.amqp says it in one line.
+    "aiormq": logging.CRITICAL,
+    "aio_pika.tools": logging.CRITICAL,
+    # aio-pika warns at every failed reconnect attempt; backends.amqp logs the outage and a summary instead.
+    "aio_pika.robust_connection": logging.CRITICAL,
+}
+
+
 def configure(level: str, fmt: str) -> None:
-    formatter: dict[str, Any] = {"()": JsonFormatter} if fmt == "json" else {"format": TEXT_FORMAT}
-    logging.config.dictConfig(
-        {
-            "version": 1,
-            "disable_existing_loggers": False,
-            "formatters": {"default": formatter},
-            "filters": {"harmless": {"()": HarmlessAsyncioWarnings}},
-            "handlers": {
-                "stderr": {
-                    "class": "logging.StreamHandler",
-                    "formatter": "default",
-                    "stream": "ext://sys.stderr",
-                    "filters": ["harmless"],
-                }
-            },
-            "loggers": {
-                "sidecar": {"level": level.upper()},
-                "backends": {"level": level.upper()},
-                # aiormq logs every failed reconnect at ERROR with a traceback; backends.amqp says it in one line.
-                "aiormq": {"level": "CRITICAL"},
-                "aio_pika.tools": {"level": "CRITICAL"},
-                # aio-pika warns at every failed reconnect attempt; backends.amqp logs the outage and a summary instead.
-                "aio_pika.robust_connection": {"level": "CRITICAL"},
-            },
-            "root": {"handlers": ["stderr"], "level": "WARNING"},
-        }
-    )
+    """One handler, on the root logger, writing to stderr in `fmt`; syncar's loggers at `level`, the root's at
+    warning. Set directly: `logging.config` (with `logging.handlers`, `queue`, `pickle`) weighed 0.8 MiB."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(HarmlessAsyncioWarnings())
+    root = logging.getLogger()
+    for replaced in root.handlers[:]:
+        root.removeHandler(replaced)
+        replaced.close()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    for name in ("sidecar", "backends"):
+        logging.getLogger(name).setLevel(level.upper())
+    for name, quiet in QUIETED.items():
+        logging.getLogger(name).setLevel(quiet)
 
 
 class RateLimitedLogger:

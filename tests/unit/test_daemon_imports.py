@@ -1,0 +1,45 @@
+"""What a daemon imports before its socket answers is its start time and most of its memory at idle: modules it
+does not use there stay out. Measured in docs/benchmarks.md ("Idle memory and start: what was cut")."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+#: Settings from flags, environment and TOML (pydantic-settings was 1.2 MiB more than pydantic alone); logging
+#: configured without `logging.config` (0.8 MiB with `logging.handlers`, `queue`, `pickle`).
+NEVER = ("pydantic_settings", "logging.config", "logging.handlers")
+
+#: A daemon made as `syncar run` makes it, then what it imported.
+MADE = """
+import sys
+from sidecar.cli import build_parser, load_settings
+from sidecar.daemon import Daemon
+from sidecar.logging import configure
+settings = load_settings(build_parser().parse_args(["run", "--backend", {uri!r}, "--socket", "/tmp/unused.sock"]))
+configure(settings.log_level, settings.log_format)
+Daemon(settings, handle_signals=False)
+print(sorted(m for m in {never!r} if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("uri", ["local://", "redis://127.0.0.1:1", "amqp://127.0.0.1:1", "nats://127.0.0.1:1"])
+def test_a_daemon_imports_no_module_it_does_not_use(uri: str) -> None:
+    code = MADE.format(uri=uri, never=NEVER)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_redis_py_goes_without_the_opentelemetry_metrics_sdk_and_tracing_still_has_opentelemetry() -> None:
+    """redis-py 8 imports OpenTelemetry's metrics SDK when installed (2.2 MiB, ~40 ms), for metrics syncar never
+    turns on; the daemon keeps it out while the backend is imported, and only then."""
+    pytest.importorskip("opentelemetry.sdk.metrics")
+    code = (
+        MADE.format(uri="redis://127.0.0.1:1", never=("opentelemetry.sdk.metrics",))
+        + "import redis.observability.providers as providers\nprint(providers.OTEL_AVAILABLE)\n"
+        + "import opentelemetry.sdk.metrics, opentelemetry.sdk.trace\nprint('importable')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["[]", "False", "importable"]
