@@ -143,7 +143,7 @@ async def test_long_unique_paths_do_not_stay_in_memory(sock: Path, connect: Conn
         await publisher.frame_of("pong", timeout=60)
         growth = daemon.rss_bytes() - baseline
         print(f"\n300 events with 1 MB paths: RSS {baseline / 1e6:.0f} MB, then {growth / 1e6:.0f} MB more")
-        # What is kept for them is the replay buffer (--replay-bytes, 16 MiB by default), and their paths.
+        # What is kept for them is the replay buffer (--replay-bytes, 8 MiB by default), and their paths.
         assert growth < 96 * 1024 * 1024, f"RSS grew {growth / 1e6:.0f} MB"
         assert await daemon.stop() == 0
     finally:

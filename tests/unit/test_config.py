@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import socket
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from sidecar.client import Client
 from sidecar.config import Settings
 
 
@@ -59,6 +61,18 @@ def test_the_backend_is_told_every_setting_about_it() -> None:
         config.reconnect_max_delay,
     ) == ("nats://127.0.0.1:4222", "web-0", "durable", 5000, 600.0, 7.0)
     assert config.echo is False  # the relay drops its own events: a backend may keep the broker from sending them
+
+
+def test_the_default_replay_buffer_outlasts_a_client_reconnecting_and_stays_small(tmp_path: Path) -> None:
+    """The promise it serves (docs/reliability.md): an app reconnecting to its restarted daemon resumes from what
+    the daemon received meanwhile. Clients wait at most 5 s between attempts; at 1,000 events/s of the 1.2 KB a
+    Feathers event with a 256 B record takes, that is 6 MB. An entry takes ~1.25 times its JSON in memory: at 16
+    MiB, the old default, a full buffer took a 60 MB daemon's peak at full speed to 70-80."""
+    settings = Settings(socket=tmp_path / "a.sock")
+    client_longest_wait = inspect.signature(Client).parameters["backoff"].default[1]
+    assert client_longest_wait == 5.0  # the Node plugin's too (clients/node/lib/options.js)
+    assert settings.replay_bytes >= client_longest_wait * 1000 * 1200
+    assert settings.replay_bytes * 1.25 <= 10 * 1024 * 1024
 
 
 def test_flags_win_over_the_environment_which_wins_over_the_file_whatever_the_case_of_names(
