@@ -12,7 +12,10 @@ The rows, alternated within each repetition and summarised as medians of the rep
   until the peer acknowledges the previous one), then cleared again;
 - classic, both on one node: no bus hop;
 - sharded (SPUBLISH, SSUBSCRIBE), both on the master of the channel's slot, where a sharded subscriber must be;
-- sharded, the subscriber on that master's replica: the shard's copy crosses the bus as classic's does.
+- sharded, the subscriber on that master's replica: the shard's copy crosses the bus as classic's does;
+- syncar: two daemons (`--backend redis+cluster://<one node>`), an app on each, the first publishing Feathers
+  events of `--size` bytes of data: the daemons on two masters (as is, then with TCP_NODELAY on the bus), then
+  both on one.
 """
 
 from __future__ import annotations
@@ -22,15 +25,23 @@ import contextlib
 import ctypes
 import multiprocessing
 import os
+import shutil
 import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
+import orjson
+
+from bench.payload import Events, now_us, stamp_of
+from tests.brokers import free_port
 from tests.brokers.redis_cluster import ClusterNode, RedisCluster
 
 CHANNEL = b"syncar-latency"
@@ -46,6 +57,7 @@ class Row:
     publisher: ClusterNode
     subscriber: ClusterNode
     nodelay: bool = False
+    syncar: bool = False
 
 
 def command(*args: bytes) -> bytes:
@@ -59,7 +71,8 @@ def connect(port: int) -> socket.socket:
 
 
 def subscriber(port: int, verb: bytes, count: int, ready: Event, found: Queue[list[float]]) -> None:
-    """Subscribe, say so, then the latency of `count` messages in ms (their bodies start `T<monotonic ns>;`)."""
+    """Subscribe, say so, then the latency of `count` messages in ms (their bodies start `T<monotonic ns>;`), or
+    of those that came until 3 s of silence."""
     conn = connect(port)
     conn.sendall(command(verb, CHANNEL))
     pending = b""
@@ -68,42 +81,110 @@ def subscriber(port: int, verb: bytes, count: int, ready: Event, found: Queue[li
     ready.set()
     latencies: list[float] = []
     pending = b""
-    while len(latencies) < count:
-        data = conn.recv(65536)
-        now = time.monotonic_ns()
-        if not data:
-            break
-        pending += data
-        while (start := pending.find(b"T")) >= 0 and (end := pending.find(b";", start)) >= 0:
-            latencies.append((now - int(pending[start + 1 : end])) / 1e6)
-            pending = pending[end + 1 :]
+    conn.settimeout(3.0)
+    with contextlib.suppress(TimeoutError):
+        while len(latencies) < count and (data := conn.recv(65536)):
+            now = time.monotonic_ns()
+            pending += data
+            while (start := pending.find(b"T")) >= 0 and (end := pending.find(b";", start)) >= 0:
+                latencies.append((now - int(pending[start + 1 : end])) / 1e6)
+                pending = pending[end + 1 :]
     found.put(latencies)
 
 
-def measure(row: Row, rate: int, seconds: float, size: int) -> tuple[float, float]:
-    """p50 and p99 in ms of `rate` messages a second for `seconds`."""
+def app(path: str, subscribe: list[dict[str, str]]) -> socket.socket:
+    """An app of a syncar daemon, past its welcome."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(10.0)
+    conn.connect(path)
+    conn.sendall(orjson.dumps({"type": "hello", "client": "bench", "subscribe": subscribe}) + b"\n")
+    welcome = b""
+    while b"\n" not in welcome:
+        welcome += conn.recv(65536)
+    return conn
+
+
+def syncar_subscriber(path: str, count: int, ready: Event, found: Queue[list[float]]) -> None:
+    """As `subscriber`, an app of the daemon at `path` receiving the events `bench.payload` makes."""
+    conn = app(path, [{"path": "messages", "event": "created"}])
+    ready.set()
+    latencies: list[float] = []
+    pending = b""
+    conn.settimeout(3.0)
+    with contextlib.suppress(TimeoutError):
+        while len(latencies) < count and (data := conn.recv(1 << 20)):
+            now = now_us()
+            *lines, pending = (pending + data).split(b"\n")
+            latencies += [(now - stamp_of(line)) / 1000 for line in lines if line.startswith(b'{"type":"event"')]
+    found.put(latencies)
+
+
+@contextlib.contextmanager
+def daemons(row: Row) -> Iterator[tuple[str, str]]:
+    """Two syncar daemons, on the publisher's node and on the subscriber's; their sockets' paths."""
+    where = tempfile.mkdtemp(prefix="syncar-bench-cluster-")
+    paths = (f"{where}/a.sock", f"{where}/b.sock")
+    started = []
+    try:
+        for label, node in (("a", row.publisher), ("b", row.subscriber)):
+            argv = ["--backend", f"redis+cluster://{node.address}", "--socket", f"{where}/{label}.sock"]
+            argv += ["--key", CHANNEL.decode(), "--instance-id", label, "--http", f"127.0.0.1:{free_port()}"]
+            started.append(subprocess.Popen([sys.executable, "-m", "sidecar", "run", *argv, "--log-level", "warning"]))
+        deadline = time.monotonic() + 30
+        while not all(os.path.exists(path) for path in paths):
+            if time.monotonic() > deadline or any(daemon.poll() is not None for daemon in started):
+                raise RuntimeError(f"{row.name}: the daemons did not start")
+            time.sleep(0.1)
+        yield paths
+    finally:
+        for daemon in started:
+            daemon.terminate()
+        for daemon in started:
+            daemon.wait(10)
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def measure(row: Row, rate: int, seconds: float, size: int, sockets: tuple[str, str] | None) -> tuple[float, float]:
+    """p50 and p99 in ms of `rate` messages a second for `seconds`: raw, or through the daemons at `sockets`."""
     count = int(rate * seconds)
     context = multiprocessing.get_context("spawn")
     ready, found = context.Event(), context.Queue()
-    reader = context.Process(target=subscriber, args=(row.subscriber.port, row.subscribe, count, ready, found))
+    if sockets is None:
+        reader = context.Process(target=subscriber, args=(row.subscriber.port, row.subscribe, count, ready, found))
+        out = connect(row.publisher.port)
+        send = raw_sender(out, row, size)
+    else:
+        reader = context.Process(target=syncar_subscriber, args=(sockets[1], count, ready, found))
+        out = app(sockets[0], [])
+        events = Events(size)
+        send = lambda n: out.sendall(events.frame(n, now_us()))  # noqa: E731
     reader.start()
     try:
         if not ready.wait(10):
             raise RuntimeError(f"{row.name}: the subscriber did not subscribe")
-        with connect(row.publisher.port) as out:
-            began = time.monotonic()
-            for n in range(count):
-                time.sleep(max(0.0, began + n / rate - time.monotonic()))
-                body = b"T%d;" % time.monotonic_ns()
-                out.sendall(command(row.publish, CHANNEL, body.ljust(size, b"x")))
-                if not out.recv(100).startswith(b":"):
-                    raise RuntimeError(f"{row.name}: {row.publish.decode()} refused")
-        latencies = sorted(found.get(timeout=30))
+        began = time.monotonic()
+        for n in range(count):
+            time.sleep(max(0.0, began + n / rate - time.monotonic()))
+            send(n)
+        latencies = sorted(found.get(timeout=60))
     finally:
+        out.close()
         reader.join(5)
         if reader.is_alive():
             reader.kill()
+    if len(latencies) < count * 0.9:
+        raise RuntimeError(f"{row.name}: {len(latencies)} of {count} messages arrived")
     return latencies[len(latencies) // 2], latencies[min(len(latencies) - 1, len(latencies) * 99 // 100)]
+
+
+def raw_sender(out: socket.socket, row: Row, size: int) -> Callable[[int], None]:
+    def send(_: int) -> None:
+        body = b"T%d;" % time.monotonic_ns()
+        out.sendall(command(row.publish, CHANNEL, body.ljust(size, b"x")))
+        if not out.recv(100).startswith(b":"):
+            raise RuntimeError(f"{row.name}: {row.publish.decode()} refused")
+
+    return send
 
 
 def outbound_bus_sockets(cluster: RedisCluster) -> Iterator[tuple[int, int]]:
@@ -152,6 +233,9 @@ def rows(cluster: RedisCluster) -> list[Row]:
         Row("classic, both on master A", *classic, owner, owner),
         Row("sharded, both on the slot's master", *sharded, owner, owner),
         Row("sharded, master to its replica", *sharded, owner, replica),
+        Row("syncar, daemons on masters A and B", *classic, owner, other, syncar=True),
+        Row("syncar, A and B, bus links TCP_NODELAY", *classic, owner, other, nodelay=True, syncar=True),
+        Row("syncar, both daemons on master A", *classic, owner, owner, syncar=True),
     ]
 
 
@@ -164,14 +248,13 @@ def main(seconds: float, reps: int, size: int) -> None:
         for rep in range(reps):
             print(f"rep {rep + 1}/{reps}, load {os.getloadavg()[0]:.1f}", flush=True)
             for row in table:
-                if row.nodelay:
-                    set_bus_nodelay(cluster, 1)
-                try:
-                    for rate in RATES:
-                        found.setdefault((row.name, rate), []).append(measure(row, rate, seconds, size))
-                finally:
+                with contextlib.ExitStack() as stack:
+                    sockets = stack.enter_context(daemons(row)) if row.syncar else None
                     if row.nodelay:
-                        set_bus_nodelay(cluster, 0)
+                        set_bus_nodelay(cluster, 1)
+                        stack.callback(set_bus_nodelay, cluster, 0)
+                    for rate in RATES:
+                        found.setdefault((row.name, rate), []).append(measure(row, rate, seconds, size, sockets))
         load = ", ".join(f"{figure:.1f}" for figure in os.getloadavg())
         print(f"\n{size} B bodies, {seconds:g} s per rate, medians of {reps} reps; load average now {load}")
         print(f"| {'':40} | " + " | ".join(f"p50/p99 ms at {rate:,}/s" for rate in RATES) + " |")
@@ -189,6 +272,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="per row and rate")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--size", type=int, default=256, help="body bytes")
+    parser.add_argument("--size", type=int, default=256, help="body bytes (raw), data bytes of an event (syncar)")
     args = parser.parse_args()
     main(args.seconds, args.reps, args.size)
