@@ -6,7 +6,13 @@ asked again on every (re)connect, as Sentinel's master is:
 - broadcast mode uses classic pub/sub, which a cluster relays to every node: any live node serves both PUBLISH and
   SUBSCRIBE, so a connection goes to the first node of the URI (tried in turn from a random one, so that a fleet
   spreads over them) that answers. A node that dies costs its clients one reconnect to another node, without
-  waiting for the cluster to fail it over (docs/backends/redis.md has the measurements against sharded pub/sub);
+  waiting for the cluster to fail it over (docs/backends/redis.md has the measurements against sharded pub/sub).
+  Every connection of a backend goes to one node, the one chosen last, for as long as it answers: a PUBLISH
+  crosses the cluster bus from the node that took it, and the bus links a node opens have Nagle on, so a batch
+  published on one node can be overtaken by the next one published on another (the subscriber's own, say). With
+  each connection asking afresh, every ask after a kill named another node: the reader and the publishing
+  connection, made again after each loss, were on different nodes, and fault case 10 saw a batch of 20 events
+  arrive after the next;
 - durable mode keeps all of a key's streams under one hash tag (`syncar:stream:{key}`), so they share one slot:
   a connection goes to the master that owns it, as the nodes' `CLUSTER NODES` say. Until the cluster has promoted
   a replica of a dead master, that is still the dead one, and the reconnect loop tries again.
@@ -45,18 +51,22 @@ class ClusterMap:
         self._announced: list[tuple[str, int]] = []
         self._probe_kwargs, self._tls = probe_kwargs, tls
         self._start = random.randrange(len(seeds))
+        self._chosen: tuple[str, int] | None = None  # broadcast mode: the node every connection goes to
 
     def place(self, key: str) -> None:
         """Connect to the master of `key`'s slot from now on."""
         self.slot = key_slot(key.encode())
 
     async def address(self) -> tuple[str, int]:
-        """Where to connect now: the URI's nodes first, then those the cluster announced. If none will do: a node's
-        refusal of our TLS certificate, if one refused it (a permanent error, whichever node was tried last), else
-        the last node's error."""
+        """Where to connect now: in broadcast mode the node chosen last while it answers; then the URI's nodes, then
+        those the cluster announced. If none will do: a node's refusal of our TLS certificate, if one refused it (a
+        permanent error, whichever node was tried last), else the last node's error."""
         failure: BaseException = redis_errors.ConnectionError("no cluster node listed")
-        announced = [node for node in self._announced if node not in self.seeds]
-        for host, port in self.seeds[self._start :] + self.seeds[: self._start] + announced:
+        before = self._chosen
+        chosen = [before] if self.slot is None and before is not None else []
+        seeds = [node for node in self.seeds[self._start :] + self.seeds[: self._start] if node not in chosen]
+        announced = [node for node in self._announced if node not in self.seeds and node not in chosen]
+        for host, port in chosen + seeds + announced:
             try:
                 nodes = await self._ask(host, port)
             except (redis_errors.AuthenticationError, redis_errors.AuthorizationError):
@@ -67,7 +77,9 @@ class ClusterMap:
             self._announced = [node.address for node in nodes]
             self.members = tuple(sorted(host_port(*node.address) for node in nodes))
             if self.slot is None:
-                self._start = self.seeds.index((host, port)) if (host, port) in self.seeds else self._start
+                if self._chosen is not None and self._chosen != before:
+                    return self._chosen  # another connection moved while we asked: follow it, not a third node
+                self._chosen = host, port  # until it no longer answers: every connection goes there
                 return host, port
             owner = next((node for node in nodes if node.serves(self.slot)), None)
             if owner is not None:

@@ -7,6 +7,7 @@ failovers under load are fault cases 10-12 of tests/faults/.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -189,3 +190,54 @@ async def test_all_nodes_down_is_a_transient_failure(backend: Factory) -> None:
 async def test_a_redis_without_cluster_mode_is_refused(redis_server: Any, backend: Factory) -> None:
     with pytest.raises(BackendRefused, match="cluster support disabled"):
         await backend(uri=f"redis+cluster://127.0.0.1:{redis_server.port}")
+
+
+async def test_broadcast_follows_one_node_and_keeps_order_through_its_death(
+    redis_cluster: RedisCluster, backend: Factory, topic: str
+) -> None:
+    """Every connection of a broadcast backend goes to one node, and after that node dies all go to one other: a
+    PUBLISH crosses the cluster bus from the node that took it, with Nagle on the links a node opens, so batches sent
+    through two nodes can arrive out of order. Before, each connection asked the cluster afresh: the reader and the
+    publishing connection, made again after each loss, went to different nodes (fault case 10 once had a batch of
+    20 events arrive after the next)."""
+    master = next(node for node in redis_cluster.nodes.values() if redis_cluster.is_master(node))
+    seed = redis_cluster.replica_of(master)  # its death fails nothing over
+    name = f"pinned-{uuid.uuid4().hex[:8]}"
+    sender = await backend(uri=f"redis+cluster://{seed.address}?client_name={name}")
+    receiver = await backend(uri=f"redis+cluster://{master.address}")
+    inbox = Inbox()
+    await receiver.subscribe(topic, inbox)
+    stop, sent = asyncio.Event(), [0]
+
+    async def stream(channel: str, count: list[int]) -> None:
+        while not stop.is_set():  # the outbox's batches and, beside them, the announcer's
+            await publish_until_accepted(sender, channel, b"%d" % (count[0] + 1), 30)
+            count[0] += 1
+            await asyncio.sleep(0.002)
+
+    streams = [asyncio.create_task(stream(topic, sent)), asyncio.create_task(stream(f"{topic}.peers", [0]))]
+    try:
+        await inbox.wait(100, 30)
+        seed.kill()
+        await wait_for(lambda: sender.node not in (None, seed.address), 30, "the sender's reader on another node")
+        after = len(inbox.bodies)
+        await inbox.wait(after + 300, 30)
+        stop.set()
+        await asyncio.gather(*streams)
+        await wait_for(lambda: b"%d" % sent[0] in inbox.bodies, 10, "the last event")
+        where = set()
+        for node in redis_cluster.nodes.values():
+            if node is not seed:
+                async with Redis(host="127.0.0.1", port=node.port) as probe:
+                    clients = await probe.client_list()
+                where |= {node.address for client in clients if client["name"] == name}
+        assert where == {sender.node}, f"the sender's connections are on {sorted(where)}"
+        numbers = [int(body) for body in dict.fromkeys(inbox.bodies)]  # a publish retried may arrive twice
+        late = [n for n, highest in zip(numbers[1:], itertools.accumulate(numbers, max), strict=False) if n < highest]
+        assert not late, f"events after later ones: {late[:10]}"
+    finally:
+        stop.set()
+        for task in streams:
+            task.cancel()
+        await asyncio.gather(*streams, return_exceptions=True)
+        await asyncio.to_thread(redis_cluster.wait_whole)
