@@ -205,9 +205,10 @@ def outbound_bus_sockets(cluster: RedisCluster) -> Iterator[tuple[int, int]]:
 
 
 def set_bus_nodelay(cluster: RedisCluster, value: int) -> int:
-    """TCP_NODELAY on (1) or off (0) on the outbound bus sockets, through a copy of each; how many."""
+    """TCP_NODELAY on (1) or off (0) on the outbound bus sockets, through a copy of each; how many had it already
+    (a link the node renewed meanwhile, after a late PONG, is a new socket without it)."""
     libc = ctypes.CDLL(None, use_errno=True)
-    done = 0
+    had = 0
     for pid, fd in outbound_bus_sockets(cluster):
         pidfd = os.pidfd_open(pid)
         try:
@@ -215,11 +216,18 @@ def set_bus_nodelay(cluster: RedisCluster, value: int) -> int:
             if copy < 0:
                 raise OSError(ctypes.get_errno(), f"pidfd_getfd of fd {fd} of pid {pid}")
             with socket.socket(fileno=copy) as sock:
+                had += sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, value)
-            done += 1
         finally:
             os.close(pidfd)
-    return done
+    return had
+
+
+def clear_bus_nodelay(cluster: RedisCluster, row: Row) -> None:
+    """Back to Redis's own setting; say if a bus link lost TCP_NODELAY during the row (the node renewed it)."""
+    kept, links = set_bus_nodelay(cluster, 0), sum(1 for _ in outbound_bus_sockets(cluster))
+    if kept < links:
+        print(f"  {row.name}: {links - kept} of {links} outbound bus links were renewed without TCP_NODELAY")
 
 
 def rows(cluster: RedisCluster) -> list[Row]:
@@ -252,7 +260,7 @@ def main(seconds: float, reps: int, size: int) -> None:
                     sockets = stack.enter_context(daemons(row)) if row.syncar else None
                     if row.nodelay:
                         set_bus_nodelay(cluster, 1)
-                        stack.callback(set_bus_nodelay, cluster, 0)
+                        stack.callback(clear_bus_nodelay, cluster, row)
                     for rate in RATES:
                         found.setdefault((row.name, rate), []).append(measure(row, rate, seconds, size, sockets))
         load = ", ".join(f"{figure:.1f}" for figure in os.getloadavg())
