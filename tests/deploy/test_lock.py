@@ -75,4 +75,4 @@ def test_scripts_install_and_the_image_install_the_pins() -> None:
     assert "--constraint constraints.txt -e '.[test,bench]'" in install
     runs = [arguments for instruction, arguments in dockerfile_instructions() if instruction == "RUN"]
     (wheel,) = [run for run in runs if "pip wheel" in run]
-    assert "pip wheel --wheel-dir /wheels --constraint constraints.txt ." in wheel
+    assert 'pip wheel --wheel-dir /wheels --constraint constraints.txt ".${EXTRAS:+[$EXTRAS]}"' in wheel
