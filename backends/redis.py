@@ -136,7 +136,9 @@ class RedisBackend(RedisBaseBackend):
         one cost about 40 µs more CPU (its lock, checks, retry wrapper and observability hooks), a quarter of the
         publishing daemon's at 1,000 events/s (docs/benchmarks.md)."""
         conn = self._publisher
-        if conn is None or not bodies:
+        if conn is None:
+            raise BackendUnavailable("redis: not started")
+        if not bodies:
             return
         async with self._publish_lock:
             await _ready(conn)
