@@ -114,7 +114,8 @@ async def tls_refusal(host: str, port: int, context: ssl.SSLContext, timeout: fl
     """The alert with which a TLS node refuses our certificate, if it does. A TLS 1.3 server judges it once our
     side of the handshake is done, so its alert can close the connection before redis-py's first write, which then
     says only "connection closed by the server before write" (4 probes in 10 here; every probe of a start in 1 of
-    40, and that start was retried for ever). Nothing is written here: the read waits for the alert."""
+    40, and that start was retried for ever). Nothing is written here: the read waits for the alert. (Asked also
+    of one rediss:// server and of sentinels, by redis_common.why_no_master.)"""
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port, ssl=context)

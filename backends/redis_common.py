@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from redis import exceptions as redis_errors
-from redis.asyncio.connection import Connection, ConnectionPool, parse_url
+from redis.asyncio.connection import AbstractConnection, Connection, ConnectionPool, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import (
     MasterNotFoundError,
@@ -37,7 +37,7 @@ from backends.base import (
     parse_hosts,
     tls_refused,
 )
-from backends.redis_cluster import ClusterConnection, ClusterMap, ClusterSSLConnection
+from backends.redis_cluster import ClusterConnection, ClusterMap, ClusterSSLConnection, tls_refusal
 
 log = logging.getLogger(__name__)
 
@@ -262,8 +262,13 @@ def connect_error(exc: BaseException, options: RedisOptions) -> BackendError:
 
 
 async def why_no_master(exc: BaseException, options: RedisOptions) -> BaseException:
-    """Why the sentinels named no master, when every one of them refused us for good (TLS, password): redis-py
-    keeps only the text of each sentinel's error, so each is asked again. Else `exc`: a master is what is missing."""
+    """Why the first connect failed, where `exc` does not say it was refused for good. Through Sentinel: why the
+    sentinels named no master, when every one of them refused us for good (TLS, password): redis-py keeps only the
+    text of each sentinel's error, so each is asked again. On one rediss:// server: its refusal of our client
+    certificate, told by redis-py as a closed or reset connection (`_tls_refusal`). Else `exc`."""
+    if options.sentinel is None and options.cluster is None:
+        kwargs = options.connection_kwargs
+        return await _tls_refusal(exc, options.connection_class, kwargs, options.connect_timeout) or exc
     if not isinstance(exc, MasterNotFoundError) or options.sentinel is None:
         return exc
     refusals = []
@@ -271,12 +276,28 @@ async def why_no_master(exc: BaseException, options: RedisOptions) -> BaseExcept
         try:
             await sentinel.ping()
         except CONNECTION_ERRORS as error:
-            if not _refused(error):
+            pool = sentinel.connection_pool
+            reason = await _tls_refusal(error, pool.connection_class, pool.connection_kwargs, options.connect_timeout)
+            if not _refused(reason or error):
                 return exc
-            refusals.append(error)
+            refusals.append(reason or error)
         else:
             return exc
     return refusals[0] if refusals else exc
+
+
+async def _tls_refusal(
+    exc: BaseException, connection_class: type[AbstractConnection], kwargs: dict[str, Any], timeout: float
+) -> BaseException | None:
+    """A TLS server's alert refusing our client certificate, where redis-py told of a closed or reset connection:
+    TLS 1.3 delivers it after the client's side of the handshake, often before redis-py's first command (130 starts
+    of 200 on one server here, 5 of 100 through a sentinel, taken for an outage and retried for ever)."""
+    if not issubclass(connection_class, SSLConnection) or not isinstance(exc, redis_errors.ConnectionError):
+        return None
+    if _refused(exc):
+        return None
+    context = connection_class(**kwargs).ssl_context.get()
+    return await tls_refusal(kwargs["host"], kwargs["port"], context, timeout)
 
 
 def publish_error(exc: Exception, options: RedisOptions) -> BackendError:
