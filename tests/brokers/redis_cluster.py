@@ -32,6 +32,7 @@ from tests.brokers.redis_sentinel import command
 
 NODE_TIMEOUT_MS = 1500
 SIZE = 6
+PORT_ATTEMPTS = 3
 
 
 class ClusterNode(RedisServer):
@@ -67,6 +68,21 @@ class ClusterNode(RedisServer):
             "--tls-client-key-file",
             str(self.certs.client_key),
         ]
+
+    def wait_launched(self) -> None:
+        """wait_ready(); a node that found one of its three ports taken (free_port() only saw it free: another
+        process may bind it before the node does) moves to three others, up to PORT_ATTEMPTS times. The error
+        says what the node said: its log goes with its directory at cleanup."""
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                self.wait_ready()
+                return
+            except RuntimeError as exc:
+                said = " / ".join((self.dir / "server.log").read_text(errors="replace").strip().splitlines()[-2:])
+                if attempt + 1 == PORT_ATTEMPTS or "Address already in use" not in said:
+                    raise RuntimeError(f"{exc}: {said}") from None
+            self.port, self.bus_port, self.tls_port = free_port(), free_port(), free_port()
+            self.launch()
 
     @property
     def address(self) -> str:
@@ -104,7 +120,8 @@ class RedisCluster:
         for node in self.nodes.values():
             node.launch()
         for node in self.nodes.values():
-            node.wait_ready()
+            node.wait_launched()
+        self.nodes = {node.port: node for node in self.nodes.values()}  # a node may have moved
         cli = require_binary("redis-cli")
         addresses = [node.address for node in self.nodes.values()]
         subprocess.run(
