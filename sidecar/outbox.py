@@ -43,6 +43,11 @@ refusals = RateLimitedLogger(log, interval=10.0)
 
 #: Events in one broker write at most; bounds the latency a big batch adds to the event behind it.
 MAX_BATCH_EVENTS = 1024
+#: Bytes of events in one broker write at most, if the broker takes more (Redis 8 MiB, RabbitMQ ~17 MiB): a batch
+#: in flight is held three times over (the entries, the packed bodies, the broker library's buffer), and at 4 KiB
+#: a batch of 1,024 took the daemon's peak memory ~10 MiB up, for no more throughput (docs/benchmarks.md).
+#: An event larger than this still goes, alone, up to the broker's limit.
+MAX_BATCH_BYTES = 1 << 20
 RETRY_DELAY = 0.05
 #: A broker that refuses a publish (not merely unreachable) is asked again with back-off up to this.
 MAX_RETRY_DELAY = 2.0
@@ -145,8 +150,9 @@ class Outbox:
             self._connected.clear()
 
     def _batch(self) -> list[Outgoing]:
-        """The events of the next broker write, from the head, within what one broker message takes."""
-        limit = self.max_event_bytes
+        """The events of the next broker write, from the head, within what one broker message takes and within
+        MAX_BATCH_BYTES (but at least one event)."""
+        limit = min(self.max_event_bytes, MAX_BATCH_BYTES)
         batch: list[Outgoing] = []
         size = 0
         for item in itertools.islice(self._items, MAX_BATCH_EVENTS):

@@ -12,7 +12,15 @@ import pytest
 from backends.base import BackendClosed, BackendUnavailable, MessageTooLarge, PublishUnconfirmed
 from sidecar.codec import Codec, FeathersSyncCodec, Outgoing, SyncarCodec, encode
 from sidecar.metrics import DropReason, Metrics
-from sidecar.outbox import ENTRY_OVERHEAD, JSON_COPIES, MAX_BATCH_EVENTS, Outbox, OutboxFull, entry_cost
+from sidecar.outbox import (
+    ENTRY_OVERHEAD,
+    JSON_COPIES,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS,
+    Outbox,
+    OutboxFull,
+    entry_cost,
+)
 from sidecar.protocol import ErrorCode
 from tests.unit.fakes import FakeBackend, outgoing
 from tests.utils import DROPPED, metric, wait_for
@@ -85,6 +93,22 @@ async def test_a_batch_stays_within_the_brokers_message_size_and_the_event_count
     start(outbox)
     assert await drained(outbox)
     assert [len(batch) for batch in many.sent_data()] == [MAX_BATCH_EVENTS, 1]
+
+
+async def test_a_batch_stays_within_max_batch_bytes_and_a_larger_event_goes_alone(start: Start) -> None:
+    """On a broker that takes 8 MiB a message, 4 KiB events go MAX_BATCH_BYTES at a time, not 1,024 (4 MiB)."""
+    backend = FakeBackend()
+    outbox, _ = make(backend, max_bytes=64 << 20)
+    events = 600
+    for n in range(events):
+        outbox.put(outgoing(n, size=4096))
+    outbox.put(outgoing("big", size=2 * MAX_BATCH_BYTES))
+    start(outbox)
+    assert await drained(outbox)
+    sizes = [sum(map(len, bodies)) for bodies in backend.published]
+    assert len(sizes) > 2 and all(size <= MAX_BATCH_BYTES + 4096 for size in sizes[:-1]), sizes
+    assert [event["n"] for event in backend.sent_data()[-1]] == ["big"]
+    assert sum(len(batch) for batch in backend.sent_data()) == events + 1
 
 
 async def test_a_failed_write_is_retried_in_order_and_the_events_stay_until_accepted(start: Start) -> None:
