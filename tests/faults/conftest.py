@@ -30,15 +30,6 @@ from tests.faults.report import NOT_RUN, RESULTS, not_run_lines, table
 SCHEMES = {"redis": "redis://", "rabbitmq": "amqp://", "nats": "nats://"}
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "faults: the fault suite (tests/faults): kills brokers and daemons mid-stream")
-    config.addinivalue_line(
-        "markers",
-        "fault_case(case, brokers, why_not, server): which fault case a test is, "
-        "and where it runs (see tests/faults/harness.py fault_case)",
-    )
-
-
 def _durable_support(broker: str) -> str | None:
     """None if the backend has a durable mode, else why not."""
     from backends import load_backend
