@@ -3,8 +3,10 @@
 The consumer is asked for PULL_BATCH messages at a time and fed to the handler one at a time; each is acknowledged
 once the handler returned. A handler that raises stops the reading there, and after a back-off the consumer is
 resumed from that message (`ensure_consumer`), so order holds through failures, reconnects and restarts of the
-server. The subscription holds no reference to the backend: it asks `current_client()` for the connection (None
-while there is none; the backend calls `restore_soon()` once it is back) and tells `forget(self)` when it stops.
+server. A delivery that never arrived (lost on the way, as through a cluster node that died while nats-py's
+reconnect carried our inbox to another) stops the reading the same way: the deliveries after it are not handled.
+The subscription holds no reference to the backend: it asks `current_client()` for the connection (None while
+there is none; the backend calls `restore_soon()` once it is back) and tells `forget(self)` when it stops.
 """
 
 from __future__ import annotations
@@ -50,6 +52,15 @@ WARN_EVERY = 30.0
 ACK = b"+ACK"
 
 
+def _fields(reply: str) -> tuple[int, str, str]:
+    """The consumer sequence, the stream sequence and the server's time (ns) of a delivery, from its reply subject:
+    $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>, or the longer v2 (with
+    domain and account hash first). The server makes the subject itself."""
+    tokens = reply.split(".")
+    first = 5 if len(tokens) == 9 else 7
+    return int(tokens[first + 1]), tokens[first], tokens[first + 2]
+
+
 class DurableSubscription(Subscription):
     """This instance's durable pull consumer on a topic's stream, fed to the handler one message at a time."""
 
@@ -77,6 +88,9 @@ class DurableSubscription(Subscription):
         # Bumped by each (re)start: messages still queued for an older one are neither handled nor acknowledged.
         self._generation = 0
         self._credit = 0  # messages asked for and not yet delivered
+        # The consumer sequence of the last delivery taken: the server numbers its deliveries one by one.
+        self._delivery = 0
+        self._afresh = False  # a delivery was lost: the next attach makes the consumer again from our position
         self._heard = time.monotonic()
         self._position: int | None = None  # the stream sequence after the last one handled
         self._retry = Backoff(RETRY_MIN, RETRY_MAX, jitter=0.2)
@@ -103,7 +117,10 @@ class DurableSubscription(Subscription):
         try:
             js = client.jetstream(timeout=timeout)
             stream = await ensure_stream(js, self.topic, config)
-            await ensure_consumer(js, stream, self.consumer, config.instance_ttl, self._position)
+            delivered = await ensure_consumer(
+                js, stream, self.consumer, config.instance_ttl, self._position, afresh=self._afresh
+            )
+            self._afresh = False
             inbox = client.new_inbox()
             # No limit on nats-py's queue: the pull requests bound it (a drop would look like a lost message).
             sub = await client.subscribe(
@@ -113,6 +130,7 @@ class DurableSubscription(Subscription):
                 await sub.unsubscribe()
                 return
             self._client, self._sub, self._inbox, self._credit = client, sub, inbox, 0
+            self._delivery = delivered
             self._heard = time.monotonic()
             await self._pull()
         except CONNECTION_ERRORS as exc:
@@ -131,25 +149,16 @@ class DurableSubscription(Subscription):
         self._heard = time.monotonic()
         reply = msg.reply
         if not reply:  # a status: 100 heartbeat, 408 request expired, 409 request ended or consumer gone
-            headers = msg.headers or {}
-            status = headers.get("Status")
-            if status == "409" and any(w in str(headers.get("Description", "")) for w in ("Deleted", "Leadership")):
-                log.warning("nats: consumer %s: %s; resuming it", self.consumer, headers.get("Description"))
-                self.restore_soon()
-                return
-            if status in ("408", "409"):
-                self._credit -= int(headers.get("Nats-Pending-Messages") or self._credit)
-        else:
-            self._credit -= 1
-        with contextlib.suppress(*CONNECTION_ERRORS):  # a lost connection: the restore after it asks again
-            if self._credit <= PULL_BATCH // 2:
-                await self._pull()  # before handling, so the server never waits for us
-        if not reply:
+            if self._status(msg.headers or {}):
+                await self._pull_if_low()
             return
-        # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>, or the longer v2
-        # The server's timestamp of the stored message (<time>, in ns) is in the reply subject, which it makes itself.
-        tokens = reply.split(".")
-        position, stored = (tokens[5], tokens[7]) if len(tokens) == 9 else (tokens[7], tokens[9])
+        delivery, position, stored = _fields(reply)
+        if delivery != self._delivery + 1:
+            self._missed(delivery)
+            return
+        self._delivery = delivery
+        self._credit -= 1
+        await self._pull_if_low()  # before handling, so the server never waits for us
         try:
             await self._handler(Message(msg.data, position=position, accepted_at=int(stored) / 1e9))
         except Exception as exc:
@@ -159,6 +168,38 @@ class DurableSubscription(Subscription):
         self._position = int(position) + 1
         with contextlib.suppress(*CONNECTION_ERRORS):  # a lost ack: the message comes again, the relay drops it
             await self._client.publish(reply, ACK)  # type: ignore[union-attr]
+
+    def _status(self, headers: dict[str, str]) -> bool:
+        """Count what a status says of our pull requests; False if the consumer is being resumed."""
+        status = headers.get("Status")
+        if status == "409" and any(w in str(headers.get("Description", "")) for w in ("Deleted", "Leadership")):
+            log.warning("nats: consumer %s: %s; resuming it", self.consumer, headers.get("Description"))
+            self.restore_soon()
+            return False
+        if status in ("408", "409"):
+            self._credit -= int(headers.get("Nats-Pending-Messages") or self._credit)
+        return True
+
+    async def _pull_if_low(self) -> None:
+        with contextlib.suppress(*CONNECTION_ERRORS):  # a lost connection: the restore after it asks again
+            if self._credit <= PULL_BATCH // 2:
+                await self._pull()
+
+    def _missed(self, delivery: int) -> None:
+        """Deliveries before `delivery` never reached us: handle none after them, and make the consumer again from
+        our position. Left as they are, the server would send the missing ones only after ACK_WAIT, behind newer
+        ones, and a resume would start after what we handled: past them."""
+        self._generation += 1
+        self._afresh = True
+        log.warning(
+            "nats: consumer %s: delivery %d came after %d, the ones between were lost on the way; "
+            "resuming it at stream sequence %s",
+            self.consumer,
+            delivery,
+            self._delivery,
+            self._position,
+        )
+        self.restore_soon()
 
     def _failed(self, position: str, exc: Exception) -> None:
         """Not acknowledged: stop here, and after a back-off resume the consumer from this message, in order."""

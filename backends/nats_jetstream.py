@@ -152,15 +152,25 @@ def _delivered_past(info: api.ConsumerInfo, position: int | None) -> bool:
 
 
 async def ensure_consumer(
-    js: JetStreamContext, stream: api.StreamInfo, name: str, ttl: float, position: int | None
-) -> None:
+    js: JetStreamContext,
+    stream: api.StreamInfo,
+    name: str,
+    ttl: float,
+    position: int | None,
+    *,
+    afresh: bool = False,
+) -> int:
     """Create this instance's durable consumer, or make it resume at its first unacknowledged message.
 
     A consumer created now starts after the stream's last message: new messages only. Messages a previous
     connection got and did not acknowledge would otherwise come back only after ACK_WAIT, behind newer ones, so
     a consumer with any is recreated from its ack floor instead: in order, at the cost of duplicates, which the
     relay drops. `position`, the next stream sequence this process needs, is where to start if the consumer is
-    gone (deleted, or a start that failed half-way).
+    gone (deleted, or a start that failed half-way). `afresh`: recreate it in any case (a delivery was lost on
+    the way: the server counts it delivered).
+
+    Returns the consumer sequence of the consumer's last delivery (0 for a consumer created now): each delivery
+    has the next one, so a jump is a delivery that never reached us.
     """
     stream_name = stream.config.name
     assert stream_name is not None
@@ -189,16 +199,18 @@ async def ensure_consumer(
             position = None
         start = position or last + 1
         log.info("nats: creating consumer %s on stream %s from sequence %d", name, stream_name, start)
-    elif info.num_ack_pending or info.num_waiting or _delivered_past(info, position):
+    elif afresh or info.num_ack_pending or info.num_waiting or _delivered_past(info, position):
         config = info.config
         acked = info.ack_floor
         # A consumer that never had a message acknowledged reports a floor of 0: its start is the floor then.
         floor = acked.stream_seq + 1 if acked is not None and acked.consumer_seq else (config.opt_start_seq or 1)
         start = max(floor, min(position or floor, last + 1))
         log.info(
-            "nats: consumer %s has %d unacknowledged messages; resuming it at stream sequence %d",
+            "nats: consumer %s has %d unacknowledged messages, delivered up to stream sequence %s; "
+            "resuming it at stream sequence %d",
             name,
             info.num_ack_pending,
+            info.delivered.stream_seq if info.delivered is not None else None,
             start,
         )
         await js.delete_consumer(stream_name, name)
@@ -207,11 +219,12 @@ async def ensure_consumer(
         if config.inactive_threshold is None or not math.isclose(config.inactive_threshold, ttl, abs_tol=1e-3):
             log.info("nats: consumer %s: inactive_threshold %ss -> %ss", name, config.inactive_threshold, ttl)
             await js.add_consumer(stream_name, config.evolve(inactive_threshold=ttl))
-        return
+        return (info.delivered.consumer_seq or 0) if info.delivered is not None else 0
     await js.add_consumer(
         stream_name,
         api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start, **settings),
     )
+    return 0
 
 
 class JetStreamPublisher:
