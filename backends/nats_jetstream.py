@@ -163,11 +163,17 @@ async def ensure_consumer(
     """Create this instance's durable consumer, or make it resume at its first unacknowledged message.
 
     A consumer created now starts after the stream's last message: new messages only. Messages a previous
-    connection got and did not acknowledge would otherwise come back only after ACK_WAIT, behind newer ones, so
-    a consumer with any is recreated from its ack floor instead: in order, at the cost of duplicates, which the
+    connection got and did not handle would otherwise come back only after ACK_WAIT, behind newer ones, so a
+    consumer with any is recreated from its ack floor instead: in order, at the cost of duplicates, which the
     relay drops. `position`, the next stream sequence this process needs, is where to start if the consumer is
     gone (deleted, or a start that failed half-way). `afresh`: recreate it in any case (a delivery was lost on
     the way: the server counts it delivered).
+
+    With `position` known, unacknowledged messages are only a reason to recreate if the consumer delivered at or
+    past it: those before it were handled here, and only their acknowledgement was lost (with the node that led
+    the consumer, say). They come back after ACK_WAIT, and the relay drops them. Recreating is not free in a
+    cluster: the new consumer is a new raft group, and JetStream answers its creation only once the group has
+    elected a leader: with a node down, 0.5 to 19.8 s to the first delivery in 8 tries (nats-server 2.9.10).
 
     Returns the consumer sequence of the consumer's last delivery (0 for a consumer created now): each delivery
     has the next one, so a jump is a delivery that never reached us.
@@ -199,7 +205,7 @@ async def ensure_consumer(
             position = None
         start = position or last + 1
         log.info("nats: creating consumer %s on stream %s from sequence %d", name, stream_name, start)
-    elif afresh or info.num_ack_pending or info.num_waiting or _delivered_past(info, position):
+    elif afresh or info.num_waiting or _delivered_past(info, position) or (info.num_ack_pending and position is None):
         config = info.config
         acked = info.ack_floor
         # A consumer that never had a message acknowledged reports a floor of 0: its start is the floor then.
@@ -215,6 +221,14 @@ async def ensure_consumer(
         )
         await js.delete_consumer(stream_name, name)
     else:
+        if info.num_ack_pending:
+            log.info(
+                "nats: consumer %s has %d unacknowledged messages, all before stream sequence %d, handled here "
+                "(their acknowledgements were lost); resuming it as it is",
+                name,
+                info.num_ack_pending,
+                position,
+            )
         config = info.config
         if config.inactive_threshold is None or not math.isclose(config.inactive_threshold, ttl, abs_tol=1e-3):
             log.info("nats: consumer %s: inactive_threshold %ss -> %ss", name, config.inactive_threshold, ttl)
