@@ -95,6 +95,9 @@ class DurableSubscription(Subscription):
         self._position: int | None = None  # the stream sequence after the last one handled
         self._retry = Backoff(RETRY_MIN, RETRY_MAX, jitter=0.2)
         self._warnings = RateLimitedLogger(log, WARN_EVERY)
+        # Resume attempts that failed in a row, and since when: said once one succeeds (the warnings are rate-limited).
+        self._failed_resumes = 0
+        self._failing_since = 0.0
         self._restore_task: asyncio.Task[None] | None = None
         self._attaching: asyncio.Future[None] | None = None
         self._again = False
@@ -241,7 +244,32 @@ class DurableSubscription(Subscription):
                 await asyncio.shield(attaching)
             except BackendError as exc:
                 # The watchdog tries again shortly; JetStream may still be recovering its store after a restart.
-                self._warnings.warning("resume", "nats: cannot resume consumer %s yet: %s", self.consumer, exc)
+                self._resume_failed()
+                self._warnings.warning(
+                    "resume",
+                    "nats: cannot resume consumer %s yet (attempt %d): %s",
+                    self.consumer,
+                    self._failed_resumes,
+                    exc,
+                )
+            except Exception as exc:  # a bug: said, and tried again by the watchdog (the task would die unheard)
+                self._resume_failed()
+                self._warnings.error("resume-bug", "nats: resuming consumer %s failed: %r", self.consumer, exc)
+                log.debug("nats: resume failure", exc_info=True)
+            else:
+                if self._failed_resumes:
+                    log.info(
+                        "nats: consumer %s resumed after %d failed attempts in %.1fs",
+                        self.consumer,
+                        self._failed_resumes,
+                        time.monotonic() - self._failing_since,
+                    )
+                self._failed_resumes = 0
+
+    def _resume_failed(self) -> None:
+        if not self._failed_resumes:
+            self._failing_since = time.monotonic()
+        self._failed_resumes += 1
 
     async def _watch(self) -> None:
         """Notice a consumer that went quiet: heartbeats stop when our pull requests are gone."""

@@ -19,9 +19,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import nats
 import pytest
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from backends.base import BackendConfig, Mode
+from backends.base import BackendConfig, BackendUnavailable, Mode
 from backends.nats import NatsBackend, NatsJetStreamBackend
 from backends.nats_consumer import DurableSubscription
 from backends.nats_jetstream import jetstream_name
@@ -169,3 +170,38 @@ async def test_a_resume_keeps_the_consumer_when_only_acknowledgements_of_handled
     assert after.created == before.created
     await eventually(only_5_unacknowledged, RECOVERY, "the acknowledgements of 6-9")  # 5 comes after ACK_WAIT
     assert (await jsm.consumer_info(stream, consumer)).delivered.stream_seq == 10
+
+
+async def test_a_resume_after_failed_attempts_says_how_many_and_how_long(
+    connect: Factory, dropper: AckDropper, topic: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The warnings of failed attempts are rate-limited (one per WARN_EVERY): the line of the one that succeeds
+    says how long the consumer could not be resumed (fault case 7 once logged one timeout, then nothing)."""
+    caplog.set_level(logging.INFO, "backends.nats_consumer")
+    uri = f"nats://127.0.0.1:{dropper.upstream}"
+    receiver, sender = await connect("r", uri), await connect("s", uri)
+    inbox = Inbox()
+    subscription = await receiver.subscribe(topic, inbox)
+    assert isinstance(subscription, DurableSubscription)
+    attach, attempts = subscription.attach, 0
+
+    async def flaky(client: Client, timeout: float) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 2:
+            raise BackendUnavailable(f"nats: consumer {subscription.consumer} on {uri} failed: timed out")
+        await attach(client, timeout)
+
+    monkeypatch.setattr(subscription, "attach", flaky)
+    for tried in (1, 2, 3):
+        subscription.restore_soon()
+        await wait_for(lambda tried=tried: attempts == tried, RECOVERY, f"resume attempt {tried}")
+    await wait_for(
+        lambda: any("resumed after 2 failed attempts" in r.getMessage() for r in caplog.records),
+        RECOVERY,
+        "the line of the resume that succeeded",
+    )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "(attempt 1)" in warnings[0]  # the second was held back
+    await sender.publish(topic, bodies(0, 3))
+    assert await inbox.wait(3, RECOVERY) == bodies(0, 3)
