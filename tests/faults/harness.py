@@ -167,9 +167,10 @@ class Scenario:
             f"the publisher to publish {events} more events",
         )
 
-    async def finish(self) -> None:
-        """Stop publishing, wait for the acks, let the last events arrive, scrape every daemon's metrics."""
-        settle = SETTLE_TIMEOUT[self.mode]
+    async def finish(self, settle: float | None = None) -> None:
+        """Stop publishing, wait for the acks, let the last events arrive, scrape every daemon's metrics. `settle`:
+        how long each wait may take (default: the mode's SETTLE_TIMEOUT)."""
+        settle = SETTLE_TIMEOUT[self.mode] if settle is None else settle
         self.unacked = await self.pub.stop(ack_timeout=settle)
         acked = set(self.pub.acked)
         deadline = now() + settle
