@@ -92,6 +92,12 @@ class RedisBackend(RedisBaseBackend):
         self._publisher: Connection | None = None
         self._publish_lock = asyncio.Lock()
 
+    def _place(self, options: RedisOptions) -> None:
+        # A fleet meets on the master of its key's slot, when it is live: PUBLISH then crosses no cluster bus link
+        # (backends/redis_cluster.py).
+        if self.config.key is not None and options.cluster is not None:
+            options.cluster.prefer(self.config.key)
+
     def _pool_kwargs(self, options: RedisOptions) -> dict[str, Any]:
         # Commands here are bounded by publish() itself. With a socket_timeout redis-py wraps every command's write
         # in asyncio.wait_for and its read in a timeout: a Task and two timers per event, a seventh of the

@@ -4,15 +4,20 @@ The backend keeps its single-node connections (`backends.redis_base`); a cluster
 asked again on every (re)connect, as Sentinel's master is:
 
 - broadcast mode uses classic pub/sub, which a cluster relays to every node: any live node serves both PUBLISH and
-  SUBSCRIBE, so a connection goes to the first node of the URI (tried in turn from a random one, so that a fleet
-  spreads over them) that answers. A node that dies costs its clients one reconnect to another node, without
-  waiting for the cluster to fail it over (docs/backends/redis.md has the measurements against sharded pub/sub).
+  SUBSCRIBE. A daemon chooses the master of its key's slot (`key_slot` of the pub/sub channel, `--key`) if the
+  nodes say it is a live master and it answers, else the first node of the URI (tried in turn from a random one)
+  that answers. So every daemon of a fleet meets on one node, and no event crosses the cluster bus: the bus links
+  a node opens have Nagle on (Redis 7.0 sets no TCP_NODELAY on them, and no setting does), which cost 14.78 ms p50
+  at 1,000 events/s between daemons on two masters against 0.69 ms on one (docs/benchmarks.md). A node that dies
+  costs its clients one reconnect to another node, without waiting for the cluster to fail it over (the dead
+  master, not yet failed, is no choice when it does not answer; docs/backends/redis.md has the measurements
+  against sharded pub/sub): until their next reconnect, those daemons stay on the node they reached, the new
+  master or any other, so a fleet may be split over two nodes after a failover.
   Every connection of a backend goes to one node, the one chosen last, for as long as it answers: a PUBLISH
-  crosses the cluster bus from the node that took it, and the bus links a node opens have Nagle on, so a batch
-  published on one node can be overtaken by the next one published on another (the subscriber's own, say). With
-  each connection asking afresh, every ask after a kill named another node: the reader and the publishing
-  connection, made again after each loss, were on different nodes, and fault case 10 saw a batch of 20 events
-  arrive after the next;
+  crosses the cluster bus from the node that took it, and with Nagle on the bus a batch published on one node can
+  be overtaken by the next one published on another (the subscriber's own, say). With each connection asking
+  afresh, every ask after a kill named another node: the reader and the publishing connection, made again after
+  each loss, were on different nodes, and fault case 10 saw a batch of 20 events arrive after the next;
 - durable mode keeps all of a key's streams under one hash tag (`syncar:stream:{key}`), so they share one slot:
   a connection goes to the master that owns it, as the nodes' `CLUSTER NODES` say. Until the cluster has promoted
   a replica of a dead master, that is still the dead one, and the reconnect loop tries again.
@@ -47,6 +52,7 @@ class ClusterMap:
     def __init__(self, seeds: list[tuple[str, int]], probe_kwargs: dict[str, Any], tls: bool) -> None:
         self.seeds = seeds
         self.slot: int | None = None  # durable mode: connect to this slot's master; None: to any live node
+        self.home: int | None = None  # broadcast mode: the slot whose master a daemon chooses first, if it is live
         self.members: tuple[str, ...] = ()  # every node, as the last CLUSTER NODES said
         self._announced: list[tuple[str, int]] = []
         self._probe_kwargs, self._tls = probe_kwargs, tls
@@ -57,15 +63,22 @@ class ClusterMap:
         """Connect to the master of `key`'s slot from now on."""
         self.slot = key_slot(key.encode())
 
+    def prefer(self, key: str) -> None:
+        """Broadcast mode: choose the master of `key`'s slot while it is live and answers, so that a fleet with one
+        key meets on one node; else any node that answers."""
+        self.home = key_slot(key.encode())
+
     async def address(self) -> tuple[str, int]:
-        """Where to connect now: in broadcast mode the node chosen last while it answers; then the URI's nodes, then
-        those the cluster announced. If none will do: a node's refusal of our TLS certificate, if one refused it (a
-        permanent error, whichever node was tried last), else the last node's error."""
+        """Where to connect now: in broadcast mode the node chosen last while it answers, else the live master of
+        the preferred slot if it answers, else the first node to answer; then the URI's nodes, then those the
+        cluster announced. If none will do: a node's refusal of our TLS certificate, if one refused it (a permanent
+        error, whichever node was tried last), else the last node's error."""
         failure: BaseException = redis_errors.ConnectionError("no cluster node listed")
         before = self._chosen
         chosen = [before] if self.slot is None and before is not None else []
         seeds = [node for node in self.seeds[self._start :] + self.seeds[: self._start] if node not in chosen]
         announced = [node for node in self._announced if node not in self.seeds and node not in chosen]
+        silent: set[tuple[str, int]] = set()  # nodes that did not answer this time
         for host, port in chosen + seeds + announced:
             try:
                 nodes = await self._ask(host, port)
@@ -73,14 +86,12 @@ class ClusterMap:
                 raise  # a refusal: no other node will take us either
             except Exception as exc:  # any failure of this node: the next may answer
                 failure = failure if tls_refused(failure) else exc
+                silent.add((host, port))
                 continue
             self._announced = [node.address for node in nodes]
             self.members = tuple(sorted(host_port(*node.address) for node in nodes))
             if self.slot is None:
-                if self._chosen is not None and self._chosen != before:
-                    return self._chosen  # another connection moved while we asked: follow it, not a third node
-                self._chosen = host, port  # until it no longer answers: every connection goes there
-                return host, port
+                return await self._choose((host, port), before, nodes, silent)
             owner = next((node for node in nodes if node.serves(self.slot)), None)
             if owner is not None:
                 return owner.address
@@ -89,6 +100,32 @@ class ClusterMap:
                     f"{host_port(host, port)} knows no live master of slot {self.slot}"
                 )
         raise failure
+
+    async def _choose(
+        self, answered: tuple[str, int], before: tuple[str, int] | None, nodes: list[Node], silent: set[tuple[str, int]]
+    ) -> tuple[str, int]:
+        """Broadcast mode, once `answered` answered with `nodes`: the node chosen `before` if that is it; else the
+        preferred slot's master if the nodes say it is live and it answers too, else `answered`. Every connection
+        goes there from now on, unless another one chose meanwhile: then it follows that one, not a third node."""
+        choice = answered
+        if answered != before and self.home is not None:
+            choice = await self._live_master(self.home, nodes, silent) or answered
+        if self._chosen is not None and self._chosen != before:
+            return self._chosen  # another connection moved while we asked
+        self._chosen = choice  # until it no longer answers
+        return choice
+
+    async def _live_master(self, slot: int, nodes: list[Node], silent: set[tuple[str, int]]) -> tuple[str, int] | None:
+        """The master of `slot` if `nodes` say it is live and it says so itself; None if it does not answer (dead
+        but not failed yet, say: no reason to wait for the cluster's failover)."""
+        owner = next((node.address for node in nodes if node.serves(slot)), None)
+        if owner is None or owner in silent:
+            return None
+        try:
+            own = await self._ask(*owner)
+        except Exception:  # any failure of that node: any other live node will do
+            return None
+        return owner if any(node.address == owner and node.serves(slot) for node in own) else None
 
     async def _ask(self, host: str, port: int) -> list[Node]:
         conn = (SSLConnection if self._tls else Connection)(host=host, port=port, **self._probe_kwargs)

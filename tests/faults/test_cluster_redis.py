@@ -1,10 +1,12 @@
 """Failovers of a real 6-node Redis Cluster (tests/brokers/redis_cluster.py, cluster-node-timeout 1500 ms) under
-1,000 events/s, counted in the fault suite's table (cases 10-11).
+1,000 events/s, counted in the fault suite's table (case 10).
 
-Broadcast mode connects to any node: daemon `a` (the publisher's) is given the master of the key's slot only,
-`b` (the receiver's) the master of another slot only; each learns the other nodes from the cluster. Durable mode
-connects both daemons to the master of the slot of the key's stream, which holds the stream: killing it is at once
-case 10 (the publisher's node), the receiver's node and the node holding the data, so it is one durable row.
+Broadcast mode connects to the master of the key's slot while it is live: daemon `a` (the publisher's) is given
+that master only, `b` (the receiver's) the master of another slot only, and `b` learns from it where its key's
+slot is served. Durable mode connects both daemons to the master of the slot of the key's stream (the same slot),
+which holds the stream. So in both modes killing that master is at once case 10 (the publisher's node) and the
+receiver's node (case 11 before broadcast mode chose the key's slot too): one row per mode. Once it is killed,
+each daemon goes to a node of its own URI, or one the cluster announced, without waiting for the failover.
 
 Durable mode must lose and duplicate nothing an app got an ack for (WAIT for a replica). Broadcast mode loses what
 was in flight on the dead node, counts it (gap frames, syncar_events_missed_total), tells the apps (`status`), and
@@ -54,13 +56,13 @@ class RedisFaults(ClusterFaults[RedisCluster]):
             return self._reached({"a": owner, "b": owner})
         ours = cluster.owner(s.key)
         other = next(node for node in cluster.nodes.values() if node is not ours and cluster.is_master(node))
-        reached = {"a": ours, "b": other}
+        given = {"a": ours, "b": other}
         await s.start(
             ("a", "b"),
             {"B": "b"},
-            daemon_args={label: ["--backend", f"redis+cluster://{node.address}"] for label, node in reached.items()},
+            daemon_args={label: ["--backend", f"redis+cluster://{node.address}"] for label, node in given.items()},
         )
-        return self._reached(reached)
+        return self._reached({"a": ours, "b": ours})
 
     async def after_kill(self, s: Scenario, victim: ClusterNode, killed: float) -> str:
         """Once the cluster has promoted the victim's replica, start the victim again (it rejoins as a replica),
@@ -85,5 +87,5 @@ def cluster(redis_cluster: RedisCluster) -> RedisFaults:
     return RedisFaults(redis_cluster)
 
 
-# In durable mode both daemons are on the stream's master: case 10 is also the receiver's node.
-test_a_daemons_node_killed = node_killed("10", "11", receiver_modes=("broadcast",))
+# In both modes both daemons are on the master of the key's slot: case 10 is also the receiver's node.
+test_a_daemons_node_killed = node_killed("10", "11", receiver_modes=())
