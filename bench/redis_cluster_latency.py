@@ -14,8 +14,10 @@ The rows, alternated within each repetition and summarised as medians of the rep
 - sharded (SPUBLISH, SSUBSCRIBE), both on the master of the channel's slot, where a sharded subscriber must be;
 - sharded, the subscriber on that master's replica: the shard's copy crosses the bus as classic's does;
 - syncar: two daemons (`--backend redis+cluster://<one node>`), an app on each, the first publishing Feathers
-  events of `--size` bytes of data: the daemons on two masters (as is, then with TCP_NODELAY on the bus), then
-  both on one.
+  events of `--size` bytes of data: the daemons given two masters, A (the channel's slot master) and B (as is,
+  then with TCP_NODELAY on the bus), then both given A. A broadcast daemon goes to the master of its key's slot
+  when it is live, so the one given B meets the other on A (before that change it stayed on B and the event
+  crossed the bus).
 """
 
 from __future__ import annotations
@@ -121,7 +123,8 @@ def syncar_subscriber(path: str, count: int, ready: Event, found: Queue[list[flo
 
 @contextlib.contextmanager
 def daemons(row: Row) -> Iterator[tuple[str, str]]:
-    """Two syncar daemons, on the publisher's node and on the subscriber's; their sockets' paths."""
+    """Two syncar daemons, given the publisher's node and the subscriber's (each goes to the master of the
+    channel's slot, if it is live); their sockets' paths."""
     where = tempfile.mkdtemp(prefix="syncar-bench-cluster-")
     paths = (f"{where}/a.sock", f"{where}/b.sock")
     started = []
@@ -241,9 +244,9 @@ def rows(cluster: RedisCluster) -> list[Row]:
         Row("classic, both on master A", *classic, owner, owner),
         Row("sharded, both on the slot's master", *sharded, owner, owner),
         Row("sharded, master to its replica", *sharded, owner, replica),
-        Row("syncar, daemons on masters A and B", *classic, owner, other, syncar=True),
-        Row("syncar, A and B, bus links TCP_NODELAY", *classic, owner, other, nodelay=True, syncar=True),
-        Row("syncar, both daemons on master A", *classic, owner, owner, syncar=True),
+        Row("syncar, daemons given masters A and B", *classic, owner, other, syncar=True),
+        Row("syncar, given A and B, bus TCP_NODELAY", *classic, owner, other, nodelay=True, syncar=True),
+        Row("syncar, both daemons given master A", *classic, owner, owner, syncar=True),
     ]
 
 
