@@ -28,9 +28,7 @@ connection: the reconnect asks the cluster again.
 
 from __future__ import annotations
 
-import asyncio
 import random
-import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +36,8 @@ from redis import exceptions as redis_errors
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.crc import key_slot
 
-from backends.base import host_port, tls_refused
+from backends.base import host_port, tls_refusal, tls_refused
 
-#: How long a TLS node's verdict on our certificate may take once the handshake is done (a round trip).
-TLS_VERDICT_WAIT = 1.0
 #: Replies that mean this node no longer serves the slot (or the cluster cannot serve it yet): locate it again.
 ELSEWHERE = (redis_errors.MovedError, redis_errors.AskError, redis_errors.ReadOnlyError, redis_errors.ClusterDownError)
 
@@ -145,27 +141,6 @@ class ClusterMap:
             await conn.disconnect(nowait=True)
         nodes = (Node.parse(line, host) for line in reply.decode().splitlines() if line.strip())
         return [node for node in nodes if node.known]
-
-
-async def tls_refusal(host: str, port: int, context: ssl.SSLContext, timeout: float) -> BaseException | None:
-    """The alert with which a TLS node refuses our certificate, if it does. A TLS 1.3 server judges it once our
-    side of the handshake is done, so its alert can close the connection before redis-py's first write, which then
-    says only "connection closed by the server before write" (4 probes in 10 here; every probe of a start in 1 of
-    40, and that start was retried for ever). Nothing is written here: the read waits for the alert. (Asked also
-    of one rediss:// server and of sentinels, by redis_common.why_no_master.)"""
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port, ssl=context)
-    except (OSError, TimeoutError) as exc:
-        return exc if tls_refused(exc) else None
-    try:
-        async with asyncio.timeout(TLS_VERDICT_WAIT):
-            await reader.read(1)  # a node that accepted us says nothing until asked
-    except (OSError, TimeoutError) as exc:
-        return exc if tls_refused(exc) else None
-    finally:
-        writer.close()
-    return None
 
 
 @dataclass(frozen=True, slots=True)

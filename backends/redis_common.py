@@ -35,9 +35,10 @@ from backends.base import (
     describe_error,
     host_port,
     parse_hosts,
+    tls_refusal,
     tls_refused,
 )
-from backends.redis_cluster import ClusterConnection, ClusterMap, ClusterSSLConnection, tls_refusal
+from backends.redis_cluster import ClusterConnection, ClusterMap, ClusterSSLConnection
 
 log = logging.getLogger(__name__)
 
