@@ -26,7 +26,7 @@ CASES = {
     "7": "cluster: the publishing syncar's node SIGKILL",
     "8": "cluster: the receiving syncar's node SIGKILL",
     "9": "cluster: the stream's leader SIGKILL",
-    "10": "Redis Cluster: the key's master SIGKILL (durable: both syncars' node, holding the stream)",
+    "10": "Redis Cluster: the key's master SIGKILL (both syncars' node; durable: holding the stream)",
     "11": "Redis Cluster: the receiving syncar's node (a master) SIGKILL",
     "12": "RabbitMQ cluster: the publishing syncar's node SIGKILL",
     "13": "RabbitMQ cluster: the receiving syncar's node SIGKILL",
