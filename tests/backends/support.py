@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from typing import TypeVar
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 from backends import load_backend
 from backends.base import Backend, BackendConfig, BackendUnavailable, Message, Mode, PublishUnconfirmed
@@ -72,3 +75,21 @@ async def publish_until_accepted(backend: Backend, topic: str, body: bytes, time
         return True
 
     await eventually(published, timeout, "a publish accepted after the failover")
+
+
+@contextlib.contextmanager
+def tasks_started() -> Iterator[list[str]]:
+    """The names of the coroutines the running loop makes Tasks of meanwhile (a Task per message is a cost the hot
+    path must not pay)."""
+    loop = asyncio.get_running_loop()
+    created: list[str] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        created.append(getattr(coro, "__qualname__", repr(coro)))
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(factory)
+    try:
+        yield created
+    finally:
+        loop.set_task_factory(None)

@@ -17,6 +17,7 @@ from backends.amqp_internals import GROUP_BYTES
 from backends.amqp_subscription import ACK_DELAY
 from backends.amqp_topology import BINDING_KEY
 from backends.base import (
+    Backend,
     BackendConfig,
     BackendError,
     BackendRefused,
@@ -25,7 +26,7 @@ from backends.base import (
     Message,
     MessageTooLarge,
 )
-from tests.backends.support import Inbox, Started
+from tests.backends.support import Inbox, Started, tasks_started
 from tests.brokers.rabbitmq import RabbitServer
 from tests.utils import wait_for
 
@@ -107,6 +108,13 @@ async def test_at_a_low_rate_broadcast_acknowledgements_are_grouped_in_time(
     assert len(acked) == 1 if within_delay else len(acked) < 10, acked
 
 
+async def one_at_a_time(sender: Backend, topic: str, inbox: Inbox, count: int) -> None:
+    """Publish 1 to `count`, each handled by the receiver before the next is sent (after 0, already received)."""
+    for n in range(1, count + 1):
+        await sender.publish(topic, [b"%d" % n])
+        await inbox.wait(n + 1)
+
+
 async def test_at_a_low_rate_a_broadcast_subscription_sets_no_timer_per_message(backend: Factory, topic: str) -> None:
     """Waiting up to ACK_DELAY for company took an asyncio.timeout, a timer made and cancelled, per message handled;
     one timer now covers the wait, moved on when it fires early."""
@@ -127,9 +135,7 @@ async def test_at_a_low_rate_a_broadcast_subscription_sets_no_timer_per_message(
 
     loop.call_at = counting  # type: ignore[method-assign]
     try:
-        for n in range(1, 21):  # one at a time, each handled before the next is sent
-            await sender.publish(topic, [b"%d" % n])
-            await inbox.wait(n + 1)
+        await one_at_a_time(sender, topic, inbox, 20)
     finally:
         del loop.call_at
     assert len(timers) <= 2, timers  # before: 20
@@ -143,22 +149,10 @@ async def test_a_delivery_starts_no_task(backend: Factory, topic: str) -> None:
     await receiver.subscribe(topic, inbox)
     await sender.publish(topic, [b"0"])
     await inbox.wait(1)
-    loop = asyncio.get_running_loop()
-    created: list[str] = []
-
-    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
-        created.append(getattr(coro, "__qualname__", repr(coro)))
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    loop.set_task_factory(factory)
-    try:
-        for n in range(1, 21):  # one at a time, each handled before the next is sent
-            await sender.publish(topic, [b"%d" % n])
-            await inbox.wait(n + 1)
+    with tasks_started() as created:
+        await one_at_a_time(sender, topic, inbox, 20)
         await sender.publish(topic, [b"batch %d" % n for n in range(30)])
         await inbox.wait(51)
-    finally:
-        loop.set_task_factory(None)
     assert [name for name in created if "deliver" in name.lower()] == [], created  # before: 51 (one per delivery)
     assert inbox.bodies == [b"%d" % n for n in range(21)] + [b"batch %d" % n for n in range(30)]
 

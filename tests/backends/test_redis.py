@@ -25,7 +25,7 @@ from backends.base import (
     PublishTimeout,
 )
 from backends.redis import RedisBackend
-from tests.backends.support import Inbox, Started
+from tests.backends.support import Inbox, Started, tasks_started
 from tests.brokers import free_port, serve
 from tests.brokers.redis import RedisServer, RedisTlsServer
 from tests.utils import eventually, wait_for
@@ -251,20 +251,10 @@ async def test_a_broadcast_publish_starts_no_task(backend: Factory, topic: str) 
     a, b = await backend(), await backend()
     inbox = Inbox()
     await b.subscribe(topic, inbox)
-    loop = asyncio.get_running_loop()
-    created: list[str] = []
-
-    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
-        created.append(getattr(coro, "__qualname__", repr(coro)))
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    loop.set_task_factory(factory)
-    try:
+    with tasks_started() as created:
         for n in range(50):
             await a.publish(topic, [b"%d" % n])
         await a.publish(topic, [b"batch 1", b"batch 2"])
-    finally:
-        loop.set_task_factory(None)
     assert created == []
     assert len(await inbox.wait(52)) == 52
 
