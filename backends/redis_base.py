@@ -37,7 +37,7 @@ from backends.redis_common import (
     parse_uri,
     publish_error,
     stop_task,
-    why_no_master,
+    why_refused,
 )
 from sidecar.backoff import Backoff
 from sidecar.logging import Outage
@@ -142,7 +142,7 @@ class RedisBaseBackend(Backend):
                 await self._redis.ping()
                 await self._conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
         except CONNECTION_ERRORS as exc:
-            reason = await why_no_master(exc, options)
+            reason = await why_refused(exc, options)
             await self._drop_connections(everything=True)
             raise connect_error(reason, options) from exc
         await self._connected(self._redis, options)

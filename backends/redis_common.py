@@ -262,7 +262,7 @@ def connect_error(exc: BaseException, options: RedisOptions) -> BackendError:
     )
 
 
-async def why_no_master(exc: BaseException, options: RedisOptions) -> BaseException:
+async def why_refused(exc: BaseException, options: RedisOptions) -> BaseException:
     """Why the first connect failed, where `exc` does not say it was refused for good. Through Sentinel: why the
     sentinels named no master, when every one of them refused us for good (TLS, password): redis-py keeps only the
     text of each sentinel's error, so each is asked again. On one rediss:// server: its refusal of our client
