@@ -166,7 +166,13 @@ async def test_a_delivery_lost_on_the_way_is_handled_in_order_before_the_ones_af
     proxy.drop_next_delivery()
     await sender.publish(topic, [b"5"])
     await wait_for(lambda: bool(proxy.dropped), RECOVERY, "the proxy to drop the delivery of 5")
-    info = await jsm.consumer_info(jetstream_name(topic), jetstream_name("r"))
+    stream, consumer = jetstream_name(topic), jetstream_name("r")
+
+    async def only_5_unacknowledged() -> bool:  # the acknowledgements of 0-4 may still be on their way
+        return (await jsm.consumer_info(stream, consumer)).num_ack_pending == 1
+
+    await eventually(only_5_unacknowledged, RECOVERY, "the acknowledgements of 0-4")
+    info = await jsm.consumer_info(stream, consumer)
     assert info.num_ack_pending == 1 and info.delivered.stream_seq == 6  # the server counts 5 delivered
     await sender.publish(topic, bodies(6, 10))
     # Without the check of the consumer sequence, 6-9 are handled at once and 5 comes after ACK_WAIT (30 s).
