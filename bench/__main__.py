@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--report",
         type=Path,
         metavar="JSON",
-        help="instead: print the table and redraw the plot of an earlier run's JSON",
+        help="instead: print the table and redraw the plot of an earlier run's JSON (also of --low-rate, --fleet)",
     )
     instead.add_argument(
         "--profile",
@@ -248,6 +248,7 @@ def _low_rate(args: argparse.Namespace, parser: argparse.ArgumentParser, command
         root=args.syncar_root.resolve(),
         outs=outs,
         base_root=base,
+        plot=not args.no_plot,
     )
 
 
@@ -266,6 +267,7 @@ def _fleet(args: argparse.Namespace, parser: argparse.ArgumentParser, command: s
         reps=args.reps or REPS,
         root=args.syncar_root.resolve(),
         outs=outs,
+        plot=not args.no_plot,
     )
 
 
@@ -289,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         contestant = next((c for c in args.contestants or ("syncar",) if c.startswith("syncar")), "syncar")
         return profile(args.out, args.seconds or 10.0, args.syncar_root.resolve(), broker, contestant, rate=args.rate)
     if args.report is not None:
-        return report(args, orjson.loads(args.report.read_bytes()))
+        results = orjson.loads(args.report.read_bytes())
+        part = next((name for flag, name in PART_FLAGS.items() if flag in results["meta"]["command"].split()), None)
+        return report_part(args, results, part) if part else report(args, results)
     base = args.base_root.resolve() if args.base_root is not None else None
     plan = make_plan(
         quick=args.quick,
@@ -319,6 +323,30 @@ def main(argv: list[str] | None = None) -> int:
     }
     code = report(args, results)
     return code if any(not r.get("error") for r in outcome["runs"]) else 1
+
+
+#: The parts whose runs `--report` can redraw, by the flag in the command that made them.
+PART_FLAGS = {"--low-rate": "lowrate", "--fleet": "fleet"}
+
+
+def report_part(args: argparse.Namespace, results: dict[str, Any], part: str) -> int:
+    """`--report` of a --low-rate or --fleet run: its tables summarised again from the runs, its Markdown and (but
+    with --no-plot) its PNG written to --out, and with --docs to docs/benchmarks/ too."""
+    from bench import fleet_report, lowrate_report  # noqa: PLC0415  (only a part's --report needs them)
+    from bench.parts import draw  # noqa: PLC0415
+    from bench.parts_plot import plot_fleet, plot_low_rate  # noqa: PLC0415
+
+    module, plot = (lowrate_report, plot_low_rate) if part == "lowrate" else (fleet_report, plot_fleet)
+    results["summary"] = module.summarise(results)
+    print(module.table(results))
+    outs = [args.out, DOCS] if args.docs else [args.out]
+    for out in outs:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{part}.md").write_text(module.markdown(results))
+    print("wrote " + ", ".join(str(out / f"{part}.md") for out in outs))
+    if not args.no_plot:
+        draw(plot, results, outs, part)
+    return 0
 
 
 def report(args: argparse.Namespace, results: dict[str, Any]) -> int:

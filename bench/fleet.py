@@ -27,6 +27,7 @@ import orjson
 
 from bench.fleet_report import markdown, summarise, table
 from bench.parts import Part, Progress, alternated, exit_status, on_each_broker, run_part, said
+from bench.parts_plot import plot_fleet
 from bench.processes import NODE_DIR, Daemon, Meter, Worker
 from bench.report import SATURATED_LAG, SATURATED_SHARE, quantile
 from bench.runner import SLACK, Section, stop_daemons
@@ -199,9 +200,16 @@ async def measure(part: Part, workdir: Path, progress: Progress) -> dict[str, An
 
 
 def fleet(
-    meta: dict[str, Any], brokers: tuple[str, ...], *, seconds: float, reps: int, root: Path, outs: list[Path]
+    meta: dict[str, Any],
+    brokers: tuple[str, ...],
+    *,
+    seconds: float,
+    reps: int,
+    root: Path,
+    outs: list[Path],
+    plot: bool = True,
 ) -> int:
-    """Measure, print the table, and write fleet.json and fleet.md into each of `outs`."""
+    """Measure, print the table, and write fleet.json, fleet.md and (with `plot`) fleet.png into each of `outs`."""
     if problem := node_problem():
         print(f"--fleet cannot run: {problem}")
         return 1
@@ -216,5 +224,8 @@ def fleet(
     )
     part = Part("fleet", brokers, ("syncar",), reps, seconds, root)  # feathers-sync runs apart from the plan
     title = f"the fleet ({INSTANCES} instances) on {', '.join(brokers)}"
-    results = run_part(part, meta, title, measure, outs, summarise=summarise, table=table, markdown=markdown)
+    drawn = plot_fleet if plot else None
+    results = run_part(
+        part, meta, title, measure, outs, summarise=summarise, table=table, markdown=markdown, plot=drawn
+    )
     return exit_status(results["runs"])

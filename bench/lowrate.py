@@ -31,6 +31,7 @@ import orjson
 
 from bench.lowrate_report import markdown, summarise, table
 from bench.parts import Part, Progress, alternated, exit_status, on_each_broker, run_part, said
+from bench.parts_plot import plot_low_rate
 from bench.plan import Case
 from bench.processes import Daemon, Meter
 from bench.procstat import memory_kib, task_stats
@@ -283,9 +284,11 @@ def low_rate(
     root: Path,
     outs: list[Path],
     base_root: Path | None = None,
+    plot: bool = True,
 ) -> int:
-    """Measure, print the tables, and write lowrate.json and lowrate.md into each of `outs`. With `base_root`, the
-    daemons of that checkout run too (`syncar-base`), alternated with this one's, at the low rates."""
+    """Measure, print the tables, and write lowrate.json, lowrate.md and (with `plot`) lowrate.png into each of
+    `outs`. With `base_root`, the daemons of that checkout run too (`syncar-base`), alternated with this one's, at
+    the low rates."""
     if base_root is not None:
         contestants = ("syncar-base", *contestants)
     meta.update(
@@ -298,5 +301,8 @@ def low_rate(
     )
     part = Part("lowrate", brokers, contestants, reps, seconds, root, base_root)
     title = f"low rates, idle and start on {', '.join(brokers)}"
-    results = run_part(part, meta, title, measure, outs, summarise=summarise, table=table, markdown=markdown)
+    drawn = plot_low_rate if plot else None
+    results = run_part(
+        part, meta, title, measure, outs, summarise=summarise, table=table, markdown=markdown, plot=drawn
+    )
     return exit_status(results["rates"] + results["idle"] + results["start"] + results["imports"])

@@ -73,6 +73,10 @@ def said(head: str, run: dict[str, Any], figures: Callable[[dict[str, Any]], str
     return head + figures(run["figures"])
 
 
+#: Draws a part's results into a PNG at the path; None if it cannot (no matplotlib).
+Plot = Callable[[Results, Path], Path | None]
+
+
 def run_part(
     part: Part,
     meta: dict[str, Any],
@@ -83,10 +87,11 @@ def run_part(
     summarise: Callable[[Results], Any],
     table: Callable[[Results], str],
     markdown: Callable[[Results], str],
+    plot: Plot | None,
 ) -> Results:
     """Say what is measured, `measure` the part in a temporary directory, `summarise` it, print its `table`, write
-    its files (the results as JSON, its `markdown`) into each of `outs`; the results, with `meta` (how long it
-    took, the load at the end) and the summary."""
+    its files (the results as JSON, its `markdown`, its `plot` as a PNG) into each of `outs`; the results, with
+    `meta` (how long it took, the load at the end) and the summary."""
     print(f"{meta['command']}: {title}", flush=True)
     began = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix=f"syncar-{part.name}-"))
@@ -100,7 +105,19 @@ def run_part(
     print()
     print(table(results))
     write_results(outs, part.name, results, markdown(results))
+    if plot is not None:
+        draw(plot, results, outs, part.name)
     return results
+
+
+def draw(plot: Plot, results: Results, outs: list[Path], name: str) -> None:
+    """`plot` the results into `<name>.png` in each of `outs` (nothing if matplotlib is missing), and say where."""
+    png = plot(results, outs[0] / f"{name}.png")
+    if png is None:
+        return
+    for out in outs[1:]:
+        shutil.copyfile(png, out / png.name)
+    print("drew " + ", ".join(str(out / png.name) for out in outs))
 
 
 def exit_status(measured: list[dict[str, Any]]) -> int:

@@ -74,7 +74,8 @@ def _cdf(axes: Any, runs: list[dict[str, Any]], broker: str, contestants: list[s
     axes.grid(alpha=0.3)
 
 
-def plot(results: dict[str, Any], path: Path) -> Path | None:
+def pyplot() -> Any:
+    """matplotlib's pyplot drawing to files, or None (said once) if matplotlib is not installed."""
     try:
         import matplotlib  # noqa: PLC0415  (optional: the bench extra)
 
@@ -83,6 +84,22 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
     except ImportError:
         log.warning("matplotlib is not installed: no plot (pip install matplotlib)")
         print("no plot: matplotlib is not installed")
+        return None
+    return plt
+
+
+def save(figure: Any, path: Path, title: str) -> Path:
+    """Give `figure` its `title`, write it to `path` and let it go."""
+    figure.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+    pyplot().close(figure)
+    return path
+
+
+def plot(results: dict[str, Any], path: Path) -> Path | None:
+    plt = pyplot()
+    if plt is None:
         return None
     summary, runs, meta = results["summary"], results["runs"], results["meta"]
     brokers = list(summary)
@@ -103,11 +120,5 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
             if row == 1 and column == 0:
                 axes.legend(fontsize="x-small", loc="upper left")
     machine = meta["machine"]
-    figure.suptitle(
-        f"syncar benchmark: {meta['command']}, {meta.get('started', '')} "
-        f"({machine['nproc']} cores, {machine['cpu']}, shared)"
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-    return path
+    title = f"syncar benchmark: {meta['command']}, {meta.get('started', '')}"
+    return save(figure, path, f"{title} ({machine['nproc']} cores, {machine['cpu']}, shared)")

@@ -30,6 +30,7 @@ def test_fleet_run_on_redis_produces_every_figure(tmp_path: Path) -> None:
     run_bench(*command, timeout=RUN_TIMEOUT)
     results = orjson.loads((tmp_path / "fleet.json").read_bytes())
     assert (tmp_path / "fleet.md").read_text().count("\n|") >= 8
+    assert (tmp_path / "fleet.png").read_bytes().startswith(b"\x89PNG"), "no plot of the fleet"
 
     runs = {(r["contestant"], r["rate"]): r for r in results["runs"]}
     assert set(runs) == {(c, rate) for c in ("syncar", "feathers-sync") for rate in (100, 1000, 0)}

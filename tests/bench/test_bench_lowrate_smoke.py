@@ -35,6 +35,7 @@ def test_low_rate_run_on_local_and_redis_produces_every_figure(tmp_path: Path) -
     require_binary("redis-server")
     results = low_rate(tmp_path, "--brokers", "local,redis")
     assert (tmp_path / "lowrate.md").read_text().count("\n|") > 10
+    assert (tmp_path / "lowrate.png").read_bytes().startswith(b"\x89PNG"), "no plot of the low rates"
 
     runs = {(r["broker"], r["contestant"], r["rate"]): r for r in results["rates"]}
     assert set(runs) == {

@@ -101,3 +101,14 @@ def test_cluster_run_measures_syncar_on_the_cluster_after_its_single_node(tmp_pa
         assert not run.get("error"), run["error"]
         assert run["figures"]["received"] > 0, run["figures"]
     assert results["sections"]["nats-cluster"]["uri"].count(",") == 2  # three servers
+
+
+@pytest.mark.parametrize("part", ["lowrate", "fleet"])
+def test_report_redraws_a_parts_run_from_its_json(tmp_path: Path, part: str) -> None:
+    """`--report` of the JSON that docs/benchmarks.md shows writes that part's tables and plot again."""
+    done = run_bench(
+        "bench", "--report", str(REPO / "docs" / "benchmarks" / f"{part}.json"), "--out", str(tmp_path), timeout=60
+    )
+    assert (tmp_path / f"{part}.md").read_text() == (REPO / "docs" / "benchmarks" / f"{part}.md").read_text()
+    assert (tmp_path / f"{part}.png").read_bytes().startswith(b"\x89PNG")
+    assert "the highest rate" in done.stdout if part == "fleet" else "start under 300 ms" in done.stdout
