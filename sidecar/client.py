@@ -19,7 +19,6 @@ import base64
 import contextlib
 import logging
 import os
-import secrets
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
@@ -31,8 +30,8 @@ import orjson
 from sidecar import PROTOCOL_VERSION
 from sidecar.backoff import Backoff
 from sidecar.client_types import AckTimeout, ClientError, Event, Gap, PendingFull, PublishRefused
-from sidecar.dedup import SeenIds
 from sidecar.paths import default_socket_path
+from sidecar.seen import SeenIds
 
 __all__ = ["AckTimeout", "Client", "ClientError", "Event", "Gap", "PendingFull", "PublishRefused"]
 
@@ -74,7 +73,9 @@ class Client:
         self.reconnect = reconnect
         self.max_pending = max_pending
         self.backoff = backoff
-        self.client_id = secrets.token_hex(16)  # a secret: it scopes the ids of our events (docs/protocol.md)
+        # A secret: it scopes the ids of our events (docs/protocol.md). os.urandom is what secrets.token_hex draws
+        # from; the secrets module would add hmac and hashlib to this module's import.
+        self.client_id = os.urandom(16).hex()
         self.instance: str | None = None
         self.broker_up = False
         self.gaps = 0  # resumes that could not be served: events were missed
@@ -169,7 +170,7 @@ class Client:
             PendingFull: disconnected and the pending buffer is full.
             ClientError: the connection is gone and `reconnect` is off, or the client was closed.
         """
-        event_id = id or secrets.token_hex(12)
+        event_id = id or os.urandom(12).hex()
         frame: dict[str, Any] = {"type": "publish", "id": event_id, "path": path, "event": event, "data": data}
         if bin is not None:
             if data is not None or context is not None:

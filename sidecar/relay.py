@@ -20,7 +20,7 @@ import orjson
 from backends.base import BackendState, Message
 from sidecar import protocol
 from sidecar.codec import Codec, Event, Outgoing, encode
-from sidecar.dedup import EventIds, SeenIds
+from sidecar.dedup import EventIds
 from sidecar.errors import CodecError
 from sidecar.gaps import GapTracker
 from sidecar.logging import RateLimitedLogger, printable
@@ -28,6 +28,7 @@ from sidecar.metrics import DropReason, Metrics
 from sidecar.outbox import Outbox, OutboxFull
 from sidecar.protocol import ErrorCode, Publish
 from sidecar.replay import Entry, ReplayBuffer, SharedStrings
+from sidecar.seen import SeenIds
 from sidecar.subscriber import Subscriber
 
 log = logging.getLogger(__name__)

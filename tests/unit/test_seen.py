@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sidecar.dedup import SeenIds
+from sidecar.seen import SeenIds
 
 
 def test_new_then_seen() -> None:
