@@ -7,19 +7,14 @@ Standard library only, and apart from the bus ids' making (sidecar/dedup.py, HMA
 
 from __future__ import annotations
 
-#: The bits of a key kept (see SeenIds).
-KEY_MASK = (1 << 60) - 1
-
 
 class SeenIds:
     """Keys added lately, in two generations of at most `size // 2` each; `add` says whether a key is new.
 
     It remembers at least the last `size // 2` keys and at most the last `size`. A generation is a set of hashes:
     a lookup is a set lookup, forgetting the oldest half is dropping a set, and a key costs an int, not the
-    strings. The hash is cut to 60 bits: such an int is two 30-bit digits, 32 bytes in the allocator, where a
-    64-bit one takes three and 48 bytes (the relay's 100,000 keys: 9.0 MiB of resident memory, now 8.0). (Two
-    different keys with one hash would make the second look like a duplicate: with the process's random hash seed,
-    about one chance in 10^13 per event at the relay's size.)
+    strings. (Two different keys with one 64-bit hash would make the second look like a duplicate: with the
+    process's random hash seed, about one chance in 10^14 per event at the default size.)
     """
 
     __slots__ = ("_current", "_previous", "generation")
@@ -33,7 +28,7 @@ class SeenIds:
         return len(self._current) + len(self._previous)
 
     def add(self, origin: str, event_id: str) -> bool:
-        key = hash((origin, event_id)) & KEY_MASK
+        key = hash((origin, event_id))
         if key in self._current or key in self._previous:
             return False
         self._current.add(key)
