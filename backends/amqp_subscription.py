@@ -97,7 +97,7 @@ class AmqpSubscription(Subscription):
             # Closed by a call that timed out: aio-pika reopens channels the broker closes, not those.
             await self.channel.restore()
             underlay = await self.channel.get_underlay_channel()
-        queue, backlog = await self._topology.declare(underlay, self.topic)
+        queue, backlog = await self._topology.declare(underlay, self.topic, again=self.queue is not None)
         # Before the consume: its first deliveries may reach the worker before basic_consume() returns, and must
         # not look stale then (skipped, they would be acknowledged with the next ones, unhandled).
         self._underlay, self.queue, self.consumer_tag = underlay, queue, None

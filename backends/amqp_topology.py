@@ -25,7 +25,7 @@ from typing import Any
 
 import aiormq.abc
 from aio_pika import DeliveryMode
-from aiormq.exceptions import ChannelPreconditionFailed
+from aiormq.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
 
 from backends.base import BackendConfigError, Mode
 
@@ -108,8 +108,15 @@ class Topology:
             "x-expires": max(1, round(self.instance_ttl * 1000)),  # milliseconds
         }
 
-    async def declare(self, underlay: aiormq.abc.AbstractChannel, topic: str) -> tuple[str, int]:
-        """Declare the exchange and this instance's queue, bind them; return the queue's name and its backlog."""
+    async def declare(
+        self, underlay: aiormq.abc.AbstractChannel, topic: str, *, again: bool = False
+    ) -> tuple[str, int]:
+        """Declare the exchange and this instance's queue, bind them; return the queue's name and its backlog.
+
+        `again`: this daemon declared the queue before (a reconnect, a cancelled consumer). If it is gone, what was
+        published for this instance meanwhile reached no queue of its own, and the publishers were told it was
+        stored: a warning says so. (Its apps are told too, by a `gap`, once the next event of an origin arrives.)
+        """
         if not self.durable:
             await underlay.exchange_declare(
                 topic, exchange_type="fanout", durable=False, auto_delete=False, internal=False
@@ -127,6 +134,16 @@ class Topology:
                 self.exchange(topic), exchange_type="fanout", durable=True, auto_delete=False, internal=False
             )
             queue = self.queue(topic)
+            if again and not await _exists(channel, queue):
+                # A broker back without its data (another node name, an empty data directory), the queue deleted,
+                # or expired after instance_ttl without a consumer: the publishers' confirms cannot tell.
+                log.warning(
+                    "amqp: queue %r was gone when this instance consumed it again (the broker came back without "
+                    "its data, or the queue was deleted or expired): what was published for this instance meanwhile "
+                    "is lost; declared again, empty",
+                    queue,
+                )
+                channel = await connection.channel(publisher_confirms=False)  # the broker closed the other one
             try:
                 declared = await channel.queue_declare(queue, durable=True, arguments=self.queue_arguments())
             except ChannelPreconditionFailed as exc:
@@ -146,3 +163,12 @@ class Topology:
             if not channel.is_closed:
                 with contextlib.suppress(aiormq.exceptions.AMQPError, OSError, RuntimeError):
                     await channel.close()
+
+
+async def _exists(channel: aiormq.abc.AbstractChannel, queue: str) -> bool:
+    """Whether `queue` exists; a passive declare, which closes `channel` if it does not."""
+    try:
+        await channel.queue_declare(queue, passive=True)
+    except ChannelNotFoundEntity:
+        return False
+    return True

@@ -24,6 +24,7 @@ from backends.amqp_topology import MAX_NAME_BYTES, durable_queue_name
 from backends.base import BackendConfig, BackendConfigError, BackendError, BackendState, Feature, Message, Mode
 from tests.backends.support import Inbox, Started
 from tests.brokers.rabbitmq import RabbitServer
+from tests.faults.proxy import TcpProxy
 from tests.utils import RawClient, eventually, publish_frame, run_daemon, wait_for
 
 pytestmark = pytest.mark.rabbitmq
@@ -42,7 +43,8 @@ def server(rabbitmq_server: RabbitServer) -> RabbitServer:
 
 @pytest.fixture
 def backend(server: RabbitServer, started: Started) -> Factory:
-    """`await backend("instance-id", retention=..., ...)`: a started durable AmqpBackend, closed after the test."""
+    """`await backend("instance-id", retention=..., ...)`: a started durable AmqpBackend, closed after the test;
+    `port=` reaches the broker through a proxy listening there."""
 
     async def factory(
         instance_id: str | None = None,
@@ -52,8 +54,10 @@ def backend(server: RabbitServer, started: Started) -> Factory:
         instance_ttl: float = 3600.0,
         mode: Mode = Mode.DURABLE,
         on_state: Callable[[BackendState], None] | None = None,
+        port: int | None = None,
     ) -> AmqpBackend:
-        uri = server.uri if queue_type is None else f"{server.uri}?queue_type={queue_type}"
+        uri = server.uri if port is None else server.uri.replace(f":{server.port}/", f":{port}/")
+        uri = uri if queue_type is None else f"{uri}?queue_type={queue_type}"
         config = BackendConfig(
             uri, instance_id or f"i-{uuid.uuid4().hex[:8]}", mode=mode, retention=retention, instance_ttl=instance_ttl
         )
@@ -297,9 +301,38 @@ async def test_a_deleted_queue_is_declared_again(server: RabbitServer, backend: 
     assert receiver.state is BackendState.CONNECTED
 
 
+async def test_a_queue_gone_while_its_instance_was_away_is_said_lost(
+    server: RabbitServer, backend: Factory, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a broker that comes back without its data looks like to a daemon: its queue is not there any more when
+    it consumes again. What was published meanwhile was confirmed to the publisher and is lost for this instance:
+    the backend cannot get it back, but it says so, where it used to declare the queue again without a word."""
+    proxy = await TcpProxy.start(server.port)
+    try:
+        receiver = await backend("away", port=proxy.port)
+        inbox = Inbox()
+        await receiver.subscribe(topic, inbox)
+        sender = await backend()
+        await sender.publish(topic, [b"before"])
+        await inbox.wait(1)
+        proxy.cut()
+        await wait_for(lambda: receiver.state is BackendState.RECONNECTING, 10, "the receiver to notice")
+        await asyncio.to_thread(server.ctl, "delete_queue", f"{topic}.durable.away")
+        await sender.publish(topic, [b"while gone"])  # confirmed: routed to no queue
+        with caplog.at_level(logging.WARNING, logger="backends.amqp_topology"):
+            proxy.restore()
+            await wait_for(lambda: receiver.state is BackendState.CONNECTED, 10, "the receiver to reconnect")
+        await sender.publish(topic, [b"after"])
+        assert await inbox.wait(2) == [b"before", b"after"]
+        gone = [r.getMessage() for r in caplog.records if r.name == "backends.amqp_topology"]
+        assert len(gone) == 1 and f"'{topic}.durable.away'" in gone[0] and "is lost" in gone[0], gone
+    finally:
+        await proxy.close()
+
+
 @pytest.mark.parametrize("queue_type", QUEUE_TYPES)
 async def test_broker_killed_mid_stream_loses_nothing_confirmed(
-    server: RabbitServer, backend: Factory, topic: str, queue_type: str
+    server: RabbitServer, backend: Factory, topic: str, queue_type: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     sender = await backend(queue_type=queue_type)
     receiver = await backend(queue_type=queue_type)
@@ -349,6 +382,7 @@ async def test_broker_killed_mid_stream_loses_nothing_confirmed(
     # At least once (a message unconfirmed when the broker died may come twice), and never out of order.
     firsts = list(dict.fromkeys(received.bodies))
     assert firsts == numbered(0, total)
+    assert "was gone" not in caplog.text  # the broker kept the queue: nothing to warn of
 
 
 async def test_two_daemons_an_instance_away_gets_everything_once_in_order(
