@@ -119,7 +119,7 @@ class AmqpSubscription(Subscription):
             self._restore()
 
     def _deliver(self, message: aiormq.abc.DeliveredMessage) -> None:
-        # Called by the channel's reader as each message is read, in order (amqp_internals.deliver_without_tasks).
+        # Called by the connection's reader as each message is read, in order (amqp_internals.deliver_without_tasks).
         if self.active:
             self._inbox.put_nowait(message)
 

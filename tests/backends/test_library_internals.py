@@ -14,6 +14,7 @@ from importlib.metadata import version
 
 import aio_pika
 import aiormq
+import aiormq.connection
 import nats
 import pytest
 from nats.aio.client import Client
@@ -21,6 +22,7 @@ from nats.js.client import JetStreamContext
 from yarl import URL
 
 from backends.amqp_connection import BackingOffRobustConnection
+from backends.amqp_internals import BulkFrameReceiver
 from backends.nats_internals import write_with_ping
 from tests.brokers import serve
 from tests.brokers.nats import NatsServer
@@ -93,15 +95,26 @@ def test_aiormq_channel_state_that_syncar_publishes_with() -> None:
     )
 
 
-def test_aiormq_channel_reader_that_syncar_delivers_with() -> None:
-    by = "backends/amqp_internals.deliver_without_tasks"
-    # The reader awaits self._on_deliver_frame(frame) for each Basic.Deliver, looked up on the instance, and reads a
-    # message's frames with these two methods.
-    assert "await self._on_deliver_frame(frame)" in inspect.getsource(aiormq.Channel), relied_on(
-        "aiormq", "Channel._reader calling self._on_deliver_frame", by
+def test_aiormq_reader_that_syncar_reads_frames_with() -> None:
+    by = "backends/amqp_internals (BulkFrameReceiver, Confirms, Deliveries)"
+    connection = inspect.getsource(aiormq.Connection)
+    # connect() makes its receiver by the module's name for it, which read_frames_in_bulk() replaced; the reader
+    # iterates it and hands each frame to its channel's queue by calling that queue's put, which Confirms and
+    # Deliveries stand in for on their channels.
+    assert "frame_receiver = FrameReceiver(reader)" in connection, relied_on("aiormq", "FrameReceiver(reader)", by)
+    assert aiormq.connection.FrameReceiver is BulkFrameReceiver, relied_on("aiormq", "connection.FrameReceiver", by)
+    assert "async for weight, channel, frame in frame_receiver" in connection, relied_on(
+        "aiormq", "Connection.__reader iterating the FrameReceiver", by
     )
-    for name in ("_Channel__get_content_header", "_read_content"):
-        assert callable(getattr(aiormq.Channel, name, None)), relied_on("aiormq", f"Channel.{name}", by)
+    assert "await ch.frames.put((weight, frame))" in connection, relied_on(
+        "aiormq", "Connection.__reader calling the channel's frames.put", by
+    )
+    assert "await self.get_frame()" in inspect.getsource(aiormq.connection.FrameReceiver.__anext__), relied_on(
+        "aiormq", "FrameReceiver.__anext__ reading with get_frame", by
+    )
+    assert "await self.frames.get()" in inspect.getsource(aiormq.Channel), relied_on(
+        "aiormq", "Channel reading its frames from the frames queue", by
+    )
 
 
 async def test_aio_pika_reconnect_interval_is_read_where_syncar_backs_off() -> None:
