@@ -9,7 +9,8 @@ cost per frame and per message was most of a daemon's CPU (docs/benchmarks.md). 
 
 - `BulkFrameReceiver` reads the connection's socket in large reads and cuts every frame out of what came, where
   aiormq awaited three reads under a lock per frame; `read_frames_in_bulk()` makes aiormq's connections use it.
-- `publish` hands a batch to the connection's writer as frame groups, each message with its confirmation future.
+- `publish` hands a batch to the connection's writer as frame groups, with one confirmation for the whole batch,
+  settled by the broker's (grouped) acknowledgements as they come (`Confirms`), not a future per message.
 - `deliver_without_tasks` assembles each delivery as the connection's reader hands its frames over and passes it
   on, in place of aiormq's queue to the channel's reader and a Task per message (`Deliveries`).
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import weakref
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,7 +28,7 @@ import aiormq
 import aiormq.connection
 import pamqp.frame
 from aiormq.abc import ChannelFrame, DeliveredMessage
-from aiormq.exceptions import AMQPConnectionError, ChannelInvalidStateError, InvalidFrameError
+from aiormq.exceptions import AMQPConnectionError, ChannelInvalidStateError, DeliveryError, InvalidFrameError
 from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.exceptions import PAMQPException
@@ -40,6 +42,7 @@ READ_BYTES = 256 * 1024
 
 _FRAME = struct.Struct(">BHI")  # type, channel, size; then the payload and FRAME_END
 _FRAME_END = 0xCE
+_FRAME_END_BYTE = b"\xce"
 _METHOD, _HEADER, _BODY = 1, 2, 3
 _SHORT_HEADER = struct.Struct(">HHQ")  # class, weight, body size
 _DELIVER = Basic.Deliver.index
@@ -153,51 +156,147 @@ def read_frames_in_bulk() -> None:
     aiormq.connection.FrameReceiver = BulkFrameReceiver  # type: ignore[misc]
 
 
+class Batch:
+    __slots__ = ("confirmation", "first", "last", "left", "refusal")
+
+    def __init__(self, first: int, last: int, confirmation: asyncio.Future[Any]) -> None:
+        self.first, self.last, self.left, self.confirmation = first, last, last - first + 1, confirmation
+        self.refusal: Basic.Nack | None = None
+
+
+class Confirms:
+    """A confirming channel's unconfirmed batches, settled by the broker's Basic.Ack and Basic.Nack frames.
+
+    The connection's reader hands the channel its frames through `channel.frames.put`; this takes the place of that
+    method and keeps the confirmations, passing every other frame on. A batch is confirmed once each of its
+    delivery tags was acknowledged, by a frame of its own or by one that says `multiple` (all up to it: RabbitMQ
+    acknowledges in groups), and refused if one of them was nacked.
+    """
+
+    def __init__(self, channel: aiormq.Channel) -> None:
+        self.batches: deque[Batch] = deque()
+        self.low = channel.delivery_tag + 1  # every tag below was settled
+        self.ahead: set[int] = set()  # tags at or above `low` settled one by one
+        self._queue = channel.frames
+        channel.frames.put = self.put  # type: ignore[method-assign]
+
+    async def put(self, item: tuple[int, Any]) -> None:
+        frame = item[1]
+        if isinstance(frame, (Basic.Ack, Basic.Nack)):
+            self.settle(frame.delivery_tag, frame.multiple, frame if isinstance(frame, Basic.Nack) else None)
+        else:
+            await asyncio.Queue.put(self._queue, item)  # the method this one stands in for
+
+    def settle(self, tag: int, multiple: bool, refusal: Basic.Nack | None) -> None:
+        if tag < self.low or (tag in self.ahead and not multiple):  # settled before
+            return
+        if multiple:
+            low, self.low = self.low, tag + 1
+            counted = {t for t in self.ahead if t <= tag}  # settled before, counted then
+            self.ahead -= counted
+        else:
+            low = tag
+            if tag == self.low:
+                self.low += 1
+            else:
+                self.ahead.add(tag)
+            counted = set()
+        while self.low in self.ahead:
+            self.ahead.discard(self.low)
+            self.low += 1
+        for batch in self.batches:
+            if batch.first > tag:
+                break
+            first, last = max(batch.first, low), min(batch.last, tag)
+            if first > last:
+                continue
+            batch.left -= last - first + 1 - sum(first <= t <= last for t in counted)
+            batch.refusal = batch.refusal or refusal
+        while self.batches and self.batches[0].left <= 0:
+            self._settled(self.batches.popleft())
+        for batch in self.batches:  # confirmed one by one out of order: rare
+            if batch.left <= 0:
+                self._settled(batch)
+
+    @staticmethod
+    def _settled(batch: Batch) -> None:
+        if batch.confirmation.done():  # cancelled: the publish gave up waiting
+            return
+        if batch.refusal is None:
+            batch.confirmation.set_result(None)
+        else:
+            batch.confirmation.set_exception(DeliveryError(None, batch.refusal))
+
+
+class FrameMarshal:
+    """A batch's messages as frames on the wire, the bytes pamqp would marshal (one exchange, one set of properties):
+    the method frame and the header's properties are marshalled once per batch, not per message."""
+
+    def __init__(self, channel: aiormq.Channel, exchange: str, properties: Basic.Properties) -> None:
+        self.channel, self.max_body = channel.number, channel.max_content_size
+        self.method = pamqp.frame.marshal(Basic.Publish(exchange=exchange, routing_key=""), channel.number)
+        self.properties = properties.marshal()
+
+    def message(self, frames: list[bytes], body: bytes) -> None:
+        size = _SHORT_HEADER.size + len(self.properties)
+        header = _FRAME.pack(_HEADER, self.channel, size) + _SHORT_HEADER.pack(Basic.frame_id, 0, len(body))
+        frames += (self.method, header, self.properties, _FRAME_END_BYTE)
+        for start in range(0, len(body), self.max_body):  # none for an empty body, as aiormq's _split_body
+            chunk = body[start : start + self.max_body]
+            frames += (_FRAME.pack(_BODY, self.channel, len(chunk)), chunk, _FRAME_END_BYTE)
+
+
+_confirms: weakref.WeakKeyDictionary[aiormq.Channel, Confirms] = weakref.WeakKeyDictionary()
+
+
 async def publish(
     channel: aiormq.Channel, exchange: str, bodies: Sequence[bytes], properties: Basic.Properties
 ) -> list[asyncio.Future[Any]]:
     """Queue a batch of messages for the connection's writer in frame groups of about GROUP_BYTES (a small batch:
-    one group, one write), each message with the delivery tag and the confirmation future aiormq's basic_publish
-    gives it; each future is done once the broker confirmed (or refused) its message, and fails as aiormq's do if
-    the channel closes first. The channel must have publisher confirms on, and nothing else may publish on it.
+    one group, one write); the one future returned is done once the broker confirmed every message, fails with
+    DeliveryError if it refused one, and fails as aiormq's do if the channel closes first. The channel must have
+    publisher confirms on, and nothing else may publish on it.
 
     aiormq's basic_publish takes, per message, a Task of its own (to publish without waiting for the previous
-    confirm), a lock, two timeout contexts, a random message id and a frame group of its own, which its writer task
-    writes in a system call of its own a loop turn later: at one event at a time, a third of a millisecond between
-    the app's frame and the broker's socket on a busy machine (docs/benchmarks.md). This does what basic_publish
-    does for a message without `mandatory`, on the same state, with nothing awaited unless the writer's queue is
-    full.
+    confirm), a lock, two timeout contexts, a random message id, a frame group of its own, which its writer task
+    writes in a system call of its own a loop turn later, and a confirmation future, which its reader settles with
+    a callback scheduled per message even when the broker acknowledged a hundred at once. This numbers the messages
+    as basic_publish does, on the same state, and keeps one future for the batch (`Confirms`), with nothing
+    awaited unless the writer's queue is full.
     """
     if channel.is_closed:
         raise ChannelInvalidStateError(f"{channel} closed")
-    confirmations: list[asyncio.Future[Any]] = []
-    frames: list[Any] = []
+    if not bodies:
+        return []
+    confirms = _confirms.get(channel)
+    if confirms is None:
+        confirms = _confirms[channel] = Confirms(channel)
+    confirmation: asyncio.Future[Any] = channel.create_future()
+    batch = Batch(channel.delivery_tag + 1, channel.delivery_tag + len(bodies), confirmation)
+    confirms.batches.append(batch)
+    marshal = FrameMarshal(channel, exchange, properties)
+    frames: list[bytes] = []
     size = 0
     queued = channel.delivery_tag  # the last message whose frames the writer has
     try:
         for index, body in enumerate(bodies):
             channel.delivery_tag += 1
-            confirmation: asyncio.Future[Any] = channel.create_future()
-            channel.confirmations[channel.delivery_tag] = confirmation
-            confirmations.append(confirmation)
-            frames += [
-                Basic.Publish(exchange=exchange, routing_key=""),
-                ContentHeader(properties=properties, body_size=len(body)),
-                *channel._split_body(body),
-            ]
+            marshal.message(frames, body)
             size += len(body)
             if size >= GROUP_BYTES or index == len(bodies) - 1:
                 # Returns at once unless the writer is behind (its queue holds 10 groups).
-                await channel.write_queue.put(ChannelFrame.marshall(frames=frames, channel_number=channel.number))
+                await channel.write_queue.put(ChannelFrame(payload=b"".join(frames), should_close=False))
                 queued, frames, size = channel.delivery_tag, [], 0
     except BaseException:
         # Not queued, so the broker will not count these: give their delivery tags back, as basic_publish does.
-        for tag in range(queued + 1, channel.delivery_tag + 1):
-            if (dropped := channel.confirmations.pop(tag, None)) is not None:
-                dropped.cancel()
+        # What was queued is still confirmed, into a batch nobody waits for.
         channel.delivery_tag = queued
+        batch.last, batch.left = queued, queued - batch.first + 1
+        if batch.left <= 0:
+            confirms.batches.remove(batch)
+        confirmation.cancel()
         raise
-    return confirmations
+    return [confirmation]
 
 
 class Deliveries:

@@ -8,6 +8,7 @@ nobody resolves, or a reconnect loop that no longer backs off.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 from collections.abc import Iterator
 from importlib.metadata import version
@@ -17,6 +18,7 @@ import aiormq
 import aiormq.connection
 import nats
 import pytest
+from aiormq.abc import ChannelFrame
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 from yarl import URL
@@ -83,13 +85,16 @@ async def test_nats_server_info_and_pongs_on_a_live_connection(server: NatsServe
 def test_aiormq_channel_state_that_syncar_publishes_with() -> None:
     by = "backends/amqp_internals.publish"
     source = inspect.getsource(aiormq.Channel)
-    # basic_publish numbers messages and keeps their confirmation futures where the channel's reader settles them,
-    # splits bodies with _split_body and hands frame groups to the connection's writer through write_queue.
-    for name in ("delivery_tag", "confirmations", "_split_body", "write_queue", "create_future", "is_closed"):
+    # basic_publish numbers messages on the channel and hands frame groups to the connection's writer through
+    # write_queue; publish() does the same, splitting bodies at max_content_size, and confirms a batch with a future
+    # of the channel's (rejected when the channel closes).
+    for name in ("delivery_tag", "write_queue", "create_future", "is_closed", "number", "max_content_size"):
         assert f"self.{name}" in source, relied_on("aiormq", f"Channel.{name}", by)
-    assert "self.confirmations.pop(delivery_tag)" in source, relied_on(
-        "aiormq", "Channel._confirm_delivery settling self.confirmations", by
+    assert "len(body) < self.max_content_size" in source, relied_on(
+        "aiormq", "Channel._split_body cutting bodies at max_content_size", "amqp_internals.FrameMarshal"
     )
+    fields = {field.name for field in dataclasses.fields(ChannelFrame)}
+    assert {"payload", "should_close", "drain_future"} <= fields, relied_on("aiormq", "ChannelFrame's fields", by)
     assert "channel_frame.payload" in inspect.getsource(aiormq.Connection), relied_on(
         "aiormq", "the writer writing each ChannelFrame's payload whole", by
     )
