@@ -76,7 +76,7 @@ class AmqpSubscription(Subscription):
         self._inbox: asyncio.Queue[aiormq.abc.DeliveredMessage | _AckDue | None] = asyncio.Queue()
         # Broadcast mode: one timer while something handled is unacknowledged, not one per message.
         self._ack_timer: asyncio.TimerHandle | None = None
-        self._last_handled = 0.0  # loop time
+        self._handled = 0  # broadcast mode: messages handled, for the acknowledgement timer to see if any came
         self._redelivery = Backoff(REDELIVERY_DELAY, MAX_REDELIVERY_DELAY)
         self._worker = asyncio.create_task(self._work(), name=f"syncar-amqp-{topic}")
 
@@ -171,39 +171,36 @@ class AmqpSubscription(Subscription):
                 handled, count = None, 0
             elif self.ack_delay is not None:
                 self._later()
-        await self._ack_handled(handled)  # stopping: what was handled must not come back
+        await self._ack_handled(handled, wait=True)  # stopping: what was handled must not come back
 
     def _later(self) -> None:
         """Acknowledge what was handled once no message came for ACK_DELAY, not after each one: at a low rate the
         inbox is empty after every message, and the write of an ack per message was a third of a receiving daemon's
         CPU at 1,000 events/s. One timer, moved on when it fires early, rather than a timeout per message."""
-        loop = asyncio.get_running_loop()
-        self._last_handled = loop.time()
+        self._handled += 1  # a count, not the loop's time: no clock read per message
         if self._ack_timer is None:
-            self._ack_timer = loop.call_at(self._last_handled + (self.ack_delay or 0.0), self._ack_due)
+            loop = asyncio.get_running_loop()
+            self._ack_timer = loop.call_at(loop.time() + (self.ack_delay or 0.0), self._ack_due, self._handled)
 
-    def _ack_wait(self) -> float | None:
-        """Seconds until the acknowledgement is due, or None if it is due now."""
-        left = self._last_handled + (self.ack_delay or 0.0) - asyncio.get_running_loop().time()
-        return left if left > 0 else None
-
-    def _ack_due(self) -> None:
-        wait = self._ack_wait()
-        if wait is None:
+    def _ack_due(self, handled: int) -> None:
+        if self._handled == handled:  # none came for ACK_DELAY
             self._inbox.put_nowait(ACK_DUE)
-        else:  # a message came since the timer was set: wait from that one
-            self._ack_timer = asyncio.get_running_loop().call_later(wait, self._ack_due)
+        else:  # some came since the timer was set: wait ACK_DELAY more (at most 2 x ACK_DELAY after the last)
+            self._ack_timer = asyncio.get_running_loop().call_later(self.ack_delay or 0.0, self._ack_due, self._handled)
 
-    async def _ack_handled(self, handled: aiormq.abc.DeliveredMessage | None) -> None:
+    async def _ack_handled(self, handled: aiormq.abc.DeliveredMessage | None, *, wait: bool = False) -> None:
         if handled is not None:
-            await self._ack(handled)
+            await self._ack(handled, wait=wait)
 
-    async def _ack(self, message: aiormq.abc.DeliveredMessage) -> None:
+    async def _ack(self, message: aiormq.abc.DeliveredMessage, *, wait: bool = False) -> None:
+        """Acknowledge `message` and every one before it. Queued for the connection's writer and not waited for
+        (a future made and settled per acknowledgement), unless `wait`: when stopping, the connection may be closed
+        next, and its writer drops what is still queued."""
         channel, tag = message.channel, getattr(message.delivery, "delivery_tag", None)
         if tag is None or channel.is_closed:
             return  # delivered on a channel that is gone: the broker forgot those deliveries with it
         try:
-            await channel.basic_ack(tag, multiple=True)
+            await channel.basic_ack(tag, multiple=True, wait=wait)
         except BROKER_ERRORS as exc:
             log.debug("amqp: ack on %r not sent: %s", self.topic, exc)
 

@@ -372,3 +372,24 @@ async def test_confirms_are_waited_for_while_they_keep_coming() -> None:
     with pytest.raises(TimeoutError):
         await confirmed(stuck, timeout=0.2)
     assert stuck[1].cancelled()
+
+
+async def test_acknowledgements_are_not_waited_for(
+    backend: Factory, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker waited for each acknowledgement to be written, through a future made and settled per ack."""
+    sender, receiver = await backend(), await backend()
+    inbox = Inbox()
+    await receiver.subscribe(topic, inbox)
+    waits: list[bool] = []
+    basic_ack = aiormq.Channel.basic_ack
+
+    async def recording(channel: aiormq.Channel, delivery_tag: int, multiple: bool = False, wait: bool = True) -> None:
+        waits.append(wait)
+        await basic_ack(channel, delivery_tag, multiple, wait)
+
+    monkeypatch.setattr(aiormq.Channel, "basic_ack", recording)
+    await sender.publish(topic, [b"%d" % n for n in range(200)])
+    await inbox.wait(200)
+    await wait_for(lambda: len(waits) >= 200 // 64, 5, "the acknowledgements of every ACK_EVERY messages")
+    assert not any(waits), waits  # before: [True, True, True]
