@@ -59,7 +59,9 @@ class Settings(BaseModel):
     )
     socket_mode: int = Field(0o660, description="file mode of the socket, octal; never world-writable")
     backend: str = Field(
-        "local://", description="broker URI: local://, redis://, rediss://, amqp://, amqps://, nats://, tls://"
+        "local://",
+        description="broker URI: local://, redis://, rediss://, redis+sentinel://, redis+cluster:// (and rediss+), "
+        "amqp://, amqps://, nats://, tls://",
     )
     backend_file: Path | None = Field(
         None, description="file holding the broker URI, for credentials mounted as a secret; wins over --backend"
@@ -159,7 +161,7 @@ class Settings(BaseModel):
     )
     shutdown_timeout: float = Field(10.0, ge=0, description="seconds to flush the outbox and clients on SIGTERM")
     http: str = Field(
-        "127.0.0.1:9464", description="ADDR:PORT for /healthz, /readyz, /readyz/broker and /metrics, or 'off'"
+        "127.0.0.1:9464", description="ADDR:PORT for /healthz, /readyz, /readyz/broker, /metrics and /peers, or 'off'"
     )
     tracing: bool = Field(
         False,
