@@ -312,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
         "syncar on the socket); 2: bad DATA or --context; 4: queued, not "
         "acknowledged: syncar holds it in its outbox (its broker is down or "
         "slow) and sends it when the broker takes it, so do not publish it "
-        "again (or again with the same --id).",
+        "again: each run is a new app, and the same --id from another app is "
+        "another event.",
     )
     publish.add_argument("path", help="service path, e.g. messages")
     publish.add_argument("event", help="event name, e.g. created")
