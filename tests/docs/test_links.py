@@ -23,7 +23,17 @@ _HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*#*[ \t]*$", re.M)
 
 
 def pages() -> list[Path]:
-    listed = subprocess.run(["git", "ls-files", "*.md"], cwd=REPO, capture_output=True, text=True, check=True)
+    """The Markdown pages git tracks; without git (a copy of the tree), every page outside node_modules, dist/ and the
+    hidden folders (.venv)."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "*.md"], cwd=REPO, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        ours = (page.relative_to(REPO).parts for page in REPO.rglob("*.md"))
+        return sorted(
+            REPO.joinpath(*parts)
+            for parts in ours
+            if not {"node_modules", "dist"} & set(parts) and not any(part.startswith(".") for part in parts)
+        )
     return [REPO / name for name in listed.stdout.split()]
 
 
