@@ -5,7 +5,7 @@ import time
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.framing import HEAD_BYTES, FrameDecoder, Oversized
+from sidecar.framing import HEAD_BYTES, FrameDecoder, Oversized, split_lines
 
 
 def test_many_frames_in_one_read_and_split_frames() -> None:
@@ -89,3 +89,8 @@ def test_a_line_fed_a_byte_at_a_time_costs_what_any_byte_costs() -> None:
     baseline = min(cpu_seconds(0) for _ in range(3))
     loaded = min(cpu_seconds(1_000_000) for _ in range(3))
     assert loaded < 10 * baseline + 0.05, f"{loaded:.3f}s of CPU with 1 MB pending, {baseline:.3f}s without"
+
+
+@given(st.binary(max_size=300).map(lambda data: data.replace(b"a", b"\n")))
+def test_split_lines_is_bytes_split(data: bytes) -> None:
+    assert split_lines(data) == data.split(b"\n")
