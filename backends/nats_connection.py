@@ -299,16 +299,23 @@ class NatsConnection(Backend, Generic[S]):
         self._check_sizes(bodies, client.max_payload, "the server's max_payload")
         return client
 
-    async def _confirm(self, client: Client, lost: asyncio.Future[None] | None) -> None:
-        """Return once the server has processed everything written so far on `client`, or raise."""
+    async def _confirm(
+        self, client: Client, lost: asyncio.Future[None] | None, topic: str = "", bodies: Sequence[bytes] = ()
+    ) -> None:
+        """Publish `bodies` on `topic` (if any), and return once the server has processed them and everything written
+        before on `client`, or raise."""
         unconfirmed = PublishUnconfirmed(f"nats: connection to {self.where} lost before the server confirmed")
+        # Nothing of `bodies` written yet: the caller may send them again, whatever the codec.
+        unsent = BackendUnavailable(f"nats: publish to {self.where} failed: not connected") if bodies else unconfirmed
         # nats-py cancels its reader before it reports a disconnect: a PING then would never get its PONG.
         if not client.is_connected or (lost is not None and lost.done()):
-            raise unconfirmed
+            raise unsent
         try:
-            pong = write_with_ping(client)
+            pong = write_with_ping(client, topic, bodies)
+        except nats.errors.BadSubjectError as exc:  # not a subject a subscribe() took
+            raise BackendError(f"nats: {topic!r} is not a valid subject") from exc
         except CONNECTION_ERRORS as exc:
-            raise unconfirmed from exc
+            raise unsent from exc
         waiting: set[asyncio.Future[Any]] = {pong} if lost is None else {pong, lost}
         await asyncio.wait(waiting, timeout=CONFIRM_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
         if pong.done():  # only a PONG resolves it

@@ -9,6 +9,7 @@ make a tls:// URI refused (TLS cannot be confirmed) and leave PubAck slots taken
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import nats.errors
@@ -31,21 +32,49 @@ def release_publish_slots(js: JetStreamContext) -> None:
         ack.cancel()
 
 
-def write_with_ping(client: Client) -> asyncio.Future[bool]:
-    """Write what nats-py holds for its flusher task and a PING behind it, in one write; the future is done when the
-    server's PONG comes, so once the server has processed all of it.
+#: A message body at least this long goes to the transport in a write of its own, uncopied: joined with the PUB
+#: lines around it, as nats-py does (its PUB command, then its transport's join of everything pending), each batch
+#: was copied twice more, a third of a publishing daemon's CPU at 4 KiB payloads (docs/benchmarks.md). Shorter
+#: ones are joined: a write costs a system call, more than copying a few KiB.
+OWN_WRITE_BYTES = 64 * 1024
+_WHITESPACE = frozenset(" \t\r\n")
+
+
+def write_with_ping(client: Client, subject: str = "", bodies: Sequence[bytes] = ()) -> asyncio.Future[bool]:
+    """Write what nats-py holds for its flusher task, a PUB of each of `bodies` on `subject`, and a PING behind them,
+    at once; the future is done when the server's PONG comes, so once the server has processed all of it.
 
     nats-py's flush() writes its PING straight to the socket, ahead of commands still queued (its PONG would prove
     nothing about them), and its flusher writes those in a write of their own: two system calls per batch, which at
-    1,000 events/s were over half of a publishing daemon's CPU (docs/benchmarks.md). This does what the flusher and
-    flush() do, on the same private state, with nothing awaited in between, so PONGs keep the order of the PINGs.
-    The caller must not cancel the future (nats-py's reader resolves it; a reconnect forgets it).
+    1,000 events/s were over half of a publishing daemon's CPU (docs/benchmarks.md). This does what publish(), the
+    flusher and flush() do, on the same private state, with nothing awaited in between, so PONGs keep the order of
+    the PINGs; a body of OWN_WRITE_BYTES or more is written by itself. The caller must not cancel the future (nats-py's
+    reader resolves it; a reconnect forgets it), and has checked each body against the server's max_payload.
+
+    Raises:
+        nats.errors.ConnectionClosedError: not connected; nothing was written.
+        nats.errors.BadSubjectError: `subject` is empty or has white space (a PUB line would break); nothing was
+            written.
     """
     transport = client._transport
     if transport is None:
         raise nats.errors.ConnectionClosedError
+    if bodies and (not subject or not _WHITESPACE.isdisjoint(subject)):
+        raise nats.errors.BadSubjectError
     pong: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-    pending, client._pending, client._pending_data_size = client._pending, [], 0
-    transport.writelines([*pending, PING_PROTO])
+    joined, client._pending, client._pending_data_size = client._pending, [], 0
+    head = b"PUB " + subject.encode() + b" %d\r\n"
+    for body in bodies:
+        if len(body) < OWN_WRITE_BYTES:
+            joined += (head % len(body), body, b"\r\n")
+            continue
+        joined.append(head % len(body))
+        transport.writelines(joined)
+        transport.write(body)
+        joined = [b"\r\n"]
+    joined.append(PING_PROTO)
+    transport.writelines(joined)
     client._pongs.append(pong)
+    client.stats["out_msgs"] += len(bodies)
+    client.stats["out_bytes"] += sum(map(len, bodies))
     return pong
