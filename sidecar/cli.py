@@ -131,6 +131,7 @@ def _run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from sidecar.allocator import keep_large_buffers
     from sidecar.daemon import Daemon
 
     settings = load_settings(args)
@@ -148,6 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             # Everything made so far (modules, settings, connections) lives as long as the process: keep it out of
             # the collector's full passes, which otherwise walk it all and stall the relay for milliseconds.
             gc.freeze()
+            keep_large_buffers()
             try:
                 await daemon.serve()
             finally:
