@@ -19,7 +19,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sidecar import PROTOCOL_VERSION
-from sidecar.codec import NULL, decode_json
+from sidecar.codec import NULL, Event, decode_json, encode_spliced
 from sidecar.errors import FrameError
 from sidecar.framing import HEAD_BYTES
 
@@ -107,6 +107,12 @@ def event(seq: int, origin: bytes, part: bytes) -> bytes:
     """An `event` frame, from the JSON of its origin and of the event itself (`{"id": ..., ...}`, as the codec made
     it): joined as bytes, since it is made for every event delivered."""
     return b'{"type":"event","seq":%d,"origin":%s,%s\n' % (seq, origin, part[1:])
+
+
+def received_event(seq: int, origin: bytes, event: Event) -> bytes:
+    """The frame `event(seq, origin, codec.encode(event))` would make, encoded straight into it: for an event from
+    the broker, whose JSON nothing else needs."""
+    return encode_spliced(b'{"type":"event","seq":%d,"origin":%b,' % (seq, origin), event)
 
 
 def gap(*, origin: str, run: str, first: int, last: int, reason: str) -> bytes:

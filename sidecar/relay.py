@@ -286,7 +286,7 @@ class Relay:
             if batch.origin is not None and not self._seen.add(batch.origin, event.id):
                 self._metrics.dropped.labels(DropReason.DUPLICATE).inc()
                 continue
-            delivered += self._fan_out(encode(event), origin_json, event.path, event.event, None)
+            delivered += self._fan_out_received(event, origin_json)
         if delivered:
             self._metrics.delivered.inc(delivered)
 
@@ -309,12 +309,23 @@ class Relay:
         self._broadcast(protocol.gap(origin=origin, run=run, first=gap.first, last=gap.last, reason=gap.reason))
 
     def _fan_out(self, part: bytes, origin_json: bytes, path: str, event: str, source: Subscriber | None) -> int:
-        """Number the event, keep it for replay, and send its frame (made once) to the clients that want it."""
+        """Number a local client's event, keep it for replay, and send its frame (made once, if a client wants it)
+        to the clients that want it."""
         self.seq = seq = self.seq + 1
         share = self._strings
         path, event = share[path], share[event]  # so that clients' filter caches hold the same strings
-        entry = Entry(seq, path, event, source.client_id if source else None, origin_json, part)
+        return self._send(Entry(seq, path, event, source.client_id if source else None, origin_json, part), source)
+
+    def _fan_out_received(self, event: Event, origin_json: bytes) -> int:
+        """The same for an event from the broker, its frame made at once, straight from the event."""
+        self.seq = seq = self.seq + 1
+        share = self._strings
+        frame = protocol.received_event(seq, origin_json, event)
+        return self._send(Entry(seq, share[event.path], share[event.event], None, origin_json, frame, True), None)
+
+    def _send(self, entry: Entry, source: Subscriber | None) -> int:
         self._replay.append(entry)
+        path, event = entry.path, entry.event
         frame = None
         delivered = 0
         for client in self._clients:

@@ -12,18 +12,20 @@ from sidecar import protocol
 
 
 class Entry(msgspec.Struct, gc=False):  # gc=False: nothing in it can form a cycle, and there are thousands
-    """One numbered event. It keeps the event's JSON, not its frame: a frame is made only for a client that wants
-    the event, and most events are never replayed."""
+    """One numbered event. A local client's keeps the event's JSON, not its frame: that JSON goes to the broker, and
+    a frame is made only for a client that wants the event (most events are never replayed). One from the broker
+    keeps its frame, made at once (`framed`): it is there to be delivered, and nothing else needs its JSON."""
 
     seq: int
     path: str
     event: str
     source: str | None  # client_id of the local publisher, so it is not replayed its own events
     origin: bytes  # the origin instance as JSON
-    part: bytes  # the event as JSON: {id, time, event, path, data, context}
+    part: bytes  # the event as JSON: {id, time, event, path, data, context}; or, if `framed`, its whole frame
+    framed: bool = False
 
     def frame(self) -> bytes:
-        return protocol.event(self.seq, self.origin, self.part)
+        return self.part if self.framed else protocol.event(self.seq, self.origin, self.part)
 
 
 class SharedStrings(dict[str, str]):

@@ -178,3 +178,30 @@ def test_a_trace_field_of_another_type_reaches_the_check_as_a_string_it_refuses(
 
 def publish_with(**fields: object) -> dict[str, object]:
     return {"type": "publish", "path": "messages", "event": "created", **fields}
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        Event("a:1", 1.5, "created", "messages", msgspec.Raw(b'{"text":"' + b"x" * 5000 + b'"}'), NULL),
+        Event(
+            "s.b",
+            None,
+            "patched",
+            "users/1",
+            NULL,
+            msgspec.Raw(b'{"params":{}}'),
+            traceparent="00-ab",
+            tracestate="k=v",
+        ),
+        Event("fs-1", None, "", "", NULL, NULL, bin="AAEC"),
+        Event("é\u2028", 2.0, "ünï", 'p\\"ath', msgspec.Raw(b"[1, 2]"), msgspec.Raw(b"null")),
+    ],
+)
+def test_a_received_event_is_framed_as_its_json_would_be(event: Event) -> None:
+    encode(Event("big", 0.0, "e", "p", msgspec.Raw(b'"' + b"y" * 20000 + b'"')))  # a larger one made just before
+    for seq, origin in ((1, b'"there"'), (123456789, b"null")):
+        frame = protocol.received_event(seq, origin, event)
+        assert frame == protocol.event(seq, origin, encode(event))
+        assert frame.endswith(b"}\n") and frame.count(b"\n") == 1
+        assert orjson.loads(frame)["seq"] == seq
