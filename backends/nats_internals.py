@@ -16,6 +16,8 @@ import nats.errors
 from nats.aio.client import PING_PROTO, Client
 from nats.js import JetStreamContext
 
+from backends.base import writes
+
 
 def offered_tls(client: Client) -> bool:
     """Whether the server's INFO asked for TLS (nats-py then upgraded the connection to it)."""
@@ -32,11 +34,6 @@ def release_publish_slots(js: JetStreamContext) -> None:
         ack.cancel()
 
 
-#: A message body at least this long goes to the transport in a write of its own, uncopied: joined with the PUB
-#: lines around it, as nats-py does (its PUB command, then its transport's join of everything pending), each batch
-#: was copied twice more, a third of a publishing daemon's CPU at 4 KiB payloads (docs/benchmarks.md). Shorter
-#: ones are joined: a write costs a system call, more than copying a few KiB.
-OWN_WRITE_BYTES = 64 * 1024
 _WHITESPACE = frozenset(" \t\r\n")
 
 
@@ -48,8 +45,9 @@ def write_with_ping(client: Client, subject: str = "", bodies: Sequence[bytes] =
     nothing about them), and its flusher writes those in a write of their own: two system calls per batch, which at
     1,000 events/s were over half of a publishing daemon's CPU (docs/benchmarks.md). This does what publish(), the
     flusher and flush() do, on the same private state, with nothing awaited in between, so PONGs keep the order of
-    the PINGs; a body of OWN_WRITE_BYTES or more is written by itself. The caller must not cancel the future (nats-py's
-    reader resolves it; a reconnect forgets it), and has checked each body against the server's max_payload.
+    the PINGs; a body of `backends.base.OWN_WRITE_BYTES` or more is written by itself, uncopied (`writes`). The
+    caller must not cancel the future (nats-py's reader resolves it; a reconnect forgets it), and has checked each
+    body against the server's max_payload.
 
     Raises:
         nats.errors.ConnectionClosedError: not connected; nothing was written.
@@ -62,18 +60,13 @@ def write_with_ping(client: Client, subject: str = "", bodies: Sequence[bytes] =
     if bodies and (not subject or not _WHITESPACE.isdisjoint(subject)):
         raise nats.errors.BadSubjectError
     pong: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-    joined, client._pending, client._pending_data_size = client._pending, [], 0
-    head = b"PUB " + subject.encode() + b" %d\r\n"
+    pieces, client._pending, client._pending_data_size = client._pending, [], 0
+    head = b"PUB %b " % subject.encode()
     for body in bodies:
-        if len(body) < OWN_WRITE_BYTES:
-            joined += (head % len(body), body, b"\r\n")
-            continue
-        joined.append(head % len(body))
-        transport.writelines(joined)
-        transport.write(body)
-        joined = [b"\r\n"]
-    joined.append(PING_PROTO)
-    transport.writelines(joined)
+        pieces += (head, b"%d\r\n" % len(body), body, b"\r\n")
+    pieces.append(PING_PROTO)
+    for data in writes(pieces):
+        transport.write(data)
     client._pongs.append(pong)
     client.stats["out_msgs"] += len(bodies)
     client.stats["out_bytes"] += sum(map(len, bodies))

@@ -34,6 +34,7 @@ from backends.base import (
     StateCallback,
     Subscription,
     describe_error,
+    writes,
 )
 from backends.redis_base import RedisBaseBackend
 from backends.redis_common import CONNECTION_ERRORS, RedisOptions, await_confirmation
@@ -71,6 +72,16 @@ class Channel:
     subscriptions: list[RedisSubscription] = field(default_factory=list)
     confirmed: asyncio.Event = field(default_factory=asyncio.Event)
     refused: str | None = None  # why Redis refused to subscribe us (an ACL, say)
+
+
+def _publishes(topic: str, bodies: Sequence[bytes]) -> list[bytes]:
+    """The PUBLISH commands of `bodies` on `topic`, in RESP, as pieces: each body is one of them, as it is."""
+    channel = topic.encode()
+    head = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$" % (len(channel), channel)
+    pieces: list[bytes] = []
+    for body in bodies:
+        pieces += (head, b"%d\r\n" % len(body), body, b"\r\n")
+    return pieces
 
 
 class RedisBackend(RedisBaseBackend):
@@ -140,7 +151,9 @@ class RedisBackend(RedisBaseBackend):
     async def _send(self, redis: Redis, topic: str, bodies: Sequence[bytes]) -> None:
         """PUBLISH `bodies`, pipelined, on the publishing connection: through the pool (`redis.publish()`) each
         one cost about 40 µs more CPU (its lock, checks, retry wrapper and observability hooks), a quarter of the
-        publishing daemon's at 1,000 events/s (docs/benchmarks.md)."""
+        publishing daemon's at 1,000 events/s (docs/benchmarks.md). The commands are ours, not redis-py's
+        pack_command(), which copies each body (24% of the publishing daemon's CPU at 4 KiB payloads), and a large
+        body is a write of its own (`backends.base.writes`)."""
         conn = self._publisher
         if conn is None:
             raise BackendUnavailable("redis: not started")
@@ -149,12 +162,8 @@ class RedisBackend(RedisBaseBackend):
         async with self._publish_lock:
             await _ready(conn)
             try:
-                await conn.send_packed_command(
-                    conn.pack_commands([("PUBLISH", topic, body) for body in bodies])
-                    if len(bodies) > 1
-                    else conn.pack_command("PUBLISH", topic, bodies[0]),
-                    check_health=False,
-                )
+                for data in writes(_publishes(topic, bodies)):
+                    await conn.send_packed_command(data, check_health=False)
                 for _ in bodies:
                     await conn.read_response(timeout=math.inf)
             except BaseException:

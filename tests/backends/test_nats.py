@@ -15,6 +15,7 @@ import pytest
 from nats.aio.transport import TcpTransport
 
 from backends.base import (
+    OWN_WRITE_BYTES,
     BackendConfig,
     BackendError,
     BackendRefused,
@@ -25,7 +26,6 @@ from backends.base import (
 )
 from backends.nats import NatsBackend
 from backends.nats_common import describe
-from backends.nats_internals import OWN_WRITE_BYTES
 from tests.backends.support import Inbox, Started
 from tests.brokers import serve
 from tests.brokers.certs import make_certificates

@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio
+from redis.asyncio.connection import Connection
 
 from backends.base import (
+    OWN_WRITE_BYTES,
     BackendConfig,
     BackendError,
     BackendRefused,
@@ -69,6 +71,31 @@ async def test_last_unsubscribe_leaves_the_channel_and_it_can_be_joined_again(ba
         assert first.bodies == []
     finally:
         await probe.aclose()
+
+
+async def test_a_large_body_is_written_as_it_is_between_the_others(
+    backend: Factory, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our PUBLISH commands, not redis-py's (hiredis copies every body into its command, and the transport's join
+    copies it again): a body of OWN_WRITE_BYTES or more is written by itself, the very object the codec made, and
+    the bodies around it arrive whole and in order."""
+    a, b = await backend(), await backend()
+    inbox = Inbox()
+    await b.subscribe(topic, inbox)
+    large = [b"%d" % n * OWN_WRITE_BYTES for n in (1, 2)]
+    written: list[Any] = []
+    original = Connection.send_packed_command
+
+    async def send(connection: Connection, command: Any, check_health: bool = True) -> None:
+        written.append(command)
+        await original(connection, command, check_health)
+
+    monkeypatch.setattr(Connection, "send_packed_command", send)
+    bodies = [b"before", large[0], b"between %d", large[1], b"after"]
+    await a.publish(topic, bodies)
+    assert await inbox.wait(5) == bodies
+    assert [command for command in written if len(command) >= OWN_WRITE_BYTES] == large
+    assert all(any(command is body for command in written) for body in large)
 
 
 async def _until_numsub(probe: redis.asyncio.Redis, topic: str, count: int) -> None:
