@@ -30,11 +30,11 @@ def keep_large_buffers() -> bool:
     (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`, read by glibc itself). Whether they were set."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return False
-    import ctypes  # noqa: PLC0415  # here, after the daemon is listening: ~5 ms of import, not on the start's path
-
     try:
+        import ctypes  # noqa: PLC0415  # here, after the daemon is listening: ~5 ms of import, not on the start's path
+
         mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError):  # not glibc (musl has no mallopt), or no symbols to look in
+    except (ImportError, AttributeError, OSError):  # no ctypes in this Python, no mallopt (not glibc), no symbols
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     done = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from sidecar.allocator import keep_large_buffers
+
 GLIBC = platform.libc_ver()[0] == "glibc"
 
 #: What a broker batch of a megabyte goes through, 50 times: read into a growing buffer 32 KiB at a time, copied out,
@@ -56,3 +58,11 @@ def test_a_batch_sized_buffer_is_not_new_pages_each_time() -> None:
 def test_thresholds_set_in_the_environment_are_left_alone() -> None:
     said, _ = faults({"MALLOC_MMAP_THRESHOLD_": "65536"})
     assert said == "False"
+
+
+def test_a_python_without_ctypes_runs_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A daemon run as another user could not import it from a Python installed under /root: it must not stop.
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.setitem(sys.modules, "ctypes", None)  # `import ctypes` raises ImportError
+    assert keep_large_buffers() is False
