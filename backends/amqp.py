@@ -345,6 +345,8 @@ class AmqpBackend(Backend):
                     async with asyncio.timeout(self.config.connect_timeout):
                         await subscription.attach()
                     restored += 1
+        if self.topology.durable:
+            await self._bind_others(publish_channel)
         # The connection may have dropped again meanwhile; then the next reconnect restores.
         if self._closing or not connection.connected.is_set() or publish_channel.is_closed:
             return
@@ -358,6 +360,27 @@ class AmqpBackend(Backend):
         connection.backoff.reset()
         self._restore_backoff.reset()
         self._set_state(BackendState.CONNECTED)
+
+    async def _bind_others(self, channel: AbstractRobustChannel) -> None:
+        """Durable mode, before publishing resumes after a reconnect: the queues of the instances the fleet knows,
+        bound again (`Topology.bind_others`: a crashed broker can bring a queue back without its binding). If that
+        fails, publishing resumes all the same, as it did before."""
+        topics = {s.topic for s in self._subscriptions} | set(self._exchanges)
+        instances = list(self.peer_instances())
+        if not topics or not instances:
+            return
+        underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+        try:
+            async with asyncio.timeout(self.config.connect_timeout):
+                for topic in sorted(topics):
+                    bound = await self.topology.bind_others(underlay.connection, topic, instances)
+                    log.debug("amqp: %d of %d other instances' queues bound again to %r", bound, len(instances), topic)
+        except BROKER_ERRORS as exc:
+            log.warning(
+                "amqp: binding again the queues of %d other instance(s) failed, publishing all the same: %s",
+                len(instances),
+                describe_error(exc, self._secrets),
+            )
 
 
 class AmqpDurableBackend(AmqpBackend):

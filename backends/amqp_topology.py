@@ -20,6 +20,7 @@ import hashlib
 import logging
 import re
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,6 +164,32 @@ class Topology:
             if not channel.is_closed:
                 with contextlib.suppress(aiormq.exceptions.AMQPError, OSError, RuntimeError):
                     await channel.close()
+
+    async def bind_others(self, connection: aiormq.abc.AbstractConnection, topic: str, instances: Iterable[str]) -> int:
+        """Bind the durable queues of other `instances` to the topic's exchange again; how many exist and are bound.
+
+        RabbitMQ 3.10 can bring an instance's queue back from a crash without its binding (docs/reliability.md):
+        until that instance reconnects, what the others publish is confirmed (their own queues take it) and never
+        reaches its queue. A publisher that binds the queues of the instances it knows before it publishes again
+        closes that window. Binding again what is bound changes nothing; a queue that is gone (expired, deleted, or
+        of an instance in broadcast mode) is not made.
+        """
+        exchange, bound = self.exchange(topic), 0
+        channel = await connection.channel(publisher_confirms=False)
+        try:
+            for instance in instances:
+                if instance == self.instance_id:
+                    continue
+                try:
+                    await channel.queue_bind(durable_queue_name(topic, instance), exchange, routing_key=BINDING_KEY)
+                    bound += 1
+                except ChannelNotFoundEntity:
+                    channel = await connection.channel(publisher_confirms=False)  # the broker closed that one
+        finally:
+            if not channel.is_closed:
+                with contextlib.suppress(aiormq.exceptions.AMQPError, OSError, RuntimeError):
+                    await channel.close()
+        return bound
 
 
 async def _exists(channel: aiormq.abc.AbstractChannel, queue: str) -> bool:

@@ -301,6 +301,9 @@ class Backend(ABC):
         self.config = config
         self._on_state = on_state
         self.state = BackendState.CONNECTING
+        #: The instance ids of the other daemons on the key, as the fleet last heard them (sidecar/fleet.py); the
+        #: daemon sets it. RabbitMQ's durable mode binds their queues again after a reconnect; others ignore it.
+        self.peer_instances: Callable[[], Iterable[str]] = tuple
 
     def _check_sizes(self, bodies: Sequence[bytes], limit: int | None = None, what: str = "the limit") -> None:
         """Refuse the whole batch, before any of it is sent, if one body is over `limit` (`max_message_bytes`)."""

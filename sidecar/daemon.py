@@ -144,6 +144,7 @@ class Daemon:
             metrics=metrics,
             signer=signer,
         )
+        self.backend.peer_instances = self.fleet.table.instances  # RabbitMQ's durable mode binds their queues again
         self.connections: set[Connection] = set()
         self._limits = Limits(
             settings.max_frame_bytes,

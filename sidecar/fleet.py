@@ -150,6 +150,10 @@ class PeerTable:
         heard = self._last_seq(a.instance, a.run) or 0
         return max(a.seq - max(heard, peer.since_seq), 0)
 
+    def instances(self) -> list[str]:
+        """The instance ids of the peers in the table."""
+        return list(self._peers)
+
     def rows(self, now: float) -> list[tuple[Peer, float, int | None]]:
         """Each peer, the seconds since it was heard and its lag; most recently heard first."""
         return [(p, max(now - p.heard_at, 0.0), self.lag(p)) for p in reversed(self._peers.values())]

@@ -330,6 +330,50 @@ async def test_a_queue_gone_while_its_instance_was_away_is_said_lost(
         await proxy.close()
 
 
+async def test_a_publisher_back_from_an_outage_binds_the_queues_of_the_instances_it_knows(
+    server: RabbitServer, backend: Factory, topic: str
+) -> None:
+    """A crashed RabbitMQ 3.10 can bring an instance's queue back without its binding (docs/reliability.md): what
+    the others publish before that instance reconnects would be confirmed and reach none of its queues. A publisher
+    coming back from an outage binds again the queues of the instances the fleet told it of, before it publishes.
+    Here the binding is taken away by hand while the publisher's link is cut; the receiver never leaves."""
+    receiver = await backend("stays")
+    inbox = Inbox()
+    await receiver.subscribe(topic, inbox)
+    proxy = await TcpProxy.start(server.port)
+    try:
+        sender = await backend(port=proxy.port)
+        sender.peer_instances = lambda: ["gone-for-good", "stays"]  # one without a queue: skipped, not made
+        await sender.publish(topic, [b"before"])
+        await inbox.wait(1)
+        proxy.cut()
+        await wait_for(lambda: sender.state is BackendState.RECONNECTING, 10, "the sender to notice")
+        connection = await aio_pika.connect(server.uri)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.get_queue(durable_queue_name(topic, "stays"))
+            await queue.unbind(f"{topic}.durable", routing_key="queue-binding")
+        proxy.restore()
+        await wait_for(lambda: sender.state is BackendState.CONNECTED, 10, "the sender to reconnect")
+        await sender.publish(topic, [b"after"])
+        assert await inbox.wait(2) == [b"before", b"after"]
+        assert "gone-for-good" not in await asyncio.to_thread(server.ctl, "list_queues", "name")
+    finally:
+        await proxy.close()
+
+
+async def test_a_daemons_backend_knows_the_instances_its_fleet_heard(
+    server: RabbitServer, sock_dir: Path, topic: str
+) -> None:
+    """The daemon hands its backend the fleet's peer table, which the test above stands in for by hand."""
+    settings = {"backend": server.uri, "mode": "durable", "key": topic, "announce_interval": 0.2}
+    async with (
+        run_daemon(sock_dir / "a.sock", instance_id="a", **settings) as a,
+        run_daemon(sock_dir / "b.sock", instance_id="b", **settings),
+    ):
+        await wait_for(lambda: list(a.backend.peer_instances()) == ["b"], 10, "a to hear b")
+
+
 @pytest.mark.parametrize("queue_type", QUEUE_TYPES)
 async def test_broker_killed_mid_stream_loses_nothing_confirmed(
     server: RabbitServer, backend: Factory, topic: str, queue_type: str, caplog: pytest.LogCaptureFixture
