@@ -108,6 +108,7 @@ class AmqpBackend(Backend):
         self._publish_channel: AbstractRobustChannel | None = None
         self._exchanges: dict[str, AbstractRobustExchange] = {}
         self._subscriptions: list[AmqpSubscription] = []
+        self._peers_before_outage: list[str] = []
         self._attach_lock = asyncio.Lock()
         self._restore_wanted = asyncio.Event()
         self._keeper: asyncio.Task[None] | None = None
@@ -295,6 +296,9 @@ class AmqpBackend(Backend):
         if self._closing or self._connection is None:
             return
         if self.state is BackendState.CONNECTED:
+            # Who to bind again once back (_bind_others): the fleet forgets peers it does not hear for a while,
+            # and during an outage it hears nobody.
+            self._peers_before_outage = list(self.peer_instances())
             self._outage.began(
                 "amqp: connection to %s lost (%s); reconnecting",
                 self._where,
@@ -362,11 +366,11 @@ class AmqpBackend(Backend):
         self._set_state(BackendState.CONNECTED)
 
     async def _bind_others(self, channel: AbstractRobustChannel) -> None:
-        """Durable mode, before publishing resumes after a reconnect: the queues of the instances the fleet knows,
-        bound again (`Topology.bind_others`: a crashed broker can bring a queue back without its binding). If that
-        fails, publishing resumes all the same, as it did before."""
+        """Durable mode, before publishing resumes after a reconnect: the queues of the instances the fleet knew
+        when the outage began or knows now, bound again (`Topology.bind_others`: a crashed broker can bring a queue
+        back without its binding). If that fails, publishing resumes all the same, as it did before."""
         topics = {s.topic for s in self._subscriptions} | set(self._exchanges)
-        instances = list(self.peer_instances())
+        instances = list(dict.fromkeys([*self._peers_before_outage, *self.peer_instances()]))
         if not topics or not instances:
             return
         underlay = cast(aiormq.Channel, await channel.get_underlay_channel())

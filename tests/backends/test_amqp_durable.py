@@ -343,11 +343,13 @@ async def test_a_publisher_back_from_an_outage_binds_the_queues_of_the_instances
     proxy = await TcpProxy.start(server.port)
     try:
         sender = await backend(port=proxy.port)
-        sender.peer_instances = lambda: ["gone-for-good", "stays"]  # one without a queue: skipped, not made
+        known = ["gone-for-good", "stays"]  # one without a queue: skipped, not made
+        sender.peer_instances = lambda: known
         await sender.publish(topic, [b"before"])
         await inbox.wait(1)
         proxy.cut()
         await wait_for(lambda: sender.state is BackendState.RECONNECTING, 10, "the sender to notice")
+        known = []  # the fleet forgets the peers it does not hear, and during an outage it hears none
         connection = await aio_pika.connect(server.uri)
         async with connection:
             channel = await connection.channel()
