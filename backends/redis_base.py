@@ -25,9 +25,11 @@ from backends.base import (
     BackendConfig,
     BackendState,
     BackendUnavailable,
+    Mode,
     StateCallback,
     host_port,
 )
+from backends.deadlines import Deadlines
 from backends.redis_common import (
     CONNECTION_ERRORS,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -61,6 +63,7 @@ class RedisBaseBackend(Backend):
         self.where = "redis"  # host:port once started, for logs
         self._backoff = Backoff(cap=config.reconnect_max_delay)
         self.outage = Outage(log)  # the current loss of the broker, if any: how long, how many failed attempts
+        self._publishes: Deadlines | None = None  # bounds each publish to socket_timeout, once started
 
     def _pool_kwargs(self, options: RedisOptions) -> dict[str, Any]:
         """The pool's connection settings."""
@@ -131,6 +134,7 @@ class RedisBaseBackend(Backend):
         if self._closed:
             raise BackendClosed("redis: backend is closed")
         self._options = options = parse_uri(self.config.uri, self.config.connect_timeout)
+        self._publishes = Deadlines(options.connection_kwargs["socket_timeout"])
         self.max_message_bytes, self.where = options.max_message_bytes, options.where
         if options.cluster is not None:
             self._place(options)
@@ -155,6 +159,8 @@ class RedisBaseBackend(Backend):
             return
         self._closed = True
         self._stop_reading()
+        if self._publishes is not None:
+            self._publishes.close()
         if self._reader is not None:
             await stop_task(self._reader, self._conn)
         await self._release()
@@ -165,20 +171,21 @@ class RedisBaseBackend(Backend):
         if self._closed:
             raise BackendClosed("redis: backend is closed")
         self._check_sizes(bodies, what="max_message_bytes")
-        if self._redis is None or self._options is None:
+        if self._redis is None or self._options is None or self._publishes is None:
             raise BackendUnavailable("redis: not started")
         if self.state is BackendState.RECONNECTING:
             # At once, not after a connect timeout: the outbox keeps the messages until we are CONNECTED.
             raise BackendUnavailable(f"redis: not connected to {self._options.where} (reconnecting)")
         try:
-            # One bound for the whole publish; a timeout cancels redis-py's read, which drops the connection.
-            async with asyncio.timeout(self._options.connection_kwargs["socket_timeout"]):
+            # One bound for the whole publish (socket_timeout); a timeout cancels redis-py's read, which drops the
+            # connection. Not asyncio.timeout: a timer made and closed per publish, and a turn of the loop for it.
+            async with self._publishes:
                 await self._send(self._redis, topic, bodies)
         except CONNECTION_ERRORS as exc:
             raise publish_error(exc, self._options) from exc
         # In durable mode redis-py writes through asyncio.wait_for, which on Python 3.11 can swallow a cancellation
         # (the outbox's at shutdown): give it back, or the caller would carry on as if it had never been cancelled.
-        if (task := asyncio.current_task()) is not None and task.cancelling():
+        if self.config.mode is Mode.DURABLE and (task := asyncio.current_task()) is not None and task.cancelling():
             raise asyncio.CancelledError
 
     async def _run(self, conn: Connection, options: RedisOptions) -> None:

@@ -286,6 +286,31 @@ async def test_a_broadcast_publish_starts_no_task(backend: Factory, topic: str) 
     assert len(await inbox.wait(52)) == 52
 
 
+async def test_publishes_one_after_another_set_one_timer_not_one_each(backend: Factory, topic: str) -> None:
+    """Each publish was bounded by an asyncio.timeout: a timer made and closed per event (under uvloop also a turn
+    of the loop with a zero timeout). One timer, moved on only when it fires, bounds them all now."""
+    a, b = await backend(), await backend()
+    inbox = Inbox()
+    await b.subscribe(topic, inbox)
+    await a.publish(topic, [b"0"])  # the first one connects the publishing connection (within a timeout of its own)
+    loop = asyncio.get_running_loop()
+    timers: list[str] = []
+    call_at = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        timers.append(getattr(callback, "__qualname__", repr(callback)))
+        return call_at(when, callback, *args, **kwargs)
+
+    loop.call_at = counting  # type: ignore[method-assign]
+    try:
+        for n in range(1, 51):
+            await a.publish(topic, [b"%d" % n])
+    finally:
+        del loop.call_at
+    assert len(timers) <= 1, timers  # before: 50
+    assert len(await inbox.wait(51)) == 51
+
+
 async def test_a_broadcast_publish_takes_no_connection_from_the_pool(
     backend: Factory, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
