@@ -112,7 +112,9 @@ class Outbox:
         # again goes with the same numbers, an event never accepted gets none: receivers see a gap only for a loss.
         self.on_bus = 0
         self.bytes = 0
-        self._wake = asyncio.Event()
+        # What run() awaits while the outbox is empty; put() resolves it. A bare future, not an asyncio.Event: its
+        # wait() asks asyncio for the running loop, a getpid() system call per event on Python 3.11.
+        self._wake: asyncio.Future[None] | None = None
         self._connected = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -139,7 +141,9 @@ class Outbox:
             self._on_sent.append((self._taken + len(self._items), on_sent))
         if not self._items:
             self._idle.clear()
-            self._wake.set()
+            wake = self._wake
+            if wake is not None and not wake.done():
+                wake.set_result(None)
         self._items.append(item)
         self.bytes += size
 
@@ -165,14 +169,15 @@ class Outbox:
     async def run(self) -> None:
         """Drain forever, in order; a batch leaves the outbox only once the broker accepted it."""
         refused = Backoff(RETRY_DELAY, MAX_RETRY_DELAY)
+        loop = asyncio.get_running_loop()
         # The batch in flight and its bodies, packed once: a retry resends the same messages, signed anew.
         batch: list[Outgoing] = []
         bodies: list[bytes] = []
         while True:
             if not self._items:
                 self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
+                self._wake = loop.create_future()
+                await self._wake
                 continue
             await self._connected.wait()
             if not batch:
