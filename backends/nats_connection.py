@@ -36,6 +36,7 @@ from backends.base import (
     Subscription,
     tls_refused,
 )
+from backends.deadlines import Deadlines
 from backends.nats_common import CONNECTION_ERRORS, describe, netloc, parse_uri, settle
 from backends.nats_internals import offered_tls, write_with_ping
 from sidecar.backoff import Backoff
@@ -74,6 +75,9 @@ class NatsConnection(Backend, Generic[S]):
         self._closing = False
         # Resolved when the current connection is lost, so that a publish awaiting its confirmation fails at once.
         self._lost: asyncio.Future[None] | None = None
+        # Bounds each wait for a PONG with one timer among them all, not one each (backends/deadlines.py).
+        self._confirms = Deadlines(CONFIRM_TIMEOUT)
+        self._confirming: set[asyncio.Future[bool]] = set()  # the PONGs awaited
         self._revive_task: asyncio.Task[None] | None = None
         self._backoff = Backoff(cap=config.reconnect_max_delay)
         self._outage = Outage(log)
@@ -224,9 +228,16 @@ class NatsConnection(Backend, Generic[S]):
         else:
             log.debug("nats: %s", describe(exc, self._secrets()))
 
-    async def _on_disconnected(self, _: Client | None = None) -> None:
+    def _settle_confirmations(self) -> None:
+        """The connection is lost: resolve `_lost`, and end the waits for PONGs that will never come."""
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
+        for pong in self._confirming:
+            if not pong.done():
+                pong.set_result(False)
+
+    async def _on_disconnected(self, _: Client | None = None) -> None:
+        self._settle_confirmations()
         if self.state is BackendState.CONNECTED:
             self._outage.began("nats: connection to %s lost; reconnecting", self.where)
         self._set_state(BackendState.RECONNECTING)
@@ -316,9 +327,19 @@ class NatsConnection(Backend, Generic[S]):
             raise BackendError(f"nats: {topic!r} is not a valid subject") from exc
         except CONNECTION_ERRORS as exc:
             raise unsent from exc
-        waiting: set[asyncio.Future[Any]] = {pong} if lost is None else {pong, lost}
-        await asyncio.wait(waiting, timeout=CONFIRM_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
-        if pong.done():  # only a PONG resolves it
+        # The PONG awaited directly, bounded by the timer all confirmations share; a lost connection settles it with
+        # False (_settle_confirmations). asyncio.wait(timeout=...) made a timer (under uvloop a turn of the loop more),
+        # a future, callbacks on both futures and a turn of the loop for them, per batch.
+        confirmed = False
+        self._confirming.add(pong)
+        try:
+            async with self._confirms:
+                confirmed = await pong
+        except TimeoutError:
+            pass
+        finally:
+            self._confirming.discard(pong)
+        if confirmed:
             return
         if not client.is_connected or (lost is not None and lost.done()):
             raise unconfirmed
@@ -337,6 +358,6 @@ class NatsConnection(Backend, Generic[S]):
         await self._drain(client)
         if client is not None and not client.is_closed:
             await settle(client.close())
-        if self._lost is not None and not self._lost.done():
-            self._lost.set_result(None)
+        self._settle_confirmations()
+        self._confirms.close()
         self._set_state(BackendState.CLOSED)

@@ -45,9 +45,10 @@ def write_with_ping(client: Client, subject: str = "", bodies: Sequence[bytes] =
     nothing about them), and its flusher writes those in a write of their own: two system calls per batch, which at
     1,000 events/s were over half of a publishing daemon's CPU (docs/benchmarks.md). This does what publish(), the
     flusher and flush() do, on the same private state, with nothing awaited in between, so PONGs keep the order of
-    the PINGs; a body of `backends.base.OWN_WRITE_BYTES` or more is written by itself, uncopied (`writes`). The
-    caller must not cancel the future (nats-py's reader resolves it; a reconnect forgets it), and has checked each
-    body against the server's max_payload.
+    the PINGs; a body of `backends.base.OWN_WRITE_BYTES` or more is written by itself, uncopied (`writes`). nats-py's
+    reader resolves a stand-in (`_Pong`), so the caller may cancel the future or settle it itself (a lost connection,
+    whose PONG never comes: a reconnect forgets the PINGs in flight). The caller has checked each body against the
+    server's max_payload.
 
     Raises:
         nats.errors.ConnectionClosedError: not connected; nothing was written.
@@ -67,7 +68,21 @@ def write_with_ping(client: Client, subject: str = "", bodies: Sequence[bytes] =
     pieces.append(PING_PROTO)
     for data in writes(pieces):
         transport.write(data)
-    client._pongs.append(pong)
+    client._pongs.append(_Pong(pong))  # type: ignore[arg-type]  # all nats-py does with it is set_result(True)
     client.stats["out_msgs"] += len(bodies)
     client.stats["out_bytes"] += sum(map(len, bodies))
     return pong
+
+
+class _Pong:
+    """What nats-py's reader resolves for a PING of ours, in its place in `Client._pongs` (so PONGs still match PINGs
+    in order): it passes the PONG on to the future only while nobody has settled or cancelled it."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[bool]) -> None:
+        self.future = future
+
+    def set_result(self, result: bool) -> None:
+        if not self.future.done():
+            self.future.set_result(result)

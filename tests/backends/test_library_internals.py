@@ -52,6 +52,12 @@ def test_nats_client_state_that_syncar_uses() -> None:
     # nats-py's own code must still read them: its flusher sends _pending, its reader resolves _pongs.
     for name in ("_pending", "_pending_data_size", "_pongs", "_server_info", "_transport"):
         assert reads(Client, name), relied_on("nats-py", f"a use of Client.{name}", "nats_internals.write_with_ping")
+    # All it does with what _pongs holds is set_result(True) (nats_internals._Pong stands in for our futures).
+    source = inspect.getsource(Client)
+    assert source.count("self._pongs.pop(0)") == 1 and "future.set_result(True)" in source, relied_on(
+        "nats-py", "Client._process_pong resolving _pongs with set_result(True) alone", "nats_internals._Pong"
+    )
+    assert "in self._pongs" not in source, relied_on("nats-py", "_pongs only appended to and popped", "_Pong")
 
 
 def test_jetstream_publish_futures_that_syncar_fails_on_a_lost_connection() -> None:

@@ -23,6 +23,7 @@ from backends.base import (
     BackendUnavailable,
     MessageTooLarge,
     PublishTimeout,
+    PublishUnconfirmed,
 )
 from backends.nats import NatsBackend
 from backends.nats_common import describe
@@ -110,6 +111,43 @@ async def test_a_large_body_is_written_as_it_is_between_the_others(
     assert await inbox.wait(5) == bodies
     assert [payload for payload in written if len(payload) >= OWN_WRITE_BYTES] == large
     assert all(any(payload is body for payload in written) for body in large)
+
+
+async def test_a_confirmed_publish_sets_no_timer_and_wakes_no_flusher(connect: Factory, topic: str) -> None:
+    """Each confirmation waited in asyncio.wait(timeout=...): a timer made and closed per batch (under uvloop a turn
+    of the loop too); and client.publish() woke nats-py's flusher task, which found nothing left to write. One timer
+    now bounds every confirmation, and the PUBs go out with their PING without the flusher."""
+    sender, receiver = await connect(), await connect()
+    inbox = Inbox()
+    await receiver.subscribe(topic, inbox)
+    loop = asyncio.get_running_loop()
+    timers: list[str] = []
+    woken: list[str] = []
+    call_at, call_soon = loop.call_at, loop.call_soon
+
+    publishing = asyncio.current_task()
+
+    def counting_timers(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        if asyncio.current_task() is publishing:  # not nats-py's own tasks' timers (its pings)
+            timers.append(getattr(callback, "__qualname__", repr(callback)))
+        return call_at(when, callback, *args, **kwargs)
+
+    def counting_wakes(callback: Any, *args: Any, **kwargs: Any) -> asyncio.Handle:
+        task = getattr(callback, "__self__", None)
+        if isinstance(task, asyncio.Task):
+            woken.append(getattr(task.get_coro(), "__qualname__", "?"))
+        return call_soon(callback, *args, **kwargs)
+
+    loop.call_at = counting_timers  # type: ignore[method-assign]
+    loop.call_soon = counting_wakes  # type: ignore[method-assign]
+    try:
+        for n in range(20):
+            await sender.publish(topic, [b"%d" % n])
+    finally:
+        del loop.call_at, loop.call_soon
+    assert len(timers) <= 1, timers  # before: 20
+    assert "Client._flusher" not in woken, woken  # before: 20 times
+    assert len(await inbox.wait(20)) == 20
 
 
 @pytest.mark.parametrize(
@@ -209,6 +247,26 @@ async def test_a_connection_nats_py_gave_up_is_replaced(connect: Factory, topic:
     assert await inbox.wait(1) == [b"to the new connection"]
     await receiver.publish(topic, [b"from it"])
     assert await inbox.wait(2) == [b"to the new connection", b"from it"]
+
+
+async def test_a_connection_lost_while_a_publish_awaits_its_pong_fails_it_at_once(
+    own_server: NatsServer, connect: Factory, topic: str
+) -> None:
+    """The PONG of a connection that is gone never comes (a reconnect forgets the PINGs in flight): the wait for it
+    ends when the loss is reported, not at the confirmation's 5 s bound."""
+    backend = await connect(own_server.uri)
+    assert own_server.process is not None
+    own_server.process.send_signal(signal.SIGSTOP)  # the PUB and PING go out, nothing answers
+    stat = Path(f"/proc/{own_server.process.pid}/stat")
+    await wait_for(lambda: stat.read_text().rpartition(")")[2].split()[0] == "T", what="the server stopped")
+    publishing = asyncio.ensure_future(backend.publish(topic, [b"never confirmed"]))
+    await asyncio.sleep(0.3)
+    assert not publishing.done()
+    began = time.monotonic()
+    await asyncio.to_thread(own_server.kill)  # the socket is reset under the waiting publish
+    with pytest.raises(PublishUnconfirmed, match="lost before the server confirmed"):
+        await publishing
+    assert time.monotonic() - began < 3.0
 
 
 @pytest.mark.slow
