@@ -7,6 +7,7 @@ import asyncio
 import enum
 import gc
 import logging
+import os
 import signal
 import sys
 import typing
@@ -202,7 +203,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from sidecar.client import AckTimeout, Client, ClientError, PublishRefused
+    from sidecar.client import AckTimeout, Client, ClientError, PublishRefused, checked_client_id
 
     settings = load_settings(args)
     try:
@@ -212,8 +213,16 @@ def cmd_publish(args: argparse.Namespace) -> int:
         print(f"syncar: publish: DATA and --context must be JSON: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
+    # Not a daemon setting: the flag, else its variable (as the settings are read), else a new app every run.
+    client_id = args.client_id if args.client_id is not None else os.environ.get(env_of("client_id"))
+    try:
+        client_id = None if client_id is None else checked_client_id(client_id)
+    except ValueError as exc:
+        print(f"syncar: invalid --client-id / {env_of('client_id')}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
     async def main() -> int:
-        client = Client(settings.socket, name="syncar-publish", reconnect=False)
+        client = Client(settings.socket, name="syncar-publish", reconnect=False, client_id=client_id)
         try:
             await client.connect(timeout=args.timeout)
             await client.publish(args.path, args.event, data, context, id=args.id, ack=True, timeout=args.timeout)
@@ -314,14 +323,25 @@ def build_parser() -> argparse.ArgumentParser:
         "syncar on the socket); 2: bad DATA or --context; 4: queued, not "
         "acknowledged: syncar holds it in its outbox (its broker is down or "
         "slow) and sends it when the broker takes it, so do not publish it "
-        "again: each run is a new app, and the same --id from another app is "
-        "another event.",
+        "again, unless with the same --id and the same --client-id (each run "
+        "without --client-id is a new app, and the same --id from another app "
+        "is another event).",
     )
     publish.add_argument("path", help="service path, e.g. messages")
     publish.add_argument("event", help="event name, e.g. created")
     publish.add_argument("data", nargs="?", default="null", help="event data as JSON (default null)")
     publish.add_argument("--context", help="hook context as JSON")
     publish.add_argument("--id", help="event id (default: random)")
+    publish.add_argument(
+        "--client-id",
+        metavar="SECRET",
+        help="the app this run publishes as (1-256 characters; default: a new random one every run). "
+        "The same --id with the same --client-id, through the same daemon, is one event: the "
+        "other daemons drop it if it comes again within their de-duplication window (the last "
+        "50,000 to 100,000 events each received from the bus), the apps on this one by its "
+        "origin and id. A secret: it scopes the ids only this app can publish; give it in the "
+        f"environment on a shared host, where ps shows arguments [{env_of('client_id')}]",
+    )
     publish.add_argument(
         "--timeout", type=float, default=10.0, help="seconds to wait for syncar, then for the ack (default 10)"
     )

@@ -27,7 +27,7 @@ from typing import Any, Self
 
 import orjson
 
-from sidecar import PROTOCOL_VERSION
+from sidecar import MAX_ID_LENGTH, PROTOCOL_VERSION
 from sidecar.backoff import Backoff
 from sidecar.client_types import AckTimeout, ClientError, Event, Gap, PendingFull, PublishRefused
 from sidecar.paths import default_socket_path
@@ -50,6 +50,17 @@ DEFAULT_ACK_TIMEOUT = 30.0
 _CLOSED = object()
 
 
+def checked_client_id(client_id: object) -> str:
+    """`client_id` if the daemon takes it in a `hello` (sidecar.protocol.Hello: 1 to MAX_ID_LENGTH characters).
+
+    Raises:
+        ValueError: it would not: the daemon would close the connection with `invalid_frame`, at every reconnect.
+    """
+    if not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_ID_LENGTH:
+        raise ValueError(f"client_id must be a string of 1 to {MAX_ID_LENGTH} characters")
+    return client_id
+
+
 class Client:
     def __init__(
         self,
@@ -64,7 +75,18 @@ class Client:
         max_events: int = 10_000,
         backoff: tuple[float, float] = (0.05, 5.0),
         on_gap: Callable[[Gap], None] | None = None,
+        client_id: str | None = None,
     ) -> None:
+        """Args:
+            client_id: this app's identity across connections, and a secret (docs/protocol.md, `hello`): the ids
+                its events are named with are scoped by it, so an event published again with the same id and the
+                same `client_id`, by this process or another, is one event to the receivers, and whoever knows it
+                can publish in this app's name. A string of 1 to 256 characters, as the daemon takes it (default:
+                128 random bits, a new app).
+
+        Raises:
+            ValueError: `client_id` is not a string of 1 to 256 characters.
+        """
         # Where `syncar run` listens unless told otherwise: $SYNCAR_SOCKET, else its default path.
         self.socket = Path(socket or os.environ.get("SYNCAR_SOCKET") or default_socket_path())
         self.name = name
@@ -75,7 +97,7 @@ class Client:
         self.backoff = backoff
         # A secret: it scopes the ids of our events (docs/protocol.md). os.urandom is what secrets.token_hex draws
         # from; the secrets module would add hmac and hashlib to this module's import.
-        self.client_id = os.urandom(16).hex()
+        self.client_id = os.urandom(16).hex() if client_id is None else checked_client_id(client_id)
         self.instance: str | None = None
         self.broker_up = False
         self.gaps = 0  # resumes that could not be served: events were missed

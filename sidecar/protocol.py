@@ -18,12 +18,11 @@ import msgspec
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sidecar import PROTOCOL_VERSION
+from sidecar import MAX_ID_LENGTH, PROTOCOL_VERSION
 from sidecar.codec import NULL, Event, decode_json, encode_spliced
 from sidecar.errors import FrameError
 from sidecar.framing import HEAD_BYTES
 
-MAX_ID_LENGTH = 256
 #: Longest path or event pattern in `hello.subscribe`.
 MAX_PATTERN_LENGTH = 256
 #: Patterns with a wildcard inside a name a `hello` may list: each is a regex tried on every new path.

@@ -275,6 +275,75 @@ async def test_publish_during_a_broker_outage_is_queued_not_failed(sock_dir: Pat
         await remote.close()
 
 
+async def test_publish_again_with_the_same_id_and_client_id_is_one_event(
+    sock_dir: Path, redis_server: BrokerServer
+) -> None:
+    """A script that publishes again after exit 4 or a timeout, with the same --id and --client-id (or
+    SYNCAR_CLIENT_ID), publishes one event: a receiver on another daemon gets it once, then the next. (Each run was a
+    new app with a random client_id, so the same --id was another event in another scope, delivered twice:
+    fhLIcxzete5GZm7Y.order-42, Yg2hZhXpH3cvDbdS.order-42.)"""
+    settings = {"backend": redis_server.uri, "key": f"cli-{uuid.uuid4().hex}"}
+    a, b = sock_dir / "a.sock", sock_dir / "b.sock"
+    async with run_daemon(a, instance_id="cli-a", **settings), run_daemon(b, instance_id="cli-b", **settings):
+        prober = await RawClient.connect(a, {})
+        remote = await RawClient.connect(b, {})
+        # B hears A once one of A's probes reaches it.
+        for _ in range(100):
+            await prober.send(publish_frame("probe", "ready"))
+            with contextlib.suppress(TimeoutError):
+                await remote.frame_of("event", timeout=0.2)
+                break
+        else:
+            raise AssertionError("daemon b never heard daemon a")
+
+        async def publish(event_id: str, data: str, *how: str, env: dict[str, str] | None = None) -> None:
+            args = ["--socket", str(a), "--id", event_id, *how, "messages", "created", data]
+            result = await asyncio.to_thread(syncar, "publish", *args, env=env)
+            assert result.returncode == 0, result.stderr
+
+        secret = uuid.uuid4().hex
+        await publish("order-42", '{"n":42}', "--client-id", secret)
+        await publish("order-42", '{"n":42}', env={"SYNCAR_CLIENT_ID": secret})
+        await publish("order-43", '{"n":43}', "--client-id", secret)
+        events: list[dict[str, Any]] = []
+        async with asyncio.timeout(30):
+            while not events or events[-1]["data"] != {"n": 43}:
+                if (event := await remote.frame_of("event"))["path"] == "messages":
+                    events.append(event)
+        assert [(event["id"].partition(".")[2], event["data"]) for event in events] == [
+            ("order-42", {"n": 42}),
+            ("order-43", {"n": 43}),
+        ]
+        assert events[0]["id"].partition(".")[0] == events[1]["id"].partition(".")[0], "one app, one scope"
+        await prober.close()
+        await remote.close()
+
+
+def test_publish_help_and_readme_give_the_relays_de_duplication_window() -> None:
+    from sidecar.relay import DEDUP_WINDOW
+    from sidecar.seen import SeenIds
+
+    # SeenIds(n) remembers at least the last n // 2 keys and at most the last n.
+    assert SeenIds(DEDUP_WINDOW).generation == DEDUP_WINDOW // 2
+    window = f"{DEDUP_WINDOW // 2:,} to {DEDUP_WINDOW:,} events"
+    help_text = " ".join(syncar("publish", "--help").stdout.split())
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert window in help_text and "[SYNCAR_CLIENT_ID]" in help_text
+    assert window in readme
+
+
+@pytest.mark.parametrize("client_id", ["", "x" * 257])
+def test_publish_refuses_a_client_id_the_daemon_would_in_one_line(sock: Path, client_id: str) -> None:
+    for how in (["--client-id", client_id], []):
+        result = syncar(
+            "publish", "--socket", str(sock), *how, "messages", "created", env={"SYNCAR_CLIENT_ID": client_id}
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == (
+            "syncar: invalid --client-id / SYNCAR_CLIENT_ID: client_id must be a string of 1 to 256 characters\n"
+        )
+
+
 def test_publish_rejects_bad_json(sock: Path) -> None:
     result = syncar("publish", "--socket", str(sock), "messages", "created", "{not json")
     assert result.returncode == 2

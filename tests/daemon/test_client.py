@@ -369,3 +369,39 @@ async def test_trace_context_is_published_and_received(sock: Path) -> None:
         traced, untraced = await b.next_event(timeout=5), await b.next_event(timeout=5)
         assert (traced.data, traced.traceparent, traced.tracestate) == (1, traceparent, tracestate)
         assert (untraced.data, untraced.traceparent, untraced.tracestate) == (2, None, None)
+
+
+@pytest.mark.parametrize("client_id", ["a", "x" * 256, "é" * 256, "order-app-1", "", "x" * 257, 42, None, ["list"]])
+def test_a_client_id_is_taken_as_the_daemon_takes_a_hellos(client_id: Any) -> None:
+    """The client refuses at once the `client_id` the daemon would refuse in every `hello` (then the client would
+    reconnect, be refused, reconnect...); the daemon's rule, not another one. None is no client_id: a random one."""
+    from sidecar.errors import FrameError
+    from sidecar.protocol import parse_hello
+
+    try:
+        parse_hello({"type": "hello", "client_id": client_id}, max_patterns=1)
+    except FrameError:
+        with pytest.raises(ValueError, match="client_id must be a string of 1 to 256 characters"):
+            Client(client_id=client_id)
+    else:
+        client = Client(client_id=client_id)
+        if client_id is None:
+            assert len(client.client_id) == 32 and Client().client_id != client.client_id
+        else:
+            assert client.client_id == client_id
+
+
+async def test_a_client_id_given_is_the_apps_across_clients(sock: Path) -> None:
+    """Two clients given one client_id are one app to the daemon: the same id is the same event on the bus."""
+    async with run_daemon(sock, instance_id="one"), Client(sock, name="receiver") as receiver:
+        for data in (1, 2):
+            async with Client(sock, client_id="the-app") as publisher:
+                assert publisher.client_id == "the-app"
+                await publisher.publish("messages", "created", data, id="same", ack=True)
+        # The daemon delivers a local publish to its apps each time; the receiver's (origin, id) memory drops the
+        # second, and an event after it shows it was dropped, not late.
+        async with Client(sock, client_id="another-app") as other:
+            await other.publish("messages", "created", 3, id="same", ack=True)
+        first, then = await receiver.next_event(timeout=5), await receiver.next_event(timeout=5)
+        assert (first.data, then.data) == (1, 3)
+        assert first.id.endswith(".same") and then.id.endswith(".same") and first.id != then.id
