@@ -34,6 +34,8 @@ SUBJECT_PREFIX = "syncar.durable."
 NAME_PREFIX = "syncar-"
 #: Seconds for a JetStream API call or a PubAck.
 API_TIMEOUT = 5.0
+#: JetStream's error codes for a stream we ask for and that exists (see ensure_stream).
+STREAM_NAME_IN_USE, SUBJECTS_OVERLAP = 10058, 10065
 #: Messages delivered and not yet acknowledged, at most (a bound the server keeps; above 1.5 x the consumer's
 #: PULL_BATCH).
 MAX_ACK_PENDING = 256
@@ -99,11 +101,17 @@ async def ensure_stream(js: JetStreamContext, topic: str, config: BackendConfig)
             )
         )
     except nats.js.errors.BadRequestError as exc:
-        if exc.err_code != 10058:  # "stream name already in use with a different configuration"
+        # Made before: "stream name already in use with a different configuration"; or, when two daemons make it at
+        # the same moment, "subjects overlap with an existing stream", which is ours if the name is (else refused).
+        if exc.err_code not in (STREAM_NAME_IN_USE, SUBJECTS_OVERLAP):
             raise _unplaced(exc, replicas) from exc
+        refusal = exc
     except nats.js.errors.ServerError as exc:  # "replicas > 1 not supported in non-clustered mode", 500
         raise _unplaced(exc, replicas) from exc
-    info = await js.stream_info(name)
+    try:
+        info = await js.stream_info(name)
+    except nats.js.errors.NotFoundError:  # the subjects are another stream's
+        raise _unplaced(refusal, replicas) from refusal
     current = info.config
     if (
         current.max_msgs != retention

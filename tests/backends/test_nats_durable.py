@@ -14,7 +14,7 @@ from nats.js import api
 
 from backends.base import BackendConfig, BackendError, BackendState, BackendUnavailable, Feature, Message, Mode
 from backends.nats import NatsBackend, NatsJetStreamBackend
-from backends.nats_jetstream import ACK_WAIT, MAX_ACK_PENDING, durable_subject, jetstream_name
+from backends.nats_jetstream import ACK_WAIT, MAX_ACK_PENDING, durable_subject, ensure_stream, jetstream_name
 from tests.backends.support import Inbox, Started
 from tests.brokers import serve
 from tests.brokers.nats import NatsServer
@@ -361,3 +361,28 @@ async def test_a_daemon_that_was_stopped_delivers_what_it_missed_once_and_in_ord
             assert (await app_b.frame_of("event"))["data"] == "marker"  # nothing twice in between
             await app_b.close()
         await app_a.close()
+
+
+async def test_daemons_making_one_stream_at_the_same_moment_all_get_it(server: NatsServer, topic: str) -> None:
+    """Two daemons starting together each ask JetStream for the key's stream; the one that comes second while the
+    first's is being made can be told "subjects overlap with an existing stream" (a fault-suite start in CI exited 3
+    on it). That stream is the one asked for: both get it. Several rounds, each on a key of its own."""
+    clients = [await nats.connect(server.uri) for _ in range(3)]
+    try:
+        for round_ in range(60):
+            key = f"{topic}-{round_}"
+            config = BackendConfig(server.uri, "i", mode=Mode.DURABLE, retention=1000, instance_ttl=TTL)
+            made = await asyncio.gather(*(ensure_stream(c.jetstream(), key, config) for c in clients))
+            assert {info.config.name for info in made} == {jetstream_name(key)}
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def test_a_stream_of_another_name_on_our_subject_is_refused_in_one_line(
+    server: NatsServer, jsm: Any, topic: str
+) -> None:
+    await jsm.add_stream(name=f"not-ours-{topic}", subjects=[durable_subject(topic)])
+    config = BackendConfig(server.uri, "i", mode=Mode.DURABLE, retention=1000, instance_ttl=TTL)
+    with pytest.raises(BackendError, match="JetStream refused the stream: subjects overlap"):
+        await ensure_stream(jsm, topic, config)
