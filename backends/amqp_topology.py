@@ -161,9 +161,7 @@ class Topology:
             await channel.queue_bind(queue, self.exchange(topic), routing_key=BINDING_KEY)
             return queue, declared.message_count or 0
         finally:
-            if not channel.is_closed:
-                with contextlib.suppress(aiormq.exceptions.AMQPError, OSError, RuntimeError):
-                    await channel.close()
+            await _close(channel)
 
     async def bind_others(self, connection: aiormq.abc.AbstractConnection, topic: str, instances: Iterable[str]) -> int:
         """Bind the durable queues of other `instances` to the topic's exchange again; how many exist and are bound.
@@ -186,10 +184,15 @@ class Topology:
                 except ChannelNotFoundEntity:
                     channel = await connection.channel(publisher_confirms=False)  # the broker closed that one
         finally:
-            if not channel.is_closed:
-                with contextlib.suppress(aiormq.exceptions.AMQPError, OSError, RuntimeError):
-                    await channel.close()
+            await _close(channel)
         return bound
+
+
+async def _close(channel: aiormq.abc.AbstractChannel) -> None:
+    """Close a channel of our own unless the broker already did; an error closing it changes nothing."""
+    if not channel.is_closed:
+        with contextlib.suppress(aiormq.exceptions.AMQPError, OSError, RuntimeError):
+            await channel.close()
 
 
 async def _exists(channel: aiormq.abc.AbstractChannel, queue: str) -> bool:
