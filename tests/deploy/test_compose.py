@@ -117,6 +117,16 @@ def test_each_app_has_its_own_ready_syncar(variant: str | None) -> None:
     assert len(instance_ids) == len(PAIRS), "each syncar needs its own instance id"
 
 
+def test_the_rabbitmq_broker_comes_back_as_the_same_node_with_its_data() -> None:
+    # Durable mode survives a broker crash only if RabbitMQ restarts under the same node name (rabbit@<hostname>;
+    # compose's default hostname is the new container's id) with the same data directory.
+    config = project("rabbitmq.yml")
+    broker = config["services"]["broker"]
+    assert broker["hostname"] == "broker"
+    assert broker["volumes"] == ["rabbitmq-data:/var/lib/rabbitmq"]
+    assert "rabbitmq-data" in config["volumes"]
+
+
 def test_every_container_runs_this_version_of_its_image() -> None:
     services = project(None)["services"]
     for pair in PAIRS:
