@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from tests.brokers import BrokerServer
+from tests.utils import TIMEOUT
+
+if TYPE_CHECKING:
+    import nats.aio.client
+    import nats.aio.msg
 
 
 @contextlib.asynccontextmanager
@@ -19,14 +26,20 @@ async def raw_subscriber(server: BrokerServer, key: str) -> AsyncIterator[asynci
         client = redis.asyncio.from_url(server.uri)
         pubsub = client.pubsub()
         await pubsub.subscribe(key)
+        subscribed = asyncio.Event()
 
         async def pump() -> None:
             async for message in pubsub.listen():
                 if message["type"] == "message":
                     await inbox.put(message["data"])
+                elif message["type"] == "subscribe":
+                    subscribed.set()
 
         task = asyncio.create_task(pump())
         try:
+            # subscribe() only sent the command: Redis has it once it says so (a publish before then is not ours).
+            async with asyncio.timeout(TIMEOUT):
+                await subscribed.wait()
             yield inbox
         finally:
             task.cancel()
@@ -59,7 +72,7 @@ async def raw_subscriber(server: BrokerServer, key: str) -> AsyncIterator[asynci
             await inbox.put(message.data)
 
         await client.subscribe(key, cb=on_msg)
-        await client.flush()
+        await _processed(client)
         try:
             yield inbox
         finally:
@@ -87,5 +100,25 @@ async def raw_publish(server: BrokerServer, key: str, body: bytes) -> None:
 
         client = await nats.connect(server.uri)
         await client.publish(key, body)
-        await client.flush()
+        await _processed(client)
         await client.close()
+
+
+async def _processed(client: nats.aio.client.Client) -> None:
+    """Return once the NATS server has processed every command `client` was given so far.
+
+    Not flush(): nats-py writes flush()'s PING straight to the socket, ahead of the SUB or PUB its flusher task has
+    yet to write, so the PONG proves nothing about them (a subscriber whose SUB the server had not read yet missed the
+    daemon's publish: test_wire failed 1 in 25 runs at load 14, and every run with nats-py's flusher held 0.3 s).
+    A message to ourselves on a subject of our own, queued behind them, comes back only after the server read them.
+    """
+    back = asyncio.Event()
+
+    async def on_probe(_: nats.aio.msg.Msg) -> None:
+        back.set()
+
+    probe = await client.subscribe(f"syncar-test-probe.{uuid.uuid4().hex}", cb=on_probe)
+    await client.publish(probe.subject, b"")
+    async with asyncio.timeout(TIMEOUT):
+        await back.wait()
+    await probe.unsubscribe()
