@@ -26,6 +26,12 @@ interface SyncarOptions {
   /** A name for this app in syncar's logs. Default `feathers-<pid>`. */
   name?: string;
   /**
+   * This app's identity on syncar, and a secret: the daemon scopes the ids of the events it publishes with it. 1 to
+   * 256 characters. Default: 128 random bits, a new app per process. Give the same one to keep an app's scope across
+   * restarts and processes; keep it out of logs and code.
+   */
+  clientId?: string;
+  /**
    * What to receive. Default: every event. A string is a path pattern; `false` or `[]` receives
    * nothing (publish-only).
    */

@@ -36,7 +36,7 @@ const Published = Object.freeze({
 
 class Connection extends EventEmitter {
   /**
-   * @param {object} options socket, name, subscribe, reconnect and the size limits, as normalised by
+   * @param {object} options socket, name, clientId (null: a random one), subscribe, reconnect and the size limits, as normalised by
    *   options.js; plus parseEvent(line) -> object (the app's deserialize) and warn(code, message).
    */
   constructor(options) {
@@ -44,8 +44,9 @@ class Connection extends EventEmitter {
     this.options = options;
     // A secret shared with the daemon only: the daemon puts our event ids on the bus in a scope made from it, so
     // no other app can publish an id of ours (docs/protocol.md). It stays the same across reconnects, so a publish
-    // sent again after a lost ack keeps its identity and is de-duplicated.
-    this.clientId = crypto.randomBytes(16).toString('hex');
+    // sent again after a lost ack keeps its identity and is de-duplicated; the `clientId` option keeps it across
+    // processes too.
+    this.clientId = options.clientId ?? crypto.randomBytes(16).toString('hex');
     this._idPrefix = crypto.randomBytes(6).toString('base64url'); // ids of this process, whatever its clientId
     this.instance = null;
     this.broker = null;

@@ -6,6 +6,8 @@ const path = require('node:path');
 const { defaultSerialize, defaultDeserialize } = require('./serialize');
 
 const MiB = 1024 * 1024;
+/** The longest `client_id` the daemon takes in a `hello`, in characters (sidecar/protocol.py MAX_ID_LENGTH). */
+const MAX_CLIENT_ID_CHARS = 256;
 
 const DEFAULTS = Object.freeze({
   reconnect: Object.freeze({ minDelay: 50, maxDelay: 5000 }),
@@ -132,6 +134,12 @@ function normalise(options = {}) {
   if (logger !== null && logger !== false && (typeof logger !== 'object' || typeof logger.warn !== 'function')) {
     fail('`logger` must have a warn() method, or be null to stay silent');
   }
+  const clientId = options.clientId ?? null;
+  // Characters as the daemon counts them (code points), not UTF-16 units.
+  if (clientId !== null && !(typeof clientId === 'string' && clientId.length > 0 &&
+      [...clientId].length <= MAX_CLIENT_ID_CHARS)) {
+    fail(`\`clientId\` must be a string of 1 to ${MAX_CLIENT_ID_CHARS} characters`);
+  }
   const closeTimeout = options.closeTimeout ?? DEFAULTS.closeTimeout;
   if (!Number.isFinite(closeTimeout) || closeTimeout < 0) {
     fail('`closeTimeout` must be milliseconds (>= 0)');
@@ -139,6 +147,7 @@ function normalise(options = {}) {
   return {
     socket,
     name,
+    clientId,
     subscribe: normaliseSubscribe(options.subscribe),
     reconnect: normaliseReconnect(options.reconnect),
     serialize: serialize || defaultSerialize,

@@ -55,6 +55,7 @@ class Sync extends EventEmitter {
     this.connection = new Connection({
       socket: options.socket,
       name: options.name,
+      clientId: options.clientId,
       subscribe: options.subscribe,
       reconnect: options.reconnect,
       maxPending: options.maxPending,

@@ -360,6 +360,29 @@ describe('the plugin on a local syncar', () => {
     assert.match(warnings[0].message, /'path' must be a non-empty string/);
   });
 
+  it('takes its clientId from the option: apps given the same one publish in the same scope', async () => {
+    const clientId = 'a-secret-of-this-app-é'; // any 1 to 256 characters, as the daemon takes them
+    const first = await makeApp({ clientId });
+    const second = await makeApp({ clientId });
+    const other = await makeApp();
+    assert.equal(first.sync.clientId, clientId);
+    assert.match(other.sync.clientId, /^[0-9a-f]{32}$/);
+    const peer = await makePeer();
+    // The daemon names an app's events `<scope>.<id>`, the scope made from its client id (docs/protocol.md).
+    const scope = async (app, label) => (await marker(app, peer, label)).id.split('.')[0];
+    const scopes = [await scope(first, 'first'), await scope(second, 'second'), await scope(other, 'other')];
+    assert.equal(scopes[1], scopes[0]);
+    assert.notEqual(scopes[2], scopes[0]);
+    assert.ok(!scopes.some((s) => s.includes(clientId)), 'the scope does not reveal the secret');
+  });
+
+  it('refuses a clientId the daemon would not take', () => {
+    for (const clientId of ['', 'x'.repeat(257), 42]) {
+      assert.throws(() => syncar({ clientId }), /`clientId` must be a string of 1 to 256 characters/);
+    }
+    assert.doesNotThrow(() => syncar({ clientId: 'é'.repeat(256) })); // characters, not bytes
+  });
+
   it('closes its socket on app.teardown()', async () => {
     const app = await makeApp();
     assert.equal(app.sync.connected, true);

@@ -8,6 +8,7 @@ app.configure(syncar({ socket: '/run/syncar/syncar.sock' }));
 app.configure(syncar({
   subscribe: ['messages', { path: 'users', event: 'patched' }],
   reconnect: { minDelay: 100, maxDelay: 2000 },
+  clientId: process.env.APP_CLIENT_ID,
   maxPending: 100,
   maxFrameBytes: 512 * 1024,
   serialize: (payload) => JSON.stringify(payload),
