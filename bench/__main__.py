@@ -125,13 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-root",
         type=Path,
         help="also run the daemons of this checkout (syncar codec, `syncar-base`), alternated with those of "
-        "--syncar-root, for before-and-after figures from one run (the main run and --low-rate)",
+        "--syncar-root, for before-and-after figures from one run (the main run, --low-rate, and --fleet, where "
+        "the Node plugin of each checkout runs with its daemons)",
     )
     parser.add_argument(
         "--rate",
         type=int,
         default=0,
-        help="with --profile: offer this many events/s (e.g. 1000) instead of as many as go through",
+        help="with --profile: offer this many events/s (e.g. 1000) instead of as many as go through; with "
+        "--fleet: this rate only (0, the default: 100, 1,000 and as fast as they go)",
     )
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -253,21 +255,27 @@ def _low_rate(args: argparse.Namespace, parser: argparse.ArgumentParser, command
 
 
 def _fleet(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
-    from bench.fleet import REPS, SECONDS, fleet  # noqa: PLC0415
+    from bench.fleet import RATES, REPS, SECONDS, fleet  # noqa: PLC0415
 
     if args.mode != "broadcast":
         parser.error("--fleet measures broadcast mode only")
     if "local" in (brokers := args.brokers or ("redis", "amqp", "nats")):
         parser.error("--fleet needs a broker: feathers-sync has no local://")
     outs = [args.out, DOCS] if args.docs else [args.out]
+    meta = _meta(args, command)
+    base = args.base_root.resolve() if args.base_root is not None else None
+    if base is not None:
+        meta.update(base_root=str(base), base_commit=_base_commit(base))
     return fleet(
-        _meta(args, command),
+        meta,
         brokers,
         seconds=args.seconds or SECONDS,
         reps=args.reps or REPS,
         root=args.syncar_root.resolve(),
         outs=outs,
         plot=not args.no_plot,
+        base_root=base,
+        rates=(args.rate,) if args.rate else RATES,
     )
 
 

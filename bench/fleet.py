@@ -6,7 +6,9 @@ in one process), messages created round-robin through the clients at 100 and 1,0
 window of events in flight allows. Contestants, on the same broker, alternated in every repetition:
 
 - `syncar`: each instance with `@syncar/feathers` and its own syncar daemon (syncar codec, broadcast mode);
-- `feathers-sync`: each instance with the real feathers-sync 3.1.1 on the broker.
+- `feathers-sync`: each instance with the real feathers-sync 3.1.1 on the broker;
+- `syncar-base` (with `--base-root`): as `syncar`, the plugin and the daemons of that checkout, for before-and-after
+  figures from one run.
 
 Per run: CPU per event created of the apps and the daemons (bench.procstat.task_stats, exact, from the moment the
 clients are connected and warmed up to their end), the broker's apart; the sum of every app's and daemon's peak RSS
@@ -15,6 +17,7 @@ over the run; the latency from `create` to each other client's `created` (p50, p
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -39,6 +42,7 @@ FLEET_CLIENTS = NODE_DIR / "fleet_clients.js"
 #: Events/s offered; 0: as fast as the window allows (the highest rate the machine sustains).
 RATES = (100, 1_000, 0)
 CONTESTANTS = ("syncar", "feathers-sync")
+BASE = "syncar-base"
 INSTANCES = 3
 SIZE = 256
 SECONDS = 5.0
@@ -105,6 +109,11 @@ class Fleet:
         self.seconds = seconds
         self._runs = 0
 
+    def _root(self, contestant: str) -> Path:
+        """The checkout whose daemons and Node plugin a syncar contestant runs."""
+        base = self.section.base_root if contestant == BASE else None
+        return base or self.section.syncar_root
+
     async def run(self, contestant: str, rate: int, rep: int) -> dict[str, Any]:
         self._runs += 1
         section = self.section
@@ -120,9 +129,10 @@ class Fleet:
         daemons: list[Daemon] = []
         workers: list[Worker] = []
         try:
-            if contestant == "syncar":
-                daemons = await section.start_daemons(name, INSTANCES)
-            record.update(await self._measure(name, daemons, workers, rate))
+            root = None if contestant == "feathers-sync" else self._root(contestant)
+            if root is not None:
+                daemons = await section.start_daemons(name, INSTANCES, root=root)
+            record.update(await self._measure(name, daemons, workers, rate, root))
         except (RuntimeError, OSError) as exc:
             log.warning("%s fleet %s %s rep %d failed: %s", section.broker, contestant, rate, rep, exc)
             record["error"] = str(exc)[:4000]
@@ -136,16 +146,19 @@ class Fleet:
         record["figures"] = run_figures(record)
         return record
 
-    async def _measure(self, name: str, daemons: list[Daemon], workers: list[Worker], rate: int) -> dict[str, Any]:
+    async def _measure(
+        self, name: str, daemons: list[Daemon], workers: list[Worker], rate: int, root: Path | None
+    ) -> dict[str, Any]:
         from tests.brokers import free_port  # noqa: PLC0415  (as bench.runner imports the broker fixtures)
 
         section = self.section
         key = f"bench-{uuid.uuid4().hex[:12]}"
         ports = [free_port() for _ in range(INSTANCES)]
-        sync = "syncar" if daemons else "feathers-sync"
+        sync = "feathers-sync" if root is None else "syncar"
+        plugin = "" if root is None else str(root / "clients" / "node")
         for index, port in enumerate(ports):
             socket = str(daemons[index].socket) if daemons else ""
-            spec = {"sync": sync, "port": port, "socket": socket, "uri": section.uri, "key": key}
+            spec = {"sync": sync, "plugin": plugin, "port": port, "socket": socket, "uri": section.uri, "key": key}
             workers.append(await Worker.start(_node(FLEET_APP, spec), f"{name}-app{index}", section.dir, NODE_DIR))
         for app in workers:
             await app.ready()
@@ -185,13 +198,14 @@ def _said(run: dict[str, Any]) -> str:
     )
 
 
-async def measure(part: Part, workdir: Path, progress: Progress) -> dict[str, Any]:
+async def measure(part: Part, workdir: Path, progress: Progress, rates: tuple[int, ...] = RATES) -> dict[str, Any]:
     """Every rate of every contestant on every broker, alternated; a broker that cannot start is reported."""
     results: dict[str, Any] = {"runs": [], "broker_errors": {}}
+    contestants = ((BASE,) if part.base_root else ()) + CONTESTANTS
 
     async def on(section: Section) -> None:
         fleet = Fleet(section, part.seconds)
-        for rep, rate, contestant in alternated(part.reps, RATES, CONTESTANTS):
+        for rep, rate, contestant in alternated(part.reps, rates, contestants):
             results["runs"].append(await fleet.run(contestant, rate, rep))
             progress(_said(results["runs"][-1]))
 
@@ -208,24 +222,36 @@ def fleet(
     root: Path,
     outs: list[Path],
     plot: bool = True,
+    base_root: Path | None = None,
+    rates: tuple[int, ...] = RATES,
 ) -> int:
-    """Measure, print the table, and write fleet.json, fleet.md and (with `plot`) fleet.png into each of `outs`."""
+    """Measure, print the table, and write fleet.json, fleet.md and (with `plot`) fleet.png into each of `outs`.
+    With `base_root`, that checkout's plugin and daemons run too (`syncar-base`), alternated with the others."""
     if problem := node_problem():
         print(f"--fleet cannot run: {problem}")
         return 1
     meta.update(
         size=SIZE,
-        rates=list(RATES),
+        rates=list(rates),
         instances=INSTANCES,
         publish_seconds=seconds,
         reps=reps,
         window=WINDOW,
         brokers=list(brokers),
     )
-    part = Part("fleet", brokers, ("syncar",), reps, seconds, root)  # feathers-sync runs apart from the plan
+    # feathers-sync (and syncar-base) run apart from the plan
+    part = Part("fleet", brokers, ("syncar",), reps, seconds, root, base_root)
     title = f"the fleet ({INSTANCES} instances) on {', '.join(brokers)}"
     drawn = plot_fleet if plot else None
     results = run_part(
-        part, meta, title, measure, outs, summarise=summarise, table=table, markdown=markdown, plot=drawn
+        part,
+        meta,
+        title,
+        functools.partial(measure, rates=rates),
+        outs,
+        summarise=summarise,
+        table=table,
+        markdown=markdown,
+        plot=drawn,
     )
     return exit_status(results["runs"])

@@ -11,7 +11,11 @@ from bench.parts_report import text as text_of
 from bench.plan import BROKER_LABELS
 from bench.report import _median, _num
 
-LABELS = {"syncar": "@syncar/feathers + syncar", "feathers-sync": "feathers-sync 3.1.1"}
+LABELS = {
+    "syncar": "@syncar/feathers + syncar",
+    "syncar-base": "the same, --base-root",
+    "feathers-sync": "feathers-sync 3.1.1",
+}
 FIGURES = (
     "achieved",
     "app_us",
@@ -36,7 +40,7 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
     for p50, minus) feathers-sync's in the same repetition."""
     summary = []
     for entry, members in per_rate(results["runs"], FIGURES):
-        if entry["contestant"] == "syncar":
+        if entry["contestant"] != "feathers-sync":
             pairs = paired(results["runs"], members, "feathers-sync")
             for name in ("all_us", "peak_rss_mib", "p99_ms"):
                 entry[f"{name}_ratio"] = _median([ratio(mine.get(name), other.get(name)) for mine, other in pairs])
@@ -74,7 +78,7 @@ def _rows(summary: list[dict[str, Any]]) -> list[tuple[str, ...]]:
                 LABELS[e["contestant"]],
                 _num(e["achieved"]),
                 _num(e["app_us"]),
-                "-" if e["contestant"] != "syncar" else _num(e["daemon_us"]),
+                "-" if e["contestant"] == "feathers-sync" else _num(e["daemon_us"]),
                 _num(e["all_us"]),
                 "-" if ratio is None else f"{ratio:.2f}x",
                 _num(e["broker_us"]),
@@ -124,6 +128,7 @@ def heading(meta: dict[str, Any]) -> str:
         f'"vs feathers-sync": apps + daemons over feathers-sync\'s apps in the same repetition (median of those '
         f"ratios); peak RSS: the sum of every app's and daemon's; latency: create to each other client's created; "
         + conditions(meta)
+        + (f", --base-root (plugin and daemons) at {meta['base_commit']}" if meta.get("base_commit") else "")
     )
 
 

@@ -2,7 +2,10 @@
 // One instance of the fleet scenario (bench/fleet.py): a Feathers 5 app with a memory `messages` service and the
 // socket.io transport, its events shared with the other instances by @syncar/feathers (through the syncar daemon
 // on spec.socket) or by the real feathers-sync 3.1.1 (on the broker at spec.uri, key spec.key).
-//   node fleet_app.js '{"sync": "syncar" | "feathers-sync", "port": N, "socket": ..., "uri": ..., "key": ...}'
+//   node fleet_app.js '{"sync": "syncar" | "feathers-sync", "plugin": ..., "port": N, "socket": ..., "uri": ...,
+//                       "key": ...}'
+// spec.plugin: the directory of the @syncar/feathers to load (a checkout's clients/node), so that the fleet can run
+// two checkouts side by side; "" for the one installed here.
 // stdout: {"ready":true} once it listens and its sync is ready. SIGTERM: exit at once (the run is over).
 const { feathers } = require('@feathersjs/feathers')
 const socketio = require('@feathersjs/socketio')
@@ -14,7 +17,7 @@ const STORE_RESET = 10000 // records the memory service may hold; nobody reads t
 const app = feathers()
 app.configure(socketio({ transports: ['websocket'] }))
 if (spec.sync === 'syncar') {
-  app.configure(require('@syncar/feathers')({ socket: spec.socket }))
+  app.configure(require(spec.plugin || '@syncar/feathers')({ socket: spec.socket }))
 } else {
   const options = { uri: spec.uri, key: spec.key }
   // Its NATS adapter publishes through natsConnectionOptions only (a new connection per event), never the uri.
