@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import secrets
 from collections.abc import Sequence
 from typing import Any, ClassVar, cast
 
@@ -96,7 +97,8 @@ class AmqpBackend(Backend):
     failure and when it acknowledges (its `subscription_class`)."""
 
     name: ClassVar[str] = "amqp"
-    features: ClassVar[frozenset[Feature]] = frozenset()
+    # RabbitMQ has no no-local: our own messages come back, and are skipped unread (amqp_subscription.py).
+    features: ClassVar[frozenset[Feature]] = frozenset({Feature.NO_ECHO})
     subscription_class: ClassVar[type[AmqpSubscription]] = AmqpSubscription
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
@@ -104,6 +106,12 @@ class AmqpBackend(Backend):
         super().__init__(config, on_state=on_state)
         self.publish_timeout = DEFAULT_PUBLISH_TIMEOUT
         self.topology = Topology(config.mode, config.instance_id, config.retention, config.instance_ttl)
+        # Every message of ours carries these, an id of this backend's among them: its subscriptions tell our own
+        # messages by their content header's bytes. Random, not the instance id: unique even to two daemons given
+        # the same one, and as short whatever its length.
+        self._properties = Basic.Properties(
+            delivery_mode=self.topology.delivery_mode, app_id=f"syncar-{secrets.token_hex(8)}"
+        )
         self._connection: BackingOffRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
         self._exchanges: dict[str, AbstractRobustExchange] = {}
@@ -239,8 +247,7 @@ class AmqpBackend(Backend):
                 # confirmed once every durable queue it was routed to has it on disk.
                 # aio-pika's abstract type leaves out the channel's state; its underlay is always aiormq's Channel.
                 underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
-                properties = Basic.Properties(delivery_mode=topology.delivery_mode)
-                publishes = await amqp_internals.publish(underlay, exchange.name, bodies, properties)
+                publishes = await amqp_internals.publish(underlay, exchange.name, bodies, self._properties)
             errors = await confirmed(publishes, self.publish_timeout)
         except TimeoutError as exc:
             raise PublishTimeout(f"amqp: the broker confirmed nothing for {self.publish_timeout:g}s") from exc
@@ -277,7 +284,13 @@ class AmqpBackend(Backend):
                 await channel.set_qos(prefetch_count=DEFAULT_PREFETCH)
                 channel.reopen_callbacks.add(self._on_reopened)  # aio-pika reopens channels, not our queues
                 subscription = self.subscription_class(
-                    topic, handler, self.topology, channel, forget=self._forget, restore=self._restore_wanted.set
+                    topic,
+                    handler,
+                    self.topology,
+                    channel,
+                    forget=self._forget,
+                    restore=self._restore_wanted.set,
+                    own=None if self.broker_echoes else self._properties,
                 )
                 self._subscriptions.append(subscription)
                 await subscription.attach()

@@ -12,7 +12,9 @@ cost per frame and per message was most of a daemon's CPU (docs/benchmarks.md). 
 - `publish` hands a batch to the connection's writer as frame groups, with one confirmation for the whole batch,
   settled by the broker's (grouped) acknowledgements as they come (`Confirms`), not a future per message.
 - `deliver_without_tasks` assembles each delivery as the connection's reader hands its frames over and passes it
-  on, in place of aiormq's queue to the channel's reader and a Task per message (`Deliveries`).
+  on, in place of aiormq's queue to the channel's reader and a Task per message (`Deliveries`); a message this
+  daemon published itself (RabbitMQ has no no-local: a fanout exchange sends it back) is told by its content
+  header's bytes and skipped there, its body never assembled.
 """
 
 from __future__ import annotations
@@ -175,6 +177,7 @@ class Confirms:
 
     def __init__(self, channel: aiormq.Channel) -> None:
         self.batches: deque[Batch] = deque()
+        self.marshals: dict[str, FrameMarshal] = {}  # by exchange: what publish() marshals once per channel
         self.low = channel.delivery_tag + 1  # every tag below was settled
         self.ahead: set[int] = set()  # tags at or above `low` settled one by one
         self._queue = channel.frames
@@ -229,10 +232,12 @@ class Confirms:
 
 
 class FrameMarshal:
-    """A batch's messages as frames on the wire, the bytes pamqp would marshal (one exchange, one set of properties):
-    the method frame and the header's properties are marshalled once per batch, not per message."""
+    """Messages as frames on the wire, the bytes pamqp would marshal (one exchange, one set of properties): the method
+    frame and the header's properties are marshalled once, not per message (pamqp took 40 to 90 µs for the two, as
+    much as the rest of a one-message batch's publish)."""
 
     def __init__(self, channel: aiormq.Channel, exchange: str, properties: Basic.Properties) -> None:
+        self.source = properties
         self.channel, self.max_body = channel.number, channel.max_content_size
         self.method = pamqp.frame.marshal(Basic.Publish(exchange=exchange, routing_key=""), channel.number)
         self.properties = properties.marshal()
@@ -253,7 +258,8 @@ async def publish(
     channel: aiormq.Channel, exchange: str, bodies: Sequence[bytes], properties: Basic.Properties
 ) -> list[asyncio.Future[Any]]:
     """Queue a batch of messages for the connection's writer in frame groups of about GROUP_BYTES (a small batch:
-    one group, one write); the one future returned is done once the broker confirmed every message, fails with
+    one group, one write), marshalled as the last batch to the same exchange was if `properties` is the same object
+    (do not change it in place); the one future returned is done once the broker confirmed every message, fails with
     DeliveryError if it refused one, and fails as aiormq's do if the channel closes first. The channel must have
     publisher confirms on, and nothing else may publish on it.
 
@@ -274,7 +280,9 @@ async def publish(
     confirmation: asyncio.Future[Any] = channel.create_future()
     batch = Batch(channel.delivery_tag + 1, channel.delivery_tag + len(bodies), confirmation)
     confirms.batches.append(batch)
-    marshal = FrameMarshal(channel, exchange, properties)
+    marshal = confirms.marshals.get(exchange)
+    if marshal is None or marshal.source is not properties:  # the same object each time: marshalled once
+        marshal = confirms.marshals[exchange] = FrameMarshal(channel, exchange, properties)
     frames: list[bytes] = []
     size = 0
     queued = channel.delivery_tag  # the last message whose frames the writer has
@@ -299,15 +307,35 @@ async def publish(
     return [confirmation]
 
 
+class OwnMessages:
+    """How to tell the messages this daemon published from the others': the marshalled properties every one of them
+    carries (`own`, with an id of this daemon's in them), and what to do with one instead of delivering it (`skip`,
+    called with its channel and delivery tag, so that it is acknowledged with the others)."""
+
+    __slots__ = ("own", "skip")
+
+    def __init__(self, own: Basic.Properties, skip: Callable[[aiormq.Channel, int | None], None]) -> None:
+        self.own, self.skip = own.marshal(), skip
+
+    def mine(self, header: ContentHeader) -> bool:
+        """Whether `header` is of a message we published, from its bytes, its properties left undecoded."""
+        payload = header._payload if isinstance(header, LazyContentHeader) else None
+        own = self.own
+        return payload is not None and len(payload) == _SHORT_HEADER.size + len(own) and payload.endswith(own)
+
+
 class Deliveries:
     """Takes the place of a consuming channel's `frames.put`: assembles each Basic.Deliver with its content header
-    and body frames as the connection's reader hands them over, and passes the message on; every other frame goes
-    to the channel's reader as before."""
+    and body frames as the connection's reader hands them over, and passes the message on (or, one of `own`'s, skips
+    it); every other frame goes to the channel's reader as before."""
 
-    def __init__(self, channel: aiormq.Channel, deliver: Callable[[DeliveredMessage], None]) -> None:
-        self._channel, self.deliver, self._queue = channel, deliver, channel.frames
+    def __init__(
+        self, channel: aiormq.Channel, deliver: Callable[[DeliveredMessage], None], own: OwnMessages | None
+    ) -> None:
+        self._channel, self.deliver, self.own, self._queue = channel, deliver, own, channel.frames
         self._delivery: Basic.Deliver | None = None
         self._header: ContentHeader | None = None
+        self._mine = False
         self._parts: list[bytes] = []
         self._size = 0
         channel.frames.put = self.put  # type: ignore[method-assign]
@@ -324,24 +352,32 @@ class Deliveries:
             if not isinstance(frame, ContentHeader):
                 raise ValueError(f"Unexpected frame {frame!r} instead of ContentHeader", frame)
             self._header, self._parts, self._size = frame, [], 0
+            self._mine = self.own is not None and self.own.mine(frame)
         elif isinstance(frame, ContentBody):
-            self._parts.append(frame.value or b"")
+            if not self._mine:
+                self._parts.append(frame.value or b"")
             self._size += len(frame.value or b"")
         else:
             raise ValueError(f"Unexpected frame {frame!r}", frame)
         if self._size >= self._header.body_size:
-            body = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
-            message = DeliveredMessage(delivery=self._delivery, header=self._header, body=body, channel=self._channel)
+            delivery, header = self._delivery, self._header
             self._delivery = self._header = None
-            self.deliver(message)
+            if self._mine and self.own is not None:
+                self.own.skip(self._channel, delivery.delivery_tag)
+                return
+            body = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+            self.deliver(DeliveredMessage(delivery=delivery, header=header, body=body, channel=self._channel))
 
 
 _deliveries: weakref.WeakKeyDictionary[aiormq.Channel, Deliveries] = weakref.WeakKeyDictionary()
 
 
-def deliver_without_tasks(channel: aiormq.Channel, deliver: Callable[[DeliveredMessage], None]) -> None:
+def deliver_without_tasks(
+    channel: aiormq.Channel, deliver: Callable[[DeliveredMessage], None], own: OwnMessages | None = None
+) -> None:
     """Hand every message delivered on `channel` to `deliver`, in delivery order, as soon as the connection's reader
-    has its last frame. For a channel with one consumer: whose it is goes unasked.
+    has its last frame, except those `own` tells are ours, which go to its `skip`. For a channel with one consumer:
+    whose it is goes unasked.
 
     aiormq's connection reader puts each frame in the channel's queue, the channel's reader takes it out a loop
     turn later, reads the message's frames through its queue and starts a Task per delivery to run the consumer's
@@ -351,9 +387,9 @@ def deliver_without_tasks(channel: aiormq.Channel, deliver: Callable[[DeliveredM
     """
     deliveries = _deliveries.get(channel)
     if deliveries is None:
-        _deliveries[channel] = Deliveries(channel, deliver)
+        _deliveries[channel] = Deliveries(channel, deliver, own)
     else:  # consuming again on the same channel: keep what is half-read, for the new consumer
-        deliveries.deliver = deliver
+        deliveries.deliver, deliveries.own = deliver, own
 
 
 read_frames_in_bulk()  # imported only with the AMQP backend: every connection it opens reads in bulk

@@ -6,6 +6,12 @@ subscription's own deliveries. Every acknowledgement follows the handler's retur
 handler has caught up, in broadcast mode, where they only keep the prefetch window open, every ACK_EVERY messages
 or after ACK_DELAY without one, so that a low rate does not cost a write to the broker per message.
 
+With `own` (broadcast mode, the core not wanting its own messages back), a message this daemon published is
+skipped as the connection's reader reads it (`amqp_internals.OwnMessages`): RabbitMQ has no no-local, so a publishing
+daemon gets back each of its messages through the fanout exchange, and at 1,000 events/s in a fleet of three that
+was a third of what each daemon received, each through the worker, the relay and the codec only to be dropped. It
+still counts as handled for the acknowledgements, or the prefetch window would fill up with them.
+
 In durable mode a handler that raises gets its message again: the worker acknowledges what came before it, then
 closes the channel, so the broker puts everything unacknowledged back at the head of the queue in order; aio-pika
 reopens the channel and the backend consumes again. Deliveries of a closed channel still waiting in the worker are
@@ -39,10 +45,11 @@ DRAIN_TIMEOUT = 5.0  # how long unsubscribe() lets a running handler finish
 
 
 class _AckDue:
-    """What the acknowledgement timer puts in the inbox: acknowledge what was handled, if nothing came since."""
+    """What the acknowledgement timer puts in the inbox (ACK_DUE: acknowledge what was handled, if nothing came
+    since), or the reader once it skipped ACK_EVERY of our own messages (ACK_NOW)."""
 
 
-ACK_DUE = _AckDue()
+ACK_DUE, ACK_NOW = _AckDue(), _AckDue()
 
 
 class AmqpSubscription(Subscription):
@@ -65,15 +72,21 @@ class AmqpSubscription(Subscription):
         *,
         forget: Callable[[AmqpSubscription], None],
         restore: Callable[[], None],
+        own: Basic.Properties | None = None,
     ) -> None:
+        """`own`: the properties of every message this daemon publishes, to skip those unread; None: deliver them."""
         self.topic, self.channel, self._handler, self._topology = topic, channel, handler, topology
         self._forget, self._restore = forget, restore
+        self._own = None if own is None else amqp_internals.OwnMessages(own, self._skip)
         self.active, self.cancelled = True, False  # cancelled: by the broker (its queue was deleted, say)
         self.queue: str | None = None
         self.consumer_tag: str | None = None
         self._underlay: aiormq.abc.AbstractChannel | None = None
-        # Bounded by prefetch (and one ACK_DUE at a time).
+        # Bounded by prefetch (and one ACK_DUE and one ACK_NOW at a time).
         self._inbox: asyncio.Queue[aiormq.abc.DeliveredMessage | _AckDue | None] = asyncio.Queue()
+        # The newest message handled (or skipped) and not yet acknowledged: its channel and delivery tag; how many.
+        self._unacked: tuple[aiormq.abc.AbstractChannel, int] | None = None
+        self._count = 0
         # Broadcast mode: one timer while something handled is unacknowledged, not one per message.
         self._ack_timer: asyncio.TimerHandle | None = None
         self._handled = 0  # broadcast mode: messages handled, for the acknowledgement timer to see if any came
@@ -102,7 +115,7 @@ class AmqpSubscription(Subscription):
         # not look stale then (skipped, they would be acknowledged with the next ones, unhandled).
         self._underlay, self.queue, self.consumer_tag = underlay, queue, None
         # aio-pika's abstract type leaves out the channel's state; its underlay is always aiormq's Channel.
-        amqp_internals.deliver_without_tasks(cast(aiormq.Channel, underlay), self._deliver)
+        amqp_internals.deliver_without_tasks(cast(aiormq.Channel, underlay), self._deliver, self._own)
         consumer = await underlay.basic_consume(queue, self._on_delivery, no_ack=False)
         underlay.on_consumer_cancel_callbacks.add(self._on_consumer_cancelled)
         self.consumer_tag, self.cancelled = consumer.consumer_tag, False
@@ -123,6 +136,14 @@ class AmqpSubscription(Subscription):
         if self.active:
             self._inbox.put_nowait(message)
 
+    def _skip(self, channel: aiormq.abc.AbstractChannel, tag: int | None) -> None:
+        # Called by the connection's reader for a message of our own, unread (broadcast mode only: it may be
+        # acknowledged before messages still in the inbox, which broadcast mode never gets again anyway).
+        if self.active and tag is not None:
+            self._handled_one(channel, tag)
+            if self._count == ACK_EVERY:
+                self._inbox.put_nowait(ACK_NOW)
+
     async def _on_delivery(self, message: aiormq.abc.DeliveredMessage) -> None:
         # What aiormq itself would call, in a Task per message; deliver_without_tasks() takes its place.
         self._deliver(message)
@@ -135,43 +156,48 @@ class AmqpSubscription(Subscription):
         """Whether to acknowledge now, `count` messages handled since the last acknowledgement."""
         return count >= ACK_EVERY
 
-    async def _failed(
-        self, handled: aiormq.abc.DeliveredMessage | None, failed: aiormq.abc.DeliveredMessage, exc: Exception
-    ) -> bool:
+    async def _failed(self, failed: aiormq.abc.DeliveredMessage, exc: Exception) -> bool:
         """The handler raised on `failed`; True if it counts as handled all the same."""
         log.error("amqp: subscriber of %r failed, message dropped: %s", self.topic, exc)
         log.debug("amqp: subscriber failure", exc_info=True)
         return True
 
     async def _work(self) -> None:
-        handled: aiormq.abc.DeliveredMessage | None = None  # the newest message handled and not acknowledged
-        count = 0
         while True:
             message = await self._inbox.get()
             if message is None:
                 break
-            if isinstance(message, _AckDue):  # no message came for ack_delay
-                self._ack_timer = None
-                await self._ack_handled(handled)
-                handled, count = None, 0
+            if isinstance(message, _AckDue):  # no message came for ack_delay, or ACK_EVERY of ours were skipped
+                if message is ACK_DUE:
+                    self._ack_timer = None
+                if message is ACK_DUE or self._count >= ACK_EVERY:
+                    await self._ack_handled()
                 continue
             if not self.active or self._stale(message):
                 continue
             try:
                 await self._handler(Message(message.body))
             except Exception as exc:
-                if not await self._failed(handled, message, exc):
-                    handled, count = None, 0
+                if not await self._failed(message, exc):
+                    self._unacked, self._count = None, 0
                     continue
             else:
                 self._redelivery.reset()
-            handled, count = message, count + 1
-            if self._caught_up(count):
-                await self._ack(handled)
-                handled, count = None, 0
-            elif self.ack_delay is not None:
-                self._later()
-        await self._ack_handled(handled, wait=True)  # stopping: what was handled must not come back
+            tag = getattr(message.delivery, "delivery_tag", None)
+            if tag is not None:
+                self._handled_one(message.channel, tag)
+            if self._caught_up(self._count):
+                await self._ack_handled()
+        await self._ack_handled(wait=True)  # stopping: what was handled must not come back
+
+    def _handled_one(self, channel: aiormq.abc.AbstractChannel, tag: int) -> None:
+        """Count a message as handled: acknowledged with the next acknowledgement (`multiple`), or after ACK_DELAY."""
+        unacked = self._unacked
+        if unacked is None or unacked[0] is not channel or tag > unacked[1]:
+            self._unacked = channel, tag
+        self._count += 1
+        if self.ack_delay is not None:
+            self._later()
 
     def _later(self) -> None:
         """Acknowledge what was handled once no message came for ACK_DELAY, not after each one: at a low rate the
@@ -188,16 +214,15 @@ class AmqpSubscription(Subscription):
         else:  # some came since the timer was set: wait ACK_DELAY more (at most 2 x ACK_DELAY after the last)
             self._ack_timer = asyncio.get_running_loop().call_later(self.ack_delay or 0.0, self._ack_due, self._handled)
 
-    async def _ack_handled(self, handled: aiormq.abc.DeliveredMessage | None, *, wait: bool = False) -> None:
-        if handled is not None:
-            await self._ack(handled, wait=wait)
-
-    async def _ack(self, message: aiormq.abc.DeliveredMessage, *, wait: bool = False) -> None:
-        """Acknowledge `message` and every one before it. Queued for the connection's writer and not waited for
-        (a future made and settled per acknowledgement), unless `wait`: when stopping, the connection may be closed
-        next, and its writer drops what is still queued."""
-        channel, tag = message.channel, getattr(message.delivery, "delivery_tag", None)
-        if tag is None or channel.is_closed:
+    async def _ack_handled(self, *, wait: bool = False) -> None:
+        """Acknowledge the newest message handled and every one before it. Queued for the connection's writer and not
+        waited for (a future made and settled per acknowledgement), unless `wait`: when stopping, the connection may
+        be closed next, and its writer drops what is still queued."""
+        unacked, self._unacked, self._count = self._unacked, None, 0
+        if unacked is None:
+            return
+        channel, tag = unacked
+        if channel.is_closed:
             return  # delivered on a channel that is gone: the broker forgot those deliveries with it
         try:
             await channel.basic_ack(tag, multiple=True, wait=wait)
@@ -255,14 +280,11 @@ class AmqpDurableSubscription(AmqpSubscription):
     def _caught_up(self, count: int) -> bool:
         return count >= ACK_EVERY or self._inbox.empty()
 
-    async def _failed(
-        self, handled: aiormq.abc.DeliveredMessage | None, failed: aiormq.abc.DeliveredMessage, exc: Exception
-    ) -> bool:
+    async def _failed(self, failed: aiormq.abc.DeliveredMessage, exc: Exception) -> bool:
         delay = self._redelivery.next()
         log.error("amqp: subscriber of %r failed, the message comes back in %.1fs: %s", self.topic, delay, exc)
         log.debug("amqp: subscriber failure", exc_info=True)
-        if handled is not None:
-            await self._ack(handled)
+        await self._ack_handled()
         await asyncio.sleep(delay)
         channel = failed.channel
         if not channel.is_closed:
