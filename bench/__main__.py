@@ -153,7 +153,7 @@ def _commit(root: Path) -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def _base_commit(base: Path) -> str:
+def _checkout_commit(base: Path) -> str:
     commit = _commit(base)  # a copy made with `git archive` has no commit: its directory's name says which
     return base.name if commit.startswith("unknown") else commit
 
@@ -209,7 +209,7 @@ def _meta(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "machine": machine(),
         "loadavg_start": os.getloadavg(),
         "syncar_root": str(args.syncar_root.resolve()),
-        "syncar_commit": _commit(args.syncar_root),
+        "syncar_commit": _checkout_commit(args.syncar_root),
     }
 
 
@@ -240,7 +240,7 @@ def _low_rate(args: argparse.Namespace, parser: argparse.ArgumentParser, command
     meta = _meta(args, command)
     base = args.base_root.resolve() if args.base_root is not None else None
     if base is not None:
-        meta.update(base_root=str(base), base_commit=_base_commit(base))
+        meta.update(base_root=str(base), base_commit=_checkout_commit(base))
     return low_rate(
         meta,
         args.brokers or ("redis", "amqp", "nats"),
@@ -265,7 +265,7 @@ def _fleet(args: argparse.Namespace, parser: argparse.ArgumentParser, command: s
     meta = _meta(args, command)
     base = args.base_root.resolve() if args.base_root is not None else None
     if base is not None:
-        meta.update(base_root=str(base), base_commit=_base_commit(base))
+        meta.update(base_root=str(base), base_commit=_checkout_commit(base))
     return fleet(
         meta,
         brokers,
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{command}: {plan.runs()} runs on {', '.join(plan.brokers)}, {plan.mode} mode", flush=True)
     meta = {**_meta(args, command), "plan": plan.as_dict()}
     if base is not None:
-        meta.update(base_root=str(base), base_commit=_base_commit(base))
+        meta.update(base_root=str(base), base_commit=_checkout_commit(base))
     began = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="syncar-bench-"))
     try:
