@@ -61,15 +61,16 @@ class LazyContentHeader(ContentHeader):
     @property
     def properties(self) -> Basic.Properties:
         if self._properties is None:
+            # The payload stays: OwnMessages reads it, whoever decoded the properties first (a debug log's repr).
             properties, payload = Basic.Properties(), self._payload or b"\0\0"
             offset, flags = self._get_flags(payload[12:])
             properties.unmarshal(flags, payload[12 + offset :])
-            self._properties, self._payload = properties, None
+            self._properties = properties
         return self._properties
 
     @properties.setter
     def properties(self, value: Basic.Properties) -> None:
-        self._properties, self._payload = value, None
+        self._properties, self._payload = value, None  # the payload no longer says what the properties are
 
 
 def _short_string(payload: bytes, offset: int) -> tuple[str, int]:

@@ -191,7 +191,7 @@ class AmqpSubscription(Subscription):
         await self._ack_handled(wait=True)  # stopping: what was handled must not come back
 
     def _handled_one(self, channel: aiormq.abc.AbstractChannel, tag: int) -> None:
-        """Count a message as handled: acknowledged with the next acknowledgement (`multiple`), or after ACK_DELAY."""
+        """Count a message as handled, to be acknowledged by the next acknowledgement (`multiple`)."""
         unacked = self._unacked
         if unacked is None or unacked[0] is not channel or tag > unacked[1]:
             self._unacked = channel, tag

@@ -20,7 +20,7 @@ from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
 from backends.amqp import AmqpBackend
-from backends.amqp_internals import Batch, BulkFrameReceiver, Confirms, FrameMarshal
+from backends.amqp_internals import Batch, BulkFrameReceiver, Confirms, FrameMarshal, LazyContentHeader, OwnMessages
 from backends.base import BackendConfig
 from tests.backends.support import Inbox, Started
 from tests.brokers.rabbitmq import RabbitServer
@@ -177,3 +177,24 @@ async def test_deliveries_are_read_in_bulk_and_skip_the_channels_queue(
     # Before: 900 readexactly for the receiver's 300 frames (and the sender's confirmations), 300 frames queued.
     assert "readexactly" not in reads and len(reads) < 300, reads  # fewer reads than frames
     assert "Deliver" not in queued and "ContentBody" not in queued, queued
+
+
+def test_own_messages_are_told_by_their_header_bytes_even_once_their_properties_were_read() -> None:
+    """The header's properties, as marshalled, against ours: another app_id, other properties or none is not ours;
+    a header whose properties something read first (a debug log's repr of the frame) still is."""
+    own = Basic.Properties(delivery_mode=1, app_id="syncar-0123456789abcdef")
+    mine = OwnMessages(own, lambda _channel, _tag: None)
+
+    def header(properties: Basic.Properties) -> LazyContentHeader:
+        frame = pamqp.frame.marshal(ContentHeader(0, 256, properties), 1)
+        return LazyContentHeader(frame[7:-1])  # the payload, as BulkFrameReceiver cuts it
+
+    read_first = header(own)
+    assert read_first.properties.app_id == own.app_id
+    assert mine.mine(header(own)) and mine.mine(read_first)
+    others = [
+        Basic.Properties(delivery_mode=1, app_id="syncar-fedcba9876543210"),  # another daemon
+        Basic.Properties(delivery_mode=2, app_id=own.app_id),
+        Basic.Properties(),  # feathers-sync
+    ]
+    assert not any(mine.mine(header(properties)) for properties in others)
