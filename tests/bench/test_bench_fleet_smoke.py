@@ -13,7 +13,7 @@ import pytest
 from bench.fleet import node_problem
 from tests.bench import run_bench
 from tests.brokers import require_binary
-from tests.utils import unavailable
+from tests.utils import REPO, unavailable
 
 #: Six runs (two contestants at 100, 1,000 events/s and unpaced), each with 3 apps (and 3 daemons), half a second of
 #: warm-up and half a second measured: ~40 s on a loaded machine.
@@ -51,3 +51,25 @@ def test_fleet_run_on_redis_produces_every_figure(tmp_path: Path) -> None:
 
     syncar = [e for e in results["summary"] if e["contestant"] == "syncar"]
     assert len(syncar) == 3 and all(e["all_us_ratio"] > 0 and e["p99_ms_ratio"] > 0 for e in syncar), syncar
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(RUN_TIMEOUT + 10)
+def test_fleet_base_root_runs_that_checkouts_plugin_and_daemons_at_one_rate(tmp_path: Path) -> None:
+    """`--base-root` adds `syncar-base` (another checkout's Node plugin and daemons; here this one), alternated with
+    the others, and `--rate` keeps one rate: three runs."""
+    require_binary("redis-server")
+    if problem := node_problem():
+        unavailable(problem)
+    command = ["bench", "--fleet", "--brokers", "redis", "--reps", "1", "--seconds", "0.5", "--rate", "1000"]
+    done = run_bench(*command, "--base-root", str(REPO), "--no-plot", "--out", str(tmp_path), timeout=RUN_TIMEOUT)
+    assert "the same, --base-root" in done.stdout, done.stdout
+    results = orjson.loads((tmp_path / "fleet.json").read_bytes())
+    assert results["meta"]["base_root"] == str(REPO) and results["meta"]["rates"] == [1000]
+    runs = {r["contestant"]: r for r in results["runs"]}
+    assert [r["contestant"] for r in results["runs"]] == ["syncar-base", "syncar", "feathers-sync"]
+    for name in ("syncar-base", "syncar"):
+        figures = runs[name]["figures"]
+        assert not runs[name].get("error") and figures["lost"] == 0 and figures["daemon_us"] > 0, runs[name]
+    base = next(e for e in results["summary"] if e["contestant"] == "syncar-base")
+    assert base["all_us_ratio"] > 0, base
