@@ -2,8 +2,8 @@
 
 `RedisBackend`, broadcast mode: pub/sub, as feathers-sync's redis adapter uses its key. `PUBLISH key body` on a
 connection of its own, written and read directly (no pool, no per-command machinery), `SUBSCRIBE key` on the
-connection read by hand. A watchdog PINGs that connection after half a
-health-check interval of silence, and drops it when a whole one goes by without a reply.
+connection read by hand, as its bytes arrive (`backends.redis_internals.Replies`). A watchdog PINGs that connection
+after half a health-check interval of silence, and drops it when a whole one goes by without a reply.
 
 `RedisStreamsBackend`, durable mode: a stream per key, a consumer group per instance; the work is
 `backends.redis_streams`'s."""
@@ -38,6 +38,7 @@ from backends.base import (
 )
 from backends.redis_base import RedisBaseBackend
 from backends.redis_common import CONNECTION_ERRORS, RedisOptions, await_confirmation
+from backends.redis_internals import Replies, hand_over
 from backends.redis_streams import Streams, stream_key
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class RedisBackend(RedisBaseBackend):
         self._live = False
         self._write_lock = asyncio.Lock()
         self._channels: dict[bytes, Channel] = {}
-        self._waiting_since: float | None = None  # when the reader began to wait for the broker
+        self._replies: Replies | None = None  # reads the connection, once subscribed
         self._silent: str | None = None  # why the watchdog dropped the connection
         self._resubscribed: set[bytes] = set()  # what the last reconnect sent a SUBSCRIBE for
         # PUBLISHes go over a connection of their own, one command (or pipeline) at a time.
@@ -140,6 +141,8 @@ class RedisBackend(RedisBaseBackend):
 
     def _stop_reading(self) -> None:
         self._live = False
+        if self._replies is not None:
+            self._replies.stop()
 
     async def _release(self) -> None:
         for channel in self._channels.values():
@@ -215,35 +218,34 @@ class RedisBackend(RedisBaseBackend):
             log.debug("redis: %s not sent, the reader will reconnect: %s", command[0], exc)
 
     async def _read(self, conn: Connection, options: RedisOptions) -> None:
-        loop = asyncio.get_running_loop()
         self._silent = None
-        watchdog = asyncio.create_task(self._watch(conn, options.health_check_interval))
+        replies = self._replies = Replies(conn, self._on_reply)
+        # What redis-py read past the last confirmation goes first. can_read() and a buffered reply wait for
+        # nothing: no byte can arrive between them and attach().
+        while await conn.can_read():
+            try:
+                reply = await conn.read_response(timeout=math.inf, disconnect_on_error=False)
+            except redis_errors.ResponseError as exc:
+                reply = exc
+            replies.take(reply)
+        replies.attach()
+        # No timeout per read (it would cost a quarter of the throughput): the watchdog has one.
+        watchdog = asyncio.create_task(self._watch(conn, replies, options.health_check_interval))
         try:
-            while True:  # until the connection fails
-                self._waiting_since = loop.time()
-                # No timeout per read (it would cost a quarter of the throughput): the watchdog has one.
-                try:
-                    response = await conn.read_response(timeout=math.inf, disconnect_on_error=False)
-                except redis_errors.ResponseError as exc:  # a SUBSCRIBE refused; the connection is fine
-                    for channel in self._channels.values():  # which one: those awaiting confirmation
-                        if not channel.confirmed.is_set():
-                            channel.refused = describe_error(exc, options.secrets)
-                            channel.confirmed.set()
-                    continue
-                self._waiting_since = None
-                await self._handle(response)
+            await replies.lost()
         finally:
             watchdog.cancel()
+            replies.stop()
 
     def _why_lost(self) -> str | None:
         return self._silent
 
-    async def _watch(self, conn: Connection, interval: float) -> None:
+    async def _watch(self, conn: Connection, replies: Replies, interval: float) -> None:
         """After half an `interval` of silence PING; if the reader hears nothing in a whole one, drop the connection."""
         loop, pinged_at = asyncio.get_running_loop(), None
         while True:  # until the reader cancels us
             await asyncio.sleep(interval / 4)
-            since = self._waiting_since  # None: the reader is busy with a message, not waiting
+            since = replies.waiting_since  # None: a handler holds the reading up, we are not waiting
             if since is None or (pinged_at is not None and since >= pinged_at):
                 # Heard from since the ping. Judged by when, not by how recently: a tick that comes late (a busy
                 # loop, a process starved of CPU) would otherwise miss the answer and take the ping for unanswered.
@@ -261,22 +263,27 @@ class RedisBackend(RedisBaseBackend):
                 await conn.disconnect(nowait=True)
                 return
 
-    async def _handle(self, response: Any) -> None:
-        if not isinstance(response, list) or len(response) < 3:
-            return  # a pong: it has proved the connection alive
-        kind, channel = response[0], self._channels.get(response[1])
+    def _on_reply(self, reply: Any) -> Awaitable[None] | None:
+        """One reply on the subscribed connection; what is left to await if a handler has to wait."""
+        if isinstance(reply, redis_errors.ConnectionError):  # LOADING, say: redis-py's parser raises these too
+            raise reply
+        if isinstance(reply, redis_errors.ResponseError):  # a SUBSCRIBE refused; the connection is fine
+            secrets = self._options.secrets if self._options is not None else ()
+            for waiting in self._channels.values():  # which one: those awaiting confirmation
+                if not waiting.confirmed.is_set():
+                    waiting.refused = describe_error(reply, secrets)
+                    waiting.confirmed.set()
+            return None
+        if not isinstance(reply, list) or len(reply) < 3:
+            return None  # a pong: it has proved the connection alive
+        kind, channel = reply[0], self._channels.get(reply[1])
         if channel is None:
-            return  # unsubscribed; Redis sent this before our UNSUBSCRIBE reached it
+            return None  # unsubscribed; Redis sent this before our UNSUBSCRIBE reached it
+        if kind == b"message":
+            return hand_over(tuple(channel.subscriptions), Message(reply[2]))
         if kind == b"subscribe":
             channel.confirmed.set()
-        elif kind == b"message":
-            for subscription in tuple(channel.subscriptions):
-                if subscription.active:  # an earlier handler may have unsubscribed it
-                    try:
-                        await subscription.handler(Message(response[2]))
-                    except Exception as exc:  # no redelivery in broadcast mode
-                        log.error("redis: subscriber failed, message dropped for it: %s", exc)
-                        log.debug("redis: subscriber failure", exc_info=True)
+        return None
 
     def _lost(self) -> None:
         self._live = False
@@ -290,7 +297,8 @@ class RedisBackend(RedisBaseBackend):
                 await conn.send_command("SUBSCRIBE", *names, check_health=False)
             # A message that comes between two confirmations is delivered, not dropped.
             while not all(c.confirmed.is_set() for n, c in self._channels.items() if n in names):
-                await self._handle(await conn.read_response(disconnect_on_error=False))
+                if (rest := self._on_reply(await conn.read_response(disconnect_on_error=False))) is not None:
+                    await rest
 
     async def _resume(self) -> str:
         self._live = True

@@ -1,6 +1,7 @@
 """The ceiling on Redis: redis-py's asyncio client; a pipeline of PUBLISHes per batch, one round trip each.
 
-The subscriber reads one connection in subscribed mode reply by reply, as backends/redis.py does.
+The subscriber reads one connection in subscribed mode reply by reply with redis-py's `read_response()`, as an app
+would (and as backends/redis.py did until it read that connection's bytes as they arrive, backends/redis_internals.py).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ async def publish(spec: Spec, ready: Callable[[], None]) -> dict[str, Any]:
 
 async def subscribe(spec: Spec, ready: Callable[[], None]) -> dict[str, Any]:
     parts = urlsplit(spec.target)
-    # One connection in subscribed mode, read reply by reply: what backends/redis.py does.
+    # One connection in subscribed mode, read reply by reply through redis-py.
     conn = Connection(host=parts.hostname or "127.0.0.1", port=parts.port or 6379, protocol=2)
     await conn.connect()  # type: ignore[no-untyped-call]
     await conn.send_command("SUBSCRIBE", spec.key)

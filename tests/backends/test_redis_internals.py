@@ -1,0 +1,135 @@
+"""Broadcast mode's subscribed connection read as its bytes arrive (backends/redis_internals.py): what it relies on
+in redis-py, and how messages reach the handlers that way."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from redis import exceptions as redis_errors
+from redis._parsers.base import BaseParser
+from redis.asyncio.connection import Connection
+
+from backends.base import BackendConfig, BackendState, Message
+from backends.redis import RedisBackend
+from tests.backends.support import Inbox, Started
+from tests.brokers import BrokerServer
+from tests.utils import wait_for
+
+pytestmark = pytest.mark.redis
+
+Factory = Callable[..., Awaitable[RedisBackend]]
+
+
+@pytest.fixture
+def backend(redis_server: BrokerServer, started: Started) -> Factory:
+    async def factory(query: str = "", on_state: Callable[[BackendState], None] | None = None) -> RedisBackend:
+        config = BackendConfig(redis_server.uri + query, f"test-{len(started)}", 2.0)
+        return await started(RedisBackend(config, on_state=on_state))
+
+    return factory
+
+
+async def test_what_it_relies_on_in_redis_py(redis_server: BrokerServer) -> None:
+    """A connected Connection keeps its StreamWriter as `_writer`, whose transport can change protocols; error
+    replies are made into redis-py's exceptions by `BaseParser.parse_error`."""
+    conn = Connection(host="127.0.0.1", port=redis_server.port)
+    await conn.connect()  # type: ignore[no-untyped-call]
+    try:
+        writer = conn._writer  # noqa: SLF001  # what redis_internals.Replies reads
+        assert isinstance(writer, asyncio.StreamWriter)
+        transport = writer.transport
+        assert callable(transport.set_protocol) and transport.get_protocol() is not None
+    finally:
+        await conn.disconnect()
+    refused = BaseParser.parse_error("NOPERM this user has no permissions")
+    assert isinstance(refused, redis_errors.NoPermissionError) and str(refused) == "this user has no permissions"
+    assert isinstance(BaseParser.parse_error("LOADING Redis is loading"), redis_errors.ConnectionError)
+
+
+async def test_a_message_is_handed_over_in_the_callback_that_read_it(backend: Factory, topic: str) -> None:
+    """No Task between the socket and the handler: through redis-py's read_response() every message woke the
+    reader's Task (a turn of the loop more, and its StreamReader), 54 µs of CPU per message at 1,000/s against
+    23-36 this way (docs/benchmarks.md)."""
+    a, b = await backend(), await backend()
+    tasks: list[asyncio.Task[Any] | None] = []
+
+    async def handler(message: Message) -> None:
+        tasks.append(asyncio.current_task())
+
+    await b.subscribe(topic, handler)
+    await a.publish(topic, [b"one"])
+    await a.publish(topic, [b"two", b"three"])
+    await wait_for(lambda: len(tasks) == 3, what="three messages")
+    assert tasks == [None, None, None]  # before: the reader's Task, three times
+
+
+async def test_a_handler_that_waits_holds_the_next_messages_back(backend: Factory, topic: str) -> None:
+    """One message at a time and in order, also when a handler waits (it is finished in a Task, with the reading
+    paused); the watchdog does not take the pause for a silent broker; a second subscription to the channel gets
+    each message after the first."""
+    states: list[BackendState] = []
+    a, b = await backend(), await backend("?health_check_interval=0.2", states.append)
+    first_may_finish, got, running = asyncio.Event(), [], [0]
+
+    async def waits_on_the_first(message: Message) -> None:
+        running[0] += 1
+        assert running[0] == 1, "two messages handled at once"
+        if message.body == b"1":
+            await first_may_finish.wait()
+        got.append(message.body)
+        running[0] -= 1
+
+    after = Inbox()
+    await b.subscribe(topic, waits_on_the_first)
+    await b.subscribe(topic, after)
+    await a.publish(topic, [b"1", b"2", b"3"])
+    await wait_for(lambda: running[0] == 1, what="the first message's handler to wait")
+    await asyncio.sleep(0.6)  # the handler's wait: three health-check intervals
+    assert got == [] and after.bodies == []
+    first_may_finish.set()
+    await after.wait(3)
+    assert got == after.bodies == [b"1", b"2", b"3"]
+    await a.publish(topic, [b"4"])
+    assert await after.wait(4) == [b"1", b"2", b"3", b"4"]
+    assert states == [BackendState.CONNECTED], "a handler's wait was taken for a silent broker"
+
+
+async def test_close_ends_a_handler_that_waits(backend: Factory, topic: str) -> None:
+    a, b = await backend(), await backend()
+    waiting, ended = asyncio.Event(), asyncio.Event()
+
+    async def never_done(message: Message) -> None:
+        waiting.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.set()
+
+    await b.subscribe(topic, never_done)
+    await a.publish(topic, [b"stuck"])
+    async with asyncio.timeout(5):
+        await waiting.wait()
+        await b.close()
+    assert ended.is_set() and b.state is BackendState.CLOSED
+
+
+async def test_a_handler_that_raises_loses_its_message_not_the_next(backend: Factory, topic: str) -> None:
+    a, b = await backend(), await backend()
+    failing, inbox = Inbox(fail={b"bad"}), Inbox()
+
+    async def waits_then_fails(message: Message) -> None:
+        await asyncio.sleep(0)
+        if message.body == b"bad too":
+            raise RuntimeError("refused after a wait")
+        await inbox(message)
+
+    await b.subscribe(topic, failing)
+    other = f"{topic}-2"
+    await b.subscribe(other, waits_then_fails)
+    await a.publish(topic, [b"bad", b"good"])
+    await a.publish(other, [b"bad too", b"fine"])
+    assert await failing.wait(1) == [b"good"]
+    assert await inbox.wait(1) == [b"fine"]
