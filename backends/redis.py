@@ -225,7 +225,7 @@ class RedisBackend(RedisBaseBackend):
         while await conn.can_read():
             try:
                 reply = await conn.read_response(timeout=math.inf, disconnect_on_error=False)
-            except redis_errors.ResponseError as exc:
+            except (redis_errors.ResponseError, redis_errors.BusyLoadingError) as exc:
                 reply = exc
             replies.take(reply)
         replies.attach()
@@ -265,7 +265,11 @@ class RedisBackend(RedisBaseBackend):
 
     def _on_reply(self, reply: Any) -> Awaitable[None] | None:
         """One reply on the subscribed connection; what is left to await if a handler has to wait."""
-        if isinstance(reply, redis_errors.ConnectionError):  # LOADING, say: redis-py's parser raises these too
+        if isinstance(reply, redis_errors.BusyLoadingError):
+            # The watchdog's PING while Redis loads its dataset after a restart: an answer, so the connection is
+            # alive, and pub/sub works meanwhile (only data commands wait for the load).
+            return None
+        if isinstance(reply, redis_errors.ConnectionError):
             raise reply
         if isinstance(reply, redis_errors.ResponseError):  # a SUBSCRIBE refused; the connection is fine
             secrets = self._options.secrets if self._options is not None else ()

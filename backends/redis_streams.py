@@ -226,6 +226,9 @@ class Streams:
 
     async def restore(self) -> None:
         """After a reconnect: check every group again (it may be gone with a Redis that lost its data)."""
+        # A Redis restarted on a large dataset accepts connections while it loads it, and refuses XADD and XREADGROUP
+        # until it has (LOADING): not connected yet. The groups' check says so too, but only when there are groups.
+        await self._redis.ping()
         for stream in tuple(self._streams.values()):
             await self._prepare(stream)
 
