@@ -44,7 +44,8 @@ class Feature(StrEnum):
     #: Messages published while an instance is away wait for it; each is acknowledged after its handler returned,
     #: so a handler that raises (or a crash) gets it again.
     DURABLE = "durable"
-    #: With `BackendConfig.echo` False, the broker does not deliver to us what we published ourselves.
+    #: With `BackendConfig.echo` False, what we published ourselves never reaches the core: the broker does not send
+    #: it (NATS's no_echo) or the backend skips it unread (RabbitMQ, which has no no-local).
     NO_ECHO = "no_echo"
 
 
@@ -234,8 +235,9 @@ class BackendConfig:
     de-duplicates). The broker keeps at most `retention` messages per topic, and forgets an instance that has
     been away for `instance_ttl` seconds.
 
-    With `echo` False the core says it has no use for its own messages coming back; a backend that can keep the
-    broker from sending them does, and then declares `Feature.NO_ECHO`.
+    With `echo` False the core says it has no use for its own messages coming back; a backend that can keep them
+    from the core (the broker not sending them, or skipping them before they are decoded) does, and then declares
+    `Feature.NO_ECHO`.
     """
 
     uri: str

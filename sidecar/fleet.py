@@ -245,7 +245,7 @@ class Fleet:
             await asyncio.sleep(interval)
 
     def _expects_to_hear(self) -> bool:
-        # Our own announcements come back unless the broker spares us our messages (NATS's no_echo): then only
+        # Our own announcements come back unless the backend spares us our messages (Feature.NO_ECHO): then only
         # peers not yet swept (nor gone with a `leaving`) were there to be heard.
         return self.bus.broker_echoes or len(self.table) > 0
 
