@@ -170,7 +170,7 @@ class Daemon:
         address = settings.http_address()
         self.http = None
         if address is not None:
-            self.http = HttpServer(*address, self.unready_reason, metrics.registry, self.fleet.describe)
+            self.http = HttpServer(*address, self.unready_reason, metrics, self.fleet.describe)
         # Every connection is a descriptor: more clients than the limit holds would be cut off unseen.
         self.max_clients = fit_clients(
             settings.max_clients, raise_soft_limit(), 0 if self.http is None else MAX_HTTP_CONNECTIONS

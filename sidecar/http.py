@@ -13,10 +13,10 @@ import logging
 from collections.abc import Callable
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from sidecar.errors import StartupError
 from sidecar.logging import RateLimitedLogger
+from sidecar.metrics import Metrics
 
 log = logging.getLogger(__name__)
 refusals = RateLimitedLogger(log, interval=10.0)
@@ -36,13 +36,11 @@ PeerTable = Callable[[], dict[str, object]]
 
 
 class HttpServer:
-    def __init__(
-        self, host: str, port: int, readiness: Readiness, registry: CollectorRegistry, peers: PeerTable
-    ) -> None:
+    def __init__(self, host: str, port: int, readiness: Readiness, metrics: Metrics, peers: PeerTable) -> None:
         self.host = host
         self.port = port
         self._readiness = readiness
-        self._registry = registry
+        self._metrics = metrics
         self._peers = peers
         self._server: asyncio.Server | None = None
         self._open: dict[asyncio.StreamWriter, bool] = {}  # in the order they came; True once answering
@@ -77,7 +75,10 @@ class HttpServer:
             reason = self._readiness(path == "/readyz/broker")
             return (200, "text/plain", b"ready\n") if reason is None else (503, "text/plain", reason.encode() + b"\n")
         if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
+            # prometheus-client is imported at the first scrape (sidecar/metrics.py says why).
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest  # noqa: PLC0415
+
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self._metrics.registry)
         if path == "/peers":
             return 200, "application/json", orjson.dumps(self._peers(), option=orjson.OPT_APPEND_NEWLINE)
         return 404, "text/plain", b"not found; try /healthz, /readyz, /readyz/broker, /metrics or /peers\n"
