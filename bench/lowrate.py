@@ -111,11 +111,24 @@ def _said(run: dict[str, Any]) -> str:
     return said(f"  {run['broker']:6} {run['contestant']:9} {run['rate']:5}/s rep {run['rep'] + 1}: ", run, figures)
 
 
-async def _idle_run(section: Section, seconds: float, rep: int) -> dict[str, Any]:
-    record: dict[str, Any] = {"broker": section.broker, "rep": rep, "seconds": seconds, "loadavg": os.getloadavg()[0]}
+def _root(contestant: str, root: Path, base_root: Path | None) -> Path:
+    """The checkout a contestant's daemons run from: `syncar-base`'s is --base-root's."""
+    return base_root if contestant == "syncar-base" and base_root is not None else root
+
+
+async def _idle_run(section: Section, seconds: float, rep: int, contestant: str) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "broker": section.broker,
+        "contestant": contestant,
+        "rep": rep,
+        "seconds": seconds,
+        "loadavg": os.getloadavg()[0],
+    }
     daemons: list[Daemon] = []
     try:
-        daemons = await section.start_daemons(f"idle-{rep + 1}", 1)
+        daemons = await section.start_daemons(
+            f"idle-{rep + 1}", 1, root=_root(contestant, section.syncar_root, section.base_root)
+        )
         meter = Meter({"daemon": daemons[0].pid})
         meter.begin()
         await asyncio.sleep(seconds)  # the measurement itself: nothing happens, for this long
@@ -153,9 +166,14 @@ def _knock(path: Path) -> dict[str, Any] | None:
     return welcome
 
 
-async def _start_run(section: Section, rep: int) -> dict[str, Any]:
+async def _start_run(section: Section, rep: int, contestant: str) -> dict[str, Any]:
     """From spawning a daemon to its welcome, polled every KNOCK_EVERY."""
-    record: dict[str, Any] = {"broker": section.broker, "rep": rep, "loadavg": os.getloadavg()[0]}
+    record: dict[str, Any] = {
+        "broker": section.broker,
+        "contestant": contestant,
+        "rep": rep,
+        "loadavg": os.getloadavg()[0],
+    }
     began = time.monotonic()
     daemon = Daemon(
         section.dir,
@@ -163,7 +181,7 @@ async def _start_run(section: Section, rep: int) -> dict[str, Any]:
         section.uri,
         f"bench-{uuid.uuid4().hex[:12]}",
         "syncar",
-        root=section.syncar_root,
+        root=_root(contestant, section.syncar_root, section.base_root),
     )
     try:
         while (welcome := _knock(daemon.socket)) is None:
@@ -197,7 +215,7 @@ def byte_compile(root: Path) -> None:
     )
 
 
-def import_run(root: Path, rep: int) -> dict[str, Any]:
+def import_run(root: Path, rep: int, contestant: str = "syncar") -> dict[str, Any]:
     """`import sidecar.client` in a fresh interpreter: what -X importtime says of it (wall time), and the CPU time
     it took, the steadier figure on a loaded machine."""
 
@@ -211,7 +229,7 @@ def import_run(root: Path, rep: int) -> dict[str, Any]:
             check=True,
         )
 
-    record: dict[str, Any] = {"rep": rep, "loadavg": os.getloadavg()[0]}
+    record: dict[str, Any] = {"contestant": contestant, "rep": rep, "loadavg": os.getloadavg()[0]}
     found = _IMPORT_LINE.search(python("-X", "importtime", "-c", "import sidecar.client").stderr)
     if found is None:
         return {**record, "error": "python -X importtime said nothing of sidecar.client"}
@@ -222,27 +240,36 @@ def import_run(root: Path, rep: int) -> dict[str, Any]:
 async def _other_runs(
     section: Section, *, seconds: float, reps: int, progress: Progress
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Idle and start runs on one broker, alternated."""
+    """Idle and start runs on one broker, alternated, and between the checkouts (`checkouts`)."""
     idle, start = [], []
     for rep in range(reps):
-        idle.append(await _idle_run(section, seconds, rep))
-        start.append(await _start_run(section, rep))
-        i, s = idle[-1], start[-1]
-        progress(
-            f"  {section.broker:6} rep {rep + 1}: idle "
-            + (
-                f"error: {i['error'].splitlines()[0][:120]}"
-                if i.get("error")
-                else f"{i['cpu_ms_per_s']:.2f} ms CPU/s, {i['wakeups_per_s']:.1f} wake-ups/s, {i['rss_mib']:.1f} MiB"
-            )
-            + "; start "
-            + (
-                f"error: {s['error'].splitlines()[0][:120]}"
-                if s.get("error")
-                else f"{s['start_ms']:.0f} ms to a welcome, {s['start_cpu_ms']:.0f} ms of CPU"
-            )
-        )
+        for contestant in _checkouts(section.base_root):
+            idle.append(await _idle_run(section, seconds, rep, contestant))
+            start.append(await _start_run(section, rep, contestant))
+            progress(f"  {section.broker:6} {contestant:11} rep {rep + 1}: " + _said_other(idle[-1], start[-1]))
     return idle, start
+
+
+def _checkouts(base_root: Path | None) -> tuple[str, ...]:
+    """The contestants whose idle, start and import are measured: with --base-root, its checkout's first."""
+    return ("syncar",) if base_root is None else ("syncar-base", "syncar")
+
+
+def _said_other(i: dict[str, Any], s: dict[str, Any]) -> str:
+    return (
+        "idle "
+        + (
+            f"error: {i['error'].splitlines()[0][:120]}"
+            if i.get("error")
+            else f"{i['cpu_ms_per_s']:.2f} ms CPU/s, {i['wakeups_per_s']:.1f} wake-ups/s, {i['rss_mib']:.1f} MiB"
+        )
+        + "; start "
+        + (
+            f"error: {s['error'].splitlines()[0][:120]}"
+            if s.get("error")
+            else f"{s['start_ms']:.0f} ms to a welcome, {s['start_cpu_ms']:.0f} ms of CPU"
+        )
+    )
 
 
 async def measure(part: Part, workdir: Path, progress: Progress) -> dict[str, Any]:
@@ -259,16 +286,18 @@ async def measure(part: Part, workdir: Path, progress: Progress) -> dict[str, An
 
     await on_each_broker(part, workdir, results, progress, on)
     for rep in range(part.reps):
-        results["imports"].append(await asyncio.to_thread(import_run, part.root, rep))
-        i = results["imports"][-1]
-        progress(
-            f"  import sidecar.client rep {rep + 1}: "
-            + (
-                i["error"]
-                if i.get("error")
-                else f"{i['importtime_ms']:.1f} ms (-X importtime), {i['import_cpu_ms']:.1f} ms of CPU"
+        for contestant in _checkouts(part.base_root):
+            root = _root(contestant, part.root, part.base_root)
+            results["imports"].append(await asyncio.to_thread(import_run, root, rep, contestant))
+            i = results["imports"][-1]
+            progress(
+                f"  import sidecar.client {contestant:11} rep {rep + 1}: "
+                + (
+                    i["error"]
+                    if i.get("error")
+                    else f"{i['importtime_ms']:.1f} ms (-X importtime), {i['import_cpu_ms']:.1f} ms of CPU"
+                )
             )
-        )
     for run in results["rates"]:
         run.get("sub", {}).pop("samples", None)  # arrival times every 10 ms: not used here
     return results

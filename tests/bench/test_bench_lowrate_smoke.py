@@ -79,6 +79,16 @@ def test_low_rate_with_a_base_checkout_runs_its_daemons_alternated_with_ours(tmp
         ("syncar", 1000),
     ]
     assert all(r["figures"]["both_us"] > 0 for r in results["rates"]), results["rates"]
+    # Idle, start and the client's import of both checkouts too, alternated, each in a row of its own.
+    for part in ("idle", "start", "imports"):
+        assert [r["contestant"] for r in results[part]] == ["syncar-base", "syncar"], results[part]
+    summary = results["summary"]
+    assert [(e["contestant"], e["rss_mib"] > 1) for e in summary["idle"]] == [("syncar-base", True), ("syncar", True)]
+    assert [(e["contestant"], e["start_cpu_ms"] > 0) for e in summary["start"]] == [
+        ("syncar-base", True),
+        ("syncar", True),
+    ]
+    assert summary["import_base"]["import_cpu_ms"] > 0 and summary["import"]["import_cpu_ms"] > 0, summary
     assert results["meta"]["base_root"] == str(base)
     assert "--base-root" in (tmp_path / "lowrate.md").read_text()
     # Started as installed: the daemons read byte-compiled modules instead of compiling them at every start.
