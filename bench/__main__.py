@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-root",
         type=Path,
         help="also run the daemons of this checkout (syncar codec, `syncar-base`), alternated with those of "
-        "--syncar-root, for before-and-after figures from one run (the main run, --low-rate, and --fleet, where "
-        "the Node plugin of each checkout runs with its daemons)",
+        "--syncar-root, for before-and-after figures from one run (the main run; --low-rate, where its idle, "
+        "start and client import run too; and --fleet, where the Node plugin of each checkout runs with its "
+        "daemons)",
     )
     parser.add_argument(
         "--rate",

@@ -317,7 +317,7 @@ def low_rate(
 ) -> int:
     """Measure, print the tables, and write lowrate.json, lowrate.md and (with `plot`) lowrate.png into each of
     `outs`. With `base_root`, the daemons of that checkout run too (`syncar-base`), alternated with this one's, at
-    the low rates."""
+    the low rates, idle and at the start, and so does its client's import."""
     if base_root is not None:
         contestants = ("syncar-base", *contestants)
     meta.update(
