@@ -1,8 +1,9 @@
 """The Redis backend's two classes, one per mode, on the connections and reconnects of `backends.redis_base`.
 
 `RedisBackend`, broadcast mode: pub/sub, as feathers-sync's redis adapter uses its key. `PUBLISH key body` on a
-connection of its own, written and read directly (no pool, no per-command machinery), `SUBSCRIBE key` on the
-connection read by hand, as its bytes arrive (`backends.redis_internals.Replies`). A watchdog PINGs that connection
+connection of its own, written and read directly (no pool, no per-command machinery:
+`backends.redis_internals.Commands`), `SUBSCRIBE key` on the connection read by hand, as its bytes arrive
+(`backends.redis_internals.Replies`). A watchdog PINGs that connection
 after half a health-check interval of silence, and drops it when a whole one goes by without a reply.
 
 `RedisStreamsBackend`, durable mode: a stream per key, a consumer group per instance; the work is
@@ -38,7 +39,7 @@ from backends.base import (
 )
 from backends.redis_base import RedisBaseBackend
 from backends.redis_common import CONNECTION_ERRORS, RedisOptions, await_confirmation
-from backends.redis_internals import Replies, hand_over
+from backends.redis_internals import Commands, Replies, hand_over
 from backends.redis_streams import Streams, stream_key
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class RedisBackend(RedisBaseBackend):
         self._resubscribed: set[bytes] = set()  # what the last reconnect sent a SUBSCRIBE for
         # PUBLISHes go over a connection of their own, one command (or pipeline) at a time.
         self._publisher: Connection | None = None
+        self._publishing: Commands | None = None  # reads the publisher's replies, once connected
         self._publish_lock = asyncio.Lock()
 
     def _place(self, options: RedisOptions) -> None:
@@ -163,18 +165,29 @@ class RedisBackend(RedisBaseBackend):
         if not bodies:
             return
         async with self._publish_lock:
-            await _ready(conn)
+            commands = await self._commands(conn)
             try:
-                for data in writes(_publishes(topic, bodies)):
-                    await conn.send_packed_command(data, check_health=False)
-                for _ in bodies:
-                    await conn.read_response(timeout=math.inf)
+                replies = await commands.send(writes(_publishes(topic, bodies)), len(bodies))
+                refused = next((reply for reply in replies if isinstance(reply, Exception)), None)
+                if isinstance(refused, redis_errors.ConnectionError):
+                    raise refused
             except BaseException:
-                # A reply may still be on its way (a timeout, a cancel, a refusal in the middle of a pipeline): it
-                # must not be read as the next command's.
+                # A reply may still be on its way (a timeout, a cancel): it must not be taken for the next command's.
                 with contextlib.suppress(*CONNECTION_ERRORS):
                     await conn.disconnect(nowait=True)
                 raise
+        if refused is not None:  # an ACL, say; every reply was read, so the connection is fine
+            raise refused
+
+    async def _commands(self, conn: Connection) -> Commands:
+        """The publishing connection, connected (again) if it is not, or if it ended: through `connect()`, which
+        through Sentinel asks for the master (a command's own connect would not)."""
+        if self._publishing is None or not self._publishing.usable:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await conn.disconnect(nowait=True)
+            await conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+            self._publishing = Commands(conn)
+        return self._publishing
 
     async def _drop_connections(self, everything: bool = False) -> None:
         await super()._drop_connections(everything)
@@ -366,19 +379,3 @@ class RedisStreamsBackend(RedisBaseBackend):
     async def _release(self) -> None:
         if self._streams is not None:
             await self._streams.close()  # acknowledges what was handled, while the pool is still there
-
-
-async def _ready(conn: Connection) -> None:
-    """What the pool does before each command: a connection holding a reply nobody read, or one the server closed,
-    is dropped; an unconnected one connects (through `connect()`: through Sentinel, it asks for the master, which
-    the command's own connect would not)."""
-    if conn.is_connected:
-        try:
-            stale = await conn.can_read()
-        except CONNECTION_ERRORS:
-            stale = True
-        if stale:
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                await conn.disconnect(nowait=True)
-    if not conn.is_connected:
-        await conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py

@@ -1,11 +1,13 @@
-"""Every use of redis-py's private state, in one place: broadcast mode's subscribed connection, read as its bytes
-arrive (`tests/backends/test_redis_internals.py` fails loudly if an upgrade removes what it relies on).
+"""Every use of redis-py's private state, in one place: broadcast mode's two connections, read as their bytes arrive
+(`tests/backends/test_redis_internals.py` fails loudly if an upgrade removes what it relies on).
 
-redis-py connects the connection (TLS, AUTH, through Sentinel the master, on a cluster the node) and writes on it;
-once subscribed, `Replies` takes its transport over: each read is parsed with hiredis in the loop's I/O callback and
-every reply handed to the backend there and then. Read through redis-py's `read_response()`, each message cost a
-wake-up of the reader's Task through asyncio's StreamReader (a turn of the loop more) and its layers of Python: a
-subscriber alone at 1,000 messages/s spent 54 µs of CPU per message so, 23-36 µs this way (docs/benchmarks.md).
+redis-py connects them (TLS, AUTH, through Sentinel the master, on a cluster the node); then their transports are
+ours: each read is parsed with hiredis in the loop's I/O callback. On the subscribed connection (`Replies`) every
+reply is handed to the backend there and then; on the publishing one (`Commands`) a batch's PUBLISHes are written to
+the transport as they are and their replies resolve one future. Read through redis-py's `read_response()`, each
+message cost a wake-up of the reader's Task through asyncio's StreamReader (a turn of the loop more) and its layers
+of Python: a subscriber alone at 1,000 messages/s spent 45-56 µs of CPU per message so, 23-36 µs this way
+(docs/benchmarks.md).
 
 A handler is a coroutine function; `run_now` runs it up to its first wait, which the relay's never reaches. One that
 does wait is finished in a Task, with the reading paused meanwhile, so that messages are still handed over one at a
@@ -106,36 +108,121 @@ def _rest(call: Coroutine[Any, Any, None], waited_on: Any) -> Generator[Any, Non
                 return
 
 
-class Replies(asyncio.Protocol):
-    """Reads a connected redis-py connection in place of its StreamReader, handing each reply to `on_reply`.
+class _Transport(asyncio.Protocol):
+    """A connected redis-py connection's transport, read here in place of its StreamReader: each read parsed with
+    hiredis in the loop's I/O callback, each reply (an error reply as redis-py's exception) given to `_reply()`."""
 
-    Built before `attach()`, so that replies redis-py had already read can be given to `take()` first, in order.
-    """
-
-    def __init__(self, conn: Connection, on_reply: OnReply) -> None:
+    def __init__(self, conn: Connection) -> None:
         writer = conn._writer  # redis-py keeps its StreamWriter private; the transport under it is what we read
         if writer is None:
             raise redis_errors.ConnectionError("Connection closed by server.")
         self._transport: asyncio.Transport = writer.transport  # type: ignore[assignment]  # a stream's, so one
         self._previous = self._transport.get_protocol()
-        self._on_reply = on_reply
         self._parser = hiredis.Reader(protocolError=redis_errors.InvalidResponse, replyError=BaseParser.parse_error)
         self._loop = asyncio.get_running_loop()
+        self.heard_at = self._loop.time()  # when the broker last sent something
+
+    def attach(self) -> None:
+        """Read the connection from now on; redis-py's reader hears nothing more, but of its end."""
+        self._transport.set_protocol(self)
+
+    def _reply(self, reply: Any) -> None:
+        raise NotImplementedError
+
+    def _fail(self, error: Exception) -> None:
+        """End the connection because of `error`."""
+        self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.heard_at = self._loop.time()
+        self._parser.feed(data)
+        try:
+            while (reply := self._parser.gets()) is not False:
+                self._reply(reply)
+        except (hiredis.ProtocolError, redis_errors.InvalidResponse) as exc:
+            self._fail(redis_errors.ConnectionError(f"protocol error: {exc}"))
+
+    def eof_received(self) -> bool:
+        return False  # close: connection_lost() follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._previous.connection_lost(exc)  # redis-py's stream ends too: its writer and its close see it
+        error = redis_errors.ConnectionError("Connection closed by server.")
+        error.__cause__ = exc
+        self._fail(error)
+
+    def pause_writing(self) -> None:
+        self._previous.pause_writing()  # a StreamReaderProtocol: its drain() waits for resume_writing()
+
+    def resume_writing(self) -> None:
+        self._previous.resume_writing()
+
+
+class Commands(_Transport):
+    """The publishing connection: commands written straight to the transport, their replies awaited as one future.
+    Through redis-py's `send_packed_command()` and `read_response()` (its StreamWriter's drain, its StreamReader's
+    wake-up of the waiting Task, their layers of Python) a PUBLISH alone at 100 a second cost 255-332 µs of CPU, this
+    way 136-188 (docs/benchmarks.md). One batch at a time: the caller's lock sees to it."""
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__(conn)
+        self._waiting: asyncio.Future[list[Any]] | None = None
+        self._replies: list[Any] = []
+        self._expected = 0
+        self._ended = False
+        self.attach()
+
+    @property
+    def usable(self) -> bool:
+        """False once the connection ended, is closing or fell out of step: connect again."""
+        return not self._ended and not self._transport.is_closing()
+
+    def send(self, writes: Sequence[bytes], replies: int) -> asyncio.Future[list[Any]]:
+        """Write `writes`, in order, each as it is; the future has the `replies` replies to them (errors included)."""
+        if not self.usable:
+            raise redis_errors.ConnectionError("Connection closed by server.")
+        self._waiting, self._expected, self._replies = self._loop.create_future(), replies, []
+        for data in writes:
+            self._transport.write(data)
+        return self._waiting
+
+    def _reply(self, reply: Any) -> None:
+        waiting = self._waiting
+        if waiting is None or waiting.done():  # nobody asked (a command given up on): the replies are out of step
+            self._fail(redis_errors.ConnectionError("a reply nobody waited for"))
+            return
+        self._replies.append(reply)
+        if len(self._replies) == self._expected:
+            self._waiting = None
+            waiting.set_result(self._replies)
+
+    def _fail(self, error: Exception) -> None:
+        self._ended = True
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_exception(error)
+        self._waiting = None
+        super()._fail(error)
+
+
+class Replies(_Transport):
+    """The subscribed connection: each reply handed to `on_reply` as it is read.
+
+    Built before `attach()`, so that replies redis-py had already read can be given to `take()` first, in order.
+    """
+
+    def __init__(self, conn: Connection, on_reply: OnReply) -> None:
+        super().__init__(conn)
+        self._on_reply = on_reply
         self._lost: asyncio.Future[None] = self._loop.create_future()
         self._pending: deque[Any] = deque()  # replies that came while a handler was waiting
         self._busy: asyncio.Task[None] | None = None  # finishing a handler that waited, then the pending replies
         self._unstarted: Awaitable[None] | None = None  # what _busy has to finish, until it starts
         self._stopped = False
-        self.heard_at = self._loop.time()  # when the broker last sent something
 
     @property
     def waiting_since(self) -> float | None:
         """Since when we have been waiting for the broker; None while a handler holds the reading up."""
         return None if self._busy is not None else self.heard_at
-
-    def attach(self) -> None:
-        """Read the connection from now on; redis-py's reader hears nothing more, but of its end."""
-        self._transport.set_protocol(self)
 
     def take(self, reply: Any) -> None:
         """Hand `reply` over now, or after the replies before it if a handler is still waiting."""
@@ -191,34 +278,12 @@ class Replies(asyncio.Protocol):
         elif not self._lost.cancelled():
             self._lost.exception()  # retrieved: nobody is left to raise it
 
+    def _reply(self, reply: Any) -> None:
+        self.take(reply)
+
     def _fail(self, error: Exception) -> None:
-        if not self._lost.done():
-            self._lost.set_exception(error)
-        self._transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        self.heard_at = self._loop.time()
-        self._parser.feed(data)
-        try:
-            while (reply := self._parser.gets()) is not False:
-                self.take(reply)
-        except (hiredis.ProtocolError, redis_errors.InvalidResponse) as exc:
-            self._fail(redis_errors.ConnectionError(f"protocol error: {exc}"))
-
-    def eof_received(self) -> bool:
-        return False  # close: connection_lost() follows
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._previous.connection_lost(exc)  # redis-py's stream ends too: its writer and its close see it
-        error = redis_errors.ConnectionError("Connection closed by server.")
-        error.__cause__ = exc
         if self._stopped and not self._lost.done():
             self._lost.cancel()
         elif not self._lost.done():
             self._lost.set_exception(error)
-
-    def pause_writing(self) -> None:
-        self._previous.pause_writing()  # a StreamReaderProtocol: its drain() waits for resume_writing()
-
-    def resume_writing(self) -> None:
-        self._previous.resume_writing()
+        super()._fail(error)

@@ -8,13 +8,12 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
 import pytest
 import redis.asyncio
-from redis.asyncio.connection import Connection
 
 from backends.base import (
     OWN_WRITE_BYTES,
@@ -27,6 +26,7 @@ from backends.base import (
     PublishTimeout,
 )
 from backends.redis import RedisBackend
+from backends.redis_internals import Commands
 from tests.backends.support import Inbox, Started, tasks_started
 from tests.brokers import free_port, serve
 from tests.brokers.redis import RedisServer, RedisTlsServer
@@ -83,14 +83,14 @@ async def test_a_large_body_is_written_as_it_is_between_the_others(
     inbox = Inbox()
     await b.subscribe(topic, inbox)
     large = [b"%d" % n * OWN_WRITE_BYTES for n in (1, 2)]
-    written: list[Any] = []
-    original = Connection.send_packed_command
+    written: list[bytes] = []
+    original = Commands.send
 
-    async def send(connection: Connection, command: Any, check_health: bool = True) -> None:
-        written.append(command)
-        await original(connection, command, check_health)
+    def send(commands: Commands, writes: Sequence[bytes], replies: int) -> asyncio.Future[list[Any]]:
+        written.extend(writes)
+        return original(commands, writes, replies)
 
-    monkeypatch.setattr(Connection, "send_packed_command", send)
+    monkeypatch.setattr(Commands, "send", send)
     bodies = [b"before", large[0], b"between %d", large[1], b"after"]
     await a.publish(topic, bodies)
     assert await inbox.wait(5) == bodies

@@ -133,3 +133,28 @@ async def test_a_handler_that_raises_loses_its_message_not_the_next(backend: Fac
     await a.publish(other, [b"bad too", b"fine"])
     assert await failing.wait(1) == [b"good"]
     assert await inbox.wait(1) == [b"fine"]
+
+
+async def test_a_publish_reads_its_replies_as_they_arrive(
+    backend: Factory, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No redis-py read per PUBLISH: through `send_packed_command()` and `read_response()` (its StreamWriter's drain,
+    its StreamReader's wake-up of the waiting Task) a PUBLISH alone at 100 a second cost 255-332 µs of CPU, written
+    to the transport and its reply read as it arrives 136-188 (docs/benchmarks.md)."""
+    a, b = await backend(), await backend()
+    inbox = Inbox()
+    await b.subscribe(topic, inbox)
+    await a.publish(topic, [b"0"])  # the first one connects the publishing connection, redis-py's handshake
+    reads: list[object] = []
+    read_response = Connection.read_response
+
+    async def counted(conn: Connection, *args: Any, **kwargs: Any) -> Any:
+        reads.append(conn)
+        return await read_response(conn, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "read_response", counted)
+    for n in range(1, 21):
+        await a.publish(topic, [b"%d" % n])
+    await a.publish(topic, [b"21", b"22", b"23"])
+    assert reads == []  # before: one per PUBLISH, 23
+    assert await inbox.wait(24) == [b"%d" % n for n in range(24)]
