@@ -268,13 +268,19 @@ class Subscription(ABC):
 OWN_WRITE_BYTES = 64 * 1024
 
 
-def writes(pieces: Iterable[bytes]) -> list[bytes]:
-    """`pieces` as the writes that carry them, in order: runs of short ones joined, one of OWN_WRITE_BYTES or more
-    alone and uncopied."""
+#: A piece at least this long goes uncopied in a vectored write (`writelines`, one writev for all): joining it to
+#: its neighbours cost more than an iovec. A 17 KB frame (4 KiB payload) cost 3.2-4.6 us of the writer's CPU
+#: joined, 2.3-2.5 us as it is; at 4 KB 1.0-1.6 against 0.5; at 1.3 KB joining is level (0.20 against 0.22).
+OWN_IOVEC_BYTES = 4096
+
+
+def writes(pieces: Iterable[bytes], alone: int = OWN_WRITE_BYTES) -> list[bytes]:
+    """`pieces` as the writes that carry them, in order: runs of short ones joined, one of `alone` bytes or more
+    (OWN_WRITE_BYTES for writes of their own, OWN_IOVEC_BYTES for a `writelines`) by itself and uncopied."""
     out: list[bytes] = []
     run: list[bytes] = []
     for piece in pieces:
-        if len(piece) < OWN_WRITE_BYTES:
+        if len(piece) < alone:
             run.append(piece)
             continue
         if run:

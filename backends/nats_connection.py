@@ -38,7 +38,7 @@ from backends.base import (
 )
 from backends.deadlines import Deadlines
 from backends.nats_common import CONNECTION_ERRORS, describe, netloc, parse_uri, settle
-from backends.nats_internals import offered_tls, write_with_ping
+from backends.nats_internals import offered_tls, read_in_bulk, write_with_ping
 from sidecar.backoff import Backoff
 from sidecar.logging import Outage, RateLimitedLogger
 
@@ -125,6 +125,7 @@ class NatsConnection(Backend, Generic[S]):
     async def _connect(self) -> Client:
         """A new connection, or BackendUnavailable once each server has failed once."""
         client = Client()
+        read_in_bulk(client)
         first_errors: list[BaseException] = []
         all_failed = asyncio.Event()
 

@@ -249,17 +249,43 @@ def without_trace(publish: Publish) -> Publish:
     return msgspec.structs.replace(publish, traceparent=None, tracestate=None)
 
 
+def _valid(publish: Publish) -> bool:
+    return (
+        publish.type == "publish"
+        and _publish_problem(publish.event, publish.path, publish.id, publish.ack) is None
+        and _binary_problem(publish.bin, publish.data, publish.context) is None
+    )
+
+
 def fast_publish(line: bytes) -> Publish | None:
     """`line` as a valid `publish`, or None if it is anything else (which `decode` and `parse_publish` explain)."""
     publish = decode_json(_publish_decoder, line)
-    if (
-        publish is None
-        or publish.type != "publish"
-        or _publish_problem(publish.event, publish.path, publish.id, publish.ack) is not None
-        or _binary_problem(publish.bin, publish.data, publish.context) is not None
-    ):
+    return publish if publish is not None and _valid(publish) else None
+
+
+def fast_publishes(data: bytes, start: int, end: int) -> list[Publish] | None:
+    """The lines of `data[start:end]` (whole lines: `end` is just after a line feed) as valid publishes, decoded in one
+    call; None unless each line is exactly one publish that `fast_publish` takes (then each goes its own way).
+
+    One call for a read of 200 publish frames cost 1.2 us a frame against 2.4 (256 B payloads), 6.1 against 7.9
+    (4 KiB): no copy of each line, no call per line. msgspec's `decode_lines` takes any white space between values,
+    line feeds within a value too; but valid JSON has no raw line feed in a string, nor `}` then white space then
+    `{` within a value, so when the line feeds are exactly those of `}\n{` between values, and one at the end, each
+    line holds one value, as it would alone. The checks of `decode_json` are made once for all: UTF-8, no CR.
+    """
+    if not (data.startswith(b"{", start) and data.endswith(b"}\n", start, end)) or data.find(b"\r", start, end) >= 0:
         return None
-    return publish
+    lines = data.count(b"\n", start, end)
+    if data.count(b"}\n{", start, end) != lines - 1:
+        return None
+    view = memoryview(data)[start:end]
+    try:
+        if not data.isascii():
+            str(view, "utf-8")
+        publishes = _publish_decoder.decode_lines(view)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
+        return None
+    return publishes if len(publishes) == lines and all(map(_valid, publishes)) else None
 
 
 def parse_publish(frame: dict[str, Any]) -> Publish:

@@ -21,6 +21,7 @@ import pytest
 from aiormq.abc import ChannelFrame
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
+from nats.protocol.parser import Parser
 from yarl import URL
 
 from backends.amqp_connection import BackingOffRobustConnection
@@ -58,6 +59,29 @@ def test_nats_client_state_that_syncar_uses() -> None:
         "nats-py", "Client._process_pong resolving _pongs with set_result(True) alone", "nats_internals._Pong"
     )
     assert "in self._pongs" not in source, relied_on("nats-py", "_pongs only appended to and popped", "_Pong")
+
+
+def test_nats_parser_state_that_bulk_parser_uses() -> None:
+    client = Client()
+    assert isinstance(getattr(client, "_ps", None), Parser), relied_on(
+        "nats-py", "Client._ps (its Parser)", "nats_internals.read_in_bulk"
+    )
+    parser = Parser(client)
+    for name, kind in {"buf": bytearray, "state": int, "needed": int, "header_needed": int, "msg_arg": dict}.items():
+        assert isinstance(getattr(parser, name, None), kind), relied_on(
+            "nats-py", f"Parser.{name} ({kind.__name__})", "nats_internals.BulkParser"
+        )
+    assert "await self._ps.parse(" in inspect.getsource(Client), relied_on(
+        "nats-py", "Client._read_loop feeding what it reads to self._ps.parse", "nats_internals.BulkParser"
+    )
+    assert list(inspect.signature(dict(inspect.getmembers(Client))["_process_msg"]).parameters) == [
+        "self",
+        "sid",
+        "subject",
+        "reply",
+        "data",
+        "headers",
+    ], relied_on("nats-py", "Client._process_msg(sid, subject, reply, data, headers)", "nats_internals.BulkParser")
 
 
 def test_jetstream_publish_futures_that_syncar_fails_on_a_lost_connection() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
+
 from tests.conftest import Connect
 from tests.utils import publish_frame, run_daemon
 
@@ -85,6 +87,39 @@ async def test_events_from_one_client_arrive_in_order(sock: Path, connect: Conne
         events = await sub.events(count)
         assert [e["data"] for e in events] == list(range(count))
         assert [e["seq"] for e in events] == list(range(1, count + 1))
+
+
+async def test_events_large_and_small_arrive_whole_and_in_order(sock: Path, connect: Connect) -> None:
+    """Frames of 4 KiB or more go to the socket as they are, between the small ones joined around them."""
+    async with run_daemon(sock):
+        pub = await connect(sock, {})
+        sub = await connect(sock, {})
+        texts = ["x" * (n % 7 * 3000) + str(n) for n in range(300)]
+        await pub.send(b"".join(orjson.dumps(publish_frame(data={"text": text})) + b"\n" for text in texts))
+        events = await sub.events(len(texts))
+        assert [e["data"]["text"] for e in events] == texts
+
+
+async def test_a_value_over_two_lines_among_publishes_is_bad_frames_and_reaches_nobody(
+    sock: Path, connect: Connect
+) -> None:
+    """The publishes of a read are decoded in one call, which reads any white space between values; a value over two
+    lines must still be two frames that are not JSON: taken, its line feed would end another app's frame early, and
+    the app would write a frame of its own making into that app's stream."""
+    async with run_daemon(sock):
+        pub = await connect(sock, {})
+        sub = await connect(sock, {})
+        publish = b'{"type":"publish","path":"m","event":"e","data":"%b"}'
+        await pub.send(
+            b'{"type":"publish","path":"m","event":"e","data":[\n{"type":"event","seq":1,"origin":"x","id":"1","path":"m","event":"e"}]}\n'
+            + publish % b"a"
+            + publish % b"b"
+            + b"\n"
+            + publish % b"c"
+            + b"\n"
+        )
+        assert [(await pub.frame_of("error"))["code"] for _ in range(3)] == ["invalid_json"] * 3
+        assert (await sub.frame_of("event"))["data"] == "c"
 
 
 async def test_ack_names_the_event_id(sock: Path, connect: Connect) -> None:

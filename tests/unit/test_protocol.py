@@ -3,6 +3,8 @@ from __future__ import annotations
 import msgspec
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sidecar import protocol, tracecontext
 from sidecar.codec import NULL, Event, encode
@@ -205,3 +207,52 @@ def test_a_received_event_is_framed_as_its_json_would_be(event: Event) -> None:
         assert frame == protocol.event(seq, origin, encode(event))
         assert frame.endswith(b"}\n") and frame.count(b"\n") == 1
         assert orjson.loads(frame)["seq"] == seq
+
+
+GOOD = [
+    b'{"type":"publish","path":"m","event":"e","data":{"a":[1,{"b":2}]},"context":{"c":"}\\n{"}}',
+    b'{"type":"publish","path":"m","event":"e","id":"1","ack":true,"data":"\xc3\xa9"}',
+    b'{ "type" : "publish", "path":"m", "event":"e", "data": [ {}, {} ] }',
+]
+
+
+def fast_path(data: bytes) -> list[protocol.Publish] | None:
+    return protocol.fast_publishes(data, 0, len(data))
+
+
+def test_a_read_of_publishes_decodes_as_its_lines_do_one_by_one() -> None:
+    data = b"".join(line + b"\n" for line in GOOD * 3)
+    assert fast_path(data) == [fast_publish(line) for line in GOOD * 3]
+    # Lines of another read before and after: only those in between are taken.
+    start = len(b'"e"}\n')
+    assert protocol.fast_publishes(b'"e"}\n' + data + b'{"ty', start, start + len(data)) == fast_path(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # A value over two lines, and two values on one: each line alone is not JSON. Taken, the line feed inside the
+        # data would end another app's frame there, and what follows would be a frame of this app's making.
+        b'{"type":"publish","path":"m","event":"e","data":{"x":\n"y"}} {"type":"publish","path":"m","event":"e"}\n',
+        b'{"type":"publish","path":"m","event":"e","data":[\n'
+        b'{"type":"event","seq":1}]}\n{"type":"publish","path":"m","event":"e"}{"type":"publish","path":"m","event":"e"}\n',
+        b'{"type":"publish","path":"m","event":"e"}\n\n',  # a blank line
+        b' {"type":"publish","path":"m","event":"e"}\n',
+        b'{"type":"publish","path":"m","event":"e","data":"a"}\r\n',
+        b'{"type":"publish","path":"m","event":"e","data":"\xff"}\n',
+        b'{"type":"publish","path":"m","event":"e"}\n{"type":"ping"}\n',
+        b'{"type":"publish","path":"m","event":"e"}\n{"type":"publish","path":"m","event":"e","ack":true}\n',
+        b'{"type":"publish","path":"m","event":"e"}\n{"type":"publish","path":"m","event":"e","data":[1,]}\n',
+        b'{"type":"publish","path":"m","event":"e","data":' + b"[" * 2000 + b"]" * 2000 + b"}\n",
+    ],
+)
+def test_a_read_with_anything_but_one_valid_publish_a_line_goes_line_by_line(data: bytes) -> None:
+    assert fast_path(data) is None
+
+
+@given(st.lists(st.sampled_from([*GOOD, b"", b" ", b"{", b"}", b"[", b"]", b",", b'"x":1', b"{}"]), max_size=12))
+def test_a_read_taken_at_once_is_taken_as_its_lines_would_be(pieces: list[bytes]) -> None:
+    data = b"\n".join(pieces) + b"\n"
+    publishes = fast_path(data)
+    if publishes is not None:
+        assert publishes == [fast_publish(line) for line in data.split(b"\n")[:-1]]

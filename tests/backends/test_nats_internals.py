@@ -1,0 +1,105 @@
+"""nats_internals.BulkParser against nats-py's own parser: the same calls for the same bytes, however reads cut them."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Any
+
+import pytest
+from nats.errors import ProtocolError
+from nats.protocol.parser import Parser
+
+from backends.nats_internals import BulkParser
+
+
+class Recorder:
+    """What a parser calls on its client, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        assert type(data) is bytes
+        self.calls.append(("msg", sid, subject, reply, data, headers))
+
+    async def _process_ping(self) -> None:
+        self.calls.append(("ping",))
+
+    async def _process_pong(self) -> None:
+        self.calls.append(("pong",))
+
+    async def _process_info(self, info: dict[str, Any]) -> None:
+        self.calls.append(("info", info))
+
+    async def _process_err(self, message: str) -> None:
+        self.calls.append(("err", message))
+
+
+def msg(sid: int, payload: bytes, reply: bytes = b"") -> bytes:
+    return b"MSG k.events %d %b%d\r\n%b\r\n" % (sid, reply + b" " if reply else b"", len(payload), payload)
+
+
+HEADERS = b"NATS/1.0\r\nA: b\r\n\r\n"
+STREAM = b"".join(
+    [
+        b'INFO {"server_id":"x","max_payload":1048576}\r\n',
+        msg(1, b'{"v":1}'),
+        msg(2, b""),
+        b"PONG\r\n",
+        msg(1, bytes(range(256)) * 300, reply=b"_INBOX.a"),
+        b"+OK\r\n",
+        b"HMSG k.events 3 %d %d\r\n%b%b\r\n" % (len(HEADERS), len(HEADERS) + 5, HEADERS, b"hello"),
+        msg(1, b"MSG k.events 1 5\r\n\r\n" * 50),
+        b"PING\r\n",
+        b"-ERR 'Slow Consumer'\r\n",
+        msg(4, b"x" * 70_000),
+        msg(4, b"\r\n"),
+        b"PONG\r\n",
+    ]
+)
+
+
+async def parsed(parser_class: type[Parser], reads: list[bytes]) -> list[tuple[Any, ...]]:
+    recorder = Recorder()
+    parser = parser_class(recorder)
+    for data in reads:
+        await parser.parse(data)
+    assert not parser.buf, "bytes left over"
+    return recorder.calls
+
+
+def cut(data: bytes, at: list[int]) -> list[bytes]:
+    edges = [0, *sorted(at), len(data)]
+    return [data[start:end] for start, end in itertools.pairwise(edges)]
+
+
+async def test_the_same_calls_as_nats_py_in_one_read_and_in_reads_of_each_size() -> None:
+    expected = await parsed(Parser, [STREAM])
+    assert [call[0] for call in expected].count("msg") == 7
+    assert await parsed(BulkParser, [STREAM]) == expected
+    for size in (1, 2, 3, 7, 64, 4096, 32768):
+        reads = [STREAM[i : i + size] for i in range(0, len(STREAM), size)]
+        assert await parsed(BulkParser, reads) == expected, f"reads of {size} bytes"
+
+
+async def test_the_same_calls_as_nats_py_however_reads_cut_the_bytes() -> None:
+    expected = await parsed(Parser, [STREAM])
+    chance = random.Random(17)
+    for _ in range(300):
+        reads = cut(STREAM, chance.sample(range(1, len(STREAM)), chance.randint(1, 40)))
+        assert await parsed(BulkParser, reads) == expected, [len(read) for read in reads]
+
+
+async def test_a_reset_forgets_a_payload_half_read() -> None:
+    recorder = Recorder()
+    parser = BulkParser(recorder)
+    await parser.parse(msg(1, b"x" * 1000)[:500])
+    parser.reset()  # nats-py's, on a reconnect
+    await parser.parse(msg(2, b"fresh"))
+    assert recorder.calls == [("msg", 2, b"k.events", b"", b"fresh", None)]
+
+
+async def test_an_unknown_operation_is_a_protocol_error_as_in_nats_py() -> None:
+    with pytest.raises(ProtocolError):
+        await parsed(BulkParser, [msg(1, b"ok") + b"NONSENSE\r\n"])
