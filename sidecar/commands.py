@@ -129,15 +129,15 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 def _run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     try:
-        import uvloop  # noqa: PLC0415  # this command's own
+        import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency everywhere it builds
         return asyncio.run(main())
     return uvloop.run(main())
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from sidecar.allocator import keep_large_buffers  # noqa: PLC0415  # this command's own
-    from sidecar.daemon import Daemon  # noqa: PLC0415  # this command's own
+    from sidecar.allocator import keep_large_buffers
+    from sidecar.daemon import Daemon
 
     settings = load_settings(args)
     configure_logging(settings.log_level, settings.log_format)
@@ -170,14 +170,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from backends import load_backend  # noqa: PLC0415  # this command's own
-    from backends.base import BackendError  # noqa: PLC0415  # this command's own
+    from backends import load_backend
+    from backends.base import BackendError
 
     settings = load_settings(args)
     # Broker libraries log their own view of a failure; ours is the one line printed below.
     configure_logging("error", settings.log_format)
     if settings.signing_key_file is not None:
-        from sidecar.signing import load_keys  # noqa: PLC0415  # this command's own
+        from sidecar.signing import load_keys
 
         print(f"signing keys         {len(load_keys(settings.signing_key_file))}")
     for name in Settings.model_fields:
@@ -209,7 +209,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from sidecar.client import AckTimeout, Client, ClientError, PublishRefused, checked_client_id  # noqa: PLC0415  # this command's own
+    from sidecar.client import AckTimeout, Client, ClientError, PublishRefused, checked_client_id
 
     settings = load_settings(args)
     try:
@@ -255,7 +255,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from sidecar.client import Client, ClientError  # noqa: PLC0415  # this command's own
+    from sidecar.client import Client, ClientError
 
     settings = load_settings(args)
     subscribe = [{"path": args.path, "event": args.event}]
@@ -289,14 +289,14 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from sidecar import probe  # noqa: PLC0415  # this command's own
+    from sidecar import probe
 
     route = "readyz/broker" if args.broker else "readyz" if args.ready else "healthz"
     return probe.health(load_settings(args), route, args.timeout)
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
-    from sidecar import probe  # noqa: PLC0415  # this command's own
+    from sidecar import probe
 
     return probe.peers(load_settings(args), args.json, args.timeout)
 
