@@ -94,9 +94,11 @@ async def test_two_pages_on_two_instances(
     redis_server: BrokerServer, sock_dir: Path, browser: BrowserContext, tmp_path: Path
 ) -> None:
     key = ("--backend", redis_server.uri, "--key", f"chat-{sock_dir.name}")
-    daemons = {name: await SpawnedDaemon(sock_dir / f"{name}.sock", *key, name=name).ready() for name in "ab"}
+    daemons: dict[str, SpawnedDaemon] = {}
     servers: list[ChatServer] = []
     try:
+        for name in "ab":  # started inside the try: a daemon that fails to start stops those before it
+            daemons[name] = await SpawnedDaemon(sock_dir / f"{name}.sock", *key, name=name).ready()
         for name in "ab":
             servers.append(await ChatServer.run(daemons[name].socket, f"server-{name}"))
         errors: list[str] = []

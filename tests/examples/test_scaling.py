@@ -40,13 +40,11 @@ async def stopped_at_end() -> AsyncIterator[list[ChatServer | ChatClient]]:
 async def test_three_instances_each_with_its_own_syncar(
     redis_server: BrokerServer, sock_dir: Path, stopped_at_end: list[ChatServer | ChatClient]
 ) -> None:
-    daemons = [
-        await SpawnedDaemon(
-            sock_dir / f"{name}.sock", "--backend", redis_server.uri, "--key", f"chat-{sock_dir.name}", name=name
-        ).ready()
-        for name in "abc"
-    ]
+    key = ("--backend", redis_server.uri, "--key", f"chat-{sock_dir.name}")
+    daemons: list[SpawnedDaemon] = []
     try:
+        for name in "abc":  # started inside the try: a daemon that fails to start stops those before it
+            daemons.append(await SpawnedDaemon(sock_dir / f"{name}.sock", *key, name=name).ready())
         clients = []
         for daemon, name in zip(daemons, "abc", strict=True):
             server = await ChatServer.run(daemon.socket, f"server-{name}")
