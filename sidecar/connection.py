@@ -125,12 +125,14 @@ class Connection(asyncio.Protocol):
         if publishes is None:
             self._frames(decoder.feed(data))
         else:
-            self._frames(decoder.feed(data[:start]))
+            if start:
+                self._frames(decoder.feed(data[:start]))
             for publish in publishes:
                 if self._closing:
                     return
                 self._publish(publish)
-            self._frames(decoder.feed(data[end:]))
+            if end < len(data):
+                self._frames(decoder.feed(data[end:]))
         self._relay.flush_counts()
 
     def _frames(self, lines: list[bytes]) -> None:

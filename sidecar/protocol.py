@@ -273,11 +273,15 @@ def fast_publishes(data: bytes, start: int, end: int) -> list[Publish] | None:
     `{` within a value, so when the line feeds are exactly those of `}\n{` between values, and one at the end, each
     line holds one value, as it would alone. The checks of `decode_json` are made once for all: UTF-8, no CR.
     """
-    if not (data.startswith(b"{", start) and data.endswith(b"}\n", start, end)) or data.find(b"\r", start, end) >= 0:
+    if not data.startswith(b"{", start) or data.find(b"\r", start, end) >= 0:
         return None
-    lines = data.count(b"\n", start, end)
-    if data.count(b"}\n{", start, end) != lines - 1:
-        return None
+    lines, find = 0, data.find
+    feed = find(b"\n", start, end)
+    while feed >= 0:  # memchr from one to the next: bytes.count() looks at one byte at a time
+        lines += 1
+        if data[feed - 1] != 0x7D or (feed + 1 < end and data[feed + 1] != 0x7B):  # not `}\n{`, nor the last `}\n`
+            return None
+        feed = find(b"\n", feed + 1, end)
     view = memoryview(data)[start:end]
     try:
         if not data.isascii():
