@@ -160,7 +160,7 @@ def publish_frame(path: str = "messages", event: str = "created", data: Any = No
 # other users cannot enter, so what the daemon needs is imported before root is given up.
 RUN_AS = """
 import os, sys
-import asyncio, backends.local, sidecar.cli, sidecar.daemon, uvloop
+import asyncio, backends.local, sidecar.cli, sidecar.commands, sidecar.daemon, uvloop
 uid = int(sys.argv[1])
 os.setgroups([])
 os.setgid(uid)
