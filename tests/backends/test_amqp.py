@@ -56,6 +56,20 @@ def backend(server: RabbitServer, started: Started) -> Factory:
     return factory
 
 
+@pytest.fixture
+def acked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The delivery tags every channel acknowledges to the broker, in order (`basic_ack` still goes through)."""
+    tags: list[int] = []
+    basic_ack = aiormq.Channel.basic_ack
+
+    async def recording(channel: aiormq.Channel, delivery_tag: int, *args: Any, **kwargs: Any) -> None:
+        tags.append(delivery_tag)
+        await basic_ack(channel, delivery_tag, *args, **kwargs)
+
+    monkeypatch.setattr(aiormq.Channel, "basic_ack", recording)
+    return tags
+
+
 async def test_a_slow_handler_holds_messages_on_the_broker(backend: Factory, topic: str) -> None:
     """Memory stays bounded: past the prefetch window, messages wait in the broker's queue, not in syncar."""
     sender, receiver = await backend(), await backend()
@@ -85,18 +99,10 @@ async def test_a_slow_handler_holds_messages_on_the_broker(backend: Factory, top
 
 
 async def test_at_a_low_rate_broadcast_acknowledgements_are_grouped_in_time(
-    backend: Factory, topic: str, monkeypatch: pytest.MonkeyPatch
+    backend: Factory, topic: str, acked: list[int]
 ) -> None:
     """An ack written to the broker for every message was a third of a receiving daemon's CPU at 1,000 events/s: in
     broadcast mode a message the handler caught up with waits up to ACK_DELAY for company; none is left unacked."""
-    acked: list[int] = []
-    basic_ack = aiormq.Channel.basic_ack
-
-    async def recording(channel: aiormq.Channel, delivery_tag: int, *args: Any, **kwargs: Any) -> None:
-        acked.append(delivery_tag)
-        await basic_ack(channel, delivery_tag, *args, **kwargs)
-
-    monkeypatch.setattr(aiormq.Channel, "basic_ack", recording)
     sender, receiver = await backend(), await backend()
     inbox = Inbox()
     await receiver.subscribe(topic, inbox)
@@ -144,19 +150,11 @@ async def test_at_a_low_rate_a_broadcast_subscription_sets_no_timer_per_message(
 
 
 async def test_own_messages_are_skipped_unread_and_still_acknowledged(
-    server: RabbitServer, started: Started, topic: str, monkeypatch: pytest.MonkeyPatch
+    server: RabbitServer, started: Started, topic: str, acked: list[int]
 ) -> None:
     """RabbitMQ has no no-local: a publishing daemon got each of its messages back, a third of what each daemon of a
     fleet of three read, only for the relay to drop it. They are skipped as the reader reads them now, and still
     acknowledged, or three prefetch windows of them would stop every delivery to the daemon."""
-    acked: list[int] = []
-    basic_ack = aiormq.Channel.basic_ack
-
-    async def recording(channel: aiormq.Channel, delivery_tag: int, *args: Any, **kwargs: Any) -> None:
-        acked.append(delivery_tag)
-        await basic_ack(channel, delivery_tag, *args, **kwargs)
-
-    monkeypatch.setattr(aiormq.Channel, "basic_ack", recording)
     mine = await started(AmqpBackend(BackendConfig(server.uri, "test-mine", echo=False)))
     other = await started(AmqpBackend(BackendConfig(server.uri, "test-other")))
     assert not mine.broker_echoes
