@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import ClassVar, cast
+from typing import ClassVar, NamedTuple, cast
 
 import aiormq.abc
 from aio_pika.abc import AbstractRobustChannel
@@ -50,6 +50,13 @@ class _AckDue:
 
 
 ACK_DUE, ACK_NOW = _AckDue(), _AckDue()
+
+
+class _Skipped(NamedTuple):
+    """A message of our own, skipped unread behind messages still waiting in the inbox: counted in its turn."""
+
+    channel: aiormq.abc.AbstractChannel
+    tag: int
 
 
 class AmqpSubscription(Subscription):
@@ -83,7 +90,7 @@ class AmqpSubscription(Subscription):
         self.consumer_tag: str | None = None
         self._underlay: aiormq.abc.AbstractChannel | None = None
         # Bounded by prefetch (and one ACK_DUE and one ACK_NOW at a time).
-        self._inbox: asyncio.Queue[aiormq.abc.DeliveredMessage | _AckDue | None] = asyncio.Queue()
+        self._inbox: asyncio.Queue[aiormq.abc.DeliveredMessage | _Skipped | _AckDue | None] = asyncio.Queue()
         # The newest message handled (or skipped) and not yet acknowledged: its channel and delivery tag; how many.
         self._unacked: tuple[aiormq.abc.AbstractChannel, int] | None = None
         self._count = 0
@@ -137,12 +144,17 @@ class AmqpSubscription(Subscription):
             self._inbox.put_nowait(message)
 
     def _skip(self, channel: aiormq.abc.AbstractChannel, tag: int | None) -> None:
-        # Called by the connection's reader for a message of our own, unread (broadcast mode only: it may be
-        # acknowledged before messages still in the inbox, which broadcast mode never gets again anyway).
-        if self.active and tag is not None:
-            self._handled_one(channel, tag)
-            if self._count == ACK_EVERY:
-                self._inbox.put_nowait(ACK_NOW)
+        # Called by the connection's reader for a message of our own, unread (broadcast mode only). Counted at once
+        # only if no message waits in the inbox: an acknowledgement (`multiple`) up to its tag would acknowledge
+        # those too, unhandled, and the broker would send more past the prefetch window, into this process.
+        if not self.active or tag is None:
+            return
+        if not self._inbox.empty():
+            self._inbox.put_nowait(_Skipped(channel, tag))
+            return
+        self._handled_one(channel, tag)
+        if self._count == ACK_EVERY:
+            self._inbox.put_nowait(ACK_NOW)
 
     async def _on_delivery(self, message: aiormq.abc.DeliveredMessage) -> None:
         # What aiormq itself would call, in a Task per message; deliver_without_tasks() takes its place.
@@ -167,11 +179,8 @@ class AmqpSubscription(Subscription):
             message = await self._inbox.get()
             if message is None:
                 break
-            if isinstance(message, _AckDue):  # no message came for ack_delay, or ACK_EVERY of ours were skipped
-                if message is ACK_DUE:
-                    self._ack_timer = None
-                if message is ACK_DUE or self._count >= ACK_EVERY:
-                    await self._ack_handled()
+            if isinstance(message, _AckDue | _Skipped):
+                await self._bookkeeping(message)
                 continue
             if not self.active or self._stale(message):
                 continue
@@ -189,6 +198,20 @@ class AmqpSubscription(Subscription):
             if self._caught_up(self._count):
                 await self._ack_handled()
         await self._ack_handled(wait=True)  # stopping: what was handled must not come back
+
+    async def _bookkeeping(self, item: _AckDue | _Skipped) -> None:
+        """An acknowledgement due (ACK_DUE: no message came for ack_delay; ACK_NOW: ACK_EVERY of ours were skipped),
+        or one of our own messages skipped behind others, counted in its turn."""
+        if isinstance(item, _Skipped):
+            if self.active:
+                self._handled_one(item.channel, item.tag)
+                if self._caught_up(self._count):
+                    await self._ack_handled()
+            return
+        if item is ACK_DUE:
+            self._ack_timer = None
+        if item is ACK_DUE or self._count >= ACK_EVERY:
+            await self._ack_handled()
 
     def _handled_one(self, channel: aiormq.abc.AbstractChannel, tag: int) -> None:
         """Count a message as handled, to be acknowledged by the next acknowledgement (`multiple`)."""

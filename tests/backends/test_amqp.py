@@ -16,7 +16,7 @@ from pamqp.commands import Basic
 from backends.amqp import AmqpBackend, AmqpSubscription, confirmed
 from backends.amqp_common import DEFAULT_PREFETCH
 from backends.amqp_internals import GROUP_BYTES
-from backends.amqp_subscription import ACK_DELAY
+from backends.amqp_subscription import ACK_DELAY, ACK_EVERY
 from backends.amqp_topology import BINDING_KEY
 from backends.base import (
     Backend,
@@ -167,6 +167,53 @@ async def test_own_messages_are_skipped_unread_and_still_acknowledged(
     assert await inbox.wait(1) == [b"theirs"]  # before: the own messages first; unacknowledged, nothing after 256
     await wait_for(lambda: acked[-1:] == [own + 1], ACK_DELAY + 5, "every delivery acknowledged")
     assert len(acked) <= own // 64 + 2, acked  # in groups, as handled messages are
+
+
+async def test_own_messages_skipped_behind_waiting_ones_are_not_acknowledged_before_them(
+    server: RabbitServer, started: Started, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted as handled when read, our own messages made the next acknowledgement (`multiple`) cover the messages
+    of others still waiting in the inbox, unhandled: the broker sent more past the prefetch window, and a daemon
+    whose handler fell behind held ever more of them (2,819 messages waiting with a prefetch of 256). Behind waiting
+    messages they are counted in their turn now."""
+    mine = await started(AmqpBackend(BackendConfig(server.uri, "test-mine", echo=False)))
+    other = await started(AmqpBackend(BackendConfig(server.uri, "test-other")))
+    tokens: asyncio.Queue[None] = asyncio.Queue()
+    handled: list[bytes] = []
+
+    async def slow(message: Message) -> None:
+        await tokens.get()
+        handled.append(message.body)
+
+    acks: list[tuple[int, int]] = []  # (the tag acknowledged up to, messages handled by then)
+    basic_ack = aiormq.Channel.basic_ack
+
+    async def recording(channel: aiormq.Channel, delivery_tag: int, *args: Any, **kwargs: Any) -> None:
+        acks.append((delivery_tag, len(handled)))
+        await basic_ack(channel, delivery_tag, *args, **kwargs)
+
+    monkeypatch.setattr(aiormq.Channel, "basic_ack", recording)
+    subscription = await mine.subscribe(topic, slow)
+    assert isinstance(subscription, AmqpSubscription)
+    theirs, own = 100, ACK_EVERY
+    await other.publish(topic, [b"theirs %d" % n for n in range(theirs)])  # delivery tags 1-100
+    await mine.publish(topic, [b"mine %d" % n for n in range(own)])  # 101-164, read while 99 of theirs wait
+
+    def delivered() -> bool:
+        queues = server.list("queues", "name", "messages_unacknowledged")
+        return any(q["name"] == subscription.queue and q["messages_unacknowledged"] == theirs + own for q in queues)
+
+    await wait_for(delivered, 10, "every message handed to the consumer")
+    await mine.publish(topic, [b"mine, last"])  # its confirmation comes after the deliveries: they have been read
+    for _ in range(theirs):
+        tokens.put_nowait(None)
+
+    def early() -> list[tuple[int, int]]:
+        return [(tag, done) for tag, done in acks if done < min(tag, theirs)]
+
+    last = (theirs + own + 1, theirs)
+    await wait_for(lambda: early() or acks[-1:] == [last], ACK_DELAY + 10, "every message acknowledged")
+    assert early() == [], f"acknowledged up to these tags with fewer of theirs handled: {early()}"
 
 
 async def test_a_delivery_starts_no_task(backend: Factory, topic: str) -> None:
