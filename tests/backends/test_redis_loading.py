@@ -71,7 +71,10 @@ async def test_connected_only_once_redis_serves_what_the_mode_needs(server: Slow
         server.loading_slowly = True
         await asyncio.to_thread(server.restart)
         assert await _loading(probe), "Redis loaded its dataset before the test could see it loading"
-        await wait_for(lambda: broadcast_reader.state is BackendState.CONNECTED, what="broadcast back while loading")
+        broadcast = (broadcast_sender, broadcast_reader)
+        await wait_for(
+            lambda: all(b.state is BackendState.CONNECTED for b in broadcast), what="broadcast back while loading"
+        )
         await broadcast_sender.publish("events", [b"while loading"])
         assert await inbox.wait(1) == [b"while loading"]
         await eventually(lambda: _not_loading(probe), 60, "Redis to load its dataset")
