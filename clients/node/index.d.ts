@@ -28,7 +28,8 @@ interface SyncarOptions {
   /**
    * This app's identity on syncar, and a secret: the daemon scopes the ids of the events it publishes with it. 1 to
    * 256 characters. Default: 128 random bits, a new app per process. Give the same one to keep an app's scope across
-   * restarts and processes; keep it out of logs and code.
+   * restarts, one per process connected at a time (a connection that resumes is not replayed the events of its own
+   * clientId, so workers sharing one would miss each other's); keep it out of logs and code.
    */
   clientId?: string;
   /**
