@@ -233,21 +233,23 @@ class RedisBackend(RedisBaseBackend):
     async def _read(self, conn: Connection, options: RedisOptions) -> None:
         self._silent = None
         replies = self._replies = Replies(conn, self._on_reply)
-        # What redis-py read past the last confirmation goes first. can_read() and a buffered reply wait for
-        # nothing: no byte can arrive between them and attach().
-        while await conn.can_read():
-            try:
-                reply = await conn.read_response(timeout=math.inf, disconnect_on_error=False)
-            except (redis_errors.ResponseError, redis_errors.BusyLoadingError) as exc:
-                reply = exc
-            replies.take(reply)
-        replies.attach()
-        # No timeout per read (it would cost a quarter of the throughput): the watchdog has one.
-        watchdog = asyncio.create_task(self._watch(conn, replies, options.health_check_interval))
-        try:
+        watchdog: asyncio.Task[None] | None = None
+        try:  # from here: a reply taken below may have started a handler's Task, which stop() ends
+            # What redis-py read past the last confirmation goes first. can_read() and a buffered reply wait for
+            # nothing: no byte can arrive between them and attach().
+            while await conn.can_read():
+                try:
+                    reply = await conn.read_response(timeout=math.inf, disconnect_on_error=False)
+                except (redis_errors.ResponseError, redis_errors.BusyLoadingError) as exc:
+                    reply = exc
+                replies.take(reply)
+            replies.attach()
+            # No timeout per read (it would cost a quarter of the throughput): the watchdog has one.
+            watchdog = asyncio.create_task(self._watch(conn, replies, options.health_check_interval))
             await replies.lost()
         finally:
-            watchdog.cancel()
+            if watchdog is not None:
+                watchdog.cancel()
             replies.stop()
 
     def _why_lost(self) -> str | None:
