@@ -6,8 +6,8 @@ ours: each read is parsed with hiredis in the loop's I/O callback. On the subscr
 reply is handed to the backend there and then; on the publishing one (`Commands`) a batch's PUBLISHes are written to
 the transport as they are and their replies resolve one future. Read through redis-py's `read_response()`, each
 message cost a wake-up of the reader's Task through asyncio's StreamReader (a turn of the loop more) and its layers
-of Python: a subscriber alone at 1,000 messages/s spent 45-56 µs of CPU per message so, 23-36 µs this way
-(docs/benchmarks.md).
+of Python: a subscriber alone at 1,000 messages/s spent 45-56 µs of CPU per message so, 23-29 µs this way (the same
+three alternated runs, docs/benchmarks.md).
 
 A handler is a coroutine function; `run_now` runs it up to its first wait, which the relay's never reaches. One that
 does wait is finished in a Task, with the reading paused meanwhile, so that messages are still handed over one at a
@@ -161,8 +161,9 @@ class _Transport(asyncio.Protocol):
 class Commands(_Transport):
     """The publishing connection: commands written straight to the transport, their replies awaited as one future.
     Through redis-py's `send_packed_command()` and `read_response()` (its StreamWriter's drain, its StreamReader's
-    wake-up of the waiting Task, their layers of Python) a PUBLISH alone at 100 a second cost 255-332 µs of CPU, this
-    way 136-188 (docs/benchmarks.md). One batch at a time: the caller's lock sees to it."""
+    wake-up of the waiting Task, their layers of Python) `RedisBackend.publish()` at 100 a second cost a median 253 µs
+    of CPU, this way 234; in the daemons the difference is within the noise (docs/benchmarks.md). One batch at a
+    time: the caller's lock sees to it."""
 
     def __init__(self, conn: Connection) -> None:
         super().__init__(conn)

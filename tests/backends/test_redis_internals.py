@@ -138,9 +138,9 @@ async def test_a_handler_that_raises_loses_its_message_not_the_next(backend: Fac
 async def test_a_publish_reads_its_replies_as_they_arrive(
     backend: Factory, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No redis-py read per PUBLISH: through `send_packed_command()` and `read_response()` (its StreamWriter's drain,
-    its StreamReader's wake-up of the waiting Task) a PUBLISH alone at 100 a second cost 255-332 µs of CPU, written
-    to the transport and its reply read as it arrives 136-188 (docs/benchmarks.md)."""
+    """No redis-py read per PUBLISH: `send_packed_command()` and `read_response()` (its StreamWriter's drain, its
+    StreamReader's wake-up of the waiting Task) are left for a write to the transport and the reply read as it
+    arrives (`RedisBackend.publish()` at 100 a second: a median 253 µs of CPU against 234, docs/benchmarks.md)."""
     a, b = await backend(), await backend()
     inbox = Inbox()
     await b.subscribe(topic, inbox)
