@@ -41,7 +41,8 @@ _WHITESPACE = frozenset(" \t\r\n")
 
 def write_with_ping(client: Client, subject: str = "", bodies: Sequence[bytes] = ()) -> asyncio.Future[bool]:
     """Write what nats-py holds for its flusher task, a PUB of each of `bodies` on `subject`, and a PING behind them,
-    in one vectored write; the future is done when the server's PONG comes, so once the server has processed all of it.
+    in one `writelines` (one writev under uvloop); the future is done when the server's PONG comes, so once the
+    server has processed all of it.
 
     nats-py's flush() writes its PING straight to the socket, ahead of commands still queued (its PONG would prove
     nothing about them), and its flusher writes those in a write of their own: two system calls per batch, which at

@@ -248,7 +248,7 @@ class Connection(asyncio.Protocol):
         if self._closing or transport is None or not frames:
             return
         self._unsent = []
-        # One writev: an event frame of 4 KiB or more goes as it is, not copied into one block with the others.
+        # One writev under uvloop: an event frame of 4 KiB or more goes as it is, not copied into one block.
         transport.writelines(writes(frames, OWN_IOVEC_BYTES))
         if transport.get_write_buffer_size() > self._queue_bytes:
             self._metrics.disconnects.labels("slow_client").inc()
