@@ -135,7 +135,8 @@ async def test_certificates_that_do_not_match_are_refused_for_good(
         daemon.kill()
     *before, last = daemon.log.splitlines()
     hosts = ",".join(node.tls_address for node in redis_cluster.nodes.values())
-    assert last.endswith(f" ERROR   sidecar.commands: cannot start: redis: cannot connect to cluster of {hosts}: {reason}")
+    refused = f"cannot start: redis: cannot connect to cluster of {hosts}: {reason}"
+    assert last.endswith(f" ERROR   sidecar.commands: {refused}")
     assert not [line for line in before if " INFO " not in line], daemon.log
 
 
