@@ -16,7 +16,8 @@ NEVER = ("pydantic_settings", "logging.config", "logging.handlers", "tomllib", "
 #: A daemon made as `syncar run` makes it, then what it imported.
 MADE = """
 import sys
-from sidecar.commands import build_parser, load_settings
+from sidecar.commands import build_parser
+from sidecar.commands_common import load_settings
 from sidecar.daemon import Daemon
 from sidecar.logging import configure
 settings = load_settings(build_parser().parse_args(["run", "--backend", {uri!r}, "--socket", "/tmp/unused.sock"]))
