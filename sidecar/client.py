@@ -51,7 +51,7 @@ _CLOSED = object()
 
 
 def checked_client_id(client_id: object) -> str:
-    """`client_id` if the daemon takes it in a `hello` (sidecar.protocol.Hello: 1 to MAX_ID_LENGTH characters).
+    """`client_id` if the daemon takes it in a `hello` (sidecar.hello.Hello: 1 to MAX_ID_LENGTH characters).
 
     Raises:
         ValueError: it would not: the daemon would close the connection with `invalid_frame`, at every reconnect.

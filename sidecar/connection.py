@@ -22,6 +22,7 @@ from backends.base import OWN_IOVEC_BYTES, writes
 from sidecar import protocol, tracecontext
 from sidecar.errors import FrameError
 from sidecar.framing import FrameDecoder, Oversized
+from sidecar.hello import Resume, parse_hello
 from sidecar.logging import RateLimitedLogger, printable
 from sidecar.metrics import DropReason, Metrics
 from sidecar.peers import PeerPolicy
@@ -190,7 +191,7 @@ class Connection(asyncio.Protocol):
         elif kind == "hello":
             if self.greeted:
                 raise FrameError(ErrorCode.INVALID_FRAME, "hello: only allowed as the first frame")
-            hello = protocol.parse_hello(frame, self._limits.max_patterns)
+            hello = parse_hello(frame, self._limits.max_patterns)
             self.name = hello.client
             self.echo = hello.echo
             if hello.client_id:
@@ -227,7 +228,7 @@ class Connection(asyncio.Protocol):
                 publish = protocol.without_trace(publish)
         self._relay.publish(self, publish)
 
-    def _greet(self, resume: protocol.Resume | None) -> None:
+    def _greet(self, resume: Resume | None) -> None:
         if not self.greeted:
             self.greeted = True
             self.id_scope = self._relay.scope_of(self.client_id)

@@ -23,6 +23,7 @@ from sidecar.codec import Codec, Event, Outgoing, encode
 from sidecar.dedup import EventIds
 from sidecar.errors import CodecError
 from sidecar.gaps import GapTracker
+from sidecar.hello import Resume
 from sidecar.logging import RateLimitedLogger, printable
 from sidecar.metrics import DropReason, Metrics
 from sidecar.outbox import Outbox, OutboxFull
@@ -95,7 +96,7 @@ class Relay:
 
     # -- clients -------------------------------------------------------------------------------
 
-    def join(self, client: Subscriber, resume: protocol.Resume | None) -> None:
+    def join(self, client: Subscriber, resume: Resume | None) -> None:
         """Start delivering to `client`: welcome it, replay what it missed, then live events."""
         cursor: int | None = None  # replay the events after this seq
         gap: str | None = None  # why the client missed events it cannot get

@@ -3,7 +3,7 @@
 What a filter costs per event does not grow with the number of patterns nor
 with the number of distinct paths that go by: exact names and a whole `*` are
 set and dict lookups, and only patterns with a wildcard inside a name (at most
-`protocol.MAX_WILDCARD_PATTERNS`) are matched one by one, each in time linear
+`hello.MAX_WILDCARD_PATTERNS`) are matched one by one, each in time linear
 in the name (no regex, whose backtracking an app could choose), with their
 answers cached within a bound in entries and in characters.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from sidecar.protocol import Pattern
+from sidecar.hello import Pattern
 
 #: Distinct (path, event) pairs whose wildcard answer is remembered per filter; services and events are few.
 CACHE_SIZE = 1024
@@ -42,7 +42,7 @@ class Glob:
     The part before the first `*` and the part after the last are checked where they must be, at the start and at
     the end of the name; each part between two `*` is found with `str.find` after the previous one, the leftmost
     occurrence being always the best. A `?` between two `*` would need a search that is not linear, so
-    protocol.Pattern refuses it.
+    hello.Pattern refuses it.
     """
 
     __slots__ = ("_head", "_head_regex", "_middle", "_star", "_tail", "_tail_regex")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from sidecar.protocol import MAX_WILDCARD_PATTERNS
+from sidecar.hello import MAX_WILDCARD_PATTERNS
 from tests.conftest import Connect
 from tests.utils import TIMEOUT, RawClient, SpawnedDaemon, publish_frame, run_daemon, wait_for
 

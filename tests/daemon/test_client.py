@@ -376,7 +376,7 @@ def test_a_client_id_is_taken_as_the_daemon_takes_a_hellos(client_id: Any) -> No
     """The client refuses at once the `client_id` the daemon would refuse in every `hello` (then the client would
     reconnect, be refused, reconnect...); the daemon's rule, not another one. None is no client_id: a random one."""
     from sidecar.errors import FrameError
-    from sidecar.protocol import parse_hello
+    from sidecar.hello import parse_hello
 
     try:
         parse_hello({"type": "hello", "client_id": client_id}, max_patterns=1)

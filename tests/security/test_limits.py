@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 
 from sidecar.config import Settings
-from sidecar.protocol import MAX_PATTERN_LENGTH, MAX_WILDCARD_PATTERNS
+from sidecar.hello import MAX_PATTERN_LENGTH, MAX_WILDCARD_PATTERNS
 from tests.conftest import Connect
 from tests.utils import DROPPED, TIMEOUT, SpawnedDaemon, metric, publish_frame, run_daemon
 

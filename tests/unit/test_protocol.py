@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from sidecar import protocol, tracecontext
 from sidecar.codec import NULL, Event, encode
 from sidecar.errors import FrameError
-from sidecar.protocol import ErrorCode, decode, fast_publish, parse_hello, parse_publish, readable_id
+from sidecar.hello import parse_hello
+from sidecar.protocol import ErrorCode, decode, fast_publish, parse_publish, readable_id
 from tests.utils import REPO
 
 

@@ -13,9 +13,10 @@ import pytest
 from backends.base import BackendState, Message
 from sidecar.codec import Outgoing, SyncarCodec
 from sidecar.gaps import GapTracker
+from sidecar.hello import Resume
 from sidecar.metrics import DropReason, Metrics
 from sidecar.outbox import Outbox
-from sidecar.protocol import Publish, Resume, fast_publish
+from sidecar.protocol import Publish, fast_publish
 from sidecar.relay import Relay
 from sidecar.replay import ReplayBuffer
 from tests.unit.fakes import FakeBackend, FakeSubscriber, outgoing

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from sidecar.protocol import Pattern
+from sidecar.hello import Pattern
 from sidecar.subscriptions import CACHE_CHARS, CACHE_SIZE, EventFilter, Glob
 
 
@@ -32,7 +32,7 @@ def test_no_patterns_wants_nothing() -> None:
 
 
 def floating(name: str) -> bool:
-    """A `?` between two `*`, which protocol.Pattern refuses."""
+    """A `?` between two `*`, which hello.Pattern refuses."""
     return any("?" in middle for middle in name.split("*")[1:-1])
 
 
