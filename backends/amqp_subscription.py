@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import ClassVar, NamedTuple, cast
+from typing import Any, ClassVar, NamedTuple, cast
 
 import aiormq.abc
 from aio_pika.abc import AbstractRobustChannel
@@ -42,6 +42,10 @@ ACK_DELAY = 0.25  # broadcast mode: ...or once no message came for this long (se
 #: Seconds before a failed message comes back, doubling while it keeps failing: a poison message must not spin.
 REDELIVERY_DELAY, MAX_REDELIVERY_DELAY = 0.5, 5.0
 DRAIN_TIMEOUT = 5.0  # how long unsubscribe() lets a running handler finish
+#: Durable mode: a handler that has held a delivery this long (seconds; the relay waits while no app is connected)
+#: gets its channel closed, so the broker keeps the unacknowledged deliveries rather than close the channel itself
+#: after its `consumer_timeout` (30 min by default) again and again; consumed again once the handler returns.
+HOLD_LIMIT = 60.0
 
 
 class _AckDue:
@@ -293,8 +297,56 @@ class AmqpDurableSubscription(AmqpSubscription):
 
     ack_delay: ClassVar[float | None] = None
 
+    def __init__(self, topic: str, handler: Handler, *args: Any, **kwargs: Any) -> None:
+        self._inner = handler
+        self._holding = False  # the handler has a delivery
+        self._returned = 0  # handler calls returned (or raised)
+        self._let_go = False  # the channel was closed under a held delivery: consume again once it returns
+        self._holds: asyncio.Task[None] | None = None
+        super().__init__(topic, self._hold, *args, **kwargs)
+
+    async def _hold(self, message: Message) -> None:
+        self._holding = True
+        try:
+            await self._inner(message)
+        finally:
+            self._holding = False
+            self._returned += 1
+            let_go, self._let_go = self._let_go, False
+        if let_go:  # (one that raised is _failed()'s to restore; one cancelled, stopping, is not)
+            self._restore()  # the delivery's channel is gone: it comes again, and the relay drops the copy
+
+    async def live(self) -> bool:
+        # Let go under a held delivery: consumed again once the handler returns, not when aio-pika reopens the channel.
+        return self._let_go or await super().live()
+
+    async def _watch_holds(self) -> None:
+        """Close the channel under a handler call that has lasted HOLD_LIMIT: see HOLD_LIMIT."""
+        while self.active:
+            returned = self._returned
+            await asyncio.sleep(HOLD_LIMIT)
+            underlay = self._underlay
+            if not self._holding or returned != self._returned or underlay is None or underlay.is_closed:
+                continue
+            log.info(
+                "amqp: the subscriber of %r has held a delivery for over %.0fs: the broker keeps the queue's "
+                "messages until it returns",
+                self.topic,
+                HOLD_LIMIT,
+            )
+            await self._ack_handled(wait=True)
+            self._let_go = True
+            await _close(underlay, self.topic, "while the subscriber holds a delivery")
+
     def _consuming(self, queue: str, backlog: int) -> None:
         log.info("amqp: consuming durable queue %r (%d messages waiting)", queue, backlog)
+        if self._holds is None:
+            self._holds = asyncio.create_task(self._watch_holds(), name=f"syncar-amqp-holds-{self.topic}")
+
+    async def stop(self, *, cancel_consumer: bool) -> None:
+        if self._holds is not None:
+            await cancel_task(self._holds)
+        await super().stop(cancel_consumer=cancel_consumer)
 
     def _stale(self, message: aiormq.abc.DeliveredMessage) -> bool:
         """Delivered on a channel that is gone, so the broker has put it back in the queue."""
@@ -309,12 +361,16 @@ class AmqpDurableSubscription(AmqpSubscription):
         log.debug("amqp: subscriber failure", exc_info=True)
         await self._ack_handled()
         await asyncio.sleep(delay)
-        channel = failed.channel
-        if not channel.is_closed:
-            try:
-                async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await channel.close()
-            except BROKER_ERRORS as error:  # the connection went first: the broker puts them back all the same
-                log.debug("amqp: closing the channel of %r for redelivery failed: %s", self.topic, error)
+        await _close(failed.channel, self.topic, "for redelivery")
         self._restore()  # aio-pika reopens the channel (attach() does, if it has not) and we consume again
         return False
+
+
+async def _close(channel: aiormq.abc.AbstractChannel, topic: str, why: str) -> None:
+    """Close a consuming channel: the broker puts back what was delivered on it and not acknowledged, in order."""
+    if not channel.is_closed:
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await channel.close()
+        except BROKER_ERRORS as error:  # the connection went first: the broker puts them back all the same
+            log.debug("amqp: closing the channel of %r %s failed: %s", topic, why, error)

@@ -92,6 +92,7 @@ class DurableSubscription(Subscription):
         self._delivery = 0
         self._afresh = False  # a delivery was lost: the next attach makes the consumer again from our position
         self._heard = time.monotonic()
+        self._handling = False  # a message is with the handler
         self._position: int | None = None  # the stream sequence after the last one handled
         self._retry = Backoff(RETRY_MIN, RETRY_MAX, jitter=0.2)
         self._warnings = RateLimitedLogger(log, WARN_EVERY)
@@ -162,11 +163,17 @@ class DurableSubscription(Subscription):
         self._delivery = delivery
         self._credit -= 1
         await self._pull_if_low()  # before handling, so the server never waits for us
+        self._handling = True
         try:
             await self._handler(Message(msg.data, position=position, accepted_at=int(stored) / 1e9))
         except Exception as exc:
             self._failed(position, exc)
             return
+        finally:
+            # A handler may wait as long as it likes (durable mode's relay, while no app is connected): what the
+            # server said meanwhile waits behind it, unread, and is no silence.
+            self._handling = False
+            self._heard = time.monotonic()
         self._retry.reset()
         self._position = int(position) + 1
         with contextlib.suppress(*CONNECTION_ERRORS):  # a lost ack: the message comes again, the relay drops it
@@ -276,7 +283,7 @@ class DurableSubscription(Subscription):
         while not self._closed:
             await asyncio.sleep(IDLE_HEARTBEAT / 2)
             restoring = self._restore_task is not None and not self._restore_task.done()
-            if restoring or self._current_client() is None:
+            if restoring or self._handling or self._current_client() is None:
                 continue
             if self._sub is None or time.monotonic() - self._heard > SILENCE:
                 log.debug(

@@ -232,6 +232,9 @@ class Metrics:
         self.outbox_bytes = Gauge("syncar_outbox_bytes", "Bytes waiting for the broker")
         self.replay_events = Gauge("syncar_replay_events", "Events held for clients that resume")
         self.replay_bytes = Gauge("syncar_replay_bytes", "Bytes held for clients that resume")
+        self.backlog_paused = Gauge(
+            "syncar_backlog_paused", "1 while durable mode leaves the backlog on the broker: no app, replay buffer full"
+        )
         self.publish_seconds = Histogram(
             "syncar_publish_seconds",
             "From a client's publish to the broker accepting it",

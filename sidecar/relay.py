@@ -19,6 +19,7 @@ import orjson
 
 from backends.base import BackendState, Message
 from sidecar import protocol
+from sidecar.backlog import Backlog
 from sidecar.codec import Codec, Event, Outgoing, encode
 from sidecar.dedup import EventIds
 from sidecar.errors import CodecError
@@ -28,7 +29,7 @@ from sidecar.logging import RateLimitedLogger, printable
 from sidecar.metrics import DropReason, Metrics
 from sidecar.outbox import Outbox, OutboxFull
 from sidecar.protocol import ErrorCode, Publish
-from sidecar.replay import Entry, ReplayBuffer, SharedStrings
+from sidecar.replay import CatchUp, Entry, ReplayBuffer, SharedStrings
 from sidecar.seen import SeenIds
 from sidecar.subscriber import Subscriber
 
@@ -40,17 +41,6 @@ MAX_CLOCK_AHEAD = 60.0
 #: Origins whose JSON is kept at once; more instances than this only cost a cache refill.
 MAX_ORIGINS = 1024
 bus_warnings = RateLimitedLogger(log, interval=10.0)
-
-
-class _CatchUp:
-    """A resuming client's place in the replay buffer, from which it also gets live events until it catches up."""
-
-    __slots__ = ("cursor", "live_from", "scheduled")
-
-    def __init__(self, cursor: int, live_from: int) -> None:
-        self.cursor = cursor  # the last seq handed to the client (or passed over, as not for it)
-        self.live_from = live_from  # events after this seq came after the resume: they echo as live ones do
-        self.scheduled = False  # a turn of the loop is coming for it
 
 
 class Relay:
@@ -80,7 +70,7 @@ class Relay:
         self._was_up = False
         self._stopping = False
         self._clients: set[Subscriber] = set()  # those getting live events
-        self._catching_up: dict[Subscriber, _CatchUp] = {}  # those still getting what they missed
+        self._catching_up: dict[Subscriber, CatchUp] = {}  # those still getting what they missed
         self._codec = codec
         self._outbox = outbox
         self._replay = replay
@@ -91,6 +81,7 @@ class Relay:
         self._gaps = gaps
         self._origins: dict[str | None, bytes] = {}
         self._strings = SharedStrings()
+        self._backlog = Backlog(replay, metrics) if durable else None  # what stays on the broker while no app is here
         # Counts not yet added to the metrics: publishes update them once per read, not per event.
         self._published = self._delivered_locally = 0
 
@@ -134,10 +125,12 @@ class Relay:
                     seq=self.seq,
                 )
             )
+        if self._backlog is not None:
+            self._backlog.app_joined()
         if cursor is None or cursor == self.seq:
             self._clients.add(client)
         else:
-            self._catching_up[client] = _CatchUp(cursor, self.seq)
+            self._catching_up[client] = CatchUp(cursor, self.seq)
             self._catch_up(client)
 
     def _catch_up(self, client: Subscriber) -> None:
@@ -186,8 +179,11 @@ class Relay:
             self._catch_up(client)
 
     def leave(self, client: Subscriber) -> None:
+        if self._catching_up.pop(client, None) is None and client not in self._clients:
+            return  # never joined
         self._clients.discard(client)
-        self._catching_up.pop(client, None)
+        if self._backlog is not None and not (self._clients or self._catching_up):
+            self._backlog.apps_left()
 
     def _broadcast(self, frame: bytes) -> None:
         for client in [*self._clients, *self._catching_up]:
@@ -268,6 +264,8 @@ class Relay:
         if batch.origin == self.instance_id:
             self._metrics.dropped.labels(DropReason.ECHO).inc(len(batch.events))
             return
+        if self._backlog is not None and not (self._clients or self._catching_up):
+            await self._backlog.room(batch, len(message.body))
         self._metrics.received.inc(len(batch.events))
         if batch.seq is not None and batch.run is not None and batch.origin is not None:
             self._check_gap(batch.origin, batch.run, batch.seq, len(batch.events))
@@ -391,6 +389,8 @@ class Relay:
     def stop(self) -> None:
         """The daemon is shutting down: the broker going and coming back is news to neither the clients nor the log."""
         self._stopping = True
+        if self._backlog is not None:
+            self._backlog.stop()
 
     def say_stopping(self) -> None:
         """Tell every client that its connection is about to be closed: a last `status`, with `stopping`."""

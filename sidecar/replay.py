@@ -28,6 +28,17 @@ class Entry(msgspec.Struct, gc=False):  # gc=False: nothing in it can form a cyc
         return self.part if self.framed else protocol.event(self.seq, self.origin, self.part)
 
 
+class CatchUp:
+    """A resuming client's place in the replay buffer, from which it also gets live events until it catches up."""
+
+    __slots__ = ("cursor", "live_from", "scheduled")
+
+    def __init__(self, cursor: int, live_from: int) -> None:
+        self.cursor = cursor  # the last seq handed to the client (or passed over, as not for it)
+        self.live_from = live_from  # events after this seq came after the resume: they echo as live ones do
+        self.scheduled = False  # a turn of the loop is coming for it
+
+
 class SharedStrings(dict[str, str]):
     """One copy of each path and event name for the replay buffer's entries: `shared[text]`.
 
@@ -62,6 +73,9 @@ class ReplayBuffer:
         self._entries: deque[Entry] = deque()
         self.bytes = 0
         self._last = 0  # the seq of the newest entry appended, kept or not
+        # Durable mode, while no app is connected: the entries up to this seq some app had, and their bytes.
+        self._delivered = 0
+        self._delivered_bytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -72,7 +86,27 @@ class ReplayBuffer:
         self.bytes += len(entry.part)
         self._last = entry.seq
         while entries and (len(entries) > self.max_events or self.bytes > self.max_bytes):
-            self.bytes -= len(entries.popleft().part)
+            gone = entries.popleft()
+            self.bytes -= len(gone.part)
+            if gone.seq <= self._delivered:
+                self._delivered_bytes -= len(gone.part)
+
+    def mark_delivered(self) -> None:
+        """The apps have had every entry kept now (the last one has left): see room()."""
+        self._delivered, self._delivered_bytes = self._last, self.bytes
+
+    @property
+    def undelivered(self) -> int:
+        """Entries kept that came after mark_delivered()."""
+        return min(len(self._entries), self._last - self._delivered)
+
+    def room(self, events: int, size: int) -> bool:
+        """Whether `events` more entries of `size` bytes in all fit without pushing out one that came after
+        mark_delivered(); True too if none did (a message larger than the whole buffer has to go in some time)."""
+        undelivered = self.undelivered
+        return not undelivered or (
+            undelivered + events <= self.max_events and self.bytes - self._delivered_bytes + size <= self.max_bytes
+        )
 
     def after(self, seq: int) -> Iterator[Entry] | None:
         """The entries newer than `seq`, oldest first, or None if some of them are gone already. Take them before the

@@ -30,11 +30,6 @@ PHASE_SLACK = 30.0
 SETTLE_TIMEOUT = {"broadcast": 6.0, "durable": 10.0}
 #: Broadcast mode: stop waiting once nothing new has arrived for this long (the rest is lost).
 QUIET = 1.5
-#: Events a daemon keeps for its apps' resume. A restarted receiving daemon in durable mode takes the backlog from the
-#: broker before its app is back, so the default 10,000 covers 10 s at 1,000 events/s: under load (14 on 2 cores) a
-#: restart took 11 s and case 2's app resumed past the buffer (10,490 counted lost). Like the publisher's
-#: MAX_PENDING, a bound of the stage, not of the daemon under test (its 8 MiB of replay bytes hold ~30 s of them).
-REPLAY_EVENTS = 100_000
 
 
 def fault_case(
@@ -133,8 +128,6 @@ class Scenario:
                 "2",
                 "--instance-ttl",
                 "60",
-                "--replay-events",
-                str(REPLAY_EVENTS),
                 *(daemon_args or {}).get(label, []),
             ]
             self.instances[label] = Instance(label, self.directory, args)

@@ -1,0 +1,77 @@
+"""Durable mode's hold on the broker's backlog while no app is connected.
+
+The broker keeps what an instance has not handled; the replay buffer keeps only `--replay-events` /
+`--replay-bytes`. A daemon with no app to deliver to that went on reading would acknowledge the backlog into a
+buffer that overflows, and the app, back later, would get `resume_gap` for events the broker had kept for it. So
+while no app is connected, the relay's handler waits here before a message that would push out of the buffer an
+event no app has had: the backend's consume loop, which awaits the handler, then takes and acknowledges nothing
+more, and the rest stays on the broker until an app connects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sidecar.codec import Batch
+from sidecar.metrics import Metrics
+from sidecar.replay import ReplayBuffer
+
+log = logging.getLogger(__name__)
+
+#: What a frame adds to an event's JSON in a broker message, besides its origin: `{"type":"event","seq":<n>,...`
+FRAME_OVERHEAD = 48
+
+
+class Backlog:
+    """Whether the relay may take one more message from the broker now, and the wait until it may."""
+
+    def __init__(self, replay: ReplayBuffer, metrics: Metrics) -> None:
+        self._replay = replay
+        self._metrics = metrics
+        self._apps = asyncio.Event()  # set while an app is connected: everything goes to it
+        self._stopping = False
+        self.paused = False
+
+    def app_joined(self) -> None:
+        self._apps.set()
+
+    def apps_left(self) -> None:
+        """No app is connected any more: what the buffer holds now they have had, what comes next they have not."""
+        self._replay.mark_delivered()
+        self._apps.clear()
+
+    async def room(self, batch: Batch, size: int) -> None:
+        """Return once `batch`, a broker message of `size` bytes, can go into the replay buffer as frames: at once
+        while an app is connected or the buffer has room, else when an app connects.
+
+        Raises:
+            asyncio.CancelledError: the daemon is stopping; the message is not handled, so not acknowledged.
+        """
+        events = len(batch.events)
+        if self._replay.room(events, size + events * (FRAME_OVERHEAD + len(batch.origin or ""))):
+            return
+        if self._apps.is_set() and not self._stopping:
+            return
+        if self._stopping:
+            raise asyncio.CancelledError
+        self.paused = True
+        self._metrics.backlog_paused.set(1)
+        log.info(
+            "no app connected and the replay buffer full with %d events they have not had: leaving the rest of the "
+            "backlog on the broker until an app connects",
+            self._replay.undelivered,
+        )
+        try:
+            await self._apps.wait()
+        finally:
+            self.paused = False
+            self._metrics.backlog_paused.set(0)
+        if self._stopping:
+            raise asyncio.CancelledError
+        log.info("an app connected: taking the backlog from the broker again")
+
+    def stop(self) -> None:
+        """The daemon is stopping: a message waiting here is left to the broker, for the next run."""
+        self._stopping = True
+        self._apps.set()
