@@ -33,7 +33,7 @@ from bench.parts import Part, Progress, alternated, exit_status, on_each_broker,
 from bench.parts_plot import plot_fleet
 from bench.processes import NODE_DIR, Daemon, Meter, Worker
 from bench.report import SATURATED_LAG, SATURATED_SHARE, quantile
-from bench.runner import SLACK, Section, stop_daemons
+from bench.runner import SLACK, Section, root_of, stop_daemons
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +109,6 @@ class Fleet:
         self.seconds = seconds
         self._runs = 0
 
-    def _root(self, contestant: str) -> Path:
-        """The checkout whose daemons and Node plugin a syncar contestant runs."""
-        base = self.section.base_root if contestant == BASE else None
-        return base or self.section.syncar_root
-
     async def run(self, contestant: str, rate: int, rep: int) -> dict[str, Any]:
         self._runs += 1
         section = self.section
@@ -129,7 +124,9 @@ class Fleet:
         daemons: list[Daemon] = []
         workers: list[Worker] = []
         try:
-            root = None if contestant == "feathers-sync" else self._root(contestant)
+            root = (
+                None if contestant == "feathers-sync" else root_of(contestant, section.syncar_root, section.base_root)
+            )
             if root is not None:
                 daemons = await section.start_daemons(name, INSTANCES, root=root)
             record.update(await self._measure(name, daemons, workers, rate, root))

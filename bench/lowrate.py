@@ -30,13 +30,13 @@ from typing import Any
 import orjson
 
 from bench.lowrate_report import markdown, summarise, table
-from bench.parts import Part, Progress, alternated, exit_status, on_each_broker, run_part, said
+from bench.parts import Part, Progress, alternated, exit_status, in_turn, on_each_broker, run_part, said
 from bench.parts_plot import plot_low_rate
 from bench.plan import Case
 from bench.processes import Daemon, Meter
 from bench.procstat import memory_kib, task_stats
 from bench.report import derive
-from bench.runner import Section, stop_daemons
+from bench.runner import Section, root_of, stop_daemons
 
 RATES = (100, 1_000)
 SIZE = 256
@@ -111,11 +111,6 @@ def _said(run: dict[str, Any]) -> str:
     return said(f"  {run['broker']:6} {run['contestant']:9} {run['rate']:5}/s rep {run['rep'] + 1}: ", run, figures)
 
 
-def _root(contestant: str, root: Path, base_root: Path | None) -> Path:
-    """The checkout a contestant's daemons run from: `syncar-base`'s is --base-root's."""
-    return base_root if contestant == "syncar-base" and base_root is not None else root
-
-
 async def _idle_run(section: Section, seconds: float, rep: int, contestant: str) -> dict[str, Any]:
     record: dict[str, Any] = {
         "broker": section.broker,
@@ -127,7 +122,7 @@ async def _idle_run(section: Section, seconds: float, rep: int, contestant: str)
     daemons: list[Daemon] = []
     try:
         daemons = await section.start_daemons(
-            f"idle-{rep + 1}", 1, root=_root(contestant, section.syncar_root, section.base_root)
+            f"idle-{rep + 1}", 1, root=root_of(contestant, section.syncar_root, section.base_root)
         )
         meter = Meter({"daemon": daemons[0].pid})
         meter.begin()
@@ -181,7 +176,7 @@ async def _start_run(section: Section, rep: int, contestant: str) -> dict[str, A
         section.uri,
         f"bench-{uuid.uuid4().hex[:12]}",
         "syncar",
-        root=_root(contestant, section.syncar_root, section.base_root),
+        root=root_of(contestant, section.syncar_root, section.base_root),
     )
     try:
         while (welcome := _knock(daemon.socket)) is None:
@@ -240,19 +235,20 @@ def import_run(root: Path, rep: int, contestant: str = "syncar") -> dict[str, An
 async def _other_runs(
     section: Section, *, seconds: float, reps: int, progress: Progress
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Idle and start runs on one broker, alternated, and between the checkouts (`checkouts`)."""
+    """Idle and start runs on one broker, alternated, and between the checkouts (`_checkouts`)."""
     idle, start = [], []
     for rep in range(reps):
-        for contestant in _checkouts(section.base_root):
+        for contestant in _checkouts(section.base_root, rep):
             idle.append(await _idle_run(section, seconds, rep, contestant))
             start.append(await _start_run(section, rep, contestant))
             progress(f"  {section.broker:6} {contestant:11} rep {rep + 1}: " + _said_other(idle[-1], start[-1]))
     return idle, start
 
 
-def _checkouts(base_root: Path | None) -> tuple[str, ...]:
-    """The contestants whose idle, start and import are measured: with --base-root, its checkout's first."""
-    return ("syncar",) if base_root is None else ("syncar-base", "syncar")
+def _checkouts(base_root: Path | None, rep: int) -> tuple[str, ...]:
+    """The contestants whose idle, start and import are measured in repetition `rep`, in turn: with --base-root, its
+    checkout's and this one's."""
+    return in_turn(("syncar",) if base_root is None else ("syncar-base", "syncar"), rep)
 
 
 def _said_other(i: dict[str, Any], s: dict[str, Any]) -> str:
@@ -286,8 +282,8 @@ async def measure(part: Part, workdir: Path, progress: Progress) -> dict[str, An
 
     await on_each_broker(part, workdir, results, progress, on)
     for rep in range(part.reps):
-        for contestant in _checkouts(part.base_root):
-            root = _root(contestant, part.root, part.base_root)
+        for contestant in _checkouts(part.base_root, rep):
+            root = root_of(contestant, part.root, part.base_root)
             results["imports"].append(await asyncio.to_thread(import_run, root, rep, contestant))
             i = results["imports"][-1]
             progress(

@@ -1,7 +1,7 @@
 """What the benchmark's parts of their own (`--low-rate`, bench.lowrate; `--fleet`, bench.fleet) share: the run of a
 part from its heading to its files, a broker's section started and stopped around its runs, and the order of the
 runs, every rate of every contestant in each repetition before the next (alternated, so a change in the machine's
-load falls on all of them alike)."""
+load falls on all of them alike), the contestants in reverse every other repetition (so none always runs first)."""
 
 from __future__ import annotations
 
@@ -23,12 +23,21 @@ Progress = Callable[[str], None]
 Results = dict[str, Any]
 
 
+def in_turn(contestants: Iterable[str], rep: int) -> tuple[str, ...]:
+    """The order `contestants` run in, in repetition `rep`: as given, reversed every other repetition. In the same
+    order every time, the first of them always ran right after the previous repetition's last, on a machine whose
+    load drifts."""
+    ordered = tuple(contestants)
+    return ordered if rep % 2 == 0 else ordered[::-1]
+
+
 def alternated(reps: int, rates: Iterable[int], contestants: Iterable[str]) -> Iterator[tuple[int, int, str]]:
-    """(repetition, rate, contestant) in the order they run: each repetition runs every rate of every contestant."""
+    """(repetition, rate, contestant) in the order they run: each repetition runs every rate of every contestant,
+    in turn (`in_turn`)."""
     rates, contestants = tuple(rates), tuple(contestants)
     for rep in range(reps):
         for rate in rates:
-            for contestant in contestants:
+            for contestant in in_turn(contestants, rep):
                 yield rep, rate, contestant
 
 

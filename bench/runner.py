@@ -29,6 +29,12 @@ SLACK = 30.0
 CODECS = {"syncar": "syncar", "syncar-fs": "feathers-sync", "syncar-base": "syncar", "syncar-traced": "syncar"}
 
 
+def root_of(contestant: str, root: Path, base_root: Path | None) -> Path:
+    """The checkout a syncar contestant's daemons (and Node plugin) run from: `root`, or `syncar-base`'s,
+    --base-root's."""
+    return base_root if contestant == "syncar-base" and base_root is not None else root
+
+
 def _broker_server(broker: str) -> Any:
     """A tests.brokers server (or cluster, for `<broker>-cluster`) for `broker`; RuntimeError if it cannot be had."""
     name = broker.removesuffix(CLUSTER_SUFFIX)
@@ -184,7 +190,7 @@ class Section:
     async def _daemons(self, contestant: str, name: str) -> tuple[Daemon, Daemon]:
         """A fresh pair for one run, so its peak RSS and CPU are that run's alone (the replay buffer fills up)."""
         # On local:// there is no broker between two processes: one daemon, publisher and subscriber on it.
-        root = self.base_root if contestant == "syncar-base" else None
+        root = root_of(contestant, self.syncar_root, self.base_root)
         daemons = await self.start_daemons(name, 1 if self.broker == "local" else 2, CODECS[contestant], root)
         return daemons[0], daemons[-1]
 

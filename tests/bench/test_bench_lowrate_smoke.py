@@ -20,10 +20,10 @@ from tests.utils import REPO
 RUN_TIMEOUT = 80
 
 
-def low_rate(out: Path, *args: str) -> dict[str, Any]:
-    """`python -m bench --low-rate` with one repetition of half a second per case; its JSON figures. Python writes
-    no bytecode of its own here (as in CI and containers): what is compiled, the benchmark compiled."""
-    command = ["bench", "--low-rate", *args, "--reps", "1", "--seconds", "0.5", "--out", str(out)]
+def low_rate(out: Path, *args: str, reps: int = 1) -> dict[str, Any]:
+    """`python -m bench --low-rate` with `reps` repetitions of half a second per case; its JSON figures. Python
+    writes no bytecode of its own here (as in CI and containers): what is compiled, the benchmark compiled."""
+    command = ["bench", "--low-rate", *args, "--reps", str(reps), "--seconds", "0.5", "--out", str(out)]
     run_bench(*command, timeout=RUN_TIMEOUT, env={"PYTHONDONTWRITEBYTECODE": "1"})
     results: dict[str, Any] = orjson.loads((out / "lowrate.json").read_bytes())
     return results
@@ -71,17 +71,23 @@ def test_low_rate_with_a_base_checkout_runs_its_daemons_alternated_with_ours(tmp
     base = tmp_path / "base"
     for package in ("sidecar", "backends"):  # a copy without bytecode, as `git archive` makes one
         shutil.copytree(REPO / package, base / package, ignore=shutil.ignore_patterns("__pycache__"))
-    results = low_rate(tmp_path, "--brokers", "local", "--base-root", str(base))
-    assert [(r["contestant"], r["rate"]) for r in results["rates"]] == [
-        ("syncar-base", 100),
-        ("syncar", 100),
-        ("syncar-base", 1000),
-        ("syncar", 1000),
+    results = low_rate(tmp_path, "--brokers", "local", "--base-root", str(base), reps=2)
+    # Alternated, and neither checkout always first: the second repetition runs them in reverse.
+    assert [(r["rep"], r["contestant"], r["rate"]) for r in results["rates"]] == [
+        (0, "syncar-base", 100),
+        (0, "syncar", 100),
+        (0, "syncar-base", 1000),
+        (0, "syncar", 1000),
+        (1, "syncar", 100),
+        (1, "syncar-base", 100),
+        (1, "syncar", 1000),
+        (1, "syncar-base", 1000),
     ]
     assert all(r["figures"]["both_us"] > 0 for r in results["rates"]), results["rates"]
-    # Idle, start and the client's import of both checkouts too, alternated, each in a row of its own.
+    # Idle, start and the client's import of both checkouts too, alternated likewise, each in a row of its own.
     for part in ("idle", "start", "imports"):
-        assert [r["contestant"] for r in results[part]] == ["syncar-base", "syncar"], results[part]
+        order = [(r["rep"], r["contestant"]) for r in results[part]]
+        assert order == [(0, "syncar-base"), (0, "syncar"), (1, "syncar"), (1, "syncar-base")], results[part]
     summary = results["summary"]
     assert [(e["contestant"], e["rss_mib"] > 1) for e in summary["idle"]] == [("syncar-base", True), ("syncar", True)]
     assert [(e["contestant"], e["start_cpu_ms"] > 0) for e in summary["start"]] == [
