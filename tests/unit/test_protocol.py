@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from sidecar import protocol, tracecontext
 from sidecar.codec import NULL, Event, encode
 from sidecar.errors import FrameError
-from sidecar.hello import parse_hello
 from sidecar.protocol import ErrorCode, decode, fast_publish, parse_publish, readable_id
 from tests.utils import REPO
 
@@ -75,21 +74,6 @@ def test_fast_publish_keeps_data_and_context_as_sent() -> None:
 def test_decode_rejects(line: bytes) -> None:
     with pytest.raises(FrameError):
         decode(line)
-
-
-def test_hello_patterns() -> None:
-    hello = parse_hello({"type": "hello", "subscribe": ["messages", {"event": "removed"}]}, 1024)
-    patterns = hello.subscribe
-    assert patterns is not None
-    assert [(p.path, p.event) for p in patterns] == [("messages", "*"), ("*", "removed")]
-    assert parse_hello({"type": "hello"}, 1024).subscribe is None
-
-
-def test_hello_ignores_unknown_fields_and_checks_version() -> None:
-    assert parse_hello({"type": "hello", "future": 1}, 1024).version == 1
-    with pytest.raises(FrameError) as info:
-        parse_hello({"type": "hello", "version": 2}, 1024)
-    assert info.value.code == "unsupported_version"
 
 
 @pytest.mark.parametrize(
