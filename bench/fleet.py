@@ -52,6 +52,13 @@ WINDOW = 256
 #: Seconds of the same traffic before measuring (JIT, buffers, connections), and the most events a run creates.
 WARMUP = 1.0
 MAX_EVENTS = 200_000
+#: The clients' measured run, as fleet_clients.js numbers it (its warm-up is run 1): the apps time its messages.
+MEASURED_RUN = 2
+#: A directory in this variable: the apps run under `node --cpu-prof` and write one profile each there as they exit
+#: at the end of a run; `node bench/node/cpuprofile.js <file>` says where their time went.
+CPU_PROF = "SYNCAR_FLEET_CPU_PROF"
+#: Seconds an app has to report its hops and exit (writing its profile, if profiled).
+REPORT_TIMEOUT = 15.0
 
 
 def node_problem() -> str | None:
@@ -64,8 +71,38 @@ def node_problem() -> str | None:
     return None
 
 
-def _node(script: Path, spec: dict[str, Any]) -> list[str]:
-    return ["node", str(script), orjson.dumps(spec).decode()]
+def _node(script: Path, spec: dict[str, Any], flags: tuple[str, ...] = ()) -> list[str]:
+    return ["node", *flags, str(script), orjson.dumps(spec).decode()]
+
+
+def _profiled() -> tuple[str, ...]:
+    """The apps' `node --cpu-prof` flags, if CPU_PROF names a directory for their profiles."""
+    return ("--cpu-prof", f"--cpu-prof-dir={os.environ[CPU_PROF]}") if os.environ.get(CPU_PROF) else ()
+
+
+def hop_figures(hops: list[dict[str, list[int]]]) -> dict[str, float | None]:
+    """Where the latency goes, in ms, p50 (and p99) over the run's messages: from `create` to the first hook of the
+    app it was created through (`to_app`), from there to the `created` emit in each other app (`app_to_app`), the
+    sync's own part of the path, from the apps' reports (fleet_app.js)."""
+    before: dict[int, int] = {}  # message -> µs from its create to its app's hook
+    mine: list[set[int]] = []
+    for report in hops:
+        created = dict(zip(report["before"][::2], report["before"][1::2], strict=True))
+        before.update(created)
+        mine.append(set(created))
+    between = sorted(
+        us - before[n]
+        for report, own in zip(hops, mine, strict=True)
+        for n, us in zip(report["emitted"][::2], report["emitted"][1::2], strict=True)
+        if n not in own and n in before
+    )
+    if not between:
+        return {"to_app_ms": None, "app_to_app_ms": None, "app_to_app_p99_ms": None}
+    return {
+        "to_app_ms": quantile(sorted(before.values()), 0.5) / 1000,
+        "app_to_app_ms": quantile(between, 0.5) / 1000,
+        "app_to_app_p99_ms": quantile(between, 0.99) / 1000,
+    }
 
 
 def run_figures(run: dict[str, Any]) -> dict[str, Any]:
@@ -89,6 +126,7 @@ def run_figures(run: dict[str, Any]) -> dict[str, Any]:
     ordered = sorted(result.pop("latencies_us"))
     figures["p50_ms"] = quantile(ordered, 0.5) / 1000
     figures["p99_ms"] = quantile(ordered, 0.99) / 1000
+    figures.update(hop_figures(run.pop("hops", [])))
     if run["rate"]:
         achieved = sent / result["elapsed"] if result["elapsed"] else 0.0
         figures["achieved"] = achieved
@@ -156,7 +194,9 @@ class Fleet:
         for index, port in enumerate(ports):
             socket = str(daemons[index].socket) if daemons else ""
             spec = {"sync": sync, "plugin": plugin, "port": port, "socket": socket, "uri": section.uri, "key": key}
-            workers.append(await Worker.start(_node(FLEET_APP, spec), f"{name}-app{index}", section.dir, NODE_DIR))
+            spec |= {"run": MEASURED_RUN}
+            argv = _node(FLEET_APP, spec, _profiled())
+            workers.append(await Worker.start(argv, f"{name}-app{index}", section.dir, NODE_DIR, stdin=True))
         for app in workers:
             await app.ready()
         spec = {
@@ -178,7 +218,11 @@ class Fleet:
         meter.begin()
         await clients.tell(b"go\n")
         line = await clients.result(self.seconds + SLACK)
-        return {"result": line["result"], "usage": line["usage"], "processes": meter.end()}
+        processes = meter.end()
+        for app in workers[:INSTANCES]:  # each says when the messages reached it, and exits
+            await app.tell(b"end\n")
+        hops = [(await app.result(REPORT_TIMEOUT))["hops"] for app in workers[:INSTANCES]]
+        return {"result": line["result"], "usage": line["usage"], "processes": processes, "hops": hops}
 
 
 def _said(run: dict[str, Any]) -> str:
@@ -189,6 +233,7 @@ def _said(run: dict[str, Any]) -> str:
             f"{f['achieved'] or 0:,.0f} events/s, apps+daemons {f['all_us']:.0f} µs/event "
             f"(broker {f['broker_us']:.0f}), {f['peak_rss_mib']:.0f} MiB, "
             f"p50 {f['p50_ms']:.2f} p99 {f['p99_ms']:.2f} ms"
+            + (f" (app to app {f['app_to_app_ms']:.2f})" if f.get("app_to_app_ms") is not None else "")
             + (f"  lost {f['lost']}" if f["lost"] else "")
             + ("  SATURATED" if f["saturated"] else "")
         ),

@@ -26,6 +26,9 @@ FIGURES = (
     "peak_rss_mib",
     "p50_ms",
     "p99_ms",
+    "to_app_ms",
+    "app_to_app_ms",
+    "app_to_app_p99_ms",
     "lost",
     "create_errors",
 )
@@ -90,6 +93,32 @@ def _rows(summary: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     return found
 
 
+HOPS_HEAD = (
+    "broker",
+    "events/s offered",
+    "contestant",
+    "create to its app, p50 ms",
+    "its app to each other app's emit, p50/p99 ms",
+    "create to each other client, p50 ms",
+)
+
+
+def hops(summary: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """Where the latency goes, where the apps reported it (runs before they did have none)."""
+    return [
+        (
+            BROKER_LABELS.get(e["broker"], e["broker"]),
+            f"{e['rate']:,}" if e["rate"] else "max",
+            LABELS[e["contestant"]],
+            f"{e['to_app_ms']:.2f}",
+            f"{e['app_to_app_ms']:.2f}/{e['app_to_app_p99_ms']:.2f}",
+            "-" if e["p50_ms"] is None else f"{e['p50_ms']:.2f}",
+        )
+        for e in summary
+        if e.get("app_to_app_ms") is not None
+    ]
+
+
 def targets(summary: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     """The issue's fleet targets, per broker, as measured (ratios within each repetition, medians)."""
     found: list[tuple[str, ...]] = []
@@ -141,7 +170,10 @@ def _notes(results: dict[str, Any]) -> list[str]:
 
 
 def _blocks(summary: list[dict[str, Any]]) -> list[Block]:
-    return [(HEAD, _rows(summary), 3), (TARGETS_HEAD, targets(summary), 1)]
+    blocks: list[Block] = [(HEAD, _rows(summary), 3)]
+    if found := hops(summary):
+        blocks.append((HOPS_HEAD, found, 3))
+    return [*blocks, (TARGETS_HEAD, targets(summary), 1)]
 
 
 def table(results: dict[str, Any]) -> str:

@@ -3,13 +3,19 @@
 // socket.io transport, its events shared with the other instances by @syncar/feathers (through the syncar daemon
 // on spec.socket) or by the real feathers-sync 3.1.1 (on the broker at spec.uri, key spec.key).
 //   node fleet_app.js '{"sync": "syncar" | "feathers-sync", "plugin": ..., "port": N, "socket": ..., "uri": ...,
-//                       "key": ...}'
+//                       "key": ..., "run": N}'
 // spec.plugin: the directory of the @syncar/feathers to load (a checkout's clients/node), so that the fleet can run
 // two checkouts side by side; "" for the one installed here.
-// stdout: {"ready":true} once it listens and its sync is ready. SIGTERM: exit at once (the run is over).
+// stdout: {"ready":true} once it listens and its sync is ready. A line on stdin: {"hops":...} and exit (the run is
+// over); SIGTERM: exit at once.
+// hops: when each message of run spec.run (fleet_clients.js's measured run) reached this app, in µs from its create
+// (CLOCK_MONOTONIC, as the clients stamp it): `before`, the messages created through this app, at its first hook;
+// `emitted`, every message at its `created` emit here (this app's own and those another instance's sync brought in).
+// Flat [n, µs, n, µs, ...] lists, n the message's number; bench/fleet.py pairs them.
 const { feathers } = require('@feathersjs/feathers')
 const socketio = require('@feathersjs/socketio')
 const { MemoryService } = require('@feathersjs/memory')
+const readline = require('node:readline')
 
 const spec = JSON.parse(process.argv[2])
 const STORE_RESET = 10000 // records the memory service may hold; nobody reads them back
@@ -25,8 +31,14 @@ if (spec.sync === 'syncar') {
   app.configure(require('feathers-sync')(options))
 }
 app.use('messages', new MemoryService({ id: 'id', startId: 0 }))
+const nowUs = () => Number(process.hrtime.bigint() / 1000n)
+const hops = { before: [], emitted: [] }
+const stamp = (list, message) => { if (message.r === spec.run) list.push(message.n, nowUs() - message.t) }
 let stored = 0
 app.service('messages').hooks({
+  before: {
+    create: [async (context) => stamp(hops.before, context.data)]
+  },
   after: {
     create: [async (context) => {
       if (++stored >= STORE_RESET) { context.service.store = {}; stored = 0 }
@@ -36,6 +48,7 @@ app.service('messages').hooks({
 // Every socket.io client gets every event: its own instance's, and those the other instances' sync brings in.
 app.on('connection', (connection) => app.channel('everybody').join(connection))
 app.publish(() => app.channel('everybody'))
+app.service('messages').on('created', (message) => stamp(hops.emitted, message))
 
 let errors = 0
 // feathers-sync's NATS adapter publishes from an async listener nobody awaits: count its failures, do not die.
@@ -43,6 +56,10 @@ process.on('unhandledRejection', () => { errors++ })
 process.once('SIGTERM', () => {
   process.stderr.write(`unhandled rejections: ${errors}\n`)
   process.exit(0)
+})
+
+readline.createInterface({ input: process.stdin }).once('line', () => {
+  process.stdout.write(JSON.stringify({ hops }) + '\n', () => process.exit(0))
 })
 
 Promise.all([app.listen(spec.port), app.sync.ready]).then(() => {
