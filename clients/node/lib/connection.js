@@ -24,6 +24,8 @@ const EVENT_PREFIX = '{"type":"event"';
 /** A daemon that accepted the connection but sends no welcome within this time is given up on. */
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 const DEDUP_WINDOW = 10_000; // event ids remembered to drop redeliveries
+/** The socket is read into one buffer of this size, reused: no Buffer and no stream 'data' event per read. */
+const READ_BUFFER_BYTES = 64 * 1024;
 
 /** What `publish` did with an event. */
 const Published = Object.freeze({
@@ -162,11 +164,12 @@ class Connection extends EventEmitter {
     if (this.closed) {
       return;
     }
-    const socket = net.createConnection({ path: this.options.socket });
+    const buffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+    const onread = { buffer, callback: (bytes) => this._lines.feed(buffer.subarray(0, bytes)) };
+    const socket = net.createConnection({ path: this.options.socket, onread });
     this._socket = socket;
     this._lines.reset();
     socket.on('connect', () => this._hello(socket));
-    socket.on('data', (chunk) => this._lines.feed(chunk));
     socket.on('drain', () => this._flush());
     socket.on('error', (err) => this._socketError(err));
     socket.on('close', () => this._socketClosed(socket));

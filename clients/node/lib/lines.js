@@ -24,7 +24,10 @@ class LineSplitter {
     this.stopped = false;
   }
 
-  /** Feed a Buffer; `onLine` runs for each complete non-empty line. Set `stopped` to drop the rest. */
+  /**
+   * Feed a Buffer; `onLine` runs for each complete non-empty line. Set `stopped` to drop the rest. The chunk's
+   * memory may be reused once this returns (the socket reads into one buffer): what is kept of it is copied.
+   */
   feed(chunk) {
     let start = 0;
     let newline = chunk.indexOf(NEWLINE);
@@ -60,7 +63,7 @@ class LineSplitter {
         this._discarding = true;
         this.onOversized();
       } else {
-        this._parts.push(rest);
+        this._parts.push(Buffer.from(rest));
       }
     }
   }

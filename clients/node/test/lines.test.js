@@ -40,3 +40,15 @@ test('a line over the limit across many chunks is reported once, and the line af
   assert.deepEqual(seen.lines, ['next']);
   assert.equal(seen.oversized, 1);
 });
+
+test('a line split between reads into one reused buffer arrives intact', () => {
+  // The connection reads the socket into one buffer (lib/connection.js): the next read overwrites the last.
+  const seen = splitter(100);
+  const buffer = Buffer.alloc(16);
+  for (const part of ['{"a":1}\n{"b"', ':2}\n']) {
+    const bytes = buffer.write(part);
+    seen.splitter.feed(buffer.subarray(0, bytes));
+    buffer.fill('z');
+  }
+  assert.deepEqual(seen.lines, ['{"a":1}', '{"b":2}']);
+});
