@@ -5,12 +5,14 @@ It checks that the figures exist and are sane, never how small they are: the mac
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import orjson
 import pytest
 
-from bench.fleet import node_problem
+from bench.fleet import CPU_PROF, node_problem
+from bench.processes import NODE_DIR
 from tests.bench import run_bench
 from tests.brokers import require_binary
 from tests.utils import REPO, unavailable
@@ -48,6 +50,9 @@ def test_fleet_run_on_redis_produces_every_figure(tmp_path: Path) -> None:
         assert figures["peak_rss_mib"] > 3 * 10, figures  # three Node apps at least
         assert 0 < figures["p50_ms"] <= figures["p99_ms"], figures
         assert figures["achieved"] > 0, figures
+        # Where the latency goes, from the apps' reports: create to its app, then to the other apps' emits.
+        assert figures["to_app_ms"] > 0 and 0 < figures["app_to_app_ms"] <= figures["app_to_app_p99_ms"], figures
+    assert "its app to each other app's emit" in (tmp_path / "fleet.md").read_text()
 
     syncar = [e for e in results["summary"] if e["contestant"] == "syncar"]
     assert len(syncar) == 3 and all(e["all_us_ratio"] > 0 and e["p99_ms_ratio"] > 0 for e in syncar), syncar
@@ -57,12 +62,18 @@ def test_fleet_run_on_redis_produces_every_figure(tmp_path: Path) -> None:
 @pytest.mark.timeout(RUN_TIMEOUT + 10)
 def test_fleet_base_root_runs_that_checkouts_plugin_and_daemons_at_one_rate(tmp_path: Path) -> None:
     """`--base-root` adds `syncar-base` (another checkout's Node plugin and daemons; here this one), alternated with
-    the others, and `--rate` keeps one rate: three runs."""
+    the others, and `--rate` keeps one rate: three runs. With CPU_PROF set, every app leaves its CPU profile."""
     require_binary("redis-server")
     if problem := node_problem():
         unavailable(problem)
     command = ["bench", "--fleet", "--brokers", "redis", "--reps", "1", "--seconds", "0.5", "--rate", "1000"]
-    done = run_bench(*command, "--base-root", str(REPO), "--no-plot", "--out", str(tmp_path), timeout=RUN_TIMEOUT)
+    profiles = tmp_path / "profiles"
+    done = run_bench(
+        *command,
+        *("--base-root", str(REPO), "--no-plot", "--out", str(tmp_path)),
+        timeout=RUN_TIMEOUT,
+        env={CPU_PROF: str(profiles)},
+    )
     assert "the same, --base-root" in done.stdout, done.stdout
     results = orjson.loads((tmp_path / "fleet.json").read_bytes())
     assert results["meta"]["base_root"] == str(REPO) and results["meta"]["rates"] == [1000]
@@ -73,3 +84,19 @@ def test_fleet_base_root_runs_that_checkouts_plugin_and_daemons_at_one_rate(tmp_
         assert not runs[name].get("error") and figures["lost"] == 0 and figures["daemon_us"] > 0, runs[name]
     base = next(e for e in results["summary"] if e["contestant"] == "syncar-base")
     assert base["all_us_ratio"] > 0, base
+
+    written = sorted(profiles.glob("*.cpuprofile"))
+    assert len(written) == 3 * 3, written  # three apps in each of the three runs
+    summed = [
+        subprocess.run(
+            ["node", str(NODE_DIR / "cpuprofile.js"), str(path), "--match", "clients/node/lib"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        for path in written
+    ]
+    assert all("s sampled; self time:" in out for out in summed), summed
+    # The plugin's functions (--match on their files) show in the syncar runs' apps' profiles.
+    assert any("connection.js" in out.partition("total time of functions")[2] for out in summed), summed
