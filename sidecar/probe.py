@@ -12,10 +12,9 @@ from typing import Any
 
 import orjson
 
+from sidecar.commands_common import EXIT_FAILURE, EXIT_OK
 from sidecar.config import Settings
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
 #: The columns of `syncar peers`: heading, then how a row's field is shown.
 COLUMNS = ("INSTANCE", "VERSION", "CODEC", "MODE", "SEQ", "LAG", "HEARD")
 
