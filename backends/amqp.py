@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import secrets
 from collections.abc import Sequence
-from typing import Any, ClassVar, cast
+from typing import ClassVar, cast
 
 import aio_pika
 import aiormq
@@ -29,6 +29,7 @@ from backends.amqp_common import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_PREFETCH,
     cancel_task,
+    confirmed,
     discard,
     parse_uri,
 )
@@ -72,32 +73,14 @@ def unreachable(errors: Sequence[BackendError]) -> str:
     return "; ".join(str(error).removeprefix(CANNOT_CONNECT) for error in errors)
 
 
-async def confirmed(publishes: Sequence[asyncio.Future[Any]], timeout: float) -> list[BaseException | None]:
-    """Each publish's error, once all are confirmed; TimeoutError once none has been for `timeout` seconds.
-
-    A broker that confirms slowly (a large batch on a busy machine) is waited for; one that stopped confirming (an
-    alarm blocking publishers, a quorum queue without a leader) is not.
-    """
-    pending = set(publishes)
-    try:
-        while pending:
-            done, pending = await asyncio.wait(pending, timeout=timeout)
-            if not done:
-                raise TimeoutError
-    finally:
-        for publish in pending:
-            publish.cancel()
-        errors = [None if publish.cancelled() or not publish.done() else publish.exception() for publish in publishes]
-    return errors
-
-
 class AmqpBackend(Backend):
     """Broadcast mode: feathers-sync's exchange, a throwaway queue per daemon. What differs in durable mode is
     what is declared (`backends.amqp_topology.Topology`, made from the mode) and what a subscription does with a
     failure and when it acknowledges (its `subscription_class`)."""
 
     name: ClassVar[str] = "amqp"
-    # RabbitMQ has no no-local: our own messages come back, and are skipped unread (amqp_subscription.py).
+    # RabbitMQ has no no-local: the queue is bound so that the broker keeps our own messages from it
+    # (amqp_topology.spare_own).
     features: ClassVar[frozenset[Feature]] = frozenset({Feature.NO_ECHO})
     subscription_class: ClassVar[type[AmqpSubscription]] = AmqpSubscription
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -106,12 +89,10 @@ class AmqpBackend(Backend):
         super().__init__(config, on_state=on_state)
         self.publish_timeout = DEFAULT_PUBLISH_TIMEOUT
         self.topology = Topology(config.mode, config.instance_id, config.retention, config.instance_ttl)
-        # Every message of ours carries these, an id of this backend's among them: its subscriptions tell our own
-        # messages by their content header's bytes. Random, not the instance id: unique even to two daemons given
-        # the same one, and as short whatever its length.
-        self._properties = Basic.Properties(
-            delivery_mode=self.topology.delivery_mode, app_id=f"syncar-{secrets.token_hex(8)}"
-        )
+        self._properties = Basic.Properties(delivery_mode=self.topology.delivery_mode)
+        # Every message of ours is published with this routing key, for our queues not to get them back (fanout
+        # exchanges ignore it). Random, not the instance id: unique even to two daemons given the same one.
+        self._routing_key = f"syncar-{secrets.token_hex(8)}"
         self._connection: BackingOffRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
         self._exchanges: dict[str, AbstractRobustExchange] = {}
@@ -247,7 +228,9 @@ class AmqpBackend(Backend):
                 # confirmed once every durable queue it was routed to has it on disk.
                 # aio-pika's abstract type leaves out the channel's state; its underlay is always aiormq's Channel.
                 underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
-                publishes = await amqp_internals.publish(underlay, exchange.name, bodies, self._properties)
+                publishes = await amqp_internals.publish(
+                    underlay, exchange.name, bodies, self._properties, self._routing_key
+                )
             errors = await confirmed(publishes, self.publish_timeout)
         except TimeoutError as exc:
             raise PublishTimeout(f"amqp: the broker confirmed nothing for {self.publish_timeout:g}s") from exc
@@ -290,7 +273,7 @@ class AmqpBackend(Backend):
                     channel,
                     forget=self._forget,
                     restore=self._restore_wanted.set,
-                    own=None if self.broker_echoes else self._properties,
+                    own=None if self.broker_echoes else self._routing_key,
                 )
                 self._subscriptions.append(subscription)
                 await subscription.attach()

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
@@ -115,3 +116,22 @@ async def discard(closable: AbstractRobustConnection | AbstractRobustChannel) ->
     with contextlib.suppress(*BROKER_ERRORS):
         async with asyncio.timeout(CLOSE_TIMEOUT):
             await closable.close()
+
+
+async def confirmed(publishes: Sequence[asyncio.Future[Any]], timeout: float) -> list[BaseException | None]:
+    """Each publish's error, once all are confirmed; TimeoutError once none has been for `timeout` seconds.
+
+    A broker that confirms slowly (a large batch on a busy machine) is waited for; one that stopped confirming (an
+    alarm blocking publishers, a quorum queue without a leader) is not.
+    """
+    pending = set(publishes)
+    try:
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=timeout)
+            if not done:
+                raise TimeoutError
+    finally:
+        for publish in pending:
+            publish.cancel()
+        errors = [None if publish.cancelled() or not publish.done() else publish.exception() for publish in publishes]
+    return errors

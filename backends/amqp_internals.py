@@ -12,9 +12,7 @@ cost per frame and per message was most of a daemon's CPU (docs/benchmarks.md). 
 - `publish` hands a batch to the connection's writer as frame groups, with one confirmation for the whole batch,
   settled by the broker's (grouped) acknowledgements as they come (`Confirms`), not a future per message.
 - `deliver_without_tasks` assembles each delivery as the connection's reader hands its frames over and passes it
-  on, in place of aiormq's queue to the channel's reader and a Task per message (`Deliveries`); a message this
-  daemon published itself (RabbitMQ has no no-local: a fanout exchange sends it back) is told by its content
-  header's bytes and skipped there, its body never assembled.
+  on, in place of aiormq's queue to the channel's reader and a Task per message (`Deliveries`).
 """
 
 from __future__ import annotations
@@ -61,7 +59,6 @@ class LazyContentHeader(ContentHeader):
     @property
     def properties(self) -> Basic.Properties:
         if self._properties is None:
-            # The payload stays: OwnMessages reads it, whoever decoded the properties first (a debug log's repr).
             properties, payload = Basic.Properties(), self._payload or b"\0\0"
             offset, flags = self._get_flags(payload[12:])
             properties.unmarshal(flags, payload[12 + offset :])
@@ -233,14 +230,14 @@ class Confirms:
 
 
 class FrameMarshal:
-    """Messages as frames on the wire, the bytes pamqp would marshal (one exchange, one set of properties): the method
-    frame and the header's properties are marshalled once, not per message (pamqp took 40 to 90 µs for the two, as
-    much as the rest of a one-message batch's publish)."""
+    """Messages as frames on the wire, the bytes pamqp would marshal (one exchange, routing key and set of
+    properties): the method frame and the header's properties are marshalled once, not per message (pamqp took 40 to
+    90 µs for the two, as much as the rest of a one-message batch's publish)."""
 
-    def __init__(self, channel: aiormq.Channel, exchange: str, properties: Basic.Properties) -> None:
-        self.source = properties
+    def __init__(self, channel: aiormq.Channel, exchange: str, properties: Basic.Properties, routing_key: str) -> None:
+        self.source, self.routing_key = properties, routing_key
         self.channel, self.max_body = channel.number, channel.max_content_size
-        self.method = pamqp.frame.marshal(Basic.Publish(exchange=exchange, routing_key=""), channel.number)
+        self.method = pamqp.frame.marshal(Basic.Publish(exchange=exchange, routing_key=routing_key), channel.number)
         self.properties = properties.marshal()
 
     def message(self, frames: list[bytes], body: bytes) -> None:
@@ -256,7 +253,7 @@ _confirms: weakref.WeakKeyDictionary[aiormq.Channel, Confirms] = weakref.WeakKey
 
 
 async def publish(
-    channel: aiormq.Channel, exchange: str, bodies: Sequence[bytes], properties: Basic.Properties
+    channel: aiormq.Channel, exchange: str, bodies: Sequence[bytes], properties: Basic.Properties, routing_key: str = ""
 ) -> list[asyncio.Future[Any]]:
     """Queue a batch of messages for the connection's writer in frame groups of about GROUP_BYTES (a small batch:
     one group, one write), marshalled as the last batch to the same exchange was if `properties` is the same object
@@ -282,8 +279,8 @@ async def publish(
     batch = Batch(channel.delivery_tag + 1, channel.delivery_tag + len(bodies), confirmation)
     confirms.batches.append(batch)
     marshal = confirms.marshals.get(exchange)
-    if marshal is None or marshal.source is not properties:  # the same object each time: marshalled once
-        marshal = confirms.marshals[exchange] = FrameMarshal(channel, exchange, properties)
+    if marshal is None or marshal.source is not properties or marshal.routing_key != routing_key:
+        marshal = confirms.marshals[exchange] = FrameMarshal(channel, exchange, properties, routing_key)
     frames: list[bytes] = []
     size = 0
     queued = channel.delivery_tag  # the last message whose frames the writer has
@@ -308,35 +305,15 @@ async def publish(
     return [confirmation]
 
 
-class OwnMessages:
-    """How to tell the messages this daemon published from the others': the marshalled properties every one of them
-    carries (`own`, with an id of this daemon's in them), and what to do with one instead of delivering it (`skip`,
-    called with its channel and delivery tag, so that it is acknowledged with the others)."""
-
-    __slots__ = ("own", "skip")
-
-    def __init__(self, own: Basic.Properties, skip: Callable[[aiormq.Channel, int | None], None]) -> None:
-        self.own, self.skip = own.marshal(), skip
-
-    def mine(self, header: ContentHeader) -> bool:
-        """Whether `header` is of a message we published, from its bytes, its properties left undecoded."""
-        payload = header._payload if isinstance(header, LazyContentHeader) else None
-        own = self.own
-        return payload is not None and len(payload) == _SHORT_HEADER.size + len(own) and payload.endswith(own)
-
-
 class Deliveries:
     """Takes the place of a consuming channel's `frames.put`: assembles each Basic.Deliver with its content header
-    and body frames as the connection's reader hands them over, and passes the message on (or, one of `own`'s, skips
-    it); every other frame goes to the channel's reader as before."""
+    and body frames as the connection's reader hands them over, and passes the message on; every other frame goes to
+    the channel's reader as before."""
 
-    def __init__(
-        self, channel: aiormq.Channel, deliver: Callable[[DeliveredMessage], None], own: OwnMessages | None
-    ) -> None:
-        self._channel, self.deliver, self.own, self._queue = channel, deliver, own, channel.frames
+    def __init__(self, channel: aiormq.Channel, deliver: Callable[[DeliveredMessage], None]) -> None:
+        self._channel, self.deliver, self._queue = channel, deliver, channel.frames
         self._delivery: Basic.Deliver | None = None
         self._header: ContentHeader | None = None
-        self._mine = False
         self._parts: list[bytes] = []
         self._size = 0
         channel.frames.put = self.put  # type: ignore[method-assign]
@@ -353,19 +330,14 @@ class Deliveries:
             if not isinstance(frame, ContentHeader):
                 raise ValueError(f"Unexpected frame {frame!r} instead of ContentHeader", frame)
             self._header, self._parts, self._size = frame, [], 0
-            self._mine = self.own is not None and self.own.mine(frame)
         elif isinstance(frame, ContentBody):
-            if not self._mine:
-                self._parts.append(frame.value or b"")
+            self._parts.append(frame.value or b"")
             self._size += len(frame.value or b"")
         else:
             raise ValueError(f"Unexpected frame {frame!r}", frame)
         if self._size >= self._header.body_size:
             delivery, header = self._delivery, self._header
             self._delivery = self._header = None
-            if self._mine and self.own is not None:
-                self.own.skip(self._channel, delivery.delivery_tag)
-                return
             body = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
             self.deliver(DeliveredMessage(delivery=delivery, header=header, body=body, channel=self._channel))
 
@@ -373,12 +345,9 @@ class Deliveries:
 _deliveries: weakref.WeakKeyDictionary[aiormq.Channel, Deliveries] = weakref.WeakKeyDictionary()
 
 
-def deliver_without_tasks(
-    channel: aiormq.Channel, deliver: Callable[[DeliveredMessage], None], own: OwnMessages | None = None
-) -> None:
+def deliver_without_tasks(channel: aiormq.Channel, deliver: Callable[[DeliveredMessage], None]) -> None:
     """Hand every message delivered on `channel` to `deliver`, in delivery order, as soon as the connection's reader
-    has its last frame, except those `own` tells are ours, which go to its `skip`. For a channel with one consumer:
-    whose it is goes unasked.
+    has its last frame. For a channel with one consumer: whose it is goes unasked.
 
     aiormq's connection reader puts each frame in the channel's queue, the channel's reader takes it out a loop
     turn later, reads the message's frames through its queue and starts a Task per delivery to run the consumer's
@@ -388,9 +357,9 @@ def deliver_without_tasks(
     """
     deliveries = _deliveries.get(channel)
     if deliveries is None:
-        _deliveries[channel] = Deliveries(channel, deliver, own)
+        _deliveries[channel] = Deliveries(channel, deliver)
     else:  # consuming again on the same channel: keep what is half-read, for the new consumer
-        deliveries.deliver, deliveries.own = deliver, own
+        deliveries.deliver = deliver
 
 
 read_frames_in_bulk()  # imported only with the AMQP backend: every connection it opens reads in bulk

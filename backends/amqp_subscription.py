@@ -6,11 +6,10 @@ subscription's own deliveries. Every acknowledgement follows the handler's retur
 handler has caught up, in broadcast mode, where they only keep the prefetch window open, every ACK_EVERY messages
 or after ACK_DELAY without one, so that a low rate does not cost a write to the broker per message.
 
-With `own` (broadcast mode, the core not wanting its own messages back), a message this daemon published is
-skipped as the connection's reader reads it (`amqp_internals.OwnMessages`): RabbitMQ has no no-local, so a publishing
-daemon gets back each of its messages through the fanout exchange, and at 1,000 events/s in a fleet of three that
-was a third of what each daemon received, each through the worker, the relay and the codec only to be dropped. It
-still counts as handled for the acknowledgements, or the prefetch window would fill up with them.
+With `own` (broadcast mode, the core not wanting its own messages back), the queue is bound so that the broker
+keeps the messages this daemon published from it (`amqp_topology.spare_own`): RabbitMQ has no no-local, so a
+publishing daemon got back each of its messages through the fanout exchange, at 1,000 events/s in a fleet of three a
+third of what each daemon read, each a wake-up and three frames only to be skipped.
 
 In durable mode a handler that raises gets its message again: the worker acknowledges what came before it, then
 closes the channel, so the broker puts everything unacknowledged back at the head of the queue in order; aio-pika
@@ -23,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple, cast
+from typing import Any, ClassVar, cast
 
 import aiormq.abc
 from aio_pika.abc import AbstractRobustChannel
@@ -31,7 +30,7 @@ from pamqp.commands import Basic
 
 from backends import amqp_internals
 from backends.amqp_common import BROKER_ERRORS, CLOSE_TIMEOUT, cancel_task
-from backends.amqp_topology import Topology
+from backends.amqp_topology import Topology, drop_spared
 from backends.base import Handler, Message, Subscription
 from sidecar.backoff import Backoff
 
@@ -49,18 +48,10 @@ HOLD_LIMIT = 60.0
 
 
 class _AckDue:
-    """What the acknowledgement timer puts in the inbox (ACK_DUE: acknowledge what was handled, if nothing came
-    since), or the reader once it skipped ACK_EVERY of our own messages (ACK_NOW)."""
+    """What the acknowledgement timer puts in the inbox: acknowledge what was handled, if nothing came since."""
 
 
-ACK_DUE, ACK_NOW = _AckDue(), _AckDue()
-
-
-class _Skipped(NamedTuple):
-    """A message of our own, skipped unread behind messages still waiting in the inbox: counted in its turn."""
-
-    channel: aiormq.abc.AbstractChannel
-    tag: int
+ACK_DUE = _AckDue()
 
 
 class AmqpSubscription(Subscription):
@@ -83,19 +74,20 @@ class AmqpSubscription(Subscription):
         *,
         forget: Callable[[AmqpSubscription], None],
         restore: Callable[[], None],
-        own: Basic.Properties | None = None,
+        own: str | None = None,
     ) -> None:
-        """`own`: the properties of every message this daemon publishes, to skip those unread; None: deliver them."""
+        """`own`: the routing key of every message this daemon publishes, for the broker to keep those from the
+        queue; None: deliver them."""
         self.topic, self.channel, self._handler, self._topology = topic, channel, handler, topology
         self._forget, self._restore = forget, restore
-        self._own = None if own is None else amqp_internals.OwnMessages(own, self._skip)
+        self._own = own
         self.active, self.cancelled = True, False  # cancelled: by the broker (its queue was deleted, say)
         self.queue: str | None = None
         self.consumer_tag: str | None = None
         self._underlay: aiormq.abc.AbstractChannel | None = None
-        # Bounded by prefetch (and one ACK_DUE and one ACK_NOW at a time).
-        self._inbox: asyncio.Queue[aiormq.abc.DeliveredMessage | _Skipped | _AckDue | None] = asyncio.Queue()
-        # The newest message handled (or skipped) and not yet acknowledged: its channel and delivery tag; how many.
+        # Bounded by prefetch (and one ACK_DUE at a time).
+        self._inbox: asyncio.Queue[aiormq.abc.DeliveredMessage | _AckDue | None] = asyncio.Queue()
+        # The newest message handled and not yet acknowledged: its channel and delivery tag; how many.
         self._unacked: tuple[aiormq.abc.AbstractChannel, int] | None = None
         self._count = 0
         # Broadcast mode: one timer while something handled is unacknowledged, not one per message.
@@ -121,12 +113,15 @@ class AmqpSubscription(Subscription):
             # Closed by a call that timed out: aio-pika reopens channels the broker closes, not those.
             await self.channel.restore()
             underlay = await self.channel.get_underlay_channel()
-        queue, backlog = await self._topology.declare(underlay, self.topic, again=self.queue is not None)
+        again = self.queue is not None
+        if self.queue is not None and self._own is not None:
+            await drop_spared(underlay, self.queue)  # the last queue's, if its channel closed and not the connection
+        queue, backlog = await self._topology.declare(underlay, self.topic, again=again, spare=self._own)
         # Before the consume: its first deliveries may reach the worker before basic_consume() returns, and must
         # not look stale then (skipped, they would be acknowledged with the next ones, unhandled).
         self._underlay, self.queue, self.consumer_tag = underlay, queue, None
         # aio-pika's abstract type leaves out the channel's state; its underlay is always aiormq's Channel.
-        amqp_internals.deliver_without_tasks(cast(aiormq.Channel, underlay), self._deliver, self._own)
+        amqp_internals.deliver_without_tasks(cast(aiormq.Channel, underlay), self._deliver)
         consumer = await underlay.basic_consume(queue, self._on_delivery, no_ack=False)
         underlay.on_consumer_cancel_callbacks.add(self._on_consumer_cancelled)
         self.consumer_tag, self.cancelled = consumer.consumer_tag, False
@@ -146,19 +141,6 @@ class AmqpSubscription(Subscription):
         # Called by the connection's reader as each message is read, in order (amqp_internals.deliver_without_tasks).
         if self.active:
             self._inbox.put_nowait(message)
-
-    def _skip(self, channel: aiormq.abc.AbstractChannel, tag: int | None) -> None:
-        # Called by the connection's reader for a message of our own, unread (broadcast mode only). Counted at once
-        # only if no message waits in the inbox: an acknowledgement (`multiple`) up to its tag would acknowledge
-        # those too, unhandled, and the broker would send more past the prefetch window, into this process.
-        if not self.active or tag is None:
-            return
-        if not self._inbox.empty():
-            self._inbox.put_nowait(_Skipped(channel, tag))
-            return
-        self._handled_one(channel, tag)
-        if self._count == ACK_EVERY:
-            self._inbox.put_nowait(ACK_NOW)
 
     async def _on_delivery(self, message: aiormq.abc.DeliveredMessage) -> None:
         # What aiormq itself would call, in a Task per message; deliver_without_tasks() takes its place.
@@ -183,8 +165,9 @@ class AmqpSubscription(Subscription):
             message = await self._inbox.get()
             if message is None:
                 break
-            if isinstance(message, _AckDue | _Skipped):
-                await self._bookkeeping(message)
+            if isinstance(message, _AckDue):
+                self._ack_timer = None
+                await self._ack_handled()
                 continue
             if not self.active or self._stale(message):
                 continue
@@ -202,20 +185,6 @@ class AmqpSubscription(Subscription):
             if self._caught_up(self._count):
                 await self._ack_handled()
         await self._ack_handled(wait=True)  # stopping: what was handled must not come back
-
-    async def _bookkeeping(self, item: _AckDue | _Skipped) -> None:
-        """An acknowledgement due (ACK_DUE: no message came for ack_delay; ACK_NOW: ACK_EVERY of ours were skipped),
-        or one of our own messages skipped behind others, counted in its turn."""
-        if isinstance(item, _Skipped):
-            if self.active:
-                self._handled_one(item.channel, item.tag)
-                if self._caught_up(self._count):
-                    await self._ack_handled()
-            return
-        if item is ACK_DUE:
-            self._ack_timer = None
-        if item is ACK_DUE or self._count >= ACK_EVERY:
-            await self._ack_handled()
 
     def _handled_one(self, channel: aiormq.abc.AbstractChannel, tag: int) -> None:
         """Count a message as handled, to be acknowledged by the next acknowledgement (`multiple`)."""
@@ -286,6 +255,8 @@ class AmqpSubscription(Subscription):
         if not self.channel.is_closed:
             try:
                 async with asyncio.timeout(CLOSE_TIMEOUT):
+                    if self._own is not None and self.queue is not None:
+                        await drop_spared(await self.channel.get_underlay_channel(), self.queue)
                     await self.channel.close()
             except BROKER_ERRORS as exc:
                 log.debug("amqp: closing the channel of %r failed: %s", self.topic, exc)

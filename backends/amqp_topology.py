@@ -5,6 +5,15 @@ topic, non-durable, not auto-delete, not internal, no arguments (amqplib's `asse
 false})`; other flags make one side fail with PRECONDITION_FAILED); per instance a server-named exclusive auto-delete
 queue bound with the key `queue-binding` (fanout ignores it). Messages are transient.
 
+RabbitMQ has no no-local: a queue bound to that exchange gets back every message its daemon published. A daemon that
+does not want them (the core says so, `echo` off) publishes with a routing key of its own (`syncar-<16 hex digits>`)
+and binds its queue through two exchanges of its own, named after the queue (`spare_own`): the feathers-sync
+exchange feeds a direct exchange whose one binding, the daemon's key, leads to a queue of length 0 (dropped at once),
+and whose alternate exchange, which RabbitMQ uses for every message that binding does not take, is a fanout to the
+daemon's queue. Every other message reaches it: other daemons', feathers-sync's (its routing key is its queue's
+name), older syncars' (an empty key). All of them go with the daemon's queue: the fanout when the queue goes
+(auto-delete), the direct exchange when the length-0 queue goes (exclusive; deleted with the subscription).
+
 Durable cannot reuse that exchange: feathers-sync declares it non-durable, and RabbitMQ refuses to declare an
 existing exchange with other flags. It uses a durable fanout exchange `<topic>.durable` and, per instance, a durable
 queue `<topic>.durable.<instance id>` (classic on one node, quorum on a URI that lists several; the URI option
@@ -110,9 +119,12 @@ class Topology:
         }
 
     async def declare(
-        self, underlay: aiormq.abc.AbstractChannel, topic: str, *, again: bool = False
+        self, underlay: aiormq.abc.AbstractChannel, topic: str, *, again: bool = False, spare: str | None = None
     ) -> tuple[str, int]:
         """Declare the exchange and this instance's queue, bind them; return the queue's name and its backlog.
+
+        `spare` (broadcast mode): the routing key of every message this daemon publishes, for the queue not to get
+        them back (`spare_own`).
 
         `again`: this daemon declared the queue before (a reconnect, a cancelled consumer). If it is gone, what was
         published for this instance meanwhile reached no queue of its own, and the publishers were told it was
@@ -124,7 +136,10 @@ class Topology:
             )
             declared = await underlay.queue_declare("", durable=False, exclusive=True, auto_delete=True)
             queue = declared.queue or ""
-            await underlay.queue_bind(queue, topic, routing_key=BINDING_KEY)
+            if spare is None:
+                await underlay.queue_bind(queue, topic, routing_key=BINDING_KEY)
+            else:
+                await spare_own(underlay, topic, queue, spare)
             return queue, 0
         # On a channel of its own: a refused declaration closes the channel it was made on, and the consuming
         # channel must not go down (and come back) over it.
@@ -186,6 +201,36 @@ class Topology:
         finally:
             await _close(channel)
         return bound
+
+
+def own_names(queue: str) -> tuple[str, str, str]:
+    """The exchanges and the length-0 queue that keep a broadcast queue's own messages from it (`spare_own`): the
+    direct exchange, the fanout it falls back on, the queue that drops what the direct exchange routes."""
+    return f"syncar.{queue}.others", f"syncar.{queue}.in", f"syncar.{queue}.own"
+
+
+async def spare_own(underlay: aiormq.abc.AbstractChannel, topic: str, queue: str, key: str) -> None:
+    """Bind `queue` to the topic's exchange for every message but those published with routing key `key`.
+
+    A direct exchange routes `key` to a queue of length 0, which drops it; RabbitMQ hands what it routes nowhere to its
+    alternate exchange, a fanout to `queue`. Bound to the topic's exchange last, so that nothing passes before the
+    rest is in place.
+    """
+    others, inbound, dropped = own_names(queue)
+    await underlay.queue_declare(dropped, durable=False, exclusive=True, arguments={"x-max-length": 0})
+    await underlay.exchange_declare(inbound, exchange_type="fanout", durable=False, auto_delete=True)
+    await underlay.queue_bind(queue, inbound, routing_key=BINDING_KEY)
+    await underlay.exchange_declare(
+        others, exchange_type="direct", durable=False, auto_delete=True, arguments={"alternate-exchange": inbound}
+    )
+    await underlay.queue_bind(dropped, others, routing_key=key)
+    await underlay.exchange_bind(destination=others, source=topic, routing_key=BINDING_KEY)
+
+
+async def drop_spared(underlay: aiormq.abc.AbstractChannel, queue: str) -> None:
+    """Delete what `spare_own` made for `queue`: its length-0 queue, and with it (auto-delete) the direct exchange.
+    The fanout goes with `queue` itself. A queue that is gone already is no error."""
+    await underlay.queue_delete(own_names(queue)[2])
 
 
 async def _close(channel: aiormq.abc.AbstractChannel) -> None:

@@ -16,7 +16,7 @@ from pamqp.commands import Basic
 from backends.amqp import AmqpBackend, AmqpSubscription, confirmed
 from backends.amqp_common import DEFAULT_PREFETCH
 from backends.amqp_internals import GROUP_BYTES
-from backends.amqp_subscription import ACK_DELAY, ACK_EVERY
+from backends.amqp_subscription import ACK_DELAY
 from backends.amqp_topology import BINDING_KEY
 from backends.base import (
     Backend,
@@ -149,71 +149,56 @@ async def test_at_a_low_rate_a_broadcast_subscription_sets_no_timer_per_message(
     assert len(timers) <= 2, timers  # before: 20
 
 
-async def test_own_messages_are_skipped_unread_and_still_acknowledged(
+async def test_the_broker_keeps_our_own_messages_from_us_and_everyone_elses_reach_us(
     server: RabbitServer, started: Started, topic: str, acked: list[int]
 ) -> None:
     """RabbitMQ has no no-local: a publishing daemon got each of its messages back, a third of what each daemon of a
-    fleet of three read, only for the relay to drop it. They are skipped as the reader reads them now, and still
-    acknowledged, or three prefetch windows of them would stop every delivery to the daemon."""
+    fleet of three read, each a wake-up and three frames only to be skipped. Its queue is bound so that the broker
+    keeps them from it now; what anyone else publishes still arrives: another syncar, feathers-sync (its queue's name
+    as the routing key) and an older syncar (an empty one)."""
     mine = await started(AmqpBackend(BackendConfig(server.uri, "test-mine", echo=False)))
-    other = await started(AmqpBackend(BackendConfig(server.uri, "test-other")))
+    other = await started(AmqpBackend(BackendConfig(server.uri, "test-other", echo=False)))
     assert not mine.broker_echoes
     inbox = Inbox()
     await mine.subscribe(topic, inbox)
-    own = 3 * DEFAULT_PREFETCH
-    for start in range(0, own, 64):
+    for start in range(0, 3 * DEFAULT_PREFETCH, 64):
         await mine.publish(topic, [b"mine %d" % n for n in range(start, start + 64)])
     await other.publish(topic, [b"theirs"])
-    assert await inbox.wait(1) == [b"theirs"]  # before: the own messages first; unacknowledged, nothing after 256
-    await wait_for(lambda: acked[-1:] == [own + 1], ACK_DELAY + 5, "every delivery acknowledged")
-    assert len(acked) <= own // 64 + 2, acked  # in groups, as handled messages are
+    connection = await aio_pika.connect(server.uri)
+    try:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(topic)
+        await exchange.publish(aio_pika.Message(b"feathers-sync"), routing_key="amq.gen-JzTY20BRgKO-HjmUJj0wLg")
+        await exchange.publish(aio_pika.Message(b"older syncar"), routing_key="")
+    finally:
+        await connection.close()
+    assert await inbox.wait(3) == [b"theirs", b"feathers-sync", b"older syncar"]
+    await wait_for(lambda: acked[-1:] == [3], ACK_DELAY + 5, "every delivery acknowledged")  # before: 769, 770, 771
 
 
-async def test_own_messages_skipped_behind_waiting_ones_are_not_acknowledged_before_them(
-    server: RabbitServer, started: Started, topic: str, monkeypatch: pytest.MonkeyPatch
+def spared(server: RabbitServer) -> list[str]:
+    """The exchanges and queues on the broker that keep some queue's own messages from it."""
+    names = [row["name"] for what in ("exchanges", "queues") for row in server.list(what, "name")]
+    return sorted(name for name in names if name.startswith("syncar.amq.gen-"))
+
+
+async def test_what_keeps_our_own_messages_from_us_goes_with_the_subscription(
+    server: RabbitServer, started: Started, topic: str
 ) -> None:
-    """Counted as handled when read, our own messages made the next acknowledgement (`multiple`) cover the messages
-    of others still waiting in the inbox, unhandled: the broker sent more past the prefetch window, and a daemon
-    whose handler fell behind held ever more of them (2,819 messages waiting with a prefetch of 256). Behind waiting
-    messages they are counted in their turn now."""
+    """Two exchanges and a queue of length 0 per subscription: gone once it unsubscribes, or its connection closes."""
+    before = spared(server)
     mine = await started(AmqpBackend(BackendConfig(server.uri, "test-mine", echo=False)))
-    other = await started(AmqpBackend(BackendConfig(server.uri, "test-other")))
-    tokens: asyncio.Queue[None] = asyncio.Queue()
-    handled: list[bytes] = []
-
-    async def slow(message: Message) -> None:
-        await tokens.get()
-        handled.append(message.body)
-
-    acks: list[tuple[int, int]] = []  # (the tag acknowledged up to, messages handled by then)
-    basic_ack = aiormq.Channel.basic_ack
-
-    async def recording(channel: aiormq.Channel, delivery_tag: int, *args: Any, **kwargs: Any) -> None:
-        acks.append((delivery_tag, len(handled)))
-        await basic_ack(channel, delivery_tag, *args, **kwargs)
-
-    monkeypatch.setattr(aiormq.Channel, "basic_ack", recording)
-    subscription = await mine.subscribe(topic, slow)
+    subscription = await mine.subscribe(topic, Inbox())
     assert isinstance(subscription, AmqpSubscription)
-    theirs, own = 100, ACK_EVERY
-    await other.publish(topic, [b"theirs %d" % n for n in range(theirs)])  # delivery tags 1-100
-    await mine.publish(topic, [b"mine %d" % n for n in range(own)])  # 101-164, read while 99 of theirs wait
-
-    def delivered() -> bool:
-        queues = server.list("queues", "name", "messages_unacknowledged")
-        return any(q["name"] == subscription.queue and q["messages_unacknowledged"] == theirs + own for q in queues)
-
-    await wait_for(delivered, 10, "every message handed to the consumer")
-    await mine.publish(topic, [b"mine, last"])  # its confirmation comes after the deliveries: they have been read
-    for _ in range(theirs):
-        tokens.put_nowait(None)
-
-    def early() -> list[tuple[int, int]]:
-        return [(tag, done) for tag, done in acks if done < min(tag, theirs)]
-
-    last = (theirs + own + 1, theirs)
-    await wait_for(lambda: early() or acks[-1:] == [last], ACK_DELAY + 10, "every message acknowledged")
-    assert early() == [], f"acknowledged up to these tags with fewer of theirs handled: {early()}"
+    made = [name for name in spared(server) if name not in before]
+    assert sorted(made) == sorted(f"syncar.{subscription.queue}.{part}" for part in ("in", "others", "own")), made
+    await subscription.unsubscribe()
+    await wait_for(lambda: not set(made) & set(spared(server)), 10, "gone with the subscription")
+    subscription = await mine.subscribe(topic, Inbox())
+    assert isinstance(subscription, AmqpSubscription)
+    assert any(name.startswith(f"syncar.{subscription.queue}.") for name in spared(server))
+    await mine.close()
+    await wait_for(lambda: spared(server) == before, 10, "gone with the connection")
 
 
 async def test_a_delivery_starts_no_task(backend: Factory, topic: str) -> None:

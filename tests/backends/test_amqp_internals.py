@@ -20,7 +20,7 @@ from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
 from backends.amqp import AmqpBackend
-from backends.amqp_internals import Batch, BulkFrameReceiver, Confirms, FrameMarshal, LazyContentHeader, OwnMessages
+from backends.amqp_internals import Batch, BulkFrameReceiver, Confirms, FrameMarshal
 from backends.base import BackendConfig
 from tests.backends.support import Inbox, Started
 from tests.brokers.rabbitmq import RabbitServer
@@ -30,14 +30,15 @@ AIORMQ_RECEIVER = BulkFrameReceiver.__mro__[1]  # aiormq's own, which BulkFrameR
 
 @pytest.mark.parametrize("body", [b"", b"a", b"x" * 99, b"y" * 100, b"z" * 250])
 @pytest.mark.parametrize("properties", [Basic.Properties(delivery_mode=1), Basic.Properties(delivery_mode=2)])
-def test_a_message_is_marshalled_to_the_bytes_aiormq_writes(body: bytes, properties: Basic.Properties) -> None:
+@pytest.mark.parametrize("key", ["", "syncar-0123456789abcdef"])
+def test_a_message_is_marshalled_as_aiormq_writes_it(body: bytes, properties: Basic.Properties, key: str) -> None:
     channel = types.SimpleNamespace(number=7, max_content_size=100)  # bodies over 100 bytes take several frames
     frames: list[bytes] = []
-    FrameMarshal(channel, "feathers-sync", properties).message(frames, body)  # type: ignore[arg-type]
+    FrameMarshal(channel, "feathers-sync", properties, key).message(frames, body)  # type: ignore[arg-type]
     chunks = [ContentBody(body[start : start + 100]) for start in range(0, len(body), 100)]
     aiormqs = ChannelFrame.marshall(
         7,
-        [Basic.Publish(exchange="feathers-sync", routing_key=""), ContentHeader(0, len(body), properties), *chunks],
+        [Basic.Publish(exchange="feathers-sync", routing_key=key), ContentHeader(0, len(body), properties), *chunks],
     )
     assert b"".join(frames) == aiormqs.payload
 
@@ -177,24 +178,3 @@ async def test_deliveries_are_read_in_bulk_and_skip_the_channels_queue(
     # Before: 900 readexactly for the receiver's 300 frames (and the sender's confirmations), 300 frames queued.
     assert "readexactly" not in reads and len(reads) < 300, reads  # fewer reads than frames
     assert "Deliver" not in queued and "ContentBody" not in queued, queued
-
-
-def test_own_messages_are_told_by_their_header_bytes_even_once_their_properties_were_read() -> None:
-    """The header's properties, as marshalled, against ours: another app_id, other properties or none is not ours;
-    a header whose properties something read first (a debug log's repr of the frame) still is."""
-    own = Basic.Properties(delivery_mode=1, app_id="syncar-0123456789abcdef")
-    mine = OwnMessages(own, lambda _channel, _tag: None)
-
-    def header(properties: Basic.Properties) -> LazyContentHeader:
-        frame = pamqp.frame.marshal(ContentHeader(0, 256, properties), 1)
-        return LazyContentHeader(frame[7:-1])  # the payload, as BulkFrameReceiver cuts it
-
-    read_first = header(own)
-    assert read_first.properties.app_id == own.app_id
-    assert mine.mine(header(own)) and mine.mine(read_first)
-    others = [
-        Basic.Properties(delivery_mode=1, app_id="syncar-fedcba9876543210"),  # another daemon
-        Basic.Properties(delivery_mode=2, app_id=own.app_id),
-        Basic.Properties(),  # feathers-sync
-    ]
-    assert not any(mine.mine(header(properties)) for properties in others)
