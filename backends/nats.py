@@ -32,6 +32,7 @@ from backends.base import (
 from backends.nats_common import CONNECTION_ERRORS, describe
 from backends.nats_connection import NatsConnection
 from backends.nats_consumer import DurableSubscription
+from backends.nats_internals import deliver_from_reader, stop_delivering
 from backends.nats_jetstream import JetStreamPublisher
 
 __all__ = ["NatsBackend", "NatsJetStreamBackend"]
@@ -45,14 +46,21 @@ class NatsSubscription(Subscription):
     def __init__(self, topic: str, handler: Handler, *, forget: Callable[[NatsSubscription], None]) -> None:
         self.topic, self._handler, self._forget = topic, handler, forget
         self._sub: NatsSub | None = None
+        self._client: Client | None = None  # the client `_sub` is on
 
     async def attach(self, client: Client) -> None:
-        # nats-py runs one task per subscription, which awaits the callback for each message in turn: in order.
-        self._sub = await client.subscribe(self.topic, cb=self._deliver)
+        # Delivered by nats-py's reader as it parses, each message in turn: in order. nats-py's callback (its
+        # subscription's Task) only has what came before the route was made.
+        self._sub = sub = await client.subscribe(self.topic, cb=self._queued)
+        self._client = client
+        deliver_from_reader(client, sub, self._deliver)
 
-    async def _deliver(self, msg: Msg) -> None:
+    async def _queued(self, msg: Msg) -> None:
+        await self._deliver(msg.data)
+
+    async def _deliver(self, payload: bytes) -> None:
         try:
-            await self._handler(Message(msg.data))
+            await self._handler(Message(payload))
         except Exception as exc:
             log.error("nats: subscriber failed, message dropped: %s", exc)
             log.debug("nats: subscriber failure", exc_info=True)
@@ -60,6 +68,8 @@ class NatsSubscription(Subscription):
     async def unsubscribe(self) -> None:
         self._forget(self)
         sub, self._sub = self._sub, None
+        if sub is not None and self._client is not None:
+            stop_delivering(self._client, sub)
         if sub is not None:
             # Closed or reconnecting: nats-py drops the subscription locally and does not restore it.
             with contextlib.suppress(*CONNECTION_ERRORS):

@@ -9,9 +9,9 @@ message cost a wake-up of the reader's Task through asyncio's StreamReader (a tu
 of Python: a subscriber alone at 1,000 messages/s spent 45-56 µs of CPU per message so, 23-29 µs this way (the same
 three alternated runs, docs/benchmarks.md).
 
-A handler is a coroutine function; `run_now` runs it up to its first wait, which the relay's never reaches. One that
-does wait is finished in a Task, with the reading paused meanwhile, so that messages are still handed over one at a
-time and in order.
+A handler is a coroutine function; `inline.run_now` runs it up to its first wait, which the relay's never reaches.
+One that does wait is finished in a Task, with the reading paused meanwhile, so that messages are still handed over
+one at a time and in order.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import asyncio
 import logging
 import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import hiredis
@@ -29,24 +29,13 @@ from redis._parsers.base import BaseParser
 from redis.asyncio.connection import Connection
 
 from backends.base import Handler, Message
+from backends.inline import run_now
 
 log = logging.getLogger("backends.redis")
 
 #: What the backend does with one reply (error replies included, as redis-py's exceptions); an awaitable if a handler
 #: has to wait: the next reply waits for it. A ConnectionError it raises ends the connection.
 OnReply = Callable[[Any], Awaitable[None] | None]
-
-
-def run_now(call: Awaitable[None]) -> Awaitable[None] | None:
-    """Run the coroutine `call` until it first waits: None if it ended without waiting, else the rest of it, to
-    await. An awaitable that is not a coroutine is returned as it is."""
-    if not isinstance(call, types.CoroutineType):
-        return call
-    try:
-        waited_on = call.send(None)
-    except StopIteration:
-        return None
-    return _rest(call, waited_on)
 
 
 class Receiver(Protocol):
@@ -87,25 +76,6 @@ async def _hand_over_later(rest: Awaitable[None], later: Sequence[Receiver], mes
 def _failed(exc: Exception) -> None:
     log.error("redis: subscriber failed, message dropped for it: %s", exc)
     log.debug("redis: subscriber failure", exc_info=exc)
-
-
-@types.coroutine
-def _rest(call: Coroutine[Any, Any, None], waited_on: Any) -> Generator[Any, None, None]:
-    """What a Task does with `call`, which one send() has left waiting on `waited_on`: hand that to the Task
-    awaiting us, and go on with `call` when it is done (or throw into it what is thrown into us: a cancellation)."""
-    while True:
-        try:
-            yield waited_on
-        except BaseException as exc:
-            try:
-                waited_on = call.throw(exc)
-            except StopIteration:
-                return
-        else:
-            try:
-                waited_on = call.send(None)
-            except StopIteration:
-                return
 
 
 class _Transport(asyncio.Protocol):

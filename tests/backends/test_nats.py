@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
 import signal
 import time
@@ -150,6 +152,106 @@ async def test_a_confirmed_publish_sets_no_timer_and_wakes_no_flusher(connect: F
     assert len(timers) <= 1, timers  # before: 20
     assert "Client._flusher" not in woken, woken  # before: 20 times
     assert len(await inbox.wait(20)) == 20
+
+
+class Handing(Inbox):
+    """An inbox that notes the Task each message was handed over in (None: the loop's I/O callback), and waits a
+    turn of the loop in its handler for the bodies in `wait`."""
+
+    def __init__(self, wait: frozenset[bytes] = frozenset()) -> None:
+        super().__init__()
+        self.tasks: list[asyncio.Task[Any] | None] = []
+        self._wait = wait
+
+    async def __call__(self, message: Any) -> None:
+        self.tasks.append(asyncio.current_task())
+        if message.body in self._wait:
+            await asyncio.sleep(0)
+        await super().__call__(message)
+
+
+async def test_messages_are_handed_over_as_they_are_read_with_no_task_woken(
+    own_server: NatsServer, connect: Factory, topic: str
+) -> None:
+    """nats-py's reader Task was woken through its StreamReader for each read, and queued each message for its
+    subscription's Task, woken in turn to call the handler: two Task wake-ups per message, none now. After a
+    reconnect too: the new connection is read the same way."""
+    sender, receiver = await connect(own_server.uri), await connect(own_server.uri)
+    inbox = Handing()
+    await receiver.subscribe(topic, inbox)
+    for n in range(20):
+        await sender.publish(topic, [b"%d" % n])
+    assert await inbox.wait(20) == [b"%d" % n for n in range(20)]
+    assert inbox.tasks == [None] * 20  # before: nats-py's subscription Task's, each
+    await asyncio.to_thread(own_server.restart)
+    await wait_for(lambda: receiver.state is BackendState.RECONNECTING, what="RECONNECTING")
+    await wait_for(lambda: receiver.state is BackendState.CONNECTED, timeout=RECOVERY + 3, what="CONNECTED")
+    sender = await connect(own_server.uri)
+    for n in range(20, 30):
+        await sender.publish(topic, [b"%d" % n])
+    assert await inbox.wait(30) == [b"%d" % n for n in range(30)]
+    assert inbox.tasks[20:] == [None] * 10
+
+
+async def test_a_handler_that_waits_still_gets_the_messages_one_at_a_time_in_order(
+    connect: Factory, topic: str
+) -> None:
+    """A handler that waits holds the reading up until it is done: what came in the same read and after waits."""
+    sender, receiver = await connect(), await connect()
+    bodies = [b"%d" % n for n in range(300)]
+    inbox = Handing(wait=frozenset(bodies[::7]))
+    await receiver.subscribe(topic, inbox)
+    for start in range(0, 300, 30):  # several messages per read
+        await sender.publish(topic, bodies[start : start + 30])
+    assert await inbox.wait(300) == bodies
+    assert inbox.attempts == bodies  # none handed over while another was waiting
+
+
+class Garbling:
+    """A stand-in for nats-server that answers PINGs and, at the second one after a SUB (the first one read by
+    nats-py's reader Task, which hands the connection over), sends a message and then a line that is no NATS
+    operation."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        writer.write(b'INFO {"server_id":"garbling","max_payload":1048576,"proto":1}\r\n')
+        sid, pings = None, 0
+        while line := await reader.readline():
+            if line.startswith(b"SUB "):
+                sid = int(line.split()[-1])
+            elif line == b"PING\r\n":
+                writer.write(b"PONG\r\n")
+                pings += sid is not None
+                if pings == 2 and self.connections == 1:
+                    writer.write(b"MSG k %d 2\r\nok\r\nNONSENSE\r\n" % sid)
+        writer.close()
+
+
+async def test_a_protocol_error_read_as_bytes_arrive_reconnects_as_nats_py_would(
+    connect: Factory, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the parser raises reaches nats-py's reader, which reconnects, not the event loop, which would log it
+    as a fatal error of the transport."""
+    fake = Garbling()
+    server = await asyncio.start_server(fake.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    states: list[BackendState] = []
+    try:
+        receiver = await connect(f"nats://127.0.0.1:{port}", states)
+        inbox = Inbox()
+        await receiver.subscribe(topic, inbox)
+        with contextlib.suppress(BackendError):  # its PONG comes before the garbage, but the loss may win
+            await receiver.publish(topic, [b"confirmed"])
+        assert await inbox.wait(1) == [b"ok"]
+        await wait_for(lambda: fake.connections == 2, timeout=RECOVERY + 3, what="a second connection")
+        await wait_for(lambda: len(states) >= 3, timeout=RECOVERY + 3, what="connected again")
+        assert states[:3] == [BackendState.CONNECTED, BackendState.RECONNECTING, BackendState.CONNECTED]
+    finally:
+        server.close()
+    assert not [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR], caplog.text
 
 
 @pytest.mark.parametrize(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 from typing import Any
 
 import pytest
+from nats.aio.client import Client
+from nats.aio.subscription import Subscription
+from nats.aio.transport import TcpTransport
 from nats.errors import ProtocolError
 from nats.protocol.parser import Parser
 
@@ -103,3 +107,18 @@ async def test_a_reset_forgets_a_payload_half_read() -> None:
 async def test_an_unknown_operation_is_a_protocol_error_as_in_nats_py() -> None:
     with pytest.raises(ProtocolError):
         await parsed(BulkParser, [msg(1, b"ok") + b"NONSENSE\r\n"])
+
+
+async def test_the_state_that_reading_as_bytes_arrive_relies_on() -> None:
+    """nats_internals._ReadHere and deliver_from_reader use nats-py's transport's StreamReader and writer, a
+    subscription's sid, and asyncio's StreamReader's waiter and buffer: gone or renamed, this says which. (Without
+    them the connection is read as nats-py reads it: tests/backends/test_nats.py's handed-over test fails too.)"""
+    transport = TcpTransport()
+    for name in ("_io_reader", "_io_writer"):
+        assert hasattr(transport, name), f"nats-py's TcpTransport.{name} is gone: see nats_internals._ReadHere"
+    assert isinstance(getattr(Client(), "_transport", ...), type(None)), "nats-py's Client._transport is gone"
+    assert getattr(Subscription(Client(), 7), "_id", None) == 7, "nats-py's Subscription._id is not its sid"
+    stream = asyncio.StreamReader()
+    assert getattr(stream, "_waiter", ...) is None and getattr(stream, "_buffer", None) == bytearray(), (
+        "asyncio's StreamReader._waiter or _buffer is gone: see nats_internals._waits_on_nothing"
+    )
