@@ -201,6 +201,30 @@ async def test_what_keeps_our_own_messages_from_us_goes_with_the_subscription(
     await wait_for(lambda: spared(server) == before, 10, "gone with the connection")
 
 
+async def test_a_subscription_consuming_again_on_the_same_connection_leaves_nothing_of_its_last_queue(
+    server: RabbitServer, started: Started, topic: str
+) -> None:
+    """The broker closes the consuming channel (here over a passive declare of a queue that does not exist) and the
+    connection stays: the last queue goes with its consumer, and the length-0 queue and the direct exchange that
+    kept our own messages from it are deleted before the next ones are made; ours still do not come back."""
+    before = spared(server)
+    mine = await started(AmqpBackend(BackendConfig(server.uri, "test-mine", echo=False)))
+    other = await started(AmqpBackend(BackendConfig(server.uri, "test-other", echo=False)))
+    inbox = Inbox()
+    subscription = await mine.subscribe(topic, inbox)
+    assert isinstance(subscription, AmqpSubscription)
+    first = subscription.queue
+    underlay = await subscription.channel.get_underlay_channel()
+    with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
+        await underlay.queue_declare("no such queue", passive=True)
+    await wait_for(lambda: subscription.queue != first and subscription.consumer_tag, 10, "consuming again")
+    made = sorted(f"syncar.{subscription.queue}.{part}" for part in ("in", "others", "own"))
+    await wait_for(lambda: [n for n in spared(server) if n not in before] == made, 10, "only the new queue's")
+    await mine.publish(topic, [b"mine"])
+    await other.publish(topic, [b"theirs"])
+    assert await inbox.wait(1) == [b"theirs"]
+
+
 async def test_a_delivery_starts_no_task(backend: Factory, topic: str) -> None:
     """aiormq ran the consumer's callback in a Task per delivery, only for it to queue the message for the worker;
     the channel's reader now hands each message over as it reads it, in order."""
