@@ -101,6 +101,37 @@ describe('the plugin on a local syncar', () => {
     assert.equal(isRemote(ctx), false);
   });
 
+  it('writes the publishes of a burst of service calls in one system call, and a lone one before its listeners run on', async () => {
+    const app = await makeApp();
+    const peer = await makePeer();
+    const socket = app.sync.connection._socket;
+    // A stream hands what was corked to _writev in one call, else each write to _write: record the chunks per call.
+    const calls = [];
+    const { _write: write, _writev: writev } = socket;
+    socket._write = function countedWrite(...args) {
+      calls.push(1);
+      return write.apply(this, args);
+    };
+    socket._writev = function countedWritev(chunks, callback) {
+      calls.push(chunks.length);
+      return writev.call(this, chunks, callback);
+    };
+    const messages = app.service('messages');
+    await Promise.all(Array.from({ length: 10 }, (_, i) => messages.create({ text: `burst ${i}` })));
+    assert.deepEqual(calls, [10]);
+    // A lone publish waits for nothing: it is on the socket by the time the work its listeners queue runs.
+    calls.length = 0;
+    const seen = new Promise((resolve) => {
+      messages.once('created', () => queueMicrotask(() => resolve([...calls])));
+    });
+    await messages.create({ text: 'lone' });
+    assert.deepEqual(await seen, [1]);
+    await marker(app, peer, 'after-burst');
+    const texts = peer.events().filter((f) => f.origin === app.sync.instance && f.event === 'created')
+      .map((f) => f.data.text);
+    assert.deepEqual(texts, [...Array.from({ length: 10 }, (_, i) => `burst ${i}`), 'lone']);
+  });
+
   it('propagates patched, removed and custom events from the service options, and nothing else', async () => {
     const app = await makeApp();
     const peer = await makePeer();
