@@ -27,13 +27,13 @@ from typing import Any, Self
 
 import orjson
 
-from sidecar import MAX_ID_LENGTH, PROTOCOL_VERSION
+from sidecar import PROTOCOL_VERSION, client_types
 from sidecar.backoff import Backoff
-from sidecar.client_types import AckTimeout, ClientError, Event, Gap, PendingFull, PublishRefused
+from sidecar.client_types import AckTimeout, ClientError, Event, Gap, PendingFull, PublishRefused, Refused
 from sidecar.paths import default_socket_path
 from sidecar.seen import SeenIds
 
-__all__ = ["AckTimeout", "Client", "ClientError", "Event", "Gap", "PendingFull", "PublishRefused"]
+__all__ = ["AckTimeout", "Client", "ClientError", "Event", "Gap", "PendingFull", "PublishRefused", "Refused"]
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +48,6 @@ DEFAULT_ACK_TIMEOUT = 30.0
 
 
 _CLOSED = object()
-
-
-def checked_client_id(client_id: object) -> str:
-    """`client_id` if the daemon takes it in a `hello` (sidecar.hello.Hello: 1 to MAX_ID_LENGTH characters).
-
-    Raises:
-        ValueError: it would not: the daemon would close the connection with `invalid_frame`, at every reconnect.
-    """
-    if not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_ID_LENGTH:
-        raise ValueError(f"client_id must be a string of 1 to {MAX_ID_LENGTH} characters")
-    return client_id
 
 
 class Client:
@@ -97,7 +86,7 @@ class Client:
         self.backoff = backoff
         # A secret: it scopes the ids of our events (docs/protocol.md). os.urandom is what secrets.token_hex draws
         # from; the secrets module would add hmac and hashlib to this module's import.
-        self.client_id = os.urandom(16).hex() if client_id is None else checked_client_id(client_id)
+        self.client_id = os.urandom(16).hex() if client_id is None else client_types.checked_client_id(client_id)
         self.instance: str | None = None
         self.broker_up = False
         self.gaps = 0  # resumes that could not be served: events were missed
@@ -122,6 +111,7 @@ class Client:
         """Connect and wait for the daemon's welcome. Once connected, the client reconnects by itself (if `reconnect`).
 
         Raises:
+            Refused: the daemon refused this client (`client_id_in_use`: another connection has its `client_id`).
             ClientError: nothing listens on the socket (at once), or the daemon did not answer within `timeout`.
         """
         loop = asyncio.get_running_loop()
@@ -278,27 +268,31 @@ class Client:
     async def _run(self) -> None:
         backoff = Backoff(*self.backoff)
         while True:
+            error: ClientError | None = None  # why connect() fails, if it still waits
             try:
                 reader, writer = await asyncio.open_unix_connection(self.socket, limit=STREAM_LIMIT)
             except OSError as exc:
-                if self._first_connect and not self._first_connect.done():
-                    self._first_connect.set_exception(
-                        ClientError(f"cannot connect to {self.socket}: {exc.strerror or exc}")
-                    )
-                    return
+                error = ClientError(f"cannot connect to {self.socket}: {exc.strerror or exc}")
             else:
-                backoff.reset()
                 try:
                     await self._session(reader, writer)
                 except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                     log.debug("connection to syncar lost: %s", exc)
+                except Refused as exc:
+                    error = exc
                 finally:
+                    if self.connected:  # welcomed: a daemon that refuses every hello is retried ever slower
+                        backoff.reset()
                     self._connected.clear()
                     self._writer = None
                     writer.close()
-                if not self.reconnect:
-                    self._end(ClientError(f"connection to syncar at {self.socket} lost, and reconnect is off"))
-                    return
+            first = self._first_connect
+            if error is not None and first is not None and not first.done():
+                first.set_exception(error)
+                return
+            if not self.reconnect:
+                self._end(error or ClientError(f"connection to syncar at {self.socket} lost, and reconnect is off"))
+                return
             await asyncio.sleep(backoff.next())
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -359,12 +353,15 @@ class Client:
                 log.exception("syncar: on_gap raised")
 
     def _error(self, frame: dict[str, Any]) -> None:
-        if frame.get("code") == "resume_gap":
+        code = frame.get("code")
+        if code == "resume_gap":
             self.gaps += 1
         if isinstance(frame.get("id"), str) and frame["id"] in self._outgoing:
-            self._settle(frame["id"], PublishRefused(frame.get("code", ""), frame.get("message", "")))
-        else:
-            log.warning("syncar: %s: %s", frame.get("code"), frame.get("message"))
+            self._settle(frame["id"], PublishRefused(code or "", frame.get("message", "")))
+            return
+        log.warning("syncar: %s: %s", code, frame.get("message"))
+        if code == "client_id_in_use":
+            raise Refused(f"{code}: {frame.get('message')}")
 
     async def _welcomed(self, frame: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         if frame.get("epoch") != self._epoch:

@@ -1,11 +1,25 @@
 """What the Python client (sidecar.client) raises and hands out: its errors, and the events and gaps it receives,
-made from the daemon's frames (docs/protocol.md). Standard library only, as the client is."""
+made from the daemon's frames (docs/protocol.md); and the check of the `client_id` it is given. Standard library only,
+as the client is."""
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
 from typing import Any
+
+from sidecar import MAX_ID_LENGTH
+
+
+def checked_client_id(client_id: object) -> str:
+    """`client_id` if the daemon takes it in a `hello` (sidecar.hello.Hello: 1 to MAX_ID_LENGTH characters).
+
+    Raises:
+        ValueError: it would not: the daemon would close the connection with `invalid_frame`, at every reconnect.
+    """
+    if not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_ID_LENGTH:
+        raise ValueError(f"client_id must be a string of 1 to {MAX_ID_LENGTH} characters")
+    return client_id
 
 
 class ClientError(Exception):
@@ -31,6 +45,11 @@ class AckTimeout(ClientError, TimeoutError):
     def __init__(self, message: str, *, queued: bool) -> None:
         super().__init__(message)
         self.queued = queued
+
+
+class Refused(ClientError):
+    """The daemon refused the client's `hello` and closed the connection: `client_id_in_use` (another open connection
+    has this `client_id`). `connect()` raises it; a client refused when it reconnects logs it and tries again."""
 
 
 class PendingFull(ClientError):

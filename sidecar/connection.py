@@ -20,6 +20,7 @@ from typing import Any, cast
 
 from backends.base import OWN_IOVEC_BYTES, writes
 from sidecar import protocol, tracecontext
+from sidecar.admission import hung_up
 from sidecar.errors import FrameError
 from sidecar.framing import FrameDecoder, Oversized
 from sidecar.hello import Resume, parse_hello
@@ -230,10 +231,16 @@ class Connection(asyncio.Protocol):
 
     def _greet(self, resume: Resume | None) -> None:
         if not self.greeted:
-            self.greeted = True
             self.id_scope = self._relay.scope_of(self.client_id)
-            self._relay.join(self, resume)
-            log.info("client connected: %s (%s)", printable(self.name) or "unnamed", self.id_scope)
+            self.greeted = self._relay.join(self, resume)  # False: refused, and closing
+            if self.greeted:
+                log.info("client connected: %s (%s)", printable(self.name) or "unnamed", self.id_scope)
+
+    def peer_gone(self) -> bool:
+        transport = self._transport  # once closing, its socket may be closed and its number another's
+        return (
+            self._closing or transport is None or transport.is_closing() or hung_up(transport.get_extra_info("socket"))
+        )
 
     # -- frames out ----------------------------------------------------------------------------
 

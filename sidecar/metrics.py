@@ -204,7 +204,7 @@ class Metrics:
         self.frame_errors = Counter("syncar_frame_errors", "Bad frames from clients, by error code", ("code",))
         self.disconnects = Counter(
             "syncar_client_disconnects",
-            "Clients syncar disconnected, by reason (slow_client, too_many_clients, forbidden)",
+            "Clients syncar disconnected, by reason (slow_client, too_many_clients, forbidden, client_id_in_use)",
             ("reason",),
         )
         self.broker_up = Gauge("syncar_broker_up", "1 while the broker connection is up")

@@ -31,6 +31,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_VERSION = "unsupported_version"
     SLOW_CLIENT = "slow_client"
     TOO_MANY_CLIENTS = "too_many_clients"
+    CLIENT_ID_IN_USE = "client_id_in_use"
     RESUME_GAP = "resume_gap"
     OUTBOX_FULL = "outbox_full"
     UNCONFIRMED = "unconfirmed"

@@ -19,6 +19,7 @@ import orjson
 
 from backends.base import BackendState, Message
 from sidecar import protocol
+from sidecar.admission import ClientIds, resume_point
 from sidecar.backlog import Backlog
 from sidecar.codec import Codec, Event, Outgoing, encode
 from sidecar.dedup import EventIds
@@ -71,6 +72,7 @@ class Relay:
         self._stopping = False
         self._clients: set[Subscriber] = set()  # those getting live events
         self._catching_up: dict[Subscriber, CatchUp] = {}  # those still getting what they missed
+        self._client_ids = ClientIds(metrics)
         self._codec = codec
         self._outbox = outbox
         self._replay = replay
@@ -87,22 +89,12 @@ class Relay:
 
     # -- clients -------------------------------------------------------------------------------
 
-    def join(self, client: Subscriber, resume: Resume | None) -> None:
-        """Start delivering to `client`: welcome it, replay what it missed, then live events."""
-        cursor: int | None = None  # replay the events after this seq
-        gap: str | None = None  # why the client missed events it cannot get
-        if resume is not None:
-            if resume.epoch != self.epoch:
-                # The daemon restarted since: the client missed all of this run, and in broadcast mode whatever
-                # went by while no daemon ran. In durable mode the broker kept that for this run to read.
-                cursor = 0
-                gap = None if self.durable else "the daemon restarted in broadcast mode"
-            elif resume.seq > self.seq:
-                gap = f"seq {resume.seq} is beyond the last event of this run, {self.seq}"
-            else:
-                cursor = resume.seq
-            if cursor is not None and self._replay.after(cursor) is None:
-                cursor, gap = None, "you fell further behind than the replay buffer holds"
+    def join(self, client: Subscriber, resume: Resume | None) -> bool:
+        """Start delivering to `client`: welcome it, replay what it missed, then live events. False if it is refused
+        (its `client_id` is another connection's, sidecar.admission), and closed."""
+        if not self._client_ids.claim(client):
+            return False
+        cursor, gap = resume_point(resume, epoch=self.epoch, seq=self.seq, durable=self.durable, replay=self._replay)
         client.send(
             protocol.welcome(
                 instance=self.instance_id,
@@ -132,6 +124,7 @@ class Relay:
         else:
             self._catching_up[client] = CatchUp(cursor, self.seq)
             self._catch_up(client)
+        return True
 
     def _catch_up(self, client: Subscriber) -> None:
         """Hand `client` the next part of what it missed, up to an eighth of its queue; the rest comes in later
@@ -179,6 +172,7 @@ class Relay:
             self._catch_up(client)
 
     def leave(self, client: Subscriber) -> None:
+        self._client_ids.release(client)  # also one cut off while catching up, no longer in either set
         if self._catching_up.pop(client, None) is None and client not in self._clients:
             return  # never joined
         self._clients.discard(client)

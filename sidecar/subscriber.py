@@ -27,5 +27,8 @@ class Subscriber(Protocol):
     def send(self, frame: bytes) -> None:
         """Queue a frame for it, without blocking."""
 
+    def peer_gone(self) -> bool:
+        """Whether its app has closed its side (though the daemon may not have read that yet), or it is closing."""
+
     def close(self, last_frame: bytes | None = None) -> None:
         """Send `last_frame`, then disconnect it; it leaves the relay once gone."""

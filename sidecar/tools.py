@@ -66,7 +66,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from sidecar.client import AckTimeout, Client, ClientError, PublishRefused, checked_client_id
+    from sidecar.client import AckTimeout, Client, ClientError, PublishRefused
+    from sidecar.client_types import checked_client_id
 
     settings = load_settings(args)
     try:

@@ -45,6 +45,7 @@ async def _publish(sock: Path, connect: Connect, numbers: range) -> None:
             await publisher.send(publish_frame(data={"n": n, "pad": PAD}, id=f"e{n}", ack=True))
         for _ in range(ROUND):
             assert (await publisher.frame_of("ack"))["type"] == "ack"
+    await publisher.close()  # the next round's publisher takes its client_id
 
 
 async def _numbers(app: RawClient, count: int) -> list[int]:

@@ -87,6 +87,9 @@ class FakeSubscriber:
         assert self.closed_with is None, "sent a frame after closing"
         self.frames.append(frame)
 
+    def peer_gone(self) -> bool:
+        return self.closed_with is not None
+
     def close(self, last_frame: bytes | None = None) -> None:
         self.closed_with = last_frame
 
