@@ -391,20 +391,37 @@ describe('the plugin on a local syncar', () => {
     assert.match(warnings[0].message, /'path' must be a non-empty string/);
   });
 
-  it('takes its clientId from the option: apps given the same one publish in the same scope', async () => {
+  it('takes its clientId from the option: the app given it again after a restart publishes in the same scope', async () => {
     const clientId = 'a-secret-of-this-app-é'; // any 1 to 256 characters, as the daemon takes them
     const first = await makeApp({ clientId });
-    const second = await makeApp({ clientId });
     const other = await makeApp();
     assert.equal(first.sync.clientId, clientId);
     assert.match(other.sync.clientId, /^[0-9a-f]{32}$/);
     const peer = await makePeer();
     // The daemon names an app's events `<scope>.<id>`, the scope made from its client id (docs/protocol.md).
     const scope = async (app, label) => (await marker(app, peer, label)).id.split('.')[0];
-    const scopes = [await scope(first, 'first'), await scope(second, 'second'), await scope(other, 'other')];
+    const firstScope = await scope(first, 'first');
+    await first.sync.close(); // one connection per client id at a time: the restarted app comes after it
+    const second = await makeApp({ clientId });
+    const scopes = [firstScope, await scope(second, 'second'), await scope(other, 'other')];
     assert.equal(scopes[1], scopes[0]);
     assert.notEqual(scopes[2], scopes[0]);
     assert.ok(!scopes.some((s) => s.includes(clientId)), 'the scope does not reveal the secret');
+  });
+
+  it('is refused while another app holds its clientId, says so, and the first app goes on', async () => {
+    const clientId = 'given-to-two-workers';
+    const first = await makeApp({ clientId });
+    const second = feathers();
+    second.configure(syncar({ socket: daemon.socket, logger: null, clientId, reconnect: { minDelay: 20, maxDelay: 200 } }));
+    apps.push(second);
+    const [warning] = await waitForEvent(second.sync, 'warning', {
+      filter: (w) => w.code === 'error_client_id_in_use', timeout: TIMEOUT });
+    assert.match(warning.message, /give each process its own client_id/);
+    const other = await makeApp();
+    const received = waitForEvent(first.service('messages'), 'created', { timeout: TIMEOUT });
+    other.service('messages').emit('created', { text: 'for the first' });
+    assert.equal((await received)[0].text, 'for the first');
   });
 
   it('refuses a clientId the daemon would not take', () => {
