@@ -114,8 +114,8 @@ class AmqpSubscription(Subscription):
             await self.channel.restore()
             underlay = await self.channel.get_underlay_channel()
         again = self.queue is not None
-        if self.queue is not None and self._own is not None:
-            await drop_spared(underlay, self.queue)  # the last queue's, if its channel closed and not the connection
+        if self.queue is not None and self._own is not None:  # the last queue's: its channel closed, not the connection
+            await drop_spared(underlay.connection, self.queue)
         queue, backlog = await self._topology.declare(underlay, self.topic, again=again, spare=self._own)
         # Before the consume: its first deliveries may reach the worker before basic_consume() returns, and must
         # not look stale then (skipped, they would be acknowledged with the next ones, unhandled).
@@ -146,6 +146,11 @@ class AmqpSubscription(Subscription):
         # What aiormq itself would call, in a Task per message; deliver_without_tasks() takes its place.
         self._deliver(message)
 
+    def _ours(self, message: aiormq.abc.DeliveredMessage) -> bool:
+        """One of our own messages, back because the broker could not be told to keep them (`spare_own` refused):
+        counted as handled, not handled."""
+        return self._own is not None and getattr(message.delivery, "routing_key", None) == self._own
+
     def _stale(self, message: aiormq.abc.DeliveredMessage) -> bool:
         """Whether `message` is not to be handled although the subscription is active."""
         return False
@@ -172,7 +177,8 @@ class AmqpSubscription(Subscription):
             if not self.active or self._stale(message):
                 continue
             try:
-                await self._handler(Message(message.body))
+                if not self._ours(message):
+                    await self._handler(Message(message.body))
             except Exception as exc:
                 if not await self._failed(message, exc):
                     self._unacked, self._count = None, 0
@@ -256,7 +262,7 @@ class AmqpSubscription(Subscription):
             try:
                 async with asyncio.timeout(CLOSE_TIMEOUT):
                     if self._own is not None and self.queue is not None:
-                        await drop_spared(await self.channel.get_underlay_channel(), self.queue)
+                        await drop_spared((await self.channel.get_underlay_channel()).connection, self.queue)
                     await self.channel.close()
             except BROKER_ERRORS as exc:
                 log.debug("amqp: closing the channel of %r failed: %s", self.topic, exc)

@@ -35,7 +35,7 @@ from typing import Any
 
 import aiormq.abc
 from aio_pika import DeliveryMode
-from aiormq.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
+from aiormq.exceptions import ChannelAccessRefused, ChannelNotFoundEntity, ChannelPreconditionFailed
 
 from backends.base import BackendConfigError, Mode
 
@@ -136,10 +136,8 @@ class Topology:
             )
             declared = await underlay.queue_declare("", durable=False, exclusive=True, auto_delete=True)
             queue = declared.queue or ""
-            if spare is None:
+            if spare is None or not await spare_own(underlay.connection, topic, queue, spare):
                 await underlay.queue_bind(queue, topic, routing_key=BINDING_KEY)
-            else:
-                await spare_own(underlay, topic, queue, spare)
             return queue, 0
         # On a channel of its own: a refused declaration closes the channel it was made on, and the consuming
         # channel must not go down (and come back) over it.
@@ -209,28 +207,50 @@ def own_names(queue: str) -> tuple[str, str, str]:
     return f"syncar.{queue}.others", f"syncar.{queue}.in", f"syncar.{queue}.own"
 
 
-async def spare_own(underlay: aiormq.abc.AbstractChannel, topic: str, queue: str, key: str) -> None:
-    """Bind `queue` to the topic's exchange for every message but those published with routing key `key`.
+async def spare_own(connection: aiormq.abc.AbstractConnection, topic: str, queue: str, key: str) -> bool:
+    """Bind `queue` to the topic's exchange for every message but those published with routing key `key`; False if
+    the user may not make what that takes (permissions for the key's exchange and `amq.gen-` queues alone, as
+    docs/backends/rabbitmq.md asked for before): then the caller binds the queue directly, and our own messages come
+    back (the subscription skips them by their routing key).
 
     A direct exchange routes `key` to a queue of length 0, which drops it; RabbitMQ hands what it routes nowhere to its
     alternate exchange, a fanout to `queue`. Bound to the topic's exchange last, so that nothing passes before the
-    rest is in place.
+    rest is in place. On a channel of its own: a refusal closes the channel it was made on.
     """
     others, inbound, dropped = own_names(queue)
-    await underlay.queue_declare(dropped, durable=False, exclusive=True, arguments={"x-max-length": 0})
-    await underlay.exchange_declare(inbound, exchange_type="fanout", durable=False, auto_delete=True)
-    await underlay.queue_bind(queue, inbound, routing_key=BINDING_KEY)
-    await underlay.exchange_declare(
-        others, exchange_type="direct", durable=False, auto_delete=True, arguments={"alternate-exchange": inbound}
-    )
-    await underlay.queue_bind(dropped, others, routing_key=key)
-    await underlay.exchange_bind(destination=others, source=topic, routing_key=BINDING_KEY)
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        await channel.queue_declare(dropped, durable=False, exclusive=True, arguments={"x-max-length": 0})
+        await channel.exchange_declare(inbound, exchange_type="fanout", durable=False, auto_delete=True)
+        await channel.queue_bind(queue, inbound, routing_key=BINDING_KEY)
+        await channel.exchange_declare(
+            others, exchange_type="direct", durable=False, auto_delete=True, arguments={"alternate-exchange": inbound}
+        )
+        await channel.queue_bind(dropped, others, routing_key=key)
+        await channel.exchange_bind(destination=others, source=topic, routing_key=BINDING_KEY)
+    except ChannelAccessRefused as exc:
+        log.warning(
+            "amqp: not allowed to make %r and the like, so the broker sends this daemon's own messages back (skipped "
+            "as they arrive): grant configure, write and read on '^syncar\\.amq\\.gen-.*$' too: %s",
+            dropped,
+            " ".join(str(exc).split()),
+        )
+        return False
+    finally:
+        await _close(channel)
+    return True
 
 
-async def drop_spared(underlay: aiormq.abc.AbstractChannel, queue: str) -> None:
+async def drop_spared(connection: aiormq.abc.AbstractConnection, queue: str) -> None:
     """Delete what `spare_own` made for `queue`: its length-0 queue, and with it (auto-delete) the direct exchange.
-    The fanout goes with `queue` itself. A queue that is gone already is no error."""
-    await underlay.queue_delete(own_names(queue)[2])
+    The fanout goes with `queue` itself. A queue that is gone already, or was never allowed, is no error."""
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        await channel.queue_delete(own_names(queue)[2])
+    except ChannelAccessRefused:
+        pass  # not allowed to make it either
+    finally:
+        await _close(channel)
 
 
 async def _close(channel: aiormq.abc.AbstractChannel) -> None:

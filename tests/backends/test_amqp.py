@@ -176,6 +176,43 @@ async def test_the_broker_keeps_our_own_messages_from_us_and_everyone_elses_reac
     await wait_for(lambda: acked[-1:] == [3], ACK_DELAY + 5, "every delivery acknowledged")  # before: 769, 770, 771
 
 
+@pytest.mark.parametrize("documented", [True, False], ids=["documented", "before"])
+async def test_a_user_with_the_documented_permissions_or_those_asked_for_before_gets_none_of_its_own(
+    documented: bool,
+    *,
+    server: RabbitServer,
+    started: Started,
+    topic: str,
+    acked: list[int],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """docs/backends/rabbitmq.md's permissions let a daemon make what keeps its own messages from its queue. Those it
+    asked for until now (the key's exchange, `amq.gen-` queues) do not: the daemon binds its queue directly, as
+    before, says what to grant, and skips its own messages by their routing key as they arrive, acknowledged with
+    the rest."""
+    ours = "(syncar\\.)?" if documented else ""
+    user, allowed = f"narrow-{topic}", f"^({topic}|{ours}amq\\.gen-.*)$"
+    server.ctl("add_user", user, "pw")
+    try:
+        server.ctl("set_permissions", "-p", "/", user, allowed, allowed, allowed)
+        uri = f"amqp://{user}:pw@127.0.0.1:{server.port}/"
+        mine = await started(AmqpBackend(BackendConfig(uri, "test-mine", echo=False)))
+        other = await started(AmqpBackend(BackendConfig(server.uri, "test-other", echo=False)))
+        inbox = Inbox()
+        with caplog.at_level("WARNING", logger="backends.amqp_topology"):
+            await mine.subscribe(topic, inbox)
+        warned = "grant configure, write and read on '^syncar\\.amq\\.gen-.*$' too" in caplog.text
+        assert warned is not documented, caplog.text
+        await mine.publish(topic, [b"mine %d" % n for n in range(3)])
+        await other.publish(topic, [b"theirs"])
+        assert await inbox.wait(1) == [b"theirs"]
+        last = 1 if documented else 4  # the broker kept them from us, or they came and were skipped
+        await wait_for(lambda: acked[-1:] == [last], ACK_DELAY + 5, "every delivery acknowledged")
+        await mine.close()
+    finally:
+        server.ctl("delete_user", user)
+
+
 def spared(server: RabbitServer) -> list[str]:
     """The exchanges and queues on the broker that keep some queue's own messages from it."""
     names = [row["name"] for what in ("exchanges", "queues") for row in server.list(what, "name")]
