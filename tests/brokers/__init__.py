@@ -89,14 +89,20 @@ class BrokerServer(ABC):
             start_new_session=True,
         )
 
+    def _log_tail(self, lines: int = 30) -> str:
+        """The end of the server's log, for the failure's message: the temp dir is gone by the time anyone looks."""
+        self._log.flush()
+        tail = (self.dir / "server.log").read_text(errors="replace").splitlines()[-lines:]
+        return "the end of its log:\n" + "\n".join(tail)
+
     def wait_ready(self) -> None:
         assert self.process is not None, "launch() first"
         deadline = time.monotonic() + START_TIMEOUT
         while not self.ready():
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.dir}/server.log")
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; {self._log_tail()}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not start within {START_TIMEOUT}s; see {self.dir}/server.log")
+                raise RuntimeError(f"{self.name} did not start within {START_TIMEOUT}s; {self._log_tail()}")
             time.sleep(0.05)
 
     def kill(self) -> None:
