@@ -11,16 +11,15 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 import threading
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from backends import load_backend
 from backends.base import Backend, BackendError, BackendState, Mode, Subscription
 from sidecar import __version__, protocol
 from sidecar.backoff import Backoff
-from sidecar.codec import CODECS, Codec, SyncarCodec
+from sidecar.codec import CODECS, SyncarCodec
 from sidecar.config import Settings
 from sidecar.connection import Connection, Limits
 from sidecar.descriptors import fit_clients, raise_soft_limit
@@ -31,6 +30,7 @@ from sidecar.http import MAX_HTTP_CONNECTIONS, HttpServer
 from sidecar.listener import Listener
 from sidecar.logging import Outage
 from sidecar.metrics import Metrics
+from sidecar.otel import traced, without_otel_metrics
 from sidecar.outbox import Outbox
 from sidecar.paths import default_socket_path
 from sidecar.peers import PeerPolicy
@@ -49,46 +49,6 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def _traced(settings: Settings, backend: str, codec: Codec) -> tuple[Tracing, Codec]:
-    """The daemon's spans (--tracing), from the otel extra's packages, and `codec` wrapped to make receive spans.
-
-    Raises:
-        ConfigError: they are not installed.
-    """
-    try:
-        from sidecar.tracing import TracedCodec, Tracing  # noqa: PLC0415  (OpenTelemetry only with --tracing)
-    except ImportError as exc:
-        raise ConfigError(
-            f"tracing: OpenTelemetry's SDK and OTLP exporter are not installed ({exc.name}): pip install 'syncar[otel]'"
-        ) from None
-    tracing = Tracing(
-        instance_id=settings.instance_id, backend=backend, key=settings.key, endpoint=settings.tracing_endpoint
-    )
-    return tracing, TracedCodec(codec, tracing)
-
-
-#: OpenTelemetry's metrics, API and SDK: redis-py 8 imports them at its own import when they are installed
-#: (syncar[otel] installs them), for metrics of its own that only a call to its observability API turns on, which
-#: syncar never makes. The SDK cost 2.2 MiB and ~40 ms of CPU at every start, the API 0.3 MiB and ~5 ms more.
-OTEL_METRICS = ("opentelemetry.sdk.metrics", "opentelemetry.metrics")
-
-
-@contextlib.contextmanager
-def _without_otel_metrics() -> Iterator[None]:
-    """OpenTelemetry's metrics (`OTEL_METRICS`) cannot be imported within, unless imported already.
-
-    Blocked, redis-py takes them for absent. The block ends with the import: `--tracing` uses the tracing SDK.
-    """
-    blocked = [name for name in OTEL_METRICS if name not in sys.modules]
-    for name in blocked:
-        sys.modules[name] = None  # type: ignore[assignment]  # an import of it now fails: the documented way
-    try:
-        yield
-    finally:
-        for name in blocked:
-            del sys.modules[name]
-
-
 class Daemon:
     """One syncar: a backend, a relay and a socket listener.
 
@@ -100,7 +60,7 @@ class Daemon:
         self._handle_signals = handle_signals
         self._stop = asyncio.Event()
         self._forced = asyncio.Event()
-        with _without_otel_metrics():
+        with without_otel_metrics():
             backend_cls = load_backend(settings.backend, settings.mode)
         self.backend: Backend = backend_cls(settings.backend_config(), on_state=self._on_backend_state)
         codec = inner = CODECS[settings.codec](settings.instance_id, broker_echoes=self.backend.broker_echoes)
@@ -114,7 +74,7 @@ class Daemon:
             codec, id_key = SignedCodec(codec, signer), keys[0]
         self.tracing: Tracing | None = None
         if settings.tracing:
-            self.tracing, codec = _traced(settings, backend_cls.name, codec)
+            self.tracing, codec = traced(settings, backend_cls.name, codec)
         self.metrics = metrics = Metrics(backend_cls.name, settings.codec)
         self.outbox = outbox = Outbox(
             self.backend, codec, settings.key, settings.outbox_bytes, metrics, tracing=self.tracing
