@@ -24,11 +24,16 @@ IN_USE = (
 )
 
 
+#: Linux's; where there is none, only POLLHUP tells, and a reconnect racing its old socket's end may be refused once,
+#: then welcomed at its client's next attempt.
+RDHUP: int = getattr(select, "POLLRDHUP", 0)
+
+
 def hung_up(sock: socket.socket) -> bool:
     """Whether the peer of `sock` has closed its side (or shut down its writing), whatever it sent before that is
     still unread: POLLRDHUP says so where a peek would see those bytes first."""
     poller = select.poll()
-    poller.register(sock, select.POLLRDHUP)  # POLLHUP and POLLERR are reported without asking
+    poller.register(sock, RDHUP)  # POLLHUP and POLLERR are reported without asking
     return bool(poller.poll(0))
 
 

@@ -6,7 +6,7 @@ const path = require('node:path');
 const { defaultSerialize, defaultDeserialize } = require('./serialize');
 
 const MiB = 1024 * 1024;
-/** The longest `client_id` the daemon takes in a `hello`, in characters (sidecar/protocol.py MAX_ID_LENGTH). */
+/** The longest `client_id` the daemon takes in a `hello`, in characters (sidecar/__init__.py MAX_ID_LENGTH). */
 const MAX_CLIENT_ID_CHARS = 256;
 
 const DEFAULTS = Object.freeze({
