@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from bench.payload import Events
+from bench.plan import in_turn
 
 REPO = Path(__file__).resolve().parent.parent
 #: Reads of 256 publishes, and broker messages of 256 events, per sample.
@@ -153,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.base_root is not None:
         cases.insert(0, ("before (--base-root)", args.base_root.resolve(), False))
     results: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in cases}
-    for _ in range(args.rounds):
-        for name, root, trace in cases:
+    for rnd in range(args.rounds):
+        for name, root, trace in in_turn(cases, rnd):
             results[name].append(_run(root, trace, args.size))
     print(f"CPU per event, median of {args.rounds} alternated rounds (each the median of {SAMPLES} samples):")
     for name, runs in results.items():

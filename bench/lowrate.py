@@ -30,9 +30,9 @@ from typing import Any
 import orjson
 
 from bench.lowrate_report import markdown, summarise, table
-from bench.parts import Part, Progress, alternated, exit_status, in_turn, on_each_broker, run_part, said
+from bench.parts import Part, Progress, alternated, exit_status, on_each_broker, run_part, said
 from bench.parts_plot import plot_low_rate
-from bench.plan import Case
+from bench.plan import Case, in_turn
 from bench.processes import Daemon, Meter
 from bench.procstat import memory_kib, task_stats
 from bench.report import derive

@@ -15,20 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.plan import make_plan
+from bench.plan import in_turn, make_plan
 from bench.report import write_results
 from bench.runner import Section
 
 Progress = Callable[[str], None]
 Results = dict[str, Any]
-
-
-def in_turn(contestants: Iterable[str], rep: int) -> tuple[str, ...]:
-    """The order `contestants` run in, in repetition `rep`: as given, reversed every other repetition. In the same
-    order every time, the first of them always ran right after the previous repetition's last, on a machine whose
-    load drifts."""
-    ordered = tuple(contestants)
-    return ordered if rep % 2 == 0 else ordered[::-1]
 
 
 def alternated(reps: int, rates: Iterable[int], contestants: Iterable[str]) -> Iterator[tuple[int, int, str]]:

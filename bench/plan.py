@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 BROKERS = ("local", "redis", "amqp", "nats")
 #: syncar with each codec, raw pub/sub from Python, feathers-sync in Node. `local` has only the first two.
@@ -127,3 +128,14 @@ def make_plan(
         quick=quick,
         mode=mode,
     )
+
+
+T = TypeVar("T")
+
+
+def in_turn(contestants: Iterable[T], rep: int) -> tuple[T, ...]:
+    """The order `contestants` run in, in repetition `rep`: as given, reversed every other repetition. In the same
+    order every time, the first of them always ran right after the previous repetition's last, on a machine whose
+    load drifts."""
+    ordered = tuple(contestants)
+    return ordered if rep % 2 == 0 else ordered[::-1]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.flow import Flow
-from bench.plan import CLUSTER_SUFFIX, NOT_DURABLE, Case, Plan
+from bench.plan import CLUSTER_SUFFIX, NOT_DURABLE, Case, Plan, in_turn
 from bench.processes import NODE_DIR, REPO, Daemon, Meter, Worker, node_worker, python_worker
 
 log = logging.getLogger(__name__)
@@ -297,7 +297,7 @@ async def run_plan(
         try:
             for rep in range(plan.reps):
                 for case in plan.cases:
-                    for contestant in plan.contestants_for(broker):
+                    for contestant in in_turn(plan.contestants_for(broker), rep):
                         record = await section.run(contestant, case, rep)
                         runs.append(record)
                         progress(record)
