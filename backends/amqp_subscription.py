@@ -312,6 +312,8 @@ class AmqpDurableSubscription(AmqpSubscription):
                 HOLD_LIMIT,
             )
             await self._ack_handled(wait=True)
+            if not self._holding or returned != self._returned:
+                continue  # it returned meanwhile, and with the channel still open nothing would consume again
             self._let_go = True
             await _close(underlay, self.topic, "while the subscriber holds a delivery")
 

@@ -35,7 +35,12 @@ from typing import Any
 
 import aiormq.abc
 from aio_pika import DeliveryMode
-from aiormq.exceptions import ChannelAccessRefused, ChannelNotFoundEntity, ChannelPreconditionFailed
+from aiormq.exceptions import (
+    ChannelAccessRefused,
+    ChannelLockedResource,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+)
 
 from backends.base import BackendConfigError, Mode
 
@@ -243,12 +248,15 @@ async def spare_own(connection: aiormq.abc.AbstractConnection, topic: str, queue
 
 async def drop_spared(connection: aiormq.abc.AbstractConnection, queue: str) -> None:
     """Delete what `spare_own` made for `queue`: its length-0 queue, and with it (auto-delete) the direct exchange.
-    The fanout goes with `queue` itself. A queue that is gone already, or was never allowed, is no error."""
+    The fanout goes with `queue` itself. A queue that is gone already, was never allowed, or is still another
+    connection's is no error."""
     channel = await connection.channel(publisher_confirms=False)
     try:
         await channel.queue_delete(own_names(queue)[2])
     except ChannelAccessRefused:
         pass  # not allowed to make it either
+    except ChannelLockedResource:
+        pass  # exclusive to our last connection, which the broker has not given up yet: it goes with that one
     finally:
         await _close(channel)
 

@@ -30,7 +30,8 @@ from backends.base import (
 )
 from tests.backends.support import Inbox, Started, tasks_started
 from tests.brokers.rabbitmq import RabbitServer
-from tests.utils import wait_for
+from tests.faults.proxy import TcpProxy
+from tests.utils import eventually, wait_for
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -174,6 +175,35 @@ async def test_the_broker_keeps_our_own_messages_from_us_and_everyone_elses_reac
         await connection.close()
     assert await inbox.wait(3) == [b"theirs", b"feathers-sync", b"older syncar"]
     await wait_for(lambda: acked[-1:] == [3], ACK_DELAY + 5, "every delivery acknowledged")  # before: 769, 770, 771
+
+
+async def test_a_subscription_comes_back_at_once_while_the_broker_still_holds_its_old_connection(
+    server: RabbitServer, started: Started, topic: str
+) -> None:
+    """The link reset on the daemon's side only (a partition, a middlebox): the broker keeps the old connection, and
+    the exclusive queue that keeps our own messages from us with it, until its heartbeat gives up (~30 s here). The
+    subscription made again on a new connection must not wait for that: it did, refused RESOURCE_LOCKED while
+    deleting the old one, and lost what was published meanwhile."""
+    proxy = await TcpProxy.start(server.port)
+    try:
+        via = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+        mine = await started(AmqpBackend(BackendConfig(via, "test-mine", echo=False)))
+        other = await started(AmqpBackend(BackendConfig(server.uri, "test-other", echo=False)))
+        inbox = Inbox()
+        await mine.subscribe(topic, inbox)
+        await other.publish(topic, [b"before"])
+        await inbox.wait(1)
+        proxy.reset_clients()
+
+        async def published_and_arrived() -> bool:  # published until one reaches the subscription made again
+            if b"after" in inbox.bodies:
+                return True
+            await other.publish(topic, [b"after"])
+            return False
+
+        await eventually(published_and_arrived, 10.0, "a message to reach the subscription after the reset")
+    finally:
+        await proxy.close()
 
 
 @pytest.mark.parametrize("documented", [True, False], ids=["documented", "before"])

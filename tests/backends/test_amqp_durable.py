@@ -18,7 +18,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from backends import load_backend
+from backends import amqp_subscription, load_backend
 from backends.amqp import AmqpBackend, AmqpDurableBackend, AmqpSubscription
 from backends.amqp_topology import MAX_NAME_BYTES, durable_queue_name
 from backends.base import BackendConfig, BackendConfigError, BackendError, BackendState, Feature, Message, Mode
@@ -187,6 +187,52 @@ async def test_a_failing_handler_gets_its_message_again_in_order(
     assert calls == [*numbered(0, 4), b"3", b"3", *numbered(4, 8), b"7", b"8", b"9"]
     assert await other.wait(10) == numbered(0, 10)  # the other subscription has a channel of its own
     assert receiver.state is BackendState.CONNECTED
+
+
+async def test_a_handler_returning_while_its_channel_is_let_go_still_gets_what_comes_next(
+    backend: Factory, topic: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler held past HOLD_LIMIT gets its channel closed, and consuming starts again once it returns. If it
+    returned while the acknowledgements before the close were being written, the channel was closed after it and
+    nothing consumed again, for good."""
+    monkeypatch.setattr(amqp_subscription, "HOLD_LIMIT", 0.5)
+    caplog.set_level(logging.INFO, "backends")
+    sender, receiver = await backend(), await backend()
+    release = asyncio.Event()
+    bodies: list[bytes] = []
+
+    async def handler(message: Message) -> None:
+        if message.body == b"held":
+            await release.wait()  # as the relay waits while no app is connected
+        bodies.append(message.body)
+
+    acknowledge = amqp_subscription.AmqpDurableSubscription._ack_handled  # noqa: SLF001 - the hold limit awaits it
+    close = amqp_subscription._close  # noqa: SLF001 - watched: the hold limit lets the channel go through it
+    acknowledged, closed = asyncio.Event(), asyncio.Event()
+
+    async def released_meanwhile(self: amqp_subscription.AmqpDurableSubscription, *, wait: bool = False) -> None:
+        if wait and self._holding:  # the hold limit's call: the handler returns while it writes
+            release.set()
+            await wait_for(lambda: b"held" in bodies, 5, "the held handler to return")
+            await acknowledge(self, wait=wait)
+            acknowledged.set()  # the hold limit decides in the same step of the loop, before the test goes on
+            return
+        await acknowledge(self, wait=wait)
+
+    async def watched(*args: Any) -> None:
+        closed.set()
+        await close(*args)
+
+    monkeypatch.setattr(amqp_subscription.AmqpDurableSubscription, "_ack_handled", released_meanwhile)
+    monkeypatch.setattr(amqp_subscription, "_close", watched)
+    await receiver.subscribe(topic, handler)
+    await sender.publish(topic, [b"held"])
+    await asyncio.wait_for(acknowledged.wait(), 10)
+    assert not closed.is_set(), "the channel was let go after its handler had returned"
+    await sender.publish(topic, [b"next"])
+    await wait_for(lambda: b"next" in bodies, 10, "the message after the held one")
+    assert bodies == [b"held", b"next"]
+    assert any("has held a delivery" in record.getMessage() for record in caplog.records)
 
 
 async def test_retention_keeps_the_newest(backend: Factory, topic: str) -> None:

@@ -113,6 +113,7 @@ class TcpProxy:
         self.accepted = 0  # connections forwarded, for the tests' assertions
         self.refused = 0
         self._links: set[_Link] = set()
+        self._held: list[asyncio.StreamWriter] = []  # the broker's sides reset_clients() left open
         self._handlers: set[asyncio.Task[None]] = set()  # the server's per-connection tasks, awaited on close
         self._server: asyncio.Server | None = None
         self.port = 0
@@ -139,6 +140,15 @@ class TcpProxy:
         for link in list(self._links):
             link.abort()
         log.info("proxy :%d cut (%d connections reset)", self.port, len(self._links))
+
+    def reset_clients(self) -> None:
+        """Reset the client's side of every connection and leave the broker's open and unread, as a partition or a
+        middlebox's reset leaves it: the broker holds the old connection until its heartbeat gives up on it."""
+        for link in list(self._links):
+            self._held.append(link.writers[1])
+            link.writers = link.writers[:1]
+            link.abort()
+        log.info("proxy :%d reset its clients' side (%d connections held open)", self.port, len(self._held))
 
     def restore(self) -> None:
         self.refusing = False
@@ -171,6 +181,8 @@ class TcpProxy:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        for held in self._held:
+            held.transport.abort()
         for link in list(self._links):
             link.abort()
             for task in link.tasks:
