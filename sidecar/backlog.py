@@ -30,15 +30,31 @@ class Backlog:
         self._replay = replay
         self._metrics = metrics
         self._apps = asyncio.Event()  # set while an app is connected: everything goes to it
+        self._connected: dict[object, int] = {}  # the apps connected, each with the seq it has had all after
+        self._had: int | None = None  # since the first of them joined: the least seq one of them left having had
+        self._covered = False  # and whether one of them had every event from the delivered mark on
         self._stopping = False
         self.paused = False
 
-    def app_joined(self) -> None:
+    def app_joined(self, app: object, since: int) -> None:
+        """`app` connected, and will have had every event after `since` (its resume cursor, else the seq now)."""
+        self._connected[app] = since
         self._apps.set()
 
-    def apps_left(self) -> None:
-        """No app is connected any more: what the buffer holds now they have had, what comes next they have not."""
-        self._replay.mark_delivered()
+    def app_left(self, app: object, had: int) -> None:
+        """`app` left having had every event after its `since` up to `had` (what was sent to it). Once the last one
+        has left, the delivered mark moves up to what every one of them had, if one of them had all from the mark
+        on: an app that came and went at once, or one that joined with nothing old, does not mark the buffer had."""
+        since = self._connected.pop(app, None)
+        if since is None:
+            return  # left already (cut while catching up, then closed)
+        self._had = had if self._had is None else min(self._had, had)
+        self._covered |= since <= self._replay.delivered
+        if self._connected:
+            return
+        if self._covered:
+            self._replay.mark_delivered(self._had)
+        self._had, self._covered = None, False
         self._apps.clear()
 
     async def room(self, batch: Batch, size: int) -> None:

@@ -118,7 +118,7 @@ class Relay:
                 )
             )
         if self._backlog is not None:
-            self._backlog.app_joined()
+            self._backlog.app_joined(client, self.seq if cursor is None else cursor)
         if cursor is None or cursor == self.seq:
             self._clients.add(client)
         else:
@@ -139,6 +139,8 @@ class Relay:
         entries = self._replay.after(state.cursor)
         if entries is None:  # it read slower than events came, and the buffer moved on
             del self._catching_up[client]
+            if self._backlog is not None:  # leave() will not know it: it is in neither set by then
+                self._backlog.app_left(client, state.cursor)
             self._metrics.disconnects.labels("slow_client").inc()
             client.close(
                 protocol.error(
@@ -173,11 +175,16 @@ class Relay:
 
     def leave(self, client: Subscriber) -> None:
         self._client_ids.release(client)  # also one cut off while catching up, no longer in either set
-        if self._catching_up.pop(client, None) is None and client not in self._clients:
-            return  # never joined
-        self._clients.discard(client)
-        if self._backlog is not None and not (self._clients or self._catching_up):
-            self._backlog.apps_left()
+        state = self._catching_up.pop(client, None)
+        if state is not None:
+            had = state.cursor
+        elif client in self._clients:
+            self._clients.discard(client)
+            had = self.seq
+        else:
+            return  # never joined, or cut off while catching up
+        if self._backlog is not None:
+            self._backlog.app_left(client, had)
 
     def _broadcast(self, frame: bytes) -> None:
         for client in [*self._clients, *self._catching_up]:

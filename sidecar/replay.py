@@ -91,9 +91,18 @@ class ReplayBuffer:
             if gone.seq <= self._delivered:
                 self._delivered_bytes -= len(gone.part)
 
-    def mark_delivered(self) -> None:
-        """The apps have had every entry kept now (the last one has left): see room()."""
-        self._delivered, self._delivered_bytes = self._last, self.bytes
+    @property
+    def delivered(self) -> int:
+        """The seq up to which some app has had every entry: see mark_delivered()."""
+        return self._delivered
+
+    def mark_delivered(self, seq: int) -> None:
+        """The apps have had every entry up to `seq` (the last one has left): see room(). Never moves back."""
+        seq = min(max(seq, self._delivered), self._last)
+        entries = self._entries
+        first = entries[0].seq if entries else self._last + 1
+        had = sum(len(entry.part) for entry in islice(entries, max(seq - first + 1, 0)))
+        self._delivered, self._delivered_bytes = seq, had
 
     @property
     def undelivered(self) -> int:
@@ -102,7 +111,10 @@ class ReplayBuffer:
 
     def room(self, events: int, size: int) -> bool:
         """Whether `events` more entries of `size` bytes in all fit without pushing out one that came after
-        mark_delivered(); True too if none did (a message larger than the whole buffer has to go in some time)."""
+        mark_delivered(). Never for a message larger than the whole buffer (or any, with a limit of 0): kept, it
+        would push out its own first events, so it waits for an app, which gets it live."""
+        if events > self.max_events or size > self.max_bytes:
+            return False
         undelivered = self.undelivered
         return not undelivered or (
             undelivered + events <= self.max_events and self.bytes - self._delivered_bytes + size <= self.max_bytes

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import uuid
 from pathlib import Path
 
+import orjson
 import pytest
 
 from backends import amqp_subscription, nats_jetstream
+from sidecar.backlog import Backlog
 from sidecar.daemon import Daemon
+from sidecar.metrics import Metrics
+from sidecar.replay import Entry, ReplayBuffer
 from tests.brokers import BrokerServer
 from tests.conftest import Connect
 from tests.utils import RawClient, metric, publish_frame, run_daemon, wait_for
@@ -37,12 +42,12 @@ CASES = [
 ]
 
 
-async def _publish(sock: Path, connect: Connect, numbers: range) -> None:
+async def _publish(sock: Path, connect: Connect, numbers: range, pad: str = PAD) -> None:
     """Events numbered `numbers`, in rounds each acknowledged by the broker before the next."""
     publisher = await connect(sock, {"client_id": "publisher"})
     for first in range(numbers.start, numbers.stop, ROUND):
         for n in range(first, first + ROUND):
-            await publisher.send(publish_frame(data={"n": n, "pad": PAD}, id=f"e{n}", ack=True))
+            await publisher.send(publish_frame(data={"n": n, "pad": pad}, id=f"e{n}", ack=True))
         for _ in range(ROUND):
             assert (await publisher.frame_of("ack"))["type"] == "ack"
     await publisher.close()  # the next round's publisher takes its client_id
@@ -150,3 +155,142 @@ async def test_a_paused_daemon_stops_at_once_and_leaves_what_it_held_to_the_next
             # what it had acknowledged into its replay buffer went with it.
             assert first <= received
             assert [first, *await _numbers(app, BACKLOG - first - 1)] == list(range(first, BACKLOG))
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("hello", [{"client_id": "tail"}, {"client_id": "tool", "subscribe": []}], ids=["tail", "deaf"])
+async def test_an_app_that_comes_and_goes_at_once_does_not_end_the_pause(
+    hello: dict[str, object], sock_dir: Path, connect: Connect, redis_server: BrokerServer
+) -> None:
+    """A `syncar tail`, or an app that dies after its hello, had none of what the buffer keeps for the app away: once
+    it leaves, the daemon pauses at once again (before, all it kept was marked had, and it took a buffer more)."""
+    key = f"backlog-{uuid.uuid4().hex}"
+    settings = {"backend": redis_server.uri, "key": key, "mode": "durable", "replay_events": REPLAY_EVENTS}
+    sock_a, sock_b = sock_dir / "a.sock", sock_dir / "b.sock"
+    async with run_daemon(sock_a, instance_id=f"a-{key}", **settings):
+        async with run_daemon(sock_b, instance_id=f"b-{key}", **settings):
+            app = await connect(sock_b, {"client_id": "app"})
+            resume = {"epoch": app.welcome["epoch"], "seq": app.welcome["seq"]}
+            await app.close()
+        await _publish(sock_a, connect, range(REPLAY_EVENTS + ROUND))  # the buffer full, and one message more
+        async with run_daemon(sock_b, instance_id=f"b-{key}", **settings) as b:
+            await wait_for(lambda: metric(b.metrics, "syncar_backlog_paused") == 1, what="b paused")
+            tool = await connect(sock_b, hello)  # it takes the held message, live: the oldest ROUND events go
+            await tool.close()
+            await wait_for(lambda: metric(b.metrics, "syncar_clients") == 0, what="the tool gone")
+            await wait_for(lambda: metric(b.metrics, "syncar_events_received_total") == REPLAY_EVENTS + ROUND)
+            await _publish(sock_a, connect, range(REPLAY_EVENTS + ROUND, BACKLOG))
+            await wait_for(lambda: metric(b.metrics, "syncar_backlog_paused") == 1, what="b paused again")
+            await asyncio.sleep(0.3)
+            assert metric(b.metrics, "syncar_events_received_total") == REPLAY_EVENTS + ROUND
+            # The app resumes: what the tool's visit pushed out is a gap; the rest, on the broker, comes in order.
+            app = await connect(sock_b, {"client_id": "app", "resume": resume})
+            assert (await app.frame_of("error"))["code"] == "resume_gap"
+            assert await _numbers(app, BACKLOG - REPLAY_EVENTS - ROUND) == list(range(REPLAY_EVENTS + ROUND, BACKLOG))
+
+
+@pytest.mark.redis
+async def test_an_app_cut_while_catching_up_lets_the_pause_engage_again(
+    sock_dir: Path, connect: Connect, redis_server: BrokerServer
+) -> None:
+    """An app that resumes but does not read is cut as `slow_client` once the buffer moves past it; it is gone, so the
+    daemon pauses again at a full buffer (before, the cut app was never counted gone, and B read all the backlog)."""
+    key = f"backlog-{uuid.uuid4().hex}"
+    settings = {"backend": redis_server.uri, "key": key, "mode": "durable", "replay_events": REPLAY_EVENTS}
+    sock_a, sock_b = sock_dir / "a.sock", sock_dir / "b.sock"
+    async with run_daemon(sock_a, instance_id=f"a-{key}", **settings):
+        async with run_daemon(sock_b, instance_id=f"b-{key}", **settings):
+            app = await connect(sock_b, {"client_id": "app"})
+            resume = {"epoch": app.welcome["epoch"], "seq": app.welcome["seq"]}
+            await app.close()
+        await _publish(sock_a, connect, range(BACKLOG), pad=PAD * 20)  # the buffer holds 400 KB, the app's queue 64
+        async with run_daemon(sock_b, instance_id=f"b-{key}", client_queue_bytes=65_536, **settings) as b:
+            await wait_for(lambda: metric(b.metrics, "syncar_backlog_paused") == 1, what="b paused")
+            raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            raw.connect(str(sock_b))
+            raw.setblocking(False)
+            reader, writer = await asyncio.open_unix_connection(sock=raw, limit=8192)
+            writer.write(orjson.dumps({"type": "hello", "client_id": "app", "resume": resume}) + b"\n")
+            # It reads nothing: B reads the backlog for it, the buffer moves past what it was sent, and it is cut.
+            await wait_for(
+                lambda: metric(b.metrics, "syncar_client_disconnects_total", reason="slow_client") == 1, what="cut"
+            )
+            assert await asyncio.wait_for(reader.read(-1), 5.0)  # what it was sent, then the error; closed
+            writer.close()
+            await wait_for(lambda: metric(b.metrics, "syncar_clients") == 0, what="the app gone")
+            await wait_for(lambda: metric(b.metrics, "syncar_backlog_paused") == 1, what="b paused again")
+            received = metric(b.metrics, "syncar_events_received_total")
+            await asyncio.sleep(0.3)
+            assert metric(b.metrics, "syncar_events_received_total") == received < BACKLOG
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("replay_events", [REPLAY_EVENTS, 0])
+async def test_a_message_larger_than_the_buffer_waits_for_an_app(
+    replay_events: int, sock_dir: Path, connect: Connect, redis_server: BrokerServer
+) -> None:
+    """A broker message of more events than the whole buffer holds would push out its own first ones: with no app,
+    B leaves it on the broker, and the app gets it live, whole (before, B took it, and the app got resume_gap). With
+    `--replay-events 0` there is no buffer: B takes nothing while no app is connected."""
+    key = f"backlog-{uuid.uuid4().hex}"
+    settings = {"backend": redis_server.uri, "key": key, "mode": "durable", "replay_events": replay_events}
+    sock_a, sock_b = sock_dir / "a.sock", sock_dir / "b.sock"
+    count = 3 * REPLAY_EVENTS
+    async with run_daemon(sock_a, instance_id=f"a-{key}", **settings):
+        async with run_daemon(sock_b, instance_id=f"b-{key}", **settings):
+            app = await connect(sock_b, {"client_id": "app"})
+            resume = {"epoch": app.welcome["epoch"], "seq": app.welcome["seq"]}
+            await app.close()
+        publisher = await connect(sock_a, {"client_id": "publisher"})
+        frames = (orjson.dumps(publish_frame(data={"n": n}, id=f"e{n}", ack=True)) + b"\n" for n in range(count))
+        await publisher.send(b"".join(frames))  # in one read: the outbox sends them in few messages
+        for _ in range(count):
+            await publisher.frame_of("ack")
+        async with run_daemon(sock_b, instance_id=f"b-{key}", **settings) as b:
+            await wait_for(lambda: metric(b.metrics, "syncar_backlog_paused") == 1, what="b paused")
+            assert metric(b.metrics, "syncar_events_received_total") == 0
+            app = await connect(sock_b, {"client_id": "app", "resume": resume})
+            assert app.welcome["resumed"] is True
+            assert await _numbers(app, count) == list(range(count))
+
+
+def _buffer(seqs: range, max_events: int = 10) -> ReplayBuffer:
+    replay = ReplayBuffer(max_events, 1 << 20)
+    for seq in seqs:
+        replay.append(Entry(seq, "messages", "created", None, b'"a"', b"x" * 10, True))
+    return replay
+
+
+def test_the_delivered_mark_moves_only_as_far_as_what_the_apps_that_left_had() -> None:
+    """No broker: the rules, case by case. An app has had every event after `since` up to `had`."""
+    replay = _buffer(range(1, 11))
+    backlog = Backlog(replay, Metrics("redis", "syncar"))
+    backlog.app_joined("tail", since=10)  # no resume: it had nothing old
+    backlog.app_left("tail", had=10)
+    assert replay.delivered == 0 and not replay.room(1, 10)
+    backlog.app_joined("app", since=0)  # resumed from the start, cut (or gone) at its cursor, 4
+    backlog.app_left("app", had=4)
+    assert replay.delivered == 4 and replay.room(4, 40) and not replay.room(5, 50)
+    backlog.app_left("app", had=10)  # cut, then closed: once
+    assert replay.delivered == 4
+    backlog.app_joined("app", since=4)
+    backlog.app_joined("other", since=2)
+    backlog.app_left("app", had=10)  # caught up; "other" still here, catching up
+    assert replay.delivered == 4
+    backlog.app_left("other", had=7)
+    assert replay.delivered == 7  # what both had
+    backlog.app_joined("late", since=9)  # live from 9: 8 and 9 no app had
+    backlog.app_left("late", had=10)
+    assert replay.delivered == 7
+    backlog.app_joined("app", since=7)
+    backlog.app_left("app", had=3)  # never back
+    assert replay.delivered == 7
+
+
+def test_a_message_over_the_whole_buffer_never_has_room() -> None:
+    replay = _buffer(range(1, 11))
+    replay.mark_delivered(10)
+    assert replay.room(10, 100) and not replay.room(11, 110)
+    assert not ReplayBuffer(10, 100).room(1, 101)
+    assert not ReplayBuffer(0, 1 << 20).room(1, 10)  # --replay-events 0: no buffer, so nothing to keep it in
