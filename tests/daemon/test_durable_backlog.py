@@ -8,6 +8,7 @@ import logging
 import socket
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -40,6 +41,16 @@ CASES = [
     pytest.param("nats", 0.0, {}, marks=pytest.mark.nats, id="nats"),
     pytest.param("nats", 4.0, {}, marks=pytest.mark.nats, id="nats-past-the-watchdog-and-ack-wait"),
 ]
+
+
+async def _app_away(sock: Path, instance_id: str, settings: dict[str, Any], connect: Connect) -> dict[str, Any]:
+    """B's app connects once, so that B's queue (group, consumer) exists and the backlog waits in it, and leaves with
+    B stopped: where it resumes from."""
+    async with run_daemon(sock, instance_id=instance_id, **settings):
+        app = await connect(sock, {"client_id": "app"})
+        resume = {"epoch": app.welcome["epoch"], "seq": app.welcome["seq"]}
+        await app.close()
+    return resume
 
 
 async def _publish(sock: Path, connect: Connect, numbers: range, pad: str = PAD) -> None:
@@ -90,10 +101,7 @@ async def test_a_restarted_daemon_leaves_the_backlog_on_the_broker_until_its_app
     settings = {"backend": server.uri, "key": key, "mode": "durable", "replay_events": REPLAY_EVENTS, **buffer}
     sock_a, sock_b = sock_dir / "a.sock", sock_dir / "b.sock"
     async with run_daemon(sock_a, instance_id=f"a-{key}", **settings):
-        async with run_daemon(sock_b, instance_id=f"b-{key}", **settings):
-            app = await connect(sock_b, {"client_id": "app"})  # its queue exists: the backlog waits in it
-            resume = {"epoch": app.welcome["epoch"], "seq": app.welcome["seq"]}
-            await app.close()
+        resume = await _app_away(sock_b, f"b-{key}", settings, connect)
         await _publish(sock_a, connect, range(BACKLOG))
         b: Daemon
         async with run_daemon(sock_b, instance_id=f"b-{key}", **settings) as b:
@@ -136,10 +144,7 @@ async def test_a_paused_daemon_stops_at_once_and_leaves_what_it_held_to_the_next
     settings = {"backend": server.uri, "key": key, "mode": "durable", "replay_events": REPLAY_EVENTS}
     sock_a, sock_b = sock_dir / "a.sock", sock_dir / "b.sock"
     async with run_daemon(sock_a, instance_id=f"a-{key}", **settings):
-        async with run_daemon(sock_b, instance_id=f"b-{key}", **settings):
-            app = await connect(sock_b, {"client_id": "app"})
-            resume = {"epoch": app.welcome["epoch"], "seq": app.welcome["seq"]}
-            await app.close()
+        resume = await _app_away(sock_b, f"b-{key}", settings, connect)
         await _publish(sock_a, connect, range(BACKLOG))
         loop = asyncio.get_running_loop()
         async with run_daemon(sock_b, instance_id=f"b-{key}", **settings) as b:
@@ -168,10 +173,7 @@ async def test_an_app_that_comes_and_goes_at_once_does_not_end_the_pause(
     settings = {"backend": redis_server.uri, "key": key, "mode": "durable", "replay_events": REPLAY_EVENTS}
     sock_a, sock_b = sock_dir / "a.sock", sock_dir / "b.sock"
     async with run_daemon(sock_a, instance_id=f"a-{key}", **settings):
-        async with run_daemon(sock_b, instance_id=f"b-{key}", **settings):
-            app = await connect(sock_b, {"client_id": "app"})
-            resume = {"epoch": app.welcome["epoch"], "seq": app.welcome["seq"]}
-            await app.close()
+        resume = await _app_away(sock_b, f"b-{key}", settings, connect)
         await _publish(sock_a, connect, range(REPLAY_EVENTS + ROUND))  # the buffer full, and one message more
         async with run_daemon(sock_b, instance_id=f"b-{key}", **settings) as b:
             await wait_for(lambda: metric(b.metrics, "syncar_backlog_paused") == 1, what="b paused")
@@ -199,10 +201,7 @@ async def test_an_app_cut_while_catching_up_lets_the_pause_engage_again(
     settings = {"backend": redis_server.uri, "key": key, "mode": "durable", "replay_events": REPLAY_EVENTS}
     sock_a, sock_b = sock_dir / "a.sock", sock_dir / "b.sock"
     async with run_daemon(sock_a, instance_id=f"a-{key}", **settings):
-        async with run_daemon(sock_b, instance_id=f"b-{key}", **settings):
-            app = await connect(sock_b, {"client_id": "app"})
-            resume = {"epoch": app.welcome["epoch"], "seq": app.welcome["seq"]}
-            await app.close()
+        resume = await _app_away(sock_b, f"b-{key}", settings, connect)
         await _publish(sock_a, connect, range(BACKLOG), pad=PAD * 20)  # the buffer holds 400 KB, the app's queue 64
         async with run_daemon(sock_b, instance_id=f"b-{key}", client_queue_bytes=65_536, **settings) as b:
             await wait_for(lambda: metric(b.metrics, "syncar_backlog_paused") == 1, what="b paused")
@@ -238,10 +237,7 @@ async def test_a_message_larger_than_the_buffer_waits_for_an_app(
     sock_a, sock_b = sock_dir / "a.sock", sock_dir / "b.sock"
     count = 3 * REPLAY_EVENTS
     async with run_daemon(sock_a, instance_id=f"a-{key}", **settings):
-        async with run_daemon(sock_b, instance_id=f"b-{key}", **settings):
-            app = await connect(sock_b, {"client_id": "app"})
-            resume = {"epoch": app.welcome["epoch"], "seq": app.welcome["seq"]}
-            await app.close()
+        resume = await _app_away(sock_b, f"b-{key}", settings, connect)
         publisher = await connect(sock_a, {"client_id": "publisher"})
         frames = (orjson.dumps(publish_frame(data={"n": n}, id=f"e{n}", ack=True)) + b"\n" for n in range(count))
         await publisher.send(b"".join(frames))  # in one read: the outbox sends them in few messages
