@@ -303,7 +303,7 @@ class AmqpDurableSubscription(AmqpSubscription):
             returned = self._returned
             await asyncio.sleep(HOLD_LIMIT)
             underlay = self._underlay
-            if not self._holding or returned != self._returned or underlay is None or underlay.is_closed:
+            if not self._still_holding(returned) or underlay is None or underlay.is_closed:
                 continue
             log.info(
                 "amqp: the subscriber of %r has held a delivery for over %.0fs: the broker keeps the queue's "
@@ -312,10 +312,14 @@ class AmqpDurableSubscription(AmqpSubscription):
                 HOLD_LIMIT,
             )
             await self._ack_handled(wait=True)
-            if not self._holding or returned != self._returned:
+            if not self._still_holding(returned):
                 continue  # it returned meanwhile, and with the channel still open nothing would consume again
             self._let_go = True
             await _close(underlay, self.topic, "while the subscriber holds a delivery")
+
+    def _still_holding(self, returned: int) -> bool:
+        """Whether the handler holds the delivery it held when `returned` handler calls had returned."""
+        return self._holding and returned == self._returned
 
     def _consuming(self, queue: str, backlog: int) -> None:
         log.info("amqp: consuming durable queue %r (%d messages waiting)", queue, backlog)
