@@ -34,7 +34,6 @@ class Backlog:
         self._had: int | None = None  # since the first of them joined: the least seq one of them left having had
         self._covered = False  # and whether one of them had every event from the delivered mark on
         self._stopping = False
-        self.paused = False
 
     def app_joined(self, app: object, since: int) -> None:
         """`app` connected, and will have had every event after `since` (its resume cursor, else the seq now)."""
@@ -71,7 +70,6 @@ class Backlog:
             return
         if self._stopping:
             raise asyncio.CancelledError
-        self.paused = True
         self._metrics.backlog_paused.set(1)
         log.info(
             "no app connected and the replay buffer full with %d events they have not had: leaving the rest of the "
@@ -81,7 +79,6 @@ class Backlog:
         try:
             await self._apps.wait()
         finally:
-            self.paused = False
             self._metrics.backlog_paused.set(0)
         if self._stopping:
             raise asyncio.CancelledError
