@@ -20,6 +20,7 @@ from typing import Any, cast
 
 from backends.base import OWN_IOVEC_BYTES, writes
 from sidecar import protocol, tracecontext
+from sidecar.acks import Barriers
 from sidecar.admission import hung_up
 from sidecar.errors import FrameError
 from sidecar.framing import FrameDecoder, Oversized
@@ -87,6 +88,7 @@ class Connection(asyncio.Protocol):
         self.name = ""
         self.echo = False
         self.wants: Callable[[str, str], bool] = _every_event
+        self._barriers: Barriers | None = None  # set if its hello asked for acks by barrier
         self.paused = False  # the transport holds more than a quarter of the queue: a replay waits
         self.closed = self._loop.create_future()
 
@@ -199,13 +201,21 @@ class Connection(asyncio.Protocol):
                 self.client_id = hello.client_id
             if hello.subscribe is not None:
                 self.wants = EventFilter(hello.subscribe)
+            if hello.barriers:
+                self._barriers = Barriers(self)
             self._greet(hello.resume)
+        elif kind == "barrier":
+            barrier_id = protocol.parse_barrier(frame)
+            self._greet(None)
+            if self._barriers is None:
+                raise FrameError(ErrorCode.INVALID_FRAME, 'barrier: only after a hello with "barriers": true')
+            self._barriers.barrier(barrier_id)
         elif kind == "ping":
             self._greet(None)
             self.send(protocol.PONG)
         else:
             raise FrameError(
-                ErrorCode.UNKNOWN_TYPE, f"unknown frame type {kind[:64]!r}; expected hello, publish or ping"
+                ErrorCode.UNKNOWN_TYPE, f"unknown frame type {kind[:64]!r}; expected hello, publish, barrier or ping"
             )
 
     def _publish(self, publish: Publish) -> None:
@@ -227,12 +237,13 @@ class Connection(asyncio.Protocol):
                 # Said without the publish's id, which would tell the app its event is refused: it goes, untraced.
                 self._reject_frame(ErrorCode.INVALID_TRACE_CONTEXT, f"{problem}; the event was relayed without it")
                 publish = protocol.without_trace(publish)
-        self._relay.publish(self, publish)
+        self._relay.publish(self, publish, self._barriers)
 
     def _greet(self, resume: Resume | None) -> None:
         if not self.greeted:
             self.id_scope = self._relay.scope_of(self.client_id)
-            self.greeted = self._relay.join(self, resume)  # False: refused, and closing
+            # False: refused (and closing)
+            self.greeted = self._relay.join(self, resume, barriers=self._barriers is not None)
             if self.greeted:
                 log.info("client connected: %s (%s)", printable(self.name) or "unnamed", self.id_scope)
 

@@ -66,6 +66,7 @@ class Hello(BaseModel):
     subscribe: list[Pattern] | None = None  # None: every event
     resume: Resume | None = None
     echo: bool = Field(False, strict=True)
+    barriers: bool = Field(False, strict=True)  # its acks by barrier (sidecar.acks)
 
     @field_validator("subscribe", mode="before")
     @classmethod

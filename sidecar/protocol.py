@@ -61,8 +61,10 @@ def welcome(
     resumed: bool,
     max_frame_bytes: int,
     node: str | None = None,
+    barriers: bool = False,
 ) -> bytes:
-    """The answer to the first frame; `node`, the broker node reached, as in `status`."""
+    """The answer to the first frame; `node`, the broker node reached, as in `status`; `barriers`, that the client's
+    publishes are acknowledged by barrier (sidecar.acks), as it asked."""
     frame: dict[str, Any] = {
         "type": "welcome",
         "version": PROTOCOL_VERSION,
@@ -77,6 +79,8 @@ def welcome(
     }
     if node is not None:
         frame["node"] = node
+    if barriers:
+        frame["barriers"] = True
     return encode(frame)
 
 
@@ -284,6 +288,18 @@ def fast_publishes(data: bytes, start: int, end: int) -> list[Publish] | None:
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
         return None
     return publishes if len(publishes) == lines and all(map(_valid, publishes)) else None
+
+
+def parse_barrier(frame: dict[str, Any]) -> str:
+    """The id of a `barrier` frame.
+
+    Raises:
+        FrameError: it has no id of 1 to MAX_ID_LENGTH characters.
+    """
+    barrier_id = frame.get("id")
+    if not isinstance(barrier_id, str) or not 0 < len(barrier_id) <= MAX_ID_LENGTH:
+        raise FrameError(ErrorCode.INVALID_FRAME, f"barrier: 'id' must be a string of 1 to {MAX_ID_LENGTH} characters")
+    return barrier_id
 
 
 def parse_publish(frame: dict[str, Any]) -> Publish:

@@ -13,12 +13,12 @@ import asyncio
 import logging
 import secrets
 import time
-from functools import partial
 
 import orjson
 
 from backends.base import BackendState, Message
-from sidecar import protocol
+from sidecar import acks, protocol
+from sidecar.acks import Barriers
 from sidecar.admission import ClientIds, resume_point
 from sidecar.backlog import Backlog
 from sidecar.codec import Codec, Event, Outgoing, encode
@@ -89,9 +89,10 @@ class Relay:
 
     # -- clients -------------------------------------------------------------------------------
 
-    def join(self, client: Subscriber, resume: Resume | None) -> bool:
-        """Start delivering to `client`: welcome it, replay what it missed, then live events. False if it is refused
-        (its `client_id` is another connection's, sidecar.admission), and closed."""
+    def join(self, client: Subscriber, resume: Resume | None, *, barriers: bool = False) -> bool:
+        """Start delivering to `client`: welcome it (saying it is acknowledged by barriers, if it asked), replay what
+        it missed, then live events. False if it is refused (its `client_id` is another connection's,
+        sidecar.admission), and closed."""
         if not self._client_ids.claim(client):
             return False
         cursor, gap = resume_point(resume, epoch=self.epoch, seq=self.seq, durable=self.durable, replay=self._replay)
@@ -106,6 +107,7 @@ class Relay:
                 resumed=resume is not None and gap is None,
                 max_frame_bytes=client.max_frame_bytes,
                 node=self.node,
+                barriers=barriers,
             )
         )
         if gap is not None:
@@ -192,8 +194,9 @@ class Relay:
 
     # -- events in -----------------------------------------------------------------------------
 
-    def publish(self, client: Subscriber, publish: Publish) -> None:
-        """A local client's event: deliver it here at once, and queue it for the broker."""
+    def publish(self, client: Subscriber, publish: Publish, barriers: Barriers | None = None) -> None:
+        """A local client's event: deliver it here at once, and queue it for the broker; its ack, if it asked for
+        one, told at once or by the client's `barriers` (sidecar.acks)."""
         self._published += 1
         # The app's id goes on the bus in the app's own scope, so that no other app can take it (sidecar/dedup.py).
         app_id = publish.id
@@ -222,21 +225,17 @@ class Relay:
             )
             return
         outgoing = Outgoing(event, part, time.monotonic())
+        answer = None if not publish.ack else barriers.answer(publish) if barriers else acks.each(client, publish)
         try:
-            answer = partial(self._answer, client, publish, app_id) if publish.ack and app_id else None
             self._outbox.put(outgoing, answer)
         except OutboxFull as exc:
             self._metrics.dropped.labels(DropReason.OUTBOX_FULL).inc()
-            client.send(protocol.publish_refused(publish, ErrorCode.OUTBOX_FULL, f"not sent to the broker: {exc}"))
+            # Told as a refusal by the broker is: a barrier behind it counts it settled.
+            (answer or acks.each(client, publish))((ErrorCode.OUTBOX_FULL, f"not sent to the broker: {exc}"))
 
     def scope_of(self, client_id: str) -> str:
         """What the ids a client with this `client_id` names its events with are prefixed with on the bus."""
         return self._ids.scope(client_id)
-
-    @staticmethod
-    def _answer(client: Subscriber, publish: Publish, app_id: str, error: tuple[ErrorCode, str] | None) -> None:
-        """Tell a client that asked for an ack what became of its event at the broker."""
-        client.send(protocol.ack(app_id) if error is None else protocol.publish_refused(publish, *error))
 
     def flush_counts(self) -> None:
         """Add the publishes counted since the last call, and their local deliveries, to the metrics: the hot path

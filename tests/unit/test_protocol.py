@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from sidecar import protocol, tracecontext
 from sidecar.codec import NULL, Event, encode
 from sidecar.errors import FrameError
+from sidecar.hello import parse_hello
 from sidecar.protocol import ErrorCode, decode, fast_publish, parse_publish, readable_id
 from tests.utils import REPO
 
@@ -118,8 +119,20 @@ def test_the_frames_syncar_writes_are_those_docs_protocol_shows() -> None:
             resumed=True,
             max_frame_bytes=1048576,
         ),
+        protocol.welcome(
+            instance="web-1-3fa2c1",
+            backend="redis",
+            broker_up=True,
+            epoch="9c1f0e6a4b2d7a55",
+            seq=1041,
+            client_id="4f9c2e0b7d1a8e3f6b5c9d2a0e7f1b3c",
+            resumed=True,
+            max_frame_bytes=1048576,
+            barriers=True,
+        ),
         protocol.event(1042, b'"web-2-77ab01"', encode(event)),
         protocol.ack("evt-77"),
+        protocol.ack("b1"),
         protocol.publish_refused(published, ErrorCode.UNCONFIRMED, "..."),
         protocol.status(backend="redis", broker_up=False, outbox=120),
         protocol.status(backend="nats", broker_up=True, outbox=0, node="127.0.0.1:4223"),
@@ -241,3 +254,14 @@ def test_a_read_taken_at_once_is_taken_as_its_lines_would_be(pieces: list[bytes]
     publishes = fast_path(data)
     if publishes is not None:
         assert publishes == [fast_publish(line) for line in data.split(b"\n")[:-1]]
+
+
+def test_a_barrier_needs_an_id_and_hello_asks_for_barriers_with_a_bool() -> None:
+    assert protocol.parse_barrier({"type": "barrier", "id": "b-1"}) == "b-1"
+    for frame in ({"type": "barrier"}, {"type": "barrier", "id": ""}, {"type": "barrier", "id": 7}):
+        with pytest.raises(FrameError, match="barrier: 'id' must be a string of 1 to 256 characters"):
+            protocol.parse_barrier(frame)
+    assert parse_hello({"type": "hello", "barriers": True}, 8).barriers
+    assert not parse_hello({"type": "hello"}, 8).barriers
+    with pytest.raises(FrameError, match="hello: barriers: "):
+        parse_hello({"type": "hello", "barriers": "yes"}, 8)

@@ -4,7 +4,8 @@
  * The publishes an app keeps until syncar acknowledged them, in publish order: those written to the socket and
  * waiting for their `ack` (sent again after a reconnect, since the daemon may not have read them), and those
  * not yet written (syncar unreachable, or the socket's buffer full). Bounded together in count and bytes;
- * an entry is `{ id, line, bytes }`, `line` the publish frame with its newline.
+ * an entry is `{ id, line, bytes, n }`, `line` the publish frame with its newline, `n` its number: entries are
+ * written in the order of their numbers.
  */
 class HeldPublishes {
   constructor(maxCount, maxBytes) {
@@ -73,6 +74,20 @@ class HeldPublishes {
     this._unacked.delete(id);
     this._bytes -= entry.bytes;
     return true;
+  }
+
+  /** Let go of the written ones numbered up to `n` (a barrier after them was answered). How many were held. */
+  settleThrough(n) {
+    let settled = 0;
+    for (const [id, entry] of this._unacked) {
+      if (entry.n > n) {
+        break;
+      }
+      this._unacked.delete(id);
+      this._bytes -= entry.bytes;
+      settled += 1;
+    }
+    return settled;
   }
 
   /** Stop keeping the oldest written ones until `bytes` more fit. How many were let go. */

@@ -333,10 +333,12 @@ class RawPeer extends EventEmitter {
 
 /**
  * A daemon scripted by hand (protocol v1) on `socket`, for what a real one cannot be made to do: it welcomes each
- * hello, and acknowledges a publish only if `ack(connection)` holds. `server.connections` lists the connections in
- * order, each `{ number, conn, frames }` with the frames it received; each frame is emitted as 'frame'.
+ * hello, and acknowledges a publish only if `ack(connection)` holds. With `barriers`, it offers barriers to a hello
+ * that asks (docs/protocol.md#barrier) and then acknowledges barriers instead, on the same condition; without, it
+ * is a daemon older than barriers. `server.connections` lists the connections in order, each
+ * `{ number, conn, frames }` with the frames it received; each frame is emitted as 'frame'.
  */
-async function startScriptedDaemon(socket, { ack = () => true } = {}) {
+async function startScriptedDaemon(socket, { ack = () => true, barriers = false } = {}) {
   const connections = [];
   const server = net.createServer((conn) => {
     const connection = { number: connections.length + 1, conn, frames: [] };
@@ -346,10 +348,11 @@ async function startScriptedDaemon(socket, { ack = () => true } = {}) {
       connection.frames.push(frame);
       server.emit('frame', connection, frame);
       if (frame.type === 'hello') {
+        connection.barriers = barriers && frame.barriers === true;
         conn.write(`${JSON.stringify({ type: 'welcome', version: 1, instance: `scripted-${connection.number}`,
           backend: 'local', broker: 'up', epoch: `e${connection.number}`, seq: 0, client_id: frame.client_id,
-          resumed: false })}\n`);
-      } else if (frame.type === 'publish' && ack(connection)) {
+          resumed: false, ...(connection.barriers ? { barriers: true } : {}) })}\n`);
+      } else if (frame.type === (connection.barriers ? 'barrier' : 'publish') && ack(connection)) {
         conn.write(`${JSON.stringify({ type: 'ack', id: frame.id })}\n`);
       }
     });

@@ -94,6 +94,8 @@ describe('reconnects', () => {
     const [firstWelcome] = await waitForEvent(app.sync, 'connect', { timeout: TIMEOUT });
     const firstInstance = app.sync.instance;
     await app.service('messages').create({ n: 0 });
+    // Acknowledged (by a barrier, within 100 ms): else it would be held, and sent again to the next daemon.
+    await waitUntil(app.sync.connection, 'settled', () => app.sync.pending === 0, { timeout: TIMEOUT });
 
     const lost = waitForEvent(app.sync, 'disconnect', { timeout: TIMEOUT });
     await daemon.stop('SIGTERM');
