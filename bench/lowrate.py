@@ -7,7 +7,8 @@ Three parts, each case a few seconds, every case repeated and the repetitions al
   CPU per event of the publishing and of the receiving daemon against that of the raw publisher and subscriber,
   read exactly (bench.procstat.task_stats for the daemons, getrusage in the workers, both without what starting
   and connecting cost), and the wake-ups (voluntary context switches) per event.
-- **Idle**: one daemon on each broker with no app and no traffic: CPU, wake-ups and resident memory over a while.
+- **Idle**: one daemon on each broker with no app and no traffic: CPU, wake-ups and resident memory over a while;
+  then its resident memory once `/metrics` has been read, as Prometheus reads it from every deployed daemon.
 - **Start**: from starting `python -m sidecar run` to its socket answering a hello with a welcome; and the time
   `python -X importtime` gives `import sidecar.client`, the Python client. Both in wall time, which a loaded
   machine stretches, and in CPU time, which it does not. syncar's modules are byte-compiled first, as `pip install`
@@ -50,6 +51,7 @@ REPS = 3
 #: How often the start measurement knocks on the socket, and how long it waits in all.
 KNOCK_EVERY = 0.002
 START_TIMEOUT = 30.0
+_HTTP_LINE = re.compile(rb"http on ([\d.]+):(\d+) ")
 _IMPORT_LINE = re.compile(rb"^import time:\s+(\d+) \|\s+(\d+) \|\s+sidecar\.client$", re.MULTILINE)
 
 
@@ -135,11 +137,27 @@ async def _idle_run(section: Section, seconds: float, rep: int, contestant: str)
             rss_mib=memory.get("rss", 0) / 1024,
             hwm_mib=memory.get("hwm", 0) / 1024,
         )
+        await _scrape(daemons[0])
+        record["scraped_rss_mib"] = memory_kib(daemons[0].pid).get("rss", 0) / 1024
     except (RuntimeError, OSError) as exc:
         record["error"] = str(exc)[:2000]
     finally:
         record["daemon_exits"] = stop_daemons(daemons, f"idle-{rep + 1}")
     return record
+
+
+async def _scrape(daemon: Daemon) -> None:
+    """Read the daemon's `/metrics` once, whole."""
+    found = _HTTP_LINE.search(daemon.log_path.read_bytes())
+    if found is None:
+        raise RuntimeError(f"syncar {daemon.name} logged no http address; see {daemon.log_path}")
+    async with asyncio.timeout(START_TIMEOUT):
+        reader, writer = await asyncio.open_connection(found[1].decode(), int(found[2]))
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        answer = await reader.read()
+        writer.close()
+    if not answer.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"syncar {daemon.name}: /metrics answered {answer[:100]!r}")
 
 
 def _knock(path: Path) -> dict[str, Any] | None:

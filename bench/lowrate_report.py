@@ -48,7 +48,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             "errors": sorted({m["error"][:200] for m in members if m.get("error")}),
             **{
                 name: _median([m.get(name) for m in members])
-                for name in ("cpu_ms_per_s", "wakeups_per_s", "rss_mib", "hwm_mib")
+                for name in ("cpu_ms_per_s", "wakeups_per_s", "rss_mib", "scraped_rss_mib", "hwm_mib")
             },
         }
         for (broker, contestant), members in groups(runs["idle"], "broker", "contestant").items()
@@ -131,6 +131,7 @@ IDLE_HEAD = (
     "idle CPU ms/s",
     "idle wake-ups/s",
     "idle RSS MiB",
+    "idle RSS MiB, /metrics read once",
     "peak RSS MiB since start",
     "start ms to a welcome, median (min-max)",
     "start CPU ms",
@@ -154,6 +155,7 @@ def _idle_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
                 _num(e["cpu_ms_per_s"], 2),
                 _num(e["wakeups_per_s"], 1),
                 _num(e["rss_mib"], 1),
+                _num(e.get("scraped_rss_mib"), 1),
                 _num(e["hwm_mib"], 1),
                 start,
                 _num(s.get("start_cpu_ms")),
