@@ -275,7 +275,8 @@ def _said_other(i: dict[str, Any], s: dict[str, Any]) -> str:
         + (
             f"error: {i['error'].splitlines()[0][:120]}"
             if i.get("error")
-            else f"{i['cpu_ms_per_s']:.2f} ms CPU/s, {i['wakeups_per_s']:.1f} wake-ups/s, {i['rss_mib']:.1f} MiB"
+            else f"{i['cpu_ms_per_s']:.2f} ms CPU/s, {i['wakeups_per_s']:.1f} wake-ups/s, {i['rss_mib']:.1f} MiB "
+            f"({i['scraped_rss_mib']:.1f} once /metrics was read)"
         )
         + "; start "
         + (

@@ -60,7 +60,7 @@ def test_low_rate_run_on_local_and_redis_produces_every_figure(tmp_path: Path) -
     for part in ("idle", "start"):
         assert [e["broker"] for e in summary[part]] == ["local", "redis"], summary[part]
     for idle in summary["idle"]:
-        assert idle["cpu_ms_per_s"] >= 0 and idle["rss_mib"] > 1, idle
+        assert idle["cpu_ms_per_s"] >= 0 and idle["rss_mib"] > 1 and idle["scraped_rss_mib"] > 1, idle
     for start in summary["start"]:
         assert start["start_ms"] > 0 and start["start_cpu_ms"] > 0, start
     assert summary["import"]["importtime_ms"] > 0 and summary["import"]["import_cpu_ms"] > 0, summary["import"]
