@@ -11,9 +11,11 @@ import prometheus_client
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import Metric
 
 from sidecar import __version__
+from sidecar.http import METRICS_CONTENT_TYPE
 from sidecar.metrics import LATENCY_BUCKETS, Counter, Gauge, Histogram, Metrics
 
 
@@ -120,3 +122,8 @@ def test_a_scrape_imports_nothing_of_prometheus_client() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_the_text_is_labelled_as_the_format_prometheus_client_writes_it_in() -> None:
+    """`generate_latest` writes the 0.0.4 text format; prometheus-client's own server labels it so for a scraper."""
+    assert METRICS_CONTENT_TYPE == CONTENT_TYPE_PLAIN_0_0_4
