@@ -28,9 +28,6 @@ MAX_REQUEST_BYTES = 8192
 #: HTTP connections open at once (probes and scrapers need a few): each is a file descriptor, taken from what the
 #: app connections may use (see sidecar.descriptors).
 MAX_HTTP_CONNECTIONS = 32
-#: What `/metrics` is (sidecar/metrics.py writes it): Prometheus's text format, as prometheus-client's own server
-#: labels it for a scraper that asks for nothing else.
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: None when ready, else the reason it is not; the argument asks for the broker to be connected too.
 Readiness = Callable[[bool], str | None]
@@ -78,7 +75,10 @@ class HttpServer:
             reason = self._readiness(path == "/readyz/broker")
             return (200, "text/plain", b"ready\n") if reason is None else (503, "text/plain", reason.encode() + b"\n")
         if path == "/metrics":
-            return 200, METRICS_CONTENT_TYPE, self._metrics.render()
+            # prometheus-client is imported at the first scrape (sidecar/metrics.py says why).
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest  # noqa: PLC0415
+
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self._metrics.registry)
         if path == "/peers":
             return 200, "application/json", orjson.dumps(self._peers(), option=orjson.OPT_APPEND_NEWLINE)
         return 404, "text/plain", b"not found; try /healthz, /readyz, /readyz/broker, /metrics or /peers\n"

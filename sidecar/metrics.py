@@ -1,25 +1,27 @@
-"""Every Prometheus metric syncar exports, defined once, per daemon, and their text at `/metrics`.
+"""Every Prometheus metric syncar exports, defined once, per daemon.
 
 Label sets are small and fixed: no per-event, per-path or per-client labels.
 Gauges read their value at scrape time, so they cost nothing on the hot path.
 
-The metrics are plain numbers, written out in Prometheus's text format here (`Metrics.render`), as prometheus-client's
-`generate_latest` writes the same metrics, byte for byte (`tests/unit/test_metrics.py` holds them to it), without
-`*_created` series (when a metric was made), which no query here needs: rate() finds counter resets without them.
-prometheus-client itself is not imported: its package imports its HTTP servers, `urllib.request`, `wsgiref` and
-`email`, 2.1 MiB of resident memory and ~20 ms of CPU that every scraped daemon paid at its first scrape, for text
-that takes a few lines to write (docs/benchmarks.md). A counter is a float added to, without a lock: every metric is
-touched from the event loop's thread only.
+The metrics are plain numbers, and prometheus-client renders them only when they are read (`Metrics.registry`, at
+the first scrape of `/metrics`): importing it costs ~20 ms of CPU and 2 MiB of resident memory (its package imports
+its HTTP servers, `urllib.request`, `wsgiref`, `email`), which a daemon's start and an unscraped daemon need not pay
+(docs/benchmarks.md). A counter is a float added to, without prometheus-client's lock: every metric is touched from
+the event loop's thread only. The exposition is prometheus-client's, without `*_created` series (when a metric was
+made), which no query here needs: rate() finds counter resets without them.
 """
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
-from typing import Self
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Self
 
 from sidecar import __version__
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 #: Latency buckets from 100 µs to 10 s: local relays are sub-millisecond, a broker outage is seconds.
 LATENCY_BUCKETS = (
@@ -57,46 +59,10 @@ class DropReason:
 PeerRows = Callable[[], list[tuple[str, float, int | None]]]
 
 
-def number(value: float) -> str:
-    """A sample's value as Prometheus's text format (and prometheus-client) writes it: 3.0, +Inf, 1.5e+07."""
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    text = repr(float(value))
-    dot = text.find(".")
-    if value > 0 and dot > 6:  # Go, which reads it, writes exponents from 10^7 on; repr() only from 10^16
-        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
-        return f"{mantissa}e+{dot - 1:02d}"
-    return text
-
-
-def labelled(names: Iterable[str], values: Iterable[str]) -> str:
-    """`{name="value",...}`, sorted by name, the values escaped; nothing without labels."""
-    pairs = sorted(zip(names, values, strict=True))
-    if not pairs:
-        return ""
-    return "{" + ",".join(f'{name}="{escaped(value)}"' for name, value in pairs) + "}"
-
-
-def escaped(text: str) -> str:
-    """A label value or a help text with its backslashes, line ends and double quotes escaped."""
-    return text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-def heading(name: str, documentation: str, kind: str) -> str:
-    """A metric's `# HELP` and `# TYPE` lines."""
-    documentation = documentation.replace("\\", r"\\").replace("\n", r"\n")  # a help text keeps its quotes
-    return f"# HELP {name} {documentation}\n# TYPE {name} {kind}\n"
-
-
 class _Labelled:
     """What a counter and a gauge share: their name and help, and, with label names, a child per `labels(...)`."""
 
     __slots__ = ("children", "documentation", "labelnames", "name", "value")
-
-    #: The type in `# TYPE`, and what the samples' name adds to the metric's.
-    kind, suffix = "", ""
 
     def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...] = ()) -> None:
         self.name, self.documentation, self.labelnames = name, documentation, labelnames
@@ -113,26 +79,34 @@ class _Labelled:
     def read(self) -> float:
         return self.value
 
-    def render(self, lines: list[str]) -> None:
-        name = self.name + self.suffix
-        lines.append(heading(name, self.documentation, self.kind))
+    def collect(self) -> Metric:
+        family = self._family()(self.name, self.documentation, labels=self.labelnames)
         for values, metric in self.children.items() if self.labelnames else (((), self),):
-            lines.append(f"{name}{labelled(self.labelnames, values)} {number(metric.read())}\n")
+            family.add_metric(values, metric.read())
+        return family
+
+    @staticmethod
+    def _family() -> type[CounterMetricFamily | GaugeMetricFamily]:
+        raise NotImplementedError
 
 
 class Counter(_Labelled):
     __slots__ = ()
-    kind, suffix = "counter", "_total"
 
     def inc(self, amount: float = 1) -> None:
         self.value += amount
+
+    @staticmethod
+    def _family() -> type[CounterMetricFamily]:
+        from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415  # at scrape time, see the module
+
+        return CounterMetricFamily
 
 
 class Gauge(_Labelled):
     """A gauge, set, or read at scrape time (`set_function`)."""
 
     __slots__ = ("function",)
-    kind = "gauge"
 
     def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...] = ()) -> None:
         super().__init__(name, documentation, labelnames)
@@ -150,6 +124,12 @@ class Gauge(_Labelled):
     def read(self) -> float:
         return self.value if self.function is None else float(self.function())
 
+    @staticmethod
+    def _family() -> type[GaugeMetricFamily]:
+        from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415  # at scrape time, see the module
+
+        return GaugeMetricFamily
+
 
 class Histogram:
     """Observations counted in buckets by their upper bounds (each counts what is at most its bound), and summed."""
@@ -159,7 +139,7 @@ class Histogram:
     def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
         self.name, self.documentation = name, documentation
         self.bounds = (*buckets, float("inf"))
-        self.les = (*map(number, buckets), "+Inf")
+        self.les = (*map(repr, buckets), "+Inf")  # as prometheus-client writes them: 0.0001, 1.0, +Inf
         self.counts = [0] * len(self.bounds)
         self.sum = 0.0
 
@@ -167,34 +147,42 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
-    def render(self, lines: list[str]) -> None:
-        lines.append(heading(self.name, self.documentation, "histogram"))
-        cumulative = 0
+    def collect(self) -> Metric:
+        from prometheus_client.core import HistogramMetricFamily  # noqa: PLC0415  # at scrape time, see the module
+
+        cumulative, buckets = 0, []
         for le, count in zip(self.les, self.counts, strict=True):
             cumulative += count
-            lines.append(f'{self.name}_bucket{{le="{le}"}} {number(cumulative)}\n')
-        lines.append(f"{self.name}_count {number(cumulative)}\n{self.name}_sum {number(self.sum)}\n")
+            buckets.append((le, float(cumulative)))
+        return HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=self.sum)
 
 
-def render_peers(rows: list[tuple[str, float, int | None]], lines: list[str]) -> None:
+class PeerCollector:
     """The peer table, read at scrape time: series only for the peers in it now (bounded by
     sidecar.fleet.MAX_PEERS), so a peer that is gone leaves no series behind."""
-    lines.append(heading("syncar_peers", "Other daemons heard on the key's announcements", "gauge"))
-    lines.append(f"syncar_peers {number(len(rows))}\n")
-    lines.append(heading("syncar_peer_heard_seconds", "Seconds since each peer's last announcement", "gauge"))
-    lines.extend(f"syncar_peer_heard_seconds{labelled(('peer',), (peer,))} {number(age)}\n" for peer, age, _ in rows)
-    lines.append(
-        heading(
+
+    def __init__(self, rows: PeerRows) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415  # at scrape time, see the module
+
+        rows = self._rows()
+        yield GaugeMetricFamily("syncar_peers", "Other daemons heard on the key's announcements", value=len(rows))
+        age = GaugeMetricFamily(
+            "syncar_peer_heard_seconds", "Seconds since each peer's last announcement", labels=["peer"]
+        )
+        lag = GaugeMetricFamily(
             "syncar_peer_lag_events",
             "Events of each peer's run, by its last announcement, not received here (syncar codec)",
-            "gauge",
+            labels=["peer"],
         )
-    )
-    lines.extend(
-        f"syncar_peer_lag_events{labelled(('peer',), (peer,))} {number(lag)}\n"
-        for peer, _, lag in rows
-        if lag is not None
-    )
+        for instance, seconds, behind in rows:
+            age.add_metric([instance], seconds)
+            if behind is not None:
+                lag.add_metric([instance], behind)
+        yield age
+        yield lag
 
 
 class Metrics:
@@ -263,20 +251,32 @@ class Metrics:
             "minute ahead of this host's clock or older than --instance-ttl",
         )
         self._build = {"version": __version__, "backend": backend, "codec": codec}
-        self._peers: PeerRows | None = None
+        self._peers: PeerCollector | None = None
+        self._registry: CollectorRegistry | None = None
 
     def watch_peers(self, rows: PeerRows) -> None:
         """Export the peer table: `syncar_peers`, and per peer `syncar_peer_heard_seconds`, `syncar_peer_lag_events`."""
-        self._peers = rows
+        self._peers = PeerCollector(rows)
+        if self._registry is not None:
+            self._registry.register(self._peers)
 
-    def render(self) -> bytes:
-        """The text of `/metrics`: every metric in the order defined above, the build's info, then the peer table."""
-        lines: list[str] = []
+    @property
+    def registry(self) -> CollectorRegistry:
+        """prometheus-client's registry of these metrics, for `/metrics` (and tests), made when first asked for."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry  # noqa: PLC0415  # at the first scrape, see the module
+
+            self._registry = CollectorRegistry()
+            self._registry.register(self)
+            if self._peers is not None:
+                self._registry.register(self._peers)
+        return self._registry
+
+    def collect(self) -> Iterator[Metric]:
+        """Every metric but the peer table's, in the order defined above, then the build's info."""
+        from prometheus_client.core import InfoMetricFamily  # noqa: PLC0415  # at scrape time, see the module
+
         for metric in vars(self).values():
             if isinstance(metric, Counter | Gauge | Histogram):
-                metric.render(lines)
-        lines.append(heading("syncar_build_info", "syncar version and configuration", "gauge"))
-        lines.append(f"syncar_build_info{labelled(self._build, self._build.values())} 1.0\n")
-        if self._peers is not None:
-            render_peers(self._peers(), lines)
-        return "".join(lines).encode()
+                yield metric.collect()
+        yield InfoMetricFamily("syncar_build", "syncar version and configuration", value=self._build)

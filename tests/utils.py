@@ -16,7 +16,6 @@ from typing import Any, NoReturn
 
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.config import Settings
 from sidecar.daemon import Daemon
@@ -40,15 +39,14 @@ DROPPED = "syncar_events_dropped_total"
 
 
 def metric(metrics: Metrics, name: str, **labels: str) -> float:
-    """A sample as /metrics shows it (`syncar_events_sent_total`, `reason="duplicate"`), read from the metrics' text by
-    prometheus-client's parser; 0 for a labelled counter never counted, an error for a name the text does not have."""
-    families = list(text_string_to_metric_families(metrics.render().decode()))
-    for family in families:
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return sample.value
-    assert any(name == family.name or name.startswith(f"{family.name}_") for family in families), f"no metric {name}"
-    return 0.0
+    """A sample as /metrics shows it (`syncar_events_sent_total`, `reason="duplicate"`), read through the registry's
+    public API; 0 for a labelled counter never counted, an error for a name the registry does not have."""
+    value = metrics.registry.get_sample_value(name, labels)
+    if value is None:
+        families = {family.name for family in metrics.registry.collect()}
+        assert any(name == family or name.startswith(f"{family}_") for family in families), f"no metric {name}"
+        return 0.0
+    return value
 
 
 def syncar(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
