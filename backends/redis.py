@@ -1,10 +1,9 @@
 """The Redis backend's two classes, one per mode, on the connections and reconnects of `backends.redis_base`.
 
-`RedisBackend`, broadcast mode: pub/sub, as feathers-sync's redis adapter uses its key. `PUBLISH key body` on a
-connection of its own, written and read directly (no pool, no per-command machinery:
-`backends.redis_internals.Commands`), `SUBSCRIBE key` on the connection read by hand, as its bytes arrive
-(`backends.redis_internals.Replies`). A watchdog PINGs that connection
-after half a health-check interval of silence, and drops it when a whole one goes by without a reply.
+`RedisBackend`, broadcast mode: pub/sub, as feathers-sync's redis adapter uses its key. `SUBSCRIBE key` and
+`PUBLISH key body` on one RESP3 connection, written and read directly, as its bytes arrive (no pool, no per-command
+machinery: `backends.redis_internals.Session`). A watchdog PINGs that connection after half a health-check interval
+of silence, and drops it when a whole one goes by without a reply.
 
 `RedisStreamsBackend`, durable mode: a stream per key, a consumer group per instance; the work is
 `backends.redis_streams`'s."""
@@ -12,9 +11,7 @@ after half a health-check interval of silence, and drops it when a whole one goe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -39,7 +36,7 @@ from backends.base import (
 )
 from backends.redis_base import RedisBaseBackend
 from backends.redis_common import CONNECTION_ERRORS, RedisOptions, await_confirmation
-from backends.redis_internals import Commands, Replies, hand_over
+from backends.redis_internals import Session, hand_over
 from backends.redis_streams import Streams, stream_key
 
 log = logging.getLogger(__name__)
@@ -94,17 +91,12 @@ class RedisBackend(RedisBaseBackend):
 
     def __init__(self, config: BackendConfig, *, on_state: StateCallback | None = None) -> None:
         super().__init__(config, on_state=on_state)
-        # _live: the read connection is up and read; if not, the reconnect (re)subscribes for us.
+        # _live: the connection is up and read; if not, the reconnect (re)subscribes for us.
         self._live = False
-        self._write_lock = asyncio.Lock()
         self._channels: dict[bytes, Channel] = {}
-        self._replies: Replies | None = None  # reads the connection, once subscribed
+        self._session: Session | None = None  # reads and writes the connection, once connected
         self._silent: str | None = None  # why the watchdog dropped the connection
         self._resubscribed: set[bytes] = set()  # what the last reconnect sent a SUBSCRIBE for
-        # PUBLISHes go over a connection of their own, one command (or pipeline) at a time.
-        self._publisher: Connection | None = None
-        self._publishing: Commands | None = None  # reads the publisher's replies, once connected
-        self._publish_lock = asyncio.Lock()
 
     def _place(self, options: RedisOptions) -> None:
         # A fleet meets on the master of its key's slot, when it is live: PUBLISH then crosses no cluster bus link
@@ -112,16 +104,22 @@ class RedisBackend(RedisBaseBackend):
         if self.config.key is not None and options.cluster is not None:
             options.cluster.prefer(self.config.key)
 
-    def _pool_kwargs(self, options: RedisOptions) -> dict[str, Any]:
-        # Commands here are bounded by publish() itself. With a socket_timeout redis-py wraps every command's write
-        # in asyncio.wait_for and its read in a timeout: a Task and two timers per event, a seventh of the
-        # publishing daemon's CPU at 1,000 events/s (docs/benchmarks.md).
-        return {**options.connection_kwargs, "socket_timeout": None}
+    def _read_kwargs(self, options: RedisOptions) -> dict[str, Any]:
+        # RESP3, so that the subscribed connection publishes too (a Redis before 6.0 refuses HELLO: a refusal).
+        return {**options.connection_kwargs, "protocol": 3}
 
     async def _connected(self, redis: Redis, options: RedisOptions) -> None:
+        assert self._conn is not None  # connected by start()
+        self._open(self._conn)
         self._live = True
-        self._publisher = options.connection(redis.connection_pool, self._pool_kwargs(options))
         await self._fit_subscribers_buffers(redis)
+
+    def _open(self, conn: Connection) -> Session:
+        """Read and write the just connected `conn` ourselves from now on."""
+        if self._session is not None:  # one a failed reconnect made: what ended it is not for anyone
+            self._session.stop()
+        self._session = session = Session(conn, self._on_reply)
+        return session
 
     async def _fit_subscribers_buffers(self, redis: Redis) -> None:
         """Keep messages to a quarter of what Redis lets a subscriber's unsent replies reach: one message over that
@@ -143,8 +141,8 @@ class RedisBackend(RedisBaseBackend):
 
     def _stop_reading(self) -> None:
         self._live = False
-        if self._replies is not None:
-            self._replies.stop()
+        if self._session is not None:
+            self._session.stop()
 
     async def _release(self) -> None:
         for channel in self._channels.values():
@@ -154,46 +152,21 @@ class RedisBackend(RedisBaseBackend):
         self._channels.clear()
 
     async def _send(self, redis: Redis, topic: str, bodies: Sequence[bytes]) -> None:
-        """PUBLISH `bodies`, pipelined, on the publishing connection: through the pool (`redis.publish()`) each
-        one cost about 40 µs more CPU (its lock, checks, retry wrapper and observability hooks), a quarter of the
+        """PUBLISH `bodies`, pipelined, on the subscribed connection: through the pool (`redis.publish()`) each one
+        cost about 40 µs more CPU (its lock, checks, retry wrapper and observability hooks), a quarter of the
         publishing daemon's at 1,000 events/s (docs/benchmarks.md). The commands are ours, not redis-py's
         pack_command(), which copies each body (24% of the publishing daemon's CPU at 4 KiB payloads), and a large
-        body is a write of its own (`backends.base.writes`)."""
-        conn = self._publisher
-        if conn is None:
-            raise BackendUnavailable("redis: not started")
+        body is a write of its own (`backends.base.writes`). A publish given up on (a timeout, a cancel) leaves the
+        connection as it is: the session knows whose each reply is."""
+        session = self._session
+        if session is None or not session.usable:
+            raise BackendUnavailable(f"redis: not connected to {self.where} (reconnecting)")
         if not bodies:
             return
-        async with self._publish_lock:
-            commands = await self._commands(conn)
-            try:
-                replies = await commands.send(writes(_publishes(topic, bodies)), len(bodies))
-                refused = next((reply for reply in replies if isinstance(reply, Exception)), None)
-                if isinstance(refused, redis_errors.ConnectionError):
-                    raise refused
-            except BaseException:
-                # A reply may still be on its way (a timeout, a cancel): it must not be taken for the next command's.
-                with contextlib.suppress(*CONNECTION_ERRORS):
-                    await conn.disconnect(nowait=True)
-                raise
+        replies = await session.publish(writes(_publishes(topic, bodies)), len(bodies))
+        refused = next((reply for reply in replies if isinstance(reply, Exception)), None)
         if refused is not None:  # an ACL, say; every reply was read, so the connection is fine
             raise refused
-
-    async def _commands(self, conn: Connection) -> Commands:
-        """The publishing connection, connected (again) if it is not, or if it ended: through `connect()`, which
-        through Sentinel asks for the master (a command's own connect would not)."""
-        if self._publishing is None or not self._publishing.usable:
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                await conn.disconnect(nowait=True)
-            await conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
-            self._publishing = Commands(conn)
-        return self._publishing
-
-    async def _drop_connections(self, everything: bool = False) -> None:
-        await super()._drop_connections(everything)
-        if self._publisher is not None:
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                await self._publisher.disconnect(nowait=True)
 
     async def subscribe(self, topic: str, handler: Handler) -> Subscription:
         options = self._usable()
@@ -202,7 +175,7 @@ class RedisBackend(RedisBaseBackend):
         channel = self._channels.get(name)
         if channel is None:
             self._channels[name] = channel = Channel([subscription])
-            await self._send_if_live("SUBSCRIBE", name)
+            self._send_if_live(b"SUBSCRIBE", name)
         else:  # a SUBSCRIBE for it went out already, or the reconnect sends one
             channel.subscriptions.append(subscription)
         await await_confirmation(channel.confirmed, subscription, topic, options.connect_timeout)
@@ -219,48 +192,35 @@ class RedisBackend(RedisBaseBackend):
             channel.subscriptions.remove(subscription)
             if not channel.subscriptions:
                 del self._channels[subscription.channel]
-                await self._send_if_live("UNSUBSCRIBE", subscription.channel)
+                self._send_if_live(b"UNSUBSCRIBE", subscription.channel)
 
-    async def _send_if_live(self, *command: str | bytes) -> None:
-        try:
-            async with self._write_lock:
-                # A dropped connection is left alone (redis-py would reconnect it); our reconnect subscribes.
-                if self._live and self._conn is not None and self._conn.is_connected:
-                    await self._conn.send_command(*command, check_health=False)
-        except CONNECTION_ERRORS as exc:
-            log.debug("redis: %s not sent, the reader will reconnect: %s", command[0], exc)
+    def _send_if_live(self, *command: bytes) -> None:
+        # A dropped connection is left alone; our reconnect subscribes.
+        if self._live and self._session is not None and self._session.usable:
+            self._session.command(*command)
 
     async def _read(self, conn: Connection, options: RedisOptions) -> None:
         self._silent = None
-        replies = self._replies = Replies(conn, self._on_reply)
-        watchdog: asyncio.Task[None] | None = None
-        try:  # from here: a reply taken below may have started a handler's Task, which stop() ends
-            # What redis-py read past the last confirmation goes first. can_read() and a buffered reply wait for
-            # nothing: no byte can arrive between them and attach().
-            while await conn.can_read():
-                try:
-                    reply = await conn.read_response(timeout=math.inf, disconnect_on_error=False)
-                except (redis_errors.ResponseError, redis_errors.BusyLoadingError) as exc:
-                    reply = exc
-                replies.take(reply)
-            replies.attach()
-            # No timeout per read (it would cost a quarter of the throughput): the watchdog has one.
-            watchdog = asyncio.create_task(self._watch(conn, replies, options.health_check_interval))
-            await replies.lost()
+        session = self._session
+        if session is None:
+            raise redis_errors.ConnectionError("not connected")
+        # No timeout per read (it would cost a quarter of the throughput): the watchdog has one.
+        watchdog = asyncio.create_task(self._watch(conn, session, options.health_check_interval))
+        try:
+            await session.lost()
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
-            replies.stop()
+            watchdog.cancel()
+            session.stop()
 
     def _why_lost(self) -> str | None:
         return self._silent
 
-    async def _watch(self, conn: Connection, replies: Replies, interval: float) -> None:
+    async def _watch(self, conn: Connection, session: Session, interval: float) -> None:
         """After half an `interval` of silence PING; if the reader hears nothing in a whole one, drop the connection."""
         loop, pinged_at = asyncio.get_running_loop(), None
         while True:  # until the reader cancels us
             await asyncio.sleep(interval / 4)
-            since = replies.waiting_since  # None: a handler holds the reading up, we are not waiting
+            since = session.waiting_since  # None: a handler holds the reading up, we are not waiting
             if since is None or (pinged_at is not None and since >= pinged_at):
                 # Heard from since the ping. Judged by when, not by how recently: a tick that comes late (a busy
                 # loop, a process starved of CPU) would otherwise miss the answer and take the ping for unanswered.
@@ -272,7 +232,7 @@ class RedisBackend(RedisBaseBackend):
                 continue
             if pinged_at is None:
                 pinged_at = loop.time()
-                await self._send_if_live("PING")
+                self._send_if_live(b"PING")
             elif loop.time() - pinged_at >= interval:
                 self._silent = f"no reply to a ping within {interval}s"
                 await conn.disconnect(nowait=True)
@@ -310,14 +270,12 @@ class RedisBackend(RedisBaseBackend):
             channel.confirmed.clear()
 
     async def _restore(self, conn: Connection) -> None:
+        session = self._open(conn)
         self._resubscribed = names = set(self._channels)
         if names:
-            async with self._write_lock:
-                await conn.send_command("SUBSCRIBE", *names, check_health=False)
-            # A message that comes between two confirmations is delivered, not dropped.
-            while not all(c.confirmed.is_set() for n, c in self._channels.items() if n in names):
-                if (rest := self._on_reply(await conn.read_response(disconnect_on_error=False))) is not None:
-                    await rest
+            session.command(b"SUBSCRIBE", *names)
+            # A message that comes between two confirmations is delivered, not dropped: the session hands it over.
+            await session.until(lambda: all(c.confirmed.is_set() for n, c in self._channels.items() if n in names))
 
     async def _resume(self) -> str:
         self._live = True
@@ -325,9 +283,9 @@ class RedisBackend(RedisBaseBackend):
         names = self._resubscribed
         added, dropped = set(self._channels) - names, names - set(self._channels)
         if added:
-            await self._send_if_live("SUBSCRIBE", *added)
+            self._send_if_live(b"SUBSCRIBE", *added)
         if dropped:
-            await self._send_if_live("UNSUBSCRIBE", *dropped)
+            self._send_if_live(b"UNSUBSCRIBE", *dropped)
         return f"{len(self._channels)} channels"
 
 

@@ -1,10 +1,11 @@
 """What both modes of the Redis backend share: the connections, the first connect, the reconnects and publish's
 checks and errors.
 
-A pool (in practice one connection) sends commands: PUBLISH in broadcast mode (`backends.redis`), XADD in durable
-mode (`backends.redis_streams`). One more connection is read by hand rather than through redis-py's helpers, to know
+A pool (in practice one connection) sends commands: in durable mode XADD (`backends.redis_streams`), in broadcast
+mode only the checks at start. One more connection is read by hand rather than through redis-py's helpers, to know
 when a subscription is confirmed, notice a dead broker while idle and own the reconnects: the mode's class says what
-to send and read on it. Both speak RESP2: every Redis knows it, and pub/sub messages are plain replies in it.
+to send and read on it, and in what protocol (`_read_kwargs`): broadcast mode both subscribes and publishes on it,
+in RESP3 (`backends.redis`); the rest speaks RESP2.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ class RedisBaseBackend(Backend):
         self.outage = Outage(log)  # the current loss of the broker, if any: how long, how many failed attempts
         self._publishes: Deadlines | None = None  # bounds each publish to socket_timeout, once started
 
-    def _pool_kwargs(self, options: RedisOptions) -> dict[str, Any]:
-        """The pool's connection settings."""
+    def _read_kwargs(self, options: RedisOptions) -> dict[str, Any]:
+        """The settings of the connection read by hand."""
         return options.connection_kwargs
 
     @abstractmethod
@@ -138,8 +139,8 @@ class RedisBaseBackend(Backend):
         self.max_message_bytes, self.where = options.max_message_bytes, options.where
         if options.cluster is not None:
             self._place(options)
-        self._redis = Redis(connection_pool=options.pool(self._pool_kwargs(options)))
-        self._conn = options.connection(self._redis.connection_pool)
+        self._redis = Redis(connection_pool=options.pool(options.connection_kwargs))
+        self._conn = options.connection(self._redis.connection_pool, self._read_kwargs(options))
         try:
             # One bound for the whole handshake (TCP, TLS, AUTH, SELECT) on both connections.
             async with asyncio.timeout(options.connect_timeout):

@@ -256,9 +256,11 @@ def _refused(exc: BaseException) -> bool:
 
 
 def connect_error(exc: BaseException, options: RedisOptions) -> BackendError:
-    """What a failed first connect means: refused for good (credentials, TLS), or worth trying again later."""
+    """What a failed first connect means: refused for good (credentials, TLS, no RESP3), or worth trying again later."""
+    # A Redis before 6.0 knows no HELLO: broadcast mode speaks RESP3, to publish on its subscribed connection.
+    needs = " (broadcast mode needs Redis 6.0 or later)" if "HELLO" in str(exc) and _refused(exc) else ""
     return (BackendRefused if _refused(exc) else BackendUnavailable)(
-        f"redis: cannot connect to {options.where}: {describe(exc, options)}"
+        f"redis: cannot connect to {options.where}: {describe(exc, options)}{needs}"
     )
 
 

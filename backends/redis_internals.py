@@ -1,13 +1,12 @@
-"""Every use of redis-py's private state, in one place: broadcast mode's two connections, read as their bytes arrive
+"""Every use of redis-py's private state, in one place: broadcast mode's connection, read as its bytes arrive
 (`tests/backends/test_redis_internals.py` fails loudly if an upgrade removes what it relies on).
 
-redis-py connects them (TLS, AUTH, through Sentinel the master, on a cluster the node); then their transports are
-ours: each read is parsed with hiredis in the loop's I/O callback. On the subscribed connection (`Replies`) every
-reply is handed to the backend there and then; on the publishing one (`Commands`) a batch's PUBLISHes are written to
-the transport as they are and their replies resolve one future. Read through redis-py's `read_response()`, each
-message cost a wake-up of the reader's Task through asyncio's StreamReader (a turn of the loop more) and its layers
-of Python: a subscriber alone at 1,000 messages/s spent 45-56 µs of CPU per message so, 23-29 µs this way (the same
-three alternated runs, docs/benchmarks.md).
+redis-py connects it (TLS, AUTH, HELLO 3, through Sentinel the master, on a cluster the node); then its transport is
+ours (`Session`): each read is parsed with hiredis in the loop's I/O callback, every message handed to the backend
+there and then, and a batch's PUBLISHes written to the transport as they are, their replies one future. Read through
+redis-py's `read_response()`, each message cost a wake-up of the reader's Task through asyncio's StreamReader (a
+turn of the loop more) and its layers of Python: a subscriber alone at 1,000 messages/s spent 45-56 µs of CPU per
+message so, 23-29 µs this way (the same three alternated runs, docs/benchmarks.md).
 
 A handler is a coroutine function; `inline.run_now` runs it up to its first wait, which the relay's never reaches.
 One that does wait is finished in a Task, with the reading paused meanwhile, so that messages are still handed over
@@ -33,8 +32,9 @@ from backends.inline import run_now
 
 log = logging.getLogger("backends.redis")
 
-#: What the backend does with one reply (error replies included, as redis-py's exceptions); an awaitable if a handler
-#: has to wait: the next reply waits for it. A ConnectionError it raises ends the connection.
+#: What the backend does with one push or reply that is not a PUBLISH's (error replies included, as redis-py's
+#: exceptions); an awaitable if a handler has to wait: the next reply waits for it. A ConnectionError it raises ends
+#: the connection.
 OnReply = Callable[[Any], Awaitable[None] | None]
 
 
@@ -78,11 +78,34 @@ def _failed(exc: Exception) -> None:
     log.debug("redis: subscriber failure", exc_info=exc)
 
 
-class _Transport(asyncio.Protocol):
-    """A connected redis-py connection's transport, read here in place of its StreamReader: each read parsed with
-    hiredis in the loop's I/O callback, each reply (an error reply as redis-py's exception) given to `_reply()`."""
+def _command(args: Sequence[bytes]) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args)
 
-    def __init__(self, conn: Connection) -> None:
+
+class _Awaited:
+    """A command written on the session whose answer has not all come: `left` more pushes of kind `confirmations`
+    (a SUBSCRIBE's or UNSUBSCRIBE's, one per channel; an error reply instead if it was refused) or `left` more
+    replies (a PING's, handed to `on_reply`; a batch of PUBLISHes', collected in `replies` for `future`)."""
+
+    __slots__ = ("confirmations", "future", "left", "replies")
+
+    def __init__(self, left: int, confirmations: bytes | None = None, future: asyncio.Future[list[Any]] | None = None):
+        self.left, self.confirmations, self.future = left, confirmations, future
+        self.replies: list[Any] = []
+
+
+class Session(asyncio.Protocol):
+    """Broadcast mode's one connection, in RESP3: subscribed, and publishing too (Redis 6 takes any command from a
+    subscribed RESP3 client). Its transport is read here in place of redis-py's StreamReader, each read parsed with
+    hiredis in the loop's I/O callback.
+
+    A push (a message, a subscription's confirmation) is handed to `on_reply` as it is read; so are the replies to
+    the PINGs and to a refused SUBSCRIBE; a PUBLISH's reply resolves its batch's future. Redis answers a client's
+    commands in order, and a push is never an answer: the commands not yet answered, in a queue, say whose each
+    reply is. Redis writes a message to its own publisher just before its PUBLISH's reply, in one write: one read,
+    one wake-up, where two connections woke the publishing daemon ~2.4 times per event (docs/benchmarks.md)."""
+
+    def __init__(self, conn: Connection, on_reply: OnReply) -> None:
         writer = conn._writer  # redis-py keeps its StreamWriter private; the transport under it is what we read
         if writer is None:
             raise redis_errors.ConnectionError("Connection closed by server.")
@@ -91,24 +114,73 @@ class _Transport(asyncio.Protocol):
         self._parser = hiredis.Reader(protocolError=redis_errors.InvalidResponse, replyError=BaseParser.parse_error)
         self._loop = asyncio.get_running_loop()
         self.heard_at = self._loop.time()  # when the broker last sent something
+        self._on_reply = on_reply
+        self._awaited: deque[_Awaited] = deque()
+        self._lost: asyncio.Future[None] = self._loop.create_future()
+        self._pending: deque[Any] = deque()  # replies that came while a handler was waiting
+        self._busy: asyncio.Task[None] | None = None  # finishing a handler that waited, then the pending replies
+        self._unstarted: Awaitable[None] | None = None  # what _busy has to finish, until it starts
+        self._stopped = False
+        self._until: tuple[Callable[[], bool], asyncio.Future[None]] | None = None  # what until() waits for
+        self._transport.set_protocol(self)  # redis-py's reader hears nothing more, but of its end
 
-    def attach(self) -> None:
-        """Read the connection from now on; redis-py's reader hears nothing more, but of its end."""
-        self._transport.set_protocol(self)
+    @property
+    def usable(self) -> bool:
+        """False once the connection ended or is closing: the reader connects again."""
+        return not self._lost.done() and not self._transport.is_closing()
 
-    def _reply(self, reply: Any) -> None:
-        raise NotImplementedError
+    @property
+    def waiting_since(self) -> float | None:
+        """Since when we have been waiting for the broker; None while a handler holds the reading up."""
+        return None if self._busy is not None else self.heard_at
 
-    def _fail(self, error: Exception) -> None:
-        """End the connection because of `error`."""
-        self._transport.close()
+    def command(self, *args: bytes) -> None:
+        """Write a SUBSCRIBE, an UNSUBSCRIBE (its confirmations are pushes, one per channel) or a PING."""
+        name = args[0].lower()
+        confirmed = name in (b"subscribe", b"unsubscribe")
+        self._awaited.append(_Awaited(len(args) - 1, name) if confirmed else _Awaited(1))
+        self._transport.write(_command(args))
+
+    def publish(self, writes: Sequence[bytes], replies: int) -> asyncio.Future[list[Any]]:
+        """Write `writes` (PUBLISHes), in order, each as it is; the future has their `replies` replies (errors
+        included). One given up on leaves its place in the queue: its replies are read and dropped when they come."""
+        if not self.usable:
+            raise redis_errors.ConnectionError("Connection closed by server.")
+        future = self._loop.create_future()
+        self._awaited.append(_Awaited(replies, future=future))
+        for data in writes:
+            self._transport.write(data)
+        return future
+
+    def _route(self, reply: Any) -> Awaitable[None] | None:
+        """One reply or push, in the order read; what is left to await if a handler has to wait."""
+        head = self._awaited[0] if self._awaited else None
+        if isinstance(reply, list):  # a push: none of the commands here has an array for its reply
+            if head is not None and head.confirmations == reply[0]:
+                self._answered(head)
+            return self._on_reply(reply)
+        if head is None:
+            raise redis_errors.ConnectionError("a reply nobody waited for")
+        if head.future is None:  # a PING's reply, or a SUBSCRIBE's refusal (its only answer)
+            self._awaited.popleft()
+            return self._on_reply(reply)
+        head.replies.append(reply)
+        self._answered(head)
+        return None
+
+    def _answered(self, head: _Awaited) -> None:
+        head.left -= 1
+        if not head.left:
+            self._awaited.popleft()
+            if head.future is not None and not head.future.done():
+                head.future.set_result(head.replies)
 
     def data_received(self, data: bytes) -> None:
         self.heard_at = self._loop.time()
         self._parser.feed(data)
         try:
             while (reply := self._parser.gets()) is not False:
-                self._reply(reply)
+                self._take(reply)
         except (hiredis.ProtocolError, redis_errors.InvalidResponse) as exc:
             self._fail(redis_errors.ConnectionError(f"protocol error: {exc}"))
 
@@ -127,75 +199,7 @@ class _Transport(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._previous.resume_writing()
 
-
-class Commands(_Transport):
-    """The publishing connection: commands written straight to the transport, their replies awaited as one future.
-    Through redis-py's `send_packed_command()` and `read_response()` (its StreamWriter's drain, its StreamReader's
-    wake-up of the waiting Task, their layers of Python) `RedisBackend.publish()` at 100 a second cost a median 253 µs
-    of CPU, this way 234; in the daemons the difference is within the noise (docs/benchmarks.md). One batch at a
-    time: the caller's lock sees to it."""
-
-    def __init__(self, conn: Connection) -> None:
-        super().__init__(conn)
-        self._waiting: asyncio.Future[list[Any]] | None = None
-        self._replies: list[Any] = []
-        self._expected = 0
-        self._ended = False
-        self.attach()
-
-    @property
-    def usable(self) -> bool:
-        """False once the connection ended, is closing or fell out of step: connect again."""
-        return not self._ended and not self._transport.is_closing()
-
-    def send(self, writes: Sequence[bytes], replies: int) -> asyncio.Future[list[Any]]:
-        """Write `writes`, in order, each as it is; the future has the `replies` replies to them (errors included)."""
-        if not self.usable:
-            raise redis_errors.ConnectionError("Connection closed by server.")
-        self._waiting, self._expected, self._replies = self._loop.create_future(), replies, []
-        for data in writes:
-            self._transport.write(data)
-        return self._waiting
-
-    def _reply(self, reply: Any) -> None:
-        waiting = self._waiting
-        if waiting is None or waiting.done():  # nobody asked (a command given up on): the replies are out of step
-            self._fail(redis_errors.ConnectionError("a reply nobody waited for"))
-            return
-        self._replies.append(reply)
-        if len(self._replies) == self._expected:
-            self._waiting = None
-            waiting.set_result(self._replies)
-
-    def _fail(self, error: Exception) -> None:
-        self._ended = True
-        if self._waiting is not None and not self._waiting.done():
-            self._waiting.set_exception(error)
-        self._waiting = None
-        super()._fail(error)
-
-
-class Replies(_Transport):
-    """The subscribed connection: each reply handed to `on_reply` as it is read.
-
-    Built before `attach()`, so that replies redis-py had already read can be given to `take()` first, in order.
-    """
-
-    def __init__(self, conn: Connection, on_reply: OnReply) -> None:
-        super().__init__(conn)
-        self._on_reply = on_reply
-        self._lost: asyncio.Future[None] = self._loop.create_future()
-        self._pending: deque[Any] = deque()  # replies that came while a handler was waiting
-        self._busy: asyncio.Task[None] | None = None  # finishing a handler that waited, then the pending replies
-        self._unstarted: Awaitable[None] | None = None  # what _busy has to finish, until it starts
-        self._stopped = False
-
-    @property
-    def waiting_since(self) -> float | None:
-        """Since when we have been waiting for the broker; None while a handler holds the reading up."""
-        return None if self._busy is not None else self.heard_at
-
-    def take(self, reply: Any) -> None:
+    def _take(self, reply: Any) -> None:
         """Hand `reply` over now, or after the replies before it if a handler is still waiting."""
         if self._stopped:
             return
@@ -222,10 +226,25 @@ class Replies(_Transport):
 
     def _hand(self, reply: Any) -> Awaitable[None] | None:
         try:
-            return self._on_reply(reply)
+            rest = self._route(reply)
         except redis_errors.ConnectionError as exc:
             self._fail(exc)
             return None
+        if self._until is not None and not self._until[1].done() and self._until[0]():
+            self._until[1].set_result(None)
+        return rest
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        """Wait until `done()` holds, asked after each reply is handed over (the task resumes in the turn that
+        handed the last one over); if the connection ends first, raise why."""
+        if self._lost.done():
+            self._lost.result()
+        if not done():
+            self._until = done, self._loop.create_future()
+            try:
+                await self._until[1]
+            finally:
+                self._until = None
 
     async def lost(self) -> None:
         """Wait until the connection ends and what came before was handed over; raise why it ended."""
@@ -249,12 +268,16 @@ class Replies(_Transport):
         elif not self._lost.cancelled():
             self._lost.exception()  # retrieved: nobody is left to raise it
 
-    def _reply(self, reply: Any) -> None:
-        self.take(reply)
-
     def _fail(self, error: Exception) -> None:
+        """End the connection because of `error`: what waits for a reply gets it."""
         if self._stopped and not self._lost.done():
             self._lost.cancel()
         elif not self._lost.done():
             self._lost.set_exception(error)
-        super()._fail(error)
+        if self._until is not None and not self._until[1].done():
+            self._until[1].set_exception(error)
+        while self._awaited:
+            future = self._awaited.popleft().future
+            if future is not None and not future.done():
+                future.set_exception(error)
+        self._transport.close()

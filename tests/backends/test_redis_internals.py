@@ -1,4 +1,4 @@
-"""Broadcast mode's subscribed connection read as its bytes arrive (backends/redis_internals.py): what it relies on
+"""Broadcast mode's connection read as its bytes arrive (backends/redis_internals.py): what it relies on
 in redis-py, and how messages reach the handlers that way."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ async def test_what_it_relies_on_in_redis_py(redis_server: BrokerServer) -> None
     conn = Connection(host="127.0.0.1", port=redis_server.port)
     await conn.connect()  # type: ignore[no-untyped-call]
     try:
-        writer = conn._writer  # noqa: SLF001  # what redis_internals.Replies reads
+        writer = conn._writer  # noqa: SLF001  # what redis_internals.Session reads
         assert isinstance(writer, asyncio.StreamWriter)
         transport = writer.transport
         assert callable(transport.set_protocol) and transport.get_protocol() is not None
@@ -144,7 +144,7 @@ async def test_a_publish_reads_its_replies_as_they_arrive(
     a, b = await backend(), await backend()
     inbox = Inbox()
     await b.subscribe(topic, inbox)
-    await a.publish(topic, [b"0"])  # the first one connects the publishing connection, redis-py's handshake
+    await a.publish(topic, [b"0"])
     reads: list[object] = []
     read_response = Connection.read_response
 
