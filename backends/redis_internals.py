@@ -103,7 +103,8 @@ class Session(asyncio.Protocol):
     the PINGs and to a refused SUBSCRIBE; a PUBLISH's reply resolves its batch's future. Redis answers a client's
     commands in order, and a push is never an answer: the commands not yet answered, in a queue, say whose each
     reply is. Redis writes a message to its own publisher just before its PUBLISH's reply, in one write: one read,
-    one wake-up, where two connections woke the publishing daemon ~2.4 times per event (docs/benchmarks.md)."""
+    where a subscribed and a publishing connection made two, and on a quiet machine often two wake-ups (the
+    publishing daemon woke 2.2 to 2.9 times per event at 100 events/s, docs/benchmarks.md)."""
 
     def __init__(self, conn: Connection, on_reply: OnReply) -> None:
         writer = conn._writer  # redis-py keeps its StreamWriter private; the transport under it is what we read
