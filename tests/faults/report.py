@@ -74,7 +74,7 @@ def count_row(
     """Count one app's `records` ((n, loop time) per event it got) against what `publisher` got acked."""
     acked = set(publisher.acked)
     times = Counter(n for n, _ in records)
-    reordered = 0
+    reordered: dict[int, int] = {}  # n -> the later n it came after
     highest = -1
     seen: set[int] = set()
     for n, _ in records:
@@ -82,7 +82,7 @@ def count_row(
             continue
         seen.add(n)
         if n < highest:
-            reordered += 1
+            reordered[n] = highest
         else:
             highest = n
     after = [t for _, t in records if t >= fault_end]
@@ -92,6 +92,9 @@ def count_row(
     lost = acked - times.keys()
     if lost:
         notes = "; ".join(filter(None, [notes, f"lost n {ranges(lost)}"]))
+    if reordered:
+        later = ranges(set(reordered.values()))
+        notes = "; ".join(filter(None, [notes, f"reordered n {ranges(set(reordered))} (after n {later})"]))
     row = Row(
         case,
         broker,
@@ -101,7 +104,7 @@ def count_row(
         received=len(times),
         lost=len(lost),
         duplicated=sum(c - 1 for c in times.values()),
-        reordered=reordered,
+        reordered=len(reordered),
         recovery=min(after) - fault_end if after else None,
         late_lost=len(late - times.keys()),
         notes=notes,
