@@ -18,7 +18,8 @@ Durable cannot reuse that exchange: feathers-sync declares it non-durable, and R
 existing exchange with other flags. It uses a durable fanout exchange `<topic>.durable` and, per instance, a durable
 queue `<topic>.durable.<instance id>` (classic on one node, quorum on a URI that lists several; the URI option
 `queue_type` chooses) that outlives the daemon: `x-max-length` with `drop-head` bounds what it keeps for an
-instance that is away, `x-expires` deletes it once nobody has consumed or declared it for `instance_ttl`.
+instance that is away, `x-expires` deletes it once nobody has consumed or declared it for `instance_ttl`, and
+`x-single-active-consumer` keeps a daemon's new consumer waiting while the broker still counts its old one.
 Messages are persistent (delivery_mode 2).
 """
 
@@ -121,6 +122,10 @@ class Topology:
             "x-max-length": self.retention,
             "x-overflow": "drop-head",
             "x-expires": max(1, round(self.instance_ttl * 1000)),  # milliseconds
+            # A daemon that consumes again while the broker still counts its old consumer (the node that led a
+            # quorum queue died, a partition) waits until the broker has put back what the old one held: with two
+            # consumers at once the new one got newer messages first and the old ones after them, out of order.
+            "x-single-active-consumer": True,
         }
 
     async def declare(
