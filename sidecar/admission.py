@@ -8,6 +8,7 @@ import select
 import socket
 
 from sidecar import protocol
+from sidecar.gaps import ResumeGap
 from sidecar.hello import Resume
 from sidecar.logging import RateLimitedLogger
 from sidecar.metrics import Metrics
@@ -73,22 +74,27 @@ class ClientIds:
 
 def resume_point(
     resume: Resume | None, *, epoch: str, seq: int, durable: bool, replay: ReplayBuffer
-) -> tuple[int | None, str | None]:
+) -> tuple[int | None, ResumeGap | None]:
     """Where a joining app's events start: the `seq` after which it gets what it missed (None: live events only),
-    and why it missed events it cannot get (None: it missed none)."""
+    and what it missed that it cannot get (None: nothing)."""
     if resume is None:
         return None, None
     cursor: int | None = None
-    gap: str | None = None
+    gap: ResumeGap | None = None
     if resume.epoch != epoch:
         # The daemon restarted since: the client missed all of this run, and in broadcast mode whatever went by
         # while no daemon ran. In durable mode the broker kept that for this run to read.
         cursor = 0
-        gap = None if durable else "the daemon restarted in broadcast mode"
+        gap = None if durable else ResumeGap("the daemon restarted in broadcast mode")
     elif resume.seq > seq:
-        gap = f"seq {resume.seq} is beyond the last event of this run, {seq}"
+        gap = ResumeGap(f"seq {resume.seq} is beyond the last event of this run, {seq}")
     else:
         cursor = resume.seq
     if cursor is not None and replay.after(cursor) is None:
-        cursor, gap = None, "you fell further behind than the replay buffer holds"
+        # Every event is numbered into the buffer, so its oldest is the newest seq less what it holds: the app gets
+        # those, and is told how many went before it came back.
+        held_from = seq - len(replay) + 1
+        why = "you fell further behind than the replay buffer holds" if gap is None else gap.why
+        gap = ResumeGap(why, cursor + 1, held_from - 1)
+        cursor = held_from - 1
     return cursor, gap

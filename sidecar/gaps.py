@@ -43,6 +43,25 @@ class Gap(msgspec.Struct, frozen=True):
         return self.last - self.first + 1
 
 
+class ResumeGap(msgspec.Struct, frozen=True):
+    """Why a resuming app cannot have everything after its `seq`, and, where it is known, the seqs of this daemon's
+    run it will not get (`first` to `last`): they went out of the replay buffer before it came back. Those are all
+    the events numbered there, its own and those its subscription would not want among them (which cannot be known
+    any more)."""
+
+    why: str
+    first: int = 0
+    last: int = -1
+
+    @property
+    def missed(self) -> int:
+        return max(self.last - self.first + 1, 0)
+
+    def fields(self) -> dict[str, int]:
+        """What the `resume_gap` error carries of it (docs/protocol.md#resuming): nothing where no count is known."""
+        return {"missed": self.missed, "first": self.first, "last": self.last} if self.missed else {}
+
+
 class GapTracker:
     def __init__(self, max_origins: int = MAX_ORIGINS) -> None:
         self._max_origins = max_origins

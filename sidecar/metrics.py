@@ -199,6 +199,11 @@ class Metrics:
             "Events of other instances that went by on the bus and never reached this daemon, "
             "seen by their sequence numbers (syncar codec)",
         )
+        self.resume_missed = Counter(
+            "syncar_resume_missed",
+            "Events local clients resumed too late for, gone from the replay buffer (resume_gap): every event "
+            "numbered after their seq, their own and those they would not want included",
+        )
         self.delivered = Counter("syncar_events_delivered", "Event frames written to local clients")
         self.dropped = Counter("syncar_events_dropped", "Events dropped, by reason", ("reason",))
         self.frame_errors = Counter("syncar_frame_errors", "Bad frames from clients, by error code", ("code",))

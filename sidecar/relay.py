@@ -111,12 +111,14 @@ class Relay:
             )
         )
         if gap is not None:
+            self._metrics.resume_missed.inc(gap.missed)
             client.send(
                 protocol.error(
                     ErrorCode.RESUME_GAP,
-                    f"cannot resume fully: events after your seq may be missing ({gap})",
+                    f"cannot resume fully: events after your seq may be missing ({gap.why})",
                     epoch=self.epoch,
                     seq=self.seq,
+                    **gap.fields(),
                 )
             )
         if self._backlog is not None:

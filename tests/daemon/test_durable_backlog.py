@@ -185,10 +185,12 @@ async def test_an_app_that_comes_and_goes_at_once_does_not_end_the_pause(
             await wait_for(lambda: metric(b.metrics, "syncar_backlog_paused") == 1, what="b paused again")
             await asyncio.sleep(0.3)
             assert metric(b.metrics, "syncar_events_received_total") == REPLAY_EVENTS + ROUND
-            # The app resumes: what the tool's visit pushed out is a gap; the rest, on the broker, comes in order.
+            # The app resumes: what the tool's visit pushed out is a gap, counted; the rest, held and on the broker,
+            # comes in order.
             app = await connect(sock_b, {"client_id": "app", "resume": resume})
-            assert (await app.frame_of("error"))["code"] == "resume_gap"
-            assert await _numbers(app, BACKLOG - REPLAY_EVENTS - ROUND) == list(range(REPLAY_EVENTS + ROUND, BACKLOG))
+            gap = await app.frame_of("error")
+            assert (gap["code"], gap["missed"], gap["first"], gap["last"]) == ("resume_gap", ROUND, 1, ROUND)
+            assert await _numbers(app, BACKLOG - ROUND) == list(range(ROUND, BACKLOG))
 
 
 @pytest.mark.redis

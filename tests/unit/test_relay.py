@@ -163,21 +163,36 @@ async def test_a_resume_from_another_run_is_a_gap_in_broadcast_mode_only(make: M
     assert back.data() == [1]
 
 
-@pytest.mark.parametrize(
-    ("seq", "reason"),
-    [(9, "seq 9 is beyond the last event of this run, 3"), (0, "you fell further behind than the replay buffer holds")],
-)
-async def test_a_resume_the_buffer_cannot_serve_is_a_gap(make: Make, seq: int, reason: str) -> None:
-    relay = make(replay_events=2).relay
+async def test_a_resume_beyond_the_run_is_a_gap(make: Make) -> None:
+    relay = make().relay
     a = join(relay, FakeSubscriber("a"))
     for n in range(3):
         relay.publish(a, publish(n))
-    back = join(relay, FakeSubscriber("b"), Resume(epoch=relay.epoch, seq=seq))
+    back = join(relay, FakeSubscriber("b"), Resume(epoch=relay.epoch, seq=9))
     assert back.decoded("welcome")[0]["resumed"] is False
     (error,) = back.decoded("error")
-    assert error["code"] == "resume_gap" and reason in error["message"]
+    assert error["code"] == "resume_gap" and "seq 9 is beyond the last event of this run, 3" in error["message"]
+    assert "missed" not in error  # no count can be known
     relay.publish(a, publish("live"))
     assert back.data() == ["live"]  # live events from now on
+
+
+async def test_a_resume_behind_the_buffer_gets_what_it_holds_and_how_many_went(make: Make) -> None:
+    parts = make(replay_events=2)
+    relay = parts.relay
+    a = join(relay, FakeSubscriber("a"))
+    for n in range(5):
+        relay.publish(a, publish(n))
+    back = join(relay, FakeSubscriber("b"), Resume(epoch=relay.epoch, seq=1))
+    assert back.decoded("welcome")[0]["resumed"] is False
+    (error,) = back.decoded("error")
+    assert error["code"] == "resume_gap" and "further behind than the replay buffer holds" in error["message"]
+    # seqs 2 and 3 went out of the buffer; 4 and 5 are held and come before live events
+    assert (error["missed"], error["first"], error["last"]) == (2, 2, 3)
+    await wait_for(lambda: len(back.decoded("event")) == 2, what="the replay")
+    relay.publish(a, publish("live"))
+    assert back.data() == [3, 4, "live"]
+    assert metric(parts.metrics, "syncar_resume_missed_total") == 2
 
 
 async def test_a_replay_comes_in_parts_as_the_transport_drains_with_live_events_in_order(make: Make) -> None:
