@@ -12,7 +12,8 @@ window of events in flight allows. Contestants, on the same broker, alternated i
 
 Per run: CPU per event created of the apps and the daemons (bench.procstat.task_stats, exact, from the moment the
 clients are connected and warmed up to their end), the broker's apart; the sum of every app's and daemon's peak RSS
-over the run; the latency from `create` to each other client's `created` (p50, p99); and what was lost.
+over the run; the latency from `create` to each other client's `created` (p50, p99); and what was lost, and whether
+the apps were told (bench.fleet.loss_figures).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ MEASURED_RUN = 2
 CPU_PROF = "SYNCAR_FLEET_CPU_PROF"
 #: Seconds an app has to report its hops and exit (writing its profile, if profiled).
 REPORT_TIMEOUT = 15.0
+#: Seconds beyond the clients' own deadline (the run and SLACK) for their result to come.
+RESULT_SLACK = 10.0
 
 
 def node_problem() -> str | None:
@@ -105,6 +108,24 @@ def hop_figures(hops: list[dict[str, list[int]]]) -> dict[str, float | None]:
     }
 
 
+def loss_figures(sent: int, hops: list[dict[str, list[int]]], told: list[dict[str, int]]) -> dict[str, int]:
+    """Deliveries that never reached the app they were for (`missed_by_apps`: the messages created through the other
+    apps that an app's `created` emit never saw), what the apps were told of (`told`: the events the plugin's `gap`
+    frames and `resume_gap` errors said were missed, and, for each publish an app did not relay, its deliveries to the
+    other apps), and `untold`: each app's misses beyond what it was told of, summed; 0 where everything was told."""
+    refused = [t["refused"] for t in told]
+    figures = {"missed_by_apps": 0, "told": 0, "untold": 0}
+    for index, (report, app_told) in enumerate(zip(hops, told, strict=True)):
+        emitted = set(report["emitted"][::2])
+        # fleet_clients.js creates message n through client, hence app, n % INSTANCES
+        missed = sum(1 for n in range(sent) if n % INSTANCES != index and n not in emitted)
+        explained = app_told["missed"] + app_told["resume_missed"] + sum(refused) - refused[index]
+        figures["missed_by_apps"] += missed
+        figures["told"] += explained
+        figures["untold"] += max(missed - explained, 0)
+    return figures
+
+
 def run_figures(run: dict[str, Any]) -> dict[str, Any]:
     """CPU µs per event created of each kind of process, their peak RSS together, latency, and losses."""
     if run.get("error"):
@@ -112,6 +133,9 @@ def run_figures(run: dict[str, Any]) -> dict[str, Any]:
     result, processes = run["result"], run["processes"]
     sent, deliveries, expected = result["sent"], result["received"], result["expected"]
     figures: dict[str, Any] = {"sent": sent, "lost": max(expected - deliveries, 0), "create_errors": result["errors"]}
+    figures["late"] = result.get("late", 0)
+    if told := run.get("told"):  # kept in the record: what each app was told
+        figures.update(loss_figures(sent, run["hops"], told))
 
     def per_event(prefix: str) -> float | None:
         ns = [p["cpu_ns"] for name, p in processes.items() if name.startswith(prefix)]
@@ -216,13 +240,21 @@ class Fleet:
         pids.update({f"daemon_{i}": daemon.pid for i, daemon in enumerate(daemons)})
         meter = Meter({**pids, **section.broker_meter_pids()})
         meter.begin()
+        for app in workers[:INSTANCES]:  # what their syncs tell is counted from here
+            await app.tell(b"go\n")
         await clients.tell(b"go\n")
-        line = await clients.result(self.seconds + SLACK)
+        line = await clients.result(self.seconds + SLACK + RESULT_SLACK)
         processes = meter.end()
-        for app in workers[:INSTANCES]:  # each says when the messages reached it, and exits
+        for app in workers[:INSTANCES]:  # each says when the messages reached it, what it was told, and exits
             await app.tell(b"end\n")
-        hops = [(await app.result(REPORT_TIMEOUT))["hops"] for app in workers[:INSTANCES]]
-        return {"result": line["result"], "usage": line["usage"], "processes": processes, "hops": hops}
+        reports = [await app.result(REPORT_TIMEOUT) for app in workers[:INSTANCES]]
+        return {
+            "result": line["result"],
+            "usage": line["usage"],
+            "processes": processes,
+            "hops": [report["hops"] for report in reports],
+            "told": [report["told"] for report in reports],
+        }
 
 
 def _said(run: dict[str, Any]) -> str:
@@ -235,6 +267,9 @@ def _said(run: dict[str, Any]) -> str:
             f"p50 {f['p50_ms']:.2f} p99 {f['p99_ms']:.2f} ms"
             + (f" (app to app {f['app_to_app_ms']:.2f})" if f.get("app_to_app_ms") is not None else "")
             + (f"  lost {f['lost']}" if f["lost"] else "")
+            + (f" (late {f['late']})" if f["late"] else "")
+            + (f", apps missed {f['missed_by_apps']}, told {f['told']}" if f.get("missed_by_apps") else "")
+            + (f", UNTOLD {f['untold']}" if f.get("untold") else "")
             + ("  SATURATED" if f["saturated"] else "")
         ),
     )

@@ -31,6 +31,10 @@ FIGURES = (
     "app_to_app_p99_ms",
     "lost",
     "create_errors",
+    "late",
+    "missed_by_apps",
+    "told",
+    "untold",
 )
 #: The issue's targets: apps and daemons' CPU per event at most this times feathers-sync's at 1,000 events/s (below
 #: it on NATS and at the highest rate); p50 within this many ms of feathers-sync's, p99 no worse.
@@ -119,6 +123,33 @@ def hops(summary: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     ]
 
 
+LOSSES_HEAD = (
+    "broker",
+    "events/s offered",
+    "contestant",
+    "deliveries lost",
+    "late (after 1 s of silence: lost by the old bound)",
+    "missed by the apps",
+    "told to the apps",
+    "not told",
+)
+
+
+def losses(summary: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """Where deliveries were lost, and whether the apps were told, where any were (runs before the apps said what they
+    were told have none)."""
+    return [
+        (
+            BROKER_LABELS.get(e["broker"], e["broker"]),
+            f"{e['rate']:,}" if e["rate"] else "max",
+            LABELS[e["contestant"]],
+            *(_num(e[name]) for name in ("lost", "late", "missed_by_apps", "told", "untold")),
+        )
+        for e in summary
+        if e.get("untold") is not None and (e["lost"] or e["late"] or e["missed_by_apps"])
+    ]
+
+
 def targets(summary: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     """The issue's fleet targets, per broker, as measured (ratios within each repetition, medians)."""
     found: list[tuple[str, ...]] = []
@@ -173,6 +204,8 @@ def _blocks(summary: list[dict[str, Any]]) -> list[Block]:
     blocks: list[Block] = [(HEAD, _rows(summary), 3)]
     if found := hops(summary):
         blocks.append((HOPS_HEAD, found, 3))
+    if found := losses(summary):
+        blocks.append((LOSSES_HEAD, found, 3))
     return [*blocks, (TARGETS_HEAD, targets(summary), 1)]
 
 

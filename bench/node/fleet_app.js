@@ -6,12 +6,17 @@
 //                       "key": ..., "run": N}'
 // spec.plugin: the directory of the @syncar/feathers to load (a checkout's clients/node), so that the fleet can run
 // two checkouts side by side; "" for the one installed here.
-// stdout: {"ready":true} once it listens and its sync is ready. A line on stdin: {"hops":...} and exit (the run is
-// over); SIGTERM: exit at once.
+// stdout: {"ready":true} once it listens and its sync is ready. On stdin, a first line: the measured run begins (what
+// the sync told is counted from then); a second: {"hops":..., "told":...} and exit (the run is over); SIGTERM: exit
+// at once.
 // hops: when each message of run spec.run (fleet_clients.js's measured run) reached this app, in µs from its create
 // (CLOCK_MONOTONIC, as the clients stamp it): `before`, the messages created through this app, at its first hook;
 // `emitted`, every message at its `created` emit here (this app's own and those another instance's sync brought in).
 // Flat [n, µs, n, µs, ...] lists, n the message's number; bench/fleet.py pairs them.
+// told: what @syncar/feathers said this app missed during the measured run: `gap` frames (events of another
+// instance its daemon never got from the broker: `missed`), `resume_gap` errors after its daemon cut it off as too
+// slow (`resumes`, and the events they say are gone, `resume_missed`), and publishes it did not relay to the other
+// instances (`refused`: syncar not keeping up, or refusing them); all 0 for feathers-sync, which tells nothing.
 const { feathers } = require('@feathersjs/feathers')
 const socketio = require('@feathersjs/socketio')
 const { MemoryService } = require('@feathersjs/memory')
@@ -22,8 +27,19 @@ const STORE_RESET = 10000 // records the memory service may hold; nobody reads t
 
 const app = feathers()
 app.configure(socketio({ transports: ['websocket'] }))
+const told = { gaps: 0, missed: 0, resumes: 0, resume_missed: 0, refused: 0 }
+let refusedBefore = 0
 if (spec.sync === 'syncar') {
   app.configure(require(spec.plugin || '@syncar/feathers')({ socket: spec.socket }))
+  app.sync.on('gap', (frame) => {
+    if (frame.type === 'gap') {
+      told.gaps++
+      told.missed += frame.missed
+    } else { // a resume_gap error: `missed` where the daemon can count them
+      told.resumes++
+      told.resume_missed += frame.missed || 0
+    }
+  })
 } else {
   const options = { uri: spec.uri, key: spec.key }
   // Its NATS adapter publishes through natsConnectionOptions only (a new connection per event), never the uri.
@@ -58,8 +74,16 @@ process.once('SIGTERM', () => {
   process.exit(0)
 })
 
-readline.createInterface({ input: process.stdin }).once('line', () => {
-  process.stdout.write(JSON.stringify({ hops }) + '\n', () => process.exit(0))
+const dropped = () => (app.sync.stats ? app.sync.stats.dropped : 0)
+let lines = 0
+readline.createInterface({ input: process.stdin }).on('line', () => {
+  if (++lines === 1) { // the measured run begins: what was told of the warm-up is not its
+    for (const name of Object.keys(told)) told[name] = 0
+    refusedBefore = dropped()
+    return
+  }
+  told.refused = dropped() - refusedBefore
+  process.stdout.write(JSON.stringify({ hops, told }) + '\n', () => process.exit(0))
 })
 
 Promise.all([app.listen(spec.port), app.sync.ready]).then(() => {

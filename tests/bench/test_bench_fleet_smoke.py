@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench.fleet import CPU_PROF, node_problem
+from bench.fleet import CPU_PROF, loss_figures, node_problem
 from bench.processes import NODE_DIR
 from tests.bench import run_bench
 from tests.brokers import require_binary
@@ -41,6 +41,9 @@ def test_fleet_run_on_redis_produces_every_figure(tmp_path: Path) -> None:
         figures = run["figures"]
         # Every event created reached the two other clients; CPU is counted for each kind of process that ran.
         assert figures["sent"] > 0 and figures["lost"] == 0 and figures["create_errors"] == 0, figures
+        # The apps' own account: they missed nothing, and were told of nothing (bench.fleet.loss_figures).
+        assert (figures["missed_by_apps"], figures["told"], figures["untold"]) == (0, 0, 0), figures
+        assert len(run["told"]) == 3, run
         assert figures["app_us"] > 0 and figures["broker_us"] > 0 and figures["clients_us"] > 0, figures
         if contestant == "syncar":
             assert figures["daemon_us"] > 0 and set(run["daemon_exits"].values()) == {0}, run
@@ -100,3 +103,16 @@ def test_fleet_base_root_runs_that_checkouts_plugin_and_daemons_at_one_rate(tmp_
     assert all("s sampled; self time:" in out for out in summed), summed
     # The plugin's functions (--match on their files) show in the syncar runs' apps' profiles.
     assert any("connection.js" in out.partition("total time of functions")[2] for out in summed), summed
+
+
+def test_loss_figures_tell_what_each_app_missed_and_was_told() -> None:
+    """Messages 0..8, created through app n % 3. App 0 missed 4 and 7, told of one by a gap frame and of app 2's
+    refused publish; app 1 missed 2, the publish app 2 refused to relay; app 2 missed 1 and 4, told nothing."""
+    emitted = [[1, 2, 5, 8], [0, 3, 5, 6, 8], [0, 3, 6, 7]]
+    hops = [{"before": [], "emitted": [value for n in numbers for value in (n, 1)]} for numbers in emitted]
+    told = [
+        {"gaps": 1, "missed": 1, "resumes": 0, "resume_missed": 0, "refused": 0},
+        {"gaps": 0, "missed": 0, "resumes": 0, "resume_missed": 0, "refused": 0},
+        {"gaps": 0, "missed": 0, "resumes": 0, "resume_missed": 0, "refused": 1},
+    ]
+    assert loss_figures(9, hops, told) == {"missed_by_apps": 5, "told": 3, "untold": 2}
