@@ -127,6 +127,11 @@ interface SyncarResumeGap {
   type: 'error';
   code: 'resume_gap';
   message: string;
+  /** Where syncar can count them (the app fell behind its replay buffer): how many events this app will not get,
+   * the syncar's seqs `first` to `last` (its own publishes and events it would not want among them). */
+  missed?: number;
+  first?: number;
+  last?: number;
 }
 
 type SyncarGap = SyncarBusGap | SyncarResumeGap;
