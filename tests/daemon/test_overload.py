@@ -1,21 +1,29 @@
-"""An app that cannot keep up with a broadcast daemon loses events, but never silently: the daemon cuts it off as
-`slow_client`, and when it resumes from further back than the replay buffer holds, its `resume_gap` says how many
-events it will not get, and `syncar_resume_missed_total` counts them. Events received + events reported missing =
-events published, with real daemons on a real broker."""
+"""Overload loses events in broadcast mode, but never silently: events received + events reported missing = events
+published, with real daemons on a real broker.
+
+- An app that cannot keep up with its daemon is cut off as `slow_client`; when it resumes from further back than the
+  replay buffer holds, its `resume_gap` says how many events it will not get (`syncar_resume_missed_total`).
+- A daemon that cannot keep up with Redis is dropped by Redis (its pub/sub output buffer limit); once it is back,
+  its apps get a `gap` frame for what went by (`syncar_events_missed_total`)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import redis.asyncio
 
-from tests.brokers import BrokerServer
+from tests.brokers import BrokerServer, serve
+from tests.brokers.redis import RedisServer
 from tests.conftest import Connect
-from tests.utils import RawClient, metric, run_daemon, wait_for
+from tests.utils import RawClient, SpawnedDaemon, http_get, metric, run_daemon, wait_for
 
 EVENTS = 3000
 WINDOW = 100  # events published ahead of what the steady app has had: a burst well within its queue
@@ -32,10 +40,12 @@ BROKERS = [
 
 
 class Steady:
-    """An app that reads everything as it comes: the numbers of its events."""
+    """An app that reads everything as it comes: the numbers of its events, its gap frames, the broker's states."""
 
     def __init__(self, client: RawClient) -> None:
         self.numbers: list[int] = []
+        self.gaps: list[dict[str, Any]] = []
+        self.broker: list[str] = []
         self._task = asyncio.create_task(self._read(client))
 
     async def _read(self, client: RawClient) -> None:
@@ -43,16 +53,22 @@ class Steady:
             frame = await client.frame(timeout=3600)
             if frame["type"] == "event":
                 self.numbers.append(frame["data"]["n"])
+            elif frame["type"] == "gap":
+                self.gaps.append(frame)
+            elif frame["type"] == "status":
+                self.broker.append(frame["broker"])
 
     def stop(self) -> None:
         self._task.cancel()
 
 
-def _frames(numbers: range) -> bytes:
-    return b"".join(
-        orjson.dumps({"type": "publish", "path": "stream", "event": "tick", "data": {"n": n, "pad": PAD}}) + b"\n"
-        for n in numbers
-    )
+def _frames(numbers: range, *, ack_last: bool = False) -> bytes:
+    """Publishes of events `numbers`; with `ack_last`, the last asks for an ack: once it comes, the broker has taken
+    them all (the outbox sends in order)."""
+    frames = [{"type": "publish", "path": "stream", "event": "tick", "data": {"n": n, "pad": PAD}} for n in numbers]
+    if ack_last:
+        frames[-1] |= {"id": str(numbers[-1]), "ack": True}
+    return b"".join(orjson.dumps(frame) + b"\n" for frame in frames)
 
 
 def _lines(received: bytes) -> list[dict[str, Any]]:
@@ -113,3 +129,70 @@ async def test_an_app_that_stops_reading_is_told_every_event_it_missed(
         assert len(numbers) + gap["missed"] == EVENTS
         assert (gap["first"], gap["last"]) == (seq + 1, seq + gap["missed"])
         assert metric(b.metrics, "syncar_resume_missed_total") == gap["missed"]
+
+
+@pytest.fixture(scope="module")
+def small_buffers() -> Iterator[RedisServer]:
+    """A Redis that drops a pub/sub subscriber once 1 MiB waits for it (the default is 32 MiB)."""
+    yield from serve(RedisServer())
+
+
+async def _subscribed(client: redis.asyncio.Redis) -> set[int]:
+    """The ids of the connections subscribed to something."""
+    return {int(entry["id"]) for entry in await client.client_list() if int(entry["sub"]) > 0}
+
+
+#: Chunks of WINDOW events published at most while the receiving daemon is stopped, until Redis drops it (its socket
+#: buffers take a few MiB first).
+MAX_CHUNKS = 400
+
+
+@pytest.mark.redis
+async def test_a_daemon_redis_drops_as_too_slow_tells_its_apps_every_event_it_missed(
+    small_buffers: RedisServer, sock_dir: Path, connect: Connect
+) -> None:
+    probe = redis.asyncio.from_url(small_buffers.uri)
+    await probe.config_set("client-output-buffer-limit", "pubsub 1048576 0 0")
+    key = f"overload-{uuid.uuid4().hex}"
+    b_sock = sock_dir / "b.sock"
+    # B in a process of its own, to be stopped as a daemon starved of CPU would be.
+    b = SpawnedDaemon(b_sock, "--backend", small_buffers.uri, "--key", key, "--instance-id", f"b-{key[9:17]}", name="b")
+    app: Steady | None = None
+    try:
+        await b.ready()
+        subscribed = await _subscribed(probe)  # B's: A is not started yet
+        app = Steady(await connect(b_sock, {"subscribe": ["stream"]}))
+        async with run_daemon(sock_dir / "a.sock", instance_id=f"a-{key[9:17]}", backend=small_buffers.uri, key=key):
+            publisher = await connect(sock_dir / "a.sock", {"subscribe": ["control"]})
+            await publisher.send(_frames(range(1)))
+            await wait_for(lambda: app.numbers == [0], TIMEOUT, "B's app to hear A")
+            os.kill(b.process.pid, signal.SIGSTOP)
+            published = 1
+            try:
+                for _ in range(MAX_CHUNKS):
+                    await publisher.send(_frames(range(published, published + WINDOW), ack_last=True))
+                    published += WINDOW
+                    await publisher.frame_of("ack")  # Redis has taken the chunk
+                    if not subscribed & await _subscribed(probe):
+                        break
+                else:
+                    pytest.fail(f"Redis did not drop the stopped daemon after {published} events")
+            finally:
+                os.kill(b.process.pid, signal.SIGCONT)
+            await wait_for(lambda: app.broker[-2:] == ["down", "up"], TIMEOUT, "B to be back on Redis")
+            await publisher.send(_frames(range(published, published + 1)))  # the next event: it shows the gap
+            published += 1
+            await wait_for(lambda: app.numbers[-1:] == [published - 1], TIMEOUT, "the last event")
+        missed = sum(gap["missed"] for gap in app.gaps)
+        _, text = await http_get(b.http_port, "/metrics")
+        print(f"\nB's app got {len(app.numbers)} of {published} events; gaps {app.gaps}")
+        assert app.numbers == sorted(set(app.numbers)), "an event repeated or out of order"
+        assert missed > 0, "Redis dropped B but nothing was lost: the test proves nothing"
+        assert len(app.numbers) + missed == published
+        assert all(gap["reason"] == "lost" and gap["origin"] == f"a-{key[9:17]}" for gap in app.gaps), app.gaps
+        assert f"syncar_events_missed_total {float(missed)}" in text
+    finally:
+        if app is not None:
+            app.stop()
+        await b.stop()
+        await probe.aclose()
