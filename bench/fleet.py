@@ -267,7 +267,7 @@ def _said(run: dict[str, Any]) -> str:
             f"p50 {f['p50_ms']:.2f} p99 {f['p99_ms']:.2f} ms"
             + (f" (app to app {f['app_to_app_ms']:.2f})" if f.get("app_to_app_ms") is not None else "")
             + (f"  lost {f['lost']}" if f["lost"] else "")
-            + (f" (late {f['late']})" if f["late"] else "")
+            + (f"  late {f['late']}" if f["late"] else "")
             + (f", apps missed {f['missed_by_apps']}, told {f['told']}" if f.get("missed_by_apps") else "")
             + (f", UNTOLD {f['untold']}" if f.get("untold") else "")
             + ("  SATURATED" if f["saturated"] else "")
