@@ -91,6 +91,7 @@ class Connection(asyncio.Protocol):
         self._barriers: Barriers | None = None  # set if its hello asked for acks by barrier
         self.paused = False  # the transport holds more than a quarter of the queue: a replay waits
         self.closed = self._loop.create_future()
+        self._cut: asyncio.TimerHandle | None = None  # the abort of a close() that has not drained
 
     @property
     def max_frame_bytes(self) -> int:
@@ -178,6 +179,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        if self._cut is not None:
+            # asyncio's own transports raise (AttributeError) when aborted once gone, in a callback of their loop.
+            self._cut.cancel()
         self._relay.leave(self)
         self._on_close(self)
         if self.greeted:
@@ -305,4 +309,4 @@ class Connection(asyncio.Protocol):
         # Leaving the relay waits for connection_lost: this may run inside the relay's fan-out loop.
         self._closing = True
         transport.close()
-        self._loop.call_later(CLOSE_GRACE, transport.abort)
+        self._cut = self._loop.call_later(CLOSE_GRACE, transport.abort)

@@ -7,12 +7,14 @@ import asyncio
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
 
 from sidecar.hello import MAX_WILDCARD_PATTERNS
 from tests.conftest import Connect
-from tests.utils import TIMEOUT, RawClient, SpawnedDaemon, publish_frame, run_daemon, wait_for
+from tests.utils import TIMEOUT, RawClient, SpawnedDaemon, metric, publish_frame, run_daemon, wait_for
 
 
 async def _still_relays(sock: Path, connect: Connect) -> None:
@@ -345,3 +347,41 @@ async def test_a_malformed_trace_context_is_said_and_the_event_goes_without_it(s
             assert (await publisher.frame_of("ack"))["id"] == f"t{n}"
             event = await listener.frame_of("event")
             assert (event["data"], "traceparent" in event, "tracestate" in event) == (n, False, False)
+
+
+async def test_a_client_cut_off_that_then_reads_all_leaves_no_error_behind(
+    sock: Path, connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A slow client's connection is closed, then aborted after a grace if it has not drained; one that drained
+    # first must not be aborted (asyncio's own transports raise in a callback of the loop, AttributeError).
+    monkeypatch.setattr("sidecar.connection.CLOSE_GRACE", 0.5)
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        async with run_daemon(sock, client_queue_bytes=64 * 1024) as daemon:
+            stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            stuck.connect(str(sock))
+            stuck.sendall(b'{"type":"hello"}\n')
+            publisher = await connect(sock, {})
+            frame = b'{"type":"publish","path":"p","event":"e","data":"%s"}\n' % (b"y" * 8000)
+
+            def cut() -> bool:
+                return metric(daemon.metrics, "syncar_client_disconnects_total", reason="slow_client") == 1
+
+            for _ in range(1000):  # 80 KB a round: the stuck client's 64 KiB queue and socket buffers fill in a few
+                if cut():
+                    break
+                await publisher.send(frame * 10)
+                await asyncio.sleep(0)  # the daemon reads them
+            assert cut(), "the stuck client was not cut off"
+            stuck.setblocking(False)
+            while await loop.sock_recv(stuck, 1 << 20):  # what the daemon still had for it, to the end
+                pass
+            stuck.close()
+            passed = loop.create_future()
+            loop.call_later(1.0, passed.set_result, None)  # past the grace: the abort would have run by now
+            await passed
+    finally:
+        loop.set_exception_handler(None)
+    assert errors == []
