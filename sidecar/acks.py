@@ -15,6 +15,7 @@ from functools import partial
 from typing import cast
 
 from sidecar import protocol
+from sidecar.errors import FrameError
 from sidecar.outbox import Done
 from sidecar.protocol import ErrorCode, Publish
 from sidecar.subscriber import Subscriber
@@ -30,6 +31,11 @@ def _tell(client: Subscriber, publish: Publish, error: tuple[ErrorCode, str] | N
     client.send(protocol.ack(cast(str, publish.id)) if error is None else protocol.publish_refused(publish, *error))
 
 
+#: Barriers of one connection waiting for the broker at most: each is kept until then (the Node plugin sends one at a
+#: time), and an app sending them in a loop while the broker is away would otherwise grow the daemon without bound.
+MAX_WAITING_BARRIERS = 64
+
+
 class Barriers:
     """One connection's publishes that asked for an ack, and its barriers waiting for them."""
 
@@ -42,8 +48,8 @@ class Barriers:
         self._waiting: deque[tuple[int, str]] = deque()  # (publishes queued before it, id) of each barrier
 
     def answer(self, publish: Publish) -> Done:
-        """What to call once `publish`, about to be queued, is accepted or refused (queued or not: a refusal at the
-        door is told through it too, so that it is counted)."""
+        """What to call once `publish`, about to be queued, is accepted or refused by the broker (refused before it
+        is queued: `refused_at_door`)."""
         self._queued += 1
         return partial(self._settle, publish)
 
@@ -56,9 +62,18 @@ class Barriers:
         while waiting and waiting[0][0] <= self._settled:
             client.send(protocol.ack(waiting.popleft()[1]))
 
+    def refused_at_door(self, publish: Publish, error: tuple[ErrorCode, str]) -> None:
+        """`publish`, just counted by `answer()`, was refused before it was queued: told at once, and no longer
+        counted, so that it cannot stand in for an earlier publish still waiting for the broker."""
+        self._queued -= 1
+        self._client.send(protocol.publish_refused(publish, *error))
+
     def barrier(self, barrier_id: str) -> None:
         """Answer `barrier_id` once every publish before it is settled: now, if none is waiting."""
         if self._settled == self._queued:
             self._client.send(protocol.ack(barrier_id))
-        else:
+        elif len(self._waiting) < MAX_WAITING_BARRIERS:
             self._waiting.append((self._queued, barrier_id))
+        else:
+            waiting = f"{MAX_WAITING_BARRIERS} barriers already wait for the broker"
+            raise FrameError(ErrorCode.RATE_LIMITED, f"barrier: {waiting}; send the next once one is answered")

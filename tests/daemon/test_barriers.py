@@ -87,3 +87,39 @@ async def test_a_barrier_waits_for_the_broker(redis_server: BrokerServer, sock: 
             await wait_for(lambda: len(daemon.outbox) == 0, what="the outbox empty")
         finally:
             await proxy.close()
+
+
+DATA = "x" * 200  # one such publish costs ~1.4 KB of --outbox-bytes: one fits in 2,000, two do not
+
+
+async def test_a_publish_refused_at_the_door_does_not_answer_a_barrier_before_it(sock: Path, connect: Connect) -> None:
+    # e0 waits for the broker, b1 follows, e1 is refused (outbox_full): b1 waits for e0 (counted as settled in e0's
+    # stead, it was answered, and the plugin let go of e0 while it was only in the outbox).
+    port = free_port()  # nothing listens there: the broker is away for the whole test
+    async with run_daemon(sock, backend=f"redis://127.0.0.1:{port}/0", outbox_bytes=2000) as daemon:
+        app = await connect(sock, {"barriers": True})
+        assert app.welcome["broker"] == "down"
+        frames = [
+            publish_frame(data=DATA, id="e0", ack=True),
+            {"type": "barrier", "id": "b1"},
+            publish_frame(data=DATA, id="e1", ack=True),
+            {"type": "ping"},
+        ]
+        await app.send(b"".join(orjson.dumps(frame) + b"\n" for frame in frames))
+        nack, pong = await app.frame(), await app.frame()
+        assert (nack["type"], nack["id"], nack["code"]) == ("nack", "e1", "outbox_full")
+        assert pong == {"type": "pong"}  # and no ack of b1 before it
+        assert len(daemon.outbox) == 1  # e0, still waiting for the broker
+
+
+async def test_barriers_waiting_for_the_broker_are_bounded(sock: Path, connect: Connect) -> None:
+    port = free_port()
+    async with run_daemon(sock, backend=f"redis://127.0.0.1:{port}/0"):
+        app = await connect(sock, {"barriers": True})
+        await app.send(publish_frame(data=1, id="e0", ack=True))  # waits for the broker: so does every barrier
+        await app.send(b"".join(orjson.dumps({"type": "barrier", "id": f"b{n}"}) + b"\n" for n in range(65)))
+        await app.send({"type": "ping"})
+        refused = await app.frame()
+        assert (refused["type"], refused["code"], refused["id"]) == ("error", "rate_limited", "b64")
+        assert "64 barriers already wait" in refused["message"]
+        assert await app.frame() == {"type": "pong"}  # the connection stays
