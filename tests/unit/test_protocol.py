@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import functools
+
 import msgspec
 import orjson
 import pytest
@@ -108,28 +110,20 @@ def test_the_frames_syncar_writes_are_those_docs_protocol_shows() -> None:
         msgspec.Raw(b'{"id":1,"text":"hi"}'),
         msgspec.Raw(b'{"params":{}}'),
     )
+    welcome = functools.partial(
+        protocol.welcome,
+        instance="web-1-3fa2c1",
+        backend="redis",
+        broker_up=True,
+        epoch="9c1f0e6a4b2d7a55",
+        seq=1041,
+        client_id="4f9c2e0b7d1a8e3f6b5c9d2a0e7f1b3c",
+        resumed=True,
+        max_frame_bytes=1048576,
+    )
     frames = [
-        protocol.welcome(
-            instance="web-1-3fa2c1",
-            backend="redis",
-            broker_up=True,
-            epoch="9c1f0e6a4b2d7a55",
-            seq=1041,
-            client_id="4f9c2e0b7d1a8e3f6b5c9d2a0e7f1b3c",
-            resumed=True,
-            max_frame_bytes=1048576,
-        ),
-        protocol.welcome(
-            instance="web-1-3fa2c1",
-            backend="redis",
-            broker_up=True,
-            epoch="9c1f0e6a4b2d7a55",
-            seq=1041,
-            client_id="4f9c2e0b7d1a8e3f6b5c9d2a0e7f1b3c",
-            resumed=True,
-            max_frame_bytes=1048576,
-            barriers=True,
-        ),
+        welcome(),
+        welcome(barriers=True),
         protocol.event(1042, b'"web-2-77ab01"', encode(event)),
         protocol.ack("evt-77"),
         protocol.ack("b1"),
