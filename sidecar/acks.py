@@ -49,7 +49,7 @@ class Barriers:
 
     def answer(self, publish: Publish) -> Done:
         """What to call once `publish`, about to be queued, is accepted or refused by the broker (refused before it
-        is queued: `refused_at_door`)."""
+        is queued: `take_back`)."""
         self._queued += 1
         return partial(self._settle, publish)
 
@@ -62,11 +62,10 @@ class Barriers:
         while waiting and waiting[0][0] <= self._settled:
             client.send(protocol.ack(waiting.popleft()[1]))
 
-    def refused_at_door(self, publish: Publish, error: tuple[ErrorCode, str]) -> None:
-        """`publish`, just counted by `answer()`, was refused before it was queued: told at once, and no longer
-        counted, so that it cannot stand in for an earlier publish still waiting for the broker."""
+    def take_back(self) -> None:
+        """The publish just counted by `answer()` was refused before it was queued (and told so): no longer counted,
+        so that it cannot stand in for an earlier publish still waiting for the broker."""
         self._queued -= 1
-        self._client.send(protocol.publish_refused(publish, *error))
 
     def barrier(self, barrier_id: str) -> None:
         """Answer `barrier_id` once every publish before it is settled: now, if none is waiting."""

@@ -232,11 +232,9 @@ class Relay:
             self._outbox.put(outgoing, answer)
         except OutboxFull as exc:
             self._metrics.dropped.labels(DropReason.OUTBOX_FULL).inc()
-            error = (ErrorCode.OUTBOX_FULL, f"not sent to the broker: {exc}")
             if answer is not None and barriers is not None:
-                barriers.refused_at_door(publish, error)
-            else:
-                (answer or acks.each(client, publish))(error)
+                barriers.take_back()
+            client.send(protocol.publish_refused(publish, ErrorCode.OUTBOX_FULL, f"not sent to the broker: {exc}"))
 
     def scope_of(self, client_id: str) -> str:
         """What the ids a client with this `client_id` names its events with are prefixed with on the bus."""
