@@ -23,17 +23,36 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import orjson
 
 from sidecar import PROTOCOL_VERSION, client_types
 from sidecar.backoff import Backoff
-from sidecar.client_types import AckTimeout, ClientError, Event, Gap, PendingFull, PublishRefused, Refused
+from sidecar.client_types import (
+    AckTimeout,
+    ClientError,
+    Event,
+    Gap,
+    PendingFull,
+    PublishRefused,
+    Refused,
+    ResumeGap,
+)
 from sidecar.paths import default_socket_path
 from sidecar.seen import SeenIds
 
-__all__ = ["AckTimeout", "Client", "ClientError", "Event", "Gap", "PendingFull", "PublishRefused", "Refused"]
+__all__ = [
+    "AckTimeout",
+    "Client",
+    "ClientError",
+    "Event",
+    "Gap",
+    "PendingFull",
+    "PublishRefused",
+    "Refused",
+    "ResumeGap",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +67,7 @@ DEFAULT_ACK_TIMEOUT = 30.0
 
 
 _CLOSED = object()
+_Gap = TypeVar("_Gap", Gap, ResumeGap)
 
 
 class Client:
@@ -64,6 +84,7 @@ class Client:
         max_events: int = 10_000,
         backoff: tuple[float, float] = (0.05, 5.0),
         on_gap: Callable[[Gap], None] | None = None,
+        on_resume_gap: Callable[[ResumeGap], None] | None = None,
         client_id: str | None = None,
     ) -> None:
         """Args:
@@ -90,7 +111,12 @@ class Client:
         self.instance: str | None = None
         self.broker_up = False
         self.gaps = 0  # resumes that could not be served: events were missed
-        self.on_gap = on_gap  # called with each Gap; what it raises is logged, never raised here
+        # Events the daemon said this client will never get: the `missed` of each gap on the bus and of each
+        # resume gap it could count.
+        self.missed = 0
+        # Called with each Gap and each ResumeGap; what they raise is logged, never raised here.
+        self.on_gap = on_gap
+        self.on_resume_gap = on_resume_gap
         self._epoch: str | None = None
         self._seq = 0
         self._writer: asyncio.StreamWriter | None = None
@@ -346,16 +372,22 @@ class Client:
         await self._events.put(Event.of(frame))
 
     def _gap(self, frame: dict[str, Any]) -> None:
-        if self.on_gap is not None:  # else nothing: the daemon's log says it already
-            try:
-                self.on_gap(Gap.of(frame))
-            except Exception:
-                log.exception("syncar: on_gap raised")
+        gap = Gap.of(frame)
+        self.missed += gap.missed
+        _tell(self.on_gap, gap)  # with none, nothing: the daemon's log says it already
+
+    def _resume_gap(self, frame: dict[str, Any]) -> None:
+        gap = ResumeGap.of(frame)
+        self.gaps += 1
+        self.missed += gap.missed or 0
+        log.warning("syncar: resume_gap: %s", _missed(gap))
+        _tell(self.on_resume_gap, gap)
 
     def _error(self, frame: dict[str, Any]) -> None:
         code = frame.get("code")
         if code == "resume_gap":
-            self.gaps += 1
+            self._resume_gap(frame)
+            return
         if isinstance(frame.get("id"), str) and frame["id"] in self._outgoing:
             self._settle(frame["id"], PublishRefused(code or "", frame.get("message", "")))
             return
@@ -394,3 +426,19 @@ class Client:
             entry[1].set_result(None)
         else:
             entry[1].set_exception(error)
+
+
+def _tell(callback: Callable[[_Gap], None] | None, gap: _Gap) -> None:
+    """Hand `gap` to the app's callback, if any; what it raises is logged, not raised in the client's reader."""
+    if callback is not None:
+        try:
+            callback(gap)
+        except Exception:
+            log.exception("syncar: the %s callback raised", type(gap).__name__)
+
+
+def _missed(gap: ResumeGap) -> str:
+    """The warning of a resume gap: how many events will not come, where the daemon counted them."""
+    if gap.missed is None:
+        return f"events may have been missed, how many is not known: {gap.message}"
+    return f"{gap.missed} events (the daemon's seqs {gap.first} to {gap.last}) will not come: {gap.message}"

@@ -1,4 +1,4 @@
-"""What the Python client (sidecar.client) raises and hands out: its errors, and the events and gaps it receives,
+"""What the Python client (sidecar.client) raises and hands out: its errors, and the events and gaps it is told of,
 made from the daemon's frames (docs/protocol.md); and the check of the `client_id` it is given. Standard library only,
 as the client is."""
 
@@ -105,3 +105,20 @@ class Gap:  # events of `origin` that went by on the bus and never reached the d
     def of(cls, frame: dict[str, Any]) -> Gap:
         """The gap a `gap` frame tells of."""
         return cls(*(frame[name] for name in ("origin", "missed", "first", "last", "run", "reason")))
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeGap:  # this client's resume could not be served whole (docs/protocol.md#resuming)
+    message: str  # why: the daemon restarted in broadcast mode, the client fell behind its replay buffer...
+    seq: int  # the daemon's last seq when it answered
+    #: Where the daemon counted them: how many events this client will not get, the daemon's seqs `first` to `last`
+    #: (its own publishes and events its subscription would not want among them). None: not counted (what went by
+    #: while no daemon ran is not known).
+    missed: int | None = None
+    first: int | None = None
+    last: int | None = None
+
+    @classmethod
+    def of(cls, frame: dict[str, Any]) -> ResumeGap:
+        """The gap a `resume_gap` error tells of."""
+        return cls(frame.get("message", ""), frame["seq"], frame.get("missed"), frame.get("first"), frame.get("last"))

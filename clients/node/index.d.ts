@@ -145,6 +145,9 @@ interface SyncarStats {
   skipped: number;
   /** Events not sent: held publishes full, or refused by syncar. */
   dropped: number;
+  /** Events syncar said this app will never get: the `missed` of every `gap` (on the bus, and of this app's resumes
+   * where syncar counted them). */
+  missed: number;
 }
 
 /** `app.sync` once configured. */

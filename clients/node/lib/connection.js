@@ -455,7 +455,10 @@ class Connection extends EventEmitter {
   _error(frame) {
     if (frame.code === 'resume_gap') {
       this.emit('gap', frame);
-      this.options.warn('resume_gap', `events from other instances were missed while disconnected: ${frame.message}`);
+      const missed = typeof frame.missed === 'number'
+        ? `${frame.missed} events (syncar's seqs ${frame.first} to ${frame.last}) will not come`
+        : 'events may have been missed, how many is not known';
+      this.options.warn('resume_gap', `this app's resume could not be served whole: ${missed}: ${frame.message}`);
       return;
     }
     if (typeof frame.id === 'string') {

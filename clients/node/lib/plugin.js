@@ -50,7 +50,7 @@ class Sync extends EventEmitter {
     this.options = options;
     this.serialize = options.serialize;
     this.deserialize = options.deserialize;
-    this.stats = { published: 0, received: 0, skipped: 0, dropped: 0 };
+    this.stats = { published: 0, received: 0, skipped: 0, dropped: 0, missed: 0 };
     this.warnings = new Warnings(options.logger, this);
     this.connection = new Connection({
       socket: options.socket,
@@ -74,7 +74,10 @@ class Sync extends EventEmitter {
     });
     connection.on('disconnect', () => this.emit('disconnect'));
     connection.on('status', (status) => this.emit('status', status));
-    connection.on('gap', (frame) => this.emit('gap', frame));
+    connection.on('gap', (frame) => {
+      this.stats.missed += frame.missed || 0; // a resume gap syncar could not count adds none
+      this.emit('gap', frame);
+    });
     connection.on('refused', (frame) => {
       this.stats.dropped += 1;
       this.warnings.warn(`refused_${frame.code}`, `syncar refused to relay an event (${frame.code}): ` +

@@ -68,5 +68,6 @@ describe('gap', { timeout: 60_000 }, () => {
     await warned;
     await last;
     assert.deepEqual(received, [1, 5]);
+    assert.equal(app.sync.stats.missed, 3);
   });
 });

@@ -86,6 +86,37 @@ describe('reconnects', () => {
     assert.deepEqual(gaps, []);
   });
 
+  it('tells how many events it missed when it was away longer than the replay buffer holds', async () => {
+    const socket = path.join(scope.dir, 'behind.sock');
+    const daemon = await startDaemon({ socket, args: ['--replay-events', '2'] });
+    cleanup.push(() => daemon.stop());
+    const sender = makeApp(socket);
+    const receiver = makeApp(socket, { reconnect: { minDelay: 1000, maxDelay: 1000 } });
+    cleanup.push(() => sender.sync.close(), () => receiver.sync.close());
+    await Promise.all([sender.sync.ready, receiver.sync.ready]);
+    const received = [];
+    receiver.service('messages').on('created', (data) => received.push(data.n));
+
+    const lost = waitForEvent(receiver.sync, 'disconnect', { timeout: TIMEOUT });
+    receiver.sync.connection._socket.destroy();
+    await lost;
+    for (let n = 1; n <= 5; n += 1) {
+      await sender.service('messages').create({ n });
+    }
+    await waitUntil(sender.sync.connection, 'settled', () => sender.sync.pending === 0, { timeout: TIMEOUT });
+    assert.equal(receiver.sync.connected, false, 'the receiver was still away while the events were relayed');
+    const gap = waitForEvent(receiver.sync, 'gap', { timeout: TIMEOUT });
+    const warned = waitForEvent(receiver.sync, 'warning', { filter: (w) => w.code === 'resume_gap', timeout: TIMEOUT });
+    const [frame] = await gap;
+    // It resumes after seq 0 and syncar holds the last 2 of the 5: 1 to 3 will not come.
+    assert.deepEqual([frame.type, frame.code, frame.missed, frame.first, frame.last], ['error', 'resume_gap', 3, 1, 3]);
+    const [warning] = await warned;
+    assert.match(warning.message, /^this app's resume could not be served whole: 3 events \(syncar's seqs 1 to 3\) will not come: /);
+    await waitUntil(receiver.service('messages'), 'created', () => received.length === 2, { timeout: TIMEOUT });
+    assert.deepEqual(received, [4, 5]);
+    assert.equal(receiver.sync.stats.missed, 3);
+  });
+
   it('carries on across a daemon restart: publishes made while it is down are sent after the reconnect', async () => {
     const socket = path.join(scope.dir, 'restart.sock');
     let daemon = await startDaemon({ socket });
@@ -113,7 +144,9 @@ describe('reconnects', () => {
     daemon = await startDaemon({ socket });
     const [welcome] = await back;
     assert.equal(welcome.resumed, false, 'a restarted daemon cannot replay: the app is told so');
-    await gap;
+    const [frame] = await gap;
+    assert.equal(frame.missed, undefined, 'what went by while no syncar ran cannot be counted');
+    assert.equal(app.sync.stats.missed, 0);
     assert.notEqual(welcome.epoch, firstWelcome.epoch, 'another run of the daemon');
     assert.equal(app.sync.instance, firstInstance, 'with the same instance id: it is stable across restarts');
     await waitUntil(app.sync.connection, 'settled', () => app.sync.pending === 0, { timeout: TIMEOUT });
