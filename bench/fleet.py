@@ -83,29 +83,44 @@ def _profiled() -> tuple[str, ...]:
     return ("--cpu-prof", f"--cpu-prof-dir={os.environ[CPU_PROF]}") if os.environ.get(CPU_PROF) else ()
 
 
+def _p50_p99(name: str, us: list[int]) -> dict[str, float | None]:
+    ordered = sorted(us)
+    return {
+        f"{name}_ms": quantile(ordered, 0.5) / 1000 if ordered else None,
+        f"{name}_p99_ms": quantile(ordered, 0.99) / 1000 if ordered else None,
+    }
+
+
 def hop_figures(hops: list[dict[str, list[int]]]) -> dict[str, float | None]:
-    """Where the latency goes, in ms, p50 (and p99) over the run's messages: from `create` to the first hook of the
+    """Where the latency goes, in ms, p50 and p99 over the run's messages: from `create` to the first hook of the
     app it was created through (`to_app`), from there to the `created` emit in each other app (`app_to_app`), the
-    sync's own part of the path, from the apps' reports (fleet_app.js)."""
+    sync's own part of the path, from the apps' reports (fleet_app.js). With syncar, that part split at the publishing
+    daemon's stamp, by the wall clock: from the hook to the stamp (`to_daemon`: the app's publish, its socket, the
+    daemon's read), and from the stamp to each other app's emit (`daemon_to_app`: the outbox, the broker, the other
+    daemon, its socket, the other app's read)."""
     before: dict[int, int] = {}  # message -> µs from its create to its app's hook
+    hooked: dict[int, int] = {}  # message -> wall-clock µs of its app's hook
     mine: list[set[int]] = []
     for report in hops:
         created = dict(zip(report["before"][::2], report["before"][1::2], strict=True))
         before.update(created)
+        hooked.update(zip(report["hooked"][::2], report["hooked"][1::2], strict=True))
         mine.append(set(created))
-    between = sorted(
+    between = [
         us - before[n]
         for report, own in zip(hops, mine, strict=True)
         for n, us in zip(report["emitted"][::2], report["emitted"][1::2], strict=True)
         if n not in own and n in before
+    ]
+    relayed = [
+        (n, stamp, emit) for report in hops for n, stamp, emit in zip(*[iter(report["relayed"])] * 3, strict=True)
+    ]
+    return (
+        _p50_p99("to_app", list(before.values()) if between else [])
+        | _p50_p99("app_to_app", between)
+        | _p50_p99("to_daemon", [stamp - hooked[n] for n, stamp, _ in relayed if n in hooked])
+        | _p50_p99("daemon_to_app", [emit - stamp for _, stamp, emit in relayed])
     )
-    if not between:
-        return {"to_app_ms": None, "app_to_app_ms": None, "app_to_app_p99_ms": None}
-    return {
-        "to_app_ms": quantile(sorted(before.values()), 0.5) / 1000,
-        "app_to_app_ms": quantile(between, 0.5) / 1000,
-        "app_to_app_p99_ms": quantile(between, 0.99) / 1000,
-    }
 
 
 def loss_figures(sent: int, hops: list[dict[str, list[int]]], told: list[dict[str, int]]) -> dict[str, int]:
@@ -265,7 +280,18 @@ def _said(run: dict[str, Any]) -> str:
             f"{f['achieved'] or 0:,.0f} events/s, apps+daemons {f['all_us']:.0f} µs/event "
             f"(broker {f['broker_us']:.0f}), {f['peak_rss_mib']:.0f} MiB, "
             f"p50 {f['p50_ms']:.2f} p99 {f['p99_ms']:.2f} ms"
-            + (f" (app to app {f['app_to_app_ms']:.2f})" if f.get("app_to_app_ms") is not None else "")
+            + (
+                f" (app to app {f['app_to_app_ms']:.2f}/{f['app_to_app_p99_ms']:.2f}"
+                + (
+                    f": to its daemon {f['to_daemon_ms']:.2f}/{f['to_daemon_p99_ms']:.2f}, "
+                    f"on to the apps {f['daemon_to_app_ms']:.2f}/{f['daemon_to_app_p99_ms']:.2f}"
+                    if f.get("to_daemon_ms") is not None
+                    else ""
+                )
+                + ")"
+                if f.get("app_to_app_ms") is not None
+                else ""
+            )
             + (f"  lost {f['lost']}" if f["lost"] else "")
             + (f"  late {f['late']}" if f["late"] else "")
             + (f", apps missed {f['missed_by_apps']}, told {f['told']}" if f.get("missed_by_apps") else "")

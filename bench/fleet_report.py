@@ -27,8 +27,13 @@ FIGURES = (
     "p50_ms",
     "p99_ms",
     "to_app_ms",
+    "to_app_p99_ms",
     "app_to_app_ms",
     "app_to_app_p99_ms",
+    "to_daemon_ms",
+    "to_daemon_p99_ms",
+    "daemon_to_app_ms",
+    "daemon_to_app_p99_ms",
     "lost",
     "create_errors",
     "late",
@@ -101,10 +106,17 @@ HOPS_HEAD = (
     "broker",
     "events/s offered",
     "contestant",
-    "create to its app, p50 ms",
+    "create to its app, p50/p99 ms",
     "its app to each other app's emit, p50/p99 ms",
-    "create to each other client, p50 ms",
+    "of which its app to its daemon's stamp, p50/p99 ms",
+    "of which the stamp to each other app's emit, p50/p99 ms",
+    "create to each other client, p50/p99 ms",
 )
+
+
+def _pair(e: dict[str, Any], name: str) -> str:
+    p50, p99 = e.get(f"{name}_ms"), e.get(f"{name}_p99_ms")
+    return "-" if p50 is None else f"{p50:.2f}/{p99:.2f}" if p99 is not None else f"{p50:.2f}"
 
 
 def hops(summary: list[dict[str, Any]]) -> list[tuple[str, ...]]:
@@ -114,9 +126,11 @@ def hops(summary: list[dict[str, Any]]) -> list[tuple[str, ...]]:
             BROKER_LABELS.get(e["broker"], e["broker"]),
             f"{e['rate']:,}" if e["rate"] else "max",
             LABELS[e["contestant"]],
-            f"{e['to_app_ms']:.2f}",
-            f"{e['app_to_app_ms']:.2f}/{e['app_to_app_p99_ms']:.2f}",
-            "-" if e["p50_ms"] is None else f"{e['p50_ms']:.2f}",
+            _pair(e, "to_app"),
+            _pair(e, "app_to_app"),
+            _pair(e, "to_daemon"),
+            _pair(e, "daemon_to_app"),
+            "-" if e["p50_ms"] is None else f"{e['p50_ms']:.2f}/{e['p99_ms']:.2f}",
         )
         for e in summary
         if e.get("app_to_app_ms") is not None

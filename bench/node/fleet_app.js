@@ -12,7 +12,10 @@
 // hops: when each message of run spec.run (fleet_clients.js's measured run) reached this app, in µs from its create
 // (CLOCK_MONOTONIC, as the clients stamp it): `before`, the messages created through this app, at its first hook;
 // `emitted`, every message at its `created` emit here (this app's own and those another instance's sync brought in).
-// Flat [n, µs, n, µs, ...] lists, n the message's number; bench/fleet.py pairs them.
+// Flat [n, µs, n, µs, ...] lists, n the message's number; bench/fleet.py pairs them. With @syncar/feathers, the
+// daemons' share by the wall clock (the publishing daemon stamps an event's `time` as it reads it): `hooked`, the
+// wall-clock µs of each first hook here, and `relayed`, [n, stamp µs, emit µs, ...] for each message another
+// instance's daemon stamped, as its `created` is emitted here.
 // told: what @syncar/feathers said this app missed during the measured run: `gap` frames (events of another
 // instance its daemon never got from the broker: `missed`), `resume_gap` errors after its daemon cut it off as too
 // slow (`resumes`, and the events they say are gone, `resume_missed`), and publishes it did not relay to the other
@@ -48,12 +51,16 @@ if (spec.sync === 'syncar') {
 }
 app.use('messages', new MemoryService({ id: 'id', startId: 0 }))
 const nowUs = () => Number(process.hrtime.bigint() / 1000n)
-const hops = { before: [], emitted: [] }
+const wallUs = () => Math.round((performance.timeOrigin + performance.now()) * 1000)
+const hops = { before: [], emitted: [], hooked: [], relayed: [] }
 const stamp = (list, message) => { if (message.r === spec.run) list.push(message.n, nowUs() - message.t) }
 let stored = 0
 app.service('messages').hooks({
   before: {
-    create: [async (context) => stamp(hops.before, context.data)]
+    create: [async (context) => {
+      stamp(hops.before, context.data)
+      if (context.data.r === spec.run) hops.hooked.push(context.data.n, wallUs())
+    }]
   },
   after: {
     create: [async (context) => {
@@ -64,7 +71,11 @@ app.service('messages').hooks({
 // Every socket.io client gets every event: its own instance's, and those the other instances' sync brings in.
 app.on('connection', (connection) => app.channel('everybody').join(connection))
 app.publish(() => app.channel('everybody'))
-app.service('messages').on('created', (message) => stamp(hops.emitted, message))
+app.service('messages').on('created', (message, context) => {
+  stamp(hops.emitted, message)
+  const time = context && context.syncar && context.syncar.time
+  if (message.r === spec.run && typeof time === 'number') hops.relayed.push(message.n, Math.round(time * 1e6), wallUs())
+})
 
 let errors = 0
 // feathers-sync's NATS adapter publishes from an async listener nobody awaits: count its failures, do not die.

@@ -55,6 +55,11 @@ def test_fleet_run_on_redis_produces_every_figure(tmp_path: Path) -> None:
         assert figures["achieved"] > 0, figures
         # Where the latency goes, from the apps' reports: create to its app, then to the other apps' emits.
         assert figures["to_app_ms"] > 0 and 0 < figures["app_to_app_ms"] <= figures["app_to_app_p99_ms"], figures
+        # With syncar, that hop split at the publishing daemon's stamp (by the wall clock: only their presence).
+        split = [
+            figures[name] for name in ("to_daemon_ms", "to_daemon_p99_ms", "daemon_to_app_ms", "daemon_to_app_p99_ms")
+        ]
+        assert all(f is not None for f in split) if contestant == "syncar" else split == [None] * 4, figures
     assert "its app to each other app's emit" in (tmp_path / "fleet.md").read_text()
 
     syncar = [e for e in results["summary"] if e["contestant"] == "syncar"]
