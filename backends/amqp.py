@@ -228,17 +228,16 @@ class AmqpBackend(Backend):
                 # confirmed once every durable queue it was routed to has it on disk.
                 # aio-pika's abstract type leaves out the channel's state; its underlay is always aiormq's Channel.
                 underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
-                publishes = await amqp_internals.publish(
+                batch = await amqp_internals.publish(
                     underlay, exchange.name, bodies, self._properties, self._routing_key
                 )
-            errors = await confirmed(publishes, self.publish_timeout)
+            refusal = await confirmed(batch, self.publish_timeout)
         except TimeoutError as exc:
             raise PublishTimeout(f"amqp: the broker confirmed nothing for {self.publish_timeout:g}s") from exc
         except BROKER_ERRORS as exc:
             raise self._error("publish", exc) from exc
-        for error in errors:
-            if error is not None:
-                raise self._error("publish", error) from error
+        if refusal is not None:
+            raise self._error("publish", refusal) from refusal
 
     def _error(self, action: str, exc: BaseException) -> BackendError:
         """Translate an aio-pika/aiormq exception; no broker library type leaves this module."""

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
@@ -19,6 +19,9 @@ from yarl import URL
 from backends.amqp_topology import CLUSTER_QUEUE_TYPE, DEFAULT_QUEUE_TYPE, QUEUE_TYPES
 from backends.base import BackendConfigError, describe_error, host_port, parse_hosts
 from sidecar.backoff import DEFAULT_INITIAL
+
+if TYPE_CHECKING:  # importing amqp_internals changes aiormq's frame receiver: only with the backend
+    from backends.amqp_internals import Batch
 
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
 DEFAULT_RECONNECT_INTERVAL = DEFAULT_INITIAL  # the first wait between attempts; then doubling up to the cap
@@ -111,27 +114,43 @@ async def cancel_task(task: asyncio.Task[None]) -> None:
         await task
 
 
+async def confirmed(batch: Batch, timeout: float) -> Exception | None:
+    """What the broker's confirmation of `batch` failed with once it came (None: confirmed), or what aiormq failed it
+    with when the channel closed (any Exception, a bare one when it knows no cause); TimeoutError once none of its
+    messages has been confirmed for `timeout` seconds.
+
+    A broker that confirms slowly (a large batch on a busy machine) is waited for; one that stopped confirming (an
+    alarm blocking publishers, a quorum queue without a leader) is not. The confirmation is awaited as it is, not
+    through asyncio.wait(): the broker's confirm wakes the publisher at once, not a callback that wakes it a turn of
+    the loop later; and one timer per batch, not a timeout's per wait.
+    """
+    confirmation = batch.confirmation
+    loop = asyncio.get_running_loop()
+    timer: asyncio.TimerHandle
+
+    def check(left: int) -> None:
+        nonlocal timer
+        if confirmation.done():
+            return
+        if batch.left < left:  # some were confirmed meanwhile
+            timer = loop.call_later(timeout, check, batch.left)
+        else:
+            confirmation.set_exception(TimeoutError())
+
+    timer = loop.call_later(timeout, check, batch.left)
+    try:
+        await confirmation
+    except TimeoutError:
+        raise
+    except Exception as exc:
+        return exc
+    finally:
+        timer.cancel()
+    return None
+
+
 async def discard(closable: AbstractRobustConnection | AbstractRobustChannel) -> None:
     """Close, best effort and bounded."""
     with contextlib.suppress(*BROKER_ERRORS):
         async with asyncio.timeout(CLOSE_TIMEOUT):
             await closable.close()
-
-
-async def confirmed(publishes: Sequence[asyncio.Future[Any]], timeout: float) -> list[BaseException | None]:
-    """Each publish's error, once all are confirmed; TimeoutError once none has been for `timeout` seconds.
-
-    A broker that confirms slowly (a large batch on a busy machine) is waited for; one that stopped confirming (an
-    alarm blocking publishers, a quorum queue without a leader) is not.
-    """
-    pending = set(publishes)
-    try:
-        while pending:
-            done, pending = await asyncio.wait(pending, timeout=timeout)
-            if not done:
-                raise TimeoutError
-    finally:
-        for publish in pending:
-            publish.cancel()
-        errors = [None if publish.cancelled() or not publish.done() else publish.exception() for publish in publishes]
-    return errors

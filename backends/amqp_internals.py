@@ -260,11 +260,12 @@ _confirms: weakref.WeakKeyDictionary[aiormq.Channel, Confirms] = weakref.WeakKey
 
 async def publish(
     channel: aiormq.Channel, exchange: str, bodies: Sequence[bytes], properties: Basic.Properties, routing_key: str = ""
-) -> list[asyncio.Future[Any]]:
+) -> Batch:
     """Queue a batch of messages for the connection's writer in frame groups of about GROUP_BYTES (a small batch:
     one group, one write), marshalled as the last batch to the same exchange was if `properties` is the same object
-    (do not change it in place); the one future returned is done once the broker confirmed every message, fails with
-    DeliveryError if it refused one, and fails as aiormq's do if the channel closes first. The channel must have
+    (do not change it in place). The batch returned says how many of its messages are still to be confirmed (`left`);
+    its `confirmation` is done once the broker confirmed every one, fails with DeliveryError if it refused one, and
+    fails as aiormq's do if the channel closes first. The channel must have
     publisher confirms on, and nothing else may publish on it.
 
     aiormq's basic_publish takes, per message, a Task of its own (to publish without waiting for the previous
@@ -276,13 +277,14 @@ async def publish(
     """
     if channel.is_closed:
         raise ChannelInvalidStateError(f"{channel} closed")
+    confirmation: asyncio.Future[Any] = channel.create_future()
+    batch = Batch(channel.delivery_tag + 1, channel.delivery_tag + len(bodies), confirmation)
     if not bodies:
-        return []
+        confirmation.set_result(None)
+        return batch
     confirms = _confirms.get(channel)
     if confirms is None:
         confirms = _confirms[channel] = Confirms(channel)
-    confirmation: asyncio.Future[Any] = channel.create_future()
-    batch = Batch(channel.delivery_tag + 1, channel.delivery_tag + len(bodies), confirmation)
     confirms.batches.append(batch)
     marshal = confirms.marshals.get(exchange)
     if marshal is None or marshal.source is not properties or marshal.routing_key != routing_key:
@@ -308,7 +310,7 @@ async def publish(
             confirms.batches.remove(batch)
         confirmation.cancel()
         raise
-    return [confirmation]
+    return batch
 
 
 class Deliveries:
@@ -357,9 +359,9 @@ def deliver_without_tasks(channel: aiormq.Channel, deliver: Callable[[DeliveredM
 
     aiormq's connection reader puts each frame in the channel's queue, the channel's reader takes it out a loop
     turn later, reads the message's frames through its queue and starts a Task per delivery to run the consumer's
-    callback, only for syncar's callback to put the message in a queue. `deliver` is called by the connection's
-    reader instead (`Deliveries`); it must not block nor raise (the connection would end with it). What else the
-    channel's reader does (confirms, returns, cancels, closes) is aiormq's.
+    callback. `deliver` is called by the connection's reader instead (`Deliveries`), and may run the handler there
+    (`amqp_subscription`); it must not block nor raise (the connection would end with it). What else the channel's
+    reader does (confirms, returns, cancels, closes) is aiormq's.
     """
     deliveries = _deliveries.get(channel)
     if deliveries is None:

@@ -1,4 +1,12 @@
-"""One RabbitMQ subscription: its channel, queue and consumer, and the worker that hands messages to the handler.
+"""One RabbitMQ subscription: its channel, queue and consumer, and how its messages reach the handler.
+
+In broadcast mode the handler runs as the connection's reader hands each message over
+(`amqp_internals.deliver_without_tasks`), up to its first wait (`inline.run_now`; the relay's never waits there):
+each message went through a queue to a worker Task before, a turn of the event loop more (an `epoll_pwait`, a Task
+step) per message, and at a low rate every message comes alone. A handler that waits is finished by the worker, and
+what comes meanwhile queues behind it: one handler call at a time, in order. Durable mode keeps the worker for
+every message: its handler may wait (the relay holds the backlog while no app is connected), and it acknowledges
+once the worker's queue is empty.
 
 Each subscription consumes on a channel of its own, with a prefetch window: a slow handler holds messages back on
 the broker instead of growing memory, and acknowledgements (grouped with `multiple`) only ever cover this
@@ -21,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, cast
 
 import aiormq.abc
@@ -32,6 +40,7 @@ from backends import amqp_internals
 from backends.amqp_common import BROKER_ERRORS, CLOSE_TIMEOUT, cancel_task
 from backends.amqp_topology import Topology, drop_spared
 from backends.base import Handler, Message, Subscription
+from backends.inline import run_now
 from sidecar.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -55,7 +64,8 @@ ACK_DUE = _AckDue()
 
 
 class AmqpSubscription(Subscription):
-    """One topic's queue and consumer; a worker task hands its messages to the handler one at a time.
+    """One topic's queue and consumer; its messages go to the handler one at a time, at once if nothing is queued
+    (`inline`), else through the worker task.
 
     This class is broadcast mode's: a message whose handler raised is dropped, and acknowledgements, which only keep
     the prefetch window open, go every ACK_EVERY messages or after ACK_DELAY without one. `AmqpDurableSubscription`
@@ -64,6 +74,8 @@ class AmqpSubscription(Subscription):
 
     #: Acknowledge what was handled once no message came for this long (seconds); None: see `_caught_up()`.
     ack_delay: ClassVar[float | None] = ACK_DELAY
+    #: Hand a message to the handler as the connection's reader has it, when the worker has nothing to do.
+    inline: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -86,7 +98,9 @@ class AmqpSubscription(Subscription):
         self.consumer_tag: str | None = None
         self._underlay: aiormq.abc.AbstractChannel | None = None
         # Bounded by prefetch (and one ACK_DUE at a time).
-        self._inbox: asyncio.Queue[aiormq.abc.DeliveredMessage | _AckDue | None] = asyncio.Queue()
+        self._inbox: asyncio.Queue[aiormq.abc.DeliveredMessage | _AckDue | Awaitable[None] | None] = asyncio.Queue()
+        self._busy = False  # an entry is being taken
+        self._inline_now = False  # ...by _enter(), not the worker
         # The newest message handled and not yet acknowledged: its channel and delivery tag; how many.
         self._unacked: tuple[aiormq.abc.AbstractChannel, int] | None = None
         self._count = 0
@@ -140,7 +154,21 @@ class AmqpSubscription(Subscription):
     def _deliver(self, message: aiormq.abc.DeliveredMessage) -> None:
         # Called by the connection's reader as each message is read, in order (amqp_internals.deliver_without_tasks).
         if self.active:
-            self._inbox.put_nowait(message)
+            self._enter(message)
+
+    def _enter(self, entry: aiormq.abc.DeliveredMessage | _AckDue) -> None:
+        """Take `entry` now if the worker has nothing, up to its first wait (the rest is the worker's, before any
+        later entry); else queue it for the worker."""
+        if self.inline and not self._busy and self._inbox.empty():
+            self._busy = self._inline_now = True
+            try:
+                rest = run_now(self._take(entry))
+            finally:
+                self._busy = self._inline_now = False
+            if rest is not None:
+                self._inbox.put_nowait(rest)
+        else:
+            self._inbox.put_nowait(entry)
 
     async def _on_delivery(self, message: aiormq.abc.DeliveredMessage) -> None:
         # What aiormq itself would call, in a Task per message; deliver_without_tasks() takes its place.
@@ -167,30 +195,39 @@ class AmqpSubscription(Subscription):
 
     async def _work(self) -> None:
         while True:
-            message = await self._inbox.get()
-            if message is None:
+            entry = await self._inbox.get()
+            if entry is None:
                 break
-            if isinstance(message, _AckDue):
-                self._ack_timer = None
-                await self._ack_handled()
-                continue
-            if not self.active or self._stale(message):
-                continue
+            self._busy = True
             try:
-                if not self._ours(message):
-                    await self._handler(Message(message.body))
-            except Exception as exc:
-                if not await self._failed(message, exc):
-                    self._unacked, self._count = None, 0
-                    continue
-            else:
-                self._redelivery.reset()
-            tag = getattr(message.delivery, "delivery_tag", None)
-            if tag is not None:
-                self._handled_one(message.channel, tag)
-            if self._caught_up(self._count):
-                await self._ack_handled()
+                await (self._take(entry) if isinstance(entry, (aiormq.abc.DeliveredMessage, _AckDue)) else entry)
+            finally:
+                self._busy = False
         await self._ack_handled(wait=True)  # stopping: what was handled must not come back
+
+    async def _take(self, entry: aiormq.abc.DeliveredMessage | _AckDue) -> None:
+        """Hand one message to the handler and count it as handled, or acknowledge what was handled."""
+        if isinstance(entry, _AckDue):
+            self._ack_timer = None
+            await self._ack_handled()
+            return
+        message = entry
+        if not self.active or self._stale(message):
+            return
+        try:
+            if not self._ours(message):
+                await self._handler(Message(message.body))
+        except Exception as exc:
+            if not await self._failed(message, exc):
+                self._unacked, self._count = None, 0
+                return
+        else:
+            self._redelivery.reset()
+        tag = getattr(message.delivery, "delivery_tag", None)
+        if tag is not None:
+            self._handled_one(message.channel, tag)
+        if self._caught_up(self._count):
+            await self._ack_handled()
 
     def _handled_one(self, channel: aiormq.abc.AbstractChannel, tag: int) -> None:
         """Count a message as handled, to be acknowledged by the next acknowledgement (`multiple`)."""
@@ -212,7 +249,7 @@ class AmqpSubscription(Subscription):
 
     def _ack_due(self, handled: int) -> None:
         if self._handled == handled:  # none came for ACK_DELAY
-            self._inbox.put_nowait(ACK_DUE)
+            self._enter(ACK_DUE)
         else:  # some came since the timer was set: wait ACK_DELAY more (at most 2 x ACK_DELAY after the last)
             self._ack_timer = asyncio.get_running_loop().call_later(self.ack_delay or 0.0, self._ack_due, self._handled)
 
@@ -246,7 +283,7 @@ class AmqpSubscription(Subscription):
         self._inbox.put_nowait(None)
         if self._ack_timer is not None:
             self._ack_timer.cancel()
-        if asyncio.current_task() is self._worker:
+        if asyncio.current_task() is self._worker or self._inline_now:
             return  # unsubscribed from inside the handler: the worker ends when the handler returns
         done, _ = await asyncio.wait({self._worker}, timeout=DRAIN_TIMEOUT)
         if not done:
@@ -273,6 +310,7 @@ class AmqpDurableSubscription(AmqpSubscription):
     as the handler has caught up."""
 
     ack_delay: ClassVar[float | None] = None
+    inline: ClassVar[bool] = False
 
     def __init__(self, topic: str, handler: Handler, *args: Any, **kwargs: Any) -> None:
         self._inner = handler

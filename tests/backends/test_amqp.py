@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import types
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,9 +14,9 @@ import pamqp.frame
 import pytest
 from pamqp.commands import Basic
 
-from backends.amqp import AmqpBackend, AmqpSubscription, confirmed
-from backends.amqp_common import DEFAULT_PREFETCH
-from backends.amqp_internals import GROUP_BYTES
+from backends.amqp import AmqpBackend, AmqpSubscription
+from backends.amqp_common import DEFAULT_PREFETCH, confirmed
+from backends.amqp_internals import GROUP_BYTES, Batch, Confirms
 from backends.amqp_subscription import ACK_DELAY
 from backends.amqp_topology import BINDING_KEY
 from backends.base import (
@@ -27,6 +28,7 @@ from backends.base import (
     BackendUnavailable,
     Message,
     MessageTooLarge,
+    PublishTimeout,
 )
 from tests.backends.support import Inbox, Started, tasks_started
 from tests.brokers.rabbitmq import RabbitServer
@@ -535,21 +537,125 @@ async def test_confirms_are_waited_for_while_they_keep_coming() -> None:
     # A batch confirmed slowly but steadily (1024 messages on a busy machine took over 10 s) is not a broker that
     # stopped confirming: timing it out made the outbox send it again, or drop it with the feathers-sync codec.
     loop = asyncio.get_running_loop()
-    slow = [loop.create_future() for _ in range(6)]
+    slow = Batch(1, 6, loop.create_future())
+    kept = Confirms(types.SimpleNamespace(delivery_tag=0, frames=asyncio.Queue()))  # type: ignore[arg-type]
+    kept.batches.append(slow)
 
     async def confirm_one_by_one() -> None:
-        for publish in slow:
+        for tag in range(1, 7):
             await asyncio.sleep(0.5)  # the broker's pace: a fault injected, not a wait for a condition
-            publish.set_result(None)
+            kept.settle(tag, multiple=False, refusal=None)
 
     confirming = asyncio.create_task(confirm_one_by_one())
-    assert await confirmed(slow, timeout=2.0) == [None] * 6  # 3 s in all, never 2 s without one
+    assert await confirmed(slow, timeout=2.0) is None  # 3 s in all, never 2 s without one
     await confirming
-    stuck = [loop.create_future() for _ in range(2)]
-    stuck[0].set_exception(aiormq.exceptions.DeliveryError(None, None))
+    stuck = Batch(7, 8, loop.create_future())
+    kept.batches.append(stuck)
+    kept.settle(7, multiple=False, refusal=None)
     with pytest.raises(TimeoutError):
         await confirmed(stuck, timeout=0.2)
-    assert stuck[1].cancelled()
+    refused = Batch(9, 9, loop.create_future())
+    kept.batches.append(refused)
+    kept.settle(9, multiple=False, refusal=Basic.Nack(9))
+    assert isinstance(await confirmed(refused, timeout=0.2), aiormq.exceptions.DeliveryError)
+
+
+async def test_a_delivery_is_handled_as_the_connections_reader_hands_it_over(backend: Factory, topic: str) -> None:
+    """Each delivery went through a queue to the subscription's worker Task: a turn of the event loop per message
+    (an epoll_pwait more, docs/benchmarks.md). The handler now runs as the reader hands the message over."""
+    sender, receiver = await backend(), await backend()
+    inbox = Inbox()
+    runners: list[str] = []
+
+    async def handler(message: Message) -> None:
+        task = asyncio.current_task()
+        runners.append(task.get_name() if task is not None else "")
+        await inbox(message)
+
+    await receiver.subscribe(topic, handler)
+    for n in range(3):
+        await sender.publish(topic, [b"%d" % n])
+        await inbox.wait(n + 1)
+    assert f"syncar-amqp-{topic}" not in runners, runners  # before: the worker's name, three times
+
+
+async def test_a_handler_that_waits_is_finished_before_the_next_message_is_handed_over(
+    backend: Factory, topic: str
+) -> None:
+    """A handler that waits is finished by the worker, and the messages that come meanwhile wait their turn behind
+    it: one handler call at a time, in order."""
+    sender, receiver = await backend(), await backend()
+    release = asyncio.Event()
+    running, most = 0, 0
+    got: list[bytes] = []
+
+    async def handler(message: Message) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        if message.body == b"0":
+            await release.wait()
+        got.append(message.body)
+        running -= 1
+
+    await receiver.subscribe(topic, handler)
+    await sender.publish(topic, [b"0"])
+    await wait_for(lambda: running == 1, 5, "the first handler call waiting")
+    sent = [b"%d" % n for n in range(1, 50)]
+    for body in sent:  # one at a time, each alone on the wire as at a low rate
+        await sender.publish(topic, [body])
+    release.set()
+    await wait_for(lambda: len(got) == 50, 10, "all 50 handled")
+    assert got == [b"0", *sent]
+    assert most == 1
+
+
+async def test_a_handler_may_stop_its_own_subscription(backend: Factory, topic: str) -> None:
+    """stop() from inside the handler returns at once, as it did when the worker ran every handler. Handed over by
+    the reader, the handler waited in stop() for the worker to end, and the worker ended without finishing it."""
+    sender, receiver = await backend(), await backend()
+    stopped = asyncio.Event()
+    subscriptions: list[AmqpSubscription] = []
+    got: list[bytes] = []
+
+    async def handler(message: Message) -> None:
+        got.append(message.body)
+        await subscriptions[0].stop(cancel_consumer=False)
+        stopped.set()
+
+    subscription = await receiver.subscribe(topic, handler)
+    assert isinstance(subscription, AmqpSubscription)
+    subscriptions.append(subscription)
+    await sender.publish(topic, [b"only"])
+    await asyncio.wait_for(stopped.wait(), 2)
+    assert got == [b"only"]
+
+
+async def test_a_publish_the_broker_never_confirms_times_out(
+    backend: Factory, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sender = await backend()
+    await sender.publish(topic, [b"declared"])
+    sender.publish_timeout = 0.3
+    monkeypatch.setattr(Confirms, "settle", lambda *_: None)  # the broker's acknowledgements go unheard
+    with pytest.raises(PublishTimeout, match=r"confirmed nothing for 0\.3s"):
+        await sender.publish(topic, [b"lost"])
+
+
+async def test_a_message_the_broker_refuses_fails_its_publish(
+    backend: Factory, server: RabbitServer, topic: str
+) -> None:
+    """A queue that rejects what it has no room for makes RabbitMQ nack the publish: the publish raises."""
+    sender = await backend()
+    await sender.publish(topic, [b"declared"])
+    async with await aio_pika.connect(server.uri) as connection:
+        channel = await connection.channel()
+        full = await channel.declare_queue(
+            exclusive=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+        )
+        await full.bind(sender.topology.exchange(topic))
+        with pytest.raises(BackendError, match=r"refused the message \(nack\)"):
+            await sender.publish(topic, [b"refused"])
 
 
 async def test_acknowledgements_are_not_waited_for(

@@ -22,6 +22,7 @@ from backends import amqp_subscription, load_backend
 from backends.amqp import AmqpBackend, AmqpDurableBackend, AmqpSubscription
 from backends.amqp_topology import MAX_NAME_BYTES, durable_queue_name
 from backends.base import BackendConfig, BackendConfigError, BackendError, BackendState, Feature, Message, Mode
+from sidecar.outbox import RETRY_DELAY
 from tests.backends.support import Inbox, Started
 from tests.brokers.rabbitmq import RabbitServer
 from tests.faults.proxy import TcpProxy
@@ -483,6 +484,9 @@ async def test_broker_killed_mid_stream_loses_nothing_confirmed(
                     await sender.publish(topic, [body])
                     break
                 except BackendError:
+                    # The outbox's pace: the publish can fail (its confirmation failed by the channel's end) before
+                    # the backend has heard that the connection is gone, while its state still says connected.
+                    await asyncio.sleep(RETRY_DELAY)
                     await wait_for(lambda: sender.state is BackendState.CONNECTED, 30, "the sender to reconnect")
             else:
                 raise AssertionError(f"{body!r} never confirmed")
