@@ -166,6 +166,11 @@ def run_figures(run: dict[str, Any]) -> dict[str, Any]:
     figures["p50_ms"] = quantile(ordered, 0.5) / 1000
     figures["p99_ms"] = quantile(ordered, 0.99) / 1000
     figures.update(hop_figures(run.pop("hops", [])))
+    if gc := run.get("gc"):  # the apps' collections during the run, together (fleet_app.js)
+        figures["apps_gc_pauses"] = sum(app["pauses"] for app in gc)
+        figures["apps_gc_ms"] = sum(app["ms"] for app in gc)
+        figures["apps_gc_max_ms"] = max(app["max_ms"] for app in gc)
+        figures["apps_gc_full"] = sum(app["full"] for app in gc)
     if run["rate"]:
         achieved = sent / result["elapsed"] if result["elapsed"] else 0.0
         figures["achieved"] = achieved
@@ -269,6 +274,7 @@ class Fleet:
             "processes": processes,
             "hops": [report["hops"] for report in reports],
             "told": [report["told"] for report in reports],
+            "gc": [report["gc"] for report in reports],
         }
 
 
@@ -290,6 +296,12 @@ def _said(run: dict[str, Any]) -> str:
                 )
                 + ")"
                 if f.get("app_to_app_ms") is not None
+                else ""
+            )
+            + (
+                f", apps' GC {f['apps_gc_pauses']} pauses {f['apps_gc_ms']:.0f} ms (longest {f['apps_gc_max_ms']:.1f}, "
+                f"{f['apps_gc_full']} full)"
+                if f.get("apps_gc_pauses") is not None
                 else ""
             )
             + (f"  lost {f['lost']}" if f["lost"] else "")

@@ -34,6 +34,10 @@ FIGURES = (
     "to_daemon_p99_ms",
     "daemon_to_app_ms",
     "daemon_to_app_p99_ms",
+    "apps_gc_pauses",
+    "apps_gc_ms",
+    "apps_gc_max_ms",
+    "apps_gc_full",
     "lost",
     "create_errors",
     "late",
@@ -111,6 +115,7 @@ HOPS_HEAD = (
     "of which its app to its daemon's stamp, p50/p99 ms",
     "of which the stamp to each other app's emit, p50/p99 ms",
     "create to each other client, p50/p99 ms",
+    "the apps' GC: pauses, ms, longest ms, full",
 )
 
 
@@ -131,6 +136,10 @@ def hops(summary: list[dict[str, Any]]) -> list[tuple[str, ...]]:
             _pair(e, "to_daemon"),
             _pair(e, "daemon_to_app"),
             "-" if e["p50_ms"] is None else f"{e['p50_ms']:.2f}/{e['p99_ms']:.2f}",
+            "-"
+            if e.get("apps_gc_pauses") is None
+            else f"{e['apps_gc_pauses']:.0f}, {e['apps_gc_ms']:.1f}, {e['apps_gc_max_ms']:.1f}, "
+            f"{e['apps_gc_full']:.0f}",
         )
         for e in summary
         if e.get("app_to_app_ms") is not None

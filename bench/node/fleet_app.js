@@ -16,6 +16,8 @@
 // daemons' share by the wall clock (the publishing daemon stamps an event's `time` as it reads it): `hooked`, the
 // wall-clock µs of each first hook here, and `relayed`, [n, stamp µs, emit µs, ...] for each message another
 // instance's daemon stamped, as its `created` is emitted here.
+// gc: the app's garbage collections during the measured run, from perf_hooks: `pauses` (all kinds), their `ms` in
+// all and the longest (`max_ms`), and `full` (mark-compacts: kind major).
 // told: what @syncar/feathers said this app missed during the measured run: `gap` frames (events of another
 // instance its daemon never got from the broker: `missed`), `resume_gap` errors after its daemon cut it off as too
 // slow (`resumes`, and the events they say are gone, `resume_missed`), and publishes it did not relay to the other
@@ -24,6 +26,7 @@ const { feathers } = require('@feathersjs/feathers')
 const socketio = require('@feathersjs/socketio')
 const { MemoryService } = require('@feathersjs/memory')
 const readline = require('node:readline')
+const { PerformanceObserver, constants } = require('node:perf_hooks')
 
 const spec = JSON.parse(process.argv[2])
 const STORE_RESET = 10000 // records the memory service may hold; nobody reads them back
@@ -77,6 +80,18 @@ app.service('messages').on('created', (message, context) => {
   if (message.r === spec.run && typeof time === 'number') hops.relayed.push(message.n, Math.round(time * 1e6), wallUs())
 })
 
+const gc = { pauses: 0, ms: 0, max_ms: 0, full: 0 }
+let measuring = false
+new PerformanceObserver((list) => {
+  if (!measuring) return
+  for (const entry of list.getEntries()) {
+    gc.pauses++
+    gc.ms += entry.duration
+    gc.max_ms = Math.max(gc.max_ms, entry.duration)
+    if (entry.detail.kind === constants.NODE_PERFORMANCE_GC_MAJOR) gc.full++
+  }
+}).observe({ entryTypes: ['gc'] })
+
 let errors = 0
 // feathers-sync's NATS adapter publishes from an async listener nobody awaits: count its failures, do not die.
 process.on('unhandledRejection', () => { errors++ })
@@ -91,10 +106,11 @@ readline.createInterface({ input: process.stdin }).on('line', () => {
   if (++lines === 1) { // the measured run begins: what was told of the warm-up is not its
     for (const name of Object.keys(told)) told[name] = 0
     refusedBefore = dropped()
+    measuring = true
     return
   }
   told.refused = dropped() - refusedBefore
-  process.stdout.write(JSON.stringify({ hops, told }) + '\n', () => process.exit(0))
+  process.stdout.write(JSON.stringify({ hops, told, gc }) + '\n', () => process.exit(0))
 })
 
 Promise.all([app.listen(spec.port), app.sync.ready]).then(() => {

@@ -60,6 +60,8 @@ def test_fleet_run_on_redis_produces_every_figure(tmp_path: Path) -> None:
             figures[name] for name in ("to_daemon_ms", "to_daemon_p99_ms", "daemon_to_app_ms", "daemon_to_app_p99_ms")
         ]
         assert all(f is not None for f in split) if contestant == "syncar" else split == [None] * 4, figures
+        # The apps' collections during the run, as perf_hooks told them.
+        assert figures["apps_gc_pauses"] >= figures["apps_gc_full"] >= 0 and figures["apps_gc_ms"] >= 0, figures
     assert "its app to each other app's emit" in (tmp_path / "fleet.md").read_text()
 
     syncar = [e for e in results["summary"] if e["contestant"] == "syncar"]

@@ -125,17 +125,18 @@ class Connection extends EventEmitter {
     const open = body.indexOf('{');
     const rest = body.slice(open + 1).trimStart();
     const separator = rest.startsWith('}') ? '' : ',';
-    const line = `{"type":"publish","id":"${id}","ack":true${trace}${separator}${rest}\n`;
-    const bytes = Buffer.byteLength(line);
+    const text = `{"type":"publish","id":"${id}","ack":true${trace}${separator}${rest}\n`;
+    const bytes = Buffer.byteLength(text);
     if (bytes - 1 > this.maxFrameBytes) {
       return { status: Published.TOO_LARGE, bytes: bytes - 1 };
     }
-    const entry = { id, line, bytes, n: this._ids };
     const writable = this.connected && !this._held.unwritten && !this._congested();
+    if (!writable && !this._held.fits(bytes)) {
+      return { status: Published.FULL, bytes };
+    }
+    const { line, block } = this._held.blocks.store(text, bytes);
+    const entry = { id, line, block, bytes, n: this._ids };
     if (!writable) {
-      if (!this._held.fits(bytes)) {
-        return { status: Published.FULL, bytes };
-      }
       this._held.queue(entry);
       return { status: Published.HELD, bytes };
     }

@@ -1,16 +1,19 @@
 'use strict';
 
+const { FrameBlocks } = require('./blocks');
+
 /**
  * The publishes an app keeps until syncar acknowledged them, in publish order: those written to the socket and
  * waiting for their `ack` (sent again after a reconnect, since the daemon may not have read them), and those
  * not yet written (syncar unreachable, or the socket's buffer full). Bounded together in count and bytes;
- * an entry is `{ id, line, bytes, n }`, `line` the publish frame with its newline, `n` its number: entries are
- * written in the order of their numbers.
+ * an entry is `{ id, line, block, bytes, n }`, `line` the publish frame with its newline, stored in `block` of
+ * `blocks` (lib/blocks.js), `n` its number: entries are written in the order of their numbers.
  */
 class HeldPublishes {
   constructor(maxCount, maxBytes) {
     this.maxCount = maxCount;
     this.maxBytes = maxBytes;
+    this.blocks = new FrameBlocks();
     this._unacked = new Map(); // written, waiting for their ack: id -> entry
     this._unwritten = [];
     this._bytes = 0;
@@ -73,6 +76,7 @@ class HeldPublishes {
     }
     this._unacked.delete(id);
     this._bytes -= entry.bytes;
+    this.blocks.answered(entry.block);
     return true;
   }
 
@@ -85,6 +89,7 @@ class HeldPublishes {
       }
       this._unacked.delete(id);
       this._bytes -= entry.bytes;
+      this.blocks.answered(entry.block);
       settled += 1;
     }
     return settled;
@@ -99,6 +104,7 @@ class HeldPublishes {
       }
       this._unacked.delete(id);
       this._bytes -= entry.bytes;
+      this.blocks.abandoned(entry.block);
       forgotten += 1;
     }
     return forgotten;
@@ -110,6 +116,7 @@ class HeldPublishes {
     for (const entry of removed) {
       this._unacked.delete(entry.id);
       this._bytes -= entry.bytes;
+      this.blocks.abandoned(entry.block);
     }
     this._unwritten = this._unwritten.filter((entry) => !refuse(entry));
     return removed;
