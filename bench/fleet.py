@@ -239,7 +239,7 @@ class Fleet:
             socket = str(daemons[index].socket) if daemons else ""
             spec = {"sync": sync, "plugin": plugin, "port": port, "socket": socket, "uri": section.uri, "key": key}
             spec |= {"run": MEASURED_RUN}
-            argv = _node(FLEET_APP, spec, _profiled())
+            argv = _node(FLEET_APP, spec, ("--expose-gc", *_profiled()))
             workers.append(await Worker.start(argv, f"{name}-app{index}", section.dir, NODE_DIR, stdin=True))
         for app in workers:
             await app.ready()
@@ -259,9 +259,11 @@ class Fleet:
         pids = {f"app_{i}": app.process.pid for i, app in enumerate(workers[:INSTANCES])}
         pids.update({f"daemon_{i}": daemon.pid for i, daemon in enumerate(daemons)})
         meter = Meter({**pids, **section.broker_meter_pids()})
-        meter.begin()
-        for app in workers[:INSTANCES]:  # what their syncs tell is counted from here
+        for app in workers[:INSTANCES]:  # what their syncs tell is counted from here, after a full collection
             await app.tell(b"go\n")
+        for app in workers[:INSTANCES]:
+            await app.ready()
+        meter.begin()
         await clients.tell(b"go\n")
         line = await clients.result(self.seconds + SLACK + RESULT_SLACK)
         processes = meter.end()
