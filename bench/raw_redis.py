@@ -1,11 +1,15 @@
 """The ceiling on Redis: redis-py's asyncio client; a pipeline of PUBLISHes per batch, one round trip each.
 
-The subscriber reads one connection in subscribed mode reply by reply with redis-py's `read_response()`, as an app
-would (and as backends/redis.py did until it read that connection's bytes as they arrive, backends/redis_internals.py).
+The subscriber reads one connection in subscribed mode reply by reply with redis-py's `read_response()`, with no
+timeout, as an app would (`PubSub.listen()` does), and as backends/redis.py did until it read that connection's bytes
+as they arrive (backends/redis_internals.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import math
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,7 +17,7 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 
-from bench.raw_common import CHECK_EVERY, on_body, pace
+from bench.raw_common import on_body, pace, until_finished
 from bench.tally import Spec, Tally
 
 
@@ -45,10 +49,19 @@ async def subscribe(spec: Spec, ready: Callable[[], None]) -> dict[str, Any]:
     await conn.read_response()
     tally = Tally(spec)
     take = on_body(tally)
+
+    async def read() -> None:
+        # Without a timeout, as redis-py's PubSub.listen() reads: one per reply was an asyncio timeout a message.
+        while True:
+            response = await conn.read_response(timeout=math.inf, disconnect_on_error=False)
+            if isinstance(response, list) and len(response) == 3 and response[0] == b"message":
+                take(response[2])
+
+    reader = asyncio.ensure_future(read())
     ready()
-    while not tally.finished():
-        response = await conn.read_response(timeout=CHECK_EVERY, disconnect_on_error=False)
-        if isinstance(response, list) and len(response) == 3 and response[0] == b"message":
-            take(response[2])
+    await until_finished(tally)
+    reader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reader
     await conn.disconnect()
     return tally.result()

@@ -18,6 +18,9 @@ SAMPLE_EVERY = 0.01
 TICK = 0.001
 #: Events written at once at most in a throughput run (one pipeline, one socket write).
 CHUNK = 256
+#: A subscriber called once per message (the raw ceiling's) counts them this many at a time, as a syncar subscriber
+#: counts a read's at once: `add` for each was 0.8 us, a cost of the measuring that only the ceiling paid.
+COUNT_EVERY = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,18 @@ class Tally:
         self.samples: list[tuple[float, int]] = []
         self.latencies: list[int] = []
         self.bad = 0
+        self._uncounted = 0  # taken by `one` and not yet by `add`
+
+    def one(self) -> None:
+        """One event, counted with the others `add` is given every COUNT_EVERY, or by `finished`."""
+        self._uncounted += 1
+        if self._uncounted == COUNT_EVERY:
+            self._catch_up()
+
+    def _catch_up(self) -> None:
+        if self._uncounted:
+            count, self._uncounted = self._uncounted, 0
+            self.add(count)
 
     def add(self, count: int) -> None:
         now = time.monotonic()
@@ -71,6 +86,7 @@ class Tally:
         self.latencies.append(now_us() - t_us)
 
     def finished(self) -> bool:
+        self._catch_up()
         now = time.monotonic()
         if now > self.deadline:
             return True
@@ -80,6 +96,7 @@ class Tally:
         return self.received >= flow.sent or now - max(self.last, self.started) > IDLE_AFTER_DONE
 
     def result(self) -> dict[str, Any]:
+        self._catch_up()
         self.samples.append((self.last, self.received))
         return {
             "received": self.received,
