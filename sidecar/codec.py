@@ -59,7 +59,9 @@ def encode_spliced(head: bytes, value: Any) -> bytes:
     line feed: the JSON of an object spliced into a frame as it is encoded, in one copy. Made from `encode(value)`,
     the same frame took three more (the bytes of exactly its size, its slice without the brace, the join)."""
     scratch = _scratch
-    scratch[:] = head
+    # Over the first bytes, not `scratch[:] = head`: that shrank the scratch (realloc) to the head, and the encoding
+    # grew it back (realloc and copy), for every frame.
+    scratch[: len(head)] = head
     brace = len(head) - 1
     _encoder.encode_into(value, scratch, brace)  # its `{` over the head's comma
     scratch[brace] = 0x2C

@@ -193,12 +193,14 @@ def publish_with(**fields: object) -> dict[str, object]:
     ],
 )
 def test_a_received_event_is_framed_as_its_json_would_be(event: Event) -> None:
-    encode(Event("big", 0.0, "e", "p", msgspec.Raw(b'"' + b"y" * 20000 + b'"')))  # a larger one made just before
-    for seq, origin in ((1, b'"there"'), (123456789, b"null")):
-        frame = protocol.received_event(seq, origin, event)
-        assert frame == protocol.event(seq, origin, encode(event))
-        assert frame.endswith(b"}\n") and frame.count(b"\n") == 1
-        assert orjson.loads(frame)["seq"] == seq
+    # Made just before: a larger one (the scratch holds more than the frame), a shorter one than the frame's head.
+    for before in (Event("big", 0.0, "e", "p", msgspec.Raw(b'"' + b"y" * 20000 + b'"')), 1):
+        for seq, origin in ((1, b'"there"'), (123456789, b"null")):
+            encode(before)
+            frame = protocol.received_event(seq, origin, event)
+            assert frame == protocol.event(seq, origin, encode(event))
+            assert frame.endswith(b"}\n") and frame.count(b"\n") == 1
+            assert orjson.loads(frame)["seq"] == seq
 
 
 GOOD = [
