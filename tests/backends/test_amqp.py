@@ -29,6 +29,7 @@ from backends.base import (
     Message,
     MessageTooLarge,
     PublishTimeout,
+    PublishUnconfirmed,
 )
 from tests.backends.support import Inbox, Started, tasks_started
 from tests.brokers.rabbitmq import RabbitServer
@@ -558,6 +559,42 @@ async def test_confirms_are_waited_for_while_they_keep_coming() -> None:
     kept.batches.append(refused)
     kept.settle(9, multiple=False, refusal=Basic.Nack(9))
     assert isinstance(await confirmed(refused, timeout=0.2), aiormq.exceptions.DeliveryError)
+
+
+async def test_a_confirmation_aiormq_cancels_is_a_lost_publish_not_a_cancelled_publisher() -> None:
+    """aiormq cancels what waits on a connection it closes (found stuck by its heartbeat): awaited as it is, the
+    confirmation's CancelledError left publish() and ended the daemon's outbox task (found by review)."""
+    loop = asyncio.get_running_loop()
+    dropped = Batch(1, 1, loop.create_future())
+    loop.call_soon(dropped.confirmation.cancel)
+    assert isinstance(await confirmed(dropped, timeout=5.0), asyncio.CancelledError)
+    waited = asyncio.Event()
+
+    async def publisher() -> BaseException | None:
+        waited.set()  # confirmed() does not suspend before it awaits the confirmation
+        return await confirmed(Batch(2, 2, loop.create_future()), timeout=5.0)
+
+    waiting = asyncio.create_task(publisher())
+    await waited.wait()
+    waiting.cancel()  # the publisher's own cancellation still cancels it
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+
+async def test_a_publish_on_a_connection_found_stuck_fails_as_unconfirmed(
+    server: RabbitServer, backend: Factory, topic: str
+) -> None:
+    proxy = await TcpProxy.start(server.port)
+    try:
+        sender = await backend(uri=f"amqp://guest:guest@127.0.0.1:{proxy.port}/?heartbeat=1")
+        await sender.publish(topic, [b"declared"])
+        sender.publish_timeout = 60.0  # aiormq's heartbeat, (1 + 1) x 3 s of silence, ends the wait, not this
+        proxy.reply_latency = 120.0  # the broker's confirms and heartbeats held back
+        with pytest.raises(PublishUnconfirmed, match="interrupted"):
+            async with asyncio.timeout(30):
+                await sender.publish(topic, [b"stuck"])
+    finally:
+        await proxy.close()
 
 
 async def test_a_delivery_is_handled_as_the_connections_reader_hands_it_over(backend: Factory, topic: str) -> None:
