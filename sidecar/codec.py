@@ -155,6 +155,9 @@ class Codec(ABC):
     overhead: int = 0
     #: Each event travels with its origin and id, so a receiver drops a copy of a message sent twice.
     carries_ids: bool
+    #: `pack` reads nothing of an event's `data` and `context` (it packs `Outgoing.part`): the relay lets go of them,
+    #: views into the app's read, before the event waits in the outbox.
+    packs_parts: bool = False
 
     def __init__(self, instance_id: str, *, broker_echoes: bool = True) -> None:
         self.instance_id = instance_id
@@ -238,6 +241,7 @@ def _explain_feathers_sync(body: bytes) -> CodecError:
 class SyncarCodec(Codec):
     name = "syncar"
     carries_ids = True
+    packs_parts = True
     _decoder = msgspec.json.Decoder(_SyncarBatch)
 
     def __init__(self, instance_id: str, *, broker_echoes: bool = True) -> None:

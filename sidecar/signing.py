@@ -150,6 +150,7 @@ class SignedCodec(Codec):
         super().__init__(inner.instance_id)
         self.overhead = inner.overhead + SIGNATURE_BYTES
         self.carries_ids = inner.carries_ids
+        self.packs_parts = inner.packs_parts
         self._inner = inner
         self._signer = signer
 

@@ -111,6 +111,7 @@ class TracedCodec(Codec):
         super().__init__(inner.instance_id)
         self.overhead = inner.overhead
         self.carries_ids = inner.carries_ids
+        self.packs_parts = inner.packs_parts
         self._inner = inner
         self._tracing = tracing
 
