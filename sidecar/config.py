@@ -135,7 +135,7 @@ class Settings(BaseModel):
         64 * MiB,
         ge=1024,
         description="memory the publishes kept while the broker is away "
-        "may take (each counts twice its JSON plus 512 bytes)",
+        "may take (each counts its JSON twice, once with the syncar codec, plus 512 bytes)",
     )
     allow_uids: tuple[int, ...] = Field(
         (),

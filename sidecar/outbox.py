@@ -30,7 +30,7 @@ from backends.base import (
     PublishUnconfirmed,
 )
 from sidecar.backoff import Backoff
-from sidecar.codec import Codec, Outgoing
+from sidecar.codec import NULL, Codec, Outgoing
 from sidecar.logging import RateLimitedLogger
 from sidecar.metrics import DropReason, Metrics
 from sidecar.protocol import ErrorCode
@@ -54,7 +54,7 @@ MAX_RETRY_DELAY = 2.0
 
 #: What --outbox-bytes counts is memory, not payload: counted by payload alone, 64 MiB of tiny publishes took 388 MB.
 #: An entry holds its event's JSON twice: the encoded `part`, and the client's line, which the event's `data` and
-#: `context` (msgspec.Raw) keep alive.
+#: `context` (msgspec.Raw) keep alive; once, if the relay let go of those (a codec that packs parts alone).
 JSON_COPIES = 2
 #: Plus this much, whatever its size: the Outgoing and Event structs, their floats and strings (id, path, event
 #: name), two Raw objects, the bytes objects' headers, a deque slot. tracemalloc, 20,000 entries on Python 3.11:
@@ -70,8 +70,9 @@ Done = Callable[[tuple[ErrorCode, str] | None], None]
 
 def entry_cost(item: Outgoing) -> int:
     """The memory `item` holds while in the outbox, acks aside."""
-    cost = JSON_COPIES * len(item.part) + ENTRY_OVERHEAD
     event = item.event
+    copies = 1 if event.data is NULL and event.context is NULL else JSON_COPIES
+    cost = copies * len(item.part) + ENTRY_OVERHEAD
     if event.traceparent is None:
         return cost
     # Trace context is a third copy: strings of its own in the Event, besides its text in the part and the line.

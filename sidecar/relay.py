@@ -21,7 +21,7 @@ from sidecar import acks, protocol
 from sidecar.acks import Barriers
 from sidecar.admission import ClientIds, resume_point
 from sidecar.backlog import Backlog
-from sidecar.codec import Codec, Event, Outgoing, encode
+from sidecar.codec import NULL, Codec, Event, Outgoing, encode
 from sidecar.dedup import EventIds
 from sidecar.errors import CodecError
 from sidecar.gaps import GapTracker
@@ -215,6 +215,12 @@ class Relay:
             publish.bin,
         )
         part = encode(event)
+        # `data` and `context` are views into the app's whole read (up to 256 KiB): kept by an event waiting in the
+        # outbox, or by its ack, they held every read the broker had not taken yet (a second copy of the outbox).
+        if self._codec.packs_parts:
+            event.data = event.context = NULL
+        if publish.ack:
+            publish.data = publish.context = NULL
         self._delivered_locally += self._fan_out(part, self._origin_json, publish.path, publish.event, client)
         if len(part) > self._outbox.max_event_bytes:
             self._metrics.dropped.labels(DropReason.TOO_LARGE).inc()

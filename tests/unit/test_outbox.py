@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from backends.base import BackendClosed, BackendUnavailable, MessageTooLarge, PublishUnconfirmed
-from sidecar.codec import Codec, FeathersSyncCodec, Outgoing, SyncarCodec, encode
+from sidecar.codec import NULL, Codec, FeathersSyncCodec, Outgoing, SyncarCodec, encode
 from sidecar.metrics import DropReason, Metrics
 from sidecar.outbox import (
     ENTRY_OVERHEAD,
@@ -233,3 +233,13 @@ def test_an_entry_with_trace_context_counts_its_strings_too() -> None:
     strings = sys.getsizeof(event.traceparent) + sys.getsizeof(event.tracestate)
     assert entry_cost(traced) == entry_cost(plain) + JSON_COPIES * (len(traced.part) - len(plain.part)) + strings
     assert entry_cost(plain) == JSON_COPIES * len(plain.part) + ENTRY_OVERHEAD
+
+
+def test_an_entry_that_let_go_of_the_apps_read_counts_its_json_once() -> None:
+    """With a codec that packs parts alone, the relay lets go of an event's `data` and `context` (views into the app's
+    read): it holds its JSON once, in its part, and the outbox takes as many more before it is full."""
+    kept = outgoing(1, size=1000)
+    event = msgspec.structs.replace(kept.event, data=NULL, context=NULL)
+    let_go = Outgoing(event, kept.part, 0.0)
+    assert entry_cost(let_go) == len(kept.part) + ENTRY_OVERHEAD
+    assert entry_cost(kept) == JSON_COPIES * len(kept.part) + ENTRY_OVERHEAD
