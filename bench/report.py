@@ -68,6 +68,10 @@ def derive(run: dict[str, Any]) -> dict[str, Any]:
     figures["client_cpu_per_100k"] = app_cpu * per
     hwm = [p["hwm_kib"] for name, p in processes.items() if name.startswith("daemon")]
     figures["daemon_peak_rss_mib"] = max(hwm) / 1024 if hwm else None
+    # Each of the two daemons apart: they hold different things at the peak (the outbox; the frames for the app).
+    if "daemon_a" in processes:
+        figures["publisher_peak_rss_mib"] = processes["daemon_a"]["hwm_kib"] / 1024
+        figures["receiver_peak_rss_mib"] = processes["daemon_b"]["hwm_kib"] / 1024
     figures["client_peak_rss_mib"] = max(run["pub_usage"]["maxrss_kib"], run["sub_usage"]["maxrss_kib"]) / 1024
     if run["rate"] == 0:
         figures["throughput"] = throughput(sub["samples"], received)
@@ -120,6 +124,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "broker_cpu_per_100k",
                 "client_cpu_per_100k",
                 "daemon_peak_rss_mib",
+                "publisher_peak_rss_mib",
+                "receiver_peak_rss_mib",
                 "client_peak_rss_mib",
                 "lost",
             ),
@@ -218,6 +224,24 @@ def ratio_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def rss_lines(summary: dict[str, Any]) -> list[str]:
+    """Peak RSS of the publishing and of the receiving daemon apart, where there are two (not on local://)."""
+    lines = []
+    for broker, contestants in summary.items():
+        for contestant, cases in contestants.items():
+            pairs = [
+                f"{size} {_num(entry['publisher_peak_rss_mib'], 1)} / {_num(entry['receiver_peak_rss_mib'], 1)}"
+                for case, size in (("tp-256", "256 B"), ("tp-4096", "4 KiB"))
+                if (entry := cases.get(case, {})).get("publisher_peak_rss_mib") is not None
+            ]
+            if pairs:
+                lines.append(
+                    f"{BROKER_LABELS.get(broker, broker)} {LABELS.get(contestant, contestant)}: peak RSS MiB of the "
+                    f"publishing / receiving daemon, {', '.join(pairs)}"
+                )
+    return lines
+
+
 def mode_heading(mode: str) -> str:
     """Which mode the daemons ran in, above every table: a durable run must never pass for a broadcast one."""
     return (
@@ -247,7 +271,9 @@ def _markdown_table(head: tuple[str, ...], body: list[tuple[str, ...]], left: in
 def table(summary: dict[str, Any], mode: str) -> str:
     """The terminal table."""
     found, notes = rows(summary)
-    return "\n".join([mode_heading(mode), "", *_aligned(HEAD, found, 2), "", *notes, *ratio_lines(summary)])
+    return "\n".join(
+        [mode_heading(mode), "", *_aligned(HEAD, found, 2), "", *notes, *ratio_lines(summary), *rss_lines(summary)]
+    )
 
 
 def markdown(summary: dict[str, Any], mode: str) -> str:
@@ -285,6 +311,8 @@ def markdown(summary: dict[str, Any], mode: str) -> str:
         lines += ["", "| " + " | ".join(ratio_head) + " |", "|---|---|---:|---:|---:|---:|", *ratio_lines]
     if notes:
         lines += ["", *(f"- {note}" for note in notes)]
+    if rss := rss_lines(summary):
+        lines += ["", *(f"- {line}" for line in rss)]
     return "\n".join(lines) + "\n"
 
 
