@@ -55,26 +55,32 @@ describe('reconnects', () => {
     assert.deepEqual(peer.events().map((f) => f.data.n), [1, 2, 3, 'marker']);
   });
 
-  it('resumes from its last seq after losing the socket: events published meanwhile are replayed', async () => {
-    const socket = path.join(scope.dir, 'resume.sock');
-    const daemon = await startDaemon({ socket });
+  // A sender and a receiver on one daemon; the receiver's socket breaks and `count` events are created while it is
+  // away (it reconnects after 1 s, so they certainly fall into the gap). `onCreated` is its listener of created.
+  async function createdWhileAway(name, count, onCreated, args = []) {
+    const socket = path.join(scope.dir, name);
+    const daemon = await startDaemon({ socket, args });
     cleanup.push(() => daemon.stop());
     const sender = makeApp(socket);
-    // A slow reconnect, so the sender's events certainly fall into the gap.
     const receiver = makeApp(socket, { reconnect: { minDelay: 1000, maxDelay: 1000 } });
     cleanup.push(() => sender.sync.close(), () => receiver.sync.close());
     await Promise.all([sender.sync.ready, receiver.sync.ready]);
-    const received = [];
-    receiver.service('messages').on('created', (data, ctx) => received.push([data.n, ctx.syncar.seq]));
+    receiver.service('messages').on('created', onCreated);
 
     const lost = waitForEvent(receiver.sync, 'disconnect', { timeout: TIMEOUT });
     receiver.sync.connection._socket.destroy(); // the app's side of the socket breaks
     await lost;
-    for (let n = 1; n <= 3; n += 1) {
+    for (let n = 1; n <= count; n += 1) {
       await sender.service('messages').create({ n });
     }
     await waitUntil(sender.sync.connection, 'settled', () => sender.sync.pending === 0, { timeout: TIMEOUT });
     assert.equal(receiver.sync.connected, false, 'the receiver was still away while the events were relayed');
+    return receiver;
+  }
+
+  it('resumes from its last seq after losing the socket: events published meanwhile are replayed', async () => {
+    const received = [];
+    const receiver = await createdWhileAway('resume.sock', 3, (data, ctx) => received.push([data.n, ctx.syncar.seq]));
     const gaps = [];
     receiver.sync.on('gap', (gap) => gaps.push(gap));
     const [welcome] = await waitForEvent(receiver.sync, 'connect', { timeout: TIMEOUT });
@@ -87,24 +93,8 @@ describe('reconnects', () => {
   });
 
   it('tells how many events it missed when it was away longer than the replay buffer holds', async () => {
-    const socket = path.join(scope.dir, 'behind.sock');
-    const daemon = await startDaemon({ socket, args: ['--replay-events', '2'] });
-    cleanup.push(() => daemon.stop());
-    const sender = makeApp(socket);
-    const receiver = makeApp(socket, { reconnect: { minDelay: 1000, maxDelay: 1000 } });
-    cleanup.push(() => sender.sync.close(), () => receiver.sync.close());
-    await Promise.all([sender.sync.ready, receiver.sync.ready]);
     const received = [];
-    receiver.service('messages').on('created', (data) => received.push(data.n));
-
-    const lost = waitForEvent(receiver.sync, 'disconnect', { timeout: TIMEOUT });
-    receiver.sync.connection._socket.destroy();
-    await lost;
-    for (let n = 1; n <= 5; n += 1) {
-      await sender.service('messages').create({ n });
-    }
-    await waitUntil(sender.sync.connection, 'settled', () => sender.sync.pending === 0, { timeout: TIMEOUT });
-    assert.equal(receiver.sync.connected, false, 'the receiver was still away while the events were relayed');
+    const receiver = await createdWhileAway('behind.sock', 5, (data) => received.push(data.n), ['--replay-events', '2']);
     const gap = waitForEvent(receiver.sync, 'gap', { timeout: TIMEOUT });
     const warned = waitForEvent(receiver.sync, 'warning', { filter: (w) => w.code === 'resume_gap', timeout: TIMEOUT });
     const [frame] = await gap;
