@@ -1,5 +1,6 @@
 """A coroutine run inline, in a protocol's callback, up to its first wait: what the backends that read their
-connections as bytes arrive (`redis_internals`, `nats_internals`) hand a message over with, instead of a Task."""
+connections as bytes arrive (`redis_internals`, `nats_internals`) and RabbitMQ's broadcast subscriptions, as aiormq's
+reader hands each delivery over (`amqp_subscription`), hand a message over with, instead of a Task."""
 
 from __future__ import annotations
 

@@ -15,7 +15,15 @@ import sys
 from collections.abc import Sequence
 
 from sidecar import __version__
-from sidecar.commands_common import EXIT_CONFIG, EXIT_OK, EXIT_STARTUP, add_settings, load_settings, run_async
+from sidecar.commands_common import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_STARTUP,
+    add_settings,
+    load_settings,
+    run_async,
+)
 from sidecar.config import redact_uri
 from sidecar.errors import ConfigError, StartupError
 from sidecar.logging import configure as configure_logging
@@ -64,7 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except StartupError as exc:
             log.error("cannot start: %s", exc)
             return EXIT_STARTUP
-        return EXIT_OK
+        return EXIT_OK if daemon.failure is None else EXIT_FAILURE
 
     return run_async(main)
 

@@ -140,6 +140,7 @@ class Daemon:
         self._subscription: Subscription | None = None
         self._serving = False
         self._stopping = False
+        self.failure: str | None = None  # why the daemon stopped itself, if it did
 
     def _on_backend_state(self, state: BackendState) -> None:
         # The apps (and the log) hear of the broker only once the daemon serves, so a start that fails says nothing
@@ -166,6 +167,8 @@ class Daemon:
         Ready means the apps can use the socket: local delivery works and publishes wait in the outbox while the
         broker is away. With `broker`, the broker must be connected too (`/readyz/broker`).
         """
+        if self.failure is not None:
+            return self.failure
         if self._stopping:
             return "shutting down"
         if not self.listener.listening:
@@ -209,6 +212,7 @@ class Daemon:
                 raise StartupError(f"{exc}{hint}") from None
             unreachable = exc
         self._outbox_task = asyncio.create_task(self.outbox.run(), name="syncar-outbox")
+        self._outbox_task.add_done_callback(self._outbox_ended)
         try:
             await self.listener.start()
             if self.http is not None:
@@ -284,6 +288,18 @@ class Daemon:
             else:
                 loop.remove_signal_handler(sig)
 
+    def _outbox_ended(self, task: asyncio.Task[None]) -> None:
+        """The outbox's task ends only when `_close_backend()` cancels it. Ended otherwise, nothing would publish
+        any more while the socket still took publishes: stop, saying why, so the supervisor starts syncar again (the
+        apps send what was not acknowledged to the next one)."""
+        if task is not self._outbox_task:
+            return
+        # A CancelledError raised inside it (aiormq's, say) ends it as cancelled, though nobody cancelled it.
+        exc = asyncio.CancelledError() if task.cancelled() else task.exception()
+        self.failure = f"the outbox stopped: {exc!r}"
+        log.critical("%s; publishes can no longer reach the broker: stopping", self.failure, exc_info=exc)
+        self.request_stop()
+
     def request_stop(self) -> None:
         if self._stop.is_set():
             # A second signal: the operator does not want to wait for the flush.
@@ -345,11 +361,12 @@ class Daemon:
         if self._connecting is not None:
             self._connecting.cancel()
             await asyncio.wait({self._connecting}, timeout=1.0)
-        if self._outbox_task is not None:
-            self._outbox_task.cancel()
+        outbox_task, self._outbox_task = self._outbox_task, None  # ended by us: not a failure (_outbox_ended)
+        if outbox_task is not None:
+            outbox_task.cancel()
             # Bounded: a broker library may swallow the cancellation (asyncio.wait_for on 3.11); closing the
             # backend below then ends the task with BackendClosed.
-            await asyncio.wait({self._outbox_task}, timeout=1.0)
+            await asyncio.wait({outbox_task}, timeout=1.0)
         await self._close_buses()
 
     @property

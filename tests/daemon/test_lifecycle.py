@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from tests.utils import RawClient, SpawnedDaemon, publish_frame, wait_for
+from tests.utils import RawClient, SpawnedDaemon, publish_frame, run_daemon, wait_for
 
 
 async def test_socket_mode_and_removal_on_sigterm(sock: Path) -> None:
@@ -143,3 +145,25 @@ async def test_a_stop_signal_while_the_broker_is_being_reached_stops_in_order(so
         silent.close()
     assert "stopped" in daemon.log
     assert not sock.exists()
+
+
+async def test_a_daemon_whose_outbox_stopped_stops_itself_saying_why(
+    sock: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outbox's task ended by what it does not catch (aiormq's CancelledError from a publish, found by review)
+    left a daemon that took publishes, sent none, and said it was ready."""
+    async with run_daemon(sock) as daemon:
+        publish = daemon.backend.publish
+
+        async def cut_short(topic: str, bodies: Sequence[bytes]) -> None:
+            if topic == daemon.settings.key:  # the events' publish; the announcements' go on
+                raise asyncio.CancelledError
+            await publish(topic, bodies)
+
+        monkeypatch.setattr(daemon.backend, "publish", cut_short)
+        app = await RawClient.connect(sock, {"v": 1})
+        await app.send(publish_frame(data=1))
+        await asyncio.wait_for(daemon.serve(), 10)  # it asked itself to stop
+        assert daemon.failure is not None and "CancelledError" in daemon.failure
+        assert daemon.unready_reason() == daemon.failure
+        await app.close()
