@@ -234,6 +234,12 @@ class AmqpBackend(Backend):
             refusal = await confirmed(batch, self.publish_timeout)
         except TimeoutError as exc:
             raise PublishTimeout(f"amqp: the broker confirmed nothing for {self.publish_timeout:g}s") from exc
+        except asyncio.CancelledError as exc:
+            if (task := asyncio.current_task()) is not None and task.cancelling():
+                raise  # the publisher itself is being cancelled
+            # aiormq fails what awaits a connection it closes (its heartbeat found it stuck) with CancelledError:
+            # the declare, the channel or the confirmation. A lost publish, not a cancelled publisher.
+            raise self._error("publish", exc) from exc
         except BROKER_ERRORS as exc:
             raise self._error("publish", exc) from exc
         if refusal is not None:

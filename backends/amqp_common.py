@@ -114,10 +114,11 @@ async def cancel_task(task: asyncio.Task[None]) -> None:
         await task
 
 
-async def confirmed(batch: Batch, timeout: float) -> BaseException | None:
+async def confirmed(batch: Batch, timeout: float) -> Exception | None:
     """What the broker's confirmation of `batch` failed with once it came (None: confirmed), or what aiormq failed it
-    with when the channel closed (any Exception, a bare one when it knows no cause, CancelledError when it closed a
-    connection it found stuck); TimeoutError once none of its messages has been confirmed for `timeout` seconds.
+    with when the channel closed (any Exception, a bare one when it knows no cause). Raises TimeoutError once none of
+    its messages has been confirmed for `timeout` seconds, and a CancelledError as it came (publish() tells aiormq's,
+    on a connection it closed, from its own cancellation).
 
     A broker that confirms slowly (a large batch on a busy machine) is waited for; one that stopped confirming (an
     alarm blocking publishers, a quorum queue without a leader) is not. The confirmation is awaited as it is, not
@@ -142,11 +143,6 @@ async def confirmed(batch: Batch, timeout: float) -> BaseException | None:
         await confirmation
     except TimeoutError:
         raise
-    except asyncio.CancelledError as exc:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise  # the publisher itself is being cancelled
-        return exc  # aiormq cancelled the confirmation: the publish is lost, not the publisher
     except Exception as exc:
         return exc
     finally:

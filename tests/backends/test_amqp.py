@@ -14,6 +14,7 @@ import pamqp.frame
 import pytest
 from pamqp.commands import Basic
 
+from backends import amqp_internals
 from backends.amqp import AmqpBackend, AmqpSubscription
 from backends.amqp_common import DEFAULT_PREFETCH, confirmed
 from backends.amqp_internals import GROUP_BYTES, Batch, Confirms
@@ -561,24 +562,59 @@ async def test_confirms_are_waited_for_while_they_keep_coming() -> None:
     assert isinstance(await confirmed(refused, timeout=0.2), aiormq.exceptions.DeliveryError)
 
 
-async def test_a_confirmation_aiormq_cancels_is_a_lost_publish_not_a_cancelled_publisher() -> None:
-    """aiormq cancels what waits on a connection it closes (found stuck by its heartbeat): awaited as it is, the
-    confirmation's CancelledError left publish() and ended the daemon's outbox task (found by review)."""
-    loop = asyncio.get_running_loop()
-    dropped = Batch(1, 1, loop.create_future())
-    loop.call_soon(dropped.confirmation.cancel)
-    assert isinstance(await confirmed(dropped, timeout=5.0), asyncio.CancelledError)
-    waited = asyncio.Event()
+def failed_as_aiormq_fails_on_close() -> asyncio.Future[Any]:
+    """What aiormq leaves a call waiting on a connection it closes (its heartbeat found it stuck): a future failed
+    with CancelledError (`FutureStore.reject_all`), though nobody cancelled the task that awaits it."""
+    failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    failed.set_exception(asyncio.CancelledError())
+    return failed
 
-    async def publisher() -> BaseException | None:
-        waited.set()  # confirmed() does not suspend before it awaits the confirmation
-        return await confirmed(Batch(2, 2, loop.create_future()), timeout=5.0)
 
-    waiting = asyncio.create_task(publisher())
-    await waited.wait()
-    waiting.cancel()  # the publisher's own cancellation still cancels it
-    with pytest.raises(asyncio.CancelledError):
-        await waiting
+async def test_a_confirmation_aiormq_cancels_is_a_lost_publish_not_a_cancelled_publisher(
+    server: RabbitServer, backend: Factory, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Awaited as it is, the confirmation's CancelledError left publish() and ended the daemon's outbox task (found
+    by review); the publisher's own cancellation still cancels it."""
+    publish = amqp_internals.publish
+    cancel_confirmation, published = True, asyncio.Event()
+
+    async def publish_then_close(*args: Any) -> Batch:
+        batch = await publish(*args)
+        if cancel_confirmation:
+            batch.confirmation = failed_as_aiormq_fails_on_close()
+        else:
+            published.set()
+        return batch
+
+    monkeypatch.setattr(amqp_internals, "publish", publish_then_close)
+    proxy = await TcpProxy.start(server.port)
+    try:
+        sender = await backend(uri=f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
+        with pytest.raises(PublishUnconfirmed, match="interrupted"):
+            await sender.publish(topic, [b"lost"])
+        cancel_confirmation = False
+        proxy.reply_latency = 120.0  # the broker's confirm held back: the publisher waits for it
+        waiting = asyncio.create_task(sender.publish(topic, [b"waiting"]))
+        async with asyncio.timeout(10):
+            await published.wait()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    finally:
+        await proxy.close()
+
+
+async def test_a_declare_aiormq_cancels_is_a_failed_publish_not_a_cancelled_publisher(
+    backend: Factory, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A topic's first publish declares its exchange: aiormq failing that declare with CancelledError on a connection
+    it closed left publish() as a CancelledError too, and ended the outbox task."""
+    sender = await backend()
+    monkeypatch.setattr(aiormq.Channel, "exchange_declare", lambda *_, **__: failed_as_aiormq_fails_on_close())
+    with pytest.raises(PublishUnconfirmed, match="interrupted"):
+        await sender.publish(topic, [b"first"])
+    monkeypatch.undo()
+    await sender.publish(topic, [b"again"])  # as the outbox sends it again
 
 
 async def test_a_publish_on_a_connection_found_stuck_fails_as_unconfirmed(
