@@ -110,6 +110,59 @@ def stop_daemons(daemons: Iterable[Daemon], run: str) -> dict[str, int | None]:
     return exits
 
 
+class Priority:
+    """`--nice`: the benchmark's processes (this one and all it starts: daemons, workers, brokers) run at a nice of
+    their own, and so do their sessions' autogroups, for the length of the run.
+
+    With the kernel's autogroups on (`/proc/sys/kernel/sched_autogroup_enabled`), a busy machine's CPU is shared
+    between sessions first, and a process's own nice weighs only against its session's others: each broker starts a
+    session of its own (tests.brokers), so its autogroup is set too. At full speed a contestant's throughput is the
+    CPU its processes get over the CPU they spend per event; on a machine others load, what they got moved the ratio
+    to raw by half (docs/benchmarks.md).
+    """
+
+    def __init__(self, nice: int) -> None:
+        self.nice = nice
+        self._own_group: int | None = None
+        self._own_nice = os.getpriority(os.PRIO_PROCESS, 0)
+
+    def begin(self) -> None:
+        """Raises PermissionError (a nice below the current one wants CAP_SYS_NICE); nothing is left changed."""
+        os.setpriority(os.PRIO_PROCESS, 0, self.nice)
+        try:
+            self._own_group = _autogroup_nice(os.getpid())
+            if self._own_group is not None:
+                _set_autogroup_nice(os.getpid(), self.nice)
+        except OSError:
+            self.end()
+            raise
+
+    def include(self, pids: Iterable[int]) -> None:
+        """Processes of another session (a broker's): their autogroup runs at the same nice."""
+        for pid in pids:
+            if _autogroup_nice(pid) is not None:
+                _set_autogroup_nice(pid, self.nice)
+
+    def end(self) -> None:
+        if self._own_group is not None:
+            _set_autogroup_nice(os.getpid(), self._own_group)
+            self._own_group = None
+        os.setpriority(os.PRIO_PROCESS, 0, self._own_nice)
+
+
+def _autogroup_nice(pid: int) -> int | None:
+    """The nice of `pid`'s autogroup (`/autogroup-58851 nice 0`), or None without autogroups."""
+    try:
+        text = Path(f"/proc/{pid}/autogroup").read_text()
+    except FileNotFoundError:
+        return None
+    return int(text.rsplit(" ", 1)[1])
+
+
+def _set_autogroup_nice(pid: int, nice: int) -> None:
+    Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+
+
 def _group_pids(pgid: int) -> list[int]:
     """Processes in process group `pgid`: a broker and its helpers (rabbitmq-server's Erlang VM)."""
     found = []
@@ -280,8 +333,11 @@ async def run_plan(
     progress: Callable[[dict[str, Any]], None],
     syncar_root: Path = REPO,
     base_root: Path | None = None,
+    *,
+    priority: Priority | None = None,
 ) -> dict[str, Any]:
-    """Every run of the plan; a broker that cannot start is reported, and the others go on."""
+    """Every run of the plan; a broker that cannot start is reported, and the others go on. `priority`, begun: its
+    nice is given to each broker's session too."""
     runs: list[dict[str, Any]] = []
     sections: dict[str, Any] = {}
     for broker in plan.brokers:
@@ -295,6 +351,8 @@ async def run_plan(
             section.stop()
             continue
         try:
+            if priority is not None:
+                priority.include(section.broker_meter_pids().values())
             for rep in range(plan.reps):
                 for case in plan.cases:
                     for contestant in in_turn(plan.contestants_for(broker), rep):
