@@ -21,7 +21,7 @@ import orjson
 from bench.plan import BROKERS, CONTESTANTS, EXTRA_CONTESTANTS, LABELS, MODES, make_plan
 from bench.processes import NODE_DIR
 from bench.report import derive, markdown, summarise, table
-from bench.runner import run_plan
+from bench.runner import Priority, run_plan
 from bench.scale import REPS, SECONDS, scale
 
 HERE = Path(__file__).resolve().parent
@@ -135,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="with --profile: offer this many events/s (e.g. 1000) instead of as many as go through; with "
         "--fleet: this rate only (0, the default: 100, 1,000 and as fast as they go)",
+    )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        help="the main run only: run the benchmark's processes, brokers included, and their sessions' autogroups at "
+        "this nice (e.g. -10; below 0 wants root), so that a machine's other work moves its figures less",
     )
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -317,11 +323,20 @@ def main(argv: list[str] | None = None) -> int:
     meta = {**_meta(args, command), "plan": plan.as_dict()}
     if base is not None:
         meta.update(base_root=str(base), base_commit=_checkout_commit(base))
+    priority = Priority(args.nice) if args.nice is not None else None
+    if priority is not None:
+        try:
+            priority.begin()
+        except PermissionError as exc:
+            parser.error(f"--nice {args.nice}: {exc}")
+        meta.update(nice=args.nice)
     began = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="syncar-bench-"))
     try:
-        outcome = asyncio.run(run_plan(plan, workdir, _progress, args.syncar_root.resolve(), base))
+        outcome = asyncio.run(run_plan(plan, workdir, _progress, args.syncar_root.resolve(), base, priority=priority))
     finally:
+        if priority is not None:
+            priority.end()
         shutil.rmtree(workdir, ignore_errors=True)
     meta.update(seconds=round(time.monotonic() - began, 1), loadavg_end=os.getloadavg())
     results = {
