@@ -96,6 +96,7 @@ class Outgoing(msgspec.Struct, gc=False):
     event: Event
     part: bytes  # encode(event): the bytes that go into a batch and, spliced, into local frames
     queued_at: float  # time.monotonic() when it entered the outbox
+    cost: int = 0  # the memory it holds in the outbox (outbox.entry_cost), set as it enters
 
 
 class Batch(msgspec.Struct, gc=False):

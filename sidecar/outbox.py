@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import operator
 import sys
 import time
 from collections import deque
@@ -80,6 +81,9 @@ def entry_cost(item: Outgoing) -> int:
     return cost if event.tracestate is None else cost + sys.getsizeof(event.tracestate)
 
 
+_cost = operator.attrgetter("cost")
+
+
 class OutboxFull(Exception):
     pass
 
@@ -135,9 +139,11 @@ class Outbox:
         Raises:
             OutboxFull: no room; the caller tells the client.
         """
-        size = entry_cost(item) + (0 if on_sent is None else ACK_OVERHEAD)
+        cost = entry_cost(item)
+        size = cost + (0 if on_sent is None else ACK_OVERHEAD)
         if self.bytes + size > self.max_bytes:
             raise OutboxFull(f"outbox holds {self.bytes} bytes, its limit is {self.max_bytes}")
+        item.cost = cost  # what _take gives back, not worked out again
         if on_sent is not None:
             self._on_sent.append((self._taken + len(self._items), on_sent))
         if not self._items:
@@ -248,7 +254,7 @@ class Outbox:
         items = self._items
         for _ in batch:
             items.popleft()
-        self.bytes -= sum(map(entry_cost, batch))
+        self.bytes -= sum(map(_cost, batch))
         self._taken += len(batch)
 
     def _refuse_head(self, reason: str) -> None:
