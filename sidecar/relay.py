@@ -24,7 +24,7 @@ from sidecar.backlog import Backlog
 from sidecar.codec import NULL, Codec, Event, Outgoing, encode
 from sidecar.dedup import EventIds
 from sidecar.errors import CodecError
-from sidecar.gaps import GapTracker
+from sidecar.gaps import Gap, GapTracker
 from sidecar.hello import Resume
 from sidecar.logging import RateLimitedLogger, printable
 from sidecar.metrics import DropReason, Metrics
@@ -300,8 +300,12 @@ class Relay:
 
     def _check_gap(self, origin: str, run: str, seq: int, count: int) -> None:
         gap = self._gaps.heard(origin, run, seq, count)
-        if gap is None:
-            return
+        if gap is not None:
+            self.tell_gap(gap)
+
+    def tell_gap(self, gap: Gap) -> None:
+        """Count the events of `gap` as missed, log it and tell every app (found by a batch, or by the fleet)."""
+        origin, run = gap.origin, gap.run
         self._metrics.missed.inc(gap.missed)
         bus_warnings.warning(
             f"gap-{gap.reason}",
