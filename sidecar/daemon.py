@@ -94,12 +94,15 @@ class Daemon:
             max_event_age=settings.instance_ttl,
         )
         self.bus = announcing_bus(settings, self.backend)
+        # A peer's lag is a loss in broadcast mode only (durable: a backlog), and only the syncar codec numbers events.
+        tells_gaps = settings.mode is Mode.BROADCAST and isinstance(inner, SyncarCodec)
         self.fleet = Fleet(
             self.bus,
             announcement_of(settings, inner.run if isinstance(inner, SyncarCodec) else None),
             key=settings.key,
             seq=lambda: outbox.on_bus,
-            last_seq=gaps.last,
+            gaps=gaps,
+            on_gap=self.relay.tell_gap if tells_gaps else None,
             resubscribe=self._resubscribe,
             metrics=metrics,
             signer=signer,

@@ -13,7 +13,14 @@ last one (`leaving`), and is taken out of the others' tables at once.
 
 The peer table holds who was heard, when, and the sequence lag: how many of a peer's events, by its last
 announcement, have not reached this daemon since it first heard of that run. A peer is gone after `MISSED`
-announcements missed. The table is bounded (MAX_PEERS, least recently heard forgotten first) and read by
+announcements missed. In broadcast mode a lag that outlasts the time its events had to arrive is a loss, told
+as the gaps that batches reveal are (sidecar/gaps.py): the last events of a run that nothing more is heard of
+show no jump in any batch. An announcement's `seq` is settled, not when it arrives (it may overtake the batches
+before it: on RabbitMQ they go by different queues), but at the peer's next announcement of that run, one of our
+intervals after it said it was leaving, or when it is swept; later while batches of that run still arrive (a
+subscriber behind). In durable mode a lag is a backlog still to be read.
+
+The table is bounded (MAX_PEERS, least recently heard forgotten first) and read by
 `GET /peers`, `syncar peers` and the metrics; a peer whose version, codec or mode differs from ours is warned of
 once, with what to do.
 
@@ -44,6 +51,7 @@ from sidecar import __version__
 from sidecar.codec import decode_json, encode
 from sidecar.config import Settings
 from sidecar.errors import CodecError
+from sidecar.gaps import Gap, GapTracker
 from sidecar.logging import RateLimitedLogger, printable
 from sidecar.metrics import Metrics
 from sidecar.signing import Signer
@@ -109,15 +117,22 @@ class Peer:
     announcement: Announcement
     heard_at: float  # time.monotonic() of its last announcement
     since_seq: int  # its seq when this run of it was first heard: what it sent before is not our loss
+    heard: int | None = None  # the last seq of its run heard here when the announcement came
 
 
 class PeerTable:
-    """The peers heard on the key, bounded; `last_seq(origin, run)` is the last event seq received of a run."""
+    """The peers heard on the key, bounded, and what `gaps` heard of their runs. With `tell` (broadcast mode), the
+    events an announcement said were on the bus and that were not heard once they had their time are a gap told;
+    `grace` is that time after a peer's last announcement (our announcement interval)."""
 
-    def __init__(self, instance_id: str, last_seq: Callable[[str, str], int | None]) -> None:
+    def __init__(
+        self, instance_id: str, gaps: GapTracker, *, tell: Callable[[Gap], None] | None = None, grace: float = 0.0
+    ) -> None:
         self.instance_id = instance_id
-        self._last_seq = last_seq
+        self._gaps, self._tell, self._grace = gaps, tell, grace
         self._peers: OrderedDict[str, Peer] = OrderedDict()  # least recently heard first
+        # Runs whose last announcement is not settled yet (with `tell` only): they left, or a new run replaced them.
+        self._departed: OrderedDict[tuple[str, str], Peer] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -126,28 +141,70 @@ class PeerTable:
         """Take an announcement of another daemon; True if it is new (first heard, or a new run of it)."""
         instance, peers = announcement.instance, self._peers
         peer = peers.pop(instance, None)
+        if peer is None or peer.announcement.run != announcement.run:
+            new, since = True, announcement.seq
+            if peer is not None:
+                self._depart(peer)
+        else:
+            new, since = False, peer.since_seq
+            self._settle(peer, now)  # the next announcement of its run: the batches before the last one had their time
         if announcement.leaving:
+            self._depart(Peer(announcement, now, since, self._heard(announcement)))
             return False
-        new = peer is None or peer.announcement.run != announcement.run
-        since = announcement.seq if new or peer is None else peer.since_seq
-        peers[instance] = Peer(announcement, now, since)
+        peers[instance] = Peer(announcement, now, since, self._heard(announcement))
         while len(peers) > MAX_PEERS:
             peers.popitem(last=False)
         return new
 
     def sweep(self, now: float) -> list[str]:
-        """Forget the peers that missed MISSED announcements; their ids."""
+        """Forget the peers that missed MISSED announcements (their ids), settle the departures past `grace`."""
         gone = [i for i, p in self._peers.items() if now - p.heard_at > MISSED * p.announcement.interval]
         for instance in gone:
-            del self._peers[instance]
+            self._settle(self._peers.pop(instance), now)
+        due = [run for run, p in self._departed.items() if now - p.heard_at >= self._grace]
+        for run in due:
+            self._settle(self._departed.pop(run), now)
         return gone
+
+    def _depart(self, peer: Peer) -> None:
+        run = self._followed(peer.announcement)
+        if self._tell is not None and run is not None:
+            key = (peer.announcement.instance, run)
+            self._departed.pop(key, None)
+            self._departed[key] = peer
+            while len(self._departed) > MAX_PEERS:
+                self._departed.popitem(last=False)
+
+    def _heard(self, a: Announcement) -> int | None:
+        return None if a.run is None else self._gaps.last(a.instance, a.run)
+
+    @staticmethod
+    def _followed(a: Announcement) -> str | None:
+        """`a`'s run, if the events it says were on the bus should have reached us: not those of a peer in another
+        mode (a mismatch warned of: its events go elsewhere), nor of one without a run (it does not number them)."""
+        return a.run if a.mode == Mode.BROADCAST else None
+
+    def _settle(self, peer: Peer, now: float) -> None:
+        """The peer's announcement had its time: the events it said were on the bus and were not heard are lost
+        (counted as heard from then on, so that no gap is told twice), unless some are still arriving."""
+        a, run = peer.announcement, self._followed(peer.announcement)
+        if self._tell is None or run is None:
+            return
+        heard = self._gaps.last(a.instance, run)
+        if heard != peer.heard and (heard or 0) < a.seq:
+            # Batches of its run came meanwhile: a subscriber behind, still taking them. Looked at again later.
+            self._depart(dataclasses.replace(peer, heard_at=now, heard=heard))
+            return
+        gap = self._gaps.announced(a.instance, run, a.seq, peer.since_seq)
+        if gap is not None:
+            self._tell(gap)
 
     def lag(self, peer: Peer) -> int | None:
         """Events of the peer's run, by its last announcement, not received here; None if its codec has no seqs."""
         a = peer.announcement
         if a.run is None:
             return None
-        heard = self._last_seq(a.instance, a.run) or 0
+        heard = self._gaps.last(a.instance, a.run) or 0
         return max(a.seq - max(heard, peer.since_seq), 0)
 
     def instances(self) -> list[str]:
@@ -163,7 +220,8 @@ class Fleet:
     """The announcer, the peer table and the watchdog of one daemon; `bus` carries the announcements.
 
     `seq()` is the daemon's last bus sequence number; `resubscribe()` makes every subscription of the daemon again
-    (this one's included, through `resubscribe_own()`).
+    (this one's included, through `resubscribe_own()`); `gaps` is what was heard of the peers' runs, and `on_gap`, in
+    broadcast mode, tells what their announcements show was missed.
     """
 
     def __init__(
@@ -173,14 +231,15 @@ class Fleet:
         *,
         key: str,
         seq: Callable[[], int],
-        last_seq: Callable[[str, str], int | None],
+        gaps: GapTracker,
+        on_gap: Callable[[Gap], None] | None,
         resubscribe: Callable[[], Awaitable[None]],
         metrics: Metrics,
         signer: Signer | None = None,
     ) -> None:
         self.bus, self.me, self.key = bus, me, key
         self.topic = peers_topic(key)
-        self.table = PeerTable(me.instance, last_seq)
+        self.table = PeerTable(me.instance, gaps, tell=on_gap, grace=me.interval)
         self._seq, self._resubscribe, self._metrics, self._signer = seq, resubscribe, metrics, signer
         self._subscription: Subscription | None = None
         self._task: asyncio.Task[None] | None = None

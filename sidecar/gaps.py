@@ -7,7 +7,14 @@ events in between went by unseen. A batch at or below it is a copy (a durable
 redelivery, the outbox sending again a batch the broker did not confirm) and
 is no gap. A new run of an origin starts again at 1: what came before its
 first batch heard is missed of the new run, and what the old run sent after
-its last batch heard cannot be known.
+its last batch heard is known only from its announcements (`announced`).
+
+The last events of a run that nothing more is heard of (its daemon went quiet
+or stopped after the receiver missed its last batches) reveal no jump: its
+announcements (sidecar/fleet.py) say how many events it put on the bus, and
+once they have had time to arrive, what was not heard of them is a gap too,
+counted as heard from then on, so that a later batch reveals only what lies
+beyond it and no gap is told twice.
 
 Runs and origins are forgotten least recently heard first beyond a bound: one
 forgotten and heard again is taken as new, which can only hide a gap, never
@@ -97,3 +104,12 @@ class GapTracker:
             self._origins.popitem(last=False)
         # An origin never heard (or forgotten): what it sent before is none of our business, whatever its number.
         return Gap(origin, run, 1, seq - 1, GapReason.RESTART) if known and seq > 1 else None
+
+    def announced(self, origin: str, run: str, seq: int, since: int) -> Gap | None:
+        """`run` of `origin` had put `seq` events on the bus, by an announcement old enough for all of them to have
+        arrived: the gap a batch numbered from `seq + 1` would reveal, whose events then count as heard. Of an origin
+        never heard (or forgotten), what came after `since` (its seq when the fleet first heard of the run) is missed.
+        """
+        unknown = (origin, run) not in self._last and origin not in self._origins
+        gap = self.heard(origin, run, seq + 1, 0)
+        return Gap(origin, run, since + 1, seq, GapReason.LOST) if unknown and seq > since else gap

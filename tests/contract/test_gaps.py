@@ -65,7 +65,7 @@ class Collector:
 
 
 @contextlib.asynccontextmanager
-async def _collect(connect: Connect, socket: Path, paths: list[str]) -> AsyncIterator[Collector]:
+async def collect(connect: Connect, socket: Path, paths: list[str]) -> AsyncIterator[Collector]:
     collector = Collector(await connect(socket, {"subscribe": paths}))
     try:
         yield collector
@@ -73,11 +73,11 @@ async def _collect(connect: Connect, socket: Path, paths: list[str]) -> AsyncIte
         await collector.stop()
 
 
-def _frames(start: int, stop: int) -> bytes:
+def frames(start: int, stop: int) -> bytes:
     return b"".join(b'{"type":"publish","path":"stream","event":"tick","data":%d}\n' % i for i in range(start, stop))
 
 
-def _via(broker: BrokerServer, port: int) -> str:
+def via(broker: BrokerServer, port: int) -> str:
     return broker.uri.replace(f":{broker.port}", f":{port}")
 
 
@@ -98,10 +98,10 @@ async def test_gaps_add_up_to_what_a_cut_receiver_missed(
         async with (
             run_daemon(sock_dir / "a.sock", instance_id=f"a-{key[9:17]}", backend=broker.uri, **settings),
             run_daemon(
-                sock_dir / "b.sock", instance_id=f"b-{key[9:17]}", backend=_via(broker, proxy.port), **settings
+                sock_dir / "b.sock", instance_id=f"b-{key[9:17]}", backend=via(broker, proxy.port), **settings
             ) as b,
-            _collect(connect, sock_dir / "b.sock", ["stream"]) as wanting,
-            _collect(connect, sock_dir / "b.sock", ["other"]) as other,
+            collect(connect, sock_dir / "b.sock", ["stream"]) as wanting,
+            collect(connect, sock_dir / "b.sock", ["other"]) as other,
         ):
             publisher = await connect(sock_dir / "a.sock", {"subscribe": ["control"]})
             loop = asyncio.get_running_loop()
@@ -114,9 +114,9 @@ async def test_gaps_add_up_to_what_a_cut_receiver_missed(
                     await wait_for(lambda: "down" in wanting.broker, TIMEOUT, "the receiver to see its link down")
                 if start == STREAM // 2:
                     proxy.restore()
-                await publisher.send(_frames(start, start + CHUNK))
+                await publisher.send(frames(start, start + CHUNK))
             await wait_for(lambda: wanting.broker[-1:] == ["up"], TIMEOUT, "the receiver to be back")
-            await publisher.send(_frames(STREAM, STREAM + 1))  # the last: published once the receiver is back
+            await publisher.send(frames(STREAM, STREAM + 1))  # the last: published once the receiver is back
             await wait_for(lambda: STREAM in wanting.events, TIMEOUT, "the last event")
 
             got = wanting.events
@@ -150,7 +150,7 @@ async def test_no_gap_in_a_clean_run_nor_across_a_publisher_restart(
     clean_events = CLEAN[setup.codec]
     async with (
         run_daemon(sock_dir / "b.sock", instance_id=f"b-{key[9:17]}", **settings) as b,
-        _collect(connect, sock_dir / "b.sock", ["stream"]) as wanting,
+        collect(connect, sock_dir / "b.sock", ["stream"]) as wanting,
     ):
         started = time.monotonic()
         async with run_daemon(sock_dir / "a.sock", **a_settings):
@@ -158,13 +158,13 @@ async def test_no_gap_in_a_clean_run_nor_across_a_publisher_restart(
             # As fast as the receiver takes them, a window of 1,000 ahead: a broadcast broker drops a subscriber
             # that falls too far behind, which would be a real gap.
             for start in range(0, clean_events, 1000):
-                await publisher.send(_frames(start, start + 1000))
+                await publisher.send(frames(start, start + 1000))
                 await wait_for(lambda ahead=start: len(wanting.events) >= ahead, TIMEOUT, "the receiver to keep up")
             await wait_for(lambda: len(wanting.events) == clean_events, TIMEOUT, "the clean run")
         clean = time.monotonic() - started
         async with run_daemon(sock_dir / "a.sock", **a_settings):  # the same instance, a new run
             publisher = await connect(sock_dir / "a.sock", {"subscribe": ["control"]})
-            await publisher.send(_frames(clean_events, clean_events + 100))
+            await publisher.send(frames(clean_events, clean_events + 100))
             await wait_for(lambda: len(wanting.events) == clean_events + 100, TIMEOUT, "the events of the new run")
         print(
             f"\n{broker.name}/{setup.codec}: {clean_events} events in {clean:.1f}s, then 100 after a restart, "

@@ -78,7 +78,12 @@ def test_the_tracker_counts_jumps_not_copies_and_notices_a_new_run() -> None:
 
 
 @pytest.fixture
-async def relay() -> AsyncIterator[tuple[Relay, Metrics]]:
+def tracker() -> GapTracker:
+    return GapTracker()
+
+
+@pytest.fixture
+async def relay(tracker: GapTracker) -> AsyncIterator[tuple[Relay, Metrics]]:
     backend, metrics = FakeBackend(), Metrics("fake", "syncar")
     codec = SyncarCodec("here")
     outbox = Outbox(backend, codec, "topic", 1 << 20, metrics)
@@ -90,7 +95,7 @@ async def relay() -> AsyncIterator[tuple[Relay, Metrics]]:
         replay=ReplayBuffer(100, 1 << 20),
         metrics=metrics,
         id_key=b"key",
-        gaps=GapTracker(),
+        gaps=tracker,
     )
     relay.on_backend_state(BackendState.CONNECTED)
     yield relay, metrics
@@ -136,3 +141,44 @@ async def test_a_batch_sent_again_keeps_its_numbers_and_the_next_goes_on_from_th
         task.cancel()
     assert [orjson.loads(call[0])["seq"] for call in backend.published] == [1, 4]
     assert backend.attempts == 3
+
+
+def test_an_announced_seq_not_heard_is_a_gap_once_and_counts_as_heard() -> None:
+    tracker = GapTracker()
+    tracker.heard("a", "r1", 1, 10)
+    assert tracker.announced("a", "r1", 10, since=0) is None  # all heard
+    gap = tracker.announced("a", "r1", 15, since=0)  # 11-15 never came, nor anything after them
+    assert gap is not None and (gap.first, gap.last, gap.reason) == (11, 15, GapReason.LOST)
+    assert tracker.announced("a", "r1", 15, since=0) is None  # told once
+    assert tracker.heard("a", "r1", 11, 5) is None  # 11-15 late after all: no gap (the relay still delivers them)
+    gap = tracker.heard("a", "r1", 18, 1)  # a batch reveals only what is beyond
+    assert gap is not None and (gap.first, gap.last) == (16, 17)
+    assert tracker.announced("a", "r1", 18, since=0) is None  # and the other way round: revealed by a batch first
+    # An origin never heard: what it sent after the fleet first heard of its run (`since`) is ours to miss.
+    gap = tracker.announced("b", "r1", 30, since=20)
+    assert gap is not None and (gap.first, gap.last, gap.reason) == (21, 30, GapReason.LOST)
+    assert tracker.heard("b", "r1", 31, 1) is None
+    assert tracker.announced("c", "r1", 20, since=20) is None
+    assert tracker.heard("c", "r1", 21, 1) is None
+    # A new run of an origin heard before: as a batch after it would say, its first events were missed.
+    gap = tracker.announced("a", "r2", 4, since=4)
+    assert gap is not None and (gap.first, gap.last, gap.reason) == (1, 4, GapReason.RESTART)
+
+
+async def test_a_batch_that_arrives_after_its_gap_was_told_is_still_delivered(
+    relay: tuple[Relay, Metrics], tracker: GapTracker
+) -> None:
+    relay_, metrics = relay
+    app = FakeSubscriber("w")
+    app.id_scope = relay_.scope_of(app.client_id)
+    relay_.join(app, None)
+    there = SyncarCodec("there")
+    await relay_.on_message(Message(there.pack([outgoing(1, event_id="1")], 1)[0]))
+    gap = tracker.announced("there", there.run, 3, since=0)  # the fleet's settling of an announcement of seq 3
+    assert gap is not None
+    relay_.tell_gap(gap)
+    for seq in (2, 3, 4):
+        await relay_.on_message(Message(there.pack([outgoing(seq, event_id=str(seq))], seq)[0]))
+    assert app.data() == [1, 2, 3, 4]
+    assert [(g["first"], g["last"]) for g in app.decoded("gap")] == [(2, 3)]
+    assert metric(metrics, "syncar_events_missed_total") == 2
