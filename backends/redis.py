@@ -73,9 +73,8 @@ class Channel:
     refused: str | None = None  # why Redis refused to subscribe us (an ACL, say)
 
 
-def _publishes(topic: str, bodies: Sequence[bytes]) -> list[bytes]:
-    """The PUBLISH commands of `bodies` on `topic`, in RESP, as pieces: each body is one of them, as it is."""
-    channel = topic.encode()
+def _publishes(channel: bytes, bodies: Sequence[bytes]) -> list[bytes]:
+    """The PUBLISH commands of `bodies` on `channel`, in RESP, as pieces: each body is one of them, as it is."""
     head = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$" % (len(channel), channel)
     pieces: list[bytes] = []
     for body in bodies:
@@ -163,7 +162,8 @@ class RedisBackend(RedisBaseBackend):
             raise BackendUnavailable(f"redis: not connected to {self.where} (reconnecting)")
         if not bodies:
             return
-        replies = await session.publish(writes(_publishes(topic, bodies)), len(bodies))
+        channel = topic.encode()
+        replies = await session.publish(writes(_publishes(channel, bodies)), channel, bodies)
         refused = next((reply for reply in replies if isinstance(reply, Exception)), None)
         if refused is not None:  # an ACL, say; every reply was read, so the connection is fine
             raise refused

@@ -85,13 +85,60 @@ def _command(args: Sequence[bytes]) -> bytes:
 class _Awaited:
     """A command written on the session whose answer has not all come: `left` more pushes of kind `confirmations`
     (a SUBSCRIBE's or UNSUBSCRIBE's, one per channel; an error reply instead if it was refused) or `left` more
-    replies (a PING's, handed to `on_reply`; a batch of PUBLISHes', collected in `replies` for `future`)."""
+    replies (a PING's, handed to `on_reply`; a batch of PUBLISHes', collected in `replies` for `future`, their
+    `channel` and `bodies` kept to know them when they come back)."""
 
-    __slots__ = ("confirmations", "future", "left", "replies")
+    __slots__ = ("bodies", "channel", "confirmations", "future", "left", "replies")
 
-    def __init__(self, left: int, confirmations: bytes | None = None, future: asyncio.Future[list[Any]] | None = None):
+    def __init__(
+        self,
+        left: int,
+        confirmations: bytes | None = None,
+        future: asyncio.Future[list[Any]] | None = None,
+        channel: bytes = b"",
+        bodies: Sequence[bytes] = (),
+    ):
         self.left, self.confirmations, self.future = left, confirmations, future
+        self.channel, self.bodies = channel, bodies
         self.replies: list[Any] = []
+
+
+class _Echo:
+    """Our own message coming back, read by comparing it with the body we sent rather than by hiredis: hiredis
+    would grow its buffer to hold the whole message (to ~2 MiB for a 1 MiB batch) and copy it once more into the
+    bytes it hands over, both alive at the publishing daemon's peak (1.8 MiB of it, docs/benchmarks.md). Its bytes
+    are `head` (the push's header), `body` (what we published) and a CRLF; `got` of them matched so far."""
+
+    __slots__ = ("body", "channel", "got", "head")
+
+    def __init__(self, head: bytes, channel: bytes, body: bytes) -> None:
+        self.head, self.channel, self.body, self.got = head, channel, body, 0
+
+    def match(self, data: bytes) -> int:
+        """How many bytes at the start of `data` are the rest of this message; -1 if they are not it."""
+        view, at, got = memoryview(data), 0, self.got
+        for part in (self.head, self.body, b"\r\n"):
+            if got >= len(part):
+                got -= len(part)
+                continue
+            size = min(len(part) - got, len(view) - at)
+            if not part.startswith(view[at : at + size], got):
+                return -1
+            at, got = at + size, 0
+        self.got += at
+        return at
+
+    @property
+    def done(self) -> bool:
+        return self.got == len(self.head) + len(self.body) + 2
+
+    def read(self) -> bytes:
+        """The bytes matched so far, for hiredis, once they turn out not to be our message."""
+        return (self.head + self.body + b"\r\n")[: self.got]
+
+
+#: Bodies from this size on come back compared with what was sent, not through hiredis (`_Echo`).
+ECHO_COMPARED_BYTES = 64 * 1024
 
 
 class Session(asyncio.Protocol):
@@ -123,6 +170,10 @@ class Session(asyncio.Protocol):
         self._unstarted: Awaitable[None] | None = None  # what _busy has to finish, until it starts
         self._stopped = False
         self._until: tuple[Callable[[], bool], asyncio.Future[None]] | None = None  # what until() waits for
+        # Whether what was read so far ends with a whole reply, so the next read starts one: hiredis has just handed
+        # a reply over with nothing left in its buffer (true before the first read: redis-py left nothing unread).
+        self._between = True
+        self._echo: _Echo | None = None  # our own message being read, compared with its body
         self._transport.set_protocol(self)  # redis-py's reader hears nothing more, but of its end
 
     @property
@@ -142,13 +193,14 @@ class Session(asyncio.Protocol):
         self._awaited.append(_Awaited(len(args) - 1, name) if confirmed else _Awaited(1))
         self._transport.write(_command(args))
 
-    def publish(self, writes: Sequence[bytes], replies: int) -> asyncio.Future[list[Any]]:
-        """Write `writes` (PUBLISHes), in order, each as it is; the future has their `replies` replies (errors
-        included). One given up on leaves its place in the queue: its replies are read and dropped when they come."""
+    def publish(self, writes: Sequence[bytes], channel: bytes, bodies: Sequence[bytes]) -> asyncio.Future[list[Any]]:
+        """Write `writes` (the PUBLISHes of `bodies` on `channel`), in order, each as it is; the future has their
+        replies (errors included). One given up on leaves its place in the queue: its replies are read and dropped
+        when they come."""
         if not self.usable:
             raise redis_errors.ConnectionError("Connection closed by server.")
         future = self._loop.create_future()
-        self._awaited.append(_Awaited(replies, future=future))
+        self._awaited.append(_Awaited(len(bodies), future=future, channel=channel, bodies=bodies))
         for data in writes:
             self._transport.write(data)
         return future
@@ -178,12 +230,49 @@ class Session(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.heard_at = self._loop.time()
-        self._parser.feed(data)
+        echo = self._echo if self._echo is not None or not self._between else self._echo_starts(data)
+        if echo is not None:
+            data = self._echo_read(echo, data)
+            if not data:
+                return
+        parser = self._parser
+        parser.feed(data)
+        between = False
         try:
-            while (reply := self._parser.gets()) is not False:
+            while (reply := parser.gets()) is not False:
+                between = not parser.has_data()
                 self._take(reply)
         except (hiredis.ProtocolError, redis_errors.InvalidResponse) as exc:
             self._fail(redis_errors.ConnectionError(f"protocol error: {exc}"))
+        self._between = between
+
+    def _echo_starts(self, data: bytes) -> _Echo | None:
+        """Our own message, if `data`, the start of a reply, starts it: the one whose PUBLISH is answered next."""
+        head = self._awaited[0] if self._awaited else None
+        if head is None or head.future is None or len(head.replies) >= len(head.bodies):
+            return None
+        body = head.bodies[len(head.replies)]
+        if len(body) < ECHO_COMPARED_BYTES or type(body) is not bytes:
+            return None
+        channel = head.channel
+        header = b">3\r\n$7\r\nmessage\r\n$%d\r\n%b\r\n$%d\r\n" % (len(channel), channel, len(body))
+        if not data.startswith(header):
+            return None
+        self._echo = _Echo(header, channel, body)
+        return self._echo
+
+    def _echo_read(self, echo: _Echo, data: bytes) -> bytes:
+        """Read `data` as the rest of our own message; what follows it, or what it turned out to be, for hiredis."""
+        matched = echo.match(data)
+        if matched < 0:  # not ours after all: hiredis reads the stream as it came
+            self._echo = None
+            return echo.read() + data
+        if not echo.done:
+            return b""
+        self._echo = None
+        self._take([b"message", echo.channel, echo.body])
+        self._between = True
+        return data[matched:]
 
     def eof_received(self) -> bool:
         return False  # close: connection_lost() follows

@@ -86,9 +86,11 @@ async def test_a_large_body_is_written_as_it_is_between_the_others(
     written: list[bytes] = []
     original = Session.publish
 
-    def publish(session: Session, writes: Sequence[bytes], replies: int) -> asyncio.Future[list[Any]]:
+    def publish(
+        session: Session, writes: Sequence[bytes], channel: bytes, bodies: Sequence[bytes]
+    ) -> asyncio.Future[list[Any]]:
         written.extend(writes)
-        return original(session, writes, replies)
+        return original(session, writes, channel, bodies)
 
     monkeypatch.setattr(Session, "publish", publish)
     bodies = [b"before", large[0], b"between %d", large[1], b"after"]

@@ -158,3 +158,45 @@ async def test_a_publish_reads_its_replies_as_they_arrive(
     await a.publish(topic, [b"21", b"22", b"23"])
     assert reads == []  # before: one per PUBLISH, 23
     assert await inbox.wait(24) == [b"%d" % n for n in range(24)]
+
+
+async def test_our_own_large_message_comes_back_as_the_body_we_sent(backend: Factory, topic: str) -> None:
+    """A daemon hears its own batches (Redis has no way to leave them out). A large one is read by comparing it with
+    the body sent, not by hiredis, whose buffer grew to hold it and which copied it once more: the same bytes, the
+    object we published (1.8 MiB off the publishing daemon's peak at full speed, docs/benchmarks.md). Where it
+    starts a read, as a daemon's own batches do: the next is written once the last one was answered."""
+    a, b = await backend(), await backend()
+    heard, other = Inbox(), Inbox()
+    await a.subscribe(topic, heard)
+    await b.subscribe(topic, other)
+    large = bytes(range(256)) * 1024  # 256 KiB, over ECHO_COMPARED_BYTES
+    await a.publish(topic, [large, b"small"])
+    await b.publish(topic, [large[:-1] + b"!"])  # as long as ours, not ours
+    await heard.wait(3)  # read to its end before ours comes
+    await a.publish(topic, [large])
+    assert await heard.wait(4) == [large, b"small", large[:-1] + b"!", large]
+    assert heard.bodies[0] is large and heard.bodies[3] is large
+    assert heard.bodies[2] is not large
+    assert await other.wait(4) == heard.bodies
+
+
+async def test_a_message_that_starts_as_our_own_but_is_not_is_read_as_it_came(backend: Factory, topic: str) -> None:
+    """Another instance's message as long as ours, with the same header and first bytes, arriving where ours was
+    awaited: read as ours until the bytes differ, then handed to hiredis as they came, and ours after it."""
+    a = await backend()
+    heard = Inbox()
+    await a.subscribe(topic, heard)
+    ours, theirs = b"x" * 100_000 + b"ours", b"x" * 100_000 + b"them"
+    channel = topic.encode()
+    session = a._session  # noqa: SLF001  # the connection as redis_internals reads it
+    assert session is not None
+    publish = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n" % (len(channel), channel, len(ours))
+    replied = session.publish([publish, ours, b"\r\n"], channel, [ours])
+    # Before Redis's answer is read: their message, in three reads, the last one with a reply of ours after it.
+    push = b">3\r\n$7\r\nmessage\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(channel), channel, len(theirs), theirs)
+    for start, end in ((0, 60_000), (60_000, len(push) - 3), (len(push) - 3, len(push))):
+        session.data_received(push[start:end])
+    assert heard.bodies == [theirs]
+    assert await asyncio.wait_for(replied, 5) == [1]
+    assert await heard.wait(2) == [theirs, ours]
+    assert heard.bodies[1] is ours
