@@ -111,7 +111,12 @@ class Settings(BaseModel):
         "is gone after 3 missed, and 3 intervals without hearing any, not even our own, make the subscriptions again",
     )
     max_frame_bytes: int = Field(1 * MiB, ge=1024, le=256 * MiB, description="longest line a client may send")
-    max_clients: int = Field(4096, ge=1, description="connections accepted at once; more are refused")
+    max_clients: int = Field(
+        4096,
+        ge=1,
+        description="connections accepted at once; more are refused; lowered, with a warning, to what the file "
+        "descriptor limit serves",
+    )
     max_patterns: int = Field(
         1024,
         ge=1,
@@ -134,8 +139,8 @@ class Settings(BaseModel):
     outbox_bytes: int = Field(
         64 * MiB,
         ge=1024,
-        description="memory the publishes kept while the broker is away "
-        "may take (each counts its JSON twice, once with the syncar codec, plus 512 bytes)",
+        description="memory the publishes waiting for the broker may take (each counts its JSON twice, once with "
+        "the syncar codec, plus 512 bytes, 256 more with an ack)",
     )
     allow_uids: tuple[int, ...] = Field(
         (),
