@@ -13,6 +13,12 @@ cost per frame and per message was most of a daemon's CPU (docs/benchmarks.md). 
   settled by the broker's (grouped) acknowledgements as they come (`Confirms`), not a future per message.
 - `deliver_without_tasks` assembles each delivery as the connection's reader hands its frames over and passes it
   on, in place of aiormq's queue to the channel's reader and a Task per message (`Deliveries`).
+- Whole deliveries and confirms are taken as their bytes arrive, in the loop's I/O callback, while aiormq's reader
+  waits with nothing half-read (`BulkFrameReceiver._arrived`): at 1,000 messages a second most come alone, and
+  each woke the reader Task for a turn of the loop and three `async for` steps (28 µs of a receiving backend's 95
+  per message). Everything else, and whatever arrives cut, still goes through aiormq's reader, in order.
+
+The frames themselves, as bytes, are `backends.amqp_frames`'.
 """
 
 from __future__ import annotations
@@ -22,17 +28,28 @@ import struct
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import aiormq
 import aiormq.connection
-import pamqp.frame
-from aiormq.abc import ChannelFrame, DeliveredMessage
+from aiormq.abc import ChannelFrame, DeliveredMessage, TaskWrapper
 from aiormq.exceptions import AMQPConnectionError, ChannelInvalidStateError, DeliveryError, InvalidFrameError
-from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.exceptions import PAMQPException
-from pamqp.header import ContentHeader
+
+from backends.amqp_frames import (
+    ACK,
+    BASIC_ACK,
+    FRAME,
+    FRAME_END,
+    HEARTBEAT,
+    METHOD,
+    Deliveries,
+    FrameMarshal,
+    Taker,
+    unmarshal,
+    whole,
+)
 
 #: Bodies in one frame group at most: a small batch goes out in one write, a large one in writes of about this
 #: size, so the broker routes the first messages while the rest are still being written.
@@ -40,69 +57,9 @@ GROUP_BYTES = 256 * 1024
 #: How much BulkFrameReceiver asks the socket's reader for at a time.
 READ_BYTES = 256 * 1024
 
-_FRAME = struct.Struct(">BHI")  # type, channel, size; then the payload and FRAME_END
-_FRAME_END = 0xCE
-_FRAME_END_BYTE = b"\xce"
-_METHOD, _HEADER, _BODY = 1, 2, 3
-_SHORT_HEADER = struct.Struct(">HHQ")  # class, weight, body size
-_ACK = struct.Struct(">QB")  # Basic.Ack's delivery tag and bits (multiple)
-_DELIVER = Basic.Deliver.index
-
-
-class LazyContentHeader(ContentHeader):
-    """A content header whose properties are decoded when first read: syncar reads only the body size."""
-
-    def __init__(self, payload: bytes) -> None:
-        self.class_id, self.weight, self.body_size = _SHORT_HEADER.unpack_from(payload)
-        self._payload: bytes | None = payload
-        self._properties: Basic.Properties | None = None
-
-    @property
-    def properties(self) -> Basic.Properties:
-        if self._properties is None:
-            properties, payload = Basic.Properties(), self._payload or b"\0\0"
-            offset, flags = self._get_flags(payload[12:])
-            properties.unmarshal(flags, payload[12 + offset :])
-            self._properties = properties
-        return self._properties
-
-    @properties.setter
-    def properties(self, value: Basic.Properties) -> None:
-        self._properties, self._payload = value, None  # the payload no longer says what the properties are
-
-
-def _short_string(payload: bytes, offset: int) -> tuple[str, int]:
-    end = offset + 1 + payload[offset]
-    return payload[offset + 1 : end].decode(), end
-
-
-def _basic_deliver(payload: bytes) -> Basic.Deliver:
-    """A Basic.Deliver from its method frame's payload, as pamqp decodes it, without its generic decoder."""
-    consumer_tag, offset = _short_string(payload, 4)
-    (delivery_tag,) = struct.unpack_from(">Q", payload, offset)
-    redelivered = bool(payload[offset + 8] & 1)
-    exchange, offset = _short_string(payload, offset + 9)
-    routing_key, _ = _short_string(payload, offset)
-    deliver = Basic.Deliver.__new__(Basic.Deliver)  # without validate(): a regex match per message on the exchange
-    deliver.consumer_tag, deliver.delivery_tag, deliver.redelivered = consumer_tag, delivery_tag, redelivered
-    deliver.exchange, deliver.routing_key = exchange, routing_key
-    return deliver
-
-
-def _unmarshal(kind: int, frame: bytes, payload: bytes) -> Any:
-    """What pamqp.frame.unmarshal(frame)[2] is, cheaper for the frames every message has."""
-    if kind == _BODY:
-        return ContentBody(payload)
-    if kind == _HEADER:
-        return LazyContentHeader(payload)
-    if kind == _METHOD:
-        method = payload[:4]
-        if method == b"\x00\x3c\x00\x3c":  # Basic.Deliver
-            return _basic_deliver(payload)
-        if method == b"\x00\x3c\x00\x50":  # Basic.Ack, a publisher confirm: one per publish at a low rate
-            tag, bits = _ACK.unpack_from(payload, 4)
-            return Basic.Ack(tag, bool(bits & 1))  # pamqp's decoder took 12 µs, this 1.6
-    return pamqp.frame.unmarshal(frame)[2]
+#: Seconds: while every frame that arrives is taken as it arrives, aiormq's reader is told this often that the broker
+#: is there (a heartbeat frame), well within the 3 heartbeats after which aiormq takes the connection for stuck.
+HANDED_EVERY = 1.0
 
 
 class BulkFrameReceiver(aiormq.connection.FrameReceiver):
@@ -116,15 +73,61 @@ class BulkFrameReceiver(aiormq.connection.FrameReceiver):
         super().__init__(reader)
         self._buffer = b""
         self._offset = 0
+        #: By channel number: the channel, and what takes its deliveries or confirms as their bytes arrive.
+        self.takers: dict[int, tuple[aiormq.Channel, Taker]] = {}
+        self._idle = False  # waiting for bytes with nothing half-read: what arrives now may be taken at once
+        self._fed = False  # bytes were given to the reader since it began waiting
+        self._loop = asyncio.get_running_loop()
+        self._handed_at = self._loop.time()  # when aiormq's reader was last given bytes
+        self._feed = reader.feed_data
+        reader.feed_data = self._arrived  # type: ignore[method-assign,assignment]
+
+    def _arrived(self, data: bytes) -> None:
+        """The connection's bytes as they arrive (the StreamReader's feed_data). While aiormq's reader waits with
+        nothing half-read, the whole deliveries and confirms at their head are taken here, in the loop's I/O callback:
+        no wake-up of the reader Task, no turn of the loop, no trip through its `async for` per frame. The rest,
+        from the first frame of another kind, goes to the reader as before, in order."""
+        if self._idle and not self._fed and self.takers:
+            taken = self._take(data)
+            if taken:
+                now = self._loop.time()
+                if taken == len(data):
+                    if now - self._handed_at < HANDED_EVERY:
+                        return
+                    # aiormq takes a connection that handed it no frame for 3 heartbeats for stuck (and closes it):
+                    # tell it that the broker is there, with the frame a broker sends for that.
+                    data = HEARTBEAT
+                else:
+                    data = data[taken:]
+        self._fed = True
+        self._handed_at = self._loop.time()
+        self._feed(data)
+
+    def _take(self, data: bytes) -> int:
+        """How many bytes at the head of `data` were whole frames taken by the takers."""
+        offset, end = 0, len(data)
+        while offset + FRAME.size < end:
+            _kind, number, _size = FRAME.unpack_from(data, offset)
+            taker = self.takers.get(number)
+            if taker is None or taker[0].is_closed:
+                break
+            taken = taker[1].take(data, offset, number)
+            if taken == offset:
+                break
+            offset = taken
+        return offset
 
     async def _fill(self, needed: int) -> None:
         """Read until `needed` bytes from the offset are buffered."""
         async with self.lock:
             while len(self._buffer) - self._offset < needed:
+                self._idle, self._fed = self.started and self._offset == len(self._buffer), False
                 try:
                     data = await self.reader.read(READ_BYTES)
                 except OSError as exc:  # ConnectionError included, as aiormq words it
                     raise AMQPConnectionError(f"Server communication error: {exc!r}") from exc
+                finally:
+                    self._idle = False
                 if not data:
                     have = len(self._buffer) - self._offset
                     raise AMQPConnectionError(
@@ -135,26 +138,37 @@ class BulkFrameReceiver(aiormq.connection.FrameReceiver):
     async def get_frame(self) -> aiormq.connection.ReceivedFrame:
         if self._offset == len(self._buffer) and self.reader.at_eof():
             raise StopAsyncIteration
-        if len(self._buffer) - self._offset < _FRAME.size:
-            await self._fill(_FRAME.size)
+        if len(self._buffer) - self._offset < FRAME.size:
+            await self._fill(FRAME.size)
         buffer, start = self._buffer, self._offset
         if not self.started:
             if buffer.startswith(b"AMQP", start):  # the broker's own protocol header: it does not speak ours
                 raise aiormq.exceptions.ProtocolSyntaxError("Unexpected AMQP protocol header")
             self.started = True
-        kind, channel, size = _FRAME.unpack_from(buffer, start)
-        end = start + _FRAME.size + size + 1
+        kind, channel, size = FRAME.unpack_from(buffer, start)
+        end = start + FRAME.size + size + 1
         if end > len(buffer):
             await self._fill(end - start)
             buffer, start = self._buffer, self._offset
-            end = start + _FRAME.size + size + 1
-        if buffer[end - 1] != _FRAME_END:
+            end = start + FRAME.size + size + 1
+        if buffer[end - 1] != FRAME_END:
             raise InvalidFrameError(f"frame of type {kind} on channel {channel} does not end with FRAME_END")
         self._offset = end
         try:
-            return end - start, channel, _unmarshal(kind, buffer[start:end], buffer[start + _FRAME.size : end - 1])
+            return end - start, channel, unmarshal(kind, buffer[start:end], buffer[start + FRAME.size : end - 1])
         except (PAMQPException, struct.error, IndexError, UnicodeDecodeError) as exc:
             raise InvalidFrameError(str(exc)) from exc
+
+
+def _take_as_they_arrive(channel: aiormq.Channel, taker: Taker) -> None:
+    """Have the channel's connection's receiver hand `taker` its frames as they arrive (`BulkFrameReceiver._arrived`);
+    nothing if the connection's reader has ended."""
+    task = cast(aiormq.Connection, channel.connection)._reader_task  # aiormq's TaskWrapper around the Task
+    reader = (task.task if isinstance(task, TaskWrapper) else task).get_coro()
+    frame = getattr(reader, "cr_frame", None)
+    receiver = frame.f_locals.get("frame_receiver") if frame is not None else None
+    if isinstance(receiver, BulkFrameReceiver):
+        receiver.takers[channel.number] = channel, taker
 
 
 def read_frames_in_bulk() -> None:
@@ -193,6 +207,16 @@ class Confirms:
             self.settle(frame.delivery_tag, frame.multiple, frame if isinstance(frame, Basic.Nack) else None)
         else:
             await asyncio.Queue.put(self._queue, item)  # the method this one stands in for
+
+    def take(self, data: bytes, offset: int, channel: int) -> int:
+        """A Basic.Ack as it arrives (a Nack, rare, goes aiormq's way)."""
+        end = whole(data, offset, METHOD, channel)
+        start = offset + FRAME.size
+        if not end or end - start - 1 != 4 + ACK.size or data[start : start + 4] != BASIC_ACK:
+            return offset
+        tag, bits = ACK.unpack_from(data, start + 4)
+        self.settle(tag, bool(bits & 1), None)
+        return end
 
     def settle(self, tag: int, multiple: bool, refusal: Basic.Nack | None) -> None:
         if tag < self.low or (tag in self.ahead and not multiple):  # settled before
@@ -235,26 +259,6 @@ class Confirms:
             batch.confirmation.set_exception(DeliveryError(None, batch.refusal))
 
 
-class FrameMarshal:
-    """Messages as frames on the wire, the bytes pamqp would marshal (one exchange, routing key and set of
-    properties): the method frame and the header's properties are marshalled once, not per message (pamqp took 40 to
-    90 µs for the two, as much as the rest of a one-message batch's publish)."""
-
-    def __init__(self, channel: aiormq.Channel, exchange: str, properties: Basic.Properties, routing_key: str) -> None:
-        self.source, self.routing_key = properties, routing_key
-        self.channel, self.max_body = channel.number, channel.max_content_size
-        self.method = pamqp.frame.marshal(Basic.Publish(exchange=exchange, routing_key=routing_key), channel.number)
-        self.properties = properties.marshal()
-
-    def message(self, frames: list[bytes], body: bytes) -> None:
-        size = _SHORT_HEADER.size + len(self.properties)
-        header = _FRAME.pack(_HEADER, self.channel, size) + _SHORT_HEADER.pack(Basic.frame_id, 0, len(body))
-        frames += (self.method, header, self.properties, _FRAME_END_BYTE)
-        for start in range(0, len(body), self.max_body):  # none for an empty body, as aiormq's _split_body
-            chunk = body[start : start + self.max_body]
-            frames += (_FRAME.pack(_BODY, self.channel, len(chunk)), chunk, _FRAME_END_BYTE)
-
-
 _confirms: weakref.WeakKeyDictionary[aiormq.Channel, Confirms] = weakref.WeakKeyDictionary()
 
 
@@ -285,6 +289,7 @@ async def publish(
     confirms = _confirms.get(channel)
     if confirms is None:
         confirms = _confirms[channel] = Confirms(channel)
+        _take_as_they_arrive(channel, confirms)
     confirms.batches.append(batch)
     marshal = confirms.marshals.get(exchange)
     if marshal is None or marshal.source is not properties or marshal.routing_key != routing_key:
@@ -313,43 +318,6 @@ async def publish(
     return batch
 
 
-class Deliveries:
-    """Takes the place of a consuming channel's `frames.put`: assembles each Basic.Deliver with its content header
-    and body frames as the connection's reader hands them over, and passes the message on; every other frame goes to
-    the channel's reader as before."""
-
-    def __init__(self, channel: aiormq.Channel, deliver: Callable[[DeliveredMessage], None]) -> None:
-        self._channel, self.deliver, self._queue = channel, deliver, channel.frames
-        self._delivery: Basic.Deliver | None = None
-        self._header: ContentHeader | None = None
-        self._parts: list[bytes] = []
-        self._size = 0
-        channel.frames.put = self.put  # type: ignore[method-assign]
-
-    async def put(self, item: tuple[int, Any]) -> None:
-        frame = item[1]
-        if self._delivery is None:
-            if isinstance(frame, Basic.Deliver):
-                self._delivery = frame
-            else:
-                await asyncio.Queue.put(self._queue, item)  # the method this one stands in for
-            return
-        if self._header is None:
-            if not isinstance(frame, ContentHeader):
-                raise ValueError(f"Unexpected frame {frame!r} instead of ContentHeader", frame)
-            self._header, self._parts, self._size = frame, [], 0
-        elif isinstance(frame, ContentBody):
-            self._parts.append(frame.value or b"")
-            self._size += len(frame.value or b"")
-        else:
-            raise ValueError(f"Unexpected frame {frame!r}", frame)
-        if self._size >= self._header.body_size:
-            delivery, header = self._delivery, self._header
-            self._delivery = self._header = None
-            body = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
-            self.deliver(DeliveredMessage(delivery=delivery, header=header, body=body, channel=self._channel))
-
-
 _deliveries: weakref.WeakKeyDictionary[aiormq.Channel, Deliveries] = weakref.WeakKeyDictionary()
 
 
@@ -365,7 +333,8 @@ def deliver_without_tasks(channel: aiormq.Channel, deliver: Callable[[DeliveredM
     """
     deliveries = _deliveries.get(channel)
     if deliveries is None:
-        _deliveries[channel] = Deliveries(channel, deliver)
+        deliveries = _deliveries[channel] = Deliveries(channel, deliver)
+        _take_as_they_arrive(channel, deliveries)
     else:  # consuming again on the same channel: keep what is half-read, for the new consumer
         deliveries.deliver = deliver
 

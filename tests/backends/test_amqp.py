@@ -750,3 +750,24 @@ async def test_acknowledgements_are_not_waited_for(
     await inbox.wait(200)
     await wait_for(lambda: len(waits) >= 200 // 64, 5, "the acknowledgements of every ACK_EVERY messages")
     assert not any(waits), waits  # before: [True, True, True]
+
+
+async def test_a_connection_busy_with_deliveries_and_confirms_is_not_taken_for_stuck(
+    server: RabbitServer, backend: Factory, topic: str
+) -> None:
+    """Deliveries and confirms are taken as their bytes arrive, past aiormq's reader; RabbitMQ sends no heartbeat
+    on a connection it sends other frames on, and aiormq closes one whose reader got no frame for (1 + 1) x 3 s."""
+    changes: list[BackendState] = []
+    uri = f"{server.uri}?heartbeat=1"
+    sender, receiver = await backend(uri=uri, on_state=changes.append), await backend(uri=uri, on_state=changes.append)
+    inbox = Inbox()
+    await receiver.subscribe(topic, inbox)
+    sent = 0
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    while loop.time() - began < 8.0:  # past aiormq's 6 s
+        sent += 1
+        await sender.publish(topic, [b"%d" % sent])
+        await asyncio.sleep(0.02)  # the pace of the traffic, not a wait for a condition
+    assert len(await inbox.wait(sent)) == sent
+    assert changes == [BackendState.CONNECTED, BackendState.CONNECTED], changes  # each one's start, no outage
