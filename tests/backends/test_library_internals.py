@@ -152,6 +152,26 @@ def test_aiormq_reader_that_syncar_reads_frames_with() -> None:
     )
 
 
+def test_aiormq_reader_that_syncar_takes_frames_before() -> None:
+    by = "backends/amqp_internals (BulkFrameReceiver._arrived, _take_as_they_arrive)"
+    connection = inspect.getsource(aiormq.Connection)
+    # A channel's receiver is found as the argument of the connection's reader Task, a TaskWrapper of aiormq's.
+    assert "self._reader_task = self.create_task(self.__reader(frame_receiver))" in connection, relied_on(
+        "aiormq", "Connection._reader_task running __reader(frame_receiver)", by
+    )
+    assert "task: TaskWrapper = TaskWrapper(self.loop.create_task(coro))" in inspect.getsource(aiormq.base), relied_on(
+        "aiormq", "create_task returning a TaskWrapper with the Task as .task", by
+    )
+    # The bytes arrive through the StreamReader's feed_data, which BulkFrameReceiver stands in for.
+    assert "reader.feed_data(data)" in inspect.getsource(asyncio.StreamReaderProtocol.data_received), relied_on(
+        "asyncio", "StreamReaderProtocol.data_received calling feed_data", by
+    )
+    # What the reader is handed keeps a busy connection from looking stuck, hence a heartbeat now and then.
+    assert "self.__last_frame_time = self.loop.time()" in connection, relied_on(
+        "aiormq", "a connection's last frame time set by its reader alone", "amqp_internals.HANDED_EVERY"
+    )
+
+
 async def test_aio_pika_reconnect_interval_is_read_where_syncar_backs_off() -> None:
     # In a running loop: aio-pika's constructor asks for the current one, which an earlier test may have unset.
     connection = BackingOffRobustConnection(URL("amqp://guest:guest@127.0.0.1/?reconnect_interval=0.3"))
