@@ -12,6 +12,7 @@ import aio_pika
 import aiormq
 import pamqp.frame
 import pytest
+from aiormq.abc import ChannelFrame
 from pamqp.commands import Basic
 
 from backends import amqp_internals
@@ -310,6 +311,33 @@ async def test_a_delivery_starts_no_task(backend: Factory, topic: str) -> None:
         await inbox.wait(51)
     assert [name for name in created if "deliver" in name.lower()] == [], created  # before: 51 (one per delivery)
     assert inbox.bodies == [b"%d" % n for n in range(21)] + [b"batch %d" % n for n in range(30)]
+
+
+async def test_a_publish_is_written_in_the_publishers_turn_not_by_aiormqs_writer_a_turn_later(
+    backend: Factory, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiormq's writer Task wrote each frame group put in its queue a turn of the loop later (13 µs of a
+    one-message publish's 178 at 1,000 a second); with nothing queued before it, a publish writes its group itself."""
+    sender, receiver = await backend(), await backend()
+    inbox = Inbox()
+    await receiver.subscribe(topic, inbox)
+    await sender.publish(topic, [b"first"])
+    await inbox.wait(1)
+    queued: list[bytes] = []
+    put = asyncio.Queue.put
+
+    async def counting(queue: asyncio.Queue[Any], item: Any) -> None:
+        if isinstance(item, ChannelFrame) and b"written-" in item.payload:
+            queued.append(item.payload)
+        await put(queue, item)
+
+    monkeypatch.setattr(asyncio.Queue, "put", counting)
+    bodies = [b"written-%d" % n for n in range(20)]
+    for body in bodies:
+        await sender.publish(topic, [body])
+    monkeypatch.undo()
+    assert queued == []  # before: 20, one per publish
+    assert (await inbox.wait(21))[1:] == bodies
 
 
 async def test_a_batch_goes_out_in_one_write_without_a_task_per_message(
