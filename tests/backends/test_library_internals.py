@@ -159,6 +159,13 @@ def test_aiormq_reader_that_syncar_takes_frames_before() -> None:
     assert "self._reader_task = self.create_task(self.__reader(frame_receiver))" in connection, relied_on(
         "aiormq", "Connection._reader_task running __reader(frame_receiver)", by
     )
+    # amqp_internals.Writer writes as the writer Task does, with the StreamWriter that Task was given.
+    assert "self._writer_task = self.create_task(self.__writer(writer))" in connection, relied_on(
+        "aiormq", "Connection._writer_task running __writer(writer)", "amqp_internals.Writer"
+    )
+    assert "writer.write(channel_frame.payload)" in connection, relied_on(
+        "aiormq", "the writer Task writing each group whole as it takes it", "amqp_internals.Writer"
+    )
     assert "task: TaskWrapper = TaskWrapper(self.loop.create_task(coro))" in inspect.getsource(aiormq.base), relied_on(
         "aiormq", "create_task returning a TaskWrapper with the Task as .task", by
     )
