@@ -1,12 +1,14 @@
 """One app connection: read frames, dispatch them, write to it without ever blocking the relay.
 
 Frames sent to a client during one turn of the event loop (every event of
-the broker messages read in one go, say) are joined and written once, at the
-end of that turn: one system call instead of one per event, and no delay
-beyond the turn. The transport's buffer is the client's send queue. A client
-that lets more than `client_queue_bytes` pile up is told so with an `error`
-frame and disconnected (the slow-client policy): it can reconnect and resume
-from its last `seq` while the replay buffer still holds it.
+the broker messages read in one go, say) are written once, at the end of that
+turn: one system call instead of one per event, and no delay beyond the turn.
+Small frames are joined; one of `OWN_FRAME_BYTES` or more goes as it is (the
+bytes the replay buffer and the other apps hold), not copied. The transport's
+buffer is the client's send queue. A client that lets more than
+`client_queue_bytes` pile up is told so with an `error` frame and disconnected
+(the slow-client policy): it can reconnect and resume from its last `seq`
+while the replay buffer still holds it.
 """
 
 from __future__ import annotations

@@ -159,7 +159,7 @@ class Histogram:
 
 class PeerCollector:
     """The peer table, read at scrape time: series only for the peers in it now (bounded by
-    sidecar.fleet.MAX_PEERS), so a peer that is gone leaves no series behind."""
+    sidecar.peer_table.MAX_PEERS), so a peer that is gone leaves no series behind."""
 
     def __init__(self, rows: PeerRows) -> None:
         self._rows = rows

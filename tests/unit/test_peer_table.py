@@ -1,13 +1,14 @@
-"""The peer table's arithmetic: lag, departures, bounds (sidecar/fleet.py); the daemons' side is tests/contract."""
+"""The peer table's arithmetic: lag, departures, bounds (sidecar/peer_table.py); the daemons' side is tests/contract."""
 
 from __future__ import annotations
 
 import msgspec
 import pytest
 
-from sidecar import fleet
-from sidecar.fleet import Announcement, PeerTable
+from sidecar import peer_table
+from sidecar.fleet import Announcement
 from sidecar.gaps import GapReason, GapTracker
+from sidecar.peer_table import PeerTable
 from sidecar.probe import format_table
 
 
@@ -97,7 +98,7 @@ def test_without_tell_a_lag_is_only_a_lag() -> None:
 
 
 def test_the_table_is_bounded_and_forgets_the_least_recently_heard(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fleet, "MAX_PEERS", 3)
+    monkeypatch.setattr(peer_table, "MAX_PEERS", 3)
     table = PeerTable("a", GapTracker())
     for n, name in enumerate("bcde"):
         table.heard(announcement(name), now=float(n))
