@@ -258,6 +258,21 @@ class Metrics:
         self._build = {"version": __version__, "backend": backend, "codec": codec}
         self._peers: PeerCollector | None = None
         self._registry: CollectorRegistry | None = None
+        self._last_node: str | None = None
+
+    def follow_node(self, node: str | None) -> None:
+        """The broker node connected to, None while the connection is down: one `syncar_broker_node_info` series, the
+        last node's, 1 while connected to it; another node than the last is a failover."""
+        last = self._last_node
+        if node is None:
+            if last is not None:
+                self.broker_node.labels(node=last).set(0)
+            return
+        if last is not None and node != last:
+            self.broker_node.remove(last)
+            self.failovers.inc()
+        self._last_node = node
+        self.broker_node.labels(node=node).set(1)
 
     def watch_peers(self, rows: PeerRows) -> None:
         """Export the peer table: `syncar_peers`, and per peer `syncar_peer_heard_seconds`, `syncar_peer_lag_events`."""

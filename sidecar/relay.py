@@ -67,7 +67,6 @@ class Relay:
         self.seq = 0
         self.broker_up = False
         self.node: str | None = None  # the broker node while it is up, as the backend tells it
-        self._last_node: str | None = None
         self._was_up = False
         self._stopping = False
         self._clients: set[Subscriber] = set()  # those getting live events
@@ -364,7 +363,8 @@ class Relay:
         self._metrics.broker_up.set(up)
         if up != self.broker_up:
             self.broker_up = up
-            self._follow_node(node if up else None)
+            self.node = node if up else None
+            self._metrics.follow_node(self.node)
             if up and self._was_up:
                 self._metrics.reconnects.inc()
             self._was_up |= up
@@ -374,19 +374,6 @@ class Relay:
                 logging.INFO if up else logging.WARNING, "broker %s (%s)", "up" if up else "down", self.backend_name
             )
             self._broadcast(self._status())
-
-    def _follow_node(self, node: str | None) -> None:
-        """One `syncar_broker_node_info` series: the last node, 1 while connected to it; another node is a failover."""
-        self.node, last = node, self._last_node
-        if node is None:
-            if last is not None:
-                self._metrics.broker_node.labels(node=last).set(0)
-            return
-        if last is not None and node != last:
-            self._metrics.broker_node.remove(last)
-            self._metrics.failovers.inc()
-        self._last_node = node
-        self._metrics.broker_node.labels(node=node).set(1)
 
     def _status(self, stopping: bool = False) -> bytes:
         return protocol.status(
