@@ -28,9 +28,11 @@ from backends.amqp_common import (
     BROKER_ERRORS,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_PREFETCH,
+    Interrupted,
     cancel_task,
     confirmed,
     discard,
+    interruptions,
     parse_uri,
 )
 from backends.amqp_connection import BackingOffRobustConnection, Hosts, node_of
@@ -212,34 +214,31 @@ class AmqpBackend(Backend):
             return
         topology = self.topology
         try:
-            async with asyncio.timeout(self.publish_timeout):
-                exchange = self._exchanges.get(topic)
-                if exchange is None:
-                    exchange = await channel.declare_exchange(
-                        topology.exchange(topic),
-                        aio_pika.ExchangeType.FANOUT,
-                        durable=topology.durable,
-                        auto_delete=False,
-                        internal=False,
+            # aiormq fails the declare, the channel or the confirmation with CancelledError when it closes the
+            # connection: a lost publish, sent again, not a cancelled publisher.
+            with interruptions():
+                async with asyncio.timeout(self.publish_timeout):
+                    exchange = self._exchanges.get(topic)
+                    if exchange is None:
+                        exchange = await channel.declare_exchange(
+                            topology.exchange(topic),
+                            aio_pika.ExchangeType.FANOUT,
+                            durable=topology.durable,
+                            auto_delete=False,
+                            internal=False,
+                        )
+                        self._exchanges[topic] = exchange
+                    # Straight to aiormq's writer, the whole batch in one write (backends/amqp_internals.py): its
+                    # messages go out in order, and their confirms are awaited together. A persistent message is
+                    # confirmed once every durable queue it was routed to has it on disk.
+                    # aio-pika's abstract type leaves out the channel's state; its underlay is always aiormq's Channel.
+                    underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+                    batch = await amqp_internals.publish(
+                        underlay, exchange.name, bodies, self._properties, self._routing_key
                     )
-                    self._exchanges[topic] = exchange
-                # Straight to aiormq's writer, the whole batch in one write (backends/amqp_internals.py): its
-                # messages go out in order, and their confirms are awaited together. A persistent message is
-                # confirmed once every durable queue it was routed to has it on disk.
-                # aio-pika's abstract type leaves out the channel's state; its underlay is always aiormq's Channel.
-                underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
-                batch = await amqp_internals.publish(
-                    underlay, exchange.name, bodies, self._properties, self._routing_key
-                )
-            refusal = await confirmed(batch, self.publish_timeout)
+                refusal = await confirmed(batch, self.publish_timeout)
         except TimeoutError as exc:
             raise PublishTimeout(f"amqp: the broker confirmed nothing for {self.publish_timeout:g}s") from exc
-        except asyncio.CancelledError as exc:
-            if (task := asyncio.current_task()) is not None and task.cancelling():
-                raise  # the publisher itself is being cancelled
-            # aiormq fails what awaits a connection it closes (its heartbeat found it stuck) with CancelledError:
-            # the declare, the channel or the confirmation. A lost publish, not a cancelled publisher.
-            raise self._error("publish", exc) from exc
         except BROKER_ERRORS as exc:
             raise self._error("publish", exc) from exc
         if refusal is not None:
@@ -253,7 +252,7 @@ class AmqpBackend(Backend):
             return BackendError(f"amqp: {action} failed: {describe_error(exc, self._secrets)}")
         # A publish cut off may have reached the broker before the connection, and the confirm, were lost.
         lost = PublishUnconfirmed if action == "publish" else BackendUnavailable
-        if isinstance(exc, asyncio.CancelledError):
+        if isinstance(exc, Interrupted):
             return lost(f"amqp: {action} interrupted: connection to {self._where} lost")
         if isinstance(exc, TimeoutError):
             return lost(f"amqp: {action}: no answer from {self._where}")
@@ -267,21 +266,22 @@ class AmqpBackend(Backend):
         subscription: AmqpSubscription | None = None
         channel: AbstractRobustChannel | None = None
         try:
-            async with asyncio.timeout(self.config.connect_timeout), self._attach_lock:
-                channel = await connection.channel(publisher_confirms=False)
-                await channel.set_qos(prefetch_count=DEFAULT_PREFETCH)
-                channel.reopen_callbacks.add(self._on_reopened)  # aio-pika reopens channels, not our queues
-                subscription = self.subscription_class(
-                    topic,
-                    handler,
-                    self.topology,
-                    channel,
-                    forget=self._forget,
-                    restore=self._restore_wanted.set,
-                    own=None if self.broker_echoes else self._routing_key,
-                )
-                self._subscriptions.append(subscription)
-                await subscription.attach()
+            with interruptions():
+                async with asyncio.timeout(self.config.connect_timeout), self._attach_lock:
+                    channel = await connection.channel(publisher_confirms=False)
+                    await channel.set_qos(prefetch_count=DEFAULT_PREFETCH)
+                    channel.reopen_callbacks.add(self._on_reopened)  # aio-pika reopens channels, not our queues
+                    subscription = self.subscription_class(
+                        topic,
+                        handler,
+                        self.topology,
+                        channel,
+                        forget=self._forget,
+                        restore=self._restore_wanted.set,
+                        own=None if self.broker_echoes else self._routing_key,
+                    )
+                    self._subscriptions.append(subscription)
+                    await subscription.attach()
         except BROKER_ERRORS as exc:  # TimeoutError is an OSError
             if subscription is not None:
                 await subscription.unsubscribe()  # closes the channel too
@@ -324,7 +324,8 @@ class AmqpBackend(Backend):
             await self._restore_wanted.wait()
             self._restore_wanted.clear()
             try:
-                await self._restore()
+                with interruptions():
+                    await self._restore()
             except BROKER_ERRORS as exc:  # channel errors (AMQPChannelError) are AMQPErrors; TimeoutError an OSError
                 delay = self._restore_backoff.next()
                 self._outage.failed(

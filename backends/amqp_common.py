@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -114,11 +114,30 @@ async def cancel_task(task: asyncio.Task[None]) -> None:
         await task
 
 
+class Interrupted(ConnectionError):
+    """A call aiormq failed with CancelledError: it awaited a connection aiormq closed (its heartbeat found it
+    stuck)."""
+
+
+@contextlib.contextmanager
+def interruptions() -> Iterator[None]:
+    """aiormq's CancelledError raised as Interrupted, one of BROKER_ERRORS: a lost call, not a cancelled caller (whose
+    task would end as if cancelled: the outbox's, the fleet's, the restoring one). The caller's own cancellation (its
+    task `cancelling()`, a timeout's included) goes on as it is."""
+    try:
+        yield
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        raise Interrupted("the connection was closed under the call") from exc
+
+
 async def confirmed(batch: Batch, timeout: float) -> Exception | None:
     """What the broker's confirmation of `batch` failed with once it came (None: confirmed), or what aiormq failed it
     with when the channel closed (any Exception, a bare one when it knows no cause). Raises TimeoutError once none of
-    its messages has been confirmed for `timeout` seconds, and a CancelledError as it came (publish() tells aiormq's,
-    on a connection it closed, from its own cancellation).
+    its messages has been confirmed for `timeout` seconds, and a CancelledError as it came (`interruptions()` tells
+    aiormq's, on a connection it closed, from the publisher's own cancellation).
 
     A broker that confirms slowly (a large batch on a busy machine) is waited for; one that stopped confirming (an
     alarm blocking publishers, a quorum queue without a leader) is not. The confirmation is awaited as it is, not

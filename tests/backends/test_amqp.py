@@ -645,6 +645,25 @@ async def test_a_declare_aiormq_cancels_is_a_failed_publish_not_a_cancelled_publ
     await sender.publish(topic, [b"again"])  # as the outbox sends it again
 
 
+async def test_a_subscribe_aiormq_cancels_is_a_failed_subscribe_not_a_cancelled_caller(
+    backend: Factory, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """subscribe() (the daemon's start, the watchdog's resubscribe) let aiormq's CancelledError out: the fleet's task,
+    which takes a failed resubscribe for a broker that refuses and tries again, ended as if cancelled (found by
+    review)."""
+    receiver = await backend()
+
+    async def handler(_message: Message) -> None:
+        pass
+
+    monkeypatch.setattr(aiormq.Channel, "exchange_declare", lambda *_, **__: failed_as_aiormq_fails_on_close())
+    monkeypatch.setattr(aiormq.Channel, "queue_declare", lambda *_, **__: failed_as_aiormq_fails_on_close())
+    with pytest.raises(BackendUnavailable, match="interrupted"):
+        await receiver.subscribe(topic, handler)
+    monkeypatch.undo()
+    await receiver.subscribe(topic, handler)  # as the watchdog tries again
+
+
 async def test_a_publish_on_a_connection_found_stuck_fails_as_unconfirmed(
     server: RabbitServer, backend: Factory, topic: str
 ) -> None:
