@@ -47,6 +47,10 @@ class Feature(StrEnum):
     #: With `BackendConfig.echo` False, what we published ourselves never reaches the core: the broker does not send
     #: it (NATS's no_echo) or the backend skips it unread (RabbitMQ, which has no no-local).
     NO_ECHO = "no_echo"
+    #: What an instance publishes, on any of its topics, reaches each other instance in the order it was published:
+    #: one connection each way (Redis, NATS, the local bus). Not RabbitMQ, which gives each topic a queue of its own.
+    #: An announcement cannot overtake the batches before it, so the peer table may tell the lag it shows as a gap.
+    IN_ORDER = "in_order"
 
 
 class BackendState(StrEnum):

@@ -47,7 +47,7 @@ class LocalSubscription(Subscription):
 
 class LocalBackend(Backend):
     name: ClassVar[str] = "local"
-    features: ClassVar[frozenset[Feature]] = frozenset()
+    features: ClassVar[frozenset[Feature]] = frozenset({Feature.IN_ORDER})
 
     def __init__(self, config: BackendConfig, *, on_state: StateCallback | None = None) -> None:
         super().__init__(config, on_state=on_state)

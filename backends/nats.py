@@ -81,7 +81,7 @@ class NatsBackend(NatsConnection[NatsSubscription]):
 
     name: ClassVar[str] = "nats"
     #: Core NATS can leave out what our own connection published (no_echo); a JetStream consumer gets everything.
-    features: ClassVar[frozenset[Feature]] = frozenset({Feature.NO_ECHO})
+    features: ClassVar[frozenset[Feature]] = frozenset({Feature.NO_ECHO, Feature.IN_ORDER})
 
     async def publish(self, topic: str, bodies: Sequence[bytes]) -> None:
         # Written with the PING that confirms them, not through nats-py's publish(): see nats_internals. A bad

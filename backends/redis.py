@@ -86,7 +86,7 @@ class RedisBackend(RedisBaseBackend):
     """Broadcast mode: pub/sub."""
 
     name: ClassVar[str] = "redis"
-    features: ClassVar[frozenset[Feature]] = frozenset()
+    features: ClassVar[frozenset[Feature]] = frozenset({Feature.IN_ORDER})
 
     def __init__(self, config: BackendConfig, *, on_state: StateCallback | None = None) -> None:
         super().__init__(config, on_state=on_state)

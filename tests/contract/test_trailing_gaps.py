@@ -1,6 +1,7 @@
 """The last events of a run that nothing more is heard of: no later batch reveals them, the publisher's announcements
 do (sidecar/fleet.py). A receiver cut off for the end of a burst is told exactly what it missed, within a bounded
-time, whether the publisher goes quiet or stops; a clean run tells nothing; in durable mode a lag is a backlog."""
+time, whether the publisher goes quiet or stops, where its announcements cannot overtake its events (not on
+RabbitMQ, which tells nothing); a clean run tells nothing; in durable mode a lag is a backlog."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import msgspec
 import orjson
 import pytest
 
-from backends.base import Mode
+from backends.base import Feature, Mode
 from sidecar.daemon import Daemon
 from sidecar.fleet import peers_topic
 from tests.brokers import BrokerServer
@@ -120,6 +121,13 @@ async def test_a_receiver_that_missed_the_end_of_a_burst_is_told(
             if end == "leaving":
                 await wait_for(lambda: heard_since(b, c_id, back), TIMEOUT, "the receiver to hear announcements")
                 await running_a.aclose()  # A stops: its last announcement says so, with its seq
+            if Feature.IN_ORDER not in b.backend.features:
+                # RabbitMQ: an announcement may overtake the batches before it (another queue), so the lag it shows
+                # is not told (a false gap otherwise, found by review): as long as it takes elsewhere, nothing is.
+                await wait_for(lambda: heard_since(b, c_id, back + BOUND / 2), BOUND, "time for a gap to be told")
+                assert HEAD + TAIL - len(app.events) == TAIL
+                assert_no_gap(app, b)
+                return
             await wait_for(lambda: bool(app.gaps), BOUND, "the gap")
             told = time.monotonic() - back
             lost = HEAD + TAIL - len(app.events)
