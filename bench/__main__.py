@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     if priority is not None:
         try:
             priority.begin()
-        except PermissionError as exc:
+        except OSError as exc:  # a nice below the current one without root; the kernel's rate limit on autogroups
             parser.error(f"--nice {args.nice}: {exc}")
         meta.update(nice=args.nice)
     began = time.monotonic()

@@ -127,7 +127,8 @@ class Priority:
         self._own_nice = os.getpriority(os.PRIO_PROCESS, 0)
 
     def begin(self) -> None:
-        """Raises PermissionError (a nice below the current one wants CAP_SYS_NICE); nothing is left changed."""
+        """Raises OSError: PermissionError (a nice below the current one wants CAP_SYS_NICE), or the kernel refusing
+        an autogroup change (its rate limit); nothing is left changed."""
         os.setpriority(os.PRIO_PROCESS, 0, self.nice)
         try:
             self._own_group = _autogroup_nice(os.getpid())
@@ -138,16 +139,25 @@ class Priority:
             raise
 
     def include(self, pids: Iterable[int]) -> None:
-        """Processes of another session (a broker's): their autogroup runs at the same nice."""
+        """Processes of another session (a broker's): their autogroup runs at the same nice, where the kernel lets
+        us (without root it refuses some changes, or several in a row: the run goes on, said)."""
         for pid in pids:
-            if _autogroup_nice(pid) is not None:
-                _set_autogroup_nice(pid, self.nice)
+            try:
+                if _autogroup_nice(pid) is not None:
+                    _set_autogroup_nice(pid, self.nice)
+            except OSError as exc:
+                log.warning("--nice: the autogroup of process %d keeps its nice: %s", pid, exc)
 
     def end(self) -> None:
-        if self._own_group is not None:
-            _set_autogroup_nice(os.getpid(), self._own_group)
-            self._own_group = None
-        os.setpriority(os.PRIO_PROCESS, 0, self._own_nice)
+        """Give back the nice of before; going back down wants CAP_SYS_NICE: without it, said, and the run's results
+        are kept all the same."""
+        group, self._own_group = self._own_group, None
+        try:
+            if group is not None:
+                _set_autogroup_nice(os.getpid(), group)
+            os.setpriority(os.PRIO_PROCESS, 0, self._own_nice)
+        except OSError as exc:
+            log.warning("--nice: the nice of before the run is not given back: %s", exc)
 
 
 def _autogroup_nice(pid: int) -> int | None:
