@@ -58,9 +58,9 @@ MAX_RETRY_DELAY = 2.0
 #: `context` (msgspec.Raw) keep alive; once, if the relay let go of those (a codec that packs parts alone).
 JSON_COPIES = 2
 #: Plus this much, whatever its size: the Outgoing and Event structs, their floats and strings (id, path, event
-#: name), two Raw objects, the bytes objects' headers, a deque slot. tracemalloc, 20,000 entries on Python 3.11:
-#: 405 to 426 bytes beyond the two copies, for events of 1 to 10,000 bytes of data; rounded up for the allocator's
-#: slack and other Python versions.
+#: name), two Raw objects, the bytes objects' headers, a deque slot, the entry's cost. tracemalloc, 20,000 entries on
+#: Python 3.11: 405 to 426 bytes beyond the two copies, for events of 1 to 10,000 bytes of data, ~452 since
+#: `Outgoing.cost` (a review's measure); rounded up for the allocator's slack and other Python versions.
 ENTRY_OVERHEAD = 512
 #: A publish that asked for an ack also holds (its number, a callback) until the broker has it: 248 bytes measured.
 ACK_OVERHEAD = 256
