@@ -5,7 +5,8 @@ rule). An upgrade of aiormq that renames one of them makes tests/backends/test_l
 the backends' own tests fail too: every publish raises.
 
 With the feathers-sync codec every event is a broker message of its own, three AMQP frames each way, and aiormq's
-cost per frame and per message was most of a daemon's CPU (docs/benchmarks.md). What is here cuts it where it is:
+cost per frame and per message was most of a daemon's CPU (docs/benchmarks/history.md, "The feathers-sync codec on
+RabbitMQ"). What is here cuts it where it is:
 
 - `BulkFrameReceiver` reads the connection's socket in large reads and cuts every frame out of what came, where
   aiormq awaited three reads under a lock per frame; `read_frames_in_bulk()` makes aiormq's connections use it.

@@ -2,7 +2,8 @@
 
 `asyncio.timeout(s)` arms a timer at each entry and cancels it at the exit. Under uvloop each is a libuv timer made
 and closed, and a closed handle makes the next turn of the loop poll with a zero timeout: at 1,000 publishes a
-second that is 1,000 timers and 1,000 turns of the loop that find nothing (docs/benchmarks.md). `Deadlines` arms one
+second that is 1,000 timers and 1,000 turns of the loop that find nothing (docs/benchmarks/history.md, "Third round:
+loop wake-ups"). `Deadlines` arms one
 timer when a section starts and none is armed; when it fires, it times out the sections whose time is up, exactly as
 `asyncio.timeout` would (the section's task is cancelled, and the cancellation comes out of the section as
 `TimeoutError`), and moves itself to the end of the oldest section left, or stays unarmed when none is. Sections

@@ -49,7 +49,8 @@ def write_with_ping(client: Client, subject: str = "", bodies: Sequence[bytes] =
 
     nats-py's flush() writes its PING straight to the socket, ahead of commands still queued (its PONG would prove
     nothing about them), and its flusher writes those in a write of their own: two system calls per batch, which at
-    1,000 events/s were over half of a publishing daemon's CPU (docs/benchmarks.md). This does what publish(), the
+    1,000 events/s were over half of a publishing daemon's CPU (docs/benchmarks/history.md, "Where a daemon's CPU goes
+    at 1,000 events/s"). This does what publish(), the
     flusher and flush() do, on the same private state, with nothing awaited in between, so PONGs keep the order of
     the PINGs; a body of `backends.base.OWN_IOVEC_BYTES` or more goes uncopied (`writes`). nats-py's
     reader resolves a stand-in (`_Pong`), so the caller may cancel the future or settle it itself (a lost connection,
@@ -110,7 +111,8 @@ Deliver = Callable[[bytes], Awaitable[None]]
 def deliver_from_reader(client: Client, sub: NatsSub, deliver: Deliver) -> None:
     """Have `client`'s reader give `sub`'s messages to `deliver` as it parses them, instead of queueing each for the
     subscription's Task: a turn of the loop less and no Msg per message (at 1,000 messages/s the queue, the Task
-    and the Msg were ~10% of a receiving daemon's CPU, docs/benchmarks.md). The subscription's own callback still
+    and the Msg were ~10% of a receiving daemon's CPU, docs/benchmarks/history.md, "NATS and Redis daemons at 100 and
+    1,000 events/s"). The subscription's own callback still
     gets what nats-py queued before this."""
     parser = client._ps
     if isinstance(parser, BulkParser):
@@ -129,7 +131,8 @@ class BulkParser(Parser):
 
     nats-py's own adds each read to a buffer, then copies a payload out of it twice (`bytes(buf[:n])`): three copies
     of every message, which for a batch of 1 MiB in reads of 32 KiB were most of a receiving daemon's copying
-    (docs/benchmarks.md). Here a MSG's control line is matched in the read itself and its payload is cut from it, or
+    (docs/benchmarks/history.md, "Full speed, second round"). Here a MSG's control line is matched in the read itself
+    and its payload is cut from it, or
     joined once from the reads it spans. A control line cut by a read, any other operation (PING, PONG, INFO, -ERR,
     +OK) and a message with headers (HMSG) go nats-py's own way, through its buffer; a payload that way left
     unfinished is taken up here.

@@ -153,7 +153,8 @@ class RedisBackend(RedisBaseBackend):
     async def _send(self, redis: Redis, topic: str, bodies: Sequence[bytes]) -> None:
         """PUBLISH `bodies`, pipelined, on the subscribed connection: through the pool (`redis.publish()`) each one
         cost about 40 µs more CPU (its lock, checks, retry wrapper and observability hooks), a quarter of the
-        publishing daemon's at 1,000 events/s (docs/benchmarks.md). The commands are ours, not redis-py's
+        publishing daemon's at 1,000 events/s (docs/benchmarks/history.md, "Second round: what each event costs"). The
+        commands are ours, not redis-py's
         pack_command(), which copies each body (24% of the publishing daemon's CPU at 4 KiB payloads), and a large
         body is a write of its own (`backends.base.writes`). A publish given up on (a timeout, a cancel) leaves the
         connection as it is: the session knows whose each reply is."""

@@ -8,7 +8,8 @@ asked again on every (re)connect, as Sentinel's master is:
   nodes say it is a live master and it answers, else the first node of the URI (tried in turn from a random one)
   that answers. So every daemon of a fleet meets on one node, and no event crosses the cluster bus: the bus links
   a node opens have Nagle on (Redis 7.0 sets no TCP_NODELAY on them, and no setting does), which cost 14.78 ms p50
-  at 1,000 events/s between daemons on two masters against 0.69 ms on one (docs/benchmarks.md). A node that dies
+  at 1,000 events/s between daemons on two masters against 0.69 ms on one (docs/benchmarks/history.md, "Where Redis
+  Cluster's milliseconds go"). A node that dies
   costs its clients one reconnect to another node, without waiting for the cluster to fail it over (the dead
   master, not yet failed, is no choice when it does not answer; docs/backends/redis.md has the measurements
   against sharded pub/sub): until their next reconnect, those daemons stay on the node they reached, the new

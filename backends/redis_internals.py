@@ -6,7 +6,8 @@ ours (`Session`): each read is parsed with hiredis in the loop's I/O callback, e
 there and then, and a batch's PUBLISHes written to the transport as they are, their replies one future. Read through
 redis-py's `read_response()`, each message cost a wake-up of the reader's Task through asyncio's StreamReader (a
 turn of the loop more) and its layers of Python: a subscriber alone at 1,000 messages/s spent 45-56 µs of CPU per
-message so, 23-29 µs this way (the same three alternated runs, docs/benchmarks.md).
+message so, 23-29 µs this way (the same three alternated runs, docs/benchmarks/history.md, "Redis at 100 and 1,000
+events/s").
 
 A handler is a coroutine function; `inline.run_now` runs it up to its first wait, which the relay's never reaches.
 One that does wait is finished in a Task, with the reading paused meanwhile, so that messages are still handed over
@@ -106,7 +107,8 @@ class _Awaited:
 class _Echo:
     """Our own message coming back, read by comparing it with the body we sent rather than by hiredis: hiredis
     would grow its buffer to hold the whole message (to ~2 MiB for a 1 MiB batch) and copy it once more into the
-    bytes it hands over, both alive at the publishing daemon's peak (1.8 MiB of it, docs/benchmarks.md). Its bytes
+    bytes it hands over, both alive at the publishing daemon's peak (1.8 MiB of it, docs/benchmarks/history.md, "Redis
+    peak memory at full speed"). Its bytes
     are `head` (the push's header), `body` (what we published) and a CRLF; `got` of them matched so far."""
 
     __slots__ = ("body", "channel", "got", "head")
@@ -151,7 +153,8 @@ class Session(asyncio.Protocol):
     commands in order, and a push is never an answer: the commands not yet answered, in a queue, say whose each
     reply is. Redis writes a message to its own publisher just before its PUBLISH's reply, in one write: one read,
     where a subscribed and a publishing connection made two, and on a quiet machine often two wake-ups (the
-    publishing daemon woke 2.2 to 2.9 times per event at 100 events/s, docs/benchmarks.md)."""
+    publishing daemon woke 2.2 to 2.9 times per event at 100 events/s, docs/benchmarks/history.md, "Redis: one
+    connection")."""
 
     def __init__(self, conn: Connection, on_reply: OnReply) -> None:
         writer = conn._writer  # redis-py keeps its StreamWriter private; the transport under it is what we read

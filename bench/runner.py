@@ -118,7 +118,7 @@ class Priority:
     between sessions first, and a process's own nice weighs only against its session's others: each broker starts a
     session of its own (tests.brokers), so its autogroup is set too. At full speed a contestant's throughput is the
     CPU its processes get over the CPU they spend per event; on a machine others load, what they got moved the ratio
-    to raw by half (docs/benchmarks.md).
+    to raw by half (docs/benchmarks/history.md, "Full speed on NATS, fourth round").
     """
 
     def __init__(self, nice: int) -> None:

@@ -6,7 +6,8 @@ hands over, the frames joined for an app. glibc serves anything over 128 KiB wit
 with munmap() when freed (its threshold grows only to the largest block freed, and the heap's top is trimmed at
 twice that), so every such buffer came as new pages, each faulted in and zeroed by the kernel: with 4 KiB payloads
 the receiving daemon took 40,000 to 45,000 page faults in a 3 s run instead of 12,000, and both daemons spent 17%
-more CPU per event (docs/benchmarks.md). A fixed threshold above the batch size, and a trim threshold above what a
+more CPU per event (docs/benchmarks/history.md, "Closing the full-speed gaps"). A fixed threshold above the batch size,
+and a trim threshold above what a
 few of them take, keep those pages in use. The cost: up to `TRIM_THRESHOLD` of freed memory stays with the process.
 """
 

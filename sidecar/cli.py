@@ -2,7 +2,8 @@
 
 A start makes some 300,000 objects that live as long as the process (modules, classes, the settings), and the cyclic
 collector walked them ~75 times while they were made: 20 to 30 ms of CPU of a start of ~300 before the socket
-answers (docs/benchmarks.md). It is paused from here, before anything of the daemon is imported, until the command
+answers (docs/benchmarks/history.md, "Start and idle memory"). It is paused from here, before anything of the daemon is
+imported, until the command
 is under way: for `run`, until the daemon listens (then `gc.freeze()` keeps what was made out of its passes).
 """
 

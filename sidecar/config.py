@@ -2,7 +2,8 @@
 
 The three sources are gathered here (`gathered`, some forty lines) and validated by pydantic alone. pydantic-settings
 did the same and cost 1.2 MiB of resident memory and ~30 ms of CPU at every start, measured after the imports the
-daemon needs anyway (docs/benchmarks.md), against budgets of 40 MiB idle and 300 ms to a listening socket.
+daemon needs anyway (docs/benchmarks/history.md, "Idle memory, start and peak memory: what was cut"), against budgets of
+40 MiB idle and 300 ms to a listening socket.
 """
 
 from __future__ import annotations

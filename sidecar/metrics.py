@@ -6,7 +6,8 @@ Gauges read their value at scrape time, so they cost nothing on the hot path.
 The metrics are plain numbers, and prometheus-client renders them only when they are read (`Metrics.registry`, at
 the first scrape of `/metrics`): importing it costs ~20 ms of CPU and 2 MiB of resident memory (its package imports
 its HTTP servers, `urllib.request`, `wsgiref`, `email`), which a daemon's start and an unscraped daemon need not pay
-(docs/benchmarks.md). A counter is a float added to, without prometheus-client's lock: every metric is touched from
+(docs/benchmarks/history.md, "Start and idle memory"). A counter is a float added to, without prometheus-client's lock:
+every metric is touched from
 the event loop's thread only. The exposition is prometheus-client's, without `*_created` series (when a metric was
 made), which no query here needs: rate() finds counter resets without them.
 """

@@ -46,7 +46,8 @@ refusals = RateLimitedLogger(log, interval=10.0)
 MAX_BATCH_EVENTS = 1024
 #: Bytes of events in one broker write at most, if the broker takes more (Redis 8 MiB, RabbitMQ ~17 MiB): a batch
 #: in flight is held three times over (the entries, the packed bodies, the broker library's buffer), and at 4 KiB
-#: a batch of 1,024 took the daemon's peak memory ~10 MiB up, for no more throughput (docs/benchmarks.md).
+#: a batch of 1,024 took the daemon's peak memory ~10 MiB up, for no more throughput (docs/benchmarks/history.md, "Idle
+#: memory, start and peak memory: what was cut").
 #: An event larger than this still goes, alone, up to the broker's limit.
 MAX_BATCH_BYTES = 1 << 20
 RETRY_DELAY = 0.05

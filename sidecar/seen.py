@@ -2,7 +2,8 @@
 by its app is delivered once: in the relay, and in the Python client.
 
 Standard library only, and apart from the bus ids' making (sidecar/dedup.py, HMAC and random scopes), so that
-`import sidecar.client` imports neither `hmac` nor `secrets` (~2 ms of its CPU, docs/benchmarks.md).
+`import sidecar.client` imports neither `hmac` nor `secrets` (~2 ms of its CPU, docs/benchmarks/history.md, "What was
+still imported").
 """
 
 from __future__ import annotations

@@ -108,7 +108,8 @@ readline.createInterface({ input: process.stdin }).on('line', () => {
     for (const name of Object.keys(told)) told[name] = 0
     refusedBefore = dropped()
     // A light app's first full collection came seconds into its life, inside the measured run, where a heavier
-    // app's came while it started (docs/benchmarks.md): each starts the run from a full collection instead.
+    // app's came while it started (docs/benchmarks/history.md, "The Redis fleet's p99"): each starts the run from a
+    // full collection instead.
     if (global.gc) global.gc()
     measuredFrom = performance.now()
     process.stdout.write(JSON.stringify({ ready: true }) + '\n')

@@ -682,7 +682,8 @@ async def test_a_publish_on_a_connection_found_stuck_fails_as_unconfirmed(
 
 async def test_a_delivery_is_handled_as_the_connections_reader_hands_it_over(backend: Factory, topic: str) -> None:
     """Each delivery went through a queue to the subscription's worker Task: a turn of the event loop per message
-    (an epoll_pwait more, docs/benchmarks.md). The handler now runs as the reader hands the message over."""
+    (an epoll_pwait more, docs/benchmarks/history.md, "a turn of the event loop less per message"). The handler now runs
+    as the reader hands the message over."""
     sender, receiver = await backend(), await backend()
     inbox = Inbox()
     runners: list[str] = []

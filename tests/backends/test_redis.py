@@ -106,7 +106,7 @@ async def test_the_subscribed_connection_publishes_so_a_reply_and_its_own_messag
     """Redis writes a message to its own publisher just before the PUBLISH's reply, in one write: published on the
     subscribed connection (RESP3), both are one read, one wake-up of the publishing daemon. Over a connection of its
     own they came on two sockets: the publishing daemon woke ~2.4 times per event at 100 events/s, 1.75 since
-    (docs/benchmarks.md)."""
+    (docs/benchmarks/history.md, "Redis: one connection")."""
     name = f"one-{uuid.uuid4().hex[:8]}"
     a = await backend(uri=f"{server.uri}?client_name={name}&health_check_interval=30")
     inbox = Inbox()

@@ -166,7 +166,8 @@ async def test_broadcast_fleet_meets_on_the_master_of_its_keys_slot(
 ) -> None:
     """Daemons given different nodes, none of them the master of the key's slot, all go there: no event of the
     fleet crosses the cluster bus, whose links have Nagle on (14.78 ms p50 at 1,000/s across two masters, 0.69 ms
-    on one; docs/benchmarks.md). Before, each stayed on the first node of its URI that answered."""
+    on one; docs/benchmarks/history.md, "Where Redis Cluster's milliseconds go"). Before, each stayed on the first node
+    of its URI that answered."""
     owner = redis_cluster.owner(topic)
     others = [node for node in redis_cluster.nodes.values() if node is not owner]
     replica, master = redis_cluster.replica_of(owner), next(n for n in others if redis_cluster.is_master(n))

@@ -52,7 +52,7 @@ async def test_what_it_relies_on_in_redis_py(redis_server: BrokerServer) -> None
 async def test_a_message_is_handed_over_in_the_callback_that_read_it(backend: Factory, topic: str) -> None:
     """No Task between the socket and the handler: through redis-py's read_response() every message woke the
     reader's Task (a turn of the loop more, and its StreamReader), 54 µs of CPU per message at 1,000/s against
-    23-36 this way (docs/benchmarks.md)."""
+    23-36 this way (docs/benchmarks/history.md, "Redis at 100 and 1,000 events/s")."""
     a, b = await backend(), await backend()
     tasks: list[asyncio.Task[Any] | None] = []
 
@@ -140,7 +140,8 @@ async def test_a_publish_reads_its_replies_as_they_arrive(
 ) -> None:
     """No redis-py read per PUBLISH: `send_packed_command()` and `read_response()` (its StreamWriter's drain, its
     StreamReader's wake-up of the waiting Task) are left for a write to the transport and the reply read as it
-    arrives (`RedisBackend.publish()` at 100 a second: a median 253 µs of CPU against 234, docs/benchmarks.md)."""
+    arrives (`RedisBackend.publish()` at 100 a second: a median 253 µs of CPU against 234, docs/benchmarks/history.md,
+    "Redis at 100 and 1,000 events/s")."""
     a, b = await backend(), await backend()
     inbox = Inbox()
     await b.subscribe(topic, inbox)
@@ -163,7 +164,8 @@ async def test_a_publish_reads_its_replies_as_they_arrive(
 async def test_our_own_large_message_comes_back_as_the_body_we_sent(backend: Factory, topic: str) -> None:
     """A daemon hears its own batches (Redis has no way to leave them out). A large one is read by comparing it with
     the body sent, not by hiredis, whose buffer grew to hold it and which copied it once more: the same bytes, the
-    object we published (1.8 MiB off the publishing daemon's peak at full speed, docs/benchmarks.md). Where it
+    object we published (1.8 MiB off the publishing daemon's peak at full speed, docs/benchmarks/history.md, "Redis peak
+    memory at full speed"). Where it
     starts a read, as a daemon's own batches do: the next is written once the last one was answered."""
     a, b = await backend(), await backend()
     heard, other = Inbox(), Inbox()

@@ -1,6 +1,6 @@
 """`syncar run` pauses the cyclic collector from its entry point until the daemon listens: the start's objects
 (modules, classes, settings) were walked ~75 times as they were made, 20 to 30 ms of CPU of a start of ~300
-(docs/benchmarks.md). Once listening it collects again."""
+(docs/benchmarks/history.md, "Start and idle memory"). Once listening it collects again."""
 
 from __future__ import annotations
 

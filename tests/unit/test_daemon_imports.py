@@ -1,5 +1,6 @@
 """What a daemon imports before its socket answers is its start time and most of its memory at idle: modules it
-does not use there stay out. Measured in docs/benchmarks.md, "Idle memory, start and peak memory: what was cut"."""
+does not use there stay out. Measured in docs/benchmarks/history.md, "Idle memory, start and peak memory: what was
+cut"."""
 
 from __future__ import annotations
 

@@ -5,7 +5,8 @@
  * (`Buffer.allocUnsafeSlow`), and held and written to the socket as a view of it. Held as JS strings until their
  * barrier was answered (up to 100 ms), the publishes were alive at each young-generation collection: promoted, they
  * filled the old generation, and every app of the fleet ran a full mark-compact within seconds at 333 publishes/s,
- * where feathers-sync's ran none (docs/benchmarks.md). A block is used again only once every publish in it was
+ * where feathers-sync's ran none (docs/benchmarks/history.md, "The Redis fleet's p99"). A block is used again only once
+ * every publish in it was
  * answered by the daemon (which has read it), never while one may still be in the socket's buffers.
  */
 
