@@ -163,9 +163,13 @@ class AmqpBackend(Backend):
         cap = self.config.reconnect_max_delay
         connection.backoff = Backoff(min(connection.base_interval, cap), cap)
         try:
-            async with asyncio.timeout(self.config.connect_timeout):
-                await connection.connect(timeout=self.config.connect_timeout)
-                channel = await connection.channel(publisher_confirms=True)
+            # aiormq fails the channel's opening with CancelledError when it closes the connection itself (its
+            # heartbeat found no frame for 3 intervals, the handshake's time included): a broker not there, not a
+            # cancelled start, which would end the daemon's background connect as if stopped.
+            with interruptions():
+                async with asyncio.timeout(self.config.connect_timeout):
+                    await connection.connect(timeout=self.config.connect_timeout)
+                    channel = await connection.channel(publisher_confirms=True)
             # Only now: aio-pika reads reconnect_interval while it fails a first attempt too, and start() itself
             # moves to the next host then.
             connection.on_failure, connection.hosts = self._on_attempt_failed, hosts
@@ -173,6 +177,8 @@ class AmqpBackend(Backend):
         except BROKER_ERRORS as exc:  # TimeoutError is an OSError
             await discard(connection)
             reason = f"no answer within {self.config.connect_timeout:g}s" if isinstance(exc, TimeoutError) else None
+            if isinstance(exc, Interrupted):
+                reason = "the connection was closed as it opened: nothing heard from the broker for 3 heartbeats"
             vhost_refused = "Connection.OpenOk" in str(exc)  # aiormq only says it got a Connection.Close instead
             if vhost_refused:
                 reason = "the broker refused to open the vhost (no such vhost, or no permission on it)"
