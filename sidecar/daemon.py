@@ -220,7 +220,7 @@ class Daemon:
                 raise StartupError(f"{exc}{hint}") from None
             unreachable = exc
         self._outbox_task = asyncio.create_task(self.outbox.run(), name="syncar-outbox")
-        self._outbox_task.add_done_callback(self._outbox_ended)
+        self._outbox_task.add_done_callback(self._task_ended)
         try:
             await self.listener.start()
             if self.http is not None:
@@ -241,6 +241,7 @@ class Daemon:
                 settings.outbox_bytes,
             )
             self._connecting = asyncio.create_task(self._connect_later(outage), name="syncar-connect")
+            self._connecting.add_done_callback(self._task_ended)
         log.info("ready: apps may connect to %s", settings.socket)
 
     async def _connect(self) -> None:
@@ -296,16 +297,19 @@ class Daemon:
             else:
                 loop.remove_signal_handler(sig)
 
-    def _outbox_ended(self, task: asyncio.Task[None]) -> None:
-        """The outbox's task ends only when `_close_backend()` cancels it. Ended otherwise, nothing would publish
-        any more while the socket still took publishes: stop, saying why, so the supervisor starts syncar again (the
-        apps send what was not acknowledged to the next one)."""
-        if task is not self._outbox_task:
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """The outbox's task ends only when `_close_backend()` cancels it, the background connect also once connected.
+        Ended otherwise (a CancelledError nobody asked for, aiormq's, found by review), publishes would never go out or
+        the broker never be reached, unsaid: stop, saying why, for the supervisor to start syncar again."""
+        if task is self._outbox_task:
+            what, effect = "the outbox stopped", "publishes can no longer reach the broker"
+        elif task is self._connecting and (task.cancelled() or task.exception() is not None):
+            what, effect = "the background connect to the broker stopped", "the broker can no longer be reached"
+        else:
             return
-        # A CancelledError raised inside it (aiormq's, say) ends it as cancelled, though nobody cancelled it.
         exc = asyncio.CancelledError() if task.cancelled() else task.exception()
-        self.failure = f"the outbox stopped: {exc!r}"
-        log.critical("%s; publishes can no longer reach the broker: stopping", self.failure, exc_info=exc)
+        self.failure = f"{what}: {exc!r}"
+        log.critical("%s; %s: stopping", self.failure, effect, exc_info=exc)
         self.request_stop()
 
     def request_stop(self) -> None:
@@ -366,10 +370,11 @@ class Daemon:
         log.info("stopped")
 
     async def _close_backend(self) -> None:
-        if self._connecting is not None:
-            self._connecting.cancel()
-            await asyncio.wait({self._connecting}, timeout=1.0)
-        outbox_task, self._outbox_task = self._outbox_task, None  # ended by us: not a failure (_outbox_ended)
+        connecting, self._connecting = self._connecting, None  # ended by us: not a failure (_task_ended)
+        if connecting is not None:
+            connecting.cancel()
+            await asyncio.wait({connecting}, timeout=1.0)
+        outbox_task, self._outbox_task = self._outbox_task, None  # ended by us: not a failure (_task_ended)
         if outbox_task is not None:
             outbox_task.cancel()
             # Bounded: a broker library may swallow the cancellation (asyncio.wait_for on 3.11); closing the

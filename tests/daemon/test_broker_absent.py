@@ -172,3 +172,26 @@ async def test_sentinels_all_down_is_a_degraded_start(sock: Path, connect: Conne
         assert "pw-hunter2" not in log and "=s3" not in log, log
     finally:
         assert await daemon.stop() == 0, daemon.log
+
+
+async def test_a_background_connect_ended_by_what_it_does_not_catch_stops_the_daemon_saying_why(
+    sock: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started without its broker, a daemon connects in the background until it is reached; that task ended by what
+    it does not catch (a CancelledError nobody asked for, as aiormq's from a start was, found by review) left a
+    daemon that would never connect and never said why. It now stops as one whose outbox stopped does; the daemon's
+    own stop still just cancels it."""
+    uri = URIS["rabbitmq"].format(port=free_port())
+    async with run_daemon(sock, backend=uri, reconnect_max_delay=0.2) as daemon:
+        assert not daemon.relay.broker_up
+
+        async def cut_short() -> None:
+            raise asyncio.CancelledError
+
+        monkeypatch.setattr(daemon.backend, "start", cut_short)
+        await asyncio.wait_for(daemon.serve(), 10)  # it asked itself to stop
+        assert daemon.failure is not None and "background connect" in daemon.failure, daemon.failure
+        assert "CancelledError" in daemon.failure and daemon.unready_reason() == daemon.failure
+    async with run_daemon(sock, backend=uri, reconnect_max_delay=0.2) as daemon:
+        assert not daemon.relay.broker_up
+    assert daemon.failure is None  # stopped while connecting in the background: cancelled, not failed
