@@ -17,12 +17,13 @@ import pytest
 from aiormq.abc import ChannelFrame
 from pamqp.commands import Basic
 
-from backends.amqp import AmqpBackend
+from backends.amqp import AmqpBackend, AmqpDurableBackend
 from backends.amqp_frames import Deliveries
 from backends.amqp_internals import Confirms
-from backends.base import BackendConfig
+from backends.base import BackendConfig, Mode
 from tests.backends.support import Inbox, Started
 from tests.brokers.rabbitmq import RabbitServer
+from tests.utils import wait_for
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -82,8 +83,9 @@ def watch(monkeypatch: pytest.MonkeyPatch, marker: bytes) -> Paths:
     return paths
 
 
+@pytest.mark.parametrize("mode", [Mode.BROADCAST, Mode.DURABLE], ids=str)
 async def test_the_fast_paths_are_taken_over_tls_and_lose_nothing(
-    rabbitmq_server: RabbitServer, started: Started, topic: str, monkeypatch: pytest.MonkeyPatch
+    mode: Mode, rabbitmq_server: RabbitServer, started: Started, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two backends on amqps:// publish to each other at once: one message at a time (each written by its publisher,
     its delivery and its confirm taken as they arrive), then batches, then bodies cut across TLS records. Each side
@@ -91,20 +93,29 @@ async def test_the_fast_paths_are_taken_over_tls_and_lose_nothing(
     marker = b"tls-fast-path"
     paths = watch(monkeypatch, marker)
     uri = rabbitmq_server.tls_uri
-    # echo off, as the daemon's: each gets only the other's messages.
-    a = await started(AmqpBackend(BackendConfig(uri, "tls-a", 10.0, echo=False)))
-    b = await started(AmqpBackend(BackendConfig(uri, "tls-b", 10.0, echo=False)))
+    kind = AmqpDurableBackend if mode is Mode.DURABLE else AmqpBackend
+    # Echo off, as the daemon's: in broadcast mode each gets only the other's messages (durable: its own too).
+    a = await started(kind(BackendConfig(uri, f"{topic}-a", 10.0, mode=mode, echo=False)))
+    b = await started(kind(BackendConfig(uri, f"{topic}-b", 10.0, mode=mode, echo=False)))
     inboxes = {a: Inbox(), b: Inbox()}
     await a.subscribe(topic, inboxes[a])
     await b.subscribe(topic, inboxes[b])
     sent: dict[AmqpBackend, list[bytes]] = {a: [], b: []}
+
+    def got(receiver: AmqpBackend, sender: AmqpBackend) -> list[bytes]:
+        name = b" %s " % sender.config.instance_id.encode()
+        return [body for body in inboxes[receiver].bodies if name in body]
+
+    async def arrived(receiver: AmqpBackend, sender: AmqpBackend, timeout: float) -> None:
+        count = len(sent[sender])
+        await wait_for(lambda: len(got(receiver, sender)) >= count, timeout, f"{count} messages from the other side")
 
     async def one_at_a_time(sender: AmqpBackend, receiver: AmqpBackend) -> None:
         for n in range(ONE_AT_A_TIME):
             body = b"%s %s one %d" % (marker, sender.config.instance_id.encode(), n)
             await sender.publish(topic, [body])
             sent[sender].append(body)
-            await inboxes[receiver].wait(len(sent[sender]))
+            await arrived(receiver, sender, 10)
 
     await asyncio.gather(one_at_a_time(a, b), one_at_a_time(b, a))
     one = Paths(paths)
@@ -117,9 +128,9 @@ async def test_the_fast_paths_are_taken_over_tls_and_lose_nothing(
     # Deliveries and confirms came one at a time, each while aiormq's reader waited: taken as they arrived, or (a
     # confirm the broker sent with a delivery of the other side's, in one TLS record after a frame of another kind)
     # handed over by aiormq's reader. Most are taken: a path bypassed over TLS would take none.
-    for kind in ("deliveries", "confirms"):
-        taken, handed = one[f"{kind} taken as they arrived"], one[f"{kind} handed by aiormq's reader"]
-        assert taken + handed >= 2 * ONE_AT_A_TIME and taken > ONE_AT_A_TIME, (kind, one)
+    for path in ("deliveries", "confirms"):
+        taken, handed = one[f"{path} taken as they arrived"], one[f"{path} handed by aiormq's reader"]
+        assert taken + handed >= 2 * ONE_AT_A_TIME and taken > ONE_AT_A_TIME, (path, one)
 
     async def in_batches(sender: AmqpBackend) -> None:
         name = sender.config.instance_id.encode()
@@ -134,8 +145,8 @@ async def test_the_fast_paths_are_taken_over_tls_and_lose_nothing(
 
     await asyncio.gather(in_batches(a), in_batches(b))
     for sender, receiver in ((a, b), (b, a)):
-        got = await inboxes[receiver].wait(len(sent[sender]), timeout=30)
-        assert len(got) == len(sent[sender]) and got == sent[sender], (len(got), len(sent[sender]))
+        await arrived(receiver, sender, 30)
+        assert got(receiver, sender) == sent[sender], (len(got(receiver, sender)), len(sent[sender]))
     # The batches, too, went on TLS streams, and their deliveries were read in bulk (taken, or read whole by
     # aiormq's reader from BulkFrameReceiver's large reads).
     assert paths["written in clear"] == 0, paths
