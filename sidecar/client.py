@@ -15,11 +15,9 @@ most their `timeout`: `publish(ack=True)` always returns or raises within it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import os
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +27,8 @@ import orjson
 
 from sidecar import PROTOCOL_VERSION, client_types
 from sidecar.backoff import Backoff
+from sidecar.client_events import ReceivedEvents
+from sidecar.client_publishes import HeldPublishes, publish_line, too_large
 from sidecar.client_types import (
     AckTimeout,
     ClientError,
@@ -40,7 +40,6 @@ from sidecar.client_types import (
     ResumeGap,
 )
 from sidecar.paths import default_socket_path
-from sidecar.seen import SeenIds
 
 __all__ = [
     "AckTimeout",
@@ -59,14 +58,11 @@ log = logging.getLogger(__name__)
 #: The longest frame accepted; also what the reader buffers (twice this) before it stops reading when the app
 #: does not consume events, so that the daemon sees a slow client instead of this process growing.
 STREAM_LIMIT = 16 * 1024 * 1024
-#: Event ids remembered to drop duplicates (redelivered after a daemon restart).
-DEDUP_WINDOW = 10_000
 #: Seconds `publish(ack=True)` waits for the broker to accept an event. Longer than a broker reconnect or a daemon
 #: restart usually takes, shorter than an HTTP request's patience.
 DEFAULT_ACK_TIMEOUT = 30.0
 
 
-_CLOSED = object()
 _Gap = TypeVar("_Gap", Gap, ResumeGap)
 
 
@@ -120,13 +116,11 @@ class Client:
         self._epoch: str | None = None
         self._seq = 0
         self._writer: asyncio.StreamWriter | None = None
-        # Publishes not yet written, and those written with ack=True not yet acknowledged, in publish order.
-        self._outgoing: OrderedDict[str, tuple[bytes, asyncio.Future[None] | None]] = OrderedDict()
-        self._events: asyncio.Queue[Event | object] = asyncio.Queue(max_events)
+        self._held = HeldPublishes()
+        self._events = ReceivedEvents(max_events, dedup=dedup)
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._first_connect: asyncio.Future[None] | None = None
-        self._seen = SeenIds(DEDUP_WINDOW) if dedup else None
         self.max_frame_bytes: int | None = None  # told by the daemon's welcome
 
     @property
@@ -160,12 +154,8 @@ class Client:
 
     def _end(self, error: ClientError) -> None:
         """No ack can come any more: fail what waits for one, drop what was never sent, end the event iteration."""
-        for _, future in self._outgoing.values():
-            if future is not None and not future.done():
-                future.set_exception(error)
-        self._outgoing.clear()
-        with contextlib.suppress(asyncio.QueueFull):
-            self._events.put_nowait(_CLOSED)
+        self._held.fail(error)
+        self._events.end()
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -209,16 +199,10 @@ class Client:
             ClientError: the connection is gone and `reconnect` is off, or the client was closed.
         """
         event_id = id or os.urandom(12).hex()
-        frame: dict[str, Any] = {"type": "publish", "id": event_id, "path": path, "event": event, "data": data}
-        if bin is not None:
-            if data is not None or context is not None:
-                raise ValueError("publish: a binary event (bin) carries the whole event: data and context must be None")
-            frame["bin"] = base64.b64encode(bin).decode("ascii")
-        # The optional fields go only when given: the daemon's defaults are the same, and the line stays short.
-        optional = {"context": context, "ack": ack or None, "traceparent": traceparent, "tracestate": tracestate}
-        frame.update((name, value) for name, value in optional.items() if value is not None)
-        line = orjson.dumps(frame, option=orjson.OPT_APPEND_NEWLINE)
-        if (problem := self._too_large(line)) is not None:
+        line = publish_line(
+            event_id, path, event, data, context, ack=ack, traceparent=traceparent, tracestate=tracestate, bin=bin
+        )
+        if (problem := too_large(line, self.max_frame_bytes)) is not None:
             raise problem
         if self._task is None or self._task.done():
             raise ClientError(
@@ -237,7 +221,7 @@ class Client:
             if future.done() and not future.cancelled():  # settled just as the timeout fired
                 future.result()
                 return
-            self._outgoing.pop(event_id, None)
+            self._held.forget(event_id)
             queued = self.connected
             if queued:
                 where = f"syncar has it in its outbox; its broker {'is up' if self.broker_up else 'is down'}"
@@ -250,44 +234,22 @@ class Client:
         writer = self._writer
         if writer is not None and self.connected:
             if future is not None:
-                self._outgoing[event_id] = (line, future)
+                self._held.hold(event_id, line, future)
             writer.write(line)
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
         else:
-            if len(self._outgoing) >= self.max_pending:
+            if len(self._held) >= self.max_pending:
                 raise PendingFull(f"disconnected from syncar and {self.max_pending} publishes are waiting")
-            self._outgoing[event_id] = (line, future)
-
-    def _too_large(self, line: bytes) -> PublishRefused | None:
-        """The refusal the daemon would answer `line` with if it is over the size limit of the welcome."""
-        if self.max_frame_bytes is None or len(line) - 1 <= self.max_frame_bytes:
-            return None
-        return PublishRefused(
-            "frame_too_large",
-            f"the publish is {len(line) - 1} bytes; syncar takes at most "
-            f"{self.max_frame_bytes} (its --max-frame-bytes); not sent",
-        )
+            self._held.hold(event_id, line, future)
 
     # -- receiving -----------------------------------------------------------------------------
 
     def __aiter__(self) -> AsyncIterator[Event]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Event]:
-        while True:
-            item = await self._events.get()
-            if item is _CLOSED:
-                return
-            assert isinstance(item, Event)
-            yield item
+        return aiter(self._events)
 
     async def next_event(self, timeout: float | None = None) -> Event:
-        async with asyncio.timeout(timeout):
-            item = await self._events.get()
-        if not isinstance(item, Event):
-            raise ClientError("client closed")
-        return item
+        return await self._events.next(timeout)
 
     # -- the connection ------------------------------------------------------------------------
 
@@ -336,9 +298,9 @@ class Client:
             if kind == "event":
                 await self._event(frame)
             elif kind == "ack":
-                self._settle(frame["id"], None)
+                self._held.settle(frame["id"], None)
             elif kind == "nack":
-                self._settle(frame["id"], PublishRefused(frame.get("code", ""), frame.get("message", "")))
+                self._held.settle(frame["id"], PublishRefused(frame.get("code", ""), frame.get("message", "")))
             elif kind == "welcome":
                 await self._welcomed(frame, writer)
             elif kind == "status":
@@ -365,11 +327,7 @@ class Client:
 
     async def _event(self, frame: dict[str, Any]) -> None:
         self._seq = frame["seq"]
-        origin = frame.get("origin")
-        # After a daemon restart, durable mode may hand us again what the old daemon already did.
-        if origin is not None and self._seen is not None and not self._seen.add(origin, frame["id"]):
-            return
-        await self._events.put(Event.of(frame))
+        await self._events.put(frame)
 
     def _gap(self, frame: dict[str, Any]) -> None:
         gap = Gap.of(frame)
@@ -388,8 +346,8 @@ class Client:
         if code == "resume_gap":
             self._resume_gap(frame)
             return
-        if isinstance(frame.get("id"), str) and frame["id"] in self._outgoing:
-            self._settle(frame["id"], PublishRefused(code or "", frame.get("message", "")))
+        if isinstance(frame.get("id"), str) and frame["id"] in self._held:
+            self._held.settle(frame["id"], PublishRefused(code or "", frame.get("message", "")))
             return
         log.warning("syncar: %s: %s", code, frame.get("message"))
         if code == "client_id_in_use":
@@ -404,28 +362,13 @@ class Client:
         self.max_frame_bytes = frame.get("max_frame_bytes")
         # Send in publish order what was never written, and what was written but not acknowledged. No await
         # until we are marked connected: a publish() in between would be queued behind and never written.
-        for event_id, (line, future) in list(self._outgoing.items()):
-            if (problem := self._too_large(line)) is not None:  # held before this daemon told its limit
-                log.warning("syncar: %s", problem)
-                self._settle(event_id, problem)
-                continue
-            writer.write(line)
-            if future is None:
-                del self._outgoing[event_id]
+        for problem in self._held.resend(writer, self.max_frame_bytes):
+            log.warning("syncar: %s", problem)
         self._writer = writer
         self._connected.set()
         if self._first_connect is not None and not self._first_connect.done():
             self._first_connect.set_result(None)
         await writer.drain()
-
-    def _settle(self, event_id: str, error: Exception | None) -> None:
-        entry = self._outgoing.pop(event_id, None)
-        if entry is None or entry[1] is None or entry[1].done():
-            return
-        if error is None:
-            entry[1].set_result(None)
-        else:
-            entry[1].set_exception(error)
 
 
 def _tell(callback: Callable[[_Gap], None] | None, gap: _Gap) -> None:
