@@ -6,28 +6,22 @@ import argparse
 import asyncio
 import logging
 import os
-import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from bench.meta import checkout_commit, run_meta
+from bench.output import RESULTS, outs, report, report_again
 from bench.plan import BROKERS, CONTESTANTS, EXTRA_CONTESTANTS, LABELS, MODES, make_plan
-from bench.processes import NODE_DIR
-from bench.report import derive, markdown, summarise, table
+from bench.report import derive, summarise
 from bench.runner import Priority, run_plan
 from bench.scale import REPS, SECONDS, scale
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-RESULTS = HERE / "results"
-DOCS = HERE.parent / "docs" / "benchmarks"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _list(choices: tuple[str, ...]) -> Any:
@@ -146,47 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _version(*argv: str) -> str:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False).stdout.strip()
-    except OSError:
-        return "not installed"
-
-
-def _commit(root: Path) -> str:
-    """The checkout's commit, marked `+dirty` when its sidecar/ or backends/ differ from it."""
-    commit = _version("git", "-C", str(root), "rev-parse", "--short", "HEAD") or "unknown"
-    dirty = _version("git", "-C", str(root), "status", "--porcelain", "--", "sidecar", "backends")
-    return commit + ("+dirty" if dirty else "")
-
-
-def _checkout_commit(base: Path) -> str:
-    commit = _commit(base)  # a copy made with `git archive` has no commit: its directory's name says which
-    return base.name if commit.startswith("unknown") else commit
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "node": _version("node", "-v"),
-        "kernel": platform.release(),
-        "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1),
-        "redis": _version("redis-server", "--version"),
-        "nats": _version("nats-server", "--version"),
-        "rabbitmq": _version("dpkg-query", "-W", "-f", "${Version}", "rabbitmq-server"),
-        "feathers_sync": _version(
-            "node", "-p", f"require('{NODE_DIR}/node_modules/feathers-sync/package.json').version"
-        ),
-    }
-
-
 def _progress(run: dict[str, Any]) -> None:
     figures = derive(run)
     run["figures"] = figures
@@ -207,31 +160,17 @@ def _progress(run: dict[str, Any]) -> None:
     )
 
 
-def _meta(args: argparse.Namespace, command: str) -> dict[str, Any]:
-    """What every result file says about how, where and on what it was measured."""
-    return {
-        "command": command,
-        "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "mode": args.mode,
-        "machine": machine(),
-        "loadavg_start": os.getloadavg(),
-        "syncar_root": str(args.syncar_root.resolve()),
-        "syncar_commit": _checkout_commit(args.syncar_root),
-    }
-
-
 def _scale(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
     broker = next((b for b in args.brokers or ("redis",) if b != "local"), None)
     if broker is None:
         parser.error("--scale needs a broker: on local:// there is nothing between the daemons to scale")
-    outs = [args.out, DOCS] if args.docs else [args.out]
     return scale(
-        _meta(args, command),
+        run_meta(args, command),
         broker,
         seconds=args.seconds or SECONDS,
         reps=args.reps or REPS,
         root=args.syncar_root.resolve(),
-        outs=outs,
+        outs=outs(args),
     )
 
 
@@ -243,11 +182,10 @@ def _low_rate(args: argparse.Namespace, parser: argparse.ArgumentParser, command
     contestants = args.contestants or DEFAULT_CONTESTANTS
     if unknown := [c for c in contestants if c not in CONTESTANTS]:
         parser.error(f"--low-rate has no {', '.join(unknown)}: it measures {', '.join(CONTESTANTS)}")
-    outs = [args.out, DOCS] if args.docs else [args.out]
-    meta = _meta(args, command)
+    meta = run_meta(args, command)
     base = args.base_root.resolve() if args.base_root is not None else None
     if base is not None:
-        meta.update(base_root=str(base), base_commit=_checkout_commit(base))
+        meta.update(base_root=str(base), base_commit=checkout_commit(base))
     return low_rate(
         meta,
         args.brokers or ("redis", "amqp", "nats"),
@@ -255,7 +193,7 @@ def _low_rate(args: argparse.Namespace, parser: argparse.ArgumentParser, command
         seconds=args.seconds or SECONDS,
         reps=args.reps or REPS,
         root=args.syncar_root.resolve(),
-        outs=outs,
+        outs=outs(args),
         base_root=base,
         plot=not args.no_plot,
     )
@@ -268,18 +206,17 @@ def _fleet(args: argparse.Namespace, parser: argparse.ArgumentParser, command: s
         parser.error("--fleet measures broadcast mode only")
     if "local" in (brokers := args.brokers or ("redis", "amqp", "nats")):
         parser.error("--fleet needs a broker: feathers-sync has no local://")
-    outs = [args.out, DOCS] if args.docs else [args.out]
-    meta = _meta(args, command)
+    meta = run_meta(args, command)
     base = args.base_root.resolve() if args.base_root is not None else None
     if base is not None:
-        meta.update(base_root=str(base), base_commit=_checkout_commit(base))
+        meta.update(base_root=str(base), base_commit=checkout_commit(base))
     return fleet(
         meta,
         brokers,
         seconds=args.seconds or SECONDS,
         reps=args.reps or REPS,
         root=args.syncar_root.resolve(),
-        outs=outs,
+        outs=outs(args),
         plot=not args.no_plot,
         base_root=base,
         rates=(args.rate,) if args.rate else RATES,
@@ -306,9 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         contestant = next((c for c in args.contestants or ("syncar",) if c.startswith("syncar")), "syncar")
         return profile(args.out, args.seconds or 10.0, args.syncar_root.resolve(), broker, contestant, rate=args.rate)
     if args.report is not None:
-        results = orjson.loads(args.report.read_bytes())
-        part = next((name for flag, name in PART_FLAGS.items() if flag in results["meta"]["command"].split()), None)
-        return report_part(args, results, part) if part else report(args, results)
+        return report_again(args)
     base = args.base_root.resolve() if args.base_root is not None else None
     plan = make_plan(
         quick=args.quick,
@@ -320,9 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         cluster=args.cluster,
     )
     print(f"{command}: {plan.runs()} runs on {', '.join(plan.brokers)}, {plan.mode} mode", flush=True)
-    meta = {**_meta(args, command), "plan": plan.as_dict()}
+    meta = {**run_meta(args, command), "plan": plan.as_dict()}
     if base is not None:
-        meta.update(base_root=str(base), base_commit=_checkout_commit(base))
+        meta.update(base_root=str(base), base_commit=checkout_commit(base))
     priority = Priority(args.nice) if args.nice is not None else None
     if priority is not None:
         try:
@@ -347,69 +282,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     code = report(args, results)
     return code if any(not r.get("error") for r in outcome["runs"]) else 1
-
-
-#: The parts whose runs `--report` can redraw, by the flag in the command that made them.
-PART_FLAGS = {"--low-rate": "lowrate", "--fleet": "fleet"}
-
-
-def report_part(args: argparse.Namespace, results: dict[str, Any], part: str) -> int:
-    """`--report` of a --low-rate or --fleet run: its tables summarised again from the runs, its Markdown and (but
-    with --no-plot) its PNG written to --out, and with --docs to docs/benchmarks/ too."""
-    from bench import fleet_report, lowrate_report  # noqa: PLC0415  (only a part's --report needs them)
-    from bench.parts import draw  # noqa: PLC0415
-    from bench.parts_plot import plot_fleet, plot_low_rate  # noqa: PLC0415
-
-    module, plot = (lowrate_report, plot_low_rate) if part == "lowrate" else (fleet_report, plot_fleet)
-    results["summary"] = module.summarise(results)
-    print(module.table(results))
-    outs = [args.out, DOCS] if args.docs else [args.out]
-    for out in outs:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"{part}.md").write_text(module.markdown(results))
-    print("wrote " + ", ".join(str(out / f"{part}.md") for out in outs))
-    if not args.no_plot:
-        draw(plot, results, outs, part)
-    return 0
-
-
-def report(args: argparse.Namespace, results: dict[str, Any]) -> int:
-    """Print the table; write latest.json, latest.md and latest.png, and with --docs their copies in docs/
-    (results.*, or results-durable.* for a durable run: the page's broadcast figures stay what they are)."""
-    mode = results["meta"].get("mode", "broadcast")  # runs from before --mode were all broadcast
-    print()
-    print(table(results["summary"], mode))
-    for broker, section in results["sections"].items():
-        if section.get("error"):
-            print(f"{broker}: not measured: {section['error'].splitlines()[0]}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    written = []
-    if args.report is None:
-        written.append(args.out / "latest.json")
-        written[-1].write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-    written.append(args.out / "latest.md")
-    written[-1].write_text(markdown(results["summary"], mode))
-    png = None
-    if not args.no_plot:
-        from bench.plot import plot  # noqa: PLC0415  (matplotlib is optional)
-
-        png = plot(results, args.out / "latest.png")
-        if png is not None:
-            written.append(png)
-    if args.docs:
-        DOCS.mkdir(parents=True, exist_ok=True)
-        for run in results["runs"]:
-            run.get("sub", {}).pop("samples", None)  # the per-10 ms counts: large, and in latest.json anyway
-        stem = DOCS / ("results" if mode == "broadcast" else f"results-{mode}")
-        stem.with_suffix(".json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-        stem.with_suffix(".md").write_text(markdown(results["summary"], mode))
-        written += [stem.with_suffix(".json"), stem.with_suffix(".md")]
-        if png is not None:
-            shutil.copyfile(png, stem.with_suffix(".png"))
-            written.append(stem.with_suffix(".png"))
-    seconds = results["meta"].get("seconds")
-    print(f"\n{f'{seconds:.0f} s; ' if seconds else ''}wrote " + ", ".join(str(p) for p in written))
-    return 0
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ from typing import Any
 
 from bench.plan import Case, make_plan
 from bench.processes import Daemon, Meter, Worker, python_worker
-from bench.report import scale_figures, scale_markdown, scale_table, summarise_scale, write_results
+from bench.report import write_results
 from bench.runner import SLACK, Section, load_generators, stop_daemons, worker_spec
+from bench.scale_report import scale_figures, scale_markdown, scale_table, summarise_scale
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from bench.plan import make_plan
-from bench.report import markdown, scale_figures, scale_markdown, summarise_scale
+from bench.report import markdown
+from bench.scale_report import scale_figures, scale_markdown, summarise_scale
 
 META = {"broker": "redis", "mode": "durable", "rate": 2000, "size": 256, "publish_seconds": 5.0, "reps": 2}
 
