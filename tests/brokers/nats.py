@@ -6,7 +6,9 @@ certificate it requires (tests/brokers/certs.py). `NatsCluster` is three of them
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
 import urllib.request
 from urllib.parse import urlencode
 
@@ -68,6 +70,7 @@ class NatsClusterNode(NatsServer):
         self.route_port = free_port()
         self.monitor_port = free_port()
         self.routes: list[int] = []  # the other nodes' route ports, set by the cluster
+        self.health = "not started"  # what /healthz said last
 
     def command(self) -> list[str]:
         routes = ",".join(f"nats://127.0.0.1:{port}" for port in self.routes)
@@ -86,18 +89,44 @@ class NatsClusterNode(NatsServer):
         ]
 
     def ready(self) -> bool:
-        """Serving clients, and JetStream current: /healthz says ok once the node has a meta leader and is current
-        with it. `js-server-only`: not every stream and consumer the node holds, or one a finished test left behind
-        that a restarted node does not bring current (a consumer not current for over 60 s, seen once in CI) keeps
-        the next test's cluster from starting; each test makes streams of its own."""
+        """Serving clients, and JetStream whole on this node: /healthz says ok once the node has a meta leader, is
+        current with it, and every stream and consumer it keeps a replica of is current. What it said last is in
+        `health`, for the failure's message.
+
+        A test that kills a node deletes its stream before the node comes back (tests/faults/test_cluster_nats.py,
+        `clear`): nats-server before 2.10.26 (Debian's is 2.9.10) brings back a consumer that was deleted and made
+        again while the node was down (as a daemon's resume does) with its old raft group once the others have
+        snapshotted their metadata, and says it is not current until the consumer is deleted (nats-server #6507)."""
         if not super().ready():
+            self.health = "not accepting clients yet"
             return False
-        health = f"http://127.0.0.1:{self.monitor_port}/healthz?js-server-only=true"
         try:
-            with urllib.request.urlopen(health, timeout=1) as answer:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/healthz", timeout=1) as answer:
+                self.health = said(answer.read())
                 return bool(answer.status == 200)
-        except OSError:
+        except urllib.error.HTTPError as refusal:  # 503, with JetStream's reason
+            with refusal:
+                self.health = said(refusal.read())
             return False
+        except OSError as exc:
+            self.health = f"no answer from /healthz: {exc}"
+            return False
+
+    def wait_ready(self) -> None:
+        try:
+            super().wait_ready()
+        except RuntimeError as exc:
+            raise RuntimeError(f"node n{self.index}, whose /healthz last said {self.health!r}: {exc}") from None
+
+
+def said(body: bytes) -> str:
+    """The reason in a /healthz answer (`{"status":"unavailable","error":"JetStream consumer ..."}`), or its body."""
+    text = body.decode(errors="replace").strip()
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        return text
+    return str(answer.get("error") or answer.get("status")) if isinstance(answer, dict) else text
 
 
 class NatsCluster:
@@ -124,7 +153,8 @@ class NatsCluster:
 
     def whole(self) -> None:
         """Start every node not running (all at first, those a test killed later), together: a node's JetStream is
-        current only once a majority runs. Returns once every node serves with JetStream current."""
+        current only once a majority runs. Returns once every node serves with JetStream current, every stream and
+        consumer included; raises, naming the node and what its /healthz said, if one is not within START_TIMEOUT."""
         for node in self.nodes:
             if node.process is None or node.process.poll() is not None:
                 node.launch()

@@ -57,6 +57,10 @@ class ClusterFaults(ABC, Generic[C]):
         """What the cluster needs once `victim` was killed at `killed`, with AFTER_KILL events published meanwhile;
         a note for the rows (how long it took)."""
 
+    async def clear(self, s: Scenario) -> None:
+        """Remove what test `s` left on the cluster that a node it killed must not be brought back to; called once its
+        daemons are stopped, before `whole()`. Nothing, unless the broker's module says otherwise."""
+
     @abstractmethod
     def whole(self) -> None:
         """Every node running again, for the next test."""

@@ -112,14 +112,20 @@ async def cluster_scenario(
     request: pytest.FixtureRequest, cluster: ClusterFaults, mode: str
 ) -> AsyncIterator[Scenario]:
     """The Scenario of a cluster case (its number from the test's `case` marker) on the `cluster` its test module
-    gives; once the test is over the nodes it killed run again, so the next test finds them all."""
+    gives; once the test is over what it left is cleared (`ClusterFaults.clear`, while the nodes it killed are still
+    down) and those nodes run again, so the next test finds them all."""
     case = request.node.get_closest_marker("case")
     assert case is not None
+    stage: Scenario | None = None
     try:
         async with staged(request, case.args[0], cluster.broker, mode, cluster.first, kind="cluster") as stage:
             yield stage
     finally:
-        await asyncio.to_thread(cluster.whole)
+        try:
+            if stage is not None:
+                await cluster.clear(stage)
+        finally:
+            await asyncio.to_thread(cluster.whole)
 
 
 @pytest.hookimpl(wrapper=True)

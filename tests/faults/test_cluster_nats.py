@@ -10,6 +10,7 @@ new `node`), and every event published once the path is back arrives.
 from __future__ import annotations
 
 import nats
+import nats.js.errors
 import pytest
 
 from backends.nats_jetstream import jetstream_name
@@ -62,6 +63,38 @@ class NatsFaults(ClusterFaults[NatsCluster]):
         """The killed node stays down until the test is over."""
         await s.stream(AFTER_KILL)
         return f"node n{victim.index} killed"
+
+    async def clear(self, s: Scenario) -> None:
+        """Delete the test's stream, and with it the daemons' consumers, while the node it killed is still down.
+
+        A durable daemon's resume after a kill may delete its consumer and make it again (it had unacknowledged
+        deliveries, or pull requests waiting). nats-server 2.9.10 brings a node back to such a consumer with its old
+        raft group if the others snapshotted their metadata meanwhile (which any deletion does, 2 s after the last
+        snapshot), and reports it not current until the consumer is deleted: the `--instance-ttl` of 60 s after the
+        daemons stopped, as long as `whole()` waits (seen once in CI). Fixed in 2.10.26 (nats-server #6507). A stream
+        deleted while the node is down is deleted on it when it comes back, its consumers with it."""
+        name = jetstream_name(s.key)
+        up = [node.uri for node in self.cluster.nodes if node.process is not None and node.process.poll() is None]
+        client = await nats.connect(servers=up, allow_reconnect=False, connect_timeout=2)
+        js = client.jetstream(timeout=2)
+        said: list[str] = []
+
+        async def deleted() -> bool:
+            try:
+                await js.delete_stream(name)
+            except nats.js.errors.NotFoundError:  # none made (broadcast mode), or deleted by an answer that was lost
+                pass
+            except (nats.errors.Error, OSError) as exc:  # no meta leader yet after a kill: the request goes unanswered
+                said.append(f"{type(exc).__name__}: {exc}")
+                return False
+            return True
+
+        try:
+            await eventually(deleted, 30, f"JetStream to delete the stream {name}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its last answer: {said[-1] if said else 'none'}") from None
+        finally:
+            await client.close()
 
     @property
     def first(self) -> NatsClusterNode:
