@@ -12,8 +12,14 @@ or replayed one is dropped and counted (`syncar_announcements_rejected_total`). 
 last one (`leaving`), and is taken out of the others' tables at once.
 
 The peer table (sidecar/peer_table.py) holds who was heard, when, and the sequence lag, and in broadcast mode tells
-as gaps the last events of a run that never arrived. A peer whose version, codec or mode differs from ours is
-warned of once, with what to do.
+as gaps the last events of a run that never arrived, where an announcement cannot overtake the events before it
+(`Feature.IN_ORDER`). Where it can (RabbitMQ: `<key>.peers` is a queue of its own, and a receiver whose events queue
+is behind hears the announcement first), a daemon of the syncar codec in broadcast mode that has put events on the
+bus also puts its seq on the key with each announcement: a mark, an empty batch of its run numbered from the next
+seq, `{"v":1,"origin":"web-1","run":"3fa2...","seq":1201,"events":[]}`. It reaches each receiver through the
+events' own exchange and queue, behind every event the broker confirmed before it, and the receiver's relay takes it
+as any batch (sidecar/gaps.py): what it reveals missing is lost, told at once. Daemons older than the mark take it
+so too. A peer whose version, codec or mode differs from ours is warned of once, with what to do.
 
 The watchdog: a broker can forget a subscription without closing the connection (a node that left its cluster,
 a proxy that reconnected behind our back, an exchange deleted and declared again). A daemon that has heard nothing
@@ -36,9 +42,18 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from backends import load_backend
-from backends.base import Backend, BackendError, BackendState, BackendUnavailable, Message, Mode, Subscription
+from backends.base import (
+    Backend,
+    BackendError,
+    BackendState,
+    BackendUnavailable,
+    Feature,
+    Message,
+    Mode,
+    Subscription,
+)
 from sidecar import __version__
-from sidecar.codec import decode_json, encode
+from sidecar.codec import SYNCAR_VERSION, decode_json, encode
 from sidecar.config import Settings
 from sidecar.errors import CodecError
 from sidecar.gaps import Gap, GapTracker
@@ -122,6 +137,7 @@ class Fleet:
     ) -> None:
         self.bus, self.me, self.key = bus, me, key
         self.topic = peers_topic(key)
+        self._mark = _mark_head(me) if _marks(bus, me) else None
         self.table = PeerTable(me.instance, gaps, tell=on_gap, grace=me.interval)
         self._seq, self._resubscribe, self._metrics, self._signer = seq, resubscribe, metrics, signer
         self._subscription: Subscription | None = None
@@ -161,8 +177,16 @@ class Fleet:
     # -- out ------------------------------------------------------------------------------------
 
     async def _announce(self, *, leaving: bool = False) -> None:
-        body = encode(msgspec.structs.replace(self.me, seq=self._seq(), leaving=leaving))
-        await self.bus.publish(self.topic, [body if self._signer is None else self._signer.sign(body)])
+        seq = self._seq()
+        if self._mark is not None and seq:
+            # `seq` counts the events the broker confirmed, and it confirms one once every queue it was routed to
+            # has it: the mark queues behind them on each receiver's events queue.
+            await self.bus.publish(self.key, [self._signed(self._mark + b'%d,"events":[]}' % (seq + 1))])
+        body = encode(msgspec.structs.replace(self.me, seq=seq, leaving=leaving))
+        await self.bus.publish(self.topic, [self._signed(body)])
+
+    def _signed(self, body: bytes) -> bytes:
+        return body if self._signer is None else self._signer.sign(body)
 
     async def _run(self) -> None:
         interval = self.me.interval
@@ -296,6 +320,18 @@ class Fleet:
     def _metric_rows(self) -> list[tuple[str, float, int | None]]:
         now = time.monotonic()
         return [(p.announcement.instance, age, lag) for p, age, lag in self.table.rows(now)]
+
+
+def _marks(bus: Backend, me: Announcement) -> bool:
+    """Whether a daemon announcing `me` on `bus` marks its seq on the key: where an announcement can overtake the
+    events before it, in broadcast mode (durable: a lag is a backlog), with the syncar codec (which numbers events)."""
+    return Feature.IN_ORDER not in bus.features and me.mode == Mode.BROADCAST and me.run is not None
+
+
+def _mark_head(me: Announcement) -> bytes:
+    """A mark up to its seq: an empty batch of `me`'s run. `seq` before `events`, so that it never starts as the
+    run's batches do (`SyncarCodec.echoed` takes those for one of ours without decoding them)."""
+    return b'{"v":%d,"origin":%s,"run":%s,"seq":' % (SYNCAR_VERSION, encode(me.instance), encode(me.run))
 
 
 def _row(a: Announcement, age: float, lag: int | None, *, self_: bool = False) -> dict[str, object]:

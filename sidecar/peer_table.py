@@ -3,12 +3,13 @@ of a peer's events, by its last announcement, have not reached this daemon since
 is gone after `MISSED` announcements missed. The table is bounded (MAX_PEERS, least recently heard forgotten first)
 and read by `GET /peers`, `syncar peers` and the metrics.
 
-In broadcast mode a lag that outlasts the time its events had to arrive is a loss, told as the gaps that batches
-reveal are (sidecar/gaps.py): the last events of a run that nothing more is heard of show no jump in any batch. An
-announcement's `seq` is settled, not when it arrives (it may overtake the batches before it: on RabbitMQ they go by
-different queues), but at the peer's next announcement of that run, one of our intervals after it said it was
-leaving, or when it is swept; later while batches of that run still arrive (a subscriber behind). In durable mode a
-lag is a backlog still to be read.
+In broadcast mode, where an announcement cannot overtake the batches before it (`Feature.IN_ORDER`), a lag that
+outlasts the time its events had to arrive is a loss, told as the gaps that batches reveal are (sidecar/gaps.py):
+the last events of a run that nothing more is heard of show no jump in any batch. An announcement's `seq` is
+settled, not when it arrives, but at the peer's next announcement of that run, one of our intervals after it said
+it was leaving, or when it is swept; later while batches of that run still arrive (a subscriber behind). Where it
+can overtake them (RabbitMQ: another queue), nothing is told here: the mark the peer puts on the key tells it
+(sidecar/fleet.py). In durable mode a lag is a backlog still to be read.
 """
 
 from __future__ import annotations
