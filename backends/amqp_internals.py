@@ -138,8 +138,10 @@ class BulkFrameReceiver(aiormq.connection.FrameReceiver):
                 self._buffer, self._offset = self._buffer[self._offset :] + data, 0
 
     async def get_frame(self) -> aiormq.connection.ReceivedFrame:
-        if self._offset == len(self._buffer) and self.reader.at_eof():
-            raise StopAsyncIteration
+        # The end of the stream is a lost connection wherever it comes, between two frames too: aiormq's receiver
+        # stops iterating there, its reader ends as if closed cleanly, and every call waiting on the connection fails
+        # with a bare Exception (start() raised it, after a Connection.OpenOk with the end right behind it). A
+        # connection closed in order ends before: aiormq's reader returns on Connection.CloseOk.
         if len(self._buffer) - self._offset < FRAME.size:
             await self._fill(FRAME.size)
         buffer, start = self._buffer, self._offset
