@@ -2,9 +2,11 @@
 
 One span per broker message, not per event, following the messaging semantic conventions: a `publish <key>` span
 (PRODUCER) for each batch the broker accepted, from the write to the broker's answer (sidecar/outbox.py), and a
-`receive <key>` span (CONSUMER) for each broker message of another instance, over its unpacking (TracedCodec).
-Each links to the trace contexts its events were published in (the apps' `traceparent`), at most MAX_LINKS of
-them: a batch of events from many traces has no one parent.
+`receive <key>` span (CONSUMER) for each broker message of another instance that carries events, over its unpacking
+(TracedCodec). Each links to the trace contexts its events were published in (the apps' `traceparent`), at most
+MAX_LINKS of them: a batch of events from many traces has no one parent. The mark a daemon puts on the key with
+each announcement on RabbitMQ (sidecar/fleet.py), an empty batch, makes no span on either side: it goes out beside
+the outbox, and one span per announcement interval per peer, linked to nothing, would only be noise in a trace.
 
 Only imported when `--tracing` is on: its packages come with the `otel` extra (`pip install 'syncar[otel]'`), and
 without it nothing of OpenTelemetry is loaded. Spans are handed to a BatchSpanProcessor, whose thread exports
@@ -102,8 +104,9 @@ def _links(events: Iterable[Event]) -> list[Link]:
 
 
 class TracedCodec(Codec):
-    """Wraps a codec (signed or not): a `receive` span for every broker message it unpacks, over the unpacking (and
-    the signature check). Our own echoes are recognised before that (`echoed`) and get none."""
+    """Wraps a codec (signed or not): a `receive` span for every broker message with events it unpacks, over the
+    unpacking (and the signature check). Our own echoes are recognised before that (`echoed`) and get none, nor do
+    the marks of other daemons (empty batches)."""
 
     name = "traced"
 
@@ -127,5 +130,6 @@ class TracedCodec(Codec):
     def unpack(self, body: bytes, accepted_at: float | None = None) -> Batch:
         started = time.time_ns()
         batch = self._inner.unpack(body, accepted_at)
-        self._tracing.received(batch.events, len(batch.events), started)
+        if batch.events:  # a mark (sidecar/fleet.py) carries none: a span of it would be one per interval per peer
+            self._tracing.received(batch.events, len(batch.events), started)
         return batch

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from sidecar.client import Client
 from sidecar.config import Settings
 from tests.brokers import BrokerServer
+from tests.contract.raw import raw_subscriber
 from tests.utils import TIMEOUT, run_daemon, wait_for
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -147,6 +148,50 @@ async def test_spans_per_broker_message_linked_to_the_apps_trace_context(
         # However the outbox batched them, every event is counted once and every trace context linked once.
         assert sum(s.attributes["messaging.batch.message_count"] for s in spans) == 4
         assert sorted(link for s in spans for link in s.links) == expected_links
+
+
+@pytest.mark.rabbitmq
+async def test_a_mark_on_the_key_makes_no_span(
+    sock_dir: Path, rabbitmq_server: BrokerServer, collector: Collector
+) -> None:
+    """On RabbitMQ in broadcast mode a daemon that has published puts a mark on the key with each announcement, an
+    empty batch (sidecar/fleet.py): one message per interval per peer, no event in it. Neither the daemon that puts
+    it nor those that take it make a span of it: the spans are the two batches of events, one each side."""
+    key = f"traced-{uuid.uuid4().hex[:8]}"
+    settings: dict[str, Any] = {
+        "backend": rabbitmq_server.uri,
+        "key": key,
+        "tracing": True,
+        "tracing_endpoint": collector.url,
+        "shutdown_timeout": 15.0,
+        "announce_interval": 0.2,
+    }
+    async with (
+        raw_subscriber(rabbitmq_server, key) as on_key,
+        run_daemon(sock_dir / "a.sock", instance_id="pub", **settings),
+        run_daemon(sock_dir / "b.sock", instance_id="sub", **settings),
+        Client(sock_dir / "a.sock") as publisher,
+        Client(sock_dir / "b.sock") as subscriber,
+    ):
+        await publisher.publish("messages", "created", 0, ack=True)
+        assert (await subscriber.next_event(timeout=TIMEOUT)).data == 0
+        marks: list[bytes] = []
+
+        def marked() -> bool:
+            while not on_key.empty():
+                if (body := on_key.get_nowait()).endswith(b'"events":[]}'):
+                    marks.append(body)
+            return len(marks) >= 3
+
+        await wait_for(marked, TIMEOUT, "three marks on the key")
+        # The broker put the marks in B's queue as in the plain client's, ahead of this event: B has taken them.
+        await publisher.publish("messages", "created", 1, ack=True)
+        assert (await subscriber.next_event(timeout=TIMEOUT)).data == 1
+    await wait_for(lambda: {"pub", "sub"} <= {s.instance for s in collector.spans}, what="spans of both daemons")
+    for instance, operation in (("pub", "publish"), ("sub", "receive")):
+        counts = [s.attributes["messaging.batch.message_count"] for s in collector.spans if s.instance == instance]
+        assert {s.name for s in collector.spans if s.instance == instance} == {f"{operation} {key}"}
+        assert sorted(counts) == [1, 1], (instance, counts)
 
 
 def test_tracing_without_the_otel_extra_is_a_clean_config_error(sock: Path) -> None:
