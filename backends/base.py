@@ -10,10 +10,11 @@ Every backend keeps order and confirms: `publish()` returns once the broker acce
 resume rely on it). These are the interface, not features: a backend that cannot keep them is not a backend.
 What differs between backends, and between the modes of one broker, is declared as `Feature`s, per class: one
 class per mode, chosen by `backends.load_backend()` from its table. Each feature is consulted: `DURABLE` by
-`Backend.__init__`, which refuses a config of the other mode, and `NO_ECHO` through `Backend.broker_echoes`, by
-the codec that recognises our own messages. A message whose handler raised comes back only in durable mode,
-because that mode acknowledges a message after its handler returned: that is part of `DURABLE`, not a feature of
-its own.
+`Backend.__init__`, which refuses a config of the other mode, `NO_ECHO` through `Backend.broker_echoes`, by
+the codec that recognises our own messages, and `IN_ORDER` by the daemon, which has the peer table tell trailing
+gaps where it is declared, and by the fleet, which marks the key where it is not (sidecar/fleet.py). A message
+whose handler raised comes back only in durable mode, because that mode acknowledges a message after its handler
+returned: that is part of `DURABLE`, not a feature of its own.
 
 A subscription the broker dropped without closing the connection (a proxy that reconnected behind our back, an
 exchange deleted and declared again) is not the backend's to see: the daemon's watchdog (sidecar/fleet.py) notices
@@ -50,6 +51,9 @@ class Feature(StrEnum):
     #: What an instance publishes, on any of its topics, reaches each other instance in the order it was published:
     #: one connection each way (Redis, NATS, the local bus). Not RabbitMQ, which gives each topic a queue of its own.
     #: An announcement cannot overtake the batches before it, so the peer table may tell the lag it shows as a gap.
+    #: Where it is absent, the fleet marks the key instead (sidecar/fleet.py): in broadcast mode with the syncar
+    #: codec, a daemon that has published puts an empty batch numbered from its next seq on the key before each
+    #: announcement, and a receiver tells what it reveals missing as any batch's gap.
     IN_ORDER = "in_order"
 
 
