@@ -310,6 +310,41 @@ def _failed_reconnects(caplog: pytest.LogCaptureFixture) -> int:
     return sum(1 for record in caplog.records if record.getMessage().startswith("redis: reconnect to "))
 
 
+async def test_a_reconnect_that_fails_with_uvloops_runtime_error_is_tried_again(
+    server: RedisServer, backend: Factory, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under uvloop, a connection reset in the middle of redis-py's handshake surfaced as RuntimeError ("unable to
+    perform operation on <TCPTransport closed=True>"), not a connection error: the reconnect loop did not expect it
+    and ended, and the daemon stayed up, never connected again (fault case 4, Redis: `B` got nothing after the cut).
+    A reset's timing cannot be had on demand, so the first reconnect attempt is made to raise it."""
+    states: list[BackendState] = []
+    b = await backend(on_state=states.append)
+    inbox = Inbox()
+    await b.subscribe(topic, inbox)
+    connect = redis.asyncio.connection.AbstractConnection.connect
+    raised: list[str] = []
+
+    async def reset_in_the_handshake(self: redis.asyncio.connection.AbstractConnection) -> None:
+        if not raised and not self.is_connected:  # redis-py calls connect() on a connected one too
+            raised.append("once")
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+        await connect(self)  # type: ignore[no-untyped-call]  # unannotated in redis-py
+
+    probe = redis.asyncio.Redis.from_url(server.uri)
+    try:
+        await probe.ping()  # connected before the patch
+        monkeypatch.setattr(redis.asyncio.connection.AbstractConnection, "connect", reset_in_the_handshake)
+        await probe.client_kill_filter(_type="pubsub")  # the subscribed connection: the backend reconnects it
+    finally:
+        await probe.aclose()
+    await wait_for(lambda: BackendState.RECONNECTING in states, 5.0, "RECONNECTING")
+    await wait_for(lambda: states[-1:] == [BackendState.CONNECTED], 5.0, "CONNECTED again")
+    assert raised == ["once"], "the reconnect never met the RuntimeError"
+    a = await backend()
+    await a.publish(topic, [b"after the reset"])
+    assert await inbox.wait(1) == [b"after the reset"]
+
+
 async def test_a_hung_broker_is_noticed_while_idle(server: RedisServer, backend: Factory, topic: str) -> None:
     states: list[BackendState] = []
     b = await backend(on_state=states.append)
