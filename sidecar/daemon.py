@@ -16,7 +16,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from backends import load_backend
-from backends.base import Backend, BackendError, BackendState, Feature, Mode, Subscription
+from backends.base import Backend, BackendClosed, BackendError, BackendState, Feature, Mode, Subscription
 from sidecar import __version__, protocol
 from sidecar.backoff import Backoff
 from sidecar.codec import CODECS, SyncarCodec
@@ -50,10 +50,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Daemon:
-    """One syncar: a backend, a relay and a socket listener.
-
-    Embeddable: `async with Daemon(settings, handle_signals=False)` in tests.
-    """
+    """One syncar: a backend, a relay and a socket listener; `async with Daemon(s, handle_signals=False)` embeds one."""
 
     def __init__(self, settings: Settings, *, handle_signals: bool = True) -> None:
         self.settings = settings
@@ -273,6 +270,8 @@ class Daemon:
             await asyncio.sleep(delay)
             try:
                 await self._connect()
+            except BackendClosed:  # stopped, and a library swallowed the cancellation (_close_backend)
+                return
             except BackendError as exc:  # refused now (a password changed meanwhile) or not: try again all the same
                 delay = backoff.next()
                 outage.failed("%s; next attempt in %.1fs", exc, delay)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
+from backends.base import BackendUnavailable
 from tests.brokers import BrokerServer, free_port, serve
 from tests.brokers.nats import NatsServer
 from tests.conftest import Connect
@@ -195,3 +197,35 @@ async def test_a_background_connect_ended_by_what_it_does_not_catch_stops_the_da
     async with run_daemon(sock, backend=uri, reconnect_max_delay=0.2) as daemon:
         assert not daemon.relay.broker_up
     assert daemon.failure is None  # stopped while connecting in the background: cancelled, not failed
+
+
+async def test_a_stop_ends_a_background_connect_whose_cancellation_a_library_swallowed(
+    sock: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop cancels the background connect and waits for it 1 s. Where the broker library swallows that
+    cancellation (as asyncio.wait_for may on 3.11, the outbox's case), the connect went on trying against the closed
+    backend, BackendClosed taken for a broker still away, after the daemon said "stopped" (found by review). It now
+    ends there, as the outbox does."""
+    uri = URIS["rabbitmq"].format(port=free_port())
+    async with run_daemon(sock, backend=uri, reconnect_max_delay=0.2) as daemon:
+        assert not daemon.relay.broker_up
+        handshaking = asyncio.Event()
+
+        async def swallowing_start() -> None:  # a handshake under way at the stop, in a library that swallows it
+            handshaking.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()
+            monkeypatch.undo()  # from now on the real start, which a closed backend refuses
+            raise BackendUnavailable("amqp: cannot connect (the handshake was cut)")
+
+        monkeypatch.setattr(daemon.backend, "start", swallowing_start)
+        await asyncio.wait_for(handshaking.wait(), 10)
+        connecting = daemon._connecting  # noqa: SLF001 (the task the stop must end)
+        assert connecting is not None
+    try:
+        done, _ = await asyncio.wait({connecting}, timeout=5)
+        assert connecting in done, "the background connect still runs 5 s after the daemon stopped"
+        assert not connecting.cancelled() and connecting.exception() is None
+        assert daemon.failure is None
+    finally:
+        connecting.cancel()
