@@ -9,7 +9,7 @@ from bench.parts_report import TARGETS_HEAD, Block, broker_notes, conditions, la
 from bench.parts_report import markdown as markdown_of
 from bench.parts_report import text as text_of
 from bench.plan import BROKER_LABELS
-from bench.report import _median, _num
+from bench.report import median, num
 
 LABELS = {
     "syncar": "@syncar/feathers + syncar",
@@ -59,8 +59,8 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
         if entry["contestant"] != "feathers-sync":
             pairs = paired(results["runs"], members, "feathers-sync")
             for name in ("all_us", "peak_rss_mib", "p99_ms"):
-                entry[f"{name}_ratio"] = _median([ratio(mine.get(name), other.get(name)) for mine, other in pairs])
-            entry["p50_ms_more"] = _median(
+                entry[f"{name}_ratio"] = median([ratio(mine.get(name), other.get(name)) for mine, other in pairs])
+            entry["p50_ms_more"] = median(
                 [mine["p50_ms"] - other["p50_ms"] for mine, other in pairs if other.get("p50_ms") is not None]
             )
         summary.append(entry)
@@ -92,15 +92,15 @@ def _rows(summary: list[dict[str, Any]]) -> list[tuple[str, ...]]:
                 BROKER_LABELS.get(e["broker"], e["broker"]),
                 f"{e['rate']:,}" if e["rate"] else "max",
                 LABELS[e["contestant"]],
-                _num(e["achieved"]),
-                _num(e["app_us"]),
-                "-" if e["contestant"] == "feathers-sync" else _num(e["daemon_us"]),
-                _num(e["all_us"]),
+                num(e["achieved"]),
+                num(e["app_us"]),
+                "-" if e["contestant"] == "feathers-sync" else num(e["daemon_us"]),
+                num(e["all_us"]),
                 "-" if ratio is None else f"{ratio:.2f}x",
-                _num(e["broker_us"]),
-                _num(e["peak_rss_mib"]),
+                num(e["broker_us"]),
+                num(e["peak_rss_mib"]),
                 latency(e),
-                _num(e["lost"]),
+                num(e["lost"]),
             )
         )
     return found
@@ -166,7 +166,7 @@ def losses(summary: list[dict[str, Any]]) -> list[tuple[str, ...]]:
             BROKER_LABELS.get(e["broker"], e["broker"]),
             f"{e['rate']:,}" if e["rate"] else "max",
             LABELS[e["contestant"]],
-            *(_num(e[name]) for name in ("lost", "late", "missed_by_apps", "told", "untold")),
+            *(num(e[name]) for name in ("lost", "late", "missed_by_apps", "told", "untold")),
         )
         for e in summary
         if e.get("untold") is not None and (e["lost"] or e["late"] or e["missed_by_apps"])

@@ -9,7 +9,7 @@ from bench.parts_report import TARGETS_HEAD, Block, broker_notes, conditions, gr
 from bench.parts_report import markdown as markdown_of
 from bench.parts_report import text as text_of
 from bench.plan import BROKER_LABELS
-from bench.report import _median, _num
+from bench.report import median, num
 
 #: The issue's targets: daemons' CPU per event at most this times the raw pair's; idle RSS, start, client import.
 MAX_RATIO = 1.0
@@ -36,7 +36,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     for entry, members in per_rate(results["rates"], RATE_FIGURES):
         if entry["contestant"] != "ceiling":
             pairs = paired(results["rates"], members, "ceiling")
-            entry["ratio_to_raw"] = _median([ratio(mine.get("both_us"), raw.get("both_us")) for mine, raw in pairs])
+            entry["ratio_to_raw"] = median([ratio(mine.get("both_us"), raw.get("both_us")) for mine, raw in pairs])
         rates.append(entry)
     # Runs of before the idle, start and import runs had contestants were all of syncar (this checkout).
     runs = {part: [{"contestant": "syncar", **r} for r in results[part]] for part in ("idle", "start", "imports")}
@@ -47,7 +47,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             "runs": len(members),
             "errors": sorted({m["error"][:200] for m in members if m.get("error")}),
             **{
-                name: _median([m.get(name) for m in members])
+                name: median([m.get(name) for m in members])
                 for name in ("cpu_ms_per_s", "wakeups_per_s", "rss_mib", "scraped_rss_mib", "hwm_mib")
             },
         }
@@ -61,17 +61,17 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
                 "broker": broker,
                 "contestant": contestant,
                 "runs": len(members),
-                "start_ms": _median(list(values)),
+                "start_ms": median(list(values)),
                 "start_ms_min": min(values, default=None),
                 "start_ms_max": max(values, default=None),
-                "start_cpu_ms": _median([m.get("start_cpu_ms") for m in members]),
+                "start_cpu_ms": median([m.get("start_cpu_ms") for m in members]),
                 "errors": sorted({m["error"][:200] for m in members if m.get("error")}),
             }
         )
     imports = {
         contestant: {
-            "importtime_ms": _median([i.get("importtime_ms") for i in members]),
-            "import_cpu_ms": _median([i.get("import_cpu_ms") for i in members]),
+            "importtime_ms": median([i.get("importtime_ms") for i in members]),
+            "import_cpu_ms": median([i.get("import_cpu_ms") for i in members]),
             "errors": sorted({i["error"] for i in members if i.get("error")}),
         }
         for (contestant,), members in groups(runs["imports"], "contestant").items()
@@ -105,21 +105,21 @@ def _rate_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
     for e in summary["rates"]:
         to_raw = e.get("ratio_to_raw")
         if e["pub_wakeups"] is not None:
-            wakeups = f"{_num(e['pub_wakeups'], 2)}/{_num(e['sub_wakeups'], 2)}"
+            wakeups = f"{num(e['pub_wakeups'], 2)}/{num(e['sub_wakeups'], 2)}"
         else:  # local://: one daemon is both sides
-            wakeups = "-" if e["both_wakeups"] is None else f"{_num(e['both_wakeups'], 2)} (one daemon)"
+            wakeups = "-" if e["both_wakeups"] is None else f"{num(e['both_wakeups'], 2)} (one daemon)"
         found.append(
             (
                 BROKER_LABELS.get(e["broker"], e["broker"]),
                 f"{e['rate']:,}",
                 LABELS[e["contestant"]],
-                _num(e["pub_us"]),
-                _num(e["sub_us"]),
-                _num(e["both_us"]),
+                num(e["pub_us"]),
+                num(e["sub_us"]),
+                num(e["both_us"]),
                 "-" if to_raw is None else f"{to_raw:.2f}x",
                 wakeups,
                 latency(e),
-                _num(e["lost"]),
+                num(e["lost"]),
             )
         )
     return found
@@ -152,13 +152,13 @@ def _idle_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
             (
                 BROKER_LABELS.get(e["broker"], e["broker"]),
                 CHECKOUTS[e["contestant"]],
-                _num(e["cpu_ms_per_s"], 2),
-                _num(e["wakeups_per_s"], 1),
-                _num(e["rss_mib"], 1),
-                _num(e.get("scraped_rss_mib"), 1),
-                _num(e["hwm_mib"], 1),
+                num(e["cpu_ms_per_s"], 2),
+                num(e["wakeups_per_s"], 1),
+                num(e["rss_mib"], 1),
+                num(e.get("scraped_rss_mib"), 1),
+                num(e["hwm_mib"], 1),
                 start,
-                _num(s.get("start_cpu_ms")),
+                num(s.get("start_cpu_ms")),
             )
         )
     return found

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from bench.report import _aligned, _markdown_table, _medians
+from bench.report import aligned, markdown_table, medians
 
 #: A table (its head, its rows, how many columns are aligned left) or a line of text.
 Block = tuple[tuple[str, ...], list[tuple[str, ...]], int] | str
@@ -30,7 +30,7 @@ def per_rate(runs: list[dict[str, Any]], names: tuple[str, ...]) -> Iterator[Gro
     whether most of them were saturated; and those repetitions."""
     for (broker, rate, contestant), members in groups(runs, "broker", "rate", "contestant").items():
         figures = [m["figures"] for m in members if m.get("figures")]
-        entry = {"broker": broker, "rate": rate, "contestant": contestant, **_medians(members, names)}
+        entry = {"broker": broker, "rate": rate, "contestant": contestant, **medians(members, names)}
         entry["saturated"] = sum(bool(f.get("saturated")) for f in figures) > len(figures) / 2
         yield entry, members
 
@@ -72,7 +72,7 @@ def text(heading: str, blocks: list[Block], notes: list[str]) -> str:
     """The terminal tables: the heading, each block, then the notes, a blank line between."""
     lines = [heading]
     for block in blocks:
-        lines += ["", *([block] if isinstance(block, str) else _aligned(*block))]
+        lines += ["", *([block] if isinstance(block, str) else aligned(*block))]
     return "\n".join([*lines, "", *notes] if notes else lines)
 
 
@@ -80,7 +80,7 @@ def markdown(heading: str, blocks: list[Block], notes: list[str]) -> str:
     """The same in Markdown: the heading in italics, each line of text a sentence, the notes a list."""
     lines = [f"*{heading}.*"]
     for block in blocks:
-        lines += ["", *([block + "."] if isinstance(block, str) else _markdown_table(*block))]
+        lines += ["", *([block + "."] if isinstance(block, str) else markdown_table(*block))]
     if notes:
         lines += ["", *(f"- {note}" for note in notes)]
     return "\n".join(lines) + "\n"

@@ -88,12 +88,12 @@ def derive(run: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
-def _median(values: list[float | None]) -> float | None:
+def median(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None and not math.isnan(v)]
     return statistics.median(present) if present else None
 
 
-def _medians(members: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, Any]:
+def medians(members: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, Any]:
     """How many repetitions ran, how many gave figures, their errors, and the median of each figure named."""
     figures = [m["figures"] for m in members if m.get("figures")]
     entry: dict[str, Any] = {
@@ -101,7 +101,7 @@ def _medians(members: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str,
         "ok": len(figures),
         "errors": sorted({m["error"][:200] for m in members if m.get("error")}),
     }
-    entry.update({name: _median([f.get(name) for f in figures]) for name in names})
+    entry.update({name: median([f.get(name) for f in figures]) for name in names})
     return entry
 
 
@@ -113,7 +113,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for (broker, contestant, case), members in groups.items():
         figures = [m["figures"] for m in members if m.get("figures")]
-        entry = _medians(
+        entry = medians(
             members,
             (
                 "throughput",
@@ -154,7 +154,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def _num(value: float | None, digits: int = 0) -> str:
+def num(value: float | None, digits: int = 0) -> str:
     if value is None:
         return "-"
     return f"{value:,.{digits}f}"
@@ -163,7 +163,7 @@ def _num(value: float | None, digits: int = 0) -> str:
 def rss(cases: dict[str, Any]) -> str:
     """Peak RSS of the daemons in the two throughput runs: 256 B / 4 KiB."""
     values = [cases.get(case, {}).get("daemon_peak_rss_mib") for case in ("tp-256", "tp-4096")]
-    return "-" if all(v is None for v in values) else "/".join(_num(v, 0) for v in values)
+    return "-" if all(v is None for v in values) else "/".join(num(v, 0) for v in values)
 
 
 HEAD = (
@@ -191,7 +191,7 @@ def rows(summary: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[str]]:
                 entry = cases.get(case, {})
                 if entry.get("p50_ms") is None:
                     return "-"
-                text = "/".join(_num(entry[k], 2) for k in ("p50_ms", "p99_ms", "p999_ms"))
+                text = "/".join(num(entry[k], 2) for k in ("p50_ms", "p99_ms", "p999_ms"))
                 return text + (" (sat.)" if entry.get("saturated") else "")
 
             tp = cases.get("tp-256", {})
@@ -199,11 +199,11 @@ def rows(summary: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[str]]:
                 (
                     BROKER_LABELS.get(broker, broker),
                     LABELS.get(contestant, contestant),
-                    _num(tp.get("throughput")),
-                    _num(cases.get("tp-4096", {}).get("throughput")),
+                    num(tp.get("throughput")),
+                    num(cases.get("tp-4096", {}).get("throughput")),
                     lat("lat-1000"),
                     lat("lat-10000"),
-                    _num(tp.get("daemon_cpu_per_100k"), 2),
+                    num(tp.get("daemon_cpu_per_100k"), 2),
                     rss(cases),
                 )
             )
@@ -230,7 +230,7 @@ def rss_lines(summary: dict[str, Any]) -> list[str]:
     for broker, contestants in summary.items():
         for contestant, cases in contestants.items():
             pairs = [
-                f"{size} {_num(entry['publisher_peak_rss_mib'], 1)} / {_num(entry['receiver_peak_rss_mib'], 1)}"
+                f"{size} {num(entry['publisher_peak_rss_mib'], 1)} / {num(entry['receiver_peak_rss_mib'], 1)}"
                 for case, size in (("tp-256", "256 B"), ("tp-4096", "4 KiB"))
                 if (entry := cases.get(case, {})).get("publisher_peak_rss_mib") is not None
             ]
@@ -250,7 +250,7 @@ def mode_heading(mode: str) -> str:
     )
 
 
-def _aligned(head: tuple[str, ...], body: list[tuple[str, ...]], left: int) -> list[str]:
+def aligned(head: tuple[str, ...], body: list[tuple[str, ...]], left: int) -> list[str]:
     """A terminal table: the first `left` columns aligned left, the figures right."""
     widths = [max(len(r[i]) for r in (head, *body)) for i in range(len(head))]
     lines = [
@@ -263,7 +263,7 @@ def _aligned(head: tuple[str, ...], body: list[tuple[str, ...]], left: int) -> l
     return lines
 
 
-def _markdown_table(head: tuple[str, ...], body: list[tuple[str, ...]], left: int) -> list[str]:
+def markdown_table(head: tuple[str, ...], body: list[tuple[str, ...]], left: int) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * left + "---:|" * (len(head) - left)]
     return lines + ["| " + " | ".join(r) + " |" for r in body]
 
@@ -272,14 +272,14 @@ def table(summary: dict[str, Any], mode: str) -> str:
     """The terminal table."""
     found, notes = rows(summary)
     return "\n".join(
-        [mode_heading(mode), "", *_aligned(HEAD, found, 2), "", *notes, *ratio_lines(summary), *rss_lines(summary)]
+        [mode_heading(mode), "", *aligned(HEAD, found, 2), "", *notes, *ratio_lines(summary), *rss_lines(summary)]
     )
 
 
 def markdown(summary: dict[str, Any], mode: str) -> str:
     """The same figures as Markdown tables, for docs/benchmarks.md."""
     found, notes = rows(summary)
-    lines = [f"*{mode_heading(mode)}.*", "", *_markdown_table(HEAD, found, 2)]
+    lines = [f"*{mode_heading(mode)}.*", "", *markdown_table(HEAD, found, 2)]
     ratio_head = (
         "broker",
         "codec",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.plan import BROKER_LABELS
-from bench.report import _aligned, _markdown_table, _median, _medians, _num
+from bench.report import aligned, markdown_table, median, medians, num
 
 SCALE_FIGURES = (
     "published_rate",
@@ -52,7 +52,7 @@ def scale_figures(run: dict[str, Any]) -> dict[str, Any]:
         "published_rate": sent / pub["elapsed"] if pub["elapsed"] else None,
         "lost": sum(max(sent - count, 0) for count in received),
         "publisher_cpu_per_100k": _per_100k(publisher["cpu_s"], sent),
-        "receiver_cpu_per_100k": _median(
+        "receiver_cpu_per_100k": median(
             [_per_100k(p["cpu_s"], count) for p, count in zip(receivers, received, strict=True)]
         ),
         "daemons_cpu_per_100k": _per_100k(sum(p["cpu_s"] for p in daemons), delivered),
@@ -67,7 +67,7 @@ def summarise_scale(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for run in runs:
         groups.setdefault(run["instances"], []).append(run)
     return [
-        {"instances": instances, **_medians(members, SCALE_FIGURES)} for instances, members in sorted(groups.items())
+        {"instances": instances, **medians(members, SCALE_FIGURES)} for instances, members in sorted(groups.items())
     ]
 
 
@@ -86,13 +86,13 @@ def _scale_rows(summary: list[dict[str, Any]]) -> tuple[list[tuple[str, ...]], l
     found: list[tuple[str, ...]] = [
         (
             str(e["instances"]),
-            _num(e["published_rate"]),
-            _num(e["publisher_cpu_per_100k"], 2),
-            _num(e["receiver_cpu_per_100k"], 2),
-            _num(e["daemons_cpu_per_100k"], 2),
-            _num(e["broker_cpu_per_100k"], 2),
-            _num(e["lost"]),
-            _num(e["daemon_peak_rss_mib"]),
+            num(e["published_rate"]),
+            num(e["publisher_cpu_per_100k"], 2),
+            num(e["receiver_cpu_per_100k"], 2),
+            num(e["daemons_cpu_per_100k"], 2),
+            num(e["broker_cpu_per_100k"], 2),
+            num(e["lost"]),
+            num(e["daemon_peak_rss_mib"]),
         )
         for e in summary
     ]
@@ -102,13 +102,13 @@ def _scale_rows(summary: list[dict[str, Any]]) -> tuple[list[tuple[str, ...]], l
 
 def scale_table(results: dict[str, Any]) -> str:
     found, notes = _scale_rows(results["summary"])
-    lines = [scale_heading(results["meta"]), "", *_aligned(SCALE_HEAD, found, 1)]
+    lines = [scale_heading(results["meta"]), "", *aligned(SCALE_HEAD, found, 1)]
     return "\n".join([*lines, "", *notes] if notes else lines)
 
 
 def scale_markdown(results: dict[str, Any]) -> str:
     found, notes = _scale_rows(results["summary"])
-    lines = [f"*{scale_heading(results['meta'])}.*", "", *_markdown_table(SCALE_HEAD, found, 1)]
+    lines = [f"*{scale_heading(results['meta'])}.*", "", *markdown_table(SCALE_HEAD, found, 1)]
     if notes:
         lines += ["", *(f"- {note}" for note in notes)]
     return "\n".join(lines) + "\n"
