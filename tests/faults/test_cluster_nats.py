@@ -23,7 +23,7 @@ from backends.nats_jetstream import jetstream_name
 from tests.brokers.nats import NatsCluster, NatsClusterNode
 from tests.faults.cluster import AFTER_KILL, ClusterFaults, kill_a_node, node_killed
 from tests.faults.harness import Scenario
-from tests.utils import eventually, wait_for
+from tests.utils import eventually
 
 pytestmark = [pytest.mark.nats, pytest.mark.cluster, pytest.mark.faults, pytest.mark.timeout(150)]
 
@@ -156,6 +156,15 @@ SNAPSHOT_GAP = 2.5
 FIXED_IN = (2, 10, 26)
 
 
+async def until(node: NatsClusterNode, condition: Callable[[], bool], what: str) -> None:
+    """Poll `condition` on the node's /healthz (a blocking HTTP read, so off the loop) for 30 s; fail with what the node
+    said last."""
+    try:
+        await eventually(lambda: asyncio.to_thread(condition), 30, f"node n{node.index} {what}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc} (it said {node.health!r})") from None
+
+
 async def test_a_node_back_to_a_consumer_made_again_is_whole_once_the_stream_is_deleted(
     nats_cluster: NatsCluster,
 ) -> None:
@@ -177,7 +186,7 @@ async def test_a_node_back_to_a_consumer_made_again_is_whole_once_the_stream_is_
             await js.add_stream(api.StreamConfig(name=name, subjects=[f"remade.{name}"], num_replicas=3))
             await js.add_consumer(name, consumer)
         await js.add_consumer(names["kept"], api.ConsumerConfig(durable_name="other"))
-        await wait_for(victim.ready, 30, f"node n{victim.index} to hold the consumers (it said {victim.health!r})")
+        await until(victim, victim.ready, "to hold the consumers")
         await client.close()
         await asyncio.to_thread(victim.kill)
         client = await live_client(nats_cluster)
@@ -191,11 +200,7 @@ async def test_a_node_back_to_a_consumer_made_again_is_whole_once_the_stream_is_
         victim.launch()
         if version < FIXED_IN:
             stale = f"JetStream consumer '$G > {names['kept']} > remade' is not current"
-            await wait_for(
-                lambda: not victim.ready() and victim.health == stale,
-                30,
-                f"node n{victim.index} to say {stale!r} (it said {victim.health!r})",
-            )
+            await until(victim, lambda: not victim.ready() and victim.health == stale, f"to say {stale!r}")
         await answered(lambda: js.delete_stream(names["kept"]), f"{names['kept']} deleted")
         await asyncio.to_thread(nats_cluster.whole)
     finally:
