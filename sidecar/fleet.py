@@ -18,8 +18,9 @@ is behind hears the announcement first), a daemon of the syncar codec in broadca
 bus also puts its seq on the key with each announcement: a mark, an empty batch of its run numbered from the next
 seq, `{"v":1,"origin":"web-1","run":"3fa2...","seq":1201,"events":[]}`. It reaches each receiver through the
 events' own exchange and queue, behind every event the broker confirmed before it, and the receiver's relay takes it
-as any batch (sidecar/gaps.py): what it reveals missing is lost, told at once. Daemons older than the mark take it
-so too. A peer whose version, codec or mode differs from ours is warned of once, with what to do.
+as any batch (sidecar/gaps.py): what it reveals missing is lost, told at once. Daemons older than the mark but
+with per-origin sequence numbers take it so too (0.1.0, which tracks no gaps, silently). A peer whose version,
+codec or mode differs from ours is warned of once, with what to do.
 
 The watchdog: a broker can forget a subscription without closing the connection (a node that left its cluster,
 a proxy that reconnected behind our back, an exchange deleted and declared again). A daemon that has heard nothing
