@@ -11,8 +11,8 @@ resume rely on it). These are the interface, not features: a backend that cannot
 What differs between backends, and between the modes of one broker, is declared as `Feature`s, per class: one
 class per mode, chosen by `backends.load_backend()` from its table. Each feature is consulted: `DURABLE` by
 `Backend.__init__`, which refuses a config of the other mode, `NO_ECHO` through `Backend.broker_echoes`, by
-the codec that recognises our own messages, and `IN_ORDER` by the daemon, which has the peer table tell trailing
-gaps where it is declared, and by the fleet, which marks the key where it is not (sidecar/fleet.py). A message
+the codec that recognises our own messages, and `IN_ORDER` by the fleet, which has the peer table tell trailing
+gaps where it is declared and marks the key where it is not (sidecar/fleet.py). A message
 whose handler raised comes back only in durable mode, because that mode acknowledges a message after its handler
 returned: that is part of `DURABLE`, not a feature of its own.
 

@@ -16,7 +16,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from backends import load_backend
-from backends.base import Backend, BackendClosed, BackendError, BackendState, Feature, Mode, Subscription
+from backends.base import Backend, BackendClosed, BackendError, BackendState, Mode, Subscription
 from sidecar import __version__, protocol
 from sidecar.backoff import Backoff
 from sidecar.codec import CODECS, SyncarCodec
@@ -91,20 +91,13 @@ class Daemon:
             max_event_age=settings.instance_ttl,
         )
         self.bus = announcing_bus(settings, self.backend)
-        # A peer's lag is a loss in broadcast mode only (durable: a backlog), where its announcements cannot overtake
-        # its events (on RabbitMQ they can: a false gap, found by review), and only the syncar codec numbers events.
-        tells_gaps = (
-            settings.mode is Mode.BROADCAST
-            and Feature.IN_ORDER in self.backend.features
-            and isinstance(inner, SyncarCodec)
-        )
         self.fleet = Fleet(
             self.bus,
             announcement_of(settings, inner.run if isinstance(inner, SyncarCodec) else None),
             key=settings.key,
             seq=lambda: outbox.on_bus,
             gaps=gaps,
-            on_gap=self.relay.tell_gap if tells_gaps else None,
+            on_gap=self.relay.tell_gap,
             resubscribe=self._resubscribe,
             metrics=metrics,
             signer=signer,

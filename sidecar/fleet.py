@@ -119,8 +119,8 @@ class Fleet:
     """The announcer, the peer table and the watchdog of one daemon; `bus` carries the announcements.
 
     `seq()` is the daemon's last bus sequence number; `resubscribe()` makes every subscription of the daemon again
-    (this one's included, through `resubscribe_own()`); `gaps` is what was heard of the peers' runs, and `on_gap`, in
-    broadcast mode, tells what their announcements show was missed.
+    (this one's included, through `resubscribe_own()`); `gaps` is what was heard of the peers' runs, and `on_gap` tells
+    what their announcements show was missed, where the peer table can know it (below).
     """
 
     def __init__(
@@ -131,15 +131,20 @@ class Fleet:
         key: str,
         seq: Callable[[], int],
         gaps: GapTracker,
-        on_gap: Callable[[Gap], None] | None,
+        on_gap: Callable[[Gap], None],
         resubscribe: Callable[[], Awaitable[None]],
         metrics: Metrics,
         signer: Signer | None = None,
     ) -> None:
         self.bus, self.me, self.key = bus, me, key
         self.topic = peers_topic(key)
-        self._mark = _mark_head(me) if _marks(bus, me) else None
-        self.table = PeerTable(me.instance, gaps, tell=on_gap, grace=me.interval)
+        # The last events of a run that a receiver missed are known in broadcast mode only (durable: a lag is a
+        # backlog) and of the syncar codec (which numbers events). Where an announcement cannot overtake the events
+        # before it, the peer table tells them; where it can (RabbitMQ), the mark on the key does, as a batch's gap.
+        trailing = me.mode == Mode.BROADCAST and me.run is not None
+        in_order = Feature.IN_ORDER in bus.features
+        self._mark = _mark_head(me) if trailing and not in_order else None
+        self.table = PeerTable(me.instance, gaps, tell=on_gap if trailing and in_order else None, grace=me.interval)
         self._seq, self._resubscribe, self._metrics, self._signer = seq, resubscribe, metrics, signer
         self._subscription: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
@@ -321,12 +326,6 @@ class Fleet:
     def _metric_rows(self) -> list[tuple[str, float, int | None]]:
         now = time.monotonic()
         return [(p.announcement.instance, age, lag) for p, age, lag in self.table.rows(now)]
-
-
-def _marks(bus: Backend, me: Announcement) -> bool:
-    """Whether a daemon announcing `me` on `bus` marks its seq on the key: where an announcement can overtake the
-    events before it, in broadcast mode (durable: a lag is a backlog), with the syncar codec (which numbers events)."""
-    return Feature.IN_ORDER not in bus.features and me.mode == Mode.BROADCAST and me.run is not None
 
 
 def _mark_head(me: Announcement) -> bytes:
