@@ -105,18 +105,25 @@ def collector() -> Iterator[Collector]:
     collector.close()
 
 
-@pytest.mark.redis
-async def test_spans_per_broker_message_linked_to_the_apps_trace_context(
-    sock_dir: Path, redis_server: BrokerServer, collector: Collector
-) -> None:
+def traced(backend: str, collector: Collector, **more: Any) -> dict[str, Any]:
+    """The settings of daemons that trace to `collector`, on a key of their own."""
     key = f"traced-{uuid.uuid4().hex[:8]}"
-    settings: dict[str, Any] = {
-        "backend": redis_server.uri,
+    return {
+        "backend": backend,
         "key": key,
         "tracing": True,
         "tracing_endpoint": collector.url,
         "shutdown_timeout": 15.0,
+        **more,
     }
+
+
+@pytest.mark.redis
+async def test_spans_per_broker_message_linked_to_the_apps_trace_context(
+    sock_dir: Path, redis_server: BrokerServer, collector: Collector
+) -> None:
+    settings = traced(redis_server.uri, collector)
+    key = settings["key"]
     async with (
         run_daemon(sock_dir / "a.sock", instance_id="pub", **settings),
         run_daemon(sock_dir / "b.sock", instance_id="sub", **settings),
@@ -157,15 +164,8 @@ async def test_a_mark_on_the_key_makes_no_span(
     """On RabbitMQ in broadcast mode a daemon that has published puts a mark on the key with each announcement, an
     empty batch (sidecar/fleet.py): one message per interval per peer, no event in it. Neither the daemon that puts
     it nor those that take it make a span of it: the spans are the two batches of events, one each side."""
-    key = f"traced-{uuid.uuid4().hex[:8]}"
-    settings: dict[str, Any] = {
-        "backend": rabbitmq_server.uri,
-        "key": key,
-        "tracing": True,
-        "tracing_endpoint": collector.url,
-        "shutdown_timeout": 15.0,
-        "announce_interval": 0.2,
-    }
+    settings = traced(rabbitmq_server.uri, collector, announce_interval=0.2)
+    key = settings["key"]
     async with (
         raw_subscriber(rabbitmq_server, key) as on_key,
         run_daemon(sock_dir / "a.sock", instance_id="pub", **settings),
