@@ -53,8 +53,8 @@ from backends.base import (
     StateCallback,
     Subscription,
     describe_error,
-    tls_refused,
 )
+from backends.tls import tls_refused
 from sidecar.backoff import Backoff
 
 log = logging.getLogger(__name__)

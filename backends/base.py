@@ -24,7 +24,6 @@ must succeed on a subscription the broker no longer has.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import ssl
 from abc import ABC, abstractmethod
@@ -35,6 +34,7 @@ from types import TracebackType
 from typing import ClassVar, Self, final
 from urllib.parse import urlsplit
 
+from backends.tls import NOT_TLS
 from sidecar.backoff import DEFAULT_CAP
 from sidecar.errors import ConfigError, SidecarError
 
@@ -91,46 +91,6 @@ class BackendRefused(BackendError):
     """
 
 
-#: How long a TLS server's verdict on our certificate may take once the handshake is done (a round trip).
-TLS_VERDICT_WAIT = 1.0
-
-
-def tls_refused(exc: BaseException) -> bool:
-    """True if `exc`, or an error it was raised from, is a TLS handshake that failed on a certificate: ours refused
-    by the server (an alert), or the server's by us (verification). A TLS connection cut half-way is not one."""
-    seen: set[int] = set()
-    error: BaseException | None = exc
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, ssl.SSLCertVerificationError):
-            return True
-        if isinstance(error, ssl.SSLError) and "ALERT" in (error.reason or "").upper():
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
-async def tls_refusal(host: str, port: int, context: ssl.SSLContext, timeout: float) -> BaseException | None:
-    """The alert with which a TLS node refuses our certificate, if it does. A TLS 1.3 server judges it once our
-    side of the handshake is done, so its alert can close the connection before redis-py's first write, which then
-    says only "connection closed by the server before write" (4 probes in 10 here; every probe of a start in 1 of
-    40, and that start was retried for ever). Nothing is written here: the read waits for the alert. (Asked of
-    Redis Cluster nodes, single rediss:// servers and sentinels; redis-py is where the closed connection is told.)"""
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port, ssl=context)
-    except (OSError, TimeoutError) as exc:
-        return exc if tls_refused(exc) else None
-    try:
-        async with asyncio.timeout(TLS_VERDICT_WAIT):
-            await reader.read(1)  # a node that accepted us says nothing until asked
-    except (OSError, TimeoutError) as exc:
-        return exc if tls_refused(exc) else None
-    finally:
-        writer.close()
-    return None
-
-
 def describe_error(exc: BaseException, secrets: Iterable[str | None] = ()) -> str:
     """One lowercase line about a failure, for logs and error messages; each of `secrets` is masked as ***.
 
@@ -142,6 +102,8 @@ def describe_error(exc: BaseException, secrets: Iterable[str | None] = ()) -> st
     os_error = exc if isinstance(exc, OSError) else cause if isinstance(cause, OSError) else None
     if isinstance(tls, ssl.SSLCertVerificationError):
         text = f"tls: certificate verify failed: {tls.verify_message or tls.reason}"
+    elif tls is not None and tls.reason == NOT_TLS:
+        text = "tls: wrong version number: the server did not answer in TLS (a plain port behind a TLS URI?)"
     elif tls is not None:
         text = f"tls: {(tls.reason or str(tls)).replace('_', ' ').lower()}"
     elif isinstance(exc, TimeoutError) or isinstance(cause, TimeoutError):

@@ -34,11 +34,11 @@ from backends.base import (
     PublishUnconfirmed,
     StateCallback,
     Subscription,
-    tls_refused,
 )
 from backends.deadlines import Deadlines
 from backends.nats_common import CONNECTION_ERRORS, describe, netloc, parse_uri, settle
 from backends.nats_internals import offered_tls, read_in_bulk, write_with_ping
+from backends.tls import tls_refused
 from sidecar.backoff import Backoff
 from sidecar.logging import Outage, RateLimitedLogger
 

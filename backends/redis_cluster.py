@@ -37,7 +37,8 @@ from redis import exceptions as redis_errors
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.crc import key_slot
 
-from backends.base import host_port, tls_refusal, tls_refused
+from backends.base import host_port
+from backends.tls import tls_refusal, tls_refused
 
 #: Replies that mean this node no longer serves the slot (or the cluster cannot serve it yet): locate it again.
 ELSEWHERE = (redis_errors.MovedError, redis_errors.AskError, redis_errors.ReadOnlyError, redis_errors.ClusterDownError)

@@ -35,10 +35,9 @@ from backends.base import (
     describe_error,
     host_port,
     parse_hosts,
-    tls_refusal,
-    tls_refused,
 )
 from backends.redis_cluster import ClusterConnection, ClusterMap, ClusterSSLConnection
+from backends.tls import tls_refusal, tls_refused
 
 log = logging.getLogger(__name__)
 
