@@ -492,6 +492,18 @@ async def test_tls_refuses_an_unknown_ca(server: RabbitServer) -> None:
     await untrusted.close()
 
 
+async def test_tls_to_the_plain_listener_is_refused(server: RabbitServer) -> None:
+    """amqps:// to the AMQP port: the broker answers in AMQP, which no retry changes (it was retried for ever)."""
+    plain_port = AmqpBackend(BackendConfig(f"amqps://guest:guest@127.0.0.1:{server.port}/", "t", 5.0))
+    with pytest.raises(
+        BackendRefused,
+        match=r"^amqp: cannot connect to 127\.0\.0\.1:\d+ vhost '/': tls: wrong version number: the server did not "
+        r"answer in TLS",
+    ):
+        await plain_port.start()
+    await plain_port.close()
+
+
 async def test_tls_without_a_client_certificate_is_refused(server: RabbitServer) -> None:
     uri = server.tls_uri.split("&certfile=")[0]  # the CA only
     anonymous = AmqpBackend(BackendConfig(uri, "t", 5.0))

@@ -177,6 +177,45 @@ def test_run_with_a_wrong_password_exits_3_in_one_line(
     assert "cannot start" in result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize(
+    ("broker", "tls_uri"),
+    [
+        ("rabbitmq", "amqps://guest:guest@127.0.0.1:{port}/"),
+        ("nats", "tls://127.0.0.1:{port}"),
+    ],
+)
+def test_a_tls_uri_to_a_plain_listener_exits_3_in_one_line(
+    request: pytest.FixtureRequest, sock_dir: Path, broker: str, tls_uri: str
+) -> None:
+    """A typo a retry cannot fix (amqps:// to 5672): the start is refused, not retried for ever. (A plain Redis
+    answers no TLS hello at all: that stays a timeout, retried as an outage.)"""
+    plain = request.getfixturevalue(f"{broker}_server")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sidecar",
+            "run",
+            "--socket",
+            str(sock_dir / "s.sock"),
+            "--http",
+            "off",
+            "--backend",
+            tls_uri.format(port=plain.port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=os.environ,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "cannot start" in last
+    assert "wrong version number" in last or "did not offer tls" in last.lower(), last
+
+
 @pytest.fixture(scope="module")
 def tls_sentinel(redis_tls_server: RedisTlsServer) -> Iterator[SentinelServer]:
     """A TLS-only sentinel (client certificates required) watching the session's TLS-only Redis."""
