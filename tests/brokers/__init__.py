@@ -9,6 +9,7 @@ run in CI (`CI=true`), so a broken install can never pass as green.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -25,11 +26,35 @@ from tests.utils import unavailable
 START_TIMEOUT = 60.0
 
 
+#: Ports free_port() handed out in this session, none twice.
+_handed_out: set[int] = set()
+_pick = random.Random()
+
+
+def _ports_to_pick_from() -> range:
+    """Loopback ports outside the kernel's ephemeral range: a port in it can become an outgoing connection's
+    source port between our probe and the server's bind."""
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    return range(10000, low) if low > 20000 else range(high + 1, 65536)
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
+    """A loopback port nothing is bound to now, never handed out before in this session. The kernel's choice
+    (bind to port 0) may repeat one: CI once gave a RabbitMQ node the same port for AMQP and TLS, and its TLS
+    test spoke to the plain listener. A server binds its port seconds later, so a port is handed out only once."""
+    ports = _ports_to_pick_from()
+    for _ in range(1000):
+        port = _pick.choice(ports)
+        if port in _handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise RuntimeError(f"no free loopback port in {ports.start}-{ports.stop - 1} after 1000 tries")
 
 
 def port_open(port: int) -> bool:

@@ -10,7 +10,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 
 from sidecar import __version__
+from tests.brokers import free_port
 from tests.deploy.helpers import DOCKERIGNORE, dockerfile_extras, dockerfile_version, image_env
 from tests.utils import REPO, wait_for
 
@@ -139,13 +139,6 @@ def run_dir(image_venv: ImageVenv) -> Iterator[Path]:
         path.chmod(0o770)
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def container_env(venv: ImageVenv, **settings: str) -> dict[str, str]:
