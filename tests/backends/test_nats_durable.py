@@ -18,7 +18,7 @@ from backends.nats_jetstream import ACK_WAIT, MAX_ACK_PENDING, durable_subject, 
 from tests.backends.support import Inbox, Started
 from tests.brokers import serve
 from tests.brokers.nats import NatsServer
-from tests.utils import RawClient, publish_frame, run_daemon, wait_for
+from tests.utils import RawClient, eventually, publish_frame, run_daemon, wait_for
 
 pytestmark = pytest.mark.nats
 
@@ -123,6 +123,36 @@ async def test_unacknowledged_messages_of_a_stopped_consumer_come_back_at_once_a
     # 5 onwards, in order, long before the server's own redelivery (ack_wait) would have sent them again.
     assert await inbox.wait(35, timeout=5) == bodies(5, 40)
     assert time.monotonic() - began < ACK_WAIT / 3
+
+
+async def test_a_restart_with_nothing_unacknowledged_keeps_the_consumer(connect: Factory, jsm: Any, topic: str) -> None:
+    """The common restart (a daemon stopped between deliveries) resumes the consumer as it is: deleting and making it
+    again would, on a cluster with a node down, leave that node on the consumer's old raft group when it comes back
+    (nats-server before 2.10.26, #6507; see docs/backends/nats.md). The consumer is made again only when the run
+    before left it messages delivered and not acknowledged (test above)."""
+    sender, first = await connect("s"), await connect("b")
+    inbox = Inbox()
+    await first.subscribe(topic, inbox)
+    await sender.publish(topic, bodies(0, 10))
+    assert await inbox.wait(10) == bodies(0, 10)
+    stream, consumer = jetstream_name(topic), jetstream_name("b")
+
+    async def all_acknowledged() -> bool:  # acknowledgements go out without waiting for a reply
+        return (await jsm.consumer_info(stream, consumer)).num_ack_pending == 0
+
+    await eventually(all_acknowledged, RECOVERY, "the acknowledgements of 0-9")
+    before = await jsm.consumer_info(stream, consumer)
+    await first.close()
+    await sender.publish(topic, bodies(10, 20))  # while b is away
+    again = Inbox()
+    await (await connect("b")).subscribe(topic, again)
+    assert await again.wait(10) == bodies(10, 20)
+    await sender.publish(topic, [b"20"])
+    assert await again.wait(11) == bodies(10, 21)  # nothing twice, nothing lost
+    assert again.positions == [str(n) for n in range(11, 22)]
+    after = await jsm.consumer_info(stream, consumer)
+    assert after.created == before.created  # the same consumer, not one made again
+    assert after.delivered.consumer_seq == 21  # its deliveries numbered on from the first run's
 
 
 async def test_retention_keeps_the_newest_messages(connect: Factory, jsm: Any, topic: str) -> None:
