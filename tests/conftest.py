@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -13,7 +13,13 @@ from tests.brokers.nats import NatsCluster
 from tests.brokers.rabbitmq import RabbitCluster
 from tests.utils import RawClient
 
-Connect = Callable[[Path, dict[str, Any] | None], Awaitable[RawClient]]
+
+class Connect(Protocol):
+    """The `connect` fixture: `await connect(socket)` or `await connect(socket, hello)`."""
+
+    async def __call__(self, socket: Path, hello: dict[str, Any] | None = None) -> RawClient: ...
+
+
 #: (cluster, seconds it took to start), printed at the end of the session.
 CLUSTER_STARTS: list[tuple[str, float]] = []
 

@@ -291,14 +291,15 @@ async def test_resume_and_hello_fields_of_the_wrong_type_are_refused(sock: Path,
     """`"seq": true` was taken as 1 (and `"version": true` as 1, `"echo": "yes"` as true): JSON types are kept."""
     async with run_daemon(sock):
         client = await connect(sock)
-        for hello, field in [
+        cases: list[tuple[dict[str, object], str]] = [
             ({"resume": {"epoch": "e", "seq": True}}, "resume.seq"),
             ({"resume": {"epoch": "e", "seq": "3"}}, "resume.seq"),
             ({"resume": {"epoch": "e", "seq": 1.0}}, "resume.seq"),
             ({"version": True}, "version"),
             ({"echo": "yes"}, "echo"),
             ({"echo": 1}, "echo"),
-        ]:
+        ]
+        for hello, field in cases:
             await client.send({"type": "hello", **hello})
             error = await client.frame()
             assert (error["type"], error["code"]) == ("error", "invalid_frame"), (hello, error)
@@ -340,7 +341,7 @@ async def test_a_malformed_trace_context_is_said_and_the_event_goes_without_it(s
         publisher = await connect(sock, {})
         listener = await connect(sock, {})
         for n, fields in enumerate(bad):
-            await publisher.send(publish_frame(data=n, id=f"t{n}", ack=True, **fields))
+            await publisher.send({**publish_frame(data=n, id=f"t{n}", ack=True), **fields})
             error = await publisher.frame_of("error")
             assert (error["code"], "id" in error) == ("invalid_trace_context", False), fields
             assert "relayed without it" in error["message"]
