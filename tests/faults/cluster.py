@@ -29,11 +29,12 @@ from tests.utils import wait_for
 #: queues. Asserted with room for a busy machine.
 DURABLE_RECOVERY_LIMIT = 40.0
 C = TypeVar("C")  # the cluster the session started (tests/brokers)
+N = TypeVar("N", bound=BrokerServer)  # that cluster's nodes
 #: The events published after a kill, while the cluster fails over (and, for some brokers, the node comes back).
 AFTER_KILL = 3000
 
 
-class ClusterFaults(ABC, Generic[C]):
+class ClusterFaults(ABC, Generic[C, N]):
     """One broker's `cluster` as the cluster cases use it: only what differs from one broker to another."""
 
     broker: ClassVar[str]  # the fault table's broker column, e.g. "nats cluster"
@@ -45,15 +46,15 @@ class ClusterFaults(ABC, Generic[C]):
 
     @property
     @abstractmethod
-    def first(self) -> BrokerServer:
+    def first(self) -> N:
         """The node the Scenario names as its server."""
 
     @abstractmethod
-    async def start(self, s: Scenario) -> dict[str, BrokerServer]:
+    async def start(self, s: Scenario) -> dict[str, N]:
         """Start daemons `a` and `b` and app B on b, once the cluster is ready; the node each daemon is on."""
 
     @abstractmethod
-    async def after_kill(self, s: Scenario, victim: BrokerServer, killed: float) -> str:
+    async def after_kill(self, s: Scenario, victim: N, killed: float) -> str:
         """What the cluster needs once `victim` was killed at `killed`, with AFTER_KILL events published meanwhile;
         a note for the rows (how long it took)."""
 
@@ -120,7 +121,7 @@ def counted(
 
 
 async def kill_a_node(
-    s: Scenario, cluster: ClusterFaults, reached: Mapping[str, BrokerServer], victim: BrokerServer, what: str = ""
+    s: Scenario, cluster: ClusterFaults[C, N], reached: Mapping[str, N], victim: N, what: str = ""
 ) -> dict[str, Row]:
     """Kill `victim` under the stream, let the cluster do what it does after a kill, and check the counts: the
     daemons on the victim failed over, durable mode lost nothing acked, and what broadcast mode lost is exactly
@@ -154,7 +155,7 @@ def node_killed(
     ]
 
     @pytest.mark.parametrize(("whose", "mode"), params)
-    async def test_a_daemons_node_killed(cluster_scenario: Scenario, cluster: ClusterFaults, whose: str) -> None:
+    async def test_a_daemons_node_killed(cluster_scenario: Scenario, cluster: ClusterFaults[C, N], whose: str) -> None:
         s = cluster_scenario
         reached = await cluster.start(s)
         await s.stream(1000)

@@ -23,7 +23,7 @@ import pytest
 from backends.base import Mode
 from sidecar.errors import ConfigError
 from tests.brokers import BrokerServer
-from tests.faults.cluster import ClusterFaults
+from tests.faults.cluster import C, ClusterFaults, N
 from tests.faults.harness import BROKERS, MODES, Scenario
 from tests.faults.report import NOT_RUN, RESULTS, not_run_lines, table
 
@@ -109,7 +109,7 @@ async def scenario(
 
 @pytest.fixture
 async def cluster_scenario(
-    request: pytest.FixtureRequest, cluster: ClusterFaults, mode: str
+    request: pytest.FixtureRequest, cluster: ClusterFaults[C, N], mode: str
 ) -> AsyncIterator[Scenario]:
     """The Scenario of a cluster case (its number from the test's `case` marker) on the `cluster` its test module
     gives; once the test is over what it left is cleared (`ClusterFaults.clear`, while the nodes it killed are still

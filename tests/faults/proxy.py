@@ -42,7 +42,8 @@ class _Link:
         client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     ) -> None:
-        self.writers = (client[1], upstream[1])
+        # (client's, broker's); reset_clients() takes the broker's out, to hold it open past abort().
+        self.writers: tuple[asyncio.StreamWriter, ...] = (client[1], upstream[1])
         self.said = bytearray()  # the first SAID_BYTES the client sent
         self.tasks = [
             asyncio.create_task(self._pipe(proxy, client[0], upstream[1], False), name="proxy-up"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import nats
 import nats.js.errors
@@ -69,7 +70,7 @@ async def answered(request: Callable[[], Awaitable[object]], what: str, timeout:
         raise AssertionError(f"{exc}; the last answer: {said[-1] if said else 'none'}") from None
 
 
-class NatsFaults(ClusterFaults[NatsCluster]):
+class NatsFaults(ClusterFaults[NatsCluster, NatsClusterNode]):
     broker = "nats cluster"
 
     async def start(self, s: Scenario) -> dict[str, NatsClusterNode]:
@@ -79,7 +80,7 @@ class NatsFaults(ClusterFaults[NatsCluster]):
         first subscribe could time out, and a consumer made later starts after what was published meanwhile."""
         for node in self.cluster.nodes:
             await eventually(
-                lambda node=node: jetstream_answers(node),
+                partial(jetstream_answers, node),
                 30,
                 f"JetStream to answer on node {node.index}",
             )
@@ -192,8 +193,8 @@ async def test_a_node_back_to_a_consumer_made_again_is_whole_once_the_stream_is_
         client = await live_client(nats_cluster)
         js = client.jetstream(timeout=2)
         for name in names.values():
-            await answered(lambda name=name: js.delete_consumer(name, "remade"), f"{name}'s consumer deleted")
-            await answered(lambda name=name: js.add_consumer(name, consumer), f"{name}'s consumer made again")
+            await answered(partial(js.delete_consumer, name, "remade"), f"{name}'s consumer deleted")
+            await answered(partial(js.add_consumer, name, consumer), f"{name}'s consumer made again")
         await asyncio.sleep(SNAPSHOT_GAP)
         await answered(lambda: js.delete_consumer(names["kept"], "other"), "the deletion that makes a snapshot")
         await answered(lambda: js.delete_stream(names["cleared"]), f"{names['cleared']} deleted")
@@ -208,7 +209,7 @@ async def test_a_node_back_to_a_consumer_made_again_is_whole_once_the_stream_is_
         client = await live_client(nats_cluster)
         try:
             for name in names.values():
-                await answered(lambda name=name: client.jetstream(timeout=2).delete_stream(name), f"{name} deleted")
+                await answered(partial(client.jetstream(timeout=2).delete_stream, name), f"{name} deleted")
         finally:
             await client.close()
         await asyncio.to_thread(nats_cluster.whole)

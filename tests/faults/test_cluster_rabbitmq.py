@@ -25,7 +25,7 @@ from tests.faults.harness import Scenario
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.cluster, pytest.mark.faults, pytest.mark.timeout(180)]
 
 
-class RabbitFaults(ClusterFaults[RabbitCluster]):
+class RabbitFaults(ClusterFaults[RabbitCluster, RabbitClusterNode]):
     broker = "rabbitmq cluster"
 
     async def start(self, s: Scenario) -> dict[str, RabbitClusterNode]:

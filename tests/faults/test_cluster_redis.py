@@ -30,7 +30,7 @@ from tests.faults.report import RECOVERY_LIMIT
 pytestmark = [pytest.mark.redis, pytest.mark.cluster, pytest.mark.faults, pytest.mark.timeout(150)]
 
 
-class RedisFaults(ClusterFaults[RedisCluster]):
+class RedisFaults(ClusterFaults[RedisCluster, ClusterNode]):
     broker = "redis cluster"
     #: No leader election: the cluster promotes the replica of the stream's master (3 to 4 s).
     durable_recovery_limit = RECOVERY_LIMIT
