@@ -19,7 +19,7 @@ import aio_pika
 import pytest
 
 from backends import amqp_subscription, load_backend
-from backends.amqp import AmqpBackend, AmqpDurableBackend, AmqpSubscription
+from backends.amqp import AmqpBackend, AmqpDurableBackend
 from backends.amqp_topology import MAX_NAME_BYTES, durable_queue_name
 from backends.base import BackendConfig, BackendConfigError, BackendError, BackendState, Feature, Message, Mode
 from sidecar.outbox import RETRY_DELAY
@@ -65,7 +65,9 @@ def backend(server: RabbitServer, started: Started) -> Factory:
         config = BackendConfig(
             uri, instance_id or f"i-{uuid.uuid4().hex[:8]}", mode=mode, retention=retention, instance_ttl=instance_ttl
         )
-        return await started(load_backend(uri, mode)(config, on_state=on_state))
+        cls = load_backend(uri, mode)
+        assert issubclass(cls, AmqpBackend), cls
+        return await started(cls(config, on_state=on_state))
 
     return factory
 
@@ -122,7 +124,7 @@ async def test_topology_and_settings_on_the_broker(
     queue = f"{topic}.durable.receiver"
 
     async def acknowledged() -> bool:  # the handler returned before its ack reached the broker and its count
-        return (await asyncio.to_thread(queue_row, server, queue))["messages"] == 0
+        return bool((await asyncio.to_thread(queue_row, server, queue))["messages"] == 0)
 
     await eventually(acknowledged, 10, "the broker to count both messages acknowledged")
     assert queue_row(server, queue) == {
@@ -377,7 +379,7 @@ async def test_a_deleted_queue_is_declared_again(server: RabbitServer, backend: 
     receiver = await backend("deleted")
     inbox = Inbox()
     subscription = await receiver.subscribe(topic, inbox)
-    assert isinstance(subscription, AmqpSubscription)
+    assert isinstance(subscription, amqp_subscription.AmqpSubscription)
     sender = await backend()
     await sender.publish(topic, [b"before"])
     await inbox.wait(1)

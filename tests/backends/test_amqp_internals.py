@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import types
-from typing import Any
+from typing import Any, cast
 
 import aiormq
 import pamqp.frame
@@ -31,13 +31,18 @@ from tests.utils import wait_for
 AIORMQ_RECEIVER = BulkFrameReceiver.__mro__[1]  # aiormq's own, which BulkFrameReceiver replaced on import
 
 
+def stand_in(**attributes: object) -> aiormq.Channel:
+    """An aiormq channel as far as the code under test reads it: only these attributes."""
+    return cast(aiormq.Channel, types.SimpleNamespace(**attributes))
+
+
 @pytest.mark.parametrize("body", [b"", b"a", b"x" * 99, b"y" * 100, b"z" * 250])
 @pytest.mark.parametrize("properties", [Basic.Properties(delivery_mode=1), Basic.Properties(delivery_mode=2)])
 @pytest.mark.parametrize("key", ["", "syncar-0123456789abcdef"])
 def test_a_message_is_marshalled_as_aiormq_writes_it(body: bytes, properties: Basic.Properties, key: str) -> None:
-    channel = types.SimpleNamespace(number=7, max_content_size=100)  # bodies over 100 bytes take several frames
+    channel = stand_in(number=7, max_content_size=100)  # bodies over 100 bytes take several frames
     frames: list[bytes] = []
-    FrameMarshal(channel, "feathers-sync", properties, key).message(frames, body)  # type: ignore[arg-type]
+    FrameMarshal(channel, "feathers-sync", properties, key).message(frames, body)
     chunks = [ContentBody(body[start : start + 100]) for start in range(0, len(body), 100)]
     aiormqs = ChannelFrame.marshall(
         7,
@@ -111,8 +116,7 @@ async def test_a_publisher_confirm_is_read_without_pamqps_generic_decoder(monkey
 
 def confirms(*sizes: int) -> tuple[Confirms, list[asyncio.Future[Any]]]:
     """A Confirms over batches of these sizes, numbered from 1 as a channel's first publishes are."""
-    channel = types.SimpleNamespace(delivery_tag=0, frames=asyncio.Queue())
-    kept = Confirms(channel)  # type: ignore[arg-type]
+    kept = Confirms(stand_in(delivery_tag=0, frames=asyncio.Queue()))
     loop = asyncio.get_running_loop()
     futures, first = [], 1
     for size in sizes:
@@ -234,20 +238,21 @@ async def test_whole_deliveries_and_confirms_are_taken_as_they_arrive_and_the_re
     receiving backend's 95 per message). What arrives cut, and every other frame, is read by it as before, in order."""
     reader = asyncio.StreamReader()
     receiver = BulkFrameReceiver(reader)
-    consuming = types.SimpleNamespace(is_closed=False, frames=asyncio.Queue())
+    consuming = stand_in(is_closed=False, frames=asyncio.Queue())
     got: list[DeliveredMessage] = []
-    deliveries = Deliveries(consuming, got.append)  # type: ignore[arg-type]
-    publishing = types.SimpleNamespace(is_closed=False, frames=asyncio.Queue(), delivery_tag=0)
-    kept = Confirms(publishing)  # type: ignore[arg-type]
+    deliveries = Deliveries(consuming, got.append)
+    publishing = stand_in(is_closed=False, frames=asyncio.Queue(), delivery_tag=0)
+    kept = Confirms(publishing)
     confirmation = asyncio.get_running_loop().create_future()
     kept.batches.append(Batch(1, 3, confirmation))
-    receiver.takers.update({2: (consuming, deliveries), 1: (publishing, kept)})  # type: ignore[dict-item]
+    receiver.takers.update({2: (consuming, deliveries), 1: (publishing, kept)})
+    puts: dict[int, Deliveries | Confirms] = {2: deliveries, 1: kept}
     handed: list[str] = []
 
     async def aiormqs_reader() -> None:  # what aiormq's connection reader does with each frame
         async for _size, number, frame in receiver:
             handed.append(type(frame).__name__)
-            await {2: deliveries, 1: kept}[number].put((0, frame)) if number else None
+            await puts[number].put((0, frame)) if number else None
 
     reading = asyncio.create_task(aiormqs_reader())
     reader.feed_data(pamqp.frame.marshal(Heartbeat(), 0))  # the first frame read: the receiver has started
@@ -273,9 +278,9 @@ async def test_frames_all_taken_as_they_arrive_still_tell_aiormq_the_broker_is_t
     monkeypatch.setattr(amqp_internals, "HANDED_EVERY", 0.0)
     reader = asyncio.StreamReader()
     receiver = BulkFrameReceiver(reader)
-    consuming = types.SimpleNamespace(is_closed=False, frames=asyncio.Queue())
+    consuming = stand_in(is_closed=False, frames=asyncio.Queue())
     got: list[DeliveredMessage] = []
-    receiver.takers[2] = (consuming, Deliveries(consuming, got.append))  # type: ignore[arg-type]
+    receiver.takers[2] = (consuming, Deliveries(consuming, got.append))
     handed: list[str] = []
 
     async def aiormqs_reader() -> None:
@@ -285,7 +290,11 @@ async def test_frames_all_taken_as_they_arrive_still_tell_aiormq_the_broker_is_t
     reading = asyncio.create_task(aiormqs_reader())
     reader.feed_data(pamqp.frame.marshal(Heartbeat(), 0))
     await wait_for(lambda: handed == ["Heartbeat"], 5, "the first frame read")
-    message = [Basic.Deliver("ctag", 1, False, "x", ""), ContentHeader(0, 1), ContentBody(b"1")]
+    message: list[pamqp.frame.FrameTypes] = [
+        Basic.Deliver("ctag", 1, False, "x", ""),
+        ContentHeader(0, 1),
+        ContentBody(b"1"),
+    ]
     reader.feed_data(b"".join(pamqp.frame.marshal(frame, 2) for frame in message))
     await wait_for(lambda: len(handed) == 2, 5, "a heartbeat handed to aiormq's reader")
     assert handed == ["Heartbeat", "Heartbeat"] and [m.body for m in got] == [b"1"]

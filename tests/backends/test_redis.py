@@ -414,12 +414,10 @@ async def test_publishes_one_after_another_set_one_timer_not_one_each(backend: F
             timers.append(getattr(callback, "__qualname__", repr(callback)))
         return call_at(when, callback, *args, **kwargs)
 
-    loop.call_at = counting  # type: ignore[method-assign]
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "call_at", counting)
         for n in range(1, 51):
             await a.publish(topic, [b"%d" % n])
-    finally:
-        del loop.call_at
     assert len(timers) <= 1, timers  # before: 50
     assert len(await inbox.wait(51)) == 51
 

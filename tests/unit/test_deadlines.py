@@ -35,13 +35,13 @@ async def test_sections_in_time_share_one_timer() -> None:
         timers.append(callback)
         return call_at(when, callback, *args, **kwargs)
 
-    loop.call_at = counting  # type: ignore[method-assign]
     try:
-        for _ in range(100):
-            async with deadlines:
-                await asyncio.sleep(0)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(loop, "call_at", counting)
+            for _ in range(100):
+                async with deadlines:
+                    await asyncio.sleep(0)
     finally:
-        del loop.call_at
         deadlines.close()
     assert len(timers) == 1  # asyncio.timeout: 100
 
