@@ -17,9 +17,10 @@ from sidecar.metrics import LATENCY_BUCKETS, Counter, Gauge, Histogram, Metrics
 @pytest.fixture
 def without_created() -> Iterator[None]:
     """prometheus-client's metrics as syncar exported them before: no *_created series (a process-wide switch)."""
-    prometheus_client.disable_created_metrics()
+    # prometheus-client 0.26 leaves these two functions unannotated: the ignores stand for its missing types.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     yield
-    prometheus_client.enable_created_metrics()
+    prometheus_client.enable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 @pytest.mark.usefixtures("without_created")
@@ -32,31 +33,37 @@ def test_metrics_render_as_prometheus_clients_own() -> None:
     read = prometheus_client.Gauge("r", "read when scraped", registry=theirs)
     nodes = prometheus_client.Gauge("n", "by node", ["node"], registry=theirs)
     seconds = prometheus_client.Histogram("h", "seconds", buckets=LATENCY_BUCKETS, registry=theirs)
-    ours = [
-        Counter("c", "a counter"),
-        Counter("l", "by reason", ("reason",)),
+    our_counter = Counter("c", "a counter")
+    our_labelled = Counter("l", "by reason", ("reason",))
+    our_gauge = Gauge("g", "a gauge")
+    our_read = Gauge("r", "read when scraped")
+    our_nodes = Gauge("n", "by node", ("node",))
+    our_seconds = Histogram("h", "seconds", LATENCY_BUCKETS)
+    ours: list[Counter | Gauge | Histogram] = [
+        our_counter,
+        our_labelled,
         Counter("u", "never counted", ("reason",)),
-        Gauge("g", "a gauge"),
-        Gauge("r", "read when scraped"),
-        Gauge("n", "by node", ("node",)),
-        Histogram("h", "seconds", LATENCY_BUCKETS),
+        our_gauge,
+        our_read,
+        our_nodes,
+        our_seconds,
     ]
-    for c in (counter, ours[0]):
+    for c in (counter, our_counter):
         c.inc()
         c.inc(2.5)
-    for c in (labelled, ours[1]):
+    for c in (labelled, our_labelled):
         c.labels("echo").inc(3)
         c.labels(reason="duplicate").inc()
         c.labels("echo").inc()
-    for g in (gauge, ours[3]):
+    for g in (gauge, our_gauge):
         g.set(7)
-    for g in (read, ours[4]):
+    for g in (read, our_read):
         g.set_function(lambda: 12)
-    for g in (nodes, ours[5]):
+    for g in (nodes, our_nodes):
         g.labels(node="a:1").set(1)
         g.labels(node="b:2").set(0)
         g.remove("a:1")
-    for h in (seconds, ours[6]):
+    for h in (seconds, our_seconds):
         for value in (0.0, 0.0001, 0.00010001, 0.003, 10.0, 11.0, 0.5):  # on a bound, just above, beyond the last
             h.observe(value)
 
