@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -87,13 +87,18 @@ def refusing(request: pytest.FixtureRequest) -> Iterator[str]:
         server: BrokerServer = request.getfixturevalue("redis_server")
         user = f"u{uuid.uuid4().hex[:8]}"
 
-        async def acl(*command: str) -> None:
+        async def acl(change: Callable[[redis.asyncio.Redis], Awaitable[object]]) -> None:
             async with redis.asyncio.Redis.from_url(server.uri) as admin:
-                await admin.execute_command(*command)
+                await change(admin)
 
-        asyncio.run(acl("ACL", "SETUSER", user, "on", ">right-pass-123", "+@all", "~*", "&*"))
+        def add(admin: redis.asyncio.Redis) -> Awaitable[bool]:  # ACL SETUSER user on >right-pass-123 +@all ~* &*
+            return admin.acl_setuser(
+                user, enabled=True, passwords="+right-pass-123", categories=["+@all"], keys=["*"], channels=["*"]
+            )
+
+        asyncio.run(acl(add))
         yield f"redis://{user}:wrong-pass-456@127.0.0.1:{server.port}/0"
-        asyncio.run(acl("ACL", "DELUSER", user))
+        asyncio.run(acl(lambda admin: admin.acl_deluser(user)))
     elif broker == "rabbitmq":
         server = request.getfixturevalue("rabbitmq_server")
         yield f"amqp://guest:wrong-pass-456@127.0.0.1:{server.port}/"

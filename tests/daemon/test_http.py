@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.brokers import serve
 from tests.brokers.redis import RedisServer
 from tests.conftest import Connect
 from tests.utils import REPO, SpawnedDaemon, http_get, publish_frame, run_daemon, wait_for
@@ -135,8 +134,9 @@ async def test_metrics_carry_no_created_series(sock: Path) -> None:
 @pytest.mark.redis
 async def test_readiness_is_the_socket_and_the_broker_has_a_route_of_its_own(sock: Path, connect: Connect) -> None:
     """A broker outage must not take every pod out of its Service: the apps still use their daemon meanwhile."""
-    broker = next(serve_redis := serve(RedisServer()))
+    broker = RedisServer()
     try:
+        broker.start()
         async with run_daemon(sock, backend=broker.uri) as daemon:
             assert daemon.http is not None
             port = daemon.http.port
@@ -157,7 +157,7 @@ async def test_readiness_is_the_socket_and_the_broker_has_a_route_of_its_own(soc
             await wait_for(lambda: daemon.relay.broker_up, what="the broker back")
             assert await http_get(port, "/readyz/broker") == (200, "ready\n")
     finally:
-        serve_redis.close()
+        broker.cleanup()
 
 
 async def test_a_connection_reset_mid_request_is_quiet(sock: Path) -> None:

@@ -65,7 +65,9 @@ class Steady:
 def _frames(numbers: range, *, ack_last: bool = False) -> bytes:
     """Publishes of events `numbers`; with `ack_last`, the last asks for an ack: once it comes, the broker has taken
     them all (the outbox sends in order)."""
-    frames = [{"type": "publish", "path": "stream", "event": "tick", "data": {"n": n, "pad": PAD}} for n in numbers]
+    frames: list[dict[str, object]] = [
+        {"type": "publish", "path": "stream", "event": "tick", "data": {"n": n, "pad": PAD}} for n in numbers
+    ]
     if ack_last:
         frames[-1] |= {"id": str(numbers[-1]), "ack": True}
     return b"".join(orjson.dumps(frame) + b"\n" for frame in frames)
@@ -100,7 +102,7 @@ async def test_an_app_that_stops_reading_is_told_every_event_it_missed(
             publisher = await connect(a_sock, {"subscribe": ["control"]})
             for start in range(0, EVENTS, WINDOW):
                 await publisher.send(_frames(range(start, min(start + WINDOW, EVENTS))))
-                await wait_for(lambda ahead=start: len(steady.numbers) >= ahead, TIMEOUT, "the steady app")
+                await wait_for(lambda: len(steady.numbers) >= start, TIMEOUT, "the steady app")  # noqa: B023 - awaited at once
             await wait_for(lambda: len(steady.numbers) == EVENTS, TIMEOUT, "the steady app to have every event")
             assert steady.numbers == list(range(EVENTS))
             cut = {"reason": "slow_client"}

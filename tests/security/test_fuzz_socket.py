@@ -21,7 +21,7 @@ ATTACKERS = 20
 SEED = 20261125
 MAX_FRAME_BYTES = 65536
 
-VALID = [
+VALID: list[dict[str, object]] = [
     {"type": "publish", "path": "messages", "event": "created", "data": {"text": "hi"}, "id": "a", "ack": True},
     {
         "type": "hello",

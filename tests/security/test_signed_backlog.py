@@ -136,10 +136,10 @@ async def test_a_publish_retried_after_a_stall_longer_than_the_window_is_signed_
         app_b = await connect(sock_dir / "b.sock", {})
         try:
             # Redis holds every write for twice the window; A's first attempt is signed before that.
-            await probe.execute_command("CLIENT", "PAUSE", int(2 * WINDOW * 1000), "WRITE")
+            await probe.client_pause(int(2 * WINDOW * 1000), all=False)  # writes only
             await acked(app_a, ["held"])
             assert (await app_b.frame_of("event"))["data"] == "held"
             assert metric(b.metrics, DROPPED, reason="stale") <= 1  # a first attempt Redis ran after all
         finally:
-            await probe.execute_command("CLIENT", "UNPAUSE")
+            await probe.client_unpause()
             await probe.aclose()

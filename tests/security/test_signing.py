@@ -75,4 +75,7 @@ async def test_injected_messages_are_all_rejected(
     assert (await b.frame_of("event"))["data"] == "after the attack"  # nothing forged came before it
 
     for reason in attacks:
-        await wait_for(lambda r=reason: metric(daemon_b.metrics, DROPPED, reason=r) == 1, what=f"a {reason} drop")
+        await wait_for(
+            lambda: metric(daemon_b.metrics, DROPPED, reason=reason) == 1,  # noqa: B023 - awaited at once
+            what=f"a {reason} drop",
+        )
