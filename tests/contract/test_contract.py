@@ -28,14 +28,14 @@ async def test_events_cross_in_both_directions(pair: Pair, connect: Connect) -> 
     for receiver, origin, path, by in ((b, pair.a, "messages", "a"), (a, pair.b, "users", "b")):
         events = await receiver.events(len(FEATHERS_EVENTS))
         assert [e["event"] for e in events] == list(FEATHERS_EVENTS)
-        for event in events:
-            assert event["path"] == path
-            assert event["data"] == {"id": event["data"]["id"], "by": by}
-            assert event["context"]["params"] == {"query": {"x": 1}, "provider": "rest"}
+        for frame in events:
+            assert frame["path"] == path
+            assert frame["data"] == {"id": frame["data"]["id"], "by": by}
+            assert frame["context"]["params"] == {"query": {"x": 1}, "provider": "rest"}
             if pair.a.settings.codec == "syncar":
-                assert event["origin"] == origin.settings.instance_id
+                assert frame["origin"] == origin.settings.instance_id
             else:
-                assert event["origin"] is None  # feathers-sync's format carries no origin
+                assert frame["origin"] is None  # feathers-sync's format carries no origin
 
 
 async def test_welcome_names_the_broker_node_reached(pair: Pair, connect: Connect) -> None:
