@@ -66,17 +66,17 @@ async def raw_subscriber(server: BrokerServer, key: str) -> AsyncIterator[asynci
     else:
         import nats
 
-        client = await nats.connect(server.uri)
+        nats_client = await nats.connect(server.uri)
 
         async def on_msg(message: nats.aio.msg.Msg) -> None:
             await inbox.put(message.data)
 
-        await client.subscribe(key, cb=on_msg)
-        await _processed(client)
+        await nats_client.subscribe(key, cb=on_msg)
+        await _processed(nats_client)
         try:
             yield inbox
         finally:
-            await client.close()
+            await nats_client.close()
 
 
 async def raw_publish(server: BrokerServer, key: str, body: bytes) -> None:
@@ -98,10 +98,10 @@ async def raw_publish(server: BrokerServer, key: str, body: bytes) -> None:
     else:
         import nats
 
-        client = await nats.connect(server.uri)
-        await client.publish(key, body)
-        await _processed(client)
-        await client.close()
+        nats_client = await nats.connect(server.uri)
+        await nats_client.publish(key, body)
+        await _processed(nats_client)
+        await nats_client.close()
 
 
 async def _processed(client: nats.aio.client.Client) -> None:

@@ -159,7 +159,11 @@ async def test_no_gap_in_a_clean_run_nor_across_a_publisher_restart(
             # that falls too far behind, which would be a real gap.
             for start in range(0, clean_events, 1000):
                 await publisher.send(frames(start, start + 1000))
-                await wait_for(lambda ahead=start: len(wanting.events) >= ahead, TIMEOUT, "the receiver to keep up")
+                await wait_for(
+                    lambda: len(wanting.events) >= start,  # noqa: B023 - awaited at once
+                    TIMEOUT,
+                    "the receiver to keep up",
+                )
             await wait_for(lambda: len(wanting.events) == clean_events, TIMEOUT, "the clean run")
         clean = time.monotonic() - started
         async with run_daemon(sock_dir / "a.sock", **a_settings):  # the same instance, a new run

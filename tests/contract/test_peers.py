@@ -21,7 +21,7 @@ from sidecar import __version__
 from sidecar.daemon import Daemon
 from sidecar.fleet import peers_topic
 from tests.brokers import BrokerServer
-from tests.contract.conftest import Setup
+from tests.contract.conftest import Setup, setups
 from tests.contract.raw import raw_publish, raw_subscriber
 from tests.utils import (
     RawClient,
@@ -126,7 +126,7 @@ async def test_a_daemon_that_stops_leaves_the_tables_at_once(
 
 
 # The local bus has no plain client to listen with; the other brokers show it.
-@pytest.mark.setups(lambda s: s.broker != "local")
+@setups(lambda s: s.broker != "local")
 async def test_announcements_never_reach_the_key(setup: Setup, broker: BrokerServer | None, sock_dir: Path) -> None:
     assert broker is not None
     key = f"peers-{uuid.uuid4().hex}"
@@ -143,7 +143,7 @@ async def test_announcements_never_reach_the_key(setup: Setup, broker: BrokerSer
         assert on_key.empty()
 
 
-@pytest.mark.setups(lambda s: s.codec == "syncar")  # signing needs the syncar codec
+@setups(lambda s: s.codec == "syncar")  # signing needs the syncar codec
 async def test_forged_announcements_are_dropped_when_signing(
     setup: Setup, broker: BrokerServer | None, sock_dir: Path, tmp_path: Path
 ) -> None:
@@ -182,7 +182,7 @@ async def test_forged_announcements_are_dropped_when_signing(
 
 
 # A spawned daemon shares no local bus; once per broker is enough.
-@pytest.mark.setups(lambda s: s.broker != "local" and s.mode is Mode.BROADCAST and s.codec == "syncar")
+@setups(lambda s: s.broker != "local" and s.mode is Mode.BROADCAST and s.codec == "syncar")
 async def test_syncar_peers_lists_the_fleet_and_a_killed_daemon_goes(
     setup: Setup, broker: BrokerServer | None, sock_dir: Path
 ) -> None:
@@ -226,7 +226,7 @@ async def test_a_peer_that_differs_is_warned_of_once_with_what_to_do(
         me = a.fleet.me
         other_codec = "feathers-sync" if setup.codec == "syncar" else "syncar"
         other_mode = "broadcast" if setup.mode is Mode.DURABLE else "durable"
-        peers = {
+        peers: dict[str, dict[str, object]] = {
             "old": {"version": "0.0.9"},
             "codec": {"codec": other_codec},
             "mode": {"mode": other_mode},

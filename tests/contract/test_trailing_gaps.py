@@ -24,7 +24,7 @@ from sidecar.daemon import Daemon
 from sidecar.fleet import peers_topic
 from tests.brokers import BrokerServer
 from tests.conftest import Connect
-from tests.contract.conftest import Setup
+from tests.contract.conftest import Setup, setups
 from tests.contract.raw import raw_publish, raw_subscriber
 from tests.contract.test_gaps import MISSED, Collector, collect, frames, via
 from tests.faults.proxy import TcpProxy
@@ -40,8 +40,8 @@ BURST = 4000  # messages of another origin ahead of a publisher's events in a re
 BEHIND = 0.2  # seconds the broker's bytes take to reach that receiver
 TIMEOUT = 30.0
 
-broadcast = pytest.mark.setups(lambda s: s.codec == "syncar" and s.mode is Mode.BROADCAST)
-durable = pytest.mark.setups(lambda s: s.mode is Mode.DURABLE)
+broadcast = setups(lambda s: s.codec == "syncar" and s.mode is Mode.BROADCAST)
+durable = setups(lambda s: s.mode is Mode.DURABLE)
 
 
 def heard_since(daemon: Daemon, instance: str, since: float) -> bool:
@@ -167,7 +167,7 @@ async def test_a_receiver_that_missed_the_end_of_a_burst_is_told(
         await proxy.close()
 
 
-@pytest.mark.setups(lambda s: s.broker == "rabbitmq" and s.codec == "syncar" and s.mode is Mode.BROADCAST)
+@setups(lambda s: s.broker == "rabbitmq" and s.codec == "syncar" and s.mode is Mode.BROADCAST)
 async def test_a_receiver_behind_another_origins_burst_is_told_nothing_false(
     setup: Setup, broker: BrokerServer | None, sock_dir: Path, connect: Connect
 ) -> None:
