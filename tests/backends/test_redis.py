@@ -436,7 +436,7 @@ async def test_a_broadcast_publish_takes_no_connection_from_the_pool(
 
     async def counted(pool: redis.asyncio.ConnectionPool, *args: Any, **kwargs: Any) -> Any:
         taken.append(pool)
-        return await pool_get(pool, *args, **kwargs)
+        return await pool_get(pool, *args, **kwargs)  # type: ignore[no-untyped-call]  # unannotated in redis-py
 
     monkeypatch.setattr(redis.asyncio.ConnectionPool, "get_connection", counted)
     for n in range(20):

@@ -83,6 +83,7 @@ async def test_publish_is_stored_in_the_stream(backend: Factory, probe: redis.as
     await a.publish(topic, [b"one"])
     await a.publish(topic, [b"two", b"\x00\xffthree"])
     entries = await probe.xrange(stream_key(topic))
+    assert entries is not None
     assert [fields for _, fields in entries] == [{b"body": b"one"}, {b"body": b"two"}, {b"body": b"\x00\xffthree"}]
     assert stream_key(topic) == f"syncar:stream:{topic}"
 
@@ -114,6 +115,7 @@ async def test_pending_entries_come_first_after_a_restart(
     await a.publish(topic, [b"p1", b"p2", b"p3"])
     # What a daemon killed between reading and acknowledging leaves: entries delivered to its consumer, pending.
     read = await probe.xreadgroup("b", "b", {stream_key(topic): ">"}, count=2)
+    assert isinstance(read, list)  # RESP2's shape: [[stream, [(id, fields), ...]]]
     assert [fields[b"body"] for _, fields in read[0][1]] == [b"p1", b"p2"]
     await a.publish(topic, [b"new"])
     inbox = Inbox()
@@ -180,7 +182,7 @@ async def test_idle_instances_are_forgotten_live_ones_kept(
 
 
 async def _idle_ms(probe: redis.asyncio.Redis, key: str, group: str, at_least: int) -> bool:
-    return min(consumer["idle"] for consumer in await probe.xinfo_consumers(key, group)) > at_least
+    return min(int(consumer["idle"]) for consumer in await probe.xinfo_consumers(key, group)) > at_least
 
 
 async def _groups(probe: redis.asyncio.Redis, key: str, expected: set[str]) -> bool:

@@ -111,10 +111,11 @@ async def test_apps_on_the_host_and_in_a_container_of_its_group_exchange_events(
         stderr=asyncio.subprocess.PIPE,
         env=podman.env,
     )
-    assert app.stdout is not None
+    stdout = app.stdout  # a local: mypy keeps its narrowing inside frame() below
+    assert stdout is not None
 
     async def frame() -> dict[str, object]:
-        line = await asyncio.wait_for(app.stdout.readline(), TIMEOUT)
+        line = await asyncio.wait_for(stdout.readline(), TIMEOUT)
         assert line, f"the app in the container stopped: {await app.stderr.read() if app.stderr else b''!r}"
         found: dict[str, object] = json.loads(line)
         return found

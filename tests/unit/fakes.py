@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 import orjson
@@ -20,7 +20,7 @@ class FakeBackend(Backend):
     publish, in order), and holds a publish in flight while `held` is cleared."""
 
     name = "fake"
-    features: frozenset[Feature] = frozenset()
+    features: ClassVar[frozenset[Feature]] = frozenset()
 
     def __init__(self, max_message_bytes: int = 8 * 1024 * 1024) -> None:
         super().__init__(BackendConfig("fake://", "fake"))

@@ -1,10 +1,18 @@
 from __future__ import annotations
 
 import random
+from typing import TypedDict
 
 import pytest
 
 from sidecar.backoff import Backoff
+
+
+class Shape(TypedDict, total=False):
+    """Backoff's keyword arguments that shape the delays."""
+
+    factor: float
+    jitter: float
 
 
 def test_doubles_from_initial_to_the_cap_without_jitter() -> None:
@@ -47,6 +55,6 @@ def test_a_long_outage_neither_overflows_nor_leaves_the_cap() -> None:
         ((0.1, 1.0), {"jitter": 1.5}, "jitter"),
     ],
 )
-def test_a_policy_that_is_not_one_is_refused(args: tuple[float, float], kwargs: dict[str, float], message: str) -> None:
+def test_a_policy_that_is_not_one_is_refused(args: tuple[float, float], kwargs: Shape, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Backoff(*args, **kwargs)

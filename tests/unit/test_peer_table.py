@@ -7,7 +7,7 @@ import pytest
 
 from sidecar import peer_table
 from sidecar.fleet import Announcement
-from sidecar.gaps import GapReason, GapTracker
+from sidecar.gaps import Gap, GapReason, GapTracker
 from sidecar.peer_table import PeerTable
 from sidecar.probe import format_table
 
@@ -48,7 +48,8 @@ def test_a_peer_is_gone_after_three_missed_announcements_or_at_once_when_leaving
 
 
 def test_an_announced_seq_still_not_heard_later_is_told_as_a_gap_once() -> None:
-    gaps, told = GapTracker(), []
+    gaps = GapTracker()
+    told: list[Gap] = []
     table = PeerTable("a", gaps, tell=told.append, grace=5.0)
     table.heard(announcement(seq=100), now=0.0)  # first heard at 100: those were sent before we listened
     gaps.heard("b", "r1", 101, 20)
