@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from tests.brokers import BrokerServer, serve
+from tests.brokers import BrokerServer, revive_served, serve
 from tests.brokers.nats import NatsCluster
 from tests.brokers.rabbitmq import RabbitCluster
 from tests.utils import RawClient
@@ -22,6 +22,14 @@ class Connect(Protocol):
 
 #: (cluster, seconds it took to start), printed at the end of the session.
 CLUSTER_STARTS: list[tuple[str, float]] = []
+
+
+@pytest.fixture(autouse=True)
+def brokers_left_running() -> Iterator[None]:
+    """After each test, the session's brokers are up again, even if the test killed one and failed before its
+    restart: one failure stays one."""
+    yield
+    revive_served()
 
 
 @pytest.fixture

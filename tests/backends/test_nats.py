@@ -312,7 +312,7 @@ async def test_publish_while_the_broker_is_down_fails_promptly(
         began = time.monotonic()
         with pytest.raises(BackendUnavailable, match=r"^nats: not connected to 127\.0\.0\.1:"):
             await backend.publish(topic, [b"lost?"])
-        assert time.monotonic() - began < 0.1
+        assert time.monotonic() - began < 1.0  # at once, not after a timeout (seconds); a loaded machine stalls
     with pytest.raises(BackendUnavailable):
         await backend.subscribe(topic, Inbox())
     # Nothing was buffered behind the core's back: after the restart the message does not turn up.

@@ -334,7 +334,7 @@ async def test_publish_while_the_broker_is_down_fails_promptly(
     began = time.monotonic()
     with pytest.raises(BackendUnavailable):
         await backend.publish(topic, [b"not now"])
-    assert time.monotonic() - began < 0.1
+    assert time.monotonic() - began < 1.0  # at once, not after a timeout (seconds); a loaded machine stalls
     await asyncio.to_thread(own_server.start)
     await wait_for(lambda: backend.state is BackendState.CONNECTED, timeout=RECOVERY + 3, what="CONNECTED")
     await backend.publish(topic, [b"later"])

@@ -32,10 +32,15 @@ _pick = random.Random()
 
 
 def _ports_to_pick_from() -> range:
-    """Loopback ports outside the kernel's ephemeral range: a port in it can become an outgoing connection's
-    source port between our probe and the server's bind."""
-    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    return range(10000, low) if low > 20000 else range(high + 1, 65536)
+    """Loopback ports outside the kernel's ephemeral range where there are enough (a port in it can become an
+    outgoing connection's source port between our probe and the server's bind); else the whole range above 1023."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return range(1024, 65536)
+    below, above = range(1024, low), range(high + 1, 65536)
+    wider = max(below, above, key=len)
+    return wider if len(wider) >= 5000 else range(1024, 65536)
 
 
 def free_port() -> int:
@@ -160,10 +165,25 @@ class BrokerServer(ABC):
 Server = TypeVar("Server", bound=BrokerServer)
 
 
+#: The servers `serve()` hands to tests, for `revive_served()`.
+_served: list[BrokerServer] = []
+
+
 def serve(server: Server) -> Iterator[Server]:
     """A fixture's body: start `server`, hand it to the tests, clean it up after them (even if it never started)."""
     try:
         server.start()
+        _served.append(server)
         yield server
     finally:
+        if server in _served:
+            _served.remove(server)
         server.cleanup()
+
+
+def revive_served() -> None:
+    """Start again each served server that is down: a test killed it and failed before starting it again, and
+    every later test of the session on that broker would fail too (tests/conftest.py calls this after each test)."""
+    for server in _served:
+        if server.process is None or server.process.poll() is not None:
+            server.start()

@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import uuid
@@ -145,7 +146,24 @@ class RabbitServer(BrokerServer):
 
     def ready(self) -> bool:
         """An AMQP login as guest to vhost / succeeds: the listener is up and the node has booted."""
-        return port_open(self.port) and amqp_login(self.port) and (self.tls_port is None or port_open(self.tls_port))
+        return port_open(self.port) and amqp_login(self.port) and (self.tls_port is None or self.tls_answers())
+
+    def tls_answers(self) -> bool:
+        """A TLS handshake with the node's TLS listener completes. An open port is not enough: a node that cannot
+        bind its TLS port logs "eaddrinuse" and boots on without it, and the port is someone else's."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # whether the certificate is valid is the tests' business, not readiness
+        context.load_cert_chain(self.certs.client_cert, self.certs.client_key)
+        assert self.tls_port is not None
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", self.tls_port), timeout=PROBE_TIMEOUT) as raw,
+                context.wrap_socket(raw),
+            ):
+                return True
+        except OSError:  # ssl.SSLError too
+            return False
 
     def start(self) -> None:
         self.start_epmd()

@@ -72,8 +72,6 @@ def fault_server(request: pytest.FixtureRequest, broker_name: str) -> BrokerServ
     marker = request.node.get_closest_marker("fault_case")
     assert marker is not None
     server: BrokerServer = request.getfixturevalue(f"{broker_name}_{marker.args[3]}")
-    if isinstance(server, BrokerServer) and (server.process is None or server.process.poll() is not None):
-        server.start()  # an earlier test killed it and failed before restarting it
     return server
 
 

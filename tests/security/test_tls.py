@@ -61,7 +61,7 @@ class TlsRabbit(RabbitServer):
         ]
 
     def ready(self) -> bool:
-        return port_open(self.port) and self.tls_port is not None and port_open(self.tls_port)
+        return port_open(self.port) and self.tls_answers()  # no amqp_login: guest's password is PASSWORD here
 
     def secure_uri(self, password: str, ca: Path) -> str:
         return f"amqps://guest:{quote(password)}@127.0.0.1:{self.tls_port}/?cafile={ca}"
@@ -132,6 +132,7 @@ def one_clean_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0].lower()
 
 
+@pytest.mark.timeout(120)  # the first test of each broker boots its two servers: two RabbitMQ nodes, one by one
 async def test_tls_and_auth(servers: tuple[Secure, Secure, Certificates]) -> None:
     valid, expired, other = servers
     good = await asyncio.to_thread(check, valid.secure_uri(PASSWORD, valid.certs.ca))
