@@ -102,7 +102,7 @@ async def test_a_large_body_is_written_as_it_is_between_the_others(
     await receiver.subscribe(topic, inbox)
     large = [b"%d" % n * OWN_IOVEC_BYTES for n in (1, 2)]
     written: list[list[Any]] = []
-    original = TcpTransport.writelines
+    original: Callable[[TcpTransport, list[Any]], None] = TcpTransport.writelines  # unannotated in nats-py
 
     def writelines(transport: TcpTransport, payload: list[Any]) -> None:
         written.append(payload)
@@ -142,13 +142,11 @@ async def test_a_confirmed_publish_sets_no_timer_and_wakes_no_flusher(connect: F
             woken.append(getattr(task.get_coro(), "__qualname__", "?"))
         return call_soon(callback, *args, **kwargs)
 
-    loop.call_at = counting_timers  # type: ignore[method-assign]
-    loop.call_soon = counting_wakes  # type: ignore[method-assign]
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "call_at", counting_timers)
+        patch.setattr(loop, "call_soon", counting_wakes)
         for n in range(20):
             await sender.publish(topic, [b"%d" % n])
-    finally:
-        del loop.call_at, loop.call_soon
     assert len(timers) <= 1, timers  # before: 20
     assert "Client._flusher" not in woken, woken  # before: 20 times
     assert len(await inbox.wait(20)) == 20
@@ -218,15 +216,17 @@ class Garbling:
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         writer.write(b'INFO {"server_id":"garbling","max_payload":1048576,"proto":1}\r\n')
-        sid, pings = None, 0
+        sid: int | None = None
+        pings = 0  # since the SUB
         while line := await reader.readline():
             if line.startswith(b"SUB "):
                 sid = int(line.split()[-1])
             elif line == b"PING\r\n":
                 writer.write(b"PONG\r\n")
-                pings += sid is not None
-                if pings == 2 and self.connections == 1:
-                    writer.write(b"MSG k %d 2\r\nok\r\nNONSENSE\r\n" % sid)
+                if sid is not None:
+                    pings += 1
+                    if pings == 2 and self.connections == 1:
+                        writer.write(b"MSG k %d 2\r\nok\r\nNONSENSE\r\n" % sid)
         writer.close()
 
 

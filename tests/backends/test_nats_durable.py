@@ -36,7 +36,7 @@ def own_server() -> Iterator[NatsServer]:
     yield from serve(NatsServer())
 
 
-Factory = Callable[..., Awaitable[NatsBackend]]
+Factory = Callable[..., Awaitable[NatsJetStreamBackend]]
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def connect(server: NatsServer, started: Started) -> Factory:
         retention: int = 100_000,
         ttl: float = TTL,
         states: list[BackendState] | None = None,
-    ) -> NatsBackend:
+    ) -> NatsJetStreamBackend:
         config = BackendConfig(uri or server.uri, instance, mode=Mode.DURABLE, retention=retention, instance_ttl=ttl)
         return await started(NatsJetStreamBackend(config, on_state=states.append if states is not None else None))
 
@@ -138,7 +138,8 @@ async def test_a_restart_with_nothing_unacknowledged_keeps_the_consumer(connect:
     stream, consumer = jetstream_name(topic), jetstream_name("b")
 
     async def all_acknowledged() -> bool:  # acknowledgements go out without waiting for a reply
-        return (await jsm.consumer_info(stream, consumer)).num_ack_pending == 0
+        info: api.ConsumerInfo = await jsm.consumer_info(stream, consumer)  # unannotated in nats-py
+        return info.num_ack_pending == 0
 
     await eventually(all_acknowledged, RECOVERY, "the acknowledgements of 0-9")
     before = await jsm.consumer_info(stream, consumer)

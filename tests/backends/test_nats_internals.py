@@ -113,7 +113,7 @@ async def test_the_state_that_reading_as_bytes_arrive_relies_on() -> None:
     """nats_internals._ReadHere and deliver_from_reader use nats-py's transport's StreamReader and writer, a
     subscription's sid, and asyncio's StreamReader's waiter and buffer: gone or renamed, this says which. (Without
     them the connection is read as nats-py reads it: tests/backends/test_nats.py's handed-over test fails too.)"""
-    transport = TcpTransport()
+    transport = TcpTransport()  # type: ignore[no-untyped-call]  # unannotated in nats-py
     for name in ("_io_reader", "_io_writer"):
         assert hasattr(transport, name), f"nats-py's TcpTransport.{name} is gone: see nats_internals._ReadHere"
     assert isinstance(getattr(Client(), "_transport", ...), type(None)), "nats-py's Client._transport is gone"

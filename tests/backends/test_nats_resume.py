@@ -23,10 +23,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import nats
 import pytest
 from nats.aio.client import Client
-from nats.js import JetStreamContext
+from nats.js import JetStreamContext, api
 
 from backends.base import BackendConfig, BackendUnavailable, Mode
-from backends.nats import NatsBackend, NatsJetStreamBackend
+from backends.nats import NatsJetStreamBackend
 from backends.nats_consumer import DurableSubscription
 from backends.nats_jetstream import jetstream_name
 from tests.backends.support import Inbox, Started
@@ -139,12 +139,12 @@ async def jsm(server: NatsServer) -> AsyncIterator[JetStreamContext]:
     await client.close()
 
 
-Factory = Callable[[str, str], Awaitable[NatsBackend]]
+Factory = Callable[[str, str], Awaitable[NatsJetStreamBackend]]
 
 
 @pytest.fixture
 def connect(started: Started) -> Factory:
-    async def start(instance: str, uri: str) -> NatsBackend:
+    async def start(instance: str, uri: str) -> NatsJetStreamBackend:
         return await started(NatsJetStreamBackend(BackendConfig(uri, instance, mode=Mode.DURABLE)))
 
     return start
@@ -169,7 +169,8 @@ async def test_a_delivery_lost_on_the_way_is_handled_in_order_before_the_ones_af
     stream, consumer = jetstream_name(topic), jetstream_name("r")
 
     async def only_5_unacknowledged() -> bool:  # the acknowledgements of 0-4 may still be on their way
-        return (await jsm.consumer_info(stream, consumer)).num_ack_pending == 1
+        info: api.ConsumerInfo = await jsm.consumer_info(stream, consumer)  # unannotated in nats-py
+        return info.num_ack_pending == 1
 
     await eventually(only_5_unacknowledged, RECOVERY, "the acknowledgements of 0-4")
     info = await jsm.consumer_info(stream, consumer)
@@ -204,7 +205,8 @@ async def test_a_resume_keeps_the_consumer_when_only_acknowledgements_of_handled
     stream, consumer = jetstream_name(topic), jetstream_name("r")
 
     async def only_5_unacknowledged() -> bool:  # 0-4 (and later 6-9) acknowledged
-        return (await jsm.consumer_info(stream, consumer)).num_ack_pending == 1
+        info: api.ConsumerInfo = await jsm.consumer_info(stream, consumer)  # unannotated in nats-py
+        return info.num_ack_pending == 1
 
     await eventually(only_5_unacknowledged, RECOVERY, "the acknowledgements of 0-4")
     before = await jsm.consumer_info(stream, consumer)
@@ -247,7 +249,7 @@ async def test_a_resume_after_failed_attempts_says_how_many_and_how_long(
     monkeypatch.setattr(subscription, "attach", flaky)
     for tried in (1, 2, 3):
         subscription.restore_soon()
-        await wait_for(lambda tried=tried: attempts == tried, RECOVERY, f"resume attempt {tried}")
+        await wait_for(lambda: attempts == tried, RECOVERY, f"resume attempt {tried}")  # noqa: B023 - awaited at once
     await wait_for(
         lambda: any("resumed after 2 failed attempts" in r.getMessage() for r in caplog.records),
         RECOVERY,

@@ -150,7 +150,8 @@ async def test_a_durable_restart_while_a_node_is_down_leaves_every_node_healthy(
         await js.add_consumer(stream, api.ConsumerConfig(durable_name="other", ack_policy=api.AckPolicy.EXPLICIT))
 
         async def all_acknowledged() -> bool:
-            return (await js.consumer_info(stream, consumer)).num_ack_pending == 0
+            info: api.ConsumerInfo = await js.consumer_info(stream, consumer)  # unannotated in nats-py
+            return info.num_ack_pending == 0
 
         await eventually(all_acknowledged, 10, "the acknowledgements of 0-4")
         created = (await js.consumer_info(stream, consumer)).created
