@@ -92,8 +92,8 @@ class TlsNats(NatsServer):
         return f"tls://syncar:{quote(password)}@127.0.0.1:{self.port}?tls_ca={ca}"
 
 
-SERVERS = {"redis": TlsRedis, "rabbitmq": TlsRabbit, "nats": TlsNats}
 Secure = TlsRedis | TlsRabbit | TlsNats
+SERVERS: dict[str, type[Secure]] = {"redis": TlsRedis, "rabbitmq": TlsRabbit, "nats": TlsNats}
 
 
 @pytest.fixture(scope="module", params=list(SERVERS))
