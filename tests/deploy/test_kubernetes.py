@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml  # type: ignore[import-untyped]  # PyYAML ships no types; types-PyYAML is not a dependency
+import yaml
 
 from sidecar import __version__
 from tests.deploy.helpers import KUBE_DIR, module, settings_from_env, tool
