@@ -346,6 +346,7 @@ class Daemon:
             # Stop consuming while the apps are still connected: in durable mode, what is not handled yet stays
             # on the broker for the next run instead of being acknowledged into a buffer about to vanish.
             await self._within(deadline, self._subscription.unsubscribe())
+        self.outbox.stop()  # what the broker has not taken is given up, and a publish asking for an ack gets a nack
         self.relay.say_stopping()
         connections = list(self.connections)
         for connection in connections:

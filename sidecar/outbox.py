@@ -124,6 +124,8 @@ class Outbox:
         self._connected = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._in_flight = 0  # events at the head in the broker write under way: it may have them, unconfirmed
+        self._stopped = False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -140,6 +142,10 @@ class Outbox:
         Raises:
             OutboxFull: no room; the caller tells the client.
         """
+        if self._stopped:  # the daemon is stopping: refused at once (stop())
+            if on_sent is not None:
+                on_sent((ErrorCode.STOPPING, "not sent to the broker: syncar is stopping"))
+            return
         cost = entry_cost(item)
         size = cost + (0 if on_sent is None else ACK_OVERHEAD)
         if self.bytes + size > self.max_bytes:
@@ -197,7 +203,7 @@ class Outbox:
                 bodies = self._codec.refresh(bodies)
             started = time.time_ns() if self._tracing is not None else 0
             try:
-                await self._backend.publish(self._topic, bodies)
+                await self._publish(bodies, len(batch))
             except BackendClosed:
                 return
             except self._not_resent as exc:
@@ -239,6 +245,14 @@ class Outbox:
                 self._tracing.published([item.event for item in batch], len(batch), started)
             batch = []
 
+    async def _publish(self, bodies: list[bytes], events: int) -> None:
+        """One broker write, of `events` events from the head; stop() meanwhile knows the broker may have them."""
+        self._in_flight = events
+        try:
+            await self._backend.publish(self._topic, bodies)
+        finally:
+            self._in_flight = 0
+
     def _sent(self, batch: list[Outgoing], messages: int) -> None:
         """The broker has `batch`: take it out, count it, and tell the publishers who asked."""
         metrics = self._metrics
@@ -252,6 +266,8 @@ class Outbox:
 
     def _take(self, batch: list[Outgoing]) -> None:
         """Take `batch`, the events at the head, out of the outbox."""
+        if self._stopped:  # stop() took them all while the broker had the write, and told their publishers
+            return
         items = self._items
         for _ in batch:
             items.popleft()
@@ -260,6 +276,8 @@ class Outbox:
 
     def _refuse_head(self, reason: str) -> None:
         """Give up on the event at the head: the broker will never take it."""
+        if self._stopped:
+            return
         item = self._items[0]
         self._take([item])
         self._metrics.dropped.labels(DropReason.TOO_LARGE).inc()
@@ -272,6 +290,24 @@ class Outbox:
         while on_sent and on_sent[0][0] < self._taken:
             self.bytes -= ACK_OVERHEAD
             on_sent.popleft()[1](error)
+
+    def stop(self) -> int:
+        """The daemon is stopping and the broker did not take everything in time: give up on what is left, telling
+        the publishers who asked (a publish queued from now on is refused at once). How many events were left.
+
+        An event in a broker write still unconfirmed may have reached the broker: where receivers can drop a copy by
+        its id it is `stopping` like the rest (its app may publish it again), else `unconfirmed`."""
+        left = list(self._items)
+        in_flight = left[: self._in_flight]
+        if in_flight:
+            code = ErrorCode.STOPPING if not self._not_resent else ErrorCode.UNCONFIRMED
+            self._take(in_flight)
+            self._settle((code, "syncar stopped before the broker confirmed it; it may or may not have reached it"))
+        self._take(left[len(in_flight) :])
+        self._settle((ErrorCode.STOPPING, "syncar stopped before the broker took it; it was not sent"))
+        self._stopped = True
+        self._idle.set()
+        return len(left)
 
     async def drain(self) -> bool:
         """Wait until everything queued has been accepted by the broker; True if it was."""

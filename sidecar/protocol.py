@@ -36,6 +36,7 @@ class ErrorCode(StrEnum):
     OUTBOX_FULL = "outbox_full"
     UNCONFIRMED = "unconfirmed"
     TOO_LARGE_FOR_BROKER = "too_large_for_broker"
+    STOPPING = "stopping"
     FORBIDDEN = "forbidden"
     RATE_LIMITED = "rate_limited"
     INVALID_TRACE_CONTEXT = "invalid_trace_context"
