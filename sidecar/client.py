@@ -300,6 +300,8 @@ class Client:
             elif kind == "ack":
                 self._held.settle(frame["id"], None)
             elif kind == "nack":
+                if frame.get("code") == "stopping" and self.reconnect:
+                    continue  # this daemon did not send it: held, for the next one (docs/protocol.md, ack and nack)
                 self._held.settle(frame["id"], PublishRefused(frame.get("code", ""), frame.get("message", "")))
             elif kind == "welcome":
                 await self._welcomed(frame, writer)

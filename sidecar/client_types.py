@@ -30,7 +30,8 @@ class PublishRefused(ClientError):
     """The event will not reach the broker: the daemon answered with `nack` or `error` (its `code`, e.g.
     `invalid_frame`, `outbox_full`), or the client knows it would (`frame_too_large`, checked before sending).
     `unconfirmed`: sent, but the connection was lost before the broker confirmed, and not sent again (feathers-sync
-    codec): it may have reached other instances."""
+    codec): it may have reached other instances. `stopping` (only with `reconnect=False`: else the client sends it
+    again after the reconnect): the daemon stopped before its broker took it."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")

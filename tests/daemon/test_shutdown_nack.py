@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
+from sidecar.client import Client, PublishRefused
 from sidecar.codec import Codec, FeathersSyncCodec, SyncarCodec
 from sidecar.metrics import Metrics
 from sidecar.outbox import Outbox
@@ -75,6 +77,40 @@ async def test_what_the_broker_took_in_time_is_acked_and_nothing_nacked(sock: Pa
         assert await app.frame_of("ack") == {"type": "ack", "id": "q1"}
     frames = await rest_of(app)
     assert [f["type"] for f in frames] == ["status"], frames
+
+
+async def test_the_python_client_sends_a_publish_nacked_stopping_again_to_the_next_daemon(sock: Path) -> None:
+    client = Client(sock, backoff=(0.01, 0.1))
+    try:
+        async with run_daemon(sock, backend=nobody_listens(), shutdown_timeout=0.5) as daemon:
+            await client.connect()
+            publish = asyncio.create_task(client.publish("p", "e", "held", ack=True, timeout=10))
+            await wait_for(lambda: len(daemon.outbox) == 1, what="the publish to be queued")
+        await wait_for(lambda: not client.connected, what="the client to notice")
+        assert not publish.done()  # the nack did not end it: the client holds the event
+        async with run_daemon(sock):
+            async with asyncio.timeout(10):
+                await publish  # acknowledged by the next daemon
+            listener = await RawClient.connect(sock, {"resume": {"epoch": "an-earlier-run", "seq": 0}})
+            assert [frame["data"] for frame in await listener.events(1)] == ["held"]
+            await listener.close()
+    finally:
+        await client.close()
+
+
+async def test_without_reconnect_the_python_client_raises_the_stopping_nack(sock: Path) -> None:
+    client = Client(sock, reconnect=False)
+    try:
+        async with run_daemon(sock, backend=nobody_listens(), shutdown_timeout=0.5) as daemon:
+            await client.connect()
+            publish = asyncio.create_task(client.publish("p", "e", "held", ack=True, timeout=10))
+            await wait_for(lambda: len(daemon.outbox) == 1, what="the publish to be queued")
+        async with asyncio.timeout(5):
+            with pytest.raises(PublishRefused, match=r"^stopping: ") as refused:
+                await publish
+        assert refused.value.code == "stopping"
+    finally:
+        await client.close()
 
 
 def answer(answers: Answers, n: int) -> Any:
