@@ -135,7 +135,7 @@ class Connection extends EventEmitter {
       return { status: Published.FULL, bytes };
     }
     const { line, block } = this._held.blocks.store(text, bytes);
-    const entry = { id, line, block, bytes, n: this._ids };
+    const entry = { id, line, block, bytes, n: this._ids, resend: false };
     if (!writable) {
       this._held.queue(entry);
       return { status: Published.HELD, bytes };
@@ -391,6 +391,11 @@ class Connection extends EventEmitter {
         }
         break;
       case 'nack':
+        // The daemon is stopping and its broker did not take it: sent again to the next one, as when a daemon goes
+        // away before answering (unless reconnect is off).
+        if (frame.code === 'stopping' && this._backoff !== null && this._held.keepForNext(frame.id)) {
+          break;
+        }
         this._settle(frame.id);
         this.emit('refused', frame);
         break;

@@ -6,8 +6,9 @@ const { FrameBlocks } = require('./blocks');
  * The publishes an app keeps until syncar acknowledged them, in publish order: those written to the socket and
  * waiting for their `ack` (sent again after a reconnect, since the daemon may not have read them), and those
  * not yet written (syncar unreachable, or the socket's buffer full). Bounded together in count and bytes;
- * an entry is `{ id, line, block, bytes, n }`, `line` the publish frame with its newline, stored in `block` of
- * `blocks` (lib/blocks.js), `n` its number: entries are written in the order of their numbers.
+ * an entry is `{ id, line, block, bytes, n, resend }`, `line` the publish frame with its newline, stored in `block`
+ * of `blocks` (lib/blocks.js), `n` its number: entries are written in the order of their numbers; `resend`, that a
+ * stopping daemon refused it (`keepForNext`).
  */
 class HeldPublishes {
   constructor(maxCount, maxBytes) {
@@ -63,8 +64,11 @@ class HeldPublishes {
     }
   }
 
-  /** The written ones waiting for their ack, oldest first. */
+  /** The written ones waiting for their ack, oldest first; about to be written again, to a new connection. */
   unacknowledged() {
+    for (const entry of this._unacked.values()) {
+      entry.resend = false;
+    }
     return this._unacked.values();
   }
 
@@ -80,12 +84,28 @@ class HeldPublishes {
     return true;
   }
 
+  /**
+   * Keep the one with `id` to be sent again after the next reconnect: the daemon stopped before its broker took it
+   * (a `nack` `stopping`). A barrier answered on this connection no longer lets go of it. True if it was held.
+   */
+  keepForNext(id) {
+    const entry = this._unacked.get(id);
+    if (entry === undefined) {
+      return false;
+    }
+    entry.resend = true;
+    return true;
+  }
+
   /** Let go of the written ones numbered up to `n` (a barrier after them was answered). How many were held. */
   settleThrough(n) {
     let settled = 0;
     for (const [id, entry] of this._unacked) {
       if (entry.n > n) {
         break;
+      }
+      if (entry.resend) {
+        continue; // refused by a daemon that was stopping: for the next one
       }
       this._unacked.delete(id);
       this._bytes -= entry.bytes;

@@ -9,7 +9,7 @@ const { feathers } = require('@feathersjs/feathers');
 const { MemoryService } = require('@feathersjs/memory');
 const syncar = require('..');
 const { isRemote } = syncar;
-const { RawPeer, startDaemon, startScriptedDaemon, tempScope, waitForEvent, waitUntil } = require('./helpers');
+const { RawPeer, freePort, startDaemon, startScriptedDaemon, tempScope, waitForEvent, waitUntil } = require('./helpers');
 
 const TIMEOUT = 15_000;
 
@@ -146,6 +146,53 @@ describe('reconnects', () => {
     app.service('messages').emit('created', { n: 'marker' });
     await peer.nextEvent((f) => f.data.n === 'marker', TIMEOUT);
     assert.deepEqual(peer.events().map((f) => f.data.n), [1, 2, 3, 4, 5, 'marker']);
+  });
+
+  // Its broker away for the whole --shutdown-timeout, a stopping daemon answers the publish it holds with a nack
+  // `stopping` (then the barrier after it with an ack): the app keeps the event and sends it to the next daemon.
+  async function stoppedWithAPublishQueued(socket, options = {}) {
+    const nobody = `redis://127.0.0.1:${await freePort()}`;
+    const daemon = await startDaemon({ socket, backend: nobody, args: ['--shutdown-timeout', '0.5'] });
+    const app = makeApp(socket, options);
+    const peer = new RawPeer(socket);
+    cleanup.push(() => app.sync.close(), () => daemon.stop(), () => peer.close());
+    await app.sync.ready;
+    await peer.connect();
+    await app.service('messages').create({ n: 'held' });
+    await peer.nextEvent((f) => f.data.n === 'held', TIMEOUT); // read by the daemon: in its outbox
+    for (let i = 0; i < 500 && app.sync.connection._barrier === null; i += 1) { // sent within 100 ms
+      await new Promise((resolve) => { setTimeout(resolve, 10); });
+    }
+    assert.notEqual(app.sync.connection._barrier, null, 'a barrier waits for the event');
+    const refused = [];
+    app.sync.on('warning', (w) => refused.push(w.code));
+    const stopping = waitForEvent(app.sync.connection, 'status', { filter: (f) => f.stopping === true, timeout: TIMEOUT });
+    await daemon.stop('SIGTERM');
+    await stopping;
+    return { app, refused };
+  }
+
+  it('sends a publish the stopping daemon could not send (nack stopping) again to the next daemon', async () => {
+    const socket = path.join(scope.dir, 'stopping.sock');
+    const { app, refused } = await stoppedWithAPublishQueued(socket);
+    assert.equal(app.sync.pending, 1, 'neither the nack nor the barrier answered after it let go of the event');
+    assert.equal(app.sync.stats.dropped, 0);
+    assert.deepEqual(refused.filter((code) => code.startsWith('refused')), []);
+
+    const daemon = await startDaemon({ socket });
+    cleanup.push(() => daemon.stop());
+    await waitUntil(app.sync.connection, 'settled', () => app.sync.pending === 0, { timeout: TIMEOUT });
+    const peer = new RawPeer(socket);
+    cleanup.push(() => peer.close());
+    await peer.connect({ fromStart: true });
+    assert.equal((await peer.nextEvent(() => true, TIMEOUT)).data.n, 'held');
+  });
+
+  it('without reconnect, counts a publish nacked stopping as dropped, with a warning', async () => {
+    const socket = path.join(scope.dir, 'stopping-once.sock');
+    const { app, refused } = await stoppedWithAPublishQueued(socket, { reconnect: false });
+    assert.equal(app.sync.stats.dropped, 1);
+    assert.deepEqual(refused.filter((code) => code.startsWith('refused')), ['refused_stopping']);
   });
 
   it('keeps at most maxPending unacknowledged publishes for re-sending, forgetting the oldest with a warning', async () => {
