@@ -304,7 +304,7 @@ class Outbox:
             self._take(in_flight)
             self._settle((code, "syncar stopped before the broker confirmed it; it may or may not have reached it"))
         self._take(left[len(in_flight) :])
-        self._settle((ErrorCode.STOPPING, "syncar stopped before the broker took it; it was not sent"))
+        self._settle((ErrorCode.STOPPING, "syncar stopped before the broker took it; it will not be sent"))
         self._stopped = True
         self._idle.set()
         return len(left)
