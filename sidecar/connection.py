@@ -9,6 +9,11 @@ buffer is the client's send queue. A client that lets more than
 `client_queue_bytes` pile up is told so with an `error` frame and disconnected
 (the slow-client policy): it can reconnect and resume from its last `seq`
 while the replay buffer still holds it.
+
+An app that ends its input (shutdown(SHUT_WR), as `printf ... | nc -U` does)
+while publishes of it wait for the broker with an ack asked for still gets
+their answers, and nothing else: it leaves the relay at once, and the
+connection closes once the last answer is sent (or at the daemon's stop).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import select
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -49,6 +56,13 @@ OWN_FRAME_BYTES = 512
 
 def _every_event(path: str, event: str) -> bool:
     return True
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the peer closed `sock` (POLLHUP), not only its writing (shutdown(SHUT_WR) is POLLRDHUP alone)."""
+    poller = select.poll()
+    poller.register(sock, 0)  # POLLHUP and POLLERR are reported without asking
+    return bool(poller.poll(0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +109,7 @@ class Connection(asyncio.Protocol):
         self.name = ""
         self.echo = False
         self.wants: Callable[[str, str], bool] = _every_event
-        self._barriers: Barriers | None = None  # set if its hello asked for acks by barrier
+        self._acks = Barriers(self)  # its publishes that asked for an ack, answered each or by barrier
         self.paused = False  # the transport holds more than a quarter of the queue: a replay waits
         self.closed = self._loop.create_future()
         self._cut: asyncio.TimerHandle | None = None  # the abort of a close() that has not drained
@@ -181,8 +195,16 @@ class Connection(asyncio.Protocol):
                 "connection ended in the middle of a frame; it was discarded",
                 self._decoder.pending_head,
             )
+        # No frame can come any more: the unfinished line (up to max_frame_bytes) is not kept while answers wait.
+        self._decoder = FrameDecoder(self._limits.max_frame_bytes)
         self._write_unsent()
-        return False  # close our side once the pending writes are out
+        transport = self._transport
+        if self._closing or transport is None or not self._acks.owing or _closed(transport.get_extra_info("socket")):
+            return False  # close our side once the pending writes are out
+        # A half-close: the app reads on, waiting for what it is owed, and for nothing else.
+        self._relay.leave(self)
+        self._acks.close_when_settled()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -212,15 +234,16 @@ class Connection(asyncio.Protocol):
                 self.client_id = hello.client_id
             if hello.subscribe is not None:
                 self.wants = EventFilter(hello.subscribe)
-            if hello.barriers:
-                self._barriers = Barriers(self)
+            self._acks.by_barrier = hello.barriers
             self._greet(hello.resume)
         elif kind == "barrier":
             barrier_id = protocol.parse_barrier(frame)
             self._greet(None)
-            if self._barriers is None:
+            if not self._acks.by_barrier:
                 raise FrameError(ErrorCode.INVALID_FRAME, 'barrier: only after a hello with "barriers": true')
-            self._barriers.barrier(barrier_id)
+            answer = self._acks.barrier(barrier_id)
+            if answer is not None:
+                self.send(answer)
         elif kind == "ping":
             self._greet(None)
             self.send(protocol.PONG)
@@ -248,13 +271,13 @@ class Connection(asyncio.Protocol):
                 # Said without the publish's id, which would tell the app its event is refused: it goes, untraced.
                 self._reject_frame(ErrorCode.INVALID_TRACE_CONTEXT, f"{problem}; the event was relayed without it")
                 publish = protocol.without_trace(publish)
-        self._relay.publish(self, publish, self._barriers)
+        self._relay.publish(self, publish, self._acks)
 
     def _greet(self, resume: Resume | None) -> None:
         if not self.greeted:
             self.id_scope = self._relay.scope_of(self.client_id)
             # False: refused (and closing)
-            self.greeted = self._relay.join(self, resume, barriers=self._barriers is not None)
+            self.greeted = self._relay.join(self, resume, barriers=self._acks.by_barrier)
             if self.greeted:
                 log.info("client connected: %s (%s)", printable(self.name) or "unnamed", self.id_scope)
 
