@@ -1,4 +1,4 @@
-"""The daemon: connect to the broker, then open the socket; serve until told to stop; shut down in order.
+"""The daemon: claim the socket, connect to the broker, serve the socket until told to stop; shut down in order.
 
 A broker that cannot be reached for now does not stop the start: the daemon serves its apps without it (local
 delivery, publishes held in the outbox, `broker: down` in `welcome` and `status`) and connects in the background.
@@ -23,7 +23,7 @@ from sidecar.codec import CODECS, SyncarCodec
 from sidecar.config import Settings
 from sidecar.connection import Connection, Limits
 from sidecar.descriptors import fit_clients, raise_soft_limit
-from sidecar.errors import ConfigError, StartupError
+from sidecar.errors import StartupError
 from sidecar.fleet import Fleet, announcement_of, announcing_bus
 from sidecar.gaps import GapTracker
 from sidecar.http import MAX_HTTP_CONNECTIONS, HttpServer
@@ -176,11 +176,12 @@ class Daemon:
         return None
 
     async def start(self) -> None:
-        """Connect to the broker and subscribe (or, if it cannot be reached now, go on without it), open the socket.
+        """Claim the socket and the HTTP port, connect to the broker and subscribe (or, if it cannot be reached now,
+        go on without it), then serve.
 
         Raises:
-            StartupError: the broker refused us, or cannot be reached and `require_broker` is set; the socket
-                cannot be bound.
+            StartupError: the socket or the HTTP address cannot be bound (then the broker is never contacted); the
+                broker refused us, or cannot be reached and `require_broker` is set.
             ConfigError: the broker URI is unusable.
         """
         settings = self.settings
@@ -197,29 +198,26 @@ class Daemon:
         )
         unreachable = None
         try:
+            # Bound first: a second syncar on this socket or port stops before it says anything to the broker. Apps
+            # (and probes) that connect meanwhile wait in the listen backlog until served below: intended.
+            self.listener.bind()
+            if self.http is not None:
+                await self.http.bind()
             await self._connect()
-        except ConfigError:
-            self._catch_stop_signals(False)
-            await self._close_buses()
-            raise
         except BackendError as exc:
             if settings.require_broker or not exc.retriable:
-                self._catch_stop_signals(False)
-                await self._close_buses()
+                await self._abandon_start()
                 hint = " (--require-broker is set)" if exc.retriable else ""
                 raise StartupError(f"{exc}{hint}") from None
             unreachable = exc
+        except BaseException:  # StartupError (socket, port), ConfigError, or the start cancelled
+            await self._abandon_start()
+            raise
         self._outbox_task = asyncio.create_task(self.outbox.run(), name="syncar-outbox")
         self._outbox_task.add_done_callback(self._task_ended)
-        try:
-            await self.listener.start()
-            if self.http is not None:
-                await self.http.start()
-        except StartupError:
-            self._catch_stop_signals(False)
-            self.listener.remove()
-            await self._close_backend()
-            raise
+        self.listener.serve()
+        if self.http is not None:
+            await self.http.serve()
         self._serving = True
         self._on_backend_state(self.backend.state)
         if unreachable is not None:
@@ -233,6 +231,14 @@ class Daemon:
             self._connecting = asyncio.create_task(self._connect_later(outage), name="syncar-connect")
             self._connecting.add_done_callback(self._task_ended)
         log.info("ready: apps may connect to %s", settings.socket)
+
+    async def _abandon_start(self) -> None:
+        """Undo a failed start: our socket file removed (not another's), the port freed, the broker let go."""
+        self._catch_stop_signals(False)
+        self.listener.remove()
+        if self.http is not None:
+            await self.http.stop()
+        await self._close_buses()
 
     async def _connect(self) -> None:
         """Start the backends unless they are started, then subscribe to what is not yet; BackendError if one fails."""

@@ -45,17 +45,24 @@ class HttpServer:
         self._server: asyncio.Server | None = None
         self._open: dict[asyncio.StreamWriter, bool] = {}  # in the order they came; True once answering
 
-    async def start(self) -> None:
-        """Listen on host:port.
+    async def bind(self) -> None:
+        """Listen on host:port, answering nobody yet (`serve()`): a probe that connects waits in the backlog.
 
         Raises:
             StartupError: the address cannot be bound (in use, not ours, not an address here).
         """
         try:
-            self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=MAX_REQUEST_BYTES)
+            self._server = await asyncio.start_server(
+                self._handle, self.host, self.port, limit=MAX_REQUEST_BYTES, start_serving=False
+            )
         except OSError as exc:
             raise StartupError(f"http: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
         self.port = self._server.sockets[0].getsockname()[1]
+
+    async def serve(self) -> None:
+        """Answer requests, those waiting in the backlog first; after `bind()`."""
+        assert self._server is not None, "serve() before bind()"
+        await self._server.start_serving()
         log.info("http on %s:%d (/healthz /readyz /readyz/broker /metrics /peers)", self.host, self.port)
 
     async def stop(self) -> None:

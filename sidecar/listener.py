@@ -118,18 +118,37 @@ class Listener:
         self._reserve: int | None = None
         self._inode: int | None = None
         self._setting_up: set[asyncio.Task[object]] = set()
+        self._serving = False
 
     @property
     def listening(self) -> bool:
-        return self._sock is not None
+        """True while apps are served: bound and accepting."""
+        return self._sock is not None and self._serving
 
-    async def start(self) -> None:
+    def bind(self) -> None:
+        """Claim the path: bound and listening, nothing accepted yet (`serve()`). StartupError if it cannot be.
+
+        From here on the path is ours: another syncar started on it finds it in use, and an app that connects
+        waits in the listen backlog (BACKLOG) until `serve()`, its `hello` unread. That is intended: the daemon
+        binds before it connects to the broker, so that a start that cannot have the socket does nothing on the
+        broker, and it serves only once that connect has succeeded or been given up on.
+        """
         sock = bind_unix(self.path, self.mode, private_dir=self.private_dir)
         self._inode = os.stat(self.path).st_ino
         self._reserve = _reserve()
         self._sock = sock
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock)
+
+    def serve(self) -> None:
+        """Accept the apps, those waiting in the backlog first; after `bind()`."""
+        assert self._sock is not None, "serve() before bind()"
+        asyncio.get_running_loop().add_reader(self._sock.fileno(), self._accept, self._sock)
+        self._serving = True
         log.info("listening on %s (mode %04o)", self.path, self.mode)
+
+    async def start(self) -> None:
+        """Bind and serve at once."""
+        self.bind()
+        self.serve()
 
     def _accept(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -181,7 +200,9 @@ class Listener:
 
     def stop_accepting(self) -> None:
         if self._sock is not None:
-            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            if self._serving:
+                asyncio.get_running_loop().remove_reader(self._sock.fileno())
+                self._serving = False
             self._sock.close()  # from now on an app connecting is refused at once, not left in the backlog
             self._sock = None
         if self._reserve is not None:
