@@ -218,6 +218,8 @@ class Relay:
         # outbox, or by its ack, they held every read the broker had not taken yet (a second copy of the outbox).
         if self._codec.packs_parts:
             event.data = event.context = NULL
+        else:  # feathers-sync's pack reads them: copies of their own, the event's size, not its whole read's
+            event.data, event.context = event.data.copy(), event.context.copy()
         if publish.ack:
             publish.data = publish.context = NULL
         self._delivered_locally += self._fan_out(part, self._origin_json, publish.path, publish.event, client)

@@ -255,16 +255,13 @@ async def test_a_publish_that_asked_for_an_ack_gets_one_once_the_broker_has_it(m
     assert orjson.loads(body)["events"][0]["id"] == a.id_scope + "e1"
 
 
-@pytest.mark.parametrize(
-    ("codec", "keeps_read"), [(SyncarCodec("here"), False), (FeathersSyncCodec("here"), True)], ids=["syncar", "fs"]
-)
-async def test_events_waiting_for_the_broker_keep_the_apps_read_only_for_a_codec_that_packs_from_it(
-    make: Make, codec: Codec, keeps_read: bool
-) -> None:
+@pytest.mark.parametrize("codec", [SyncarCodec("here"), FeathersSyncCodec("here")], ids=["syncar", "fs"])
+async def test_events_waiting_for_the_broker_do_not_keep_the_apps_read(make: Make, codec: Codec) -> None:
     """A publish's `data` and `context` point into the app's whole read. An event waiting in the outbox, or its ack,
     kept that read (up to 256 KiB) until the broker had every event of it: at full speed, 2,300 events of 1.3 KB
     waiting took a publishing daemon's peak 3 MiB up. The syncar codec packs the encoded events, so the relay lets go
-    of them; the feathers-sync codec packs `data` and `context` again, so they stay (and count twice, test_outbox)."""
+    of them; the feathers-sync codec packs `data` and `context` again, so the relay keeps copies of them, the event's
+    size (a tiny event behind a 200 KiB unfinished line kept all of it: tests/security/test_outbox_reads.py)."""
     parts = make(codec=codec)
     parts.backend.held.clear()  # nothing leaves the outbox
     a = join(parts.relay, FakeSubscriber("a"))
@@ -280,9 +277,12 @@ async def test_events_waiting_for_the_broker_keep_the_apps_read_only_for_a_codec
         parts.relay.publish(a, one)
     del publishes, one
     assert len(parts.outbox) == 3
-    assert (sys.getrefcount(read) > alone) is keeps_read  # the view msgspec decoded the publishes from
+    assert sys.getrefcount(read) == alone  # nothing holds the view msgspec decoded the publishes from
     parts.backend.held.set()
     await wait_for(lambda: a.decoded("ack") == [{"type": "ack", "id": "e1"}], what="the ack")
+    if codec.name == "feathers-sync":  # what went out is the events' own data
+        bodies = [body for call in parts.backend.published for body in call]
+        assert [orjson.loads(body)["data"][0] for body in bodies] == [0, 1, 2]
 
 
 async def test_a_publish_not_relayed_is_refused_with_a_nack_or_an_error(make: Make) -> None:
