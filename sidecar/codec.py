@@ -5,7 +5,9 @@
 an event published with W3C trace context carries its `traceparent` and `tracestate` too (left out otherwise).
 `run` names this run of the origin's daemon and `seq` is the number, within the run, of the batch's first event
 on the bus (its events are contiguous), so that a receiver can tell how many it missed (sidecar/gaps.py). Batches
-of daemons older than these two fields are still taken, only not followed.
+of daemons older than these two fields are still taken, only not followed. `origin` and `run` are at most
+MAX_ID_LENGTH characters (`BusName`): a receiver keeps them (its gap tracker, its origins' JSON), and a longer one,
+which no daemon sends (an instance id is at most 200), is malformed.
 Each event is serialised once, when it is published (`Outgoing.part`); the
 same bytes go into the batch and, spliced, into the frame written to local
 clients.
@@ -33,9 +35,13 @@ from typing import Annotated, Any, ClassVar, TypeVar
 import msgspec
 import orjson
 
+from sidecar import MAX_ID_LENGTH
 from sidecar.errors import CodecError
 
 SYNCAR_VERSION = 1
+#: A name that comes from the bus and is kept (an origin, a run; an announcement's strings): bounded in length, so that
+#: strangers' messages, each a different 1 MiB origin, cannot fill the tables that are bounded in entries only.
+BusName = Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)]
 #: Every event part starts `{"id":"<id>","time":`; an unescaped `","time":` cannot occur inside the id string.
 _ID_START, _ID_END = len(b'{"id":"'), b'","time":'
 #: Messages we sent, remembered to recognise them when the broker echoes them back (feathers-sync codec).
@@ -108,9 +114,9 @@ class Batch(msgspec.Struct, gc=False):
 
 class _SyncarBatch(msgspec.Struct, gc=False):
     v: int
-    origin: str
+    origin: BusName
     events: list[Event]
-    run: str | None = None
+    run: BusName | None = None
     seq: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
@@ -226,6 +232,8 @@ def _explain_syncar(body: bytes) -> CodecError:
         return CodecError(
             "malformed", "syncar batch has a 'run' that is not a string or a 'seq' that is not a positive integer"
         )
+    if len(obj["origin"]) > MAX_ID_LENGTH or len(obj.get("run") or "") > MAX_ID_LENGTH:
+        return CodecError("malformed", f"syncar batch has an 'origin' or 'run' over {MAX_ID_LENGTH} characters")
     for raw in obj["events"]:
         _check_event(raw)
     return CodecError("malformed", "event has no string 'id' or numeric 'time'")

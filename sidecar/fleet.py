@@ -53,8 +53,8 @@ from backends.base import (
     Mode,
     Subscription,
 )
-from sidecar import __version__
-from sidecar.codec import SYNCAR_VERSION, decode_json, encode
+from sidecar import MAX_ID_LENGTH, __version__
+from sidecar.codec import SYNCAR_VERSION, BusName, decode_json, encode
 from sidecar.config import Settings
 from sidecar.errors import CodecError
 from sidecar.gaps import Gap, GapTracker
@@ -76,15 +76,16 @@ def peers_topic(key: str) -> str:
 
 
 class Announcement(msgspec.Struct, frozen=True, omit_defaults=True):
+    # Its strings are kept in the peer table and served as /metrics labels: a longer one is malformed.
     v: int
-    instance: str
-    version: str
-    codec: str
-    mode: str
+    instance: BusName
+    version: BusName
+    codec: BusName
+    mode: BusName
     seq: int
     started: float  # when its daemon started, by its clock
     interval: float  # how often it announces
-    run: str | None = None  # its run, as in its event batches (syncar codec); None with feathers-sync
+    run: BusName | None = None  # its run, as in its event batches (syncar codec); None with feathers-sync
     leaving: bool = False  # its last announcement: it is stopping
 
 
@@ -256,7 +257,12 @@ class Fleet:
         announcement = decode_json(_decoder, body)
         if announcement is None or announcement.v != ANNOUNCE_VERSION:
             self._metrics.announcements_rejected.labels("malformed").inc()
-            rejections.warning("malformed", "dropped an announcement that is not one of version %d", ANNOUNCE_VERSION)
+            rejections.warning(
+                "malformed",
+                "dropped an announcement that is not one of version %d (or has a string over %d characters)",
+                ANNOUNCE_VERSION,
+                MAX_ID_LENGTH,
+            )
             return
         if announcement.instance == self.me.instance:
             if (announcement.run, announcement.started) != (self.me.run, self.me.started):
