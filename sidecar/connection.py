@@ -13,7 +13,8 @@ while the replay buffer still holds it.
 An app that ends its input (shutdown(SHUT_WR), as `printf ... | nc -U` does)
 while publishes of it wait for the broker with an ack asked for still gets
 their answers, and nothing else: it leaves the relay at once, and the
-connection closes once the last answer is sent (or at the daemon's stop).
+connection closes once the last answer is sent, or its app closes its socket
+too, or the daemon stops.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ frame_warnings = RateLimitedLogger(log, interval=10.0)
 
 #: Seconds a closing connection gets to take its last bytes before it is cut.
 CLOSE_GRACE = 2.0
+#: Seconds between looks at whether an app that ended its input, and waits for its answers, has closed its socket too.
+PEER_CHECK = 1.0
 #: A frame at least this long is written as it is, not joined to its neighbours: the transport (uvloop's) then holds
 #: the very bytes the replay buffer and the other apps' transports hold, where a joined copy cost its size again for
 #: every app that had not read it yet (a subscriber behind by 4 MiB at full speed: +4 MiB). Joining shorter frames
@@ -113,6 +116,7 @@ class Connection(asyncio.Protocol):
         self.paused = False  # the transport holds more than a quarter of the queue: a replay waits
         self.closed = self._loop.create_future()
         self._cut: asyncio.TimerHandle | None = None  # the abort of a close() that has not drained
+        self._peer_check: asyncio.TimerHandle | None = None  # set once its app ended its input, waiting for answers
 
     @property
     def max_frame_bytes(self) -> int:
@@ -204,13 +208,28 @@ class Connection(asyncio.Protocol):
         # A half-close: the app reads on, waiting for what it is owed, and for nothing else.
         self._relay.leave(self)
         self._acks.close_when_settled()
+        self._peer_check = self._loop.call_later(PEER_CHECK, self._check_peer)
         return True
+
+    def _check_peer(self) -> None:
+        """Close a half-closed connection whose app has closed its socket since (`socat` does, 0.5 s after its end
+        of input): the transport reads no more, so no read tells, and it would wait for the broker, holding a place
+        of --max-clients, to write answers nobody reads."""
+        transport = self._transport
+        if self._closing or transport is None:
+            return
+        if _closed(transport.get_extra_info("socket")):
+            self.close()
+        else:
+            self._peer_check = self._loop.call_later(PEER_CHECK, self._check_peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         if self._cut is not None:
             # asyncio's own transports raise (AttributeError) when aborted once gone, in a callback of their loop.
             self._cut.cancel()
+        if self._peer_check is not None:
+            self._peer_check.cancel()
         self._relay.leave(self)
         self._on_close(self)
         if self.greeted:

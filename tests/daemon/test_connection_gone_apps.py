@@ -139,3 +139,19 @@ async def test_an_app_that_ended_its_input_waiting_for_the_broker_is_closed_at_t
         assert _clients(daemon) == 2
     frames = [orjson.loads(line) for line in (await app.closed()).splitlines()]
     assert [(frame["type"], frame["id"], frame["code"]) for frame in frames] == [("nack", "e1", "stopping")], frames
+
+
+async def test_an_app_that_ended_its_input_then_closed_its_socket_is_not_waited_for(
+    sock: Path, connect: Connect
+) -> None:
+    """As `socat` does 0.5 s after the end of its input: the daemon, which reads no more from it, looks now and then,
+    and does not hold a place of --max-clients for it until the broker comes back."""
+    async with run_daemon(sock, backend=f"redis://127.0.0.1:{free_port()}/0") as daemon:
+        app, other = await RawClient.connect(sock, {}), await connect(sock, {})
+        await _owe(app, {}, 1)
+        assert (await other.frame_of("event"))["data"] == 1
+        await _ended(app, other)
+        assert _clients(daemon) == 2
+        await app.close()
+        await wait_for(lambda: _clients(daemon) == 1, what="the gone app's connection to close")
+        assert len(daemon.outbox) == 1  # its publish still waits for the broker
