@@ -52,7 +52,9 @@ def scheme_of(uri: str) -> str:
     scheme = scheme.lower()
     if scheme not in BACKENDS:
         known = ", ".join(f"{s}://" for s in BACKENDS)
-        shown = f"{scheme}://" if sep and SCHEME.fullmatch(scheme) else "(none)"
+        if not sep:  # 127.0.0.1:6379, redis//host: not shown, it may hold a password
+            raise ConfigError(f"backend: no scheme: the URI has no '://'; expected one of {known}")
+        shown = f"{scheme}://" if SCHEME.fullmatch(scheme) else "(not shown)"
         raise ConfigError(f"backend: unknown URI scheme {shown}; expected one of {known}")
     try:
         parts = urlsplit(uri)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -131,6 +132,9 @@ def parse_uri(uri: str, connect_timeout: float) -> RedisOptions:
         return _parse_sentinel_uri(parts, query, tls, connect_timeout)
     if cluster:
         return _parse_cluster_uri(parts, query, tls, connect_timeout)
+    db = parts.path.strip("/")
+    if db and not re.fullmatch(r"[0-9]+", db):  # redis-py would use database 0 and say nothing
+        raise BackendConfigError(f"redis: invalid URI: the path is a database number, as in redis://host/0, not {db!r}")
     ours = {name: value for name, value in query if name in ("health_check_interval", "max_message_bytes")}
     passed = urlencode([(name, value) for name, value in query if name not in ours])  # the rest is redis-py's
     try:

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from sidecar import __version__
 from sidecar.commands_common import (
@@ -24,7 +25,7 @@ from sidecar.commands_common import (
     load_settings,
     run_async,
 )
-from sidecar.config import redact_uri
+from sidecar.config import env_of, redact_uri
 from sidecar.errors import ConfigError, StartupError
 from sidecar.logging import configure as configure_logging
 from sidecar.tools import add_tools
@@ -78,23 +79,34 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # No abbreviations: --back would be --backend today and an error once another flag starts the same way.
     parser = argparse.ArgumentParser(
-        prog="syncar", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="syncar",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"syncar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the daemon", description="Run the daemon in the foreground.")
+    def add_command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, allow_abbrev=False, **kwargs)
+        command.set_defaults(parser=command)  # main() tells a flag it does not know with this command's usage
+        return command
+
+    run = add_command("run", help="run the daemon", description="Run the daemon in the foreground.")
     add_settings(run)
     run.set_defaults(handler=cmd_run)
-    add_tools(commands.add_parser)
+    add_tools(add_command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command `argv` names. Called with the cyclic collector paused (`sidecar.cli.main`): `run` turns it on
     once the daemon listens, every other command at once."""
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # argparse would say it with `syncar`'s usage, not the command's that lists its flags
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.handler is not cmd_run:
         gc.enable()
         # Every command but `run` (which flushes first) ends on SIGTERM as on Ctrl-C. As the pid 1 of a container
@@ -103,7 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
     except ConfigError as exc:
-        print(f"syncar: {exc}", file=sys.stderr)
+        from backends.base import BackendConfigError  # loaded by then: only a backend raises it
+
+        where = f"invalid setting --backend / {env_of('backend')}: " if isinstance(exc, BackendConfigError) else ""
+        print(f"syncar: {where}{exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK

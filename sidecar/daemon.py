@@ -23,7 +23,7 @@ from sidecar.codec import CODECS, SyncarCodec
 from sidecar.config import Settings
 from sidecar.connection import Connection, Limits
 from sidecar.descriptors import fit_clients, raise_soft_limit
-from sidecar.errors import StartupError
+from sidecar.errors import ConfigError, StartupError
 from sidecar.fleet import Fleet, announcement_of, announcing_bus
 from sidecar.gaps import GapTracker
 from sidecar.http import MAX_HTTP_CONNECTIONS, HttpServer
@@ -160,11 +160,9 @@ class Daemon:
         return connection
 
     def unready_reason(self, broker: bool = False) -> str | None:
-        """Why the daemon should get no traffic now, or None when it is ready.
-
-        Ready means the apps can use the socket: local delivery works and publishes wait in the outbox while the
-        broker is away. With `broker`, the broker must be connected too (`/readyz/broker`).
-        """
+        """Why the daemon should get no traffic now, or None when it is ready: the apps can use the socket (local
+        delivery works, publishes wait in the outbox while the broker is away); with `broker`, the broker is
+        connected too (`/readyz/broker`)."""
         if self.failure is not None:
             return self.failure
         if self._stopping:
@@ -207,10 +205,12 @@ class Daemon:
         except BackendError as exc:
             if settings.require_broker or not exc.retriable:
                 await self._abandon_start()
+                if isinstance(exc, ConfigError):
+                    raise  # an unusable URI: exit 2 as any invalid setting, not 3
                 hint = " (--require-broker is set)" if exc.retriable else ""
                 raise StartupError(f"{exc}{hint}") from None
             unreachable = exc
-        except BaseException:  # StartupError (socket, port), ConfigError, or the start cancelled
+        except BaseException:  # StartupError (socket, port), or the start cancelled
             await self._abandon_start()
             raise
         self._outbox_task = asyncio.create_task(self.outbox.run(), name="syncar-outbox")

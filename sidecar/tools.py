@@ -21,6 +21,7 @@ from sidecar.commands_common import (
     run_async,
 )
 from sidecar.config import Settings, env_of, redact_uri
+from sidecar.errors import ConfigError
 from sidecar.logging import configure as configure_logging
 
 Handler = Callable[[argparse.Namespace], int]
@@ -50,6 +51,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         try:
             await backend.start()
             node, members = backend.node, backend.members
+        except ConfigError:
+            raise  # an unusable URI: exit 2, as every invalid setting (sidecar.commands.main)
         except BackendError as exc:
             print(f"syncar: broker: {exc}", file=sys.stderr)
             return EXIT_FAILURE
@@ -114,13 +117,29 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def cmd_tail(args: argparse.Namespace) -> int:
     from sidecar.client import Client, ClientError
+    from sidecar.client_types import Gap
 
     settings = load_settings(args)
     subscribe = [{"path": args.path, "event": args.event}]
 
+    # Events that went by on the bus and will not come, on stderr: stdout stays events only, for programs.
+    def gap(gap: Gap) -> None:
+        print(
+            f"syncar: tail: gap: {gap.missed} events of {gap.origin} never reached the daemon "
+            f"(seq {gap.first}-{gap.last} of its run {gap.run}: {gap.reason})",
+            file=sys.stderr,
+            flush=True,
+        )
+
     async def main() -> int:
         # No de-duplication: a debugging tool shows what arrives, repeats included.
-        async with Client(settings.socket, name="syncar-tail", subscribe=subscribe, dedup=False) as client:
+        async with Client(
+            settings.socket,
+            name="syncar-tail",
+            subscribe=subscribe,
+            dedup=False,
+            on_gap=gap,  # a resume gap the client logs itself
+        ) as client:
             async for event in client:
                 if args.json:
                     line = orjson.dumps(
@@ -198,7 +217,7 @@ def add_tools(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
         f"environment on a shared host, where ps shows arguments [{env_of('client_id')}]",
     )
     publish.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds to wait for syncar, then for the ack (default 10)"
+        "--timeout", type=seconds, default=10.0, help="seconds to wait for syncar, then for the ack (default 10)"
     )
     add_settings(publish, ["socket", "config"])
     publish.set_defaults(handler=cmd_publish)
@@ -242,9 +261,20 @@ def add_tools(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
     _asks_http(peers, cmd_peers)
 
 
+def seconds(text: str) -> float:
+    """A --timeout: a number of seconds above 0 (argparse says so, with the command's usage, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be above 0 seconds: {text!r}")
+    return value
+
+
 def _asks_http(parser: argparse.ArgumentParser, handler: Handler) -> None:
     """What the tools that ask the daemon's `--http` address share, after their own flags: how long they wait, the
     settings that find the address, and their handler."""
-    parser.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
+    parser.add_argument("--timeout", type=seconds, default=2.0, help="seconds to wait (default 2)")
     add_settings(parser, ["http", "config"])
     parser.set_defaults(handler=handler)

@@ -402,3 +402,82 @@ def test_check_names_the_rabbitmq_node_it_reached_of_a_host_list(rabbitmq_server
     lines = result.stdout.splitlines()
     assert f"broker node          127.0.0.1:{rabbitmq_server.port}" in lines, result.stdout  # the live one of the two
     assert not any(line.startswith("cluster members") for line in lines)  # RabbitMQ does not announce them
+
+
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        ("nats://127.0.0.1:1?foo=1", "nats: unknown URI option 'foo'"),
+        ("redis://127.0.0.1:1/?tls=1", "redis: unknown URI option 'tls'"),
+        ("redis://127.0.0.1:1/abc", "redis: invalid URI: the path is a database number"),  # redis-py took db 0
+        ("127.0.0.1:6379", "no scheme: the URI has no '://'"),
+    ],
+)
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_an_unusable_uri_exits_2_naming_the_setting(sock: Path, command: str, uri: str, says: str) -> None:
+    """An invalid setting like any other, before any broker is asked (check said exit 1, run exit 3)."""
+    result = syncar(command, "--socket", str(sock), "--http", "off", "--backend", uri)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("syncar: invalid setting --backend / SYNCAR_BACKEND: "), last
+    assert says in last
+    assert not sock.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "unknown"),
+    [
+        (["run", "--backnd", "redis://x"], "--backnd redis://x"),
+        (["run", "--back", "local://x"], "--back local://x"),  # no abbreviations
+        (["publish", "--clientid", "x", "messages", "created", "{}"], "--clientid {}"),
+    ],
+)
+def test_an_unknown_flag_is_told_with_the_commands_usage(args: list[str], unknown: str) -> None:
+    result = syncar(*args)
+    assert result.returncode == 2
+    assert f"syncar {args[0]}: error: unrecognized arguments: {unknown}" in result.stderr
+    assert f"usage: syncar {args[0]} " in result.stderr
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "soon"])
+@pytest.mark.parametrize("command", ["publish", "health", "peers"])
+def test_a_timeout_is_a_number_of_seconds_above_0(command: str, timeout: str) -> None:
+    positional = ["messages", "created"] if command == "publish" else []
+    result = syncar(command, "--timeout", timeout, *positional)
+    assert result.returncode == 2
+    assert f"syncar {command}: error: argument --timeout: " in result.stderr
+
+
+async def test_tail_tells_a_gap_on_stderr(sock: Path) -> None:
+    """A stand-in daemon that welcomes tail and tells a gap: events that will not come are said, not only counted."""
+
+    gone = asyncio.Event()
+
+    async def daemon(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readline()  # hello
+            welcome = {"type": "welcome", "version": 1, "epoch": "e1", "seq": 0, "broker": "up"}
+            gap = {"type": "gap", "origin": "b-1", "missed": 3, "first": 5, "last": 7, "run": "r1", "reason": "lost"}
+            writer.write(orjson.dumps(welcome) + b"\n" + orjson.dumps(gap) + b"\n")
+            await writer.drain()
+            await reader.read()  # until tail goes
+        finally:
+            writer.close()
+            gone.set()
+
+    server = await asyncio.start_unix_server(daemon, path=str(sock))
+    tail = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sidecar", "tail", "--socket", str(sock), cwd=REPO, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        assert tail.stderr is not None
+        line = await asyncio.wait_for(tail.stderr.readline(), 30)
+        assert line.decode() == (
+            "syncar: tail: gap: 3 events of b-1 never reached the daemon (seq 5-7 of its run r1: lost)\n"
+        )
+    finally:
+        tail.terminate()
+        await tail.wait()
+        await asyncio.wait_for(gone.wait(), 10)
+        server.close()
+        await server.wait_closed()
