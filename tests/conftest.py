@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +31,16 @@ def brokers_left_running() -> Iterator[None]:
     restart: one failure stays one."""
     yield
     revive_served()
+
+
+@pytest.fixture
+def traced() -> Iterator[None]:
+    """tracemalloc on for the test, to count what the code under test allocates and keeps."""
+    tracemalloc.start()
+    try:
+        yield
+    finally:
+        tracemalloc.stop()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 import tracemalloc
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,15 +29,6 @@ from tests.utils import DROPPED, metric, run_daemon, wait_for
 MiB = 1024 * 1024
 MESSAGES = 24
 LONGEST = "x" * MAX_ID_LENGTH
-
-
-@pytest.fixture
-def traced() -> Iterator[None]:
-    tracemalloc.start()
-    try:
-        yield
-    finally:
-        tracemalloc.stop()
 
 
 def instances(daemon: Daemon) -> list[str]:

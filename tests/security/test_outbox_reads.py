@@ -10,7 +10,6 @@ The syncar codec, which packs the events' encoded parts and lets go of `data` an
 from __future__ import annotations
 
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,15 +25,6 @@ TAIL = 200 * 1024
 #: What the outbox may hold of 200 tiny events, and what else the daemon and the test allocate meanwhile, with room
 #: to spare: far below the 40 MiB that 200 reads of 200 KiB are.
 BOUND = 8 * MiB
-
-
-@pytest.fixture
-def traced() -> Iterator[None]:
-    tracemalloc.start()
-    try:
-        yield
-    finally:
-        tracemalloc.stop()
 
 
 def published(daemon: Daemon) -> float:

@@ -5,9 +5,7 @@ one clear line, no traceback and no secret."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -22,7 +20,7 @@ from tests.brokers.nats import NatsServer
 from tests.brokers.rabbitmq import RabbitServer
 from tests.brokers.redis import RedisTlsServer
 from tests.brokers.redis_sentinel import MASTER_NAME, SentinelServer
-from tests.utils import REPO
+from tests.utils import syncar
 
 PASSWORD = "Tls-pw-8s7D6f5G"
 WRONG = "not-the-password"
@@ -113,14 +111,11 @@ def servers(
 
 
 def check(uri: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar", "check", "--backend", uri],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env=os.environ,
-    )
+    return syncar("check", "--backend", uri)
+
+
+def run(uri: str, sock_dir: Path) -> subprocess.CompletedProcess[str]:
+    return syncar("run", "--socket", str(sock_dir / "s.sock"), "--http", "off", "--backend", uri)
 
 
 def one_clean_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -153,25 +148,7 @@ def test_run_with_a_wrong_password_exits_3_in_one_line(
     servers: tuple[Secure, Secure, Certificates], sock_dir: Path
 ) -> None:
     valid, _, _ = servers
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sidecar",
-            "run",
-            "--socket",
-            str(sock_dir / "s.sock"),
-            "--http",
-            "off",
-            "--backend",
-            valid.secure_uri(WRONG, valid.certs.ca),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env=os.environ,
-    )
+    result = run(valid.secure_uri(WRONG, valid.certs.ca), sock_dir)
     assert result.returncode == 3
     assert "Traceback" not in result.stderr
     assert WRONG not in result.stderr
@@ -191,25 +168,7 @@ def test_a_tls_uri_to_a_plain_listener_exits_3_in_one_line(
     """A typo a retry cannot fix (amqps:// to 5672): the start is refused, not retried for ever. (A plain Redis
     answers no TLS hello at all: that stays a timeout, retried as an outage.)"""
     plain = request.getfixturevalue(f"{broker}_server")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sidecar",
-            "run",
-            "--socket",
-            str(sock_dir / "s.sock"),
-            "--http",
-            "off",
-            "--backend",
-            tls_uri.format(port=plain.port),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env=os.environ,
-    )
+    result = run(tls_uri.format(port=plain.port), sock_dir)
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
