@@ -119,7 +119,12 @@ class NatsConnection(Backend, Generic[S]):
             raise BackendClosed("nats: backend is closed")
         self.where, self._options = parse_uri(self.config.uri)
         self._client = await self._connect()
-        log.info("nats: connected to %s (max payload %d bytes)", self._address(self._client), self.max_message_bytes)
+        log.info(
+            "nats: connected to %s (%s mode, max payload %d bytes)",
+            self._address(self._client),
+            self.config.mode,
+            self.max_message_bytes,
+        )
         self._set_state(BackendState.CONNECTED)
 
     async def _connect(self) -> Client:
