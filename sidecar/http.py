@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 
 import orjson
@@ -28,6 +29,8 @@ MAX_REQUEST_BYTES = 8192
 #: HTTP connections open at once (probes and scrapers need a few): each is a file descriptor, taken from what the
 #: app connections may use (see sidecar.descriptors).
 MAX_HTTP_CONNECTIONS = 32
+#: asyncio's listen backlog for a server, kept when we listen before it does.
+BACKLOG = 100
 
 #: None when ready, else the reason it is not; the argument asks for the broker to be connected too.
 Readiness = Callable[[bool], str | None]
@@ -55,6 +58,14 @@ class HttpServer:
             self._server = await asyncio.start_server(
                 self._handle, self.host, self.port, limit=MAX_REQUEST_BYTES, start_serving=False
             )
+            # Bound, but asyncio and uvloop alike call listen() only in start_serving(): until then a probe would be
+            # refused, and another process (SO_REUSEADDR) could bind the port and listen first. Listen now.
+            for bound in self._server.sockets:
+                claimed = socket.socket(fileno=bound.fileno())
+                try:
+                    claimed.listen(BACKLOG)
+                finally:
+                    claimed.detach()  # the server's socket still: only listened on
         except OSError as exc:
             raise StartupError(f"http: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
         self.port = self._server.sockets[0].getsockname()[1]

@@ -21,7 +21,7 @@ import redis.asyncio
 from backends.nats_jetstream import jetstream_name
 from sidecar.config import Settings
 from sidecar.daemon import Daemon
-from tests.brokers import BrokerServer
+from tests.brokers import BrokerServer, free_port
 from tests.utils import RawClient, SpawnedDaemon, wait_for
 
 
@@ -124,23 +124,34 @@ async def test_nats_durable_a_second_daemon_with_the_same_instance_id_leaves_the
 async def test_an_app_that_connects_while_the_broker_is_being_reached_is_served_once_the_daemon_is(sock: Path) -> None:
     """The socket is bound before the broker connect and served after it: an app that connects in between waits in
     the listen backlog, its `hello` unread, and gets its `welcome` once the daemon serves (before, it found no socket
-    and retried)."""
+    and retried). The HTTP port likewise: held (no one else can listen on it) and a probe waits, not refused (it
+    was: asyncio and uvloop listen only once they serve)."""
     silent = socket.create_server(("127.0.0.1", 0))  # a broker that accepts and, until we close it, never answers
     silent.setblocking(False)
-    port = silent.getsockname()[1]
-    daemon = SpawnedDaemon(sock, "--backend", f"redis://127.0.0.1:{port}/0?socket_timeout=30")
+    port, http = silent.getsockname()[1], free_port()
+    daemon = SpawnedDaemon(
+        sock, "--http", f"127.0.0.1:{http}", "--backend", f"redis://127.0.0.1:{port}/0?socket_timeout=30"
+    )
     try:
         loop = asyncio.get_running_loop()
         broker_side, _ = await asyncio.wait_for(loop.sock_accept(silent), 30)  # the daemon is connecting
         assert sock.exists()
         reader, writer = await asyncio.open_unix_connection(sock)  # accepted by the kernel, not by the daemon yet
         writer.write(b'{"type":"hello"}\n')
+        probe_reader, probe = await asyncio.open_connection("127.0.0.1", http)
+        probe.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        with socket.socket() as other, pytest.raises(OSError):  # as a second syncar starting now would
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            other.bind(("127.0.0.1", http))
+            other.listen()
         assert "ready: apps may connect" not in daemon.log  # the daemon still waits for its broker
         silent.close()
         broker_side.close()  # the broker goes away: the daemon starts without it and serves the app waiting
         welcome = await asyncio.wait_for(reader.readline(), 30)
         assert b'"type":"welcome"' in welcome and b'"broker":"down"' in welcome, welcome
         await wait_for(lambda: "ready: apps may connect" in daemon.log, what="the ready line")
+        assert (await asyncio.wait_for(probe_reader.readline(), 30)).startswith(b"HTTP/1.1 200")
+        probe.close()
         writer.close()
         assert await daemon.stop() == 0, daemon.log
     finally:
