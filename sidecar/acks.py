@@ -27,17 +27,6 @@ from sidecar.protocol import ErrorCode, Publish
 from sidecar.subscriber import Subscriber
 
 
-def each(client: Subscriber, publish: Publish) -> Done:
-    """What to call once `publish` is accepted or refused: tells `client` at once, if it is still there."""
-    return partial(_tell, weakref.ref(client), publish)
-
-
-def _tell(app: weakref.ref[Subscriber], publish: Publish, error: tuple[ErrorCode, str] | None) -> None:
-    client = app()
-    if client is not None:
-        client.send(_answer(publish, error))
-
-
 def _answer(publish: Publish, error: tuple[ErrorCode, str] | None) -> bytes:
     # A publish asks for an ack only with an id (sidecar.protocol checks it).
     return protocol.ack(cast(str, publish.id)) if error is None else protocol.publish_refused(publish, *error)

@@ -31,7 +31,7 @@ class PublishRefused(ClientError):
     `invalid_frame`, `outbox_full`), or the client knows it would (`frame_too_large`, checked before sending).
     `unconfirmed`: sent, but the connection was lost before the broker confirmed, and not sent again (feathers-sync
     codec): it may have reached other instances. `stopping` (only with `reconnect=False`: else the client sends it
-    again after the reconnect): the daemon stopped before its broker took it."""
+    again after the reconnect): the daemon stopped before its broker confirmed it."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")

@@ -17,7 +17,7 @@ import time
 import orjson
 
 from backends.base import BackendState, Message
-from sidecar import acks, protocol
+from sidecar import protocol
 from sidecar.acks import Barriers
 from sidecar.admission import ClientIds, resume_point
 from sidecar.backlog import Backlog
@@ -195,9 +195,9 @@ class Relay:
 
     # -- events in -----------------------------------------------------------------------------
 
-    def publish(self, client: Subscriber, publish: Publish, barriers: Barriers | None = None) -> None:
+    def publish(self, client: Subscriber, publish: Publish, barriers: Barriers) -> None:
         """A local client's event: deliver it here at once, and queue it for the broker; its ack, if it asked for
-        one, told at once or by the client's `barriers` (sidecar.acks)."""
+        one, told through the client's `barriers` (sidecar.acks), at once or by a barrier."""
         self._published += 1
         # The app's id goes on the bus in the app's own scope, so that no other app can take it (sidecar/dedup.py).
         app_id = publish.id
@@ -234,12 +234,12 @@ class Relay:
             )
             return
         outgoing = Outgoing(event, part, time.monotonic())
-        answer = None if not publish.ack else barriers.answer(publish) if barriers else acks.each(client, publish)
+        answer = barriers.answer(publish) if publish.ack else None
         try:
             self._outbox.put(outgoing, answer)
         except OutboxFull as exc:
             self._metrics.dropped.labels(DropReason.OUTBOX_FULL).inc()
-            if answer is not None and barriers is not None:
+            if answer is not None:
                 barriers.take_back()
             client.send(protocol.publish_refused(publish, ErrorCode.OUTBOX_FULL, f"not sent to the broker: {exc}"))
 

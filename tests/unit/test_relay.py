@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from backends.base import BackendState, Message
+from sidecar.acks import Barriers
 from sidecar.codec import Codec, FeathersSyncCodec, Outgoing, SyncarCodec
 from sidecar.gaps import GapTracker
 from sidecar.hello import Resume
@@ -93,7 +94,7 @@ async def test_an_event_is_framed_once_for_every_client_that_wants_it_but_its_pu
     relay = parts.relay
     a, b, c = (join(relay, FakeSubscriber(name)) for name in "abc")
     other = join(relay, FakeSubscriber("d", wants=lambda path, event: path == "users"))
-    relay.publish(a, publish({"text": "hi"}))
+    relay.publish(a, publish({"text": "hi"}), Barriers(a))
     relay.flush_counts()
     assert [frame["type"] for frame in a.decoded()] == ["welcome"]  # no echo asked
     assert b.frames[-1] is c.frames[-1]  # the same bytes: serialised once
@@ -107,7 +108,7 @@ async def test_an_event_is_framed_once_for_every_client_that_wants_it_but_its_pu
 async def test_a_client_that_asked_for_echo_gets_its_own_events(make: Make) -> None:
     relay = make().relay
     a = join(relay, FakeSubscriber("a", echo=True))
-    relay.publish(a, publish(1))
+    relay.publish(a, publish(1), Barriers(a))
     assert a.data() == [1]
 
 
@@ -136,16 +137,16 @@ async def test_events_from_the_broker_reach_every_client_once_and_our_own_are_dr
 async def test_a_resuming_client_gets_what_it_missed_but_its_own_then_live_events(make: Make) -> None:
     relay = make().relay
     a, b = join(relay, FakeSubscriber("a")), join(relay, FakeSubscriber("b"))
-    relay.publish(a, publish(1))
+    relay.publish(a, publish(1), Barriers(a))
     welcome = b.decoded("welcome")[0]
     relay.leave(b)
-    relay.publish(a, publish(2))
-    relay.publish(b, publish(3))  # b's, published just before it left, say
-    relay.publish(a, publish(4))
+    relay.publish(a, publish(2), Barriers(a))
+    relay.publish(b, publish(3), Barriers(b))  # b's, published just before it left, say
+    relay.publish(a, publish(4), Barriers(a))
     back = join(relay, FakeSubscriber("b"), Resume(epoch=welcome["epoch"], seq=1))
     assert back.decoded("welcome")[0]["resumed"] is True
     await wait_for(lambda: len(back.decoded("event")) == 2, what="the replay")
-    relay.publish(a, publish(5))
+    relay.publish(a, publish(5), Barriers(a))
     assert back.data() == [2, 4, 5]
     assert [event["seq"] for event in back.decoded("event")] == [2, 4, 5]
     assert back.decoded("error") == []
@@ -155,7 +156,7 @@ async def test_a_resuming_client_gets_what_it_missed_but_its_own_then_live_event
 async def test_a_resume_from_another_run_is_a_gap_in_broadcast_mode_only(make: Make, durable: bool, gap: bool) -> None:
     relay = make(durable=durable).relay
     a = join(relay, FakeSubscriber("a"))
-    relay.publish(a, publish(1))
+    relay.publish(a, publish(1), Barriers(a))
     back = join(relay, FakeSubscriber("b"), Resume(epoch="a-run-before", seq=7))
     assert back.decoded("welcome")[0]["resumed"] is not gap
     errors = back.decoded("error")
@@ -171,13 +172,13 @@ async def test_a_resume_beyond_the_run_is_a_gap(make: Make) -> None:
     relay = make().relay
     a = join(relay, FakeSubscriber("a"))
     for n in range(3):
-        relay.publish(a, publish(n))
+        relay.publish(a, publish(n), Barriers(a))
     back = join(relay, FakeSubscriber("b"), Resume(epoch=relay.epoch, seq=9))
     assert back.decoded("welcome")[0]["resumed"] is False
     (error,) = back.decoded("error")
     assert error["code"] == "resume_gap" and "seq 9 is beyond the last event of this run, 3" in error["message"]
     assert "missed" not in error  # no count can be known
-    relay.publish(a, publish("live"))
+    relay.publish(a, publish("live"), Barriers(a))
     assert back.data() == ["live"]  # live events from now on
 
 
@@ -186,7 +187,7 @@ async def test_a_resume_behind_the_buffer_gets_what_it_holds_and_how_many_went(m
     relay = parts.relay
     a = join(relay, FakeSubscriber("a"))
     for n in range(5):
-        relay.publish(a, publish(n))
+        relay.publish(a, publish(n), Barriers(a))
     back = join(relay, FakeSubscriber("b"), Resume(epoch=relay.epoch, seq=1))
     assert back.decoded("welcome")[0]["resumed"] is False
     (error,) = back.decoded("error")
@@ -194,7 +195,7 @@ async def test_a_resume_behind_the_buffer_gets_what_it_holds_and_how_many_went(m
     # seqs 2 and 3 went out of the buffer; 4 and 5 are held and come before live events
     assert (error["missed"], error["first"], error["last"]) == (2, 2, 3)
     await wait_for(lambda: len(back.decoded("event")) == 2, what="the replay")
-    relay.publish(a, publish("live"))
+    relay.publish(a, publish("live"), Barriers(a))
     assert back.data() == [3, 4, "live"]
     assert metric(parts.metrics, "syncar_resume_missed_total") == 2
 
@@ -203,7 +204,7 @@ async def test_a_replay_comes_in_parts_as_the_transport_drains_with_live_events_
     relay = make().relay
     a, watcher = join(relay, FakeSubscriber("a")), join(relay, FakeSubscriber("w"))
     for n in range(10, 50):
-        relay.publish(a, publish(n))
+        relay.publish(a, publish(n), Barriers(a))
     slow = FakeSubscriber("b", queue_bytes=8 * 5 * len(watcher.frames[1]))  # an eighth of it: about five frames
     slow.paused = True  # its transport is full: the replay waits
     join(relay, slow, Resume(epoch=relay.epoch, seq=0))
@@ -214,10 +215,10 @@ async def test_a_replay_comes_in_parts_as_the_transport_drains_with_live_events_
     sizes = [len(frame) for frame in slow.frames[1:]]
     assert sum(sizes[:-1]) < slow.queue_bytes // 8 <= sum(sizes)
     assert slow.data() == list(range(10, 10 + len(sizes))) and 4 <= len(sizes) <= 6
-    relay.publish(a, publish("live"))  # while it is catching up: it comes after the rest, once
+    relay.publish(a, publish("live"), Barriers(a))  # while it is catching up: it comes after the rest, once
     await wait_for(lambda: len(slow.decoded("event")) == 41, what="the whole replay")
     assert slow.data() == [*range(10, 50), "live"]
-    relay.publish(a, publish("after"))
+    relay.publish(a, publish("after"), Barriers(a))
     assert slow.data()[-1] == "after" and len(slow.data()) == 42
 
 
@@ -226,17 +227,17 @@ async def test_a_client_that_reads_slower_than_events_come_while_catching_up_is_
     relay = parts.relay
     a = join(relay, FakeSubscriber("a"))
     for n in range(5):
-        relay.publish(a, publish(n))
+        relay.publish(a, publish(n), Barriers(a))
     slow = FakeSubscriber("b")
     slow.paused = True
     join(relay, slow, Resume(epoch=relay.epoch, seq=0))
     for n in range(5, 10):  # the buffer moves past where it stands
-        relay.publish(a, publish(n))
+        relay.publish(a, publish(n), Barriers(a))
     slow.paused = False
     relay.resume_replay(slow)
     assert slow.closed_with is not None and orjson.loads(slow.closed_with)["code"] == "slow_client"
     assert metric(parts.metrics, "syncar_client_disconnects_total", reason="slow_client") == 1
-    relay.publish(a, publish(10))
+    relay.publish(a, publish(10), Barriers(a))
     assert slow.data() == []  # gone from the relay
 
 
@@ -244,7 +245,7 @@ async def test_a_publish_that_asked_for_an_ack_gets_one_once_the_broker_has_it(m
     parts = make()
     a = join(parts.relay, FakeSubscriber("a"))
     parts.backend.held.clear()
-    parts.relay.publish(a, publish(1, event_id="e1", ack=True))
+    parts.relay.publish(a, publish(1, event_id="e1", ack=True), Barriers(a))
     await wait_for(lambda: parts.backend.attempts == 1, what="the write")
     assert a.decoded("ack") == []
     parts.backend.held.set()
@@ -274,7 +275,7 @@ async def test_events_waiting_for_the_broker_do_not_keep_the_apps_read(make: Mak
     publishes = fast_publishes(read, 0, len(read))
     assert publishes is not None
     for one in publishes:
-        parts.relay.publish(a, one)
+        parts.relay.publish(a, one, Barriers(a))
     del publishes, one
     assert len(parts.outbox) == 3
     assert sys.getrefcount(read) == alone  # nothing holds the view msgspec decoded the publishes from
@@ -290,16 +291,16 @@ async def test_a_publish_not_relayed_is_refused_with_a_nack_or_an_error(make: Ma
     relay, metrics = parts.relay, parts.metrics
     parts.backend.held.clear()  # nothing leaves the outbox
     a, b = join(relay, FakeSubscriber("a")), join(relay, FakeSubscriber("b"))
-    relay.publish(a, publish("x" * 300, event_id="big-1", ack=True))
-    relay.publish(a, publish("x" * 300, event_id="big-2", ack=True))
-    relay.publish(a, publish("x" * 300, event_id="big-3"))
+    relay.publish(a, publish("x" * 300, event_id="big-1", ack=True), Barriers(a))
+    relay.publish(a, publish("x" * 300, event_id="big-2", ack=True), Barriers(a))
+    relay.publish(a, publish("x" * 300, event_id="big-3"), Barriers(a))
     nack, error = a.decoded("nack") + a.decoded("error")
     assert (nack["id"], nack["code"]) == ("big-2", "outbox_full")
     assert (error["id"], error["code"]) == ("big-3", "outbox_full")
     assert metric(metrics, DROPPED, reason=DropReason.OUTBOX_FULL) == 2
     assert len(b.decoded("event")) == 3  # delivered here all the same
     parts.backend.max_message_bytes = 100
-    relay.publish(a, publish("x" * 300, event_id="huge", ack=True))
+    relay.publish(a, publish("x" * 300, event_id="huge", ack=True), Barriers(a))
     assert a.decoded("nack")[-1]["code"] == "too_large_for_broker"
     assert metric(metrics, DROPPED, reason=DropReason.TOO_LARGE) == 1
 
