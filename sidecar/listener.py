@@ -145,11 +145,6 @@ class Listener:
         self._serving = True
         log.info("listening on %s (mode %04o)", self.path, self.mode)
 
-    async def start(self) -> None:
-        """Bind and serve at once."""
-        self.bind()
-        self.serve()
-
     def _accept(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         for _ in range(ACCEPT_BATCH):

@@ -66,7 +66,8 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
 
 async def main():
     listener = Listener(Path(sys.argv[1]), 0o600, asyncio.Protocol, overflow=b'{"type":"error"}\\n')
-    await listener.start()
+    listener.bind()
+    listener.serve()
     try:
         while True:
             os.open(os.devnull, os.O_RDONLY)
