@@ -29,7 +29,7 @@ MAX_REQUEST_BYTES = 8192
 #: HTTP connections open at once (probes and scrapers need a few): each is a file descriptor, taken from what the
 #: app connections may use (see sidecar.descriptors).
 MAX_HTTP_CONNECTIONS = 32
-#: asyncio's listen backlog for a server, kept when we listen before it does.
+#: The listen backlog: given to asyncio's server, and used when bind() listens before it serves.
 BACKLOG = 100
 
 #: None when ready, else the reason it is not; the argument asks for the broker to be connected too.
@@ -56,7 +56,7 @@ class HttpServer:
         """
         try:
             self._server = await asyncio.start_server(
-                self._handle, self.host, self.port, limit=MAX_REQUEST_BYTES, start_serving=False
+                self._handle, self.host, self.port, limit=MAX_REQUEST_BYTES, backlog=BACKLOG, start_serving=False
             )
             # Bound, but asyncio and uvloop alike call listen() only in start_serving(): until then a probe would be
             # refused, and another process (SO_REUSEADDR) could bind the port and listen first. Listen now.
