@@ -6,7 +6,6 @@ The failovers under load, counted, are in tests/faults/test_cluster_nats.py."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import uuid
 from pathlib import Path
@@ -14,14 +13,13 @@ from pathlib import Path
 import nats
 import nats.errors
 import pytest
-from nats.js import api
 
-from backends.base import BackendState, BackendUnavailable, Mode
+from backends.base import BackendState, Mode
 from backends.nats_jetstream import jetstream_name
-from tests.backends.support import Inbox, Started, publish_until_accepted
+from tests.backends.support import Started
 from tests.brokers import BrokerServer, free_port
 from tests.brokers.nats import NatsCluster
-from tests.utils import SpawnedDaemon, eventually, wait_for
+from tests.utils import SpawnedDaemon, wait_for
 
 pytestmark = [pytest.mark.nats, pytest.mark.cluster, pytest.mark.timeout(120)]
 
@@ -119,70 +117,3 @@ async def test_a_start_with_every_host_down_is_degraded_then_connects(nats_clust
     finally:
         await daemon.stop()
         nats_cluster.whole()
-
-
-#: Any JetStream deletion this long after the nodes' last metadata snapshot makes them take another.
-SNAPSHOT_GAP = 2.5
-
-
-async def test_a_durable_restart_while_a_node_is_down_leaves_every_node_healthy(
-    nats_cluster: NatsCluster, backends: Started
-) -> None:
-    """A daemon restarted (nothing left unacknowledged) while a node is down keeps its consumer, so the node comes
-    back to the consumer's own raft group. Were the consumer deleted and made again, nats-server before 2.10.26
-    (#6507) would bring the node back to the old group once the live nodes had snapshotted their metadata (the
-    deletion after SNAPSHOT_GAP forces one), and its /healthz would say the consumer is not current."""
-    topic, instance = f"restart-{uuid.uuid4().hex[:8]}", f"r-{uuid.uuid4().hex[:8]}"
-    stream, consumer = jetstream_name(topic), jetstream_name(instance)
-    uri = f"{nats_cluster.uri}?replicas=3"
-    victim = nats_cluster.nodes[0]
-    survivors = [node.uri for node in nats_cluster.nodes[1:]]
-    sender = await backends.on(uri, Mode.DURABLE)
-    receiver = await backends.on(uri, Mode.DURABLE, instance)
-    inbox = Inbox()
-    await receiver.subscribe(topic, inbox)
-    for n in range(5):
-        await sender.publish(topic, [b"%d" % n])
-    assert await inbox.wait(5) == [b"%d" % n for n in range(5)]
-    client = await nats.connect(servers=survivors)
-    js = client.jetstream(timeout=2)
-    try:
-        await js.add_consumer(stream, api.ConsumerConfig(durable_name="other", ack_policy=api.AckPolicy.EXPLICIT))
-
-        async def all_acknowledged() -> bool:
-            info: api.ConsumerInfo = await js.consumer_info(stream, consumer)  # unannotated in nats-py
-            return info.num_ack_pending == 0
-
-        await eventually(all_acknowledged, 10, "the acknowledgements of 0-4")
-        created = (await js.consumer_info(stream, consumer)).created
-        await receiver.close()
-        await asyncio.to_thread(victim.kill)
-        for n in range(5, 10):  # while the receiver is away
-            await publish_until_accepted(sender, topic, b"%d" % n, timeout=30)
-        again = Inbox()
-        restarted = await backends.on(uri, Mode.DURABLE, instance)
-
-        async def subscribed() -> bool:  # a request made while the cluster elects a leader goes unanswered
-            try:
-                await restarted.subscribe(topic, again)
-            except BackendUnavailable:
-                return False
-            return True
-
-        await eventually(subscribed, 30, "the restarted receiver's subscription")
-        assert await again.wait(5, 30) == [b"%d" % n for n in range(5, 10)]
-        assert (await js.consumer_info(stream, consumer)).created == created  # kept, not made again
-        await asyncio.sleep(SNAPSHOT_GAP)
-        await js.delete_consumer(stream, "other")  # the live nodes snapshot their metadata
-        await asyncio.to_thread(victim.launch)
-        try:
-            await eventually(lambda: asyncio.to_thread(victim.ready), 30, f"node n{victim.index} healthy")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc} (its /healthz said {victim.health!r})") from None
-        await sender.publish(topic, [b"10"])
-        assert await again.wait(6, 10) == [b"%d" % n for n in range(5, 11)]  # nothing twice, nothing lost
-    finally:
-        with contextlib.suppress(nats.errors.Error):
-            await js.delete_stream(stream)
-        await client.close()
-        await asyncio.to_thread(nats_cluster.whole)
